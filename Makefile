@@ -1,0 +1,28 @@
+# The two commands a newcomer runs (as root on Debian 12): `make demo` and `make test`.
+# Each does the whole set-up first (scripts/setup.sh, idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+
+.PHONY: setup demo test test-unit test-bpf test-lab clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@bash scripts/demo.sh
+
+test: setup
+	$(PYTEST) -m "unit or bpf or lab" tests
+
+test-unit: setup
+	$(PYTEST) -m unit tests
+
+test-bpf: setup
+	$(PYTEST) -m bpf tests
+
+test-lab: setup
+	$(PYTEST) -m lab tests
+
+clean:
+	rm -rf build *.egg-info ebpflb/*.so ext/*.c .pytest_cache

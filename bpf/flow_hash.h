@@ -1,0 +1,47 @@
+/* flow_hash.h: the flow hash that picks a backend. MurmurHash3 x86_32 over four 32-bit words
+ * (saddr, daddr, sport << 16 | dport, proto), all in host order. The control plane computes the
+ * same value (ext/flowhash.pyx, ebpflb/_flowhash_py.py) and passes FLOW_HASH_SEED with -D. */
+#ifndef EBPFLB_FLOW_HASH_H
+#define EBPFLB_FLOW_HASH_H
+
+#ifndef FLOW_HASH_SEED
+#error "FLOW_HASH_SEED must be passed by the loader so the control plane can predict the hash"
+#endif
+
+static __always_inline __u32 fh_rotl(__u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 fh_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = fh_rotl(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = fh_rotl(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+static __always_inline __u32 fh_fmix(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline __u32 flow_hash4(const struct pkt4 *p)
+{
+	__u32 h = FLOW_HASH_SEED;
+
+	h = fh_mix(h, bpf_ntohl(p->saddr));
+	h = fh_mix(h, bpf_ntohl(p->daddr));
+	h = fh_mix(h, ((__u32)bpf_ntohs(p->sport) << 16) | bpf_ntohs(p->dport));
+	h = fh_mix(h, p->proto);
+	return fh_fmix(h ^ 16);
+}
+
+#endif

@@ -1,0 +1,43 @@
+/* lb_maps.h: the pinned maps of the data plane. Included by the programs and by lb_maps.c, the
+ * maps-only module the CLI compiles to read what is programmed. */
+#ifndef EBPFLB_LB_MAPS_H
+#define EBPFLB_LB_MAPS_H
+
+#include "lb_structs.h"
+
+/* Tunables: the loader overrides them with -D. */
+#ifndef EBPFLB_PIN_DIR
+#define EBPFLB_PIN_DIR "/sys/fs/bpf/ebpflb"
+#endif
+#ifndef LB4_MAX_SERVICES
+#define LB4_MAX_SERVICES 65536
+#endif
+#ifndef LB4_MAX_BACKENDS
+#define LB4_MAX_BACKENDS 65536
+#endif
+#ifndef LB4_MAX_SLOTS
+#define LB4_MAX_SLOTS 262144
+#endif
+#ifndef CT4_MAX_ENTRIES
+#define CT4_MAX_ENTRIES 262144
+#endif
+
+/* Frontends: (VIP, port, protocol) -> service id and slot count. */
+BPF_TABLE_PINNED("hash", struct lb4_svc_key, struct lb4_svc, lb4_services, LB4_MAX_SERVICES,
+		 EBPFLB_PIN_DIR "/lb4_services");
+/* Selection slots: (service id, slot) -> backend id. */
+BPF_TABLE_PINNED("hash", struct lb4_slot_key, __u32, lb4_slots, LB4_MAX_SLOTS,
+		 EBPFLB_PIN_DIR "/lb4_slots");
+/* Backends: id -> address, port, protocol. */
+BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, lb4_backends, LB4_MAX_BACKENDS,
+		 EBPFLB_PIN_DIR "/lb4_backends");
+/* Connection tracking, both directions; LRU so a full table evicts the idlest flows, not new ones. */
+BPF_TABLE_PINNED("lru_hash", struct ct4_key, struct ct4_entry, ct4, CT4_MAX_ENTRIES,
+		 EBPFLB_PIN_DIR "/ct4");
+/* Frontend display names, for the CLI only. */
+BPF_TABLE_PINNED("hash", __u32, struct lb4_svc_meta, lb4_svc_meta, LB4_MAX_SERVICES,
+		 EBPFLB_PIN_DIR "/lb4_svc_meta");
+/* Global verdict counters. */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_stats, STAT_MAX, EBPFLB_PIN_DIR "/lb_stats");
+
+#endif

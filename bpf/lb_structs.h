@@ -1,0 +1,88 @@
+/* lb_structs.h: every struct shared between the BPF programs and user space; the single source of
+ * truth for map layouts (Python reads them through bcc's generated Key/Leaf types). */
+#ifndef EBPFLB_LB_STRUCTS_H
+#define EBPFLB_LB_STRUCTS_H
+
+#include <linux/types.h>
+
+/* Frontend identity as it appears on the wire: VIP and port in network order, IP protocol. */
+struct lb4_svc_key {
+	__be32 vip;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* A programmed frontend. count == 0 means the frontend exists but has no usable backend, which
+ * is a verdict of its own (the packet is dropped and counted), not a miss. */
+struct lb4_svc {
+	__u32 svc_id;	/* names this frontend's slots in lb4_slots */
+	__u32 count;	/* number of slots: the flow hash picks slot = hash % count */
+	__u32 flags;	/* reserved for per-service options (algorithm, affinity) */
+};
+
+/* One selection slot of a frontend; the value is a backend id in lb4_backends. */
+struct lb4_slot_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+/* A backend address; ids are shared by every frontend that uses the same address, port and
+ * protocol, so a pod behind several Services is written once. */
+struct lb4_backend {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 flags;
+};
+
+/* Direction of a conntrack entry: the client's packets, or the backend's replies. */
+#define CT_DIR_FWD 0
+#define CT_DIR_REPLY 1
+
+/* Conntrack key: the packet's own 5-tuple as it arrives, before any rewrite. */
+struct ct4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+};
+
+/* Conntrack value: where a forward packet is DNATed to (the backend), or what a reply's source
+ * is rewritten to (the frontend). Keeping the address here, not a backend id, is what lets an
+ * established flow outlive the removal of its backend from the Service. */
+struct ct4_entry {
+	__u64 created_ns;
+	__u64 last_seen_ns;	/* refreshed at most once a second, to keep writes off the hot path */
+	__be32 nat_addr;
+	__be16 nat_port;
+	__u16 flags;
+	__u32 svc_id;
+	__u32 backend_id;
+};
+
+/* Display name of a frontend ("namespace/name:port"), written by the control plane so that
+ * `ebpflb service list` can read names from what is programmed. Not read by the programs. */
+#define LB4_SVC_NAME_LEN 128
+struct lb4_svc_meta {
+	char name[LB4_SVC_NAME_LEN];
+};
+
+/* Global per-CPU counters, one slot per verdict. */
+enum lb_stat {
+	STAT_PASS = 0,		/* not for us: passed untouched */
+	STAT_DNAT_NEW,		/* frontend hit, backend chosen by hash, conntrack entry created */
+	STAT_DNAT_CT,		/* frontend hit, backend taken from conntrack */
+	STAT_RNAT,		/* reply rewritten back to the frontend */
+	STAT_NO_BACKEND,	/* frontend hit with no usable backend: dropped */
+	STAT_MALFORMED,		/* IPv4 header or L4 header truncated or invalid: passed untouched */
+	STAT_FRAGMENT,		/* IPv4 fragment: no L4 ports to match, passed untouched */
+	STAT_CT_INSERT_FAIL,	/* conntrack full or insert failed; the hash still picked a backend */
+	STAT_NAT_FAIL,		/* a rewrite helper failed: dropped */
+	STAT_MAX,
+};
+
+#endif

@@ -1,0 +1,167 @@
+/* parse.h: bounds-checked header parsing for IPv4 TCP/UDP, in the cursor style.
+ *
+ * Contract of every parse_* function: on success it returns a value >= 0 (the next protocol, or
+ * 0), points *hdr at the header and moves the cursor past it; on failure (the header does not fit
+ * in [cursor, data_end) or is invalid) it returns a negative PARSE_* code and leaves the cursor
+ * where it was. Nothing here writes to the packet. */
+#ifndef EBPFLB_PARSE_H
+#define EBPFLB_PARSE_H
+
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/in.h>
+
+#define PARSE_OK 0
+#define PARSE_NOT_OURS -1	/* well-formed, but nothing a load balancer touches */
+#define PARSE_MALFORMED -2	/* truncated or invalid header: never rewritten */
+#define PARSE_FRAGMENT -3	/* IPv4 fragment: no ports to match */
+
+#define IP_MF_OFFSET_MASK 0x3fff	/* More Fragments flag and fragment offset, host order */
+
+struct hdr_cursor {
+	void *pos;
+};
+
+/* What the load balancer needs of a packet, copied out so no packet pointer outlives a helper call
+ * that may move the data. Addresses and ports stay in network order. */
+struct pkt4 {
+	__u32 l3_off;
+	__u32 l4_off;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+};
+
+static __always_inline int parse_ethhdr(struct hdr_cursor *c, void *data_end, struct ethhdr **eth)
+{
+	struct ethhdr *h = c->pos;
+
+	if ((void *)(h + 1) > data_end)
+		return PARSE_MALFORMED;
+	c->pos = h + 1;
+	*eth = h;
+	return h->h_proto;
+}
+
+/* l3_len is the number of bytes from the IP header to the end of the frame (skb->len based), so a
+ * total length that claims more than the frame holds is caught even when the frame is non-linear. */
+static __always_inline int parse_iphdr(struct hdr_cursor *c, void *data_end, __u32 l3_len,
+				       struct iphdr **iph)
+{
+	struct iphdr *h = c->pos;
+	__u32 hdrsize;
+	__u32 tot_len;
+
+	if ((void *)(h + 1) > data_end)
+		return PARSE_MALFORMED;
+	if (h->version != 4)
+		return PARSE_MALFORMED;
+	hdrsize = h->ihl * 4;
+	if (hdrsize < sizeof(*h))
+		return PARSE_MALFORMED;
+	if (c->pos + hdrsize > data_end)
+		return PARSE_MALFORMED;
+	tot_len = bpf_ntohs(h->tot_len);
+	if (tot_len < hdrsize || tot_len > l3_len)
+		return PARSE_MALFORMED;
+	if (bpf_ntohs(h->frag_off) & IP_MF_OFFSET_MASK)
+		return PARSE_FRAGMENT;
+	c->pos += hdrsize;
+	*iph = h;
+	return h->protocol;
+}
+
+/* l4_len is the IP payload length from the IP header's total length. */
+static __always_inline int parse_tcphdr(struct hdr_cursor *c, void *data_end, __u32 l4_len,
+					struct tcphdr **tcph)
+{
+	struct tcphdr *h = c->pos;
+	__u32 doff;
+
+	if ((void *)(h + 1) > data_end)
+		return PARSE_MALFORMED;
+	doff = h->doff * 4;
+	if (doff < sizeof(*h) || doff > l4_len)
+		return PARSE_MALFORMED;
+	/* Options are not read; the cursor stops after the fixed header on purpose. */
+	c->pos = h + 1;
+	*tcph = h;
+	return 0;
+}
+
+static __always_inline int parse_udphdr(struct hdr_cursor *c, void *data_end, __u32 l4_len,
+					struct udphdr **udph)
+{
+	struct udphdr *h = c->pos;
+	__u32 len;
+
+	if ((void *)(h + 1) > data_end)
+		return PARSE_MALFORMED;
+	len = bpf_ntohs(h->len);
+	if (len < sizeof(*h) || len > l4_len)
+		return PARSE_MALFORMED;
+	c->pos = h + 1;
+	*udph = h;
+	return 0;
+}
+
+/* Everything up to the L4 ports must be in the linear area for direct access; pull it in when a
+ * driver left it in fragments. The common case costs one comparison. */
+#define LB4_PULL_LEN (ETH_HLEN + 60 + sizeof(struct tcphdr))
+
+static __always_inline void lb4_pull_headers(struct __sk_buff *skb)
+{
+	__u32 linear = skb->data_end - skb->data;
+
+	if (linear < LB4_PULL_LEN && skb->len > linear)
+		bpf_skb_pull_data(skb, skb->len < LB4_PULL_LEN ? skb->len : LB4_PULL_LEN);
+}
+
+/* Parses an Ethernet + IPv4 + TCP/UDP packet into *p. Returns PARSE_OK or a PARSE_* code. */
+static __always_inline int lb4_parse(struct __sk_buff *skb, struct pkt4 *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor c = { .pos = data };
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct tcphdr *tcph;
+	struct udphdr *udph;
+	__u32 l4_len;
+	int proto;
+
+	proto = parse_ethhdr(&c, data_end, &eth);
+	if (proto < 0)
+		return proto;
+	if (proto != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_OURS;
+	proto = parse_iphdr(&c, data_end, skb->len - ETH_HLEN, &iph);
+	if (proto < 0)
+		return proto;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return PARSE_NOT_OURS;
+	p->l3_off = (void *)iph - data;
+	p->l4_off = c.pos - data;
+	p->saddr = iph->saddr;
+	p->daddr = iph->daddr;
+	p->proto = proto;
+	l4_len = bpf_ntohs(iph->tot_len) - iph->ihl * 4;
+	if (proto == IPPROTO_TCP) {
+		if (parse_tcphdr(&c, data_end, l4_len, &tcph) < 0)
+			return PARSE_MALFORMED;
+		p->sport = tcph->source;
+		p->dport = tcph->dest;
+	} else {
+		if (parse_udphdr(&c, data_end, l4_len, &udph) < 0)
+			return PARSE_MALFORMED;
+		p->sport = udph->source;
+		p->dport = udph->dest;
+	}
+	return PARSE_OK;
+}
+
+#endif

@@ -1,0 +1,135 @@
+"""The MapWriter for real maps: converts the planner's records (ebpflb/maps.py) to and from the
+ctypes Key/Leaf types bcc generates from bpf/lb_structs.h, so no layout is written twice.
+
+Also reads the maps only the programs write (conntrack, counters) into plain values.
+"""
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Tuple
+
+from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, BackendValue, SlotKey,
+                    SvcKey, SvcValue)
+
+CT4 = "ct4"
+STATS = "lb_stats"
+STAT_NAMES = ("pass", "dnat_new", "dnat_conntrack", "reverse_nat", "no_backend", "malformed",
+              "fragment", "conntrack_insert_fail", "nat_fail")
+
+
+def ip_to_be32(ip: str) -> int:
+    """The integer whose native-order bytes are the address in network order (__be32)."""
+    return int.from_bytes(socket.inet_aton(ip), sys.byteorder)
+
+
+def be32_to_ip(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, sys.byteorder))
+
+
+def port_to_be16(port: int) -> int:
+    return int.from_bytes(port.to_bytes(2, "big"), sys.byteorder)
+
+
+def be16_to_port(value: int) -> int:
+    return int.from_bytes(value.to_bytes(2, sys.byteorder), "big")
+
+
+def _svc_key(t: Any, k: SvcKey) -> Any:
+    return t.Key(vip=ip_to_be32(k.vip), port=port_to_be16(k.port), proto=k.proto, pad=0)
+
+
+def _svc_key_back(c: Any) -> SvcKey:
+    return SvcKey(be32_to_ip(c.vip), be16_to_port(c.port), c.proto)
+
+
+def _backend(t: Any, v: BackendValue) -> Any:
+    return t.Leaf(addr=ip_to_be32(v.addr), port=port_to_be16(v.port), proto=v.proto, flags=0)
+
+
+def _backend_back(c: Any) -> BackendValue:
+    return BackendValue(be32_to_ip(c.addr), be16_to_port(c.port), c.proto)
+
+
+def _meta(t: Any, name: str) -> Any:
+    leaf = t.Leaf()
+    leaf.name = name.encode()
+    return leaf
+
+
+# Map name -> (key to ctypes, key from ctypes, value to ctypes, value from ctypes).
+_Conv = Tuple[Callable[[Any, Any], Any], Callable[[Any], Any],
+              Callable[[Any, Any], Any], Callable[[Any], Any]]
+_CONVERTERS: Dict[str, _Conv] = {
+    SERVICES: (_svc_key, _svc_key_back,
+               lambda t, v: t.Leaf(svc_id=v.svc_id, count=v.count, flags=v.flags),
+               lambda c: SvcValue(c.svc_id, c.count, c.flags)),
+    SLOTS: (lambda t, k: t.Key(svc_id=k.svc_id, slot=k.slot),
+            lambda c: SlotKey(c.svc_id, c.slot),
+            lambda t, v: t.Leaf(v), lambda c: c.value),
+    BACKENDS: (lambda t, k: t.Key(k), lambda c: c.value, _backend, _backend_back),
+    SVC_META: (lambda t, k: t.Key(k), lambda c: c.value, _meta,
+               lambda c: c.name.decode(errors="replace")),
+}
+
+
+class BccMapWriter:
+    """MapWriter over a bcc BPF object (programs or maps-only) whose maps are pinned."""
+
+    def __init__(self, bpf: Any):
+        self._bpf = bpf
+
+    def _table(self, map_name: str) -> Tuple[Any, _Conv]:
+        return self._bpf[map_name.encode()], _CONVERTERS[map_name]
+
+    def update(self, map_name: str, key: Any, value: Any) -> None:
+        t, (k_to, _, v_to, _) = self._table(map_name)
+        try:
+            t[k_to(t, key)] = v_to(t, value)
+        except Exception as exc:  # bcc raises bare Exception with the errno text
+            raise OSError(f"{map_name}[{key}] update: {exc}") from exc
+
+    def delete(self, map_name: str, key: Any) -> None:
+        t, (k_to, _, _, _) = self._table(map_name)
+        try:
+            del t[k_to(t, key)]
+        except KeyError:
+            pass  # already gone: a delete is idempotent
+
+    def dump(self, map_name: str) -> Dict[Any, Any]:
+        t, (_, k_back, _, v_back) = self._table(map_name)
+        return {k_back(k): v_back(v) for k, v in t.items()}
+
+
+@dataclass(frozen=True)
+class CtEntry:
+    """One conntrack entry as the CLI and tests see it."""
+    direction: str  # "forward" (client -> frontend) or "reply" (backend -> client)
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    protocol: str
+    nat_addr: str
+    nat_port: int
+    svc_id: int
+    backend_id: int
+    created_ns: int
+    last_seen_ns: int
+
+
+def read_conntrack(bpf: Any) -> List[CtEntry]:
+    out = []
+    for k, v in bpf[CT4.encode()].items():
+        out.append(CtEntry(
+            "forward" if k.dir == 0 else "reply",
+            be32_to_ip(k.saddr), be16_to_port(k.sport), be32_to_ip(k.daddr), be16_to_port(k.dport),
+            PROTO_NAMES.get(k.proto, str(k.proto)),
+            be32_to_ip(v.nat_addr), be16_to_port(v.nat_port), v.svc_id, v.backend_id,
+            v.created_ns, v.last_seen_ns))
+    return out
+
+
+def read_stats(bpf: Any) -> Dict[str, int]:
+    """Global verdict counters, summed over CPUs."""
+    t = bpf[STATS.encode()]
+    return {name: int(sum(t[t.Key(i)])) for i, name in enumerate(STAT_NAMES)}

@@ -1,0 +1,37 @@
+"""Data plane settings shared by the loader, the map reader and the CLI: where maps are pinned and
+how large they are. Each lab node (or test) uses its own pin directory."""
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
+BPFFS_ROOT = "/sys/fs/bpf"
+
+
+@dataclass(frozen=True)
+class DataplaneConfig:
+    pin_dir: str = DEFAULT_PIN_DIR
+    max_services: int = 65536
+    max_backends: int = 65536
+    max_slots: int = 262144
+    ct_max_entries: int = 262144
+
+    def __post_init__(self) -> None:
+        pin = Path(self.pin_dir)
+        if not pin.is_absolute() or BPFFS_ROOT not in (str(pin), *map(str, pin.parents)):
+            raise ValueError(f"pin directory {self.pin_dir!r} must be under {BPFFS_ROOT}")
+        if any(c in self.pin_dir for c in '"\\ '):
+            raise ValueError(f"pin directory {self.pin_dir!r} contains a quote, backslash or space")
+        for name in ("max_services", "max_backends", "max_slots", "ct_max_entries"):
+            value = getattr(self, name)
+            if not 1 <= value <= 1 << 24:
+                raise ValueError(f"{name} must be between 1 and {1 << 24}, got {value}")
+
+    @property
+    def map_limits(self) -> dict:
+        """Capacity of each control-plane-written map, for the planner's capacity check."""
+        return {
+            "lb4_services": self.max_services,
+            "lb4_svc_meta": self.max_services,
+            "lb4_backends": self.max_backends,
+            "lb4_slots": self.max_slots,
+        }

@@ -1,0 +1,120 @@
+"""Compiles and loads the data plane with bcc (the kernel edge of the apply step).
+
+`load_programs` compiles bpf/lb4_tc.c (programs plus pinned maps); `open_maps` compiles
+bpf/lb_maps.c (maps only) to read or write what is programmed without loading any program.
+Both reuse maps already pinned under the configured directory, so the agent, the CLI and a
+restarted agent all see the same state.
+"""
+import logging
+import os
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List
+
+from ..flowhash import FLOW_HASH_SEED
+from .config import BPFFS_ROOT, DataplaneConfig
+
+log = logging.getLogger(__name__)
+
+MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "ct4", "lb4_svc_meta", "lb_stats")
+PROGRAM_FILE = "lb4_tc.c"
+MAPS_FILE = "lb_maps.c"
+PROG_FROM_POD = "lb4_from_pod"
+PROG_TO_POD = "lb4_to_pod"
+
+
+class DataplaneError(RuntimeError):
+    """The data plane could not be loaded or opened; the message says what to do."""
+
+
+def bpf_source_dir() -> Path:
+    """bpf/ next to the package in a source checkout, or ebpflb/bpf inside an installed wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "bpf", here / "bpf"):
+        if (candidate / PROGRAM_FILE).is_file():
+            return candidate
+    raise DataplaneError(f"BPF sources ({PROGRAM_FILE}) not found next to {here}")
+
+
+def ensure_bpffs(config: DataplaneConfig) -> None:
+    """Mounts bpffs when absent and creates the pin directory, readable by root only."""
+    if not os.path.ismount(BPFFS_ROOT):
+        log.info("mounting bpffs at %s", BPFFS_ROOT)
+        result = subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS_ROOT],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise DataplaneError(f"cannot mount bpffs at {BPFFS_ROOT}: {result.stderr.strip()}")
+    os.makedirs(config.pin_dir, mode=0o700, exist_ok=True)
+    os.chmod(config.pin_dir, 0o700)
+
+
+def pinned(config: DataplaneConfig) -> bool:
+    """True when the maps of a data plane are pinned in the configured directory."""
+    return all(os.path.exists(os.path.join(config.pin_dir, name)) for name in MAP_NAMES)
+
+
+def _cflags(config: DataplaneConfig, src: Path) -> List[str]:
+    return [
+        f"-I{src}",
+        f'-DEBPFLB_PIN_DIR="{config.pin_dir}"',
+        f"-DLB4_MAX_SERVICES={config.max_services}",
+        f"-DLB4_MAX_BACKENDS={config.max_backends}",
+        f"-DLB4_MAX_SLOTS={config.max_slots}",
+        f"-DCT4_MAX_ENTRIES={config.ct_max_entries}",
+        f"-DFLOW_HASH_SEED={FLOW_HASH_SEED:#x}U",
+        "-Wno-unused-function",
+    ]
+
+
+def _compile(config: DataplaneConfig, filename: str) -> Any:
+    try:
+        from bcc import BPF  # the kernel edge: only imported here
+    except ImportError as exc:
+        raise DataplaneError("bcc is not importable: run `make setup` (Debian python3-bpfcc)") from exc
+    src = bpf_source_dir()
+    ensure_bpffs(config)
+    try:
+        bpf = BPF(src_file=str(src / filename), cflags=_cflags(config, src))
+    except Exception as exc:  # bcc raises bare Exception on compile or load failure
+        raise DataplaneError(f"compiling {filename} failed: {exc}") from exc
+    _restrict_pins(config)
+    return bpf
+
+
+def _restrict_pins(config: DataplaneConfig) -> None:
+    for name in MAP_NAMES:
+        path = os.path.join(config.pin_dir, name)
+        if os.path.exists(path) and stat.S_IMODE(os.stat(path).st_mode) != 0o600:
+            os.chmod(path, 0o600)
+
+
+@dataclass
+class LoadedPrograms:
+    bpf: Any
+    from_pod: Any
+    to_pod: Any
+
+
+def load_programs(config: DataplaneConfig) -> LoadedPrograms:
+    """Compiles the TC programs and loads them into the kernel (maps pinned or reused)."""
+    from bcc import BPF
+
+    bpf = _compile(config, PROGRAM_FILE)
+    try:
+        from_pod = bpf.load_func(PROG_FROM_POD, BPF.SCHED_CLS)
+        to_pod = bpf.load_func(PROG_TO_POD, BPF.SCHED_CLS)
+    except Exception as exc:  # bcc raises bare Exception with the verifier log
+        raise DataplaneError(f"loading {PROGRAM_FILE} failed: {exc}") from exc
+    log.info("loaded %s and %s (maps pinned in %s)", PROG_FROM_POD, PROG_TO_POD, config.pin_dir)
+    return LoadedPrograms(bpf, from_pod, to_pod)
+
+
+def open_maps(config: DataplaneConfig, create: bool = False) -> Any:
+    """Opens the pinned maps without loading programs. Refuses to create them unless asked, so a
+    read-only command never leaves pins behind."""
+    if not create and not pinned(config):
+        raise DataplaneError(f"no ebpflb data plane pinned in {config.pin_dir} "
+                             "(is the agent running? see `ebpflb agent --help`)")
+    return _compile(config, MAPS_FILE)

@@ -1,0 +1,182 @@
+"""Plan: the difference between the desired map contents and what the maps hold (pure core).
+
+sources -> model -> **plan** -> apply. `compute_plan` turns a DesiredState into the map records
+the programs read, keeps the ids already programmed (so an unchanged frontend or backend is not
+rewritten), and returns the fewest writes, ordered so that no packet can see a frontend whose
+slots or backends are not written yet: backends, slots, names, frontends, then removals in the
+reverse order. It also refuses a plan that would not fit in the maps, before anything is written.
+"""
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+
+from .maps import (BACKENDS, CONTROL_MAPS, PROTO_NUMBERS, SERVICES, SLOTS, SVC_META,
+                   SVC_NAME_LEN, BackendValue, SlotKey, Snapshot, SvcKey, SvcValue)
+from .model import DesiredState, Frontend
+
+UPSERT = "upsert"
+DELETE = "delete"
+
+# Upserts in this order, deletes in the reverse: whatever a record points to exists before it.
+_WRITE_ORDER = (BACKENDS, SLOTS, SVC_META, SERVICES)
+
+
+class PlanError(ValueError):
+    """The desired state cannot be programmed (it would not fit); nothing was written."""
+
+
+@dataclass(frozen=True)
+class Op:
+    action: str  # UPSERT or DELETE
+    map: str
+    key: Any
+    old: Any  # None when the key is new
+    new: Any  # None for a delete
+
+    def __str__(self) -> str:
+        if self.action == DELETE:
+            return f"- {self.map} {_fmt(self.key)} (was {_fmt(self.old)})"
+        if self.old is None:
+            return f"+ {self.map} {_fmt(self.key)} = {_fmt(self.new)}"
+        return f"~ {self.map} {_fmt(self.key)} = {_fmt(self.new)} (was {_fmt(self.old)})"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, SlotKey):
+        return f"svc {value.svc_id} slot {value.slot}"
+    if isinstance(value, SvcValue):
+        return f"svc {value.svc_id}, {value.count} slots"
+    if isinstance(value, int):
+        return f"backend {value}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Plan:
+    ops: Tuple[Op, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def counts(self) -> Dict[str, int]:
+        """Writes per map and action, e.g. {"lb4_slots upsert": 3}."""
+        out: Dict[str, int] = {}
+        for op in self.ops:
+            out[f"{op.map} {op.action}"] = out.get(f"{op.map} {op.action}", 0) + 1
+        return out
+
+    def render(self) -> str:
+        if not self.ops:
+            return "no changes"
+        return "\n".join(str(op) for op in self.ops)
+
+
+def frontend_key(frontend: Frontend) -> SvcKey:
+    return SvcKey(frontend.vip, frontend.port, PROTO_NUMBERS[frontend.protocol])
+
+
+def frontend_name(frontend: Frontend) -> str:
+    name = f"{frontend.service}:{frontend.port_name}" if frontend.port_name else frontend.service
+    # The kernel record holds SVC_NAME_LEN - 1 bytes; cut on a character boundary.
+    return name.encode()[: SVC_NAME_LEN - 1].decode(errors="ignore")
+
+
+def _free_ids(used: Set[int]) -> Iterator[int]:
+    """Ids from 1 up (0 means "none" in the data plane) that nothing in the maps uses."""
+    candidate = 1
+    while True:
+        if candidate not in used:
+            yield candidate
+        candidate += 1
+
+
+def desired_maps(desired: DesiredState, current: Snapshot) -> Snapshot:
+    """The map contents that program `desired`, reusing the ids already in `current`.
+
+    Ids that `current` uses for anything are never given to a new record, because the old record
+    is removed only at the end of the apply and must stay intact until then.
+    """
+    cur_services: Mapping[SvcKey, SvcValue] = current[SERVICES]
+    cur_backends: Mapping[int, BackendValue] = current[BACKENDS]
+    used_svc_ids = {v.svc_id for v in cur_services.values()}
+    used_svc_ids |= {k.svc_id for k in current[SLOTS]} | set(current[SVC_META])
+    new_svc_ids = _free_ids(used_svc_ids)
+    backend_ids: Dict[BackendValue, int] = {}
+    for backend_id, value in sorted(cur_backends.items()):
+        backend_ids.setdefault(value, backend_id)
+    new_backend_ids = _free_ids(set(cur_backends))
+
+    out: Snapshot = {name: {} for name in CONTROL_MAPS}
+    for frontend in sorted(desired.frontends):
+        key = frontend_key(frontend)
+        old = cur_services.get(key)
+        svc_id = old.svc_id if old is not None else next(new_svc_ids)
+        backends = desired.frontends[frontend]
+        for slot, backend in enumerate(backends):
+            value = BackendValue(backend.ip, backend.port, key.proto)
+            if value not in backend_ids:
+                backend_ids[value] = next(new_backend_ids)
+            out[BACKENDS][backend_ids[value]] = value
+            out[SLOTS][SlotKey(svc_id, slot)] = backend_ids[value]
+        out[SERVICES][key] = SvcValue(svc_id, len(backends), 0)
+        out[SVC_META][svc_id] = frontend_name(frontend)
+    return out
+
+
+def diff(desired: Snapshot, current: Snapshot) -> Plan:
+    """Ordered writes turning `current` into `desired`; equal records are not written."""
+    upserts: List[Op] = []
+    deletes: List[Op] = []
+    for name in _WRITE_ORDER:
+        want, have = desired[name], current[name]
+        for key in sorted(want, key=_sort_key):
+            if have.get(key) != want[key]:
+                upserts.append(Op(UPSERT, name, key, have.get(key), want[key]))
+    for name in reversed(_WRITE_ORDER):
+        want, have = desired[name], current[name]
+        for key in sorted(have, key=_sort_key):
+            if key not in want:
+                deletes.append(Op(DELETE, name, key, have[key], None))
+    return Plan(tuple(upserts + deletes))
+
+
+def _sort_key(key: Any) -> Tuple:
+    if isinstance(key, SvcKey):
+        return (int(IPv4Address(key.vip)), key.port, key.proto)
+    if isinstance(key, tuple):
+        return tuple(key)
+    return (key,)
+
+
+def check_capacity(plan: Plan, current: Snapshot, limits: Mapping[str, int]) -> None:
+    """Refuses a plan whose maps would overflow at their fullest point: during an apply the maps
+    hold the old and the new records together, because removals run last."""
+    for name, limit in limits.items():
+        added = sum(1 for op in plan.ops if op.map == name and op.action == UPSERT and op.old is None)
+        peak = len(current.get(name, {})) + added
+        if peak > limit:
+            raise PlanError(f"map {name} would need {peak} entries during the update but holds "
+                            f"{limit}; raise its size (agent flags) or program fewer services")
+
+
+def compute_plan(desired: DesiredState, current: Snapshot,
+                 limits: Optional[Mapping[str, int]] = None) -> Plan:
+    plan = diff(desired_maps(desired, current), current)
+    if limits:
+        check_capacity(plan, current, limits)
+    return plan
+
+
+def apply_to(snapshot: Snapshot, plan: Plan) -> Snapshot:
+    """The snapshot the maps hold once `plan` is applied (what the agent caches between syncs)."""
+    out = {name: dict(records) for name, records in snapshot.items()}
+    for op in plan.ops:
+        records = out.setdefault(op.map, {})
+        if op.action == DELETE:
+            records.pop(op.key, None)
+        else:
+            records[op.key] = op.new
+    return out

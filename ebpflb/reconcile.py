@@ -1,0 +1,34 @@
+"""Reconcile: one pass of plan-then-apply from a desired state to the maps. The agent, `ebpflb sync`
+and the tests all program the maps through this one function.
+"""
+import logging
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from .apply import MapWriter, apply_plan, read_snapshot
+from .maps import Snapshot
+from .model import DesiredState
+from .plan import Plan, apply_to, compute_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    plan: Plan
+    snapshot: Snapshot  # what the maps hold afterwards (unchanged for a dry run)
+    applied: bool
+
+
+def reconcile(desired: DesiredState, writer: MapWriter, limits: Optional[Mapping[str, int]] = None,
+              current: Optional[Snapshot] = None, dry_run: bool = False) -> SyncResult:
+    """Plans against `current` (read from the maps when not given) and applies unless dry_run.
+    Raises PlanError (nothing written) or ApplyError (writes undone)."""
+    if current is None:
+        current = read_snapshot(writer)
+    plan = compute_plan(desired, current, limits)
+    if dry_run or not plan:
+        return SyncResult(plan, current, False)
+    apply_plan(plan, writer)
+    log.info("applied %d map writes: %s", len(plan), plan.counts())
+    return SyncResult(plan, apply_to(current, plan), True)

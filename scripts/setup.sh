@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One idempotent set-up for `make demo`, `make test` and `make bench` on a Debian 12 machine, as root:
+# Debian packages, the kernel-header fallback bcc needs, a virtualenv that sees bcc, pip packages,
+# and the Cython build. Each step checks before it acts, so a second run is quick and changes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PY=${PYTHON:-/usr/bin/python3}
+APT_PACKAGES=(python3-bpfcc libbpf1 linux-headers-amd64 iproute2 python3-venv python3-dev gcc
+              curl iptables nftables conntrack tcpdump bpftool)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+    echo "[setup] ebpflb loads eBPF programs and creates network namespaces: run as root" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    log "Debian packages present"
+fi
+
+# bcc looks for kernel headers under /lib/modules/$(uname -r). Kernels built without modules (as
+# on these VMs) ship none; Debian's generic headers are close enough for networking programs.
+krel=$(uname -r)
+if [ -e "/lib/modules/$krel/build" ] || [ -e "/lib/modules/$krel/source" ]; then
+    log "kernel headers for $krel found"
+else
+    fallback=$(ls -d /lib/modules/*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$fallback" ] || [ ! -e "$fallback/build" ]; then
+        echo "[setup] no kernel headers for $krel and no linux-headers-amd64 fallback" >&2
+        exit 1
+    fi
+    if [ -e "/lib/modules/$krel" ] && [ ! -L "/lib/modules/$krel" ]; then
+        echo "[setup] /lib/modules/$krel exists without headers; not touching it" >&2
+        exit 1
+    fi
+    log "running kernel $krel ships no headers: linking /lib/modules/$krel -> $fallback (Debian headers)"
+    ln -sfn "$fallback" "/lib/modules/$krel"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV"
+    "$PY" -m venv "$VENV"
+fi
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# The venv sees bcc (only packaged by Debian) and nothing else of Debian's Python modules.
+mkdir -p "$site/_ebpflb_system"
+ln -sfn /usr/lib/python3/dist-packages/bcc "$site/_ebpflb_system/bcc"
+echo "$site/_ebpflb_system" > "$site/ebpflb-system-bcc.pth"
+
+stamp="$VENV/.deps-stamp"
+want=$(cat pyproject.toml requirements-dev.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing Python dependencies"
+    "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
+    "$VENV/bin/pip" install -q -r requirements-dev.txt
+    echo "$want" > "$stamp"
+else
+    log "Python dependencies up to date"
+fi
+
+# Editable install: builds the Cython extension in place and installs the `ebpflb` script.
+if ! "$VENV/bin/python" -c 'import ebpflb._flowhash' 2>/dev/null \
+   || [ ext/flowhash.pyx -nt "$(ls ebpflb/_flowhash*.so 2>/dev/null | head -1 || echo /nonexistent)" ]; then
+    log "building ebpflb (Cython extensions)"
+    "$VENV/bin/pip" install -q --no-build-isolation --no-deps -e .
+    "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null
+else
+    log "ebpflb and its Cython extensions built"
+fi
+
+mountpoint -q /sys/fs/bpf || { log "mounting bpffs at /sys/fs/bpf"; mount -t bpf bpf /sys/fs/bpf; }
+"$VENV/bin/python" -c 'import bcc, ebpflb._flowhash' && log "ready"

@@ -1,0 +1,50 @@
+"""Fixtures for the bpf tier: the real TC programs loaded into the kernel with maps pinned in a
+directory unique to the test session, provisioned through the real control-plane path
+(manifest text -> model -> plan -> apply through bcc), and run with BPF_PROG_TEST_RUN."""
+import os
+import shutil
+
+import pytest
+
+from ebpflb.dataplane.bcc_maps import BccMapWriter
+from ebpflb.dataplane.config import DataplaneConfig
+from ebpflb.dataplane.loader import load_programs
+from ebpflb.manifests import parse_documents
+from ebpflb.model import desired_state
+from ebpflb.reconcile import reconcile
+
+from ..conftest import unique
+
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
+
+
+class Dataplane:
+    def __init__(self, config: DataplaneConfig):
+        self.config = config
+        self.progs = load_programs(config)
+        self.writer = BccMapWriter(self.progs.bpf)
+
+    def program(self, manifest_text: str):
+        """Programs the maps from manifest YAML exactly as the agent would."""
+        m = parse_documents(manifest_text, "<test>")
+        return reconcile(desired_state(m.services, m.slices), self.writer, self.config.map_limits)
+
+    def clear_conntrack(self) -> None:
+        self.progs.bpf[b"ct4"].clear()
+
+    def stats(self):
+        from ebpflb.dataplane.bcc_maps import read_stats
+        return read_stats(self.progs.bpf)
+
+
+@pytest.fixture(scope="session")
+def dataplane():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to load BPF programs")
+    config = DataplaneConfig(pin_dir=f"/sys/fs/bpf/{unique('ebpflb-test-')}", ct_max_entries=65536)
+    try:
+        dp = Dataplane(config)
+        yield dp
+    finally:
+        shutil.rmtree(config.pin_dir, ignore_errors=True)
