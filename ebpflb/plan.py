@@ -34,20 +34,31 @@ class Op:
     new: Any  # None for a delete
 
     def __str__(self) -> str:
+        key = _fmt_key(self.map, self.key)
         if self.action == DELETE:
-            return f"- {self.map} {_fmt(self.key)} (was {_fmt(self.old)})"
+            return f"- {self.map} {key} (was {_fmt_value(self.old)})"
         if self.old is None:
-            return f"+ {self.map} {_fmt(self.key)} = {_fmt(self.new)}"
-        return f"~ {self.map} {_fmt(self.key)} = {_fmt(self.new)} (was {_fmt(self.old)})"
+            return f"+ {self.map} {key} = {_fmt_value(self.new)}"
+        return f"~ {self.map} {key} = {_fmt_value(self.new)} (was {_fmt_value(self.old)})"
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, SlotKey):
-        return f"svc {value.svc_id} slot {value.slot}"
+def _fmt_key(map_name: str, key: Any) -> str:
+    if isinstance(key, SlotKey):
+        return f"svc {key.svc_id} slot {key.slot}"
+    if map_name == SVC_META:
+        return f"svc {key}"
+    if map_name == BACKENDS:
+        return f"backend {key}"
+    return str(key)
+
+
+def _fmt_value(value: Any) -> str:
     if isinstance(value, SvcValue):
         return f"svc {value.svc_id}, {value.count} slots"
-    if isinstance(value, int):
+    if isinstance(value, int):  # a slot's value
         return f"backend {value}"
+    if isinstance(value, str):
+        return repr(value)
     return str(value)
 
 

@@ -35,3 +35,8 @@ class DataplaneConfig:
             "lb4_backends": self.max_backends,
             "lb4_slots": self.max_slots,
         }
+
+
+def lab_pin_dir(lab: str) -> str:
+    """Each lab node pins its maps apart from a real agent's and from other labs'."""
+    return f"{BPFFS_ROOT}/ebpflb-lab-{lab}"

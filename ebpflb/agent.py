@@ -1,0 +1,152 @@
+"""The agent: keeps the data plane in step with a source until told to stop.
+
+Start-up order keeps the node serving throughout: load the programs (maps pinned, or reused from
+a previous agent), program the maps from the source, then attach to the devices (replacing any
+programs a previous agent left, atomically). Afterwards it follows the source (only the difference
+is written) and attaches to matching devices as they appear. A bad source change is logged with the
+object and field, and the last good state stays programmed. On SIGTERM or SIGINT it stops and,
+as asked by --on-exit, leaves the data plane serving or removes it.
+"""
+import logging
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from .apply import ApplyError, read_snapshot
+from .manifests import ManifestErrors
+from .maps import Snapshot
+from .model import desired_state
+from .plan import PlanError
+from .reconcile import reconcile
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+ON_EXIT_KEEP = "keep"
+ON_EXIT_REMOVE = "remove"
+RESCAN_SECONDS = 10.0  # catch link events lost to a netlink overrun
+
+
+@dataclass
+class AgentOptions:
+    devices: List[str]
+    on_exit: str = ON_EXIT_KEEP
+    poll_interval: float = 0.5
+    ready_file: Optional[str] = None
+
+
+@dataclass
+class AgentState:
+    syncs: int = 0
+    rejected: int = 0
+    last_error: Optional[str] = None
+    snapshot: Optional[Snapshot] = field(default=None, repr=False)
+
+
+class Agent:
+    def __init__(self, source: Source, config, options: AgentOptions):
+        self.source = source
+        self.config = config
+        self.options = options
+        self.state = AgentState()
+        self._stop = False
+        self._wake_r, self._wake_w = os.pipe()
+
+    def stop(self, *_args) -> None:
+        self._stop = True
+        os.write(self._wake_w, b"x")
+
+    def sync(self, writer) -> bool:
+        """Reads the source if it changed and programs the difference. Returns True if it wrote."""
+        try:
+            manifests = self.source.poll()
+        except (ManifestErrors, FileNotFoundError) as exc:
+            self.state.rejected += 1
+            self.state.last_error = str(exc)
+            log.error("%s rejected, last good state stays programmed:\n%s",
+                      self.source.description, exc)
+            return False
+        if manifests is None:
+            return False
+        desired = desired_state(manifests.services, manifests.slices)
+        for skipped in desired.skipped:
+            log.info("service %s skipped: %s", skipped.ref, skipped.reason)
+        started = time.monotonic()
+        try:
+            result = reconcile(desired, writer, self.config.map_limits, current=self.state.snapshot)
+        except PlanError as exc:
+            self.state.rejected += 1
+            self.state.last_error = str(exc)
+            log.error("%s not programmed: %s", self.source.description, exc)
+            return False
+        except ApplyError as exc:
+            self.state.rejected += 1
+            self.state.last_error = str(exc)
+            log.error("%s: %s", self.source.description, exc)
+            self.state.snapshot = read_snapshot(writer)  # trust the kernel after a failure
+            return False
+        self.state.snapshot = result.snapshot
+        self.state.syncs += 1
+        self.state.last_error = None
+        log.info("%s: %d frontends programmed, %d map writes in %.1f ms",
+                 self.source.description, len(desired.frontends), len(result.plan),
+                 (time.monotonic() - started) * 1000)
+        return result.applied
+
+    def run(self) -> int:
+        # Kernel edges imported here so the module stays importable without bcc or pyroute2.
+        from pyroute2 import IPRoute
+
+        from .dataplane.attach import Attacher, LinkMonitor, Program
+        from .dataplane.bcc_maps import BccMapWriter
+        from .dataplane.cleanup import remove_dataplane
+        from .dataplane.loader import load_programs
+
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        progs = load_programs(self.config)
+        writer = BccMapWriter(progs.bpf)
+        self.state.snapshot = read_snapshot(writer)
+        self.sync(writer)
+        ipr = IPRoute()
+        monitor = LinkMonitor()
+        attacher = Attacher(ipr, self.options.devices,
+                            Program(progs.from_pod.fd, progs.from_pod.name.decode()),
+                            Program(progs.to_pod.fd, progs.to_pod.name.decode()))
+        attacher.rescan()
+        log.info("agent ready: %s, devices %s, pins in %s, on exit: %s the data plane",
+                 self.source.description, ",".join(self.options.devices), self.config.pin_dir,
+                 self.options.on_exit)
+        if self.options.ready_file:
+            with open(self.options.ready_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        last_rescan = time.monotonic()
+        try:
+            while not self._stop:
+                ready, _, _ = select.select([monitor.fileno(), self._wake_r], [], [],
+                                            self.options.poll_interval)
+                if monitor.fileno() in ready:
+                    for event, ifindex, ifname in monitor.events():
+                        if event == "RTM_NEWLINK":
+                            attacher.consider(ifindex, ifname)
+                        else:
+                            attacher.forget(ifindex)
+                if time.monotonic() - last_rescan > RESCAN_SECONDS:
+                    attacher.rescan()
+                    last_rescan = time.monotonic()
+                if not self._stop:
+                    self.sync(writer)
+        finally:
+            monitor.close()
+            if self.options.on_exit == ON_EXIT_REMOVE:
+                attacher.detach_all()
+                removed = remove_dataplane(self.config, ipr)
+                log.info("agent stopped; data plane removed (%s)", ", ".join(removed) or "nothing")
+            else:
+                log.info("agent stopped; data plane left serving (pins in %s, `ebpflb cleanup` "
+                         "removes it)", self.config.pin_dir)
+            ipr.close()
+        return 0

@@ -1,0 +1,288 @@
+"""The `ebpflb` command line. Thin by design: each command parses its options, calls one library
+function and prints the result; the work lives in the modules it calls."""
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import click
+
+from . import __version__
+
+PIN_DIR_ENV = "EBPFLB_PIN_DIR"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _config(pin_dir: str, **sizes):
+    from .dataplane.config import DataplaneConfig
+
+    try:
+        return DataplaneConfig(pin_dir=pin_dir, **sizes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _enter(netns: Optional[str]) -> None:
+    if netns:
+        from .dataplane.netns import enter_netns
+
+        try:
+            enter_netns(netns)
+        except (FileNotFoundError, OSError) as exc:
+            raise click.ClickException(f"--netns {netns}: {exc}") from exc
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise click.ClickException("this command loads or reads BPF objects: run it as root")
+
+
+pin_dir_option = click.option(
+    "--pin-dir", default="/sys/fs/bpf/ebpflb", envvar=PIN_DIR_ENV, show_default=True,
+    help=f"bpffs directory holding the pinned maps (env {PIN_DIR_ENV}).")
+netns_option = click.option(
+    "--netns", default=None, metavar="NAME",
+    help="Network namespace (as in `ip netns list`) to work in, e.g. a lab node.")
+output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]),
+                             default="table", show_default=True, help="Output format.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ebpflb")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def main(log_level: str) -> None:
+    """ebpflb: an eBPF load balancer for Kubernetes Services (a kube-proxy replacement)."""
+    _setup_logging(log_level)
+
+
+@main.command()
+@click.option("--manifests", "manifests", required=True, type=click.Path(exists=True),
+              help="Kubernetes YAML (file or directory) with Services and EndpointSlices.")
+@click.option("--device", "devices", multiple=True, default=["lxc*"], show_default=True,
+              help="Pod-facing device name or glob to attach to; repeatable. Devices that "
+                   "appear later are attached as they appear.")
+@click.option("--on-exit", type=click.Choice(["keep", "remove"]), default="keep",
+              show_default=True,
+              help="On SIGTERM/SIGINT: keep the data plane serving (pinned and attached) or "
+                   "remove it.")
+@click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
+              help="Seconds between checks of the manifests for changes.")
+@click.option("--ct-max", type=click.IntRange(1024, 1 << 24), default=262144, show_default=True,
+              help="Conntrack entries (both directions of a flow count).")
+@click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the agent's pid here once it serves (for scripts).")
+@pin_dir_option
+@netns_option
+def agent(manifests: str, devices: List[str], on_exit: str, poll_interval: float, ct_max: int,
+          ready_file: Optional[str], pin_dir: str, netns: Optional[str]) -> None:
+    """Run the agent in the foreground: program the maps from the manifests, attach to pod
+    devices, and follow changes until SIGTERM."""
+    from .agent import Agent, AgentOptions
+    from .dataplane.loader import DataplaneError
+    from .sources.files import ManifestSource
+
+    _require_root()
+    config = _config(pin_dir, ct_max_entries=ct_max)
+    _enter(netns)
+    try:
+        code = Agent(ManifestSource(manifests), config,
+                     AgentOptions(list(devices), on_exit, poll_interval, ready_file)).run()
+    except DataplaneError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--manifests", required=True, type=click.Path(exists=True),
+              help="Kubernetes YAML (file or directory) with Services and EndpointSlices.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@output_option
+@pin_dir_option
+def sync(manifests: str, dry_run: bool, output: str, pin_dir: str) -> None:
+    """Program the maps once from manifests (no agent, no attach). With --dry-run, print the map
+    writes it would make against what is programmed now."""
+    from .apply import ApplyError
+    from .dataplane.loader import DataplaneError, pinned
+    from .manifests import ManifestErrors, load_manifests
+    from .maps import empty_snapshot
+    from .model import desired_state
+    from .plan import PlanError, compute_plan
+    from .reconcile import reconcile
+
+    _require_root()
+    config = _config(pin_dir)
+    try:
+        m = load_manifests(manifests)
+    except ManifestErrors as exc:
+        raise click.ClickException(f"manifests rejected:\n{exc}") from exc
+    desired = desired_state(m.services, m.slices)
+    for skipped in desired.skipped:
+        click.echo(f"skipped {skipped.ref}: {skipped.reason}", err=True)
+    try:
+        if dry_run and not pinned(config):
+            plan = compute_plan(desired, empty_snapshot(), config.map_limits)
+        else:
+            writer = _writer(config, create=not dry_run)
+            plan = reconcile(desired, writer, config.map_limits, dry_run=dry_run).plan
+    except (PlanError, ApplyError, DataplaneError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if output == "json":
+        click.echo(json.dumps({"dry_run": dry_run, "writes": len(plan), "counts": plan.counts(),
+                               "ops": [str(op) for op in plan.ops]}, indent=2))
+    else:
+        click.echo(plan.render())
+        click.echo(f"{'would write' if dry_run else 'wrote'} {len(plan)} map entries")
+
+
+def _writer(config, create: bool = False):
+    from .dataplane.bcc_maps import BccMapWriter
+    from .dataplane.loader import open_maps
+
+    return BccMapWriter(open_maps(config, create=create))
+
+
+@main.group()
+def service() -> None:
+    """Inspect programmed services."""
+
+
+@service.command("list")
+@output_option
+@pin_dir_option
+def service_list(output: str, pin_dir: str) -> None:
+    """List every frontend and its backends as programmed in the BPF maps (not the manifests)."""
+    from .apply import read_snapshot
+    from .dataplane.loader import DataplaneError
+    from .inspect import render_table, service_views, to_json
+
+    _require_root()
+    try:
+        views = service_views(read_snapshot(_writer(_config(pin_dir))))
+    except DataplaneError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(to_json(views), indent=2) if output == "json" else render_table(views))
+
+
+@main.command()
+@pin_dir_option
+@netns_option
+def cleanup(pin_dir: str, netns: Optional[str]) -> None:
+    """Remove everything ebpflb attached or pinned: its TC programs on every device of the
+    network namespace, the clsact qdiscs nothing else uses, and the pinned maps."""
+    from .dataplane.cleanup import remove_dataplane
+
+    _require_root()
+    config = _config(pin_dir)
+    _enter(netns)
+    removed = remove_dataplane(config)
+    for item in removed:
+        click.echo(f"removed {item}")
+    if not removed:
+        click.echo("nothing to remove")
+
+
+@main.group()
+def lab() -> None:
+    """A Kubernetes-like node with pods, inside network namespaces, for real traffic."""
+
+
+lab_name_option = click.option("--name", default="ebpflb", show_default=True,
+                               help="Lab name (prefix of its namespaces).")
+
+
+@lab.command("up")
+@lab_name_option
+@click.option("--pods", "n_pods", type=click.IntRange(1, 200), default=4, show_default=True,
+              help="Number of web pods (web-1 at 10.244.0.11, ...), plus a client pod.")
+def lab_up_cmd(name: str, n_pods: int) -> None:
+    """Create the lab: a node namespace, web pods serving HTTP :8080 and UDP echo :9053, and a
+    client pod (10.244.0.2)."""
+    from .lab import LabError, default_pods, lab_up
+
+    _require_root()
+    try:
+        created = lab_up(name, default_pods(n_pods))
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"lab {name} up: node namespace {created.node_ns}")
+    for pod in created.pods.values():
+        click.echo(f"  pod {pod.name:10} {pod.ip}")
+
+
+@lab.command("down")
+@lab_name_option
+def lab_down_cmd(name: str) -> None:
+    """Remove the lab: processes, namespaces, and the pins of an agent run for it. Works after a
+    crash too."""
+    from .dataplane.cleanup import remove_pins
+    from .dataplane.config import lab_pin_dir
+    from .lab import LabError, lab_down
+
+    _require_root()
+    try:
+        removed = lab_down(name) + remove_pins(_config(lab_pin_dir(name)))
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for item in removed:
+        click.echo(f"removed {item}")
+    if not removed:
+        click.echo(f"lab {name}: nothing to remove")
+
+
+@lab.command("status")
+@lab_name_option
+@output_option
+def lab_status_cmd(name: str, output: str) -> None:
+    """Show the lab's namespaces and pods."""
+    from .lab import lab_status
+
+    status = lab_status(name)
+    if output == "json":
+        click.echo(json.dumps(status, indent=2))
+        return
+    click.echo(f"lab {name}: {'up' if status.get('exists') else 'down'}")
+    for pod in status.get("pods", []):
+        alive = pod.get("server_alive")
+        server = "" if alive is None else ("server up" if alive else "server DOWN")
+        click.echo(f"  pod {pod['name']:10} {pod['ip']:15} {server}")
+
+
+@lab.command("add-pod")
+@lab_name_option
+@click.argument("pod")
+@click.argument("ip")
+def lab_add_pod_cmd(name: str, pod: str, ip: str) -> None:
+    """Add a pod POD with address IP (in 10.244.0.0/16) to a running lab."""
+    from .lab import LabError, PodSpec, add_pod
+
+    _require_root()
+    try:
+        add_pod(name, PodSpec(pod, ip))
+    except (LabError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"pod {pod} {ip} added to lab {name}")
+
+
+@lab.command("del-pod")
+@lab_name_option
+@click.argument("pod")
+def lab_del_pod_cmd(name: str, pod: str) -> None:
+    """Remove pod POD from a running lab."""
+    from .lab import LabError, del_pod
+
+    _require_root()
+    try:
+        del_pod(name, pod)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"pod {pod} removed from lab {name}")
+
+
+if __name__ == "__main__":
+    main()

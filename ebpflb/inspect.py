@@ -1,0 +1,71 @@
+"""What is programmed, as people read it: turns a map snapshot (read from the kernel) into service
+views for `ebpflb service list`, as a table or JSON (pure core; the CLI does the reading)."""
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address
+from typing import Any, Dict, List, Tuple
+
+from .maps import BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, Snapshot
+
+
+@dataclass(frozen=True)
+class BackendView:
+    id: int
+    address: str
+    port: int
+    slots: int  # how many selection slots point at it (its share of new flows)
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    id: int
+    frontend: str
+    vip: str
+    port: int
+    protocol: str
+    service: str
+    backends: Tuple[BackendView, ...]
+    problems: Tuple[str, ...]  # inconsistencies found in the maps (should never happen)
+
+
+def service_views(snapshot: Snapshot) -> List[ServiceView]:
+    out = []
+    for key, svc in snapshot[SERVICES].items():
+        counts: Dict[int, int] = {}
+        problems = []
+        for slot in range(svc.count):
+            backend_id = snapshot[SLOTS].get((svc.svc_id, slot))
+            if backend_id is None:
+                problems.append(f"slot {slot} missing")
+                continue
+            counts[backend_id] = counts.get(backend_id, 0) + 1
+        backends = []
+        for backend_id, n in counts.items():
+            value = snapshot[BACKENDS].get(backend_id)
+            if value is None:
+                problems.append(f"backend {backend_id} missing")
+                continue
+            backends.append(BackendView(backend_id, value.addr, value.port, n))
+        backends.sort(key=lambda b: (int(IPv4Address(b.address)), b.port))
+        proto = PROTO_NAMES.get(key.proto, str(key.proto))
+        out.append(ServiceView(svc.svc_id, f"{key.vip}:{key.port}/{proto}", key.vip, key.port, proto,
+                               snapshot[SVC_META].get(svc.svc_id, ""), tuple(backends),
+                               tuple(problems)))
+    out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol))
+    return out
+
+
+def to_json(views: List[ServiceView]) -> List[Dict[str, Any]]:
+    return [asdict(v) for v in views]
+
+
+def render_table(views: List[ServiceView]) -> str:
+    rows = [("ID", "FRONTEND", "SERVICE", "BACKENDS")]
+    for v in views:
+        lines = [f"{b.id} => {b.address}:{b.port}" for b in v.backends] or ["(no ready backend: dropped)"]
+        lines += [f"! {p}" for p in v.problems]
+        rows.append((str(v.id), v.frontend, v.service, lines[0]))
+        rows.extend(("", "", "", line) for line in lines[1:])
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths)) + "  " + r[3] for r in rows
+    ).rstrip()
