@@ -1,0 +1,228 @@
+"""The pure model: Kubernetes Services and EndpointSlices in, frontends and their backends out.
+
+Pipeline: sources -> **model** -> plan -> apply. Sources (the API watch, manifests on disk) build the
+frozen objects below; `desired_state()` turns them into what the BPF maps should hold, with the
+same rules kube-proxy uses, so plan can diff it against the maps. Nothing here touches the kernel.
+Only IPv4 ClusterIP frontends for now; everything not programmed is reported in `skipped`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+log = logging.getLogger(__name__)
+
+# Service types that get a ClusterIP; ExternalName is a DNS alias the data plane never sees.
+CLUSTER_IP_TYPES = frozenset({"ClusterIP", "NodePort", "LoadBalancer"})
+# What the data plane can rewrite; SCTP is valid Kubernetes but not parsed by bpf/.
+LB_PROTOCOLS = frozenset({"TCP", "UDP"})
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One entry of a Service's spec.ports."""
+
+    name: str  # "" when unnamed; the key that links it to EndpointSlice ports
+    protocol: str  # "TCP" | "UDP" | "SCTP"
+    port: int
+    target_port: Union[int, str]  # number or IANA_SVC_NAME; already resolved in slices
+
+
+@dataclass(frozen=True)
+class Service:
+    """A Service as far as load balancing cares."""
+
+    namespace: str
+    name: str
+    type: str  # ClusterIP | NodePort | LoadBalancer | ExternalName
+    cluster_ips: Tuple[str, ...]  # as given: may hold "None" (headless) and IPv6 addresses
+    ports: Tuple[ServicePort, ...]
+    labels: Tuple[Tuple[str, str], ...] = ()  # sorted items, so the Service stays hashable
+    annotations: Tuple[Tuple[str, str], ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class EndpointPort:
+    """One entry of an EndpointSlice's ports: targetPort already resolved to a number."""
+
+    name: str  # "" when unnamed; matches ServicePort.name
+    port: int
+    protocol: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint of a slice with its conditions already defaulted (discovery/v1 rules)."""
+
+    addresses: Tuple[str, ...]
+    ready: bool  # nil means True
+    serving: bool  # nil defers to ready
+    terminating: bool  # nil means False
+    node_name: Optional[str] = None
+    target: Optional[str] = None  # targetRef as "Kind/name", for display
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str  # label kubernetes.io/service-name: the only link to its Service
+    address_type: str  # IPv4 | IPv6 | FQDN
+    ports: Tuple[EndpointPort, ...]
+    endpoints: Tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, order=True)
+class Frontend:
+    """A (VIP, port, protocol) the data plane matches; service and port name are display only."""
+
+    vip: str
+    port: int
+    protocol: str  # "TCP" | "UDP"
+    service: str = field(default="", compare=False)  # "namespace/name"
+    port_name: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> Tuple[str, int, str]:
+        return (self.vip, self.port, self.protocol)
+
+    @property
+    def namespace(self) -> str:
+        return self.service.partition("/")[0]
+
+    def __str__(self) -> str:
+        return f"{self.vip}:{self.port}/{self.protocol}"
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """An (IP, port) a frontend rewrites to; target is display only."""
+
+    ip: str
+    port: int
+    target: Optional[str] = field(default=None, compare=False)  # e.g. "Pod/web-1"
+
+    @property
+    def key(self) -> Tuple[str, int]:
+        return (self.ip, self.port)
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SkippedService:
+    """Why (part of) a service is not programmed; one service may be skipped for several reasons."""
+
+    ref: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What the maps should hold: every frontend, even one with no ready backend."""
+
+    # A plain dict (not a MappingProxyType) so deepcopy, pickle and asdict work; treat it as
+    # read-only. Keys in Frontend order; backends sorted by (IP as integer, port).
+    frontends: Mapping[Frontend, Tuple[Backend, ...]]
+    skipped: Tuple[SkippedService, ...]
+
+
+def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice]) -> DesiredState:
+    """Frontends and their ready backends for every programmable Service port (kube-proxy rules)."""
+    by_service: Dict[Tuple[str, str], List[EndpointSlice]] = {}
+    for s in sorted(slices, key=lambda s: (s.namespace, s.name)):
+        if s.address_type == "IPv4":
+            by_service.setdefault((s.namespace, s.service_name), []).append(s)
+
+    frontends: Dict[Frontend, Tuple[Backend, ...]] = {}
+    owner: Dict[Frontend, str] = {}
+    skipped: List[SkippedService] = []
+
+    def skip(svc: Service, reason: str) -> None:
+        log.info("service %s: not programmed: %s", svc.ref, reason)
+        skipped.append(SkippedService(svc.ref, reason))
+
+    # Sorted so that which service wins a (theoretical) frontend clash does not depend on order.
+    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
+        vips = _service_vips(svc, skip)
+        if not vips:
+            continue
+        svc_slices = by_service.get((svc.namespace, svc.name), [])
+        for sp in svc.ports:
+            if sp.protocol not in LB_PROTOCOLS:
+                where = f"'{sp.name}'" if sp.name else str(sp.port)
+                skip(svc, f"protocol {sp.protocol} on port {where} not supported")
+                continue
+            backends = _port_backends(sp, svc_slices)
+            for vip in vips:
+                fe = Frontend(vip, sp.port, sp.protocol, svc.ref, sp.name)
+                if fe in owner:
+                    skip(svc, f"frontend {fe} already used by {owner[fe]}")
+                    continue
+                owner[fe] = svc.ref
+                frontends[fe] = backends
+    ordered = {fe: frontends[fe] for fe in sorted(frontends)}
+    return DesiredState(frontends=ordered, skipped=tuple(skipped))
+
+
+def _service_vips(svc: Service, skip: Callable[[Service, str], None]) -> List[str]:
+    """The IPv4 cluster IPs of a service; reports every other case through skip()."""
+    if svc.type == "ExternalName":
+        skip(svc, "type ExternalName")
+        return []
+    if svc.type not in CLUSTER_IP_TYPES:
+        skip(svc, f"type {svc.type} not supported")
+        return []
+    if "None" in svc.cluster_ips:
+        skip(svc, "headless (clusterIP: None)")
+        return []
+    if not any(svc.cluster_ips):
+        skip(svc, "no cluster IP allocated")
+        return []
+    vips: List[str] = []
+    for ip in svc.cluster_ips:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            skip(svc, f"invalid cluster IP {ip!r}")
+            continue
+        if addr.version == 6:
+            skip(svc, f"IPv6 cluster IP {ip} (IPv4 only)")
+        elif ip not in vips:
+            vips.append(ip)
+    return vips
+
+
+def _port_backends(sp: ServicePort, slices: List[EndpointSlice]) -> Tuple[Backend, ...]:
+    """Ready backends of one service port, deduplicated across slices and sorted."""
+    found: Dict[Tuple[str, int], Backend] = {}
+    for s in slices:
+        # The EndpointSlice controller already resolved targetPort (named or numeric) into the
+        # slice port that carries the service port's name, so matching on name is the whole rule.
+        port = next((p.port for p in s.ports if p.name == sp.name and p.protocol == sp.protocol), None)
+        if port is None:
+            continue
+        for ep in s.endpoints:
+            if not ep.ready:
+                continue
+            for ip in ep.addresses:
+                if not _is_ipv4(ip):
+                    log.warning("endpointslice %s/%s: ignoring address %r (not IPv4)", s.namespace, s.name, ip)
+                    continue
+                found.setdefault((ip, port), Backend(ip, port, ep.target))
+    return tuple(sorted(found.values(), key=lambda b: (int(ipaddress.IPv4Address(b.ip)), b.port)))
+
+
+def _is_ipv4(ip: str) -> bool:
+    try:
+        ipaddress.IPv4Address(ip)
+    except ValueError:
+        return False
+    return True

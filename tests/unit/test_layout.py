@@ -1,0 +1,30 @@
+"""Hand-mirrored values stay in step with bpf/lb_structs.h, the single source of truth: the verdict
+counter names and the service name length. (Map key/value layouts are not mirrored: Python uses
+the types bcc generates from the header.)"""
+import re
+
+import pytest
+
+from ebpflb.dataplane.bcc_maps import STAT_NAMES
+from ebpflb.dataplane.loader import bpf_source_dir
+from ebpflb.maps import SVC_NAME_LEN
+
+pytestmark = pytest.mark.unit
+
+HEADER = (bpf_source_dir() / "lb_structs.h").read_text()
+
+
+def test_stat_names_follow_the_enum():
+    body = re.search(r"enum lb_stat \{(.*?)\};", HEADER, re.S).group(1)
+    names = re.findall(r"^\s*(STAT_[A-Z_]+)", body, re.M)
+    assert names[-1] == "STAT_MAX"
+    assert len(names) - 1 == len(STAT_NAMES)
+    # The Python names are the C names lowercased, except where they are spelled out for users.
+    spelled = {"STAT_DNAT_CT": "dnat_conntrack", "STAT_RNAT": "reverse_nat",
+               "STAT_CT_INSERT_FAIL": "conntrack_insert_fail"}
+    expected = [spelled.get(n, n[len("STAT_"):].lower()) for n in names[:-1]]
+    assert list(STAT_NAMES) == expected
+
+
+def test_service_name_length():
+    assert f"#define LB4_SVC_NAME_LEN {SVC_NAME_LEN}" in HEADER

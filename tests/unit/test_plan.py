@@ -1,0 +1,177 @@
+"""Plan and apply (pure): fewest writes, ids kept, ordering so that no packet can ever see a
+frontend whose slots or backends are missing, capacity refused up front, rollback on failure.
+
+The MapWriter here is a dict: these tests are about the planner's logic; the bpf tier applies
+plans to real maps."""
+from typing import Any, Dict
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ebpflb.apply import ApplyError, apply_plan, read_snapshot
+from ebpflb.maps import (BACKENDS, SERVICES, SLOTS, SVC_META, BackendValue, SlotKey, SvcKey,
+                         SvcValue, empty_snapshot)
+from ebpflb.model import Backend, DesiredState, Frontend
+from ebpflb.plan import DELETE, UPSERT, PlanError, apply_to, compute_plan
+
+pytestmark = pytest.mark.unit
+
+WEB = Frontend("10.96.0.10", 80, "TCP", "demo/web", "http")
+DNS = Frontend("10.96.0.20", 53, "UDP", "demo/dns", "dns")
+
+
+def b(i: int, port: int = 8080) -> Backend:
+    return Backend(f"10.244.0.{i}", port)
+
+
+def state(frontends: Dict[Frontend, tuple]) -> DesiredState:
+    return DesiredState(frontends=dict(frontends), skipped=())
+
+
+class DictWriter:
+    def __init__(self, fail_at: int = -1):
+        self.maps: Dict[str, Dict[Any, Any]] = empty_snapshot()
+        self.writes = 0
+        self.fail_at = fail_at
+
+    def _tick(self):
+        if self.writes == self.fail_at:
+            self.fail_at = -1  # one failure, like a map that was full once
+            raise OSError(28, "No space left on device")
+        self.writes += 1
+
+    def update(self, m, k, v):
+        self._tick()
+        self.maps[m][k] = v
+
+    def delete(self, m, k):
+        self._tick()
+        self.maps[m].pop(k, None)
+
+    def dump(self, m):
+        return dict(self.maps[m])
+
+
+def test_initial_plan_writes_dependencies_first():
+    plan = compute_plan(state({WEB: (b(11), b(12)), DNS: (b(21, 9053),)}), empty_snapshot())
+    maps_in_order = [op.map for op in plan.ops]
+    assert all(op.action == UPSERT for op in plan.ops)
+    last = {m: max(i for i, x in enumerate(maps_in_order) if x == m) for m in set(maps_in_order)}
+    first = {m: maps_in_order.index(m) for m in set(maps_in_order)}
+    assert last[BACKENDS] < first[SLOTS] and last[SLOTS] < first[SERVICES]
+    assert plan.counts() == {"lb4_backends upsert": 3, "lb4_slots upsert": 3,
+                             "lb4_svc_meta upsert": 2, "lb4_services upsert": 2}
+    after = apply_to(empty_snapshot(), plan)
+    web = after[SERVICES][SvcKey("10.96.0.10", 80, 6)]
+    assert web.count == 2
+    assert [after[BACKENDS][after[SLOTS][SlotKey(web.svc_id, i)]] for i in range(2)] == [
+        BackendValue("10.244.0.11", 8080, 6), BackendValue("10.244.0.12", 8080, 6)]
+    assert after[SVC_META][web.svc_id] == "demo/web:http"
+
+
+def test_same_state_again_is_no_change():
+    desired = state({WEB: (b(11), b(12)), DNS: ()})
+    snap = apply_to(empty_snapshot(), compute_plan(desired, empty_snapshot()))
+    plan = compute_plan(desired, snap)
+    assert not plan and plan.render() == "no changes"
+
+
+def test_adding_a_backend_touches_only_that_service():
+    snap = apply_to(empty_snapshot(), compute_plan(state({WEB: (b(11),), DNS: (b(21, 9053),)}),
+                                                   empty_snapshot()))
+    plan = compute_plan(state({WEB: (b(11), b(12)), DNS: (b(21, 9053),)}), snap)
+    assert [(op.action, op.map) for op in plan.ops] == [
+        (UPSERT, BACKENDS), (UPSERT, SLOTS), (UPSERT, SERVICES)]
+    assert plan.ops[-1].new.count == 2 and plan.ops[-1].old.count == 1
+
+
+def test_removing_a_backend_shrinks_before_deleting():
+    snap = apply_to(empty_snapshot(), compute_plan(state({WEB: (b(11), b(12), b(13))}),
+                                                   empty_snapshot()))
+    plan = compute_plan(state({WEB: (b(11), b(13))}), snap)
+    kinds = [(op.action, op.map) for op in plan.ops]
+    assert kinds == [(UPSERT, SLOTS), (UPSERT, SERVICES), (DELETE, SLOTS), (DELETE, BACKENDS)]
+
+
+def test_backend_shared_by_two_frontends_is_written_once():
+    plan = compute_plan(state({WEB: (b(11),), Frontend("10.96.0.11", 80, "TCP", "demo/web2"): (b(11),)}),
+                        empty_snapshot())
+    assert plan.counts()["lb4_backends upsert"] == 1
+
+
+def test_new_ids_never_reuse_ids_still_in_the_maps():
+    snap = apply_to(empty_snapshot(), compute_plan(state({WEB: (b(11),)}), empty_snapshot()))
+    old_id = snap[SERVICES][SvcKey("10.96.0.10", 80, 6)].svc_id
+    old_backend = next(iter(snap[BACKENDS]))
+    # Replace WEB by DNS in one plan: DNS must not take WEB's ids while WEB is still programmed.
+    plan = compute_plan(state({DNS: (b(21, 9053),)}), snap)
+    after = apply_to(snap, plan)
+    assert after[SERVICES][SvcKey("10.96.0.20", 53, 17)].svc_id != old_id
+    assert old_backend not in after[BACKENDS]
+    assert set(after[BACKENDS]) and old_backend not in after[BACKENDS]
+
+
+def test_capacity_is_checked_at_the_peak_of_the_update():
+    snap = apply_to(empty_snapshot(), compute_plan(state({WEB: (b(11), b(12))}), empty_snapshot()))
+    # Swapping both backends needs 4 backend entries during the update (old ones go last).
+    desired = state({WEB: (b(13), b(14))})
+    with pytest.raises(PlanError, match="lb4_backends would need 4 entries .* holds 3"):
+        compute_plan(desired, snap, {BACKENDS: 3})
+    assert compute_plan(desired, snap, {BACKENDS: 4})
+
+
+def test_apply_rolls_back_on_failure():
+    writer = DictWriter()
+    apply_plan(compute_plan(state({WEB: (b(11), b(12))}), empty_snapshot()), writer)
+    good = read_snapshot(writer)
+    plan = compute_plan(state({WEB: (b(13),), DNS: (b(21, 9053),)}), good)
+    writer.fail_at = writer.writes + len(plan) - 2
+    with pytest.raises(ApplyError, match="earlier writes undone"):
+        apply_plan(plan, writer)
+    assert read_snapshot(writer) == good
+
+
+frontends = st.sampled_from([
+    Frontend("10.96.0.10", 80, "TCP", "a/a"), Frontend("10.96.0.10", 80, "UDP", "a/b"),
+    Frontend("10.96.0.11", 443, "TCP", "a/c"), Frontend("10.96.1.1", 53, "UDP", "a/d")])
+backends = st.lists(st.builds(Backend, st.sampled_from([f"10.244.0.{i}" for i in range(1, 9)]),
+                              st.sampled_from([8080, 9053])), max_size=5, unique=True)
+desired_states = st.dictionaries(frontends, backends.map(lambda bs: tuple(sorted(bs))), max_size=4)
+
+
+def _consistent(snap) -> bool:
+    """What a packet could see: every frontend's slots exist and point at existing backends."""
+    for svc in snap[SERVICES].values():
+        for slot in range(svc.count):
+            backend = snap[SLOTS].get(SlotKey(svc.svc_id, slot))
+            if backend is None or backend not in snap[BACKENDS]:
+                return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(desired_states, min_size=1, max_size=4))
+def test_every_intermediate_state_is_consistent(sequence):
+    """Across any sequence of changes, after every single write the maps are consistent, and the
+    end state has exactly the desired frontends and backends."""
+    snap = empty_snapshot()
+    for frontends_map in sequence:
+        desired = state(frontends_map)
+        plan = compute_plan(desired, snap)
+        for op in plan.ops:
+            snap = apply_to(snap, type(plan)((op,)))
+            assert _consistent(snap), op
+        assert not compute_plan(desired, snap)
+        programmed = {}
+        for key, svc in snap[SERVICES].items():
+            programmed[key] = [snap[BACKENDS][snap[SLOTS][SlotKey(svc.svc_id, i)]]
+                               for i in range(svc.count)]
+        assert programmed == {
+            SvcKey(f.vip, f.port, 6 if f.protocol == "TCP" else 17):
+                [BackendValue(x.ip, x.port, 6 if f.protocol == "TCP" else 17) for x in bs]
+            for f, bs in frontends_map.items()}
+        # No garbage is left: every backend and slot in the maps is used.
+        used_slots = {SlotKey(s.svc_id, i) for s in snap[SERVICES].values() for i in range(s.count)}
+        assert set(snap[SLOTS]) == used_slots
+        assert set(snap[BACKENDS]) == set(snap[SLOTS].values())
