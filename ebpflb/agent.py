@@ -142,9 +142,10 @@ class Agent:
         finally:
             monitor.close()
             if self.options.on_exit == ON_EXIT_REMOVE:
-                attacher.detach_all()
                 removed = remove_dataplane(self.config, ipr)
-                log.info("agent stopped; data plane removed (%s)", ", ".join(removed) or "nothing")
+                log.info("agent stopped; data plane removed (%d objects: programs on %d devices, "
+                         "pins in %s)", len(removed),
+                         sum(1 for r in removed if r.startswith("programs on")), self.config.pin_dir)
             else:
                 log.info("agent stopped; data plane left serving (pins in %s, `ebpflb cleanup` "
                          "removes it)", self.config.pin_dir)

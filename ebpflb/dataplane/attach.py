@@ -145,14 +145,6 @@ class Attacher:
         for ifindex, ifname in sorted(present.items()):
             self.consider(ifindex, ifname)
 
-    def detach_all(self) -> None:
-        for ifindex, ifname in list(self.attached.items()):
-            try:
-                detach(self.ipr, ifindex)
-            except NetlinkError as exc:
-                log.warning("device %s: detach failed: %s", ifname, exc)
-            self.attached.pop(ifindex, None)
-
 
 class LinkMonitor:
     """Netlink link events (new and deleted devices) as a file descriptor for select()."""
