@@ -1,0 +1,40 @@
+"""The CLI surface: every command answers --help with what it does; bad arguments are refused
+with the option named. (Commands that touch the kernel are tested in the bpf and lab tiers.)"""
+import pytest
+from click.testing import CliRunner
+
+from ebpflb.cli import main
+
+pytestmark = pytest.mark.unit
+
+COMMANDS = [[], ["agent"], ["sync"], ["service"], ["service", "list"], ["cleanup"], ["lab"],
+            ["lab", "up"], ["lab", "down"], ["lab", "status"], ["lab", "add-pod"],
+            ["lab", "del-pod"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "ebpflb")
+def test_help(cmd):
+    result = CliRunner().invoke(main, [*cmd, "--help"], prog_name="ebpflb")
+    assert result.exit_code == 0, result.output
+    assert "Usage: ebpflb" in result.output
+    # The first line of the docstring is there: a command says what it does.
+    assert len(result.output.split("\n\n")[1].strip()) > 10
+
+
+@pytest.mark.parametrize("args,message", [
+    (["agent", "--manifests", "/nonexistent"], "'--manifests'"),
+    (["agent", "--manifests", ".", "--on-exit", "maybe"], "'--on-exit'"),
+    (["agent", "--manifests", ".", "--ct-max", "10"], "'--ct-max'"),
+    (["service", "list", "-o", "yaml"], "'-o' / '--output'"),
+    (["lab", "up", "--pods", "0"], "'--pods'"),
+])
+def test_bad_arguments_name_the_option(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_pin_dir_outside_bpffs_is_refused(tmp_path):
+    result = CliRunner().invoke(main, ["service", "list", "--pin-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "must be under /sys/fs/bpf" in result.output
