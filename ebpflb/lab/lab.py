@@ -1,0 +1,633 @@
+"""The lab: a Calico-style single-node Kubernetes topology built from network namespaces.
+
+Where it sits: an edge of ebpflb, used by `ebpflb lab up/down/status` and the `lab` test tier.
+It builds what ebpflb/lab/topology.py names, through ebpflb/lab/nsops.py (namespaces, sysctls,
+processes) and pyroute2 (links, addresses, routes, neighbours); the load balancer's agent then
+attaches to the node namespace and its pod-facing devices as it would on a real node.
+
+One owner, one way out: every namespace a lab creates carries the lab's tag (the ifalias of its
+`lo`), the state file /run/ebpflb/lab/<lab>.json lists pods and server pids, and lab_down finds
+the lab's namespaces by name prefix, tag and state file, so it also works after a crash.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import topology as topo
+from .nsops import (
+    LabConfigError,
+    LabError,
+    LabExistsError,
+    LabNotFoundError,
+    create_netns,
+    in_netns,
+    kill_pids,
+    list_netns,
+    netns_exists,
+    netns_ipr,
+    netns_path,
+    netns_pids,
+    pid_alive,
+    remove_netns,
+    write_sysctls,
+)
+from .topology import DEFAULT_LAB, PodSpec
+
+__all__ = [
+    "Lab", "lab_up", "lab_down", "lab_status", "get_lab", "add_pod", "del_pod", "run_in_pod",
+    "in_netns", "LabError", "LabConfigError", "LabExistsError", "LabNotFoundError",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+SERVER_START_TIMEOUT = 15.0
+_SERVER_MODULE = "ebpflb.lab.podserver"
+# Node sysctls. rp_filter strict on all/default (and per device below): the load balancer must
+# work with it, so the lab must not hide a reverse-path bug behind a lax setting. IPv6 is off so
+# captures only show the traffic a test sends (no router solicitations, no DAD).
+_NODE_SYSCTLS = {
+    "net.ipv6.conf.all.disable_ipv6": "1",
+    "net.ipv6.conf.default.disable_ipv6": "1",
+    "net.ipv4.ip_forward": "1",
+    "net.ipv4.conf.all.rp_filter": "1",
+    "net.ipv4.conf.default.rp_filter": "1",
+}
+_POD_SYSCTLS = {
+    "net.ipv6.conf.all.disable_ipv6": "1",
+    "net.ipv6.conf.default.disable_ipv6": "1",
+}
+RT_SCOPE_LINK = 253
+
+
+@dataclass
+class Lab:
+    """A running lab as lab_up built it (a snapshot; get_lab re-reads the state file)."""
+
+    name: str
+    node_ns: str
+    pods: Dict[str, PodSpec]
+    pids: Dict[str, int] = field(default_factory=dict)  # pod name -> pod server pid
+    state_file: str = ""
+    log_dir: str = ""
+
+    def pod_ns(self, pod: str) -> str:
+        return topo.pod_netns(self.name, pod)
+
+    def host_ifname(self, pod: str) -> str:
+        return topo.host_ifname(pod)
+
+    def ip(self, pod: str) -> str:
+        return self.pods[pod].ip
+
+    @property
+    def web_pods(self) -> List[PodSpec]:
+        """The pods that run a server (every pod but the client)."""
+        return [p for p in self.pods.values() if topo.runs_server(p)]
+
+    def to_state(self) -> Dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "name": self.name,
+            "node_ns": self.node_ns,
+            "log_dir": self.log_dir,
+            "pods": [
+                {"name": p.name, "ip": p.ip, "netns": self.pod_ns(p.name),
+                 "host_ifname": topo.host_ifname(p.name), "pid": self.pids.get(p.name)}
+                for p in self.pods.values()
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any]) -> "Lab":
+        name = state["name"]
+        pods = {p["name"]: PodSpec(p["name"], p["ip"]) for p in state.get("pods", [])}
+        pids = {p["name"]: p["pid"] for p in state.get("pods", []) if p.get("pid")}
+        return cls(name=name, node_ns=state.get("node_ns", topo.node_netns(name)), pods=pods,
+                   pids=pids, state_file=topo.state_file(name), log_dir=topo.log_dir(name))
+
+
+T = TypeVar("T")
+
+
+def _checked(check: Callable[..., T], *args: Any) -> T:
+    """Run a topology validator; its ValueError becomes a LabConfigError (still a ValueError),
+    so callers that catch LabError (the CLI) report bad input as cleanly as other failures."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise LabConfigError(str(exc)) from exc
+
+
+# ------------------------------------------------------------------ state file
+
+def _open_under_state_root(path: str, mode: str) -> IO[Any]:
+    """Open a file below STATE_ROOT, creating its directory.
+
+    Another lab's lab_down removes STATE_ROOT when it looks empty, which can happen between our
+    makedirs and open; retry rather than fail a lab_up that raced with it.
+    """
+    for attempt in range(5):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            return open(path, mode)
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _save_state(lab: Lab) -> None:
+    # Write-then-rename so a crash never leaves a half-written file for lab_down to choke on.
+    tmp = f"{lab.state_file}.tmp"
+    with _open_under_state_root(tmp, "w") as fh:
+        json.dump(lab.to_state(), fh, indent=1)
+    os.replace(tmp, lab.state_file)
+
+
+def _load_state(name: str) -> Optional[Dict[str, Any]]:
+    path = topo.state_file(name)
+    try:
+        with open(path) as fh:
+            state = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("lab %s: ignoring unreadable state file %s: %s", name, path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("name") != name:
+        log.warning("lab %s: ignoring state file %s that describes another lab", name, path)
+        return None
+    return state
+
+
+def get_lab(name: str = DEFAULT_LAB) -> Lab:
+    """The lab as its state file describes it now (pods added or deleted since lab_up included)."""
+    _checked(topo.validate_lab_name, name)
+    state = _load_state(name)
+    if state is None or not netns_exists(topo.node_netns(name)):
+        raise LabNotFoundError(f"lab {name}: not running (no state file or no node namespace)")
+    return Lab.from_state(state)
+
+
+# ---------------------------------------------------------- finding a lab's parts
+
+def _read_tag(ns: str) -> str:
+    try:
+        with netns_ipr(ns) as ipr:
+            msgs = ipr.link("get", ifname="lo")
+    except (LabError, NetlinkError, OSError) as exc:
+        log.debug("netns %s: cannot read tag: %s", ns, exc)
+        return ""
+    return (msgs[0].get_attr("IFLA_IFALIAS") or "") if msgs else ""
+
+
+def _lab_namespaces(name: str, state: Optional[Dict[str, Any]]) -> List[str]:
+    """Existing namespaces of lab `name`: pods first, the node last.
+
+    A namespace is the lab's if it carries the lab's tag; an untagged one (a crash between
+    create and tag) only if the state file lists it or it is the lab's node namespace. A name
+    prefix alone is not enough: lab "t1" must not take lab "t1-b"'s namespaces, nor anyone
+    else's "t1-..." namespace.
+    """
+    prefix = topo.lab_netns_prefix(name)
+    node = topo.node_netns(name)
+    known = {node}
+    if state:
+        known |= {p.get("netns") or topo.pod_netns(name, p["name"]) for p in state.get("pods", [])}
+    mine = []
+    for ns in list_netns():
+        if not ns.startswith(prefix):
+            continue
+        owner = topo.lab_of_tag(_read_tag(ns))
+        if owner == name or (not owner and ns in known):
+            mine.append(ns)
+    return sorted(mine, key=lambda ns: (ns == node, ns))
+
+
+def _podserver_pid_is(pid: Optional[int], pod: str) -> bool:
+    """True if `pid` is alive and is the pod server of `pod` (guards against pid reuse)."""
+    if not pid or not pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return _SERVER_MODULE.encode() in argv and pod.encode() in argv
+
+
+# --------------------------------------------------------------------- building
+
+@contextlib.contextmanager
+def _step(lab: str, what: str) -> Iterator[None]:
+    """Turn a netlink error into a LabError that says which lab, object and step failed."""
+    try:
+        yield
+    except NetlinkError as exc:
+        raise LabError(f"lab {lab}: {what}: {exc}") from exc
+
+
+def _tag_and_lo_up(ipr: IPRoute, lab: str, ns: str) -> None:
+    with _step(lab, f"netns {ns}: tag and bring up lo"):
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.link("set", index=lo, state="up", ifalias=topo.netns_tag(lab))
+
+
+def _create_node(lab: Lab) -> None:
+    ns = lab.node_ns
+    with netns_ipr(ns) as ipr:
+        _tag_and_lo_up(ipr, lab.name, ns)
+        write_sysctls(ns, _NODE_SYSCTLS)
+        with _step(lab.name, f"node {ns}: blackhole {topo.SERVICE_CIDR}"):
+            # Nothing unserved in the VIP range may follow another route: drop it silently.
+            ipr.route("add", dst=topo.SERVICE_CIDR, type="blackhole")
+    log.debug("lab %s: node %s configured", lab.name, ns)
+
+
+def _create_pod_net(lab: Lab, pod: PodSpec, node_ipr: IPRoute) -> None:
+    """Namespace, veth pair, addresses, routes and permanent neighbours of one pod."""
+    ns = lab.pod_ns(pod.name)
+    host = topo.host_ifname(pod.name)
+    pmac, hmac = topo.pod_mac(pod.ip), topo.host_mac(pod.ip)
+    what = f"pod {pod.name} ({ns})"
+    create_netns(ns)
+    with netns_ipr(ns) as pipr:
+        _tag_and_lo_up(pipr, lab.name, ns)
+        # Set before eth0 exists so it comes up without IPv6 from the start.
+        write_sysctls(ns, _POD_SYSCTLS)
+        fd = os.open(netns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with _step(lab.name, f"{what}: create veth {host} <-> eth0"):
+                # The peer is born inside the pod namespace: no temporary name in the node.
+                node_ipr.link("add", ifname=host, kind="veth", address=hmac,
+                              peer={"ifname": "eth0", "address": pmac, "net_ns_fd": fd})
+        finally:
+            os.close(fd)
+        write_sysctls(lab.node_ns, {f"net.ipv4.conf.{host}.rp_filter": "1",
+                                    f"net.ipv6.conf.{host}.disable_ipv6": "1"})
+        write_sysctls(ns, {"net.ipv6.conf.eth0.disable_ipv6": "1"})
+        with _step(lab.name, f"{what}: host side {host}"):
+            hidx = node_ipr.link_lookup(ifname=host)[0]
+            node_ipr.link("set", index=hidx, state="up")
+            node_ipr.route("add", dst=f"{pod.ip}/32", oif=hidx, scope=RT_SCOPE_LINK)
+            # Permanent neighbours both ways: no ARP, no proxy_arp, nothing left to timing.
+            node_ipr.neigh("add", dst=pod.ip, lladdr=pmac, ifindex=hidx, state="permanent")
+        with _step(lab.name, f"{what}: eth0"):
+            eidx = pipr.link_lookup(ifname="eth0")[0]
+            pipr.addr("add", index=eidx, address=pod.ip, prefixlen=32)
+            pipr.link("set", index=eidx, state="up")
+            pipr.route("add", dst=f"{topo.POD_GATEWAY}/32", oif=eidx, scope=RT_SCOPE_LINK)
+            pipr.route("add", dst="0.0.0.0/0", gateway=topo.POD_GATEWAY, oif=eidx)
+            pipr.neigh("add", dst=topo.POD_GATEWAY, lladdr=hmac, ifindex=eidx, state="permanent")
+    log.debug("lab %s: pod %s at %s on %s", lab.name, pod.name, pod.ip, host)
+
+
+def _server_env() -> Dict[str, str]:
+    # The server must import this very ebpflb, installed or not: put its source root first.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def _log_tail(path: str, n: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(fh.readlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _start_servers(lab: Lab, pods: Sequence[PodSpec]) -> None:
+    """Start the pod servers in parallel and wait until every one listens (or fail)."""
+    env = _server_env()
+    pending: Dict[str, int] = {}  # pod name -> read end of its ready pipe
+    try:
+        for pod in pods:
+            rfd, wfd = os.pipe()
+            pending[pod.name] = rfd
+            argv = ["ip", "netns", "exec", lab.pod_ns(pod.name), sys.executable, "-m", _SERVER_MODULE,
+                    "--name", pod.name, "--http-port", str(topo.HTTP_PORT),
+                    "--udp-port", str(topo.UDP_ECHO_PORT), "--ready-fd", str(wfd), "--detach"]
+            try:
+                with _open_under_state_root(topo.pod_log(lab.name, pod.name), "ab") as logf:
+                    # `ip netns exec` execs python directly; --detach then forks the real server
+                    # away, so this launcher exits at once and we never own a child to reap.
+                    launcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                                stderr=subprocess.STDOUT, pass_fds=(wfd,),
+                                                env=env, cwd="/")
+            except OSError as exc:
+                raise LabError(f"lab {lab.name}: pod {pod.name}: cannot start {argv[0]}: {exc}") from exc
+            finally:
+                os.close(wfd)
+            try:
+                launcher.wait(timeout=SERVER_START_TIMEOUT)
+            except subprocess.TimeoutExpired as exc:
+                launcher.kill()
+                launcher.wait()
+                raise LabError(f"lab {lab.name}: pod {pod.name}: launcher {' '.join(argv[:4])} "
+                               f"hung for {SERVER_START_TIMEOUT}s") from exc
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        for pod_name, rfd in list(pending.items()):
+            remaining = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([rfd], [], [], remaining)
+            line = os.read(rfd, 64).decode(errors="replace") if ready else ""
+            os.close(rfd)
+            del pending[pod_name]
+            if not line.startswith("ready "):
+                why = "timed out" if not ready else "exited before listening"
+                raise LabError(f"lab {lab.name}: pod {pod_name}: server {why}; log "
+                               f"{topo.pod_log(lab.name, pod_name)}:\n{_log_tail(topo.pod_log(lab.name, pod_name))}")
+            lab.pids[pod_name] = int(line.split()[1])
+            log.debug("lab %s: pod %s server pid %d listening", lab.name, pod_name, lab.pids[pod_name])
+    finally:
+        for rfd in pending.values():
+            os.close(rfd)
+
+
+def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None) -> Lab:
+    """Build lab `name` with `pods` (default: client + web-1..web-4). Refuses if it exists.
+
+    On any failure everything built so far is removed before the error propagates.
+    """
+    _checked(topo.validate_lab_name, name)
+    pod_list = _checked(topo.validate_pods, topo.default_pods() if pods is None else pods)
+    t0 = time.monotonic()
+    existing = _lab_namespaces(name, _load_state(name))
+    if existing or os.path.exists(topo.state_file(name)):
+        raise LabExistsError(f"lab {name}: already exists (namespaces: {', '.join(existing) or 'none'}; "
+                             f"state file: {topo.state_file(name)}); run lab_down('{name}') first")
+    lab = Lab(name=name, node_ns=topo.node_netns(name), pods={},
+              state_file=topo.state_file(name), log_dir=topo.log_dir(name))
+    # Creating the node namespace is the claim on the name (O_EXCL): if another lab_up won the
+    # race, fail here, before the cleanup below could tear down the winner's lab.
+    create_netns(lab.node_ns)
+    try:
+        _create_node(lab)
+        _save_state(lab)
+        with netns_ipr(lab.node_ns) as node_ipr:
+            for pod in pod_list:
+                # In the state file before its namespace exists, so a crash leaves it findable.
+                lab.pods[pod.name] = pod
+                _save_state(lab)
+                _create_pod_net(lab, pod, node_ipr)
+        _start_servers(lab, [p for p in pod_list if topo.runs_server(p)])
+        _save_state(lab)
+    except BaseException:
+        log.error("lab %s: lab_up failed, removing what was built", name)
+        try:
+            lab_down(name)
+        except (LabError, OSError) as exc:
+            log.error("lab %s: cleanup after failed lab_up also failed: %s", name, exc)
+        raise
+    log.info("lab %s: up with %d pods in %.2fs", name, len(pod_list), time.monotonic() - t0)
+    return lab
+
+
+# --------------------------------------------------------------------- removing
+
+def _delete_veths(node_ns: str, only: Optional[Sequence[str]] = None) -> List[str]:
+    """Delete veths in the node namespace (all, or the named ones); their pod ends go with them.
+
+    Done explicitly because removing a namespace only unlinks its name: something still holding
+    it (a socket a test kept) would keep its devices alive.
+    """
+    removed = []
+    if not netns_exists(node_ns):
+        return removed
+    with netns_ipr(node_ns) as ipr:
+        for link in ipr.get_links():
+            ifname = link.get_attr("IFLA_IFNAME")
+            linkinfo = link.get_attr("IFLA_LINKINFO")
+            kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None
+            if kind != "veth" or (only is not None and ifname not in only):
+                continue
+            try:
+                ipr.link("del", index=link["index"])
+                removed.append(ifname)
+            except NetlinkError as exc:
+                # ENODEV: deleting an earlier pair's peer already took it.
+                if exc.code != errno.ENODEV:
+                    raise LabError(f"node {node_ns}: delete {ifname}: {exc}") from exc
+    return removed
+
+
+def _stop_processes(namespaces: Sequence[str], extra: Dict[int, str]) -> List[str]:
+    """Stop every process in `namespaces` (and the `extra` pids); return what was stopped.
+
+    All are signalled at once and waited for once, not one grace period per pod. The scan
+    repeats because a process can fork between scan and signal (a pod server detaching at
+    start-up); its child would otherwise outlive the namespace's name, unseen.
+    """
+    removed: List[str] = []
+    where = dict(extra)
+    for _ in range(5):
+        where.update({pid: f"netns {ns}" for ns in namespaces for pid in netns_pids(ns)})
+        if not where:
+            return removed
+        removed += [f"process {pid} ({where[pid]})" for pid in kill_pids(sorted(where))]
+        where = {}
+    left = {pid: ns for ns in namespaces for pid in netns_pids(ns)}
+    if left:
+        log.warning("namespaces %s: processes %s survived SIGKILL", ", ".join(namespaces), sorted(left))
+    return removed
+
+
+def _rmdir_if_empty(path: str) -> bool:
+    try:
+        os.rmdir(path)
+        return True
+    except OSError:
+        return False
+
+
+def lab_down(name: str = DEFAULT_LAB) -> List[str]:
+    """Remove every process, device, namespace and file of lab `name`; return what was removed.
+
+    Works without the state file (after a crash) and when nothing is left (returns []). Never
+    touches another lab, even one whose name starts with "<name>-".
+    """
+    _checked(topo.validate_lab_name, name)
+    t0 = time.monotonic()
+    state = _load_state(name)
+    namespaces = _lab_namespaces(name, state)
+    removed: List[str] = []
+    strays = {}
+    for p in (state or {}).get("pods", []):
+        # A server whose namespace name is already gone (partial earlier teardown) is only
+        # reachable through the pid the state file recorded.
+        if _podserver_pid_is(p.get("pid"), p["name"]):
+            strays[p["pid"]] = f"pod {p['name']}"
+    removed += _stop_processes(namespaces, strays)
+    node = topo.node_netns(name)
+    if node in namespaces:
+        removed += [f"link {ifname} (netns {node})" for ifname in _delete_veths(node)]
+    for ns in namespaces:
+        if remove_netns(ns):
+            removed.append(f"netns {ns}")
+    for sf in (topo.state_file(name), topo.state_file(name) + ".tmp"):
+        if os.path.exists(sf):
+            os.unlink(sf)
+            removed.append(f"file {sf}")
+    ld = topo.log_dir(name)
+    if os.path.isdir(ld):
+        shutil.rmtree(ld)
+        removed.append(f"dir {ld}")
+    # The shared parents go only when no other lab (or other part of ebpflb) uses them.
+    if _rmdir_if_empty(topo.STATE_ROOT):
+        _rmdir_if_empty(os.path.dirname(topo.STATE_ROOT))
+    if removed:
+        log.info("lab %s: down in %.2fs, removed %d objects", name, time.monotonic() - t0, len(removed))
+    else:
+        log.debug("lab %s: nothing to remove", name)
+    return removed
+
+
+# ------------------------------------------------------------------ pods at run time
+
+def add_pod(name: str, pod: PodSpec) -> None:
+    """Add one pod (namespace, veth, routes, server) to running lab `name`."""
+    lab = get_lab(name)
+    if pod.name in lab.pods or netns_exists(lab.pod_ns(pod.name)):
+        raise LabExistsError(f"lab {name}: pod {pod.name} already exists")
+    _checked(topo.validate_pods, list(lab.pods.values()) + [pod])
+    lab.pods[pod.name] = pod
+    _save_state(lab)
+    try:
+        with netns_ipr(lab.node_ns) as node_ipr:
+            _create_pod_net(lab, pod, node_ipr)
+        if topo.runs_server(pod):
+            _start_servers(lab, [pod])
+        _save_state(lab)
+    except BaseException:
+        log.error("lab %s: add_pod %s failed, removing what was built", name, pod.name)
+        try:
+            _remove_pod(lab, pod.name)
+        except (LabError, OSError) as exc:
+            log.error("lab %s: cleanup of pod %s also failed: %s", name, pod.name, exc)
+        lab.pods.pop(pod.name, None)
+        lab.pids.pop(pod.name, None)
+        _save_state(lab)
+        raise
+    log.info("lab %s: added pod %s at %s", name, pod.name, pod.ip)
+
+
+def _remove_pod(lab: Lab, pod_name: str) -> List[str]:
+    ns = lab.pod_ns(pod_name)
+    pid = lab.pids.get(pod_name)
+    strays = {pid: f"pod {pod_name}"} if pid and _podserver_pid_is(pid, pod_name) else {}
+    removed = _stop_processes([ns], strays)
+    removed += [f"link {i}" for i in _delete_veths(lab.node_ns, only=[topo.host_ifname(pod_name)])]
+    if remove_netns(ns):
+        removed.append(f"netns {ns}")
+    logf = topo.pod_log(lab.name, pod_name)
+    if os.path.exists(logf):
+        os.unlink(logf)
+    return removed
+
+
+def del_pod(name: str, pod_name: str) -> None:
+    """Remove one pod (server, veth, routes, namespace) from running lab `name`."""
+    lab = get_lab(name)
+    if pod_name not in lab.pods and not netns_exists(lab.pod_ns(pod_name)):
+        raise LabNotFoundError(f"lab {name}: no pod {pod_name}")
+    removed = _remove_pod(lab, pod_name)
+    lab.pods.pop(pod_name, None)
+    lab.pids.pop(pod_name, None)
+    _save_state(lab)
+    log.info("lab %s: deleted pod %s (%s)", name, pod_name, ", ".join(removed))
+
+
+# ------------------------------------------------------------------ looking and using
+
+def _pod_ip_in_netns(ns: str) -> str:
+    """The IPv4 address on eth0 in `ns`, or "" (for status when the state file is gone)."""
+    try:
+        with netns_ipr(ns) as ipr:
+            idx = ipr.link_lookup(ifname="eth0")
+            addrs = ipr.get_addr(family=socket.AF_INET, index=idx[0]) if idx else []
+    except (LabError, NetlinkError, OSError) as exc:
+        log.debug("netns %s: cannot read eth0 address: %s", ns, exc)
+        return ""
+    return addrs[0].get_attr("IFA_ADDRESS") if addrs else ""
+
+
+def _podserver_pid_in(ns: str, pod: str) -> Optional[int]:
+    return next((pid for pid in netns_pids(ns) if _podserver_pid_is(pid, pod)), None)
+
+
+def lab_status(name: str = DEFAULT_LAB) -> Dict[str, Any]:
+    """What exists of lab `name`: namespaces, pods, servers. JSON-serialisable.
+
+    Per pod: name, ip, netns, netns_exists, host_ifname, server (whether the pod runs one),
+    server_pid, server_alive (None for a pod without a server). Without the state file the pods
+    are rebuilt from the lab's namespaces.
+    """
+    _checked(topo.validate_lab_name, name)
+    state = _load_state(name)
+    namespaces = _lab_namespaces(name, state)
+    node = topo.node_netns(name)
+    prefix = topo.lab_netns_prefix(name)
+    known = [(p["name"], p["ip"], p.get("pid")) for p in (state or {}).get("pods", [])]
+    listed = {topo.pod_netns(name, pod) for pod, _, _ in known}
+    # Namespaces the state file does not know (it is gone, or a crash came first).
+    known += [(ns[len(prefix):], _pod_ip_in_netns(ns), None)
+              for ns in namespaces if ns != node and ns not in listed]
+    pods = []
+    for pod, ip, pid in known:
+        ns = topo.pod_netns(name, pod)
+        server = topo.runs_server(PodSpec(pod, ip))
+        if server and not _podserver_pid_is(pid, pod):
+            pid = _podserver_pid_in(ns, pod) or pid
+        pods.append({
+            "name": pod, "ip": ip, "netns": ns, "netns_exists": ns in namespaces,
+            "host_ifname": topo.host_ifname(pod), "server": server, "server_pid": pid,
+            "server_alive": _podserver_pid_is(pid, pod) if server else None,
+        })
+    return {
+        "lab": name,
+        "exists": bool(namespaces),
+        "node_ns": node,
+        "node_ns_exists": node in namespaces,
+        "namespaces": namespaces,
+        "state_file": topo.state_file(name) if state is not None else None,
+        "log_dir": topo.log_dir(name),
+        "pods": pods,
+    }
+
+
+def run_in_pod(name: str, pod: str, argv: List[str], timeout: float = 30,
+               **kw: Any) -> subprocess.CompletedProcess:
+    """Run `argv` inside pod `pod` of lab `name` (via `ip netns exec`); output captured as text.
+
+    `pod` may be "node" to run in the node namespace.
+
+    Returns the CompletedProcess whatever the exit code (pass check=True to raise), like
+    subprocess.run; extra keyword arguments go to subprocess.run.
+    """
+    _checked(topo.validate_lab_name, name)
+    # "node" is accepted on purpose: pod_netns(lab, "node") is the node namespace.
+    _checked(topo.validate_pod_name, pod)
+    ns = topo.pod_netns(name, pod)
+    if not netns_exists(ns):
+        raise LabNotFoundError(f"lab {name}: pod {pod} has no namespace {ns}")
+    if "stdout" not in kw and "stderr" not in kw:
+        kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], timeout=timeout, **kw)
