@@ -32,7 +32,9 @@ fi
 # bcc looks for kernel headers under /lib/modules/$(uname -r). Kernels built without modules (as
 # on these VMs) ship none; Debian's generic headers are close enough for networking programs.
 krel=$(uname -r)
-if [ -e "/lib/modules/$krel/build" ] || [ -e "/lib/modules/$krel/source" ]; then
+if [ -L "/lib/modules/$krel" ] && [ -e "/lib/modules/$krel/build" ]; then
+    log "kernel $krel ships no headers: using the Debian headers linked at /lib/modules/$krel -> $(readlink "/lib/modules/$krel")"
+elif [ -e "/lib/modules/$krel/build" ] || [ -e "/lib/modules/$krel/source" ]; then
     log "kernel headers for $krel found"
 else
     fallback=$(ls -d /lib/modules/*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
@@ -73,8 +75,13 @@ fi
 if ! "$VENV/bin/python" -c 'import ebpflb._flowhash' 2>/dev/null \
    || [ ext/flowhash.pyx -nt "$(ls ebpflb/_flowhash*.so 2>/dev/null | head -1 || echo /nonexistent)" ]; then
     log "building ebpflb (Cython extensions)"
-    "$VENV/bin/pip" install -q --no-build-isolation --no-deps -e .
-    "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null
+    buildlog="$VENV/build.log"
+    if ! { "$VENV/bin/pip" install -q --no-build-isolation --no-deps -e . \
+           && "$VENV/bin/python" setup.py -q build_ext --inplace; } >"$buildlog" 2>&1; then
+        cat "$buildlog" >&2
+        echo "[setup] build failed (log above, kept in $buildlog)" >&2
+        exit 1
+    fi
 else
     log "ebpflb and its Cython extensions built"
 fi

@@ -76,7 +76,7 @@ def _compile(config: DataplaneConfig, filename: str) -> Any:
     src = bpf_source_dir()
     ensure_bpffs(config)
     try:
-        bpf = BPF(src_file=str(src / filename), cflags=_cflags(config, src))
+        bpf = BPF(src_file=str(src / filename).encode(), cflags=_cflags(config, src))
     except Exception as exc:  # bcc raises bare Exception on compile or load failure
         raise DataplaneError(f"compiling {filename} failed: {exc}") from exc
     _restrict_pins(config)
@@ -103,8 +103,8 @@ def load_programs(config: DataplaneConfig) -> LoadedPrograms:
 
     bpf = _compile(config, PROGRAM_FILE)
     try:
-        from_pod = bpf.load_func(PROG_FROM_POD, BPF.SCHED_CLS)
-        to_pod = bpf.load_func(PROG_TO_POD, BPF.SCHED_CLS)
+        from_pod = bpf.load_func(PROG_FROM_POD.encode(), BPF.SCHED_CLS)
+        to_pod = bpf.load_func(PROG_TO_POD.encode(), BPF.SCHED_CLS)
     except Exception as exc:  # bcc raises bare Exception with the verifier log
         raise DataplaneError(f"loading {PROGRAM_FILE} failed: {exc}") from exc
     log.info("loaded %s and %s (maps pinned in %s)", PROG_FROM_POD, PROG_TO_POD, config.pin_dir)
