@@ -35,6 +35,18 @@ static __always_inline void lb_count(__u32 stat)
 
 #define CT_REFRESH_NS 1000000000ULL
 
+/* The conntrack key of a packet as it arrives, before any rewrite. */
+static __always_inline void ct4_key_of(const struct pkt4 *p, __u8 dir, struct ct4_key *k)
+{
+	k->saddr = p->saddr;
+	k->daddr = p->daddr;
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
+	k->dir = dir;
+	k->pad = 0;
+}
+
 /* Looks a flow up and refreshes its last-seen time, at most once a second per entry. */
 static __always_inline struct ct4_entry *ct4_lookup(struct ct4_key *key)
 {
@@ -51,14 +63,10 @@ static __always_inline struct ct4_entry *ct4_lookup(struct ct4_key *key)
 
 /* Creates both entries of a new flow. Returns 0, or -1 when either insert failed (the packet is
  * still forwarded: the hash picks the same backend again while the backend set is unchanged). */
-static __always_inline int ct4_create(const struct pkt4 *p, const struct lb4_backend *be,
-				      __u32 svc_id, __u32 backend_id)
+static __always_inline int ct4_create(const struct pkt4 *p, struct ct4_key *fwd,
+				      const struct lb4_backend *be, __u32 svc_id, __u32 backend_id)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct ct4_key fwd = {
-		.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport, .dport = p->dport,
-		.proto = p->proto, .dir = CT_DIR_FWD,
-	};
 	struct ct4_key rev = {
 		.saddr = be->addr, .daddr = p->saddr, .sport = be->port, .dport = p->sport,
 		.proto = p->proto, .dir = CT_DIR_REPLY,
@@ -75,7 +83,7 @@ static __always_inline int ct4_create(const struct pkt4 *p, const struct lb4_bac
 	r.nat_port = p->dport;
 	if (ct4.update(&rev, &r))
 		return -1;
-	if (ct4.update(&fwd, &e))
+	if (ct4.update(fwd, &e))
 		return -1;
 	return 0;
 }
@@ -118,7 +126,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 	struct pkt4 p = {};
 	struct lb4_svc_key sk = {};
 	struct lb4_svc *svc;
-	struct ct4_key fk = {};
+	struct ct4_key fk;
 	struct ct4_entry *ct;
 	struct lb4_backend *be = 0;
 	__be32 new_addr;
@@ -139,12 +147,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 	if (!svc)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 
-	fk.saddr = p.saddr;
-	fk.daddr = p.daddr;
-	fk.sport = p.sport;
-	fk.dport = p.dport;
-	fk.proto = p.proto;
-	fk.dir = CT_DIR_FWD;
+	ct4_key_of(&p, CT_DIR_FWD, &fk);
 	ct = ct4_lookup(&fk);
 	if (ct) {
 		new_addr = ct->nat_addr;
@@ -158,7 +161,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 		}
 		new_addr = be->addr;
 		new_port = be->port;
-		if (ct4_create(&p, be, svc->svc_id, backend_id))
+		if (ct4_create(&p, &fk, be, svc->svc_id, backend_id))
 			lb_count(STAT_CT_INSERT_FAIL);
 		stat = STAT_DNAT_NEW;
 	}
@@ -173,7 +176,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 int lb4_to_pod(struct __sk_buff *skb)
 {
 	struct pkt4 p = {};
-	struct ct4_key rk = {};
+	struct ct4_key rk;
 	struct ct4_entry *ct;
 	int r;
 
@@ -182,12 +185,7 @@ int lb4_to_pod(struct __sk_buff *skb)
 	if (r != PARSE_OK)
 		return lb4_pass_verdict(r);
 
-	rk.saddr = p.saddr;
-	rk.daddr = p.daddr;
-	rk.sport = p.sport;
-	rk.dport = p.dport;
-	rk.proto = p.proto;
-	rk.dir = CT_DIR_REPLY;
+	ct4_key_of(&p, CT_DIR_REPLY, &rk);
 	ct = ct4_lookup(&rk);
 	if (!ct)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
