@@ -6,6 +6,8 @@ from Cython.Build import cythonize
 
 extensions = [
     Extension("ebpflb._flowhash", ["ext/flowhash.pyx"]),
+    Extension("ebpflb._maglev", ["ext/maglev.pyx"]),
+    Extension("ebpflb._statsagg", ["ext/statsagg.pyx"]),
 ]
 
 setup(

@@ -29,6 +29,35 @@ static __always_inline void lb_count(__u32 stat)
 		*v += 1;
 }
 
+/* Counts a packet of a flow against its frontend and its backend. */
+static __always_inline void lb_count_flow(__u32 svc_id, __u32 backend_id, __u32 len, int reply,
+					  int new_flow)
+{
+	struct lb_flow_stats *s = lb4_svc_stats.lookup(&svc_id);
+	struct lb_flow_stats *b = lb4_backend_stats.lookup(&backend_id);
+
+	if (s) {
+		if (reply) {
+			s->packets_out += 1;
+			s->bytes_out += len;
+		} else {
+			s->packets_in += 1;
+			s->bytes_in += len;
+		}
+		s->conns += new_flow;
+	}
+	if (b) {
+		if (reply) {
+			b->packets_out += 1;
+			b->bytes_out += len;
+		} else {
+			b->packets_in += 1;
+			b->bytes_in += len;
+		}
+		b->conns += new_flow;
+	}
+}
+
 /* ---- conntrack: a new flow gets two entries, the forward one (client 5-tuple -> backend) and
  * the reply one (backend 5-tuple -> frontend), so established flows keep their backend whatever
  * happens to the Service's backend set ---- */
@@ -152,6 +181,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 	if (ct) {
 		new_addr = ct->nat_addr;
 		new_port = ct->nat_port;
+		backend_id = ct->backend_id;
 		stat = STAT_DNAT_CT;
 	} else {
 		backend_id = lb4_select_backend(&p, svc, &be);
@@ -163,6 +193,8 @@ int lb4_from_pod(struct __sk_buff *skb)
 		new_port = be->port;
 		if (ct4_create(&p, &fk, be, svc->svc_id, backend_id))
 			lb_count(STAT_CT_INSERT_FAIL);
+		else
+			lb_count(STAT_CT_INSERT);
 		stat = STAT_DNAT_NEW;
 	}
 	if (lb4_rewrite(skb, &p, NAT_DST, new_addr, new_port)) {
@@ -170,6 +202,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	lb_count(stat);
+	lb_count_flow(svc->svc_id, backend_id, skb->len, 0, stat == STAT_DNAT_NEW);
 	return TC_ACT_OK;
 }
 
@@ -194,5 +227,6 @@ int lb4_to_pod(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	lb_count(STAT_RNAT);
+	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
 	return TC_ACT_OK;
 }

@@ -16,28 +16,37 @@
 #define LB4_MAX_BACKENDS 65536
 #endif
 #ifndef LB4_MAX_SLOTS
-#define LB4_MAX_SLOTS 262144
+#define LB4_MAX_SLOTS 4194304
 #endif
 #ifndef CT4_MAX_ENTRIES
 #define CT4_MAX_ENTRIES 262144
 #endif
 
+/* The maps the control plane writes allocate entries as they are written (BPF_F_NO_PREALLOC):
+ * their limits can be generous (Maglev tables are large) without reserving kernel memory. */
+
 /* Frontends: (VIP, port, protocol) -> service id and slot count. */
 BPF_TABLE_PINNED("hash", struct lb4_svc_key, struct lb4_svc, lb4_services, LB4_MAX_SERVICES,
-		 EBPFLB_PIN_DIR "/lb4_services");
+		 EBPFLB_PIN_DIR "/lb4_services", BPF_F_NO_PREALLOC);
 /* Selection slots: (service id, slot) -> backend id. */
 BPF_TABLE_PINNED("hash", struct lb4_slot_key, __u32, lb4_slots, LB4_MAX_SLOTS,
-		 EBPFLB_PIN_DIR "/lb4_slots");
+		 EBPFLB_PIN_DIR "/lb4_slots", BPF_F_NO_PREALLOC);
 /* Backends: id -> address, port, protocol. */
 BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, lb4_backends, LB4_MAX_BACKENDS,
-		 EBPFLB_PIN_DIR "/lb4_backends");
+		 EBPFLB_PIN_DIR "/lb4_backends", BPF_F_NO_PREALLOC);
 /* Connection tracking, both directions; LRU so a full table evicts the idlest flows, not new ones. */
 BPF_TABLE_PINNED("lru_hash", struct ct4_key, struct ct4_entry, ct4, CT4_MAX_ENTRIES,
 		 EBPFLB_PIN_DIR "/ct4");
 /* Frontend display names, for the CLI only. */
 BPF_TABLE_PINNED("hash", __u32, struct lb4_svc_meta, lb4_svc_meta, LB4_MAX_SERVICES,
-		 EBPFLB_PIN_DIR "/lb4_svc_meta");
+		 EBPFLB_PIN_DIR "/lb4_svc_meta", BPF_F_NO_PREALLOC);
 /* Global verdict counters. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_stats, STAT_MAX, EBPFLB_PIN_DIR "/lb_stats");
+/* Per-frontend and per-backend traffic, indexed by id (ids are below the map limits; 0 unused).
+ * The control plane zeroes an id's counters before it gives the id to a new frontend or backend. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_flow_stats, lb4_svc_stats, LB4_MAX_SERVICES + 1,
+		 EBPFLB_PIN_DIR "/lb4_svc_stats");
+BPF_TABLE_PINNED("percpu_array", __u32, struct lb_flow_stats, lb4_backend_stats,
+		 LB4_MAX_BACKENDS + 1, EBPFLB_PIN_DIR "/lb4_backend_stats");
 
 #endif

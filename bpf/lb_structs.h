@@ -16,10 +16,14 @@ struct lb4_svc_key {
 /* A programmed frontend. count == 0 means the frontend exists but has no usable backend, which
  * is a verdict of its own (the packet is dropped and counted), not a miss. */
 struct lb4_svc {
-	__u32 svc_id;	/* names this frontend's slots in lb4_slots */
+	__u32 svc_id;	/* names this frontend's slots in lb4_slots and its counters */
 	__u32 count;	/* number of slots: the flow hash picks slot = hash % count */
-	__u32 flags;	/* reserved for per-service options (algorithm, affinity) */
+	__u32 flags;	/* LB4_SVC_F_*: how the control plane filled the slots (for display) */
 };
+
+/* The slots hold the backends themselves (hash-mod, "random") or a Maglev table of prime size;
+ * the data path is the same, slot = hash % count, so this flag only tells readers which. */
+#define LB4_SVC_F_MAGLEV 0x1
 
 /* One selection slot of a frontend; the value is a backend id in lb4_backends. */
 struct lb4_slot_key {
@@ -27,13 +31,15 @@ struct lb4_slot_key {
 	__u32 slot;
 };
 
-/* A backend address; ids are shared by every frontend that uses the same address, port and
- * protocol, so a pod behind several Services is written once. */
+/* A backend of one frontend. A pod behind several frontends has one record (and one id) per
+ * frontend, so its counters say which Service its traffic came through, and a backend that holds
+ * no slot (weight 0, draining) is still listed under its frontend. */
 struct lb4_backend {
 	__be32 addr;
 	__be16 port;
 	__u8 proto;
 	__u8 flags;
+	__u32 svc_id;	/* the frontend this record belongs to */
 };
 
 /* Direction of a conntrack entry: the client's packets, or the backend's replies. */
@@ -71,6 +77,16 @@ struct lb4_svc_meta {
 	char name[LB4_SVC_NAME_LEN];
 };
 
+/* Traffic counters of one frontend or one backend, per CPU (summed by user space). "in" is
+ * client to backend, "out" is the replies; bytes are frame lengths as TC sees them. */
+struct lb_flow_stats {
+	__u64 packets_in;
+	__u64 bytes_in;
+	__u64 packets_out;
+	__u64 bytes_out;
+	__u64 conns;		/* new flows: conntrack entries created */
+};
+
 /* Global per-CPU counters, one slot per verdict. */
 enum lb_stat {
 	STAT_PASS = 0,		/* not for us: passed untouched */
@@ -82,6 +98,7 @@ enum lb_stat {
 	STAT_FRAGMENT,		/* IPv4 fragment: no L4 ports to match, passed untouched */
 	STAT_CT_INSERT_FAIL,	/* conntrack full or insert failed; the hash still picked a backend */
 	STAT_NAT_FAIL,		/* a rewrite helper failed: dropped */
+	STAT_CT_INSERT,		/* conntrack flows created (each writes two entries) */
 	STAT_MAX,
 };
 

@@ -169,6 +169,156 @@ def service_list(output: str, pin_dir: str) -> None:
     click.echo(json.dumps(to_json(views), indent=2) if output == "json" else render_table(views))
 
 
+def _open_or_fail(pin_dir: str):
+    from .dataplane.loader import DataplaneError
+
+    _require_root()
+    try:
+        return _writer(_config(pin_dir))
+    except DataplaneError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--watch", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
+              help="Print again every SECONDS with rates over that interval, until Ctrl-C.")
+@output_option
+@pin_dir_option
+def stats(watch: Optional[float], output: str, pin_dir: str) -> None:
+    """Traffic per frontend and per backend: connections, packets and bytes in and out (as
+    ipvsadm -Ln --stats), with rates per second when --watch is given."""
+    import time
+
+    from .dataplane.readers import read_service_stats
+    from .stats import render_table, to_json, with_rates
+
+    bpf = _open_or_fail(pin_dir).bpf
+
+    def show(current) -> None:
+        click.echo(json.dumps(to_json(current), indent=2) if output == "json" else render_table(current))
+
+    before, at = read_service_stats(bpf), time.monotonic()
+    if watch is None:
+        show(before)
+        return
+    try:
+        while True:
+            time.sleep(watch)
+            now_stats, now = read_service_stats(bpf), time.monotonic()
+            if output == "table":
+                click.echo(f"\n--- {time.strftime('%H:%M:%S')} (rates over {now - at:.1f}s)")
+            show(with_rates(before, now_stats, now - at))
+            before, at = now_stats, now
+    except KeyboardInterrupt:
+        pass
+
+
+@main.group()
+def ct() -> None:
+    """Inspect or flush the load balancer's connection tracking."""
+
+
+def _svc_ids(writer, services: List[str]) -> Optional[List[int]]:
+    """Ids of the frontends named "namespace/name" (every port) or "namespace/name:port"."""
+    from .apply import read_snapshot
+    from .maps import SVC_META
+
+    if not services:
+        return None
+    names = read_snapshot(writer)[SVC_META]
+    ids = [i for i, name in names.items()
+           if any(name == s or name.split(":")[0] == s for s in services)]
+    unknown = [s for s in services if not any(n == s or n.split(":")[0] == s for n in names.values())]
+    if unknown:
+        raise click.BadParameter(f"no programmed service named {', '.join(unknown)}",
+                                 param_hint="--service")
+    return ids
+
+
+@ct.command("list")
+@click.option("--service", "services", multiple=True, metavar="NS/NAME[:PORT]",
+              help="Only flows of this service; repeatable.")
+@output_option
+@pin_dir_option
+def ct_list(services: List[str], output: str, pin_dir: str) -> None:
+    """List tracked flows: client, frontend, backend, protocol, age and idle time."""
+    import time
+    from dataclasses import asdict
+
+    from .apply import read_snapshot
+    from .dataplane.readers import flows
+    from .maps import SVC_META
+
+    writer = _open_or_fail(pin_dir)
+    names = read_snapshot(writer)[SVC_META]
+    now = time.monotonic_ns()
+    entries = sorted(flows(writer.bpf, _svc_ids(writer, services)), key=lambda e: e.created_ns)
+    rows = [{"protocol": e.protocol, "client": f"{e.saddr}:{e.sport}",
+             "frontend": f"{e.daddr}:{e.dport}", "backend": f"{e.nat_addr}:{e.nat_port}",
+             "service": names.get(e.svc_id, f"(gone, svc {e.svc_id})"),
+             "age_seconds": round((now - e.created_ns) / 1e9, 3),
+             "idle_seconds": round((now - e.last_seen_ns) / 1e9, 3)} for e in entries]
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    head = ("PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE")
+    table = [head] + [(r["protocol"], r["client"], r["frontend"], r["backend"], r["service"],
+                       f"{r['age_seconds']:.0f}s", f"{r['idle_seconds']:.0f}s") for r in rows]
+    widths = [max(len(t[i]) for t in table) for i in range(len(head))]
+    for t in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())
+    click.echo(f"{len(rows)} flows")
+
+
+@ct.command("flush")
+@click.option("--service", "services", multiple=True, metavar="NS/NAME[:PORT]",
+              help="Only flows of this service; repeatable. Without it, every flow.")
+@pin_dir_option
+def ct_flush(services: List[str], pin_dir: str) -> None:
+    """Delete conntrack entries. Flows of existing frontends are re-hashed on their next packet
+    (same backend while the backend set is unchanged)."""
+    from .dataplane.readers import flush_conntrack
+
+    writer = _open_or_fail(pin_dir)
+    click.echo(f"deleted {flush_conntrack(writer.bpf, _svc_ids(writer, services))} conntrack entries")
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.argument("protocol", type=click.Choice(["tcp", "udp"], case_sensitive=False))
+@output_option
+@pin_dir_option
+def explain(src: str, dst: str, protocol: str, output: str, pin_dir: str) -> None:
+    """Predict where a flow SRC (ip:port) -> DST (ip:port) PROTOCOL goes, from the programmed maps:
+    the frontend, algorithm, hash, slot and backend, and whether a conntrack entry decides."""
+    import time
+
+    from .apply import read_snapshot
+    from .dataplane.bcc_maps import lookup_conntrack
+    from .dataplane.loader import DataplaneError
+    from .explain import ConntrackView, explain as explain_flow, parse_flow, render
+
+    try:
+        flow = parse_flow(src, dst, protocol)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    _require_root()
+    try:
+        writer = _writer(_config(pin_dir))
+    except DataplaneError as exc:
+        raise click.ClickException(str(exc)) from exc
+    snapshot = read_snapshot(writer)
+    entry = lookup_conntrack(writer.bpf, flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
+    ct = None
+    if entry is not None:
+        now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
+        ct = ConntrackView(f"{entry.nat_addr}:{entry.nat_port}", entry.backend_id,
+                           (now - entry.created_ns) / 1e9, (now - entry.last_seen_ns) / 1e9)
+    result = explain_flow(snapshot, flow, ct)
+    click.echo(json.dumps(result.to_json(), indent=2) if output == "json" else render(result))
+
+
 @main.command()
 @pin_dir_option
 @netns_option

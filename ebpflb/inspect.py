@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from typing import Any, Dict, List, Tuple
 
-from .maps import BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, Snapshot
+from .maps import BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_F_MAGLEV, SVC_META, Snapshot
 
 
 @dataclass(frozen=True)
@@ -12,7 +12,7 @@ class BackendView:
     id: int
     address: str
     port: int
-    slots: int  # how many selection slots point at it (its share of new flows)
+    slots: int  # how many selection slots point at it (its share of new flows); 0: draining
 
 
 @dataclass(frozen=True)
@@ -23,33 +23,36 @@ class ServiceView:
     port: int
     protocol: str
     service: str
+    algorithm: str  # random | maglev
+    slots: int
     backends: Tuple[BackendView, ...]
     problems: Tuple[str, ...]  # inconsistencies found in the maps (should never happen)
 
 
 def service_views(snapshot: Snapshot) -> List[ServiceView]:
+    by_service: Dict[int, Dict[int, Any]] = {}
+    for backend_id, value in snapshot[BACKENDS].items():
+        by_service.setdefault(value.svc_id, {})[backend_id] = value
     out = []
     for key, svc in snapshot[SERVICES].items():
-        counts: Dict[int, int] = {}
+        own = by_service.get(svc.svc_id, {})
+        counts: Dict[int, int] = {backend_id: 0 for backend_id in own}
         problems = []
         for slot in range(svc.count):
             backend_id = snapshot[SLOTS].get((svc.svc_id, slot))
             if backend_id is None:
                 problems.append(f"slot {slot} missing")
-                continue
-            counts[backend_id] = counts.get(backend_id, 0) + 1
-        backends = []
-        for backend_id, n in counts.items():
-            value = snapshot[BACKENDS].get(backend_id)
-            if value is None:
-                problems.append(f"backend {backend_id} missing")
-                continue
-            backends.append(BackendView(backend_id, value.addr, value.port, n))
+            elif backend_id not in own:
+                problems.append(f"slot {slot}: backend {backend_id} is not this frontend's")
+            else:
+                counts[backend_id] += 1
+        backends = [BackendView(i, own[i].addr, own[i].port, n) for i, n in counts.items()]
         backends.sort(key=lambda b: (int(IPv4Address(b.address)), b.port))
         proto = PROTO_NAMES.get(key.proto, str(key.proto))
         out.append(ServiceView(svc.svc_id, f"{key.vip}:{key.port}/{proto}", key.vip, key.port, proto,
-                               snapshot[SVC_META].get(svc.svc_id, ""), tuple(backends),
-                               tuple(problems)))
+                               snapshot[SVC_META].get(svc.svc_id, ""),
+                               "maglev" if svc.flags & SVC_F_MAGLEV else "random", svc.count,
+                               tuple(backends), tuple(problems)))
     out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol))
     return out
 
@@ -61,7 +64,9 @@ def to_json(views: List[ServiceView]) -> List[Dict[str, Any]]:
 def render_table(views: List[ServiceView]) -> str:
     rows = [("ID", "FRONTEND", "SERVICE", "BACKENDS")]
     for v in views:
-        lines = [f"{b.id} => {b.address}:{b.port}" for b in v.backends] or ["(no ready backend: dropped)"]
+        lines = [f"{b.id} => {b.address}:{b.port}" + ("" if b.slots else " (weight 0: draining)")
+                 + (f" ({b.slots} slots)" if v.algorithm == "maglev" and b.slots else "")
+                 for b in v.backends] or ["(no ready backend: dropped)"]
         lines += [f"! {p}" for p in v.problems]
         rows.append((str(v.id), v.frontend, v.service, lines[0]))
         rows.extend(("", "", "", line) for line in lines[1:])

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 
 from .model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
+from .policy import parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -395,6 +396,8 @@ class _Accumulator:
         # The API server lets headless and ExternalName services have no ports.
         needs_ports = svc_type != "ExternalName" and cluster_ips[:1] != ("None",)
         ports = self._service_ports(ck, spec.get("ports"), needs_ports)
+        for key, message in parse_policy(annotations)[1]:
+            ck.error(("metadata", "annotations", key), message)
         if ck.errors:
             return
         svc = Service(namespace, name, svc_type, cluster_ips, ports,

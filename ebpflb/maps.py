@@ -11,8 +11,12 @@ SLOTS = "lb4_slots"
 BACKENDS = "lb4_backends"
 SVC_META = "lb4_svc_meta"
 # The maps the control plane owns, in no particular order; conntrack and counters belong to the
-# programs and are only read.
+# programs and are only read (and zeroed when an id is given to a new frontend or backend).
 CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META)
+SVC_STATS = "lb4_svc_stats"
+BACKEND_STATS = "lb4_backend_stats"
+
+SVC_F_MAGLEV = 0x1  # LB4_SVC_F_MAGLEV in lb_structs.h
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
 PROTO_NAMES = {number: name for name, number in PROTO_NUMBERS.items()}
@@ -44,6 +48,7 @@ class BackendValue(NamedTuple):
     addr: str
     port: int
     proto: int
+    svc_id: int  # the frontend this backend record belongs to
 
     def __str__(self) -> str:
         return f"{self.addr}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"

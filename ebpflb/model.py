@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from .policy import LbPolicy, parse_policy
+
 log = logging.getLogger(__name__)
 
 # Service types that get a ClusterIP; ExternalName is a DNS alias the data plane never sees.
@@ -87,6 +89,7 @@ class Frontend:
     protocol: str  # "TCP" | "UDP"
     service: str = field(default="", compare=False)  # "namespace/name"
     port_name: str = field(default="", compare=False)
+    policy: LbPolicy = field(default=LbPolicy(), compare=False)  # from the Service's annotations
 
     @property
     def key(self) -> Tuple[str, int, str]:
@@ -154,6 +157,11 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice]) 
         vips = _service_vips(svc, skip)
         if not vips:
             continue
+        policy, problems = parse_policy(dict(svc.annotations))
+        if problems:
+            # The manifest source refuses these; another source must not program a guess either.
+            skip(svc, "; ".join(f"annotation {key}: {msg}" for key, msg in problems))
+            continue
         svc_slices = by_service.get((svc.namespace, svc.name), [])
         for sp in svc.ports:
             if sp.protocol not in LB_PROTOCOLS:
@@ -162,7 +170,7 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice]) 
                 continue
             backends = _port_backends(sp, svc_slices)
             for vip in vips:
-                fe = Frontend(vip, sp.port, sp.protocol, svc.ref, sp.name)
+                fe = Frontend(vip, sp.port, sp.protocol, svc.ref, sp.name, policy)
                 if fe in owner:
                     skip(svc, f"frontend {fe} already used by {owner[fe]}")
                     continue

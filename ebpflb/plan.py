@@ -3,19 +3,29 @@
 sources -> model -> **plan** -> apply. `compute_plan` turns a DesiredState into the map records
 the programs read, keeps the ids already programmed (so an unchanged frontend or backend is not
 rewritten), and returns the fewest writes, ordered so that no packet can see a frontend whose
-slots or backends are not written yet: backends, slots, names, frontends, then removals in the
-reverse order. It also refuses a plan that would not fit in the maps, before anything is written.
+slots or backends are not written yet: counter resets for new ids, backends, slots, names,
+frontends, then removals in the reverse order. It also refuses a plan that would not fit in the
+maps, before anything is written.
+
+A frontend's slots are its backends (hash-mod, "random"; a backend of weight w fills w slots) or
+its Maglev table (a prime number of slots, so a backend change moves few of them and only the
+slots that differ are written). The data path is the same for both: slot = flow hash % count.
 """
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Address
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
-from .maps import (BACKENDS, CONTROL_MAPS, PROTO_NUMBERS, SERVICES, SLOTS, SVC_META,
-                   SVC_NAME_LEN, BackendValue, SlotKey, Snapshot, SvcKey, SvcValue)
-from .model import DesiredState, Frontend
+from .maglev import DEFAULT_M, maglev_table, validate_m
+from .maps import (BACKEND_STATS, BACKENDS, CONTROL_MAPS, PROTO_NUMBERS, SERVICES, SLOTS,
+                   SVC_F_MAGLEV, SVC_META, SVC_NAME_LEN, SVC_STATS, BackendValue, SlotKey,
+                   Snapshot, SvcKey, SvcValue)
+from .model import Backend, DesiredState, Frontend
+from .policy import ALGORITHMS
 
 UPSERT = "upsert"
 DELETE = "delete"
+RESET = "reset"  # zero the per-CPU counters of an id about to be (re)used
 
 # Upserts in this order, deletes in the reverse: whatever a record points to exists before it.
 _WRITE_ORDER = (BACKENDS, SLOTS, SVC_META, SERVICES)
@@ -35,6 +45,8 @@ class Op:
 
     def __str__(self) -> str:
         key = _fmt_key(self.map, self.key)
+        if self.action == RESET:
+            return f"0 {self.map} {key}"
         if self.action == DELETE:
             return f"- {self.map} {key} (was {_fmt_value(self.old)})"
         if self.old is None:
@@ -45,9 +57,9 @@ class Op:
 def _fmt_key(map_name: str, key: Any) -> str:
     if isinstance(key, SlotKey):
         return f"svc {key.svc_id} slot {key.slot}"
-    if map_name == SVC_META:
+    if map_name in (SVC_META, SVC_STATS):
         return f"svc {key}"
-    if map_name == BACKENDS:
+    if map_name in (BACKENDS, BACKEND_STATS):
         return f"backend {key}"
     return str(key)
 
@@ -95,6 +107,38 @@ def frontend_name(frontend: Frontend) -> str:
     return name.encode()[: SVC_NAME_LEN - 1].decode(errors="ignore")
 
 
+@dataclass(frozen=True)
+class PlanDefaults:
+    """What a Service without lb.ebpflb.io annotations gets (agent flags)."""
+    algorithm: str = "random"
+    table_size: int = DEFAULT_M
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        validate_m(self.table_size)
+
+
+@lru_cache(maxsize=4096)
+def _maglev_cached(names: Tuple[bytes, ...], m: int, weights: Tuple[int, ...]) -> Tuple[int, ...]:
+    # Services usually share nothing, but a resync recomputes every table: cache the unchanged.
+    return tuple(maglev_table(list(names), m, list(weights)))
+
+
+def frontend_slots(frontend: Frontend, backends: Tuple[Backend, ...],
+                   defaults: PlanDefaults) -> Tuple[Tuple[int, ...], int]:
+    """Indices into `backends` for each slot of the frontend, and the service flags."""
+    policy = frontend.policy
+    algorithm = policy.algorithm or defaults.algorithm
+    weights = tuple(policy.weight(b.ip) for b in backends)
+    if algorithm == "maglev":
+        if not any(weights):
+            return (), SVC_F_MAGLEV
+        names = tuple(f"{b.ip}:{b.port}".encode() for b in backends)
+        return _maglev_cached(names, policy.table_size or defaults.table_size, weights), SVC_F_MAGLEV
+    return tuple(i for i, w in enumerate(weights) for _ in range(w)), 0
+
+
 def _free_ids(used: Set[int]) -> Iterator[int]:
     """Ids from 1 up (0 means "none" in the data plane) that nothing in the maps uses."""
     candidate = 1
@@ -104,7 +148,8 @@ def _free_ids(used: Set[int]) -> Iterator[int]:
         candidate += 1
 
 
-def desired_maps(desired: DesiredState, current: Snapshot) -> Snapshot:
+def desired_maps(desired: DesiredState, current: Snapshot,
+                 defaults: PlanDefaults = PlanDefaults()) -> Snapshot:
     """The map contents that program `desired`, reusing the ids already in `current`.
 
     Ids that `current` uses for anything are never given to a new record, because the old record
@@ -126,13 +171,19 @@ def desired_maps(desired: DesiredState, current: Snapshot) -> Snapshot:
         old = cur_services.get(key)
         svc_id = old.svc_id if old is not None else next(new_svc_ids)
         backends = desired.frontends[frontend]
-        for slot, backend in enumerate(backends):
-            value = BackendValue(backend.ip, backend.port, key.proto)
+        ids = []
+        # Every backend is programmed, even one of weight 0: it has no slot, but the CLI shows
+        # it and its counters go on while its established flows drain.
+        for backend in backends:
+            value = BackendValue(backend.ip, backend.port, key.proto, svc_id)
             if value not in backend_ids:
                 backend_ids[value] = next(new_backend_ids)
             out[BACKENDS][backend_ids[value]] = value
-            out[SLOTS][SlotKey(svc_id, slot)] = backend_ids[value]
-        out[SERVICES][key] = SvcValue(svc_id, len(backends), 0)
+            ids.append(backend_ids[value])
+        slots, flags = frontend_slots(frontend, backends, defaults)
+        for slot, index in enumerate(slots):
+            out[SLOTS][SlotKey(svc_id, slot)] = ids[index]
+        out[SERVICES][key] = SvcValue(svc_id, len(slots), flags)
         out[SVC_META][svc_id] = frontend_name(frontend)
     return out
 
@@ -173,9 +224,23 @@ def check_capacity(plan: Plan, current: Snapshot, limits: Mapping[str, int]) -> 
                             f"{limit}; raise its size (agent flags) or program fewer services")
 
 
+def _counter_resets(want: Snapshot, current: Snapshot) -> List[Op]:
+    """Zeroing ops for ids the plan hands out that nothing in the maps holds now: their counters
+    may still hold the traffic of an earlier owner of the id."""
+    old_svc_ids = {v.svc_id for v in current[SERVICES].values()}
+    new_svc_ids = sorted({v.svc_id for v in want[SERVICES].values()} - old_svc_ids)
+    new_backend_ids = sorted(set(want[BACKENDS]) - set(current[BACKENDS]))
+    return ([Op(RESET, SVC_STATS, i, None, None) for i in new_svc_ids]
+            + [Op(RESET, BACKEND_STATS, i, None, None) for i in new_backend_ids])
+
+
 def compute_plan(desired: DesiredState, current: Snapshot,
-                 limits: Optional[Mapping[str, int]] = None) -> Plan:
-    plan = diff(desired_maps(desired, current), current)
+                 limits: Optional[Mapping[str, int]] = None,
+                 defaults: PlanDefaults = PlanDefaults()) -> Plan:
+    want = desired_maps(desired, current, defaults)
+    plan = diff(want, current)
+    if plan:
+        plan = Plan(tuple(_counter_resets(want, current)) + plan.ops)
     if limits:
         check_capacity(plan, current, limits)
     return plan
@@ -185,6 +250,8 @@ def apply_to(snapshot: Snapshot, plan: Plan) -> Snapshot:
     """The snapshot the maps hold once `plan` is applied (what the agent caches between syncs)."""
     out = {name: dict(records) for name, records in snapshot.items()}
     for op in plan.ops:
+        if op.action == RESET:
+            continue  # counters are not part of a snapshot
         records = out.setdefault(op.map, {})
         if op.action == DELETE:
             records.pop(op.key, None)

@@ -6,7 +6,7 @@ Also reads the maps only the programs write (conntrack, counters) into plain val
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, BackendValue, SlotKey,
                     SvcKey, SvcValue)
@@ -14,7 +14,7 @@ from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, BackendVal
 CT4 = "ct4"
 STATS = "lb_stats"
 STAT_NAMES = ("pass", "dnat_new", "dnat_conntrack", "reverse_nat", "no_backend", "malformed",
-              "fragment", "conntrack_insert_fail", "nat_fail")
+              "fragment", "conntrack_insert_fail", "nat_fail", "conntrack_insert")
 
 
 def ip_to_be32(ip: str) -> int:
@@ -43,11 +43,12 @@ def _svc_key_back(c: Any) -> SvcKey:
 
 
 def _backend(t: Any, v: BackendValue) -> Any:
-    return t.Leaf(addr=ip_to_be32(v.addr), port=port_to_be16(v.port), proto=v.proto, flags=0)
+    return t.Leaf(addr=ip_to_be32(v.addr), port=port_to_be16(v.port), proto=v.proto, flags=0,
+                  svc_id=v.svc_id)
 
 
 def _backend_back(c: Any) -> BackendValue:
-    return BackendValue(be32_to_ip(c.addr), be16_to_port(c.port), c.proto)
+    return BackendValue(be32_to_ip(c.addr), be16_to_port(c.port), c.proto, c.svc_id)
 
 
 def _meta(t: Any, name: str) -> Any:
@@ -78,6 +79,10 @@ class BccMapWriter:
     def __init__(self, bpf: Any):
         self._bpf = bpf
 
+    @property
+    def bpf(self) -> Any:
+        return self._bpf
+
     def _table(self, map_name: str) -> Tuple[Any, _Conv]:
         return self._bpf[map_name.encode()], _CONVERTERS[map_name]
 
@@ -87,6 +92,24 @@ class BccMapWriter:
             t[k_to(t, key)] = v_to(t, value)
         except Exception as exc:  # bcc raises bare Exception with the errno text
             raise OSError(f"{map_name}[{key}] update: {exc}") from exc
+
+    def update_many(self, map_name: str, items: Sequence[Tuple[Any, Any]]) -> None:
+        """One BPF_MAP_UPDATE_BATCH call for many records."""
+        t, (k_to, _, v_to, _) = self._table(map_name)
+        keys = (t.Key * len(items))(*(k_to(t, k) for k, _ in items))
+        values = (t.Leaf * len(items))(*(v_to(t, v) for _, v in items))
+        try:
+            t.items_update_batch(keys, values)
+        except Exception as exc:  # bcc raises bare Exception with the errno text
+            raise OSError(f"{map_name}: batch update of {len(items)} records: {exc}") from exc
+
+    def zero(self, map_name: str, key: int) -> None:
+        """Zeroes one id of a per-CPU counter array (every CPU's copy)."""
+        t = self._bpf[map_name.encode()]
+        try:
+            t[t.Key(key)] = t.Leaf()
+        except Exception as exc:  # bcc raises bare Exception with the errno text
+            raise OSError(f"{map_name}[{key}] zero: {exc}") from exc
 
     def delete(self, map_name: str, key: Any) -> None:
         t, (k_to, _, _, _) = self._table(map_name)
@@ -117,16 +140,29 @@ class CtEntry:
     last_seen_ns: int
 
 
+def _ct_entry(k: Any, v: Any) -> CtEntry:
+    return CtEntry(
+        "forward" if k.dir == 0 else "reply",
+        be32_to_ip(k.saddr), be16_to_port(k.sport), be32_to_ip(k.daddr), be16_to_port(k.dport),
+        PROTO_NAMES.get(k.proto, str(k.proto)),
+        be32_to_ip(v.nat_addr), be16_to_port(v.nat_port), v.svc_id, v.backend_id,
+        v.created_ns, v.last_seen_ns)
+
+
 def read_conntrack(bpf: Any) -> List[CtEntry]:
-    out = []
-    for k, v in bpf[CT4.encode()].items():
-        out.append(CtEntry(
-            "forward" if k.dir == 0 else "reply",
-            be32_to_ip(k.saddr), be16_to_port(k.sport), be32_to_ip(k.daddr), be16_to_port(k.dport),
-            PROTO_NAMES.get(k.proto, str(k.proto)),
-            be32_to_ip(v.nat_addr), be16_to_port(v.nat_port), v.svc_id, v.backend_id,
-            v.created_ns, v.last_seen_ns))
-    return out
+    return [_ct_entry(k, v) for k, v in bpf[CT4.encode()].items()]
+
+
+def lookup_conntrack(bpf: Any, saddr: str, sport: int, daddr: str, dport: int, proto: int,
+                     reply: bool = False) -> Optional[CtEntry]:
+    """The conntrack entry of one packet's 5-tuple, or None."""
+    t = bpf[CT4.encode()]
+    key = t.Key(saddr=ip_to_be32(saddr), daddr=ip_to_be32(daddr), sport=port_to_be16(sport),
+                dport=port_to_be16(dport), proto=proto, dir=1 if reply else 0, pad=0)
+    try:
+        return _ct_entry(key, t[key])
+    except KeyError:
+        return None
 
 
 def read_stats(bpf: Any) -> Dict[str, int]:

@@ -18,7 +18,8 @@ from .config import BPFFS_ROOT, DataplaneConfig
 
 log = logging.getLogger(__name__)
 
-MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "ct4", "lb4_svc_meta", "lb_stats")
+MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "ct4", "lb4_svc_meta", "lb_stats",
+             "lb4_svc_stats", "lb4_backend_stats")
 PROGRAM_FILE = "lb4_tc.c"
 MAPS_FILE = "lb_maps.c"
 PROG_FROM_POD = "lb4_from_pod"

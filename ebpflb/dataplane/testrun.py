@@ -4,10 +4,11 @@ Runs a loaded program on a packet we hand it and returns the verdict and the pac
 left it. The packet tests and the benchmarks use it; nothing in the agent does.
 """
 import ctypes
-import ctypes.util
 import os
 from dataclasses import dataclass
-from typing import Optional
+from functools import lru_cache
+
+from .libbpf import libbpf
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -31,17 +32,12 @@ class _TestRunOpts(ctypes.Structure):
     ]
 
 
-_libbpf: Optional[ctypes.CDLL] = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libbpf  # one handle per process; loading the library is not free
-    if _libbpf is None:
-        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-        _libbpf = ctypes.CDLL(name, use_errno=True)
-        _libbpf.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
-        _libbpf.bpf_prog_test_run_opts.restype = ctypes.c_int
-    return _libbpf
+@lru_cache(maxsize=1)
+def _test_run_fn():
+    fn = libbpf().bpf_prog_test_run_opts
+    fn.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ def test_run(prog_fd: int, packet: bytes, repeat: int = 1) -> TestRunResult:
     opts.data_out = ctypes.cast(buf_out, ctypes.c_void_p)
     opts.data_size_out = out_size
     opts.repeat = repeat
-    rc = _lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
+    rc = _test_run_fn()(prog_fd, ctypes.byref(opts))
     if rc != 0:
         err = ctypes.get_errno() or -rc
         raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")

@@ -13,7 +13,7 @@ from ebpflb.apply import ApplyError, apply_plan, read_snapshot
 from ebpflb.maps import (BACKENDS, SERVICES, SLOTS, SVC_META, BackendValue, SlotKey, SvcKey,
                          SvcValue, empty_snapshot)
 from ebpflb.model import Backend, DesiredState, Frontend
-from ebpflb.plan import DELETE, UPSERT, PlanError, apply_to, compute_plan
+from ebpflb.plan import DELETE, RESET, UPSERT, PlanError, apply_to, compute_plan
 
 pytestmark = pytest.mark.unit
 
@@ -45,9 +45,17 @@ class DictWriter:
         self._tick()
         self.maps[m][k] = v
 
+    def update_many(self, m, items):
+        for k, v in items:
+            self.update(m, k, v)
+
     def delete(self, m, k):
         self._tick()
         self.maps[m].pop(k, None)
+
+    def zero(self, m, k):
+        self._tick()
+        self.maps.setdefault(m, {})[k] = 0
 
     def dump(self, m):
         return dict(self.maps[m])
@@ -55,18 +63,25 @@ class DictWriter:
 
 def test_initial_plan_writes_dependencies_first():
     plan = compute_plan(state({WEB: (b(11), b(12)), DNS: (b(21, 9053),)}), empty_snapshot())
-    maps_in_order = [op.map for op in plan.ops]
-    assert all(op.action == UPSERT for op in plan.ops)
+    # Counters of the new ids are zeroed first, before anything can count into them.
+    resets = [op for op in plan.ops if op.action == RESET]
+    assert plan.ops[:len(resets)] == tuple(resets)
+    assert [(op.map, op.key) for op in resets] == [
+        ("lb4_svc_stats", 1), ("lb4_svc_stats", 2), ("lb4_backend_stats", 1),
+        ("lb4_backend_stats", 2), ("lb4_backend_stats", 3)]
+    maps_in_order = [op.map for op in plan.ops if op.action != RESET]
+    assert all(op.action == UPSERT for op in plan.ops[len(resets):])
     last = {m: max(i for i, x in enumerate(maps_in_order) if x == m) for m in set(maps_in_order)}
     first = {m: maps_in_order.index(m) for m in set(maps_in_order)}
     assert last[BACKENDS] < first[SLOTS] and last[SLOTS] < first[SERVICES]
     assert plan.counts() == {"lb4_backends upsert": 3, "lb4_slots upsert": 3,
-                             "lb4_svc_meta upsert": 2, "lb4_services upsert": 2}
+                             "lb4_svc_meta upsert": 2, "lb4_services upsert": 2,
+                             "lb4_svc_stats reset": 2, "lb4_backend_stats reset": 3}
     after = apply_to(empty_snapshot(), plan)
     web = after[SERVICES][SvcKey("10.96.0.10", 80, 6)]
     assert web.count == 2
     assert [after[BACKENDS][after[SLOTS][SlotKey(web.svc_id, i)]] for i in range(2)] == [
-        BackendValue("10.244.0.11", 8080, 6), BackendValue("10.244.0.12", 8080, 6)]
+        BackendValue("10.244.0.11", 8080, 6, web.svc_id), BackendValue("10.244.0.12", 8080, 6, web.svc_id)]
     assert after[SVC_META][web.svc_id] == "demo/web:http"
 
 
@@ -82,7 +97,7 @@ def test_adding_a_backend_touches_only_that_service():
                                                    empty_snapshot()))
     plan = compute_plan(state({WEB: (b(11), b(12)), DNS: (b(21, 9053),)}), snap)
     assert [(op.action, op.map) for op in plan.ops] == [
-        (UPSERT, BACKENDS), (UPSERT, SLOTS), (UPSERT, SERVICES)]
+        (RESET, "lb4_backend_stats"), (UPSERT, BACKENDS), (UPSERT, SLOTS), (UPSERT, SERVICES)]
     assert plan.ops[-1].new.count == 2 and plan.ops[-1].old.count == 1
 
 
@@ -94,10 +109,14 @@ def test_removing_a_backend_shrinks_before_deleting():
     assert kinds == [(UPSERT, SLOTS), (UPSERT, SERVICES), (DELETE, SLOTS), (DELETE, BACKENDS)]
 
 
-def test_backend_shared_by_two_frontends_is_written_once():
+def test_each_frontend_has_its_own_backend_records():
+    """A pod behind two frontends gets a record per frontend: its counters stay per Service."""
     plan = compute_plan(state({WEB: (b(11),), Frontend("10.96.0.11", 80, "TCP", "demo/web2"): (b(11),)}),
                         empty_snapshot())
-    assert plan.counts()["lb4_backends upsert"] == 1
+    assert plan.counts()["lb4_backends upsert"] == 2
+    after = apply_to(empty_snapshot(), plan)
+    assert sorted(v.svc_id for v in after[BACKENDS].values()) == sorted(
+        v.svc_id for v in after[SERVICES].values())
 
 
 def test_new_ids_never_reuse_ids_still_in_the_maps():
@@ -147,6 +166,8 @@ def _consistent(snap) -> bool:
             backend = snap[SLOTS].get(SlotKey(svc.svc_id, slot))
             if backend is None or backend not in snap[BACKENDS]:
                 return False
+            if snap[BACKENDS][backend].svc_id != svc.svc_id:
+                return False
     return True
 
 
@@ -165,11 +186,11 @@ def test_every_intermediate_state_is_consistent(sequence):
         assert not compute_plan(desired, snap)
         programmed = {}
         for key, svc in snap[SERVICES].items():
-            programmed[key] = [snap[BACKENDS][snap[SLOTS][SlotKey(svc.svc_id, i)]]
+            programmed[key] = [snap[BACKENDS][snap[SLOTS][SlotKey(svc.svc_id, i)]][:3]
                                for i in range(svc.count)]
         assert programmed == {
             SvcKey(f.vip, f.port, 6 if f.protocol == "TCP" else 17):
-                [BackendValue(x.ip, x.port, 6 if f.protocol == "TCP" else 17) for x in bs]
+                [(x.ip, x.port, 6 if f.protocol == "TCP" else 17) for x in bs]
             for f, bs in frontends_map.items()}
         # No garbage is left: every backend and slot in the maps is used.
         used_slots = {SlotKey(s.svc_id, i) for s in snap[SERVICES].values() for i in range(s.count)}

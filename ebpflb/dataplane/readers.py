@@ -1,0 +1,33 @@
+"""What the CLI and the metrics endpoint read from a running data plane: services with their
+counters, conntrack entries, and flushing conntrack entries (the kernel edge of ebpflb.stats)."""
+from typing import Any, Iterable, List, Optional
+
+from ..apply import read_snapshot
+from ..maps import BACKEND_STATS, SVC_STATS
+from ..stats import ServiceStats, build_stats
+from .bcc_maps import CT4, BccMapWriter, CtEntry, read_conntrack
+from .percpu import read_flow_stats
+
+
+def read_service_stats(bpf: Any) -> List[ServiceStats]:
+    snapshot = read_snapshot(BccMapWriter(bpf))
+    return build_stats(snapshot, read_flow_stats(bpf, SVC_STATS), read_flow_stats(bpf, BACKEND_STATS))
+
+
+def flows(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> List[CtEntry]:
+    """Forward conntrack entries (one per flow), optionally only those of some frontends."""
+    wanted = set(svc_ids) if svc_ids is not None else None
+    return [e for e in read_conntrack(bpf)
+            if e.direction == "forward" and (wanted is None or e.svc_id in wanted)]
+
+
+def flush_conntrack(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> int:
+    """Deletes the conntrack entries (both directions) of the given frontends, or all. Returns
+    how many entries went. Established flows are re-hashed on their next packet."""
+    t = bpf[CT4.encode()]
+    wanted = set(svc_ids) if svc_ids is not None else None
+    keys = [k for k, v in t.items() if wanted is None or v.svc_id in wanted]
+    if not keys:
+        return 0
+    t.items_delete_batch((t.Key * len(keys))(*keys))
+    return len(keys)

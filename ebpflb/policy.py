@@ -1,0 +1,67 @@
+"""Per-Service load-balancing policy from annotations (pure core, between manifests and model).
+
+    lb.ebpflb.io/algorithm: random | maglev        (default: the agent's --algorithm)
+    lb.ebpflb.io/maglev-table-size: "16381"        (a prime; default: the agent's --maglev-table-size)
+    lb.ebpflb.io/backend-weights: "10.244.0.11=0,10.244.0.12=3"   (unlisted backends weigh 1)
+
+A weight of 0 takes a backend out of new-flow selection while its established flows go on
+(conntrack keeps them): the way to drain a pod without removing it.
+"""
+import ipaddress
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Tuple
+
+ALGORITHM_ANNOTATION = "lb.ebpflb.io/algorithm"
+TABLE_SIZE_ANNOTATION = "lb.ebpflb.io/maglev-table-size"
+WEIGHTS_ANNOTATION = "lb.ebpflb.io/backend-weights"
+ALGORITHMS = ("random", "maglev")
+MAX_WEIGHT = 100  # hash-mod repeats a backend once per unit of weight; keep tables small
+
+
+@dataclass(frozen=True)
+class LbPolicy:
+    algorithm: Optional[str] = None
+    table_size: Optional[int] = None
+    weights: Tuple[Tuple[str, int], ...] = ()
+
+    def weight(self, ip: str) -> int:
+        return dict(self.weights).get(ip, 1)
+
+
+def parse_policy(annotations: Mapping[str, str]) -> Tuple[LbPolicy, List[Tuple[str, str]]]:
+    """The policy, and the problems found as (annotation, message); a bad value is left at its
+    default so callers can still report every problem at once."""
+    from .maglev import validate_m  # the table-size rule belongs to the Maglev module
+
+    errors: List[Tuple[str, str]] = []
+    algorithm = annotations.get(ALGORITHM_ANNOTATION)
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        errors.append((ALGORITHM_ANNOTATION, f"{algorithm!r} is not one of {', '.join(ALGORITHMS)}"))
+        algorithm = None
+    table_size: Optional[int] = None
+    raw = annotations.get(TABLE_SIZE_ANNOTATION)
+    if raw is not None:
+        try:
+            table_size = int(raw)
+            validate_m(table_size)
+        except ValueError as exc:
+            errors.append((TABLE_SIZE_ANNOTATION, f"{raw!r}: {exc}" if table_size is not None
+                           else f"{raw!r} is not an integer"))
+            table_size = None
+    weights = []
+    raw = annotations.get(WEIGHTS_ANNOTATION)
+    for item in (raw or "").split(","):
+        if not item.strip():
+            continue
+        ip, sep, value = item.strip().partition("=")
+        try:
+            ipaddress.IPv4Address(ip)
+            weight = int(value) if sep else -1
+        except ValueError:
+            weight = -1
+        if not 0 <= weight <= MAX_WEIGHT:
+            errors.append((WEIGHTS_ANNOTATION,
+                           f"{item.strip()!r} is not IPv4=WEIGHT with WEIGHT in 0-{MAX_WEIGHT}"))
+            continue
+        weights.append((ip, weight))
+    return LbPolicy(algorithm, table_size, tuple(sorted(weights))), errors
