@@ -19,7 +19,7 @@ from .apply import ApplyError, read_snapshot
 from .manifests import ManifestErrors
 from .maps import Snapshot
 from .model import desired_state
-from .plan import PlanError
+from .plan import PlanDefaults, PlanError
 from .reconcile import reconcile
 from .sources import Source
 
@@ -36,6 +36,8 @@ class AgentOptions:
     on_exit: str = ON_EXIT_KEEP
     poll_interval: float = 0.5
     ready_file: Optional[str] = None
+    defaults: PlanDefaults = field(default_factory=PlanDefaults)
+    metrics_address: Optional[str] = None  # "HOST:PORT", None for no endpoint
 
 
 @dataclass
@@ -47,10 +49,11 @@ class AgentState:
 
 
 class Agent:
-    def __init__(self, source: Source, config, options: AgentOptions):
+    def __init__(self, source: Source, config, options: AgentOptions, metrics=None):
         self.source = source
         self.config = config
         self.options = options
+        self.metrics = metrics  # an ebpflb.metrics.AgentMetrics, or None
         self.state = AgentState()
         self._stop = False
         self._wake_r, self._wake_w = os.pipe()
@@ -64,8 +67,7 @@ class Agent:
         try:
             manifests = self.source.poll()
         except (ManifestErrors, FileNotFoundError) as exc:
-            self.state.rejected += 1
-            self.state.last_error = str(exc)
+            self._rejected(exc)
             log.error("%s rejected, last good state stays programmed:\n%s",
                       self.source.description, exc)
             return False
@@ -76,25 +78,35 @@ class Agent:
             log.info("service %s skipped: %s", skipped.ref, skipped.reason)
         started = time.monotonic()
         try:
-            result = reconcile(desired, writer, self.config.map_limits, current=self.state.snapshot)
+            result = reconcile(desired, writer, self.config.map_limits, current=self.state.snapshot,
+                               defaults=self.options.defaults)
         except PlanError as exc:
-            self.state.rejected += 1
-            self.state.last_error = str(exc)
+            self._rejected(exc)
             log.error("%s not programmed: %s", self.source.description, exc)
             return False
         except ApplyError as exc:
-            self.state.rejected += 1
-            self.state.last_error = str(exc)
+            self._rejected(exc)
             log.error("%s: %s", self.source.description, exc)
             self.state.snapshot = read_snapshot(writer)  # trust the kernel after a failure
             return False
         self.state.snapshot = result.snapshot
         self.state.syncs += 1
         self.state.last_error = None
+        if self.metrics is not None:
+            self.metrics.syncs.labels("applied" if result.applied else "unchanged").inc()
+            self.metrics.map_writes.inc(len(result.plan))
+            if result.applied and self.source.changed_at:
+                self.metrics.programming.observe(max(0.0, time.time() - self.source.changed_at))
         log.info("%s: %d frontends programmed, %d map writes in %.1f ms",
                  self.source.description, len(desired.frontends), len(result.plan),
                  (time.monotonic() - started) * 1000)
         return result.applied
+
+    def _rejected(self, exc: Exception) -> None:
+        self.state.rejected += 1
+        self.state.last_error = str(exc)
+        if self.metrics is not None:
+            self.metrics.syncs.labels("rejected").inc()
 
     def run(self) -> int:
         # Kernel edges imported here so the module stays importable without bcc or pyroute2.
@@ -117,6 +129,8 @@ class Agent:
                             Program(progs.from_pod.fd, progs.from_pod.name.decode()),
                             Program(progs.to_pod.fd, progs.to_pod.name.decode()))
         attacher.rescan()
+        if self.metrics is not None and self.options.metrics_address:
+            self.metrics.serve(self.options.metrics_address, progs.bpf, self.config.ct_max_entries)
         log.info("agent ready: %s, devices %s, pins in %s, on exit: %s the data plane",
                  self.source.description, ",".join(self.options.devices), self.config.pin_dir,
                  self.options.on_exit)
@@ -141,6 +155,8 @@ class Agent:
                     self.sync(writer)
         finally:
             monitor.close()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.options.on_exit == ON_EXIT_REMOVE:
                 removed = remove_dataplane(self.config, ipr)
                 log.info("agent stopped; data plane removed (%d objects: programs on %d devices, "

@@ -77,24 +77,48 @@ def main(log_level: str) -> None:
               help="Conntrack entries (both directions of a flow count).")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Write the agent's pid here once it serves (for scripts).")
+@click.option("--algorithm", type=click.Choice(["random", "maglev"]), default="random",
+              show_default=True,
+              help="Backend selection for Services without the lb.ebpflb.io/algorithm annotation.")
+@click.option("--maglev-table-size", type=int, default=16381, show_default=True,
+              help="Maglev table size M (a prime, 251-131071) for Services without the "
+                   "lb.ebpflb.io/maglev-table-size annotation.")
+@click.option("--metrics-address", default="127.0.0.1:9402", show_default=True,
+              metavar="HOST:PORT",
+              help="Prometheus endpoint. Loopback by default; an empty value disables it.")
 @pin_dir_option
 @netns_option
 def agent(manifests: str, devices: List[str], on_exit: str, poll_interval: float, ct_max: int,
-          ready_file: Optional[str], pin_dir: str, netns: Optional[str]) -> None:
+          ready_file: Optional[str], algorithm: str, maglev_table_size: int, metrics_address: str,
+          pin_dir: str, netns: Optional[str]) -> None:
     """Run the agent in the foreground: program the maps from the manifests, attach to pod
     devices, and follow changes until SIGTERM."""
     from .agent import Agent, AgentOptions
     from .dataplane.loader import DataplaneError
+    from .metrics import AgentMetrics, parse_address
+    from .plan import PlanDefaults
     from .sources.files import ManifestSource
 
     _require_root()
     config = _config(pin_dir, ct_max_entries=ct_max)
-    _enter(netns)
     try:
-        code = Agent(ManifestSource(manifests), config,
-                     AgentOptions(list(devices), on_exit, poll_interval, ready_file)).run()
+        defaults = PlanDefaults(algorithm, maglev_table_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--maglev-table-size") from exc
+    if metrics_address:
+        try:
+            parse_address(metrics_address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metrics-address") from exc
+    _enter(netns)
+    options = AgentOptions(list(devices), on_exit, poll_interval, ready_file, defaults,
+                           metrics_address or None)
+    try:
+        code = Agent(ManifestSource(manifests), config, options, AgentMetrics()).run()
     except DataplaneError as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # the metrics port taken, a device vanished mid-attach...
+        raise click.ClickException(f"agent failed: {exc}") from exc
     sys.exit(code)
 
 

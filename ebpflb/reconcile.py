@@ -8,7 +8,7 @@ from typing import Mapping, Optional
 from .apply import MapWriter, apply_plan, read_snapshot
 from .maps import Snapshot
 from .model import DesiredState
-from .plan import Plan, apply_to, compute_plan
+from .plan import Plan, PlanDefaults, apply_to, compute_plan
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +21,13 @@ class SyncResult:
 
 
 def reconcile(desired: DesiredState, writer: MapWriter, limits: Optional[Mapping[str, int]] = None,
-              current: Optional[Snapshot] = None, dry_run: bool = False) -> SyncResult:
+              current: Optional[Snapshot] = None, dry_run: bool = False,
+              defaults: PlanDefaults = PlanDefaults()) -> SyncResult:
     """Plans against `current` (read from the maps when not given) and applies unless dry_run.
     Raises PlanError (nothing written) or ApplyError (writes undone)."""
     if current is None:
         current = read_snapshot(writer)
-    plan = compute_plan(desired, current, limits)
+    plan = compute_plan(desired, current, limits, defaults)
     if dry_run or not plan:
         return SyncResult(plan, current, False)
     apply_plan(plan, writer)

@@ -6,7 +6,7 @@ from ..apply import read_snapshot
 from ..maps import BACKEND_STATS, SVC_STATS
 from ..stats import ServiceStats, build_stats
 from .bcc_maps import CT4, BccMapWriter, CtEntry, read_conntrack
-from .percpu import read_flow_stats
+from .percpu import count_entries, read_flow_stats
 
 
 def read_service_stats(bpf: Any) -> List[ServiceStats]:
@@ -19,6 +19,11 @@ def flows(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> List[CtEntry]:
     wanted = set(svc_ids) if svc_ids is not None else None
     return [e for e in read_conntrack(bpf)
             if e.direction == "forward" and (wanted is None or e.svc_id in wanted)]
+
+
+def conntrack_entries(bpf: Any) -> int:
+    """How many entries conntrack holds now (both directions of every flow)."""
+    return count_entries(bpf[CT4.encode()])
 
 
 def flush_conntrack(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> int:

@@ -8,6 +8,7 @@ from ..manifests import Manifests
 
 class Source(Protocol):
     description: str
+    changed_at: Optional[float]  # wall-clock time of the change the last poll returned, if known
 
     def poll(self) -> Optional[Manifests]:
         """New content when it changed since the last call, else None. Raises ManifestErrors

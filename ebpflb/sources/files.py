@@ -20,6 +20,8 @@ class ManifestSource:
         self.path = Path(path)
         self.description = f"manifests {self.path}"
         self._seen: Optional[Fingerprint] = None
+        # Wall-clock time of the newest file change: where programming latency starts.
+        self.changed_at: Optional[float] = None
 
     def _fingerprint(self) -> Fingerprint:
         if self.path.is_dir():
@@ -43,4 +45,5 @@ class ManifestSource:
             return None
         # Remember the fingerprint before parsing, so a bad edit is reported once, not every poll.
         self._seen = fp
+        self.changed_at = max((mtime_ns for _, _, mtime_ns, _ in fp), default=0) / 1e9 or None
         return load_manifests(self.path)

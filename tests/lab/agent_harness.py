@@ -19,9 +19,9 @@ ECHO_VIP = "10.96.0.20"
 Endpoint = Tuple[str, str, bool]  # pod name, IP, ready
 
 
-def manifest(endpoints: Sequence[Endpoint]) -> str:
+def manifest(endpoints: Sequence[Endpoint], annotations: str = "{}") -> str:
     """Service demo/web (80/TCP -> named port http = 8080) and demo/echo (53/UDP -> 9053), with the
-    given endpoints in one EndpointSlice each."""
+    given endpoints in one EndpointSlice each; `annotations` (a YAML flow mapping) on demo/web."""
     eps = "".join(
         f"- addresses: [{ip}]\n  conditions: {{ready: {str(ready).lower()}}}\n"
         f"  targetRef: {{kind: Pod, name: {pod}, namespace: demo}}\n"
@@ -29,7 +29,7 @@ def manifest(endpoints: Sequence[Endpoint]) -> str:
     return f"""\
 apiVersion: v1
 kind: Service
-metadata: {{name: web, namespace: demo}}
+metadata: {{name: web, namespace: demo, annotations: {annotations}}}
 spec:
   clusterIP: {WEB_VIP}
   ports: [{{name: http, port: 80, protocol: TCP, targetPort: http}}]
@@ -85,18 +85,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
 
 class RunningAgent:
     def __init__(self, lab_name: str, workdir: Path, endpoints: Sequence[Endpoint],
-                 on_exit: str = "remove"):
+                 on_exit: str = "remove", extra_args: Sequence[str] = (), annotations: str = "{}"):
         self.lab = lab_name
         self.pin_dir = lab_pin_dir(lab_name)
         self.manifest_path = workdir / "services.yaml"
         self.log_path = workdir / "agent.log"
         self.ready_path = workdir / "agent.ready"
-        self.write_manifest(endpoints)
+        self.write_manifest(endpoints, annotations=annotations)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", f"{lab_name}-node",
              "--manifests", str(self.manifest_path), "--pin-dir", self.pin_dir,
-             "--on-exit", on_exit, "--poll-interval", "0.1", "--ready-file", str(self.ready_path)],
+             "--on-exit", on_exit, "--poll-interval", "0.1", "--ready-file", str(self.ready_path),
+             *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: self.ready_path.exists() or self.proc.poll() is not None, 60,
@@ -110,10 +111,11 @@ class RunningAgent:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def write_manifest(self, endpoints: Sequence[Endpoint] = (), text: Optional[str] = None) -> None:
+    def write_manifest(self, endpoints: Sequence[Endpoint] = (), text: Optional[str] = None,
+                       annotations: str = "{}") -> None:
         """Replaces the manifest atomically, as kubectl-style tooling would."""
         tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(text if text is not None else manifest(endpoints))
+        tmp.write_text(text if text is not None else manifest(endpoints, annotations))
         os.replace(tmp, self.manifest_path)
 
     def services(self) -> list:

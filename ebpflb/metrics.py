@@ -1,0 +1,126 @@
+"""The agent's Prometheus endpoint (an edge of the agent): counters read from the maps at scrape
+time, so they are exactly what the data plane counted, plus the agent's own histogram of the time
+from a source change to the maps being written (kube-proxy's network_programming_duration_seconds).
+
+Bound to 127.0.0.1 by default: counters name every Service and pod address of the node.
+"""
+import logging
+import threading
+from typing import Any, Iterator, Optional, Tuple
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .dataplane.bcc_maps import STAT_NAMES, read_stats
+from .dataplane.readers import conntrack_entries, read_service_stats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9402"
+# Verdicts that drop the packet, as the `reason` label of ebpflb_drops_total.
+DROP_REASONS = ("no_backend", "nat_fail")
+PROGRAMMING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def parse_address(value: str) -> Tuple[str, int]:
+    """"HOST:PORT" -> (host, port); ValueError naming the value."""
+    host, sep, port = value.rpartition(":")
+    try:
+        number = int(port) if sep and host else -1
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), number
+
+
+def _service_labels(name: str, frontend: str) -> Tuple[str, str, str, str]:
+    ns_name, _, port = name.partition(":")
+    namespace, _, svc = ns_name.partition("/")
+    return namespace, svc, port, frontend
+
+
+class DataplaneCollector:
+    """Reads the maps on every scrape."""
+
+    def __init__(self, bpf: Any, ct_capacity: int):
+        self.bpf = bpf
+        self.ct_capacity = ct_capacity
+
+    def collect(self) -> Iterator[Metric]:
+        svc_labels = ["namespace", "name", "port", "frontend"]
+        be_labels = svc_labels + ["backend"]
+        families = {
+            key: CounterMetricFamily(f"ebpflb_{key}", doc, labels=labels)
+            for key, doc, labels in (
+                ("service_packets", "Packets through a Service frontend.", svc_labels + ["direction"]),
+                ("service_bytes", "Bytes (frames at TC) through a Service frontend.", svc_labels + ["direction"]),
+                ("service_connections", "Flows (new conntrack entries) of a Service frontend.", svc_labels),
+                ("backend_packets", "Packets to or from a backend of a frontend.", be_labels + ["direction"]),
+                ("backend_bytes", "Bytes to or from a backend of a frontend.", be_labels + ["direction"]),
+                ("backend_connections", "Flows sent to a backend of a frontend.", be_labels),
+            )}
+        for s in read_service_stats(self.bpf):
+            labels = list(_service_labels(s.service, s.frontend))
+            c = s.counters
+            families["service_packets"].add_metric(labels + ["in"], c.packets_in)
+            families["service_packets"].add_metric(labels + ["out"], c.packets_out)
+            families["service_bytes"].add_metric(labels + ["in"], c.bytes_in)
+            families["service_bytes"].add_metric(labels + ["out"], c.bytes_out)
+            families["service_connections"].add_metric(labels, c.conns)
+            for b in s.backends:
+                bl = labels + [b.backend]
+                families["backend_packets"].add_metric(bl + ["in"], b.counters.packets_in)
+                families["backend_packets"].add_metric(bl + ["out"], b.counters.packets_out)
+                families["backend_bytes"].add_metric(bl + ["in"], b.counters.bytes_in)
+                families["backend_bytes"].add_metric(bl + ["out"], b.counters.bytes_out)
+                families["backend_connections"].add_metric(bl, b.counters.conns)
+        yield from families.values()
+
+        verdicts = read_stats(self.bpf)
+        packets = CounterMetricFamily("ebpflb_datapath_packets", "Packets seen by the programs, "
+                                      "by verdict.", labels=["verdict"])
+        for name in STAT_NAMES:
+            packets.add_metric([name], verdicts[name])
+        yield packets
+        drops = CounterMetricFamily("ebpflb_drops", "Packets dropped, by reason.", labels=["reason"])
+        for reason in DROP_REASONS:
+            drops.add_metric([reason], verdicts[reason])
+        yield drops
+        yield CounterMetricFamily("ebpflb_conntrack_inserts", "Flows added to conntrack.",
+                                  value=verdicts["conntrack_insert"])
+        yield CounterMetricFamily("ebpflb_conntrack_insert_failures",
+                                  "Flows that could not be added to conntrack.",
+                                  value=verdicts["conntrack_insert_fail"])
+        yield GaugeMetricFamily("ebpflb_conntrack_entries", "Conntrack entries (two per flow).",
+                                value=conntrack_entries(self.bpf))
+        yield GaugeMetricFamily("ebpflb_conntrack_capacity", "Conntrack map size.",
+                                value=self.ct_capacity)
+
+
+class AgentMetrics:
+    """The registry of one agent and what the agent records into it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.programming = Histogram(
+            "ebpflb_network_programming_duration_seconds",
+            "Time from a change of the source (the manifest file's modification) to the maps "
+            "being written.", buckets=PROGRAMMING_BUCKETS, registry=self.registry)
+        self.syncs = Counter("ebpflb_syncs", "Source changes handled, by result.", ["result"],
+                             registry=self.registry)
+        self.map_writes = Counter("ebpflb_map_writes", "Map records written by the agent.",
+                                  registry=self.registry)
+        self._server: Optional[Any] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def serve(self, address: str, bpf: Any, ct_capacity: int) -> None:
+        host, port = parse_address(address)
+        self.registry.register(DataplaneCollector(bpf, ct_capacity))
+        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", host, self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
