@@ -21,18 +21,26 @@
 
 /* ---- counters: per-CPU, one increment per packet, no atomics ---- */
 
+/* Built without counters only to measure what counting costs (benchmarks/datapath.py). */
+#ifndef LB_COUNTERS
+#define LB_COUNTERS 1
+#endif
+
 static __always_inline void lb_count(__u32 stat)
 {
+#if LB_COUNTERS
 	__u64 *v = lb_stats.lookup(&stat);
 
 	if (v)
 		*v += 1;
+#endif
 }
 
 /* Counts a packet of a flow against its frontend and its backend. */
 static __always_inline void lb_count_flow(__u32 svc_id, __u32 backend_id, __u32 len, int reply,
 					  int new_flow)
 {
+#if LB_COUNTERS
 	struct lb_flow_stats *s = lb4_svc_stats.lookup(&svc_id);
 	struct lb_flow_stats *b = lb4_backend_stats.lookup(&backend_id);
 
@@ -56,6 +64,7 @@ static __always_inline void lb_count_flow(__u32 svc_id, __u32 backend_id, __u32 
 		}
 		b->conns += new_flow;
 	}
+#endif
 }
 
 /* ---- conntrack: a new flow gets two entries, the forward one (client 5-tuple -> backend) and

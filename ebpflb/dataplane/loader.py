@@ -11,7 +11,7 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Sequence
 
 from ..flowhash import FLOW_HASH_SEED
 from .config import BPFFS_ROOT, DataplaneConfig
@@ -69,7 +69,7 @@ def _cflags(config: DataplaneConfig, src: Path) -> List[str]:
     ]
 
 
-def _compile(config: DataplaneConfig, filename: str) -> Any:
+def _compile(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str] = ()) -> Any:
     try:
         from bcc import BPF  # the kernel edge: only imported here
     except ImportError as exc:
@@ -77,7 +77,8 @@ def _compile(config: DataplaneConfig, filename: str) -> Any:
     src = bpf_source_dir()
     ensure_bpffs(config)
     try:
-        bpf = BPF(src_file=str(src / filename).encode(), cflags=_cflags(config, src))
+        bpf = BPF(src_file=str(src / filename).encode(),
+                  cflags=_cflags(config, src) + list(extra_cflags))
     except Exception as exc:  # bcc raises bare Exception on compile or load failure
         raise DataplaneError(f"compiling {filename} failed: {exc}") from exc
     _restrict_pins(config)
@@ -98,11 +99,12 @@ class LoadedPrograms:
     to_pod: Any
 
 
-def load_programs(config: DataplaneConfig) -> LoadedPrograms:
-    """Compiles the TC programs and loads them into the kernel (maps pinned or reused)."""
+def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> LoadedPrograms:
+    """Compiles the TC programs and loads them into the kernel (maps pinned or reused).
+    extra_cflags overrides tunables, e.g. -DLB_COUNTERS=0 for a benchmark."""
     from bcc import BPF
 
-    bpf = _compile(config, PROGRAM_FILE)
+    bpf = _compile(config, PROGRAM_FILE, extra_cflags)
     try:
         from_pod = bpf.load_func(PROG_FROM_POD.encode(), BPF.SCHED_CLS)
         to_pod = bpf.load_func(PROG_TO_POD.encode(), BPF.SCHED_CLS)
