@@ -21,8 +21,6 @@ docs/benchmarks.md (replaced in place if it is already there; other sections are
 import argparse
 import gc
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -38,11 +36,11 @@ if __package__ in (None, ""):  # run as a script: make the package importable fr
 
 import Cython  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from ebpflb import _maglev_py  # noqa: E402
 
 C_SOURCE = REPO / "benchmarks" / "maglev_ref.c"
 RESULTS = REPO / "benchmarks" / "results" / "maglev.json"
-DOC = REPO / "docs" / "benchmarks.md"
 SECTION = "## Maglev table build"
 COMMAND = ".venv/bin/python -m benchmarks.maglev"
 
@@ -80,25 +78,9 @@ def count_probes(names: Sequence[bytes], m: int) -> int:
 
 
 def machine(gcc: str) -> Dict[str, object]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gcc_version = subprocess.run([gcc, "-dumpfullversion"], capture_output=True, text=True,
                                  check=True).stdout.strip()
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cython": Cython.__version__,
-        "gcc": gcc_version,
-    }
+    return common.machine(cython=Cython.__version__, gcc=gcc_version)
 
 
 def compile_reference(tmp: Path) -> Tuple[str, Path]:
@@ -276,18 +258,7 @@ def section(report: Dict) -> str:
 
 
 def write_doc(text: str) -> None:
-    """Replace our section in docs/benchmarks.md, or append it; other sections stay as they are."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    lines = doc.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
-    DOC.write_text(new.rstrip("\n") + "\n")
+    common.write_section(SECTION, text)
 
 
 def main(argv: Sequence[str] = ()) -> int:

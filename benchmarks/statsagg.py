@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import Cython
+
+from benchmarks import common
 
 from ebpflb import _statsagg_py
 
@@ -42,22 +43,7 @@ OPERATIONS = ("sum_per_cpu", "rates", "nonzero_keys")
 
 
 def machine() -> Dict[str, object]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cython": Cython.__version__,
-    }
+    return common.machine(cython=Cython.__version__)
 
 
 def make_reads(n_keys: int, n_cpus: int, seed: int = 1):
@@ -225,19 +211,7 @@ def section(data: Dict[str, object]) -> str:
 
 
 def write_doc(text: str) -> None:
-    """Puts our section at the end of docs/benchmarks.md, or replaces it where it already is;
-    every other section is left as it is. The file is read right before it is written, since
-    other benchmarks write their own sections into it."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = current.find(SECTION + "\n")
-    if start < 0:
-        new = current.rstrip("\n") + "\n\n" + text
-    else:
-        end = current.find("\n## ", start + len(SECTION))
-        tail = current[end + 1:] if end >= 0 else ""
-        new = current[:start] + text + ("\n" + tail if tail else "")
-    DOC.write_text(new)
+    common.write_section(SECTION, text)
 
 
 def main(argv=None) -> None:

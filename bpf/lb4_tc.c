@@ -36,34 +36,32 @@ static __always_inline void lb_count(__u32 stat)
 #endif
 }
 
-/* Counts a packet of a flow against its frontend and its backend. */
+/* Counts a packet of a flow against its frontend and its backend. The frontend's and backend's
+ * counters sit in the same slot layout, so both updates are the same few stores. */
+static __always_inline void lb_flow_add(struct lb_flow_stats *c, __u32 len, int reply, int new_flow)
+{
+	if (reply) {
+		c->packets_out += 1;
+		c->bytes_out += len;
+	} else {
+		c->packets_in += 1;
+		c->bytes_in += len;
+		if (new_flow)
+			c->conns += 1;
+	}
+}
+
 static __always_inline void lb_count_flow(__u32 svc_id, __u32 backend_id, __u32 len, int reply,
 					  int new_flow)
 {
 #if LB_COUNTERS
-	struct lb_flow_stats *s = lb4_svc_stats.lookup(&svc_id);
-	struct lb_flow_stats *b = lb4_backend_stats.lookup(&backend_id);
+	struct lb_flow_stats *c = lb4_svc_stats.lookup(&svc_id);
 
-	if (s) {
-		if (reply) {
-			s->packets_out += 1;
-			s->bytes_out += len;
-		} else {
-			s->packets_in += 1;
-			s->bytes_in += len;
-		}
-		s->conns += new_flow;
-	}
-	if (b) {
-		if (reply) {
-			b->packets_out += 1;
-			b->bytes_out += len;
-		} else {
-			b->packets_in += 1;
-			b->bytes_in += len;
-		}
-		b->conns += new_flow;
-	}
+	if (c)
+		lb_flow_add(c, len, reply, new_flow);
+	c = lb4_backend_stats.lookup(&backend_id);
+	if (c)
+		lb_flow_add(c, len, reply, new_flow);
 #endif
 }
 
@@ -170,7 +168,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 	__be32 new_addr;
 	__be16 new_port;
 	__u32 backend_id;
-	__u32 stat;
+	int new_flow = 0;
 	int r;
 
 	lb4_pull_headers(skb);
@@ -191,7 +189,6 @@ int lb4_from_pod(struct __sk_buff *skb)
 		new_addr = ct->nat_addr;
 		new_port = ct->nat_port;
 		backend_id = ct->backend_id;
-		stat = STAT_DNAT_CT;
 	} else {
 		backend_id = lb4_select_backend(&p, svc, &be);
 		if (!backend_id || !be) {
@@ -204,14 +201,15 @@ int lb4_from_pod(struct __sk_buff *skb)
 			lb_count(STAT_CT_INSERT_FAIL);
 		else
 			lb_count(STAT_CT_INSERT);
-		stat = STAT_DNAT_NEW;
+		new_flow = 1;
 	}
 	if (lb4_rewrite(skb, &p, NAT_DST, new_addr, new_port)) {
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;
 	}
-	lb_count(stat);
-	lb_count_flow(svc->svc_id, backend_id, skb->len, 0, stat == STAT_DNAT_NEW);
+	if (new_flow)
+		lb_count(STAT_DNAT_NEW);
+	lb_count_flow(svc->svc_id, backend_id, skb->len, 0, new_flow);
 	return TC_ACT_OK;
 }
 
@@ -235,7 +233,6 @@ int lb4_to_pod(struct __sk_buff *skb)
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;
 	}
-	lb_count(STAT_RNAT);
 	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
 	return TC_ACT_OK;
 }

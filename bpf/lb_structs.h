@@ -87,12 +87,12 @@ struct lb_flow_stats {
 	__u64 conns;		/* new flows: conntrack entries created */
 };
 
-/* Global per-CPU counters, one slot per verdict. */
+/* Global per-CPU counters, one slot per verdict. Packets of established flows and replies are
+ * not counted here: the frontend and backend counters already count them, and a third per-CPU
+ * increment on those paths would cost more than it tells. */
 enum lb_stat {
 	STAT_PASS = 0,		/* not for us: passed untouched */
-	STAT_DNAT_NEW,		/* frontend hit, backend chosen by hash, conntrack entry created */
-	STAT_DNAT_CT,		/* frontend hit, backend taken from conntrack */
-	STAT_RNAT,		/* reply rewritten back to the frontend */
+	STAT_DNAT_NEW,		/* frontend hit, backend chosen by hash (a new flow) */
 	STAT_NO_BACKEND,	/* frontend hit with no usable backend: dropped */
 	STAT_MALFORMED,		/* IPv4 header or L4 header truncated or invalid: passed untouched */
 	STAT_FRAGMENT,		/* IPv4 fragment: no L4 ports to match, passed untouched */

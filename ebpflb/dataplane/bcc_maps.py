@@ -13,8 +13,8 @@ from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, BackendVal
 
 CT4 = "ct4"
 STATS = "lb_stats"
-STAT_NAMES = ("pass", "dnat_new", "dnat_conntrack", "reverse_nat", "no_backend", "malformed",
-              "fragment", "conntrack_insert_fail", "nat_fail", "conntrack_insert")
+STAT_NAMES = ("pass", "dnat_new", "no_backend", "malformed", "fragment", "conntrack_insert_fail",
+              "nat_fail", "conntrack_insert")
 
 
 def ip_to_be32(ip: str) -> int:

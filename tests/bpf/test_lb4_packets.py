@@ -240,7 +240,6 @@ def test_conntrack_keeps_backend_when_backends_change(dp):
     try:
         again = run(dp, dp.progs.from_pod, tcp(CLIENT, 47000, "10.96.0.10", 80, flags="A"))
         assert Ether(again.data)[IP].dst == first
-        assert dp.stats()["dnat_conntrack"] >= 1
         for sport in range(48000, 48050):
             new = Ether(run(dp, dp.progs.from_pod, tcp(CLIENT, sport, "10.96.0.10", 80)).data)
             assert new[IP].dst == predicted(CLIENT, sport, "10.96.0.10", 80, 6, remaining)
