@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: setup demo test test-unit test-bpf test-lab clean
+.PHONY: setup demo test test-unit test-bpf test-lab bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +23,13 @@ test-bpf: setup
 
 test-lab: setup
 	$(PYTEST) -m lab tests
+
+# Benchmarks write benchmarks/results/*.json and their sections of docs/benchmarks.md.
+bench: setup
+	$(PY) -m benchmarks.datapath
+	$(PY) -m benchmarks.programming
+	$(PY) -m benchmarks.maglev
+	$(PY) -m benchmarks.statsagg
 
 clean:
 	rm -rf build *.egg-info ebpflb/*.so ext/*.c .pytest_cache

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 from .flowhash import FLOW_HASH_SEED, flow_hash
-from .maps import BACKENDS, PROTO_NUMBERS, SERVICES, SLOTS, SVC_F_MAGLEV, SVC_META, SlotKey, SvcKey
+from .maps import (BACKENDS, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS, SVC_F_MAGLEV, SVC_META,
+                   SvcKey)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None) -> 
         h = flow_hash(int(ipaddress.IPv4Address(flow.saddr)), int(ipaddress.IPv4Address(flow.daddr)),
                       flow.sport, flow.dport, flow.proto, FLOW_HASH_SEED)
         slot = h % svc.count
-        backend_id = snapshot[SLOTS].get(SlotKey(svc.svc_id, slot))
+        table = snapshot[SLOTS].get(svc.svc_id, ())
+        backend_id = table[slot] if slot < len(table) and table[slot] != NO_BACKEND else None
         value = snapshot[BACKENDS].get(backend_id) if backend_id is not None else None
         common.update(hash=h, slot=slot, hashed_backend_id=backend_id,
                       hashed_backend=f"{value.addr}:{value.port}" if value else None)

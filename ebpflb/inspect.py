@@ -4,7 +4,8 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from typing import Any, Dict, List, Tuple
 
-from .maps import BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_F_MAGLEV, SVC_META, Snapshot
+from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SVC_F_MAGLEV, SVC_META,
+                   Snapshot)
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,10 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
         own = by_service.get(svc.svc_id, {})
         counts: Dict[int, int] = {backend_id: 0 for backend_id in own}
         problems = []
+        table = snapshot[SLOTS].get(svc.svc_id, ())
         for slot in range(svc.count):
-            backend_id = snapshot[SLOTS].get((svc.svc_id, slot))
-            if backend_id is None:
+            backend_id = table[slot] if slot < len(table) else NO_BACKEND
+            if backend_id == NO_BACKEND:
                 problems.append(f"slot {slot} missing")
             elif backend_id not in own:
                 problems.append(f"slot {slot}: backend {backend_id} is not this frontend's")

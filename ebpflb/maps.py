@@ -4,7 +4,7 @@ Each map is a dict from a key record to a value record; bpf/lb_structs.h defines
 layouts and ebpflb/dataplane/bcc_maps.py converts between the two. The planner diffs these
 dicts, so nothing here knows about bcc or the kernel.
 """
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 SERVICES = "lb4_services"
 SLOTS = "lb4_slots"
@@ -54,9 +54,26 @@ class BackendValue(NamedTuple):
         return f"{self.addr}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"
 
 
-# Map name -> {key record: value record}. Slot values are backend ids (int); meta values are
-# display names (str).
+# Map name -> {key record: value record}; meta values are display names (str). lb4_slots is the
+# exception: svc id -> the frontend's whole slot table, a tuple of backend ids indexed by slot
+# (0 where the kernel map lacks a slot). A table compares in one step, so a plan over large
+# Maglev tables costs little when they did not change; writes are still per SlotKey.
 Snapshot = Dict[str, Dict[Any, Any]]
+NO_BACKEND = 0
+
+
+def slot_tables(records: Dict["SlotKey", int]) -> Dict[int, Tuple[int, ...]]:
+    """Per-slot records, as a map dump gives them, grouped into one table per frontend."""
+    tables: Dict[int, List[int]] = {}
+    for key, backend_id in records.items():
+        table = tables.setdefault(key.svc_id, [])
+        table.extend([NO_BACKEND] * (key.slot + 1 - len(table)))
+        table[key.slot] = backend_id
+    return {svc_id: tuple(table) for svc_id, table in tables.items()}
+
+
+def slot_count(snapshot: Snapshot) -> int:
+    return sum(len(table) for table in snapshot[SLOTS].values())
 
 
 def empty_snapshot() -> Snapshot:

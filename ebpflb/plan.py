@@ -17,9 +17,9 @@ from ipaddress import IPv4Address
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from .maglev import DEFAULT_M, maglev_table, validate_m
-from .maps import (BACKEND_STATS, BACKENDS, CONTROL_MAPS, PROTO_NUMBERS, SERVICES, SLOTS,
-                   SVC_F_MAGLEV, SVC_META, SVC_NAME_LEN, SVC_STATS, BackendValue, SlotKey,
-                   Snapshot, SvcKey, SvcValue)
+from .maps import (BACKEND_STATS, BACKENDS, CONTROL_MAPS, NO_BACKEND, PROTO_NUMBERS, SERVICES,
+                   SLOTS, SVC_F_MAGLEV, SVC_META, SVC_NAME_LEN, SVC_STATS, BackendValue, SlotKey,
+                   Snapshot, SvcKey, SvcValue, slot_count)
 from .model import Backend, DesiredState, Frontend
 from .policy import ALGORITHMS
 
@@ -158,7 +158,7 @@ def desired_maps(desired: DesiredState, current: Snapshot,
     cur_services: Mapping[SvcKey, SvcValue] = current[SERVICES]
     cur_backends: Mapping[int, BackendValue] = current[BACKENDS]
     used_svc_ids = {v.svc_id for v in cur_services.values()}
-    used_svc_ids |= {k.svc_id for k in current[SLOTS]} | set(current[SVC_META])
+    used_svc_ids |= set(current[SLOTS]) | set(current[SVC_META])
     new_svc_ids = _free_ids(used_svc_ids)
     backend_ids: Dict[BackendValue, int] = {}
     for backend_id, value in sorted(cur_backends.items()):
@@ -181,27 +181,56 @@ def desired_maps(desired: DesiredState, current: Snapshot,
             out[BACKENDS][backend_ids[value]] = value
             ids.append(backend_ids[value])
         slots, flags = frontend_slots(frontend, backends, defaults)
-        for slot, index in enumerate(slots):
-            out[SLOTS][SlotKey(svc_id, slot)] = ids[index]
+        if slots:
+            out[SLOTS][svc_id] = tuple(map(ids.__getitem__, slots))
         out[SERVICES][key] = SvcValue(svc_id, len(slots), flags)
         out[SVC_META][svc_id] = frontend_name(frontend)
     return out
 
 
+def _slot_upserts(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]) -> List[Op]:
+    ops = []
+    for svc_id in sorted(want):
+        new, old = want[svc_id], have.get(svc_id, ())
+        if new == old:
+            continue
+        padded = old + (NO_BACKEND,) * (len(new) - len(old))
+        for slot in [i for i, (a, b) in enumerate(zip(padded, new)) if a != b]:
+            before = padded[slot] if padded[slot] != NO_BACKEND else None
+            ops.append(Op(UPSERT, SLOTS, SlotKey(svc_id, slot), before, new[slot]))
+    return ops
+
+
+def _slot_deletes(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]) -> List[Op]:
+    ops = []
+    for svc_id in sorted(have):
+        old, keep = have[svc_id], len(want.get(svc_id, ()))
+        ops.extend(Op(DELETE, SLOTS, SlotKey(svc_id, slot), old[slot], None)
+                   for slot in range(keep, len(old)) if old[slot] != NO_BACKEND)
+    return ops
+
+
 def diff(desired: Snapshot, current: Snapshot) -> Plan:
-    """Ordered writes turning `current` into `desired`; equal records are not written."""
+    """Ordered writes turning `current` into `desired`; equal records are not written. Only the
+    changed keys are sorted (for a readable, deterministic plan)."""
     upserts: List[Op] = []
     deletes: List[Op] = []
     for name in _WRITE_ORDER:
         want, have = desired[name], current[name]
-        for key in sorted(want, key=_sort_key):
-            if have.get(key) != want[key]:
-                upserts.append(Op(UPSERT, name, key, have.get(key), want[key]))
+        if name == SLOTS:
+            upserts.extend(_slot_upserts(want, have))
+            continue
+        changed = [key for key, value in want.items() if have.get(key) != value]
+        for key in sorted(changed, key=_sort_key):
+            upserts.append(Op(UPSERT, name, key, have.get(key), want[key]))
     for name in reversed(_WRITE_ORDER):
         want, have = desired[name], current[name]
-        for key in sorted(have, key=_sort_key):
-            if key not in want:
-                deletes.append(Op(DELETE, name, key, have[key], None))
+        if name == SLOTS:
+            deletes.extend(_slot_deletes(want, have))
+            continue
+        gone = [key for key in have if key not in want]
+        for key in sorted(gone, key=_sort_key):
+            deletes.append(Op(DELETE, name, key, have[key], None))
     return Plan(tuple(upserts + deletes))
 
 
@@ -218,7 +247,8 @@ def check_capacity(plan: Plan, current: Snapshot, limits: Mapping[str, int]) -> 
     hold the old and the new records together, because removals run last."""
     for name, limit in limits.items():
         added = sum(1 for op in plan.ops if op.map == name and op.action == UPSERT and op.old is None)
-        peak = len(current.get(name, {})) + added
+        held = slot_count(current) if name == SLOTS else len(current.get(name, {}))
+        peak = held + added
         if peak > limit:
             raise PlanError(f"map {name} would need {peak} entries during the update but holds "
                             f"{limit}; raise its size (agent flags) or program fewer services")
@@ -249,12 +279,31 @@ def compute_plan(desired: DesiredState, current: Snapshot,
 def apply_to(snapshot: Snapshot, plan: Plan) -> Snapshot:
     """The snapshot the maps hold once `plan` is applied (what the agent caches between syncs)."""
     out = {name: dict(records) for name, records in snapshot.items()}
+    tables: Dict[int, List[int]] = {}  # slot tables being edited, written back once at the end
     for op in plan.ops:
         if op.action == RESET:
             continue  # counters are not part of a snapshot
+        if op.map == SLOTS:
+            table = tables.get(op.key.svc_id)
+            if table is None:
+                table = tables[op.key.svc_id] = list(out[SLOTS].get(op.key.svc_id, ()))
+            if op.action == DELETE:
+                if op.key.slot < len(table):
+                    table[op.key.slot] = NO_BACKEND
+            else:
+                table.extend([NO_BACKEND] * (op.key.slot + 1 - len(table)))
+                table[op.key.slot] = op.new
+            continue
         records = out.setdefault(op.map, {})
         if op.action == DELETE:
             records.pop(op.key, None)
         else:
             records[op.key] = op.new
+    for svc_id, table in tables.items():
+        while table and table[-1] == NO_BACKEND:
+            table.pop()
+        if table:
+            out[SLOTS][svc_id] = tuple(table)
+        else:
+            out[SLOTS].pop(svc_id, None)
     return out

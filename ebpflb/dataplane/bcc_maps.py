@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, BackendValue, SlotKey,
-                    SvcKey, SvcValue)
+                    SvcKey, SvcValue, slot_tables)
 
 CT4 = "ct4"
 STATS = "lb_stats"
@@ -120,7 +120,9 @@ class BccMapWriter:
 
     def dump(self, map_name: str) -> Dict[Any, Any]:
         t, (_, k_back, _, v_back) = self._table(map_name)
-        return {k_back(k): v_back(v) for k, v in t.items()}
+        records = {k_back(k): v_back(v) for k, v in t.items()}
+        # Slots come back as one table per frontend (see ebpflb.maps.Snapshot).
+        return slot_tables(records) if map_name == SLOTS else records
 
 
 @dataclass(frozen=True)

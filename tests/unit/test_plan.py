@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ebpflb.apply import ApplyError, apply_plan, read_snapshot
 from ebpflb.maps import (BACKENDS, SERVICES, SLOTS, SVC_META, BackendValue, SlotKey, SvcKey,
-                         SvcValue, empty_snapshot)
+                         SvcValue, empty_snapshot, slot_tables)
 from ebpflb.model import Backend, DesiredState, Frontend
 from ebpflb.plan import DELETE, RESET, UPSERT, PlanError, apply_to, compute_plan
 
@@ -58,7 +58,7 @@ class DictWriter:
         self.maps.setdefault(m, {})[k] = 0
 
     def dump(self, m):
-        return dict(self.maps[m])
+        return slot_tables(self.maps[m]) if m == SLOTS else dict(self.maps[m])
 
 
 def test_initial_plan_writes_dependencies_first():
@@ -80,7 +80,7 @@ def test_initial_plan_writes_dependencies_first():
     after = apply_to(empty_snapshot(), plan)
     web = after[SERVICES][SvcKey("10.96.0.10", 80, 6)]
     assert web.count == 2
-    assert [after[BACKENDS][after[SLOTS][SlotKey(web.svc_id, i)]] for i in range(2)] == [
+    assert [after[BACKENDS][after[SLOTS][web.svc_id][i]] for i in range(2)] == [
         BackendValue("10.244.0.11", 8080, 6, web.svc_id), BackendValue("10.244.0.12", 8080, 6, web.svc_id)]
     assert after[SVC_META][web.svc_id] == "demo/web:http"
 
@@ -162,9 +162,12 @@ desired_states = st.dictionaries(frontends, backends.map(lambda bs: tuple(sorted
 def _consistent(snap) -> bool:
     """What a packet could see: every frontend's slots exist and point at existing backends."""
     for svc in snap[SERVICES].values():
+        table = snap[SLOTS].get(svc.svc_id, ())
+        if len(table) < svc.count:
+            return False
         for slot in range(svc.count):
-            backend = snap[SLOTS].get(SlotKey(svc.svc_id, slot))
-            if backend is None or backend not in snap[BACKENDS]:
+            backend = table[slot]
+            if backend not in snap[BACKENDS]:
                 return False
             if snap[BACKENDS][backend].svc_id != svc.svc_id:
                 return False
@@ -186,13 +189,13 @@ def test_every_intermediate_state_is_consistent(sequence):
         assert not compute_plan(desired, snap)
         programmed = {}
         for key, svc in snap[SERVICES].items():
-            programmed[key] = [snap[BACKENDS][snap[SLOTS][SlotKey(svc.svc_id, i)]][:3]
+            programmed[key] = [snap[BACKENDS][snap[SLOTS][svc.svc_id][i]][:3]
                                for i in range(svc.count)]
         assert programmed == {
             SvcKey(f.vip, f.port, 6 if f.protocol == "TCP" else 17):
                 [(x.ip, x.port, 6 if f.protocol == "TCP" else 17) for x in bs]
             for f, bs in frontends_map.items()}
         # No garbage is left: every backend and slot in the maps is used.
-        used_slots = {SlotKey(s.svc_id, i) for s in snap[SERVICES].values() for i in range(s.count)}
-        assert set(snap[SLOTS]) == used_slots
-        assert set(snap[BACKENDS]) == set(snap[SLOTS].values())
+        assert {i: len(t) for i, t in snap[SLOTS].items()} == {
+            s.svc_id: s.count for s in snap[SERVICES].values() if s.count}
+        assert set(snap[BACKENDS]) == {b for t in snap[SLOTS].values() for b in t}

@@ -50,7 +50,7 @@ def test_random_slots_repeat_backends_by_weight():
     snap = program(LbPolicy(weights=(("10.244.0.11", 0), ("10.244.0.13", 3))))
     svc = snap[SERVICES][SvcKey("10.96.0.10", 80, 6)]
     assert svc.count == 4 and svc.flags == 0
-    addrs = [snap["lb4_backends"][snap[SLOTS][SlotKey(svc.svc_id, i)]].addr for i in range(4)]
+    addrs = [snap["lb4_backends"][snap[SLOTS][svc.svc_id][i]].addr for i in range(4)]
     assert addrs == ["10.244.0.12", "10.244.0.13", "10.244.0.13", "10.244.0.13"]
     # the weight-0 backend is still programmed (draining), with no slot
     assert "10.244.0.11" in {v.addr for v in snap["lb4_backends"].values()}
