@@ -16,7 +16,7 @@
 #define LB4_MAX_BACKENDS 65536
 #endif
 #ifndef LB4_MAX_SLOTS
-#define LB4_MAX_SLOTS 4194304
+#define LB4_MAX_SLOTS 1048576
 #endif
 #ifndef CT4_MAX_ENTRIES
 #define CT4_MAX_ENTRIES 262144

@@ -75,6 +75,13 @@ def main(log_level: str) -> None:
               help="Seconds between checks of the manifests for changes.")
 @click.option("--ct-max", type=click.IntRange(1024, 1 << 24), default=262144, show_default=True,
               help="Conntrack entries (both directions of a flow count).")
+@click.option("--max-services", type=click.IntRange(16, 1 << 20), default=65536, show_default=True,
+              help="Frontends the maps can hold.")
+@click.option("--max-backends", type=click.IntRange(16, 1 << 22), default=65536, show_default=True,
+              help="Backend records (one per frontend and endpoint).")
+@click.option("--max-slots", type=click.IntRange(1024, 1 << 24), default=1048576, show_default=True,
+              help="Selection slots over all frontends (a backend per slot for hash-mod, M per "
+                   "Maglev frontend); about 105 bytes each when used, 16 bytes each reserved.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
               help="Write the agent's pid here once it serves (for scripts).")
 @click.option("--algorithm", type=click.Choice(["random", "maglev"]), default="random",
@@ -89,8 +96,9 @@ def main(log_level: str) -> None:
 @pin_dir_option
 @netns_option
 def agent(manifests: str, devices: List[str], on_exit: str, poll_interval: float, ct_max: int,
-          ready_file: Optional[str], algorithm: str, maglev_table_size: int, metrics_address: str,
-          pin_dir: str, netns: Optional[str]) -> None:
+          max_services: int, max_backends: int, max_slots: int, ready_file: Optional[str],
+          algorithm: str, maglev_table_size: int, metrics_address: str, pin_dir: str,
+          netns: Optional[str]) -> None:
     """Run the agent in the foreground: program the maps from the manifests, attach to pod
     devices, and follow changes until SIGTERM."""
     from .agent import Agent, AgentOptions
@@ -100,7 +108,8 @@ def agent(manifests: str, devices: List[str], on_exit: str, poll_interval: float
     from .sources.files import ManifestSource
 
     _require_root()
-    config = _config(pin_dir, ct_max_entries=ct_max)
+    config = _config(pin_dir, ct_max_entries=ct_max, max_services=max_services,
+                     max_backends=max_backends, max_slots=max_slots)
     try:
         defaults = PlanDefaults(algorithm, maglev_table_size)
     except ValueError as exc:

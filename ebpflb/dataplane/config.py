@@ -12,7 +12,7 @@ class DataplaneConfig:
     pin_dir: str = DEFAULT_PIN_DIR
     max_services: int = 65536
     max_backends: int = 65536
-    max_slots: int = 4194304
+    max_slots: int = 1048576
     ct_max_entries: int = 262144
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Dict, Tuple
 
 from ..stats import FLOW_FIELDS, Counters
 from ..statsagg import nonzero_keys, sum_per_cpu
-from .libbpf import libbpf
+from .libbpf import libbpf, map_info
 
 
 
@@ -70,8 +70,9 @@ def read_flow_stats(bpf: Any, map_name: str) -> Dict[int, Counters]:
     value_size = ctypes.sizeof(t.sLeaf)  # bcc's Leaf of a per-CPU map is the array of all CPUs'
     if value_size != 8 * n_fields:
         raise ValueError(f"{map_name}: value size {value_size} is not {n_fields} counters")
-    values, n_cpus = read_percpu_array(t.map_fd, t.max_entries, value_size)
-    summed = sum_per_cpu(values, t.max_entries, n_cpus, n_fields)
+    entries = map_info(t.map_fd).max_entries  # the pinned map's own size, not the compiled one
+    values, n_cpus = read_percpu_array(t.map_fd, entries, value_size)
+    summed = sum_per_cpu(values, entries, n_cpus, n_fields)
     return {k: Counters(*summed[k * n_fields:(k + 1) * n_fields])
             for k in nonzero_keys(summed, n_fields)}
 

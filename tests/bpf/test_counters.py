@@ -102,3 +102,33 @@ def test_a_reused_id_starts_from_zero(dataplane):
     assert ids & set(before), "ids are reused once freed"
     assert not (ids & set(stats)), "reused ids start with zero counters"
     dataplane.clear_conntrack()
+
+
+def test_counters_are_read_with_the_pinned_maps_own_size(dataplane, tmp_path):
+    """The CLI opens maps compiled with default sizes; an agent may have created them with
+    others. Stats must follow the kernel's size, not the compiled one."""
+    import shutil
+
+    from ebpflb.dataplane.bcc_maps import BccMapWriter
+    from ebpflb.dataplane.config import DataplaneConfig
+    from ebpflb.dataplane.loader import load_programs, open_maps
+    from ebpflb.dataplane.readers import read_service_stats
+    from ebpflb.manifests import parse_documents
+    from ebpflb.model import desired_state
+    from ebpflb.reconcile import reconcile
+
+    from ..conftest import unique
+
+    small = DataplaneConfig(pin_dir=f"/sys/fs/bpf/{unique('ebpflb-size-')}", max_services=100,
+                            max_backends=100, ct_max_entries=1024)
+    try:
+        progs = load_programs(small)
+        m = parse_documents(MANIFEST, "<test>")
+        reconcile(desired_state(m.services, m.slices), BccMapWriter(progs.bpf), small.map_limits)
+        pkt = Ether(**ETH) / IP(src="10.244.0.2", dst="10.96.8.1") / UDP(sport=31000, dport=53)
+        bpf_run(progs.from_pod.fd, bytes(pkt))
+        reader = open_maps(DataplaneConfig(pin_dir=small.pin_dir))  # default sizes compiled in
+        stats = {s.frontend: s.counters for s in read_service_stats(reader)}
+        assert stats["10.96.8.1:53/UDP"].packets_in == 1
+    finally:
+        shutil.rmtree(small.pin_dir, ignore_errors=True)
