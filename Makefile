@@ -13,7 +13,7 @@ demo: setup
 	@bash scripts/demo.sh
 
 test: setup
-	$(PYTEST) -m "unit or bpf or lab" tests
+	$(PYTEST) -m "unit or bpf or lab or kube" tests
 
 test-unit: setup
 	$(PYTEST) -m unit tests
@@ -26,10 +26,12 @@ test-lab: setup
 
 # Benchmarks write benchmarks/results/*.json and their sections of docs/benchmarks.md.
 bench: setup
+	$(VENV)/bin/pip install -q -r requirements-bench.txt
 	$(PY) -m benchmarks.datapath
 	$(PY) -m benchmarks.programming
 	$(PY) -m benchmarks.maglev
 	$(PY) -m benchmarks.statsagg
+	$(PY) -m benchmarks.suite
 
 clean:
 	rm -rf build *.egg-info ebpflb/*.so ext/*.c .pytest_cache

@@ -71,6 +71,15 @@ def ping_pong_state():
     }, ())
 
 
+class _BothTables:
+    def __init__(self, bpf):
+        self.tables = [bpf[b"ct4"], bpf[b"ct4_syn"]]
+
+    def clear(self) -> None:
+        for t in self.tables:
+            t.clear()
+
+
 class Variant:
     def __init__(self, name: str, cflags: List[str]):
         from ebpflb.dataplane.bcc_maps import BccMapWriter
@@ -83,7 +92,7 @@ class Variant:
         shutil.rmtree(self.config.pin_dir, ignore_errors=True)
         self.progs = load_programs(self.config, cflags)
         reconcile(ping_pong_state(), BccMapWriter(self.progs.bpf), self.config.map_limits)
-        self.ct = self.progs.bpf[b"ct4"]
+        self.ct = _BothTables(self.progs.bpf)
 
     def close(self) -> None:
         shutil.rmtree(self.config.pin_dir, ignore_errors=True)

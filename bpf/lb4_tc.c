@@ -15,6 +15,7 @@
 #include "parse.h"
 #include "flow_hash.h"
 #include "nat.h"
+#include "reject.h"
 
 /* bcc rewrites map method calls (map.lookup(), map.update()) only in the main source file, so
  * every helper that touches a map lives here; the headers hold what needs no map. */
@@ -83,22 +84,89 @@ static __always_inline void ct4_key_of(const struct pkt4 *p, __u8 dir, struct ct
 	k->pad = 0;
 }
 
-/* Looks a flow up and refreshes its last-seen time, at most once a second per entry. */
-static __always_inline struct ct4_entry *ct4_lookup(struct ct4_key *key)
-{
-	struct ct4_entry *e = ct4.lookup(key);
-	__u64 now;
+#define NSEC_PER_SEC 1000000000ULL
 
-	if (!e)
-		return 0;
-	now = bpf_ktime_get_ns();
-	if (now - e->last_seen_ns > CT_REFRESH_NS)
-		e->last_seen_ns = now;
-	return e;
+/* How long an entry lives since its last packet, by what its direction has seen. */
+static __always_inline __u64 ct4_lifetime(const struct ct4_entry *e, __u8 proto)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_TIMEOUT_UDP * NSEC_PER_SEC;
+	if (e->flags & CT_F_CLOSING)
+		return CT_TIMEOUT_TCP_CLOSE * NSEC_PER_SEC;
+	if (e->flags & CT_F_ESTABLISHED)
+		return CT_TIMEOUT_TCP_ESTABLISHED * NSEC_PER_SEC;
+	return CT_TIMEOUT_TCP_SYN * NSEC_PER_SEC;
 }
 
-/* Creates both entries of a new flow. Returns 0, or -1 when either insert failed (the packet is
- * still forwarded: the hash picks the same backend again while the backend set is unchanged). */
+/* Records a packet of a known flow: last-seen time (at most one write a second) and the TCP
+ * state bits of this direction (written only when they change). */
+static __always_inline void ct4_track(struct ct4_entry *e, const struct pkt4 *p, __u64 now)
+{
+	__u16 flags = e->flags;
+
+	if (now - e->last_seen_ns > CT_REFRESH_NS)
+		e->last_seen_ns = now;
+	if (p->proto != IPPROTO_TCP)
+		return;
+	if (p->tcp_flags & (TCP_FL_FIN | TCP_FL_RST))
+		flags |= CT_F_CLOSING;
+	if (p->tcp_flags & TCP_FL_ACK)
+		flags |= CT_F_ESTABLISHED;
+	if (flags != e->flags)
+		e->flags = flags;
+}
+
+/* A bare SYN: the only TCP packet allowed to create state. */
+static __always_inline int tcp_syn_only(const struct pkt4 *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) == TCP_FL_SYN;
+}
+
+/* A new flow must not come from loopback, from a VIP, or from its own destination. */
+static __always_inline int lb4_bad_source(const struct pkt4 *p)
+{
+	__be32 src = p->saddr;
+
+	if ((bpf_ntohl(src) >> 24) == 127 || src == p->daddr)
+		return 1;
+	return lb4_vips.lookup(&src) != 0;
+}
+
+/* The reply key of a flow, from its forward key and where it was DNATed to. */
+static __always_inline void ct4_reply_key(const struct ct4_key *fwd, __be32 nat_addr,
+					  __be16 nat_port, struct ct4_key *rev)
+{
+	rev->saddr = nat_addr;
+	rev->daddr = fwd->saddr;
+	rev->sport = nat_port;
+	rev->dport = fwd->sport;
+	rev->proto = fwd->proto;
+	rev->dir = CT_DIR_REPLY;
+	rev->pad = 0;
+}
+
+/* Moves a half-open flow's two entries from ct4_syn to ct4 once its client has ACKed. */
+static __always_inline void ct4_promote(struct ct4_key *fwd, struct ct4_entry *e)
+{
+	struct ct4_entry copy = *e;
+	struct ct4_key rev;
+	struct ct4_entry *r;
+
+	ct4_reply_key(fwd, copy.nat_addr, copy.nat_port, &rev);
+	r = ct4_syn.lookup(&rev);
+	if (r) {
+		struct ct4_entry rcopy = *r;
+
+		if (ct4.update(&rev, &rcopy) == 0)
+			ct4_syn.delete(&rev);
+	}
+	if (ct4.update(fwd, &copy) == 0)
+		ct4_syn.delete(fwd);
+}
+
+/* Creates both entries of a new flow, TCP in ct4_syn and UDP in ct4. Returns 0, or -1 when an
+ * insert failed (the packet is still forwarded: the hash picks the same backend again while the
+ * backend set is unchanged). */
 static __always_inline int ct4_create(const struct pkt4 *p, struct ct4_key *fwd,
 				      const struct lb4_backend *be, __u32 svc_id, __u32 backend_id)
 {
@@ -117,9 +185,12 @@ static __always_inline int ct4_create(const struct pkt4 *p, struct ct4_key *fwd,
 	 * but replies without a reply entry would reach the client from the backend's address. */
 	r.nat_addr = p->daddr;
 	r.nat_port = p->dport;
-	if (ct4.update(&rev, &r))
-		return -1;
-	if (ct4.update(fwd, &e))
+	if (p->proto == IPPROTO_TCP) {
+		if (ct4_syn.update(&rev, &r) || ct4_syn.update(fwd, &e))
+			return -1;
+		return 0;
+	}
+	if (ct4.update(&rev, &r) || ct4.update(fwd, &e))
 		return -1;
 	return 0;
 }
@@ -135,6 +206,33 @@ static __always_inline int lb4_pass_verdict(int parse_result)
 	else
 		lb_count(STAT_PASS);
 	return TC_ACT_OK;
+}
+
+/* The backend a client is bound to by session affinity, if the binding is fresh and the backend
+ * still belongs to the frontend and takes new flows. Returns its id, or 0. */
+static __always_inline __u32 lb4_affinity_backend(const struct pkt4 *p, const struct lb4_svc *svc,
+						  __u64 now, struct lb4_backend **be)
+{
+	struct lb4_affinity_key key = { .svc_id = svc->svc_id, .client = p->saddr };
+	struct lb4_affinity *a = lb4_affinity.lookup(&key);
+	__u32 id;
+
+	if (!a || now - a->last_used_ns > (__u64)svc->affinity_timeout * NSEC_PER_SEC)
+		return 0;
+	id = a->backend_id;
+	*be = lb4_backends.lookup(&id);
+	if (!*be || (*be)->svc_id != svc->svc_id || ((*be)->flags & LB4_BE_F_NO_NEW))
+		return 0;
+	return id;
+}
+
+static __always_inline void lb4_affinity_update(const struct pkt4 *p, const struct lb4_svc *svc,
+						__u32 backend_id, __u64 now)
+{
+	struct lb4_affinity_key key = { .svc_id = svc->svc_id, .client = p->saddr };
+	struct lb4_affinity val = { .last_used_ns = now, .backend_id = backend_id };
+
+	lb4_affinity.update(&key, &val);
 }
 
 /* Picks a backend for a new flow. Returns its id, or 0 when the frontend has none usable. */
@@ -169,6 +267,8 @@ int lb4_from_pod(struct __sk_buff *skb)
 	__be16 new_port;
 	__u32 backend_id;
 	int new_flow = 0;
+	int half_open;
+	__u64 now;
 	int r;
 
 	lb4_pull_headers(skb);
@@ -184,24 +284,53 @@ int lb4_from_pod(struct __sk_buff *skb)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 
 	ct4_key_of(&p, CT_DIR_FWD, &fk);
-	ct = ct4_lookup(&fk);
+	ct = ct4.lookup(&fk);
+	half_open = 0;
+	if (!ct && p.proto == IPPROTO_TCP) {
+		ct = ct4_syn.lookup(&fk);
+		half_open = ct != 0;
+	}
+	now = bpf_ktime_get_ns();
+	/* An expired entry, or a SYN reusing the tuple of a closed flow, starts a new flow. */
+	if (ct && (now - ct->last_seen_ns > ct4_lifetime(ct, p.proto) ||
+		   (tcp_syn_only(&p) && (ct->flags & CT_F_CLOSING))))
+		ct = 0;
 	if (ct) {
+		ct4_track(ct, &p, now);
 		new_addr = ct->nat_addr;
 		new_port = ct->nat_port;
 		backend_id = ct->backend_id;
+		if (half_open && (ct->flags & CT_F_ESTABLISHED) && !(ct->flags & CT_F_CLOSING))
+			ct4_promote(&fk, ct);
 	} else {
-		backend_id = lb4_select_backend(&p, svc, &be);
+		backend_id = 0;
+		if (svc->affinity_timeout)
+			backend_id = lb4_affinity_backend(&p, svc, now, &be);
+		if (!backend_id)
+			backend_id = lb4_select_backend(&p, svc, &be);
 		if (!backend_id || !be) {
 			lb_count(STAT_NO_BACKEND);
-			return TC_ACT_SHOT;
+			return lb4_reject(skb, &p);
 		}
 		new_addr = be->addr;
 		new_port = be->port;
-		if (ct4_create(&p, &fk, be, svc->svc_id, backend_id))
-			lb_count(STAT_CT_INSERT_FAIL);
-		else
-			lb_count(STAT_CT_INSERT);
-		new_flow = 1;
+		if (p.proto == IPPROTO_TCP && !tcp_syn_only(&p)) {
+			/* Not a connection start: forward by hash (right while the backend set is unchanged,
+			 * e.g. after an LRU eviction) but create nothing, so a flood of such packets cannot
+			 * fill conntrack. */
+			lb_count(STAT_TCP_NO_STATE);
+		} else if (lb4_bad_source(&p)) {
+			lb_count(STAT_BAD_SOURCE);
+			return TC_ACT_SHOT;
+		} else {
+			if (ct4_create(&p, &fk, be, svc->svc_id, backend_id))
+				lb_count(STAT_CT_INSERT_FAIL);
+			else
+				lb_count(STAT_CT_INSERT);
+			if (svc->affinity_timeout)
+				lb4_affinity_update(&p, svc, backend_id, now);
+			new_flow = 1;
+		}
 	}
 	if (lb4_rewrite(skb, &p, NAT_DST, new_addr, new_port)) {
 		lb_count(STAT_NAT_FAIL);
@@ -226,9 +355,13 @@ int lb4_to_pod(struct __sk_buff *skb)
 		return lb4_pass_verdict(r);
 
 	ct4_key_of(&p, CT_DIR_REPLY, &rk);
-	ct = ct4_lookup(&rk);
+	ct = ct4.lookup(&rk);
+	if (!ct && p.proto == IPPROTO_TCP)
+		ct = ct4_syn.lookup(&rk);
 	if (!ct)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
+	/* Replies never expire an entry here: the agent's GC ages a flow by both directions. */
+	ct4_track(ct, &p, bpf_ktime_get_ns());
 	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port)) {
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;

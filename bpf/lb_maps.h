@@ -21,6 +21,25 @@
 #ifndef CT4_MAX_ENTRIES
 #define CT4_MAX_ENTRIES 262144
 #endif
+#ifndef LB4_AFFINITY_MAX_ENTRIES
+#define LB4_AFFINITY_MAX_ENTRIES 65536
+#endif
+#ifndef CT4_SYN_MAX_ENTRIES
+#define CT4_SYN_MAX_ENTRIES 65536
+#endif
+/* Conntrack lifetimes since the last packet, by state (the agent's GC uses the same values). */
+#ifndef CT_TIMEOUT_TCP_SYN
+#define CT_TIMEOUT_TCP_SYN 60
+#endif
+#ifndef CT_TIMEOUT_TCP_ESTABLISHED
+#define CT_TIMEOUT_TCP_ESTABLISHED 21600
+#endif
+#ifndef CT_TIMEOUT_TCP_CLOSE
+#define CT_TIMEOUT_TCP_CLOSE 10
+#endif
+#ifndef CT_TIMEOUT_UDP
+#define CT_TIMEOUT_UDP 60
+#endif
 
 /* The maps the control plane writes allocate entries as they are written (BPF_F_NO_PREALLOC):
  * their limits can be generous (Maglev tables are large) without reserving kernel memory. */
@@ -34,12 +53,24 @@ BPF_TABLE_PINNED("hash", struct lb4_slot_key, __u32, lb4_slots, LB4_MAX_SLOTS,
 /* Backends: id -> address, port, protocol. */
 BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, lb4_backends, LB4_MAX_BACKENDS,
 		 EBPFLB_PIN_DIR "/lb4_backends", BPF_F_NO_PREALLOC);
-/* Connection tracking, both directions; LRU so a full table evicts the idlest flows, not new ones. */
+/* Every VIP address, so a new flow claiming a VIP as its source can be refused. */
+BPF_TABLE_PINNED("hash", __be32, __u32, lb4_vips, LB4_MAX_SERVICES, EBPFLB_PIN_DIR "/lb4_vips",
+		 BPF_F_NO_PREALLOC);
+/* Connection tracking, both directions; LRU so a full table evicts the idlest flows, not new ones.
+ * UDP flows and TCP flows whose client completed the handshake live here. */
 BPF_TABLE_PINNED("lru_hash", struct ct4_key, struct ct4_entry, ct4, CT4_MAX_ENTRIES,
 		 EBPFLB_PIN_DIR "/ct4");
+/* Half-open TCP flows (a SYN, no ACK from the client yet), same layout. A SYN flood churns only
+ * this table; a flow moves to ct4 when the client's ACK arrives, so established flows are never
+ * evicted to make room for a flood. */
+BPF_TABLE_PINNED("lru_hash", struct ct4_key, struct ct4_entry, ct4_syn, CT4_SYN_MAX_ENTRIES,
+		 EBPFLB_PIN_DIR "/ct4_syn");
 /* Frontend display names, for the CLI only. */
 BPF_TABLE_PINNED("hash", __u32, struct lb4_svc_meta, lb4_svc_meta, LB4_MAX_SERVICES,
 		 EBPFLB_PIN_DIR "/lb4_svc_meta", BPF_F_NO_PREALLOC);
+/* Session affinity per (frontend, client address); LRU: the oldest clients are forgotten first. */
+BPF_TABLE_PINNED("lru_hash", struct lb4_affinity_key, struct lb4_affinity, lb4_affinity,
+		 LB4_AFFINITY_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb4_affinity");
 /* Global verdict counters. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_stats, STAT_MAX, EBPFLB_PIN_DIR "/lb_stats");
 /* Per-frontend and per-backend traffic, indexed by id (ids are below the map limits; 0 unused).

@@ -19,6 +19,7 @@ struct lb4_svc {
 	__u32 svc_id;	/* names this frontend's slots in lb4_slots and its counters */
 	__u32 count;	/* number of slots: the flow hash picks slot = hash % count */
 	__u32 flags;	/* LB4_SVC_F_*: how the control plane filled the slots (for display) */
+	__u32 affinity_timeout;	/* sessionAffinity ClientIP: seconds since last use; 0 = none */
 };
 
 /* The slots hold the backends themselves (hash-mod, "random") or a Maglev table of prime size;
@@ -38,8 +39,23 @@ struct lb4_backend {
 	__be32 addr;
 	__be16 port;
 	__u8 proto;
-	__u8 flags;
+	__u8 flags;	/* LB4_BE_F_* */
 	__u32 svc_id;	/* the frontend this record belongs to */
+};
+
+/* A draining backend (weight 0): no slot, and session affinity must not send it new flows. */
+#define LB4_BE_F_NO_NEW 0x1
+
+/* Session affinity (ClientIP): the backend a client's last new flow to a frontend went to. */
+struct lb4_affinity_key {
+	__u32 svc_id;
+	__be32 client;
+};
+
+struct lb4_affinity {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad;
 };
 
 /* Direction of a conntrack entry: the client's packets, or the backend's replies. */
@@ -56,6 +72,10 @@ struct ct4_key {
 	__u8 dir;
 	__u16 pad;
 };
+
+/* ct4_entry.flags: TCP state as seen in the entry's own direction. */
+#define CT_F_ESTABLISHED 0x1	/* sent more than a bare SYN (an ACK) */
+#define CT_F_CLOSING 0x2	/* sent FIN or RST: short lifetime, a new SYN starts a new flow */
 
 /* Conntrack value: where a forward packet is DNATed to (the backend), or what a reply's source
  * is rewritten to (the frontend). Keeping the address here, not a backend id, is what lets an
@@ -99,6 +119,8 @@ enum lb_stat {
 	STAT_CT_INSERT_FAIL,	/* conntrack full or insert failed; the hash still picked a backend */
 	STAT_NAT_FAIL,		/* a rewrite helper failed: dropped */
 	STAT_CT_INSERT,		/* conntrack flows created (each writes two entries) */
+	STAT_TCP_NO_STATE,	/* TCP other than SYN for an unknown flow: DNATed by hash, no state */
+	STAT_BAD_SOURCE,	/* new flow from loopback, from a VIP or to itself: dropped */
 	STAT_MAX,
 };
 

@@ -34,7 +34,13 @@ struct pkt4 {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
+	__u8 tcp_flags;	/* byte 13 of the TCP header (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 for UDP */
 };
+
+#define TCP_FL_FIN 0x01
+#define TCP_FL_SYN 0x02
+#define TCP_FL_RST 0x04
+#define TCP_FL_ACK 0x10
 
 static __always_inline int parse_ethhdr(struct hdr_cursor *c, void *data_end, struct ethhdr **eth)
 {
@@ -155,11 +161,13 @@ static __always_inline int lb4_parse(struct __sk_buff *skb, struct pkt4 *p)
 			return PARSE_MALFORMED;
 		p->sport = tcph->source;
 		p->dport = tcph->dest;
+		p->tcp_flags = ((__u8 *)tcph)[13];
 	} else {
 		if (parse_udphdr(&c, data_end, l4_len, &udph) < 0)
 			return PARSE_MALFORMED;
 		p->sport = udph->source;
 		p->dport = udph->dest;
+		p->tcp_flags = 0;
 	}
 	return PARSE_OK;
 }

@@ -7,6 +7,7 @@ is written) and attaches to matching devices as they appear. A bad source change
 object and field, and the last good state stays programmed. On SIGTERM or SIGINT it stops and,
 as asked by --on-exit, leaves the data plane serving or removes it.
 """
+import gc
 import logging
 import os
 import select
@@ -19,7 +20,7 @@ from .apply import ApplyError, read_snapshot
 from .manifests import ManifestErrors
 from .maps import Snapshot
 from .model import desired_state
-from .plan import PlanDefaults, PlanError
+from .plan import PlanDefaults, PlanError, conntrack_purge
 from .reconcile import reconcile
 from .sources import Source
 
@@ -38,6 +39,9 @@ class AgentOptions:
     ready_file: Optional[str] = None
     defaults: PlanDefaults = field(default_factory=PlanDefaults)
     metrics_address: Optional[str] = None  # "HOST:PORT", None for no endpoint
+    health_address: Optional[str] = None  # "HOST:PORT" of /healthz and /readyz, None for none
+    ct_gc_interval: float = 10.0  # seconds between conntrack garbage collections
+    node_name: Optional[str] = None  # this node, for internalTrafficPolicy: Local
 
 
 @dataclass
@@ -55,8 +59,19 @@ class Agent:
         self.options = options
         self.metrics = metrics  # an ebpflb.metrics.AgentMetrics, or None
         self.state = AgentState()
+        self._purge = None  # set by run(): deletes conntrack entries of removed backends
         self._stop = False
+        self._serving = False  # programs attached and the loop running
         self._wake_r, self._wake_w = os.pipe()
+
+    def readiness(self):
+        """(ready, reason): ready once the source's initial sync is programmed and the programs
+        are attached; /readyz reports it."""
+        if self.state.syncs == 0:
+            return False, f"initial sync from {self.source.description} not programmed yet"
+        if not self._serving:
+            return False, "programs not attached yet"
+        return True, ""
 
     def stop(self, *_args) -> None:
         self._stop = True
@@ -73,7 +88,7 @@ class Agent:
             return False
         if manifests is None:
             return False
-        desired = desired_state(manifests.services, manifests.slices)
+        desired = desired_state(manifests.services, manifests.slices, self.options.node_name)
         for skipped in desired.skipped:
             log.info("service %s skipped: %s", skipped.ref, skipped.reason)
         started = time.monotonic()
@@ -92,6 +107,15 @@ class Agent:
         self.state.snapshot = result.snapshot
         self.state.syncs += 1
         self.state.last_error = None
+        if self.state.syncs == 1:
+            # The initial state lives as long as the agent: keep the cyclic GC from walking it
+            # on every collection (measured: a third off event-to-map latency at 10k Services).
+            gc.freeze()
+        stale = conntrack_purge(result.plan)
+        if stale and self._purge is not None:
+            log.info("%d conntrack entries removed (%d frontends gone, %d UDP backends gone)",
+                     self._purge(stale.svc_ids, stale.udp_backends), len(stale.svc_ids),
+                     len(stale.udp_backends))
         if self.metrics is not None:
             self.metrics.syncs.labels("applied" if result.applied else "unchanged").inc()
             self.metrics.map_writes.inc(len(result.plan))
@@ -109,18 +133,33 @@ class Agent:
             self.metrics.syncs.labels("rejected").inc()
 
     def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        health = None
+        if self.options.health_address:
+            from .health import HealthServer
+
+            health = HealthServer(self.options.health_address, self.readiness).start()
+        try:
+            return self._run()
+        finally:
+            if health is not None:
+                health.close()
+
+    def _run(self) -> int:
         # Kernel edges imported here so the module stays importable without bcc or pyroute2.
         from pyroute2 import IPRoute
 
         from .dataplane.attach import Attacher, LinkMonitor, Program
         from .dataplane.bcc_maps import BccMapWriter
         from .dataplane.cleanup import remove_dataplane
+        from .dataplane.ct_gc import ConntrackGc
+        from .dataplane.ct_gc import purge as ct_purge
         from .dataplane.loader import load_programs
 
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
         progs = load_programs(self.config)
         writer = BccMapWriter(progs.bpf)
+        self._purge = lambda svc_ids, udp: ct_purge(progs.bpf, svc_ids, udp)
         self.state.snapshot = read_snapshot(writer)
         self.sync(writer)
         ipr = IPRoute()
@@ -130,14 +169,16 @@ class Agent:
                             Program(progs.to_pod.fd, progs.to_pod.name.decode()))
         attacher.rescan()
         if self.metrics is not None and self.options.metrics_address:
-            self.metrics.serve(self.options.metrics_address, progs.bpf, self.config.ct_max_entries)
+            self.metrics.serve(self.options.metrics_address, progs.bpf)
         log.info("agent ready: %s, devices %s, pins in %s, on exit: %s the data plane",
                  self.source.description, ",".join(self.options.devices), self.config.pin_dir,
                  self.options.on_exit)
         if self.options.ready_file:
             with open(self.options.ready_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
-        last_rescan = time.monotonic()
+        last_rescan = last_gc = time.monotonic()
+        gc = ConntrackGc(progs.bpf, self.config.ct_timeouts)
+        self._serving = True
         try:
             while not self._stop:
                 ready, _, _ = select.select([monitor.fileno(), self._wake_r], [], [],
@@ -148,6 +189,11 @@ class Agent:
                             attacher.consider(ifindex, ifname)
                         else:
                             attacher.forget(ifindex)
+                if time.monotonic() - last_gc > self.options.ct_gc_interval:
+                    result = gc.run(time.monotonic_ns())  # the programs' clock is CLOCK_MONOTONIC
+                    if self.metrics is not None:
+                        self.metrics.ct_gc_deleted.inc(result.deleted)
+                    last_gc = time.monotonic()
                 if time.monotonic() - last_rescan > RESCAN_SECONDS:
                     attacher.rescan()
                     last_rescan = time.monotonic()

@@ -27,6 +27,34 @@ def _config(pin_dir: str, **sizes):
         raise click.BadParameter(str(exc)) from exc
 
 
+def _ct_timeouts(value: str):
+    """"tcp_established=3600,udp=30" -> CtTimeouts; BadParameter naming the bad part."""
+    from .dataplane.config import CtTimeouts
+
+    fields = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, seconds = item.partition("=")
+        if name not in CtTimeouts.__dataclass_fields__ or not seconds.isdigit():
+            raise click.BadParameter(f"{item!r} is not STATE=SECONDS with STATE one of "
+                                     f"{', '.join(CtTimeouts.__dataclass_fields__)}",
+                                     param_hint="--ct-timeouts")
+        fields[name] = int(seconds)
+    try:
+        return CtTimeouts(**fields)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ct-timeouts") from exc
+
+
+def _service_cidrs(values: List[str]) -> tuple:
+    from .backend_rules import parse_service_cidrs
+
+    try:
+        parse_service_cidrs(tuple(values))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--service-cidr") from exc
+    return tuple(values)
+
+
 def _enter(netns: Optional[str]) -> None:
     if netns:
         from .dataplane.netns import enter_netns
@@ -42,12 +70,25 @@ def _require_root() -> None:
         raise click.ClickException("this command loads or reads BPF objects: run it as root")
 
 
+def _require_agent_capabilities() -> None:
+    from .dataplane.preflight import effective_capabilities, missing_capabilities
+
+    missing = missing_capabilities(effective_capabilities())
+    if missing:
+        raise click.ClickException("the agent lacks capabilities it needs: " + "; ".join(missing)
+                                   + ". Run it as root, or grant them (see deploy/).")
+
+
 pin_dir_option = click.option(
     "--pin-dir", default="/sys/fs/bpf/ebpflb", envvar=PIN_DIR_ENV, show_default=True,
     help=f"bpffs directory holding the pinned maps (env {PIN_DIR_ENV}).")
 netns_option = click.option(
     "--netns", default=None, metavar="NAME",
     help="Network namespace (as in `ip netns list`) to work in, e.g. a lab node.")
+service_cidr_option = click.option(
+    "--service-cidr", "service_cidrs", multiple=True, default=["10.96.0.0/12"], show_default=True,
+    metavar="CIDR", help="The cluster's Service range (repeatable, one per family): cluster IPs "
+                         "must lie in it and endpoints must not.")
 output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]),
                              default="table", show_default=True, help="Output format.")
 
@@ -62,8 +103,22 @@ def main(log_level: str) -> None:
 
 
 @main.command()
-@click.option("--manifests", "manifests", required=True, type=click.Path(exists=True),
-              help="Kubernetes YAML (file or directory) with Services and EndpointSlices.")
+@click.option("--manifests", "manifests", default=None, type=click.Path(exists=True),
+              help="Kubernetes YAML (file or directory) with Services and EndpointSlices. "
+                   "Exactly one of --manifests and --kubernetes.")
+@click.option("--kubernetes", "use_kubernetes", is_flag=True,
+              help="Follow the Kubernetes API server (list and watch Services, EndpointSlices "
+                   "and Nodes), in-cluster or with --kubeconfig.")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="kubeconfig file for --kubernetes (default: the in-cluster service account).")
+@click.option("--node-name", envvar="NODE_NAME", default=None, show_envvar=True,
+              help="This node's name in the cluster (the DaemonSet sets NODE_NAME from the "
+                   "downward API).")
+@click.option("--resync", "resync_seconds", type=click.FloatRange(10, 86400), default=300,
+              show_default=True, help="Seconds between full relists of the API (--kubernetes).")
+@click.option("--health-address", default="127.0.0.1:9403", show_default=True,
+              metavar="HOST:PORT",
+              help="/healthz and /readyz endpoint. Loopback by default; an empty value disables it.")
 @click.option("--device", "devices", multiple=True, default=["lxc*"], show_default=True,
               help="Pod-facing device name or glob to attach to; repeatable. Devices that "
                    "appear later are attached as they appear.")
@@ -75,6 +130,14 @@ def main(log_level: str) -> None:
               help="Seconds between checks of the manifests for changes.")
 @click.option("--ct-max", type=click.IntRange(1024, 1 << 24), default=262144, show_default=True,
               help="Conntrack entries (both directions of a flow count).")
+@click.option("--ct-syn-max", type=click.IntRange(1024, 1 << 24), default=65536, show_default=True,
+              help="Conntrack entries for half-open TCP flows, kept apart so a SYN flood cannot "
+                   "evict established flows.")
+@click.option("--ct-timeouts", default="", metavar="STATE=SECONDS,...",
+              help="Conntrack lifetimes after a flow's last packet; states tcp_syn (60), "
+                   "tcp_established (21600), tcp_close (10), udp (60).")
+@click.option("--ct-gc-interval", type=click.FloatRange(0.1, 3600), default=10.0,
+              show_default=True, help="Seconds between conntrack garbage collections.")
 @click.option("--max-services", type=click.IntRange(16, 1 << 20), default=65536, show_default=True,
               help="Frontends the maps can hold.")
 @click.option("--max-backends", type=click.IntRange(16, 1 << 22), default=65536, show_default=True,
@@ -93,23 +156,39 @@ def main(log_level: str) -> None:
 @click.option("--metrics-address", default="127.0.0.1:9402", show_default=True,
               metavar="HOST:PORT",
               help="Prometheus endpoint. Loopback by default; an empty value disables it.")
+@service_cidr_option
 @pin_dir_option
 @netns_option
-def agent(manifests: str, devices: List[str], on_exit: str, poll_interval: float, ct_max: int,
+def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[str],
+          node_name: Optional[str], resync_seconds: float, health_address: str,
+          devices: List[str], on_exit: str, poll_interval: float, ct_max: int,
+          ct_syn_max: int, ct_timeouts: str, ct_gc_interval: float,
           max_services: int, max_backends: int, max_slots: int, ready_file: Optional[str],
-          algorithm: str, maglev_table_size: int, metrics_address: str, pin_dir: str,
+          algorithm: str, maglev_table_size: int, metrics_address: str,
+          service_cidrs: List[str], pin_dir: str,
           netns: Optional[str]) -> None:
-    """Run the agent in the foreground: program the maps from the manifests, attach to pod
-    devices, and follow changes until SIGTERM."""
+    """Run the agent in the foreground: program the maps from the manifests or the Kubernetes
+    API, attach to pod devices, and follow changes until SIGTERM."""
     from .agent import Agent, AgentOptions
     from .dataplane.loader import DataplaneError
     from .metrics import AgentMetrics, parse_address
     from .plan import PlanDefaults
     from .sources.files import ManifestSource
 
-    _require_root()
-    config = _config(pin_dir, ct_max_entries=ct_max, max_services=max_services,
-                     max_backends=max_backends, max_slots=max_slots)
+    if (manifests is None) == (not use_kubernetes):
+        raise click.UsageError("give exactly one of --manifests and --kubernetes")
+    if kubeconfig and not use_kubernetes:
+        raise click.UsageError("--kubeconfig goes with --kubernetes")
+    _require_agent_capabilities()
+    config = _config(pin_dir, ct_max_entries=ct_max, ct_syn_max_entries=ct_syn_max,
+                     max_services=max_services,
+                     max_backends=max_backends, max_slots=max_slots,
+                     ct_timeouts=_ct_timeouts(ct_timeouts))
+    if health_address:
+        try:
+            parse_address(health_address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--health-address") from exc
     try:
         defaults = PlanDefaults(algorithm, maglev_table_size)
     except ValueError as exc:
@@ -121,13 +200,29 @@ def agent(manifests: str, devices: List[str], on_exit: str, poll_interval: float
             raise click.BadParameter(str(exc), param_hint="--metrics-address") from exc
     _enter(netns)
     options = AgentOptions(list(devices), on_exit, poll_interval, ready_file, defaults,
-                           metrics_address or None)
+                           metrics_address or None, health_address or None,
+                           ct_gc_interval=ct_gc_interval, node_name=node_name)
+    if use_kubernetes:
+        from .sources.kubernetes import KubernetesSource, api_client_from
+
+        try:
+            api = api_client_from(kubeconfig)
+        except Exception as exc:  # noqa: BLE001 - the client raises ConfigException and others
+            raise click.ClickException(f"cannot configure the Kubernetes client: {exc}") from exc
+        source = KubernetesSource(api, node_name=node_name, resync_seconds=resync_seconds,
+                                  service_cidrs=_service_cidrs(service_cidrs))
+        source.start()
+    else:
+        source = ManifestSource(manifests, _service_cidrs(service_cidrs))
     try:
-        code = Agent(ManifestSource(manifests), config, options, AgentMetrics()).run()
+        code = Agent(source, config, options, AgentMetrics()).run()
     except DataplaneError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # the metrics port taken, a device vanished mid-attach...
         raise click.ClickException(f"agent failed: {exc}") from exc
+    finally:
+        if use_kubernetes:
+            source.stop()
     sys.exit(code)
 
 
@@ -136,8 +231,9 @@ def agent(manifests: str, devices: List[str], on_exit: str, poll_interval: float
               help="Kubernetes YAML (file or directory) with Services and EndpointSlices.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @output_option
+@service_cidr_option
 @pin_dir_option
-def sync(manifests: str, dry_run: bool, output: str, pin_dir: str) -> None:
+def sync(manifests: str, dry_run: bool, output: str, service_cidrs: List[str], pin_dir: str) -> None:
     """Program the maps once from manifests (no agent, no attach). With --dry-run, print the map
     writes it would make against what is programmed now."""
     from .apply import ApplyError
@@ -151,7 +247,7 @@ def sync(manifests: str, dry_run: bool, output: str, pin_dir: str) -> None:
     _require_root()
     config = _config(pin_dir)
     try:
-        m = load_manifests(manifests)
+        m = load_manifests(manifests, service_cidrs=_service_cidrs(service_cidrs))
     except ManifestErrors as exc:
         raise click.ClickException(f"manifests rejected:\n{exc}") from exc
     desired = desired_state(m.services, m.slices)
@@ -268,6 +364,14 @@ def _svc_ids(writer, services: List[str]) -> Optional[List[int]]:
     return ids
 
 
+def _ct_state(entry) -> str:
+    if entry.protocol != "TCP":
+        return "-"
+    if entry.flags & 0x2:
+        return "closing"
+    return "half-open" if entry.half_open else "established"
+
+
 @ct.command("list")
 @click.option("--service", "services", multiple=True, metavar="NS/NAME[:PORT]",
               help="Only flows of this service; repeatable.")
@@ -286,7 +390,7 @@ def ct_list(services: List[str], output: str, pin_dir: str) -> None:
     names = read_snapshot(writer)[SVC_META]
     now = time.monotonic_ns()
     entries = sorted(flows(writer.bpf, _svc_ids(writer, services)), key=lambda e: e.created_ns)
-    rows = [{"protocol": e.protocol, "client": f"{e.saddr}:{e.sport}",
+    rows = [{"protocol": e.protocol, "state": _ct_state(e), "client": f"{e.saddr}:{e.sport}",
              "frontend": f"{e.daddr}:{e.dport}", "backend": f"{e.nat_addr}:{e.nat_port}",
              "service": names.get(e.svc_id, f"(gone, svc {e.svc_id})"),
              "age_seconds": round((now - e.created_ns) / 1e9, 3),
@@ -294,8 +398,8 @@ def ct_list(services: List[str], output: str, pin_dir: str) -> None:
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    head = ("PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE")
-    table = [head] + [(r["protocol"], r["client"], r["frontend"], r["backend"], r["service"],
+    head = ("PROTO", "STATE", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE")
+    table = [head] + [(r["protocol"], r["state"], r["client"], r["frontend"], r["backend"], r["service"],
                        f"{r['age_seconds']:.0f}s", f"{r['idle_seconds']:.0f}s") for r in rows]
     widths = [max(len(t[i]) for t in table) for i in range(len(head))]
     for t in table:
@@ -328,9 +432,10 @@ def explain(src: str, dst: str, protocol: str, output: str, pin_dir: str) -> Non
     import time
 
     from .apply import read_snapshot
-    from .dataplane.bcc_maps import lookup_conntrack
+    from .dataplane.bcc_maps import lookup_affinity, lookup_conntrack
     from .dataplane.loader import DataplaneError
-    from .explain import ConntrackView, explain as explain_flow, parse_flow, render
+    from .explain import AffinityView, ConntrackView, explain as explain_flow, parse_flow, render
+    from .maps import SERVICES, SvcKey
 
     try:
         flow = parse_flow(src, dst, protocol)
@@ -343,12 +448,16 @@ def explain(src: str, dst: str, protocol: str, output: str, pin_dir: str) -> Non
         raise click.ClickException(str(exc)) from exc
     snapshot = read_snapshot(writer)
     entry = lookup_conntrack(writer.bpf, flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
-    ct = None
+    ct = affinity = None
+    now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
     if entry is not None:
-        now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
         ct = ConntrackView(f"{entry.nat_addr}:{entry.nat_port}", entry.backend_id,
                            (now - entry.created_ns) / 1e9, (now - entry.last_seen_ns) / 1e9)
-    result = explain_flow(snapshot, flow, ct)
+    svc = snapshot[SERVICES].get(SvcKey(flow.daddr, flow.dport, flow.proto))
+    bound = lookup_affinity(writer.bpf, svc.svc_id, flow.saddr) if svc else None
+    if bound is not None:
+        affinity = AffinityView(bound[0], (now - bound[1]) / 1e9)
+    result = explain_flow(snapshot, flow, ct, affinity)
     click.echo(json.dumps(result.to_json(), indent=2) if output == "json" else render(result))
 
 

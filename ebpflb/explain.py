@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 from .flowhash import FLOW_HASH_SEED, flow_hash
-from .maps import (BACKENDS, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS, SVC_F_MAGLEV, SVC_META,
-                   SvcKey)
+from .maps import (BACKENDS, BE_F_NO_NEW, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS, SVC_F_MAGLEV,
+                   SVC_META, SvcKey)
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,13 @@ class ConntrackView:
 
 
 @dataclass(frozen=True)
+class AffinityView:
+    """The client's session-affinity binding to the frontend, if the kernel has one."""
+    backend_id: int
+    idle_seconds: float
+
+
+@dataclass(frozen=True)
 class Explanation:
     flow: Flow
     verdict: str  # "pass", "drop", "dnat"
@@ -50,8 +57,10 @@ class Explanation:
     hashed_backend: Optional[str] = None  # what the hash picks for a new flow
     hashed_backend_id: Optional[int] = None
     conntrack: Optional[ConntrackView] = None
+    affinity_timeout: int = 0  # seconds; 0 when the Service has no ClientIP affinity
+    affinity: Optional[AffinityView] = None
+    affinity_backend: Optional[str] = None  # set when the binding decides
     backend: Optional[str] = None  # where this packet goes
-    affinity: str = "not supported yet (sessionAffinity: ClientIP is planned)"
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -78,14 +87,16 @@ def parse_flow(src: str, dst: str, protocol: str) -> Flow:
     return Flow(saddr, sport, daddr, dport, proto)
 
 
-def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None) -> Explanation:
+def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
+            affinity: Optional[AffinityView] = None) -> Explanation:
     key = SvcKey(flow.daddr, flow.dport, flow.proto)
     svc = snapshot[SERVICES].get(key)
     if svc is None:
         return Explanation(flow, "pass", f"{key} is not a frontend: the packet passes untouched")
     common: Dict[str, Any] = dict(
         frontend=str(key), service=snapshot[SVC_META].get(svc.svc_id, ""), svc_id=svc.svc_id,
-        algorithm="maglev" if svc.flags & SVC_F_MAGLEV else "random", slots=svc.count)
+        algorithm="maglev" if svc.flags & SVC_F_MAGLEV else "random", slots=svc.count,
+        affinity_timeout=svc.affinity_timeout, affinity=affinity if svc.affinity_timeout else None)
     if svc.count:
         h = flow_hash(int(ipaddress.IPv4Address(flow.saddr)), int(ipaddress.IPv4Address(flow.daddr)),
                       flow.sport, flow.dport, flow.proto, FLOW_HASH_SEED)
@@ -98,11 +109,25 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None) -> 
     if conntrack is not None:
         return Explanation(flow, "dnat", "an established flow: conntrack decides",
                            conntrack=conntrack, backend=conntrack.backend, **common)
+    bound = _affinity_backend(snapshot, svc, affinity)
+    if bound is not None:
+        return Explanation(flow, "dnat", "a new flow of a client with session affinity: its "
+                           "binding decides", affinity_backend=bound, backend=bound, **common)
     if not common.get("hashed_backend"):
         return Explanation(flow, "drop", "the frontend has no ready backend: new flows are dropped",
                            **common)
     return Explanation(flow, "dnat", "a new flow: the hash picks the slot, the slot the backend",
                        backend=common["hashed_backend"], **common)
+
+
+def _affinity_backend(snapshot, svc, affinity: Optional[AffinityView]) -> Optional[str]:
+    """The data path's rule: a fresh binding to a backend still of this frontend, not draining."""
+    if not svc.affinity_timeout or affinity is None or affinity.idle_seconds > svc.affinity_timeout:
+        return None
+    value = snapshot[BACKENDS].get(affinity.backend_id)
+    if value is None or value.svc_id != svc.svc_id or value.flags & BE_F_NO_NEW:
+        return None
+    return f"{value.addr}:{value.port}"
 
 
 def render(e: Explanation) -> str:
@@ -121,7 +146,15 @@ def render(e: Explanation) -> str:
                                       f"age {c.age_seconds:.1f}s, idle {c.idle_seconds:.1f}s"))
         else:
             rows.append(("conntrack", "no entry"))
-        rows.append(("affinity", e.affinity))
+        if not e.affinity_timeout:
+            rows.append(("affinity", "none (sessionAffinity: None)"))
+        elif e.affinity is None:
+            rows.append(("affinity", f"ClientIP ({e.affinity_timeout}s), no binding for this client"))
+        else:
+            state = (f"binds to {e.affinity_backend}" if e.affinity_backend
+                     else "binding expired or its backend gone")
+            rows.append(("affinity", f"ClientIP ({e.affinity_timeout}s): backend "
+                                     f"{e.affinity.backend_id}, idle {e.affinity.idle_seconds:.1f}s, {state}"))
     rows.append(("verdict", f"{e.verdict.upper()}" + (f" to {e.backend}" if e.backend else "")))
     rows.append(("why", e.reason))
     width = max(len(k) for k, _ in rows)

@@ -8,16 +8,19 @@ collected and raised together as ManifestErrors, so a caller keeps its last good
 """
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from .backend_rules import (DEFAULT_SERVICE_CIDRS, backend_message, forbidden_backend,
+                            in_service_range, parse_service_cidrs)
 from .model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
 from .policy import parse_policy
 
@@ -43,7 +46,38 @@ _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The YAML loader: the C one when PyYAML was built with libyaml (kubectl dumps can be large).
-_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Hostile YAML bounds. libyaml's composer recurses once per nesting level in C (a few tens of
+# thousands of levels overflow the stack and kill the process); aliases expand exponentially
+# ("billion laughs"). No Kubernetes object nests beyond a few dozen levels or needs more aliases.
+MAX_NESTING = 1000
+MAX_ALIAS_EXPANSION = 10  # expanded nodes per written node, beyond ALIAS_EXPANSION_FLOOR
+ALIAS_EXPANSION_FLOOR = 100_000
+_NESTING_SCAN_FROM = MAX_NESTING // 4  # cheap depth bound above which the exact scan runs
+_CONSTRUCT_ERRORS = (ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError)
+
+
+class _YamlLoader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """The safe loader, with the built-in exceptions its scalar constructors raise on ill-formed
+    tagged or implicit values (`2001-13-45`, `!!int abc`, a 5000-digit integer) turned into
+    YAML errors that carry the value's line."""
+
+
+def _guarded(construct: Any) -> Any:
+    def guarded(loader: Any, node: yaml.Node) -> Any:
+        try:
+            return construct(loader, node)
+        except _CONSTRUCT_ERRORS as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {_show(node.value)} as {str(node.tag).rpartition(':')[2]}: "
+                f"{_show(str(exc))}", node.start_mark) from None
+    return guarded
+
+
+# Collections are generator constructors (filled later, never raising these); scalars are not.
+for _tag, _construct in list(_BaseLoader.yaml_constructors.items()):
+    if not inspect.isgeneratorfunction(_construct):
+        _YamlLoader.add_constructor(_tag, _guarded(_construct))
 
 
 class ManifestError(ValueError):
@@ -81,10 +115,13 @@ class Manifests:
     ignored: Tuple[str, ...]  # e.g. "ConfigMap default/x (kind not used by ebpflb)"
 
 
-def load_manifests(path: Union[str, Path]) -> Manifests:
-    """Parse a file, or every *.yaml/*.yml/*.json directly in a directory (sorted by name)."""
+def load_manifests(path: Union[str, Path],
+                   service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS) -> Manifests:
+    """Parse a file, or every *.yaml/*.yml/*.json directly in a directory (sorted by name).
+    Endpoint addresses that must not be backends (ebpflb.backend_rules, with `service_cidrs` as
+    the Service range) are errors; a bad `service_cidrs` entry is a ValueError."""
     p = Path(path)
-    acc = _Accumulator()
+    acc = _Accumulator(service_cidrs)
     if p.is_dir():
         # Dotfiles are editor and ConfigMap-volume bookkeeping, never manifests.
         files = sorted(f for f in p.iterdir()
@@ -107,9 +144,11 @@ def load_manifests(path: Union[str, Path]) -> Manifests:
     return acc.result()
 
 
-def parse_documents(text: str, source: str) -> Manifests:
-    """Parse YAML (or JSON) text holding one or more documents; source names it in errors."""
-    acc = _Accumulator()
+def parse_documents(text: str, source: str,
+                    service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS) -> Manifests:
+    """Parse YAML (or JSON) text holding one or more documents; source names it in errors.
+    `service_cidrs` as for load_manifests."""
+    acc = _Accumulator(service_cidrs)
     acc.add_text(text, source)
     return acc.result()
 
@@ -127,9 +166,46 @@ def _fmt_path(path: FieldPath) -> str:
 
 
 def _show(value: Any) -> str:
-    """A value as the user wrote it (JSON spelling: true, null, "80")."""
-    text = json.dumps(value, default=str)
+    """A value as the user wrote it (JSON spelling: true, null, "80"), at most 60 characters.
+    Bounded for any value YAML can build: huge, deeply nested or self-referencing."""
+    text = _render(value, 64, 0)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _render(value: Any, budget: int, depth: int) -> str:
+    """JSON-like text of value, cut once it exceeds budget characters."""
+    if isinstance(value, (bool, type(None), float)):
+        return json.dumps(value)
+    if isinstance(value, int):
+        # str() of an integer past 4300 digits raises; hex has no such limit
+        return str(value) if value.bit_length() < 1000 else f"{value:#x}"[:budget] + "..."
+    if isinstance(value, str):
+        return json.dumps(value[:budget]) + ("..." if len(value) > budget else "")
+    if isinstance(value, (list, tuple, dict)):
+        if depth >= 8:
+            return "..."
+        pairs = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        parts: List[str] = []
+        used = 0
+        for k, v in pairs:
+            if used > budget:
+                parts.append("...")
+                break
+            item = _render(v, budget - used, depth + 1)
+            if isinstance(value, dict):
+                item = f"{json.dumps(_key_text(k)[:budget])}: {item}"
+            parts.append(item)
+            used += len(item) + 2
+        ends = "{}" if isinstance(value, dict) else "[]"
+        return ends[0] + ", ".join(parts) + ends[1]
+    return json.dumps(str(value)[:budget])  # dates, timestamps, bytes, sets
+
+
+def _key_text(key: Any) -> str:
+    """A mapping key as a string (what YAML-to-JSON conversion makes of 1, true or null)."""
+    if isinstance(key, str):
+        return key
+    return _render(key, 253, 7) if isinstance(key, (bool, int, float, type(None))) else str(key)[:253]
 
 
 def _group(api_version: str) -> str:
@@ -157,6 +233,56 @@ def _line_index(node: yaml.Node, path: FieldPath, line: int, out: Dict[FieldPath
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _line_index(item, path + (i,), item.start_mark.line + 1, out)
+
+
+def _too_deep(text: str) -> Optional[int]:
+    """The line where the text nests past MAX_NESTING, or None; checked before libyaml composes.
+    Exact (an event scan) only when a cheap upper bound allows that depth: block collections
+    nest by indentation or compact indicators ("- - x") at a line's start, two levels per column
+    at most, and a flow collection needs a bracket ("[]" and "{}" hold nothing)."""
+    flow = text.count("[") + text.count("{") - text.count("[]") - text.count("{}")
+    run = MAX_NESTING // 4
+    if flow < run and not re.search(rf"^[ \t?:-]{{{run},}}", text, re.M):
+        return None  # depth <= 2 * flow + 2 * run + 3 < MAX_NESTING
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_BaseLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_NESTING:
+                    return event.start_mark.line + 1
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except (yaml.YAMLError, UnicodeError):
+        pass  # the real parse reports it, at no greater depth than reached here
+    return None
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuses a document whose aliases loop or expand far beyond what is written (YAML errors
+    with the line). One pass over the written nodes, never over the expansion."""
+    size: Dict[int, int] = {}  # id(node) -> nodes it expands to
+    path: set = set()  # nodes being expanded: the ancestors of the current one
+    stack: List[Tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            path.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+        elif id(node) in path:
+            raise yaml.composer.ComposerError(None, None, "recursive alias (a node that contains "
+                                              "itself)", node.start_mark)
+        elif id(node) not in size:
+            path.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in size)
+    limit = max(MAX_ALIAS_EXPANSION * len(size), ALIAS_EXPANSION_FLOOR)
+    if size[id(root)] > limit:
+        raise yaml.composer.ComposerError(
+            None, None, f"aliases expand {len(size)} written nodes to {_show(size[id(root)])} "
+            f"(at most {limit})", root.start_mark)
 
 
 class _Object:
@@ -219,7 +345,7 @@ class _Object:
             self.error(path, f"{_show(value)} is not a valid port (an integer 1-65535, not {_a(value)})")
             return None
         if not 1 <= value <= 65535:
-            self.error(path, f"{value} is not a valid port (1-65535)")
+            self.error(path, f"{_show(value)} is not a valid port (1-65535)")
             return None
         return value
 
@@ -256,7 +382,9 @@ class _Accumulator:
     """Objects and problems across every document and file of one load, plus the cross-object
     checks (duplicates, frontend clashes) that need all of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS) -> None:
+        self.service_cidrs = tuple(service_cidrs)
+        parse_service_cidrs(self.service_cidrs)  # a bad range fails here, before any file is read
         self.errors: List[ManifestError] = []
         self.services: List[Service] = []
         self.slices: List[EndpointSlice] = []
@@ -272,13 +400,28 @@ class _Accumulator:
 
     def add_text(self, text: str, source: str) -> None:
         first_error = len(self.errors)
-        loader = _YamlLoader(text)
+        too_deep = _too_deep(text)
+        if too_deep is not None:
+            self.errors.append(ManifestError(source, None, None, f"invalid YAML: nested deeper than "
+                                             f"{MAX_NESTING} levels", too_deep))
+            return
+        try:
+            loader = _YamlLoader(text)
+        except UnicodeError as e:  # a str holding lone surrogates (never read from a file)
+            self.errors.append(ManifestError(source, None, None, f"invalid text: {e}"))
+            return
         docno = 0
         try:
             while loader.check_node():
                 node = loader.get_node()
                 docno += 1
-                data = loader.construct_document(node)
+                if "*" in text:  # aliases need a "*": only then can a document expand
+                    _check_aliases(node)
+                try:
+                    data = loader.construct_document(node)
+                except _CONSTRUCT_ERRORS as e:  # not a scalar (the guarded constructors name those)
+                    raise yaml.constructor.ConstructorError(None, None, f"cannot read document: {e}",
+                                                            node.start_mark) from None
                 lines: Dict[FieldPath, int] = {}
                 _line_index(node, (), node.start_mark.line + 1, lines)
                 self._document(data, source, lines, docno)
@@ -287,6 +430,13 @@ class _Accumulator:
             detail = f"{e.problem} ({e.context})" if e.context else str(e.problem)
             self.errors.append(ManifestError(source, None, None, f"invalid YAML: {detail}",
                                              mark.line + 1 if mark else None))
+        except yaml.reader.ReaderError as e:  # a character YAML forbids (NUL, most controls)
+            # libyaml counts bytes of the UTF-8 text, the pure-Python reader characters
+            before = text.encode()[:e.position] if _BaseLoader is not yaml.SafeLoader else text[:e.position]
+            char = f"#x{e.character:04x}" if isinstance(e.character, int) else _show(e.character)
+            self.errors.append(ManifestError(source, None, None, f"invalid YAML: character {char}: "
+                                             f"{e.reason}", before.count("\n" if isinstance(before, str)
+                                                                        else b"\n") + 1))
         except yaml.YAMLError as e:
             self.errors.append(ManifestError(source, None, None, f"invalid YAML: {e}"))
         finally:
@@ -369,8 +519,8 @@ class _Accumulator:
             return None
         for k, v in values.items():
             if not isinstance(v, str):
-                ck.error(("metadata", key, str(k)), f"{_show(v)} must be a string, not {_a(v)}")
-        return {str(k): v for k, v in values.items() if isinstance(v, str)}
+                ck.error(("metadata", key, _key_text(k)), f"{_show(v)} must be a string, not {_a(v)}")
+        return {_key_text(k): v for k, v in values.items() if isinstance(v, str)}
 
     def _claim_object(self, ck: _Object, kind: str, namespace: str, name: str) -> bool:
         key = (kind, namespace, name)
@@ -398,13 +548,41 @@ class _Accumulator:
         ports = self._service_ports(ck, spec.get("ports"), needs_ports)
         for key, message in parse_policy(annotations)[1]:
             ck.error(("metadata", "annotations", key), message)
+        traffic = self._service_traffic(ck, spec)
         if ck.errors:
             return
         svc = Service(namespace, name, svc_type, cluster_ips, ports,
-                      tuple(sorted((labels or {}).items())), tuple(sorted(annotations.items())))
+                      tuple(sorted((labels or {}).items())), tuple(sorted(annotations.items())),
+                      **traffic)
         if first:
             self._claim_frontends(ck, svc)
         self.services.append(svc)
+
+    def _service_traffic(self, ck: _Object, spec: Dict[str, Any]) -> Dict[str, Any]:
+        """publishNotReadyAddresses, internalTrafficPolicy and session affinity, with the API's
+        defaults (affinity timeout 10800 s, limits 1-86400)."""
+        out: Dict[str, Any] = {}
+        publish = ck.boolean(spec.get("publishNotReadyAddresses"), ("spec", "publishNotReadyAddresses"))
+        out["publish_not_ready"] = bool(publish)
+        itp = spec.get("internalTrafficPolicy") or "Cluster"
+        if itp not in ("Cluster", "Local"):
+            ck.error(("spec", "internalTrafficPolicy"), f"{_show(itp)} is not Cluster or Local")
+        out["internal_traffic_policy"] = itp
+        affinity = spec.get("sessionAffinity") or "None"
+        if affinity not in ("None", "ClientIP"):
+            ck.error(("spec", "sessionAffinity"), f"{_show(affinity)} is not None or ClientIP")
+        out["session_affinity"] = affinity
+        path: FieldPath = ("spec", "sessionAffinityConfig", "clientIP", "timeoutSeconds")
+        # Each level may be anything in a hostile manifest: `clientIP: x` must be an error, not a crash.
+        config = ck.mapping(spec.get("sessionAffinityConfig"), path[:2]) or {}
+        timeout = (ck.mapping(config.get("clientIP"), path[:3]) or {}).get("timeoutSeconds")
+        if timeout is None:
+            timeout = 10800
+        elif isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 86400:
+            ck.error(path, f"{_show(timeout)} is not a number of seconds from 1 to 86400")
+            timeout = 10800
+        out["affinity_timeout"] = timeout
+        return out
 
     def _cluster_ips(self, ck: _Object, spec: Dict[str, Any]) -> Tuple[str, ...]:
         # "" is an unallocated clusterIP (a hand-written manifest); "None" asks for headless.
@@ -425,9 +603,15 @@ class _Accumulator:
             ck.error(("spec", "clusterIPs", 1), f"{_show(many[1])} is the same IP family as clusterIPs[0]")
         if single and many and many[0] != single:
             ck.error(("spec", "clusterIPs", 0), f"{_show(many[0])} disagrees with spec.clusterIP {_show(single)}")
-        if many:
-            return tuple(many)
-        return (single,) if single else ()
+        ips = tuple(many) if many else ((single,) if single else ())
+        # A cluster IP outside the Service range could be a pod's or a node's address: programming
+        # it would hijack that address's traffic from this node's pods (CVE-2020-8554's pattern).
+        for i, ip in enumerate(ips):
+            if ip != "None" and not in_service_range(ip, self.service_cidrs):
+                path = ("spec", "clusterIPs", i) if many else ("spec", "clusterIP")
+                ck.error(path, f"{ip} is outside the Service range "
+                               f"({', '.join(self.service_cidrs)}): see --service-cidr")
+        return ips
 
     def _service_ports(self, ck: _Object, value: Any, required: bool) -> Tuple[ServicePort, ...]:
         raw = ck.list(value, ("spec", "ports"))
@@ -555,7 +739,12 @@ class _Accumulator:
                 else:
                     ck.error(apath, f"{_show(a)} is not a valid FQDN")
             elif ck.ip(a, apath, {"IPv4": 4, "IPv6": 6}.get(address_type or "")) is not None:
-                addresses.append(a)
+                # Only IPv4 slices are programmed; the address of an IPv6 one never becomes a backend.
+                reason = forbidden_backend(a, self.service_cidrs) if address_type == "IPv4" else None
+                if reason:
+                    ck.error(apath, backend_message(reason))
+                else:
+                    addresses.append(a)
         cond = ck.mapping(item.get("conditions"), path + ("conditions",)) or {}
         ready = ck.boolean(cond.get("ready"), path + ("conditions", "ready"))
         serving = ck.boolean(cond.get("serving"), path + ("conditions", "serving"))

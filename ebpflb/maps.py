@@ -10,13 +10,15 @@ SERVICES = "lb4_services"
 SLOTS = "lb4_slots"
 BACKENDS = "lb4_backends"
 SVC_META = "lb4_svc_meta"
+VIPS = "lb4_vips"  # VIP address -> number of frontends on it (new flows from a VIP are refused)
 # The maps the control plane owns, in no particular order; conntrack and counters belong to the
 # programs and are only read (and zeroed when an id is given to a new frontend or backend).
-CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META)
+CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META, VIPS)
 SVC_STATS = "lb4_svc_stats"
 BACKEND_STATS = "lb4_backend_stats"
 
 SVC_F_MAGLEV = 0x1  # LB4_SVC_F_MAGLEV in lb_structs.h
+BE_F_NO_NEW = 0x1  # LB4_BE_F_NO_NEW in lb_structs.h
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
 PROTO_NAMES = {number: name for name, number in PROTO_NUMBERS.items()}
@@ -37,6 +39,7 @@ class SvcValue(NamedTuple):
     svc_id: int
     count: int
     flags: int = 0
+    affinity_timeout: int = 0  # seconds; 0 when the Service has no ClientIP affinity
 
 
 class SlotKey(NamedTuple):
@@ -49,6 +52,7 @@ class BackendValue(NamedTuple):
     port: int
     proto: int
     svc_id: int  # the frontend this backend record belongs to
+    flags: int = 0  # BE_F_NO_NEW for a draining (weight 0) backend
 
     def __str__(self) -> str:
         return f"{self.addr}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .dataplane.bcc_maps import STAT_NAMES, read_stats
+from .dataplane.libbpf import map_info
 from .dataplane.readers import conntrack_entries, read_service_stats
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,8 @@ def _service_labels(name: str, frontend: str) -> Tuple[str, str, str, str]:
 class DataplaneCollector:
     """Reads the maps on every scrape."""
 
-    def __init__(self, bpf: Any, ct_capacity: int):
+    def __init__(self, bpf: Any):
         self.bpf = bpf
-        self.ct_capacity = ct_capacity
 
     def collect(self) -> Iterator[Metric]:
         svc_labels = ["namespace", "name", "port", "frontend"]
@@ -92,10 +92,16 @@ class DataplaneCollector:
         yield CounterMetricFamily("ebpflb_conntrack_insert_failures",
                                   "Flows that could not be added to conntrack.",
                                   value=verdicts["conntrack_insert_fail"])
-        yield GaugeMetricFamily("ebpflb_conntrack_entries", "Conntrack entries (two per flow).",
-                                value=conntrack_entries(self.bpf))
-        yield GaugeMetricFamily("ebpflb_conntrack_capacity", "Conntrack map size.",
-                                value=self.ct_capacity)
+        entries = GaugeMetricFamily("ebpflb_conntrack_entries", "Conntrack entries (two per "
+                                    "flow), by table: ct4 (established, UDP), ct4_syn (half-open "
+                                    "TCP).", labels=["table"])
+        capacity = GaugeMetricFamily("ebpflb_conntrack_capacity", "Conntrack table sizes.",
+                                     labels=["table"])
+        for table, count in conntrack_entries(self.bpf).items():
+            entries.add_metric([table], count)
+            capacity.add_metric([table], map_info(self.bpf[table.encode()].map_fd).max_entries)
+        yield entries
+        yield capacity
 
 
 class AgentMetrics:
@@ -111,12 +117,15 @@ class AgentMetrics:
                              registry=self.registry)
         self.map_writes = Counter("ebpflb_map_writes", "Map records written by the agent.",
                                   registry=self.registry)
+        self.ct_gc_deleted = Counter("ebpflb_conntrack_gc_deleted",
+                                     "Conntrack entries of expired flows deleted by the agent.",
+                                     registry=self.registry)
         self._server: Optional[Any] = None
         self._thread: Optional[threading.Thread] = None
 
-    def serve(self, address: str, bpf: Any, ct_capacity: int) -> None:
+    def serve(self, address: str, bpf: Any) -> None:
         host, port = parse_address(address)
-        self.registry.register(DataplaneCollector(bpf, ct_capacity))
+        self.registry.register(DataplaneCollector(bpf))
         self._server, self._thread = start_http_server(port, host, registry=self.registry)
         log.info("metrics on http://%s:%d/metrics", host, self._server.server_port)
 

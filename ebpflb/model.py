@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .policy import LbPolicy, parse_policy
 
@@ -43,6 +43,10 @@ class Service:
     ports: Tuple[ServicePort, ...]
     labels: Tuple[Tuple[str, str], ...] = ()  # sorted items, so the Service stays hashable
     annotations: Tuple[Tuple[str, str], ...] = ()
+    publish_not_ready: bool = False  # spec.publishNotReadyAddresses
+    internal_traffic_policy: str = "Cluster"  # spec.internalTrafficPolicy: Cluster | Local
+    session_affinity: str = "None"  # spec.sessionAffinity: None | ClientIP
+    affinity_timeout: int = 10800  # spec.sessionAffinityConfig.clientIP.timeoutSeconds
 
     @property
     def ref(self) -> str:
@@ -90,6 +94,7 @@ class Frontend:
     service: str = field(default="", compare=False)  # "namespace/name"
     port_name: str = field(default="", compare=False)
     policy: LbPolicy = field(default=LbPolicy(), compare=False)  # from the Service's annotations
+    affinity_timeout: int = field(default=0, compare=False)  # ClientIP affinity seconds, 0 = none
 
     @property
     def key(self) -> Tuple[str, int, str]:
@@ -137,7 +142,8 @@ class DesiredState:
     skipped: Tuple[SkippedService, ...]
 
 
-def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice]) -> DesiredState:
+def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
+                  node_name: Optional[str] = None) -> DesiredState:
     """Frontends and their ready backends for every programmable Service port (kube-proxy rules)."""
     by_service: Dict[Tuple[str, str], List[EndpointSlice]] = {}
     for s in sorted(slices, key=lambda s: (s.namespace, s.name)):
@@ -168,9 +174,10 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice]) 
                 where = f"'{sp.name}'" if sp.name else str(sp.port)
                 skip(svc, f"protocol {sp.protocol} on port {where} not supported")
                 continue
-            backends = _port_backends(sp, svc_slices)
+            backends = _port_backends(sp, svc_slices, svc, node_name)
             for vip in vips:
-                fe = Frontend(vip, sp.port, sp.protocol, svc.ref, sp.name, policy)
+                fe = Frontend(vip, sp.port, sp.protocol, svc.ref, sp.name, policy,
+                              svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0)
                 if fe in owner:
                     skip(svc, f"frontend {fe} already used by {owner[fe]}")
                     continue
@@ -208,23 +215,49 @@ def _service_vips(svc: Service, skip: Callable[[Service, str], None]) -> List[st
     return vips
 
 
-def _port_backends(sp: ServicePort, slices: List[EndpointSlice]) -> Tuple[Backend, ...]:
-    """Ready backends of one service port, deduplicated across slices and sorted."""
-    found: Dict[Tuple[str, int], Backend] = {}
+def usable_endpoints(endpoints: Sequence[Endpoint], publish_not_ready: bool = False,
+                     local_only: bool = False, node_name: Optional[str] = None) -> List[Endpoint]:
+    """Which endpoints of a Service port receive new flows (kube-proxy's rules):
+
+    - internalTrafficPolicy Local (local_only): only endpoints on this node (none when the node is
+      unknown: sending elsewhere would break the policy's promise);
+    - publishNotReadyAddresses: every endpoint, whatever its conditions;
+    - otherwise the ready ones; when none is ready, those both serving and terminating, so a
+      rolling update's last pods keep answering (KEP-1669).
+    """
+    candidates = [e for e in endpoints
+                  if not local_only or (node_name is not None and e.node_name == node_name)]
+    if publish_not_ready:
+        return candidates
+    ready = [e for e in candidates if e.ready]
+    if ready:
+        return ready
+    return [e for e in candidates if e.serving and e.terminating]
+
+
+def _port_backends(sp: ServicePort, slices: List[EndpointSlice], svc: Service,
+                   node_name: Optional[str]) -> Tuple[Backend, ...]:
+    """Usable backends of one service port, deduplicated across slices and sorted."""
+    ported: List[Tuple[int, Endpoint, EndpointSlice]] = []
     for s in slices:
         # The EndpointSlice controller already resolved targetPort (named or numeric) into the
         # slice port that carries the service port's name, so matching on name is the whole rule.
         port = next((p.port for p in s.ports if p.name == sp.name and p.protocol == sp.protocol), None)
-        if port is None:
+        if port is not None:
+            ported.extend((port, ep, s) for ep in s.endpoints)
+    # The fallback to terminating endpoints weighs all slices of the port together.
+    usable = {id(ep) for ep in usable_endpoints(
+        [ep for _, ep, _ in ported], svc.publish_not_ready,
+        svc.internal_traffic_policy == "Local", node_name)}
+    found: Dict[Tuple[str, int], Backend] = {}
+    for port, ep, s in ported:
+        if id(ep) not in usable:
             continue
-        for ep in s.endpoints:
-            if not ep.ready:
+        for ip in ep.addresses:
+            if not _is_ipv4(ip):
+                log.warning("endpointslice %s/%s: ignoring address %r (not IPv4)", s.namespace, s.name, ip)
                 continue
-            for ip in ep.addresses:
-                if not _is_ipv4(ip):
-                    log.warning("endpointslice %s/%s: ignoring address %r (not IPv4)", s.namespace, s.name, ip)
-                    continue
-                found.setdefault((ip, port), Backend(ip, port, ep.target))
+            found.setdefault((ip, port), Backend(ip, port, ep.target))
     return tuple(sorted(found.values(), key=lambda b: (int(ipaddress.IPv4Address(b.ip)), b.port)))
 
 

@@ -17,9 +17,9 @@ from ipaddress import IPv4Address
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from .maglev import DEFAULT_M, maglev_table, validate_m
-from .maps import (BACKEND_STATS, BACKENDS, CONTROL_MAPS, NO_BACKEND, PROTO_NUMBERS, SERVICES,
+from .maps import (BE_F_NO_NEW, BACKEND_STATS, BACKENDS, CONTROL_MAPS, NO_BACKEND, PROTO_NUMBERS, SERVICES,
                    SLOTS, SVC_F_MAGLEV, SVC_META, SVC_NAME_LEN, SVC_STATS, BackendValue, SlotKey,
-                   Snapshot, SvcKey, SvcValue, slot_count)
+                   Snapshot, SvcKey, SvcValue, VIPS, slot_count)
 from .model import Backend, DesiredState, Frontend
 from .policy import ALGORITHMS
 
@@ -28,7 +28,7 @@ DELETE = "delete"
 RESET = "reset"  # zero the per-CPU counters of an id about to be (re)used
 
 # Upserts in this order, deletes in the reverse: whatever a record points to exists before it.
-_WRITE_ORDER = (BACKENDS, SLOTS, SVC_META, SERVICES)
+_WRITE_ORDER = (BACKENDS, SLOTS, SVC_META, VIPS, SERVICES)
 
 
 class PlanError(ValueError):
@@ -59,6 +59,8 @@ def _fmt_key(map_name: str, key: Any) -> str:
         return f"svc {key.svc_id} slot {key.slot}"
     if map_name in (SVC_META, SVC_STATS):
         return f"svc {key}"
+    if map_name == VIPS:
+        return f"vip {key}"
     if map_name in (BACKENDS, BACKEND_STATS):
         return f"backend {key}"
     return str(key)
@@ -67,8 +69,8 @@ def _fmt_key(map_name: str, key: Any) -> str:
 def _fmt_value(value: Any) -> str:
     if isinstance(value, SvcValue):
         return f"svc {value.svc_id}, {value.count} slots"
-    if isinstance(value, int):  # a slot's value
-        return f"backend {value}"
+    if isinstance(value, int):  # a slot's backend id, or a VIP's frontend count
+        return str(value)
     if isinstance(value, str):
         return repr(value)
     return str(value)
@@ -160,9 +162,11 @@ def desired_maps(desired: DesiredState, current: Snapshot,
     used_svc_ids = {v.svc_id for v in cur_services.values()}
     used_svc_ids |= set(current[SLOTS]) | set(current[SVC_META])
     new_svc_ids = _free_ids(used_svc_ids)
-    backend_ids: Dict[BackendValue, int] = {}
+    # A backend keeps its id while its identity (address, port, protocol, frontend) stays, even
+    # when its flags change: its counters and the conntrack entries naming it stay meaningful.
+    backend_ids: Dict[Tuple, int] = {}
     for backend_id, value in sorted(cur_backends.items()):
-        backend_ids.setdefault(value, backend_id)
+        backend_ids.setdefault(value[:4], backend_id)
     new_backend_ids = _free_ids(set(cur_backends))
 
     out: Snapshot = {name: {} for name in CONTROL_MAPS}
@@ -175,16 +179,18 @@ def desired_maps(desired: DesiredState, current: Snapshot,
         # Every backend is programmed, even one of weight 0: it has no slot, but the CLI shows
         # it and its counters go on while its established flows drain.
         for backend in backends:
-            value = BackendValue(backend.ip, backend.port, key.proto, svc_id)
-            if value not in backend_ids:
-                backend_ids[value] = next(new_backend_ids)
-            out[BACKENDS][backend_ids[value]] = value
-            ids.append(backend_ids[value])
+            drain = BE_F_NO_NEW if frontend.policy.weight(backend.ip) == 0 else 0
+            value = BackendValue(backend.ip, backend.port, key.proto, svc_id, drain)
+            if value[:4] not in backend_ids:
+                backend_ids[value[:4]] = next(new_backend_ids)
+            out[BACKENDS][backend_ids[value[:4]]] = value
+            ids.append(backend_ids[value[:4]])
         slots, flags = frontend_slots(frontend, backends, defaults)
         if slots:
             out[SLOTS][svc_id] = tuple(map(ids.__getitem__, slots))
-        out[SERVICES][key] = SvcValue(svc_id, len(slots), flags)
+        out[SERVICES][key] = SvcValue(svc_id, len(slots), flags, frontend.affinity_timeout)
         out[SVC_META][svc_id] = frontend_name(frontend)
+        out[VIPS][key.vip] = out[VIPS].get(key.vip, 0) + 1
     return out
 
 
@@ -307,3 +313,24 @@ def apply_to(snapshot: Snapshot, plan: Plan) -> Snapshot:
         else:
             out[SLOTS].pop(svc_id, None)
     return out
+
+
+@dataclass(frozen=True)
+class ConntrackPurge:
+    """Conntrack entries an applied plan makes wrong: every flow of a removed frontend (its id may
+    be given to another), and UDP flows to a removed backend (kubernetes#19029: the next datagram
+    of the same 5-tuple must reach a live backend). TCP flows to a removed backend are left to
+    finish on their own."""
+    svc_ids: frozenset
+    udp_backends: frozenset  # (svc_id, addr, port)
+
+    def __bool__(self) -> bool:
+        return bool(self.svc_ids or self.udp_backends)
+
+
+def conntrack_purge(plan: Plan) -> ConntrackPurge:
+    svc_ids = {op.old.svc_id for op in plan.ops if op.map == SERVICES and op.action == DELETE}
+    udp = {(op.old.svc_id, op.old.addr, op.old.port) for op in plan.ops
+           if op.map == BACKENDS and op.action == DELETE and op.old.proto == PROTO_NUMBERS["UDP"]
+           and op.old.svc_id not in svc_ids}
+    return ConntrackPurge(frozenset(svc_ids), frozenset(udp))

@@ -8,13 +8,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, BackendValue, SlotKey,
-                    SvcKey, SvcValue, slot_tables)
+from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, VIPS, BackendValue,
+                    SlotKey, SvcKey, SvcValue, slot_tables)
 
 CT4 = "ct4"
+CT4_SYN = "ct4_syn"
+CT_TABLES = (CT4, CT4_SYN)  # established (and UDP) flows; half-open TCP flows
 STATS = "lb_stats"
 STAT_NAMES = ("pass", "dnat_new", "no_backend", "malformed", "fragment", "conntrack_insert_fail",
-              "nat_fail", "conntrack_insert")
+              "nat_fail", "conntrack_insert", "tcp_no_state", "bad_source")
 
 
 def ip_to_be32(ip: str) -> int:
@@ -43,12 +45,12 @@ def _svc_key_back(c: Any) -> SvcKey:
 
 
 def _backend(t: Any, v: BackendValue) -> Any:
-    return t.Leaf(addr=ip_to_be32(v.addr), port=port_to_be16(v.port), proto=v.proto, flags=0,
-                  svc_id=v.svc_id)
+    return t.Leaf(addr=ip_to_be32(v.addr), port=port_to_be16(v.port), proto=v.proto,
+                  flags=v.flags, svc_id=v.svc_id)
 
 
 def _backend_back(c: Any) -> BackendValue:
-    return BackendValue(be32_to_ip(c.addr), be16_to_port(c.port), c.proto, c.svc_id)
+    return BackendValue(be32_to_ip(c.addr), be16_to_port(c.port), c.proto, c.svc_id, c.flags)
 
 
 def _meta(t: Any, name: str) -> Any:
@@ -62,14 +64,17 @@ _Conv = Tuple[Callable[[Any, Any], Any], Callable[[Any], Any],
               Callable[[Any, Any], Any], Callable[[Any], Any]]
 _CONVERTERS: Dict[str, _Conv] = {
     SERVICES: (_svc_key, _svc_key_back,
-               lambda t, v: t.Leaf(svc_id=v.svc_id, count=v.count, flags=v.flags),
-               lambda c: SvcValue(c.svc_id, c.count, c.flags)),
+               lambda t, v: t.Leaf(svc_id=v.svc_id, count=v.count, flags=v.flags,
+                                   affinity_timeout=v.affinity_timeout),
+               lambda c: SvcValue(c.svc_id, c.count, c.flags, c.affinity_timeout)),
     SLOTS: (lambda t, k: t.Key(svc_id=k.svc_id, slot=k.slot),
             lambda c: SlotKey(c.svc_id, c.slot),
             lambda t, v: t.Leaf(v), lambda c: c.value),
     BACKENDS: (lambda t, k: t.Key(k), lambda c: c.value, _backend, _backend_back),
     SVC_META: (lambda t, k: t.Key(k), lambda c: c.value, _meta,
                lambda c: c.name.decode(errors="replace")),
+    VIPS: (lambda t, k: t.Key(ip_to_be32(k)), lambda c: be32_to_ip(c.value),
+           lambda t, v: t.Leaf(v), lambda c: c.value),
 }
 
 
@@ -140,34 +145,51 @@ class CtEntry:
     backend_id: int
     created_ns: int
     last_seen_ns: int
+    flags: int = 0  # CT_F_* of lb_structs.h: 0x1 established, 0x2 closing
+    half_open: bool = False  # still in ct4_syn: the client has not completed the handshake
 
 
-def _ct_entry(k: Any, v: Any) -> CtEntry:
+def _ct_entry(k: Any, v: Any, half_open: bool) -> CtEntry:
     return CtEntry(
         "forward" if k.dir == 0 else "reply",
         be32_to_ip(k.saddr), be16_to_port(k.sport), be32_to_ip(k.daddr), be16_to_port(k.dport),
         PROTO_NAMES.get(k.proto, str(k.proto)),
         be32_to_ip(v.nat_addr), be16_to_port(v.nat_port), v.svc_id, v.backend_id,
-        v.created_ns, v.last_seen_ns)
+        v.created_ns, v.last_seen_ns, v.flags, half_open)
 
 
 def read_conntrack(bpf: Any) -> List[CtEntry]:
-    return [_ct_entry(k, v) for k, v in bpf[CT4.encode()].items()]
+    """Every entry of both conntrack tables."""
+    return [_ct_entry(k, v, name == CT4_SYN)
+            for name in CT_TABLES for k, v in bpf[name.encode()].items()]
 
 
 def lookup_conntrack(bpf: Any, saddr: str, sport: int, daddr: str, dport: int, proto: int,
                      reply: bool = False) -> Optional[CtEntry]:
-    """The conntrack entry of one packet's 5-tuple, or None."""
-    t = bpf[CT4.encode()]
-    key = t.Key(saddr=ip_to_be32(saddr), daddr=ip_to_be32(daddr), sport=port_to_be16(sport),
-                dport=port_to_be16(dport), proto=proto, dir=1 if reply else 0, pad=0)
-    try:
-        return _ct_entry(key, t[key])
-    except KeyError:
-        return None
+    """The conntrack entry of one packet's 5-tuple, or None (looked up as the programs do: the
+    established table first, then the half-open one)."""
+    for name in CT_TABLES:
+        t = bpf[name.encode()]
+        key = t.Key(saddr=ip_to_be32(saddr), daddr=ip_to_be32(daddr), sport=port_to_be16(sport),
+                    dport=port_to_be16(dport), proto=proto, dir=1 if reply else 0, pad=0)
+        try:
+            return _ct_entry(key, t[key], name == CT4_SYN)
+        except KeyError:
+            continue
+    return None
 
 
 def read_stats(bpf: Any) -> Dict[str, int]:
     """Global verdict counters, summed over CPUs."""
     t = bpf[STATS.encode()]
     return {name: int(sum(t[t.Key(i)])) for i, name in enumerate(STAT_NAMES)}
+
+
+def lookup_affinity(bpf: Any, svc_id: int, client: str) -> Optional[Tuple[int, int]]:
+    """(backend id, last used ns) of a client's session-affinity binding to a frontend, or None."""
+    t = bpf[b"lb4_affinity"]
+    try:
+        v = t[t.Key(svc_id=svc_id, client=ip_to_be32(client))]
+    except KeyError:
+        return None
+    return v.backend_id, v.last_used_ns

@@ -1,10 +1,26 @@
 """Data plane settings shared by the loader, the map reader and the CLI: where maps are pinned and
 how large they are. Each lab node (or test) uses its own pin directory."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
 BPFFS_ROOT = "/sys/fs/bpf"
+
+
+@dataclass(frozen=True)
+class CtTimeouts:
+    """Seconds a conntrack entry lives after its flow's last packet, by TCP state (and UDP).
+    The programs and the agent's GC use the same values."""
+    tcp_syn: int = 60
+    tcp_established: int = 21600
+    tcp_close: int = 10
+    udp: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("tcp_syn", "tcp_established", "tcp_close", "udp"):
+            if not 1 <= getattr(self, name) <= 7 * 86400:
+                raise ValueError(f"conntrack timeout {name} must be 1 s to 7 days, "
+                                 f"got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -14,6 +30,8 @@ class DataplaneConfig:
     max_backends: int = 65536
     max_slots: int = 1048576
     ct_max_entries: int = 262144
+    ct_syn_max_entries: int = 65536  # half-open TCP flows, apart so a SYN flood cannot evict others
+    ct_timeouts: CtTimeouts = field(default_factory=CtTimeouts)
 
     def __post_init__(self) -> None:
         pin = Path(self.pin_dir)
@@ -21,7 +39,8 @@ class DataplaneConfig:
             raise ValueError(f"pin directory {self.pin_dir!r} must be under {BPFFS_ROOT}")
         if any(c in self.pin_dir for c in '"\\ '):
             raise ValueError(f"pin directory {self.pin_dir!r} contains a quote, backslash or space")
-        for name in ("max_services", "max_backends", "max_slots", "ct_max_entries"):
+        for name in ("max_services", "max_backends", "max_slots", "ct_max_entries",
+                     "ct_syn_max_entries"):
             value = getattr(self, name)
             if not 1 <= value <= 1 << 24:
                 raise ValueError(f"{name} must be between 1 and {1 << 24}, got {value}")
@@ -34,6 +53,7 @@ class DataplaneConfig:
             "lb4_svc_meta": self.max_services,
             "lb4_backends": self.max_backends,
             "lb4_slots": self.max_slots,
+            "lb4_vips": self.max_services,
         }
 
 

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any, List, Sequence
 
 from ..flowhash import FLOW_HASH_SEED
+from . import pins
+from .libbpf import map_info
 from .config import BPFFS_ROOT, DataplaneConfig
 
 log = logging.getLogger(__name__)
 
 MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "ct4", "lb4_svc_meta", "lb_stats",
-             "lb4_svc_stats", "lb4_backend_stats")
+             "lb4_svc_stats", "lb4_backend_stats", "lb4_vips", "ct4_syn", "lb4_affinity")
+CONTROL_MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "lb4_svc_meta", "lb4_vips")
 PROGRAM_FILE = "lb4_tc.c"
 MAPS_FILE = "lb_maps.c"
 PROG_FROM_POD = "lb4_from_pod"
@@ -64,24 +67,71 @@ def _cflags(config: DataplaneConfig, src: Path) -> List[str]:
         f"-DLB4_MAX_BACKENDS={config.max_backends}",
         f"-DLB4_MAX_SLOTS={config.max_slots}",
         f"-DCT4_MAX_ENTRIES={config.ct_max_entries}",
+        f"-DCT4_SYN_MAX_ENTRIES={config.ct_syn_max_entries}",
+        f"-DCT_TIMEOUT_TCP_SYN={config.ct_timeouts.tcp_syn}",
+        f"-DCT_TIMEOUT_TCP_ESTABLISHED={config.ct_timeouts.tcp_established}",
+        f"-DCT_TIMEOUT_TCP_CLOSE={config.ct_timeouts.tcp_close}",
+        f"-DCT_TIMEOUT_UDP={config.ct_timeouts.udp}",
         f"-DFLOW_HASH_SEED={FLOW_HASH_SEED:#x}U",
         "-Wno-unused-function",
     ]
 
 
-def _compile(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str] = ()) -> Any:
+def _compile_once(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str]) -> Any:
     try:
         from bcc import BPF  # the kernel edge: only imported here
     except ImportError as exc:
         raise DataplaneError("bcc is not importable: run `make setup` (Debian python3-bpfcc)") from exc
     src = bpf_source_dir()
-    ensure_bpffs(config)
     try:
-        bpf = BPF(src_file=str(src / filename).encode(),
-                  cflags=_cflags(config, src) + list(extra_cflags))
+        return BPF(src_file=str(src / filename).encode(),
+                   cflags=_cflags(config, src) + list(extra_cflags))
     except Exception as exc:  # bcc raises bare Exception on compile or load failure
         raise DataplaneError(f"compiling {filename} failed: {exc}") from exc
+
+
+def _compile(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str] = (),
+             migrate: bool = False) -> Any:
+    """Compiles with the pinned maps reused, after checking each pin has the layout and size the
+    code expects. A mismatch is migrated (migrate=True: the agent) or refused."""
+    ensure_bpffs(config)
+    bpf = _compile_once(config, filename, extra_cflags)
+    mismatches = pins.check(bpf, list(MAP_NAMES), sizes=migrate)
+    if mismatches:
+        if not migrate:
+            raise DataplaneError(
+                f"pinned maps in {config.pin_dir} do not match this version of ebpflb ("
+                + "; ".join(map(str, mismatches)) + "); start the agent to migrate them, or run "
+                "`ebpflb cleanup`")
+        bpf = _recreate(config, filename, extra_cflags, bpf, sorted({m.name for m in mismatches}),
+                        mismatches)
     _restrict_pins(config)
+    return bpf
+
+
+def _recreate(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str], bpf: Any,
+              names: List[str], mismatches: List["pins.Mismatch"]) -> Any:
+    for m in mismatches:
+        log.warning("pinned map %s/%s", config.pin_dir, m)
+    bpf.cleanup()
+    old_fds = pins.set_aside(config.pin_dir, names)
+    try:
+        bpf = _compile_once(config, filename, extra_cflags)
+        for name, fd in old_fds.items():
+            same_layout = not any(m.name == name and ("key size" in m.what or "value size" in m.what
+                                                      or "type" in m.what) for m in mismatches)
+            if name in ("ct4", "ct4_syn") and same_layout:
+                table = bpf[name.encode()]
+                copied = pins.copy_hash_entries(fd, table, map_info(table.map_fd).max_entries)
+                log.warning("map %s recreated with its new size; %d conntrack entries carried over",
+                            name, copied)
+            else:
+                log.warning("map %s recreated empty (%s)", name,
+                            "the agent reprograms it from its source" if name in CONTROL_MAP_NAMES
+                            else "its previous contents cannot be carried over")
+    finally:
+        for fd in old_fds.values():
+            os.close(fd)
     return bpf
 
 
@@ -104,7 +154,7 @@ def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> 
     extra_cflags overrides tunables, e.g. -DLB_COUNTERS=0 for a benchmark."""
     from bcc import BPF
 
-    bpf = _compile(config, PROGRAM_FILE, extra_cflags)
+    bpf = _compile(config, PROGRAM_FILE, extra_cflags, migrate=True)
     try:
         from_pod = bpf.load_func(PROG_FROM_POD.encode(), BPF.SCHED_CLS)
         to_pod = bpf.load_func(PROG_TO_POD.encode(), BPF.SCHED_CLS)

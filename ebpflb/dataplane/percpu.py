@@ -77,25 +77,32 @@ def read_flow_stats(bpf: Any, map_name: str) -> Dict[int, Counters]:
             for k in nonzero_keys(summed, n_fields)}
 
 
-def count_entries(table: Any, chunk: int = 8192) -> int:
-    """Entries in a hash map, counted with batch lookups (a scrape must not cost a syscall per
-    entry at hundreds of thousands of flows)."""
+def read_hash_raw(table: Any, chunk: int = 8192) -> Tuple[bytes, bytes, int]:
+    """Every key and value of a hash map as two flat byte strings, with batch lookups (a scrape or
+    a GC pass must not cost a syscall per entry at hundreds of thousands of flows)."""
     key_size = ctypes.sizeof(table.Key)
     value_size = ctypes.sizeof(table.Leaf)
     keys = ctypes.create_string_buffer(chunk * key_size)
     values = ctypes.create_string_buffer(chunk * value_size)
     out_batch = ctypes.create_string_buffer(max(key_size, 8))
     lookup = _lookup_batch()
+    key_parts, value_parts = [], []
     total = 0
     first = True
     while True:
         count = ctypes.c_uint32(chunk)
         rc = lookup(table.map_fd, None if first else out_batch, out_batch, keys, values,
                     ctypes.byref(count), None)
+        key_parts.append(keys.raw[:count.value * key_size])
+        value_parts.append(values.raw[:count.value * value_size])
         total += count.value
         first = False
         if rc != 0:
             err = ctypes.get_errno() or -rc
             if err == errno.ENOENT:
-                return total
+                return b"".join(key_parts), b"".join(value_parts), total
             raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+
+
+def count_entries(table: Any) -> int:
+    return read_hash_raw(table)[2]

@@ -1,11 +1,11 @@
 """What the CLI and the metrics endpoint read from a running data plane: services with their
 counters, conntrack entries, and flushing conntrack entries (the kernel edge of ebpflb.stats)."""
-from typing import Any, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from ..apply import read_snapshot
 from ..maps import BACKEND_STATS, SVC_STATS
 from ..stats import ServiceStats, build_stats
-from .bcc_maps import CT4, BccMapWriter, CtEntry, read_conntrack
+from .bcc_maps import CT_TABLES, BccMapWriter, CtEntry, read_conntrack
 from .percpu import count_entries, read_flow_stats
 
 
@@ -21,18 +21,20 @@ def flows(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> List[CtEntry]:
             if e.direction == "forward" and (wanted is None or e.svc_id in wanted)]
 
 
-def conntrack_entries(bpf: Any) -> int:
-    """How many entries conntrack holds now (both directions of every flow)."""
-    return count_entries(bpf[CT4.encode()])
+def conntrack_entries(bpf: Any) -> Dict[str, int]:
+    """How many entries each conntrack table holds now (both directions of every flow)."""
+    return {name: count_entries(bpf[name.encode()]) for name in CT_TABLES}
 
 
 def flush_conntrack(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> int:
     """Deletes the conntrack entries (both directions) of the given frontends, or all. Returns
     how many entries went. Established flows are re-hashed on their next packet."""
-    t = bpf[CT4.encode()]
     wanted = set(svc_ids) if svc_ids is not None else None
-    keys = [k for k, v in t.items() if wanted is None or v.svc_id in wanted]
-    if not keys:
-        return 0
-    t.items_delete_batch((t.Key * len(keys))(*keys))
-    return len(keys)
+    deleted = 0
+    for name in CT_TABLES:
+        t = bpf[name.encode()]
+        keys = [k for k, v in t.items() if wanted is None or v.svc_id in wanted]
+        if keys:
+            t.items_delete_batch((t.Key * len(keys))(*keys))
+            deleted += len(keys)
+    return deleted

@@ -4,8 +4,9 @@ every file, so an editor's rename-over-write is seen too."""
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
+from ..backend_rules import DEFAULT_SERVICE_CIDRS
 from ..manifests import Manifests, load_manifests
 
 log = logging.getLogger(__name__)
@@ -16,8 +17,9 @@ Fingerprint = Tuple[Tuple[str, int, int, int], ...]
 
 
 class ManifestSource:
-    def __init__(self, path: str):
+    def __init__(self, path: str, service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS):
         self.path = Path(path)
+        self.service_cidrs = tuple(service_cidrs)
         self.description = f"manifests {self.path}"
         self._seen: Optional[Fingerprint] = None
         # Wall-clock time of the newest file change: where programming latency starts.
@@ -46,4 +48,4 @@ class ManifestSource:
         # Remember the fingerprint before parsing, so a bad edit is reported once, not every poll.
         self._seen = fp
         self.changed_at = max((mtime_ns for _, _, mtime_ns, _ in fp), default=0) / 1e9 or None
-        return load_manifests(self.path)
+        return load_manifests(self.path, service_cidrs=self.service_cidrs)

@@ -31,7 +31,11 @@ class Dataplane:
         return reconcile(desired_state(m.services, m.slices), self.writer, self.config.map_limits)
 
     def clear_conntrack(self) -> None:
-        self.progs.bpf[b"ct4"].clear()
+        for table in (b"ct4", b"ct4_syn"):
+            self.progs.bpf[table].clear()
+
+    def ct_entries(self) -> int:
+        return sum(len(self.progs.bpf[table]) for table in (b"ct4", b"ct4_syn"))
 
     def stats(self):
         from ebpflb.dataplane.bcc_maps import read_stats

@@ -35,10 +35,10 @@ def test_sync_list_dry_run_cleanup(pin_dir, tmp_path):
 
     plan = json.loads(ebpflb("sync", "--manifests", EXAMPLES, "--dry-run", "-o", "json",
                              "--pin-dir", pin_dir).stdout)
-    assert plan["dry_run"] and plan["writes"] == 24  # 16 records, 8 counter resets
+    assert plan["dry_run"] and plan["writes"] == 26  # 18 records, 8 counter resets
     assert not os.path.exists(pin_dir)
 
-    assert "wrote 24 map entries" in ebpflb("sync", "--manifests", EXAMPLES, "--pin-dir", pin_dir).stdout
+    assert "wrote 26 map entries" in ebpflb("sync", "--manifests", EXAMPLES, "--pin-dir", pin_dir).stdout
     views = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", pin_dir).stdout)
     assert {v["frontend"]: [b["address"] for b in v["backends"]] for v in views} == {
         "10.96.0.10:80/TCP": ["10.244.0.11", "10.244.0.12", "10.244.0.13"],

@@ -195,15 +195,53 @@ def test_malformed_neither_crash_nor_rewrite(dp, desc, raw):
         assert res.retval == TC_ACT_OK
         assert res.data == raw
     assert dp.stats()["malformed"] == before + 2
-    assert len(dp.progs.bpf[b"ct4"]) == 0
+    assert dp.ct_entries() == 0
 
 
-def test_frontend_without_backends_drops(dp):
+TC_ACT_REDIRECT = 7
+
+
+def test_frontend_without_backends_rejects_tcp_with_a_reset(dp):
     before = dp.stats()["no_backend"]
-    pkt = tcp(CLIENT, 40000, "10.96.0.30", 80)
-    res = run(dp, dp.progs.from_pod, pkt)
-    assert res.retval == TC_ACT_SHOT
+    syn = tcp(CLIENT, 40000, "10.96.0.30", 80)
+    syn[TCP].seq = 1000
+    res = run(dp, dp.progs.from_pod, syn)
+    assert res.retval == TC_ACT_REDIRECT  # sent back out of the device it came from
+    rst = Ether(res.data)
+    assert (rst.src, rst.dst) == (ETH["dst"], ETH["src"])
+    assert (rst[IP].src, rst[IP].dst, rst[TCP].sport, rst[TCP].dport) == ("10.96.0.30", CLIENT, 80, 40000)
+    assert str(rst[TCP].flags) == "RA" and rst[TCP].seq == 0 and rst[TCP].ack == 1001
+    assert len(res.data) == 14 + 40 and rebuilt(rst) == res.data  # exact size, valid checksums
     assert dp.stats()["no_backend"] == before + 1
+    # A segment with ACK set is answered with RST whose sequence is that ACK (RFC 793).
+    ack = tcp(CLIENT, 40001, "10.96.0.30", 80, flags="PA", payload=b"hello")
+    ack[TCP].ack = 777
+    rst = Ether(run(dp, dp.progs.from_pod, ack).data)
+    assert str(rst[TCP].flags) == "R" and rst[TCP].seq == 777
+    # A reset is never answered.
+    res = run(dp, dp.progs.from_pod, tcp(CLIENT, 40002, "10.96.0.30", 80, flags="R"))
+    assert res.retval == TC_ACT_SHOT
+
+
+def test_frontend_without_backends_rejects_udp_with_port_unreachable(dp):
+    dp.program(MANIFEST.replace("- {addresses: [10.244.0.21], conditions: {ready: true}}\n", "")
+               .replace("- {addresses: [10.244.0.22], conditions: {ready: true}}\n", ""))
+    try:
+        dgram = udp(CLIENT, 33000, "10.96.0.20", 53, payload=b"query")
+        res = run(dp, dp.progs.from_pod, dgram)
+        assert res.retval == TC_ACT_REDIRECT
+        err = Ether(res.data)
+        assert (err[IP].src, err[IP].dst) == ("10.96.0.20", CLIENT)
+        assert (err[ICMP].type, err[ICMP].code) == (3, 3)
+        quoted = bytes(err[ICMP].payload)
+        # The client's own IP header and the first 8 bytes of its UDP header, unchanged.
+        assert quoted == bytes(dgram[IP])[:28]
+        assert len(res.data) == 14 + 20 + 8 + 28
+        fresh = Ether(res.data)
+        del fresh[IP].chksum, fresh[ICMP].chksum
+        assert bytes(Ether(bytes(fresh))) == res.data  # checksums as scapy computes them
+    finally:
+        dp.program(MANIFEST)
 
 
 @pytest.mark.parametrize("proto", ["tcp", "udp"])

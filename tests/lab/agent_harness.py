@@ -22,10 +22,10 @@ Endpoint = Tuple[str, str, bool]  # pod name, IP, ready
 def manifest(endpoints: Sequence[Endpoint], annotations: str = "{}") -> str:
     """Service demo/web (80/TCP -> named port http = 8080) and demo/echo (53/UDP -> 9053), with the
     given endpoints in one EndpointSlice each; `annotations` (a YAML flow mapping) on demo/web."""
-    eps = "".join(
+    eps = "\n" + "".join(
         f"- addresses: [{ip}]\n  conditions: {{ready: {str(ready).lower()}}}\n"
         f"  targetRef: {{kind: Pod, name: {pod}, namespace: demo}}\n"
-        for pod, ip, ready in endpoints) or "[]\n"
+        for pod, ip, ready in endpoints) if endpoints else " []\n"
     return f"""\
 apiVersion: v1
 kind: Service
@@ -49,8 +49,7 @@ metadata:
   labels: {{kubernetes.io/service-name: web}}
 addressType: IPv4
 ports: [{{name: http, port: 8080, protocol: TCP}}]
-endpoints:
-{eps}---
+endpoints:{eps}---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -59,8 +58,7 @@ metadata:
   labels: {{kubernetes.io/service-name: echo}}
 addressType: IPv4
 ports: [{{name: udp-echo, port: 9053, protocol: UDP}}]
-endpoints:
-{eps}"""
+endpoints:{eps}"""
 
 
 DEFAULT_ENDPOINTS: List[Endpoint] = [

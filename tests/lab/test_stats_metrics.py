@@ -92,7 +92,8 @@ def test_stats_and_metrics_agree_with_the_traffic(lab, agent):
         assert value(m, "ebpflb_backend_connections_total", backend=b["backend"], **web_labels) == b["conns"]
     assert value(m, "ebpflb_drops_total", reason="no_backend") == 0
     assert value(m, "ebpflb_conntrack_inserts_total") == 201
-    assert value(m, "ebpflb_conntrack_entries") == 2 * 201
+    assert value(m, "ebpflb_conntrack_entries", table="ct4") == 2 * 201  # every handshake completed
+    assert value(m, "ebpflb_conntrack_entries", table="ct4_syn") == 0
     assert value(m, "ebpflb_network_programming_duration_seconds_count") >= 1
 
 

@@ -279,6 +279,7 @@ SL = "EndpointSlice demo/web-abc"
 BAD_IP = "is not a valid IP address"
 BAD_PORT = "is not a valid port"
 BAD_NAME = "is not a valid port name (IANA_SVC_NAME"
+NOT_BACKEND = ": not allowed as a backend"
 
 ERROR_CASES = [
     # (text, object, field path, message fragment, line)
@@ -374,6 +375,35 @@ ERROR_CASES = [
                  '"10.0.0.1" is not a valid IPv6 address', 15, id="address-ipv4-in-ipv6-slice"),
     pytest.param(endpointslice(atype="FQDN", addr="Not_A_Host"), SL, "endpoints[0].addresses[0]",
                  '"Not_A_Host" is not a valid FQDN', 15, id="address-bad-fqdn"),
+    # addresses that must never be backends (CVE-2021-25740; see ebpflb.backend_rules)
+    pytest.param(endpointslice(addr="127.0.0.1"), SL, "endpoints[0].addresses[0]",
+                 f"127.0.0.1 is a loopback address{NOT_BACKEND}", 15, id="backend-loopback"),
+    pytest.param(endpointslice(addr="127.8.9.10"), SL, "endpoints[0].addresses[0]",
+                 f"127.8.9.10 is a loopback address{NOT_BACKEND}", 15, id="backend-loopback-not-127.0.0.1"),
+    pytest.param(endpointslice(addr="169.254.169.254"), SL, "endpoints[0].addresses[0]",
+                 f"169.254.169.254 is link-local (cloud metadata service){NOT_BACKEND}", 15,
+                 id="backend-cloud-metadata"),
+    pytest.param(endpointslice(addr="169.254.1.1"), SL, "endpoints[0].addresses[0]",
+                 f"169.254.1.1 is link-local{NOT_BACKEND}", 15, id="backend-link-local"),
+    pytest.param(endpointslice(addr="0.0.0.0"), SL, "endpoints[0].addresses[0]",
+                 f"0.0.0.0 is the unspecified address{NOT_BACKEND}", 15, id="backend-unspecified"),
+    pytest.param(endpointslice(addr="0.1.2.3"), SL, "endpoints[0].addresses[0]",
+                 f"0.1.2.3 is in 0.0.0.0/8 (this network, never a destination){NOT_BACKEND}", 15,
+                 id="backend-this-network"),
+    pytest.param(endpointslice(addr="224.0.0.251"), SL, "endpoints[0].addresses[0]",
+                 f"224.0.0.251 is a multicast address{NOT_BACKEND}", 15, id="backend-multicast"),
+    pytest.param(endpointslice(addr="239.255.255.250"), SL, "endpoints[0].addresses[0]",
+                 f"239.255.255.250 is a multicast address{NOT_BACKEND}", 15, id="backend-multicast-top"),
+    pytest.param(endpointslice(addr="255.255.255.255"), SL, "endpoints[0].addresses[0]",
+                 f"255.255.255.255 is the broadcast address{NOT_BACKEND}", 15, id="backend-broadcast"),
+    pytest.param(endpointslice(addr="10.96.0.10"), SL, "endpoints[0].addresses[0]",
+                 f"10.96.0.10 is inside the Service range 10.96.0.0/12{NOT_BACKEND}", 15,
+                 id="backend-cluster-ip"),
+    pytest.param(endpointslice(addr="10.111.255.255"), SL, "endpoints[0].addresses[0]",
+                 f"10.111.255.255 is inside the Service range 10.96.0.0/12{NOT_BACKEND}", 15,
+                 id="backend-service-range-top"),
+    pytest.param(endpointslice(ready="false", addr="127.0.0.1"), SL, "endpoints[0].addresses[0]",
+                 f"127.0.0.1 is a loopback address{NOT_BACKEND}", 15, id="backend-loopback-not-ready-too"),
     pytest.param(endpointslice().replace("- addresses:\n  - 10.244.0.11\n", "- addresses: []\n"), SL,
                  "endpoints[0].addresses", "missing or empty", 14, id="addresses-empty"),
     pytest.param(endpointslice().replace("- addresses:\n  - 10.244.0.11\n  conditions", "- conditions"), SL,
@@ -395,6 +425,41 @@ ERROR_CASES = [
                  "invalid YAML: mapping values are not allowed", 5, id="yaml-bad-indent"),
     pytest.param("kind: Service\nmetadata:\n\tname: web\n", None, None, "invalid YAML: found character", 3,
                  id="yaml-tab"),
+    # hostile YAML: each of these once escaped as a bare ValueError, KeyError, AttributeError or
+    # RecursionError, hung (aliases) or crashed the process (nesting)
+    pytest.param(service(port="2001-13-45"), None, None,
+                 'invalid YAML: cannot read "2001-13-45" as timestamp: "month must be in 1..12"', 11,
+                 id="yaml-impossible-date"),
+    pytest.param(service(port="1" * 5000), None, None, "as int: \"Exceeds the limit (4300 digits)", 11,
+                 id="yaml-5000-digit-int"),
+    pytest.param(service(port="!!int abc"), None, None, 'invalid YAML: cannot read "abc" as int', 11,
+                 id="yaml-tagged-int"),
+    pytest.param(service(port="!!bool maybe"), None, None, 'invalid YAML: cannot read "maybe" as bool', 11,
+                 id="yaml-tagged-bool"),
+    pytest.param(service(port="!!timestamp soon"), None, None, 'invalid YAML: cannot read "soon" as timestamp', 11,
+                 id="yaml-tagged-timestamp"),
+    pytest.param(service(port="&p [*p]"), None, None, "invalid YAML: recursive alias", 11, id="yaml-recursive-alias"),
+    pytest.param("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)), None, None,
+        "invalid YAML: aliases expand 31 written nodes to 12345679021 (at most 100000)", 1, id="yaml-billion-laughs"),
+    pytest.param(service(port="[" * 50000 + "]" * 50000), None, None,
+                 "invalid YAML: nested deeper than 1000 levels", 11, id="yaml-nested-50000-deep"),
+    pytest.param("- " * 30000 + "x\n", None, None, "invalid YAML: nested deeper than 1000 levels", 1,
+                 id="yaml-compact-sequences-30000-deep"),
+    pytest.param(service(port="[" * 990 + "80" + "]" * 990), SVC, "spec.ports[0].port",
+                 "[[[[[[[[...]]]]]]]] is not a valid port (an integer 1-65535, not a list)", 11,
+                 id="port-nested-990-deep"),
+    # an explicit key (`? key`) may be longer than 1024 characters; str() of it would raise
+    pytest.param(service().replace("  namespace: demo\n", "  namespace: demo\n  labels:\n    ? 0x%s\n    : 1\n"
+                                   % ("f" * 5000)),
+                 SVC, "metadata.labels[0x%s...]" % ("f" * 251), "1 must be a string, not an integer", 6,
+                 id="label-key-5000-hex-digits"),  # line of labels: the key is spelled otherwise
+    pytest.param(service(port="{2001-01-01: 80}"), SVC, "spec.ports[0].port",
+                 '{"2001-01-01": 80} is not a valid port (an integer 1-65535, not a mapping)', 11,
+                 id="port-mapping-with-date-key"),
+    pytest.param(service(port="0x" + "f" * 5000), SVC, "spec.ports[0].port",
+                 "0x" + "f" * 55 + "... is not a valid port (1-65535)", 11,
+                 id="port-huge-hex-int"),
     pytest.param("- just\n- a list\n", "document 1", None, "not a mapping (a list)", 1, id="document-list"),
     pytest.param("---\n---\nhello\n", "document 2", None, "not a mapping (a string)", 3, id="document-scalar"),
     pytest.param("apiVersion: v1\nkind: List\nitems: {a: 1}\n", "List (document 1)", "items",
@@ -455,3 +520,76 @@ def test_error_string_formats() -> None:
     both = ManifestErrors([err, ManifestError("x.yaml", None, None, "boom", line=3)])
     assert str(both).splitlines() == [str(err), "x.yaml:3: boom"]
     assert isinstance(both, ValueError) and isinstance(err, ValueError)
+
+
+# --- endpoint addresses that must not be backends, with a cluster's own Service range ------------
+
+@pytest.mark.parametrize("cidrs, addr, message", [
+    (("172.20.0.0/16",), "172.20.3.4", "172.20.3.4 is inside the Service range 172.20.0.0/16"),
+    (("10.43.0.0/16", "fd00:10:43::/112"), "10.43.0.1", "10.43.0.1 is inside the Service range 10.43.0.0/16"),
+    (("10.96.0.0/12", "192.168.200.0/24"), "192.168.200.7", "192.168.200.7 is inside the Service range 192.168.200.0/24"),
+])
+def test_address_in_a_custom_service_cidr_is_refused(cidrs: tuple, addr: str, message: str) -> None:
+    with pytest.raises(ManifestErrors) as exc:
+        parse_documents(endpointslice(addr=addr), "bad.yaml", service_cidrs=cidrs)
+    [err] = exc.value.errors
+    assert (err.source, err.obj, err.field, err.line) == ("bad.yaml", SL, "endpoints[0].addresses[0]", 15)
+    assert err.message == f"{message}: not allowed as a backend"
+
+
+def test_custom_service_cidr_replaces_the_default(tmp_path: Path) -> None:
+    # 10.96.0.10 is only a ClusterIP in a cluster whose Service range holds it.
+    parse_documents(endpointslice(addr="10.96.0.10"), "ok.yaml", service_cidrs=("172.20.0.0/16",))
+    (tmp_path / "s.yaml").write_text(endpointslice(addr="172.20.0.9"))
+    assert load_manifests(tmp_path).slices[0].endpoints[0].addresses == ("172.20.0.9",)
+    with pytest.raises(ManifestErrors) as exc:
+        load_manifests(tmp_path, service_cidrs=("172.20.0.0/16",))
+    assert [(Path(e.source).name, e.field, e.line) for e in exc.value.errors] == [
+        ("s.yaml", "endpoints[0].addresses[0]", 15)]
+
+
+def test_fixed_rules_hold_whatever_the_service_range() -> None:
+    errors = []
+    for addr in ("127.0.0.1", "169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255"):
+        with pytest.raises(ManifestErrors) as exc:
+            parse_documents(endpointslice(addr=addr), "bad.yaml", service_cidrs=())
+        errors += exc.value.errors
+    assert len(errors) == 5 and all(e.message.endswith(": not allowed as a backend") for e in errors)
+
+
+def test_every_refused_address_is_reported() -> None:
+    text = endpointslice().replace("  - 10.244.0.11\n", "  - 10.244.0.11\n  - 127.0.0.1\n  - 10.96.0.1\n")
+    errors = errors_of(text)
+    assert [(e.field, e.line) for e in errors] == [
+        ("endpoints[0].addresses[1]", 16), ("endpoints[0].addresses[2]", 17)]
+
+
+def test_ipv6_slices_are_not_checked() -> None:
+    # The model programs IPv4 slices only: an IPv6 slice's address never becomes a backend.
+    m = parse_documents(endpointslice(atype="IPv6", addr='"::1"'), "ok.yaml")
+    assert m.slices[0].endpoints[0].addresses == ("::1",)
+
+
+@pytest.mark.parametrize("cidr", ["10.96.0.0/33", "10.96.0.1/12", "bogus", ""])
+def test_bad_service_cidr_is_a_value_error_naming_it(cidr: str) -> None:
+    with pytest.raises(ValueError, match=f"service CIDR {cidr!r} is not a valid network"):
+        parse_documents(service(), "ok.yaml", service_cidrs=(cidr,))
+
+
+@pytest.mark.parametrize("cluster_ip,cidrs,ok", [
+    ("10.96.0.10", None, True),
+    ("10.244.0.11", None, False),  # a pod's address: would hijack the pod's traffic
+    ("192.168.1.1", ("192.168.0.0/16",), True),
+    ("10.96.0.10", ("192.168.0.0/16",), False),
+    ("10.100.0.1", ("10.96.0.0/16", "10.100.0.0/16"), True),
+])
+def test_cluster_ip_must_be_in_the_service_range(cluster_ip, cidrs, ok):
+    text = (f"apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: demo}}\n"
+            f"spec:\n  clusterIP: {cluster_ip}\n  ports: [{{port: 80}}]\n")
+    kwargs = {"service_cidrs": cidrs} if cidrs else {}
+    if ok:
+        assert parse_documents(text, "x.yaml", **kwargs).services[0].cluster_ips == (cluster_ip,)
+    else:
+        with pytest.raises(ManifestErrors) as exc:
+            parse_documents(text, "x.yaml", **kwargs)
+        assert f"x.yaml:5: Service demo/web: spec.clusterIP: {cluster_ip} is outside the Service range" in str(exc.value)

@@ -76,6 +76,7 @@ def test_initial_plan_writes_dependencies_first():
     assert last[BACKENDS] < first[SLOTS] and last[SLOTS] < first[SERVICES]
     assert plan.counts() == {"lb4_backends upsert": 3, "lb4_slots upsert": 3,
                              "lb4_svc_meta upsert": 2, "lb4_services upsert": 2,
+                             "lb4_vips upsert": 2,
                              "lb4_svc_stats reset": 2, "lb4_backend_stats reset": 3}
     after = apply_to(empty_snapshot(), plan)
     web = after[SERVICES][SvcKey("10.96.0.10", 80, 6)]

@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.suite.run import main
+
+sys.exit(main())

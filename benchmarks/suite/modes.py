@@ -1,0 +1,233 @@
+"""The modes the suite compares, each able to load its configuration for a scale, switch its
+data path on and off in the lab's node namespace, and say what loading cost.
+
+  direct        no load balancer: the client connects to the pod IPs (the limit)
+  ebpflb        the real agent (`python -m ebpflb.cli agent --netns <lab>-node ...`), started for
+                each measurement and stopped with --on-exit remove (then `ebpflb cleanup`)
+  iptables      kube-proxy's iptables shape loaded with iptables-legacy-restore
+  iptables-nft  the same rules through the nft backend of iptables (iptables-nft-restore)
+  nftables      kube-proxy's nftables-mode shape loaded with `nft -f`
+
+The rule sets stay loaded for a whole scale (loading nftables at 10,000 Services takes minutes);
+"off" removes only the hook into them (the PREROUTING jump, the nat-prerouting base chain), so
+at any time exactly one mode translates VIP traffic. Everything lives in the lab's node
+namespace and goes with it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from benchmarks import kubeproxy_rules as kp
+
+REPO = Path(__file__).absolute().parents[2]  # not resolved: the suite may run from a snapshot
+PREROUTING_JUMP = ["PREROUTING", "-m", "comment", "--comment", "kubernetes service portals",
+                   "-j", "KUBE-SERVICES"]
+
+
+def ns_run(ns: str, argv: List[str], stdin: Optional[str] = None, timeout: float = 900,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """Run argv in network namespace ns (the lab's node), output captured."""
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True,
+                          text=True, timeout=timeout, check=check)
+
+
+def timed(ns: str, argv: List[str], stdin: Optional[str] = None, timeout: float = 900) -> float:
+    """Seconds one command takes in ns (the `ip netns exec` wrapper included: ~2 ms)."""
+    t0 = time.perf_counter()
+    r = ns_run(ns, argv, stdin, timeout, check=False)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} in {ns} failed ({r.returncode}): {r.stderr[-2000:]}")
+    return dt
+
+
+class Mode:
+    name = ""
+    vip_traffic = True  # the client targets the VIP (False: the pod IPs)
+
+    def __init__(self, node_ns: str):
+        self.node_ns = node_ns
+
+    def load(self, services: List[kp.Svc]) -> float:
+        """Program the scale's configuration (off); return the seconds it took."""
+        return 0.0
+
+    def on(self) -> None:
+        pass
+
+    def off(self) -> None:
+        pass
+
+
+class Direct(Mode):
+    name = "direct"
+    vip_traffic = False
+
+
+class Iptables(Mode):
+    """kube-proxy's iptables shape; `backend` "legacy" or "nft" picks iptables-<backend>-restore."""
+
+    def __init__(self, node_ns: str, backend: str):
+        super().__init__(node_ns)
+        self.backend = backend
+        self.name = "iptables" if backend == "legacy" else "iptables-nft"
+        self.tool = f"iptables-{backend}"
+
+    def load(self, services: List[kp.Svc]) -> float:
+        # kube-proxy restores without the hook rules; the suite adds the PREROUTING jump to switch
+        # on, so the restore here holds OUTPUT/POSTROUTING hooks and everything else.
+        text = kp.iptables_restore(services).replace(
+            '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES\n', "")
+        return timed(self.node_ns, [f"{self.tool}-restore"], text)
+
+    def restore_noflush(self, text: str) -> float:
+        return timed(self.node_ns, [f"{self.tool}-restore", "--noflush"], text)
+
+    def on(self) -> None:
+        ns_run(self.node_ns, [self.tool, "-w", "-t", "nat", "-I", *PREROUTING_JUMP])
+
+    def off(self) -> None:
+        ns_run(self.node_ns, [self.tool, "-w", "-t", "nat", "-D", *PREROUTING_JUMP])
+
+
+class Nftables(Mode):
+    name = "nftables"
+
+    def load(self, services: List[kp.Svc]) -> float:
+        return timed(self.node_ns, ["nft", "-f", "-"], kp.nft_ruleset(services, with_prerouting=False))
+
+    def apply(self, text: str) -> float:
+        return timed(self.node_ns, ["nft", "-f", "-"], text)
+
+    def on(self) -> None:
+        ns_run(self.node_ns, ["nft", "-f", "-"], "\n".join(kp.NFT_PREROUTING) + "\n")
+
+    def off(self) -> None:
+        t = kp.NFT_TABLE
+        ns_run(self.node_ns, ["nft", "-f", "-"],
+               f"flush chain ip {t} nat-prerouting\ndelete chain ip {t} nat-prerouting\n")
+
+
+_PROGRAMMED = re.compile(r"(\d+) frontends programmed, (\d+) map writes in ([\d.]+) ms")
+
+
+class Ebpflb(Mode):
+    """The real agent on a manifest file; one agent run per measurement slot."""
+
+    name = "ebpflb"
+
+    def __init__(self, node_ns: str, lab: str, workdir: Path):
+        super().__init__(node_ns)
+        self.lab = lab
+        self.pin_dir = f"/sys/fs/bpf/ebpflb-lab-{lab}"
+        self.workdir = workdir
+        self.manifest = workdir / "services.json"
+        self.proc: Optional[subprocess.Popen] = None
+        self.log_path = workdir / "agent.log"
+        self.runs: List[Dict] = []  # per agent start: programming, RSS, map memory
+
+    def load(self, services: List[kp.Svc]) -> float:
+        self.write_manifest(services)
+        return 0.0  # measured at each agent start instead (the log's "map writes in X ms")
+
+    def write_manifest(self, services: List[kp.Svc]) -> None:
+        tmp = self.manifest.with_suffix(".tmp")
+        tmp.write_text(kp.manifests(services))
+        os.replace(tmp, self.manifest)
+
+    def programmed(self) -> List[Dict]:
+        text = self.log_path.read_text() if self.log_path.exists() else ""
+        return [{"frontends": int(m[0]), "writes": int(m[1]), "ms": float(m[2])}
+                for m in _PROGRAMMED.findall(text)]
+
+    def on(self) -> None:
+        ready = self.workdir / "agent.ready"
+        if ready.exists():
+            ready.unlink()
+        self._log = open(self.log_path, "w")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", self.node_ns,
+             "--manifests", str(self.manifest), "--pin-dir", self.pin_dir, "--on-exit", "remove",
+             "--metrics-address", "", "--poll-interval", "0.2", "--ready-file", str(ready)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        deadline = time.monotonic() + 180
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.off()
+                raise RuntimeError(f"agent did not become ready:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+        startup = time.perf_counter() - t0
+        prog = self.programmed()
+        self.runs.append({"startup_s": startup, "programming": prog[0] if prog else None,
+                          **memory(self.proc.pid)})
+
+    def wait_programmed(self, count: int, timeout: float = 120) -> Dict:
+        """Wait for the count-th "map writes in X ms" line of the current agent run."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            prog = self.programmed()
+            if len(prog) >= count:
+                return prog[count - 1]
+            if self.proc is None or self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"agent: no programming line {count}:\n{self.log_path.read_text()[-3000:]}")
+
+    def off(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self._log.close()
+            self.proc = None
+        # Belt and braces: nothing of ebpflb may stay attached while another mode is measured.
+        subprocess.run([sys.executable, "-m", "ebpflb.cli", "cleanup", "--netns", self.node_ns,
+                        "--pin-dir", self.pin_dir], capture_output=True, text=True, timeout=60,
+                       cwd=str(REPO), check=True)
+
+
+def memory(pid: int) -> Dict[str, int]:
+    """VmRSS of pid and the memlock of the BPF maps it holds open (each map counted once)."""
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    maps: Dict[int, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        if "map_id:" not in info:
+            continue
+        fields = dict(l.split(":", 1) for l in info.splitlines() if ":" in l)
+        maps[int(fields["map_id"])] = int(fields.get("memlock", "0").strip())
+    return {"rss_bytes": rss, "map_memlock_bytes": sum(maps.values()), "maps": len(maps)}
+
+
+def build_loadgen(tmpdir: str) -> str:
+    out = os.path.join(tmpdir, "loadgen")
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", out, str(REPO / "benchmarks" / "loadgen.c")],
+                   check=True, capture_output=True, text=True)
+    return out
+
+
+def tool_version(*argv: str) -> str:
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError as exc:
+        return f"unavailable ({exc})"
+
+

@@ -1,0 +1,335 @@
+"""Runs the side-by-side suite: builds a lab per scale, loads every mode's configuration, then
+measures traffic mode by mode, interleaved (the mode order rotates every repetition), and the
+programming cost and memory of each mode. Writes benchmarks/results/suite.json, the plots and
+the suite's sections of docs/benchmarks.md (benchmarks/suite/report.py).
+
+    .venv/bin/python -m benchmarks.suite [--scales 100,1000,10000] [--reps 5] [--no-write]   (root)
+
+Bounded: every client run lasts a fixed number of seconds; every step has a timeout. Cleaned
+up whatever happens: the agent is stopped and `ebpflb cleanup` run after each slot, and the
+lab (namespaces, rules, servers) is taken down in a finally block.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import logging
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from benchmarks import common
+from benchmarks import kubeproxy_rules as kp
+from benchmarks.suite import modes as md
+
+log = logging.getLogger("benchmarks.suite")
+
+LAB = "bsuite"
+SERVER_PORT = 8081  # the C server of benchmarks/loadgen.c in every web pod
+N_WEB = 4
+LAT_S, RATE_S, KEEP_S, WARM_S = 1.0, 2.0, 1.5, 0.3
+CONC = 16
+# nftables and iptables-nft loads are slow at scale (ENVIRONMENT.md: iptables-nft-restore of 10k
+# Services took 829 s here); the suite skips iptables-nft above this scale and loads nftables
+# fewer times.
+IPTABLES_NFT_MAX_SCALE = 1000
+
+
+def cpu_sample() -> List[int]:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def busy_fraction(a: List[int], b: List[int]) -> float:
+    d = [y - x for x, y in zip(a, b)]
+    idle = d[3] + d[4]  # idle + iowait
+    total = sum(d[:8])
+    return (total - idle) / total if total else 0.0
+
+
+def client(loadgen: str, kind: str, seconds: float, conc: int, targets: List[str]) -> Dict:
+    from ebpflb.lab import run_in_pod
+
+    c0 = cpu_sample()
+    r = run_in_pod(LAB, "client", [loadgen, kind, str(seconds), str(conc), *targets],
+                   timeout=seconds + 30)
+    c1 = cpu_sample()
+    if r.returncode != 0:
+        raise RuntimeError(f"loadgen {kind} failed: {r.stderr[-1000:]}")
+    out = json.loads(r.stdout)
+    out["machine_busy"] = busy_fraction(c0, c1)
+    return out
+
+
+def start_servers(loadgen: str, web: List[str]) -> None:
+    from ebpflb.lab import run_in_pod
+
+    for pod in web:
+        # setsid + nohup-style detach: the lab's teardown kills every process in its namespaces.
+        r = run_in_pod(LAB, pod, ["sh", "-c", f"setsid {loadgen} server {SERVER_PORT} "
+                                  f"</dev/null >/dev/null 2>&1 &"], timeout=10)
+        if r.returncode != 0:
+            raise RuntimeError(f"server in {pod}: {r.stderr}")
+
+
+def slot(mode: md.Mode, loadgen: str, targets: List[str], node_ns: str) -> Dict:
+    """One measurement of one mode: on, conntrack flushed, warm-up, three client runs, off."""
+    mode.on()
+    try:
+        md.ns_run(node_ns, ["conntrack", "-F"], check=False)
+        warm = client(loadgen, "conn", WARM_S, 4, targets)
+        if warm["count"] == 0:
+            raise RuntimeError(f"{mode.name}: no connection succeeded through {targets}")
+        return {"lat": client(loadgen, "conn", LAT_S, 1, targets),
+                "rate": client(loadgen, "conn", RATE_S, CONC, targets),
+                "keep": client(loadgen, "keepalive", KEEP_S, CONC, targets)}
+    finally:
+        mode.off()
+
+
+def change_pair(svc: kp.Svc):
+    """The probed Service with one endpoint removed, and back."""
+    less = kp.Svc(svc.namespace, svc.name, svc.port_name, svc.vip, svc.port, svc.endpoints[:-1])
+    return less, svc
+
+
+def run_scale(n: int, reps: int, loadgen: str, workdir: Path) -> Dict:
+    from ebpflb.lab import lab_up
+    from ebpflb.lab.nsops import write_sysctls
+    from ebpflb.lab.topology import default_pods
+
+    pods = default_pods(N_WEB)
+    web = [p for p in pods if p.name != "client"]
+    services = kp.make_services(n, [p.ip for p in web], SERVER_PORT)
+    probe = services[-1]
+    lab = lab_up(LAB, pods)
+    node = lab.node_ns
+    # The client opens tens of thousands of connections: give it the whole port range.
+    write_sysctls(lab.pod_ns("client"), {"net.ipv4.ip_local_port_range": "1024 65000"})
+    # The servers close first, so TIME_WAIT would sit on the server pods, and a later SYN from a
+    # reused client port whose timestamp clock differs (the client's TCP timestamp offset is
+    # per destination address: VIP in one mode, pod IP in another) would be refused by PAWS
+    # and wait for a 1 s SYN retransmit. No TIME_WAIT on the (throwaway) server pods.
+    for p in web:
+        write_sysctls(lab.pod_ns(p.name), {"net.ipv4.tcp_max_tw_buckets": "0"})
+    start_servers(loadgen, [p.name for p in web])
+    time.sleep(0.3)
+    direct = md.Direct(node)
+    ebpf = md.Ebpflb(node, LAB, workdir)
+    ipt = md.Iptables(node, "legacy")
+    nft = md.Nftables(node)
+    mode_list: List[md.Mode] = [direct, ebpf, ipt, nft]
+    iptn: Optional[md.Iptables] = None
+    if n <= IPTABLES_NFT_MAX_SCALE:
+        iptn = md.Iptables(node, "nft")
+        mode_list.append(iptn)
+    res: Dict = {"services": n, "endpoints_per_service": len(probe.endpoints),
+                 "probe": {"vip": probe.vip, "port": probe.port, "name": probe.port_name_string},
+                 "full": {}, "change": {}, "traffic": {m.name: [] for m in mode_list}}
+
+    # Programming: full loads (the last load of each stays, switched off).
+    full_reps = {"iptables": reps, "iptables-nft": 3, "nftables": 3 if n <= 1000 else 1}
+    for m in [ipt, nft] + ([iptn] if iptn else []):
+        samples = []
+        for _ in range(full_reps[m.name]):
+            samples.append(m.load(services))
+            log.info("scale %d: %s full load %.3f s", n, m.name, samples[-1])
+        res["full"][m.name] = samples
+    ebpf.load(services)
+
+    # Nothing on: the VIP must not answer (the node blackholes the Service range).
+    off = client(loadgen, "conn", WARM_S, 1, [f"{probe.vip}:{probe.port}"])
+    res["isolation_check"] = {"vip_connections_with_all_modes_off": off["count"]}
+    if off["count"]:
+        raise RuntimeError(f"scale {n}: the VIP answered with every mode off: {off}")
+
+    vip = [f"{probe.vip}:{probe.port}"]
+    pod_targets = [f"{ip}:{port}" for ip, port in probe.endpoints]
+    for rep in range(reps):
+        order = mode_list[rep % len(mode_list):] + mode_list[:rep % len(mode_list)]
+        for m in order:
+            r = slot(m, loadgen, vip if m.vip_traffic else pod_targets, node)
+            res["traffic"][m.name].append(r)
+            log.info("scale %d rep %d %-12s conn %6.0f/s p50 %6.1f p99 %7.1f us | keepalive %6.0f/s"
+                     " | client cpu %.2f busy %.2f", n, rep, m.name, r["rate"]["rate"],
+                     r["lat"]["p50_us"], r["lat"]["p99_us"], r["keep"]["rate"],
+                     r["rate"]["cpu"], r["rate"]["machine_busy"])
+    res["ebpflb_full"] = [r["programming"] for r in ebpf.runs]
+    res["agent_memory"] = [{k: r[k] for k in ("rss_bytes", "map_memlock_bytes", "maps", "startup_s")}
+                           for r in ebpf.runs]
+
+    # One endpoint of the probed Service removed and put back, alternately.
+    less, full = change_pair(probe)
+    others = services[:-1]
+    res["change"]["iptables"] = []
+    res["change"]["iptables_full_restore"] = []
+    for i in range(reps):
+        old, new = (full, less) if i % 2 == 0 else (less, full)
+        res["change"]["iptables"].append(ipt.restore_noflush(kp.iptables_partial(others + [new], old, new)))
+        res["change"]["iptables_full_restore"].append(ipt.load(others + [new]))
+    if iptn:
+        res["change"]["iptables-nft"] = []
+        for i in range(reps):
+            old, new = (full, less) if i % 2 == 0 else (less, full)
+            res["change"]["iptables-nft"].append(
+                iptn.restore_noflush(kp.iptables_partial(others + [new], old, new)))
+    res["change"]["nftables"] = []
+    for i in range(reps):
+        old, new = (full, less) if i % 2 == 0 else (less, full)
+        res["change"]["nftables"].append(nft.apply(kp.nft_endpoint_change(old, new)))
+    ebpf.runs = []
+    ebpf.write_manifest(services)
+    ebpf.on()
+    try:
+        changes = []
+        for i in range(reps):
+            new = less if i % 2 == 0 else full
+            ebpf.write_manifest(others + [new])
+            changes.append(ebpf.wait_programmed(i + 2))
+        res["change"]["ebpflb"] = changes
+        res["agent_memory_after_changes"] = md.memory(ebpf.proc.pid)
+    finally:
+        ebpf.off()
+    return res
+
+
+def plan_profile(n: int) -> Dict:
+    """The planner alone (pure, no kernel) on one endpoint change at n Services: how long
+    `compute_plan` takes and its two big parts (`desired_maps`: every frontend's records rebuilt;
+    `diff`: every map compared), with Python's cyclic GC on (as the agent runs) and off (what
+    the GC passes over the large heap add), and what dominates (cProfile, own time)."""
+    import gc
+
+    from ebpflb.manifests import parse_documents
+    from ebpflb.maps import empty_snapshot
+    from ebpflb.model import desired_state
+    from ebpflb.plan import apply_to, compute_plan, desired_maps, diff
+
+    services = kp.make_services(n, [f"10.244.0.{11 + i}" for i in range(N_WEB)], SERVER_PORT)
+    less, _ = change_pair(services[-1])
+
+    def desired(svcs):
+        m = parse_documents(kp.manifests(svcs), "bench.json")
+        return desired_state(m.services, m.slices)
+
+    t0 = time.perf_counter()
+    full_state = desired(services)
+    parse_s = time.perf_counter() - t0
+    less_state = desired(services[:-1] + [less])
+    snap = apply_to(empty_snapshot(), compute_plan(full_state, empty_snapshot()))
+    samples: Dict[str, List[float]] = {}
+    for rep in range(6):
+        gc_off = rep % 2 == 1
+        if gc_off:
+            gc.disable()
+        try:
+            target = less_state if (rep // 2) % 2 == 0 else full_state
+            t0 = time.perf_counter()
+            d = desired_maps(target, snap)
+            t1 = time.perf_counter()
+            diff(d, snap)
+            t2 = time.perf_counter()
+            plan = compute_plan(target, snap)
+            t3 = time.perf_counter()
+        finally:
+            gc.enable()
+        tag = "gc_off" if gc_off else "gc_on"
+        for name, v in (("desired_maps", t1 - t0), ("diff", t2 - t1), ("compute_plan", t3 - t2)):
+            samples.setdefault(f"{name}_{tag}", []).append(v * 1e3)
+        snap = apply_to(snap, plan)
+    # The profiled change goes away from what the maps hold now, so it has writes to find.
+    target = full_state if not compute_plan(less_state, snap) else less_state
+    prof = cProfile.Profile()
+    prof.enable()
+    plan = compute_plan(target, snap)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:8]
+    total = sum(v[2] for v in stats.stats.values())
+    return {"services": n, "writes": len(plan), "plan_ms": common.summary(samples["compute_plan_gc_on"]),
+            "parts_ms": {k: common.summary(v) for k, v in samples.items()},
+            "parse_and_model_s": parse_s, "profile_total_s": total,
+            "top_own_time": [{"function": f"{Path(k[0]).name}:{k[1]}({k[2]})", "calls": v[1],
+                              "own_s": v[2], "cumulative_s": v[3]} for k, v in top]}
+
+
+def source_description() -> str:
+    """Which ebpflb was measured: the commit of the checkout the suite runs from, if any."""
+    r = subprocess.run(["git", "-C", str(md.REPO), "describe", "--always", "--dirty"],
+                       capture_output=True, text=True)
+    return f"git {r.stdout.strip()}" if r.returncode == 0 else f"{md.REPO} (not a git checkout)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scales", default="100,1000,10000")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--profile-only", action="store_true",
+                    help="re-measure only the planner profile into the existing results, re-render")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.profile_only:
+        from benchmarks.suite import report
+
+        path = common.RESULTS / "suite.json"
+        results = json.loads(path.read_text())
+        results["plan_profile"] = plan_profile(max(results["meta"]["scales"]))
+        path.write_text(json.dumps(results, indent=1, default=str))
+        report.publish(results, write=not args.no_write)
+        return 0
+    from ebpflb.lab import lab_down
+
+    scales = [int(s) for s in args.scales.split(",")]
+    started = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="ebpflb-suite-"))
+    results: Dict = {"scales": {}}
+    try:
+        lab_down(LAB)  # a crashed earlier run
+        loadgen = md.build_loadgen(str(tmp))
+        for n in scales:
+            t0 = time.time()
+            try:
+                results["scales"][str(n)] = run_scale(n, args.reps, loadgen, tmp)
+            finally:
+                lab_down(LAB)
+            log.info("scale %d done in %.0f s", n, time.time() - t0)
+        results["plan_profile"] = plan_profile(max(scales))
+    finally:
+        lab_down(LAB)
+        from ebpflb.dataplane.cleanup import remove_pins
+        from ebpflb.dataplane.config import DataplaneConfig, lab_pin_dir
+
+        remove_pins(DataplaneConfig(pin_dir=lab_pin_dir(LAB)))
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["meta"] = {
+        "machine": common.machine(gcc=subprocess.run(["gcc", "-dumpfullversion"], capture_output=True,
+                                                     text=True).stdout.strip()),
+        "iptables_default": md.tool_version("iptables", "-V"),
+        "iptables_legacy": md.tool_version("iptables-legacy", "-V"),
+        "iptables_nft": md.tool_version("iptables-nft", "-V"),
+        "nft": md.tool_version("nft", "--version"),
+        "source": source_description(),
+        "reps": args.reps, "scales": scales, "conc": CONC, "web_pods": N_WEB,
+        "durations_s": {"latency": LAT_S, "rate": RATE_S, "keepalive": KEEP_S, "warmup": WARM_S},
+        "iptables_nft_max_scale": IPTABLES_NFT_MAX_SCALE,
+        "wall_s": time.time() - started,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if not args.no_write:  # raw results first: a report bug must not lose a 20-minute run
+        common.RESULTS.mkdir(exist_ok=True)
+        (common.RESULTS / "suite.json").write_text(json.dumps(results, indent=1, default=str))
+    from benchmarks.suite import report
+
+    report.publish(results, write=not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

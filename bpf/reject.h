@@ -1,0 +1,137 @@
+/* reject.h: answering a packet to a frontend with no usable backend at once, the way a closed port
+ * answers (kube-proxy's REJECT): a TCP RST, or an ICMP port unreachable for UDP. The packet itself
+ * is turned into the answer (headers rebuilt from what was read, length set with
+ * bpf_skb_change_tail) and sent back out of the device it came in on. */
+#ifndef EBPFLB_REJECT_H
+#define EBPFLB_REJECT_H
+
+#include <uapi/linux/icmp.h>
+
+static __always_inline __u16 csum_fold32(__u64 csum)
+{
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	return ~csum;
+}
+
+/* The one's complement sum of an IPv4 pseudo header, for L4 checksums. */
+static __always_inline __s64 csum_pseudo4(__be32 saddr, __be32 daddr, __u8 proto, __u16 len)
+{
+	__be32 pseudo[3] = { saddr, daddr, bpf_htonl(((__u32)proto << 16) | len) };
+
+	return bpf_csum_diff(0, 0, pseudo, sizeof(pseudo), 0);
+}
+
+static __always_inline void ip4_reply_header(struct iphdr *ip, const struct pkt4 *p, __u8 proto,
+					     __u16 tot_len)
+{
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tot_len = bpf_htons(tot_len);
+	ip->ttl = 64;
+	ip->protocol = proto;
+	ip->saddr = p->daddr;	/* the VIP the client asked for */
+	ip->daddr = p->saddr;
+	ip->check = csum_fold32(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+}
+
+struct tcp_reject {
+	struct iphdr ip;
+	struct tcphdr tcp;
+};
+
+/* RST for a TCP packet (never for a RST): RFC 793 reset generation. */
+static __always_inline int lb4_reject_tcp(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	struct tcp_reject r = {};
+	struct tcphdr orig;
+	__u16 tot_len;
+	__u32 seglen;
+	__s64 sum;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off, &orig, sizeof(orig)))
+		return -1;
+	if (orig.rst)
+		return -1;
+	if (bpf_skb_load_bytes(skb, p->l3_off + offsetof(struct iphdr, tot_len), &tot_len,
+			       sizeof(tot_len)))
+		return -1;
+	seglen = bpf_ntohs(tot_len) - (p->l4_off - p->l3_off) - orig.doff * 4 + orig.syn + orig.fin;
+	r.tcp.source = p->dport;
+	r.tcp.dest = p->sport;
+	r.tcp.doff = 5;
+	r.tcp.rst = 1;
+	if (orig.ack) {
+		r.tcp.seq = orig.ack_seq;
+	} else {
+		r.tcp.ack = 1;
+		r.tcp.ack_seq = bpf_htonl(bpf_ntohl(orig.seq) + seglen);
+	}
+	sum = csum_pseudo4(p->daddr, p->saddr, IPPROTO_TCP, sizeof(r.tcp));
+	if (sum < 0)
+		return -1;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&r.tcp, sizeof(r.tcp), sum);
+	if (sum < 0)
+		return -1;
+	r.tcp.check = csum_fold32(sum);
+	ip4_reply_header(&r.ip, p, IPPROTO_TCP, sizeof(r));
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0))
+		return -1;
+	return bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0);
+}
+
+struct icmp_reject {
+	struct iphdr ip;
+	struct icmphdr icmp;
+	struct iphdr inner;	/* the client's IP header (without options) and... */
+	__u8 inner_l4[8];	/* ...the first 8 bytes of its UDP header, as RFC 792 asks */
+};
+
+/* ICMP port unreachable for a UDP datagram. */
+static __always_inline int lb4_reject_udp(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	struct icmp_reject r = {};
+	__s64 sum;
+
+	if (bpf_skb_load_bytes(skb, p->l3_off, &r.inner, sizeof(r.inner)))
+		return -1;
+	if (bpf_skb_load_bytes(skb, p->l4_off, r.inner_l4, sizeof(r.inner_l4)))
+		return -1;
+	/* The quoted header must be the one the client sent; options are left out, so fix ihl. */
+	if (r.inner.ihl != 5)
+		return -1;
+	r.icmp.type = ICMP_DEST_UNREACH;
+	r.icmp.code = ICMP_PORT_UNREACH;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&r.icmp, sizeof(r) - sizeof(r.ip), 0);
+	if (sum < 0)
+		return -1;
+	r.icmp.checksum = csum_fold32(sum);
+	ip4_reply_header(&r.ip, p, IPPROTO_ICMP, sizeof(r));
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0))
+		return -1;
+	return bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0);
+}
+
+/* Turns the packet into its rejection and returns the verdict that sends it back; TC_ACT_SHOT
+ * when it must not (or cannot) be answered. */
+static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	struct ethhdr eth;
+	__u8 mac[ETH_ALEN];
+	int err;
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+		return TC_ACT_SHOT;
+	err = p->proto == IPPROTO_TCP ? lb4_reject_tcp(skb, p) : lb4_reject_udp(skb, p);
+	if (err)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(mac, eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(eth.h_dest, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, mac, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+#endif

@@ -1,0 +1,119 @@
+"""Which endpoint addresses must never become backends (pure core, between sources and model).
+
+sources -> **model** -> plan -> apply. An EndpointSlice is written by whoever may write slices,
+not only by the EndpointSlice controller: CVE-2021-25740 showed that a slice (or Endpoints
+object) pointing at loopback, at the node's link-local addresses (169.254.169.254 is the cloud
+metadata service) or at another Service's ClusterIP lets its author reach what they could not
+reach directly, through the load balancer. The Kubernetes API server refuses some of these for
+Endpoints; nothing refuses them for a manifest on disk, so ebpflb refuses them itself:
+
+    0.0.0.0/8         unspecified ("this network"): never a destination
+    127.0.0.0/8       loopback: the node itself
+    169.254.0.0/16    link-local, including the cloud metadata address 169.254.169.254
+    224.0.0.0/4       multicast
+    255.255.255.255   limited broadcast
+    the Service CIDR(s)  a ClusterIP as a backend would loop through the load balancer
+
+The manifest parser calls `forbidden_backend` for every address of an IPv4 slice (so the error
+carries its file and line); `check_backends` applies the same rule to Manifests built any other
+way. The 240.0.0.0/4 block is not refused: some clusters (GKE) use it for pods.
+"""
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:  # only for type hints: manifests imports this module
+    from .manifests import Manifests
+
+# Kubernetes' default --service-cluster-ip-range. A cluster with another range must say so
+# (agent flag), or its own ClusterIPs will not be refused as backends.
+DEFAULT_SERVICE_CIDRS: Tuple[str, ...] = ("10.96.0.0/12",)
+METADATA_ADDRESS = ipaddress.IPv4Address("169.254.169.254")
+
+_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+@lru_cache(maxsize=64)
+def parse_service_cidrs(service_cidrs: Tuple[str, ...]) -> Tuple[_Network, ...]:
+    """The Service ranges as networks; ValueError naming the bad entry (a configuration error,
+    not a manifest one). Host bits set are refused, as kube-apiserver refuses them."""
+    out: List[_Network] = []
+    for cidr in service_cidrs:
+        if not isinstance(cidr, str):
+            raise ValueError(f"service CIDR {cidr!r} is not a string")
+        try:
+            out.append(ipaddress.ip_network(cidr.strip(), strict=True))
+        except ValueError as exc:
+            raise ValueError(f"service CIDR {cidr!r} is not a valid network: {exc}") from None
+    return tuple(out)
+
+
+def forbidden_backend(ip: str, service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS) -> Optional[str]:
+    """Why `ip` must not be a backend, or None when it may be. `ip` must be a valid address
+    (ValueError otherwise); IPv6 gets the same rules (loopback, link-local, unspecified,
+    multicast, Service range), an IPv4-mapped IPv6 address the IPv4 ones."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        reason = forbidden_backend(str(addr.ipv4_mapped), service_cidrs)
+        return f"{ip} is IPv4-mapped: {reason}" if reason else None
+    if addr.is_unspecified:
+        return f"{ip} is the unspecified address"
+    if isinstance(addr, ipaddress.IPv4Address) and addr in _THIS_NETWORK:
+        return f"{ip} is in {_THIS_NETWORK} (this network, never a destination)"
+    if addr.is_loopback:
+        return f"{ip} is a loopback address"
+    if addr == METADATA_ADDRESS:
+        return f"{ip} is link-local (cloud metadata service)"
+    if addr.is_link_local:
+        return f"{ip} is link-local"
+    if addr.is_multicast:
+        return f"{ip} is a multicast address"
+    if addr == _BROADCAST:
+        return f"{ip} is the broadcast address"
+    for net in parse_service_cidrs(tuple(service_cidrs)):
+        if addr.version == net.version and addr in net:
+            return f"{ip} is inside the Service range {net}"
+    return None
+
+
+def check_backends(manifests: "Manifests", service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS,
+                   source: str = "") -> None:
+    """Refuses Manifests (from any source) holding an IPv4 endpoint address that must not be a
+    backend: ManifestErrors with one error per address, naming the slice and the field. Lines
+    are unknown here; the manifest parser reports the same errors with lines."""
+    from .manifests import ManifestError, ManifestErrors  # manifests imports this module
+
+    parse_service_cidrs(tuple(service_cidrs))  # a bad range is a ValueError even with no slice
+    errors = []
+    for s in manifests.slices:
+        if s.address_type != "IPv4":
+            continue  # the model programs IPv4 slices only
+        for i, ep in enumerate(s.endpoints):
+            for k, ip in enumerate(ep.addresses):
+                try:
+                    reason = forbidden_backend(ip, service_cidrs)
+                except ValueError:
+                    reason = f"{ip!r} is not a valid IP address"
+                if reason:
+                    errors.append(ManifestError(source, f"EndpointSlice {s.namespace}/{s.name}",
+                                                f"endpoints[{i}].addresses[{k}]",
+                                                backend_message(reason)))
+    if errors:
+        raise ManifestErrors(errors)
+
+
+def backend_message(reason: str) -> str:
+    """The error message for a refused address (one wording for the parser and check_backends)."""
+    return f"{reason}: not allowed as a backend"
+
+
+def in_service_range(ip: str, service_cidrs: Sequence[str]) -> bool:
+    """True when a cluster IP lies in one of the Service ranges of its IP family. An address
+    family with no range configured is not judged (IPv6 cluster IPs are skipped by the model)."""
+    addr = ipaddress.ip_address(ip)
+    ranges = [n for n in parse_service_cidrs(tuple(service_cidrs)) if n.version == addr.version]
+    return not ranges or any(addr in n for n in ranges)

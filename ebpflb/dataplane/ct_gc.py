@@ -1,0 +1,139 @@
+"""Conntrack garbage collection (run by the agent every few seconds): deletes the entries of flows
+idle longer than their state allows (ebpflb.dataplane.config.CtTimeouts, the values compiled
+into the programs).
+
+A flow is aged by both of its entries: its idle time is the shorter of the two directions', and
+its state joins both (closing if either side sent FIN or RST, established if either sent more
+than a SYN). The programs only refresh the entry of the direction a packet travels, so aging an
+entry alone would cut a flow whose one side is quiet (a server pushing to a silent client).
+Entries are read and deleted in batches; the key and value layouts come from bcc's types and are
+checked against the struct formats below when the collector is created.
+"""
+import ctypes
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
+
+from .config import CtTimeouts
+from .percpu import read_hash_raw
+
+log = logging.getLogger(__name__)
+
+# struct ct4_key and struct ct4_entry of bpf/lb_structs.h, native order (addresses and ports
+# stay as raw network-order bytes: only compared, never printed here).
+KEY = struct.Struct("=4s4s2s2sBBH")
+VALUE = struct.Struct("=QQ4s2sHII")
+CT_F_ESTABLISHED = 0x1
+CT_F_CLOSING = 0x2
+TCP = 6
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class GcResult:
+    scanned: int
+    deleted: int
+
+
+def _lifetime_ns(proto: int, flags: int, t: CtTimeouts) -> int:
+    if proto != TCP:
+        return t.udp * NS
+    if flags & CT_F_CLOSING:
+        return t.tcp_close * NS
+    if flags & CT_F_ESTABLISHED:
+        return t.tcp_established * NS
+    return t.tcp_syn * NS
+
+
+def expired_keys(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts) -> List[bytes]:
+    """The raw keys to delete (pure: tested without a kernel)."""
+    entries: Dict[bytes, Tuple] = {}
+    for i in range(len(keys) // KEY.size):
+        raw = keys[i * KEY.size:(i + 1) * KEY.size]
+        entries[raw] = KEY.unpack(raw) + VALUE.unpack_from(values, i * VALUE.size)
+    out = []
+    for raw, (saddr, daddr, sport, dport, proto, direction, _pad,
+              _created, last, nat_addr, nat_port, flags, _svc, _be) in entries.items():
+        if direction == 0:
+            peer = KEY.pack(nat_addr, saddr, nat_port, sport, proto, 1, 0)
+        else:
+            peer = KEY.pack(daddr, nat_addr, dport, nat_port, proto, 0, 0)
+        other = entries.get(peer)
+        if other is not None:
+            last = max(last, other[8])
+            flags |= other[11]
+        if now_ns - last > _lifetime_ns(proto, flags, timeouts):
+            out.append(raw)
+    return out
+
+
+class ConntrackGc:
+    """Both tables (ct4 and ct4_syn): a flow's two entries always sit in the same one."""
+
+    def __init__(self, bpf: Any, timeouts: CtTimeouts):
+        self.tables = [bpf[name] for name in (b"ct4", b"ct4_syn")]
+        self.timeouts = timeouts
+        for t in self.tables:
+            if (ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf)) != (KEY.size, VALUE.size):
+                raise ValueError(f"conntrack layout changed: key {ctypes.sizeof(t.Key)} B, value "
+                                 f"{ctypes.sizeof(t.Leaf)} B; update ebpflb/dataplane/ct_gc.py")
+
+    def run(self, now_ns: int) -> GcResult:
+        scanned = deleted = 0
+        for table in self.tables:
+            keys, values, count = read_hash_raw(table)
+            dead = expired_keys(keys, values, now_ns, self.timeouts)
+            scanned += count
+            deleted += len(dead)
+            if dead:
+                _delete(table, b"".join(dead), len(dead))
+        if deleted:
+            log.debug("conntrack GC: %d of %d entries expired", deleted, scanned)
+        return GcResult(scanned, deleted)
+
+
+def _delete(table: Any, raw_keys: bytes, count: int) -> None:
+    batch = (table.Key * count).from_buffer_copy(raw_keys)
+    try:
+        table.items_delete_batch(batch)
+    except Exception as exc:  # bcc raises bare Exception; an entry may be gone already
+        log.debug("conntrack GC batch delete: %s; deleting one by one", exc)
+        for key in batch:
+            try:
+                del table[key]
+            except KeyError:
+                pass
+
+
+def purge_keys(keys: bytes, values: bytes, svc_ids, udp_backends) -> List[bytes]:
+    """Raw keys of the entries ebpflb.plan.conntrack_purge names (pure). udp_backends holds
+    (svc_id, "a.b.c.d", port)."""
+    import socket
+
+    wanted = {(svc, socket.inet_aton(addr), port.to_bytes(2, "big")) for svc, addr, port in udp_backends}
+    out = []
+    for i in range(len(keys) // KEY.size):
+        raw = keys[i * KEY.size:(i + 1) * KEY.size]
+        saddr, _daddr, sport, _dport, proto, direction, _ = KEY.unpack(raw)
+        _c, _l, nat_addr, nat_port, _f, svc_id, _b = VALUE.unpack_from(values, i * VALUE.size)
+        if svc_id in svc_ids:
+            out.append(raw)
+        elif proto == 17:
+            backend = (nat_addr, nat_port) if direction == 0 else (saddr, sport)
+            if (svc_id, *backend) in wanted:
+                out.append(raw)
+    return out
+
+
+def purge(bpf: Any, svc_ids, udp_backends) -> int:
+    """Deletes the conntrack entries of removed frontends and of UDP flows to removed backends."""
+    deleted = 0
+    for name in (b"ct4", b"ct4_syn"):
+        table = bpf[name]
+        keys, values, _ = read_hash_raw(table)
+        dead = purge_keys(keys, values, svc_ids, udp_backends)
+        if dead:
+            _delete(table, b"".join(dead), len(dead))
+            deleted += len(dead)
+    return deleted

@@ -1,0 +1,79 @@
+"""Health endpoints of the agent (an edge beside the pipeline, read by the kubelet's probes):
+`/healthz` answers 200 while the process runs; `/readyz` answers 200 once the initial sync is done
+and the maps are programmed, 503 with the reason before that. Stdlib http.server in a thread, on
+loopback by default (the DaemonSet runs with hostNetwork, and the kubelet probes the node's
+loopback)."""
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEALTH_ADDRESS = "127.0.0.1:9403"
+
+# () -> (ready, reason shown when not ready)
+ReadyCheck = Callable[[], Tuple[bool, str]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+
+    def log_message(self, fmt: str, *args) -> None:  # probes every few seconds: not worth a line
+        pass
+
+    def _reply(self, code: int, text: str) -> None:
+        body = (text + "\n").encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._reply(200, "ok")
+        elif path == "/readyz":
+            try:
+                ready, reason = self.server.ready()
+            except Exception as exc:  # noqa: BLE001 - a probe must answer, never hang or crash
+                ready, reason = False, f"readiness check failed: {exc}"
+            self._reply(200 if ready else 503, "ready" if ready else f"not ready: {reason}")
+        else:
+            self._reply(404, "not found (try /healthz or /readyz)")
+
+    do_HEAD = do_GET
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    ready: ReadyCheck
+
+
+class HealthServer:
+    def __init__(self, address: str, ready: ReadyCheck) -> None:
+        from .metrics import parse_address
+
+        self.host, self.port = parse_address(address)
+        self._ready = ready
+        self._httpd: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "HealthServer":
+        httpd = _Server((self.host, self.port), _Handler)
+        httpd.ready = self._ready
+        self.port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, name="health", daemon=True)
+        self._thread.start()
+        log.info("health on http://%s:%d/healthz and /readyz", self.host, self.port)
+        return self
+
+    def close(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None

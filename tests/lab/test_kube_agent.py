@@ -1,0 +1,176 @@
+"""`ebpflb agent --kubernetes` end to end against a FAKE API server (tests/kube/fake_apiserver.py,
+real HTTP, list/watch as kube-apiserver speaks it; no real API server runs on this machine): the
+real agent in the lab's node namespace reads it through a kubeconfig, programs real maps, and curl
+from a pod follows adds, updates and deletes. The fake listens inside the node namespace on
+127.0.0.1, so the agent reaches it on its own loopback. Also: 410 Gone relists with no map write
+(the agent's ebpflb_map_writes_total does not move), and /healthz and /readyz answer."""
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ebpflb.lab import lab as lablib
+from ebpflb.lab import nsops
+from ebpflb.dataplane.config import lab_pin_dir
+
+from ..kube.fake_apiserver import FakeApiServer, endpointslice, node, service
+from .agent_harness import ebpflb, force_cleanup, wait_until
+
+VIP = "10.96.0.10"
+VIP2 = "10.96.0.11"
+METRICS_PORT = 9402
+HEALTH_PORT = 9403
+
+
+def http_get(node_ns: str, port: int, path: str):
+    with nsops.in_netns(node_ns):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def map_writes(node_ns: str) -> float:
+    _, body = http_get(node_ns, METRICS_PORT, "/metrics")
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            if s.name == "ebpflb_map_writes_total":
+                return s.value
+    raise AssertionError("ebpflb_map_writes_total not exported")
+
+
+class KubeAgent:
+    def __init__(self, lab, workdir, fake: FakeApiServer):
+        self.lab, self.pin_dir = lab, lab_pin_dir(lab.name)
+        kubeconfig = workdir / "kubeconfig"
+        kubeconfig.write_text(fake.kubeconfig())
+        self.log_path = workdir / "agent.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", lab.node_ns, "--kubernetes",
+             "--kubeconfig", str(kubeconfig), "--node-name", "node-1", "--pin-dir", self.pin_dir,
+             "--on-exit", "remove", "--poll-interval", "0.1",
+             "--metrics-address", f"127.0.0.1:{METRICS_PORT}",
+             "--health-address", f"127.0.0.1:{HEALTH_PORT}"],
+            stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def backends(self, frontend: str):
+        import json
+
+        for svc in json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir",
+                                     self.pin_dir).stdout):
+            if svc["frontend"] == frontend:
+                return sorted(b["address"] for b in svc["backends"])
+        return None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def fake(lab):
+    pytest.importorskip("kubernetes")
+    server = FakeApiServer(netns=lab.node_ns, bookmark_interval=0.5).start()
+    server.put("services", service("web", VIP, target="http"))
+    server.put("endpointslices", endpointslice("web", ["10.244.0.11", "10.244.0.12"]))
+    server.put("nodes", node("node-1", "192.168.200.1"))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def kube_agent(lab, fake, tmp_path):
+    running = KubeAgent(lab, tmp_path, fake)
+    try:
+        yield running
+    finally:
+        code = running.stop()
+        force_cleanup(lab.name)
+        assert code == 0, f"agent exited {code}:\n{running.log()}"
+
+
+def who(lab_name, url=f"http://{VIP}/"):
+    r = lablib.run_in_pod(lab_name, "client", ["curl", "-sS", "--max-time", "3", url], timeout=10)
+    assert r.returncode == 0, f"curl {url} failed: {r.stderr}"
+    return r.stdout.strip()
+
+
+def ready(lab, agent):
+    def check():
+        assert agent.proc.poll() is None, agent.log()
+        try:
+            return http_get(lab.node_ns, HEALTH_PORT, "/readyz")[0] == 200
+        except OSError:
+            return False
+    wait_until(check, 60, "the agent to become ready")
+
+
+def test_api_changes_reach_the_data_plane_and_traffic_follows(lab, fake, kube_agent):
+    ready(lab, kube_agent)
+    assert http_get(lab.node_ns, HEALTH_PORT, "/healthz") == (200, "ok\n")
+    assert {who(lab.name) for _ in range(30)} == {"web-1", "web-2"}
+
+    # Update: endpoints change.
+    fake.put("endpointslices", endpointslice("web", ["10.244.0.13", "10.244.0.14"]))
+    wait_until(lambda: kube_agent.backends(f"{VIP}:80/TCP") == ["10.244.0.13", "10.244.0.14"],
+               10, "the new endpoints")
+    assert {who(lab.name) for _ in range(30)} == {"web-3", "web-4"}
+
+    # Add: a second Service with its slice.
+    fake.put("services", service("web2", VIP2, target=8080))
+    fake.put("endpointslices", endpointslice("web2", ["10.244.0.11"]))
+    wait_until(lambda: kube_agent.backends(f"{VIP2}:80/TCP") == ["10.244.0.11"], 10, "web2")
+    assert who(lab.name, f"http://{VIP2}/") == "web-1"
+
+    # Delete: the first Service goes; its VIP stops answering.
+    fake.delete("services", "default", "web")
+    wait_until(lambda: kube_agent.backends(f"{VIP}:80/TCP") is None, 10, "web removed")
+    r = lablib.run_in_pod(lab.name, "client", ["curl", "-sS", "--max-time", "1",
+                                               f"http://{VIP}/"], timeout=10)
+    assert r.returncode != 0
+    assert who(lab.name, f"http://{VIP2}/") == "web-1"
+
+
+def test_410_relists_without_map_writes_and_a_dropped_watch_resumes(lab, fake, kube_agent):
+    ready(lab, kube_agent)
+    writes = map_writes(lab.node_ns)
+    lists = fake.counts["list endpointslices"]
+
+    fake.drop_watches()  # resume without relist
+    fake.put("endpointslices", endpointslice("web", ["10.244.0.13"]))
+    wait_until(lambda: kube_agent.backends(f"{VIP}:80/TCP") == ["10.244.0.13"], 10, "web-3")
+    assert fake.counts["list endpointslices"] == lists
+    assert who(lab.name) == "web-3"
+
+    writes = map_writes(lab.node_ns)
+    fake.go_away()  # gone long enough for its history to be compacted: 410 on return
+    fake.put("nodes", node("node-2", "192.168.200.2"))
+    fake.compact()
+    fake.come_back()
+    wait_until(lambda: fake.counts["list endpointslices"] > lists
+               and fake.counts["list services"] > 1, 15, "the relists after 410")
+    time.sleep(1.0)  # several agent poll intervals after the relists
+    assert map_writes(lab.node_ns) == writes, "an unchanged relist wrote to the maps"
+    assert "410" in kube_agent.log()
+    assert who(lab.name) == "web-3"

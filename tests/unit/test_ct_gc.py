@@ -1,0 +1,39 @@
+"""Conntrack aging rules (pure): a flow is aged by both of its entries, by its joint state."""
+import socket
+
+import pytest
+
+from ebpflb.dataplane.config import CtTimeouts
+from ebpflb.dataplane.ct_gc import KEY, VALUE, expired_keys
+
+pytestmark = pytest.mark.unit
+
+S = 1_000_000_000
+T = CtTimeouts(tcp_syn=60, tcp_established=3600, tcp_close=10, udp=30)
+CLIENT, VIP, BACKEND = (socket.inet_aton(a) for a in ("10.244.0.2", "10.96.0.10", "10.244.0.11"))
+CPORT, VPORT, BPORT = (p.to_bytes(2, "big") for p in (40000, 80, 8080))
+
+
+def flow(proto, fwd_last, fwd_flags, rev_last=None, rev_flags=0):
+    keys = [KEY.pack(CLIENT, VIP, CPORT, VPORT, proto, 0, 0)]
+    values = [VALUE.pack(0, fwd_last, BACKEND, BPORT, fwd_flags, 1, 1)]
+    if rev_last is not None:
+        keys.append(KEY.pack(BACKEND, CLIENT, BPORT, CPORT, proto, 1, 0))
+        values.append(VALUE.pack(0, rev_last, VIP, VPORT, rev_flags, 1, 1))
+    return b"".join(keys), b"".join(values)
+
+
+@pytest.mark.parametrize("case,proto,fwd,rev,now,expired", [
+    ("udp idle past 30 s", 17, (0, 0), (0, 0), 31 * S, 2),
+    ("udp, the reply side still active", 17, (0, 0), (20 * S, 0), 31 * S, 0),
+    ("tcp syn only, 59 s", 6, (0, 0), (0, 0), 59 * S, 0),
+    ("tcp syn only, 61 s", 6, (0, 0), (0, 0), 61 * S, 2),
+    ("tcp established, 61 s", 6, (0, 1), (0, 1), 61 * S, 0),
+    ("tcp established, 3601 s", 6, (0, 1), (0, 1), 3601 * S, 2),
+    ("tcp closing on either side, 11 s", 6, (0, 1), (0, 3), 11 * S, 2),
+    ("tcp closing, 9 s", 6, (0, 3), (0, 1), 9 * S, 0),
+    ("orphan forward entry, udp", 17, (0, 0), None, 31 * S, 1),
+])
+def test_aging(case, proto, fwd, rev, now, expired):
+    keys, values = flow(proto, fwd[0], fwd[1], *(rev if rev else (None, 0)))
+    assert len(expired_keys(keys, values, now, T)) == expired
