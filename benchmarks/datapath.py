@@ -5,9 +5,10 @@ and lb4_from_pod / lb4_to_pod built with counters (as shipped) and without (-DLB
 these paths:
 
   pass         a packet to no frontend
-  ct_hit       a frontend hit decided by conntrack, with the full DNAT rewrite
+  ct_hit       a frontend hit decided by conntrack (an established flow), with the full DNAT rewrite
   reverse_nat  a reply rewritten back to the frontend
-  new_flow     a frontend hit with a new flow: hash, slot, backend, two conntrack inserts, DNAT
+  new_flow     a SYN to a frontend: hash, slot, backend, two conntrack inserts (the half-open
+               table), DNAT
 
 BPF_PROG_TEST_RUN with repeat > 1 runs the program again on the buffer it rewrote. The steady
 paths therefore use two frontends that point at each other (VIP A's backend is B and B's is A,
@@ -32,15 +33,16 @@ VIP_A, VIP_B, PORT = "10.96.250.1", "10.96.250.2", 80
 CLIENT = "10.244.250.2"
 
 
-def frame(src: str, sport: int, dst: str, dport: int, proto: int = 6) -> bytes:
-    """Ethernet/IPv4/TCP or UDP with valid IP and L4 checksums (the rewrite updates them)."""
+def frame(src: str, sport: int, dst: str, dport: int, proto: int = 6, flags: int = 0x10) -> bytes:
+    """Ethernet/IPv4/TCP (ACK unless `flags` says otherwise) or UDP, with valid IP and L4
+    checksums (the rewrite updates them)."""
     payload = b"x" * 32
     l4_len = (20 if proto == 6 else 8) + len(payload)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + l4_len, 0, 0, 64, proto, 0,
                      socket.inet_aton(src), socket.inet_aton(dst))
     ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
     if proto == 6:
-        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x10, 65535, 0, 0) + payload
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0) + payload
         off = 16
     else:
         l4 = struct.pack("!HHHH", sport, dport, l4_len, 0) + payload
@@ -126,15 +128,18 @@ def measure(variants: List[Variant], bare_fd: int, reps: int, repeat: int, n_new
             fd_in, fd_out = v.progs.from_pod.fd, v.progs.to_pod.fd
             add(v.name, "pass", test_run(fd_in, plain, repeat).duration_ns)
             v.ct.clear()
-            # Prime both directions of the ping-pong: A->B and B->A each get conntrack entries.
-            test_run(fd_in, fwd, 2)
+            # Open both flows of the ping-pong (client->A is DNATed to B, client->B to A) with a
+            # SYN and the client's ACK, as a handshake would: only then are they established.
+            for vip in (VIP_A, VIP_B):
+                test_run(fd_in, frame(CLIENT, 40000, vip, PORT, flags=0x02))
+                test_run(fd_in, frame(CLIENT, 40000, vip, PORT))
             add(v.name, "ct_hit", test_run(fd_in, fwd, repeat).duration_ns)
             add(v.name, "reverse_nat", test_run(fd_out, reply, repeat).duration_ns)
         # New flows: the variants take turns packet by packet, so drift hits them alike.
         totals = {v.name: 0 for v in variants}
         for i in range(n_new):
             src = f"10.{245 + rep % 5}.{(i >> 8) & 255}.{i & 255}"
-            pkt = frame(src, 1024 + i % 60000, "10.96.250.3", PORT)
+            pkt = frame(src, 1024 + i % 60000, "10.96.250.3", PORT, flags=0x02)  # a SYN
             for v in (variants if i % 2 else reversed(variants)):
                 totals[v.name] += test_run(v.progs.from_pod.fd, pkt).duration_ns
         for v in variants:
