@@ -132,12 +132,13 @@ static __always_inline int lb4_bad_source(const struct pkt4 *p)
 	return lb4_vips.lookup(&src) != 0;
 }
 
-/* The reply key of a flow, from its forward key and where it was DNATed to. */
+/* The reply key of a flow, from its forward key and where it was DNATed to. A hairpin flow's
+ * replies are addressed to the hairpin address, not to the client. */
 static __always_inline void ct4_reply_key(const struct ct4_key *fwd, __be32 nat_addr,
-					  __be16 nat_port, struct ct4_key *rev)
+					  __be16 nat_port, __u16 flags, struct ct4_key *rev)
 {
 	rev->saddr = nat_addr;
-	rev->daddr = fwd->saddr;
+	rev->daddr = (flags & CT_F_HAIRPIN) ? bpf_htonl(LB4_HAIRPIN_ADDR_HOST) : fwd->saddr;
 	rev->sport = nat_port;
 	rev->dport = fwd->sport;
 	rev->proto = fwd->proto;
@@ -152,7 +153,7 @@ static __always_inline void ct4_promote(struct ct4_key *fwd, struct ct4_entry *e
 	struct ct4_key rev;
 	struct ct4_entry *r;
 
-	ct4_reply_key(fwd, copy.nat_addr, copy.nat_port, &rev);
+	ct4_reply_key(fwd, copy.nat_addr, copy.nat_port, copy.flags, &rev);
 	r = ct4_syn.lookup(&rev);
 	if (r) {
 		struct ct4_entry rcopy = *r;
@@ -168,19 +169,18 @@ static __always_inline void ct4_promote(struct ct4_key *fwd, struct ct4_entry *e
  * insert failed (the packet is still forwarded: the hash picks the same backend again while the
  * backend set is unchanged). */
 static __always_inline int ct4_create(const struct pkt4 *p, struct ct4_key *fwd,
-				      const struct lb4_backend *be, __u32 svc_id, __u32 backend_id)
+				      const struct lb4_backend *be, __u32 svc_id, __u32 backend_id,
+				      __u16 flags)
 {
 	__u64 now = bpf_ktime_get_ns();
-	struct ct4_key rev = {
-		.saddr = be->addr, .daddr = p->saddr, .sport = be->port, .dport = p->sport,
-		.proto = p->proto, .dir = CT_DIR_REPLY,
-	};
+	struct ct4_key rev;
 	struct ct4_entry e = {
 		.created_ns = now, .last_seen_ns = now, .nat_addr = be->addr, .nat_port = be->port,
-		.svc_id = svc_id, .backend_id = backend_id,
+		.flags = flags, .svc_id = svc_id, .backend_id = backend_id,
 	};
 	struct ct4_entry r = e;
 
+	ct4_reply_key(fwd, be->addr, be->port, flags, &rev);
 	/* Reply entry first: a flow whose forward entry is missing is re-hashed to the same backend,
 	 * but replies without a reply entry would reach the client from the backend's address. */
 	r.nat_addr = p->daddr;
@@ -255,6 +255,41 @@ static __always_inline __u32 lb4_select_backend(const struct pkt4 *p, const stru
 	return *id;
 }
 
+/* Hairpin, forward: the pod's packet to its own Service, already DNATed to itself, gets the
+ * hairpin address as source (a packet from its own address would be dropped as martian) and goes
+ * straight back out of the device it came from. */
+static __always_inline int lb4_hairpin_out(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	if (lb4_rewrite(skb, p, NAT_SRC, bpf_htonl(LB4_HAIRPIN_ADDR_HOST), p->sport)) {
+		lb_count(STAT_NAT_FAIL);
+		return TC_ACT_SHOT;
+	}
+	return lb4_bounce(skb);
+}
+
+/* Hairpin, reply: the pod answering the hairpin address gets the frontend as source and itself
+ * as destination again, and goes back out of its device. */
+static __always_inline int lb4_hairpin_reply(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	struct ct4_key rk;
+	struct ct4_entry *ct;
+
+	ct4_key_of(p, CT_DIR_REPLY, &rk);
+	ct = ct4.lookup(&rk);
+	if (!ct && p->proto == IPPROTO_TCP)
+		ct = ct4_syn.lookup(&rk);
+	if (!ct)
+		return lb4_pass_verdict(PARSE_NOT_OURS);
+	ct4_track(ct, p, bpf_ktime_get_ns());
+	if (lb4_rewrite(skb, p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
+	    lb4_rewrite(skb, p, NAT_DST, p->saddr, p->dport)) {
+		lb_count(STAT_NAT_FAIL);
+		return TC_ACT_SHOT;
+	}
+	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
+	return lb4_bounce(skb);
+}
+
 int lb4_from_pod(struct __sk_buff *skb)
 {
 	struct pkt4 p = {};
@@ -276,6 +311,8 @@ int lb4_from_pod(struct __sk_buff *skb)
 	if (r != PARSE_OK)
 		return lb4_pass_verdict(r);
 
+	if (p.daddr == bpf_htonl(LB4_HAIRPIN_ADDR_HOST))
+		return lb4_hairpin_reply(skb, &p);
 	sk.vip = p.daddr;
 	sk.port = p.dport;
 	sk.proto = p.proto;
@@ -323,7 +360,8 @@ int lb4_from_pod(struct __sk_buff *skb)
 			lb_count(STAT_BAD_SOURCE);
 			return TC_ACT_SHOT;
 		} else {
-			if (ct4_create(&p, &fk, be, svc->svc_id, backend_id))
+			if (ct4_create(&p, &fk, be, svc->svc_id, backend_id,
+				       new_addr == p.saddr ? CT_F_HAIRPIN : 0))
 				lb_count(STAT_CT_INSERT_FAIL);
 			else
 				lb_count(STAT_CT_INSERT);
@@ -339,6 +377,8 @@ int lb4_from_pod(struct __sk_buff *skb)
 	if (new_flow)
 		lb_count(STAT_DNAT_NEW);
 	lb_count_flow(svc->svc_id, backend_id, skb->len, 0, new_flow);
+	if (new_addr == p.saddr)
+		return lb4_hairpin_out(skb, &p);
 	return TC_ACT_OK;
 }
 

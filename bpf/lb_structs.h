@@ -76,6 +76,11 @@ struct ct4_key {
 /* ct4_entry.flags: TCP state as seen in the entry's own direction. */
 #define CT_F_ESTABLISHED 0x1	/* sent more than a bare SYN (an ACK) */
 #define CT_F_CLOSING 0x2	/* sent FIN or RST: short lifetime, a new SYN starts a new flow */
+#define CT_F_HAIRPIN 0x4	/* a pod reaching itself: its source was rewritten to LB4_HAIRPIN_ADDR */
+
+/* The source a pod sees when it reaches itself through a Service (169.254.42.1): a link-local
+ * address no pod owns, so the pod's reply leaves it and comes back to the data path. */
+#define LB4_HAIRPIN_ADDR_HOST 0xa9fe2a01
 
 /* Conntrack value: where a forward packet is DNATed to (the backend), or what a reply's source
  * is rewritten to (the frontend). Keeping the address here, not a backend id, is what lets an

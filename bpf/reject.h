@@ -113,18 +113,14 @@ static __always_inline int lb4_reject_udp(struct __sk_buff *skb, const struct pk
 	return bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0);
 }
 
-/* Turns the packet into its rejection and returns the verdict that sends it back; TC_ACT_SHOT
- * when it must not (or cannot) be answered. */
-static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt4 *p)
+/* Sends a packet that arrived from a pod straight back to it, out of the same device: the MAC
+ * addresses are swapped so the pod accepts the frame as addressed to it. */
+static __always_inline int lb4_bounce(struct __sk_buff *skb)
 {
 	struct ethhdr eth;
 	__u8 mac[ETH_ALEN];
-	int err;
 
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
-		return TC_ACT_SHOT;
-	err = p->proto == IPPROTO_TCP ? lb4_reject_tcp(skb, p) : lb4_reject_udp(skb, p);
-	if (err)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(mac, eth.h_dest, ETH_ALEN);
 	__builtin_memcpy(eth.h_dest, eth.h_source, ETH_ALEN);
@@ -132,6 +128,15 @@ static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt4 *
 	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
 		return TC_ACT_SHOT;
 	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* Turns the packet into its rejection and returns the verdict that sends it back; TC_ACT_SHOT
+ * when it must not (or cannot) be answered. */
+static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	int err = p->proto == IPPROTO_TCP ? lb4_reject_tcp(skb, p) : lb4_reject_udp(skb, p);
+
+	return err ? TC_ACT_SHOT : lb4_bounce(skb);
 }
 
 #endif

@@ -23,6 +23,7 @@ from .model import desired_state
 from .plan import PlanDefaults, PlanError, conntrack_purge
 from .reconcile import reconcile
 from .sources import Source
+from .status import remove_status, write_status
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class AgentOptions:
     health_address: Optional[str] = None  # "HOST:PORT" of /healthz and /readyz, None for none
     ct_gc_interval: float = 10.0  # seconds between conntrack garbage collections
     node_name: Optional[str] = None  # this node, for internalTrafficPolicy: Local
+    proxy_name: Optional[str] = None  # serve Services labelled service-proxy-name=<this> too
 
 
 @dataclass
@@ -49,6 +51,7 @@ class AgentState:
     syncs: int = 0
     rejected: int = 0
     last_error: Optional[str] = None
+    skipped: List[dict] = field(default_factory=list)
     snapshot: Optional[Snapshot] = field(default=None, repr=False)
 
 
@@ -79,6 +82,22 @@ class Agent:
 
     def sync(self, writer) -> bool:
         """Reads the source if it changed and programs the difference. Returns True if it wrote."""
+        before = (self.state.syncs, self.state.rejected)
+        wrote = self._sync(writer)
+        if (self.state.syncs, self.state.rejected) != before:
+            self._write_status()
+        return wrote
+
+    def _write_status(self) -> None:
+        try:
+            write_status(self.config.pin_dir, {
+                "pid": os.getpid(), "source": self.source.description, "time": time.time(),
+                "syncs": self.state.syncs, "rejected": self.state.rejected,
+                "last_error": self.state.last_error, "skipped": self.state.skipped})
+        except OSError as exc:  # status is for people; serving must not depend on it
+            log.warning("status file not written: %s", exc)
+
+    def _sync(self, writer) -> bool:
         try:
             manifests = self.source.poll()
         except (ManifestErrors, FileNotFoundError) as exc:
@@ -88,9 +107,11 @@ class Agent:
             return False
         if manifests is None:
             return False
-        desired = desired_state(manifests.services, manifests.slices, self.options.node_name)
+        desired = desired_state(manifests.services, manifests.slices, self.options.node_name,
+                                self.options.proxy_name)
         for skipped in desired.skipped:
             log.info("service %s skipped: %s", skipped.ref, skipped.reason)
+        self.state.skipped = [{"service": s.ref, "reason": s.reason} for s in desired.skipped]
         started = time.monotonic()
         try:
             result = reconcile(desired, writer, self.config.map_limits, current=self.state.snapshot,
@@ -204,6 +225,7 @@ class Agent:
             if self.metrics is not None:
                 self.metrics.close()
             if self.options.on_exit == ON_EXIT_REMOVE:
+                remove_status(self.config.pin_dir)
                 removed = remove_dataplane(self.config, ipr)
                 log.info("agent stopped; data plane removed (%d objects: programs on %d devices, "
                          "pins in %s)", len(removed),

@@ -156,6 +156,9 @@ def main(log_level: str) -> None:
 @click.option("--metrics-address", default="127.0.0.1:9402", show_default=True,
               metavar="HOST:PORT",
               help="Prometheus endpoint. Loopback by default; an empty value disables it.")
+@click.option("--proxy-name", default="", metavar="NAME",
+              help="Also serve Services labelled service.kubernetes.io/service-proxy-name=NAME "
+                   "(Services naming any other proxy are always left alone).")
 @service_cidr_option
 @pin_dir_option
 @netns_option
@@ -165,7 +168,7 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
           ct_syn_max: int, ct_timeouts: str, ct_gc_interval: float,
           max_services: int, max_backends: int, max_slots: int, ready_file: Optional[str],
           algorithm: str, maglev_table_size: int, metrics_address: str,
-          service_cidrs: List[str], pin_dir: str,
+          proxy_name: str, service_cidrs: List[str], pin_dir: str,
           netns: Optional[str]) -> None:
     """Run the agent in the foreground: program the maps from the manifests or the Kubernetes
     API, attach to pod devices, and follow changes until SIGTERM."""
@@ -201,7 +204,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
     _enter(netns)
     options = AgentOptions(list(devices), on_exit, poll_interval, ready_file, defaults,
                            metrics_address or None, health_address or None,
-                           ct_gc_interval=ct_gc_interval, node_name=node_name)
+                           ct_gc_interval=ct_gc_interval, node_name=node_name,
+                           proxy_name=proxy_name or None)
     if use_kubernetes:
         from .sources.kubernetes import KubernetesSource, api_client_from
 
@@ -282,20 +286,41 @@ def service() -> None:
 
 
 @service.command("list")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also list the Services the agent skipped (ExternalName, headless, another "
+                   "proxy's, ...) and why, from the agent's status file.")
 @output_option
 @pin_dir_option
-def service_list(output: str, pin_dir: str) -> None:
+def service_list(show_all: bool, output: str, pin_dir: str) -> None:
     """List every frontend and its backends as programmed in the BPF maps (not the manifests)."""
     from .apply import read_snapshot
     from .dataplane.loader import DataplaneError
     from .inspect import render_table, service_views, to_json
+    from .status import read_status, status_path
 
     _require_root()
     try:
         views = service_views(read_snapshot(_writer(_config(pin_dir))))
     except DataplaneError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(json.dumps(to_json(views), indent=2) if output == "json" else render_table(views))
+    skipped = None
+    if show_all:
+        status = read_status(pin_dir)
+        if status is None:
+            raise click.ClickException(f"no agent status at {status_path(pin_dir)}: skipped "
+                                       "Services are known only while an agent runs")
+        skipped = status.get("skipped", [])
+    if output == "json":
+        data: object = to_json(views)
+        if skipped is not None:
+            data = {"services": data, "skipped": skipped}
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(render_table(views))
+    if skipped is not None:
+        click.echo(f"\nskipped ({len(skipped)}):" if skipped else "\nskipped: none")
+        for item in skipped:
+            click.echo(f"  {item['service']}: {item['reason']}")
 
 
 def _open_or_fail(pin_dir: str):

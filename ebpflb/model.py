@@ -143,7 +143,7 @@ class DesiredState:
 
 
 def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
-                  node_name: Optional[str] = None) -> DesiredState:
+                  node_name: Optional[str] = None, proxy_name: Optional[str] = None) -> DesiredState:
     """Frontends and their ready backends for every programmable Service port (kube-proxy rules)."""
     by_service: Dict[Tuple[str, str], List[EndpointSlice]] = {}
     for s in sorted(slices, key=lambda s: (s.namespace, s.name)):
@@ -160,7 +160,7 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
 
     # Sorted so that which service wins a (theoretical) frontend clash does not depend on order.
     for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
-        vips = _service_vips(svc, skip)
+        vips = _service_vips(svc, skip, proxy_name)
         if not vips:
             continue
         policy, problems = parse_policy(dict(svc.annotations))
@@ -187,8 +187,17 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
     return DesiredState(frontends=ordered, skipped=tuple(skipped))
 
 
-def _service_vips(svc: Service, skip: Callable[[Service, str], None]) -> List[str]:
+PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+
+
+def _service_vips(svc: Service, skip: Callable[[Service, str], None],
+                  proxy_name: Optional[str] = None) -> List[str]:
     """The IPv4 cluster IPs of a service; reports every other case through skip()."""
+    wanted_proxy = dict(svc.labels).get(PROXY_NAME_LABEL)
+    if wanted_proxy is not None and wanted_proxy != proxy_name:
+        # kube-proxy's rule: a Service naming a proxy belongs to that proxy alone.
+        skip(svc, f"label {PROXY_NAME_LABEL}={wanted_proxy}: served by another proxy")
+        return []
     if svc.type == "ExternalName":
         skip(svc, "type ExternalName")
         return []

@@ -26,6 +26,8 @@ KEY = struct.Struct("=4s4s2s2sBBH")
 VALUE = struct.Struct("=QQ4s2sHII")
 CT_F_ESTABLISHED = 0x1
 CT_F_CLOSING = 0x2
+CT_F_HAIRPIN = 0x4
+HAIRPIN_ADDR = bytes([169, 254, 42, 1])  # LB4_HAIRPIN_ADDR_HOST
 TCP = 6
 NS = 1_000_000_000
 
@@ -55,10 +57,11 @@ def expired_keys(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts) 
     out = []
     for raw, (saddr, daddr, sport, dport, proto, direction, _pad,
               _created, last, nat_addr, nat_port, flags, _svc, _be) in entries.items():
+        hairpin = flags & CT_F_HAIRPIN  # the pod reached itself: replies go to HAIRPIN_ADDR
         if direction == 0:
-            peer = KEY.pack(nat_addr, saddr, nat_port, sport, proto, 1, 0)
+            peer = KEY.pack(nat_addr, HAIRPIN_ADDR if hairpin else saddr, nat_port, sport, proto, 1, 0)
         else:
-            peer = KEY.pack(daddr, nat_addr, dport, nat_port, proto, 0, 0)
+            peer = KEY.pack(saddr if hairpin else daddr, nat_addr, dport, nat_port, proto, 0, 0)
         other = entries.get(peer)
         if other is not None:
             last = max(last, other[8])

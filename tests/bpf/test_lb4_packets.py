@@ -293,3 +293,28 @@ def test_hash_spreads_sequential_source_ports(dp):
         hits[dst] = hits.get(dst, 0) + 1
     assert set(hits) == set(WEB_BACKENDS)
     assert min(hits.values()) >= 60, hits
+
+
+def test_hairpin_a_pod_reaching_itself(dp):
+    """The pod that the hash picks as backend is the client: its packet comes back to it from
+    169.254.42.1, and its reply to that address goes back to it from the VIP."""
+    HAIRPIN = "169.254.42.1"
+    me, port = next((b, port) for port in range(46000, 47000) for b in WEB_BACKENDS
+                    if predicted(b, port, "10.96.0.10", 80, 6, WEB_BACKENDS) == b)
+    syn = tcp(me, port, "10.96.0.10", 80)
+    res = run(dp, dp.progs.from_pod, syn)
+    assert res.retval == TC_ACT_REDIRECT  # straight back out of the pod's own device
+    exp = syn.copy()
+    exp[IP].src, exp[IP].dst, exp[TCP].dport = HAIRPIN, me, 8080
+    exp[Ether].src, exp[Ether].dst = syn[Ether].dst, syn[Ether].src  # bounced to the pod
+    assert res.data == rebuilt(exp)
+    reply = tcp(me, 8080, HAIRPIN, port, flags="SA")
+    res = run(dp, dp.progs.from_pod, reply)
+    assert res.retval == TC_ACT_REDIRECT
+    exp = reply.copy()
+    exp[IP].src, exp[TCP].sport, exp[IP].dst = "10.96.0.10", 80, me
+    exp[Ether].src, exp[Ether].dst = reply[Ether].dst, reply[Ether].src
+    assert res.data == rebuilt(exp)
+    # A packet to the hairpin address of no known flow is left alone.
+    stray = tcp(me, 8080, HAIRPIN, port + 1, flags="SA")
+    assert run(dp, dp.progs.from_pod, stray).data == bytes(stray)

@@ -149,3 +149,68 @@ def test_should_fallback_to_terminating_endpoints_when_there_are_no_ready_endpoi
     finally:
         agent.stop()
         force_cleanup(lab.name)
+
+
+OTHERS = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: demo}
+spec: {type: ExternalName, externalName: example.invalid}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: demo}
+spec: {clusterIP: None, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: theirs, namespace: demo, labels: {service.kubernetes.io/service-proxy-name: other}}
+spec: {clusterIP: 10.96.0.40, ports: [{port: 80}]}
+"""
+
+
+def test_services_that_are_not_ours_are_skipped_and_type_changes_reprogram(lab, agent):
+    """ExternalName, headless and another proxy's Services are ignored and listed as skipped;
+    a Service switching ClusterIP -> ExternalName -> NodePort is unprogrammed, then programmed."""
+    from .agent_harness import ebpflb, manifest
+    import json
+
+    agent.write_manifest(text=manifest(READY3) + OTHERS)
+    wait_until(lambda: "demo/theirs" in agent.log(), 10, "the skipped services")
+    out = json.loads(ebpflb("service", "list", "--all", "-o", "json", "--pin-dir",
+                            agent.pin_dir).stdout)
+    reasons = {s["service"]: s["reason"] for s in out["skipped"]}
+    assert reasons == {"demo/ext": "type ExternalName", "demo/headless": "headless (clusterIP: None)",
+                       "demo/theirs": "label service.kubernetes.io/service-proxy-name=other: "
+                                      "served by another proxy"}
+    assert {s["frontend"] for s in out["services"]} == {f"{WEB_VIP}:80/TCP", f"{ECHO_VIP}:53/UDP"}
+
+    base = manifest(READY3)
+    as_external = base.replace(f"spec:\n  clusterIP: {WEB_VIP}\n",
+                               "spec:\n  type: ExternalName\n  externalName: example.invalid\n", 1)
+    agent.write_manifest(text=as_external)
+    wait_until(lambda: f"{WEB_VIP}:80/TCP" not in {s["frontend"] for s in agent.services()}, 10,
+               "web to be unprogrammed")
+    assert curl(lab.name, f"http://{WEB_VIP}/", timeout=1).returncode != 0
+    as_nodeport = base.replace(f"spec:\n  clusterIP: {WEB_VIP}\n",
+                               f"spec:\n  type: NodePort\n  clusterIP: {WEB_VIP}\n", 1)
+    agent.write_manifest(text=as_nodeport)
+    wait_until(lambda: agent.backends(f"{WEB_VIP}:80/TCP") == ["10.244.0.11", "10.244.0.12",
+                                                               "10.244.0.13"], 10, "web again")
+    assert curl(lab.name, f"http://{WEB_VIP}/").stdout.strip() in {"web-1", "web-2", "web-3"}
+
+
+def test_should_allow_pods_to_hairpin_back_to_themselves_through_services(lab, agent):
+    """A pod behind a Service reaches itself through the Service's VIP."""
+    agent.write_manifest([("web-1", "10.244.0.11", True)])
+    wait_until(lambda: agent.backends(f"{WEB_VIP}:80/TCP") == ["10.244.0.11"], 10, "web-1 alone")
+    for _ in range(3):
+        r = lablib.run_in_pod(lab.name, "web-1", ["curl", "-sS", "--max-time", "3",
+                                                  f"http://{WEB_VIP}/client"], timeout=10)
+        assert r.returncode == 0, r.stderr
+        # The pod answered itself; it saw the hairpin address as the client.
+        assert r.stdout.strip().startswith("169.254.42.1:")
+    from .conftest import udp_exchange
+    data, peer = udp_exchange(f"{lab.name}-web-1", ECHO_VIP, b"me?", port=53)
+    assert data.decode() == "web-1 me?" and peer == (ECHO_VIP, 53)

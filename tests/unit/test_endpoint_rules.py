@@ -107,3 +107,20 @@ def test_session_affinity_fields_parse_and_validate():
                        ("  publishNotReadyAddresses: maybe", "spec.publishNotReadyAddresses")]:
         with pytest.raises(ManifestErrors, match=f"Service demo/web: {field}"):
             parse_documents(manifest(bad, ENDPOINTS), "x.yaml")
+
+
+@pytest.mark.parametrize("label,proxy_name,programmed", [
+    (None, None, True),
+    ("other-proxy", None, False),
+    ("ebpflb", "ebpflb", True),
+    ("ebpflb", None, False),
+])
+def test_services_of_another_proxy_are_skipped(label, proxy_name, programmed):
+    labels = f"labels: {{service.kubernetes.io/service-proxy-name: {label}}}, " if label else ""
+    text = manifest("", ENDPOINTS).replace("metadata: {name: web, namespace: demo}",
+                                           f"metadata: {{{labels}name: web, namespace: demo}}")
+    m = parse_documents(text, "x.yaml")
+    state = desired_state(m.services, m.slices, proxy_name=proxy_name)
+    assert bool(state.frontends) == programmed
+    if not programmed:
+        assert "served by another proxy" in state.skipped[0].reason
