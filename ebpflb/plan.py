@@ -132,6 +132,8 @@ def frontend_slots(frontend: Frontend, backends: Tuple[Backend, ...],
     """Indices into `backends` for each slot of the frontend, and the service flags."""
     policy = frontend.policy
     algorithm = policy.algorithm or defaults.algorithm
+    if not policy.weights and algorithm != "maglev":
+        return tuple(range(len(backends))), 0  # the common case, on every plan of every frontend
     weights = tuple(policy.weight(b.ip) for b in backends)
     if algorithm == "maglev":
         if not any(weights):
@@ -178,8 +180,9 @@ def desired_maps(desired: DesiredState, current: Snapshot,
         ids = []
         # Every backend is programmed, even one of weight 0: it has no slot, but the CLI shows
         # it and its counters go on while its established flows drain.
+        weighted = bool(frontend.policy.weights)
         for backend in backends:
-            drain = BE_F_NO_NEW if frontend.policy.weight(backend.ip) == 0 else 0
+            drain = BE_F_NO_NEW if weighted and frontend.policy.weight(backend.ip) == 0 else 0
             value = BackendValue(backend.ip, backend.port, key.proto, svc_id, drain)
             if value[:4] not in backend_ids:
                 backend_ids[value[:4]] = next(new_backend_ids)
