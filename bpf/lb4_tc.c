@@ -16,6 +16,7 @@
 #include "flow_hash.h"
 #include "nat.h"
 #include "reject.h"
+#include "icmp.h"
 
 /* bcc rewrites map method calls (map.lookup(), map.update()) only in the main source file, so
  * every helper that touches a map lives here; the headers hold what needs no map. */
@@ -290,6 +291,69 @@ static __always_inline int lb4_hairpin_reply(struct __sk_buff *skb, const struct
 	return lb4_bounce(skb);
 }
 
+/* An ICMP error to a pod about a flow it started to a frontend: the quoted packet went to the
+ * backend, so its destination (and the outer source, when the backend sent the error) becomes
+ * the frontend again. Returns a verdict, or -1 when it is not about one of our flows. */
+static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb)
+{
+	struct icmp4_err e = {};
+	struct ct4_key rk = {};
+	struct ct4_entry *ct;
+
+	if (parse_icmp4_error(skb, &e))
+		return -1;
+	/* The quoted packet is client -> backend; the flow's reply entry is keyed backend -> client. */
+	rk.saddr = e.in_daddr;
+	rk.daddr = e.in_saddr;
+	rk.sport = e.in_dport;
+	rk.dport = e.in_sport;
+	rk.proto = e.in_proto;
+	rk.dir = CT_DIR_REPLY;
+	ct = ct4.lookup(&rk);
+	if (!ct && e.in_proto == IPPROTO_TCP)
+		ct = ct4_syn.lookup(&rk);
+	if (!ct)
+		return -1;
+	if ((e.saddr == e.in_daddr && icmp4_rewrite_outer(skb, &e, NAT_SRC, ct->nat_addr)) ||
+	    icmp4_rewrite_inner(skb, &e, NAT_DST, ct->nat_addr, ct->nat_port)) {
+		lb_count(STAT_NAT_FAIL);
+		return TC_ACT_SHOT;
+	}
+	lb_count(STAT_ICMP_NAT);
+	return TC_ACT_OK;
+}
+
+/* An ICMP error from a pod about a reply it got from a frontend: the quoted packet came from the
+ * frontend, so its source (and the outer destination) becomes the backend the flow uses. */
+static __always_inline int lb4_icmp_from_pod(struct __sk_buff *skb)
+{
+	struct icmp4_err e = {};
+	struct ct4_key fk = {};
+	struct ct4_entry *ct;
+
+	if (parse_icmp4_error(skb, &e))
+		return -1;
+	/* The quoted packet is frontend -> client; the flow's forward entry is client -> frontend. */
+	fk.saddr = e.in_daddr;
+	fk.daddr = e.in_saddr;
+	fk.sport = e.in_dport;
+	fk.dport = e.in_sport;
+	fk.proto = e.in_proto;
+	fk.dir = CT_DIR_FWD;
+	ct = ct4.lookup(&fk);
+	if (!ct && e.in_proto == IPPROTO_TCP)
+		ct = ct4_syn.lookup(&fk);
+	if (!ct)
+		return -1;
+	if ((e.daddr == e.in_saddr && icmp4_rewrite_outer(skb, &e, NAT_DST, ct->nat_addr)) ||
+	    icmp4_rewrite_inner(skb, &e, NAT_SRC, ct->nat_addr, ct->nat_port)) {
+		lb_count(STAT_NAT_FAIL);
+		return TC_ACT_SHOT;
+	}
+	lb_count(STAT_ICMP_NAT);
+	return TC_ACT_OK;
+}
+
 int lb4_from_pod(struct __sk_buff *skb)
 {
 	struct pkt4 p = {};
@@ -308,6 +372,10 @@ int lb4_from_pod(struct __sk_buff *skb)
 
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
+	if (r == PARSE_NOT_OURS) {
+		r = lb4_icmp_from_pod(skb);
+		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
+	}
 	if (r != PARSE_OK)
 		return lb4_pass_verdict(r);
 
@@ -391,6 +459,10 @@ int lb4_to_pod(struct __sk_buff *skb)
 
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
+	if (r == PARSE_NOT_OURS) {
+		r = lb4_icmp_to_pod(skb);
+		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
+	}
 	if (r != PARSE_OK)
 		return lb4_pass_verdict(r);
 

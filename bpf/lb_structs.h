@@ -126,6 +126,7 @@ enum lb_stat {
 	STAT_CT_INSERT,		/* conntrack flows created (each writes two entries) */
 	STAT_TCP_NO_STATE,	/* TCP other than SYN for an unknown flow: DNATed by hash, no state */
 	STAT_BAD_SOURCE,	/* new flow from loopback, from a VIP or to itself: dropped */
+	STAT_ICMP_NAT,		/* ICMP error about a load-balanced flow translated */
 	STAT_MAX,
 };
 

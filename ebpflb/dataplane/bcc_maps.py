@@ -16,7 +16,7 @@ CT4_SYN = "ct4_syn"
 CT_TABLES = (CT4, CT4_SYN)  # established (and UDP) flows; half-open TCP flows
 STATS = "lb_stats"
 STAT_NAMES = ("pass", "dnat_new", "no_backend", "malformed", "fragment", "conntrack_insert_fail",
-              "nat_fail", "conntrack_insert", "tcp_no_state", "bad_source")
+              "nat_fail", "conntrack_insert", "tcp_no_state", "bad_source", "icmp_nat")
 
 
 def ip_to_be32(ip: str) -> int:

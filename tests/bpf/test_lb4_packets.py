@@ -318,3 +318,60 @@ def test_hairpin_a_pod_reaching_itself(dp):
     # A packet to the hairpin address of no known flow is left alone.
     stray = tcp(me, 8080, HAIRPIN, port + 1, flags="SA")
     assert run(dp, dp.progs.from_pod, stray).data == bytes(stray)
+
+
+def _icmp_error(src, dst, quoted, icmp_type=3, code=3):
+    return Ether(**ETH) / IP(src=src, dst=dst) / ICMP(type=icmp_type, code=code) / Raw(bytes(quoted)[:28])
+
+
+def _recomputed(pkt):
+    """Checksums recomputed by scapy: the outer and quoted IP headers' and the ICMP one (the
+    quoted UDP checksum is left as sent: RFC 792 quotes only 8 bytes, it cannot be checked)."""
+    p = Ether(bytes(pkt))
+    del p[IP].chksum, p[ICMP].chksum
+    inner = IP(bytes(p[ICMP].payload)[:20])
+    del inner.chksum
+    p[ICMP].remove_payload()
+    p = p / Raw(bytes(inner) + bytes(pkt[ICMP].payload)[20:28])
+    return bytes(Ether(bytes(p)))
+
+
+@pytest.mark.parametrize("icmp_type,code", [(3, 3), (3, 4), (11, 0)],
+                         ids=["port unreachable", "fragmentation needed", "time exceeded"])
+def test_icmp_error_from_the_backend_reaches_the_client_as_the_vip(dp, icmp_type, code):
+    fwd = udp(CLIENT, 45500, "10.96.0.20", 53)
+    backend = Ether(run(dp, dp.progs.from_pod, fwd).data)[IP].dst
+    # What the backend received, and quotes in its error.
+    seen = IP(src=CLIENT, dst=backend) / UDP(sport=45500, dport=9053) / Raw(b"ping")
+    err = _icmp_error(backend, CLIENT, seen, icmp_type, code)
+    res = run(dp, dp.progs.to_pod, err)
+    assert res.retval == TC_ACT_OK
+    sent_csum = IP(bytes(seen))[UDP].chksum  # the quoted UDP checksum stays as the backend saw it
+    client_view = IP(src=CLIENT, dst="10.96.0.20") / UDP(sport=45500, dport=53, chksum=sent_csum) / Raw(b"ping")
+    expected = _icmp_error("10.96.0.20", CLIENT, client_view, icmp_type, code)
+    assert res.data == _recomputed(expected)
+    # An error from a router on the way keeps its source; only the quote is translated.
+    err = _icmp_error("10.244.0.1", CLIENT, seen, icmp_type, code)
+    out = Ether(run(dp, dp.progs.to_pod, err).data)
+    assert out[IP].src == "10.244.0.1"
+    assert IP(bytes(out[ICMP].payload)[:20]).dst == "10.96.0.20"
+
+
+def test_icmp_error_from_the_client_reaches_the_backend(dp):
+    fwd = udp(CLIENT, 45600, "10.96.0.20", 53)
+    backend = Ether(run(dp, dp.progs.from_pod, fwd).data)[IP].dst
+    # The client got a reply from the VIP and answers it with port unreachable.
+    got = IP(src="10.96.0.20", dst=CLIENT) / UDP(sport=53, dport=45600) / Raw(b"pong")
+    err = _icmp_error(CLIENT, "10.96.0.20", got)
+    res = run(dp, dp.progs.from_pod, err)
+    assert res.retval == TC_ACT_OK
+    got_csum = IP(bytes(got))[UDP].chksum
+    backend_view = IP(src=backend, dst=CLIENT) / UDP(sport=9053, dport=45600, chksum=got_csum) / Raw(b"pong")
+    assert res.data == _recomputed(_icmp_error(CLIENT, backend, backend_view))
+
+
+def test_icmp_error_about_an_unknown_flow_is_untouched(dp):
+    quoted = IP(src=CLIENT, dst="10.244.0.99") / UDP(sport=1, dport=2)
+    err = _icmp_error("10.244.0.99", CLIENT, quoted)
+    for prog in (dp.progs.to_pod, dp.progs.from_pod):
+        assert run(dp, prog, err).data == bytes(err)

@@ -214,3 +214,36 @@ def test_should_allow_pods_to_hairpin_back_to_themselves_through_services(lab, a
     from .conftest import udp_exchange
     data, peer = udp_exchange(f"{lab.name}-web-1", ECHO_VIP, b"me?", port=53)
     assert data.decode() == "web-1 me?" and peer == (ECHO_VIP, 53)
+
+
+def test_icmp_errors_about_a_nated_flow_reach_the_client(lab, agent):
+    """UDP to a Service whose pod has nothing listening on the target port: the pod's ICMP port
+    unreachable quotes the DNATed packet; translated back, it reaches the client's socket, which
+    is connected to the VIP (ECONNREFUSED instead of a timeout)."""
+    text = agent.manifest_path.read_text() + """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: deaf, namespace: demo}
+spec:
+  clusterIP: 10.96.0.60
+  ports: [{name: u, port: 5000, protocol: UDP, targetPort: 9999}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: deaf-a, namespace: demo, labels: {kubernetes.io/service-name: deaf}}
+addressType: IPv4
+ports: [{name: u, port: 9999, protocol: UDP}]
+endpoints:
+- {addresses: [10.244.0.11], conditions: {ready: true}}
+"""
+    agent.write_manifest(text=text)
+    wait_until(lambda: agent.backends("10.96.0.60:5000/UDP") == ["10.244.0.11"], 10, "deaf")
+    with nsops.in_netns(f"{lab.name}-client"):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.settimeout(2)
+        sock.connect(("10.96.0.60", 5000))
+        sock.send(b"anyone listening?")
+        with pytest.raises(ConnectionRefusedError):
+            sock.recv(100)

@@ -1,0 +1,113 @@
+/* icmp.h: ICMP errors about a load-balanced flow (destination unreachable, including
+ * fragmentation needed, time exceeded, parameter problem). They quote the packet that caused
+ * them, as the sender of the error saw it; the quoted header (and the outer address when it is the
+ * NATed one) must be translated too, or the client's socket never hears of the error (a broken
+ * path MTU discovery is the classic symptom). Checksums: the outer IP header's, the quoted IP
+ * header's, and the ICMP checksum over the quoted bytes. */
+#ifndef EBPFLB_ICMP_H
+#define EBPFLB_ICMP_H
+
+#include <uapi/linux/icmp.h>
+
+/* An ICMP error and the TCP/UDP header it quotes; addresses and ports in network order. */
+struct icmp4_err {
+	__u32 l3_off;
+	__u32 icmp_off;
+	__u32 inner_off;	/* the quoted IP header (no options) */
+	__be32 saddr;		/* outer */
+	__be32 daddr;
+	__be32 in_saddr;	/* quoted */
+	__be32 in_daddr;
+	__be16 in_sport;
+	__be16 in_dport;
+	__u8 in_proto;
+};
+
+/* Returns 0 and fills *e for an IPv4 ICMP error quoting TCP or UDP; -1 for anything else. */
+static __always_inline int parse_icmp4_error(struct __sk_buff *skb, struct icmp4_err *e)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor c = { .pos = data };
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct icmphdr *icmph;
+	struct iphdr *inner;
+	__be16 *ports;
+
+	if (parse_ethhdr(&c, data_end, &eth) != bpf_htons(ETH_P_IP))
+		return -1;
+	if (parse_iphdr(&c, data_end, skb->len - ETH_HLEN, &iph) != IPPROTO_ICMP)
+		return -1;
+	icmph = c.pos;
+	if ((void *)(icmph + 1) > data_end)
+		return -1;
+	if (icmph->type != ICMP_DEST_UNREACH && icmph->type != ICMP_TIME_EXCEEDED &&
+	    icmph->type != ICMP_PARAMETERPROB)
+		return -1;
+	inner = (void *)(icmph + 1);
+	if ((void *)(inner + 1) > data_end || inner->ihl != 5 || inner->version != 4)
+		return -1;
+	if (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP)
+		return -1;
+	ports = (void *)(inner + 1);
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	e->l3_off = (void *)iph - data;
+	e->icmp_off = (void *)icmph - data;
+	e->inner_off = (void *)inner - data;
+	e->saddr = iph->saddr;
+	e->daddr = iph->daddr;
+	e->in_saddr = inner->saddr;
+	e->in_daddr = inner->daddr;
+	e->in_sport = ports[0];
+	e->in_dport = ports[1];
+	e->in_proto = inner->protocol;
+	return 0;
+}
+
+/* Rewrites one side (source or destination) of the quoted header, keeping the quoted IP
+ * checksum and the ICMP checksum right. */
+static __always_inline int icmp4_rewrite_inner(struct __sk_buff *skb, const struct icmp4_err *e,
+					       int dst, __be32 new_addr, __be16 new_port)
+{
+	__u32 addr_off = e->inner_off + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+	__u32 port_off = e->inner_off + sizeof(struct iphdr) + (dst ? 2 : 0);
+	__u32 in_csum_off = e->inner_off + offsetof(struct iphdr, check);
+	__u32 icmp_csum_off = e->icmp_off + offsetof(struct icmphdr, checksum);
+	__be32 old_addr = dst ? e->in_daddr : e->in_saddr;
+	__be16 old_port = dst ? e->in_dport : e->in_sport;
+	__be16 old_csum, new_csum;
+
+	if (bpf_skb_load_bytes(skb, in_csum_off, &old_csum, sizeof(old_csum)))
+		return -1;
+	if (bpf_l3_csum_replace(skb, in_csum_off, old_addr, new_addr, sizeof(new_addr)))
+		return -1;
+	if (bpf_skb_load_bytes(skb, in_csum_off, &new_csum, sizeof(new_csum)))
+		return -1;
+	/* The ICMP checksum covers the quoted bytes: the address, the quoted checksum, the port. */
+	if (bpf_l4_csum_replace(skb, icmp_csum_off, old_addr, new_addr, sizeof(new_addr)) ||
+	    bpf_l4_csum_replace(skb, icmp_csum_off, old_csum, new_csum, sizeof(new_csum)) ||
+	    bpf_l4_csum_replace(skb, icmp_csum_off, old_port, new_port, sizeof(new_port)))
+		return -1;
+	if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0) ||
+	    bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0))
+		return -1;
+	return 0;
+}
+
+/* Rewrites the outer source or destination address (IP checksum only: ICMP has no pseudo
+ * header). */
+static __always_inline int icmp4_rewrite_outer(struct __sk_buff *skb, const struct icmp4_err *e,
+					       int dst, __be32 new_addr)
+{
+	__be32 old_addr = dst ? e->daddr : e->saddr;
+	__u32 off = e->l3_off + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+
+	if (bpf_l3_csum_replace(skb, e->l3_off + offsetof(struct iphdr, check), old_addr, new_addr,
+				sizeof(new_addr)))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &new_addr, sizeof(new_addr), 0);
+}
+
+#endif
