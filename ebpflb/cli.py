@@ -570,6 +570,33 @@ def lab_status_cmd(name: str, output: str) -> None:
         click.echo(f"  pod {pod['name']:10} {pod['ip']:15} {server}")
 
 
+@lab.command("conformance")
+@click.option("--scenario", "scenarios", multiple=True, metavar="TEXT",
+              help="Run only scenarios whose name contains TEXT; repeatable.")
+@output_option
+def lab_conformance_cmd(scenarios: List[str], output: str) -> None:
+    """Run the Kubernetes Service conformance scenarios (named after the Kubernetes e2e network
+    tests) with real traffic, each in a fresh lab with the real agent, and print a pass/fail
+    matrix. Exits 1 if any scenario fails."""
+    from .lab.conformance import run_conformance, to_json
+
+    _require_root()
+
+    def progress(r) -> None:
+        if output == "table":
+            click.echo(f"{r.outcome.upper():4}  {r.seconds:5.1f}s  {r.name}"
+                       + (f"\n      {r.detail}" if r.detail else ""))
+
+    results = run_conformance(list(scenarios) or None, progress)
+    if output == "json":
+        click.echo(json.dumps(to_json(results), indent=2))
+    else:
+        passed = sum(r.outcome == "pass" for r in results)
+        click.echo(f"\n{passed} passed, {len(results) - passed} failed")
+    if any(r.outcome != "pass" for r in results):
+        sys.exit(1)
+
+
 @lab.command("add-pod")
 @lab_name_option
 @click.argument("pod")

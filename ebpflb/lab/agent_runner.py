@@ -1,0 +1,144 @@
+"""Running the real agent against a lab (used by `ebpflb lab conformance` and the lab tests):
+`ebpflb agent` as a subprocess in the lab's node namespace, a manifest file the caller rewrites,
+and `ebpflb service list` to see what the maps hold. Stopping it (always, in a finally) removes
+its programs and pins."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from ebpflb.dataplane.cleanup import remove_pins
+from ebpflb.dataplane.config import DataplaneConfig, lab_pin_dir
+
+WEB_VIP = "10.96.0.10"
+ECHO_VIP = "10.96.0.20"
+
+Endpoint = Tuple[str, str, bool]  # pod name, IP, ready
+
+
+def manifest(endpoints: Sequence[Endpoint], annotations: str = "{}") -> str:
+    """Service demo/web (80/TCP -> named port http = 8080) and demo/echo (53/UDP -> 9053), with the
+    given endpoints in one EndpointSlice each; `annotations` (a YAML flow mapping) on demo/web."""
+    eps = "\n" + "".join(
+        f"- addresses: [{ip}]\n  conditions: {{ready: {str(ready).lower()}}}\n"
+        f"  targetRef: {{kind: Pod, name: {pod}, namespace: demo}}\n"
+        for pod, ip, ready in endpoints) if endpoints else " []\n"
+    return f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo, annotations: {annotations}}}
+spec:
+  clusterIP: {WEB_VIP}
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: demo}}
+spec:
+  clusterIP: {ECHO_VIP}
+  ports: [{{name: udp-echo, port: 53, protocol: UDP, targetPort: 9053}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abcde
+  namespace: demo
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:{eps}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-abcde
+  namespace: demo
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{{name: udp-echo, port: 9053, protocol: UDP}}]
+endpoints:{eps}"""
+
+
+DEFAULT_ENDPOINTS: List[Endpoint] = [
+    ("web-1", "10.244.0.11", True), ("web-2", "10.244.0.12", True),
+    ("web-3", "10.244.0.13", True), ("web-4", "10.244.0.14", False)]
+
+
+def ebpflb(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ebpflb.cli", *args], capture_output=True,
+                          text=True, timeout=60, check=check)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RunningAgent:
+    def __init__(self, lab_name: str, workdir: Path, endpoints: Sequence[Endpoint],
+                 on_exit: str = "remove", extra_args: Sequence[str] = (), annotations: str = "{}"):
+        self.lab = lab_name
+        self.pin_dir = lab_pin_dir(lab_name)
+        self.manifest_path = workdir / "services.yaml"
+        self.log_path = workdir / "agent.log"
+        self.ready_path = workdir / "agent.ready"
+        self.write_manifest(endpoints, annotations=annotations)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", f"{lab_name}-node",
+             "--manifests", str(self.manifest_path), "--pin-dir", self.pin_dir,
+             "--on-exit", on_exit, "--poll-interval", "0.1", "--ready-file", str(self.ready_path),
+             *extra_args],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: self.ready_path.exists() or self.proc.poll() is not None, 60,
+                       "the agent to start")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def write_manifest(self, endpoints: Sequence[Endpoint] = (), text: Optional[str] = None,
+                       annotations: str = "{}") -> None:
+        """Replaces the manifest atomically, as kubectl-style tooling would."""
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(text if text is not None else manifest(endpoints, annotations))
+        os.replace(tmp, self.manifest_path)
+
+    def services(self) -> list:
+        return json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", self.pin_dir).stdout)
+
+    def backends(self, frontend: str) -> List[str]:
+        for svc in self.services():
+            if svc["frontend"] == frontend:
+                return [b["address"] for b in svc["backends"]]
+        raise AssertionError(f"frontend {frontend} not programmed")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def force_cleanup(lab_name: str) -> None:
+    """Last resort for a finalizer: the pins of a lab's agent (the lab's own teardown kills the
+    agent process and removes the namespaces, which takes the programs with them)."""
+    remove_pins(DataplaneConfig(pin_dir=lab_pin_dir(lab_name)))

@@ -1,0 +1,360 @@
+"""The conformance matrix (`ebpflb lab conformance`, and the lab test tier): one scenario per
+Kubernetes Service behaviour, with real TCP and UDP traffic in a fresh lab and the real agent, each
+named after the Kubernetes e2e network test it mirrors (test/e2e/network/service.go,
+conntrack.go, networking.go). Users can run it on their own kernels.
+
+A scenario is a function of a Ctx that raises AssertionError when the behaviour is wrong.
+"""
+import json
+import secrets
+import socket
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import lab as lablib
+from . import nsops
+from .agent_runner import RunningAgent, force_cleanup, wait_until
+from .topology import PodSpec, default_pods
+
+NODE = "node-0"  # the lab node's name, given to the agent with --node-name
+Ports = Sequence[Tuple[str, int, str, int]]  # (name, port, protocol, target port)
+Endpoints = Sequence[Tuple[str, dict, str]]  # (address, conditions, nodeName)
+
+WEB = [("http", 80, "TCP", 8080)]
+ECHO = [("udp-echo", 53, "UDP", 9053)]
+READY = {"ready": True}
+
+
+def service_yaml(name: str, vip: str, ports: Ports, endpoints: Endpoints, spec_extra: str = "",
+                 labels: Optional[Dict[str, str]] = None) -> str:
+    """A Service and its EndpointSlice in namespace `conf`, as the API server would hold them."""
+    label_text = (", labels: " + json.dumps(labels)) if labels else ""
+    svc_ports = ", ".join(f"{{name: {n}, port: {p}, protocol: {proto}, targetPort: {t}}}"
+                          for n, p, proto, t in ports)
+    slice_ports = ", ".join(f"{{name: {n}, port: {t}, protocol: {proto}}}" for n, _, proto, t in ports)
+    eps = "".join(f"- {{addresses: [{a}], conditions: {json.dumps(c)}, nodeName: {node}}}\n"
+                  for a, c, node in endpoints)
+    return f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: conf{label_text}}}
+spec:
+  clusterIP: {vip}
+  ports: [{svc_ports}]
+{spec_extra}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-x, namespace: conf, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{slice_ports}]
+endpoints:{(chr(10) + eps) if eps else " []" + chr(10)}"""
+
+
+def pods(*numbers: int) -> Endpoints:
+    return [(f"10.244.0.{10 + n}", READY, NODE) for n in numbers]
+
+
+@dataclass
+class Ctx:
+    lab: str
+    agent: RunningAgent
+
+    def apply(self, text: str, ready: Callable[[], bool], what: str) -> None:
+        self.agent.write_manifest(text=text)
+        wait_until(ready, 15, what)
+
+    def curl(self, url: str, pod: str = "client", timeout: float = 3):
+        return lablib.run_in_pod(self.lab, pod, ["curl", "-sS", "--max-time", str(timeout), url],
+                                 timeout=timeout + 10)
+
+    def who(self, url: str, pod: str = "client") -> str:
+        r = self.curl(url, pod)
+        assert r.returncode == 0, f"curl {url} from {pod}: {r.stderr.strip()}"
+        return r.stdout.strip()
+
+    def socket(self, kind: int, pod: str = "client") -> socket.socket:
+        with nsops.in_netns(f"{self.lab}-{pod}"):
+            return socket.socket(socket.AF_INET, kind)
+
+    def udp(self, vip: str, port: int, payload: bytes, pod: str = "client") -> Tuple[str, tuple]:
+        with self.socket(socket.SOCK_DGRAM, pod) as s:
+            s.settimeout(3)
+            s.sendto(payload, (vip, port))
+            data, peer = s.recvfrom(2048)
+        return data.decode(), peer
+
+    def frontends(self) -> set:
+        return {s["frontend"] for s in self.agent.services()}
+
+
+# ---- scenarios -------------------------------------------------------------------------------
+
+def session_affinity(c: Ctx) -> None:
+    c.apply(service_yaml("web", "10.96.1.1", WEB, pods(1, 2, 3), "  sessionAffinity: ClientIP\n"),
+            lambda: "10.96.1.1:80/TCP" in c.frontends(), "the Service")
+    picks = {c.who("http://10.96.1.1/") for _ in range(20)}
+    assert len(picks) == 1, f"one client reached {sorted(picks)}"
+
+
+def session_affinity_timeout(c: Ctx) -> None:
+    timeout = ("  sessionAffinity: ClientIP\n"
+               "  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n")
+    c.apply(service_yaml("web", "10.96.1.1", WEB, pods(1, 2, 3), timeout),
+            lambda: "10.96.1.1:80/TCP" in c.frontends(), "the Service")
+    bound = c.who("http://10.96.1.1/")
+    assert all(c.who("http://10.96.1.1/") == bound for _ in range(5)), "not sticky within timeout"
+    for _ in range(12):  # after 1 s idle a new flow is hashed again: 2 in 3 leave the old pod
+        time.sleep(1.3)
+        if c.who("http://10.96.1.1/") != bound:
+            return
+    raise AssertionError(f"every flow after the timeout still went to {bound}")
+
+
+def switch_session_affinity(c: Ctx) -> None:
+    base = service_yaml("web", "10.96.1.1", WEB, pods(1, 2, 3))
+    sticky = service_yaml("web", "10.96.1.1", WEB, pods(1, 2, 3), "  sessionAffinity: ClientIP\n")
+    c.apply(sticky, lambda: "10.96.1.1:80/TCP" in c.frontends(), "ClientIP")
+    assert len({c.who("http://10.96.1.1/") for _ in range(15)}) == 1
+    c.agent.write_manifest(text=base)
+    time.sleep(0.6)
+    assert len({c.who("http://10.96.1.1/") for _ in range(30)}) == 3, "None did not spread again"
+    c.agent.write_manifest(text=sticky)
+    time.sleep(0.6)
+    assert len({c.who("http://10.96.1.1/") for _ in range(15)}) == 1, "ClientIP did not stick again"
+
+
+def rejected_without_endpoints(c: Ctx) -> None:
+    c.apply(service_yaml("web", "10.96.1.1", WEB, []) + service_yaml("dns", "10.96.1.2", ECHO, []),
+            lambda: c.frontends() == {"10.96.1.1:80/TCP", "10.96.1.2:53/UDP"}, "the Services")
+    with c.socket(socket.SOCK_STREAM) as s:
+        s.settimeout(3)
+        started = time.monotonic()
+        try:
+            s.connect(("10.96.1.1", 80))
+            raise AssertionError("TCP connected to a Service without endpoints")
+        except ConnectionRefusedError:
+            pass
+        assert time.monotonic() - started < 1, "TCP was not refused at once"
+    with c.socket(socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.connect(("10.96.1.2", 53))
+        s.send(b"anyone?")
+        try:
+            s.recv(100)
+            raise AssertionError("UDP got an answer from a Service without endpoints")
+        except ConnectionRefusedError:
+            pass
+
+
+def fallback_terminating_cluster(c: Ctx) -> None:
+    eps = [("10.244.0.11", {"ready": False, "serving": True, "terminating": True}, NODE),
+           ("10.244.0.12", {"ready": False, "serving": False, "terminating": True}, NODE),
+           ("10.244.0.13", {"ready": False}, NODE)]
+    c.apply(service_yaml("web", "10.96.1.1", WEB, eps),
+            lambda: c.agent.backends("10.96.1.1:80/TCP") == ["10.244.0.11"], "the fallback")
+    assert {c.who("http://10.96.1.1/") for _ in range(5)} == {"web-1"}
+
+
+def fallback_terminating_local(c: Ctx) -> None:
+    eps = [("10.244.0.11", {"ready": False, "serving": True, "terminating": True}, NODE),
+           ("10.244.0.12", READY, "node-1"),  # ready, but on another node
+           ("10.244.0.13", {"ready": False, "serving": False, "terminating": True}, NODE)]
+    c.apply(service_yaml("web", "10.96.1.1", WEB, eps, "  internalTrafficPolicy: Local\n"),
+            lambda: c.agent.backends("10.96.1.1:80/TCP") == ["10.244.0.11"], "the local fallback")
+    assert {c.who("http://10.96.1.1/") for _ in range(5)} == {"web-1"}
+
+
+def internal_traffic_policy_local(c: Ctx) -> None:
+    eps = [("10.244.0.11", READY, NODE), ("10.244.0.12", READY, "node-1"),
+           ("10.244.0.13", READY, NODE)]
+    c.apply(service_yaml("web", "10.96.1.1", WEB, eps, "  internalTrafficPolicy: Local\n"),
+            lambda: c.agent.backends("10.96.1.1:80/TCP") == ["10.244.0.11", "10.244.0.13"],
+            "local endpoints only")
+    assert {c.who("http://10.96.1.1/") for _ in range(20)} == {"web-1", "web-3"}
+
+
+def same_port_different_protocols(c: Ctx) -> None:
+    ports = [("dns-tcp", 53, "TCP", 8080), ("dns-udp", 53, "UDP", 9053)]
+    c.apply(service_yaml("dual", "10.96.1.53", ports, pods(2)),
+            lambda: c.frontends() == {"10.96.1.53:53/TCP", "10.96.1.53:53/UDP"}, "both frontends")
+    assert c.who("http://10.96.1.53:53/") == "web-2"
+    data, peer = c.udp("10.96.1.53", 53, b"q")
+    assert data == "web-2 q" and peer == ("10.96.1.53", 53)
+
+
+def multiport(c: Ctx) -> None:
+    ports = [("http", 80, "TCP", 8080), ("alt", 8081, "TCP", 8080), ("udp", 5353, "UDP", 9053)]
+    c.apply(service_yaml("multi", "10.96.1.5", ports, pods(1, 2)),
+            lambda: c.frontends() == {"10.96.1.5:80/TCP", "10.96.1.5:8081/TCP",
+                                      "10.96.1.5:5353/UDP"}, "three frontends")
+    assert {c.who("http://10.96.1.5/") for _ in range(15)} == {"web-1", "web-2"}
+    assert c.who("http://10.96.1.5:8081/") in {"web-1", "web-2"}
+    assert c.udp("10.96.1.5", 5353, b"m")[0].split()[0] in {"web-1", "web-2"}
+
+
+def hairpin(c: Ctx) -> None:
+    c.apply(service_yaml("self", "10.96.1.1", WEB + ECHO, pods(1)),
+            lambda: c.frontends() == {"10.96.1.1:80/TCP", "10.96.1.1:53/UDP"}, "the Service")
+    assert c.who("http://10.96.1.1/client", pod="web-1").startswith("169.254.42.1:")
+    assert c.udp("10.96.1.1", 53, b"me", pod="web-1") == ("web-1 me", ("10.96.1.1", 53))
+
+
+def preserve_udp_when_pod_cycles(c: Ctx) -> None:
+    c.apply(service_yaml("dns", "10.96.1.2", ECHO, pods(1, 2)),
+            lambda: c.agent.backends("10.96.1.2:53/UDP") == ["10.244.0.11", "10.244.0.12"], "dns")
+    with c.socket(socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.bind(("0.0.0.0", 41234))
+        s.sendto(b"one", ("10.96.1.2", 53))
+        first = s.recvfrom(100)[0].decode().split()[0]
+        left = [e for e in pods(1, 2) if e[0] != f"10.244.0.{10 + int(first[-1])}"]
+        c.apply(service_yaml("dns", "10.96.1.2", ECHO, left),
+                lambda: len(c.agent.backends("10.96.1.2:53/UDP")) == 1, "the pod to leave")
+        lablib.del_pod(c.lab, first)
+        time.sleep(0.3)
+        s.sendto(b"two", ("10.96.1.2", 53))
+        second = s.recvfrom(100)[0].decode().split()[0]
+    assert second != first, "the same 5-tuple still went to the removed pod"
+
+
+def preserve_source_ip(c: Ctx) -> None:
+    c.apply(service_yaml("web", "10.96.1.1", WEB, pods(1)),
+            lambda: "10.96.1.1:80/TCP" in c.frontends(), "the Service")
+    seen = c.who("http://10.96.1.1/client").split(":")[0]
+    assert seen == "10.244.0.2", f"the pod saw {seen}, not the client pod's address"
+
+
+def service_proxy_name(c: Ctx) -> None:
+    mine = service_yaml("mine", "10.96.1.1", WEB, pods(1))
+    theirs = service_yaml("theirs", "10.96.1.2", WEB, pods(2),
+                          labels={"service.kubernetes.io/service-proxy-name": "other"})
+    c.apply(mine + theirs, lambda: "10.96.1.1:80/TCP" in c.frontends(), "mine")
+    assert c.frontends() == {"10.96.1.1:80/TCP"}, "another proxy's Service was programmed"
+    assert c.curl("http://10.96.1.2/", timeout=1).returncode != 0
+
+
+def externalname_clusterip_changes(c: Ctx) -> None:
+    external = ("---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: conf}\n"
+                "spec: {type: ExternalName, externalName: example.invalid}\n")
+    clusterip = service_yaml("web", "10.96.1.1", WEB, pods(1, 2))
+    c.apply(external, lambda: c.frontends() == set(), "ExternalName (nothing programmed)")
+    c.apply(clusterip, lambda: "10.96.1.1:80/TCP" in c.frontends(), "ExternalName -> ClusterIP")
+    assert c.who("http://10.96.1.1/") in {"web-1", "web-2"}
+    c.apply(external, lambda: c.frontends() == set(), "ClusterIP -> ExternalName")
+    assert c.curl("http://10.96.1.1/", timeout=1).returncode != 0
+
+
+def publish_not_ready(c: Ctx) -> None:
+    eps = [("10.244.0.11", {"ready": False}, NODE), ("10.244.0.12", {"ready": False}, NODE)]
+    c.apply(service_yaml("web", "10.96.1.1", WEB, eps, "  publishNotReadyAddresses: true\n"),
+            lambda: len(c.agent.backends("10.96.1.1:80/TCP") or []) == 2, "unready endpoints")
+    assert {c.who("http://10.96.1.1/") for _ in range(15)} == {"web-1", "web-2"}
+
+
+def icmp_errors_translated(c: Ctx) -> None:
+    c.apply(service_yaml("deaf", "10.96.1.60", [("u", 5000, "UDP", 9999)], pods(1)),
+            lambda: "10.96.1.60:5000/UDP" in c.frontends(), "the Service")
+    with c.socket(socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.connect(("10.96.1.60", 5000))
+        s.send(b"anyone listening?")
+        try:
+            s.recv(100)
+            raise AssertionError("an answer from a port nobody listens on")
+        except ConnectionRefusedError:
+            pass  # the pod's port unreachable reached the socket connected to the VIP
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str  # the e2e test's name ("[ebpflb]" when the e2e suite has none)
+    behaviour: str
+    run: Callable[[Ctx], None]
+    extra_pods: Tuple[PodSpec, ...] = ()
+
+
+SCENARIOS: Tuple[Scenario, ...] = (
+    Scenario("should have session affinity work for service with type clusterIP",
+             "sessionAffinity ClientIP", session_affinity),
+    Scenario("should have session affinity timeout work for service with type clusterIP",
+             "affinity timeout since last use", session_affinity_timeout),
+    Scenario("should be able to switch session affinity for service with type clusterIP",
+             "switching None <-> ClientIP", switch_session_affinity),
+    Scenario("should serve multiport endpoints from pods", "multi-port Services", multiport),
+    Scenario("should serve endpoints on same port and different protocols",
+             "same port, TCP and UDP", same_port_different_protocols),
+    Scenario("should create endpoints for unready pods", "publishNotReadyAddresses",
+             publish_not_ready),
+    Scenario("should fallback to terminating endpoints when there are no ready endpoints with "
+             "internalTrafficPolicy=Cluster", "serving+terminating fallback",
+             fallback_terminating_cluster),
+    Scenario("should fallback to local terminating endpoints when there are no ready endpoints "
+             "with internalTrafficPolicy=Local", "local fallback", fallback_terminating_local),
+    Scenario("should respect internalTrafficPolicy=Local Pod to Pod", "internalTrafficPolicy Local",
+             internal_traffic_policy_local),
+    Scenario("should be rejected when no endpoints exist", "TCP RST / ICMP unreachable",
+             rejected_without_endpoints),
+    Scenario("should implement service.kubernetes.io/service-proxy-name", "another proxy's Service",
+             service_proxy_name),
+    Scenario("should be able to change the type from ExternalName to ClusterIP (and back)",
+             "type changes", externalname_clusterip_changes),
+    Scenario("should allow pods to hairpin back to themselves through services", "hairpin", hairpin),
+    Scenario("should be able to preserve UDP traffic when server pod cycles for a ClusterIP service",
+             "stale UDP conntrack", preserve_udp_when_pod_cycles),
+    Scenario("should preserve source pod IP for traffic thru service cluster IP",
+             "source IP preserved", preserve_source_ip),
+    Scenario("[ebpflb] should translate ICMP errors about load-balanced flows",
+             "ICMP error translation", icmp_errors_translated),
+)
+
+
+@dataclass
+class Result:
+    name: str
+    behaviour: str
+    outcome: str  # "pass" | "fail"
+    seconds: float
+    detail: str = ""
+
+
+def run_scenario(scenario: Scenario, lab_name: Optional[str] = None) -> Result:
+    """A fresh lab and agent for one scenario, removed afterwards whatever happens."""
+    name = lab_name or "cf" + secrets.token_hex(3)[:5]
+    started = time.monotonic()
+    agent = None
+    try:
+        lablib.lab_up(name, default_pods(4) + list(scenario.extra_pods))
+        with tempfile.TemporaryDirectory(prefix="ebpflb-conformance-") as work:
+            agent = RunningAgent(name, Path(work), [], extra_args=[
+                "--node-name", NODE, "--metrics-address", "", "--health-address", ""])
+            try:
+                scenario.run(Ctx(name, agent))
+            finally:
+                agent.stop()
+        return Result(scenario.name, scenario.behaviour, "pass", time.monotonic() - started)
+    except AssertionError as exc:
+        return Result(scenario.name, scenario.behaviour, "fail", time.monotonic() - started,
+                      str(exc) or "assertion failed")
+    finally:
+        force_cleanup(name)
+        lablib.lab_down(name)
+
+
+def run_conformance(names: Optional[List[str]] = None,
+                    progress: Optional[Callable[[Result], None]] = None) -> List[Result]:
+    results = []
+    for scenario in SCENARIOS:
+        if names and not any(n in scenario.name for n in names):
+            continue
+        result = run_scenario(scenario)
+        results.append(result)
+        if progress:
+            progress(result)
+    return results
+
+
+def to_json(results: List[Result]) -> List[dict]:
+    return [asdict(r) for r in results]
