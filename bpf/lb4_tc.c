@@ -87,6 +87,16 @@ static __always_inline void ct4_key_of(const struct pkt4 *p, __u8 dir, struct ct
 
 #define NSEC_PER_SEC 1000000000ULL
 
+/* A flow's entry wherever it lives: the main table, else (TCP only) the half-open one. */
+static __always_inline struct ct4_entry *ct4_find(struct ct4_key *key)
+{
+	struct ct4_entry *e = ct4.lookup(key);
+
+	if (!e && key->proto == IPPROTO_TCP)
+		e = ct4_syn.lookup(key);
+	return e;
+}
+
 /* How long an entry lives since its last packet, by what its direction has seen. */
 static __always_inline __u64 ct4_lifetime(const struct ct4_entry *e, __u8 proto)
 {
@@ -276,9 +286,7 @@ static __always_inline int lb4_hairpin_reply(struct __sk_buff *skb, const struct
 	struct ct4_entry *ct;
 
 	ct4_key_of(p, CT_DIR_REPLY, &rk);
-	ct = ct4.lookup(&rk);
-	if (!ct && p->proto == IPPROTO_TCP)
-		ct = ct4_syn.lookup(&rk);
+	ct = ct4_find(&rk);
 	if (!ct)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 	ct4_track(ct, p, bpf_ktime_get_ns());
@@ -309,9 +317,7 @@ static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb)
 	rk.dport = e.in_sport;
 	rk.proto = e.in_proto;
 	rk.dir = CT_DIR_REPLY;
-	ct = ct4.lookup(&rk);
-	if (!ct && e.in_proto == IPPROTO_TCP)
-		ct = ct4_syn.lookup(&rk);
+	ct = ct4_find(&rk);
 	if (!ct)
 		return -1;
 	if ((e.saddr == e.in_daddr && icmp4_rewrite_outer(skb, &e, NAT_SRC, ct->nat_addr)) ||
@@ -340,9 +346,7 @@ static __always_inline int lb4_icmp_from_pod(struct __sk_buff *skb)
 	fk.dport = e.in_sport;
 	fk.proto = e.in_proto;
 	fk.dir = CT_DIR_FWD;
-	ct = ct4.lookup(&fk);
-	if (!ct && e.in_proto == IPPROTO_TCP)
-		ct = ct4_syn.lookup(&fk);
+	ct = ct4_find(&fk);
 	if (!ct)
 		return -1;
 	if ((e.daddr == e.in_saddr && icmp4_rewrite_outer(skb, &e, NAT_DST, ct->nat_addr)) ||
@@ -467,9 +471,7 @@ int lb4_to_pod(struct __sk_buff *skb)
 		return lb4_pass_verdict(r);
 
 	ct4_key_of(&p, CT_DIR_REPLY, &rk);
-	ct = ct4.lookup(&rk);
-	if (!ct && p.proto == IPPROTO_TCP)
-		ct = ct4_syn.lookup(&rk);
+	ct = ct4_find(&rk);
 	if (!ct)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 	/* Replies never expire an entry here: the agent's GC ages a flow by both directions. */

@@ -82,49 +82,34 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-class RunningAgent:
-    def __init__(self, lab_name: str, workdir: Path, endpoints: Sequence[Endpoint],
-                 on_exit: str = "remove", extra_args: Sequence[str] = (), annotations: str = "{}"):
+class AgentProcess:
+    """`ebpflb agent` for a lab node, as a subprocess logging to a file; `source_args` says where
+    its Services come from (--manifests ... or --kubernetes ...)."""
+
+    def __init__(self, lab_name: str, workdir: Path, source_args: Sequence[str],
+                 on_exit: str = "remove", extra_args: Sequence[str] = ()):
         self.lab = lab_name
         self.pin_dir = lab_pin_dir(lab_name)
-        self.manifest_path = workdir / "services.yaml"
         self.log_path = workdir / "agent.log"
-        self.ready_path = workdir / "agent.ready"
-        self.write_manifest(endpoints, annotations=annotations)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", f"{lab_name}-node",
-             "--manifests", str(self.manifest_path), "--pin-dir", self.pin_dir,
-             "--on-exit", on_exit, "--poll-interval", "0.1", "--ready-file", str(self.ready_path),
-             *extra_args],
+             *source_args, "--pin-dir", self.pin_dir, "--on-exit", on_exit,
+             "--poll-interval", "0.1", *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(lambda: self.ready_path.exists() or self.proc.poll() is not None, 60,
-                       "the agent to start")
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log()}")
-        except BaseException:
-            self.stop()
-            raise
 
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def write_manifest(self, endpoints: Sequence[Endpoint] = (), text: Optional[str] = None,
-                       annotations: str = "{}") -> None:
-        """Replaces the manifest atomically, as kubectl-style tooling would."""
-        tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(text if text is not None else manifest(endpoints, annotations))
-        os.replace(tmp, self.manifest_path)
-
     def services(self) -> list:
         return json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", self.pin_dir).stdout)
 
-    def backends(self, frontend: str) -> List[str]:
+    def backends(self, frontend: str) -> Optional[List[str]]:
+        """The programmed backend addresses of a frontend, or None when it is not programmed."""
         for svc in self.services():
             if svc["frontend"] == frontend:
                 return [b["address"] for b in svc["backends"]]
-        raise AssertionError(f"frontend {frontend} not programmed")
+        return None
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -136,6 +121,33 @@ class RunningAgent:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+class RunningAgent(AgentProcess):
+    """The agent on a manifest file the caller rewrites; returns once the agent serves."""
+
+    def __init__(self, lab_name: str, workdir: Path, endpoints: Sequence[Endpoint],
+                 on_exit: str = "remove", extra_args: Sequence[str] = (), annotations: str = "{}"):
+        self.manifest_path = workdir / "services.yaml"
+        self.ready_path = workdir / "agent.ready"
+        self.write_manifest(endpoints, annotations=annotations)
+        super().__init__(lab_name, workdir, ["--manifests", str(self.manifest_path)], on_exit,
+                         ["--ready-file", str(self.ready_path), *extra_args])
+        try:
+            wait_until(lambda: self.ready_path.exists() or self.proc.poll() is not None, 60,
+                       "the agent to start")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def write_manifest(self, endpoints: Sequence[Endpoint] = (), text: Optional[str] = None,
+                       annotations: str = "{}") -> None:
+        """Replaces the manifest atomically, as kubectl-style tooling would."""
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(text if text is not None else manifest(endpoints, annotations))
+        os.replace(tmp, self.manifest_path)
 
 
 def force_cleanup(lab_name: str) -> None:

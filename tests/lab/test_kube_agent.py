@@ -4,10 +4,7 @@ real agent in the lab's node namespace reads it through a kubeconfig, programs r
 from a pod follows adds, updates and deletes. The fake listens inside the node namespace on
 127.0.0.1, so the agent reaches it on its own loopback. Also: 410 Gone relists with no map write
 (the agent's ebpflb_map_writes_total does not move), and /healthz and /readyz answer."""
-import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,10 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ebpflb.lab import lab as lablib
 from ebpflb.lab import nsops
-from ebpflb.dataplane.config import lab_pin_dir
+from ebpflb.lab.agent_runner import AgentProcess
 
 from ..kube.fake_apiserver import FakeApiServer, endpointslice, node, service
-from .agent_harness import ebpflb, force_cleanup, wait_until
+from .agent_harness import force_cleanup, wait_until
 
 VIP = "10.96.0.10"
 VIP2 = "10.96.0.11"
@@ -47,43 +44,18 @@ def map_writes(node_ns: str) -> float:
     raise AssertionError("ebpflb_map_writes_total not exported")
 
 
-class KubeAgent:
+class KubeAgent(AgentProcess):
     def __init__(self, lab, workdir, fake: FakeApiServer):
-        self.lab, self.pin_dir = lab, lab_pin_dir(lab.name)
         kubeconfig = workdir / "kubeconfig"
         kubeconfig.write_text(fake.kubeconfig())
-        self.log_path = workdir / "agent.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", lab.node_ns, "--kubernetes",
-             "--kubeconfig", str(kubeconfig), "--node-name", "node-1", "--pin-dir", self.pin_dir,
-             "--on-exit", "remove", "--poll-interval", "0.1",
-             "--metrics-address", f"127.0.0.1:{METRICS_PORT}",
-             "--health-address", f"127.0.0.1:{HEALTH_PORT}"],
-            stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
+        super().__init__(lab.name, workdir, [
+            "--kubernetes", "--kubeconfig", str(kubeconfig), "--node-name", "node-1",
+            "--metrics-address", f"127.0.0.1:{METRICS_PORT}",
+            "--health-address", f"127.0.0.1:{HEALTH_PORT}"])
 
     def backends(self, frontend: str):
-        import json
-
-        for svc in json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir",
-                                     self.pin_dir).stdout):
-            if svc["frontend"] == frontend:
-                return sorted(b["address"] for b in svc["backends"])
-        return None
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        found = super().backends(frontend)
+        return sorted(found) if found is not None else None
 
 
 @pytest.fixture
