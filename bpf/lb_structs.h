@@ -25,6 +25,9 @@ struct lb4_svc {
 /* The slots hold the backends themselves (hash-mod, "random") or a Maglev table of prime size;
  * the data path is the same, slot = hash % count, so this flag only tells readers which. */
 #define LB4_SVC_F_MAGLEV 0x1
+/* Bits 4-5: the kind of frontend (0 ClusterIP, 1 NodePort, 2 LoadBalancer, 3 ExternalIP), for
+ * display; the data path treats every kind alike. */
+#define LB4_SVC_KIND_SHIFT 4
 
 /* One selection slot of a frontend; the value is a backend id in lb4_backends. */
 struct lb4_slot_key {

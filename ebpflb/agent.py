@@ -14,7 +14,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .apply import ApplyError, read_snapshot
 from .manifests import ManifestErrors
@@ -44,6 +44,8 @@ class AgentOptions:
     ct_gc_interval: float = 10.0  # seconds between conntrack garbage collections
     node_name: Optional[str] = None  # this node, for internalTrafficPolicy: Local
     proxy_name: Optional[str] = None  # serve Services labelled service-proxy-name=<this> too
+    node_addresses: Tuple[str, ...] = ()  # where NodePorts listen
+    external_ip_allow: Tuple[str, ...] = ()  # CIDRs externalIPs may be programmed in
 
 
 @dataclass
@@ -108,7 +110,8 @@ class Agent:
         if manifests is None:
             return False
         desired = desired_state(manifests.services, manifests.slices, self.options.node_name,
-                                self.options.proxy_name)
+                                self.options.proxy_name, self.options.node_addresses,
+                                self.options.external_ip_allow)
         for skipped in desired.skipped:
             log.info("service %s skipped: %s", skipped.ref, skipped.reason)
         self.state.skipped = [{"service": s.ref, "reason": s.reason} for s in desired.skipped]

@@ -45,6 +45,24 @@ def _ct_timeouts(value: str):
         raise click.BadParameter(str(exc), param_hint="--ct-timeouts") from exc
 
 
+def _ipv4_list(values: List[str], option: str) -> tuple:
+    import ipaddress
+
+    try:
+        return tuple(str(ipaddress.IPv4Address(v)) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+
+
+def _cidr_list(values: List[str], option: str) -> tuple:
+    import ipaddress
+
+    try:
+        return tuple(str(ipaddress.ip_network(v)) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+
+
 def _service_cidrs(values: List[str]) -> tuple:
     from .backend_rules import parse_service_cidrs
 
@@ -156,6 +174,13 @@ def main(log_level: str) -> None:
 @click.option("--metrics-address", default="127.0.0.1:9402", show_default=True,
               metavar="HOST:PORT",
               help="Prometheus endpoint. Loopback by default; an empty value disables it.")
+@click.option("--node-address", "node_addresses", multiple=True, metavar="IP",
+              help="This node's address for NodePort frontends; repeatable (none: no NodePort "
+                   "frontends).")
+@click.option("--external-ip-allow", "external_ip_allow", multiple=True, metavar="CIDR",
+              help="Program spec.externalIPs only inside these ranges; repeatable. Default none: "
+                   "anyone who can edit a Service could otherwise take over any address "
+                   "(CVE-2020-8554).")
 @click.option("--proxy-name", default="", metavar="NAME",
               help="Also serve Services labelled service.kubernetes.io/service-proxy-name=NAME "
                    "(Services naming any other proxy are always left alone).")
@@ -168,7 +193,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
           ct_syn_max: int, ct_timeouts: str, ct_gc_interval: float,
           max_services: int, max_backends: int, max_slots: int, ready_file: Optional[str],
           algorithm: str, maglev_table_size: int, metrics_address: str,
-          proxy_name: str, service_cidrs: List[str], pin_dir: str,
+          node_addresses: List[str], external_ip_allow: List[str], proxy_name: str,
+          service_cidrs: List[str], pin_dir: str,
           netns: Optional[str]) -> None:
     """Run the agent in the foreground: program the maps from the manifests or the Kubernetes
     API, attach to pod devices, and follow changes until SIGTERM."""
@@ -205,7 +231,9 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
     options = AgentOptions(list(devices), on_exit, poll_interval, ready_file, defaults,
                            metrics_address or None, health_address or None,
                            ct_gc_interval=ct_gc_interval, node_name=node_name,
-                           proxy_name=proxy_name or None)
+                           proxy_name=proxy_name or None,
+                           node_addresses=_ipv4_list(node_addresses, "--node-address"),
+                           external_ip_allow=_cidr_list(external_ip_allow, "--external-ip-allow"))
     if use_kubernetes:
         from .sources.kubernetes import KubernetesSource, api_client_from
 
@@ -517,19 +545,28 @@ lab_name_option = click.option("--name", default="ebpflb", show_default=True,
 @lab_name_option
 @click.option("--pods", "n_pods", type=click.IntRange(1, 200), default=4, show_default=True,
               help="Number of web pods (web-1 at 10.244.0.11, ...), plus a client pod.")
-def lab_up_cmd(name: str, n_pods: int) -> None:
+@click.option("--nodes", "n_nodes", type=click.IntRange(1, 32), default=1, show_default=True,
+              help="Number of nodes. With 2 or more: node k in netns <name>-node<k> (node 0: "
+                   "<name>-node) at 192.168.200.(10+k) on an underlay, pod CIDR 10.244.k.0/24, "
+                   "pods n<k>-client and n<k>-web-1..2 on node k > 0, and an external client "
+                   "<name>-ext at 192.168.200.2.")
+def lab_up_cmd(name: str, n_pods: int, n_nodes: int) -> None:
     """Create the lab: a node namespace, web pods serving HTTP :8080 and UDP echo :9053, and a
-    client pod (10.244.0.2)."""
+    client pod (10.244.0.2); with --nodes, more nodes joined by an underlay."""
     from .lab import LabError, default_pods, lab_up
 
     _require_root()
     try:
-        created = lab_up(name, default_pods(n_pods))
+        created = lab_up(name, default_pods(n_pods, nodes=n_nodes), nodes=n_nodes)
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"lab {name} up: node namespace {created.node_ns}")
+    click.echo(f"lab {name} up: node namespace{'s' if n_nodes > 1 else ''} "
+               f"{', '.join(created.node_namespaces)}")
+    if created.ext_ns:
+        click.echo(f"  external client {created.ext_ns} 192.168.200.2, underlay {created.underlay_ns}")
     for pod in created.pods.values():
-        click.echo(f"  pod {pod.name:10} {pod.ip}")
+        click.echo(f"  pod {pod.name:10} {pod.ip:15} node {pod.node}" if n_nodes > 1
+                   else f"  pod {pod.name:10} {pod.ip}")
 
 
 @lab.command("down")
@@ -567,7 +604,7 @@ def lab_status_cmd(name: str, output: str) -> None:
     for pod in status.get("pods", []):
         alive = pod.get("server_alive")
         server = "" if alive is None else ("server up" if alive else "server DOWN")
-        click.echo(f"  pod {pod['name']:10} {pod['ip']:15} {server}")
+        click.echo(f"  pod {pod['name']:10} {pod['ip']:15} node {pod.get('node', 0)}  {server}")
 
 
 @lab.command("conformance")

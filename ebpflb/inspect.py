@@ -5,7 +5,7 @@ from ipaddress import IPv4Address
 from typing import Any, Dict, List, Tuple
 
 from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SVC_F_MAGLEV, SVC_META,
-                   Snapshot)
+                   Snapshot, frontend_kind)
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class ServiceView:
     port: int
     protocol: str
     service: str
+    kind: str  # ClusterIP | NodePort | LoadBalancer | ExternalIP
     algorithm: str  # random | maglev
     slots: int
     backends: Tuple[BackendView, ...]
@@ -52,7 +53,7 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
         backends.sort(key=lambda b: (int(IPv4Address(b.address)), b.port))
         proto = PROTO_NAMES.get(key.proto, str(key.proto))
         out.append(ServiceView(svc.svc_id, f"{key.vip}:{key.port}/{proto}", key.vip, key.port, proto,
-                               snapshot[SVC_META].get(svc.svc_id, ""),
+                               snapshot[SVC_META].get(svc.svc_id, ""), frontend_kind(svc.flags),
                                "maglev" if svc.flags & SVC_F_MAGLEV else "random", svc.count,
                                tuple(backends), tuple(problems)))
     out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol))
@@ -64,15 +65,15 @@ def to_json(views: List[ServiceView]) -> List[Dict[str, Any]]:
 
 
 def render_table(views: List[ServiceView]) -> str:
-    rows = [("ID", "FRONTEND", "SERVICE", "BACKENDS")]
+    rows = [("ID", "FRONTEND", "TYPE", "SERVICE", "BACKENDS")]
     for v in views:
         lines = [f"{b.id} => {b.address}:{b.port}" + ("" if b.slots else " (weight 0: draining)")
                  + (f" ({b.slots} slots)" if v.algorithm == "maglev" and b.slots else "")
                  for b in v.backends] or ["(no ready backend: dropped)"]
         lines += [f"! {p}" for p in v.problems]
-        rows.append((str(v.id), v.frontend, v.service, lines[0]))
-        rows.extend(("", "", "", line) for line in lines[1:])
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        rows.append((str(v.id), v.frontend, v.kind, v.service, lines[0]))
+        rows.extend(("", "", "", "", line) for line in lines[1:])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths)) + "  " + r[3] for r in rows
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths)) + "  " + r[4] for r in rows
     ).rstrip()

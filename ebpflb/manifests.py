@@ -549,6 +549,7 @@ class _Accumulator:
         for key, message in parse_policy(annotations)[1]:
             ck.error(("metadata", "annotations", key), message)
         traffic = self._service_traffic(ck, spec)
+        traffic["lb_ingress_ips"] = self._lb_ingress(ck, doc)
         if ck.errors:
             return
         svc = Service(namespace, name, svc_type, cluster_ips, ports,
@@ -582,7 +583,29 @@ class _Accumulator:
             ck.error(path, f"{_show(timeout)} is not a number of seconds from 1 to 86400")
             timeout = 10800
         out["affinity_timeout"] = timeout
+        etp = spec.get("externalTrafficPolicy") or "Cluster"
+        if etp not in ("Cluster", "Local"):
+            ck.error(("spec", "externalTrafficPolicy"), f"{_show(etp)} is not Cluster or Local")
+        out["external_traffic_policy"] = etp
+        raw = ck.list(spec.get("externalIPs"), ("spec", "externalIPs"))
+        out["external_ips"] = tuple(ip for i, ip in enumerate(raw)
+                                    if ck.ip(ip, ("spec", "externalIPs", i)) is not None)
         return out
+
+    def _lb_ingress(self, ck: _Object, doc: Dict[str, Any]) -> Tuple[str, ...]:
+        """status.loadBalancer.ingress[].ip (hostname-only entries have no address for us)."""
+        status = ck.mapping(doc.get("status"), ("status",))
+        lb = ck.mapping(status.get("loadBalancer"), ("status", "loadBalancer")) if status else None
+        raw = ck.list(lb.get("ingress"), ("status", "loadBalancer", "ingress")) if lb else []
+        out = []
+        for i, entry in enumerate(raw):
+            path: FieldPath = ("status", "loadBalancer", "ingress", i)
+            item = ck.mapping(entry, path)
+            if item is not None and item.get("ip") is not None:
+                ip = ck.ip(item["ip"], path + ("ip",))
+                if ip is not None:
+                    out.append(ip)
+        return tuple(out)
 
     def _cluster_ips(self, ck: _Object, spec: Dict[str, Any]) -> Tuple[str, ...]:
         # "" is an unallocated clusterIP (a hand-written manifest); "None" asks for headless.
@@ -637,6 +660,8 @@ class _Accumulator:
                 ck.name(name, path + ("name",), _DNS1123_LABEL, 63, "port name (DNS-1123 label)")
                 names[name] = i
             port = ck.port(item.get("port"), path + ("port",))
+            node_port = (ck.port(item["nodePort"], path + ("nodePort",))
+                         if item.get("nodePort") is not None else None)
             protocol = ck.protocol(item.get("protocol"), path + ("protocol",))
             target = self._target_port(ck, item.get("targetPort"), path + ("targetPort",), port)
             if port is not None and protocol is not None:
@@ -644,7 +669,7 @@ class _Accumulator:
                     ck.error(path, f"duplicate port {port}/{protocol} (also spec.ports[{seen[port, protocol]}])")
                 seen.setdefault((port, protocol), i)
             if ck.errors == before and port is not None and protocol is not None and target is not None:
-                out.append(ServicePort(name, protocol, port, target))
+                out.append(ServicePort(name, protocol, port, target, node_port))
         return tuple(out)
 
     def _target_port(self, ck: _Object, value: Any, path: FieldPath,
@@ -715,6 +740,8 @@ class _Accumulator:
                 ck.name(name, path + ("name",), _DNS1123_LABEL, 63, "port name (DNS-1123 label)")
             names.setdefault(name, j)
             port = ck.port(item.get("port"), path + ("port",))
+            node_port = (ck.port(item["nodePort"], path + ("nodePort",))
+                         if item.get("nodePort") is not None else None)
             protocol = ck.protocol(item.get("protocol"), path + ("protocol",))
             if port is not None and protocol is not None:
                 out.append(EndpointPort(name, port, protocol))

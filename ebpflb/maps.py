@@ -19,6 +19,12 @@ BACKEND_STATS = "lb4_backend_stats"
 
 SVC_F_MAGLEV = 0x1  # LB4_SVC_F_MAGLEV in lb_structs.h
 BE_F_NO_NEW = 0x1  # LB4_BE_F_NO_NEW in lb_structs.h
+SVC_KIND_SHIFT = 4  # LB4_SVC_KIND_SHIFT: bits 4-5 of the service flags
+FRONTEND_KINDS = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalIP")
+
+
+def frontend_kind(flags: int) -> str:
+    return FRONTEND_KINDS[(flags >> SVC_KIND_SHIFT) & 0x3]
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
 PROTO_NAMES = {number: name for name, number in PROTO_NUMBERS.items()}

@@ -30,6 +30,7 @@ class ServicePort:
     protocol: str  # "TCP" | "UDP" | "SCTP"
     port: int
     target_port: Union[int, str]  # number or IANA_SVC_NAME; already resolved in slices
+    node_port: Optional[int] = None  # NodePort and LoadBalancer Services, once allocated
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Service:
     internal_traffic_policy: str = "Cluster"  # spec.internalTrafficPolicy: Cluster | Local
     session_affinity: str = "None"  # spec.sessionAffinity: None | ClientIP
     affinity_timeout: int = 10800  # spec.sessionAffinityConfig.clientIP.timeoutSeconds
+    external_ips: Tuple[str, ...] = ()  # spec.externalIPs
+    lb_ingress_ips: Tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip
+    external_traffic_policy: str = "Cluster"  # spec.externalTrafficPolicy: Cluster | Local
 
     @property
     def ref(self) -> str:
@@ -95,6 +99,7 @@ class Frontend:
     port_name: str = field(default="", compare=False)
     policy: LbPolicy = field(default=LbPolicy(), compare=False)  # from the Service's annotations
     affinity_timeout: int = field(default=0, compare=False)  # ClientIP affinity seconds, 0 = none
+    kind: str = field(default="ClusterIP", compare=False)  # ClusterIP | NodePort | LoadBalancer | ExternalIP
 
     @property
     def key(self) -> Tuple[str, int, str]:
@@ -143,7 +148,9 @@ class DesiredState:
 
 
 def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
-                  node_name: Optional[str] = None, proxy_name: Optional[str] = None) -> DesiredState:
+                  node_name: Optional[str] = None, proxy_name: Optional[str] = None,
+                  node_addresses: Sequence[str] = (),
+                  external_ip_allow: Sequence[str] = ()) -> DesiredState:
     """Frontends and their ready backends for every programmable Service port (kube-proxy rules)."""
     by_service: Dict[Tuple[str, str], List[EndpointSlice]] = {}
     for s in sorted(slices, key=lambda s: (s.namespace, s.name)):
@@ -175,19 +182,51 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
                 skip(svc, f"protocol {sp.protocol} on port {where} not supported")
                 continue
             backends = _port_backends(sp, svc_slices, svc, node_name)
-            for vip in vips:
-                fe = Frontend(vip, sp.port, sp.protocol, svc.ref, sp.name, policy,
-                              svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0)
+            affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0
+            # externalTrafficPolicy Local: traffic from outside the cluster only to this node's
+            # endpoints, so the client's address can be kept (no hop to another node).
+            outside = (_port_backends(sp, svc_slices, svc, node_name, local_only=True)
+                       if svc.external_traffic_policy == "Local" else backends)
+            for kind, vip, port, chosen in _frontend_addresses(
+                    svc, sp, vips, node_addresses, external_ip_allow, skip, backends, outside):
+                fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind)
                 if fe in owner:
                     skip(svc, f"frontend {fe} already used by {owner[fe]}")
                     continue
                 owner[fe] = svc.ref
-                frontends[fe] = backends
+                frontends[fe] = chosen
     ordered = {fe: frontends[fe] for fe in sorted(frontends)}
-    return DesiredState(frontends=ordered, skipped=tuple(skipped))
+    return DesiredState(frontends=ordered, skipped=tuple(dict.fromkeys(skipped)))
 
 
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+
+
+def _frontend_addresses(svc: Service, sp: ServicePort, vips: List[str],
+                        node_addresses: Sequence[str], external_ip_allow: Sequence[str],
+                        skip: Callable[[Service, str], None], backends: Tuple["Backend", ...],
+                        outside: Tuple["Backend", ...]):
+    """(kind, address, port, backends) of every frontend a Service port has: its cluster IPs;
+    a node port on every node address (NodePort, LoadBalancer); the load balancer's ingress IPs;
+    and the external IPs inside the allow-list. An external IP anywhere else is refused: anyone
+    who may edit a Service could otherwise take over traffic to any address (CVE-2020-8554)."""
+    for vip in vips:
+        yield "ClusterIP", vip, sp.port, backends
+    if svc.type in ("NodePort", "LoadBalancer") and sp.node_port:
+        for addr in node_addresses:
+            yield "NodePort", addr, sp.node_port, outside
+    if svc.type == "LoadBalancer":
+        for ip in svc.lb_ingress_ips:
+            if _is_ipv4(ip):
+                yield "LoadBalancer", ip, sp.port, outside
+    allowed = [ipaddress.ip_network(c) for c in external_ip_allow]
+    for ip in svc.external_ips:
+        if not _is_ipv4(ip):
+            continue
+        if any(ipaddress.IPv4Address(ip) in net for net in allowed if net.version == 4):
+            yield "ExternalIP", ip, sp.port, outside
+        else:
+            skip(svc, f"externalIP {ip} outside the --external-ip-allow list (CVE-2020-8554)")
 
 
 def _service_vips(svc: Service, skip: Callable[[Service, str], None],
@@ -245,7 +284,7 @@ def usable_endpoints(endpoints: Sequence[Endpoint], publish_not_ready: bool = Fa
 
 
 def _port_backends(sp: ServicePort, slices: List[EndpointSlice], svc: Service,
-                   node_name: Optional[str]) -> Tuple[Backend, ...]:
+                   node_name: Optional[str], local_only: bool = False) -> Tuple[Backend, ...]:
     """Usable backends of one service port, deduplicated across slices and sorted."""
     ported: List[Tuple[int, Endpoint, EndpointSlice]] = []
     for s in slices:
@@ -257,7 +296,7 @@ def _port_backends(sp: ServicePort, slices: List[EndpointSlice], svc: Service,
     # The fallback to terminating endpoints weighs all slices of the port together.
     usable = {id(ep) for ep in usable_endpoints(
         [ep for _, ep, _ in ported], svc.publish_not_ready,
-        svc.internal_traffic_policy == "Local", node_name)}
+        local_only or svc.internal_traffic_policy == "Local", node_name)}
     found: Dict[Tuple[str, int], Backend] = {}
     for port, ep, s in ported:
         if id(ep) not in usable:

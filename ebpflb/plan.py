@@ -17,7 +17,7 @@ from ipaddress import IPv4Address
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from .maglev import DEFAULT_M, maglev_table, validate_m
-from .maps import (BE_F_NO_NEW, BACKEND_STATS, BACKENDS, CONTROL_MAPS, NO_BACKEND, PROTO_NUMBERS, SERVICES,
+from .maps import (BE_F_NO_NEW, BACKEND_STATS, BACKENDS, FRONTEND_KINDS, SVC_KIND_SHIFT, CONTROL_MAPS, NO_BACKEND, PROTO_NUMBERS, SERVICES,
                    SLOTS, SVC_F_MAGLEV, SVC_META, SVC_NAME_LEN, SVC_STATS, BackendValue, SlotKey,
                    Snapshot, SvcKey, SvcValue, VIPS, slot_count)
 from .model import Backend, DesiredState, Frontend
@@ -191,6 +191,7 @@ def desired_maps(desired: DesiredState, current: Snapshot,
         slots, flags = frontend_slots(frontend, backends, defaults)
         if slots:
             out[SLOTS][svc_id] = tuple(map(ids.__getitem__, slots))
+        flags |= FRONTEND_KINDS.index(frontend.kind) << SVC_KIND_SHIFT
         out[SERVICES][key] = SvcValue(svc_id, len(slots), flags, frontend.affinity_timeout)
         out[SVC_META][svc_id] = frontend_name(frontend)
         out[VIPS][key.vip] = out[VIPS].get(key.vip, 0) + 1

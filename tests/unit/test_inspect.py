@@ -31,7 +31,8 @@ def test_views_follow_the_maps():
     assert views[0].backends == () and views[0].problems == ()
     table = render_table(views)
     assert "(no ready backend: dropped)" in table
-    assert table.splitlines()[0].split() == ["ID", "FRONTEND", "SERVICE", "BACKENDS"]
+    assert table.splitlines()[0].split() == ["ID", "FRONTEND", "TYPE", "SERVICE", "BACKENDS"]
+    assert views[1].kind == "ClusterIP"
     data = json.loads(json.dumps(to_json(views)))
     assert data[1]["backends"][0]["address"] == "10.244.0.9"
 

@@ -1,0 +1,106 @@
+"""Frontends a Service gets beyond its cluster IPs (issue 5's model): a node port on every node
+address, the load balancer's ingress IPs, external IPs only inside the allow-list
+(CVE-2020-8554), and externalTrafficPolicy Local keeping outside traffic on local endpoints."""
+import re
+
+import pytest
+
+from ebpflb.manifests import ManifestErrors, parse_documents
+from ebpflb.model import desired_state
+
+pytestmark = pytest.mark.unit
+
+
+def text(spec_extra: str = "", status: str = "", typ: str = "LoadBalancer") -> str:
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  type: {typ}
+  clusterIP: 10.96.0.10
+  ports: [{{name: http, port: 80, protocol: TCP, nodePort: 30080}}]
+{spec_extra}
+{status}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-a, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: [10.244.0.11], nodeName: node-0, conditions: {{ready: true}}}}
+- {{addresses: [10.244.1.11], nodeName: node-1, conditions: {{ready: true}}}}
+"""
+
+
+def frontends(manifest: str, **kw):
+    m = parse_documents(manifest, "x.yaml")
+    state = desired_state(m.services, m.slices, **kw)
+    return {(f.kind, str(f)): [b.ip for b in bs] for f, bs in state.frontends.items()}, state.skipped
+
+
+BOTH = ["10.244.0.11", "10.244.1.11"]
+
+
+def test_every_kind_of_frontend():
+    got, skipped = frontends(
+        text("  externalIPs: [203.0.113.7, 198.51.100.9]",
+             "status: {loadBalancer: {ingress: [{ip: 192.0.2.50}, {hostname: lb.example}]}}"),
+        node_addresses=["192.168.200.10", "192.168.200.11"], external_ip_allow=["203.0.113.0/24"])
+    assert got == {
+        ("ClusterIP", "10.96.0.10:80/TCP"): BOTH,
+        ("NodePort", "192.168.200.10:30080/TCP"): BOTH,
+        ("NodePort", "192.168.200.11:30080/TCP"): BOTH,
+        ("LoadBalancer", "192.0.2.50:80/TCP"): BOTH,
+        ("ExternalIP", "203.0.113.7:80/TCP"): BOTH,
+    }
+    assert [s.reason for s in skipped] == [
+        "externalIP 198.51.100.9 outside the --external-ip-allow list (CVE-2020-8554)"]
+
+
+def test_external_ips_are_refused_by_default():
+    got, skipped = frontends(text("  externalIPs: [203.0.113.7]", typ="ClusterIP"))
+    assert set(got) == {("ClusterIP", "10.96.0.10:80/TCP")}
+    assert "CVE-2020-8554" in skipped[0].reason
+
+
+def test_clusterip_services_get_no_node_port():
+    got, _ = frontends(text(typ="ClusterIP"), node_addresses=["192.168.200.10"])
+    assert set(got) == {("ClusterIP", "10.96.0.10:80/TCP")}
+
+
+def test_external_traffic_policy_local_keeps_outside_traffic_local():
+    got, _ = frontends(text("  externalTrafficPolicy: Local", typ="NodePort"),
+                       node_addresses=["192.168.200.10"], node_name="node-0")
+    assert got[("NodePort", "192.168.200.10:30080/TCP")] == ["10.244.0.11"]
+    assert got[("ClusterIP", "10.96.0.10:80/TCP")] == BOTH  # inside the cluster: every endpoint
+
+
+@pytest.mark.parametrize("bad,field", [
+    ("  externalTrafficPolicy: Nearest", "spec.externalTrafficPolicy"),
+    ("  externalIPs: [not-an-ip]", "spec.externalIPs[0]"),
+])
+def test_bad_fields_name_themselves(bad, field):
+    with pytest.raises(ManifestErrors, match=re.escape(f"Service demo/web: {field}")):
+        parse_documents(text(bad), "x.yaml")
+
+
+def test_bad_node_port_and_ingress():
+    with pytest.raises(ManifestErrors, match=r"spec.ports\[0\].nodePort: 70000"):
+        parse_documents(text().replace("nodePort: 30080", "nodePort: 70000"), "x.yaml")
+    with pytest.raises(ManifestErrors, match=r"status.loadBalancer.ingress\[0\].ip"):
+        parse_documents(text(status="status: {loadBalancer: {ingress: [{ip: 300.1.1.1}]}}"), "x.yaml")
+
+
+def test_the_kind_reaches_the_maps_and_service_list():
+    from ebpflb.inspect import render_table, service_views
+    from ebpflb.maps import empty_snapshot
+    from ebpflb.plan import apply_to, compute_plan
+
+    m = parse_documents(text(), "x.yaml")
+    state = desired_state(m.services, m.slices, node_addresses=["192.168.200.10"])
+    snap = apply_to(empty_snapshot(), compute_plan(state, empty_snapshot()))
+    kinds = {v.frontend: v.kind for v in service_views(snap)}
+    assert kinds == {"10.96.0.10:80/TCP": "ClusterIP", "192.168.200.10:30080/TCP": "NodePort"}
+    assert "NodePort" in render_table(service_views(snap))
