@@ -575,12 +575,14 @@ def lab_down_cmd(name: str) -> None:
     """Remove the lab: processes, namespaces, and the pins of an agent run for it. Works after a
     crash too."""
     from .dataplane.cleanup import remove_pins
-    from .dataplane.config import lab_pin_dir
+    from .dataplane.config import lab_pin_dirs
     from .lab import LabError, lab_down
 
     _require_root()
     try:
-        removed = lab_down(name) + remove_pins(_config(lab_pin_dir(name)))
+        removed = lab_down(name)
+        for pin_dir in lab_pin_dirs(name):  # the pins of every node's agent
+            removed += remove_pins(_config(pin_dir))
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
     for item in removed:

@@ -549,7 +549,10 @@ class _Accumulator:
         for key, message in parse_policy(annotations)[1]:
             ck.error(("metadata", "annotations", key), message)
         traffic = self._service_traffic(ck, spec)
-        traffic["lb_ingress_ips"] = self._lb_ingress(ck, doc)
+        # Only a LoadBalancer Service's ingress IPs are frontends; for other types the status is
+        # noise that must not make a change (the API source relies on that).
+        ingress = self._lb_ingress(ck, doc)
+        traffic["lb_ingress_ips"] = ingress if svc_type == "LoadBalancer" else ()
         if ck.errors:
             return
         svc = Service(namespace, name, svc_type, cluster_ips, ports,

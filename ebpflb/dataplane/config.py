@@ -1,6 +1,9 @@
 """Data plane settings shared by the loader, the map reader and the CLI: where maps are pinned and
 how large they are. Each lab node (or test) uses its own pin directory."""
+import glob
+import re
 from dataclasses import dataclass, field
+from typing import List
 from pathlib import Path
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
@@ -58,5 +61,15 @@ class DataplaneConfig:
 
 
 def lab_pin_dir(lab: str) -> str:
-    """Each lab node pins its maps apart from a real agent's and from other labs'."""
+    """Each lab node pins its maps apart from a real agent's and from other labs' (node k > 0 of
+    a multi-node lab appends "-node<k>")."""
     return f"{BPFFS_ROOT}/ebpflb-lab-{lab}"
+
+
+def lab_pin_dirs(lab: str) -> List[str]:
+    """The pin directories of every node of a lab: node 0's, and each "-node<k>" that exists.
+    Lab names cannot end in -node<digits>, so no other lab's directory matches."""
+    base = lab_pin_dir(lab)
+    node_dir = re.compile(re.escape(base) + r"-node[1-9][0-9]*")
+    return [base] + [p for p in sorted(glob.glob(glob.escape(base) + "-node*"))
+                     if node_dir.fullmatch(p)]

@@ -1,4 +1,4 @@
-"""The lab: a single-node Kubernetes-like topology in network namespaces, for real traffic.
+"""The lab: a Kubernetes-like topology of one or more nodes in network namespaces, for real traffic.
 
 Where it sits: an edge of ebpflb, beside the data plane; `ebpflb lab up/down/status` and the
 `lab` test tier use it. topology.py is pure (names, addresses), nsops.py is the kernel and process
@@ -12,9 +12,11 @@ from typing import Any
 _EXPORTS = {
     "DEFAULT_LAB": "topology", "PodSpec": "topology", "default_pods": "topology",
     "node_netns": "topology", "pod_netns": "topology", "host_ifname": "topology",
+    "node_address": "topology", "ext_netns": "topology", "underlay_netns": "topology",
+    "EXT_NETNS": "topology", "EXT_ADDRESS": "topology", "MAX_NODES": "topology",
     "HTTP_PORT": "topology", "UDP_ECHO_PORT": "topology", "POD_GATEWAY": "topology",
     "Lab": "lab", "lab_up": "lab", "lab_down": "lab", "lab_status": "lab", "get_lab": "lab",
-    "add_pod": "lab", "del_pod": "lab", "run_in_pod": "lab", "in_netns": "lab",
+    "add_pod": "lab", "del_pod": "lab", "run_in_pod": "lab", "run_in_ext": "lab", "in_netns": "lab",
     "LabError": "lab", "LabConfigError": "lab", "LabExistsError": "lab", "LabNotFoundError": "lab",
 }
 

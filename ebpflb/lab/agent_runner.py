@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ebpflb.dataplane.cleanup import remove_pins
-from ebpflb.dataplane.config import DataplaneConfig, lab_pin_dir
+from ebpflb.dataplane.config import DataplaneConfig, lab_pin_dir, lab_pin_dirs
+from ebpflb.lab.topology import node_netns
 
 WEB_VIP = "10.96.0.10"
 ECHO_VIP = "10.96.0.20"
@@ -82,18 +83,33 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def node_pin_dir(lab_name: str, node: int = 0) -> str:
+    """Pin directory of node `node`'s agent: lab_pin_dir for node 0, then "<that>-node<k>"."""
+    return lab_pin_dir(lab_name) + (f"-node{node}" if node else "")
+
+
+def _node_file(workdir: Path, name: str, node: int) -> Path:
+    """Node 0 keeps the single-node file names; node k's agent gets "<stem>-node<k><suffix>"
+    so agents of several nodes can share one workdir."""
+    if not node:
+        return workdir / name
+    stem, dot, suffix = name.partition(".")
+    return workdir / f"{stem}-node{node}{dot}{suffix}"
+
+
 class AgentProcess:
-    """`ebpflb agent` for a lab node, as a subprocess logging to a file; `source_args` says where
-    its Services come from (--manifests ... or --kubernetes ...)."""
+    """`ebpflb agent` for a lab node (node 0 unless `node` says otherwise), as a subprocess logging
+    to a file; `source_args` says where its Services come from (--manifests ... or --kubernetes ...)."""
 
     def __init__(self, lab_name: str, workdir: Path, source_args: Sequence[str],
-                 on_exit: str = "remove", extra_args: Sequence[str] = ()):
+                 on_exit: str = "remove", extra_args: Sequence[str] = (), node: int = 0):
         self.lab = lab_name
-        self.pin_dir = lab_pin_dir(lab_name)
-        self.log_path = workdir / "agent.log"
+        self.node = node
+        self.pin_dir = node_pin_dir(lab_name, node)
+        self.log_path = _node_file(workdir, "agent.log", node)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", f"{lab_name}-node",
+            [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", node_netns(lab_name, node),
              *source_args, "--pin-dir", self.pin_dir, "--on-exit", on_exit,
              "--poll-interval", "0.1", *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT)
@@ -127,12 +143,13 @@ class RunningAgent(AgentProcess):
     """The agent on a manifest file the caller rewrites; returns once the agent serves."""
 
     def __init__(self, lab_name: str, workdir: Path, endpoints: Sequence[Endpoint],
-                 on_exit: str = "remove", extra_args: Sequence[str] = (), annotations: str = "{}"):
-        self.manifest_path = workdir / "services.yaml"
-        self.ready_path = workdir / "agent.ready"
+                 on_exit: str = "remove", extra_args: Sequence[str] = (), annotations: str = "{}",
+                 node: int = 0):
+        self.manifest_path = _node_file(workdir, "services.yaml", node)
+        self.ready_path = _node_file(workdir, "agent.ready", node)
         self.write_manifest(endpoints, annotations=annotations)
         super().__init__(lab_name, workdir, ["--manifests", str(self.manifest_path)], on_exit,
-                         ["--ready-file", str(self.ready_path), *extra_args])
+                         ["--ready-file", str(self.ready_path), *extra_args], node=node)
         try:
             wait_until(lambda: self.ready_path.exists() or self.proc.poll() is not None, 60,
                        "the agent to start")
@@ -151,6 +168,8 @@ class RunningAgent(AgentProcess):
 
 
 def force_cleanup(lab_name: str) -> None:
-    """Last resort for a finalizer: the pins of a lab's agent (the lab's own teardown kills the
-    agent process and removes the namespaces, which takes the programs with them)."""
-    remove_pins(DataplaneConfig(pin_dir=lab_pin_dir(lab_name)))
+    """Last resort for a finalizer: the pins of a lab's agents, every node's (the lab's own
+    teardown kills the agent processes and removes the namespaces, which takes the programs
+    with them)."""
+    for path in lab_pin_dirs(lab_name):
+        remove_pins(DataplaneConfig(pin_dir=path))

@@ -1,9 +1,11 @@
-"""The lab: a Calico-style single-node Kubernetes topology built from network namespaces.
+"""The lab: a Calico-style Kubernetes topology of one or more nodes built from network namespaces.
 
 Where it sits: an edge of ebpflb, used by `ebpflb lab up/down/status` and the `lab` test tier.
 It builds what ebpflb/lab/topology.py names, through ebpflb/lab/nsops.py (namespaces, sysctls,
 processes) and pyroute2 (links, addresses, routes, neighbours); the load balancer's agent then
-attaches to the node namespace and its pod-facing devices as it would on a real node.
+attaches to the node namespace and its pod-facing devices as it would on a real node. With
+`nodes` >= 2 the nodes are joined by an underlay bridge (its own namespace), route each other's pod
+CIDRs over it, and share it with an external client namespace (see topology.py for the plan).
 
 One owner, one way out: every namespace a lab creates carries the lab's tag (the ifalias of its
 `lo`), the state file /run/ebpflb/lab/<lab>.json lists pods and server pids, and lab_down finds
@@ -50,7 +52,7 @@ from .topology import DEFAULT_LAB, PodSpec
 
 __all__ = [
     "Lab", "lab_up", "lab_down", "lab_status", "get_lab", "add_pod", "del_pod", "run_in_pod",
-    "in_netns", "LabError", "LabConfigError", "LabExistsError", "LabNotFoundError",
+    "run_in_ext", "in_netns", "LabError", "LabConfigError", "LabExistsError", "LabNotFoundError",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ _POD_SYSCTLS = {
     "net.ipv6.conf.all.disable_ipv6": "1",
     "net.ipv6.conf.default.disable_ipv6": "1",
 }
+# The underlay and the external client forward nothing; IPv6 off for quiet captures.
+_QUIET_SYSCTLS = _POD_SYSCTLS
 RT_SCOPE_LINK = 253
 
 
@@ -85,9 +89,30 @@ class Lab:
     pids: Dict[str, int] = field(default_factory=dict)  # pod name -> pod server pid
     state_file: str = ""
     log_dir: str = ""
+    nodes: int = 1  # node namespaces: node_ns (node 0), then <lab>-node1...
 
     def pod_ns(self, pod: str) -> str:
         return topo.pod_netns(self.name, pod)
+
+    def node_netns(self, k: int = 0) -> str:
+        return topo.node_netns(self.name, k)
+
+    @property
+    def node_namespaces(self) -> List[str]:
+        return [self.node_netns(k) for k in range(self.nodes)]
+
+    def pod_node_ns(self, pod: str) -> str:
+        """The namespace of the node pod `pod` runs behind (where its host-side veth is)."""
+        return self.node_netns(self.pods[pod].node)
+
+    @property
+    def ext_ns(self) -> Optional[str]:
+        """The external client's namespace (multi-node labs only)."""
+        return topo.ext_netns(self.name) if self.nodes > 1 else None
+
+    @property
+    def underlay_ns(self) -> Optional[str]:
+        return topo.underlay_netns(self.name) if self.nodes > 1 else None
 
     def host_ifname(self, pod: str) -> str:
         return topo.host_ifname(pod)
@@ -101,13 +126,18 @@ class Lab:
         return [p for p in self.pods.values() if topo.runs_server(p)]
 
     def to_state(self) -> Dict[str, Any]:
+        # Version 1 still: the multi-node fields are additions a reader may miss (then: 1 node).
         return {
             "version": STATE_VERSION,
             "name": self.name,
             "node_ns": self.node_ns,
+            "nodes": self.nodes,
+            "node_namespaces": self.node_namespaces,
+            "underlay_ns": self.underlay_ns,
+            "ext_ns": self.ext_ns,
             "log_dir": self.log_dir,
             "pods": [
-                {"name": p.name, "ip": p.ip, "netns": self.pod_ns(p.name),
+                {"name": p.name, "ip": p.ip, "node": p.node, "netns": self.pod_ns(p.name),
                  "host_ifname": topo.host_ifname(p.name), "pid": self.pids.get(p.name)}
                 for p in self.pods.values()
             ],
@@ -116,10 +146,11 @@ class Lab:
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> "Lab":
         name = state["name"]
-        pods = {p["name"]: PodSpec(p["name"], p["ip"]) for p in state.get("pods", [])}
+        pods = {p["name"]: PodSpec(p["name"], p["ip"], int(p.get("node", 0))) for p in state.get("pods", [])}
         pids = {p["name"]: p["pid"] for p in state.get("pods", []) if p.get("pid")}
         return cls(name=name, node_ns=state.get("node_ns", topo.node_netns(name)), pods=pods,
-                   pids=pids, state_file=topo.state_file(name), log_dir=topo.log_dir(name))
+                   pids=pids, state_file=topo.state_file(name), log_dir=topo.log_dir(name),
+                   nodes=int(state.get("nodes", 1)))
 
 
 T = TypeVar("T")
@@ -198,7 +229,8 @@ def _read_tag(ns: str) -> str:
 
 
 def _lab_namespaces(name: str, state: Optional[Dict[str, Any]]) -> List[str]:
-    """Existing namespaces of lab `name`: pods first, the node last.
+    """Existing namespaces of lab `name`: pods first, then the external client and the underlay,
+    then nodes 1.., node 0 last.
 
     A namespace is the lab's if it carries the lab's tag; an untagged one (a crash between
     create and tag) only if the state file lists it or it is the lab's node namespace. A name
@@ -210,6 +242,8 @@ def _lab_namespaces(name: str, state: Optional[Dict[str, Any]]) -> List[str]:
     known = {node}
     if state:
         known |= {p.get("netns") or topo.pod_netns(name, p["name"]) for p in state.get("pods", [])}
+        known |= {ns for ns in state.get("node_namespaces") or [] if ns}
+        known |= {state[k] for k in ("underlay_ns", "ext_ns") if state.get(k)}
     mine = []
     for ns in list_netns():
         if not ns.startswith(prefix):
@@ -217,7 +251,8 @@ def _lab_namespaces(name: str, state: Optional[Dict[str, Any]]) -> List[str]:
         owner = topo.lab_of_tag(_read_tag(ns))
         if owner == name or (not owner and ns in known):
             mine.append(ns)
-    return sorted(mine, key=lambda ns: (ns == node, ns))
+    rank = {"": 0, "ext": 1, "underlay": 1, "node": 2}
+    return sorted(mine, key=lambda ns: (ns == node, rank[topo.infra_netns_kind(name, ns)], ns))
 
 
 def _podserver_pid_is(pid: Optional[int], pod: str) -> bool:
@@ -249,8 +284,8 @@ def _tag_and_lo_up(ipr: IPRoute, lab: str, ns: str) -> None:
         ipr.link("set", index=lo, state="up", ifalias=topo.netns_tag(lab))
 
 
-def _create_node(lab: Lab) -> None:
-    ns = lab.node_ns
+def _create_node(lab: Lab, k: int = 0) -> None:
+    ns = lab.node_netns(k)
     with netns_ipr(ns) as ipr:
         _tag_and_lo_up(ipr, lab.name, ns)
         write_sysctls(ns, _NODE_SYSCTLS)
@@ -260,9 +295,62 @@ def _create_node(lab: Lab) -> None:
     log.debug("lab %s: node %s configured", lab.name, ns)
 
 
+def _veth_into(ipr: IPRoute, lab: str, what: str, ifname: str, mac: str, peer_ns: str,
+               peer_ifname: str, peer_mac: str) -> None:
+    """A veth `ifname` in ipr's namespace whose peer is born in `peer_ns` (no temporary name)."""
+    fd = os.open(netns_path(peer_ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with _step(lab, f"{what}: create veth {ifname} <-> {peer_ifname} ({peer_ns})"):
+            ipr.link("add", ifname=ifname, kind="veth", address=mac,
+                     peer={"ifname": peer_ifname, "address": peer_mac, "net_ns_fd": fd})
+    finally:
+        os.close(fd)
+
+
+def _create_underlay(lab: Lab) -> None:
+    """The underlay bridge, the external client, and each node's eth0 on the bridge with routes
+    to the other nodes' pod CIDRs. The nodes themselves must exist already."""
+    und, ext = topo.underlay_netns(lab.name), topo.ext_netns(lab.name)
+    for ns in (und, ext):
+        create_netns(ns)
+        with netns_ipr(ns) as ipr:
+            _tag_and_lo_up(ipr, lab.name, ns)
+        write_sysctls(ns, _QUIET_SYSCTLS)
+    with netns_ipr(und) as uipr:
+        with _step(lab.name, f"underlay {und}: bridge {topo.UNDERLAY_BRIDGE}"):
+            uipr.link("add", ifname=topo.UNDERLAY_BRIDGE, kind="bridge")
+            br = uipr.link_lookup(ifname=topo.UNDERLAY_BRIDGE)[0]
+            uipr.link("set", index=br, state="up")
+        ports = [(topo.EXT_PORT, ext, topo.EXT_ADDRESS)]
+        ports += [(topo.underlay_port(k), lab.node_netns(k), topo.node_address(k)) for k in range(lab.nodes)]
+        for i, (port, ns, addr) in enumerate(ports):
+            # Bridge ports: ca:fe:ff:ff:ff:<n>, apart from every addressed device's ca:fe:<ip>.
+            _veth_into(uipr, lab.name, f"underlay {und}", port, f"ca:fe:ff:ff:ff:{i:02x}",
+                       ns, topo.NODE_UNDERLAY_IFNAME, topo.underlay_mac(addr))
+            with _step(lab.name, f"underlay {und}: port {port}"):
+                idx = uipr.link_lookup(ifname=port)[0]
+                uipr.link("set", index=idx, master=br, state="up")
+            write_sysctls(ns, {f"net.ipv6.conf.{topo.NODE_UNDERLAY_IFNAME}.disable_ipv6": "1",
+                               f"net.ipv4.conf.{topo.NODE_UNDERLAY_IFNAME}.rp_filter": "1"})
+            with netns_ipr(ns) as ipr, _step(lab.name, f"{ns}: {topo.NODE_UNDERLAY_IFNAME} {addr}"):
+                idx = ipr.link_lookup(ifname=topo.NODE_UNDERLAY_IFNAME)[0]
+                ipr.addr("add", index=idx, address=addr, prefixlen=topo.UNDERLAY_PREFIXLEN)
+                ipr.link("set", index=idx, state="up")
+    for j in range(lab.nodes):
+        with netns_ipr(lab.node_netns(j)) as ipr:
+            idx = ipr.link_lookup(ifname=topo.NODE_UNDERLAY_IFNAME)[0]
+            for k in range(lab.nodes):
+                if k != j:
+                    with _step(lab.name, f"node {lab.node_netns(j)}: route {topo.node_pod_cidr(k)}"):
+                        ipr.route("add", dst=topo.node_pod_cidr(k), gateway=topo.node_address(k), oif=idx)
+    log.debug("lab %s: underlay %s with %d nodes and %s", lab.name, und, lab.nodes, ext)
+
+
 def _create_pod_net(lab: Lab, pod: PodSpec, node_ipr: IPRoute) -> None:
-    """Namespace, veth pair, addresses, routes and permanent neighbours of one pod."""
+    """Namespace, veth pair, addresses, routes and permanent neighbours of one pod; `node_ipr`
+    is bound to the namespace of the pod's node."""
     ns = lab.pod_ns(pod.name)
+    node_ns = lab.node_netns(pod.node)
     host = topo.host_ifname(pod.name)
     pmac, hmac = topo.pod_mac(pod.ip), topo.host_mac(pod.ip)
     what = f"pod {pod.name} ({ns})"
@@ -279,7 +367,7 @@ def _create_pod_net(lab: Lab, pod: PodSpec, node_ipr: IPRoute) -> None:
                               peer={"ifname": "eth0", "address": pmac, "net_ns_fd": fd})
         finally:
             os.close(fd)
-        write_sysctls(lab.node_ns, {f"net.ipv4.conf.{host}.rp_filter": "1",
+        write_sysctls(node_ns, {f"net.ipv4.conf.{host}.rp_filter": "1",
                                     f"net.ipv6.conf.{host}.disable_ipv6": "1"})
         write_sysctls(ns, {"net.ipv6.conf.eth0.disable_ipv6": "1"})
         with _step(lab.name, f"{what}: host side {host}"):
@@ -361,32 +449,41 @@ def _start_servers(lab: Lab, pods: Sequence[PodSpec]) -> None:
             os.close(rfd)
 
 
-def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None) -> Lab:
-    """Build lab `name` with `pods` (default: client + web-1..web-4). Refuses if it exists.
+def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None, nodes: int = 1) -> Lab:
+    """Build lab `name` with `nodes` nodes and `pods` (default: topo.default_pods(nodes=nodes):
+    client + web-1..web-4 on node 0, n<k>-client + n<k>-web-1..2 on node k). Refuses if it exists.
 
     On any failure everything built so far is removed before the error propagates.
     """
     _checked(topo.validate_lab_name, name)
-    pod_list = _checked(topo.validate_pods, topo.default_pods() if pods is None else pods)
+    _checked(topo.validate_nodes, nodes)
+    pod_list = _checked(topo.validate_pods, topo.default_pods(nodes=nodes) if pods is None else pods, nodes)
     t0 = time.monotonic()
     existing = _lab_namespaces(name, _load_state(name))
     if existing or os.path.exists(topo.state_file(name)):
         raise LabExistsError(f"lab {name}: already exists (namespaces: {', '.join(existing) or 'none'}; "
                              f"state file: {topo.state_file(name)}); run lab_down('{name}') first")
     lab = Lab(name=name, node_ns=topo.node_netns(name), pods={},
-              state_file=topo.state_file(name), log_dir=topo.log_dir(name))
+              state_file=topo.state_file(name), log_dir=topo.log_dir(name), nodes=nodes)
     # Creating the node namespace is the claim on the name (O_EXCL): if another lab_up won the
     # race, fail here, before the cleanup below could tear down the winner's lab.
     create_netns(lab.node_ns)
     try:
         _create_node(lab)
+        # The state file lists every node, underlay and ext namespace before they exist.
         _save_state(lab)
-        with netns_ipr(lab.node_ns) as node_ipr:
-            for pod in pod_list:
-                # In the state file before its namespace exists, so a crash leaves it findable.
-                lab.pods[pod.name] = pod
-                _save_state(lab)
-                _create_pod_net(lab, pod, node_ipr)
+        if nodes > 1:
+            for k in range(1, nodes):
+                create_netns(lab.node_netns(k))
+                _create_node(lab, k)
+            _create_underlay(lab)
+        for k in range(nodes):
+            with netns_ipr(lab.node_netns(k)) as node_ipr:
+                for pod in (p for p in pod_list if p.node == k):
+                    # In the state file before its namespace exists, so a crash leaves it findable.
+                    lab.pods[pod.name] = pod
+                    _save_state(lab)
+                    _create_pod_net(lab, pod, node_ipr)
         _start_servers(lab, [p for p in pod_list if topo.runs_server(p)])
         _save_state(lab)
     except BaseException:
@@ -396,7 +493,8 @@ def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None) -> Lab
         except (LabError, OSError) as exc:
             log.error("lab %s: cleanup after failed lab_up also failed: %s", name, exc)
         raise
-    log.info("lab %s: up with %d pods in %.2fs", name, len(pod_list), time.monotonic() - t0)
+    log.info("lab %s: up with %d node(s) and %d pods in %.2fs", name, nodes, len(pod_list),
+             time.monotonic() - t0)
     return lab
 
 
@@ -475,9 +573,10 @@ def lab_down(name: str = DEFAULT_LAB) -> List[str]:
         if _podserver_pid_is(p.get("pid"), p["name"]):
             strays[p["pid"]] = f"pod {p['name']}"
     removed += _stop_processes(namespaces, strays)
-    node = topo.node_netns(name)
-    if node in namespaces:
-        removed += [f"link {ifname} (netns {node})" for ifname in _delete_veths(node)]
+    for ns in namespaces:
+        # Nodes (pods' host sides, eth0 on the underlay) and the underlay's bridge ports.
+        if topo.infra_netns_kind(name, ns) in ("node", "underlay"):
+            removed += [f"link {ifname} (netns {ns})" for ifname in _delete_veths(ns)]
     for ns in namespaces:
         if remove_netns(ns):
             removed.append(f"netns {ns}")
@@ -506,11 +605,11 @@ def add_pod(name: str, pod: PodSpec) -> None:
     lab = get_lab(name)
     if pod.name in lab.pods or netns_exists(lab.pod_ns(pod.name)):
         raise LabExistsError(f"lab {name}: pod {pod.name} already exists")
-    _checked(topo.validate_pods, list(lab.pods.values()) + [pod])
+    _checked(topo.validate_pods, list(lab.pods.values()) + [pod], lab.nodes)
     lab.pods[pod.name] = pod
     _save_state(lab)
     try:
-        with netns_ipr(lab.node_ns) as node_ipr:
+        with netns_ipr(lab.node_netns(pod.node)) as node_ipr:
             _create_pod_net(lab, pod, node_ipr)
         if topo.runs_server(pod):
             _start_servers(lab, [pod])
@@ -533,7 +632,10 @@ def _remove_pod(lab: Lab, pod_name: str) -> List[str]:
     pid = lab.pids.get(pod_name)
     strays = {pid: f"pod {pod_name}"} if pid and _podserver_pid_is(pid, pod_name) else {}
     removed = _stop_processes([ns], strays)
-    removed += [f"link {i}" for i in _delete_veths(lab.node_ns, only=[topo.host_ifname(pod_name)])]
+    # A pod the state file lost may sit behind any node.
+    nodes = [lab.pod_node_ns(pod_name)] if pod_name in lab.pods else lab.node_namespaces
+    for node_ns in nodes:
+        removed += [f"link {i}" for i in _delete_veths(node_ns, only=[topo.host_ifname(pod_name)])]
     if remove_netns(ns):
         removed.append(f"netns {ns}")
     logf = topo.pod_log(lab.name, pod_name)
@@ -575,36 +677,54 @@ def _podserver_pid_in(ns: str, pod: str) -> Optional[int]:
 def lab_status(name: str = DEFAULT_LAB) -> Dict[str, Any]:
     """What exists of lab `name`: namespaces, pods, servers. JSON-serialisable.
 
-    Per pod: name, ip, netns, netns_exists, host_ifname, server (whether the pod runs one),
-    server_pid, server_alive (None for a pod without a server). Without the state file the pods
-    are rebuilt from the lab's namespaces.
+    Per pod: name, ip, node (its node's index), netns, netns_exists, host_ifname, server
+    (whether the pod runs one), server_pid, server_alive (None for a pod without a server).
+    Per node (`nodes`): index, netns, netns_exists, address (on the underlay; None in a
+    single-node lab), pod_cidr. Without the state file the pods and nodes are rebuilt from the
+    lab's namespaces (a pod's node then from its address).
     """
     _checked(topo.validate_lab_name, name)
     state = _load_state(name)
     namespaces = _lab_namespaces(name, state)
     node = topo.node_netns(name)
     prefix = topo.lab_netns_prefix(name)
-    known = [(p["name"], p["ip"], p.get("pid")) for p in (state or {}).get("pods", [])]
-    listed = {topo.pod_netns(name, pod) for pod, _, _ in known}
+    if state is not None:
+        n_nodes = int(state.get("nodes", 1))
+    else:
+        n_nodes = 1 + max([topo.node_index(name, ns) for ns in namespaces] + [0])
+    known = [(p["name"], p["ip"], int(p.get("node", 0)), p.get("pid")) for p in (state or {}).get("pods", [])]
+    listed = {topo.pod_netns(name, pod) for pod, _, _, _ in known}
     # Namespaces the state file does not know (it is gone, or a crash came first).
-    known += [(ns[len(prefix):], _pod_ip_in_netns(ns), None)
-              for ns in namespaces if ns != node and ns not in listed]
+    for ns in namespaces:
+        if not topo.infra_netns_kind(name, ns) and ns not in listed:
+            ip = _pod_ip_in_netns(ns)
+            known.append((ns[len(prefix):], ip, topo.node_of_ip(ip, n_nodes) if ip else 0, None))
     pods = []
-    for pod, ip, pid in known:
+    for pod, ip, k, pid in known:
         ns = topo.pod_netns(name, pod)
-        server = topo.runs_server(PodSpec(pod, ip))
+        server = topo.runs_server(PodSpec(pod, ip, k))
         if server and not _podserver_pid_is(pid, pod):
             pid = _podserver_pid_in(ns, pod) or pid
         pods.append({
-            "name": pod, "ip": ip, "netns": ns, "netns_exists": ns in namespaces,
+            "name": pod, "ip": ip, "node": k, "netns": ns, "netns_exists": ns in namespaces,
             "host_ifname": topo.host_ifname(pod), "server": server, "server_pid": pid,
             "server_alive": _podserver_pid_is(pid, pod) if server else None,
         })
+    multi = n_nodes > 1
+    nodes = [{"index": k, "netns": topo.node_netns(name, k),
+              "netns_exists": topo.node_netns(name, k) in namespaces,
+              "address": topo.node_address(k) if multi else None,
+              "pod_cidr": topo.node_pod_cidr(k) if multi else topo.POD_CIDR}
+             for k in range(n_nodes)]
     return {
         "lab": name,
         "exists": bool(namespaces),
         "node_ns": node,
         "node_ns_exists": node in namespaces,
+        "nodes": nodes,
+        "underlay_ns": topo.underlay_netns(name) if multi else None,
+        "ext_ns": topo.ext_netns(name) if multi else None,
+        "ext_address": topo.EXT_ADDRESS if multi else None,
         "namespaces": namespaces,
         "state_file": topo.state_file(name) if state is not None else None,
         "log_dir": topo.log_dir(name),
@@ -631,3 +751,9 @@ def run_in_pod(name: str, pod: str, argv: List[str], timeout: float = 30,
         kw.setdefault("capture_output", True)
     kw.setdefault("text", True)
     return subprocess.run(["ip", "netns", "exec", ns, *argv], timeout=timeout, **kw)
+
+
+def run_in_ext(name: str, argv: List[str], timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess:
+    """Run `argv` in the external client of multi-node lab `name` (192.168.200.2 on the
+    underlay, no route to pods or VIPs); like run_in_pod."""
+    return run_in_pod(name, topo.EXT_NETNS, argv, timeout=timeout, **kw)

@@ -1,4 +1,4 @@
-"""Lab topology, pure: the names and addresses of a Calico-style single-node lab.
+"""Lab topology, pure: the names and addresses of a Calico-style lab of one or more nodes.
 
 Where it sits: the lab (ebpflb/lab/lab.py) builds network namespaces from what this module
 computes; tests and the CLI use the same functions to find things by name. Nothing here touches
@@ -8,6 +8,15 @@ Shape of one lab named L (the "Pod topology" of the environment notes):
   L-node            the node: forwards between pods, strict rp_filter, VIP range blackholed
   L-<pod>           one namespace per pod: eth0 with a /32, gateway 169.254.1.1 on-link
   lxc<pod>          host side of each pod's veth, in L-node, no address, /32 route to the pod
+
+With N >= 2 nodes (`lab_up(..., nodes=N)`), node 0 is still L-node and keeps the addresses above;
+node k is L-node<k> with pod CIDR 10.244.k.0/24 (node 0: 10.244.0.0/24), and the nodes share:
+  L-underlay        a bridge br0; port node<k> is the peer of node k's eth0 (192.168.200.(10+k)/24)
+  L-ext             an external client, eth0 192.168.200.2/24 on the same bridge (port "ext"),
+                    with no route to pods or VIPs: it can only reach node addresses (NodePort)
+  routes            in node j, 10.244.k.0/24 via 192.168.200.(10+k) for every other node k
+Default pods of node k > 0: n<k>-client at 10.244.k.2 (no server) and n<k>-web-1.. at
+10.244.k.11..; pod names are unique lab-wide. A one-node lab is exactly the single-node lab.
 """
 from __future__ import annotations
 
@@ -28,6 +37,19 @@ CLIENT_IP = "10.244.0.2"
 # First web pod is .11 so the low addresses stay free for clients and infrastructure pods.
 WEB_BASE_HOST = 10
 
+# Multi-node labs: node k's pod CIDR is 10.244.k.0/24, its underlay address 192.168.200.(10+k).
+MAX_NODES = 32
+UNDERLAY_CIDR = "192.168.200.0/24"
+UNDERLAY_PREFIXLEN = 24
+NODE_ADDRESS_BASE = 10
+EXT_ADDRESS = "192.168.200.2"
+# Short names of the shared namespaces: "<lab>-<short>", like a pod's, so run_in_pod reaches them.
+EXT_NETNS = "ext"
+UNDERLAY_NETNS = "underlay"
+UNDERLAY_BRIDGE = "br0"
+NODE_UNDERLAY_IFNAME = "eth0"  # node k's device on the underlay (its peer is port node<k>)
+WEB_PODS_PER_NODE = 2  # default web pods of each node k > 0
+
 # Run-time files of the lab live under /run (tmpfs): they describe kernel state that a reboot
 # erases anyway, so they must not outlive it.
 STATE_ROOT = "/run/ebpflb/lab"
@@ -37,10 +59,15 @@ IFNAMSIZ_MAX = 15  # IFNAMSIZ is 16 including the NUL
 # Lab names become namespace and file name prefixes: keep them short and shell-safe. No leading
 # or trailing '-' so "<lab>-" is an unambiguous separator.
 _LAB_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,8}[a-z0-9])?$")
+# Node k's agent pins under lab_pin_dir(lab) + "-node<k>": a lab named "<x>-node<k>" would share
+# its pin directory with node k of lab "<x>".
+_LAB_NODE_SUFFIX_RE = re.compile(r"-node[0-9]+$")
 # Pod names follow a DNS label (what Kubernetes allows), capped so that namespace names stay short.
 _POD_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-# "node" would collide with the node namespace "<lab>-node".
-RESERVED_POD_NAMES = frozenset({"node"})
+# "node" would collide with the node namespace "<lab>-node" (and "node<k>", "underlay", "ext" with
+# the namespaces of a multi-node lab: reserved in every lab so a namespace name means one thing).
+RESERVED_POD_NAMES = frozenset({"node", UNDERLAY_NETNS, EXT_NETNS})
+_NODE_NAME_RE = re.compile(r"^node[0-9]+$")
 # Written as the ifalias of `lo` in every namespace of a lab: tells, after a crash and without
 # the state file, which lab a namespace belongs to when one lab's name prefixes another's.
 _TAG_PREFIX = "ebpflb-lab:"
@@ -48,10 +75,12 @@ _TAG_PREFIX = "ebpflb-lab:"
 
 @dataclass(frozen=True)
 class PodSpec:
-    """One pod of the lab: its name (a DNS label) and its IPv4 address in POD_CIDR."""
+    """One pod of the lab: its name (a DNS label), its IPv4 address in POD_CIDR, and the index of
+    the node it runs behind (0 in a single-node lab)."""
 
     name: str
     ip: str
+    node: int = 0
 
 
 def validate_lab_name(lab: str) -> str:
@@ -61,7 +90,17 @@ def validate_lab_name(lab: str) -> str:
             f"invalid lab name {lab!r}: use 1-10 characters of [a-z0-9-], "
             "starting and ending with a letter or digit"
         )
+    if _LAB_NODE_SUFFIX_RE.search(lab):
+        raise ValueError(f"invalid lab name {lab!r}: must not end in -node<digits> "
+                         "(it would share pin directories with another lab's node)")
     return lab
+
+
+def validate_nodes(nodes: int) -> int:
+    """Return `nodes` if it is a usable node count (1..MAX_NODES), else raise ValueError."""
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= MAX_NODES:
+        raise ValueError(f"invalid node count {nodes!r}: use 1 to {MAX_NODES}")
+    return nodes
 
 
 def validate_pod_name(pod: str) -> str:
@@ -74,8 +113,9 @@ def validate_pod_name(pod: str) -> str:
 def validate_pod(pod: PodSpec) -> PodSpec:
     """Return `pod` if its name and address are usable in a lab, else raise ValueError."""
     validate_pod_name(pod.name)
-    if pod.name in RESERVED_POD_NAMES:
-        raise ValueError(f"pod name {pod.name!r} is reserved (it would collide with the node namespace)")
+    if pod.name in RESERVED_POD_NAMES or _NODE_NAME_RE.match(pod.name):
+        raise ValueError(f"pod name {pod.name!r} is reserved (it would collide with a node, "
+                         "underlay or external client namespace)")
     try:
         addr = ipaddress.IPv4Address(pod.ip)
     except ValueError as exc:
@@ -86,12 +126,23 @@ def validate_pod(pod: PodSpec) -> PodSpec:
     return pod
 
 
-def validate_pods(pods: Iterable[PodSpec]) -> List[PodSpec]:
-    """Validate each pod and that names, addresses and host interface names are unique."""
+def validate_pods(pods: Iterable[PodSpec], nodes: int = 1) -> List[PodSpec]:
+    """Validate each pod and that names, addresses and host interface names are unique lab-wide.
+
+    In a lab of `nodes` nodes every pod's node must exist; with two or more, its address must be
+    in its node's pod CIDR (the other nodes route that /24 to it).
+    """
+    validate_nodes(nodes)
     out: List[PodSpec] = []
     names, ips, ifnames = set(), set(), set()
     for pod in pods:
         validate_pod(pod)
+        if isinstance(pod.node, bool) or not isinstance(pod.node, int) or not 0 <= pod.node < nodes:
+            raise ValueError(f"pod {pod.name}: node {pod.node!r} is not a node of this lab "
+                             f"(0..{nodes - 1})")
+        if nodes > 1 and ipaddress.IPv4Address(pod.ip) not in ipaddress.IPv4Network(node_pod_cidr(pod.node)):
+            raise ValueError(f"pod {pod.name}: address {pod.ip} is not in node {pod.node}'s "
+                             f"pod CIDR {node_pod_cidr(pod.node)}")
         if pod.name in names:
             raise ValueError(f"duplicate pod name {pod.name!r}")
         if pod.ip in ips:
@@ -106,22 +157,98 @@ def validate_pods(pods: Iterable[PodSpec]) -> List[PodSpec]:
     return out
 
 
-def default_pods(n_web: int = 4) -> List[PodSpec]:
-    """The client pod at 10.244.0.2, then web-1..web-N at 10.244.0.11 onwards."""
-    if not 0 <= n_web <= 200:
-        raise ValueError(f"n_web must be between 0 and 200, got {n_web}")
+def default_pods(n_web: int = 4, nodes: int = 1, n_web_per_node: int = WEB_PODS_PER_NODE) -> List[PodSpec]:
+    """Node 0: the client pod at 10.244.0.2, then web-1..web-N at 10.244.0.11 onwards.
+
+    Each node k > 0 (when `nodes` > 1): client n<k>-client at 10.244.k.2, then
+    n<k>-web-1..n<k>-web-M (M = `n_web_per_node`) at 10.244.k.11 onwards.
+    """
+    validate_nodes(nodes)
+    for what, n in (("n_web", n_web), ("n_web_per_node", n_web_per_node)):
+        if not 0 <= n <= 200:
+            raise ValueError(f"{what} must be between 0 and 200, got {n}")
     pods = [PodSpec(CLIENT_POD, CLIENT_IP)]
     pods += [PodSpec(f"web-{i}", f"10.244.0.{WEB_BASE_HOST + i}") for i in range(1, n_web + 1)]
+    for k in range(1, nodes):
+        pods.append(PodSpec(node_client_pod(k), f"10.244.{k}.2", k))
+        pods += [PodSpec(f"n{k}-web-{i}", f"10.244.{k}.{WEB_BASE_HOST + i}", k)
+                 for i in range(1, n_web_per_node + 1)]
     return pods
 
 
+def node_client_pod(k: int) -> str:
+    """The client pod of node k: "client" on node 0, "n<k>-client" on node k > 0."""
+    return CLIENT_POD if k == 0 else f"n{k}-client"
+
+
 def runs_server(pod: PodSpec) -> bool:
-    """Every pod but the client runs the pod server (HTTP + UDP echo)."""
-    return pod.name != CLIENT_POD
+    """Every pod but its node's client runs the pod server (HTTP + UDP echo)."""
+    return pod.name != node_client_pod(pod.node)
 
 
-def node_netns(lab: str) -> str:
-    return f"{lab}-node"
+def node_netns(lab: str, k: int = 0) -> str:
+    """Namespace of node k: "<lab>-node" for node 0 (the single-node name), "<lab>-node<k>" after."""
+    return f"{lab}-node" if k == 0 else f"{lab}-node{k}"
+
+
+def node_index(lab: str, ns: str) -> int:
+    """k if `ns` is node k's namespace of `lab`, else -1."""
+    if ns == node_netns(lab):
+        return 0
+    rest = ns[len(lab_netns_prefix(lab)):] if ns.startswith(lab_netns_prefix(lab)) else ""
+    return int(rest[4:]) if _NODE_NAME_RE.match(rest) and not rest[4:].startswith("0") else -1
+
+
+def node_address(k: int) -> str:
+    """Node k's address on the underlay: 192.168.200.(10+k)."""
+    validate_nodes(k + 1)
+    return str(ipaddress.IPv4Network(UNDERLAY_CIDR).network_address + NODE_ADDRESS_BASE + k)
+
+
+def node_pod_cidr(k: int) -> str:
+    """Node k's pod CIDR in a multi-node lab: 10.244.k.0/24."""
+    validate_nodes(k + 1)
+    return f"10.244.{k}.0/24"
+
+
+def node_of_ip(ip: str, nodes: int) -> int:
+    """The node whose pod CIDR holds `ip` in a lab of `nodes` nodes (0 in a single-node lab)."""
+    if nodes <= 1:
+        return 0
+    k = ipaddress.IPv4Address(ip).packed[2]
+    return k if k < nodes else 0
+
+
+def underlay_port(k: int) -> str:
+    """Name of node k's port on the underlay bridge (in the underlay namespace)."""
+    return f"node{k}"
+
+
+EXT_PORT = "ext"  # the external client's port on the underlay bridge
+
+
+def underlay_netns(lab: str) -> str:
+    return f"{lab}-{UNDERLAY_NETNS}"
+
+
+def ext_netns(lab: str) -> str:
+    return f"{lab}-{EXT_NETNS}"
+
+
+def underlay_mac(ip: str) -> str:
+    """MAC of a device on the underlay: ca:fe + its IPv4 address (locally administered)."""
+    return "ca:fe:" + ":".join(f"{b:02x}" for b in _ip_octets(ip))
+
+
+def infra_netns_kind(lab: str, ns: str) -> str:
+    """"node", "underlay" or "ext" if `ns` is that kind of namespace of `lab`, else "" (a pod)."""
+    if node_index(lab, ns) >= 0:
+        return "node"
+    if ns == underlay_netns(lab):
+        return "underlay"
+    if ns == ext_netns(lab):
+        return "ext"
+    return ""
 
 
 def pod_netns(lab: str, pod: str) -> str:
