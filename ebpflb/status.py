@@ -29,8 +29,10 @@ def read_status(pin_dir: str) -> Optional[Dict[str, Any]]:
         return None
 
 
-def remove_status(pin_dir: str) -> None:
+def remove_status(pin_dir: str) -> bool:
+    """Removes the status file of a pin directory; True when there was one."""
     try:
         os.unlink(status_path(pin_dir))
     except FileNotFoundError:
-        pass
+        return False
+    return True

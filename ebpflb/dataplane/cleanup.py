@@ -14,7 +14,10 @@ log = logging.getLogger(__name__)
 
 
 def remove_pins(config: DataplaneConfig) -> List[str]:
-    removed = []
+    """The pinned maps, their directory, and the agent's status file that goes with them."""
+    from ..status import remove_status, status_path
+
+    removed = [status_path(config.pin_dir)] if remove_status(config.pin_dir) else []
     for name in MAP_NAMES:
         path = os.path.join(config.pin_dir, name)
         if os.path.exists(path):

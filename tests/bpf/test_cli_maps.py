@@ -71,3 +71,13 @@ def test_sync_refuses_bad_manifests_and_writes_nothing(pin_dir, tmp_path):
     assert r.returncode == 1
     assert "Service default/x: spec.clusterIP" in r.stderr
     assert not os.path.exists(pin_dir)
+
+
+def test_cleanup_removes_the_agent_status_file(pin_dir):
+    from ebpflb.status import status_path, write_status
+
+    ebpflb("sync", "--manifests", EXAMPLES, "--pin-dir", pin_dir)
+    write_status(pin_dir, {"skipped": []})  # as an agent killed before it could clean up leaves it
+    r = ebpflb("cleanup", "--pin-dir", pin_dir)
+    assert f"removed {status_path(pin_dir)}" in r.stdout
+    assert not os.path.exists(status_path(pin_dir))
