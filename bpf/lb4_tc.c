@@ -1,5 +1,6 @@
-/* lb4_tc.c: TC entry points on pod-facing devices (the host side of each pod's veth).
+/* lb4_tc.c: every program of the data plane (bcc compiles one main file; see below).
  *
+ * Pod-facing devices (the host side of each pod's veth), at TC:
  *   lb4_from_pod (ingress: packets leaving a pod): a packet to a frontend is DNATed to a backend,
  *                chosen by conntrack for a known flow, else by the flow hash over the frontend's
  *                slots; a new flow gets conntrack entries for both directions.
@@ -7,6 +8,8 @@
  *                frontend's address and port. Doing it here, on the client-facing side, keeps the
  *                node's rp_filter (the reply arrives from the backend's own address) and the
  *                kernel's conntrack view consistent.
+ * Node devices (traffic from outside the cluster), at XDP or TC: lb4_node_xdp, lb4_node_in and
+ * lb4_node_out, described at their section below.
  * Everything else passes untouched. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -17,6 +20,7 @@
 #include "nat.h"
 #include "reject.h"
 #include "icmp.h"
+#include "nat_xdp.h"
 
 /* bcc rewrites map method calls (map.lookup(), map.update()) only in the main source file, so
  * every helper that touches a map lives here; the headers hold what needs no map. */
@@ -143,15 +147,20 @@ static __always_inline int lb4_bad_source(const struct pkt4 *p)
 	return lb4_vips.lookup(&src) != 0;
 }
 
-/* The reply key of a flow, from its forward key and where it was DNATed to. A hairpin flow's
- * replies are addressed to the hairpin address, not to the client. */
-static __always_inline void ct4_reply_key(const struct ct4_key *fwd, __be32 nat_addr,
-					  __be16 nat_port, __u16 flags, struct ct4_key *rev)
+/* The reply key of a flow, from its forward key and entry: replies come from the backend, to the
+ * client, or to the hairpin address (a pod reaching itself), or to the SNAT address and port. */
+static __always_inline void ct4_reply_key(const struct ct4_key *fwd, const struct ct4_entry *e,
+					  struct ct4_key *rev)
 {
-	rev->saddr = nat_addr;
-	rev->daddr = (flags & CT_F_HAIRPIN) ? bpf_htonl(LB4_HAIRPIN_ADDR_HOST) : fwd->saddr;
-	rev->sport = nat_port;
-	rev->dport = fwd->sport;
+	rev->saddr = e->nat_addr;
+	rev->sport = e->nat_port;
+	if (e->flags & CT_F_SNAT) {
+		rev->daddr = e->nat2_addr;
+		rev->dport = e->nat2_port;
+	} else {
+		rev->daddr = (e->flags & CT_F_HAIRPIN) ? bpf_htonl(LB4_HAIRPIN_ADDR_HOST) : fwd->saddr;
+		rev->dport = fwd->sport;
+	}
 	rev->proto = fwd->proto;
 	rev->dir = CT_DIR_REPLY;
 	rev->pad = 0;
@@ -164,7 +173,7 @@ static __always_inline void ct4_promote(struct ct4_key *fwd, struct ct4_entry *e
 	struct ct4_key rev;
 	struct ct4_entry *r;
 
-	ct4_reply_key(fwd, copy.nat_addr, copy.nat_port, copy.flags, &rev);
+	ct4_reply_key(fwd, &copy, &rev);
 	r = ct4_syn.lookup(&rev);
 	if (r) {
 		struct ct4_entry rcopy = *r;
@@ -191,7 +200,7 @@ static __always_inline int ct4_create(const struct pkt4 *p, struct ct4_key *fwd,
 	};
 	struct ct4_entry r = e;
 
-	ct4_reply_key(fwd, be->addr, be->port, flags, &rev);
+	ct4_reply_key(fwd, &e, &rev);
 	/* Reply entry first: a flow whose forward entry is missing is re-hashed to the same backend,
 	 * but replies without a reply entry would reach the client from the backend's address. */
 	r.nat_addr = p->daddr;
@@ -264,6 +273,14 @@ static __always_inline __u32 lb4_select_backend(const struct pkt4 *p, const stru
 	if (!*be)
 		return 0;
 	return *id;
+}
+
+/* loadBalancerSourceRanges: is the client inside one of the frontend's prefixes? */
+static __always_inline int lb4_source_allowed(const struct lb4_svc *svc, __be32 saddr)
+{
+	struct lb4_src_range_key k = { .prefixlen = 64, .svc_id = svc->svc_id, .addr = saddr };
+
+	return lb4_src_ranges.lookup(&k) != 0;
 }
 
 /* Hairpin, forward: the pod's packet to its own Service, already DNATed to itself, gets the
@@ -412,6 +429,10 @@ int lb4_from_pod(struct __sk_buff *skb)
 		if (half_open && (ct->flags & CT_F_ESTABLISHED) && !(ct->flags & CT_F_CLOSING))
 			ct4_promote(&fk, ct);
 	} else {
+		if ((svc->flags & LB4_SVC_F_SRC_RANGES) && !lb4_source_allowed(svc, p.saddr)) {
+			lb_count(STAT_SOURCE_DENIED);
+			return TC_ACT_SHOT;
+		}
 		backend_id = 0;
 		if (svc->affinity_timeout)
 			backend_id = lb4_affinity_backend(&p, svc, now, &be);
@@ -475,6 +496,447 @@ int lb4_to_pod(struct __sk_buff *skb)
 	if (!ct)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 	/* Replies never expire an entry here: the agent's GC ages a flow by both directions. */
+	ct4_track(ct, &p, bpf_ktime_get_ns());
+	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port)) {
+		lb_count(STAT_NAT_FAIL);
+		return TC_ACT_SHOT;
+	}
+	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
+	return TC_ACT_OK;
+}
+
+
+/* ==== north-south: node devices ====
+ *
+ *   lb4_node_xdp (XDP on a node device) and lb4_node_in (TC ingress) take traffic from outside the
+ *                cluster to NodePort, LoadBalancer and ExternalIP frontends. A backend on this
+ *                node gets the packet DNATed and handed to the stack (the client's address is
+ *                kept); a backend on another node gets it DNATed and SNATed to this node's address
+ *                and sent straight back out, so its replies return here. Replies of those SNAT
+ *                flows are translated back to frontend -> client and sent out the same way.
+ *                A ClusterIP reached from outside is dropped.
+ *   lb4_node_out (TC egress) turns replies of local backends back into frontend -> client.
+ *
+ * XDP finishes what it can on its own and leaves the rest (no neighbour entry yet, a reject to
+ * send) untouched to lb4_node_in, which is attached behind it in XDP mode. */
+
+#define FIB_AF_INET 2
+#define LB4_SNAT_TRIES 16
+
+/* bcc 0.26 declares bpf_redirect_neigh with two arguments; the kernel's helper takes four. */
+static long (*lb_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
+				 __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+
+enum node_verdict {
+	NV_PASS,	/* not ours */
+	NV_DROP,	/* counted already */
+	NV_LOCAL,	/* DNAT to a backend on this node, then the stack */
+	NV_REMOTE,	/* DNAT + SNAT (or a reply's reverse), then out of n->ifindex */
+	NV_REJECT,	/* no backend: answer with RST / ICMP unreachable (TC only) */
+	NV_TO_STACK,	/* XDP cannot finish: leave the packet untouched to TC */
+};
+
+/* What a node-device packet is rewritten to, and where it goes. */
+struct node_nat {
+	__be32 daddr;
+	__be32 saddr;
+	__be16 dport;
+	__be16 sport;
+	__u32 svc_id;
+	__u32 backend_id;
+	__u32 ifindex;		/* NV_REMOTE: the device the FIB chose */
+	__u8 smac[ETH_ALEN];	/* NV_REMOTE with fib_ok: the Ethernet header to send with */
+	__u8 dmac[ETH_ALEN];
+	__u8 fib_ok;
+	__u8 new_flow;
+	__u8 reply;
+};
+
+/* The route of a rewritten packet. Returns BPF_FIB_LKUP_RET_*; the out device is in n->ifindex
+ * (also for NO_NEIGH), the Ethernet addresses on success. */
+static __always_inline int lb4_fib(void *ctx, const struct pkt4 *p, __be32 saddr, __be16 sport,
+				   __be32 daddr, __be16 dport, __u32 ifindex, struct node_nat *n)
+{
+	struct bpf_fib_lookup fib = {};
+	int rc;
+
+	fib.family = FIB_AF_INET;
+	fib.l4_protocol = p->proto;
+	fib.sport = sport;
+	fib.dport = dport;
+	fib.ipv4_src = saddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = ifindex;
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	n->ifindex = fib.ifindex;
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__builtin_memcpy(n->smac, fib.smac, ETH_ALEN);
+		__builtin_memcpy(n->dmac, fib.dmac, ETH_ALEN);
+		n->fib_ok = 1;
+	}
+	return rc;
+}
+
+/* An entry in either conntrack table under this key that is still alive. An expired one is
+ * deleted, so its key (a SNAT port) can be taken again. */
+static __always_inline int ct4_busy(struct ct4_key *k, __u64 now)
+{
+	struct ct4_entry *e = ct4.lookup(k);
+
+	if (e) {
+		if (now - e->last_seen_ns <= ct4_lifetime(e, k->proto))
+			return 1;
+		ct4.delete(k);
+	}
+	e = ct4_syn.lookup(k);
+	if (e) {
+		if (now - e->last_seen_ns <= ct4_lifetime(e, k->proto))
+			return 1;
+		ct4_syn.delete(k);
+	}
+	return 0;
+}
+
+/* Creates both entries of a new flow to a backend on another node, with a source port of
+ * snat_addr that no live flow to the same backend uses. Returns 0 with the port in n->sport,
+ * or -1 when none was free within LB4_SNAT_TRIES probes. The first probe is the flow's hash, so
+ * the choice is spread and repeatable. */
+static __always_inline int ct4_create_snat(const struct pkt4 *p, struct ct4_key *fwd,
+					   const struct lb4_backend *be, __u32 svc_id,
+					   __u32 backend_id, __be32 snat_addr, struct node_nat *n)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 range = LB4_SNAT_PORT_MAX - LB4_SNAT_PORT_MIN + 1;
+	__u32 start = flow_hash4(p);
+	struct ct4_entry e = {
+		.created_ns = now, .last_seen_ns = now, .nat_addr = be->addr, .nat_port = be->port,
+		.flags = CT_F_EXTERNAL | CT_F_SNAT, .svc_id = svc_id, .backend_id = backend_id,
+		.nat2_addr = snat_addr,
+	};
+	struct ct4_entry r = e;
+	struct ct4_key rev = {
+		.saddr = be->addr, .daddr = snat_addr, .sport = be->port, .proto = p->proto,
+		.dir = CT_DIR_REPLY,
+	};
+	int i;
+
+	r.nat_addr = p->daddr;
+	r.nat_port = p->dport;
+	r.nat2_addr = p->saddr;
+	r.nat2_port = p->sport;
+	for (i = 0; i < LB4_SNAT_TRIES; i++) {
+		rev.dport = bpf_htons(LB4_SNAT_PORT_MIN + (start + i) % range);
+		if (ct4_busy(&rev, now))
+			continue;
+		e.nat2_port = rev.dport;
+		/* insert (not update) for the reply entry: another CPU may take the port meanwhile. */
+		if (p->proto == IPPROTO_TCP) {
+			if (ct4_syn.insert(&rev, &r))
+				continue;
+			if (ct4_syn.update(fwd, &e)) {
+				ct4_syn.delete(&rev);
+				return -1;
+			}
+		} else {
+			if (ct4.insert(&rev, &r))
+				continue;
+			if (ct4.update(fwd, &e)) {
+				ct4.delete(&rev);
+				return -1;
+			}
+		}
+		n->sport = rev.dport;
+		return 0;
+	}
+	return -1;
+}
+
+/* A packet from outside to a frontend. */
+static __always_inline int lb4_node_frontend(void *ctx, const struct pkt4 *p,
+					     const struct lb4_svc *svc, __u32 ingress, int xdp,
+					     struct node_nat *n)
+{
+	struct lb4_backend *be = 0;
+	struct lb4_node_if *nif;
+	struct ct4_entry *ct;
+	struct ct4_key fk;
+	int half_open = 0;
+	int remote;
+	__u64 now;
+	int rc;
+
+	if ((svc->flags & LB4_SVC_KIND_MASK) == LB4_SVC_KIND_CLUSTERIP) {
+		lb_count(STAT_EXTERNAL_CLUSTERIP);
+		return NV_DROP;
+	}
+	n->svc_id = svc->svc_id;
+	n->saddr = p->saddr;
+	n->sport = p->sport;
+	ct4_key_of(p, CT_DIR_FWD, &fk);
+	ct = ct4.lookup(&fk);
+	if (!ct && p->proto == IPPROTO_TCP) {
+		ct = ct4_syn.lookup(&fk);
+		half_open = ct != 0;
+	}
+	now = bpf_ktime_get_ns();
+	if (ct && (now - ct->last_seen_ns > ct4_lifetime(ct, p->proto) ||
+		   (tcp_syn_only(p) && (ct->flags & CT_F_CLOSING))))
+		ct = 0;
+	if (ct) {
+		n->daddr = ct->nat_addr;
+		n->dport = ct->nat_port;
+		n->backend_id = ct->backend_id;
+		if (ct->flags & CT_F_SNAT) {
+			n->saddr = ct->nat2_addr;
+			n->sport = ct->nat2_port;
+			rc = lb4_fib(ctx, p, n->saddr, n->sport, n->daddr, n->dport, ingress, n);
+			if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+				lb_count(STAT_FORWARD_FAIL);
+				return NV_DROP;
+			}
+			if (xdp && !n->fib_ok)
+				return NV_TO_STACK;	/* before tracking: TC sees the packet again */
+		}
+		ct4_track(ct, p, now);
+		if (half_open && (ct->flags & CT_F_ESTABLISHED) && !(ct->flags & CT_F_CLOSING))
+			ct4_promote(&fk, ct);
+		return (ct->flags & CT_F_SNAT) ? NV_REMOTE : NV_LOCAL;
+	}
+
+	/* A new flow. */
+	if ((svc->flags & LB4_SVC_F_SRC_RANGES) && !lb4_source_allowed(svc, p->saddr)) {
+		lb_count(STAT_SOURCE_DENIED);
+		return NV_DROP;
+	}
+	n->backend_id = 0;
+	if (svc->affinity_timeout)
+		n->backend_id = lb4_affinity_backend(p, svc, now, &be);
+	if (!n->backend_id)
+		n->backend_id = lb4_select_backend(p, svc, &be);
+	if (!n->backend_id || !be) {
+		if (xdp && !(svc->flags & LB4_SVC_F_ETP_LOCAL))
+			return NV_TO_STACK;	/* TC sends the reject */
+		lb_count(STAT_NO_BACKEND);
+		/* Local policy and no backend here: the load balancer's health check already steers
+		 * clients away from this node, so the packet is dropped, as kube-proxy does. */
+		return (svc->flags & LB4_SVC_F_ETP_LOCAL) ? NV_DROP : NV_REJECT;
+	}
+	n->daddr = be->addr;
+	n->dport = be->port;
+	if (lb4_bad_source(p)) {
+		lb_count(STAT_BAD_SOURCE);
+		return NV_DROP;
+	}
+	rc = lb4_fib(ctx, p, p->saddr, p->sport, be->addr, be->port, ingress, n);
+	nif = 0;
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		nif = lb4_node_ifs.lookup(&n->ifindex);
+	remote = nif != 0;
+	if (!remote) {
+		if (p->proto == IPPROTO_TCP && !tcp_syn_only(p)) {
+			lb_count(STAT_TCP_NO_STATE);	/* forwarded by hash, no state (as for pods) */
+			return NV_LOCAL;
+		}
+		if (ct4_create(p, &fk, be, svc->svc_id, n->backend_id, CT_F_EXTERNAL))
+			lb_count(STAT_CT_INSERT_FAIL);
+		else
+			lb_count(STAT_CT_INSERT);
+	} else {
+		if (svc->flags & LB4_SVC_F_ETP_LOCAL) {
+			lb_count(STAT_FORWARD_FAIL);	/* Local policy never leaves the node */
+			return NV_DROP;
+		}
+		if (xdp && !n->fib_ok)
+			return NV_TO_STACK;
+		if (p->proto == IPPROTO_TCP && !tcp_syn_only(p)) {
+			/* Without state there is no SNAT port to bring the replies back: drop, the
+			 * client's retransmission or a new connection recovers. */
+			lb_count(STAT_TCP_NO_STATE);
+			return NV_DROP;
+		}
+		if (ct4_create_snat(p, &fk, be, svc->svc_id, n->backend_id, nif->addr, n)) {
+			lb_count(STAT_SNAT_EXHAUSTED);
+			return NV_DROP;
+		}
+		n->saddr = nif->addr;
+		lb_count(STAT_CT_INSERT);
+	}
+	if (svc->affinity_timeout)
+		lb4_affinity_update(p, svc, n->backend_id, now);
+	n->new_flow = 1;
+	return remote ? NV_REMOTE : NV_LOCAL;
+}
+
+/* A reply of a SNAT flow, from the backend on another node to this node's SNAT port: it goes
+ * back to the client as coming from the frontend. */
+static __always_inline int lb4_node_snat_reply(void *ctx, const struct pkt4 *p, __u32 ingress,
+					       int xdp, struct node_nat *n)
+{
+	__u16 port = bpf_ntohs(p->dport);
+	struct ct4_entry *ct;
+	struct ct4_key rk;
+	int rc;
+
+	if (port < LB4_SNAT_PORT_MIN || port > LB4_SNAT_PORT_MAX)
+		return NV_PASS;
+	ct4_key_of(p, CT_DIR_REPLY, &rk);
+	ct = ct4_find(&rk);
+	if (!ct || !(ct->flags & CT_F_SNAT))
+		return NV_PASS;
+	n->saddr = ct->nat_addr;
+	n->sport = ct->nat_port;
+	n->daddr = ct->nat2_addr;
+	n->dport = ct->nat2_port;
+	n->svc_id = ct->svc_id;
+	n->backend_id = ct->backend_id;
+	n->reply = 1;
+	rc = lb4_fib(ctx, p, n->saddr, n->sport, n->daddr, n->dport, ingress, n);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		lb_count(STAT_FORWARD_FAIL);
+		return NV_DROP;
+	}
+	if (xdp && !n->fib_ok)
+		return NV_TO_STACK;
+	ct4_track(ct, p, bpf_ktime_get_ns());
+	return NV_REMOTE;
+}
+
+static __always_inline int lb4_node_decide(void *ctx, const struct pkt4 *p, __u32 ingress, int xdp,
+					   struct node_nat *n)
+{
+	struct lb4_svc_key sk = { .vip = p->daddr, .port = p->dport, .proto = p->proto };
+	struct lb4_svc *svc = lb4_services.lookup(&sk);
+
+	if (svc)
+		return lb4_node_frontend(ctx, p, svc, ingress, xdp, n);
+	return lb4_node_snat_reply(ctx, p, ingress, xdp, n);
+}
+
+static __always_inline void lb4_node_count(const struct node_nat *n, __u32 len)
+{
+	if (n->new_flow)
+		lb_count(STAT_DNAT_NEW);
+	lb_count_flow(n->svc_id, n->backend_id, len, n->reply, n->new_flow);
+}
+
+int lb4_node_xdp(struct xdp_md *ctx)
+{
+	struct node_nat n = {};
+	struct pkt4 p = {};
+	__u32 len;
+	int v;
+
+	/* Anything XDP does not finish is counted once, by lb4_node_in behind it. */
+	if (lb4_parse_xdp(ctx, &p) != PARSE_OK)
+		return XDP_PASS;
+	v = lb4_node_decide(ctx, &p, ctx->ingress_ifindex, 1, &n);
+	if (v == NV_PASS)
+		return XDP_PASS;
+	if (v == NV_DROP)
+		return XDP_DROP;
+	if (v != NV_LOCAL && v != NV_REMOTE) {
+		lb_count(STAT_XDP_TO_TC);
+		return XDP_PASS;
+	}
+	len = (void *)(long)ctx->data_end - (void *)(long)ctx->data;
+	if (xdp_rewrite(ctx, &p, NAT_DST, n.daddr, n.dport)) {
+		lb_count(STAT_NAT_FAIL);
+		return XDP_DROP;
+	}
+	if (v == NV_LOCAL) {
+		lb4_node_count(&n, len);
+		return XDP_PASS;
+	}
+	if (xdp_rewrite(ctx, &p, NAT_SRC, n.saddr, n.sport) || xdp_set_macs(ctx, n.smac, n.dmac)) {
+		lb_count(STAT_NAT_FAIL);
+		return XDP_DROP;
+	}
+	if (xdp_ttl_dec(ctx, &p)) {
+		lb_count(STAT_FORWARD_FAIL);
+		return XDP_DROP;
+	}
+	lb4_node_count(&n, len);
+	lb_count(STAT_XDP_FORWARD);
+	if (n.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(n.ifindex, 0);
+}
+
+/* TTL decrement for a packet TC sends on itself; -1 when it is exhausted. */
+static __always_inline int tc_ttl_dec(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	__u32 off = p->l3_off + offsetof(struct iphdr, ttl);
+	__u16 old, new;
+	__u8 *ttl = (__u8 *)&new;
+
+	if (bpf_skb_load_bytes(skb, off, &old, sizeof(old)))
+		return -1;
+	new = old;
+	if (*ttl <= 1)
+		return -1;
+	*ttl -= 1;	/* TTL is the first byte of the TTL/protocol word */
+	if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old, new, sizeof(new)))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &new, sizeof(new), 0) ? -1 : 0;
+}
+
+int lb4_node_in(struct __sk_buff *skb)
+{
+	struct node_nat n = {};
+	struct pkt4 p = {};
+	int r;
+
+	lb4_pull_headers(skb);
+	r = lb4_parse(skb, &p);
+	if (r != PARSE_OK)
+		return lb4_pass_verdict(r);
+	r = lb4_node_decide(skb, &p, skb->ifindex, 0, &n);
+	if (r == NV_PASS || r == NV_TO_STACK)
+		return lb4_pass_verdict(PARSE_NOT_OURS);
+	if (r == NV_DROP)
+		return TC_ACT_SHOT;
+	if (r == NV_REJECT)
+		return lb4_reject(skb, &p);
+	if (lb4_rewrite(skb, &p, NAT_DST, n.daddr, n.dport)) {
+		lb_count(STAT_NAT_FAIL);
+		return TC_ACT_SHOT;
+	}
+	if (r == NV_LOCAL) {
+		lb4_node_count(&n, skb->len);
+		return TC_ACT_OK;
+	}
+	if (lb4_rewrite(skb, &p, NAT_SRC, n.saddr, n.sport)) {
+		lb_count(STAT_NAT_FAIL);
+		return TC_ACT_SHOT;
+	}
+	/* The packet now comes from this node's own address: handed to the stack it would be a
+	 * martian, so it goes out directly, the neighbour resolved by the kernel. */
+	if (tc_ttl_dec(skb, &p)) {
+		lb_count(STAT_FORWARD_FAIL);
+		return TC_ACT_SHOT;
+	}
+	lb4_node_count(&n, skb->len);
+	lb_count(STAT_NODE_FORWARD);
+	return lb_redirect_neigh(n.ifindex, 0, 0, 0);
+}
+
+int lb4_node_out(struct __sk_buff *skb)
+{
+	struct ct4_entry *ct;
+	struct ct4_key rk;
+	struct pkt4 p = {};
+	int r;
+
+	lb4_pull_headers(skb);
+	r = lb4_parse(skb, &p);
+	if (r != PARSE_OK)
+		return TC_ACT_OK;
+	ct4_key_of(&p, CT_DIR_REPLY, &rk);
+	ct = ct4_find(&rk);
+	/* Only replies of flows from outside to this node's backends; a pod's own flows are
+	 * translated at its device, and SNAT flows on ingress. */
+	if (!ct || (ct->flags & (CT_F_EXTERNAL | CT_F_SNAT)) != CT_F_EXTERNAL)
+		return TC_ACT_OK;
 	ct4_track(ct, &p, bpf_ktime_get_ns());
 	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port)) {
 		lb_count(STAT_NAT_FAIL);

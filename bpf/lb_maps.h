@@ -24,6 +24,20 @@
 #ifndef LB4_AFFINITY_MAX_ENTRIES
 #define LB4_AFFINITY_MAX_ENTRIES 65536
 #endif
+#ifndef LB4_MAX_SRC_RANGES
+#define LB4_MAX_SRC_RANGES 16384
+#endif
+#ifndef LB4_MAX_NODE_IFS
+#define LB4_MAX_NODE_IFS 64
+#endif
+/* Source ports for SNAT towards backends on other nodes: above the kernel's default ephemeral
+ * range (32768-60999), so they never collide with the node's own connections. */
+#ifndef LB4_SNAT_PORT_MIN
+#define LB4_SNAT_PORT_MIN 61000
+#endif
+#ifndef LB4_SNAT_PORT_MAX
+#define LB4_SNAT_PORT_MAX 65535
+#endif
 #ifndef CT4_SYN_MAX_ENTRIES
 #define CT4_SYN_MAX_ENTRIES 65536
 #endif
@@ -71,6 +85,12 @@ BPF_TABLE_PINNED("hash", __u32, struct lb4_svc_meta, lb4_svc_meta, LB4_MAX_SERVI
 /* Session affinity per (frontend, client address); LRU: the oldest clients are forgotten first. */
 BPF_TABLE_PINNED("lru_hash", struct lb4_affinity_key, struct lb4_affinity, lb4_affinity,
 		 LB4_AFFINITY_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb4_affinity");
+/* loadBalancerSourceRanges per frontend (LPM: see struct lb4_src_range_key). */
+BPF_TABLE_PINNED("lpm_trie", struct lb4_src_range_key, __u32, lb4_src_ranges, LB4_MAX_SRC_RANGES,
+		 EBPFLB_PIN_DIR "/lb4_src_ranges", BPF_F_NO_PREALLOC);
+/* Node devices by ifindex, with their SNAT address; written by the agent when it attaches. */
+BPF_TABLE_PINNED("hash", __u32, struct lb4_node_if, lb4_node_ifs, LB4_MAX_NODE_IFS,
+		 EBPFLB_PIN_DIR "/lb4_node_ifs");
 /* Global verdict counters. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_stats, STAT_MAX, EBPFLB_PIN_DIR "/lb_stats");
 /* Per-frontend and per-backend traffic, indexed by id (ids are below the map limits; 0 unused).

@@ -25,9 +25,34 @@ struct lb4_svc {
 /* The slots hold the backends themselves (hash-mod, "random") or a Maglev table of prime size;
  * the data path is the same, slot = hash % count, so this flag only tells readers which. */
 #define LB4_SVC_F_MAGLEV 0x1
-/* Bits 4-5: the kind of frontend (0 ClusterIP, 1 NodePort, 2 LoadBalancer, 3 ExternalIP), for
- * display; the data path treats every kind alike. */
+/* externalTrafficPolicy Local: traffic from outside the cluster (NodePort, LoadBalancer and
+ * ExternalIP frontends) goes only to this node's backends, keeps its source address (no SNAT),
+ * and is dropped when the node has none. */
+#define LB4_SVC_F_ETP_LOCAL 0x2
+/* loadBalancerSourceRanges: a new flow must come from a prefix listed for this frontend in
+ * lb4_src_ranges, else it is dropped. */
+#define LB4_SVC_F_SRC_RANGES 0x4
+/* Bits 4-5: the kind of frontend (0 ClusterIP, 1 NodePort, 2 LoadBalancer, 3 ExternalIP). Pods
+ * reach every kind alike; on a node device a ClusterIP is refused (not reachable from outside). */
 #define LB4_SVC_KIND_SHIFT 4
+#define LB4_SVC_KIND_MASK 0x30
+#define LB4_SVC_KIND_CLUSTERIP 0x0
+
+/* loadBalancerSourceRanges of one frontend, as an LPM trie: prefixlen counts the 32 bits of
+ * svc_id plus the prefix bits of addr, so one trie holds the ranges of every frontend. */
+struct lb4_src_range_key {
+	__u32 prefixlen;
+	__u32 svc_id;
+	__be32 addr;
+};
+
+/* A node device (where traffic from outside the cluster arrives), by ifindex: the address a flow
+ * to a backend on another node is SNATed to when it leaves through this device. A route to a
+ * backend through a node device means the backend is remote. */
+struct lb4_node_if {
+	__be32 addr;
+	__u32 flags;
+};
 
 /* One selection slot of a frontend; the value is a backend id in lb4_backends. */
 struct lb4_slot_key {
@@ -80,6 +105,8 @@ struct ct4_key {
 #define CT_F_ESTABLISHED 0x1	/* sent more than a bare SYN (an ACK) */
 #define CT_F_CLOSING 0x2	/* sent FIN or RST: short lifetime, a new SYN starts a new flow */
 #define CT_F_HAIRPIN 0x4	/* a pod reaching itself: its source was rewritten to LB4_HAIRPIN_ADDR */
+#define CT_F_EXTERNAL 0x8	/* a flow from outside the cluster, created on a node device */
+#define CT_F_SNAT 0x10		/* ... to a backend on another node: its source was SNATed (nat2) */
 
 /* The source a pod sees when it reaches itself through a Service (169.254.42.1): a link-local
  * address no pod owns, so the pod's reply leaves it and comes back to the data path. */
@@ -87,7 +114,10 @@ struct ct4_key {
 
 /* Conntrack value: where a forward packet is DNATed to (the backend), or what a reply's source
  * is rewritten to (the frontend). Keeping the address here, not a backend id, is what lets an
- * established flow outlive the removal of its backend from the Service. */
+ * established flow outlive the removal of its backend from the Service.
+ * A SNAT flow (CT_F_SNAT) rewrites the other side too: nat2 is the node address and port the
+ * forward packets leave with, and in the reply entry the client the replies go back to. Its
+ * reply entry is keyed backend -> nat2, which is what makes the SNAT port unique. */
 struct ct4_entry {
 	__u64 created_ns;
 	__u64 last_seen_ns;	/* refreshed at most once a second, to keep writes off the hot path */
@@ -96,6 +126,9 @@ struct ct4_entry {
 	__u16 flags;
 	__u32 svc_id;
 	__u32 backend_id;
+	__be32 nat2_addr;
+	__be16 nat2_port;
+	__u16 pad;
 };
 
 /* Display name of a frontend ("namespace/name:port"), written by the control plane so that
@@ -130,6 +163,13 @@ enum lb_stat {
 	STAT_TCP_NO_STATE,	/* TCP other than SYN for an unknown flow: DNATed by hash, no state */
 	STAT_BAD_SOURCE,	/* new flow from loopback, from a VIP or to itself: dropped */
 	STAT_ICMP_NAT,		/* ICMP error about a load-balanced flow translated */
+	STAT_EXTERNAL_CLUSTERIP, /* a ClusterIP reached from outside the cluster: dropped */
+	STAT_SOURCE_DENIED,	/* new flow from outside the frontend's loadBalancerSourceRanges: dropped */
+	STAT_SNAT_EXHAUSTED,	/* no free SNAT port towards a remote backend: dropped */
+	STAT_NODE_FORWARD,		/* a flow from outside sent on to another node (TC redirect) */
+	STAT_XDP_FORWARD,		/* ... sent on by XDP itself (XDP_TX or redirect) */
+	STAT_XDP_TO_TC,		/* XDP could not finish (no neighbour, reject): left to TC untouched */
+	STAT_FORWARD_FAIL,		/* no route, TTL exceeded, or Local policy with a remote backend: dropped */
 	STAT_MAX,
 };
 

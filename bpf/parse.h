@@ -127,11 +127,10 @@ static __always_inline void lb4_pull_headers(struct __sk_buff *skb)
 		bpf_skb_pull_data(skb, skb->len < LB4_PULL_LEN ? skb->len : LB4_PULL_LEN);
 }
 
-/* Parses an Ethernet + IPv4 + TCP/UDP packet into *p. Returns PARSE_OK or a PARSE_* code. */
-static __always_inline int lb4_parse(struct __sk_buff *skb, struct pkt4 *p)
+/* Parses an Ethernet + IPv4 + TCP/UDP frame of `len` bytes, whose linear part is
+ * [data, data_end), into *p. Returns PARSE_OK or a PARSE_* code. */
+static __always_inline int lb4_parse_frame(void *data, void *data_end, __u32 len, struct pkt4 *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
 	struct hdr_cursor c = { .pos = data };
 	struct ethhdr *eth;
 	struct iphdr *iph;
@@ -145,7 +144,7 @@ static __always_inline int lb4_parse(struct __sk_buff *skb, struct pkt4 *p)
 		return proto;
 	if (proto != bpf_htons(ETH_P_IP))
 		return PARSE_NOT_OURS;
-	proto = parse_iphdr(&c, data_end, skb->len - ETH_HLEN, &iph);
+	proto = parse_iphdr(&c, data_end, len - ETH_HLEN, &iph);
 	if (proto < 0)
 		return proto;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
@@ -170,6 +169,20 @@ static __always_inline int lb4_parse(struct __sk_buff *skb, struct pkt4 *p)
 		p->tcp_flags = 0;
 	}
 	return PARSE_OK;
+}
+
+static __always_inline int lb4_parse(struct __sk_buff *skb, struct pkt4 *p)
+{
+	return lb4_parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, p);
+}
+
+/* XDP frames are linear here (no multi-buffer programs), so the length is what the data spans. */
+static __always_inline int lb4_parse_xdp(struct xdp_md *ctx, struct pkt4 *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	return lb4_parse_frame(data, data_end, data_end - data, p);
 }
 
 #endif

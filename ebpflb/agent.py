@@ -27,6 +27,13 @@ from .status import remove_status, write_status
 
 log = logging.getLogger(__name__)
 
+
+def _in_cidrs(address: str, cidrs: Tuple[str, ...]) -> bool:
+    """--nodeport-addresses: no list means every node address."""
+    import ipaddress
+
+    return not cidrs or any(ipaddress.ip_address(address) in ipaddress.ip_network(c) for c in cidrs)
+
 ON_EXIT_KEEP = "keep"
 ON_EXIT_REMOVE = "remove"
 RESCAN_SECONDS = 10.0  # catch link events lost to a netlink overrun
@@ -44,8 +51,13 @@ class AgentOptions:
     ct_gc_interval: float = 10.0  # seconds between conntrack garbage collections
     node_name: Optional[str] = None  # this node, for internalTrafficPolicy: Local
     proxy_name: Optional[str] = None  # serve Services labelled service-proxy-name=<this> too
-    node_addresses: Tuple[str, ...] = ()  # where NodePorts listen
+    node_addresses: Tuple[str, ...] = ()  # where NodePorts listen; () = the node devices' own
     external_ip_allow: Tuple[str, ...] = ()  # CIDRs externalIPs may be programmed in
+    node_devices: List[str] = field(default_factory=list)  # globs of devices facing outside
+    node_mode: str = "tc"  # xdp | tc: the hook north-south traffic is taken at
+    xdp_mode: str = "auto"  # auto | native | generic
+    nodeport_cidrs: Tuple[str, ...] = ()  # only node addresses inside these get NodePorts
+    health_check_bind: Tuple[str, ...] = ()  # addresses healthCheckNodePorts listen on; () = all
 
 
 @dataclass
@@ -68,6 +80,21 @@ class Agent:
         self._stop = False
         self._serving = False  # programs attached and the loop running
         self._wake_r, self._wake_w = os.pipe()
+        self._manifests = None  # the last good source state, replanned when node addresses change
+        self._replan = False
+        self._node_addresses: Tuple[str, ...] = tuple(options.node_addresses)
+        self._health_checks = None  # HealthCheckServers, started by run() when node devices exist
+
+    def node_addresses_changed(self, detected: List[str]) -> None:
+        """The node devices' addresses as found now; with no --node-address, they are where
+        NodePorts are served, so a change replans (no source change needed)."""
+        if self.options.node_addresses:
+            return
+        chosen = tuple(a for a in detected if _in_cidrs(a, self.options.nodeport_cidrs))
+        if chosen != self._node_addresses:
+            log.info("node addresses for NodePorts: %s", ", ".join(chosen) or "none")
+            self._node_addresses = chosen
+            self._replan = True
 
     def readiness(self):
         """(ready, reason): ready once the source's initial sync is programmed and the programs
@@ -108,9 +135,15 @@ class Agent:
                       self.source.description, exc)
             return False
         if manifests is None:
-            return False
+            if not (self._replan and self._manifests is not None):
+                return False
+            manifests = self._manifests
+        self._replan = False
+        self._manifests = manifests
+        node_addresses = tuple(a for a in self._node_addresses
+                               if _in_cidrs(a, self.options.nodeport_cidrs))
         desired = desired_state(manifests.services, manifests.slices, self.options.node_name,
-                                self.options.proxy_name, self.options.node_addresses,
+                                self.options.proxy_name, node_addresses,
                                 self.options.external_ip_allow)
         for skipped in desired.skipped:
             log.info("service %s skipped: %s", skipped.ref, skipped.reason)
@@ -129,6 +162,8 @@ class Agent:
             self.state.snapshot = read_snapshot(writer)  # trust the kernel after a failure
             return False
         self.state.snapshot = result.snapshot
+        if self._health_checks is not None:
+            self._health_checks.sync(desired.health_checks)
         self.state.syncs += 1
         self.state.last_error = None
         if self.state.syncs == 1:
@@ -174,29 +209,48 @@ class Agent:
         # Kernel edges imported here so the module stays importable without bcc or pyroute2.
         from pyroute2 import IPRoute
 
-        from .dataplane.attach import Attacher, LinkMonitor, Program
+        from .dataplane.attach import Attacher, LinkMonitor, Program, links, matches
         from .dataplane.bcc_maps import BccMapWriter
         from .dataplane.cleanup import remove_dataplane
         from .dataplane.ct_gc import ConntrackGc
         from .dataplane.ct_gc import purge as ct_purge
         from .dataplane.loader import load_programs
 
+        from .dataplane.node_attach import NodeAttacher, device_ipv4
+
         progs = load_programs(self.config)
         writer = BccMapWriter(progs.bpf)
         self._purge = lambda svc_ids, udp: ct_purge(progs.bpf, svc_ids, udp)
         self.state.snapshot = read_snapshot(writer)
-        self.sync(writer)
         ipr = IPRoute()
+        nodes = None
+        if self.options.node_devices:
+            from .healthcheck import HealthCheckServers
+
+            self._health_checks = HealthCheckServers(self.options.health_check_bind or ("0.0.0.0",))
+            nodes = NodeAttacher(ipr, self.options.node_devices, self.options.node_mode,
+                                 self.options.xdp_mode,
+                                 Program(progs.node_in.fd, progs.node_in.name.decode()),
+                                 Program(progs.node_out.fd, progs.node_out.name.decode()),
+                                 progs.node_xdp, progs.bpf[b"lb4_node_ifs"])
+            # NodePorts are programmed before anything is attached, on the addresses found now.
+            self.node_addresses_changed(sorted(
+                {a for i, n in links(ipr).items() if matches(n, self.options.node_devices)
+                 for a in [device_ipv4(ipr, i)] if a}))
+        self.sync(writer)
         monitor = LinkMonitor()
         attacher = Attacher(ipr, self.options.devices,
                             Program(progs.from_pod.fd, progs.from_pod.name.decode()),
                             Program(progs.to_pod.fd, progs.to_pod.name.decode()))
         attacher.rescan()
+        if nodes is not None:
+            nodes.rescan()
         if self.metrics is not None and self.options.metrics_address:
             self.metrics.serve(self.options.metrics_address, progs.bpf)
-        log.info("agent ready: %s, devices %s, pins in %s, on exit: %s the data plane",
-                 self.source.description, ",".join(self.options.devices), self.config.pin_dir,
-                 self.options.on_exit)
+        log.info("agent ready: %s, devices %s, node devices %s (%s), pins in %s, on exit: %s "
+                 "the data plane", self.source.description, ",".join(self.options.devices),
+                 ",".join(self.options.node_devices) or "none", self.options.node_mode,
+                 self.config.pin_dir, self.options.on_exit)
         if self.options.ready_file:
             with open(self.options.ready_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
@@ -211,8 +265,12 @@ class Agent:
                     for event, ifindex, ifname in monitor.events():
                         if event == "RTM_NEWLINK":
                             attacher.consider(ifindex, ifname)
+                            if nodes is not None:
+                                nodes.consider(ifindex, ifname)
                         else:
                             attacher.forget(ifindex)
+                            if nodes is not None:
+                                nodes.forget(ifindex)
                 if time.monotonic() - last_gc > self.options.ct_gc_interval:
                     result = gc.run(time.monotonic_ns())  # the programs' clock is CLOCK_MONOTONIC
                     if self.metrics is not None:
@@ -220,11 +278,16 @@ class Agent:
                     last_gc = time.monotonic()
                 if time.monotonic() - last_rescan > RESCAN_SECONDS:
                     attacher.rescan()
+                    if nodes is not None:
+                        nodes.rescan()
+                        self.node_addresses_changed(nodes.addresses())
                     last_rescan = time.monotonic()
                 if not self._stop:
                     self.sync(writer)
         finally:
             monitor.close()
+            if self._health_checks is not None:
+                self._health_checks.close()
             if self.metrics is not None:
                 self.metrics.close()
             if self.options.on_exit == ON_EXIT_REMOVE:

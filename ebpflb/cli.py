@@ -63,6 +63,17 @@ def _cidr_list(values: List[str], option: str) -> tuple:
         raise click.BadParameter(str(exc), param_hint=option) from exc
 
 
+def _port_range(value: str, option: str) -> tuple:
+    low, sep, high = value.partition("-")
+    try:
+        if not sep:
+            raise ValueError
+        ports = (int(low), int(high))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not MIN-MAX", param_hint=option) from None
+    return ports
+
+
 def _service_cidrs(values: List[str]) -> tuple:
     from .backend_rules import parse_service_cidrs
 
@@ -177,6 +188,23 @@ def main(log_level: str) -> None:
 @click.option("--node-address", "node_addresses", multiple=True, metavar="IP",
               help="This node's address for NodePort frontends; repeatable (none: no NodePort "
                    "frontends).")
+@click.option("--node-device", "node_devices", multiple=True, metavar="GLOB",
+              help="Node devices (traffic from outside the cluster: NodePort, LoadBalancer, "
+                   "externalIPs), e.g. eth0; repeatable. None: no north-south programs.")
+@click.option("--node-mode", type=click.Choice(["xdp", "tc"]), default="xdp", show_default=True,
+              help="Hook for node devices: XDP (with TC behind it) or TC only.")
+@click.option("--xdp-mode", type=click.Choice(["auto", "native", "generic"]), default="auto",
+              show_default=True, help="XDP flavour: native where the driver has it (auto falls "
+                                      "back to generic).")
+@click.option("--nodeport-addresses", "nodeport_cidrs", multiple=True, metavar="CIDR",
+              help="Serve NodePorts only on node addresses inside these CIDRs; repeatable "
+                   "(default: every node address).")
+@click.option("--snat-ports", default="61000-65535", show_default=True, metavar="MIN-MAX",
+              help="Source ports for SNAT towards backends on other nodes; keep them outside "
+                   "net.ipv4.ip_local_port_range.")
+@click.option("--healthcheck-address", "healthcheck_bind", multiple=True, metavar="IP",
+              help="Address the healthCheckNodePort servers listen on; repeatable "
+                   "(default: all addresses of the node).")
 @click.option("--external-ip-allow", "external_ip_allow", multiple=True, metavar="CIDR",
               help="Program spec.externalIPs only inside these ranges; repeatable. Default none: "
                    "anyone who can edit a Service could otherwise take over any address "
@@ -193,7 +221,9 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
           ct_syn_max: int, ct_timeouts: str, ct_gc_interval: float,
           max_services: int, max_backends: int, max_slots: int, ready_file: Optional[str],
           algorithm: str, maglev_table_size: int, metrics_address: str,
-          node_addresses: List[str], external_ip_allow: List[str], proxy_name: str,
+          node_addresses: List[str], node_devices: List[str], node_mode: str, xdp_mode: str,
+          nodeport_cidrs: List[str], snat_ports: str, healthcheck_bind: List[str],
+          external_ip_allow: List[str], proxy_name: str,
           service_cidrs: List[str], pin_dir: str,
           netns: Optional[str]) -> None:
     """Run the agent in the foreground: program the maps from the manifests or the Kubernetes
@@ -212,7 +242,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
     config = _config(pin_dir, ct_max_entries=ct_max, ct_syn_max_entries=ct_syn_max,
                      max_services=max_services,
                      max_backends=max_backends, max_slots=max_slots,
-                     ct_timeouts=_ct_timeouts(ct_timeouts))
+                     ct_timeouts=_ct_timeouts(ct_timeouts),
+                     snat_ports=_port_range(snat_ports, "--snat-ports"))
     if health_address:
         try:
             parse_address(health_address)
@@ -233,7 +264,11 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                            ct_gc_interval=ct_gc_interval, node_name=node_name,
                            proxy_name=proxy_name or None,
                            node_addresses=_ipv4_list(node_addresses, "--node-address"),
-                           external_ip_allow=_cidr_list(external_ip_allow, "--external-ip-allow"))
+                           external_ip_allow=_cidr_list(external_ip_allow, "--external-ip-allow"),
+                           node_devices=list(node_devices), node_mode=node_mode,
+                           xdp_mode=xdp_mode,
+                           nodeport_cidrs=_cidr_list(nodeport_cidrs, "--nodeport-addresses"),
+                           health_check_bind=_ipv4_list(healthcheck_bind, "--healthcheck-address"))
     if use_kubernetes:
         from .sources.kubernetes import KubernetesSource, api_client_from
 
@@ -446,13 +481,17 @@ def ct_list(services: List[str], output: str, pin_dir: str) -> None:
     rows = [{"protocol": e.protocol, "state": _ct_state(e), "client": f"{e.saddr}:{e.sport}",
              "frontend": f"{e.daddr}:{e.dport}", "backend": f"{e.nat_addr}:{e.nat_port}",
              "service": names.get(e.svc_id, f"(gone, svc {e.svc_id})"),
+             # A backend on another node is reached from this node's address (SNAT).
+             "snat": f"{e.nat2_addr}:{e.nat2_port}" if e.flags & 0x10 else None,
+             "external": bool(e.flags & 0x8),
              "age_seconds": round((now - e.created_ns) / 1e9, 3),
              "idle_seconds": round((now - e.last_seen_ns) / 1e9, 3)} for e in entries]
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    head = ("PROTO", "STATE", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "AGE", "IDLE")
-    table = [head] + [(r["protocol"], r["state"], r["client"], r["frontend"], r["backend"], r["service"],
+    head = ("PROTO", "STATE", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "SERVICE", "AGE", "IDLE")
+    table = [head] + [(r["protocol"], r["state"], r["client"], r["frontend"], r["backend"],
+                       r["snat"] or "-", r["service"],
                        f"{r['age_seconds']:.0f}s", f"{r['idle_seconds']:.0f}s") for r in rows]
     widths = [max(len(t[i]) for t in table) for i in range(len(head))]
     for t in table:

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-/usr/bin/python3}
 APT_PACKAGES=(python3-bpfcc libbpf1 linux-headers-amd64 iproute2 python3-venv python3-dev gcc
-              curl iptables nftables conntrack tcpdump bpftool)
+              curl iptables nftables conntrack tcpdump bpftool ethtool)
 
 log() { printf '[setup] %s\n' "$*"; }
 

@@ -8,15 +8,17 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SVC_META, VIPS, BackendValue,
-                    SlotKey, SvcKey, SvcValue, slot_tables)
+from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_META, VIPS,
+                    BackendValue, SlotKey, SrcRangeKey, SvcKey, SvcValue, slot_tables)
 
 CT4 = "ct4"
 CT4_SYN = "ct4_syn"
 CT_TABLES = (CT4, CT4_SYN)  # established (and UDP) flows; half-open TCP flows
 STATS = "lb_stats"
 STAT_NAMES = ("pass", "dnat_new", "no_backend", "malformed", "fragment", "conntrack_insert_fail",
-              "nat_fail", "conntrack_insert", "tcp_no_state", "bad_source", "icmp_nat")
+              "nat_fail", "conntrack_insert", "tcp_no_state", "bad_source", "icmp_nat",
+              "external_clusterip", "source_denied", "snat_exhausted", "node_forward",
+              "xdp_forward", "xdp_to_tc", "forward_fail")
 
 
 def ip_to_be32(ip: str) -> int:
@@ -59,6 +61,16 @@ def _meta(t: Any, name: str) -> Any:
     return leaf
 
 
+def _src_range_key(t: Any, k: SrcRangeKey) -> Any:
+    # LPM trie key: prefixlen counts svc_id's 32 bits (always matched) plus the CIDR's prefix.
+    addr, _, prefix = k.cidr.partition("/")
+    return t.Key(prefixlen=32 + int(prefix), svc_id=k.svc_id, addr=ip_to_be32(addr))
+
+
+def _src_range_key_back(c: Any) -> SrcRangeKey:
+    return SrcRangeKey(c.svc_id, f"{be32_to_ip(c.addr)}/{c.prefixlen - 32}")
+
+
 # Map name -> (key to ctypes, key from ctypes, value to ctypes, value from ctypes).
 _Conv = Tuple[Callable[[Any, Any], Any], Callable[[Any], Any],
               Callable[[Any, Any], Any], Callable[[Any], Any]]
@@ -75,6 +87,7 @@ _CONVERTERS: Dict[str, _Conv] = {
                lambda c: c.name.decode(errors="replace")),
     VIPS: (lambda t, k: t.Key(ip_to_be32(k)), lambda c: be32_to_ip(c.value),
            lambda t, v: t.Leaf(v), lambda c: c.value),
+    SRC_RANGES: (_src_range_key, _src_range_key_back, lambda t, v: t.Leaf(v), lambda c: c.value),
 }
 
 
@@ -145,8 +158,12 @@ class CtEntry:
     backend_id: int
     created_ns: int
     last_seen_ns: int
-    flags: int = 0  # CT_F_* of lb_structs.h: 0x1 established, 0x2 closing
+    flags: int = 0  # CT_F_* of lb_structs.h: 0x1 established, 0x2 closing, 0x10 SNAT...
     half_open: bool = False  # still in ct4_syn: the client has not completed the handshake
+    # SNAT flows (backend on another node): forward entry: the node address and port the
+    # packets leave with; reply entry: the client the replies go back to.
+    nat2_addr: str = "0.0.0.0"
+    nat2_port: int = 0
 
 
 def _ct_entry(k: Any, v: Any, half_open: bool) -> CtEntry:
@@ -155,7 +172,8 @@ def _ct_entry(k: Any, v: Any, half_open: bool) -> CtEntry:
         be32_to_ip(k.saddr), be16_to_port(k.sport), be32_to_ip(k.daddr), be16_to_port(k.dport),
         PROTO_NAMES.get(k.proto, str(k.proto)),
         be32_to_ip(v.nat_addr), be16_to_port(v.nat_port), v.svc_id, v.backend_id,
-        v.created_ns, v.last_seen_ns, v.flags, half_open)
+        v.created_ns, v.last_seen_ns, v.flags, half_open, be32_to_ip(v.nat2_addr),
+        be16_to_port(v.nat2_port))
 
 
 def read_conntrack(bpf: Any) -> List[CtEntry]:

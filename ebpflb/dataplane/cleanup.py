@@ -1,5 +1,6 @@
-"""Removing everything ebpflb attached or pinned: our TC filters (and clsact qdiscs nothing else
-uses) in the current network namespace, then the pinned maps and their directory."""
+"""Removing everything ebpflb attached or pinned: our XDP programs and TC filters (and clsact
+qdiscs nothing else uses) in the current network namespace, then the pinned maps and their
+directory."""
 import logging
 import os
 from typing import List, Optional
@@ -38,7 +39,10 @@ def remove_dataplane(config: DataplaneConfig, ipr: Optional[IPRoute] = None) -> 
     own = ipr is None
     ipr = ipr or IPRoute()
     try:
-        devices = detach_all(ipr)
+        from .node_attach import detach_xdp_all
+
+        xdp = detach_xdp_all(ipr)
+        devices = sorted(set(detach_all(ipr)) | set(xdp))
     finally:
         if own:
             ipr.close()

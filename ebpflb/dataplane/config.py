@@ -3,7 +3,7 @@ how large they are. Each lab node (or test) uses its own pin directory."""
 import glob
 import re
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Tuple
 from pathlib import Path
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
@@ -35,6 +35,10 @@ class DataplaneConfig:
     ct_max_entries: int = 262144
     ct_syn_max_entries: int = 65536  # half-open TCP flows, apart so a SYN flood cannot evict others
     ct_timeouts: CtTimeouts = field(default_factory=CtTimeouts)
+    max_src_ranges: int = 16384  # loadBalancerSourceRanges entries over all frontends
+    # SNAT source ports towards backends on other nodes; above the kernel's default ephemeral
+    # range (32768-60999), so they never collide with the node's own connections.
+    snat_ports: Tuple[int, int] = (61000, 65535)
 
     def __post_init__(self) -> None:
         pin = Path(self.pin_dir)
@@ -47,6 +51,13 @@ class DataplaneConfig:
             value = getattr(self, name)
             if not 1 <= value <= 1 << 24:
                 raise ValueError(f"{name} must be between 1 and {1 << 24}, got {value}")
+        if not 1 <= self.max_src_ranges <= 1 << 20:
+            raise ValueError(f"max_src_ranges must be between 1 and {1 << 20}, "
+                             f"got {self.max_src_ranges}")
+        low, high = self.snat_ports
+        if not 1024 <= low <= high <= 65535 or high - low < 15:
+            raise ValueError(f"SNAT ports {low}-{high}: need 1024 <= low, high <= 65535 and at "
+                             "least 16 ports")
 
     @property
     def map_limits(self) -> dict:
@@ -57,6 +68,7 @@ class DataplaneConfig:
             "lb4_backends": self.max_backends,
             "lb4_slots": self.max_slots,
             "lb4_vips": self.max_services,
+            "lb4_src_ranges": self.max_src_ranges,
         }
 
 

@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 # struct ct4_key and struct ct4_entry of bpf/lb_structs.h, native order (addresses and ports
 # stay as raw network-order bytes: only compared, never printed here).
 KEY = struct.Struct("=4s4s2s2sBBH")
-VALUE = struct.Struct("=QQ4s2sHII")
+VALUE = struct.Struct("=QQ4s2sHII4s2sH")
 CT_F_ESTABLISHED = 0x1
 CT_F_CLOSING = 0x2
 CT_F_HAIRPIN = 0x4
+CT_F_SNAT = 0x10
 HAIRPIN_ADDR = bytes([169, 254, 42, 1])  # LB4_HAIRPIN_ADDR_HOST
 TCP = 6
 NS = 1_000_000_000
@@ -55,10 +56,16 @@ def expired_keys(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts) 
         raw = keys[i * KEY.size:(i + 1) * KEY.size]
         entries[raw] = KEY.unpack(raw) + VALUE.unpack_from(values, i * VALUE.size)
     out = []
-    for raw, (saddr, daddr, sport, dport, proto, direction, _pad,
-              _created, last, nat_addr, nat_port, flags, _svc, _be) in entries.items():
+    for raw, (saddr, daddr, sport, dport, proto, direction, _pad, _created, last, nat_addr,
+              nat_port, flags, _svc, _be, nat2_addr, nat2_port, _pad2) in entries.items():
         hairpin = flags & CT_F_HAIRPIN  # the pod reached itself: replies go to HAIRPIN_ADDR
-        if direction == 0:
+        if flags & CT_F_SNAT:
+            # Forward: client -> frontend, leaving as nat2 -> backend; reply: backend -> nat2.
+            if direction == 0:
+                peer = KEY.pack(nat_addr, nat2_addr, nat_port, nat2_port, proto, 1, 0)
+            else:
+                peer = KEY.pack(nat2_addr, nat_addr, nat2_port, nat_port, proto, 0, 0)
+        elif direction == 0:
             peer = KEY.pack(nat_addr, HAIRPIN_ADDR if hairpin else saddr, nat_port, sport, proto, 1, 0)
         else:
             peer = KEY.pack(saddr if hairpin else daddr, nat_addr, dport, nat_port, proto, 0, 0)
@@ -119,7 +126,8 @@ def purge_keys(keys: bytes, values: bytes, svc_ids, udp_backends) -> List[bytes]
     for i in range(len(keys) // KEY.size):
         raw = keys[i * KEY.size:(i + 1) * KEY.size]
         saddr, _daddr, sport, _dport, proto, direction, _ = KEY.unpack(raw)
-        _c, _l, nat_addr, nat_port, _f, svc_id, _b = VALUE.unpack_from(values, i * VALUE.size)
+        _c, _l, nat_addr, nat_port, _f, svc_id, _b, _a2, _p2, _ = VALUE.unpack_from(
+            values, i * VALUE.size)
         if svc_id in svc_ids:
             out.append(raw)
         elif proto == 17:

@@ -31,3 +31,38 @@ def map_info(fd: int) -> MapInfo:
         err = ctypes.get_errno() or -rc
         raise OSError(err, f"BPF_OBJ_GET_INFO_BY_FD on fd {fd} failed")
     return info
+
+
+class ProgInfo(ctypes.Structure):
+    # The leading fields of struct bpf_prog_info, up to the name.
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+                ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
+                ("name", ctypes.c_char * 16)]
+
+
+def prog_name(prog_id: int) -> str:
+    """The name of a loaded program by id ("" when it is gone): how an XDP program attached to a
+    device is recognised as ours."""
+    lib = libbpf()
+    get_fd = lib.bpf_prog_get_fd_by_id
+    get_fd.argtypes = [ctypes.c_uint32]
+    get_fd.restype = ctypes.c_int
+    fd = get_fd(prog_id)
+    if fd < 0:
+        return ""
+    try:
+        fn = lib.bpf_obj_get_info_by_fd
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+        fn.restype = ctypes.c_int
+        info = ProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if fn(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            return ""
+        return info.name.decode(errors="replace")
+    finally:
+        import os
+
+        os.close(fd)

@@ -21,12 +21,17 @@ from .config import BPFFS_ROOT, DataplaneConfig
 log = logging.getLogger(__name__)
 
 MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "ct4", "lb4_svc_meta", "lb_stats",
-             "lb4_svc_stats", "lb4_backend_stats", "lb4_vips", "ct4_syn", "lb4_affinity")
-CONTROL_MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "lb4_svc_meta", "lb4_vips")
+             "lb4_svc_stats", "lb4_backend_stats", "lb4_vips", "ct4_syn", "lb4_affinity",
+             "lb4_src_ranges", "lb4_node_ifs")
+CONTROL_MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "lb4_svc_meta", "lb4_vips",
+                     "lb4_src_ranges", "lb4_node_ifs")
 PROGRAM_FILE = "lb4_tc.c"
 MAPS_FILE = "lb_maps.c"
 PROG_FROM_POD = "lb4_from_pod"
 PROG_TO_POD = "lb4_to_pod"
+PROG_NODE_XDP = "lb4_node_xdp"
+PROG_NODE_IN = "lb4_node_in"
+PROG_NODE_OUT = "lb4_node_out"
 
 
 class DataplaneError(RuntimeError):
@@ -72,6 +77,9 @@ def _cflags(config: DataplaneConfig, src: Path) -> List[str]:
         f"-DCT_TIMEOUT_TCP_ESTABLISHED={config.ct_timeouts.tcp_established}",
         f"-DCT_TIMEOUT_TCP_CLOSE={config.ct_timeouts.tcp_close}",
         f"-DCT_TIMEOUT_UDP={config.ct_timeouts.udp}",
+        f"-DLB4_MAX_SRC_RANGES={config.max_src_ranges}",
+        f"-DLB4_SNAT_PORT_MIN={config.snat_ports[0]}",
+        f"-DLB4_SNAT_PORT_MAX={config.snat_ports[1]}",
         f"-DFLOW_HASH_SEED={FLOW_HASH_SEED:#x}U",
         "-Wno-unused-function",
     ]
@@ -147,6 +155,9 @@ class LoadedPrograms:
     bpf: Any
     from_pod: Any
     to_pod: Any
+    node_xdp: Any = None  # node devices: XDP ingress (XDP mode)
+    node_in: Any = None  # node devices: TC ingress (both modes; behind XDP in XDP mode)
+    node_out: Any = None  # node devices: TC egress (both modes)
 
 
 def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> LoadedPrograms:
@@ -158,10 +169,14 @@ def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> 
     try:
         from_pod = bpf.load_func(PROG_FROM_POD.encode(), BPF.SCHED_CLS)
         to_pod = bpf.load_func(PROG_TO_POD.encode(), BPF.SCHED_CLS)
+        node_in = bpf.load_func(PROG_NODE_IN.encode(), BPF.SCHED_CLS)
+        node_out = bpf.load_func(PROG_NODE_OUT.encode(), BPF.SCHED_CLS)
+        node_xdp = bpf.load_func(PROG_NODE_XDP.encode(), BPF.XDP)
     except Exception as exc:  # bcc raises bare Exception with the verifier log
         raise DataplaneError(f"loading {PROGRAM_FILE} failed: {exc}") from exc
-    log.info("loaded %s and %s (maps pinned in %s)", PROG_FROM_POD, PROG_TO_POD, config.pin_dir)
-    return LoadedPrograms(bpf, from_pod, to_pod)
+    log.info("loaded %s, %s, %s, %s and %s (maps pinned in %s)", PROG_FROM_POD, PROG_TO_POD,
+             PROG_NODE_XDP, PROG_NODE_IN, PROG_NODE_OUT, config.pin_dir)
+    return LoadedPrograms(bpf, from_pod, to_pod, node_xdp, node_in, node_out)
 
 
 def open_maps(config: DataplaneConfig, create: bool = False) -> Any:

@@ -46,6 +46,7 @@ from .nsops import (
     netns_pids,
     pid_alive,
     remove_netns,
+    run_cmd,
     write_sysctls,
 )
 from .topology import DEFAULT_LAB, PodSpec
@@ -307,6 +308,30 @@ def _veth_into(ipr: IPRoute, lab: str, what: str, ifname: str, mac: str, peer_ns
         os.close(fd)
 
 
+def _wire_checksums(lab: str, ns: str) -> None:
+    """Frames on the underlay carry full checksums, as from a real NIC: a veth would otherwise
+    pass CHECKSUM_PARTIAL seeds between namespaces, which XDP cannot tell from a checksum (the
+    receiving stack then checks every checksum XDP rewrote)."""
+    with _step(lab, f"{ns}: {topo.NODE_UNDERLAY_IFNAME} tx checksum offload off"):
+        r = run_cmd(["nsenter", f"--net={netns_path(ns)}", "ethtool", "-K",
+                     topo.NODE_UNDERLAY_IFNAME, "tx", "off"])
+        if r.returncode != 0:
+            raise RuntimeError(f"ethtool -K {topo.NODE_UNDERLAY_IFNAME} tx off in {ns}: "
+                               f"{r.stderr.strip()}")
+
+
+def _xdp_ready_port(ipr: IPRoute, lab: str, port: str) -> None:
+    """An underlay port takes frames a node's native XDP sends back (see lab/xdp_pass.py)."""
+    from .xdp_pass import load_xdp_pass
+
+    fd = load_xdp_pass()
+    try:
+        with _step(lab, f"underlay port {port}: XDP pass program"):
+            ipr.link("set", index=ipr.link_lookup(ifname=port)[0], xdp_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def _create_underlay(lab: Lab) -> None:
     """The underlay bridge, the external client, and each node's eth0 on the bridge with routes
     to the other nodes' pod CIDRs. The nodes themselves must exist already."""
@@ -336,6 +361,10 @@ def _create_underlay(lab: Lab) -> None:
                 idx = ipr.link_lookup(ifname=topo.NODE_UNDERLAY_IFNAME)[0]
                 ipr.addr("add", index=idx, address=addr, prefixlen=topo.UNDERLAY_PREFIXLEN)
                 ipr.link("set", index=idx, state="up")
+            _wire_checksums(lab.name, ns)
+            _xdp_ready_port(uipr, lab.name, port)
+    with netns_ipr(ext) as ipr, _step(lab.name, f"{ext}: route {topo.EXTERNAL_VIP_CIDR}"):
+        ipr.route("add", dst=topo.EXTERNAL_VIP_CIDR, gateway=topo.node_address(0))
     for j in range(lab.nodes):
         with netns_ipr(lab.node_netns(j)) as ipr:
             idx = ipr.link_lookup(ifname=topo.NODE_UNDERLAY_IFNAME)[0]

@@ -48,6 +48,9 @@ EXT_NETNS = "ext"
 UNDERLAY_NETNS = "underlay"
 UNDERLAY_BRIDGE = "br0"
 NODE_UNDERLAY_IFNAME = "eth0"  # node k's device on the underlay (its peer is port node<k>)
+# LoadBalancer and external IPs of lab Services: the external client routes them to node 0, as
+# a cloud load balancer or a router in front of the cluster would.
+EXTERNAL_VIP_CIDR = "192.168.200.192/26"
 WEB_PODS_PER_NODE = 2  # default web pods of each node k > 0
 
 # Run-time files of the lab live under /run (tmpfs): they describe kernel state that a reboot

@@ -12,14 +12,17 @@ S = 1_000_000_000
 T = CtTimeouts(tcp_syn=60, tcp_established=3600, tcp_close=10, udp=30)
 CLIENT, VIP, BACKEND = (socket.inet_aton(a) for a in ("10.244.0.2", "10.96.0.10", "10.244.0.11"))
 CPORT, VPORT, BPORT = (p.to_bytes(2, "big") for p in (40000, 80, 8080))
+NO_ADDR, NO_PORT = bytes(4), bytes(2)
+NODE, SNAT_PORT = socket.inet_aton("192.168.200.10"), (61001).to_bytes(2, "big")
+CT_F_EXTERNAL_SNAT = 0x8 | 0x10
 
 
 def flow(proto, fwd_last, fwd_flags, rev_last=None, rev_flags=0):
     keys = [KEY.pack(CLIENT, VIP, CPORT, VPORT, proto, 0, 0)]
-    values = [VALUE.pack(0, fwd_last, BACKEND, BPORT, fwd_flags, 1, 1)]
+    values = [VALUE.pack(0, fwd_last, BACKEND, BPORT, fwd_flags, 1, 1, NO_ADDR, NO_PORT, 0)]
     if rev_last is not None:
         keys.append(KEY.pack(BACKEND, CLIENT, BPORT, CPORT, proto, 1, 0))
-        values.append(VALUE.pack(0, rev_last, VIP, VPORT, rev_flags, 1, 1))
+        values.append(VALUE.pack(0, rev_last, VIP, VPORT, rev_flags, 1, 1, NO_ADDR, NO_PORT, 0))
     return b"".join(keys), b"".join(values)
 
 
@@ -37,3 +40,24 @@ def flow(proto, fwd_last, fwd_flags, rev_last=None, rev_flags=0):
 def test_aging(case, proto, fwd, rev, now, expired):
     keys, values = flow(proto, fwd[0], fwd[1], *(rev if rev else (None, 0)))
     assert len(expired_keys(keys, values, now, T)) == expired
+
+
+def snat_flow(fwd_last, rev_last, flags=0):
+    """A flow from outside to a backend on another node: forward key client -> frontend (nat
+    backend, nat2 the node's SNAT address), reply key backend -> SNAT address (nat frontend, nat2
+    the client)."""
+    f = CT_F_EXTERNAL_SNAT | flags
+    keys = [KEY.pack(CLIENT, VIP, CPORT, VPORT, 6, 0, 0),
+            KEY.pack(BACKEND, NODE, BPORT, SNAT_PORT, 6, 1, 0)]
+    values = [VALUE.pack(0, fwd_last, BACKEND, BPORT, f, 1, 1, NODE, SNAT_PORT, 0),
+              VALUE.pack(0, rev_last, VIP, VPORT, f, 1, 1, CLIENT, CPORT, 0)]
+    return b"".join(keys), b"".join(values)
+
+
+def test_snat_flow_is_aged_by_both_entries():
+    # The client is silent for an hour but the backend keeps sending: nothing expires.
+    keys, values = snat_flow(0, 3000 * S, flags=0x1)
+    assert expired_keys(keys, values, 3601 * S, T) == []
+    # Both sides idle past the established lifetime: both entries go.
+    keys, values = snat_flow(0, 0, flags=0x1)
+    assert len(expired_keys(keys, values, 3601 * S, T)) == 2

@@ -1,0 +1,182 @@
+"""Attaching the north-south programs to node devices (the kernel edge of the agent, beside
+attach.py, which does the pod-facing devices).
+
+A node device is where traffic from outside the cluster arrives (eth0, a bond). It gets:
+- in TC mode, lb4_node_in on TC ingress and lb4_node_out on TC egress;
+- in XDP mode, lb4_node_xdp at XDP as well, in front of the same two TC programs: XDP finishes
+  what it can and leaves the rest (a neighbour not resolved yet, a reject to send) to TC, and
+  replies of local backends can only be rewritten at TC egress (XDP has no egress hook).
+  Native XDP is tried first and generic XDP used where the driver has none (`--xdp-mode`).
+- an entry in lb4_node_ifs (ifindex -> its IPv4 address): a route to a backend through a node
+  device means the backend is on another node, and flows to it are SNATed to that address.
+XDP programs are recognised as ours by their name, so cleanup removes ours and nothing else.
+"""
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from pyroute2 import IPRoute
+
+from .attach import Program, attach, detach, links, matches
+from .libbpf import prog_name
+
+log = logging.getLogger(__name__)
+
+NODE_MODES = ("xdp", "tc")
+XDP_MODES = ("auto", "native", "generic")
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_PROG_NAME = "lb4_node_xdp"
+# IFLA_XDP_ATTACHED, as a number or as pyroute2 decodes it.
+_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", "xdp": "native",
+                   "xdpgeneric": "generic", "xdpoffload": "offload"}
+
+
+def device_ipv4(ipr: IPRoute, ifindex: int) -> Optional[str]:
+    """The first IPv4 address of a device (its primary), or None."""
+    for msg in ipr.get_addr(family=socket.AF_INET, index=ifindex):
+        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if addr:
+            return addr
+    return None
+
+
+def xdp_attached(ipr: IPRoute, ifindex: int) -> Tuple[Optional[str], int]:
+    """(mode, program id) of the XDP program on a device, (None, 0) when there is none."""
+    link = ipr.get_links(ifindex)[0]
+    xdp = link.get_attr("IFLA_XDP")
+    if not xdp:
+        return None, 0
+    mode = _ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED") or 0)
+    return mode, xdp.get_attr("IFLA_XDP_PROG_ID") or 0
+
+
+def attach_xdp(ifname: str, fn: Any, xdp_mode: str) -> str:
+    """Attaches (or atomically replaces) the XDP program; returns the mode it runs in."""
+    from bcc import BPF  # the kernel edge
+
+    tries = {"auto": ("native", "generic"), "native": ("native",), "generic": ("generic",)}[xdp_mode]
+    errors = []
+    for mode in tries:
+        flags = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
+        other = XDP_FLAGS_SKB_MODE if mode == "native" else XDP_FLAGS_DRV_MODE
+        try:
+            BPF.remove_xdp(ifname, other)  # a device holds one mode at a time
+        except Exception:  # noqa: BLE001 - nothing attached in that mode
+            pass
+        try:
+            BPF.attach_xdp(ifname, fn, flags)
+            return mode
+        except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
+            errors.append(f"{mode}: {exc}")
+    raise OSError(f"XDP attach to {ifname} failed ({'; '.join(errors)})")
+
+
+def detach_xdp(ipr: IPRoute, ifindex: int, ifname: str) -> bool:
+    """Removes our XDP program from a device (someone else's stays). True if there was ours."""
+    from bcc import BPF
+
+    mode, prog_id = xdp_attached(ipr, ifindex)
+    if not prog_id or prog_name(prog_id) != XDP_PROG_NAME:
+        return False
+    flags = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
+    BPF.remove_xdp(ifname, flags)
+    return True
+
+
+def detach_xdp_all(ipr: IPRoute) -> List[str]:
+    return [name for index, name in links(ipr).items() if detach_xdp(ipr, index, name)]
+
+
+@dataclass
+class NodeDevice:
+    ifname: str
+    address: Optional[str]
+    xdp: Optional[str] = None  # the XDP mode it runs in, None in TC mode
+
+
+@dataclass
+class NodeAttacher:
+    """Keeps the node programs on every device matching the patterns, and lb4_node_ifs in step
+    with their addresses (devices and addresses may come later)."""
+
+    ipr: IPRoute
+    patterns: Sequence[str]
+    mode: str
+    xdp_mode: str
+    node_in: Program
+    node_out: Program
+    xdp_fn: Any  # the bcc function of lb4_node_xdp (attach_xdp wants it)
+    node_ifs: Any  # the bcc table lb4_node_ifs
+    attached: Dict[int, NodeDevice] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in NODE_MODES:
+            raise ValueError(f"node mode {self.mode!r} is not one of {', '.join(NODE_MODES)}")
+        if self.xdp_mode not in XDP_MODES:
+            raise ValueError(f"XDP mode {self.xdp_mode!r} is not one of {', '.join(XDP_MODES)}")
+
+    def consider(self, ifindex: int, ifname: Optional[str]) -> None:
+        if not ifname or not matches(ifname, self.patterns):
+            return
+        address = device_ipv4(self.ipr, ifindex)
+        known = self.attached.get(ifindex)
+        if known and known.ifname == ifname:
+            if known.address != address:
+                self._set_node_if(ifindex, ifname, address)
+                known.address = address
+            return
+        try:
+            attach(self.ipr, ifindex, self.node_in, self.node_out)
+            xdp = attach_xdp(ifname, self.xdp_fn, self.xdp_mode) if self.mode == "xdp" else None
+            if xdp is None:
+                detach_xdp(self.ipr, ifindex, ifname)  # switched from XDP to TC mode
+        except Exception as exc:  # noqa: BLE001 - netlink or bcc: the device may be gone
+            log.warning("node device %s (ifindex %d): attach failed: %s", ifname, ifindex, exc)
+            return
+        self._set_node_if(ifindex, ifname, address)
+        self.attached[ifindex] = NodeDevice(ifname, address, xdp)
+        log.info("node device %s (ifindex %d, %s): programs attached at %s", ifname, ifindex,
+                 address or "no IPv4 address", f"XDP ({xdp}) and TC" if xdp else "TC")
+
+    def _set_node_if(self, ifindex: int, ifname: str, address: Optional[str]) -> None:
+        key = self.node_ifs.Key(ifindex)
+        if address is None:
+            # Without an address there is nothing to SNAT to: routes through this device are
+            # not taken for remote backends until it has one.
+            self.node_ifs.pop(key, None)
+            log.warning("node device %s has no IPv4 address: backends behind it are not SNATed",
+                        ifname)
+            return
+        from .bcc_maps import ip_to_be32
+
+        self.node_ifs[key] = self.node_ifs.Leaf(addr=ip_to_be32(address), flags=0)
+
+    def forget(self, ifindex: int) -> None:
+        dev = self.attached.pop(ifindex, None)
+        if dev:
+            self.node_ifs.pop(self.node_ifs.Key(ifindex), None)
+            log.info("node device %s (ifindex %d): gone", dev.ifname, ifindex)
+
+    def rescan(self) -> None:
+        present = links(self.ipr)
+        for ifindex in list(self.attached):
+            if present.get(ifindex) != self.attached[ifindex].ifname:
+                self.forget(ifindex)
+        for ifindex, ifname in sorted(present.items()):
+            self.consider(ifindex, ifname)
+        # Entries of devices that vanished while no agent ran.
+        for key in list(self.node_ifs.keys()):
+            if key.value not in self.attached:
+                self.node_ifs.pop(key, None)
+
+    def addresses(self) -> List[str]:
+        return sorted({d.address for d in self.attached.values() if d.address})
+
+    def detach(self) -> None:
+        for ifindex, dev in list(self.attached.items()):
+            if dev.xdp:
+                detach_xdp(self.ipr, ifindex, dev.ifname)
+            detach(self.ipr, ifindex)
+            self.forget(ifindex)
