@@ -1,7 +1,8 @@
 """`ebpflb explain`: which backend a flow reaches, and why (pure core; the CLI reads the maps).
 
 The prediction repeats the data path step by step from a map snapshot: frontend lookup, then a
-conntrack entry if one exists (it decides), else flow hash -> slot -> backend, with the same hash
+conntrack entry if one exists (it decides), else the frontend's loadBalancerSourceRanges (a new
+flow from elsewhere is dropped), then flow hash -> slot -> backend, with the same hash
 (ebpflb.flowhash) and seed the programs use. tests/bpf checks it against the program itself.
 """
 import ipaddress
@@ -9,8 +10,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 from .flowhash import FLOW_HASH_SEED, flow_hash
-from .maps import (BACKENDS, BE_F_NO_NEW, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS, SVC_F_MAGLEV,
-                   SVC_META, SvcKey)
+from .maps import (BACKENDS, BE_F_NO_NEW, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES,
+                   SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,9 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
     if conntrack is not None:
         return Explanation(flow, "dnat", "an established flow: conntrack decides",
                            conntrack=conntrack, backend=conntrack.backend, **common)
+    if svc.flags & SVC_F_SRC_RANGES and not source_allowed(snapshot, svc.svc_id, flow.saddr):
+        return Explanation(flow, "drop", f"a new flow from {flow.saddr}, outside the frontend's "
+                           "loadBalancerSourceRanges: dropped", **common)
     bound = _affinity_backend(snapshot, svc, affinity)
     if bound is not None:
         return Explanation(flow, "dnat", "a new flow of a client with session affinity: its "
@@ -118,6 +122,13 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
                            **common)
     return Explanation(flow, "dnat", "a new flow: the hash picks the slot, the slot the backend",
                        backend=common["hashed_backend"], **common)
+
+
+def source_allowed(snapshot, svc_id: int, saddr: str) -> bool:
+    """The data path's LPM lookup: does any of the frontend's source ranges hold the address?"""
+    addr = ipaddress.IPv4Address(saddr)
+    return any(key.svc_id == svc_id and addr in ipaddress.IPv4Network(key.cidr, strict=False)
+               for key in snapshot.get(SRC_RANGES, {}))
 
 
 def _affinity_backend(snapshot, svc, affinity: Optional[AffinityView]) -> Optional[str]:

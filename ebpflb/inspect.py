@@ -2,10 +2,10 @@
 views for `ebpflb service list`, as a table or JSON (pure core; the CLI does the reading)."""
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SVC_F_MAGLEV, SVC_META,
-                   Snapshot, frontend_kind)
+from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_ETP_LOCAL,
+                   SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, Snapshot, frontend_kind)
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,18 @@ class ServiceView:
     slots: int
     backends: Tuple[BackendView, ...]
     problems: Tuple[str, ...]  # inconsistencies found in the maps (should never happen)
+    external_local: bool = False  # externalTrafficPolicy Local: local backends, client IP kept
+    # loadBalancerSourceRanges; None when the frontend takes every source, () when it takes none
+    source_ranges: Optional[Tuple[str, ...]] = None
 
 
 def service_views(snapshot: Snapshot) -> List[ServiceView]:
     by_service: Dict[int, Dict[int, Any]] = {}
     for backend_id, value in snapshot[BACKENDS].items():
         by_service.setdefault(value.svc_id, {})[backend_id] = value
+    ranges: Dict[int, List[str]] = {}
+    for range_key in snapshot.get(SRC_RANGES, {}):
+        ranges.setdefault(range_key.svc_id, []).append(range_key.cidr)
     out = []
     for key, svc in snapshot[SERVICES].items():
         own = by_service.get(svc.svc_id, {})
@@ -55,9 +61,16 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
         out.append(ServiceView(svc.svc_id, f"{key.vip}:{key.port}/{proto}", key.vip, key.port, proto,
                                snapshot[SVC_META].get(svc.svc_id, ""), frontend_kind(svc.flags),
                                "maglev" if svc.flags & SVC_F_MAGLEV else "random", svc.count,
-                               tuple(backends), tuple(problems)))
+                               tuple(backends), tuple(problems), bool(svc.flags & SVC_F_ETP_LOCAL),
+                               tuple(sorted(ranges.get(svc.svc_id, ()), key=_net_order))
+                               if svc.flags & SVC_F_SRC_RANGES else None))
     out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol))
     return out
+
+
+def _net_order(cidr: str) -> Tuple[int, int]:
+    addr, _, prefix = cidr.partition("/")
+    return int(IPv4Address(addr)), int(prefix)
 
 
 def to_json(views: List[ServiceView]) -> List[Dict[str, Any]]:
@@ -70,6 +83,10 @@ def render_table(views: List[ServiceView]) -> str:
         lines = [f"{b.id} => {b.address}:{b.port}" + ("" if b.slots else " (weight 0: draining)")
                  + (f" ({b.slots} slots)" if v.algorithm == "maglev" and b.slots else "")
                  for b in v.backends] or ["(no ready backend: dropped)"]
+        if v.external_local:
+            lines.append("(externalTrafficPolicy Local: this node's backends, client IP kept)")
+        if v.source_ranges is not None:
+            lines.append(f"(only from {', '.join(v.source_ranges) or 'nowhere'})")
         lines += [f"! {p}" for p in v.problems]
         rows.append((str(v.id), v.frontend, v.kind, v.service, lines[0]))
         rows.extend(("", "", "", "", line) for line in lines[1:])

@@ -45,6 +45,8 @@ _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# An address and a decimal prefix length: no netmask form, no IPv6 zone, no bare address.
+_CIDR = re.compile(r"([0-9A-Fa-f:.]+)/([0-9]{1,3})")
 # The YAML loader: the C one when PyYAML was built with libyaml (kubectl dumps can be large).
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Hostile YAML bounds. libyaml's composer recurses once per nesting level in C (a few tens of
@@ -377,6 +379,28 @@ class _Object:
             return None
         return value
 
+    def cidr(self, value: Any, path: FieldPath) -> Optional[str]:
+        """A CIDR as Kubernetes accepts it for loadBalancerSourceRanges (surrounding spaces,
+        host bits, IPv4 octets with leading zeros), normalized: "10.0.0.1/8" -> "10.0.0.0/8"."""
+        if not isinstance(value, str):
+            self.error(path, f"{_show(value)} is not a valid CIDR (not a string)")
+            return None
+        match = _CIDR.fullmatch(value.strip())
+        net = None
+        if match:
+            addr, prefix = match.groups()
+            if "." in addr and ":" not in addr:
+                # Go's sloppy parser reads "010.1.1.0" as decimal; Python refuses leading zeros.
+                addr = ".".join(str(int(octet)) if octet else octet for octet in addr.split("."))
+            try:
+                net = ipaddress.ip_network(f"{addr}/{int(prefix)}", strict=False)
+            except ValueError:
+                net = None
+        if net is None:
+            self.error(path, f"{_show(value)} is not a valid CIDR (e.g. 10.240.0.0/24)")
+            return None
+        return str(net)
+
 
 class _Accumulator:
     """Objects and problems across every document and file of one load, plus the cross-object
@@ -553,6 +577,8 @@ class _Accumulator:
         # noise that must not make a change (the API source relies on that).
         ingress = self._lb_ingress(ck, doc)
         traffic["lb_ingress_ips"] = ingress if svc_type == "LoadBalancer" else ()
+        traffic.update(self._load_balancer_fields(ck, spec, svc_type,
+                                                  traffic["external_traffic_policy"]))
         if ck.errors:
             return
         svc = Service(namespace, name, svc_type, cluster_ips, ports,
@@ -593,6 +619,28 @@ class _Accumulator:
         raw = ck.list(spec.get("externalIPs"), ("spec", "externalIPs"))
         out["external_ips"] = tuple(ip for i, ip in enumerate(raw)
                                     if ck.ip(ip, ("spec", "externalIPs", i)) is not None)
+        return out
+
+    def _load_balancer_fields(self, ck: _Object, spec: Dict[str, Any], svc_type: str,
+                              etp: str) -> Dict[str, Any]:
+        """loadBalancerSourceRanges and healthCheckNodePort, with the API server's rules: both
+        only on a LoadBalancer (the health check port only with externalTrafficPolicy Local),
+        ranges as CIDRs that may be space-padded or have host bits set (kube-proxy masks them)."""
+        out: Dict[str, Any] = {}
+        path: FieldPath = ("spec", "loadBalancerSourceRanges")
+        raw = ck.list(spec.get("loadBalancerSourceRanges"), path)
+        if raw and svc_type != "LoadBalancer":
+            ck.error(path, "may only be used when type is LoadBalancer")
+        ranges = (ck.cidr(value, path + (i,)) for i, value in enumerate(raw))
+        out["lb_source_ranges"] = tuple(dict.fromkeys(r for r in ranges if r is not None))
+        hc_path: FieldPath = ("spec", "healthCheckNodePort")
+        hc = spec.get("healthCheckNodePort")
+        if hc is not None:
+            hc = ck.port(hc, hc_path)
+            if hc is not None and (svc_type != "LoadBalancer" or etp != "Local"):
+                ck.error(hc_path, "may only be set when type is LoadBalancer and "
+                                  "externalTrafficPolicy is Local")
+        out["health_check_node_port"] = hc
         return out
 
     def _lb_ingress(self, ck: _Object, doc: Dict[str, Any]) -> Tuple[str, ...]:

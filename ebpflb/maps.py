@@ -11,13 +11,16 @@ SLOTS = "lb4_slots"
 BACKENDS = "lb4_backends"
 SVC_META = "lb4_svc_meta"
 VIPS = "lb4_vips"  # VIP address -> number of frontends on it (new flows from a VIP are refused)
+SRC_RANGES = "lb4_src_ranges"  # (svc id, CIDR) -> 1: loadBalancerSourceRanges (an LPM trie)
 # The maps the control plane owns, in no particular order; conntrack and counters belong to the
 # programs and are only read (and zeroed when an id is given to a new frontend or backend).
-CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META, VIPS)
+CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META, VIPS, SRC_RANGES)
 SVC_STATS = "lb4_svc_stats"
 BACKEND_STATS = "lb4_backend_stats"
 
 SVC_F_MAGLEV = 0x1  # LB4_SVC_F_MAGLEV in lb_structs.h
+SVC_F_ETP_LOCAL = 0x2  # LB4_SVC_F_ETP_LOCAL: externalTrafficPolicy Local (no SNAT, local only)
+SVC_F_SRC_RANGES = 0x4  # LB4_SVC_F_SRC_RANGES: new flows only from the frontend's SRC_RANGES
 BE_F_NO_NEW = 0x1  # LB4_BE_F_NO_NEW in lb_structs.h
 SVC_KIND_SHIFT = 4  # LB4_SVC_KIND_SHIFT: bits 4-5 of the service flags
 FRONTEND_KINDS = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalIP")
@@ -46,6 +49,16 @@ class SvcValue(NamedTuple):
     count: int
     flags: int = 0
     affinity_timeout: int = 0  # seconds; 0 when the Service has no ClientIP affinity
+
+
+class SrcRangeKey(NamedTuple):
+    """One loadBalancerSourceRanges prefix of a frontend; the kernel key is
+    {prefixlen: 32 + the CIDR's, svc_id, addr}, so one LPM trie holds every frontend's ranges."""
+    svc_id: int
+    cidr: str  # IPv4, normalized ("10.0.0.0/8")
+
+    def __str__(self) -> str:
+        return f"svc {self.svc_id} from {self.cidr}"
 
 
 class SlotKey(NamedTuple):

@@ -3,7 +3,8 @@
 Pipeline: sources -> **model** -> plan -> apply. Sources (the API watch, manifests on disk) build the
 frozen objects below; `desired_state()` turns them into what the BPF maps should hold, with the
 same rules kube-proxy uses, so plan can diff it against the maps. Nothing here touches the kernel.
-Only IPv4 ClusterIP frontends for now; everything not programmed is reported in `skipped`.
+IPv4 frontends only; everything not programmed is reported in `skipped`. It also says which
+healthCheckNodePorts this node answers and with how many local endpoints (ebpflb.healthcheck).
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ class Service:
     external_ips: Tuple[str, ...] = ()  # spec.externalIPs
     lb_ingress_ips: Tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip
     external_traffic_policy: str = "Cluster"  # spec.externalTrafficPolicy: Cluster | Local
+    lb_source_ranges: Tuple[str, ...] = ()  # spec.loadBalancerSourceRanges, normalized CIDRs
+    health_check_node_port: Optional[int] = None  # spec.healthCheckNodePort (LB, ETP Local)
 
     @property
     def ref(self) -> str:
@@ -100,6 +103,11 @@ class Frontend:
     policy: LbPolicy = field(default=LbPolicy(), compare=False)  # from the Service's annotations
     affinity_timeout: int = field(default=0, compare=False)  # ClientIP affinity seconds, 0 = none
     kind: str = field(default="ClusterIP", compare=False)  # ClusterIP | NodePort | LoadBalancer | ExternalIP
+    # loadBalancerSourceRanges (both families, normalized): only on LoadBalancer frontends, as in
+    # kube-proxy; the Service's cluster IP and node ports stay open to everyone.
+    source_ranges: Tuple[str, ...] = field(default=(), compare=False)
+    # externalTrafficPolicy Local on a frontend reached from outside: no SNAT, local backends only.
+    external_local: bool = field(default=False, compare=False)
 
     @property
     def key(self) -> Tuple[str, int, str]:
@@ -138,6 +146,17 @@ class SkippedService:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """A healthCheckNodePort this node answers: 200 while the Service has a ready endpoint here,
+    so a cloud load balancer only sends externalTrafficPolicy Local traffic to nodes that can
+    serve it without a hop."""
+
+    port: int
+    service: str  # "namespace/name"
+    local_endpoints: int  # distinct ready endpoint addresses on this node
+
+
+@dataclass(frozen=True)
 class DesiredState:
     """What the maps should hold: every frontend, even one with no ready backend."""
 
@@ -145,6 +164,7 @@ class DesiredState:
     # read-only. Keys in Frontend order; backends sorted by (IP as integer, port).
     frontends: Mapping[Frontend, Tuple[Backend, ...]]
     skipped: Tuple[SkippedService, ...]
+    health_checks: Tuple[HealthCheck, ...] = ()  # in (namespace, name) order of their Services
 
 
 def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
@@ -160,6 +180,7 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
     frontends: Dict[Frontend, Tuple[Backend, ...]] = {}
     owner: Dict[Frontend, str] = {}
     skipped: List[SkippedService] = []
+    health_checks: Dict[int, HealthCheck] = {}
 
     def skip(svc: Service, reason: str) -> None:
         log.info("service %s: not programmed: %s", svc.ref, reason)
@@ -176,6 +197,13 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
             skip(svc, "; ".join(f"annotation {key}: {msg}" for key, msg in problems))
             continue
         svc_slices = by_service.get((svc.namespace, svc.name), [])
+        check = _health_check(svc, svc_slices, node_name)
+        if check is not None and check.port in health_checks:
+            skip(svc, f"healthCheckNodePort {check.port} already used by "
+                      f"{health_checks[check.port].service}")
+        elif check is not None:
+            health_checks[check.port] = check
+        local = svc.external_traffic_policy == "Local"
         for sp in svc.ports:
             if sp.protocol not in LB_PROTOCOLS:
                 where = f"'{sp.name}'" if sp.name else str(sp.port)
@@ -186,17 +214,38 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
             # externalTrafficPolicy Local: traffic from outside the cluster only to this node's
             # endpoints, so the client's address can be kept (no hop to another node).
             outside = (_port_backends(sp, svc_slices, svc, node_name, local_only=True)
-                       if svc.external_traffic_policy == "Local" else backends)
+                       if local else backends)
             for kind, vip, port, chosen in _frontend_addresses(
                     svc, sp, vips, node_addresses, external_ip_allow, skip, backends, outside):
-                fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind)
+                fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind,
+                              svc.lb_source_ranges if kind == "LoadBalancer" else (),
+                              local and kind != "ClusterIP")
                 if fe in owner:
                     skip(svc, f"frontend {fe} already used by {owner[fe]}")
                     continue
                 owner[fe] = svc.ref
                 frontends[fe] = chosen
     ordered = {fe: frontends[fe] for fe in sorted(frontends)}
-    return DesiredState(frontends=ordered, skipped=tuple(dict.fromkeys(skipped)))
+    return DesiredState(frontends=ordered, skipped=tuple(dict.fromkeys(skipped)),
+                        health_checks=tuple(health_checks.values()))
+
+
+def _health_check(svc: Service, slices: List[EndpointSlice],
+                  node_name: Optional[str]) -> Optional[HealthCheck]:
+    """The health check a Service asks this node for, with its local endpoint count. Counted as
+    kube-proxy does: ready endpoints only (every endpoint with publishNotReadyAddresses, which
+    the EndpointSlice controller reports ready), never the terminating fallback, so a node whose
+    last pods are terminating fails its check and the load balancer drains it (KEP-1669)."""
+    if (svc.health_check_node_port is None or svc.external_traffic_policy != "Local"
+            or svc.type not in ("NodePort", "LoadBalancer")):
+        return None
+    addresses = set()
+    if node_name is not None:
+        for s in slices:
+            for ep in s.endpoints:
+                if ep.node_name == node_name and (ep.ready or svc.publish_not_ready):
+                    addresses.update(ep.addresses)
+    return HealthCheck(svc.health_check_node_port, svc.ref, len(addresses))
 
 
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"

@@ -4,8 +4,8 @@ sources -> model -> **plan** -> apply. `compute_plan` turns a DesiredState into 
 the programs read, keeps the ids already programmed (so an unchanged frontend or backend is not
 rewritten), and returns the fewest writes, ordered so that no packet can see a frontend whose
 slots or backends are not written yet: counter resets for new ids, backends, slots, names,
-frontends, then removals in the reverse order. It also refuses a plan that would not fit in the
-maps, before anything is written.
+VIP counts, source ranges, frontends, then removals in the reverse order. It also refuses a
+plan that would not fit in the maps, before anything is written.
 
 A frontend's slots are its backends (hash-mod, "random"; a backend of weight w fills w slots) or
 its Maglev table (a prime number of slots, so a backend change moves few of them and only the
@@ -13,13 +13,14 @@ slots that differ are written). The data path is the same for both: slot = flow 
 """
 from dataclasses import dataclass
 from functools import lru_cache
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_network
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from .maglev import DEFAULT_M, maglev_table, validate_m
 from .maps import (BE_F_NO_NEW, BACKEND_STATS, BACKENDS, FRONTEND_KINDS, SVC_KIND_SHIFT, CONTROL_MAPS, NO_BACKEND, PROTO_NUMBERS, SERVICES,
-                   SLOTS, SVC_F_MAGLEV, SVC_META, SVC_NAME_LEN, SVC_STATS, BackendValue, SlotKey,
-                   Snapshot, SvcKey, SvcValue, VIPS, slot_count)
+                   SLOTS, SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META,
+                   SVC_NAME_LEN, SVC_STATS, BackendValue, SlotKey, Snapshot, SrcRangeKey, SvcKey,
+                   SvcValue, VIPS, slot_count)
 from .model import Backend, DesiredState, Frontend
 from .policy import ALGORITHMS
 
@@ -28,7 +29,10 @@ DELETE = "delete"
 RESET = "reset"  # zero the per-CPU counters of an id about to be (re)used
 
 # Upserts in this order, deletes in the reverse: whatever a record points to exists before it.
-_WRITE_ORDER = (BACKENDS, SLOTS, SVC_META, VIPS, SERVICES)
+# Source ranges come just before the frontends: a frontend that gains SVC_F_SRC_RANGES must find
+# its ranges already there (else it would refuse every client for a moment), and its old ranges
+# go only once no frontend record asks for them. A range change briefly allows old and new.
+_WRITE_ORDER = (BACKENDS, SLOTS, SVC_META, VIPS, SRC_RANGES, SERVICES)
 
 
 class PlanError(ValueError):
@@ -57,6 +61,8 @@ class Op:
 def _fmt_key(map_name: str, key: Any) -> str:
     if isinstance(key, SlotKey):
         return f"svc {key.svc_id} slot {key.slot}"
+    if isinstance(key, SrcRangeKey):
+        return str(key)
     if map_name in (SVC_META, SVC_STATS):
         return f"svc {key}"
     if map_name == VIPS:
@@ -68,7 +74,10 @@ def _fmt_key(map_name: str, key: Any) -> str:
 
 def _fmt_value(value: Any) -> str:
     if isinstance(value, SvcValue):
-        return f"svc {value.svc_id}, {value.count} slots"
+        # The traffic flags, so a plan that only changes one of them still says what changes.
+        notes = [note for flag, note in ((SVC_F_ETP_LOCAL, "external local"),
+                                         (SVC_F_SRC_RANGES, "source ranges")) if value.flags & flag]
+        return f"svc {value.svc_id}, {value.count} slots" + "".join(f", {n}" for n in notes)
     if isinstance(value, int):  # a slot's backend id, or a VIP's frontend count
         return str(value)
     if isinstance(value, str):
@@ -163,6 +172,7 @@ def desired_maps(desired: DesiredState, current: Snapshot,
     cur_backends: Mapping[int, BackendValue] = current[BACKENDS]
     used_svc_ids = {v.svc_id for v in cur_services.values()}
     used_svc_ids |= set(current[SLOTS]) | set(current[SVC_META])
+    used_svc_ids |= {k.svc_id for k in current.get(SRC_RANGES, {})}
     new_svc_ids = _free_ids(used_svc_ids)
     # A backend keeps its id while its identity (address, port, protocol, frontend) stays, even
     # when its flags change: its counters and the conntrack entries naming it stay meaningful.
@@ -192,9 +202,27 @@ def desired_maps(desired: DesiredState, current: Snapshot,
         if slots:
             out[SLOTS][svc_id] = tuple(map(ids.__getitem__, slots))
         flags |= FRONTEND_KINDS.index(frontend.kind) << SVC_KIND_SHIFT
+        if frontend.external_local:
+            flags |= SVC_F_ETP_LOCAL
+        if frontend.source_ranges:
+            # Set even when no range is IPv4 (all IPv6): then no IPv4 client is allowed, the
+            # safe reading of a list that was meant to restrict.
+            flags |= SVC_F_SRC_RANGES
+            for cidr in ipv4_ranges(frontend.source_ranges):
+                out[SRC_RANGES][SrcRangeKey(svc_id, cidr)] = 1
         out[SERVICES][key] = SvcValue(svc_id, len(slots), flags, frontend.affinity_timeout)
         out[SVC_META][svc_id] = frontend_name(frontend)
         out[VIPS][key.vip] = out[VIPS].get(key.vip, 0) + 1
+    return out
+
+
+def ipv4_ranges(ranges: Tuple[str, ...]) -> List[str]:
+    """The IPv4 CIDRs of a frontend's source ranges, normalized (the v4 maps hold only those)."""
+    out = []
+    for cidr in ranges:
+        net = ip_network(cidr, strict=False)
+        if net.version == 4 and str(net) not in out:
+            out.append(str(net))
     return out
 
 
@@ -226,7 +254,7 @@ def diff(desired: Snapshot, current: Snapshot) -> Plan:
     upserts: List[Op] = []
     deletes: List[Op] = []
     for name in _WRITE_ORDER:
-        want, have = desired[name], current[name]
+        want, have = desired.get(name, {}), current.get(name, {})
         if name == SLOTS:
             upserts.extend(_slot_upserts(want, have))
             continue
@@ -234,7 +262,7 @@ def diff(desired: Snapshot, current: Snapshot) -> Plan:
         for key in sorted(changed, key=_sort_key):
             upserts.append(Op(UPSERT, name, key, have.get(key), want[key]))
     for name in reversed(_WRITE_ORDER):
-        want, have = desired[name], current[name]
+        want, have = desired.get(name, {}), current.get(name, {})
         if name == SLOTS:
             deletes.extend(_slot_deletes(want, have))
             continue
@@ -247,6 +275,9 @@ def diff(desired: Snapshot, current: Snapshot) -> Plan:
 def _sort_key(key: Any) -> Tuple:
     if isinstance(key, SvcKey):
         return (int(IPv4Address(key.vip)), key.port, key.proto)
+    if isinstance(key, SrcRangeKey):
+        net = ip_network(key.cidr, strict=False)  # a dump may hold host bits
+        return (key.svc_id, int(net.network_address), net.prefixlen)
     if isinstance(key, tuple):
         return tuple(key)
     return (key,)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebpflb.apply import ApplyError, apply_plan, read_snapshot
-from ebpflb.maps import (BACKENDS, SERVICES, SLOTS, SVC_META, BackendValue, SlotKey, SvcKey,
-                         SvcValue, empty_snapshot, slot_tables)
+from ebpflb.maps import (BACKENDS, SERVICES, SLOTS, SRC_RANGES, SVC_F_SRC_RANGES, SVC_META,
+                         BackendValue, SlotKey, SvcKey, SvcValue, empty_snapshot, slot_tables)
 from ebpflb.model import Backend, DesiredState, Frontend
 from ebpflb.plan import DELETE, RESET, UPSERT, PlanError, apply_to, compute_plan
 
@@ -154,15 +154,23 @@ def test_apply_rolls_back_on_failure():
 
 frontends = st.sampled_from([
     Frontend("10.96.0.10", 80, "TCP", "a/a"), Frontend("10.96.0.10", 80, "UDP", "a/b"),
-    Frontend("10.96.0.11", 443, "TCP", "a/c"), Frontend("10.96.1.1", 53, "UDP", "a/d")])
+    Frontend("10.96.0.11", 443, "TCP", "a/c"), Frontend("10.96.1.1", 53, "UDP", "a/d"),
+    # one load balancer frontend whose source ranges come and go and change
+    Frontend("192.0.2.50", 80, "TCP", "a/e", kind="LoadBalancer"),
+    Frontend("192.0.2.50", 80, "TCP", "a/e", kind="LoadBalancer", source_ranges=("10.0.0.0/8",)),
+    Frontend("192.0.2.50", 80, "TCP", "a/e", kind="LoadBalancer",
+             source_ranges=("10.0.0.0/8", "192.168.0.0/16"), external_local=True)])
 backends = st.lists(st.builds(Backend, st.sampled_from([f"10.244.0.{i}" for i in range(1, 9)]),
                               st.sampled_from([8080, 9053])), max_size=5, unique=True)
 desired_states = st.dictionaries(frontends, backends.map(lambda bs: tuple(sorted(bs))), max_size=4)
 
 
 def _consistent(snap) -> bool:
-    """What a packet could see: every frontend's slots exist and point at existing backends."""
+    """What a packet could see: every frontend's slots exist and point at existing backends, and
+    a frontend restricted to source ranges has its ranges (all ranges here are IPv4)."""
     for svc in snap[SERVICES].values():
+        if svc.flags & SVC_F_SRC_RANGES and not any(k.svc_id == svc.svc_id for k in snap[SRC_RANGES]):
+            return False
         table = snap[SLOTS].get(svc.svc_id, ())
         if len(table) < svc.count:
             return False
@@ -200,3 +208,6 @@ def test_every_intermediate_state_is_consistent(sequence):
         assert {i: len(t) for i, t in snap[SLOTS].items()} == {
             s.svc_id: s.count for s in snap[SERVICES].values() if s.count}
         assert set(snap[BACKENDS]) == {b for t in snap[SLOTS].values() for b in t}
+        assert {(k.svc_id, k.cidr) for k in snap[SRC_RANGES]} == {
+            (snap[SERVICES][SvcKey(f.vip, f.port, 6)].svc_id, cidr)
+            for f in frontends_map for cidr in f.source_ranges}
