@@ -557,7 +557,7 @@ def explain(src: str, dst: str, protocol: str, output: str, pin_dir: str) -> Non
 @pin_dir_option
 @netns_option
 def cleanup(pin_dir: str, netns: Optional[str]) -> None:
-    """Remove everything ebpflb attached or pinned: its TC programs on every device of the
+    """Remove everything ebpflb attached or pinned: its XDP and TC programs on every device of the
     network namespace, the clsact qdiscs nothing else uses, and the pinned maps."""
     from .dataplane.cleanup import remove_dataplane
 
@@ -651,8 +651,10 @@ def lab_status_cmd(name: str, output: str) -> None:
 @lab.command("conformance")
 @click.option("--scenario", "scenarios", multiple=True, metavar="TEXT",
               help="Run only scenarios whose name contains TEXT; repeatable.")
+@click.option("--node-mode", type=click.Choice(["xdp", "tc"]), default="xdp", show_default=True,
+              help="Hook of the agents' node devices in the two-node (north-south) scenarios.")
 @output_option
-def lab_conformance_cmd(scenarios: List[str], output: str) -> None:
+def lab_conformance_cmd(scenarios: List[str], node_mode: str, output: str) -> None:
     """Run the Kubernetes Service conformance scenarios (named after the Kubernetes e2e network
     tests) with real traffic, each in a fresh lab with the real agent, and print a pass/fail
     matrix. Exits 1 if any scenario fails."""
@@ -665,7 +667,7 @@ def lab_conformance_cmd(scenarios: List[str], output: str) -> None:
             click.echo(f"{r.outcome.upper():4}  {r.seconds:5.1f}s  {r.name}"
                        + (f"\n      {r.detail}" if r.detail else ""))
 
-    results = run_conformance(list(scenarios) or None, progress)
+    results = run_conformance(list(scenarios) or None, progress, node_mode)
     if output == "json":
         click.echo(json.dumps(to_json(results), indent=2))
     else:

@@ -4,6 +4,9 @@ named after the Kubernetes e2e network test it mirrors (test/e2e/network/service
 conntrack.go, networking.go). Users can run it on their own kernels.
 
 A scenario is a function of a Ctx that raises AssertionError when the behaviour is wrong.
+Scenarios about traffic from outside the cluster (NodePort, LoadBalancer, externalTrafficPolicy)
+run on a two-node lab with an agent per node on its eth0 (`--node-mode` xdp or tc), and send
+from the lab's external client.
 """
 import json
 import secrets
@@ -20,6 +23,9 @@ from .agent_runner import RunningAgent, force_cleanup, wait_until
 from .topology import PodSpec, default_pods
 
 NODE = "node-0"  # the lab node's name, given to the agent with --node-name
+NODE1 = "node-1"  # the second node of the multi-node scenarios
+NODE_ADDRS = ("192.168.200.10", "192.168.200.11")  # eth0 of node 0 and node 1 (topology)
+LB_IP = "192.168.200.200"  # inside topology.EXTERNAL_VIP_CIDR, routed to node 0 by the client
 Ports = Sequence[Tuple[str, int, str, int]]  # (name, port, protocol, target port)
 Endpoints = Sequence[Tuple[str, dict, str]]  # (address, conditions, nodeName)
 
@@ -57,14 +63,39 @@ def pods(*numbers: int) -> Endpoints:
     return [(f"10.244.0.{10 + n}", READY, NODE) for n in numbers]
 
 
+def node1_pods(*numbers: int) -> Endpoints:
+    return [(f"10.244.1.{10 + n}", READY, NODE1) for n in numbers]
+
+
 @dataclass
 class Ctx:
     lab: str
     agent: RunningAgent
+    agents: List[RunningAgent] = field(default_factory=list)  # one per node; [agent] on one node
 
     def apply(self, text: str, ready: Callable[[], bool], what: str) -> None:
-        self.agent.write_manifest(text=text)
+        for agent in self.agents or [self.agent]:
+            agent.write_manifest(text=text)
         wait_until(ready, 15, what)
+
+    def everywhere(self, frontend: str) -> Callable[[], bool]:
+        """Readiness: every node's agent programmed the frontend."""
+        return lambda: all(frontend in {s["frontend"] for s in a.services()}
+                           for a in self.agents or [self.agent])
+
+    def nodeports(self, port: int, proto: str = "TCP") -> Callable[[], bool]:
+        """Readiness: each node's agent programmed the NodePort on its own address."""
+        return lambda: all(f"{NODE_ADDRS[k]}:{port}/{proto}" in {s["frontend"] for s in a.services()}
+                           for k, a in enumerate(self.agents))
+
+    def ext(self, url: str, timeout: float = 3):
+        return lablib.run_in_ext(self.lab, ["curl", "-sS", "--max-time", str(timeout), url],
+                                 timeout=timeout + 10)
+
+    def ext_who(self, url: str) -> str:
+        r = self.ext(url)
+        assert r.returncode == 0, f"curl {url} from the external client: {r.stderr.strip()}"
+        return r.stdout.strip()
 
     def curl(self, url: str, pod: str = "client", timeout: float = 3):
         return lablib.run_in_pod(self.lab, pod, ["curl", "-sS", "--max-time", str(timeout), url],
@@ -268,12 +299,139 @@ def icmp_errors_translated(c: Ctx) -> None:
             pass  # the pod's port unreachable reached the socket connected to the VIP
 
 
+# ---- traffic from outside the cluster (two nodes) -----------------------------------------------
+
+def np_service(name: str, vip: str, node_port: int, endpoints: Endpoints, extra: str = "",
+               lb: bool = False, ports: Ports = WEB) -> str:
+    """A NodePort (or LoadBalancer) Service with nodePort on its one port."""
+    kind = "LoadBalancer" if lb else "NodePort"
+    text = service_yaml(name, vip, ports, endpoints, f"  type: {kind}\n{extra}")
+    n, p, proto, t = ports[0]
+    return text.replace(f"{{name: {n}, port: {p}, protocol: {proto}, targetPort: {t}}}",
+                        f"{{name: {n}, port: {p}, protocol: {proto}, targetPort: {t}, "
+                        f"nodePort: {node_port}}}", 1)
+
+
+def lb_status(ip: str) -> str:
+    return f"status: {{loadBalancer: {{ingress: [{{ip: {ip}}}]}}}}\n"
+
+
+def with_status(text: str, status: str) -> str:
+    """Puts `status` into the Service document (the first one of `text`)."""
+    head, sep, rest = text.partition("---\napiVersion: discovery.k8s.io/v1")
+    return head + status + sep + rest
+
+
+def nodeport_functioning(c: Ctx) -> None:
+    c.apply(np_service("web", "10.96.1.1", 30080, pods(1, 2) + node1_pods(1)),
+            c.nodeports(30080), "the NodePort on both nodes")
+    for addr in NODE_ADDRS:
+        seen = {c.ext_who(f"http://{addr}:30080/") for _ in range(24)}
+        assert seen == {"web-1", "web-2", "n1-web-1"}, f"via {addr}: {sorted(seen)}"
+
+
+def etp_local_source_ip(c: Ctx) -> None:
+    local = "  externalTrafficPolicy: Local\n"
+    c.apply(np_service("web", "10.96.1.1", 30080, pods(1) + node1_pods(1), local),
+            c.nodeports(30080), "the NodePort")
+    for addr in NODE_ADDRS:
+        seen = c.ext_who(f"http://{addr}:30080/client").split(":")[0]
+        assert seen == "192.168.200.2", f"via {addr} the pod saw {seen}, not the client"
+    # Cluster policy, a backend on the other node: the client is SNATed to the node's address.
+    c.apply(np_service("web", "10.96.1.1", 30080, node1_pods(1)),
+            lambda: all(a.backends(f"{NODE_ADDRS[0]}:30080/TCP") == ["10.244.1.11"]
+                        for a in c.agents[:1]), "the remote backend")
+    seen = c.ext_who(f"http://{NODE_ADDRS[0]}:30080/client").split(":")[0]
+    assert seen == NODE_ADDRS[0], f"the remote pod saw {seen}, not node 0's address"
+
+
+def etp_local_only_nodes_with_endpoints(c: Ctx) -> None:
+    local = "  externalTrafficPolicy: Local\n"
+    c.apply(np_service("web", "10.96.1.1", 30080, node1_pods(1, 2), local),
+            c.nodeports(30080), "the NodePort")
+    assert {c.ext_who(f"http://{NODE_ADDRS[1]}:30080/") for _ in range(12)} == {"n1-web-1",
+                                                                              "n1-web-2"}
+    r = c.ext(f"http://{NODE_ADDRS[0]}:30080/", timeout=1.5)
+    # Dropped, not refused: curl times out (28) instead of failing to connect (7).
+    assert r.returncode == 28, f"node 0 without local endpoints: curl exit {r.returncode}"
+
+
+def etp_local_health_check(c: Ctx) -> None:
+    local = "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n"
+    text = with_status(np_service("web", "10.96.1.1", 30080, node1_pods(1, 2), local, lb=True),
+                       lb_status(LB_IP))
+    c.apply(text, c.nodeports(30080), "the LoadBalancer Service")
+
+    def health(addr: str) -> Tuple[int, dict]:
+        r = lablib.run_in_ext(c.lab, ["curl", "-sS", "--max-time", "3", "-w", "\n%{http_code}",
+                                      f"http://{addr}:32000/healthz"], timeout=13)
+        assert r.returncode == 0, f"health check on {addr}: {r.stderr.strip()}"
+        body, _, code = r.stdout.rpartition("\n")
+        return int(code), json.loads(body)
+
+    wait_until(lambda: health(NODE_ADDRS[1])[0] == 200, 10, "node 1 healthy")
+    code, body = health(NODE_ADDRS[1])
+    assert body["localEndpoints"] == 2 and body["service"] == {"namespace": "conf", "name": "web"}
+    assert health(NODE_ADDRS[0])[0] == 503, "node 0 has no local endpoint"
+    # The endpoints move to node 0: the answers follow.
+    c.apply(with_status(np_service("web", "10.96.1.1", 30080, pods(1), local, lb=True),
+                        lb_status(LB_IP)),
+            lambda: health(NODE_ADDRS[0])[0] == 200 and health(NODE_ADDRS[1])[0] == 503,
+            "the health checks to follow the endpoints")
+
+
+def lb_source_ranges(c: Ctx) -> None:
+    def service(ranges: str) -> str:
+        extra = f"  loadBalancerSourceRanges: [{ranges}]\n"
+        return with_status(np_service("web", "10.96.1.1", 30080, pods(1), extra, lb=True),
+                           lb_status(LB_IP))
+
+    c.apply(service("192.168.200.0/30"), c.everywhere(f"{LB_IP}:80/TCP"), "the LoadBalancer")
+    assert c.ext_who(f"http://{LB_IP}/") == "web-1", "an allowed client was refused"
+    c.apply(service("192.168.200.8/29"), lambda: c.ext(f"http://{LB_IP}/", 1).returncode == 28,
+            "the client to be denied")
+    assert c.ext_who(f"http://{NODE_ADDRS[0]}:30080/") == "web-1", \
+        "source ranges restrict the load balancer IP only, not the NodePort"
+
+
+def nodeport_session_affinity(c: Ctx) -> None:
+    c.apply(np_service("web", "10.96.1.1", 30080, pods(1, 2) + node1_pods(1, 2),
+                       "  sessionAffinity: ClientIP\n"),
+            c.nodeports(30080), "the NodePort")
+    picks = {c.ext_who(f"http://{NODE_ADDRS[0]}:30080/") for _ in range(15)}
+    assert len(picks) == 1, f"one client reached {sorted(picks)}"
+
+
+def nodeport_udp_pod_cycles(c: Ctx) -> None:
+    c.apply(np_service("dns", "10.96.1.2", 30053, pods(1) + node1_pods(1), ports=ECHO),
+            c.nodeports(30053, "UDP"), "the UDP NodePort")
+    with nsops.in_netns(f"{c.lab}-ext"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with s:
+        s.settimeout(3)
+        s.bind(("0.0.0.0", 41235))
+        s.sendto(b"one", (NODE_ADDRS[0], 30053))
+        data, peer = s.recvfrom(100)
+        assert peer == (NODE_ADDRS[0], 30053), f"the reply came from {peer}"
+        first = data.decode().split()[0]
+        left = node1_pods(1) if first == "web-1" else pods(1)
+        c.apply(np_service("dns", "10.96.1.2", 30053, left, ports=ECHO),
+                lambda: len(c.agents[0].backends(f"{NODE_ADDRS[0]}:30053/UDP") or []) == 1,
+                "the pod to leave")
+        lablib.del_pod(c.lab, first)
+        time.sleep(0.3)
+        s.sendto(b"two", (NODE_ADDRS[0], 30053))
+        second = s.recvfrom(100)[0].decode().split()[0]
+    assert second != first, "the same 5-tuple still went to the removed pod"
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str  # the e2e test's name ("[ebpflb]" when the e2e suite has none)
     behaviour: str
     run: Callable[[Ctx], None]
     extra_pods: Tuple[PodSpec, ...] = ()
+    nodes: int = 1  # 2: traffic from outside, an agent per node on its eth0
 
 
 SCENARIOS: Tuple[Scenario, ...] = (
@@ -308,6 +466,22 @@ SCENARIOS: Tuple[Scenario, ...] = (
              "source IP preserved", preserve_source_ip),
     Scenario("[ebpflb] should translate ICMP errors about load-balanced flows",
              "ICMP error translation", icmp_errors_translated),
+    Scenario("should be able to create a functioning NodePort service",
+             "NodePort on every node, backends on both", nodeport_functioning, nodes=2),
+    Scenario("[Feature:ExternalTrafficPolicy] should work for type=NodePort",
+             "Local keeps the client IP; Cluster SNATs to a remote node", etp_local_source_ip,
+             nodes=2),
+    Scenario("[Feature:ExternalTrafficPolicy] should only target nodes with endpoints",
+             "Local drops on nodes without endpoints", etp_local_only_nodes_with_endpoints,
+             nodes=2),
+    Scenario("[Feature:ExternalTrafficPolicy] should work for type=LoadBalancer",
+             "healthCheckNodePort 200/503 follows endpoints", etp_local_health_check, nodes=2),
+    Scenario("should only allow access from service loadbalancer source ranges",
+             "loadBalancerSourceRanges", lb_source_ranges, nodes=2),
+    Scenario("should have session affinity work for NodePort service",
+             "sessionAffinity ClientIP from outside", nodeport_session_affinity, nodes=2),
+    Scenario("should be able to preserve UDP traffic when server pod cycles for a NodePort service",
+             "stale UDP conntrack from outside", nodeport_udp_pod_cycles, nodes=2),
 )
 
 
@@ -320,20 +494,30 @@ class Result:
     detail: str = ""
 
 
-def run_scenario(scenario: Scenario, lab_name: Optional[str] = None) -> Result:
-    """A fresh lab and agent for one scenario, removed afterwards whatever happens."""
+NODE_MODES = ("xdp", "tc")
+
+
+def run_scenario(scenario: Scenario, lab_name: Optional[str] = None,
+                 node_mode: str = "xdp") -> Result:
+    """A fresh lab and agent(s) for one scenario, removed afterwards whatever happens."""
     name = lab_name or "cf" + secrets.token_hex(3)[:5]
     started = time.monotonic()
-    agent = None
     try:
-        lablib.lab_up(name, default_pods(4) + list(scenario.extra_pods))
+        lablib.lab_up(name, default_pods(4, nodes=scenario.nodes) + list(scenario.extra_pods),
+                      nodes=scenario.nodes)
         with tempfile.TemporaryDirectory(prefix="ebpflb-conformance-") as work:
-            agent = RunningAgent(name, Path(work), [], extra_args=[
-                "--node-name", NODE, "--metrics-address", "", "--health-address", ""])
+            agents: List[RunningAgent] = []
             try:
-                scenario.run(Ctx(name, agent))
+                for k in range(scenario.nodes):
+                    north_south = (["--node-device", "eth0", "--node-mode", node_mode]
+                                   if scenario.nodes > 1 else [])
+                    agents.append(RunningAgent(name, Path(work), [], node=k, extra_args=[
+                        "--node-name", f"node-{k}", "--metrics-address", "",
+                        "--health-address", "", *north_south]))
+                scenario.run(Ctx(name, agents[0], agents))
             finally:
-                agent.stop()
+                for agent in agents:
+                    agent.stop()
         return Result(scenario.name, scenario.behaviour, "pass", time.monotonic() - started)
     except AssertionError as exc:
         return Result(scenario.name, scenario.behaviour, "fail", time.monotonic() - started,
@@ -344,12 +528,13 @@ def run_scenario(scenario: Scenario, lab_name: Optional[str] = None) -> Result:
 
 
 def run_conformance(names: Optional[List[str]] = None,
-                    progress: Optional[Callable[[Result], None]] = None) -> List[Result]:
+                    progress: Optional[Callable[[Result], None]] = None,
+                    node_mode: str = "xdp") -> List[Result]:
     results = []
     for scenario in SCENARIOS:
         if names and not any(n in scenario.name for n in names):
             continue
-        result = run_scenario(scenario)
+        result = run_scenario(scenario, node_mode=node_mode)
         results.append(result)
         if progress:
             progress(result)

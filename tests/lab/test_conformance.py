@@ -6,7 +6,12 @@ import pytest
 from ebpflb.lab.conformance import SCENARIOS, run_scenario
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-def test_conformance(scenario, lab_names):
-    result = run_scenario(scenario, lab_names.new())
+CASES = [(s, "xdp") for s in SCENARIOS] + [(s, "tc") for s in SCENARIOS if s.nodes > 1]
+
+
+@pytest.mark.parametrize("scenario,node_mode", CASES,
+                         ids=[s.name + (f" [{m}]" if s.nodes > 1 else "") for s, m in CASES])
+def test_conformance(scenario, node_mode, lab_names):
+    """The two-node scenarios (traffic from outside) run with the node devices at XDP and at TC."""
+    result = run_scenario(scenario, lab_names.new(), node_mode=node_mode)
     assert result.outcome == "pass", result.detail
