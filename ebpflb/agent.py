@@ -84,6 +84,7 @@ class Agent:
         self._replan = False
         self._node_addresses: Tuple[str, ...] = tuple(options.node_addresses)
         self._health_checks = None  # HealthCheckServers, started by run() when node devices exist
+        self._nodes = None  # the NodeAttacher of the node devices, for the status file
 
     def node_addresses_changed(self, detected: List[str]) -> None:
         """The node devices' addresses as found now; with no --node-address, they are where
@@ -122,7 +123,13 @@ class Agent:
             write_status(self.config.pin_dir, {
                 "pid": os.getpid(), "source": self.source.description, "time": time.time(),
                 "syncs": self.state.syncs, "rejected": self.state.rejected,
-                "last_error": self.state.last_error, "skipped": self.state.skipped})
+                "last_error": self.state.last_error, "skipped": self.state.skipped,
+                "node_devices": [{"device": d.ifname, "address": d.address,
+                                  "hook": f"xdp-{d.xdp}+tc" if d.xdp else "tc"}
+                                 for d in (self._nodes.attached.values() if self._nodes else [])],
+                "nodeport_addresses": list(self._node_addresses),
+                "health_check_ports": list(self._health_checks.ports()
+                                           if self._health_checks else [])})
         except OSError as exc:  # status is for people; serving must not depend on it
             log.warning("status file not written: %s", exc)
 
@@ -245,6 +252,8 @@ class Agent:
         attacher.rescan()
         if nodes is not None:
             nodes.rescan()
+            self._nodes = nodes
+            self._write_status()
         if self.metrics is not None and self.options.metrics_address:
             self.metrics.serve(self.options.metrics_address, progs.bpf)
         log.info("agent ready: %s, devices %s, node devices %s (%s), pins in %s, on exit: %s "

@@ -376,7 +376,9 @@ def service_list(show_all: bool, output: str, pin_dir: str) -> None:
     if output == "json":
         data: object = to_json(views)
         if skipped is not None:
-            data = {"services": data, "skipped": skipped}
+            data = {"services": data, "skipped": skipped,
+                    "node_devices": status.get("node_devices", []),
+                    "health_check_ports": status.get("health_check_ports", [])}
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(render_table(views))
@@ -384,6 +386,12 @@ def service_list(show_all: bool, output: str, pin_dir: str) -> None:
         click.echo(f"\nskipped ({len(skipped)}):" if skipped else "\nskipped: none")
         for item in skipped:
             click.echo(f"  {item['service']}: {item['reason']}")
+        devices = status.get("node_devices", [])
+        click.echo("node devices: " + (", ".join(f"{d['device']} {d['address'] or '-'} "
+                                                 f"({d['hook']})" for d in devices) or "none"))
+        ports = status.get("health_check_ports", [])
+        if ports:
+            click.echo("healthCheckNodePorts: " + ", ".join(map(str, ports)))
 
 
 def _open_or_fail(pin_dir: str):

@@ -27,6 +27,12 @@ def test_help(cmd):
     (["agent", "--manifests", ".", "--ct-max", "10"], "'--ct-max'"),
     (["service", "list", "-o", "yaml"], "'-o' / '--output'"),
     (["lab", "up", "--pods", "0"], "'--pods'"),
+    (["agent", "--manifests", ".", "--node-mode", "bpf"], "'--node-mode'"),
+    (["agent", "--manifests", ".", "--xdp-mode", "offload"], "'--xdp-mode'"),
+    (["agent", "--manifests", ".", "--snat-ports", "61000"], "for --snat-ports: '61000' is not MIN-MAX"),
+    (["agent", "--manifests", ".", "--snat-ports", "80-90"], "SNAT ports 80-90"),
+    (["agent", "--manifests", ".", "--nodeport-addresses", "10.0.0.0/33"], "for --nodeport-addresses"),
+    (["agent", "--manifests", ".", "--healthcheck-address", "eth0"], "for --healthcheck-address"),
 ])
 def test_bad_arguments_name_the_option(args, message):
     result = CliRunner().invoke(main, args)
