@@ -319,7 +319,7 @@ static __always_inline int lb4_hairpin_reply(struct __sk_buff *skb, const struct
 /* An ICMP error to a pod about a flow it started to a frontend: the quoted packet went to the
  * backend, so its destination (and the outer source, when the backend sent the error) becomes
  * the frontend again. Returns a verdict, or -1 when it is not about one of our flows. */
-static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb)
+static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb, __u16 mask, __u16 want)
 {
 	struct icmp4_err e = {};
 	struct ct4_key rk = {};
@@ -335,7 +335,7 @@ static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb)
 	rk.proto = e.in_proto;
 	rk.dir = CT_DIR_REPLY;
 	ct = ct4_find(&rk);
-	if (!ct)
+	if (!ct || (ct->flags & mask) != want)
 		return -1;
 	if ((e.saddr == e.in_daddr && icmp4_rewrite_outer(skb, &e, NAT_SRC, ct->nat_addr)) ||
 	    icmp4_rewrite_inner(skb, &e, NAT_DST, ct->nat_addr, ct->nat_port)) {
@@ -348,7 +348,7 @@ static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb)
 
 /* An ICMP error from a pod about a reply it got from a frontend: the quoted packet came from the
  * frontend, so its source (and the outer destination) becomes the backend the flow uses. */
-static __always_inline int lb4_icmp_from_pod(struct __sk_buff *skb)
+static __always_inline int lb4_icmp_from_pod(struct __sk_buff *skb, __u16 mask, __u16 want)
 {
 	struct icmp4_err e = {};
 	struct ct4_key fk = {};
@@ -364,7 +364,7 @@ static __always_inline int lb4_icmp_from_pod(struct __sk_buff *skb)
 	fk.proto = e.in_proto;
 	fk.dir = CT_DIR_FWD;
 	ct = ct4_find(&fk);
-	if (!ct)
+	if (!ct || (ct->flags & mask) != want)
 		return -1;
 	if ((e.daddr == e.in_saddr && icmp4_rewrite_outer(skb, &e, NAT_DST, ct->nat_addr)) ||
 	    icmp4_rewrite_inner(skb, &e, NAT_SRC, ct->nat_addr, ct->nat_port)) {
@@ -394,7 +394,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
 	if (r == PARSE_NOT_OURS) {
-		r = lb4_icmp_from_pod(skb);
+		r = lb4_icmp_from_pod(skb, 0, 0);
 		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
 	}
 	if (r != PARSE_OK)
@@ -485,7 +485,7 @@ int lb4_to_pod(struct __sk_buff *skb)
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
 	if (r == PARSE_NOT_OURS) {
-		r = lb4_icmp_to_pod(skb);
+		r = lb4_icmp_to_pod(skb, 0, 0);
 		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
 	}
 	if (r != PARSE_OK)
@@ -880,6 +880,78 @@ static __always_inline int tc_ttl_dec(struct __sk_buff *skb, const struct pkt4 *
 	return bpf_skb_store_bytes(skb, off, &new, sizeof(new), 0) ? -1 : 0;
 }
 
+/* Sends a translated ICMP error on from a node device: its outer source may now be this node's
+ * own address, which the stack would take for a martian. */
+static __always_inline int lb4_icmp_send_on(struct __sk_buff *skb, const struct icmp4_err *e,
+					    __be32 saddr, __be32 daddr)
+{
+	struct pkt4 p = { .l3_off = e->l3_off, .proto = IPPROTO_ICMP };
+	struct node_nat n = {};
+	int rc = lb4_fib(skb, &p, saddr, 0, daddr, 0, skb->ifindex, &n);
+
+	if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) ||
+	    tc_ttl_dec(skb, &p)) {
+		lb_count(STAT_FORWARD_FAIL);
+		return TC_ACT_SHOT;
+	}
+	lb_count(STAT_ICMP_NAT);
+	return lb_redirect_neigh(n.ifindex, 0, 0, 0);
+}
+
+/* An ICMP error arriving on a node device about a flow from outside. Returns a verdict, or -1
+ * when it is about none of ours.
+ *  - About a reply the client got (quoting frontend -> client; a router on the client's path
+ *    says "fragmentation needed"): to a local backend it goes like the pod path's; to a remote
+ *    one it is rewritten to what that backend sent (backend -> SNAT address) and sent on.
+ *  - About a packet this node SNATed towards a remote backend (quoting SNAT address -> backend):
+ *    rewritten to what the client sent (client -> frontend) and sent back to the client. */
+static __always_inline int lb4_node_icmp_in(struct __sk_buff *skb)
+{
+	struct icmp4_err e = {};
+	struct ct4_key k = {};
+	struct ct4_entry *ct;
+	__be32 saddr;
+
+	if (parse_icmp4_error(skb, &e))
+		return -1;
+	k.proto = e.in_proto;
+	k.saddr = e.in_daddr;
+	k.daddr = e.in_saddr;
+	k.sport = e.in_dport;
+	k.dport = e.in_sport;
+	k.dir = CT_DIR_FWD;
+	ct = ct4_find(&k);
+	if (ct && (ct->flags & CT_F_EXTERNAL)) {
+		if (!(ct->flags & CT_F_SNAT))
+			return lb4_icmp_from_pod(skb, CT_F_EXTERNAL | CT_F_SNAT, CT_F_EXTERNAL);
+		/* Quoted frontend -> client becomes backend -> SNAT address; the error goes from
+		 * this node to the backend. */
+		if (icmp4_rewrite_inner(skb, &e, NAT_SRC, ct->nat_addr, ct->nat_port) ||
+		    icmp4_rewrite_inner(skb, &e, NAT_DST, ct->nat2_addr, ct->nat2_port) ||
+		    icmp4_rewrite_outer(skb, &e, NAT_SRC, ct->nat2_addr) ||
+		    icmp4_rewrite_outer(skb, &e, NAT_DST, ct->nat_addr)) {
+			lb_count(STAT_NAT_FAIL);
+			return TC_ACT_SHOT;
+		}
+		return lb4_icmp_send_on(skb, &e, ct->nat2_addr, ct->nat_addr);
+	}
+	k.dir = CT_DIR_REPLY;	/* quoted SNAT address -> backend: the reply entry's reverse */
+	ct = ct4_find(&k);
+	if (!ct || !(ct->flags & CT_F_SNAT))
+		return -1;
+	/* Quoted SNAT address -> backend becomes client -> frontend; outer to the client, and
+	 * from the frontend when the backend itself sent it. */
+	saddr = e.saddr == e.in_daddr ? ct->nat_addr : e.saddr;
+	if (icmp4_rewrite_inner(skb, &e, NAT_SRC, ct->nat2_addr, ct->nat2_port) ||
+	    icmp4_rewrite_inner(skb, &e, NAT_DST, ct->nat_addr, ct->nat_port) ||
+	    icmp4_rewrite_outer(skb, &e, NAT_DST, ct->nat2_addr) ||
+	    (saddr != e.saddr && icmp4_rewrite_outer(skb, &e, NAT_SRC, saddr))) {
+		lb_count(STAT_NAT_FAIL);
+		return TC_ACT_SHOT;
+	}
+	return lb4_icmp_send_on(skb, &e, saddr, ct->nat2_addr);
+}
+
 int lb4_node_in(struct __sk_buff *skb)
 {
 	struct node_nat n = {};
@@ -888,6 +960,10 @@ int lb4_node_in(struct __sk_buff *skb)
 
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
+	if (r == PARSE_NOT_OURS) {
+		r = lb4_node_icmp_in(skb);
+		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
+	}
 	if (r != PARSE_OK)
 		return lb4_pass_verdict(r);
 	r = lb4_node_decide(skb, &p, skb->ifindex, 0, &n);
@@ -929,6 +1005,11 @@ int lb4_node_out(struct __sk_buff *skb)
 
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
+	if (r == PARSE_NOT_OURS) {
+		/* A local backend's ICMP error to a client outside: from the frontend again. */
+		r = lb4_icmp_to_pod(skb, CT_F_EXTERNAL | CT_F_SNAT, CT_F_EXTERNAL);
+		return r >= 0 ? r : TC_ACT_OK;
+	}
 	if (r != PARSE_OK)
 		return TC_ACT_OK;
 	ct4_key_of(&p, CT_DIR_REPLY, &rk);

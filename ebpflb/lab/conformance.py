@@ -425,6 +425,31 @@ def nodeport_udp_pod_cycles(c: Ctx) -> None:
     assert second != first, "the same 5-tuple still went to the removed pod"
 
 
+def nodeport_icmp_errors(c: Ctx) -> None:
+    """A UDP port nobody listens on behind a NodePort: the pod's port unreachable must reach the
+    client's socket, connected to the node's address, both from a local pod (rewritten on the way
+    out) and from a remote one (it arrives at this node about the SNATed packet)."""
+    deaf = [("u", 5000, "UDP", 9999)]
+    for name, eps in (("local", pods(1)), ("remote", node1_pods(1))):
+        c.apply(np_service("deaf", "10.96.1.60", 30500, eps, ports=deaf),
+                lambda: all(a.backends(f"{NODE_ADDRS[0]}:30500/UDP") == [eps[0][0]]
+                            for a in c.agents[:1]), f"the {name} backend")
+        with nsops.in_netns(f"{c.lab}-ext"):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with s:
+            s.settimeout(3)
+            s.connect((NODE_ADDRS[0], 30500))
+            s.send(b"anyone listening?")
+            try:
+                s.recv(100)
+                raise AssertionError(f"an answer from a port nobody listens on ({name})")
+            except ConnectionRefusedError:
+                pass
+            except socket.timeout:
+                raise AssertionError(f"the {name} pod's port unreachable never reached the "
+                                     "client") from None
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str  # the e2e test's name ("[ebpflb]" when the e2e suite has none)
@@ -482,6 +507,8 @@ SCENARIOS: Tuple[Scenario, ...] = (
              "sessionAffinity ClientIP from outside", nodeport_session_affinity, nodes=2),
     Scenario("should be able to preserve UDP traffic when server pod cycles for a NodePort service",
              "stale UDP conntrack from outside", nodeport_udp_pod_cycles, nodes=2),
+    Scenario("[ebpflb] should translate ICMP errors about flows from outside",
+             "ICMP errors from local and remote backends", nodeport_icmp_errors, nodes=2),
 )
 
 
