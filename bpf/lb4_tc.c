@@ -166,6 +166,16 @@ static __always_inline void ct4_reply_key(const struct ct4_key *fwd, const struc
 	rev->pad = 0;
 }
 
+/* A dead flow's forward entry, before its tuple starts a new flow: a new TCP flow is written to
+ * ct4_syn, and a stale entry left in ct4 would be found first by the flow's next packet (with
+ * the old backend, or the old SNAT port). Returns NULL for the caller's entry pointer. */
+static __always_inline struct ct4_entry *ct4_forget(struct ct4_key *fwd, int half_open)
+{
+	if (fwd->proto == IPPROTO_TCP && !half_open)
+		ct4.delete(fwd);
+	return 0;
+}
+
 /* Moves a half-open flow's two entries from ct4_syn to ct4 once its client has ACKed. */
 static __always_inline void ct4_promote(struct ct4_key *fwd, struct ct4_entry *e)
 {
@@ -420,7 +430,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 	/* An expired entry, or a SYN reusing the tuple of a closed flow, starts a new flow. */
 	if (ct && (now - ct->last_seen_ns > ct4_lifetime(ct, p.proto) ||
 		   (tcp_syn_only(&p) && (ct->flags & CT_F_CLOSING))))
-		ct = 0;
+		ct = ct4_forget(&fk, half_open);
 	if (ct) {
 		ct4_track(ct, &p, now);
 		new_addr = ct->nat_addr;
@@ -681,7 +691,7 @@ static __always_inline int lb4_node_frontend(void *ctx, const struct pkt4 *p,
 	now = bpf_ktime_get_ns();
 	if (ct && (now - ct->last_seen_ns > ct4_lifetime(ct, p->proto) ||
 		   (tcp_syn_only(p) && (ct->flags & CT_F_CLOSING))))
-		ct = 0;
+		ct = ct4_forget(&fk, half_open);
 	if (ct) {
 		n->daddr = ct->nat_addr;
 		n->dport = ct->nat_port;
