@@ -552,7 +552,8 @@ def explain(src: str, dst: str, protocol: str, output: str, pin_dir: str) -> Non
     now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
     if entry is not None:
         ct = ConntrackView(f"{entry.nat_addr}:{entry.nat_port}", entry.backend_id,
-                           (now - entry.created_ns) / 1e9, (now - entry.last_seen_ns) / 1e9)
+                           (now - entry.created_ns) / 1e9, (now - entry.last_seen_ns) / 1e9,
+                           f"{entry.nat2_addr}:{entry.nat2_port}" if entry.flags & 0x10 else None)
     svc = snapshot[SERVICES].get(SvcKey(flow.daddr, flow.dport, flow.proto))
     bound = lookup_affinity(writer.bpf, svc.svc_id, flow.saddr) if svc else None
     if bound is not None:

@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional
 
 from .flowhash import FLOW_HASH_SEED, flow_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES,
-                   SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey)
+                   SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey,
+                   frontend_kind)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ConntrackView:
     backend_id: int
     age_seconds: float
     idle_seconds: float
+    snat: Optional[str] = None  # "ip:port" of this node, for a flow from outside to another node
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Explanation:
     verdict: str  # "pass", "drop", "dnat"
     reason: str
     frontend: Optional[str] = None
+    kind: Optional[str] = None  # ClusterIP | NodePort | LoadBalancer | ExternalIP
     service: Optional[str] = None
     svc_id: Optional[int] = None
     algorithm: Optional[str] = None
@@ -95,7 +98,8 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
     if svc is None:
         return Explanation(flow, "pass", f"{key} is not a frontend: the packet passes untouched")
     common: Dict[str, Any] = dict(
-        frontend=str(key), service=snapshot[SVC_META].get(svc.svc_id, ""), svc_id=svc.svc_id,
+        frontend=str(key), kind=frontend_kind(svc.flags),
+        service=snapshot[SVC_META].get(svc.svc_id, ""), svc_id=svc.svc_id,
         algorithm="maglev" if svc.flags & SVC_F_MAGLEV else "random", slots=svc.count,
         affinity_timeout=svc.affinity_timeout, affinity=affinity if svc.affinity_timeout else None)
     if svc.count:
@@ -118,8 +122,13 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
         return Explanation(flow, "dnat", "a new flow of a client with session affinity: its "
                            "binding decides", affinity_backend=bound, backend=bound, **common)
     if not common.get("hashed_backend"):
-        return Explanation(flow, "drop", "the frontend has no ready backend: new flows are dropped",
-                           **common)
+        if svc.flags & SVC_F_ETP_LOCAL:
+            why = ("the frontend has no backend on this node (externalTrafficPolicy Local): from "
+                   "outside new flows are dropped; from pods they are rejected")
+        else:
+            why = ("the frontend has no ready backend: new flows are rejected (TCP RST, ICMP port "
+                   "unreachable)")
+        return Explanation(flow, "reject", why, **common)
     return Explanation(flow, "dnat", "a new flow: the hash picks the slot, the slot the backend",
                        backend=common["hashed_backend"], **common)
 
@@ -145,7 +154,9 @@ def render(e: Explanation) -> str:
     f = e.flow
     rows = [("flow", f"{f.saddr}:{f.sport} -> {f.daddr}:{f.dport}/{f.protocol}")]
     if e.frontend:
-        rows.append(("frontend", f"{e.frontend}  {e.service}  (svc {e.svc_id})"))
+        rows.append(("frontend", f"{e.frontend}  {e.kind}  {e.service}  (svc {e.svc_id})"))
+        if e.kind == "ClusterIP":
+            rows.append(("from outside", "dropped on node devices (a ClusterIP is in-cluster only)"))
         rows.append(("algorithm", f"{e.algorithm}, {e.slots} slots"))
         if e.hash is not None:
             rows.append(("hash", f"{e.hash:#010x} (murmur3, seed {FLOW_HASH_SEED:#x})"))
@@ -154,7 +165,8 @@ def render(e: Explanation) -> str:
         if e.conntrack:
             c = e.conntrack
             rows.append(("conntrack", f"entry -> {c.backend} (backend {c.backend_id}), "
-                                      f"age {c.age_seconds:.1f}s, idle {c.idle_seconds:.1f}s"))
+                                      f"age {c.age_seconds:.1f}s, idle {c.idle_seconds:.1f}s"
+                                      + (f", SNAT from {c.snat}" if c.snat else "")))
         else:
             rows.append(("conntrack", "no entry"))
         if not e.affinity_timeout:

@@ -89,7 +89,7 @@ def test_explain_steps():
     assert pinned.backend == "10.244.0.99:8080" and "conntrack decides" in pinned.reason
     assert explain(snap, Flow("10.244.0.2", 1, "10.96.0.10", 81, "TCP")).verdict == "pass"
     empty = explain(program(backends=()), flow)
-    assert empty.verdict == "drop"
+    assert empty.verdict == "reject" and "TCP RST" in empty.reason
     assert "DNAT to" in render(e) and "no entry" in render(e)
     json.dumps(e.to_json())
 
