@@ -89,7 +89,7 @@ static __always_inline void ct4_key_of(const struct pkt4 *p, __u8 dir, struct ct
 	k->pad = 0;
 }
 
-#define NSEC_PER_SEC 1000000000ULL
+#define LB_NSEC_PER_SEC 1000000000ULL
 
 /* A flow's entry wherever it lives: the main table, else (TCP only) the half-open one. */
 static __always_inline struct ct4_entry *ct4_find(struct ct4_key *key)
@@ -105,12 +105,12 @@ static __always_inline struct ct4_entry *ct4_find(struct ct4_key *key)
 static __always_inline __u64 ct4_lifetime(const struct ct4_entry *e, __u8 proto)
 {
 	if (proto != IPPROTO_TCP)
-		return CT_TIMEOUT_UDP * NSEC_PER_SEC;
+		return CT_TIMEOUT_UDP * LB_NSEC_PER_SEC;
 	if (e->flags & CT_F_CLOSING)
-		return CT_TIMEOUT_TCP_CLOSE * NSEC_PER_SEC;
+		return CT_TIMEOUT_TCP_CLOSE * LB_NSEC_PER_SEC;
 	if (e->flags & CT_F_ESTABLISHED)
-		return CT_TIMEOUT_TCP_ESTABLISHED * NSEC_PER_SEC;
-	return CT_TIMEOUT_TCP_SYN * NSEC_PER_SEC;
+		return CT_TIMEOUT_TCP_ESTABLISHED * LB_NSEC_PER_SEC;
+	return CT_TIMEOUT_TCP_SYN * LB_NSEC_PER_SEC;
 }
 
 /* Records a packet of a known flow: last-seen time (at most one write a second) and the TCP
@@ -247,7 +247,7 @@ static __always_inline __u32 lb4_affinity_backend(const struct pkt4 *p, const st
 	struct lb4_affinity *a = lb4_affinity.lookup(&key);
 	__u32 id;
 
-	if (!a || now - a->last_used_ns > (__u64)svc->affinity_timeout * NSEC_PER_SEC)
+	if (!a || now - a->last_used_ns > (__u64)svc->affinity_timeout * LB_NSEC_PER_SEC)
 		return 0;
 	id = a->backend_id;
 	*be = lb4_backends.lookup(&id);
