@@ -5,6 +5,7 @@ left it. The packet tests and the benchmarks use it; nothing in the agent does.
 """
 import ctypes
 import os
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -65,3 +66,65 @@ def test_run(prog_fd: int, packet: bytes, repeat: int = 1) -> TestRunResult:
         err = ctypes.get_errno() or -rc
         raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
     return TestRunResult(opts.retval, buf_out.raw[: opts.data_size_out], opts.duration)
+
+
+@dataclass(frozen=True)
+class TestRunCtxResult(TestRunResult):
+    ctx: bytes = b""  # the context as the kernel wrote it back (struct __sk_buff / xdp_md)
+
+
+_CTX_OUT_MAX = 1024  # more than struct __sk_buff (192 bytes in 6.x) or struct xdp_md
+
+
+def test_run_ctx(prog_fd: int, packet: bytes, ctx: bytes, repeat: int = 1) -> TestRunCtxResult:
+    """Like test_run, with a context in: a struct __sk_buff for TC programs, a struct xdp_md for
+    XDP (build them with skb_ctx / xdp_ctx). Devices named in it are looked up in the network
+    namespace of the calling thread, and so are the program's FIB lookups."""
+    buf_in = ctypes.create_string_buffer(packet, len(packet))
+    out_size = len(packet) + 256
+    buf_out = ctypes.create_string_buffer(out_size)
+    ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
+    # The kernel writes back its whole context struct (ENOSPC if it does not fit), however
+    # short the one passed in was.
+    ctx_out_size = max(len(ctx), _CTX_OUT_MAX)
+    ctx_out = ctypes.create_string_buffer(ctx_out_size)
+    opts = _TestRunOpts()
+    opts.sz = ctypes.sizeof(_TestRunOpts)
+    opts.data_in = ctypes.cast(buf_in, ctypes.c_void_p)
+    opts.data_size_in = len(packet)
+    opts.data_out = ctypes.cast(buf_out, ctypes.c_void_p)
+    opts.data_size_out = out_size
+    opts.ctx_in = ctypes.cast(ctx_in, ctypes.c_void_p)
+    opts.ctx_size_in = len(ctx)
+    opts.ctx_out = ctypes.cast(ctx_out, ctypes.c_void_p)
+    opts.ctx_size_out = ctx_out_size
+    opts.repeat = repeat
+    rc = _test_run_fn()(prog_fd, ctypes.byref(opts))
+    if rc != 0:
+        err = ctypes.get_errno() or -rc
+        raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    return TestRunCtxResult(opts.retval, buf_out.raw[: opts.data_size_out], opts.duration,
+                            ctx_out.raw[: opts.ctx_size_out])
+
+
+# struct __sk_buff (uapi/linux/bpf.h) up to and including ifindex; the kernel accepts a shorter
+# context and takes the rest as zero. Of these fields it allows only mark, priority,
+# ingress_ifindex and ifindex to be set (convert___skb_to_skb).
+_SKB_CTX_FIELDS = ("len", "pkt_type", "mark", "queue_mapping", "protocol", "vlan_present",
+                   "vlan_tci", "vlan_proto", "priority", "ingress_ifindex", "ifindex")
+
+
+def skb_ctx(ifindex: int = 0, ingress_ifindex: int = 0, mark: int = 0, priority: int = 0) -> bytes:
+    """A struct __sk_buff for test_run_ctx. ifindex > 1 makes that device (in the calling
+    thread's namespace) skb->dev, which is what skb->ifindex and bpf_fib_lookup see."""
+    values = dict.fromkeys(_SKB_CTX_FIELDS, 0)
+    values.update(ifindex=ifindex, ingress_ifindex=ingress_ifindex, mark=mark, priority=priority)
+    return struct.pack(f"={len(values)}I", *(values[f] for f in _SKB_CTX_FIELDS))
+
+
+def xdp_ctx(ingress_ifindex: int, packet_len: int, rx_queue_index: int = 0) -> bytes:
+    """A struct xdp_md {data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    egress_ifindex} for test_run_ctx. The kernel wants data = data_meta = 0 (no metadata),
+    data_end = the packet's length, egress_ifindex = 0, and looks the ingress device up in the
+    calling thread's namespace (bpf_prog_test_run_xdp, xdp_convert_md_to_buff)."""
+    return struct.pack("=6I", 0, packet_len, 0, ingress_ifindex, rx_queue_index, 0)
