@@ -817,6 +817,15 @@ static __always_inline int lb4_node_decide(void *ctx, const struct pkt4 *p, __u3
 	struct lb4_svc_key sk = { .vip = p->daddr, .port = p->dport, .proto = p->proto };
 	struct lb4_svc *svc = lb4_services.lookup(&sk);
 
+	if (svc && (svc->flags & LB4_SVC_F_ETP_LOCAL)) {
+		/* externalTrafficPolicy Local: traffic from outside uses this node's backends. */
+		sk.scope = LB4_SCOPE_EXTERNAL;
+		svc = lb4_services.lookup(&sk);
+		if (!svc) {
+			lb_count(STAT_NO_BACKEND);
+			return NV_DROP;
+		}
+	}
 	if (svc)
 		return lb4_node_frontend(ctx, p, svc, ingress, xdp, n);
 	return lb4_node_snat_reply(ctx, p, ingress, xdp, n);

@@ -5,13 +5,22 @@
 
 #include <linux/types.h>
 
-/* Frontend identity as it appears on the wire: VIP and port in network order, IP protocol. */
+/* Frontend identity as it appears on the wire: VIP and port in network order, IP protocol, and
+ * who the record is for. */
 struct lb4_svc_key {
 	__be32 vip;
 	__be16 port;
 	__u8 proto;
-	__u8 pad;
+	__u8 scope;	/* LB4_SCOPE_* */
 };
+
+/* Every frontend has a record for every client (scope ALL). A NodePort, LoadBalancer or
+ * ExternalIP frontend with externalTrafficPolicy Local has a second one for traffic from outside
+ * the cluster (scope EXTERNAL) holding only this node's backends, while pods keep reaching every
+ * backend through the first, as with kube-proxy. The ALL record's LB4_SVC_F_ETP_LOCAL flag says
+ * the EXTERNAL record exists. */
+#define LB4_SCOPE_ALL 0
+#define LB4_SCOPE_EXTERNAL 1
 
 /* A programmed frontend. count == 0 means the frontend exists but has no usable backend, which
  * is a verdict of its own (the packet is dropped and counted), not a miss. */

@@ -524,9 +524,12 @@ def ct_flush(services: List[str], pin_dir: str) -> None:
 @click.argument("src")
 @click.argument("dst")
 @click.argument("protocol", type=click.Choice(["tcp", "udp"], case_sensitive=False))
+@click.option("--from-outside", "outside", is_flag=True,
+              help="The flow arrives on a node device from outside the cluster (default: from a "
+                   "pod).")
 @output_option
 @pin_dir_option
-def explain(src: str, dst: str, protocol: str, output: str, pin_dir: str) -> None:
+def explain(src: str, dst: str, protocol: str, outside: bool, output: str, pin_dir: str) -> None:
     """Predict where a flow SRC (ip:port) -> DST (ip:port) PROTOCOL goes, from the programmed maps:
     the frontend, algorithm, hash, slot and backend, and whether a conntrack entry decides."""
     import time
@@ -535,7 +538,7 @@ def explain(src: str, dst: str, protocol: str, output: str, pin_dir: str) -> Non
     from .dataplane.bcc_maps import lookup_affinity, lookup_conntrack
     from .dataplane.loader import DataplaneError
     from .explain import AffinityView, ConntrackView, explain as explain_flow, parse_flow, render
-    from .maps import SERVICES, SvcKey
+    from .maps import SERVICES, SVC_F_ETP_LOCAL, SvcKey
 
     try:
         flow = parse_flow(src, dst, protocol)
@@ -554,11 +557,14 @@ def explain(src: str, dst: str, protocol: str, output: str, pin_dir: str) -> Non
         ct = ConntrackView(f"{entry.nat_addr}:{entry.nat_port}", entry.backend_id,
                            (now - entry.created_ns) / 1e9, (now - entry.last_seen_ns) / 1e9,
                            f"{entry.nat2_addr}:{entry.nat2_port}" if entry.flags & 0x10 else None)
-    svc = snapshot[SERVICES].get(SvcKey(flow.daddr, flow.dport, flow.proto))
+    key = SvcKey(flow.daddr, flow.dport, flow.proto)
+    svc = snapshot[SERVICES].get(key)
+    if svc is not None and outside and svc.flags & SVC_F_ETP_LOCAL:
+        svc = snapshot[SERVICES].get(key._replace(scope=1))  # the record for traffic from outside
     bound = lookup_affinity(writer.bpf, svc.svc_id, flow.saddr) if svc else None
     if bound is not None:
         affinity = AffinityView(bound[0], (now - bound[1]) / 1e9)
-    result = explain_flow(snapshot, flow, ct, affinity)
+    result = explain_flow(snapshot, flow, ct, affinity, outside)
     click.echo(json.dumps(result.to_json(), indent=2) if output == "json" else render(result))
 
 

@@ -13,6 +13,7 @@ from .flowhash import FLOW_HASH_SEED, flow_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES,
                    SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey,
                    frontend_kind)
+from .model import SCOPE_EXTERNAL
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,22 @@ def parse_flow(src: str, dst: str, protocol: str) -> Flow:
 
 
 def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
-            affinity: Optional[AffinityView] = None) -> Explanation:
+            affinity: Optional[AffinityView] = None, outside: bool = False) -> Explanation:
+    """`outside`: the flow arrives on a node device (from outside the cluster), not from a pod."""
     key = SvcKey(flow.daddr, flow.dport, flow.proto)
     svc = snapshot[SERVICES].get(key)
     if svc is None:
         return Explanation(flow, "pass", f"{key} is not a frontend: the packet passes untouched")
+    if outside and frontend_kind(svc.flags) == "ClusterIP":
+        return Explanation(flow, "drop", "a ClusterIP reached from outside the cluster: dropped",
+                           frontend=str(key), kind="ClusterIP",
+                           service=snapshot[SVC_META].get(svc.svc_id, ""), svc_id=svc.svc_id)
+    if outside and svc.flags & SVC_F_ETP_LOCAL:
+        # externalTrafficPolicy Local: traffic from outside uses the node-local record.
+        key = key._replace(scope=SCOPE_EXTERNAL)
+        svc = snapshot[SERVICES].get(key)
+        if svc is None:
+            return Explanation(flow, "drop", f"{key} is missing: dropped")
     common: Dict[str, Any] = dict(
         frontend=str(key), kind=frontend_kind(svc.flags),
         service=snapshot[SVC_META].get(svc.svc_id, ""), svc_id=svc.svc_id,
@@ -122,9 +134,10 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
         return Explanation(flow, "dnat", "a new flow of a client with session affinity: its "
                            "binding decides", affinity_backend=bound, backend=bound, **common)
     if not common.get("hashed_backend"):
-        if svc.flags & SVC_F_ETP_LOCAL:
-            why = ("the frontend has no backend on this node (externalTrafficPolicy Local): from "
-                   "outside new flows are dropped; from pods they are rejected")
+        if svc.flags & SVC_F_ETP_LOCAL and (outside or key.scope == SCOPE_EXTERNAL):
+            why = ("the frontend has no backend on this node (externalTrafficPolicy Local): new "
+                   "flows from outside are dropped")
+            return Explanation(flow, "drop", why, **common)
         else:
             why = ("the frontend has no ready backend: new flows are rejected (TCP RST, ICMP port "
                    "unreachable)")

@@ -32,6 +32,7 @@ class ServiceView:
     external_local: bool = False  # externalTrafficPolicy Local: local backends, client IP kept
     # loadBalancerSourceRanges; None when the frontend takes every source, () when it takes none
     source_ranges: Optional[Tuple[str, ...]] = None
+    scope: str = "all"  # "all": every client; "external": traffic from outside (Local policy)
 
 
 def service_views(snapshot: Snapshot) -> List[ServiceView]:
@@ -58,13 +59,14 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
         backends = [BackendView(i, own[i].addr, own[i].port, n) for i, n in counts.items()]
         backends.sort(key=lambda b: (int(IPv4Address(b.address)), b.port))
         proto = PROTO_NAMES.get(key.proto, str(key.proto))
-        out.append(ServiceView(svc.svc_id, f"{key.vip}:{key.port}/{proto}", key.vip, key.port, proto,
+        out.append(ServiceView(svc.svc_id, str(key), key.vip, key.port, proto,
                                snapshot[SVC_META].get(svc.svc_id, ""), frontend_kind(svc.flags),
                                "maglev" if svc.flags & SVC_F_MAGLEV else "random", svc.count,
                                tuple(backends), tuple(problems), bool(svc.flags & SVC_F_ETP_LOCAL),
                                tuple(sorted(ranges.get(svc.svc_id, ()), key=_net_order))
-                               if svc.flags & SVC_F_SRC_RANGES else None))
-    out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol))
+                               if svc.flags & SVC_F_SRC_RANGES else None,
+                               "external" if key.scope else "all"))
+    out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol, v.scope))
     return out
 
 
@@ -83,8 +85,12 @@ def render_table(views: List[ServiceView]) -> str:
         lines = [f"{b.id} => {b.address}:{b.port}" + ("" if b.slots else " (weight 0: draining)")
                  + (f" ({b.slots} slots)" if v.algorithm == "maglev" and b.slots else "")
                  for b in v.backends] or ["(no ready backend: dropped)"]
-        if v.external_local:
-            lines.append("(externalTrafficPolicy Local: this node's backends, client IP kept)")
+        if v.external_local and v.scope == "external":
+            lines.append("(from outside, externalTrafficPolicy Local: this node's backends, "
+                         "client IP kept)")
+        elif v.external_local:
+            lines.append("(externalTrafficPolicy Local: pods reach every backend; traffic from "
+                         "outside: see @external)")
         if v.source_ranges is not None:
             lines.append(f"(only from {', '.join(v.source_ranges) or 'nowhere'})")
         lines += [f"! {p}" for p in v.problems]

@@ -39,9 +39,11 @@ class SvcKey(NamedTuple):
     vip: str
     port: int
     proto: int
+    scope: int = 0  # LB4_SCOPE_*: 0 every client; 1 traffic from outside (Local policy)
 
     def __str__(self) -> str:
-        return f"{self.vip}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"
+        return (f"{self.vip}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"
+                + ("@external" if self.scope else ""))
 
 
 class SvcValue(NamedTuple):

@@ -108,17 +108,24 @@ class Frontend:
     source_ranges: Tuple[str, ...] = field(default=(), compare=False)
     # externalTrafficPolicy Local on a frontend reached from outside: no SNAT, local backends only.
     external_local: bool = field(default=False, compare=False)
+    # Who the record serves: SCOPE_ALL (pods, and outside unless there is an external record) or
+    # SCOPE_EXTERNAL (traffic from outside to a Local-policy frontend: this node's backends).
+    scope: int = 0
 
     @property
-    def key(self) -> Tuple[str, int, str]:
-        return (self.vip, self.port, self.protocol)
+    def key(self) -> Tuple[str, int, str, int]:
+        return (self.vip, self.port, self.protocol, self.scope)
 
     @property
     def namespace(self) -> str:
         return self.service.partition("/")[0]
 
     def __str__(self) -> str:
-        return f"{self.vip}:{self.port}/{self.protocol}"
+        return f"{self.vip}:{self.port}/{self.protocol}" + ("@external" if self.scope else "")
+
+
+SCOPE_ALL = 0  # LB4_SCOPE_ALL in bpf/lb_structs.h
+SCOPE_EXTERNAL = 1  # LB4_SCOPE_EXTERNAL
 
 
 @dataclass(frozen=True, order=True)
@@ -209,22 +216,31 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
                 where = f"'{sp.name}'" if sp.name else str(sp.port)
                 skip(svc, f"protocol {sp.protocol} on port {where} not supported")
                 continue
+            # kube-proxy's chains: a cluster IP follows internalTrafficPolicy; the external
+            # addresses (node ports, load balancer and external IPs) reach every endpoint, except
+            # traffic from outside under externalTrafficPolicy Local, which stays on this node
+            # so the client's address can be kept. Pods reaching an external address are inside
+            # the cluster: they get every endpoint ("pod traffic for external destinations").
             backends = _port_backends(sp, svc_slices, svc, node_name)
+            everyone = _port_backends(sp, svc_slices, svc, node_name, internal_policy=False)
+            here = (_port_backends(sp, svc_slices, svc, node_name, local_only=True)
+                    if local else ())
             affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0
-            # externalTrafficPolicy Local: traffic from outside the cluster only to this node's
-            # endpoints, so the client's address can be kept (no hop to another node).
-            outside = (_port_backends(sp, svc_slices, svc, node_name, local_only=True)
-                       if local else backends)
-            for kind, vip, port, chosen in _frontend_addresses(
-                    svc, sp, vips, node_addresses, external_ip_allow, skip, backends, outside):
-                fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind,
-                              svc.lb_source_ranges if kind == "LoadBalancer" else (),
-                              local and kind != "ClusterIP")
-                if fe in owner:
-                    skip(svc, f"frontend {fe} already used by {owner[fe]}")
-                    continue
-                owner[fe] = svc.ref
-                frontends[fe] = chosen
+            for kind, vip, port in _frontend_addresses(svc, sp, vips, node_addresses,
+                                                       external_ip_allow, skip):
+                external = kind != "ClusterIP"
+                views = [(SCOPE_ALL, everyone if external else backends)]
+                if local and external:
+                    views.append((SCOPE_EXTERNAL, here))
+                for scope, chosen in views:
+                    fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind,
+                                  svc.lb_source_ranges if kind == "LoadBalancer" else (),
+                                  local and external, scope)
+                    if fe in owner:
+                        skip(svc, f"frontend {fe} already used by {owner[fe]}")
+                        continue
+                    owner[fe] = svc.ref
+                    frontends[fe] = chosen
     ordered = {fe: frontends[fe] for fe in sorted(frontends)}
     return DesiredState(frontends=ordered, skipped=tuple(dict.fromkeys(skipped)),
                         health_checks=tuple(health_checks.values()))
@@ -253,27 +269,26 @@ PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 
 def _frontend_addresses(svc: Service, sp: ServicePort, vips: List[str],
                         node_addresses: Sequence[str], external_ip_allow: Sequence[str],
-                        skip: Callable[[Service, str], None], backends: Tuple["Backend", ...],
-                        outside: Tuple["Backend", ...]):
-    """(kind, address, port, backends) of every frontend a Service port has: its cluster IPs;
+                        skip: Callable[[Service, str], None]):
+    """(kind, address, port) of every frontend a Service port has: its cluster IPs;
     a node port on every node address (NodePort, LoadBalancer); the load balancer's ingress IPs;
     and the external IPs inside the allow-list. An external IP anywhere else is refused: anyone
     who may edit a Service could otherwise take over traffic to any address (CVE-2020-8554)."""
     for vip in vips:
-        yield "ClusterIP", vip, sp.port, backends
+        yield "ClusterIP", vip, sp.port
     if svc.type in ("NodePort", "LoadBalancer") and sp.node_port:
         for addr in node_addresses:
-            yield "NodePort", addr, sp.node_port, outside
+            yield "NodePort", addr, sp.node_port
     if svc.type == "LoadBalancer":
         for ip in svc.lb_ingress_ips:
             if _is_ipv4(ip):
-                yield "LoadBalancer", ip, sp.port, outside
+                yield "LoadBalancer", ip, sp.port
     allowed = [ipaddress.ip_network(c) for c in external_ip_allow]
     for ip in svc.external_ips:
         if not _is_ipv4(ip):
             continue
         if any(ipaddress.IPv4Address(ip) in net for net in allowed if net.version == 4):
-            yield "ExternalIP", ip, sp.port, outside
+            yield "ExternalIP", ip, sp.port
         else:
             skip(svc, f"externalIP {ip} outside the --external-ip-allow list (CVE-2020-8554)")
 
@@ -333,8 +348,11 @@ def usable_endpoints(endpoints: Sequence[Endpoint], publish_not_ready: bool = Fa
 
 
 def _port_backends(sp: ServicePort, slices: List[EndpointSlice], svc: Service,
-                   node_name: Optional[str], local_only: bool = False) -> Tuple[Backend, ...]:
-    """Usable backends of one service port, deduplicated across slices and sorted."""
+                   node_name: Optional[str], local_only: bool = False,
+                   internal_policy: bool = True) -> Tuple[Backend, ...]:
+    """Usable backends of one service port, deduplicated across slices and sorted; only this
+    node's with `local_only`, or with internalTrafficPolicy Local unless `internal_policy` is
+    off (the external addresses do not follow it)."""
     ported: List[Tuple[int, Endpoint, EndpointSlice]] = []
     for s in slices:
         # The EndpointSlice controller already resolved targetPort (named or numeric) into the
@@ -345,7 +363,7 @@ def _port_backends(sp: ServicePort, slices: List[EndpointSlice], svc: Service,
     # The fallback to terminating endpoints weighs all slices of the port together.
     usable = {id(ep) for ep in usable_endpoints(
         [ep for _, ep, _ in ported], svc.publish_not_ready,
-        local_only or svc.internal_traffic_policy == "Local", node_name)}
+        local_only or (internal_policy and svc.internal_traffic_policy == "Local"), node_name)}
     found: Dict[Tuple[str, int], Backend] = {}
     for port, ep, s in ported:
         if id(ep) not in usable:

@@ -109,7 +109,7 @@ class Plan:
 
 
 def frontend_key(frontend: Frontend) -> SvcKey:
-    return SvcKey(frontend.vip, frontend.port, PROTO_NUMBERS[frontend.protocol])
+    return SvcKey(frontend.vip, frontend.port, PROTO_NUMBERS[frontend.protocol], frontend.scope)
 
 
 def frontend_name(frontend: Frontend) -> str:

@@ -39,11 +39,11 @@ def be16_to_port(value: int) -> int:
 
 
 def _svc_key(t: Any, k: SvcKey) -> Any:
-    return t.Key(vip=ip_to_be32(k.vip), port=port_to_be16(k.port), proto=k.proto, pad=0)
+    return t.Key(vip=ip_to_be32(k.vip), port=port_to_be16(k.port), proto=k.proto, scope=k.scope)
 
 
 def _svc_key_back(c: Any) -> SvcKey:
-    return SvcKey(be32_to_ip(c.vip), be16_to_port(c.port), c.proto)
+    return SvcKey(be32_to_ip(c.vip), be16_to_port(c.port), c.proto, c.scope)
 
 
 def _backend(t: Any, v: BackendValue) -> Any:

@@ -425,6 +425,21 @@ def nodeport_udp_pod_cycles(c: Ctx) -> None:
     assert second != first, "the same 5-tuple still went to the removed pod"
 
 
+def etp_local_from_pods(c: Ctx) -> None:
+    """Pods are inside the cluster: through the load balancer IP or a node port of a Local-policy
+    Service they reach every endpoint, also where their node has none, with their own address."""
+    local = "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n"
+    c.apply(with_status(np_service("web", "10.96.1.1", 30080, node1_pods(1), local, lb=True),
+                        lb_status(LB_IP)),
+            c.everywhere(f"{LB_IP}:80/TCP"), "the LoadBalancer Service")
+    assert c.ext(f"http://{LB_IP}/", timeout=1.5).returncode == 28, \
+        "from outside, node 0 (no local endpoint) must drop"
+    for url in (f"http://{LB_IP}/client", f"http://{NODE_ADDRS[0]}:30080/client"):
+        r = c.curl(url)
+        assert r.returncode == 0, f"a pod on node 0 through {url}: {r.stderr.strip()}"
+        assert r.stdout.split(":")[0] == "10.244.0.2", f"the pod saw {r.stdout.strip()}"
+
+
 def nodeport_icmp_errors(c: Ctx) -> None:
     """A UDP port nobody listens on behind a NodePort: the pod's port unreachable must reach the
     client's socket, connected to the node's address, both from a local pod (rewritten on the way
@@ -507,6 +522,8 @@ SCENARIOS: Tuple[Scenario, ...] = (
              "sessionAffinity ClientIP from outside", nodeport_session_affinity, nodes=2),
     Scenario("should be able to preserve UDP traffic when server pod cycles for a NodePort service",
              "stale UDP conntrack from outside", nodeport_udp_pod_cycles, nodes=2),
+    Scenario("[Feature:ExternalTrafficPolicy] should work from pods",
+             "pods reach every endpoint of a Local Service", etp_local_from_pods, nodes=2),
     Scenario("[ebpflb] should translate ICMP errors about flows from outside",
              "ICMP errors from local and remote backends", nodeport_icmp_errors, nodes=2),
 )

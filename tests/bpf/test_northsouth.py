@@ -505,9 +505,11 @@ def test_cluster_ip_from_outside_is_dropped(node, hook):
 @pytest.mark.parametrize("hook", HOOKS)
 def test_local_policy_without_a_local_backend_drops(node, hook, frontend):
     snap = node.program(endpoints=[(REMOTE_BE, "node-1")], etp="Local")
-    fe = SvcKey(*FRONTENDS[frontend], 6)
-    assert snap[SERVICES][fe].flags & SVC_F_ETP_LOCAL and snap[SERVICES][fe].count == 0
-    assert snap[SERVICES][SvcKey(CLUSTER_IP, 80, 6)].count == 1  # pods still reach node-1's pod
+    outside = SvcKey(*FRONTENDS[frontend], 6, 1)  # the record for traffic from outside
+    assert snap[SERVICES][outside].flags & SVC_F_ETP_LOCAL and snap[SERVICES][outside].count == 0
+    # Pods still reach node-1's pod, through the cluster IP and the external addresses alike.
+    assert snap[SERVICES][SvcKey(CLUSTER_IP, 80, 6)].count == 1
+    assert snap[SERVICES][SvcKey(*FRONTENDS[frontend], 6)].count == 1
     pkt = tcp(CLIENT, 40000, *FRONTENDS[frontend])
     before = node.stats()
     res = node.run(hook, pkt)
@@ -1141,17 +1143,15 @@ def test_snat_ports_in_use_are_skipped_up_to_the_probe_limit(node):
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kube-proxy divergence: a pod's traffic to the NodePort or LoadBalancer IP of an "
-    "externalTrafficPolicy Local Service is subject to neither traffic policy in kube-proxy "
-    "(KUBE-EXT: 'pod traffic for ... external destinations' -> the cluster chain), but here "
-    "lb4_from_pod uses the frontend's local-only slots and rejects when the node has none"))
 @pytest.mark.parametrize("frontend", FRONTENDS, ids=list(FRONTENDS))
 def test_pods_reach_a_local_policy_frontend_as_a_cluster_one(node, frontend):
+    """kube-proxy: a pod's traffic to the NodePort or load balancer IP of an
+    externalTrafficPolicy Local Service goes to every endpoint ("pod traffic for ... external
+    destinations" -> the cluster chain); only traffic from outside stays on the node."""
     node.program(endpoints=[(REMOTE_BE, "node-1")], etp="Local")
     pkt = tcp(POD_CLIENT, 40000, *FRONTENDS[frontend])
     res = testrun.test_run(node.dp.progs.from_pod.fd, bytes(pkt))
-    assert res.retval == TC_ACT_OK, Ether(res.data).summary()  # got: TC_ACT_REDIRECT with a RST
+    assert res.retval == TC_ACT_OK, Ether(res.data).summary()
     assert res.data == rewritten(pkt, dst=REMOTE_BE, dport=8080)
 
 

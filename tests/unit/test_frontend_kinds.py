@@ -73,8 +73,22 @@ def test_clusterip_services_get_no_node_port():
 def test_external_traffic_policy_local_keeps_outside_traffic_local():
     got, _ = frontends(text("  externalTrafficPolicy: Local", typ="NodePort"),
                        node_addresses=["192.168.200.10"], node_name="node-0")
-    assert got[("NodePort", "192.168.200.10:30080/TCP")] == ["10.244.0.11"]
+    # From outside: this node's endpoints only (a record of its own, scope external).
+    assert got[("NodePort", "192.168.200.10:30080/TCP@external")] == ["10.244.0.11"]
+    # Pods reaching the node port are inside the cluster: every endpoint, as kube-proxy's
+    # "pod traffic for external destinations" rule does.
+    assert got[("NodePort", "192.168.200.10:30080/TCP")] == BOTH
     assert got[("ClusterIP", "10.96.0.10:80/TCP")] == BOTH  # inside the cluster: every endpoint
+
+
+def test_external_addresses_ignore_internal_traffic_policy():
+    """internalTrafficPolicy governs the cluster IP only; the node port reaches every endpoint
+    (kube-proxy's external chain is the cluster chain under externalTrafficPolicy Cluster)."""
+    got, _ = frontends(text("  internalTrafficPolicy: Local", typ="NodePort"),
+                       node_addresses=["192.168.200.10"], node_name="node-0")
+    assert got[("ClusterIP", "10.96.0.10:80/TCP")] == ["10.244.0.11"]
+    assert got[("NodePort", "192.168.200.10:30080/TCP")] == BOTH
+    assert not any(key.endswith("@external") for _, key in got)
 
 
 @pytest.mark.parametrize("bad,field", [
@@ -104,3 +118,35 @@ def test_the_kind_reaches_the_maps_and_service_list():
     kinds = {v.frontend: v.kind for v in service_views(snap)}
     assert kinds == {"10.96.0.10:80/TCP": "ClusterIP", "192.168.200.10:30080/TCP": "NodePort"}
     assert "NodePort" in render_table(service_views(snap))
+
+
+def test_explain_follows_the_path_a_flow_takes():
+    """`ebpflb explain --from-outside`: a flow arriving on a node device takes the node-local
+    record of a Local-policy frontend and is refused a ClusterIP; from a pod the same address
+    reaches every endpoint."""
+    from ebpflb.explain import Flow, explain
+    from ebpflb.maps import empty_snapshot
+    from ebpflb.plan import apply_to, compute_plan
+
+    m = parse_documents(text("  externalTrafficPolicy: Local", typ="NodePort"), "x.yaml")
+    desired = desired_state(m.services, m.slices, node_addresses=["192.168.200.10"],
+                            node_name="node-0")
+    snap = apply_to(empty_snapshot(), compute_plan(desired, empty_snapshot()))
+    seen_inside, seen_outside = set(), set()
+    for port in range(40000, 40064):
+        flow = Flow("192.168.200.2", port, "192.168.200.10", 30080, "TCP")
+        seen_inside.add(explain(snap, flow).backend)
+        seen_outside.add(explain(snap, flow, outside=True).backend)
+    assert seen_inside == {"10.244.0.11:8080", "10.244.1.11:8080"}
+    assert seen_outside == {"10.244.0.11:8080"}
+    to_vip = explain(snap, Flow("192.168.200.2", 1, "10.96.0.10", 80, "TCP"), outside=True)
+    assert to_vip.verdict == "drop" and "ClusterIP" in to_vip.reason
+
+    m = parse_documents(text("  externalTrafficPolicy: Local", typ="NodePort")
+                        .replace("nodeName: node-0", "nodeName: node-1"), "x.yaml")
+    desired = desired_state(m.services, m.slices, node_addresses=["192.168.200.10"],
+                            node_name="node-0")
+    snap = apply_to(empty_snapshot(), compute_plan(desired, empty_snapshot()))
+    flow = Flow("192.168.200.2", 40000, "192.168.200.10", 30080, "TCP")
+    assert explain(snap, flow, outside=True).verdict == "drop"
+    assert explain(snap, flow).verdict == "dnat"

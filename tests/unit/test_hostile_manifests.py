@@ -296,7 +296,7 @@ def check_accepted(m: Manifests, previous: Snapshot) -> None:
     assert not compute_plan(desired, snap, defaults=DEFAULTS), "a second plan must be empty"
     for backend in snap[BACKENDS].values():
         assert forbidden_backend(backend.addr, DEFAULT_SERVICE_CIDRS) is None, backend
-    assert set(snap[SERVICES]) == {(f.vip, f.port, {"TCP": 6, "UDP": 17}[f.protocol])
+    assert set(snap[SERVICES]) == {(f.vip, f.port, {"TCP": 6, "UDP": 17}[f.protocol], f.scope)
                                    for f in desired.frontends}
     after = apply_to(previous, compute_plan(desired, previous, defaults=DEFAULTS))
     assert programmed(after) == programmed(snap)

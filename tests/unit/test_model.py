@@ -176,8 +176,11 @@ def test_frontend_identity_is_vip_port_protocol_only() -> None:
     b = Frontend("10.96.0.10", 80, "TCP", "other/x", "")
     assert a == b and hash(a) == hash(b)
     assert a != Frontend("10.96.0.10", 80, "UDP", "demo/web", "http")
-    assert a.key == ("10.96.0.10", 80, "TCP")
+    assert a.key == ("10.96.0.10", 80, "TCP", 0)
     assert str(a) == "10.96.0.10:80/TCP"
+    # The record for traffic from outside (externalTrafficPolicy Local) is a frontend of its own.
+    outside = Frontend("10.96.0.10", 80, "TCP", scope=1)
+    assert outside != a and str(outside) == "10.96.0.10:80/TCP@external"
     assert sorted([Frontend("10.96.0.10", 443, "TCP"), a]) == [a, Frontend("10.96.0.10", 443, "TCP")]
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.port = 81  # type: ignore[misc]

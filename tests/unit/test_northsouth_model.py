@@ -216,10 +216,12 @@ def test_flags_and_range_records():
     assert flags["LoadBalancer"] & (SVC_F_SRC_RANGES | SVC_F_ETP_LOCAL) == SVC_F_SRC_RANGES | SVC_F_ETP_LOCAL
     assert flags["NodePort"] & (SVC_F_SRC_RANGES | SVC_F_ETP_LOCAL) == SVC_F_ETP_LOCAL
     assert flags["ClusterIP"] & (SVC_F_SRC_RANGES | SVC_F_ETP_LOCAL) == 0
-    lb_id = snap[SERVICES][SvcKey(LB_IP, 80, 6)].svc_id
+    # Local policy: the load balancer IP has a record for pods (every endpoint) and one for
+    # traffic from outside (this node's); both hold the ranges.
+    lb_ids = [snap[SERVICES][SvcKey(LB_IP, 80, 6, scope)].svc_id for scope in (0, 1)]
     # IPv4 ranges only: the v4 maps cannot hold the IPv6 one
-    assert snap[SRC_RANGES] == {SrcRangeKey(lb_id, "203.0.113.0/24"): 1,
-                                SrcRangeKey(lb_id, "198.51.0.0/16"): 1}
+    assert snap[SRC_RANGES] == {SrcRangeKey(i, cidr): 1 for i in lb_ids
+                                for cidr in ("203.0.113.0/24", "198.51.0.0/16")}
     assert not compute_plan(desired, snap)
 
 
