@@ -107,7 +107,10 @@ static __always_inline __u64 ct4_lifetime(const struct ct4_entry *e, __u8 proto)
 	if (proto != IPPROTO_TCP)
 		return CT_TIMEOUT_UDP * LB_NSEC_PER_SEC;
 	if (e->flags & CT_F_CLOSING)
-		return CT_TIMEOUT_TCP_CLOSE * LB_NSEC_PER_SEC;
+		/* A closed SNAT flow keeps its port while the backend may still hold the connection
+		 * in TIME_WAIT: a reused 4-tuple would meet PAWS there. */
+		return ((e->flags & CT_F_SNAT) ? CT_TIMEOUT_TCP_TIME_WAIT : CT_TIMEOUT_TCP_CLOSE) *
+		       LB_NSEC_PER_SEC;
 	if (e->flags & CT_F_ESTABLISHED)
 		return CT_TIMEOUT_TCP_ESTABLISHED * LB_NSEC_PER_SEC;
 	return CT_TIMEOUT_TCP_SYN * LB_NSEC_PER_SEC;
@@ -216,6 +219,11 @@ static __always_inline int ct4_create(const struct pkt4 *p, struct ct4_key *fwd,
 	r.nat_addr = p->daddr;
 	r.nat_port = p->dport;
 	if (p->proto == IPPROTO_TCP) {
+		/* A closed flow's reply entry under the same key (the client reused its port towards
+		 * another frontend of the same backend) sits in ct4, which replies look up first: the
+		 * new flow takes the key over. */
+		if (ct4.lookup(&rev))
+			ct4.delete(&rev);
 		if (ct4_syn.update(&rev, &r) || ct4_syn.update(fwd, &e))
 			return -1;
 		return 0;

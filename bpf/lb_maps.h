@@ -30,13 +30,14 @@
 #ifndef LB4_MAX_NODE_IFS
 #define LB4_MAX_NODE_IFS 64
 #endif
-/* Source ports for SNAT towards backends on other nodes: above the kernel's default ephemeral
- * range (32768-60999), so they never collide with the node's own connections. */
+/* Source ports for SNAT towards backends on other nodes: below the NodePort range and the
+ * kernel's default ephemeral range (32768-60999), so they never collide with the node's own
+ * connections. */
 #ifndef LB4_SNAT_PORT_MIN
-#define LB4_SNAT_PORT_MIN 61000
+#define LB4_SNAT_PORT_MIN 1024
 #endif
 #ifndef LB4_SNAT_PORT_MAX
-#define LB4_SNAT_PORT_MAX 65535
+#define LB4_SNAT_PORT_MAX 29999
 #endif
 #ifndef CT4_SYN_MAX_ENTRIES
 #define CT4_SYN_MAX_ENTRIES 65536
@@ -50,6 +51,9 @@
 #endif
 #ifndef CT_TIMEOUT_TCP_CLOSE
 #define CT_TIMEOUT_TCP_CLOSE 10
+#endif
+#ifndef CT_TIMEOUT_TCP_TIME_WAIT
+#define CT_TIMEOUT_TCP_TIME_WAIT 60
 #endif
 #ifndef CT_TIMEOUT_UDP
 #define CT_TIMEOUT_UDP 60

@@ -28,6 +28,24 @@ from .status import remove_status, write_status
 log = logging.getLogger(__name__)
 
 
+def _warn_snat_overlap(snat_ports: Tuple[int, int],
+                       path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> bool:
+    """The node's own connections draw source ports from ip_local_port_range: if it overlaps the
+    SNAT ports, a node connection and a SNAT flow to the same backend could share a port. Only
+    warned (ebpflb changes no sysctl). Returns True when they overlap."""
+    try:
+        with open(path) as f:
+            low, high = map(int, f.read().split())
+    except (OSError, ValueError):
+        return False
+    if low <= snat_ports[1] and high >= snat_ports[0]:
+        log.warning("--snat-ports %d-%d overlap net.ipv4.ip_local_port_range %d-%d: the node's "
+                    "own connections may pick a SNAT port; choose ports outside it",
+                    snat_ports[0], snat_ports[1], low, high)
+        return True
+    return False
+
+
 def _in_cidrs(address: str, cidrs: Tuple[str, ...]) -> bool:
     """--nodeport-addresses: no list means every node address."""
     import ipaddress
@@ -233,6 +251,8 @@ class Agent:
         nodes = None
         if self.options.node_devices:
             from .healthcheck import HealthCheckServers
+
+            _warn_snat_overlap(self.config.snat_ports)
 
             self._health_checks = HealthCheckServers(self.options.health_check_bind or ("0.0.0.0",))
             nodes = NodeAttacher(ipr, self.options.node_devices, self.options.node_mode,

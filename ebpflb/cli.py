@@ -164,7 +164,8 @@ def main(log_level: str) -> None:
                    "evict established flows.")
 @click.option("--ct-timeouts", default="", metavar="STATE=SECONDS,...",
               help="Conntrack lifetimes after a flow's last packet; states tcp_syn (60), "
-                   "tcp_established (21600), tcp_close (10), udp (60).")
+                   "tcp_established (21600), tcp_close (10), udp (60), tcp_time_wait (60: a "
+                   "closed flow SNATed to another node keeps its port).")
 @click.option("--ct-gc-interval", type=click.FloatRange(0.1, 3600), default=10.0,
               show_default=True, help="Seconds between conntrack garbage collections.")
 @click.option("--max-services", type=click.IntRange(16, 1 << 20), default=65536, show_default=True,
@@ -199,9 +200,9 @@ def main(log_level: str) -> None:
 @click.option("--nodeport-addresses", "nodeport_cidrs", multiple=True, metavar="CIDR",
               help="Serve NodePorts only on node addresses inside these CIDRs; repeatable "
                    "(default: every node address).")
-@click.option("--snat-ports", default="61000-65535", show_default=True, metavar="MIN-MAX",
+@click.option("--snat-ports", default="1024-29999", show_default=True, metavar="MIN-MAX",
               help="Source ports for SNAT towards backends on other nodes; keep them outside "
-                   "net.ipv4.ip_local_port_range.")
+                   "net.ipv4.ip_local_port_range and the NodePort range.")
 @click.option("--healthcheck-address", "healthcheck_bind", multiple=True, metavar="IP",
               help="Address the healthCheckNodePort servers listen on; repeatable "
                    "(default: all addresses of the node).")

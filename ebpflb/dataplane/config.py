@@ -7,6 +7,7 @@ from typing import List, Tuple
 from pathlib import Path
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
+NODEPORT_RANGE = (30000, 32767)  # Kubernetes' default --service-node-port-range
 BPFFS_ROOT = "/sys/fs/bpf"
 
 
@@ -18,9 +19,12 @@ class CtTimeouts:
     tcp_established: int = 21600
     tcp_close: int = 10
     udp: int = 60
+    # A closed flow SNATed towards another node keeps its port this long: the backend holds the
+    # connection in TIME_WAIT (60 s on Linux), and a reused 4-tuple would meet PAWS there.
+    tcp_time_wait: int = 60
 
     def __post_init__(self) -> None:
-        for name in ("tcp_syn", "tcp_established", "tcp_close", "udp"):
+        for name in ("tcp_syn", "tcp_established", "tcp_close", "udp", "tcp_time_wait"):
             if not 1 <= getattr(self, name) <= 7 * 86400:
                 raise ValueError(f"conntrack timeout {name} must be 1 s to 7 days, "
                                  f"got {getattr(self, name)}")
@@ -36,9 +40,11 @@ class DataplaneConfig:
     ct_syn_max_entries: int = 65536  # half-open TCP flows, apart so a SYN flood cannot evict others
     ct_timeouts: CtTimeouts = field(default_factory=CtTimeouts)
     max_src_ranges: int = 16384  # loadBalancerSourceRanges entries over all frontends
-    # SNAT source ports towards backends on other nodes; above the kernel's default ephemeral
-    # range (32768-60999), so they never collide with the node's own connections.
-    snat_ports: Tuple[int, int] = (61000, 65535)
+    # SNAT source ports towards backends on other nodes: below Kubernetes' default NodePort range
+    # (30000-32767) and the kernel's default ephemeral range (32768-60999), so they never collide
+    # with a NodePort or the node's own connections. About 29,000 ports per backend address and
+    # port, each held through the backend's TIME_WAIT: ~480 new flows/s sustained per backend.
+    snat_ports: Tuple[int, int] = (1024, 29999)
 
     def __post_init__(self) -> None:
         pin = Path(self.pin_dir)
@@ -58,6 +64,10 @@ class DataplaneConfig:
         if not 1024 <= low <= high <= 65535 or high - low < 15:
             raise ValueError(f"SNAT ports {low}-{high}: need 1024 <= low, high <= 65535 and at "
                              "least 16 ports")
+        if low <= NODEPORT_RANGE[1] and high >= NODEPORT_RANGE[0]:
+            # A reply to a SNAT port that is also a NodePort would be taken for a new flow.
+            raise ValueError(f"SNAT ports {low}-{high} overlap the NodePort range "
+                             f"{NODEPORT_RANGE[0]}-{NODEPORT_RANGE[1]}")
 
     @property
     def map_limits(self) -> dict:

@@ -43,7 +43,8 @@ def _lifetime_ns(proto: int, flags: int, t: CtTimeouts) -> int:
     if proto != TCP:
         return t.udp * NS
     if flags & CT_F_CLOSING:
-        return t.tcp_close * NS
+        # A closed SNAT flow keeps its port past the backend's TIME_WAIT (as the programs do).
+        return (t.tcp_time_wait if flags & CT_F_SNAT else t.tcp_close) * NS
     if flags & CT_F_ESTABLISHED:
         return t.tcp_established * NS
     return t.tcp_syn * NS

@@ -77,6 +77,7 @@ def _cflags(config: DataplaneConfig, src: Path) -> List[str]:
         f"-DCT_TIMEOUT_TCP_ESTABLISHED={config.ct_timeouts.tcp_established}",
         f"-DCT_TIMEOUT_TCP_CLOSE={config.ct_timeouts.tcp_close}",
         f"-DCT_TIMEOUT_UDP={config.ct_timeouts.udp}",
+        f"-DCT_TIMEOUT_TCP_TIME_WAIT={config.ct_timeouts.tcp_time_wait}",
         f"-DLB4_MAX_SRC_RANGES={config.max_src_ranges}",
         f"-DLB4_SNAT_PORT_MIN={config.snat_ports[0]}",
         f"-DLB4_SNAT_PORT_MAX={config.snat_ports[1]}",

@@ -60,3 +60,38 @@ def test_syn_reusing_a_closed_tuple_moves_the_flow_for_good(dataplane):
     finally:
         dataplane.program("")
         dataplane.clear_conntrack()
+
+
+def two_vips(backend: str) -> str:
+    return manifest(backend) + "---\n" + manifest(backend).replace("name: reuse", "name: reuse2") \
+        .replace("10.96.7.1", "10.96.7.2").replace("reuse-a", "reuse2-a") \
+        .replace("service-name: reuse}", "service-name: reuse2}")
+
+
+def test_a_client_port_reused_towards_another_frontend_of_the_same_backend(dataplane):
+    """The client closes a flow to one VIP, then opens one from the same port to another VIP
+    of the same backend: the backend sees the same 4-tuple, so both flows share a reply key. The
+    new flow takes it over; its replies come from the VIP it asked for, not the old one."""
+    from scapy.layers.inet import IP as IP_, TCP as TCP_
+
+    dataplane.clear_conntrack()
+    dataplane.program(two_vips("10.244.0.31"))
+    try:
+        for flags in ("S", "A", "FA"):
+            pkt = Ether(**ETH) / IP(src="10.244.0.2", dst="10.96.7.1") / TCP(sport=45000, dport=80,
+                                                                               flags=flags)
+            assert bpf_test_run(dataplane.progs.from_pod.fd, bytes(pkt)).retval == TC_ACT_OK
+        reply = Ether(**ETH) / IP_(src="10.244.0.31", dst="10.244.0.2") / TCP_(
+            sport=8080, dport=45000, flags="FA")
+        assert Ether(bpf_test_run(dataplane.progs.to_pod.fd, bytes(reply)).data)[IP].src == "10.96.7.1"
+        syn = Ether(**ETH) / IP(src="10.244.0.2", dst="10.96.7.2") / TCP(sport=45000, dport=80,
+                                                                           flags="S")
+        out = bpf_test_run(dataplane.progs.from_pod.fd, bytes(syn))
+        assert Ether(out.data)[IP].dst == "10.244.0.31"
+        synack = Ether(**ETH) / IP_(src="10.244.0.31", dst="10.244.0.2") / TCP_(
+            sport=8080, dport=45000, flags="SA")
+        got = Ether(bpf_test_run(dataplane.progs.to_pod.fd, bytes(synack)).data)[IP].src
+        assert got == "10.96.7.2", f"the SYN-ACK of the new flow came back from {got}"
+    finally:
+        dataplane.program("")
+        dataplane.clear_conntrack()

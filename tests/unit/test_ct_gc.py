@@ -61,3 +61,14 @@ def test_snat_flow_is_aged_by_both_entries():
     # Both sides idle past the established lifetime: both entries go.
     keys, values = snat_flow(0, 0, flags=0x1)
     assert len(expired_keys(keys, values, 3601 * S, T)) == 2
+
+
+def test_closed_snat_flow_keeps_its_port_through_time_wait():
+    """A closed flow to another node's backend keeps its SNAT port for tcp_time_wait (the
+    backend's TIME_WAIT), not just tcp_close: a reused 4-tuple would meet PAWS there."""
+    t = CtTimeouts(tcp_close=10, tcp_time_wait=60)
+    keys, values = snat_flow(0, 0, flags=0x1 | 0x2)
+    assert expired_keys(keys, values, 30 * S, t) == []
+    assert len(expired_keys(keys, values, 61 * S, t)) == 2
+    keys, values = flow(6, 0, 0x3, 0, 0x3)  # the same, not SNATed: tcp_close applies
+    assert len(expired_keys(keys, values, 11 * S, t)) == 2

@@ -85,3 +85,21 @@ def test_address_change_replans_the_last_good_source_state(monkeypatch):
     a.node_addresses_changed(["192.168.200.20"])
     a.sync(writer=None)
     assert programmed[-1] == ["192.168.200.20:30080/TCP"]
+
+
+def test_snat_ports_overlapping_the_ephemeral_range_are_warned(tmp_path, caplog):
+    from ebpflb.agent import _warn_snat_overlap
+
+    sysctl = tmp_path / "ip_local_port_range"
+    sysctl.write_text("32768\t60999\n")
+    assert not _warn_snat_overlap((1024, 29999), str(sysctl))
+    assert _warn_snat_overlap((32768, 65535), str(sysctl))
+    assert "ip_local_port_range 32768-60999" in caplog.text
+
+
+def test_snat_ports_must_not_overlap_node_ports():
+    from ebpflb.dataplane.config import DataplaneConfig
+
+    with pytest.raises(ValueError, match="overlap the NodePort range 30000-32767"):
+        DataplaneConfig(snat_ports=(29000, 30500))
+    assert DataplaneConfig().snat_ports == (1024, 29999)
