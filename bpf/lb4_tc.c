@@ -595,22 +595,53 @@ static __always_inline int lb4_fib(void *ctx, const struct pkt4 *p, __be32 saddr
 	return rc;
 }
 
-/* An entry in either conntrack table under this key that is still alive. An expired one is
- * deleted, so its key (a SNAT port) can be taken again. */
-static __always_inline int ct4_busy(struct ct4_key *k, __u64 now)
+#define SNAT_PORT_FREE 0
+#define SNAT_PORT_BUSY 1
+#define SNAT_PORT_TIME_WAIT 2	/* a closed flow past tcp_close, still in the backend's TIME_WAIT */
+
+/* Whether a SNAT port (the reply key k) is taken, in either conntrack table. An expired entry is
+ * deleted, so the port can be taken again. */
+static __always_inline int snat_port_state(struct ct4_key *k, __u64 now)
 {
 	struct ct4_entry *e = ct4.lookup(k);
+	__u64 idle;
 
-	if (e) {
-		if (now - e->last_seen_ns <= ct4_lifetime(e, k->proto))
-			return 1;
+	if (!e)
+		e = ct4_syn.lookup(k);
+	if (!e)
+		return SNAT_PORT_FREE;
+	idle = now - e->last_seen_ns;
+	if (idle > ct4_lifetime(e, k->proto)) {
 		ct4.delete(k);
-	}
-	e = ct4_syn.lookup(k);
-	if (e) {
-		if (now - e->last_seen_ns <= ct4_lifetime(e, k->proto))
-			return 1;
 		ct4_syn.delete(k);
+		return SNAT_PORT_FREE;
+	}
+	if ((e->flags & CT_F_CLOSING) && idle > CT_TIMEOUT_TCP_CLOSE * LB_NSEC_PER_SEC)
+		return SNAT_PORT_TIME_WAIT;
+	return SNAT_PORT_BUSY;
+}
+
+/* Writes both entries of a SNAT flow with the reply key `rev` (its port chosen). 0, or -1 when
+ * the port was taken meanwhile (insert, not update: another CPU may race for it). */
+static __always_inline int ct4_insert_snat(const struct pkt4 *p, struct ct4_key *fwd,
+					   struct ct4_key *rev, struct ct4_entry *e,
+					   struct ct4_entry *r)
+{
+	e->nat2_port = rev->dport;
+	if (p->proto == IPPROTO_TCP) {
+		if (ct4_syn.insert(rev, r))
+			return -1;
+		if (ct4_syn.update(fwd, e)) {
+			ct4_syn.delete(rev);
+			return -1;
+		}
+		return 0;
+	}
+	if (ct4.insert(rev, r))
+		return -1;
+	if (ct4.update(fwd, e)) {
+		ct4.delete(rev);
+		return -1;
 	}
 	return 0;
 }
@@ -618,7 +649,9 @@ static __always_inline int ct4_busy(struct ct4_key *k, __u64 now)
 /* Creates both entries of a new flow to a backend on another node, with a source port of
  * snat_addr that no live flow to the same backend uses. Returns 0 with the port in n->sport,
  * or -1 when none was free within LB4_SNAT_TRIES probes. The first probe is the flow's hash, so
- * the choice is spread and repeatable. */
+ * the choice is spread and repeatable. A closed flow keeps its port through the backend's
+ * TIME_WAIT; only when every probe finds a port taken is the first such one reused (counted:
+ * the range is too small for the rate), rather than dropping the new flow. */
 static __always_inline int ct4_create_snat(const struct pkt4 *p, struct ct4_key *fwd,
 					   const struct lb4_backend *be, __u32 svc_id,
 					   __u32 backend_id, __be32 snat_addr, struct node_nat *n)
@@ -636,7 +669,8 @@ static __always_inline int ct4_create_snat(const struct pkt4 *p, struct ct4_key 
 		.saddr = be->addr, .daddr = snat_addr, .sport = be->port, .proto = p->proto,
 		.dir = CT_DIR_REPLY,
 	};
-	int i;
+	__be16 time_wait = 0;
+	int i, state;
 
 	r.nat_addr = p->daddr;
 	r.nat_port = p->dport;
@@ -644,29 +678,26 @@ static __always_inline int ct4_create_snat(const struct pkt4 *p, struct ct4_key 
 	r.nat2_port = p->sport;
 	for (i = 0; i < LB4_SNAT_TRIES; i++) {
 		rev.dport = bpf_htons(LB4_SNAT_PORT_MIN + (start + i) % range);
-		if (ct4_busy(&rev, now))
+		state = snat_port_state(&rev, now);
+		if (state == SNAT_PORT_TIME_WAIT && !time_wait)
+			time_wait = rev.dport;
+		if (state != SNAT_PORT_FREE)
 			continue;
-		e.nat2_port = rev.dport;
-		/* insert (not update) for the reply entry: another CPU may take the port meanwhile. */
-		if (p->proto == IPPROTO_TCP) {
-			if (ct4_syn.insert(&rev, &r))
-				continue;
-			if (ct4_syn.update(fwd, &e)) {
-				ct4_syn.delete(&rev);
-				return -1;
-			}
-		} else {
-			if (ct4.insert(&rev, &r))
-				continue;
-			if (ct4.update(fwd, &e)) {
-				ct4.delete(&rev);
-				return -1;
-			}
+		if (ct4_insert_snat(p, fwd, &rev, &e, &r) == 0) {
+			n->sport = rev.dport;
+			return 0;
 		}
-		n->sport = rev.dport;
-		return 0;
 	}
-	return -1;
+	if (!time_wait)
+		return -1;
+	rev.dport = time_wait;
+	ct4.delete(&rev);
+	ct4_syn.delete(&rev);
+	if (ct4_insert_snat(p, fwd, &rev, &e, &r))
+		return -1;
+	lb_count(STAT_SNAT_REUSE);
+	n->sport = rev.dport;
+	return 0;
 }
 
 /* A packet from outside to a frontend. */

@@ -179,6 +179,7 @@ enum lb_stat {
 	STAT_XDP_FORWARD,		/* ... sent on by XDP itself (XDP_TX or redirect) */
 	STAT_XDP_TO_TC,		/* XDP could not finish (no neighbour, reject): left to TC untouched */
 	STAT_FORWARD_FAIL,		/* no route, TTL exceeded, or Local policy with a remote backend: dropped */
+	STAT_SNAT_REUSE,	/* all probed SNAT ports taken: one still in the backend's TIME_WAIT reused */
 	STAT_MAX,
 };
 

@@ -1175,3 +1175,50 @@ def test_ethernet_padding_is_kept_and_ignored(node, hook, where):
                         macs=(NODE_MAC, GW_MAC) if hook == "xdp" else None)
         assert res.retval == FORWARD[hook]
     assert res.data == exp + padding
+
+
+def test_snat_ports_of_closed_flows_are_held_then_reused_when_nothing_else_is_free(node):
+    """A closed TCP flow keeps its SNAT port through the backend's TIME_WAIT (tcp_time_wait),
+    past tcp_close: a new flow probes on to a free port. Only when all sixteen probes find a
+    taken port is the first port held by a closed flow past tcp_close reused (snat_reuse), rather
+    than dropping the flow; a closed flow younger than tcp_close is never taken."""
+    import time
+
+    from ebpflb.dataplane.bcc_maps import port_to_be16
+
+    node.program(endpoints=[(REMOTE_BE, "node-1")])
+    ct4 = node.bpf[b"ct4"]
+    start = node.snat_port(CLIENT, 40002, *NODEPORT, 6)
+    span = node.snat_max - node.snat_min + 1
+    ports = [node.snat_min + (start - node.snat_min + i) % span for i in range(16)]
+    timeouts = node.dp.config.ct_timeouts
+
+    def occupy(port, idle_s, closing):
+        key = ct4.Key(saddr=ip_to_be32(REMOTE_BE), daddr=ip_to_be32(NODE_IP), sport=port_to_be16(8080),
+                      dport=port_to_be16(port), proto=6, dir=1, pad=0)
+        seen = time.monotonic_ns() - int(idle_s * 1e9)
+        ct4[key] = ct4.Leaf(created_ns=seen, last_seen_ns=seen, nat_addr=ip_to_be32(NODE_IP),
+                            nat_port=port_to_be16(30080),
+                            flags=CT_F_EXTERNAL | CT_F_SNAT | 0x1 | (0x2 if closing else 0),
+                            nat2_addr=ip_to_be32("192.168.200.99"), nat2_port=port_to_be16(port))
+
+    in_time_wait = timeouts.tcp_close + 5  # past tcp_close, well within tcp_time_wait
+    assert in_time_wait < timeouts.tcp_time_wait
+    occupy(ports[0], in_time_wait, closing=True)
+    syn = tcp(CLIENT, 40002, *NODEPORT)
+    res = node.run("tc", syn)
+    assert res.retval == FORWARD["tc"]
+    assert Ether(res.data)[TCP].sport == ports[1], "the port in TIME_WAIT was not skipped"
+    node.dp.clear_conntrack()
+    occupy(ports[0], timeouts.tcp_close / 2, closing=True)  # too fresh to reuse
+    occupy(ports[1], in_time_wait, closing=True)
+    for port in ports[2:]:
+        occupy(port, 0, closing=False)
+    before = node.stats()
+    res = node.run("tc", syn)
+    assert res.retval == FORWARD["tc"]
+    assert Ether(res.data)[TCP].sport == ports[1]
+    assert delta(before, node.stats()) == {"snat_reuse": 1, "dnat_new": 1, "conntrack_insert": 1,
+                                           "node_forward": 1}
+    reply = node.ct(REMOTE_BE, 8080, NODE_IP, ports[1], 6, reply=True)
+    assert reply.nat2_addr == CLIENT, "the old flow's reply entry was not replaced"
