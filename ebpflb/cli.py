@@ -408,17 +408,29 @@ def _open_or_fail(pin_dir: str):
 @main.command()
 @click.option("--watch", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
               help="Print again every SECONDS with rates over that interval, until Ctrl-C.")
+@click.option("--verdicts", is_flag=True,
+              help="Instead, the data plane's global verdict counters (passes, drops and why, "
+                   "SNAT, XDP), since the maps were created.")
 @output_option
 @pin_dir_option
-def stats(watch: Optional[float], output: str, pin_dir: str) -> None:
+def stats(watch: Optional[float], verdicts: bool, output: str, pin_dir: str) -> None:
     """Traffic per frontend and per backend: connections, packets and bytes in and out (as
     ipvsadm -Ln --stats), with rates per second when --watch is given."""
     import time
 
+    from .dataplane.bcc_maps import read_stats
     from .dataplane.readers import read_service_stats
     from .stats import render_table, to_json, with_rates
 
     bpf = _open_or_fail(pin_dir).bpf
+    if verdicts:
+        counters = read_stats(bpf)
+        if output == "json":
+            click.echo(json.dumps(counters, indent=2))
+        else:
+            width = max(map(len, counters))
+            click.echo("\n".join(f"{name.ljust(width)}  {value}" for name, value in counters.items()))
+        return
 
     def show(current) -> None:
         click.echo(json.dumps(to_json(current), indent=2) if output == "json" else render_table(current))

@@ -1222,3 +1222,18 @@ def test_snat_ports_of_closed_flows_are_held_then_reused_when_nothing_else_is_fr
                                            "node_forward": 1}
     reply = node.ct(REMOTE_BE, 8080, NODE_IP, ports[1], 6, reply=True)
     assert reply.nat2_addr == CLIENT, "the old flow's reply entry was not replaced"
+
+
+def test_stats_verdicts_shows_the_global_counters(node):
+    """`ebpflb stats --verdicts` reads the same per-CPU verdict counters the programs bump."""
+    import json
+    import subprocess
+    import sys
+
+    node.program(endpoints=[(LOCAL_BE, "node-0")])
+    node.run("tc", tcp(CLIENT, 40000, CLUSTER_IP, 80))  # a ClusterIP from outside: dropped
+    out = subprocess.run([sys.executable, "-m", "ebpflb.cli", "stats", "--verdicts", "-o", "json",
+                          "--pin-dir", node.dp.config.pin_dir], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    counters = json.loads(out)
+    assert counters == node.stats() and counters["external_clusterip"] >= 1
