@@ -18,7 +18,7 @@ import pytest
 from ebpflb.lab import lab as lablib
 from ebpflb.lab.conformance import NODE_ADDRS, node1_pods, np_service, pods
 
-from .agent_harness import RunningAgent, ebpflb, wait_until
+from .agent_harness import RunningAgent, ebpflb, force_cleanup, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -30,6 +30,7 @@ def lab2(lab_names) -> Iterator[str]:
     try:
         yield name
     finally:
+        force_cleanup(name)  # pins of agents that ran with --on-exit keep
         lablib.lab_down(name)
 
 
