@@ -33,6 +33,7 @@ bench: setup
 	$(PY) -m benchmarks.statsagg
 	$(PY) -m benchmarks.kube_sync
 	$(PY) -m benchmarks.suite
+	$(PY) -m benchmarks.nodeport
 
 clean:
 	rm -rf build *.egg-info ebpflb/*.so ext/*.c .pytest_cache

@@ -92,13 +92,28 @@ static __always_inline void ct4_key_of(const struct pkt4 *p, __u8 dir, struct ct
 #define LB_NSEC_PER_SEC 1000000000ULL
 
 /* A flow's entry wherever it lives: the main table, else (TCP only) the half-open one. */
-static __always_inline struct ct4_entry *ct4_find(struct ct4_key *key)
+static __always_inline struct ct4_entry *ct4_find_half_open(struct ct4_key *key, int *half_open)
 {
 	struct ct4_entry *e = ct4.lookup(key);
 
-	if (!e && key->proto == IPPROTO_TCP)
-		e = ct4_syn.lookup(key);
-	return e;
+	*half_open = 0;
+	if (e || key->proto != IPPROTO_TCP)
+		return e;
+	e = ct4_syn.lookup(key);
+	if (e) {
+		*half_open = 1;
+		return e;
+	}
+	/* Another CPU may have moved the flow from ct4_syn to ct4 (the client's ACK) between the two
+	 * lookups: look once more where it went. */
+	return ct4.lookup(key);
+}
+
+static __always_inline struct ct4_entry *ct4_find(struct ct4_key *key)
+{
+	int half_open;
+
+	return ct4_find_half_open(key, &half_open);
 }
 
 /* How long an entry lives since its last packet, by what its direction has seen. */
@@ -428,12 +443,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 
 	ct4_key_of(&p, CT_DIR_FWD, &fk);
-	ct = ct4.lookup(&fk);
-	half_open = 0;
-	if (!ct && p.proto == IPPROTO_TCP) {
-		ct = ct4_syn.lookup(&fk);
-		half_open = ct != 0;
-	}
+	ct = ct4_find_half_open(&fk, &half_open);
 	now = bpf_ktime_get_ns();
 	/* An expired entry, or a SYN reusing the tuple of a closed flow, starts a new flow. */
 	if (ct && (now - ct->last_seen_ns > ct4_lifetime(ct, p.proto) ||
@@ -722,11 +732,7 @@ static __always_inline int lb4_node_frontend(void *ctx, const struct pkt4 *p,
 	n->saddr = p->saddr;
 	n->sport = p->sport;
 	ct4_key_of(p, CT_DIR_FWD, &fk);
-	ct = ct4.lookup(&fk);
-	if (!ct && p->proto == IPPROTO_TCP) {
-		ct = ct4_syn.lookup(&fk);
-		half_open = ct != 0;
-	}
+	ct = ct4_find_half_open(&fk, &half_open);
 	now = bpf_ktime_get_ns();
 	if (ct && (now - ct->last_seen_ns > ct4_lifetime(ct, p->proto) ||
 		   (tcp_syn_only(p) && (ct->flags & CT_F_CLOSING))))
