@@ -651,8 +651,8 @@ def section(results: Dict) -> str:
         "and port before ports are reused. kube-proxy's MASQUERADE --random-fully draws from "
         "1024-65535 for each backend address and port.") + "\n"
 
-    tc_snat_note = (" The `snat_exhausted` of the TC slots, at a low port occupancy, may have the same "
-                    "cause." if drops["tc"].get("snat_exhausted") else "")
+    tc_snat_note = (" The TC slots still counted `snat_exhausted` at a low port occupancy: not "
+                    "explained yet." if drops["tc"].get("snat_exhausted") else "")
     m = meta["machine"]
     return f"""{SECTION}
 
@@ -740,15 +740,12 @@ What the numbers mean:
 
 Seen while building this benchmark:
 
-- In TC mode a few packets per slot find no conntrack entry (`tcp_no_state` above; in a separate
-  unpinned check, 6 of 64k local flows and 1 of 48k remote ones; never at XDP). Probably a race:
-  the program looks a flow up in `ct4`, then in `ct4_syn`, while the flow's ACK, processed on the
-  other CPU, moves it from `ct4_syn` to `ct4` between the two lookups. At TC on a veth a packet is
-  processed on the CPU that sent it, and one client's packets leave from two CPUs (the ACK of the
-  SYN-ACK from the CPU that received the SYN-ACK, the request from the client's own); native XDP
-  on the veth serialises them in its NAPI poll, and a NIC's RSS queue would too. For a remote
-  backend the packet is dropped and the client retransmits (the retransmissions of the TC remote
-  row).{tc_snat_note}
+- An earlier run found a race at TC (fixed in the data plane since; the runs above include the
+  fix): a packet looked its flow up in `ct4`, then in `ct4_syn`, while the flow's ACK, processed on
+  the other CPU, moved it from `ct4_syn` to `ct4` between the two lookups, so a few packets per
+  slot (104 over a run) found no entry (`tcp_no_state`) and, towards a remote backend, were dropped.
+  At TC on a veth one client's packets leave from two CPUs; native XDP on the veth serialises them,
+  which is why XDP never showed it. A miss in `ct4_syn` now looks in `ct4` once more.{tc_snat_note}
 - Found while writing it, fixed since (the runs above include the fixes): a client reusing a
   source port towards a NodePort while the old flow's entry was still in `ct4` lost the new
   connection to a remote backend (cb80c88); the shipped SNAT range (then 61000-65535, a port free
