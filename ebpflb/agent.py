@@ -254,7 +254,9 @@ class Agent:
 
             _warn_snat_overlap(self.config.snat_ports)
 
-            self._health_checks = HealthCheckServers(self.options.health_check_bind or ("0.0.0.0",))
+            # As kube-proxy's: every check fails while the agent is not serving its source's state.
+            self._health_checks = HealthCheckServers(self.options.health_check_bind or ("0.0.0.0",),
+                                                     proxy_healthy=lambda: self.readiness()[0])
             nodes = NodeAttacher(ipr, self.options.node_devices, self.options.node_mode,
                                  self.options.xdp_mode,
                                  Program(progs.node_in.fd, progs.node_in.name.decode()),

@@ -122,3 +122,62 @@ def test_another_xdp_program_is_left_alone(lab2):
         os.close(fd)
     ebpflb("cleanup", "--netns", ns, "--pin-dir", f"/sys/fs/bpf/ebpflb-lab-{lab2}")
     assert xdp_of(ns) == ("native", "lab_xdp_pass"), "cleanup removed someone else's XDP program"
+
+
+def test_agent_sigkill_and_restart_under_traffic_from_outside(lab2, tmp_path):
+    """New connections (40/s) and long-lived ones from the external client to node 0's NodePort,
+    whose backends are on node 1 (so every flow is SNATed and sent on by XDP), while node 0's
+    agent is SIGKILLed and restarted: no connection or request fails, since the XDP and TC
+    programs stay attached and the pinned maps (conntrack with the SNAT ports, lb4_node_ifs) stay
+    in place; the new agent adopts them with no map write."""
+    import time
+
+    from ebpflb.lab.agent_runner import AgentProcess
+
+    from .load import KeptConnections, NewConnections
+
+    text = np_service("web", "10.96.1.1", 30080, node1_pods(1, 2))
+    common = ["--metrics-address", "", "--health-address", "", "--node-device", "eth0",
+              "--node-mode", "xdp"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    agents = []
+    for k in (0, 1):
+        a = RunningAgent(lab2, tmp_path / "a", [], node=k, on_exit="keep" if k == 0 else "remove",
+                         extra_args=["--node-name", f"node-{k}", *common])
+        a.write_manifest(text=text)
+        agents.append(a)
+    wait_until(lambda: agents[0].backends(f"{NODE_ADDRS[0]}:30080/TCP") == ["10.244.1.11",
+                                                                           "10.244.1.12"],
+               15, "the NodePort")
+    ext = f"{lab2}-ext"
+    kept = KeptConnections(ext, NODE_ADDRS[0], 30080, count=4, interval=0.25, seconds=12)
+    load = NewConnections(ext, NODE_ADDRS[0], 30080, rate=40, seconds=12)
+    second = None
+    try:
+        kept.start()
+        load.start()
+        time.sleep(4)
+        agents[0].proc.kill()  # SIGKILL: no cleanup of any kind
+        agents[0].proc.wait()
+        assert xdp_of(f"{lab2}-node") == ("native", "lb4_node_xdp")
+        ready = tmp_path / "b" / "ready"
+        second = AgentProcess(lab2, tmp_path / "b", ["--manifests", str(agents[0].manifest_path)],
+                              on_exit="remove", node=0,
+                              extra_args=["--node-name", "node-0", "--ready-file", str(ready),
+                                          *common])
+        wait_until(ready.exists, 60, "the new agent")
+        load.join(timeout=40)
+        kept.join(timeout=40)
+        assert not load.is_alive() and not kept.is_alive()
+        assert len(load.result.outcomes) >= 300
+        assert load.result.failures == [], load.result.failures[:3]
+        assert kept.result.failures == [] and len(kept.result.outcomes) >= 100
+        assert set(load.result.pods) == {"n1-web-1", "n1-web-2"}
+        assert "0 map writes" in second.log(), second.log()
+    finally:
+        kept.close()
+        for a in agents:
+            a.stop()
+        if second:
+            second.stop()
