@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from benchmarks import common
+from ebpflb.dataplane.testrun import _TestRunOpts  # the one ctypes mirror of the options
 
 log = logging.getLogger("benchmarks.nodeport")
 
@@ -66,16 +67,6 @@ ROWS = [
 
 
 # ------------------------------------------------------------------ BPF_PROG_TEST_RUN with a ctx
-
-class _TestRunOpts(ctypes.Structure):
-    # struct bpf_test_run_opts of libbpf 1.x; sz tells libbpf which fields we know.
-    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
-                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
-                ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
-                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
-                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
-
 
 class XdpMd(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint32) for n in ("data", "data_end", "data_meta", "ingress_ifindex",

@@ -352,6 +352,20 @@ static __always_inline int lb4_hairpin_reply(struct __sk_buff *skb, const struct
 /* An ICMP error to a pod about a flow it started to a frontend: the quoted packet went to the
  * backend, so its destination (and the outer source, when the backend sent the error) becomes
  * the frontend again. Returns a verdict, or -1 when it is not about one of our flows. */
+/* The conntrack key of the flow an ICMP error quotes, seen from the other side: the quoted
+ * packet went one way, the entry we want is keyed by the way back. */
+static __always_inline void ct4_key_of_quoted(const struct icmp4_err *e, __u8 dir,
+					      struct ct4_key *k)
+{
+	k->saddr = e->in_daddr;
+	k->daddr = e->in_saddr;
+	k->sport = e->in_dport;
+	k->dport = e->in_sport;
+	k->proto = e->in_proto;
+	k->dir = dir;
+	k->pad = 0;
+}
+
 static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb, __u16 mask, __u16 want)
 {
 	struct icmp4_err e = {};
@@ -361,12 +375,7 @@ static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb, __u16 mask, __
 	if (parse_icmp4_error(skb, &e))
 		return -1;
 	/* The quoted packet is client -> backend; the flow's reply entry is keyed backend -> client. */
-	rk.saddr = e.in_daddr;
-	rk.daddr = e.in_saddr;
-	rk.sport = e.in_dport;
-	rk.dport = e.in_sport;
-	rk.proto = e.in_proto;
-	rk.dir = CT_DIR_REPLY;
+	ct4_key_of_quoted(&e, CT_DIR_REPLY, &rk);
 	ct = ct4_find(&rk);
 	if (!ct || (ct->flags & mask) != want)
 		return -1;
@@ -390,12 +399,7 @@ static __always_inline int lb4_icmp_from_pod(struct __sk_buff *skb, __u16 mask, 
 	if (parse_icmp4_error(skb, &e))
 		return -1;
 	/* The quoted packet is frontend -> client; the flow's forward entry is client -> frontend. */
-	fk.saddr = e.in_daddr;
-	fk.daddr = e.in_saddr;
-	fk.sport = e.in_dport;
-	fk.dport = e.in_sport;
-	fk.proto = e.in_proto;
-	fk.dir = CT_DIR_FWD;
+	ct4_key_of_quoted(&e, CT_DIR_FWD, &fk);
 	ct = ct4_find(&fk);
 	if (!ct || (ct->flags & mask) != want)
 		return -1;
@@ -978,12 +982,7 @@ static __always_inline int lb4_node_icmp_in(struct __sk_buff *skb)
 
 	if (parse_icmp4_error(skb, &e))
 		return -1;
-	k.proto = e.in_proto;
-	k.saddr = e.in_daddr;
-	k.daddr = e.in_saddr;
-	k.sport = e.in_dport;
-	k.dport = e.in_sport;
-	k.dir = CT_DIR_FWD;
+	ct4_key_of_quoted(&e, CT_DIR_FWD, &k);
 	ct = ct4_find(&k);
 	if (ct && (ct->flags & CT_F_EXTERNAL)) {
 		if (!(ct->flags & CT_F_SNAT))

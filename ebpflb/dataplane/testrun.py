@@ -8,6 +8,8 @@ import os
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
+
 
 from .libbpf import libbpf
 
@@ -51,21 +53,8 @@ class TestRunResult:
 def test_run(prog_fd: int, packet: bytes, repeat: int = 1) -> TestRunResult:
     """Runs the program `repeat` times on `packet`. With repeat > 1 each run sees the buffer the
     previous run rewrote, so check rewrites with repeat=1 and time steady state with more."""
-    buf_in = ctypes.create_string_buffer(packet, len(packet))
-    out_size = len(packet) + 256
-    buf_out = ctypes.create_string_buffer(out_size)
-    opts = _TestRunOpts()
-    opts.sz = ctypes.sizeof(_TestRunOpts)
-    opts.data_in = ctypes.cast(buf_in, ctypes.c_void_p)
-    opts.data_size_in = len(packet)
-    opts.data_out = ctypes.cast(buf_out, ctypes.c_void_p)
-    opts.data_size_out = out_size
-    opts.repeat = repeat
-    rc = _test_run_fn()(prog_fd, ctypes.byref(opts))
-    if rc != 0:
-        err = ctypes.get_errno() or -rc
-        raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
-    return TestRunResult(opts.retval, buf_out.raw[: opts.data_size_out], opts.duration)
+    retval, data, duration, _ = _run(prog_fd, packet, None, repeat)
+    return TestRunResult(retval, data, duration)
 
 
 @dataclass(frozen=True)
@@ -80,31 +69,35 @@ def test_run_ctx(prog_fd: int, packet: bytes, ctx: bytes, repeat: int = 1) -> Te
     """Like test_run, with a context in: a struct __sk_buff for TC programs, a struct xdp_md for
     XDP (build them with skb_ctx / xdp_ctx). Devices named in it are looked up in the network
     namespace of the calling thread, and so are the program's FIB lookups."""
+    return TestRunCtxResult(*_run(prog_fd, packet, ctx, repeat))
+
+
+def _run(prog_fd: int, packet: bytes, ctx: Optional[bytes], repeat: int):
     buf_in = ctypes.create_string_buffer(packet, len(packet))
     out_size = len(packet) + 256
     buf_out = ctypes.create_string_buffer(out_size)
-    ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
-    # The kernel writes back its whole context struct (ENOSPC if it does not fit), however
-    # short the one passed in was.
-    ctx_out_size = max(len(ctx), _CTX_OUT_MAX)
-    ctx_out = ctypes.create_string_buffer(ctx_out_size)
     opts = _TestRunOpts()
     opts.sz = ctypes.sizeof(_TestRunOpts)
     opts.data_in = ctypes.cast(buf_in, ctypes.c_void_p)
     opts.data_size_in = len(packet)
     opts.data_out = ctypes.cast(buf_out, ctypes.c_void_p)
     opts.data_size_out = out_size
-    opts.ctx_in = ctypes.cast(ctx_in, ctypes.c_void_p)
-    opts.ctx_size_in = len(ctx)
-    opts.ctx_out = ctypes.cast(ctx_out, ctypes.c_void_p)
-    opts.ctx_size_out = ctx_out_size
     opts.repeat = repeat
+    if ctx is not None:
+        ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
+        # The kernel writes back its whole context struct (ENOSPC if it does not fit), however
+        # short the one passed in was.
+        ctx_out = ctypes.create_string_buffer(max(len(ctx), _CTX_OUT_MAX))
+        opts.ctx_in = ctypes.cast(ctx_in, ctypes.c_void_p)
+        opts.ctx_size_in = len(ctx)
+        opts.ctx_out = ctypes.cast(ctx_out, ctypes.c_void_p)
+        opts.ctx_size_out = len(ctx_out)
     rc = _test_run_fn()(prog_fd, ctypes.byref(opts))
     if rc != 0:
         err = ctypes.get_errno() or -rc
         raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
-    return TestRunCtxResult(opts.retval, buf_out.raw[: opts.data_size_out], opts.duration,
-                            ctx_out.raw[: opts.ctx_size_out])
+    ctx_back = ctx_out.raw[: opts.ctx_size_out] if ctx is not None else b""
+    return opts.retval, buf_out.raw[: opts.data_size_out], opts.duration, ctx_back
 
 
 # struct __sk_buff (uapi/linux/bpf.h) up to and including ifindex; the kernel accepts a shorter
