@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 
 from .apply import ApplyError, read_snapshot
 from .manifests import ManifestErrors
-from .maps import Snapshot
+from .maps import SERVICES, Snapshot
 from .model import desired_state
 from .plan import PlanDefaults, PlanError, conntrack_purge
 from .reconcile import reconcile
@@ -195,7 +195,7 @@ class Agent:
             # The initial state lives as long as the agent: keep the cyclic GC from walking it
             # on every collection (measured: a third off event-to-map latency at 10k Services).
             gc.freeze()
-        stale = conntrack_purge(result.plan)
+        stale = conntrack_purge(result.plan, result.snapshot[SERVICES])
         if stale and self._purge is not None:
             log.info("%d conntrack entries removed (%d frontends gone, %d UDP backends gone)",
                      self._purge(stale.svc_ids, stale.udp_backends), len(stale.svc_ids),

@@ -363,9 +363,15 @@ class ConntrackPurge:
         return bool(self.svc_ids or self.udp_backends)
 
 
-def conntrack_purge(plan: Plan) -> ConntrackPurge:
-    svc_ids = {op.old.svc_id for op in plan.ops if op.map == SERVICES and op.action == DELETE}
+def conntrack_purge(plan: Plan, remaining: Optional[Mapping[SvcKey, Any]] = None) -> ConntrackPurge:
+    """`remaining`: the frontends programmed after the plan. A record removed while its address
+    keeps a record of the other scope (externalTrafficPolicy switched from Local to Cluster) is
+    no frontend going away: its flows are left to finish, as kube-proxy's conntrack would."""
+    deleted = {op.old.svc_id: op.key for op in plan.ops if op.map == SERVICES and op.action == DELETE}
+    moved = {svc_id for svc_id, key in deleted.items()
+             if remaining is not None and key._replace(scope=1 - key.scope) in remaining}
+    svc_ids = set(deleted) - moved
     udp = {(op.old.svc_id, op.old.addr, op.old.port) for op in plan.ops
            if op.map == BACKENDS and op.action == DELETE and op.old.proto == PROTO_NUMBERS["UDP"]
-           and op.old.svc_id not in svc_ids}
+           and op.old.svc_id not in deleted}
     return ConntrackPurge(frozenset(svc_ids), frozenset(udp))

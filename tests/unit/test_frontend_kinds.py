@@ -150,3 +150,26 @@ def test_explain_follows_the_path_a_flow_takes():
     flow = Flow("192.168.200.2", 40000, "192.168.200.10", 30080, "TCP")
     assert explain(snap, flow, outside=True).verdict == "drop"
     assert explain(snap, flow).verdict == "dnat"
+
+
+def test_switching_local_to_cluster_keeps_the_flows_from_outside():
+    """externalTrafficPolicy Local -> Cluster removes the node-local record for traffic from
+    outside, but the address still serves: its flows are not purged (their conntrack entries
+    hold all they need); deleting the Service purges every record's flows."""
+    from ebpflb.maps import SERVICES, empty_snapshot
+    from ebpflb.plan import apply_to, compute_plan, conntrack_purge
+
+    def program(manifest, current):
+        m = parse_documents(manifest, "x.yaml")
+        desired = desired_state(m.services, m.slices, node_addresses=["192.168.200.10"],
+                                node_name="node-0")
+        plan = compute_plan(desired, current)
+        return plan, apply_to(current, plan)
+
+    _, local = program(text("  externalTrafficPolicy: Local", typ="NodePort"), empty_snapshot())
+    external_id = next(v.svc_id for k, v in local[SERVICES].items() if k.scope == 1)
+    plan, cluster = program(text(typ="NodePort"), local)
+    purge = conntrack_purge(plan, cluster[SERVICES])
+    assert external_id not in purge.svc_ids and not purge.udp_backends
+    plan, gone = program("", cluster)
+    assert conntrack_purge(plan, gone[SERVICES]).svc_ids == {v.svc_id for v in cluster[SERVICES].values()}

@@ -68,13 +68,13 @@ def test_address_change_replans_the_last_good_source_state(monkeypatch):
         programmed.append(sorted(str(fe) for fe in desired.frontends if fe.kind == "NodePort"))
 
         class Result:
-            snapshot: dict = {}
+            snapshot: dict = {"lb4_services": {}}
             applied = True
             plan: list = []
         return Result()
 
     monkeypatch.setattr(agent_mod, "reconcile", fake_reconcile)
-    monkeypatch.setattr(agent_mod, "conntrack_purge", lambda plan: None)
+    monkeypatch.setattr(agent_mod, "conntrack_purge", lambda plan, remaining=None: None)
     a = agent()
     monkeypatch.setattr(a, "_write_status", lambda: None)
     a.node_addresses_changed(["192.168.200.10"])
