@@ -176,8 +176,57 @@ def test_agent_sigkill_and_restart_under_traffic_from_outside(lab2, tmp_path):
         assert set(load.result.pods) == {"n1-web-1", "n1-web-2"}
         assert "0 map writes" in second.log(), second.log()
     finally:
-        kept.close()
+        if kept is not None:
+            kept.close()
         for a in agents:
             a.stop()
         if second:
             second.stop()
+
+
+def test_switching_external_traffic_policy_keeps_established_flows(lab2, tmp_path):
+    """Keep-alive connections from outside to node 0's NodePort, opened under
+    externalTrafficPolicy Local (served by node 0's pod, client address kept), go on working after
+    the Service switches to Cluster and back: a policy change is not a frontend going away."""
+    import time
+
+    from .load import KeptConnections
+
+    local = np_service("web", "10.96.1.1", 30080, pods(1) + node1_pods(1),
+                       "  externalTrafficPolicy: Local\n")
+    cluster = np_service("web", "10.96.1.1", 30080, pods(1) + node1_pods(1))
+    agents = []
+    for k in (0, 1):
+        a = RunningAgent(lab2, tmp_path, [], node=k, extra_args=[
+            "--node-name", f"node-{k}", "--metrics-address", "", "--health-address", "",
+            "--node-device", "eth0", "--node-mode", "xdp"])
+        a.write_manifest(text=local)
+        agents.append(a)
+    external = f"{NODE_ADDRS[0]}:30080/TCP@external"
+
+    def programmed(present: bool):
+        return lambda: (external in {s["frontend"] for s in agents[0].services()}) == present
+
+    kept = None
+    try:
+        wait_until(programmed(True), 15, "the Local record")
+        kept = KeptConnections(f"{lab2}-ext", NODE_ADDRS[0], 30080, count=4, interval=0.2,
+                               seconds=6)
+        kept.start()
+        time.sleep(1.5)
+        for a in agents:
+            a.write_manifest(text=cluster)
+        wait_until(programmed(False), 15, "the switch to Cluster")
+        time.sleep(1.5)
+        for a in agents:
+            a.write_manifest(text=local)
+        wait_until(programmed(True), 15, "the switch back to Local")
+        kept.join(timeout=30)
+        assert not kept.is_alive()
+        assert kept.result.failures == [], kept.result.failures[:3]
+        assert set(kept.result.pods) == {"web-1"} and len(kept.result.outcomes) >= 80
+    finally:
+        if kept is not None:
+            kept.close()
+        for a in agents:
+            a.stop()
