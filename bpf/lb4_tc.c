@@ -349,9 +349,6 @@ static __always_inline int lb4_hairpin_reply(struct __sk_buff *skb, const struct
 	return lb4_bounce(skb);
 }
 
-/* An ICMP error to a pod about a flow it started to a frontend: the quoted packet went to the
- * backend, so its destination (and the outer source, when the backend sent the error) becomes
- * the frontend again. Returns a verdict, or -1 when it is not about one of our flows. */
 /* The conntrack key of the flow an ICMP error quotes, seen from the other side: the quoted
  * packet went one way, the entry we want is keyed by the way back. */
 static __always_inline void ct4_key_of_quoted(const struct icmp4_err *e, __u8 dir,
@@ -366,21 +363,20 @@ static __always_inline void ct4_key_of_quoted(const struct icmp4_err *e, __u8 di
 	k->pad = 0;
 }
 
-static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb, __u16 mask, __u16 want)
+/* Translates an ICMP error about one of our flows, whose entry `ct` was found from the quoted
+ * packet. `quoted` is the side of the quoted packet that was NATed: NAT_DST for an error to the
+ * client about its request (the quoted destination is the backend, the frontend again), NAT_SRC
+ * for an error from the client about a reply (the quoted source is the frontend, the backend
+ * again). The outer address on the other side is rewritten too when it is that same address
+ * (the backend, or the frontend, sent the error itself). */
+static __always_inline int lb4_icmp_nat(struct __sk_buff *skb, const struct icmp4_err *e,
+					const struct ct4_entry *ct, int quoted)
 {
-	struct icmp4_err e = {};
-	struct ct4_key rk = {};
-	struct ct4_entry *ct;
+	__be32 quoted_addr = quoted == NAT_DST ? e->in_daddr : e->in_saddr;
+	__be32 outer_addr = quoted == NAT_DST ? e->saddr : e->daddr;
 
-	if (parse_icmp4_error(skb, &e))
-		return -1;
-	/* The quoted packet is client -> backend; the flow's reply entry is keyed backend -> client. */
-	ct4_key_of_quoted(&e, CT_DIR_REPLY, &rk);
-	ct = ct4_find(&rk);
-	if (!ct || (ct->flags & mask) != want)
-		return -1;
-	if ((e.saddr == e.in_daddr && icmp4_rewrite_outer(skb, &e, NAT_SRC, ct->nat_addr)) ||
-	    icmp4_rewrite_inner(skb, &e, NAT_DST, ct->nat_addr, ct->nat_port)) {
+	if ((outer_addr == quoted_addr && icmp4_rewrite_outer(skb, e, !quoted, ct->nat_addr)) ||
+	    icmp4_rewrite_inner(skb, e, quoted, ct->nat_addr, ct->nat_port)) {
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;
 	}
@@ -388,28 +384,24 @@ static __always_inline int lb4_icmp_to_pod(struct __sk_buff *skb, __u16 mask, __
 	return TC_ACT_OK;
 }
 
-/* An ICMP error from a pod about a reply it got from a frontend: the quoted packet came from the
- * frontend, so its source (and the outer destination) becomes the backend the flow uses. */
-static __always_inline int lb4_icmp_from_pod(struct __sk_buff *skb, __u16 mask, __u16 want)
+/* An ICMP error about a flow whose client is on this side: to the client about its request
+ * (dir REPLY: the flow's reply entry, keyed backend -> client), or from the client about a reply
+ * (dir FWD: its forward entry). Only entries with (flags & mask) == want. Returns a verdict, or
+ * -1 when it is about none of those flows. */
+static __always_inline int lb4_icmp_client(struct __sk_buff *skb, __u8 dir, __u16 mask,
+					   __u16 want)
 {
 	struct icmp4_err e = {};
-	struct ct4_key fk = {};
+	struct ct4_key k = {};
 	struct ct4_entry *ct;
 
 	if (parse_icmp4_error(skb, &e))
 		return -1;
-	/* The quoted packet is frontend -> client; the flow's forward entry is client -> frontend. */
-	ct4_key_of_quoted(&e, CT_DIR_FWD, &fk);
-	ct = ct4_find(&fk);
+	ct4_key_of_quoted(&e, dir, &k);
+	ct = ct4_find(&k);
 	if (!ct || (ct->flags & mask) != want)
 		return -1;
-	if ((e.daddr == e.in_saddr && icmp4_rewrite_outer(skb, &e, NAT_DST, ct->nat_addr)) ||
-	    icmp4_rewrite_inner(skb, &e, NAT_SRC, ct->nat_addr, ct->nat_port)) {
-		lb_count(STAT_NAT_FAIL);
-		return TC_ACT_SHOT;
-	}
-	lb_count(STAT_ICMP_NAT);
-	return TC_ACT_OK;
+	return lb4_icmp_nat(skb, &e, ct, dir == CT_DIR_REPLY ? NAT_DST : NAT_SRC);
 }
 
 int lb4_from_pod(struct __sk_buff *skb)
@@ -431,7 +423,7 @@ int lb4_from_pod(struct __sk_buff *skb)
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
 	if (r == PARSE_NOT_OURS) {
-		r = lb4_icmp_from_pod(skb, 0, 0);
+		r = lb4_icmp_client(skb, CT_DIR_FWD, 0, 0);
 		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
 	}
 	if (r != PARSE_OK)
@@ -517,7 +509,7 @@ int lb4_to_pod(struct __sk_buff *skb)
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
 	if (r == PARSE_NOT_OURS) {
-		r = lb4_icmp_to_pod(skb, 0, 0);
+		r = lb4_icmp_client(skb, CT_DIR_REPLY, 0, 0);
 		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
 	}
 	if (r != PARSE_OK)
@@ -986,7 +978,7 @@ static __always_inline int lb4_node_icmp_in(struct __sk_buff *skb)
 	ct = ct4_find(&k);
 	if (ct && (ct->flags & CT_F_EXTERNAL)) {
 		if (!(ct->flags & CT_F_SNAT))
-			return lb4_icmp_from_pod(skb, CT_F_EXTERNAL | CT_F_SNAT, CT_F_EXTERNAL);
+			return lb4_icmp_nat(skb, &e, ct, NAT_SRC);	/* a local backend */
 		/* Quoted frontend -> client becomes backend -> SNAT address; the error goes from
 		 * this node to the backend. */
 		if (icmp4_rewrite_inner(skb, &e, NAT_SRC, ct->nat_addr, ct->nat_port) ||
@@ -1070,7 +1062,7 @@ int lb4_node_out(struct __sk_buff *skb)
 	r = lb4_parse(skb, &p);
 	if (r == PARSE_NOT_OURS) {
 		/* A local backend's ICMP error to a client outside: from the frontend again. */
-		r = lb4_icmp_to_pod(skb, CT_F_EXTERNAL | CT_F_SNAT, CT_F_EXTERNAL);
+		r = lb4_icmp_client(skb, CT_DIR_REPLY, CT_F_EXTERNAL | CT_F_SNAT, CT_F_EXTERNAL);
 		return r >= 0 ? r : TC_ACT_OK;
 	}
 	if (r != PARSE_OK)
