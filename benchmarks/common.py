@@ -3,6 +3,7 @@ spread of samples, and writing its own section of docs/benchmarks.md (other sect
 import os
 import platform
 import statistics
+import struct
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -47,3 +48,13 @@ def write_section(title: str, text: str) -> None:
         tail = current[end + 1:] if end >= 0 else ""
         new = current[:start] + text + ("\n" + tail if tail else "")
     DOC.write_text(new.rstrip("\n") + "\n")
+
+
+def inet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data`, for the packets the benchmarks build."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF

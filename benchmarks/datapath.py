@@ -40,7 +40,7 @@ def frame(src: str, sport: int, dst: str, dport: int, proto: int = 6, flags: int
     l4_len = (20 if proto == 6 else 8) + len(payload)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + l4_len, 0, 0, 64, proto, 0,
                      socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", common.inet_checksum(ip)) + ip[12:]
     if proto == 6:
         l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0) + payload
         off = 16
@@ -48,17 +48,8 @@ def frame(src: str, sport: int, dst: str, dport: int, proto: int = 6, flags: int
         l4 = struct.pack("!HHHH", sport, dport, l4_len, 0) + payload
         off = 6
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, proto, l4_len)
-    l4 = l4[:off] + struct.pack("!H", _csum(pseudo + l4)) + l4[off + 2:]
+    l4 = l4[:off] + struct.pack("!H", common.inet_checksum(pseudo + l4)) + l4[off + 2:]
     return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + l4
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def ping_pong_state():

@@ -139,15 +139,6 @@ class Runner:
 
 # ------------------------------------------------------------------ packets
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def _mac(text: str) -> bytes:
     return bytes(int(x, 16) for x in text.split(":"))
 
@@ -159,10 +150,10 @@ def frame(src: Tuple[str, int], dst: Tuple[str, int], flags: int, dmac: str, sma
     l4_len = 20 + len(payload)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + l4_len, 0, 0x4000, ttl, 6, 0,
                      socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", common.inet_checksum(ip)) + ip[12:]
     tcp = struct.pack("!HHIIBBHHH", src[1], dst[1], 1, 1, 5 << 4, flags, 65535, 0, 0) + payload
     pseudo = socket.inet_aton(src[0]) + socket.inet_aton(dst[0]) + struct.pack("!BBH", 0, 6, l4_len)
-    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", common.inet_checksum(pseudo + tcp)) + tcp[18:]
     return _mac(dmac) + _mac(smac) + b"\x08\x00" + ip + tcp
 
 
@@ -171,8 +162,10 @@ def parse(pkt: bytes) -> Dict[str, object]:
     ip, tcp = pkt[14:34], pkt[34:]
     src, dst = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
     pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, len(tcp))
-    return {"src": (src, struct.unpack("!H", tcp[0:2])[0]), "dst": (dst, struct.unpack("!H", tcp[2:4])[0]),
-            "ttl": ip[8], "ip_csum_ok": _csum(ip) == 0, "tcp_csum_ok": _csum(pseudo + tcp) == 0,
+    return {"src": (src, struct.unpack("!H", tcp[0:2])[0]),
+            "dst": (dst, struct.unpack("!H", tcp[2:4])[0]), "ttl": ip[8],
+            "ip_csum_ok": common.inet_checksum(ip) == 0,
+            "tcp_csum_ok": common.inet_checksum(pseudo + tcp) == 0,
             "dmac": pkt[0:6].hex(":"), "smac": pkt[6:12].hex(":")}
 
 
