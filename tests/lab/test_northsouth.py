@@ -34,14 +34,13 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ebpflb.lab import lab as lablib
 from ebpflb.lab import nsops
 from ebpflb.lab import topology as topo
 from ebpflb.lab.topology import EXT_ADDRESS, HTTP_PORT, UDP_ECHO_PORT
 
-from .agent_harness import RunningAgent, ebpflb, force_cleanup, wait_until
+from .agent_harness import RunningAgent, ebpflb, force_cleanup, scrape_metrics, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -357,17 +356,9 @@ def udp_from_ext(env: Env, ip: str, port: int, payload: bytes) -> Tuple[str, Tup
 
 def datapath_counters(env: Env, k: int) -> Dict[str, int]:
     """ebpflb_datapath_packets by verdict (lb_stats), scraped from node k's agent."""
-    with nsops.in_netns(env.lab.node_netns(k)):
-        sock = socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=5)
-    with sock:
-        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    body = data.split(b"\r\n\r\n", 1)[1].decode()
-    return {s.labels["verdict"]: int(s.value)
-            for family in text_string_to_metric_families(body)
-            if family.name == "ebpflb_datapath_packets" for s in family.samples}
+    samples = scrape_metrics(env.lab.node_netns(k), METRICS_PORT)
+    return {dict(labels)["verdict"]: int(v) for (name, labels), v in samples.items()
+            if name == "ebpflb_datapath_packets_total"}
 
 
 # ------------------------------------------------------------------ 1. NodePort, Cluster policy

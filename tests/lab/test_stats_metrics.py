@@ -7,13 +7,12 @@ import socket
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ebpflb.lab import lab as lablib
 from ebpflb.lab import nsops
 
 from .agent_harness import (DEFAULT_ENDPOINTS, ECHO_VIP, WEB_VIP, RunningAgent, ebpflb,
-                            force_cleanup, wait_until)
+                            force_cleanup, scrape_metrics, wait_until)
 
 METRICS_PORT = 9402
 PAYLOAD = b"x" * 64
@@ -32,19 +31,7 @@ def agent(lab, tmp_path):
 
 
 def scrape(node_ns: str):
-    with nsops.in_netns(node_ns):
-        sock = socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=5)
-    with sock:
-        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    body = data.split(b"\r\n\r\n", 1)[1].decode()
-    samples = {}
-    for family in text_string_to_metric_families(body):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
+    return scrape_metrics(node_ns, METRICS_PORT)
 
 
 def value(samples, metric, **labels):
