@@ -234,14 +234,14 @@ class Agent:
         # Kernel edges imported here so the module stays importable without bcc or pyroute2.
         from pyroute2 import IPRoute
 
-        from .dataplane.attach import Attacher, LinkMonitor, Program, links, matches
+        from .dataplane.attach import Attacher, LinkMonitor, Program
         from .dataplane.bcc_maps import BccMapWriter
         from .dataplane.cleanup import remove_dataplane
         from .dataplane.ct_gc import ConntrackGc
         from .dataplane.ct_gc import purge as ct_purge
         from .dataplane.loader import load_programs
 
-        from .dataplane.node_attach import NodeAttacher, device_ipv4
+        from .dataplane.node_attach import NodeAttacher
 
         progs = load_programs(self.config)
         writer = BccMapWriter(progs.bpf)
@@ -263,9 +263,7 @@ class Agent:
                                  Program(progs.node_out.fd, progs.node_out.name.decode()),
                                  progs.node_xdp, progs.bpf[b"lb4_node_ifs"])
             # NodePorts are programmed before anything is attached, on the addresses found now.
-            self.node_addresses_changed(sorted(
-                {a for i, n in links(ipr).items() if matches(n, self.options.node_devices)
-                 for a in [device_ipv4(ipr, i)] if a}))
+            self.node_addresses_changed(nodes.present_addresses())
         self.sync(writer)
         monitor = LinkMonitor()
         attacher = Attacher(ipr, self.options.devices,

@@ -172,7 +172,14 @@ class NodeAttacher:
                 self.node_ifs.pop(key, None)
 
     def addresses(self) -> List[str]:
+        """The addresses of the devices attached to."""
         return sorted({d.address for d in self.attached.values() if d.address})
+
+    def present_addresses(self) -> List[str]:
+        """The addresses of the matching devices present now, attached or not (the agent
+        programs NodePorts on them before it attaches)."""
+        return sorted({a for i, n in links(self.ipr).items() if matches(n, self.patterns)
+                       for a in [device_ipv4(self.ipr, i)] if a})
 
     def detach(self) -> None:
         for ifindex, dev in list(self.attached.items()):
