@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pyroute2 import IPRoute
 
-from .attach import Program, attach, detach, links, matches
+from .attach import Program, attach, links, matches
 from .libbpf import prog_name
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,3 @@ class NodeAttacher:
         programs NodePorts on them before it attaches)."""
         return sorted({a for i, n in links(self.ipr).items() if matches(n, self.patterns)
                        for a in [device_ipv4(self.ipr, i)] if a})
-
-    def detach(self) -> None:
-        for ifindex, dev in list(self.attached.items()):
-            if dev.xdp:
-                detach_xdp(self.ipr, ifindex, dev.ifname)
-            detach(self.ipr, ifindex)
-            self.forget(ifindex)
