@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..backend_rules import DEFAULT_SERVICE_CIDRS
-from ..manifests import ManifestErrors, Manifests, parse_documents
+from ..convert import convert_api_object
+from ..errors import format_path
+from ..manifests import Manifests
 
 log = logging.getLogger(__name__)
 
@@ -351,18 +353,14 @@ class KubernetesSource:
         return tuple(out)
 
     def _parse(self, resource: Resource, obj: Dict[str, Any]):
-        # List items and watch objects carry no kind/apiVersion; the parser needs them.
-        doc = dict(obj, kind=resource.kind, apiVersion=resource.api_version)
-        ns, name = _Reflector.key(obj)
-        try:
-            parsed = parse_documents(json.dumps(doc), self.description,
-                                     service_cidrs=self.service_cidrs)
-        except ManifestErrors as exc:
+        verdict = convert_api_object(resource.kind, obj, self.service_cidrs)
+        if verdict.refused:
+            ns, name = _Reflector.key(obj)
             log.error("%s: %s %s/%s skipped, it does not validate:\n%s", self.description,
-                      resource.kind, ns, name, exc)
+                      resource.kind, ns, name, "\n".join(
+                          f"{verdict.label}: {format_path(p) or '-'}: {m}" for p, m in verdict.problems))
             return None
-        found = parsed.services if resource is SERVICES else parsed.slices
-        return found[0] if found else None
+        return verdict.obj
 
     # --- nodes (kept for NodePort and topology work) ---------------------------------------
     def nodes(self) -> Dict[str, Dict[str, List[str]]]:

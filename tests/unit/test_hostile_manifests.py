@@ -382,7 +382,7 @@ def test_unmutated_objects_parse_or_name_their_object(objs: List[Dict[str, Any]]
 @settings(max_examples=100, **SETTINGS)
 @given(st.lists(st.sampled_from(["10.96.0.10:80/TCP", "10.96.0.10:80/UDP", "10.96.0.11:80/TCP",
                                  "10.96.0.10:443/TCP"]), min_size=2, max_size=5))
-def test_clashing_frontends_are_refused_naming_both(frontends: List[str]) -> None:
+def test_clashing_frontends_go_to_the_first_service_and_name_it(frontends: List[str]) -> None:
     docs = []
     for i, fe in enumerate(frontends):
         vip, _, rest = fe.partition(":")
@@ -394,11 +394,13 @@ def test_clashing_frontends_are_refused_naming_both(frontends: List[str]) -> Non
     if not clashes:
         assert len(desired_state(parse_documents(text, "h.yaml").services, ()).frontends) == len(frontends)
         return
-    with pytest.raises(ManifestErrors) as exc:
-        parse_documents(text, "h.yaml")
-    assert len(exc.value.errors) == clashes
-    for err in exc.value.errors:
-        assert err.field == "spec.ports[0]" and "is also claimed by Service demo/s" in err.message
+    desired = desired_state(parse_documents(text, "h.yaml").services, ())
+    assert len(desired.frontends) == len(set(frontends))
+    assert len(desired.skipped) == clashes
+    for frontend in desired.frontends:  # the first Service (by name) claiming it keeps it
+        assert frontend.service == f"demo/s{min(i for i, fe in enumerate(frontends) if fe == str(frontend))}"
+    for skip in desired.skipped:
+        assert "already used by demo/s" in skip.reason
 
 
 # --- the backend rules -------------------------------------------------------------------------

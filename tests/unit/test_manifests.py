@@ -357,9 +357,6 @@ ERROR_CASES = [
     pytest.param(service().replace("apiVersion: v1\n", ""), SVC, "apiVersion", "missing", 1,
                  id="apiversion-missing"),
     # EndpointSlice
-    pytest.param(endpointslice().replace("  labels:\n    kubernetes.io/service-name: web\n", ""), SL,
-                 "metadata.labels[kubernetes.io/service-name]",
-                 "missing (without it the slice cannot be linked to its Service)", 3, id="service-name-label-missing"),
     pytest.param(endpointslice().replace("service-name: web", "service-name: Web"), SL,
                  "metadata.labels[kubernetes.io/service-name]", '"Web" is not a valid service name', 7,
                  id="service-name-label-invalid"),
@@ -470,10 +467,6 @@ ERROR_CASES = [
                  "duplicate object: already defined at bad.yaml:1", 15, id="duplicate-service"),
     pytest.param(endpointslice() + "---\n" + endpointslice(), SL, None,
                  "duplicate object: already defined at bad.yaml:1", 19, id="duplicate-slice"),
-    pytest.param(service() + "---\n" + service().replace("name: web", "name: web2"),
-                 "Service demo/web2", "spec.ports[0]",
-                 "frontend 10.96.0.10:80/TCP is also claimed by Service demo/web (bad.yaml:1)", 24,
-                 id="frontend-conflict"),
 ]
 
 
@@ -486,6 +479,28 @@ def test_error_names_object_field_and_line(text: str, obj: Optional[str], field:
     assert (err.source, err.obj, err.field, err.line) == ("bad.yaml", obj, field, line)
     assert fragment in err.message
     assert str(err).startswith(f"bad.yaml:{line}: ")
+
+
+def test_slice_without_service_label_is_ignored_not_refused() -> None:
+    """Multi-cluster tools write EndpointSlices that belong to no Service here: not an error."""
+    m = parse_documents(endpointslice().replace("  labels:\n    kubernetes.io/service-name: web\n", ""),
+                        "mcs.yaml")
+    assert m.slices == ()
+    assert m.ignored == ("EndpointSlice demo/web-abc (no kubernetes.io/service-name label: "
+                         "belongs to no Service)",)
+
+
+def test_frontend_conflict_is_the_models_to_settle() -> None:
+    """Two Services claiming one frontend both parse: the model gives it to the first by
+    namespace/name and skips it for the other, naming the owner (ebpflb.model)."""
+    from ebpflb.model import desired_state
+
+    m = parse_documents(service() + "---\n" + service().replace("name: web", "name: web2"), "ok.yaml")
+    assert [s.name for s in m.services] == ["web", "web2"]
+    desired = desired_state(m.services, m.slices)
+    assert [str(f) for f in desired.frontends] == ["10.96.0.10:80/TCP"]
+    assert [(s.ref, s.reason) for s in desired.skipped] == [
+        ("demo/web2", "frontend 10.96.0.10:80/TCP already used by demo/web")]
 
 
 def test_frontend_conflict_needs_same_protocol() -> None:
