@@ -1,31 +1,37 @@
 """The agent: keeps the data plane in step with a source until told to stop.
 
 Start-up order keeps the node serving throughout: load the programs (maps pinned, or reused from
-a previous agent), program the maps from the source, then attach to the devices (replacing any
-programs a previous agent left, atomically). Afterwards it follows the source (only the difference
-is written) and attaches to matching devices as they appear. A bad source change is logged with the
-object and field, and the last good state stays programmed. On SIGTERM or SIGINT it stops and,
-as asked by --on-exit, leaves the data plane serving or removes it.
+a previous agent), read the source's whole state and program it with a full sync against what the
+pins hold, then attach to the devices (replacing any programs a previous agent left, atomically).
+Afterwards the agent sleeps until something happens: the source's descriptor (inotify for
+manifests, an eventfd the API watches write), a link event, or the next timer (conntrack GC,
+device rescan, the slow full sync). What the source hands over is planned per changed Service and
+written (ebpflb.syncer); whatever arrived meanwhile is handled as one batch, so a burst coalesces
+and a lone change waits for nothing. A bad object is refused by the source alone, and its last
+good version stays programmed. On SIGTERM or SIGINT the agent stops and, as asked by --on-exit,
+leaves the data plane serving or removes it.
 """
-import gc
+import ipaddress
 import logging
 import os
 import select
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-from .apply import ApplyError, read_snapshot
-from .manifests import ManifestErrors
-from .maps import SERVICES, Snapshot
-from .model import desired_state
-from .plan import PlanDefaults, PlanError, conntrack_purge
-from .reconcile import reconcile
+from .model import HealthCheck, ModelContext
+from .records import PlanDefaults
 from .sources import Source
 from .status import remove_status, write_status
+from .syncer import FULL, PERIODIC, SyncOutcome, Syncer
 
 log = logging.getLogger(__name__)
+
+ON_EXIT_KEEP = "keep"
+ON_EXIT_REMOVE = "remove"
+RESCAN_SECONDS = 10.0  # catch link events lost to a netlink overrun
+STATUS_EVERY = 1.0  # seconds: the status file is rewritten at most this often
 
 
 def _warn_snat_overlap(snat_ports: Tuple[int, int],
@@ -48,20 +54,13 @@ def _warn_snat_overlap(snat_ports: Tuple[int, int],
 
 def _in_cidrs(address: str, cidrs: Tuple[str, ...]) -> bool:
     """--nodeport-addresses: no list means every node address."""
-    import ipaddress
-
     return not cidrs or any(ipaddress.ip_address(address) in ipaddress.ip_network(c) for c in cidrs)
-
-ON_EXIT_KEEP = "keep"
-ON_EXIT_REMOVE = "remove"
-RESCAN_SECONDS = 10.0  # catch link events lost to a netlink overrun
 
 
 @dataclass
 class AgentOptions:
     devices: List[str]
     on_exit: str = ON_EXIT_KEEP
-    poll_interval: float = 0.5
     ready_file: Optional[str] = None
     defaults: PlanDefaults = field(default_factory=PlanDefaults)
     metrics_address: Optional[str] = None  # "HOST:PORT", None for no endpoint
@@ -76,47 +75,70 @@ class AgentOptions:
     xdp_mode: str = "auto"  # auto | native | generic
     nodeport_cidrs: Tuple[str, ...] = ()  # only node addresses inside these get NodePorts
     health_check_bind: Tuple[str, ...] = ()  # addresses healthCheckNodePorts listen on; () = all
+    full_sync_interval: float = 3600.0  # seconds between full syncs (kube-proxy's sync period)
+    retry_interval: float = 5.0  # seconds before a refused or failed sync is tried again
 
 
 @dataclass
 class AgentState:
-    syncs: int = 0
-    rejected: int = 0
+    syncs: int = 0  # syncs applied
+    rejected: int = 0  # syncs refused (too big) or failed (a write)
     last_error: Optional[str] = None
     skipped: List[dict] = field(default_factory=list)
-    snapshot: Optional[Snapshot] = field(default=None, repr=False)
+    last_sync: Optional[dict] = None  # what the last applied sync did
 
 
 class Agent:
-    def __init__(self, source: Source, config, options: AgentOptions, metrics=None):
+    def __init__(self, source: Source, config: Any, options: AgentOptions, metrics: Any = None):
         self.source = source
         self.config = config
         self.options = options
         self.metrics = metrics  # an ebpflb.metrics.AgentMetrics, or None
         self.state = AgentState()
+        self.syncer: Optional[Syncer] = None
         self._purge = None  # set by run(): deletes conntrack entries of removed backends
         self._stop = False
         self._serving = False  # programs attached and the loop running
         self._wake_r, self._wake_w = os.pipe()
-        self._manifests = None  # the last good source state, replanned when node addresses change
-        self._replan = False
         self._node_addresses: Tuple[str, ...] = tuple(options.node_addresses)
         self._health_checks = None  # HealthCheckServers, started by run() when node devices exist
+        self._programmed_checks: Optional[Tuple[HealthCheck, ...]] = None
         self._nodes = None  # the NodeAttacher of the node devices, for the status file
+        self._unsynced_since: Optional[float] = None  # wall clock of the oldest change not in the maps
+        self._retry_at = 0.0  # no sync before this (time.monotonic) after a refusal or failure
+        self._status_due: Optional[float] = None
+
+    # --- the model's view of this node -----------------------------------------------------
+    def _context(self) -> ModelContext:
+        addresses = tuple(a for a in self._node_addresses
+                          if _in_cidrs(a, self.options.nodeport_cidrs))
+        return ModelContext(self.options.node_name, self.options.proxy_name, addresses,
+                            tuple(self.options.external_ip_allow))
+
+    def start_syncer(self, writer: Any) -> Syncer:
+        """The control plane's state, writing through `writer` (the agent's maps, or a test's)."""
+        purge = None
+        if self._purge is not None:
+            purge = lambda stale: self._purge(stale.svc_ids, stale.udp_backends)  # noqa: E731
+        self.syncer = Syncer(writer, self.config.map_limits, self.options.defaults,
+                             self._context(), purge)
+        return self.syncer
 
     def node_addresses_changed(self, detected: List[str]) -> None:
         """The node devices' addresses as found now; with no --node-address, they are where
-        NodePorts are served, so a change replans (no source change needed)."""
+        NodePorts are served, so a change replans the Services with node ports (no source
+        change needed)."""
         if self.options.node_addresses:
             return
         chosen = tuple(a for a in detected if _in_cidrs(a, self.options.nodeport_cidrs))
         if chosen != self._node_addresses:
             log.info("node addresses for NodePorts: %s", ", ".join(chosen) or "none")
             self._node_addresses = chosen
-            self._replan = True
+            if self.syncer is not None:
+                self.syncer.set_context(self._context())
 
     def readiness(self):
-        """(ready, reason): ready once the source's initial sync is programmed and the programs
+        """(ready, reason): ready once the source's initial state is programmed and the programs
         are attached; /readyz reports it."""
         if self.state.syncs == 0:
             return False, f"initial sync from {self.source.description} not programmed yet"
@@ -128,20 +150,89 @@ class Agent:
         self._stop = True
         os.write(self._wake_w, b"x")
 
-    def sync(self, writer) -> bool:
-        """Reads the source if it changed and programs the difference. Returns True if it wrote."""
-        before = (self.state.syncs, self.state.rejected)
-        wrote = self._sync(writer)
-        if (self.state.syncs, self.state.rejected) != before:
-            self._write_status()
-        return wrote
+    # --- one step ------------------------------------------------------------------------
+    def take_changes(self) -> int:
+        """Hands what the source has over to the syncer; returns how many changes."""
+        batch = self.source.take()
+        if batch.changes and self.syncer is not None:
+            touched = self.syncer.take(batch.changes)
+            since = batch.since if batch.since is not None else time.time()
+            if self._unsynced_since is None or since < self._unsynced_since:
+                self._unsynced_since = since
+            log.debug("%s: %d changes, %d Services touched", self.source.description,
+                      len(batch.changes), touched)
+        return len(batch.changes)
+
+    def sync(self) -> Optional[SyncOutcome]:
+        """Programs what is pending, if anything (and if no retry delay holds it back)."""
+        if self.syncer is None or not self.syncer.pending or time.monotonic() < self._retry_at:
+            return None
+        outcome = self.syncer.sync()
+        if outcome is not None:
+            self._record(outcome)
+        return outcome
+
+    def _record(self, outcome: SyncOutcome) -> None:
+        syncer = self.syncer
+        assert syncer is not None
+        if outcome.applied:
+            self.state.syncs += 1
+            self.state.last_error = None
+            self._retry_at = 0.0
+            self.state.last_sync = {"kind": outcome.kind, "reason": outcome.reason,
+                                    "services": outcome.services, "writes": outcome.writes,
+                                    "ms": round(outcome.seconds * 1000, 3), "time": time.time(),
+                                    "counts": outcome.plan.counts()}
+            if outcome.writes or outcome.kind == FULL:
+                log.info("%s sync%s: %d Services planned; %d frontends programmed, %d map writes "
+                         "in %.1f ms (plan %.1f ms)", outcome.kind,
+                         f" ({outcome.reason})" if outcome.reason else "", outcome.services,
+                         len(syncer.planner.frontend_ids()), outcome.writes,
+                         outcome.seconds * 1000, outcome.plan_seconds * 1000)
+        else:
+            self.state.rejected += 1
+            self.state.last_error = outcome.error
+            self._retry_at = time.monotonic() + self.options.retry_interval
+        checks = syncer.health_checks()
+        if self._health_checks is not None and outcome.applied and checks != self._programmed_checks:
+            self._health_checks.sync(checks)
+            self._programmed_checks = checks
+        if self.metrics is not None:
+            self._record_metrics(outcome)
+        if outcome.applied and not syncer.pending:
+            self._unsynced_since = None
+        self.state.skipped = [{"service": s.ref, "reason": s.reason} for s in syncer.skipped()]
+        now = time.monotonic()
+        if self._status_due is None or self.state.syncs <= 1 or not outcome.applied:
+            self._status_due = now  # at once: the first sync, or a problem to see
+        self._status_due = min(self._status_due, now + STATUS_EVERY)
+
+    def _record_metrics(self, outcome: SyncOutcome) -> None:
+        m = self.metrics
+        result = ("applied" if outcome.writes else "unchanged") if outcome.applied else outcome.status
+        m.syncs.labels(result).inc()
+        m.sync_seconds.labels(outcome.kind).observe(outcome.seconds)
+        if outcome.kind == FULL and outcome.applied:
+            m.full_syncs.labels(outcome.reason or "requested").inc()
+            if outcome.reason == PERIODIC:
+                m.drift_writes.inc(outcome.writes)
+        if outcome.applied:
+            m.map_writes.inc(outcome.writes)
+            if outcome.writes and self._unsynced_since is not None:
+                m.programming.observe(max(0.0, time.time() - self._unsynced_since))
 
     def _write_status(self) -> None:
+        self._status_due = None
+        syncer = self.syncer
         try:
             write_status(self.config.pin_dir, {
                 "pid": os.getpid(), "source": self.source.description, "time": time.time(),
                 "syncs": self.state.syncs, "rejected": self.state.rejected,
-                "last_error": self.state.last_error, "skipped": self.state.skipped,
+                "last_error": self.state.last_error, "last_sync": self.state.last_sync,
+                "drift_repairs": syncer.counters.drift_repairs if syncer else 0,
+                "pending": bool(syncer and syncer.pending),
+                "skipped": self.state.skipped,
+                "refused": [str(e) for e in self._source_problems()],
                 "node_devices": [{"device": d.ifname, "address": d.address,
                                   "hook": f"xdp-{d.xdp}+tc" if d.xdp else "tc"}
                                  for d in (self._nodes.attached.values() if self._nodes else [])],
@@ -151,71 +242,11 @@ class Agent:
         except OSError as exc:  # status is for people; serving must not depend on it
             log.warning("status file not written: %s", exc)
 
-    def _sync(self, writer) -> bool:
-        try:
-            manifests = self.source.poll()
-        except (ManifestErrors, FileNotFoundError) as exc:
-            self._rejected(exc)
-            log.error("%s rejected, last good state stays programmed:\n%s",
-                      self.source.description, exc)
-            return False
-        if manifests is None:
-            if not (self._replan and self._manifests is not None):
-                return False
-            manifests = self._manifests
-        self._replan = False
-        self._manifests = manifests
-        node_addresses = tuple(a for a in self._node_addresses
-                               if _in_cidrs(a, self.options.nodeport_cidrs))
-        desired = desired_state(manifests.services, manifests.slices, self.options.node_name,
-                                self.options.proxy_name, node_addresses,
-                                self.options.external_ip_allow)
-        for skipped in desired.skipped:
-            log.info("service %s skipped: %s", skipped.ref, skipped.reason)
-        self.state.skipped = [{"service": s.ref, "reason": s.reason} for s in desired.skipped]
-        started = time.monotonic()
-        try:
-            result = reconcile(desired, writer, self.config.map_limits, current=self.state.snapshot,
-                               defaults=self.options.defaults)
-        except PlanError as exc:
-            self._rejected(exc)
-            log.error("%s not programmed: %s", self.source.description, exc)
-            return False
-        except ApplyError as exc:
-            self._rejected(exc)
-            log.error("%s: %s", self.source.description, exc)
-            self.state.snapshot = read_snapshot(writer)  # trust the kernel after a failure
-            return False
-        self.state.snapshot = result.snapshot
-        if self._health_checks is not None:
-            self._health_checks.sync(desired.health_checks)
-        self.state.syncs += 1
-        self.state.last_error = None
-        if self.state.syncs == 1:
-            # The initial state lives as long as the agent: keep the cyclic GC from walking it
-            # on every collection (measured: a third off event-to-map latency at 10k Services).
-            gc.freeze()
-        stale = conntrack_purge(result.plan, result.snapshot[SERVICES])
-        if stale and self._purge is not None:
-            log.info("%d conntrack entries removed (%d frontends gone, %d UDP backends gone)",
-                     self._purge(stale.svc_ids, stale.udp_backends), len(stale.svc_ids),
-                     len(stale.udp_backends))
-        if self.metrics is not None:
-            self.metrics.syncs.labels("applied" if result.applied else "unchanged").inc()
-            self.metrics.map_writes.inc(len(result.plan))
-            if result.applied and self.source.changed_at:
-                self.metrics.programming.observe(max(0.0, time.time() - self.source.changed_at))
-        log.info("%s: %d frontends programmed, %d map writes in %.1f ms",
-                 self.source.description, len(desired.frontends), len(result.plan),
-                 (time.monotonic() - started) * 1000)
-        return result.applied
+    def _source_problems(self) -> list:
+        problems = getattr(self.source, "problems", None)
+        return list(problems()[:100]) if problems is not None else []
 
-    def _rejected(self, exc: Exception) -> None:
-        self.state.rejected += 1
-        self.state.last_error = str(exc)
-        if self.metrics is not None:
-            self.metrics.syncs.labels("rejected").inc()
-
+    # --- the process ---------------------------------------------------------------------
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
@@ -230,6 +261,16 @@ class Agent:
             if health is not None:
                 health.close()
 
+    def _wait_for_source(self) -> None:
+        """Until the source has read its whole state once (or the agent is told to stop)."""
+        self.source.start()
+        while not self._stop and not self.source.synced:
+            self.take_changes()
+            if self.source.synced:
+                break
+            fds = [self._wake_r] + ([self.source.fileno()] if self.source.fileno() is not None else [])
+            select.select(fds, [], [], 0.5)
+
     def _run(self) -> int:
         # Kernel edges imported here so the module stays importable without bcc or pyroute2.
         from pyroute2 import IPRoute
@@ -240,20 +281,17 @@ class Agent:
         from .dataplane.ct_gc import ConntrackGc
         from .dataplane.ct_gc import purge as ct_purge
         from .dataplane.loader import load_programs
-
         from .dataplane.node_attach import NodeAttacher
 
         progs = load_programs(self.config)
-        writer = BccMapWriter(progs.bpf)
         self._purge = lambda svc_ids, udp: ct_purge(progs.bpf, svc_ids, udp)
-        self.state.snapshot = read_snapshot(writer)
+        self.start_syncer(BccMapWriter(progs.bpf))
         ipr = IPRoute()
         nodes = None
         if self.options.node_devices:
             from .healthcheck import HealthCheckServers
 
             _warn_snat_overlap(self.config.snat_ports)
-
             # As kube-proxy's: every check fails while the agent is not serving its source's state.
             self._health_checks = HealthCheckServers(self.options.health_check_bind or ("0.0.0.0",),
                                                      proxy_healthy=lambda: self.readiness()[0])
@@ -264,57 +302,34 @@ class Agent:
                                  progs.node_xdp, progs.bpf[b"lb4_node_ifs"])
             # NodePorts are programmed before anything is attached, on the addresses found now.
             self.node_addresses_changed(nodes.present_addresses())
-        self.sync(writer)
-        monitor = LinkMonitor()
-        attacher = Attacher(ipr, self.options.devices,
-                            Program(progs.from_pod.fd, progs.from_pod.name.decode()),
-                            Program(progs.to_pod.fd, progs.to_pod.name.decode()))
-        attacher.rescan()
-        if nodes is not None:
-            nodes.rescan()
-            self._nodes = nodes
-            self._write_status()
-        if self.metrics is not None and self.options.metrics_address:
-            self.metrics.serve(self.options.metrics_address, progs.bpf)
-        log.info("agent ready: %s, devices %s, node devices %s (%s), pins in %s, on exit: %s "
-                 "the data plane", self.source.description, ",".join(self.options.devices),
-                 ",".join(self.options.node_devices) or "none", self.options.node_mode,
-                 self.config.pin_dir, self.options.on_exit)
-        if self.options.ready_file:
-            with open(self.options.ready_file, "w") as f:
-                f.write(f"{os.getpid()}\n")
-        last_rescan = last_gc = time.monotonic()
-        gc = ConntrackGc(progs.bpf, self.config.ct_timeouts)
-        self._serving = True
+        monitor = None
         try:
-            while not self._stop:
-                ready, _, _ = select.select([monitor.fileno(), self._wake_r], [], [],
-                                            self.options.poll_interval)
-                if monitor.fileno() in ready:
-                    for event, ifindex, ifname in monitor.events():
-                        if event == "RTM_NEWLINK":
-                            attacher.consider(ifindex, ifname)
-                            if nodes is not None:
-                                nodes.consider(ifindex, ifname)
-                        else:
-                            attacher.forget(ifindex)
-                            if nodes is not None:
-                                nodes.forget(ifindex)
-                if time.monotonic() - last_gc > self.options.ct_gc_interval:
-                    result = gc.run(time.monotonic_ns())  # the programs' clock is CLOCK_MONOTONIC
-                    if self.metrics is not None:
-                        self.metrics.ct_gc_deleted.inc(result.deleted)
-                    last_gc = time.monotonic()
-                if time.monotonic() - last_rescan > RESCAN_SECONDS:
-                    attacher.rescan()
-                    if nodes is not None:
-                        nodes.rescan()
-                        self.node_addresses_changed(nodes.addresses())
-                    last_rescan = time.monotonic()
-                if not self._stop:
-                    self.sync(writer)
+            self._wait_for_source()
+            self.sync()  # the full sync against whatever the pins hold
+            monitor = LinkMonitor()
+            attacher = Attacher(ipr, self.options.devices,
+                                Program(progs.from_pod.fd, progs.from_pod.name.decode()),
+                                Program(progs.to_pod.fd, progs.to_pod.name.decode()))
+            attacher.rescan()
+            if nodes is not None:
+                nodes.rescan()
+                self._nodes = nodes
+            self._write_status()
+            if self.metrics is not None and self.options.metrics_address:
+                self.metrics.serve(self.options.metrics_address, progs.bpf)
+            log.info("agent ready: %s, devices %s, node devices %s (%s), pins in %s, on exit: %s "
+                     "the data plane", self.source.description, ",".join(self.options.devices),
+                     ",".join(self.options.node_devices) or "none", self.options.node_mode,
+                     self.config.pin_dir, self.options.on_exit)
+            if self.options.ready_file:
+                with open(self.options.ready_file, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+            self._serving = True
+            self._loop(monitor, attacher, nodes, ConntrackGc(progs.bpf, self.config.ct_timeouts))
         finally:
-            monitor.close()
+            if monitor is not None:
+                monitor.close()
+            self.source.stop()
             if self._health_checks is not None:
                 self._health_checks.close()
             if self.metrics is not None:
@@ -330,3 +345,60 @@ class Agent:
                          "removes it)", self.config.pin_dir)
             ipr.close()
         return 0
+
+    def _loop(self, monitor: Any, attacher: Any, nodes: Any, ct_gc: Any) -> None:
+        syncer = self.syncer
+        assert syncer is not None
+        now = time.monotonic()
+        next_gc = now + self.options.ct_gc_interval
+        next_rescan = now + RESCAN_SECONDS
+        next_full = now + self.options.full_sync_interval
+        while not self._stop:
+            now = time.monotonic()
+            deadlines = [next_gc, next_rescan, next_full]
+            poll_at = self.source.next_poll()
+            if poll_at is not None:
+                deadlines.append(poll_at)
+            if syncer.pending:
+                deadlines.append(self._retry_at)
+            if self._status_due is not None:
+                deadlines.append(self._status_due)
+            timeout = max(0.0, min(deadlines) - now)
+            fds = [monitor.fileno(), self._wake_r]
+            source_fd = self.source.fileno()
+            if source_fd is not None:
+                fds.append(source_fd)
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self._stop:
+                break
+            if monitor.fileno() in ready:
+                for event, ifindex, ifname in monitor.events():
+                    if event == "RTM_NEWLINK":
+                        attacher.consider(ifindex, ifname)
+                        if nodes is not None:
+                            nodes.consider(ifindex, ifname)
+                    else:
+                        attacher.forget(ifindex)
+                        if nodes is not None:
+                            nodes.forget(ifindex)
+            now = time.monotonic()
+            if (source_fd is not None and source_fd in ready) or (poll_at is not None and now >= poll_at):
+                self.take_changes()
+            if now >= next_rescan:
+                attacher.rescan()
+                if nodes is not None:
+                    nodes.rescan()
+                    self.node_addresses_changed(nodes.addresses())
+                next_rescan = now + RESCAN_SECONDS
+            if now >= next_full:
+                syncer.request_full(PERIODIC)
+                next_full = now + self.options.full_sync_interval
+            # A whole pending batch at once; what arrives during it is the next batch.
+            self.sync()
+            if time.monotonic() >= next_gc:
+                result = ct_gc.run(time.monotonic_ns())  # the programs' clock is CLOCK_MONOTONIC
+                if self.metrics is not None:
+                    self.metrics.ct_gc_deleted.inc(result.deleted)
+                next_gc = time.monotonic() + self.options.ct_gc_interval
+            if self._status_due is not None and time.monotonic() >= self._status_due:
+                self._write_status()

@@ -155,8 +155,14 @@ def main(log_level: str) -> None:
               show_default=True,
               help="On SIGTERM/SIGINT: keep the data plane serving (pinned and attached) or "
                    "remove it.")
-@click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
-              help="Seconds between checks of the manifests for changes.")
+@click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
+              help="Seconds between checks of the manifests where inotify is not available "
+                   "(changes are otherwise seen as they are written).")
+@click.option("--full-sync-interval", type=click.FloatRange(10, 7 * 86400), default=3600,
+              show_default=True,
+              help="Seconds between full syncs: the whole desired state against a read-back of "
+                   "the maps (kube-proxy's sync period). In steady state it finds nothing; what "
+                   "it repairs is logged and counted (ebpflb_drift_repairs_total).")
 @click.option("--ct-max", type=click.IntRange(1024, 1 << 24), default=262144, show_default=True,
               help="Conntrack entries (both directions of a flow count).")
 @click.option("--ct-syn-max", type=click.IntRange(1024, 1 << 24), default=65536, show_default=True,
@@ -218,7 +224,8 @@ def main(log_level: str) -> None:
 @netns_option
 def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[str],
           node_name: Optional[str], resync_seconds: float, health_address: str,
-          devices: List[str], on_exit: str, poll_interval: float, ct_max: int,
+          devices: List[str], on_exit: str, poll_interval: float, full_sync_interval: float,
+          ct_max: int,
           ct_syn_max: int, ct_timeouts: str, ct_gc_interval: float,
           max_services: int, max_backends: int, max_slots: int, ready_file: Optional[str],
           algorithm: str, maglev_table_size: int, metrics_address: str,
@@ -260,7 +267,7 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--metrics-address") from exc
     _enter(netns)
-    options = AgentOptions(list(devices), on_exit, poll_interval, ready_file, defaults,
+    options = AgentOptions(list(devices), on_exit, ready_file, defaults,
                            metrics_address or None, health_address or None,
                            ct_gc_interval=ct_gc_interval, node_name=node_name,
                            proxy_name=proxy_name or None,
@@ -269,7 +276,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                            node_devices=list(node_devices), node_mode=node_mode,
                            xdp_mode=xdp_mode,
                            nodeport_cidrs=_cidr_list(nodeport_cidrs, "--nodeport-addresses"),
-                           health_check_bind=_ipv4_list(healthcheck_bind, "--healthcheck-address"))
+                           health_check_bind=_ipv4_list(healthcheck_bind, "--healthcheck-address"),
+                           full_sync_interval=full_sync_interval)
     if use_kubernetes:
         from .sources.kubernetes import KubernetesSource, api_client_from
 
@@ -281,7 +289,7 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                                   service_cidrs=_service_cidrs(service_cidrs))
         source.start()
     else:
-        source = ManifestSource(manifests, _service_cidrs(service_cidrs))
+        source = ManifestSource(manifests, _service_cidrs(service_cidrs), poll_interval=poll_interval)
     try:
         code = Agent(source, config, options, AgentMetrics()).run()
     except DataplaneError as exc:

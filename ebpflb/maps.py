@@ -1,22 +1,41 @@
-"""The control plane's view of the BPF maps it writes, as plain values (pure core).
+"""The control plane's view of the BPF maps it writes, as typed records (pure core).
 
-Each map is a dict from a key record to a value record; bpf/lb_structs.h defines the kernel
-layouts and ebpflb/dataplane/bcc_maps.py converts between the two. The planner diffs these
-dicts, so nothing here knows about bcc or the kernel.
+Each map is a dict from a key record to a value record, held together by `Records`;
+bpf/lb_structs.h defines the kernel layouts and ebpflb/dataplane/bcc_maps.py converts between the
+two. The planner diffs records, so nothing here knows about bcc or the kernel.
 """
-from typing import Any, Dict, List, NamedTuple, Tuple
+from enum import Enum
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-SERVICES = "lb4_services"
-SLOTS = "lb4_slots"
-BACKENDS = "lb4_backends"
-SVC_META = "lb4_svc_meta"
-VIPS = "lb4_vips"  # VIP address -> number of frontends on it (new flows from a VIP are refused)
-SRC_RANGES = "lb4_src_ranges"  # (svc id, CIDR) -> 1: loadBalancerSourceRanges (an LPM trie)
+
+class MapId(str, Enum):
+    """A map the control plane writes (or zeroes), by its name in bpf/lb_maps.h. A str, so a
+    map id compares equal to its name."""
+
+    SERVICES = "lb4_services"
+    SLOTS = "lb4_slots"
+    BACKENDS = "lb4_backends"
+    SVC_META = "lb4_svc_meta"
+    VIPS = "lb4_vips"  # VIP address -> number of frontends on it (new flows from a VIP are refused)
+    SRC_RANGES = "lb4_src_ranges"  # (svc id, CIDR) -> 1: loadBalancerSourceRanges (an LPM trie)
+    SVC_STATS = "lb4_svc_stats"  # per-CPU counters, zeroed when an id is given out anew
+    BACKEND_STATS = "lb4_backend_stats"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SERVICES = MapId.SERVICES
+SLOTS = MapId.SLOTS
+BACKENDS = MapId.BACKENDS
+SVC_META = MapId.SVC_META
+VIPS = MapId.VIPS
+SRC_RANGES = MapId.SRC_RANGES
+SVC_STATS = MapId.SVC_STATS
+BACKEND_STATS = MapId.BACKEND_STATS
 # The maps the control plane owns, in no particular order; conntrack and counters belong to the
 # programs and are only read (and zeroed when an id is given to a new frontend or backend).
 CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META, VIPS, SRC_RANGES)
-SVC_STATS = "lb4_svc_stats"
-BACKEND_STATS = "lb4_backend_stats"
 
 SVC_F_MAGLEV = 0x1  # LB4_SVC_F_MAGLEV in lb_structs.h
 SVC_F_ETP_LOCAL = 0x2  # LB4_SVC_F_ETP_LOCAL: externalTrafficPolicy Local (no SNAT, local only)
@@ -79,12 +98,71 @@ class BackendValue(NamedTuple):
         return f"{self.addr}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"
 
 
-# Map name -> {key record: value record}; meta values are display names (str). lb4_slots is the
-# exception: svc id -> the frontend's whole slot table, a tuple of backend ids indexed by slot
-# (0 where the kernel map lacks a slot). A table compares in one step, so a plan over large
-# Maglev tables costs little when they did not change; writes are still per SlotKey.
-Snapshot = Dict[str, Dict[Any, Any]]
 NO_BACKEND = 0
+
+_FIELDS = {SERVICES: "services", SLOTS: "slots", BACKENDS: "backends", SVC_META: "meta",
+           VIPS: "vips", SRC_RANGES: "src_ranges"}
+
+
+class Records:
+    """The records of the control-plane maps (all of them, or one Service's). Meta values are
+    display names. `slots` is the exception to one-record-per-key: svc id -> the frontend's whole
+    slot table, a tuple of backend ids indexed by slot (0 where the kernel map lacks a slot). A
+    table compares in one step, so a plan over large Maglev tables costs little when they did not
+    change; writes are still per SlotKey."""
+
+    __slots__ = ("services", "slots", "backends", "meta", "vips", "src_ranges")
+
+    def __init__(self, services: Optional[Dict["SvcKey", "SvcValue"]] = None,
+                 slots: Optional[Dict[int, Tuple[int, ...]]] = None,
+                 backends: Optional[Dict[int, "BackendValue"]] = None,
+                 meta: Optional[Dict[int, str]] = None, vips: Optional[Dict[str, int]] = None,
+                 src_ranges: Optional[Dict["SrcRangeKey", int]] = None) -> None:
+        self.services: Dict[SvcKey, SvcValue] = services if services is not None else {}
+        self.slots: Dict[int, Tuple[int, ...]] = slots if slots is not None else {}
+        self.backends: Dict[int, BackendValue] = backends if backends is not None else {}
+        self.meta: Dict[int, str] = meta if meta is not None else {}
+        self.vips: Dict[str, int] = vips if vips is not None else {}
+        self.src_ranges: Dict[SrcRangeKey, int] = src_ranges if src_ranges is not None else {}
+
+    def __getitem__(self, map_id: str) -> Dict[Any, Any]:
+        return getattr(self, _FIELDS[MapId(map_id)])
+
+    def get(self, map_id: str, default: Any = None) -> Dict[Any, Any]:
+        return self[map_id] if map_id in _FIELDS else default
+
+    def __iter__(self) -> Iterator[MapId]:
+        return iter(_FIELDS)
+
+    def keys(self) -> Iterator[MapId]:
+        return iter(_FIELDS)
+
+    def __contains__(self, map_id: object) -> bool:
+        return map_id in _FIELDS
+
+    def items(self) -> Iterator[Tuple[MapId, Dict[Any, Any]]]:
+        for map_id, attr in _FIELDS.items():
+            yield map_id, getattr(self, attr)
+
+    def copy(self) -> "Records":
+        return Records(dict(self.services), dict(self.slots), dict(self.backends),
+                       dict(self.meta), dict(self.vips), dict(self.src_ranges))
+
+    def sizes(self) -> Dict[MapId, int]:
+        """Kernel entries per map (a slot table counts its slots)."""
+        return {map_id: (sum(len(t) for t in table.values()) if map_id == SLOTS else len(table))
+                for map_id, table in self.items()}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Records):
+            return NotImplemented
+        return all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "Records(" + ", ".join(f"{a}={len(getattr(self, a))}" for a in self.__slots__) + ")"
+
+
+Snapshot = Records  # what the maps hold, as the planner sees it
 
 
 def slot_tables(records: Dict["SlotKey", int]) -> Dict[int, Tuple[int, ...]]:
@@ -98,8 +176,8 @@ def slot_tables(records: Dict["SlotKey", int]) -> Dict[int, Tuple[int, ...]]:
 
 
 def slot_count(snapshot: Snapshot) -> int:
-    return sum(len(table) for table in snapshot[SLOTS].values())
+    return sum(len(table) for table in snapshot.slots.values())
 
 
 def empty_snapshot() -> Snapshot:
-    return {name: {} for name in CONTROL_MAPS}
+    return Records()

@@ -111,10 +111,22 @@ class AgentMetrics:
         self.registry = CollectorRegistry()
         self.programming = Histogram(
             "ebpflb_network_programming_duration_seconds",
-            "Time from a change of the source (the manifest file's modification) to the maps "
-            "being written.", buckets=PROGRAMMING_BUCKETS, registry=self.registry)
-        self.syncs = Counter("ebpflb_syncs", "Source changes handled, by result.", ["result"],
+            "Time from a change of the source (the manifest file's modification, or the API "
+            "event's arrival) to the maps being written.", buckets=PROGRAMMING_BUCKETS, registry=self.registry)
+        self.syncs = Counter("ebpflb_syncs", "Syncs (a batch of changes planned and written, or "
+                             "a full sync), by result: applied, unchanged, refused (would not "
+                             "fit), failed (a write failed and was undone).", ["result"],
                              registry=self.registry)
+        self.sync_seconds = Histogram(
+            "ebpflb_sync_duration_seconds", "Plan and apply time of a sync, by kind (incremental: "
+            "the changed Services; full: everything against a read-back of the maps).", ["kind"],
+            buckets=PROGRAMMING_BUCKETS, registry=self.registry)
+        self.full_syncs = Counter("ebpflb_full_syncs", "Full syncs applied, by reason (start, "
+                                  "periodic, after a failed apply).", ["reason"],
+                                  registry=self.registry)
+        self.drift_writes = Counter("ebpflb_drift_repairs", "Map writes made by periodic full "
+                                    "syncs: records someone else changed, repaired.",
+                                    registry=self.registry)
         self.map_writes = Counter("ebpflb_map_writes", "Map records written by the agent.",
                                   registry=self.registry)
         self.ct_gc_deleted = Counter("ebpflb_conntrack_gc_deleted",

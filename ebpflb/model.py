@@ -1,18 +1,23 @@
 """The pure model: Kubernetes Services and EndpointSlices in, frontends and their backends out.
 
-Pipeline: sources -> **model** -> plan -> apply. Sources (the API watch, manifests on disk) build the
-frozen objects below; `desired_state()` turns them into what the BPF maps should hold, with the
-same rules kube-proxy uses, so plan can diff it against the maps. Nothing here touches the kernel.
-IPv4 frontends only; everything not programmed is reported in `skipped`. It also says which
-healthCheckNodePorts this node answers and with how many local endpoints (ebpflb.healthcheck).
+Pipeline: sources -> store -> **model** -> plan -> apply. Sources (the API watch, manifests on
+disk) build the frozen objects below; `service_model()` turns one Service and its EndpointSlices
+into the frontends and backends the maps should hold for it, with the rules kube-proxy uses, so
+a change costs that Service only. Clashes between Services (one frontend or health check port
+asked for twice) are settled in ebpflb.desired; `desired_state()` is the whole cluster at once.
+Nothing here touches the kernel. IPv4 frontends only; everything not programmed is reported in
+`skipped`. It also says which healthCheckNodePort this node answers and with how many local
+endpoints (ebpflb.healthcheck).
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .fields import ip_version
 from .policy import LbPolicy, parse_policy
 
 log = logging.getLogger(__name__)
@@ -174,76 +179,102 @@ class DesiredState:
     health_checks: Tuple[HealthCheck, ...] = ()  # in (namespace, name) order of their Services
 
 
+@dataclass(frozen=True)
+class ModelContext:
+    """What the model needs to know of this node and the agent's flags."""
+
+    node_name: Optional[str] = None  # for internalTrafficPolicy and externalTrafficPolicy Local
+    proxy_name: Optional[str] = None  # serve Services labelled service-proxy-name=<this> too
+    node_addresses: Tuple[str, ...] = ()  # where NodePorts are served
+    external_ip_allow: Tuple[str, ...] = ()  # CIDRs externalIPs may be programmed in
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """What one Service asks for, judged alone: its candidate frontends with their backends, in
+    frontend order; why (part of) it is not programmed; the health check it wants. Whether another
+    Service holds one of these frontends or the health check port first is settled across
+    Services (ebpflb.desired)."""
+
+    ref: str  # "namespace/name"
+    frontends: Tuple[Tuple[Frontend, Tuple[Backend, ...]], ...]
+    skipped: Tuple[str, ...] = ()  # reasons
+    health_check: Optional[HealthCheck] = None
+    node_ports: bool = False  # has frontends on node addresses (recomputed when they change)
+
+
 def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
                   node_name: Optional[str] = None, proxy_name: Optional[str] = None,
                   node_addresses: Sequence[str] = (),
                   external_ip_allow: Sequence[str] = ()) -> DesiredState:
-    """Frontends and their ready backends for every programmable Service port (kube-proxy rules)."""
-    by_service: Dict[Tuple[str, str], List[EndpointSlice]] = {}
-    for s in sorted(slices, key=lambda s: (s.namespace, s.name)):
-        if s.address_type == "IPv4":
-            by_service.setdefault((s.namespace, s.service_name), []).append(s)
+    """Frontends and their ready backends for every programmable Service port (kube-proxy rules),
+    computed at once; the agent keeps the same result per Service as objects change."""
+    from .desired import ClusterModel
+    from .store import ObjectStore
 
-    frontends: Dict[Frontend, Tuple[Backend, ...]] = {}
-    owner: Dict[Frontend, str] = {}
-    skipped: List[SkippedService] = []
-    health_checks: Dict[int, HealthCheck] = {}
+    store = ObjectStore.of(services, slices)
+    model = ClusterModel(ModelContext(node_name, proxy_name, tuple(node_addresses),
+                                      tuple(external_ip_allow)))
+    model.update(store, store.services)
+    return model.desired_state()
 
-    def skip(svc: Service, reason: str) -> None:
+
+def service_model(svc: Service, slices: Sequence[EndpointSlice], ctx: ModelContext) -> ServiceModel:
+    """One Service's frontends and their usable backends (kube-proxy's rules); `slices` are
+    its EndpointSlices (any address type, in name order)."""
+    skipped: List[str] = []
+
+    def skip(_svc: Service, reason: str) -> None:
         log.info("service %s: not programmed: %s", svc.ref, reason)
-        skipped.append(SkippedService(svc.ref, reason))
+        skipped.append(reason)
 
-    # Sorted so that which service wins a (theoretical) frontend clash does not depend on order.
-    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
-        vips = _service_vips(svc, skip, proxy_name)
-        if not vips:
+    node_ports = svc.type in ("NodePort", "LoadBalancer") and any(sp.node_port for sp in svc.ports)
+    vips = _service_vips(svc, skip, ctx.proxy_name)
+    if not vips:
+        return ServiceModel(svc.ref, (), tuple(skipped), None, node_ports)
+    policy, problems = parse_policy(dict(svc.annotations))
+    if problems:
+        # The manifest source refuses these; another source must not program a guess either.
+        skip(svc, "; ".join(f"annotation {key}: {msg}" for key, msg in problems))
+        return ServiceModel(svc.ref, (), tuple(skipped), None, node_ports)
+    svc_slices = [s for s in slices if s.address_type == "IPv4"]
+    check = _health_check(svc, svc_slices, ctx.node_name)
+    local = svc.external_traffic_policy == "Local"
+    frontends: List[Tuple[Frontend, Tuple[Backend, ...]]] = []
+    seen = set()
+    for sp in svc.ports:
+        if sp.protocol not in LB_PROTOCOLS:
+            where = f"'{sp.name}'" if sp.name else str(sp.port)
+            skip(svc, f"protocol {sp.protocol} on port {where} not supported")
             continue
-        policy, problems = parse_policy(dict(svc.annotations))
-        if problems:
-            # The manifest source refuses these; another source must not program a guess either.
-            skip(svc, "; ".join(f"annotation {key}: {msg}" for key, msg in problems))
-            continue
-        svc_slices = by_service.get((svc.namespace, svc.name), [])
-        check = _health_check(svc, svc_slices, node_name)
-        if check is not None and check.port in health_checks:
-            skip(svc, f"healthCheckNodePort {check.port} already used by "
-                      f"{health_checks[check.port].service}")
-        elif check is not None:
-            health_checks[check.port] = check
-        local = svc.external_traffic_policy == "Local"
-        for sp in svc.ports:
-            if sp.protocol not in LB_PROTOCOLS:
-                where = f"'{sp.name}'" if sp.name else str(sp.port)
-                skip(svc, f"protocol {sp.protocol} on port {where} not supported")
-                continue
-            # kube-proxy's chains: a cluster IP follows internalTrafficPolicy; the external
-            # addresses (node ports, load balancer and external IPs) reach every endpoint, except
-            # traffic from outside under externalTrafficPolicy Local, which stays on this node
-            # so the client's address can be kept. Pods reaching an external address are inside
-            # the cluster: they get every endpoint ("pod traffic for external destinations").
-            backends = _port_backends(sp, svc_slices, svc, node_name)
-            everyone = _port_backends(sp, svc_slices, svc, node_name, internal_policy=False)
-            here = (_port_backends(sp, svc_slices, svc, node_name, local_only=True)
-                    if local else ())
-            affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0
-            for kind, vip, port in _frontend_addresses(svc, sp, vips, node_addresses,
-                                                       external_ip_allow, skip):
-                external = kind != "ClusterIP"
-                views = [(SCOPE_ALL, everyone if external else backends)]
-                if local and external:
-                    views.append((SCOPE_EXTERNAL, here))
-                for scope, chosen in views:
-                    fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind,
-                                  svc.lb_source_ranges if kind == "LoadBalancer" else (),
-                                  local and external, scope)
-                    if fe in owner:
-                        skip(svc, f"frontend {fe} already used by {owner[fe]}")
-                        continue
-                    owner[fe] = svc.ref
-                    frontends[fe] = chosen
-    ordered = {fe: frontends[fe] for fe in sorted(frontends)}
-    return DesiredState(frontends=ordered, skipped=tuple(dict.fromkeys(skipped)),
-                        health_checks=tuple(health_checks.values()))
+        # kube-proxy's chains: a cluster IP follows internalTrafficPolicy; the external
+        # addresses (node ports, load balancer and external IPs) reach every endpoint, except
+        # traffic from outside under externalTrafficPolicy Local, which stays on this node
+        # so the client's address can be kept. Pods reaching an external address are inside
+        # the cluster: they get every endpoint ("pod traffic for external destinations").
+        ported = _ported_endpoints(sp, svc_slices)
+        everyone = _usable_backends(ported, svc, ctx.node_name, internal_policy=False)
+        backends = (_usable_backends(ported, svc, ctx.node_name)
+                    if svc.internal_traffic_policy == "Local" else everyone)
+        here = _usable_backends(ported, svc, ctx.node_name, local_only=True) if local else ()
+        affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0
+        for kind, vip, port in _frontend_addresses(svc, sp, vips, ctx.node_addresses,
+                                                   ctx.external_ip_allow, skip):
+            external = kind != "ClusterIP"
+            views = [(SCOPE_ALL, everyone if external else backends)]
+            if local and external:
+                views.append((SCOPE_EXTERNAL, here))
+            for scope, chosen in views:
+                fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind,
+                              svc.lb_source_ranges if kind == "LoadBalancer" else (),
+                              local and external, scope)
+                if fe.key in seen:  # two ports of one Service asking for one node port
+                    skip(svc, f"frontend {fe} already used by {svc.ref}")
+                    continue
+                seen.add(fe.key)
+                frontends.append((fe, chosen))
+    frontends.sort(key=lambda item: item[0])
+    return ServiceModel(svc.ref, tuple(frontends), tuple(dict.fromkeys(skipped)), check, node_ports)
 
 
 def _health_check(svc: Service, slices: List[EndpointSlice],
@@ -315,12 +346,11 @@ def _service_vips(svc: Service, skip: Callable[[Service, str], None],
         return []
     vips: List[str] = []
     for ip in svc.cluster_ips:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
+        version = ip_version(ip) if isinstance(ip, str) else None
+        if version is None:
             skip(svc, f"invalid cluster IP {ip!r}")
             continue
-        if addr.version == 6:
+        if version == 6:
             skip(svc, f"IPv6 cluster IP {ip} (IPv4 only)")
         elif ip not in vips:
             vips.append(ip)
@@ -347,12 +377,9 @@ def usable_endpoints(endpoints: Sequence[Endpoint], publish_not_ready: bool = Fa
     return [e for e in candidates if e.serving and e.terminating]
 
 
-def _port_backends(sp: ServicePort, slices: List[EndpointSlice], svc: Service,
-                   node_name: Optional[str], local_only: bool = False,
-                   internal_policy: bool = True) -> Tuple[Backend, ...]:
-    """Usable backends of one service port, deduplicated across slices and sorted; only this
-    node's with `local_only`, or with internalTrafficPolicy Local unless `internal_policy` is
-    off (the external addresses do not follow it)."""
+def _ported_endpoints(sp: ServicePort, slices: List[EndpointSlice]
+                      ) -> List[Tuple[int, Endpoint, EndpointSlice]]:
+    """(target port, endpoint, slice) of every endpoint serving one Service port."""
     ported: List[Tuple[int, Endpoint, EndpointSlice]] = []
     for s in slices:
         # The EndpointSlice controller already resolved targetPort (named or numeric) into the
@@ -360,6 +387,15 @@ def _port_backends(sp: ServicePort, slices: List[EndpointSlice], svc: Service,
         port = next((p.port for p in s.ports if p.name == sp.name and p.protocol == sp.protocol), None)
         if port is not None:
             ported.extend((port, ep, s) for ep in s.endpoints)
+    return ported
+
+
+def _usable_backends(ported: List[Tuple[int, Endpoint, EndpointSlice]], svc: Service,
+                     node_name: Optional[str], local_only: bool = False,
+                     internal_policy: bool = True) -> Tuple[Backend, ...]:
+    """Usable backends of one service port, deduplicated across slices and sorted; only this
+    node's with `local_only`, or with internalTrafficPolicy Local unless `internal_policy` is
+    off (the external addresses do not follow it)."""
     # The fallback to terminating endpoints weighs all slices of the port together.
     usable = {id(ep) for ep in usable_endpoints(
         [ep for _, ep, _ in ported], svc.publish_not_ready,
@@ -372,13 +408,14 @@ def _port_backends(sp: ServicePort, slices: List[EndpointSlice], svc: Service,
             if not _is_ipv4(ip):
                 log.warning("endpointslice %s/%s: ignoring address %r (not IPv4)", s.namespace, s.name, ip)
                 continue
-            found.setdefault((ip, port), Backend(ip, port, ep.target))
-    return tuple(sorted(found.values(), key=lambda b: (int(ipaddress.IPv4Address(b.ip)), b.port)))
+            if (ip, port) not in found:
+                found[ip, port] = Backend(ip, port, ep.target)
+    return tuple(sorted(found.values(), key=lambda b: (socket.inet_aton(b.ip), b.port)))
 
 
 def _is_ipv4(ip: str) -> bool:
     try:
-        ipaddress.IPv4Address(ip)
-    except ValueError:
+        socket.inet_pton(socket.AF_INET, ip)
+    except (OSError, ValueError):
         return False
     return True

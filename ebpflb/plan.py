@@ -1,48 +1,58 @@
-"""Plan: the difference between the desired map contents and what the maps hold (pure core).
+"""Plan: the ordered map writes that turn what the maps hold into what is wanted (pure core).
 
-sources -> model -> **plan** -> apply. `compute_plan` turns a DesiredState into the map records
-the programs read, keeps the ids already programmed (so an unchanged frontend or backend is not
-rewritten), and returns the fewest writes, ordered so that no packet can see a frontend whose
-slots or backends are not written yet: counter resets for new ids, backends, slots, names,
-VIP counts, source ranges, frontends, then removals in the reverse order. It also refuses a
+sources -> store -> model -> records -> **plan** -> apply. `diff()` compares wanted records with
+current ones (all of the maps for a full sync, one Service's for an incremental one: see
+ebpflb.planner) and returns the fewest writes, ordered so that no packet can see a frontend whose
+slots or backends are not written yet: counter resets for new ids, backends, slots, names, VIP
+counts, source ranges, frontends, then removals in the reverse order. `check_capacity` refuses a
 plan that would not fit in the maps, before anything is written.
 
-A frontend's slots are its backends (hash-mod, "random"; a backend of weight w fills w slots) or
-its Maglev table (a prime number of slots, so a backend change moves few of them and only the
-slots that differ are written). The data path is the same for both: slot = flow hash % count.
+A plan is a sequence of steps; a step is one action on one map over many records (one batch
+syscall when applied), so a plan of 100,000 writes is not 100,000 objects.
 """
+from __future__ import annotations
+
+import socket
 from dataclasses import dataclass
-from functools import lru_cache
-from ipaddress import IPv4Address, ip_network
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from enum import Enum
+from ipaddress import ip_network
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from .maglev import DEFAULT_M, maglev_table, validate_m
-from .maps import (BE_F_NO_NEW, BACKEND_STATS, BACKENDS, FRONTEND_KINDS, SVC_KIND_SHIFT, CONTROL_MAPS, NO_BACKEND, PROTO_NUMBERS, SERVICES,
-                   SLOTS, SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META,
-                   SVC_NAME_LEN, SVC_STATS, BackendValue, SlotKey, Snapshot, SrcRangeKey, SvcKey,
-                   SvcValue, VIPS, slot_count)
-from .model import Backend, DesiredState, Frontend
-from .policy import ALGORITHMS
+from .maps import (BACKEND_STATS, BACKENDS, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS,
+                   SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SVC_META, SVC_STATS, VIPS, MapId,
+                   Records, SlotKey, Snapshot, SrcRangeKey, SvcKey, SvcValue)
+from .model import DesiredState
+from .records import (PlanDefaults, frontend_key, frontend_name, frontend_slots,  # noqa: F401
+                      ipv4_ranges)
 
-UPSERT = "upsert"
-DELETE = "delete"
-RESET = "reset"  # zero the per-CPU counters of an id about to be (re)used
+
+class Action(str, Enum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+    RESET = "reset"  # zero the per-CPU counters of an id about to be (re)used
+
+    def __str__(self) -> str:
+        return self.value
+
+
+UPSERT, DELETE, RESET = Action.UPSERT, Action.DELETE, Action.RESET
 
 # Upserts in this order, deletes in the reverse: whatever a record points to exists before it.
 # Source ranges come just before the frontends: a frontend that gains SVC_F_SRC_RANGES must find
 # its ranges already there (else it would refuse every client for a moment), and its old ranges
 # go only once no frontend record asks for them. A range change briefly allows old and new.
-_WRITE_ORDER = (BACKENDS, SLOTS, SVC_META, VIPS, SRC_RANGES, SERVICES)
+WRITE_ORDER = (BACKENDS, SLOTS, SVC_META, VIPS, SRC_RANGES, SERVICES)
 
 
 class PlanError(ValueError):
     """The desired state cannot be programmed (it would not fit); nothing was written."""
 
 
-@dataclass(frozen=True)
-class Op:
-    action: str  # UPSERT or DELETE
-    map: str
+class Op(NamedTuple):
+    """One record write: a view of a step's item, for display and tests."""
+
+    action: Action
+    map: MapId
     key: Any
     old: Any  # None when the key is new
     new: Any  # None for a delete
@@ -58,16 +68,16 @@ class Op:
         return f"~ {self.map} {key} = {_fmt_value(self.new)} (was {_fmt_value(self.old)})"
 
 
-def _fmt_key(map_name: str, key: Any) -> str:
+def _fmt_key(map_id: MapId, key: Any) -> str:
     if isinstance(key, SlotKey):
         return f"svc {key.svc_id} slot {key.slot}"
     if isinstance(key, SrcRangeKey):
         return str(key)
-    if map_name in (SVC_META, SVC_STATS):
+    if map_id in (SVC_META, SVC_STATS):
         return f"svc {key}"
-    if map_name == VIPS:
+    if map_id == VIPS:
         return f"vip {key}"
-    if map_name in (BACKENDS, BACKEND_STATS):
+    if map_id in (BACKENDS, BACKEND_STATS):
         return f"backend {key}"
     return str(key)
 
@@ -86,267 +96,216 @@ def _fmt_value(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One action on one map over many records: items are (key, old, new)."""
+
+    action: Action
+    map: MapId
+    items: Tuple[Tuple[Any, Any, Any], ...]
+
+    def ops(self) -> Iterator[Op]:
+        for key, old, new in self.items:
+            yield Op(self.action, self.map, key, old, new)
+
+
 class Plan:
-    ops: Tuple[Op, ...]
+    """Ordered steps. `ops` lists every record write (built on demand)."""
+
+    __slots__ = ("steps", "_ops")
+
+    def __init__(self, steps: Sequence[Step] | Sequence[Op] = ()) -> None:
+        if steps and isinstance(steps[0], Op):
+            steps = Plan.of_ops(steps).steps  # type: ignore[arg-type]
+        self.steps: Tuple[Step, ...] = tuple(s for s in steps if s.items)  # type: ignore[union-attr]
+        self._ops: Optional[Tuple[Op, ...]] = None
+
+    @classmethod
+    def of_ops(cls, ops: Iterable[Op]) -> "Plan":
+        """A plan from single writes (consecutive ones of one action and map share a step)."""
+        steps: List[Step] = []
+        run: List[Tuple[Any, Any, Any]] = []
+        head: Optional[Op] = None
+        for op in ops:
+            if head is not None and (op.action, op.map) != (head.action, head.map):
+                steps.append(Step(head.action, head.map, tuple(run)))
+                run = []
+            if not run:
+                head = op
+            run.append((op.key, op.old, op.new))
+        if head is not None and run:
+            steps.append(Step(head.action, head.map, tuple(run)))
+        return cls(steps)
+
+    @property
+    def ops(self) -> Tuple[Op, ...]:
+        if self._ops is None:
+            self._ops = tuple(op for step in self.steps for op in step.ops())
+        return self._ops
 
     def __bool__(self) -> bool:
-        return bool(self.ops)
+        return bool(self.steps)
 
     def __len__(self) -> int:
-        return len(self.ops)
+        return sum(len(s.items) for s in self.steps)
+
+    def __add__(self, other: "Plan") -> "Plan":
+        return Plan(self.steps + other.steps)
 
     def counts(self) -> Dict[str, int]:
         """Writes per map and action, e.g. {"lb4_slots upsert": 3}."""
         out: Dict[str, int] = {}
-        for op in self.ops:
-            out[f"{op.map} {op.action}"] = out.get(f"{op.map} {op.action}", 0) + 1
+        for step in self.steps:
+            name = f"{step.map.value} {step.action.value}"
+            out[name] = out.get(name, 0) + len(step.items)
         return out
 
     def render(self) -> str:
-        if not self.ops:
+        if not self.steps:
             return "no changes"
         return "\n".join(str(op) for op in self.ops)
 
 
-def frontend_key(frontend: Frontend) -> SvcKey:
-    return SvcKey(frontend.vip, frontend.port, PROTO_NUMBERS[frontend.protocol], frontend.scope)
-
-
-def frontend_name(frontend: Frontend) -> str:
-    name = f"{frontend.service}:{frontend.port_name}" if frontend.port_name else frontend.service
-    # The kernel record holds SVC_NAME_LEN - 1 bytes; cut on a character boundary.
-    return name.encode()[: SVC_NAME_LEN - 1].decode(errors="ignore")
-
-
-@dataclass(frozen=True)
-class PlanDefaults:
-    """What a Service without lb.ebpflb.io annotations gets (agent flags)."""
-    algorithm: str = "random"
-    table_size: int = DEFAULT_M
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-        validate_m(self.table_size)
-
-
-@lru_cache(maxsize=4096)
-def _maglev_cached(names: Tuple[bytes, ...], m: int, weights: Tuple[int, ...]) -> Tuple[int, ...]:
-    # Services usually share nothing, but a resync recomputes every table: cache the unchanged.
-    return tuple(maglev_table(list(names), m, list(weights)))
-
-
-def frontend_slots(frontend: Frontend, backends: Tuple[Backend, ...],
-                   defaults: PlanDefaults) -> Tuple[Tuple[int, ...], int]:
-    """Indices into `backends` for each slot of the frontend, and the service flags."""
-    policy = frontend.policy
-    algorithm = policy.algorithm or defaults.algorithm
-    if not policy.weights and algorithm != "maglev":
-        return tuple(range(len(backends))), 0  # the common case, on every plan of every frontend
-    weights = tuple(policy.weight(b.ip) for b in backends)
-    if algorithm == "maglev":
-        if not any(weights):
-            return (), SVC_F_MAGLEV
-        names = tuple(f"{b.ip}:{b.port}".encode() for b in backends)
-        return _maglev_cached(names, policy.table_size or defaults.table_size, weights), SVC_F_MAGLEV
-    return tuple(i for i, w in enumerate(weights) for _ in range(w)), 0
-
-
-def _free_ids(used: Set[int]) -> Iterator[int]:
-    """Ids from 1 up (0 means "none" in the data plane) that nothing in the maps uses."""
-    candidate = 1
-    while True:
-        if candidate not in used:
-            yield candidate
-        candidate += 1
-
-
-def desired_maps(desired: DesiredState, current: Snapshot,
-                 defaults: PlanDefaults = PlanDefaults()) -> Snapshot:
-    """The map contents that program `desired`, reusing the ids already in `current`.
-
-    Ids that `current` uses for anything are never given to a new record, because the old record
-    is removed only at the end of the apply and must stay intact until then.
-    """
-    cur_services: Mapping[SvcKey, SvcValue] = current[SERVICES]
-    cur_backends: Mapping[int, BackendValue] = current[BACKENDS]
-    used_svc_ids = {v.svc_id for v in cur_services.values()}
-    used_svc_ids |= set(current[SLOTS]) | set(current[SVC_META])
-    used_svc_ids |= {k.svc_id for k in current.get(SRC_RANGES, {})}
-    new_svc_ids = _free_ids(used_svc_ids)
-    # A backend keeps its id while its identity (address, port, protocol, frontend) stays, even
-    # when its flags change: its counters and the conntrack entries naming it stay meaningful.
-    backend_ids: Dict[Tuple, int] = {}
-    for backend_id, value in sorted(cur_backends.items()):
-        backend_ids.setdefault(value[:4], backend_id)
-    new_backend_ids = _free_ids(set(cur_backends))
-
-    out: Snapshot = {name: {} for name in CONTROL_MAPS}
-    for frontend in sorted(desired.frontends):
-        key = frontend_key(frontend)
-        old = cur_services.get(key)
-        svc_id = old.svc_id if old is not None else next(new_svc_ids)
-        backends = desired.frontends[frontend]
-        ids = []
-        # Every backend is programmed, even one of weight 0: it has no slot, but the CLI shows
-        # it and its counters go on while its established flows drain.
-        weighted = bool(frontend.policy.weights)
-        for backend in backends:
-            drain = BE_F_NO_NEW if weighted and frontend.policy.weight(backend.ip) == 0 else 0
-            value = BackendValue(backend.ip, backend.port, key.proto, svc_id, drain)
-            if value[:4] not in backend_ids:
-                backend_ids[value[:4]] = next(new_backend_ids)
-            out[BACKENDS][backend_ids[value[:4]]] = value
-            ids.append(backend_ids[value[:4]])
-        slots, flags = frontend_slots(frontend, backends, defaults)
-        if slots:
-            out[SLOTS][svc_id] = tuple(map(ids.__getitem__, slots))
-        flags |= FRONTEND_KINDS.index(frontend.kind) << SVC_KIND_SHIFT
-        if frontend.external_local:
-            flags |= SVC_F_ETP_LOCAL
-        if frontend.source_ranges:
-            # Set even when no range is IPv4 (all IPv6): then no IPv4 client is allowed, the
-            # safe reading of a list that was meant to restrict.
-            flags |= SVC_F_SRC_RANGES
-            for cidr in ipv4_ranges(frontend.source_ranges):
-                out[SRC_RANGES][SrcRangeKey(svc_id, cidr)] = 1
-        out[SERVICES][key] = SvcValue(svc_id, len(slots), flags, frontend.affinity_timeout)
-        out[SVC_META][svc_id] = frontend_name(frontend)
-        out[VIPS][key.vip] = out[VIPS].get(key.vip, 0) + 1
-    return out
-
-
-def ipv4_ranges(ranges: Tuple[str, ...]) -> List[str]:
-    """The IPv4 CIDRs of a frontend's source ranges, normalized (the v4 maps hold only those)."""
-    out = []
-    for cidr in ranges:
-        net = ip_network(cidr, strict=False)
-        if net.version == 4 and str(net) not in out:
-            out.append(str(net))
-    return out
-
-
-def _slot_upserts(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]) -> List[Op]:
-    ops = []
-    for svc_id in sorted(want):
+def _slot_upserts(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]
+                  ) -> List[Tuple[Any, Any, Any]]:
+    items = []
+    for svc_id in sorted(svc for svc, table in want.items() if have.get(svc) != table):
         new, old = want[svc_id], have.get(svc_id, ())
-        if new == old:
-            continue
         padded = old + (NO_BACKEND,) * (len(new) - len(old))
-        for slot in [i for i, (a, b) in enumerate(zip(padded, new)) if a != b]:
-            before = padded[slot] if padded[slot] != NO_BACKEND else None
-            ops.append(Op(UPSERT, SLOTS, SlotKey(svc_id, slot), before, new[slot]))
-    return ops
+        for slot, (a, b) in enumerate(zip(padded, new)):
+            if a != b:
+                items.append((SlotKey(svc_id, slot), a if a != NO_BACKEND else None, b))
+    return items
 
 
-def _slot_deletes(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]) -> List[Op]:
-    ops = []
-    for svc_id in sorted(have):
+def _slot_deletes(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]
+                  ) -> List[Tuple[Any, Any, Any]]:
+    items = []
+    for svc_id in sorted(svc for svc, table in have.items() if len(want.get(svc, ())) < len(table)):
         old, keep = have[svc_id], len(want.get(svc_id, ()))
-        ops.extend(Op(DELETE, SLOTS, SlotKey(svc_id, slot), old[slot], None)
-                   for slot in range(keep, len(old)) if old[slot] != NO_BACKEND)
-    return ops
+        items.extend((SlotKey(svc_id, slot), old[slot], None)
+                     for slot in range(keep, len(old)) if old[slot] != NO_BACKEND)
+    return items
 
 
-def diff(desired: Snapshot, current: Snapshot) -> Plan:
+def diff(desired: Records, current: Records) -> Plan:
     """Ordered writes turning `current` into `desired`; equal records are not written. Only the
     changed keys are sorted (for a readable, deterministic plan)."""
-    upserts: List[Op] = []
-    deletes: List[Op] = []
-    for name in _WRITE_ORDER:
-        want, have = desired.get(name, {}), current.get(name, {})
+    upserts: List[Step] = []
+    deletes: List[Step] = []
+    for name in WRITE_ORDER:
+        want, have = desired[name], current[name]
         if name == SLOTS:
-            upserts.extend(_slot_upserts(want, have))
+            upserts.append(Step(UPSERT, name, tuple(_slot_upserts(want, have))))
             continue
-        changed = [key for key, value in want.items() if have.get(key) != value]
-        for key in sorted(changed, key=_sort_key):
-            upserts.append(Op(UPSERT, name, key, have.get(key), want[key]))
-    for name in reversed(_WRITE_ORDER):
-        want, have = desired.get(name, {}), current.get(name, {})
+        if not have:
+            changed = list(want)
+        else:
+            get = have.get
+            changed = [key for key, value in want.items() if get(key) != value]
+        changed.sort(key=_sort_key(name))
+        upserts.append(Step(UPSERT, name, tuple((key, have.get(key), want[key]) for key in changed)))
+    for name in reversed(WRITE_ORDER):
+        want, have = desired[name], current[name]
         if name == SLOTS:
-            deletes.extend(_slot_deletes(want, have))
+            deletes.append(Step(DELETE, name, tuple(_slot_deletes(want, have))))
             continue
         gone = [key for key in have if key not in want]
-        for key in sorted(gone, key=_sort_key):
-            deletes.append(Op(DELETE, name, key, have[key], None))
-    return Plan(tuple(upserts + deletes))
+        gone.sort(key=_sort_key(name))
+        deletes.append(Step(DELETE, name, tuple((key, have[key], None) for key in gone)))
+    return Plan(upserts + deletes)
 
 
-def _sort_key(key: Any) -> Tuple:
-    if isinstance(key, SvcKey):
-        return (int(IPv4Address(key.vip)), key.port, key.proto)
-    if isinstance(key, SrcRangeKey):
-        net = ip_network(key.cidr, strict=False)  # a dump may hold host bits
-        return (key.svc_id, int(net.network_address), net.prefixlen)
-    if isinstance(key, tuple):
-        return tuple(key)
-    return (key,)
+def _svc_key_order(key: SvcKey) -> Tuple:
+    return (socket.inet_aton(key.vip), key.port, key.proto, key.scope)
 
 
-def check_capacity(plan: Plan, current: Snapshot, limits: Mapping[str, int]) -> None:
+def _range_order(key: SrcRangeKey) -> Tuple:
+    net = ip_network(key.cidr, strict=False)  # a dump may hold host bits
+    return (key.svc_id, int(net.network_address), net.prefixlen)
+
+
+def _sort_key(map_id: MapId):
+    if map_id == SERVICES:
+        return _svc_key_order
+    if map_id == SRC_RANGES:
+        return _range_order
+    if map_id == VIPS:
+        return socket.inet_aton
+    return None  # ids: integers sort as they are
+
+
+def check_capacity(plan: Plan, held: Mapping[MapId, int], limits: Mapping[str, int]) -> None:
     """Refuses a plan whose maps would overflow at their fullest point: during an apply the maps
-    hold the old and the new records together, because removals run last."""
+    hold the old and the new records together, because removals run last. `held`: entries per
+    map now (a slot table counts its slots)."""
+    added: Dict[MapId, int] = {}
+    for step in plan.steps:
+        if step.action == UPSERT:
+            added[step.map] = added.get(step.map, 0) + sum(1 for _, old, _ in step.items if old is None)
     for name, limit in limits.items():
-        added = sum(1 for op in plan.ops if op.map == name and op.action == UPSERT and op.old is None)
-        held = slot_count(current) if name == SLOTS else len(current.get(name, {}))
-        peak = held + added
+        peak = held.get(MapId(name), 0) + added.get(MapId(name), 0)
         if peak > limit:
             raise PlanError(f"map {name} would need {peak} entries during the update but holds "
                             f"{limit}; raise its size (agent flags) or program fewer services")
 
 
-def _counter_resets(want: Snapshot, current: Snapshot) -> List[Op]:
-    """Zeroing ops for ids the plan hands out that nothing in the maps holds now: their counters
-    may still hold the traffic of an earlier owner of the id."""
-    old_svc_ids = {v.svc_id for v in current[SERVICES].values()}
-    new_svc_ids = sorted({v.svc_id for v in want[SERVICES].values()} - old_svc_ids)
-    new_backend_ids = sorted(set(want[BACKENDS]) - set(current[BACKENDS]))
-    return ([Op(RESET, SVC_STATS, i, None, None) for i in new_svc_ids]
-            + [Op(RESET, BACKEND_STATS, i, None, None) for i in new_backend_ids])
+def counter_resets(new_svc_ids: Iterable[int], new_backend_ids: Iterable[int]) -> Plan:
+    """Zeroing steps for ids the plan hands out that nothing in the maps holds now: their
+    counters may still hold the traffic of an earlier owner of the id."""
+    return Plan([Step(RESET, SVC_STATS, tuple((i, None, None) for i in sorted(new_svc_ids))),
+                 Step(RESET, BACKEND_STATS, tuple((i, None, None) for i in sorted(new_backend_ids)))])
 
 
 def compute_plan(desired: DesiredState, current: Snapshot,
                  limits: Optional[Mapping[str, int]] = None,
                  defaults: PlanDefaults = PlanDefaults()) -> Plan:
-    want = desired_maps(desired, current, defaults)
-    plan = diff(want, current)
-    if plan:
-        plan = Plan(tuple(_counter_resets(want, current)) + plan.ops)
-    if limits:
-        check_capacity(plan, current, limits)
-    return plan
+    """The plan of a full sync: the whole desired state against what the maps hold."""
+    from .planner import Planner
+
+    planner = Planner(limits, defaults)
+    return planner.plan_full(_by_service(desired), current).plan
+
+
+def _by_service(desired: DesiredState) -> Dict[str, List]:
+    out: Dict[str, List] = {}
+    for frontend, backends in desired.frontends.items():
+        out.setdefault(frontend.service, []).append((frontend, backends))
+    return out
 
 
 def apply_to(snapshot: Snapshot, plan: Plan) -> Snapshot:
-    """The snapshot the maps hold once `plan` is applied (what the agent caches between syncs)."""
-    out = {name: dict(records) for name, records in snapshot.items()}
+    """The records the maps hold once `plan` is applied (what the agent caches between syncs)."""
+    out = snapshot.copy()
     tables: Dict[int, List[int]] = {}  # slot tables being edited, written back once at the end
-    for op in plan.ops:
-        if op.action == RESET:
+    for step in plan.steps:
+        if step.action == RESET:
             continue  # counters are not part of a snapshot
-        if op.map == SLOTS:
-            table = tables.get(op.key.svc_id)
-            if table is None:
-                table = tables[op.key.svc_id] = list(out[SLOTS].get(op.key.svc_id, ()))
-            if op.action == DELETE:
-                if op.key.slot < len(table):
-                    table[op.key.slot] = NO_BACKEND
-            else:
-                table.extend([NO_BACKEND] * (op.key.slot + 1 - len(table)))
-                table[op.key.slot] = op.new
+        if step.map == SLOTS:
+            for key, _, new in step.items:
+                table = tables.get(key.svc_id)
+                if table is None:
+                    table = tables[key.svc_id] = list(out.slots.get(key.svc_id, ()))
+                if step.action == DELETE:
+                    if key.slot < len(table):
+                        table[key.slot] = NO_BACKEND
+                else:
+                    table.extend([NO_BACKEND] * (key.slot + 1 - len(table)))
+                    table[key.slot] = new
             continue
-        records = out.setdefault(op.map, {})
-        if op.action == DELETE:
-            records.pop(op.key, None)
+        records = out[step.map]
+        if step.action == DELETE:
+            for key, _, _ in step.items:
+                records.pop(key, None)
         else:
-            records[op.key] = op.new
+            for key, _, new in step.items:
+                records[key] = new
     for svc_id, table in tables.items():
         while table and table[-1] == NO_BACKEND:
             table.pop()
         if table:
-            out[SLOTS][svc_id] = tuple(table)
+            out.slots[svc_id] = tuple(table)
         else:
-            out[SLOTS].pop(svc_id, None)
+            out.slots.pop(svc_id, None)
     return out
 
 
@@ -367,11 +326,17 @@ def conntrack_purge(plan: Plan, remaining: Optional[Mapping[SvcKey, Any]] = None
     """`remaining`: the frontends programmed after the plan. A record removed while its address
     keeps a record of the other scope (externalTrafficPolicy switched from Local to Cluster) is
     no frontend going away: its flows are left to finish, as kube-proxy's conntrack would."""
-    deleted = {op.old.svc_id: op.key for op in plan.ops if op.map == SERVICES and op.action == DELETE}
+    deleted: Dict[int, SvcKey] = {}
+    udp = set()
+    for step in plan.steps:
+        if step.action != DELETE:
+            continue
+        if step.map == SERVICES:
+            deleted.update((old.svc_id, key) for key, old, _ in step.items)
+    for step in plan.steps:
+        if step.action == DELETE and step.map == BACKENDS:
+            udp.update((old.svc_id, old.addr, old.port) for _, old, _ in step.items
+                       if old.proto == PROTO_NUMBERS["UDP"] and old.svc_id not in deleted)
     moved = {svc_id for svc_id, key in deleted.items()
              if remaining is not None and key._replace(scope=1 - key.scope) in remaining}
-    svc_ids = set(deleted) - moved
-    udp = {(op.old.svc_id, op.old.addr, op.old.port) for op in plan.ops
-           if op.map == BACKENDS and op.action == DELETE and op.old.proto == PROTO_NUMBERS["UDP"]
-           and op.old.svc_id not in deleted}
-    return ConntrackPurge(frozenset(svc_ids), frozenset(udp))
+    return ConntrackPurge(frozenset(set(deleted) - moved), frozenset(udp))

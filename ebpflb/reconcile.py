@@ -1,5 +1,6 @@
-"""Reconcile: one pass of plan-then-apply from a desired state to the maps. The agent, `ebpflb sync`
-and the tests all program the maps through this one function.
+"""Reconcile: one full sync from a whole desired state to the maps (plan against a read-back,
+then apply). `ebpflb sync` and tests program the maps through this function; the agent keeps a
+Planner instead and plans per changed Service (ebpflb.syncer), with the same full sync at start.
 """
 import logging
 from dataclasses import dataclass

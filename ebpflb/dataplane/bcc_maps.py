@@ -1,15 +1,21 @@
-"""The MapWriter for real maps: converts the planner's records (ebpflb/maps.py) to and from the
-ctypes Key/Leaf types bcc generates from bpf/lb_structs.h, so no layout is written twice.
+"""The MapWriter for real maps: the planner's records (ebpflb/maps.py) packed into the layouts bcc
+generates from bpf/lb_structs.h (ebpflb/dataplane/codec.py checks them), written and read in
+batch syscalls.
 
 Also reads the maps only the programs write (conntrack, counters) into plain values.
 """
+import ctypes
+import errno
 import socket
+import struct
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..maps import (BACKENDS, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_META, VIPS,
-                    BackendValue, SlotKey, SrcRangeKey, SvcKey, SvcValue, slot_tables)
+from ..maps import PROTO_NAMES, SLOTS, MapId, slot_tables
+from .codec import MapCodec, chunks, codecs
+from .libbpf import delete_batch, delete_elem, update_batch, update_elem
+from .percpu import read_hash_raw
 
 CT4 = "ct4"
 CT4_SYN = "ct4_syn"
@@ -38,108 +44,111 @@ def be16_to_port(value: int) -> int:
     return int.from_bytes(value.to_bytes(2, sys.byteorder), "big")
 
 
-def _svc_key(t: Any, k: SvcKey) -> Any:
-    return t.Key(vip=ip_to_be32(k.vip), port=port_to_be16(k.port), proto=k.proto, scope=k.scope)
-
-
-def _svc_key_back(c: Any) -> SvcKey:
-    return SvcKey(be32_to_ip(c.vip), be16_to_port(c.port), c.proto, c.scope)
-
-
-def _backend(t: Any, v: BackendValue) -> Any:
-    return t.Leaf(addr=ip_to_be32(v.addr), port=port_to_be16(v.port), proto=v.proto,
-                  flags=v.flags, svc_id=v.svc_id)
-
-
-def _backend_back(c: Any) -> BackendValue:
-    return BackendValue(be32_to_ip(c.addr), be16_to_port(c.port), c.proto, c.svc_id, c.flags)
-
-
-def _meta(t: Any, name: str) -> Any:
-    leaf = t.Leaf()
-    leaf.name = name.encode()
-    return leaf
-
-
-def _src_range_key(t: Any, k: SrcRangeKey) -> Any:
-    # LPM trie key: prefixlen counts svc_id's 32 bits (always matched) plus the CIDR's prefix.
-    addr, _, prefix = k.cidr.partition("/")
-    return t.Key(prefixlen=32 + int(prefix), svc_id=k.svc_id, addr=ip_to_be32(addr))
-
-
-def _src_range_key_back(c: Any) -> SrcRangeKey:
-    return SrcRangeKey(c.svc_id, f"{be32_to_ip(c.addr)}/{c.prefixlen - 32}")
-
-
-# Map name -> (key to ctypes, key from ctypes, value to ctypes, value from ctypes).
-_Conv = Tuple[Callable[[Any, Any], Any], Callable[[Any], Any],
-              Callable[[Any, Any], Any], Callable[[Any], Any]]
-_CONVERTERS: Dict[str, _Conv] = {
-    SERVICES: (_svc_key, _svc_key_back,
-               lambda t, v: t.Leaf(svc_id=v.svc_id, count=v.count, flags=v.flags,
-                                   affinity_timeout=v.affinity_timeout),
-               lambda c: SvcValue(c.svc_id, c.count, c.flags, c.affinity_timeout)),
-    SLOTS: (lambda t, k: t.Key(svc_id=k.svc_id, slot=k.slot),
-            lambda c: SlotKey(c.svc_id, c.slot),
-            lambda t, v: t.Leaf(v), lambda c: c.value),
-    BACKENDS: (lambda t, k: t.Key(k), lambda c: c.value, _backend, _backend_back),
-    SVC_META: (lambda t, k: t.Key(k), lambda c: c.value, _meta,
-               lambda c: c.name.decode(errors="replace")),
-    VIPS: (lambda t, k: t.Key(ip_to_be32(k)), lambda c: be32_to_ip(c.value),
-           lambda t, v: t.Leaf(v), lambda c: c.value),
-    SRC_RANGES: (_src_range_key, _src_range_key_back, lambda t, v: t.Leaf(v), lambda c: c.value),
-}
+BATCH = 65536  # records per batch syscall (bounds the kernel's and our buffers)
 
 
 class BccMapWriter:
-    """MapWriter over a bcc BPF object (programs or maps-only) whose maps are pinned."""
+    """MapWriter over a bcc BPF object (programs or maps-only) whose maps are pinned. Records go
+    down packed (ebpflb.dataplane.codec), a batch per call; reads use batch lookups."""
 
     def __init__(self, bpf: Any):
         self._bpf = bpf
+        self._codecs: Optional[Dict[MapId, MapCodec]] = None
 
     @property
     def bpf(self) -> Any:
         return self._bpf
 
-    def _table(self, map_name: str) -> Tuple[Any, _Conv]:
-        return self._bpf[map_name.encode()], _CONVERTERS[map_name]
+    def _codec(self, map_name: str) -> Tuple[Any, MapCodec]:
+        if self._codecs is None:
+            self._codecs = codecs(self._bpf)
+        return self._bpf[str(map_name).encode()], self._codecs[MapId(map_name)]
 
     def update(self, map_name: str, key: Any, value: Any) -> None:
-        t, (k_to, _, v_to, _) = self._table(map_name)
+        t, codec = self._codec(map_name)
         try:
-            t[k_to(t, key)] = v_to(t, value)
-        except Exception as exc:  # bcc raises bare Exception with the errno text
-            raise OSError(f"{map_name}[{key}] update: {exc}") from exc
+            update_elem(t.map_fd, codec.keys([key]), codec.values([value]))
+        except OSError as exc:
+            raise OSError(exc.errno, f"{map_name}[{key}] update: {exc.strerror}") from exc
 
     def update_many(self, map_name: str, items: Sequence[Tuple[Any, Any]]) -> None:
-        """One BPF_MAP_UPDATE_BATCH call for many records."""
-        t, (k_to, _, v_to, _) = self._table(map_name)
-        keys = (t.Key * len(items))(*(k_to(t, k) for k, _ in items))
-        values = (t.Leaf * len(items))(*(v_to(t, v) for _, v in items))
+        """BPF_MAP_UPDATE_BATCH calls of packed records."""
+        t, codec = self._codec(map_name)
+        for part in chunks(list(items), BATCH):
+            keys = codec.keys(k for k, _ in part)
+            values = codec.values(v for _, v in part)
+            try:
+                update_batch(t.map_fd, keys, values, len(part))
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOTSUPP, errno.EOPNOTSUPP) and \
+                        getattr(exc, "processed", 0) == 0:
+                    # A map type without batch updates (LPM tries on older kernels).
+                    for key, value in part:
+                        self.update(map_name, key, value)
+                    continue
+                raise OSError(exc.errno, f"{map_name}: batch update of {len(part)} records: "
+                                         f"{exc.strerror}") from exc
+
+    def delete(self, map_name: str, key: Any) -> None:
+        """Idempotent: a key already gone is fine."""
+        t, codec = self._codec(map_name)
         try:
-            t.items_update_batch(keys, values)
-        except Exception as exc:  # bcc raises bare Exception with the errno text
-            raise OSError(f"{map_name}: batch update of {len(items)} records: {exc}") from exc
+            delete_elem(t.map_fd, codec.keys([key]))
+        except OSError as exc:
+            raise OSError(exc.errno, f"{map_name}[{key}] delete: {exc.strerror}") from exc
+
+    def delete_many(self, map_name: str, keys: Sequence[Any]) -> None:
+        """BPF_MAP_DELETE_BATCH calls; a key already gone is skipped, not an error."""
+        t, codec = self._codec(map_name)
+        size = codec.key.size
+        for part in chunks(list(keys), BATCH):
+            raw = codec.keys(part)
+            at = 0
+            while at < len(part):
+                try:
+                    delete_batch(t.map_fd, raw[at * size:], len(part) - at)
+                    break
+                except OSError as exc:
+                    done = getattr(exc, "processed", 0)
+                    if exc.errno == errno.ENOENT:
+                        at += done + 1  # the key at `done` was already gone
+                        continue
+                    if exc.errno in (errno.EINVAL, errno.ENOTSUPP, errno.EOPNOTSUPP) and done == 0:
+                        for key in part[at:]:
+                            self.delete(map_name, key)
+                        break
+                    raise OSError(exc.errno, f"{map_name}: batch delete of {len(part)} "
+                                             f"records: {exc.strerror}") from exc
 
     def zero(self, map_name: str, key: int) -> None:
         """Zeroes one id of a per-CPU counter array (every CPU's copy)."""
-        t = self._bpf[map_name.encode()]
-        try:
-            t[t.Key(key)] = t.Leaf()
-        except Exception as exc:  # bcc raises bare Exception with the errno text
-            raise OSError(f"{map_name}[{key}] zero: {exc}") from exc
+        self.zero_many(map_name, [key])
 
-    def delete(self, map_name: str, key: Any) -> None:
-        t, (k_to, _, _, _) = self._table(map_name)
-        try:
-            del t[k_to(t, key)]
-        except KeyError:
-            pass  # already gone: a delete is idempotent
+    def zero_many(self, map_name: str, keys: Sequence[int]) -> None:
+        """Zeroes ids of a per-CPU counter array, a batch per call."""
+        t = self._bpf[str(map_name).encode()]
+        value_size = ctypes.sizeof(t.Leaf)  # every possible CPU's copy, as the syscall wants
+        for part in chunks(list(keys), BATCH):
+            raw = struct.pack(f"={len(part)}I", *part)
+            try:
+                update_batch(t.map_fd, raw, bytes(value_size * len(part)), len(part))
+            except OSError as exc:
+                raise OSError(exc.errno, f"{map_name}: zeroing {len(part)} ids: "
+                                         f"{exc.strerror}") from exc
 
     def dump(self, map_name: str) -> Dict[Any, Any]:
-        t, (_, k_back, _, v_back) = self._table(map_name)
-        records = {k_back(k): v_back(v) for k, v in t.items()}
-        # Slots come back as one table per frontend (see ebpflb.maps.Snapshot).
+        t, codec = self._codec(map_name)
+        try:
+            keys, values, _ = read_hash_raw(t)
+            records = codec.records(keys, values)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUPP, errno.EOPNOTSUPP):
+                raise
+            # A map type without batch lookups (the LPM trie): one by one, through bcc.
+            records = {}
+            for k, v in t.items():
+                records.update(codec.records(bytes(k), bytes(v)))
+        # Slots come back as one table per frontend (see ebpflb.maps.Records).
         return slot_tables(records) if map_name == SLOTS else records
 
 

@@ -1,7 +1,10 @@
-"""The one handle on Debian's libbpf.so.1, for the calls bcc 0.26 does not wrap
-(BPF_PROG_TEST_RUN, batch lookups). ctypes only: no build step, nothing to vendor."""
+"""The one handle on Debian's libbpf.so.1, for the calls bcc 0.26 does not wrap or wraps slowly
+(BPF_PROG_TEST_RUN, batch lookups, updates and deletes of packed records). ctypes only: no build
+step, nothing to vendor."""
 import ctypes
 import ctypes.util
+import errno
+import os
 from functools import lru_cache
 
 
@@ -63,6 +66,62 @@ def prog_name(prog_id: int) -> str:
             return ""
         return info.name.decode(errors="replace")
     finally:
-        import os
-
         os.close(fd)
+
+
+def _fn(name: str, argtypes: list) -> "ctypes._CFuncPtr":
+    fn = getattr(libbpf(), name)
+    fn.argtypes = argtypes
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _check(rc: int, what: str) -> None:
+    if rc < 0:
+        err = ctypes.get_errno() or -rc
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """BPF_MAP_UPDATE_BATCH of `count` packed keys and values. On failure, OSError whose
+    `processed` attribute says how many records went in before the one that failed."""
+    fn = _fn("bpf_map_update_batch", [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                                      ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p])
+    n = ctypes.c_uint32(count)
+    rc = fn(fd, keys, values, ctypes.byref(n), None)
+    if rc < 0:
+        err = ctypes.get_errno() or -rc
+        exc = OSError(err, f"BPF_MAP_UPDATE_BATCH: {os.strerror(err)} after {n.value} of {count}")
+        exc.processed = n.value  # type: ignore[attr-defined]
+        raise exc
+
+
+def delete_batch(fd: int, keys: bytes, count: int) -> int:
+    """BPF_MAP_DELETE_BATCH; returns how many were deleted before an error, raising OSError
+    with `processed` set as update_batch does."""
+    fn = _fn("bpf_map_delete_batch", [ctypes.c_int, ctypes.c_char_p,
+                                      ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p])
+    n = ctypes.c_uint32(count)
+    rc = fn(fd, keys, ctypes.byref(n), None)
+    if rc < 0:
+        err = ctypes.get_errno() or -rc
+        exc = OSError(err, f"BPF_MAP_DELETE_BATCH: {os.strerror(err)} after {n.value} of {count}")
+        exc.processed = n.value  # type: ignore[attr-defined]
+        raise exc
+    return n.value
+
+
+def update_elem(fd: int, key: bytes, value: bytes) -> None:
+    fn = _fn("bpf_map_update_elem", [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                                     ctypes.c_uint64])
+    _check(fn(fd, key, value, 0), "BPF_MAP_UPDATE_ELEM")
+
+
+def delete_elem(fd: int, key: bytes) -> bool:
+    """True when the key was there."""
+    fn = _fn("bpf_map_delete_elem", [ctypes.c_int, ctypes.c_char_p])
+    rc = fn(fd, key)
+    if rc < 0 and (ctypes.get_errno() or -rc) == errno.ENOENT:
+        return False
+    _check(rc, "BPF_MAP_DELETE_ELEM")
+    return True

@@ -1,15 +1,29 @@
 """Sources: where the agent learns Services and EndpointSlices (first step of
-sources -> model -> plan -> apply). Each source hands the agent a Manifests value when what it
-watches changed; the rest of the pipeline does not know which source it came from."""
+sources -> changes -> store -> model -> plan -> apply). A source hands over per-object changes
+(ebpflb.changes), never snapshots, and wakes the agent when it has some: the rest of the pipeline
+does not know which source they came from."""
 from typing import Optional, Protocol
 
-from ..manifests import Manifests
+from ..changes import ChangeBatch
 
 
 class Source(Protocol):
     description: str
-    changed_at: Optional[float]  # wall-clock time of the change the last poll returned, if known
 
-    def poll(self) -> Optional[Manifests]:
-        """New content when it changed since the last call, else None. Raises ManifestErrors
-        for content that changed but is invalid (the caller keeps the last good state)."""
+    @property
+    def synced(self) -> bool:
+        """The source has read its whole state once (before that, take() may hand over less)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def fileno(self) -> Optional[int]:
+        """A descriptor that becomes readable when take() may have something; None: poll."""
+
+    def next_poll(self) -> Optional[float]:
+        """time.monotonic() by which take() should run even without an event; None: never."""
+
+    def take(self) -> ChangeBatch:
+        """Every change since the last call (possibly none). Never raises for bad input: a bad
+        object or file is logged, and its last good version stays."""

@@ -1,51 +1,284 @@
-"""The manifest source: a file, or a directory of *.yaml / *.yml / *.json, read again whenever a
-file in it is added, removed or changed. Change detection compares (name, size, mtime, inode) of
-every file, so an editor's rename-over-write is seen too."""
+"""The manifest source: a file, or a directory of *.yaml / *.yml / *.json, watched with inotify.
+
+sources -> changes -> store -> model -> plan -> apply. The agent wakes on the inotify descriptor
+(`fileno()`); `take()` then looks only at the files an event named, re-reads only those whose
+fingerprint (device, inode, size, mtime, ctime) changed, and hands over the objects whose
+effective version changed (ebpflb.manifest_set decides; ebpflb.documents re-parses only the
+documents whose text changed). A file is read once its writer closed it or renamed it into
+place, never while it is being written. An event on a dot entry (a ConfigMap volume swapping its
+`..data` link) or a lost event queue makes every file be looked at again, and so does a slow
+safety rescan. Where inotify is not available (or runs out of watches) the source polls, and
+reads a changed file only once it stopped changing between two polls.
+
+Whatever the file system does, the answer is an error about that file, never a crash: a
+symlink loop, a dangling link, an unreadable file, a directory or a FIFO where a file was, a file
+that is not UTF-8 or is absurdly large. Such a file, like a file that does not parse, keeps the
+objects it defined last time; only a file that is gone takes its objects with it. A manifest
+directory that disappears keeps everything (an unmounted volume is not a deleted cluster).
+"""
+from __future__ import annotations
+
+import errno
 import logging
 import os
+import stat
+import time
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ..backend_rules import DEFAULT_SERVICE_CIDRS
-from ..manifests import Manifests, load_manifests
+from ..changes import ChangeBatch
+from ..errors import ManifestError
+from ..manifest_set import ManifestSet
+from ..manifests import MANIFEST_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+Fingerprint = Tuple[int, int, int, int, int]  # device, inode, size, mtime ns, ctime ns
+MAX_FILE_BYTES = 1 << 30  # a kubectl dump of 100,000 Services is ~150 MB
+POLL_INTERVAL = 1.0  # seconds between polls without inotify
+RESCAN_INTERVAL = 30.0  # seconds between safety rescans with inotify
 
-Fingerprint = Tuple[Tuple[str, int, int, int], ...]
+
+def _inotify_mask():
+    from inotify_simple import flags
+
+    # No IN_MODIFY: a file is read when its writer is done (close or rename), not mid-write.
+    return (flags.CLOSE_WRITE | flags.MOVED_TO | flags.MOVED_FROM | flags.CREATE | flags.DELETE
+            | flags.ATTRIB | flags.DELETE_SELF | flags.MOVE_SELF)
 
 
 class ManifestSource:
-    def __init__(self, path: str, service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS):
+    def __init__(self, path: str, service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS,
+                 poll_interval: float = POLL_INTERVAL, rescan_interval: float = RESCAN_INTERVAL,
+                 use_inotify: bool = True) -> None:
         self.path = Path(path)
         self.service_cidrs = tuple(service_cidrs)
         self.description = f"manifests {self.path}"
-        self._seen: Optional[Fingerprint] = None
-        # Wall-clock time of the newest file change: where programming latency starts.
+        self.is_dir = self.path.is_dir()
+        self.poll_interval = poll_interval
+        self.rescan_interval = rescan_interval
+        self.mset = ManifestSet(self.service_cidrs, text_of=self._text_for_lines)
+        self._use_inotify = use_inotify
+        self._inotify = None
+        self._watch: Optional[int] = None
+        self._fingerprints: Dict[str, Fingerprint] = {}
+        self._settling: Dict[str, Fingerprint] = {}  # polling: changed once, read if still so
+        self._names: Set[str] = set()  # names events mentioned since the last take
+        self._rescan = True
+        self._next_scan = 0.0
+        self._problems: Dict[str, str] = {}  # file -> its last reported problem (logged once)
+        self.synced = False
         self.changed_at: Optional[float] = None
 
-    def _fingerprint(self) -> Fingerprint:
-        if self.path.is_dir():
-            files = sorted(p for p in self.path.iterdir() if p.suffix in MANIFEST_SUFFIXES)
-        else:
-            files = [self.path]
-        out = []
-        for p in files:
-            try:
-                st = os.stat(p)
-            except FileNotFoundError:
-                continue  # removed between listing and stat: the next poll sees the new state
-            out.append((str(p), st.st_size, st.st_mtime_ns, st.st_ino))
-        return tuple(out)
+    # --- lifecycle -----------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return "inotify" if self._watch is not None else "poll"
 
-    def poll(self) -> Optional[Manifests]:
-        if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no such file or directory")
-        fp = self._fingerprint()
-        if fp == self._seen:
+    def start(self) -> None:
+        if self._use_inotify and self._inotify is None:
+            try:
+                from inotify_simple import INotify
+
+                self._inotify = INotify(nonblocking=True)
+            except (ImportError, OSError) as exc:
+                log.warning("%s: inotify not available (%s): polling every %.1f s",
+                            self.description, exc, self.poll_interval)
+        self._add_watch()
+
+    def _add_watch(self) -> None:
+        if self._inotify is None or self._watch is not None:
+            return
+        target = self.path if self.is_dir else self.path.parent
+        try:
+            self._watch = self._inotify.add_watch(str(target), _inotify_mask())
+        except OSError as exc:
+            # ENOSPC: out of watches (fs.inotify.max_user_watches); ENOENT: not there yet.
+            log.warning("%s: cannot watch %s (%s): polling every %.1f s", self.description,
+                        target, exc.strerror or exc, self.poll_interval)
+            self._watch = None
+
+    def stop(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+            self._watch = None
+
+    def fileno(self) -> Optional[int]:
+        """Readable when a change may be waiting; None while polling."""
+        return self._inotify.fileno() if self._inotify is not None and self._watch is not None else None
+
+    def next_poll(self) -> float:
+        """When (time.monotonic) `take()` should run even without an event."""
+        return self._next_scan
+
+    # --- the Source protocol -------------------------------------------------------------
+    def take(self) -> ChangeBatch:
+        """Reads what changed; the objects whose effective version changed."""
+        now = time.monotonic()
+        self._drain()
+        if self._watch is None:
+            self._add_watch()  # the directory may be back, or watches freed
+        due = now >= self._next_scan
+        if self._rescan or due:
+            interval = self.rescan_interval if self._watch is not None else self.poll_interval
+            self._next_scan = now + interval
+            errors = self._scan(settle=self._watch is None and self.synced)
+        else:
+            errors = self._check_names()
+        self._rescan = False
+        self._names.clear()
+        self.synced = True
+        changes = self.mset.take_changes()
+        batch = ChangeBatch(changes, self.changed_at if changes else None, tuple(errors))
+        if changes:
+            self.changed_at = None
+        return batch
+
+    def problems(self) -> List[ManifestError]:
+        return self.mset.problems()
+
+    # --- events --------------------------------------------------------------------------
+    def _drain(self) -> None:
+        if self._inotify is None or self._watch is None:
+            return
+        from inotify_simple import flags
+
+        try:
+            events = self._inotify.read(timeout=0)
+        except OSError as exc:
+            log.warning("%s: reading inotify events failed (%s): rescanning", self.description, exc)
+            self._rescan = True
+            return
+        for event in events:
+            if event.mask & (flags.Q_OVERFLOW | flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED):
+                self._rescan = True
+                if event.mask & (flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED):
+                    self._watch = None  # the directory itself went: poll until it is back
+            elif event.name.startswith("."):
+                self._rescan = True  # e.g. a ConfigMap volume's ..data link swapped
+            else:
+                self._names.add(event.name)
+
+    # --- files ---------------------------------------------------------------------------
+    def _listing(self) -> Optional[List[str]]:
+        """The manifest files present now, or None when the path itself cannot be listed."""
+        if not self.is_dir:
+            return [str(self.path)]
+        try:
+            with os.scandir(self.path) as entries:
+                return sorted(str(self.path / e.name) for e in entries
+                              if e.name.endswith(MANIFEST_SUFFIXES) and not e.name.startswith("."))
+        except OSError as exc:
+            self._report(str(self.path), f"cannot list the directory ({_why(exc)}): every object "
+                                         "read from it stays programmed")
             return None
-        # Remember the fingerprint before parsing, so a bad edit is reported once, not every poll.
-        self._seen = fp
-        self.changed_at = max((mtime_ns for _, _, mtime_ns, _ in fp), default=0) / 1e9 or None
-        return load_manifests(self.path, service_cidrs=self.service_cidrs)
+
+    def _scan(self, settle: bool) -> List[ManifestError]:
+        listing = self._listing()
+        if listing is None:
+            return []
+        self._problems.pop(str(self.path), None)
+        errors: List[ManifestError] = []
+        for name in sorted(set(listing) | set(self.mset.files())):
+            errors.extend(self._check(name, settle))
+        return errors
+
+    def _check_names(self) -> List[ManifestError]:
+        errors: List[ManifestError] = []
+        for name in sorted(self._names):
+            if self.is_dir:
+                if name.endswith(MANIFEST_SUFFIXES):
+                    errors.extend(self._check(str(self.path / name), settle=False))
+            elif name == self.path.name:
+                errors.extend(self._check(str(self.path), settle=False))
+        return errors
+
+    def _check(self, name: str, settle: bool) -> List[ManifestError]:
+        """Looks at one file; reads it when its fingerprint changed."""
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            if os.path.lexists(name):
+                return self._file_error(name, "dangling symlink (its target is missing)")
+            if self.is_dir:
+                self._gone(name)
+                return []
+            # The one file of a file source: an unmounted volume, not a deleted cluster.
+            return self._file_error(name, "no such file: every object read from it stays "
+                                          "programmed")
+        except OSError as exc:
+            return self._file_error(name, _why(exc))
+        if stat.S_ISDIR(st.st_mode):
+            return self._file_error(name, "is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            return self._file_error(name, "not a regular file (a FIFO, socket or device)")
+        fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if fp == self._fingerprints.get(name):
+            return []
+        if settle and self._settling.get(name) != fp:
+            self._settling[name] = fp  # read at the next poll if it stays so
+            return []
+        self._settling.pop(name, None)
+        if st.st_size > MAX_FILE_BYTES:
+            return self._file_error(name, f"{st.st_size} bytes: larger than {MAX_FILE_BYTES}")
+        try:
+            with open(name, "rb") as f:
+                text = f.read(MAX_FILE_BYTES + 1).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return self._file_error(name, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        except OSError as exc:
+            return self._file_error(name, _why(exc))
+        self._fingerprints[name] = fp
+        self._problems.pop(name, None)
+        mtime = st.st_mtime_ns / 1e9
+        self.changed_at = mtime if self.changed_at is None else min(self.changed_at, mtime)
+        errors = self.mset.update_file(name, text)
+        for e in errors:
+            if e.obj is None:
+                log.error("%s: %s (the objects the file defined stay programmed)",
+                          self.description, e)
+            else:
+                log.error("%s: refused, its last good version stays programmed: %s",
+                          self.description, e)
+        return errors
+
+    def _gone(self, name: str) -> None:
+        self._fingerprints.pop(name, None)
+        self._settling.pop(name, None)
+        self._problems.pop(name, None)
+        if name in self.mset.files():
+            log.info("%s: %s removed, its objects go with it", self.description, name)
+            self.changed_at = time.time() if self.changed_at is None else self.changed_at
+            self.mset.remove_file(name)
+
+    def _file_error(self, name: str, message: str) -> List[ManifestError]:
+        """The file cannot be read as it is now: its objects stay as they were."""
+        error = ManifestError(name, None, None, f"cannot read: {message}")
+        self._fingerprints.pop(name, None)  # read it again once it can be
+        self.mset.file_error(name, error)
+        self._report(name, str(error))
+        return [error]
+
+    def _report(self, name: str, message: str) -> None:
+        if self._problems.get(name) != message:
+            self._problems[name] = message
+            log.error("%s: %s", self.description, message)
+
+    def _text_for_lines(self, name: str) -> Optional[str]:
+        try:
+            with open(name, "rb") as f:
+                return f.read(MAX_FILE_BYTES).decode("utf-8", errors="replace")
+        except OSError:
+            return None
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOTDIR:
+        return "a path component is not a directory"
+    return exc.strerror or str(exc)

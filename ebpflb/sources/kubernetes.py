@@ -1,29 +1,32 @@
 """The Kubernetes API source: list-then-watch of Services, discovery.k8s.io/v1 EndpointSlices and
-Nodes through the official `kubernetes` client (first step of sources -> model -> plan -> apply).
+Nodes through the official `kubernetes` client (first step of sources -> changes -> store -> model
+-> plan -> apply).
 
-One background thread per resource (a "reflector", as client-go calls it) keeps a cache of the raw
-API objects: it lists, then watches from the list's resourceVersion with bookmarks, resumes a
-dropped watch from the last resourceVersion it saw (no relist), relists when the server answers
-410 Gone (an ERROR event or an ApiException), reconnects with capped exponential backoff and full
-jitter, and relists every `resync_seconds` to repair anything a watch could have missed.
+One background thread per resource (a "reflector", as client-go calls it) lists, then watches from
+the list's resourceVersion with bookmarks, resumes a dropped watch from the last resourceVersion
+it saw (no relist), relists when the server answers 410 Gone (an ERROR event or an ApiException),
+reconnects with capped exponential backoff and full jitter, and relists every `resync_seconds` to
+repair anything a watch could have missed (a relist hands over only what differs from what it
+has: objects gone meanwhile become deletions).
 
-`poll()` (the agent calls it every poll interval) turns the cache into a `Manifests` value only
-when something changed since the last poll, so a burst of events becomes one sync. Objects are
-converted exactly as the manifest source converts files: the raw API JSON already is the dict
-shape `kubectl get -o json` prints, and each object is validated by the manifest parser
-(`parse_documents`), once per resourceVersion. Unlike a file, the desired state from the API is
-assembled object by object: an object the parser refuses is skipped with a logged error naming it
-(the API server has already validated it, and one odd object must not freeze every other update).
-A relist that returns what is already cached changes nothing, and a poll whose result equals the
-previous one returns None, so the agent writes no map.
+Each object is converted straight from the API's dict to the model by ebpflb.convert, the same
+converter and rules as the manifest source (no text round trip), once per resourceVersion, in the
+reflector's thread. What changed becomes a per-object change, queued and coalesced per object
+(the latest version wins), and the agent is woken through an eventfd (`fileno()`); `take()` hands
+over everything queued at once, so a burst becomes one sync. Nothing is handed over before every
+resource was listed once: a restarted agent must not program a half-known cluster over the pins
+of its predecessor. An object the converter refuses is logged, naming it and the field; its last
+good version stays (the API server validated it already; one odd object must not stop the
+others). A status-only update changes no model object, so it changes nothing.
 
-`changed_at` is the wall-clock time of the oldest event not yet handed to the agent, so the
-programming-latency histogram measures event-to-map time.
+A change's time is when its event arrived, so the programming-latency histogram measures
+event-to-map time.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -31,9 +34,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..backend_rules import DEFAULT_SERVICE_CIDRS
+from ..changes import Change, ChangeBatch
 from ..convert import convert_api_object
 from ..errors import format_path
-from ..manifests import Manifests
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class ReflectorStats:
     relists_410: int = 0
     errors: int = 0
     events: int = 0
+    refused: int = 0  # objects the converter refused (their last good version stays)
 
 
 class _Gone(Exception):
@@ -106,7 +110,9 @@ class _Reflector:
         self.source = source
         self.resource = resource
         self.list_func: Callable[..., Any] = getattr(api, resource.list_method)
-        self.objects: Dict[Key, Dict[str, Any]] = {}  # guarded by source.lock
+        # key -> (resourceVersion, model object or None): for Nodes the raw object instead.
+        # Written by this thread only; read under source.lock by nodes().
+        self.cache: Dict[Key, Tuple[Optional[str], Any]] = {}
         self.synced = False
         self.resource_version: Optional[str] = None
         self.stats = ReflectorStats()
@@ -167,22 +173,66 @@ class _Reflector:
             data = json.loads(resp.data)
         finally:
             resp.release_conn()
-        items = {self.key(o): o for o in data.get("items") or []}
+        items = data.get("items") or []
         self.resource_version = (data.get("metadata") or {}).get("resourceVersion")
         self._last_list = time.monotonic()
-        with self.source.lock:
-            changed = items != self.objects
-            self.objects = items
-            first = not self.synced
-            self.synced = True
-            if changed or first:
-                self.source._changed_locked()
+        listed = set()
+        before = self.stats.events
+        for obj in items:
+            key = self.key(obj)
+            listed.add(key)
+            self._upsert(key, obj)
+        for key in [k for k in self.cache if k not in listed]:
+            self._delete(key)
+        first = not self.synced
+        self.synced = True
+        self.source._listed(self)
         log.info("listed %d %ss at resourceVersion %s%s", len(items), self.resource.kind,
-                 self.resource_version, "" if changed or first else " (unchanged)")
+                 self.resource_version, "" if first or self.stats.events != before
+                 else " (unchanged)")
         node = self.source.node_name
-        if self.resource is NODES and node and ("", node) not in items:
+        if self.resource is NODES and node and ("", node) not in listed:
             log.warning("node %s (--node-name / NODE_NAME) is not among the %d Nodes the API "
                         "lists", node, len(items))
+
+    def _upsert(self, key: Key, obj: Dict[str, Any]) -> None:
+        """An object as the API has it now: converted once per resourceVersion."""
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        cached = self.cache.get(key)
+        if cached is not None and rv is not None and cached[0] == rv:
+            return
+        self.stats.events += 1
+        if self.resource is NODES:
+            with self.source.lock:
+                self.cache[key] = (rv, obj)
+            return
+        old = cached[1] if cached is not None else None
+        verdict = convert_api_object(self.resource.kind, obj, self.source.service_cidrs)
+        if verdict.refused:
+            self.stats.refused += 1
+            log.error("%s: %s %s/%s refused, %s:\n%s", self.source.description, self.resource.kind,
+                      key[0], key[1], "its last good version stays" if old is not None
+                      else "not programmed", "\n".join(
+                          f"  {format_path(p) or '-'}: {m}" for p, m in verdict.problems))
+            self.cache[key] = (rv, old)
+            return
+        if verdict.ignored:
+            log.info("%s: %s %s/%s ignored: %s", self.source.description, self.resource.kind,
+                     key[0], key[1], verdict.ignored)
+        new = verdict.obj
+        self.cache[key] = (rv, new)
+        if new != old:
+            self.source._emit(Change(self.resource.kind, key, new))
+
+    def _delete(self, key: Key) -> None:
+        cached = self.cache.pop(key, None)
+        if cached is None:
+            return
+        self.stats.events += 1
+        if self.resource is NODES:
+            return
+        if cached[1] is not None:
+            self.source._emit(Change(self.resource.kind, key, None))
 
     def _watch(self) -> None:
         from kubernetes.watch.watch import iter_resp_lines
@@ -217,18 +267,13 @@ class _Reflector:
             self.resource_version = rv
         if kind == "BOOKMARK":
             return
-        self.stats.events += 1
         key = self.key(obj)
-        with self.source.lock:
-            if kind == "DELETED":
-                if self.objects.pop(key, None) is not None:
-                    self.source._changed_locked()
-            elif kind in ("ADDED", "MODIFIED"):
-                if self.objects.get(key) != obj:
-                    self.objects[key] = obj
-                    self.source._changed_locked()
-            else:
-                log.warning("watch %s: unknown event type %r ignored", self.resource.kind, kind)
+        if kind == "DELETED":
+            self._delete(key)
+        elif kind in ("ADDED", "MODIFIED"):
+            self._upsert(key, obj)
+        else:
+            log.warning("watch %s: unknown event type %r ignored", self.resource.kind, kind)
 
     def interrupt(self) -> None:
         resp = self._response
@@ -240,8 +285,8 @@ class _Reflector:
 
 
 class KubernetesSource:
-    """A Source following the API server. `start()` launches the watches; `poll()` is the agent's
-    view; `stop()` ends the watches promptly."""
+    """A Source following the API server. `start()` launches the watches; `take()` is the
+    agent's view; `stop()` ends the watches promptly."""
 
     def __init__(self, api_client: Any, node_name: Optional[str] = None,
                  resync_seconds: float = 300.0, watch_timeout: float = 300.0,
@@ -259,16 +304,12 @@ class KubernetesSource:
         self.backoff_cap = backoff_cap
         host = getattr(api_client.configuration, "host", "?")
         self.description = description or f"kubernetes API {host}"
-        self.changed_at: Optional[float] = None
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
-        self._generation = 0  # bumped (under lock) whenever a cached object really changed
-        self._pending_since: Optional[float] = None  # wall clock of the oldest unpolled change
-        self._polled_generation = -1
-        self._last: Optional[Manifests] = None
-        # (kind, key) -> (resourceVersion, parsed model object or None when refused)
-        self._parsed: Dict[Tuple[str, Key], Tuple[Optional[str], Any]] = {}
+        self._pending: Dict[Tuple[str, Key], Change] = {}  # coalesced per object
+        self._pending_since: Optional[float] = None  # wall clock of the oldest untaken change
         self._waiters = threading.Condition(self.lock)
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         apis = {"CoreV1Api": client.CoreV1Api(api_client),
                 "DiscoveryV1Api": client.DiscoveryV1Api(api_client)}
         self.reflectors = {r.kind: _Reflector(self, r, apis[r.api_class]) for r in RESOURCES}
@@ -292,8 +333,7 @@ class KubernetesSource:
 
     @property
     def synced(self) -> bool:
-        """Every resource listed at least once (before that, poll() returns None: an agent that
-        restarts must not program a half-known cluster over the pins of its predecessor)."""
+        """Every resource listed at least once (before that, take() hands over nothing)."""
         return all(r.synced for r in self.reflectors.values())
 
     def wait_synced(self, timeout: float) -> bool:
@@ -301,72 +341,62 @@ class KubernetesSource:
             return self._waiters.wait_for(lambda: self.synced, timeout)
 
     def wait_changed(self, timeout: float) -> bool:
-        """Blocks until an unpolled change exists (for benchmarks and tests)."""
+        """Blocks until take() has something to hand over (for benchmarks and tests)."""
         with self._waiters:
-            return self._waiters.wait_for(lambda: self._generation != self._polled_generation,
-                                          timeout)
+            return self._waiters.wait_for(lambda: self.synced and bool(self._pending), timeout)
 
-    def _changed_locked(self) -> None:
-        self._generation += 1
-        if self._pending_since is None:
-            self._pending_since = time.time()
-        self._waiters.notify_all()
+    def fileno(self) -> int:
+        """Readable when take() may have something to hand over."""
+        return self._wake_fd
+
+    def next_poll(self) -> Optional[float]:
+        return None  # woken by events only
+
+    def _emit(self, change: Change) -> None:
+        with self._waiters:
+            if not self._pending:
+                self._pending_since = time.time()
+            self._pending[(change.kind, change.key)] = change
+            if self.synced:
+                self._waiters.notify_all()
+        os.eventfd_write(self._wake_fd, 1)
+
+    def _listed(self, reflector: "_Reflector") -> None:
+        with self._waiters:
+            self._waiters.notify_all()
+        os.eventfd_write(self._wake_fd, 1)
 
     def _wake(self) -> None:
         with self._waiters:
             self._waiters.notify_all()
 
     # --- the Source protocol ---------------------------------------------------------------
-    def poll(self) -> Optional[Manifests]:
+    def take(self) -> ChangeBatch:
+        """Every change queued since the last call (nothing before the initial lists)."""
         self.start()
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
         with self.lock:
-            if not self.synced or self._generation == self._polled_generation:
-                return None
-            self._polled_generation = self._generation
-            pending_since, self._pending_since = self._pending_since, None
-            services = dict(self.reflectors["Service"].objects)
-            slices = dict(self.reflectors["EndpointSlice"].objects)
-        # Parsing happens outside the lock so the watches keep reading meanwhile.
-        manifests = Manifests(self._convert(SERVICES, services),
-                              self._convert(ENDPOINTSLICES, slices), ())
-        if manifests == self._last:
-            log.debug("%s: changes left the desired state as it was", self.description)
-            return None
-        self._last = manifests
-        self.changed_at = pending_since
-        return manifests
+            if not self.synced or not self._pending:
+                return ChangeBatch()
+            changes, self._pending = list(self._pending.values()), {}
+            since, self._pending_since = self._pending_since, None
+        return ChangeBatch(changes, since)
 
-    def _convert(self, resource: Resource, objects: Dict[Key, Dict[str, Any]]) -> tuple:
-        out: List[Any] = []
-        for key in sorted(objects):
-            obj = objects[key]
-            rv = (obj.get("metadata") or {}).get("resourceVersion")
-            cached = self._parsed.get((resource.kind, key))
-            if cached is None or cached[0] != rv or rv is None:
-                cached = (rv, self._parse(resource, obj))
-                self._parsed[(resource.kind, key)] = cached
-            if cached[1] is not None:
-                out.append(cached[1])
-        # Forget parses of deleted objects.
-        for k in [k for k in self._parsed if k[0] == resource.kind and k[1] not in objects]:
-            del self._parsed[k]
-        return tuple(out)
-
-    def _parse(self, resource: Resource, obj: Dict[str, Any]):
-        verdict = convert_api_object(resource.kind, obj, self.service_cidrs)
-        if verdict.refused:
-            ns, name = _Reflector.key(obj)
-            log.error("%s: %s %s/%s skipped, it does not validate:\n%s", self.description,
-                      resource.kind, ns, name, "\n".join(
-                          f"{verdict.label}: {format_path(p) or '-'}: {m}" for p, m in verdict.problems))
-            return None
-        return verdict.obj
+    def close(self) -> None:
+        self.stop()
+        try:
+            os.close(self._wake_fd)
+        except OSError:
+            pass
 
     # --- nodes (kept for NodePort and topology work) ---------------------------------------
     def nodes(self) -> Dict[str, Dict[str, List[str]]]:
         """node name -> {address type: [addresses]} as the API reports them."""
         with self.lock:
-            objects = list(self.reflectors["Node"].objects.values())
+            objects = [obj for _, obj in self.reflectors["Node"].cache.values()]
         out: Dict[str, Dict[str, List[str]]] = {}
         for node in objects:
             addrs: Dict[str, List[str]] = {}
@@ -379,7 +409,8 @@ class KubernetesSource:
         if not self.node_name:
             return None
         with self.lock:
-            return self.reflectors["Node"].objects.get(("", self.node_name))
+            cached = self.reflectors["Node"].cache.get(("", self.node_name))
+        return cached[1] if cached is not None else None
 
     def stats(self) -> Dict[str, ReflectorStats]:
         return {kind: r.stats for kind, r in self.reflectors.items()}

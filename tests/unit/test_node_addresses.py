@@ -4,87 +4,80 @@ agent's decision, no kernel)."""
 import pytest
 
 from ebpflb.agent import Agent, AgentOptions
-from ebpflb.model import EndpointSlice, Service, ServicePort
+from ebpflb.changes import Change, ChangeBatch
+from ebpflb.convert import SERVICE as SERVICE_KIND
+from ebpflb.maps import SERVICES, frontend_kind
+from ebpflb.model import Service, ServicePort
+from tests.helpers.dict_writer import DictWriter
 
 pytestmark = pytest.mark.unit
 
 
-class OneShotSource:
-    """Yields its manifests once, then reports no change, like an unchanged file."""
+class QuietSource:
+    """A source whose state was read once and never changes."""
     description = "test source"
-    changed_at = None
+    synced = True
 
-    def __init__(self, manifests):
-        self.manifests = manifests
-
-    def poll(self):
-        out, self.manifests = self.manifests, None
-        return out
+    def take(self):
+        return ChangeBatch()
 
 
-class Manifests:
-    def __init__(self):
-        self.services = [Service("demo", "web", "NodePort", ("10.96.0.10",),
-                                 (ServicePort("http", "TCP", 80, 8080, 30080),))]
-        self.slices: list = []
+SERVICE = Service("demo", "web", "NodePort", ("10.96.0.10",),
+                  (ServicePort("http", "TCP", 80, 8080, 30080),))
 
 
 def agent(**options) -> Agent:
     class Config:
         pin_dir = "/sys/fs/bpf/ebpflb-unit-never-created"
         map_limits: dict = {}
-    return Agent(OneShotSource(Manifests()), Config(), AgentOptions(devices=["lxc*"], **options))
+    a = Agent(QuietSource(), Config(), AgentOptions(devices=["lxc*"], **options))
+    a.start_syncer(DictWriter())
+    a.syncer.take([Change(SERVICE_KIND, ("demo", "web"), SERVICE)])
+    return a
+
+
+def node_ports(a: Agent):
+    return sorted(str(k) for k, v in a.syncer.writer.dump(SERVICES).items()
+                  if frontend_kind(v.flags) == "NodePort")
 
 
 def test_node_devices_addresses_filtered_by_nodeport_addresses():
     a = agent(nodeport_cidrs=("192.168.200.0/24",))
     a.node_addresses_changed(["10.0.2.15", "192.168.200.10"])
     assert a._node_addresses == ("192.168.200.10",)
-    assert a._replan
+    a.sync()
+    assert node_ports(a) == ["192.168.200.10:30080/TCP"]
 
 
 def test_explicit_node_addresses_win_over_devices():
     a = agent(node_addresses=("192.168.200.99",))
     a.node_addresses_changed(["192.168.200.10"])
-    assert a._node_addresses == ("192.168.200.99",) and not a._replan
+    assert a._node_addresses == ("192.168.200.99",)
+    a.sync()
+    assert node_ports(a) == ["192.168.200.99:30080/TCP"]
 
 
 def test_unchanged_addresses_do_not_replan():
     a = agent()
     a.node_addresses_changed(["192.168.200.10"])
-    a._replan = False
+    a.sync()
+    assert not a.syncer.pending
     a.node_addresses_changed(["192.168.200.10"])
-    assert not a._replan
+    assert not a.syncer.pending and a.sync() is None
 
 
-def test_address_change_replans_the_last_good_source_state(monkeypatch):
-    """The first sync programs NodePorts on the address found then; a new address replans from the
-    same manifests although the source reports no change."""
-    import ebpflb.agent as agent_mod
-
-    programmed = []
-
-    def fake_reconcile(desired, writer, limits, current=None, defaults=None):
-        programmed.append(sorted(str(fe) for fe in desired.frontends if fe.kind == "NodePort"))
-
-        class Result:
-            snapshot: dict = {"lb4_services": {}}
-            applied = True
-            plan: list = []
-        return Result()
-
-    monkeypatch.setattr(agent_mod, "reconcile", fake_reconcile)
-    monkeypatch.setattr(agent_mod, "conntrack_purge", lambda plan, remaining=None: None)
+def test_address_change_replans_the_services_with_node_ports():
+    """The first sync programs NodePorts on the address found then; a new address replans the
+    Services with node ports, although the source reports no change."""
     a = agent()
-    monkeypatch.setattr(a, "_write_status", lambda: None)
     a.node_addresses_changed(["192.168.200.10"])
-    a.sync(writer=None)
-    assert programmed == [["192.168.200.10:30080/TCP"]]
-    a.sync(writer=None)  # nothing changed: nothing planned
-    assert len(programmed) == 1
+    a.sync()
+    assert node_ports(a) == ["192.168.200.10:30080/TCP"]
+    assert a.sync() is None  # nothing changed: nothing planned
     a.node_addresses_changed(["192.168.200.20"])
-    a.sync(writer=None)
-    assert programmed[-1] == ["192.168.200.20:30080/TCP"]
+    outcome = a.sync()
+    assert outcome.kind == "incremental" and outcome.services == 1
+    assert node_ports(a) == ["192.168.200.20:30080/TCP"]
 
 
 def test_snat_ports_overlapping_the_ephemeral_range_are_warned(tmp_path, caplog):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebpflb.apply import ApplyError, apply_plan, read_snapshot
-from ebpflb.maps import (BACKENDS, SERVICES, SLOTS, SRC_RANGES, SVC_F_SRC_RANGES, SVC_META,
+from ebpflb.maps import (CONTROL_MAPS, BACKENDS, SERVICES, SLOTS, SRC_RANGES, SVC_F_SRC_RANGES, SVC_META,
                          BackendValue, SlotKey, SvcKey, SvcValue, empty_snapshot, slot_tables)
 from ebpflb.model import Backend, DesiredState, Frontend
 from ebpflb.plan import DELETE, RESET, UPSERT, PlanError, apply_to, compute_plan
@@ -31,7 +31,7 @@ def state(frontends: Dict[Frontend, tuple]) -> DesiredState:
 
 class DictWriter:
     def __init__(self, fail_at: int = -1):
-        self.maps: Dict[str, Dict[Any, Any]] = empty_snapshot()
+        self.maps: Dict[str, Dict[Any, Any]] = {name: {} for name in CONTROL_MAPS}
         self.writes = 0
         self.fail_at = fail_at
 

@@ -1,0 +1,164 @@
+"""Records <-> the bytes the kernel keeps for the control-plane maps (an edge of apply).
+
+A full sync writes hundreds of thousands of records; building a ctypes object per record costs
+more than the kernel's insert. Each map's key and value are therefore packed with `struct` into
+one buffer per batch. The layout is not written here: a `Layout` takes the field offsets and
+sizes from the ctypes types bcc generates from bpf/lb_structs.h and only says how each named field
+is encoded, and it refuses (at load) a struct whose fields no longer match, so a header change
+cannot be packed wrongly. Addresses and ports are network order: `4s` from inet_aton, `2s` from a
+precomputed big-endian table.
+"""
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+
+from ..maps import (BACKENDS, SERVICES, SLOTS, SRC_RANGES, SVC_META, VIPS, BackendValue, MapId,
+                    SlotKey, SrcRangeKey, SvcKey, SvcValue)
+
+_PORT_BYTES = [p.to_bytes(2, "big") for p in range(65536)]
+
+
+def _port_bytes(port: int) -> bytes:
+    return _PORT_BYTES[port]
+
+
+def _port_of(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
+class LayoutError(RuntimeError):
+    """The struct bcc compiled does not have the fields this codec encodes."""
+
+
+class Layout:
+    """A struct.Struct for a ctypes type: `fields` names each field and its struct code, in
+    declaration order; offsets and padding come from the ctypes type."""
+
+    def __init__(self, ctype: Any, fields: Sequence[Tuple[str, str]]) -> None:
+        self.ctype = ctype
+        self.size = ctypes.sizeof(ctype)
+        declared = [name for name, *_ in getattr(ctype, "_fields_", ())]
+        if not declared:  # a scalar (u32): one field, the whole value
+            if len(fields) != 1 or struct.calcsize("=" + fields[0][1]) != self.size:
+                raise LayoutError(f"{ctype.__name__}: a scalar of {self.size} bytes, not {fields}")
+            self.struct = struct.Struct("=" + fields[0][1])
+            return
+        if [name for name, _ in fields] != declared:
+            raise LayoutError(f"{ctype.__name__} has fields {declared}, the codec encodes "
+                              f"{[name for name, _ in fields]}")
+        fmt, at = "=", 0
+        for name, code in fields:
+            member = getattr(ctype, name)
+            if member.offset < at:
+                raise LayoutError(f"{ctype.__name__}.{name} overlaps the field before it")
+            fmt += "x" * (member.offset - at)
+            if struct.calcsize("=" + code) != member.size:
+                raise LayoutError(f"{ctype.__name__}.{name} is {member.size} bytes, the codec "
+                                  f"packs {struct.calcsize('=' + code)} ({code})")
+            fmt += code
+            at = member.offset + member.size
+        fmt += "x" * (self.size - at)
+        self.struct = struct.Struct(fmt)
+
+
+class MapCodec:
+    """Packs and unpacks one map's keys and values (records of ebpflb.maps)."""
+
+    def __init__(self, table: Any, key_fields, value_fields,
+                 key_to: Callable[[Any], tuple], key_from: Callable[[tuple], Any],
+                 value_to: Callable[[Any], tuple], value_from: Callable[[tuple], Any]) -> None:
+        self.key = Layout(table.Key, key_fields)
+        self.value = Layout(table.Leaf, value_fields)
+        self._key_to, self._key_from = key_to, key_from
+        self._value_to, self._value_from = value_to, value_from
+
+    def keys(self, keys: Iterable[Any]) -> bytes:
+        pack, to = self.key.struct.pack, self._key_to
+        return b"".join([pack(*to(k)) for k in keys])
+
+    def values(self, values: Iterable[Any]) -> bytes:
+        pack, to = self.value.struct.pack, self._value_to
+        return b"".join([pack(*to(v)) for v in values])
+
+    def records(self, keys: bytes, values: bytes) -> Dict[Any, Any]:
+        key_from, value_from = self._key_from, self._value_from
+        return {key_from(k): value_from(v) for k, v in zip(self.key.struct.iter_unpack(keys),
+                                                           self.value.struct.iter_unpack(values))}
+
+
+def _svc_key_to(k: SvcKey) -> tuple:
+    return (socket.inet_aton(k.vip), _PORT_BYTES[k.port], k.proto, k.scope)
+
+
+def _svc_key_from(t: tuple) -> SvcKey:
+    return SvcKey(socket.inet_ntoa(t[0]), _port_of(t[1]), t[2], t[3])
+
+
+def _backend_to(v: BackendValue) -> tuple:
+    return (socket.inet_aton(v.addr), _PORT_BYTES[v.port], v.proto, v.flags, v.svc_id)
+
+
+def _backend_from(t: tuple) -> BackendValue:
+    return BackendValue(socket.inet_ntoa(t[0]), _port_of(t[1]), t[2], t[4], t[3])
+
+
+def _meta_to(name: str) -> tuple:
+    return (name.encode(),)  # struct pads with NULs (the kernel record is NUL-terminated)
+
+
+def _meta_from(t: tuple) -> str:
+    return t[0].split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _range_to(k: SrcRangeKey) -> tuple:
+    # LPM trie key: prefixlen counts svc_id's 32 bits (always matched) plus the CIDR's prefix.
+    addr, _, prefix = k.cidr.partition("/")
+    return (32 + int(prefix), k.svc_id, socket.inet_aton(addr))
+
+
+def _range_from(t: tuple) -> SrcRangeKey:
+    return SrcRangeKey(t[1], f"{socket.inet_ntoa(t[2])}/{t[0] - 32}")
+
+
+def _one(v: Any) -> tuple:
+    return (v,)
+
+
+def _first(t: tuple) -> Any:
+    return t[0]
+
+
+def codecs(bpf: Any) -> Dict[MapId, MapCodec]:
+    """The codec of every control-plane map of a bcc BPF object."""
+    def table(map_id: MapId) -> Any:
+        return bpf[map_id.value.encode()]
+
+    return {
+        SERVICES: MapCodec(table(SERVICES),
+                           [("vip", "4s"), ("port", "2s"), ("proto", "B"), ("scope", "B")],
+                           [("svc_id", "I"), ("count", "I"), ("flags", "I"),
+                            ("affinity_timeout", "I")],
+                           _svc_key_to, _svc_key_from, tuple, lambda t: SvcValue(*t)),
+        SLOTS: MapCodec(table(SLOTS), [("svc_id", "I"), ("slot", "I")], [("value", "I")],
+                        tuple, lambda t: SlotKey(*t), _one, _first),
+        BACKENDS: MapCodec(table(BACKENDS), [("value", "I")],
+                           [("addr", "4s"), ("port", "2s"), ("proto", "B"), ("flags", "B"),
+                            ("svc_id", "I")],
+                           _one, _first, _backend_to, _backend_from),
+        SVC_META: MapCodec(table(SVC_META), [("value", "I")], [("name", "128s")],
+                           _one, _first, _meta_to, _meta_from),
+        VIPS: MapCodec(table(VIPS), [("value", "4s")], [("value", "I")],
+                       lambda ip: (socket.inet_aton(ip),), lambda t: socket.inet_ntoa(t[0]),
+                       _one, _first),
+        SRC_RANGES: MapCodec(table(SRC_RANGES),
+                             [("prefixlen", "I"), ("svc_id", "I"), ("addr", "4s")],
+                             [("value", "I")], _range_to, _range_from, _one, _first),
+    }
+
+
+def chunks(items: List[Any], size: int) -> Iterable[List[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,128 @@
+"""Frontends and backends -> the map records that program them (pure core).
+
+sources -> store -> model -> **records** -> plan -> apply. `build_records` turns the frontends one
+Service holds (or all of them, for a full sync) into records, taking ids from an `IdSource`: a
+frontend keeps the service id its key already has, a backend the id it already has under its
+frontend, so an unchanged frontend or backend produces equal records and no write.
+
+A frontend's slots are its backends (hash-mod, "random"; a backend of weight w fills w slots) or
+its Maglev table (a prime number of slots, so a backend change moves few of them and only the
+slots that differ are written). The data path is the same for both: slot = flow hash % count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from ipaddress import ip_network
+from typing import Iterable, List, Protocol, Tuple
+
+from .maglev import DEFAULT_M, maglev_table, validate_m
+from .maps import (BE_F_NO_NEW, FRONTEND_KINDS, PROTO_NUMBERS, SVC_F_ETP_LOCAL, SVC_F_MAGLEV,
+                   SVC_F_SRC_RANGES, SVC_KIND_SHIFT, SVC_NAME_LEN, BackendValue, Records,
+                   SrcRangeKey, SvcKey, SvcValue)
+from .model import Backend, Frontend
+from .policy import ALGORITHMS
+
+_KIND_FLAGS = {kind: i << SVC_KIND_SHIFT for i, kind in enumerate(FRONTEND_KINDS)}
+
+
+@dataclass(frozen=True)
+class PlanDefaults:
+    """What a Service without lb.ebpflb.io annotations gets (agent flags)."""
+    algorithm: str = "random"
+    table_size: int = DEFAULT_M
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        validate_m(self.table_size)
+
+
+class IdSource(Protocol):
+    """Where records get their ids: existing ones kept, new ones never in use anywhere."""
+
+    def service_id(self, key: SvcKey) -> int: ...
+    def backend_id(self, svc_id: int, addr: str, port: int, proto: int) -> int: ...
+
+
+def frontend_key(frontend: Frontend) -> SvcKey:
+    return SvcKey(frontend.vip, frontend.port, PROTO_NUMBERS[frontend.protocol], frontend.scope)
+
+
+def frontend_name(frontend: Frontend) -> str:
+    name = f"{frontend.service}:{frontend.port_name}" if frontend.port_name else frontend.service
+    # The kernel record holds SVC_NAME_LEN - 1 bytes; cut on a character boundary.
+    if len(name) < SVC_NAME_LEN // 4:
+        return name  # cannot exceed the limit even in 4-byte characters
+    return name.encode()[: SVC_NAME_LEN - 1].decode(errors="ignore")
+
+
+@lru_cache(maxsize=4096)
+def _maglev_cached(names: Tuple[bytes, ...], m: int, weights: Tuple[int, ...]) -> Tuple[int, ...]:
+    # Services usually share nothing, but a resync recomputes every table: cache the unchanged.
+    return tuple(maglev_table(list(names), m, list(weights)))
+
+
+def frontend_slots(frontend: Frontend, backends: Tuple[Backend, ...],
+                   defaults: PlanDefaults) -> Tuple[Tuple[int, ...], int]:
+    """Indices into `backends` for each slot of the frontend, and the service flags."""
+    policy = frontend.policy
+    algorithm = policy.algorithm or defaults.algorithm
+    if not policy.weights and algorithm != "maglev":
+        return tuple(range(len(backends))), 0  # the common case, on every plan of every frontend
+    weights = tuple(policy.weight(b.ip) for b in backends)
+    if algorithm == "maglev":
+        if not any(weights):
+            return (), SVC_F_MAGLEV
+        names = tuple(f"{b.ip}:{b.port}".encode() for b in backends)
+        return _maglev_cached(names, policy.table_size or defaults.table_size, weights), SVC_F_MAGLEV
+    return tuple(i for i, w in enumerate(weights) for _ in range(w)), 0
+
+
+def ipv4_ranges(ranges: Tuple[str, ...]) -> List[str]:
+    """The IPv4 CIDRs of a frontend's source ranges, normalized (the v4 maps hold only those)."""
+    out = []
+    for cidr in ranges:
+        net = ip_network(cidr, strict=False)
+        if net.version == 4 and str(net) not in out:
+            out.append(str(net))
+    return out
+
+
+def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids: IdSource,
+                  defaults: PlanDefaults, out: Records) -> None:
+    """Adds the records of `frontends` to `out` (VIP counts included), ids from `ids`."""
+    services, slots, backends_out = out.services, out.slots, out.backends
+    meta, vips, src_ranges = out.meta, out.vips, out.src_ranges
+    backend_id = ids.backend_id
+    for frontend, backends in frontends:
+        key = SvcKey(frontend.vip, frontend.port, PROTO_NUMBERS[frontend.protocol], frontend.scope)
+        proto = key.proto
+        svc_id = ids.service_id(key)
+        policy = frontend.policy
+        # Every backend is programmed, even one of weight 0: it has no slot, but the CLI shows
+        # it and its counters go on while its established flows drain.
+        weighted = bool(policy.weights)
+        backend_ids = []
+        for backend in backends:
+            drain = BE_F_NO_NEW if weighted and policy.weight(backend.ip) == 0 else 0
+            bid = backend_id(svc_id, backend.ip, backend.port, proto)
+            backends_out[bid] = BackendValue(backend.ip, backend.port, proto, svc_id, drain)
+            backend_ids.append(bid)
+        slot_indices, flags = frontend_slots(frontend, backends, defaults)
+        if slot_indices:
+            slots[svc_id] = (tuple(backend_ids) if len(slot_indices) == len(backend_ids)
+                             and not flags and not weighted
+                             else tuple(map(backend_ids.__getitem__, slot_indices)))
+        flags |= _KIND_FLAGS[frontend.kind]
+        if frontend.external_local:
+            flags |= SVC_F_ETP_LOCAL
+        if frontend.source_ranges:
+            # Set even when no range is IPv4 (all IPv6): then no IPv4 client is allowed, the
+            # safe reading of a list that was meant to restrict.
+            flags |= SVC_F_SRC_RANGES
+            for cidr in ipv4_ranges(frontend.source_ranges):
+                src_ranges[SrcRangeKey(svc_id, cidr)] = 1
+        services[key] = SvcValue(svc_id, len(slot_indices), flags, frontend.affinity_timeout)
+        meta[svc_id] = frontend_name(frontend)
+        vips[key.vip] = vips.get(key.vip, 0) + 1

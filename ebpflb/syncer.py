@@ -1,0 +1,243 @@
+"""The agent's control-plane state between events, and one sync step at a time (pure core apart
+from the MapWriter it is given).
+
+sources -> changes -> **store -> model -> planner -> apply**. `take()` files a batch of object
+changes: the store keeps the objects, the model recomputes the Services they touch (and any
+Service a clash moved). `sync()` then plans those Services alone against the records they own
+and applies the plan: one endpoint change costs one Service, at any cluster size. A burst is
+whatever arrived since the last sync, planned and written as one.
+
+A full sync (the whole desired state against a read-back of the maps) runs first, after any
+failed apply, and when the agent's timer asks (`request_full`); in steady state it finds
+nothing, and what it does find is drift, logged and counted. A plan that does not fit is refused
+whole and its Services stay pending, retried with the next sync; the maps keep what they had.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Set, Tuple
+
+from .apply import ApplyError, MapWriter, apply_plan, read_snapshot
+from .changes import Change
+from .convert import ObjectKey
+from .desired import ClusterModel
+from .model import DesiredState, HealthCheck, ModelContext, SkippedService
+from .plan import ConntrackPurge, Plan, PlanError, conntrack_purge
+from .planner import Planner
+from .records import PlanDefaults
+from .store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+INCREMENTAL = "incremental"
+FULL = "full"
+PERIODIC = "periodic"  # the full sync of the agent's slow timer: whatever it writes is drift
+# A batch at least this large is planned with the cyclic garbage collector paused: building
+# records allocates in bulk, and collections walking the whole heap would cost more than the work.
+BULK = 1000
+
+
+APPLIED = "applied"
+REFUSED = "refused"  # the plan would not fit (PlanError): nothing written
+FAILED = "failed"  # a write failed (ApplyError): the earlier writes were undone
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    kind: str  # INCREMENTAL or FULL
+    status: str  # APPLIED, REFUSED or FAILED
+    plan: Plan
+    services: int  # Services planned
+    seconds: float  # plan + apply
+    plan_seconds: float
+    error: Optional[str] = None
+    reason: str = ""  # why a full sync ran: "start", "after a failed apply", "periodic", ...
+    purged: Optional[ConntrackPurge] = None
+
+    @property
+    def applied(self) -> bool:
+        return self.status == APPLIED
+
+    @property
+    def writes(self) -> int:
+        return len(self.plan) if self.applied else 0
+
+
+@dataclass
+class SyncCounters:
+    incremental: int = 0
+    full: int = 0
+    refused: int = 0
+    failed: int = 0
+    writes: int = 0
+    drift_repairs: int = 0  # writes a full sync made that no change asked for
+    history: Dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def paused_gc(bulk: bool) -> Iterator[None]:
+    """The cyclic collector off for bulk work (back on afterwards if it was on)."""
+    was = gc.isenabled()
+    if bulk and was:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if bulk and was:
+            gc.enable()
+
+
+class Syncer:
+    def __init__(self, writer: MapWriter, limits: Optional[Mapping[str, int]] = None,
+                 defaults: PlanDefaults = PlanDefaults(), ctx: ModelContext = ModelContext(),
+                 purge: Optional[Callable[[ConntrackPurge], int]] = None) -> None:
+        self.writer = writer
+        self.store = ObjectStore()
+        self.model = ClusterModel(ctx)
+        self.planner = Planner(limits, defaults)
+        self.counters = SyncCounters()
+        self._purge = purge
+        self._pending: Set[ObjectKey] = set()  # Services whose model changed, not yet programmed
+        self._full_reason: Optional[str] = "start"
+        self._synced_once = False
+
+    # --- input ---------------------------------------------------------------------------
+    def take(self, changes: Iterable[Change]) -> int:
+        """Files object changes; returns how many Services they touch."""
+        changes = list(changes)
+        with paused_gc(len(changes) >= BULK):
+            touched = self.store.apply(changes)
+            self._pending |= self.model.update(self.store, touched)
+        return len(touched)
+
+    def set_context(self, ctx: ModelContext) -> int:
+        """New node facts (node addresses for NodePorts); returns how many Services they touch."""
+        keys = self.model.set_context(ctx)
+        if keys:
+            with paused_gc(len(keys) >= BULK):
+                self._pending |= self.model.update(self.store, keys)
+        return len(keys)
+
+    def request_full(self, reason: str) -> None:
+        if self._full_reason is None:
+            self._full_reason = reason
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def pending(self) -> bool:
+        """A sync has something to do."""
+        return bool(self._pending) or self._full_reason is not None
+
+    @property
+    def synced_once(self) -> bool:
+        return self._synced_once
+
+    def health_checks(self) -> Tuple[HealthCheck, ...]:
+        return self.model.health_checks()
+
+    def skipped(self) -> Tuple[SkippedService, ...]:
+        return self.model.skipped()
+
+    def desired_state(self) -> DesiredState:
+        """The whole desired state (costs the whole state: CLI and tests)."""
+        return self.model.desired_state()
+
+    # --- sync ----------------------------------------------------------------------------
+    def sync(self) -> Optional[SyncOutcome]:
+        """Programs what is pending: a full sync when one is due, else the changed Services.
+        None when there was nothing to do."""
+        if self._full_reason is not None and (self._full_reason != PERIODIC or not self._pending):
+            return self.full_sync(self._full_reason)
+        if not self._pending:
+            return None
+        keys = self._pending
+        started = time.perf_counter()
+        with paused_gc(len(keys) >= BULK):
+            changed = {key: self.model.frontends_of(key) for key in keys}
+            try:
+                pending = self.planner.plan(changed)
+            except PlanError as exc:
+                self.counters.refused += 1
+                if "held by" in str(exc):  # the planner and the model disagree: start afresh
+                    self.request_full("planner and model disagree")
+                log.error("%d changed Services not programmed: %s", len(keys), exc)
+                return SyncOutcome(INCREMENTAL, REFUSED, Plan(), len(keys),
+                                   time.perf_counter() - started, time.perf_counter() - started,
+                                   str(exc))
+            planned = time.perf_counter()
+            outcome = self._apply(INCREMENTAL, pending, len(keys), started, planned, "")
+        if outcome.applied:
+            self._pending = set()
+            self.counters.incremental += 1
+        return outcome
+
+    def full_sync(self, reason: str = "requested") -> SyncOutcome:
+        started = time.perf_counter()
+        # Everything the model holds is about to be programmed from scratch.
+        self._pending = set()
+        with paused_gc(True):
+            current = read_snapshot(self.writer)
+            everything = {key: self.model.frontends_of(key) for key in self.model.holders()}
+            try:
+                pending = self.planner.plan_full(everything, current)
+            except PlanError as exc:
+                # Nothing was written. Until a full sync fits, the maps keep what they held and
+                # no incremental plan can start from them: the full sync stays due.
+                self.counters.refused += 1
+                self._full_reason = reason
+                log.error("full sync (%s) not programmed: %s", reason, exc)
+                return SyncOutcome(FULL, REFUSED, Plan(), len(everything),
+                                   time.perf_counter() - started, time.perf_counter() - started,
+                                   str(exc), reason)
+            planned = time.perf_counter()
+            outcome = self._apply(FULL, pending, len(everything), started, planned, reason)
+        if outcome.applied:
+            self._full_reason = None
+            self.counters.full += 1
+            if reason == PERIODIC and outcome.writes:
+                # Pending changes were programmed first: whatever this one wrote is drift.
+                self.counters.drift_repairs += outcome.writes
+                log.warning("full sync (%s) repaired drift: %d map writes: %s", reason,
+                            outcome.writes, outcome.plan.counts())
+            self._synced_once = True
+            # The state now lives as long as the agent: keep the cyclic GC from walking it on
+            # every collection (a third off event-to-map latency at 10k Services, measured).
+            gc.collect()
+            gc.freeze()
+        return outcome
+
+    def _apply(self, kind: str, pending, services: int, started: float, planned: float,
+               reason: str) -> SyncOutcome:
+        plan = pending.plan
+        if not plan:
+            pending.commit()
+            now = time.perf_counter()
+            return SyncOutcome(kind, APPLIED, plan, services, now - started, planned - started,
+                               reason=reason)
+        try:
+            apply_plan(plan, self.writer)
+        except ApplyError as exc:
+            pending.abort()
+            self.counters.failed += 1
+            self._full_reason = "after a failed apply"
+            log.error("%s sync: %s; a full sync follows", kind, exc)
+            now = time.perf_counter()
+            return SyncOutcome(kind, FAILED, plan, services, now - started, planned - started,
+                               str(exc), reason)
+        pending.commit()
+        self.counters.writes += len(plan)
+        purge = conntrack_purge(plan, self.planner.frontend_ids())
+        if purge and self._purge is not None:
+            try:
+                removed = self._purge(purge)
+                log.info("%d conntrack entries removed (%d frontends gone, %d UDP backends gone)",
+                         removed, len(purge.svc_ids), len(purge.udp_backends))
+            except OSError as exc:  # the flows time out on their own; serving goes on
+                log.warning("conntrack clean-up failed: %s", exc)
+        now = time.perf_counter()
+        return SyncOutcome(kind, APPLIED, plan, services, now - started, planned - started,
+                           reason=reason, purged=purge)

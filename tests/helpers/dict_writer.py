@@ -1,0 +1,53 @@
+"""A MapWriter over plain dicts, for pure tests of the planner, the syncer and the agent's logic.
+The bpf tier applies the same plans to real maps through ebpflb.dataplane.bcc_maps."""
+from typing import Any, Dict, List, Sequence, Tuple
+
+from ebpflb.maps import CONTROL_MAPS, SLOTS, slot_tables
+
+
+class DictWriter:
+    """`fail_at`: the write (0-based, counting single records) that raises once, as a map that was
+    full for a moment; `calls` counts writer calls (a batch is one)."""
+
+    def __init__(self, fail_at: int = -1) -> None:
+        self.maps: Dict[str, Dict[Any, Any]] = {name: {} for name in CONTROL_MAPS}
+        self.counters: Dict[str, Dict[int, int]] = {}
+        self.writes = 0
+        self.calls = 0
+        self.fail_at = fail_at
+        self.log: List[Tuple[str, str, Any]] = []  # (action, map, key) in order
+
+    def _tick(self) -> None:
+        if self.writes == self.fail_at:
+            self.fail_at = -1
+            raise OSError(28, "No space left on device")
+        self.writes += 1
+
+    def update(self, m: str, k: Any, v: Any) -> None:
+        self.calls += 1
+        self._update(m, k, v)
+
+    def _update(self, m: str, k: Any, v: Any) -> None:
+        self._tick()
+        self.maps[m][k] = v
+        self.log.append(("upsert", str(m), k))
+
+    def update_many(self, m: str, items: Sequence[Tuple[Any, Any]]) -> None:
+        self.calls += 1
+        for k, v in items:
+            self._update(m, k, v)
+
+    def delete(self, m: str, k: Any) -> None:
+        self.calls += 1
+        self._tick()
+        self.maps[m].pop(k, None)
+        self.log.append(("delete", str(m), k))
+
+    def zero(self, m: str, k: Any) -> None:
+        self.calls += 1
+        self._tick()
+        self.counters.setdefault(str(m), {})[k] = 0
+        self.log.append(("reset", str(m), k))
+
+    def dump(self, m: str) -> Dict[Any, Any]:
+        return slot_tables(self.maps[m]) if m == SLOTS else dict(self.maps[m])
