@@ -26,9 +26,9 @@ class OneByOne:
     def __getattr__(self, name):
         return getattr(self.writer, name)
 
-    def update_many(self, map_name, items):
-        for key, value in items:
-            self.writer.update(map_name, key, value)
+    def upsert(self, map_name, keys, values):
+        for key, value in zip(keys, values):
+            self.writer.upsert(map_name, [key], [value])
 
 
 def state(n: int, drop: int = -1):

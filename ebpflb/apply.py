@@ -9,21 +9,24 @@ last good state instead of staying half-applied.
 """
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Protocol, Sequence
 
-from .maps import CONTROL_MAPS, Records, Snapshot
+from .maps import CONTROL_MAPS, MapId, Records, Snapshot
 from .plan import DELETE, RESET, UPSERT, Op, Plan, Step
 
 log = logging.getLogger(__name__)
 
 
 class MapWriter(Protocol):
-    def update(self, map_name: str, key: Any, value: Any) -> None: ...
-    def update_many(self, map_name: str, items: Sequence[Tuple[Any, Any]]) -> None: ...
-    def delete(self, map_name: str, key: Any) -> None: ...
-    def zero(self, map_name: str, key: Any) -> None: ...
-    def dump(self, map_name: str) -> Dict[Any, Any]: ...
-    # Optional batch forms (used when present): delete_many(map, keys), zero_many(map, keys).
+    """Writes and reads the control-plane maps, a batch per call (a single record is a batch of
+    one). Keys and values are the records of ebpflb.maps."""
+
+    def upsert(self, map_id: MapId, keys: Sequence[Any], values: Sequence[Any]) -> None: ...
+    def delete(self, map_id: MapId, keys: Sequence[Any]) -> None:
+        """Idempotent: a key already gone is not an error."""
+    def zero(self, map_id: MapId, ids: Sequence[int]) -> None:
+        """Zeroes the per-CPU counters of these ids."""
+    def dump(self, map_id: MapId) -> Dict[Any, Any]: ...
 
 
 class ApplyError(RuntimeError):
@@ -49,32 +52,23 @@ def read_snapshot(writer: MapWriter) -> Snapshot:
 
 
 def _do(writer: MapWriter, step: Step) -> None:
-    items = step.items
     if step.action == UPSERT:
-        if len(items) == 1:
-            key, _, new = items[0]
-            writer.update(step.map, key, new)
-        else:
-            writer.update_many(step.map, [(key, new) for key, _, new in items])
-        return
-    keys = [key for key, _, _ in items]
-    many = getattr(writer, "delete_many" if step.action == DELETE else "zero_many", None)
-    if many is not None and len(keys) > 1:
-        many(step.map, keys)
-        return
-    one = writer.delete if step.action == DELETE else writer.zero
-    for key in keys:
-        one(step.map, key)
+        writer.upsert(step.map, step.keys, step.news)
+    elif step.action == DELETE:
+        writer.delete(step.map, step.keys)
+    else:
+        writer.zero(step.map, step.keys)
 
 
 def _undo(writer: MapWriter, step: Step) -> None:
     if step.action == RESET:
         return  # the counters of an id nobody used are not worth restoring
-    for key, old, _ in reversed(step.items):
-        if old is None:
-            writer.delete(step.map, key)
-        else:
-            writer.update(step.map, key, old)
+    restore = [(k, old) for k, old in zip(step.keys, step.olds) if old is not None]
+    new = [k for k, old in zip(step.keys, step.olds) if old is None]
+    if new:
+        writer.delete(step.map, new)
+    if restore:
+        writer.upsert(step.map, [k for k, _ in restore], [old for _, old in restore])
 
 
 def apply_plan(plan: Plan, writer: MapWriter) -> ApplyResult:
@@ -87,7 +81,7 @@ def apply_plan(plan: Plan, writer: MapWriter) -> ApplyResult:
             # rest, which still hold the old values) along with everything before it.
             first = next(step.ops())
             log.error("map write failed: %s (a step of %d writes): %s; undoing %d steps",
-                      first, len(step.items), exc, len(done) + 1)
+                      first, len(step.keys), exc, len(done) + 1)
             rolled_back = True
             for earlier in reversed(done + [step]):
                 try:

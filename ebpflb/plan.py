@@ -95,17 +95,29 @@ def _fmt_value(value: Any) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
 class Step:
-    """One action on one map over many records: items are (key, old, new)."""
+    """One action on one map over many records, as parallel tuples: keys, old values (None for a
+    new key) and new values (None for a delete or a reset). Applied as one batch."""
 
-    action: Action
-    map: MapId
-    items: Tuple[Tuple[Any, Any, Any], ...]
+    __slots__ = ("action", "map", "keys", "olds", "news")
+
+    def __init__(self, action: Action, map_id: MapId, keys: Sequence[Any],
+                 olds: Optional[Sequence[Any]] = None, news: Optional[Sequence[Any]] = None) -> None:
+        self.action = action
+        self.map = map_id
+        self.keys = tuple(keys)
+        self.olds = tuple(olds) if olds is not None else (None,) * len(self.keys)
+        self.news = tuple(news) if news is not None else (None,) * len(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
     def ops(self) -> Iterator[Op]:
-        for key, old, new in self.items:
+        for key, old, new in zip(self.keys, self.olds, self.news):
             yield Op(self.action, self.map, key, old, new)
+
+    def __repr__(self) -> str:
+        return f"Step({self.action.value} {self.map.value} x{len(self.keys)})"
 
 
 class Plan:
@@ -116,24 +128,23 @@ class Plan:
     def __init__(self, steps: Sequence[Step] | Sequence[Op] = ()) -> None:
         if steps and isinstance(steps[0], Op):
             steps = Plan.of_ops(steps).steps  # type: ignore[arg-type]
-        self.steps: Tuple[Step, ...] = tuple(s for s in steps if s.items)  # type: ignore[union-attr]
+        self.steps: Tuple[Step, ...] = tuple(s for s in steps if s.keys)  # type: ignore[union-attr]
         self._ops: Optional[Tuple[Op, ...]] = None
 
     @classmethod
     def of_ops(cls, ops: Iterable[Op]) -> "Plan":
         """A plan from single writes (consecutive ones of one action and map share a step)."""
         steps: List[Step] = []
-        run: List[Tuple[Any, Any, Any]] = []
-        head: Optional[Op] = None
+        run: List[Op] = []
         for op in ops:
-            if head is not None and (op.action, op.map) != (head.action, head.map):
-                steps.append(Step(head.action, head.map, tuple(run)))
+            if run and (op.action, op.map) != (run[0].action, run[0].map):
+                steps.append(Step(run[0].action, run[0].map, [o.key for o in run],
+                                  [o.old for o in run], [o.new for o in run]))
                 run = []
-            if not run:
-                head = op
-            run.append((op.key, op.old, op.new))
-        if head is not None and run:
-            steps.append(Step(head.action, head.map, tuple(run)))
+            run.append(op)
+        if run:
+            steps.append(Step(run[0].action, run[0].map, [o.key for o in run],
+                              [o.old for o in run], [o.new for o in run]))
         return cls(steps)
 
     @property
@@ -146,7 +157,7 @@ class Plan:
         return bool(self.steps)
 
     def __len__(self) -> int:
-        return sum(len(s.items) for s in self.steps)
+        return sum(len(s.keys) for s in self.steps)
 
     def __add__(self, other: "Plan") -> "Plan":
         return Plan(self.steps + other.steps)
@@ -156,7 +167,7 @@ class Plan:
         out: Dict[str, int] = {}
         for step in self.steps:
             name = f"{step.map.value} {step.action.value}"
-            out[name] = out.get(name, 0) + len(step.items)
+            out[name] = out.get(name, 0) + len(step.keys)
         return out
 
     def render(self) -> str:
@@ -165,26 +176,36 @@ class Plan:
         return "\n".join(str(op) for op in self.ops)
 
 
-def _slot_upserts(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]
-                  ) -> List[Tuple[Any, Any, Any]]:
-    items = []
+def _slot_upserts(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]) -> Step:
+    keys: List[SlotKey] = []
+    olds: List[Optional[int]] = []
+    news: List[int] = []
     for svc_id in sorted(svc for svc, table in want.items() if have.get(svc) != table):
         new, old = want[svc_id], have.get(svc_id, ())
+        if not old:
+            keys.extend(SlotKey(svc_id, slot) for slot in range(len(new)))
+            olds.extend((None,) * len(new))
+            news.extend(new)
+            continue
         padded = old + (NO_BACKEND,) * (len(new) - len(old))
         for slot, (a, b) in enumerate(zip(padded, new)):
             if a != b:
-                items.append((SlotKey(svc_id, slot), a if a != NO_BACKEND else None, b))
-    return items
+                keys.append(SlotKey(svc_id, slot))
+                olds.append(a if a != NO_BACKEND else None)
+                news.append(b)
+    return Step(UPSERT, SLOTS, keys, olds, news)
 
 
-def _slot_deletes(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]
-                  ) -> List[Tuple[Any, Any, Any]]:
-    items = []
+def _slot_deletes(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]) -> Step:
+    keys: List[SlotKey] = []
+    olds: List[int] = []
     for svc_id in sorted(svc for svc, table in have.items() if len(want.get(svc, ())) < len(table)):
         old, keep = have[svc_id], len(want.get(svc_id, ()))
-        items.extend((SlotKey(svc_id, slot), old[slot], None)
-                     for slot in range(keep, len(old)) if old[slot] != NO_BACKEND)
-    return items
+        for slot in range(keep, len(old)):
+            if old[slot] != NO_BACKEND:
+                keys.append(SlotKey(svc_id, slot))
+                olds.append(old[slot])
+    return Step(DELETE, SLOTS, keys, olds)
 
 
 def diff(desired: Records, current: Records) -> Plan:
@@ -195,23 +216,26 @@ def diff(desired: Records, current: Records) -> Plan:
     for name in WRITE_ORDER:
         want, have = desired[name], current[name]
         if name == SLOTS:
-            upserts.append(Step(UPSERT, name, tuple(_slot_upserts(want, have))))
+            upserts.append(_slot_upserts(want, have))
             continue
         if not have:
             changed = list(want)
-        else:
-            get = have.get
-            changed = [key for key, value in want.items() if get(key) != value]
+            changed.sort(key=_sort_key(name))
+            upserts.append(Step(UPSERT, name, changed, None, [want[k] for k in changed]))
+            continue
+        get = have.get
+        changed = [key for key, value in want.items() if get(key) != value]
         changed.sort(key=_sort_key(name))
-        upserts.append(Step(UPSERT, name, tuple((key, have.get(key), want[key]) for key in changed)))
+        upserts.append(Step(UPSERT, name, changed, [get(k) for k in changed],
+                            [want[k] for k in changed]))
     for name in reversed(WRITE_ORDER):
         want, have = desired[name], current[name]
         if name == SLOTS:
-            deletes.append(Step(DELETE, name, tuple(_slot_deletes(want, have))))
+            deletes.append(_slot_deletes(want, have))
             continue
         gone = [key for key in have if key not in want]
         gone.sort(key=_sort_key(name))
-        deletes.append(Step(DELETE, name, tuple((key, have[key], None) for key in gone)))
+        deletes.append(Step(DELETE, name, gone, [have[k] for k in gone]))
     return Plan(upserts + deletes)
 
 
@@ -241,7 +265,7 @@ def check_capacity(plan: Plan, held: Mapping[MapId, int], limits: Mapping[str, i
     added: Dict[MapId, int] = {}
     for step in plan.steps:
         if step.action == UPSERT:
-            added[step.map] = added.get(step.map, 0) + sum(1 for _, old, _ in step.items if old is None)
+            added[step.map] = added.get(step.map, 0) + step.olds.count(None)
     for name, limit in limits.items():
         peak = held.get(MapId(name), 0) + added.get(MapId(name), 0)
         if peak > limit:
@@ -252,8 +276,8 @@ def check_capacity(plan: Plan, held: Mapping[MapId, int], limits: Mapping[str, i
 def counter_resets(new_svc_ids: Iterable[int], new_backend_ids: Iterable[int]) -> Plan:
     """Zeroing steps for ids the plan hands out that nothing in the maps holds now: their
     counters may still hold the traffic of an earlier owner of the id."""
-    return Plan([Step(RESET, SVC_STATS, tuple((i, None, None) for i in sorted(new_svc_ids))),
-                 Step(RESET, BACKEND_STATS, tuple((i, None, None) for i in sorted(new_backend_ids)))])
+    return Plan([Step(RESET, SVC_STATS, sorted(new_svc_ids)),
+                 Step(RESET, BACKEND_STATS, sorted(new_backend_ids))])
 
 
 def compute_plan(desired: DesiredState, current: Snapshot,
@@ -281,7 +305,7 @@ def apply_to(snapshot: Snapshot, plan: Plan) -> Snapshot:
         if step.action == RESET:
             continue  # counters are not part of a snapshot
         if step.map == SLOTS:
-            for key, _, new in step.items:
+            for key, new in zip(step.keys, step.news):
                 table = tables.get(key.svc_id)
                 if table is None:
                     table = tables[key.svc_id] = list(out.slots.get(key.svc_id, ()))
@@ -294,11 +318,10 @@ def apply_to(snapshot: Snapshot, plan: Plan) -> Snapshot:
             continue
         records = out[step.map]
         if step.action == DELETE:
-            for key, _, _ in step.items:
+            for key in step.keys:
                 records.pop(key, None)
         else:
-            for key, _, new in step.items:
-                records[key] = new
+            records.update(zip(step.keys, step.news))
     for svc_id, table in tables.items():
         while table and table[-1] == NO_BACKEND:
             table.pop()
@@ -332,10 +355,10 @@ def conntrack_purge(plan: Plan, remaining: Optional[Mapping[SvcKey, Any]] = None
         if step.action != DELETE:
             continue
         if step.map == SERVICES:
-            deleted.update((old.svc_id, key) for key, old, _ in step.items)
+            deleted.update((old.svc_id, key) for key, old in zip(step.keys, step.olds))
     for step in plan.steps:
         if step.action == DELETE and step.map == BACKENDS:
-            udp.update((old.svc_id, old.addr, old.port) for _, old, _ in step.items
+            udp.update((old.svc_id, old.addr, old.port) for old in step.olds
                        if old.proto == PROTO_NUMBERS["UDP"] and old.svc_id not in deleted)
     moved = {svc_id for svc_id, key in deleted.items()
              if remaining is not None and key._replace(scope=1 - key.scope) in remaining}

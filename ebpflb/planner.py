@@ -72,6 +72,7 @@ class _Ids:
             v = backends[backend_id]
             self._backend_ids[(v.svc_id, v.addr, v.port, v.proto)] = backend_id  # type: ignore[attr-defined]
         self._svc_pool, self._backend_pool = svc_pool, backend_pool
+        self._take_backend = backend_pool.take
         self.new_svc_ids: List[int] = []
         self.new_backend_ids: List[int] = []
 
@@ -86,7 +87,7 @@ class _Ids:
         identity = (svc_id, addr, port, proto)
         backend_id = self._backend_ids.get(identity)
         if backend_id is None:
-            backend_id = self._backend_ids[identity] = self._backend_pool.take()
+            backend_id = self._backend_ids[identity] = self._take_backend()
             self.new_backend_ids.append(backend_id)
         return backend_id
 

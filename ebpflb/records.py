@@ -91,29 +91,44 @@ def ipv4_ranges(ranges: Tuple[str, ...]) -> List[str]:
 
 def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids: IdSource,
                   defaults: PlanDefaults, out: Records) -> None:
-    """Adds the records of `frontends` to `out` (VIP counts included), ids from `ids`."""
+    """Adds the records of `frontends` to `out` (VIP counts included), ids from `ids`. The hot
+    loop of a full sync (every frontend of the cluster): the common case (no weights, hash-mod)
+    takes the short path."""
     services, slots, backends_out = out.services, out.slots, out.backends
     meta, vips, src_ranges = out.meta, out.vips, out.src_ranges
-    backend_id = ids.backend_id
+    backend_id, service_id = ids.backend_id, ids.service_id
+    plain_default = defaults.algorithm != "maglev"
     for frontend, backends in frontends:
-        key = SvcKey(frontend.vip, frontend.port, PROTO_NUMBERS[frontend.protocol], frontend.scope)
-        proto = key.proto
-        svc_id = ids.service_id(key)
+        proto = PROTO_NUMBERS[frontend.protocol]
+        key = SvcKey(frontend.vip, frontend.port, proto, frontend.scope)
+        svc_id = service_id(key)
         policy = frontend.policy
-        # Every backend is programmed, even one of weight 0: it has no slot, but the CLI shows
-        # it and its counters go on while its established flows drain.
-        weighted = bool(policy.weights)
-        backend_ids = []
-        for backend in backends:
-            drain = BE_F_NO_NEW if weighted and policy.weight(backend.ip) == 0 else 0
-            bid = backend_id(svc_id, backend.ip, backend.port, proto)
-            backends_out[bid] = BackendValue(backend.ip, backend.port, proto, svc_id, drain)
-            backend_ids.append(bid)
-        slot_indices, flags = frontend_slots(frontend, backends, defaults)
-        if slot_indices:
-            slots[svc_id] = (tuple(backend_ids) if len(slot_indices) == len(backend_ids)
-                             and not flags and not weighted
-                             else tuple(map(backend_ids.__getitem__, slot_indices)))
+        if not policy.weights and not policy.algorithm and plain_default:
+            # Hash-mod without weights: one slot per backend, in backend order.
+            backend_ids = []
+            for backend in backends:
+                ip, port = backend.ip, backend.port
+                bid = backend_id(svc_id, ip, port, proto)
+                backends_out[bid] = BackendValue(ip, port, proto, svc_id, 0)
+                backend_ids.append(bid)
+            count = len(backend_ids)
+            if count:
+                slots[svc_id] = tuple(backend_ids)
+            flags = 0
+        else:
+            # Every backend is programmed, even one of weight 0: it has no slot, but the CLI
+            # shows it and its counters go on while its established flows drain.
+            weighted = bool(policy.weights)
+            backend_ids = []
+            for backend in backends:
+                drain = BE_F_NO_NEW if weighted and policy.weight(backend.ip) == 0 else 0
+                bid = backend_id(svc_id, backend.ip, backend.port, proto)
+                backends_out[bid] = BackendValue(backend.ip, backend.port, proto, svc_id, drain)
+                backend_ids.append(bid)
+            slot_indices, flags = frontend_slots(frontend, backends, defaults)
+            count = len(slot_indices)
+            if count:
+                slots[svc_id] = tuple(map(backend_ids.__getitem__, slot_indices))
         flags |= _KIND_FLAGS[frontend.kind]
         if frontend.external_local:
             flags |= SVC_F_ETP_LOCAL
@@ -123,6 +138,7 @@ def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids
             flags |= SVC_F_SRC_RANGES
             for cidr in ipv4_ranges(frontend.source_ranges):
                 src_ranges[SrcRangeKey(svc_id, cidr)] = 1
-        services[key] = SvcValue(svc_id, len(slot_indices), flags, frontend.affinity_timeout)
+        services[key] = SvcValue(svc_id, count, flags, frontend.affinity_timeout)
         meta[svc_id] = frontend_name(frontend)
-        vips[key.vip] = vips.get(key.vip, 0) + 1
+        vip = frontend.vip
+        vips[vip] = vips.get(vip, 0) + 1

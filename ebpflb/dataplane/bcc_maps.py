@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..maps import PROTO_NAMES, SLOTS, MapId, slot_tables
-from .codec import MapCodec, chunks, codecs
+from .codec import MapCodec, codecs
 from .libbpf import delete_batch, delete_elem, update_batch, update_elem
 from .percpu import read_hash_raw
 
@@ -64,76 +64,68 @@ class BccMapWriter:
             self._codecs = codecs(self._bpf)
         return self._bpf[str(map_name).encode()], self._codecs[MapId(map_name)]
 
-    def update(self, map_name: str, key: Any, value: Any) -> None:
-        t, codec = self._codec(map_name)
-        try:
-            update_elem(t.map_fd, codec.keys([key]), codec.values([value]))
-        except OSError as exc:
-            raise OSError(exc.errno, f"{map_name}[{key}] update: {exc.strerror}") from exc
-
-    def update_many(self, map_name: str, items: Sequence[Tuple[Any, Any]]) -> None:
+    def upsert(self, map_id: MapId, keys: Sequence[Any], values: Sequence[Any]) -> None:
         """BPF_MAP_UPDATE_BATCH calls of packed records."""
-        t, codec = self._codec(map_name)
-        for part in chunks(list(items), BATCH):
-            keys = codec.keys(k for k, _ in part)
-            values = codec.values(v for _, v in part)
+        t, codec = self._codec(map_id)
+        for at in range(0, len(keys), BATCH):
+            part_keys, part_values = keys[at:at + BATCH], values[at:at + BATCH]
+            raw_keys, raw_values = codec.keys(part_keys), codec.values(part_values)
             try:
-                update_batch(t.map_fd, keys, values, len(part))
+                if len(part_keys) == 1:
+                    update_elem(t.map_fd, raw_keys, raw_values)
+                else:
+                    update_batch(t.map_fd, raw_keys, raw_values, len(part_keys))
             except OSError as exc:
                 if exc.errno in (errno.EINVAL, errno.ENOTSUPP, errno.EOPNOTSUPP) and \
-                        getattr(exc, "processed", 0) == 0:
+                        getattr(exc, "processed", None) == 0:
                     # A map type without batch updates (LPM tries on older kernels).
-                    for key, value in part:
-                        self.update(map_name, key, value)
+                    for key, value in zip(part_keys, part_values):
+                        self.upsert(map_id, [key], [value])
                     continue
-                raise OSError(exc.errno, f"{map_name}: batch update of {len(part)} records: "
-                                         f"{exc.strerror}") from exc
+                what = f"[{part_keys[0]}]" if len(part_keys) == 1 else f" ({len(part_keys)} records)"
+                raise OSError(exc.errno, f"{map_id}{what} update: {exc.strerror}") from exc
 
-    def delete(self, map_name: str, key: Any) -> None:
-        """Idempotent: a key already gone is fine."""
-        t, codec = self._codec(map_name)
-        try:
-            delete_elem(t.map_fd, codec.keys([key]))
-        except OSError as exc:
-            raise OSError(exc.errno, f"{map_name}[{key}] delete: {exc.strerror}") from exc
-
-    def delete_many(self, map_name: str, keys: Sequence[Any]) -> None:
+    def delete(self, map_id: MapId, keys: Sequence[Any]) -> None:
         """BPF_MAP_DELETE_BATCH calls; a key already gone is skipped, not an error."""
-        t, codec = self._codec(map_name)
+        t, codec = self._codec(map_id)
         size = codec.key.size
-        for part in chunks(list(keys), BATCH):
+        for at in range(0, len(keys), BATCH):
+            part = keys[at:at + BATCH]
             raw = codec.keys(part)
-            at = 0
-            while at < len(part):
+            if len(part) == 1:
                 try:
-                    delete_batch(t.map_fd, raw[at * size:], len(part) - at)
+                    delete_elem(t.map_fd, raw)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"{map_id}[{part[0]}] delete: {exc.strerror}") from exc
+                continue
+            done = 0
+            while done < len(part):
+                try:
+                    delete_batch(t.map_fd, raw[done * size:], len(part) - done)
                     break
                 except OSError as exc:
-                    done = getattr(exc, "processed", 0)
+                    processed = getattr(exc, "processed", 0)
                     if exc.errno == errno.ENOENT:
-                        at += done + 1  # the key at `done` was already gone
+                        done += processed + 1  # the key at `processed` was already gone
                         continue
-                    if exc.errno in (errno.EINVAL, errno.ENOTSUPP, errno.EOPNOTSUPP) and done == 0:
-                        for key in part[at:]:
-                            self.delete(map_name, key)
+                    if exc.errno in (errno.EINVAL, errno.ENOTSUPP, errno.EOPNOTSUPP) and processed == 0:
+                        for key in part[done:]:
+                            self.delete(map_id, [key])
                         break
-                    raise OSError(exc.errno, f"{map_name}: batch delete of {len(part)} "
+                    raise OSError(exc.errno, f"{map_id}: batch delete of {len(part)} "
                                              f"records: {exc.strerror}") from exc
 
-    def zero(self, map_name: str, key: int) -> None:
-        """Zeroes one id of a per-CPU counter array (every CPU's copy)."""
-        self.zero_many(map_name, [key])
-
-    def zero_many(self, map_name: str, keys: Sequence[int]) -> None:
-        """Zeroes ids of a per-CPU counter array, a batch per call."""
-        t = self._bpf[str(map_name).encode()]
+    def zero(self, map_id: MapId, ids: Sequence[int]) -> None:
+        """Zeroes ids of a per-CPU counter array (every CPU's copy), a batch per call."""
+        t = self._bpf[str(map_id).encode()]
         value_size = ctypes.sizeof(t.Leaf)  # every possible CPU's copy, as the syscall wants
-        for part in chunks(list(keys), BATCH):
+        for at in range(0, len(ids), BATCH):
+            part = ids[at:at + BATCH]
             raw = struct.pack(f"={len(part)}I", *part)
             try:
                 update_batch(t.map_fd, raw, bytes(value_size * len(part)), len(part))
             except OSError as exc:
-                raise OSError(exc.errno, f"{map_name}: zeroing {len(part)} ids: "
+                raise OSError(exc.errno, f"{map_id}: zeroing {len(part)} ids: "
                                          f"{exc.strerror}") from exc
 
     def dump(self, map_name: str) -> Dict[Any, Any]:

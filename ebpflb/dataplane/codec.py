@@ -13,7 +13,8 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
-from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
+from itertools import chain
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..maps import (BACKENDS, SERVICES, SLOTS, SRC_RANGES, SVC_META, VIPS, BackendValue, MapId,
                     SlotKey, SrcRangeKey, SvcKey, SvcValue)
@@ -44,42 +45,66 @@ class Layout:
         if not declared:  # a scalar (u32): one field, the whole value
             if len(fields) != 1 or struct.calcsize("=" + fields[0][1]) != self.size:
                 raise LayoutError(f"{ctype.__name__}: a scalar of {self.size} bytes, not {fields}")
-            self.struct = struct.Struct("=" + fields[0][1])
+            self.body = fields[0][1]
+            self.scalar = True
+            self.struct = struct.Struct("=" + self.body)
             return
         if [name for name, _ in fields] != declared:
             raise LayoutError(f"{ctype.__name__} has fields {declared}, the codec encodes "
                               f"{[name for name, _ in fields]}")
-        fmt, at = "=", 0
+        body, at = "", 0
         for name, code in fields:
             member = getattr(ctype, name)
             if member.offset < at:
                 raise LayoutError(f"{ctype.__name__}.{name} overlaps the field before it")
-            fmt += "x" * (member.offset - at)
+            body += "x" * (member.offset - at)
             if struct.calcsize("=" + code) != member.size:
                 raise LayoutError(f"{ctype.__name__}.{name} is {member.size} bytes, the codec "
                                   f"packs {struct.calcsize('=' + code)} ({code})")
-            fmt += code
+            body += code
             at = member.offset + member.size
-        fmt += "x" * (self.size - at)
-        self.struct = struct.Struct(fmt)
+        body += "x" * (self.size - at)
+        self.body = body
+        self.scalar = False
+        self.struct = struct.Struct("=" + body)
+
+    @property
+    def flat(self) -> bool:
+        """Every field an integer, none skipped: a record that is a tuple of its fields in order
+        (or a scalar) packs as part of one run of integers."""
+        return all(c in "BHIQ" for c in self.body)
+
+    def pack_flat(self, records: Sequence[Any]) -> bytes:
+        """Many records in one struct call."""
+        if self.scalar:
+            return struct.pack(f"={len(records)}{self.body}", *records)
+        return struct.pack("=" + self.body * len(records), *chain.from_iterable(records))
 
 
 class MapCodec:
-    """Packs and unpacks one map's keys and values (records of ebpflb.maps)."""
+    """Packs and unpacks one map's keys and values (records of ebpflb.maps). Records whose
+    fields are all integers in layout order pack in one call per batch (`to` is None)."""
 
     def __init__(self, table: Any, key_fields, value_fields,
-                 key_to: Callable[[Any], tuple], key_from: Callable[[tuple], Any],
-                 value_to: Callable[[Any], tuple], value_from: Callable[[tuple], Any]) -> None:
+                 key_to: Optional[Callable[[Any], tuple]], key_from: Callable[[tuple], Any],
+                 value_to: Optional[Callable[[Any], tuple]], value_from: Callable[[tuple], Any]) -> None:
         self.key = Layout(table.Key, key_fields)
         self.value = Layout(table.Leaf, value_fields)
+        for layout, to in ((self.key, key_to), (self.value, value_to)):
+            if to is None and not layout.flat:
+                raise LayoutError(f"{layout.ctype.__name__}: not all integers, needs an encoder")
         self._key_to, self._key_from = key_to, key_from
         self._value_to, self._value_from = value_to, value_from
 
-    def keys(self, keys: Iterable[Any]) -> bytes:
+    def keys(self, keys: Sequence[Any]) -> bytes:
+        if self._key_to is None:
+            return self.key.pack_flat(keys)
         pack, to = self.key.struct.pack, self._key_to
         return b"".join([pack(*to(k)) for k in keys])
 
-    def values(self, values: Iterable[Any]) -> bytes:
+    def values(self, values: Sequence[Any]) -> bytes:
+        if self._value_to is None:
+            return self.value.pack_flat(values)
         pack, to = self.value.struct.pack, self._value_to
         return b"".join([pack(*to(v)) for v in values])
 
@@ -123,10 +148,6 @@ def _range_from(t: tuple) -> SrcRangeKey:
     return SrcRangeKey(t[1], f"{socket.inet_ntoa(t[2])}/{t[0] - 32}")
 
 
-def _one(v: Any) -> tuple:
-    return (v,)
-
-
 def _first(t: tuple) -> Any:
     return t[0]
 
@@ -141,24 +162,19 @@ def codecs(bpf: Any) -> Dict[MapId, MapCodec]:
                            [("vip", "4s"), ("port", "2s"), ("proto", "B"), ("scope", "B")],
                            [("svc_id", "I"), ("count", "I"), ("flags", "I"),
                             ("affinity_timeout", "I")],
-                           _svc_key_to, _svc_key_from, tuple, lambda t: SvcValue(*t)),
+                           _svc_key_to, _svc_key_from, None, lambda t: SvcValue(*t)),
         SLOTS: MapCodec(table(SLOTS), [("svc_id", "I"), ("slot", "I")], [("value", "I")],
-                        tuple, lambda t: SlotKey(*t), _one, _first),
+                        None, lambda t: SlotKey(*t), None, _first),
         BACKENDS: MapCodec(table(BACKENDS), [("value", "I")],
                            [("addr", "4s"), ("port", "2s"), ("proto", "B"), ("flags", "B"),
                             ("svc_id", "I")],
-                           _one, _first, _backend_to, _backend_from),
+                           None, _first, _backend_to, _backend_from),
         SVC_META: MapCodec(table(SVC_META), [("value", "I")], [("name", "128s")],
-                           _one, _first, _meta_to, _meta_from),
+                           None, _first, _meta_to, _meta_from),
         VIPS: MapCodec(table(VIPS), [("value", "4s")], [("value", "I")],
                        lambda ip: (socket.inet_aton(ip),), lambda t: socket.inet_ntoa(t[0]),
-                       _one, _first),
+                       None, _first),
         SRC_RANGES: MapCodec(table(SRC_RANGES),
                              [("prefixlen", "I"), ("svc_id", "I"), ("addr", "4s")],
-                             [("value", "I")], _range_to, _range_from, _one, _first),
+                             [("value", "I")], _range_to, _range_from, None, _first),
     }
-
-
-def chunks(items: List[Any], size: int) -> Iterable[List[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

@@ -6,8 +6,9 @@ from ebpflb.maps import CONTROL_MAPS, SLOTS, slot_tables
 
 
 class DictWriter:
-    """`fail_at`: the write (0-based, counting single records) that raises once, as a map that was
-    full for a moment; `calls` counts writer calls (a batch is one)."""
+    """`fail_at`: the record write (0-based, over all calls) that raises once, as a map that was
+    full for a moment; the records of its batch before it are written, as the kernel does.
+    `calls` counts writer calls (a batch is one); `log` lists every record written, in order."""
 
     def __init__(self, fail_at: int = -1) -> None:
         self.maps: Dict[str, Dict[Any, Any]] = {name: {} for name in CONTROL_MAPS}
@@ -23,31 +24,32 @@ class DictWriter:
             raise OSError(28, "No space left on device")
         self.writes += 1
 
-    def update(self, m: str, k: Any, v: Any) -> None:
+    def upsert(self, m: str, keys: Sequence[Any], values: Sequence[Any]) -> None:
         self.calls += 1
-        self._update(m, k, v)
+        for k, v in zip(keys, values):
+            self._upsert_one(m, k, v)
 
-    def _update(self, m: str, k: Any, v: Any) -> None:
+    def _upsert_one(self, m: str, k: Any, v: Any) -> None:
         self._tick()
         self.maps[m][k] = v
         self.log.append(("upsert", str(m), k))
 
-    def update_many(self, m: str, items: Sequence[Tuple[Any, Any]]) -> None:
+    def delete(self, m: str, keys: Sequence[Any]) -> None:
         self.calls += 1
-        for k, v in items:
-            self._update(m, k, v)
+        for k in keys:
+            self._delete_one(m, k)
 
-    def delete(self, m: str, k: Any) -> None:
-        self.calls += 1
+    def _delete_one(self, m: str, k: Any) -> None:
         self._tick()
         self.maps[m].pop(k, None)
         self.log.append(("delete", str(m), k))
 
-    def zero(self, m: str, k: Any) -> None:
+    def zero(self, m: str, ids: Sequence[int]) -> None:
         self.calls += 1
-        self._tick()
-        self.counters.setdefault(str(m), {})[k] = 0
-        self.log.append(("reset", str(m), k))
+        for k in ids:
+            self._tick()
+            self.counters.setdefault(str(m), {})[k] = 0
+            self.log.append(("reset", str(m), k))
 
     def dump(self, m: str) -> Dict[Any, Any]:
         return slot_tables(self.maps[m]) if m == SLOTS else dict(self.maps[m])

@@ -129,12 +129,12 @@ class ApiLike:
 class CheckingWriter(DictWriter):
     """Checks, after every single write, what a packet could see."""
 
-    def _update(self, m, k, v):
-        super()._update(m, k, v)
+    def _upsert_one(self, m, k, v):
+        super()._upsert_one(m, k, v)
         assert_consistent(self.maps)
 
-    def delete(self, m, k):
-        super().delete(m, k)
+    def _delete_one(self, m, k):
+        super()._delete_one(m, k)
         assert_consistent(self.maps)
 
 

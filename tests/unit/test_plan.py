@@ -14,6 +14,7 @@ from ebpflb.maps import (CONTROL_MAPS, BACKENDS, SERVICES, SLOTS, SRC_RANGES, SV
                          BackendValue, SlotKey, SvcKey, SvcValue, empty_snapshot, slot_tables)
 from ebpflb.model import Backend, DesiredState, Frontend
 from ebpflb.plan import DELETE, RESET, UPSERT, PlanError, apply_to, compute_plan
+from tests.helpers.dict_writer import DictWriter
 
 pytestmark = pytest.mark.unit
 
@@ -27,38 +28,6 @@ def b(i: int, port: int = 8080) -> Backend:
 
 def state(frontends: Dict[Frontend, tuple]) -> DesiredState:
     return DesiredState(frontends=dict(frontends), skipped=())
-
-
-class DictWriter:
-    def __init__(self, fail_at: int = -1):
-        self.maps: Dict[str, Dict[Any, Any]] = {name: {} for name in CONTROL_MAPS}
-        self.writes = 0
-        self.fail_at = fail_at
-
-    def _tick(self):
-        if self.writes == self.fail_at:
-            self.fail_at = -1  # one failure, like a map that was full once
-            raise OSError(28, "No space left on device")
-        self.writes += 1
-
-    def update(self, m, k, v):
-        self._tick()
-        self.maps[m][k] = v
-
-    def update_many(self, m, items):
-        for k, v in items:
-            self.update(m, k, v)
-
-    def delete(self, m, k):
-        self._tick()
-        self.maps[m].pop(k, None)
-
-    def zero(self, m, k):
-        self._tick()
-        self.maps.setdefault(m, {})[k] = 0
-
-    def dump(self, m):
-        return slot_tables(self.maps[m]) if m == SLOTS else dict(self.maps[m])
 
 
 def test_initial_plan_writes_dependencies_first():
