@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
+from .gcpause import give_back_memory
 from .model import HealthCheck, ModelContext
 from .records import PlanDefaults
 from .sources import Source
@@ -50,6 +51,15 @@ def _warn_snat_overlap(snat_ports: Tuple[int, int],
                     snat_ports[0], snat_ports[1], low, high)
         return True
     return False
+
+
+def rss_mib() -> float:
+    """This process's resident memory (VmRSS), MiB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _in_cidrs(address: str, cidrs: Tuple[str, ...]) -> bool:
@@ -86,6 +96,12 @@ class AgentState:
     last_error: Optional[str] = None
     skipped: List[dict] = field(default_factory=list)
     last_sync: Optional[dict] = None  # what the last applied sync did
+    # Seconds from start: programs compiled and loaded, source read, first sync done, ready.
+    startup: dict = field(default_factory=dict)
+    rss_loaded_mib: float = 0.0  # after the programs were compiled: bcc and LLVM's share
+    # The source's revision whose changes are all in the maps (manifests: the newest file
+    # modification read, ns; the API: per kind, the newest resourceVersion): what "applied" means.
+    applied_revision: Any = None
 
 
 class Agent:
@@ -107,6 +123,8 @@ class Agent:
         self._unsynced_since: Optional[float] = None  # wall clock of the oldest change not in the maps
         self._retry_at = 0.0  # no sync before this (time.monotonic) after a refusal or failure
         self._status_due: Optional[float] = None
+        self._taken_revision: Any = None  # the source's revision at the last take
+        self._started = time.monotonic()
 
     # --- the model's view of this node -----------------------------------------------------
     def _context(self) -> ModelContext:
@@ -154,6 +172,8 @@ class Agent:
     def take_changes(self) -> int:
         """Hands what the source has over to the syncer; returns how many changes."""
         batch = self.source.take()
+        revision = getattr(self.source, "revision", None)
+        self._taken_revision = revision() if revision is not None else None
         if batch.changes and self.syncer is not None:
             touched = self.syncer.take(batch.changes)
             since = batch.since if batch.since is not None else time.time()
@@ -201,6 +221,9 @@ class Agent:
             self._record_metrics(outcome)
         if outcome.applied and not syncer.pending:
             self._unsynced_since = None
+            if self._taken_revision is not None:
+                self.state.applied_revision = self._taken_revision
+                self._status_due = time.monotonic()
         self.state.skipped = [{"service": s.ref, "reason": s.reason} for s in syncer.skipped()]
         now = time.monotonic()
         if self._status_due is None or self.state.syncs <= 1 or not outcome.applied:
@@ -229,6 +252,10 @@ class Agent:
                 "pid": os.getpid(), "source": self.source.description, "time": time.time(),
                 "syncs": self.state.syncs, "rejected": self.state.rejected,
                 "last_error": self.state.last_error, "last_sync": self.state.last_sync,
+                "applied_revision": self.state.applied_revision,
+                "startup_s": self.state.startup,
+                "memory": {"rss_mib": round(rss_mib(), 1),
+                           "rss_after_program_load_mib": round(self.state.rss_loaded_mib, 1)},
                 "drift_repairs": syncer.counters.drift_repairs if syncer else 0,
                 "pending": bool(syncer and syncer.pending),
                 "skipped": self.state.skipped,
@@ -261,15 +288,17 @@ class Agent:
             if health is not None:
                 health.close()
 
+    def _phase(self, name: str) -> None:
+        self.state.startup[name] = round(time.monotonic() - self._started, 3)
+
     def _wait_for_source(self) -> None:
         """Until the source has read its whole state once (or the agent is told to stop)."""
         self.source.start()
         while not self._stop and not self.source.synced:
-            self.take_changes()
-            if self.source.synced:
-                break
             fds = [self._wake_r] + ([self.source.fileno()] if self.source.fileno() is not None else [])
             select.select(fds, [], [], 0.5)
+            self.take_changes()  # hands over nothing until the whole state is read
+        self.take_changes()  # the whole state, planned by the first (full) sync
 
     def _run(self) -> int:
         # Kernel edges imported here so the module stays importable without bcc or pyroute2.
@@ -284,6 +313,9 @@ class Agent:
         from .dataplane.node_attach import NodeAttacher
 
         progs = load_programs(self.config)
+        give_back_memory()  # what clang and LLVM freed after compiling
+        self._phase("programs")
+        self.state.rss_loaded_mib = rss_mib()
         self._purge = lambda svc_ids, udp: ct_purge(progs.bpf, svc_ids, udp)
         self.start_syncer(BccMapWriter(progs.bpf))
         ipr = IPRoute()
@@ -305,7 +337,9 @@ class Agent:
         monitor = None
         try:
             self._wait_for_source()
+            self._phase("source")
             self.sync()  # the full sync against whatever the pins hold
+            self._phase("first_sync")
             monitor = LinkMonitor()
             attacher = Attacher(ipr, self.options.devices,
                                 Program(progs.from_pod.fd, progs.from_pod.name.decode()),
@@ -314,13 +348,20 @@ class Agent:
             if nodes is not None:
                 nodes.rescan()
                 self._nodes = nodes
+            self._phase("ready")
             self._write_status()
             if self.metrics is not None and self.options.metrics_address:
                 self.metrics.serve(self.options.metrics_address, progs.bpf)
             log.info("agent ready: %s, devices %s, node devices %s (%s), pins in %s, on exit: %s "
-                     "the data plane", self.source.description, ",".join(self.options.devices),
+                     "the data plane; started in %.1f s (programs %.1f s, source %.1f s, first "
+                     "sync %.2f s), RSS %.0f MiB (%.0f MiB after loading the programs)",
+                     self.source.description, ",".join(self.options.devices),
                      ",".join(self.options.node_devices) or "none", self.options.node_mode,
-                     self.config.pin_dir, self.options.on_exit)
+                     self.config.pin_dir, self.options.on_exit, self.state.startup["ready"],
+                     self.state.startup["programs"],
+                     self.state.startup["source"] - self.state.startup["programs"],
+                     self.state.startup["first_sync"] - self.state.startup["source"], rss_mib(),
+                     self.state.rss_loaded_mib)
             if self.options.ready_file:
                 with open(self.options.ready_file, "w") as f:
                     f.write(f"{os.getpid()}\n")

@@ -16,7 +16,7 @@ from .errors import ManifestError
 KINDS = (SERVICE, ENDPOINT_SLICE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Change:
     kind: str  # SERVICE or ENDPOINT_SLICE
     key: ObjectKey  # (namespace, name)

@@ -41,7 +41,7 @@ ObjectKey = Tuple[str, str]  # (namespace, name)
 ModelObject = Union[Service, EndpointSlice]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Converted:
     """The verdict on one object: a model object, a refusal (problems), or a reason it is not
     used at all (another kind, a slice that names no Service)."""

@@ -26,6 +26,7 @@ from .backend_rules import DEFAULT_SERVICE_CIDRS
 from .convert import Converted, convert_document
 from .errors import FieldPath, ManifestError, format_path
 from .fields import a_type, show
+from .gcpause import paused_gc
 
 # The YAML loader: the C one when PyYAML was built with libyaml (kubectl dumps can be large).
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -40,6 +41,8 @@ _CONSTRUCT_ERRORS = (ValueError, TypeError, AttributeError, KeyError, OverflowEr
 # them, so a text holding any is read as one chunk.
 _DOC_START = re.compile(r"^---(?=[ \t\r\n]|$)", re.M)
 _DIRECTIVE = re.compile(r"^%", re.M)
+# Texts larger than this are parsed with the cyclic garbage collector paused (ebpflb.gcpause).
+BIG_TEXT = 64 * 1024
 
 
 class _YamlLoader(_BaseLoader):  # type: ignore[misc,valid-type]
@@ -74,7 +77,7 @@ class TextError(Exception):
         self.line = line
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectEntry:
     """One object of a text: its verdict, where it is, and its problems as reportable errors."""
 
@@ -85,7 +88,7 @@ class ObjectEntry:
     errors: Tuple[ManifestError, ...] = ()  # the converter's problems, with lines
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CachedChunk:
     """The verdicts of one clean chunk: how many documents it held, and its objects as
     (document index in the chunk, base path, content digest, verdict)."""
@@ -284,7 +287,8 @@ def read_text(text: str, source: str, service_cidrs: Sequence[str] = DEFAULT_SER
     entries: List[ObjectEntry] = []
     cidrs = tuple(service_cidrs)
     parsed = 0
-    json_docs = _json_document(text) if _is_json(text) else None
+    with paused_gc(len(text) > BIG_TEXT):
+        json_docs = _json_document(text) if _is_json(text) else None
     units = [(0, text)] if json_docs is not None else split_chunks(text)
     docno = 0
     for first_line, chunk in units:
@@ -296,12 +300,24 @@ def read_text(text: str, source: str, service_cidrs: Sequence[str] = DEFAULT_SER
             docno += cached.documents
             new.chunks[chunk_digest] = cached
             continue
+        split = _split_list(chunk) if json_docs is None else None
+        listed = _read_list(split, old, new, source, cidrs, chunk, first_line, docno + 1) \
+            if split is not None else None
+        if listed is not None:
+            found_items, item_entries, item_bytes = listed
+            parsed += item_bytes
+            entries.extend(item_entries)
+            if all(not e.errors for e in item_entries):
+                new.chunks[chunk_digest] = CachedChunk(1, tuple(found_items))
+            docno += 1
+            continue
         parsed += len(chunk)
         if json_docs is not None:
             docs = json_docs
         else:
             try:
-                docs = _yaml_documents(chunk)
+                with paused_gc(len(chunk) > BIG_TEXT):
+                    docs = _yaml_documents(chunk)
             except TextError as exc:
                 line = exc.line + first_line if exc.line is not None else None
                 return TextResult([], [ManifestError(source, None, None, exc.message, line)],
@@ -330,6 +346,87 @@ def read_text(text: str, source: str, service_cidrs: Sequence[str] = DEFAULT_SER
             new.chunks[chunk_digest] = CachedChunk(len(docs), tuple(found))
         docno += len(docs)
     return TextResult(entries, [], new, parsed)
+
+
+# kubectl's List: `items:` at column 0, its entries `- ` at column 0, the rest of the document at
+# column 0 after it. YAML anchors and aliases could tie items together: texts with any stay whole.
+_ITEMS_LINE = re.compile(r"^items:[ \t]*(#.*)?$")
+_ANCHOR_OR_ALIAS = re.compile(r"(?:^|[\s\[\]{},:-])[&*][^\s\]},]", re.M)
+
+
+def _split_list(chunk: str) -> Optional[Tuple[str, List[Tuple[int, str]]]]:
+    """(the document without its items, [(first line of an item, its text)]) for a document in
+    kubectl's List shape, or None. Each item is then read alone, as a one-entry sequence: what
+    it is inside the List (a block sequence entry owns every line up to the next entry)."""
+    if "items:" not in chunk or _ANCHOR_OR_ALIAS.search(chunk):
+        return None
+    lines = chunk.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if _ITEMS_LINE.match(line.rstrip("\r\n"))), None)
+    if start is None:
+        return None
+    items: List[Tuple[int, List[str]]] = []
+    end = len(lines)
+    for i in range(start + 1, len(lines)):
+        line = lines[i]
+        if line.startswith("- ") or line.rstrip("\r\n") == "-":
+            items.append((i, [line]))
+        elif line[:1] in (" ", "#", "\n", "\r", "") or not line.strip():
+            if items:
+                items[-1][1].append(line)
+            elif line.strip() and not line.startswith("#"):
+                return None  # indented content before the first entry: not kubectl's shape
+        else:
+            end = i  # the next key at column 0
+            break
+    if len(items) < 2:
+        return None  # nothing to gain
+    header = "".join(lines[:start]) + "items: []\n" + "".join(lines[end:])
+    return header, [(i, "".join(text)) for i, text in items]
+
+
+def _read_list(split: Tuple[str, List[Tuple[int, str]]], old: "ReadCache", new: "ReadCache",
+               source: str, cidrs: Tuple[str, ...], chunk: str, first_line: int, docno: int
+               ) -> Optional[Tuple[List[Tuple[int, FieldPath, bytes, Converted]], List[ObjectEntry], int]]:
+    """The items of a List read one by one, each parsed only when its text changed; None when
+    the split does not hold (the caller then parses the whole document)."""
+    header, items = split
+    try:
+        docs = _yaml_documents(header)
+    except TextError:
+        return None
+    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("items") != []:
+        return None
+    kind = docs[0].get("kind")
+    if not (isinstance(kind, str) and kind.endswith("List")):
+        return None
+    item_kind = kind[:-len("List")] or None
+    item_api = docs[0].get("apiVersion") if item_kind else None
+    parsed = len(header)
+    found: List[Tuple[int, FieldPath, bytes, Converted]] = []
+    entries: List[ObjectEntry] = []
+    for i, (_, text) in enumerate(items):
+        digest = _digest(f"{item_kind}\0{item_api}\0{text}".encode("utf-8", "surrogatepass"))
+        converted = old.objects.get(digest) or new.objects.get(digest)
+        if converted is None:
+            try:
+                item_docs = _yaml_documents(text)
+            except TextError:
+                return None
+            if len(item_docs) != 1 or not isinstance(item_docs[0], list) or len(item_docs[0]) != 1:
+                return None
+            parsed += len(text)
+            converted = convert_document(item_docs[0][0], f"items[{i}] (document {docno})",
+                                         item_kind, item_api if isinstance(item_api, str) else None,
+                                         cidrs)
+        base: FieldPath = ("items", i)
+        errors: Tuple[ManifestError, ...] = ()
+        if converted.refused:
+            errors = _located_errors(converted, source, chunk, first_line, 0, base)
+        else:
+            new.objects[digest] = converted
+        found.append((0, base, digest, converted))
+        entries.append(ObjectEntry(converted, docno, base, digest, errors))
+    return found, entries, parsed
 
 
 def _located_errors(converted: Converted, source: str, chunk: str, first_line: int,

@@ -26,7 +26,7 @@ from .errors import FieldPath, ManifestError
 DefKey = Tuple[str, ObjectKey]  # (kind, (namespace, name))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Definition:
     file: str
     docno: int
@@ -43,6 +43,16 @@ class _FileState:
     entries: Tuple[ObjectEntry, ...] = ()
     cache: ReadCache = field(default_factory=ReadCache)
     error: Optional[ManifestError] = None  # the file as it is now cannot be read
+
+
+def _claims(entries) -> Dict[DefKey, List[ObjectEntry]]:
+    """The entries of a file that define one of ebpflb's objects, by (kind, key)."""
+    out: Dict[DefKey, List[ObjectEntry]] = {}
+    for entry in entries:
+        c = entry.converted
+        if c.claims and c.key is not None and c.kind is not None:
+            out.setdefault((c.kind, c.key), []).append(entry)
+    return out
 
 
 class ManifestSet:
@@ -74,21 +84,33 @@ class ManifestSet:
         if result.errors:
             state.error = result.errors[0]
             return list(result.errors)
-        self._drop_definitions(name, state)
+        old_by_key = _claims(state.entries)
+        new_by_key = _claims(result.entries)
         state.entries, state.cache, state.error = tuple(result.entries), result.cache, None
         self._lines = {k: v for k, v in self._lines.items() if k[0] != name}
         touched = []
-        for entry in state.entries:
-            c = entry.converted
-            if c.claims and c.key is not None and c.kind is not None:
-                key = (c.kind, c.key)
-                defs = self._defs.setdefault(key, [])
-                bisect.insort(defs, Definition(name, entry.docno, entry.base, c),
-                              key=lambda d: d.order)
-                self._dirty.add(key)
-                touched.append(key)
-                if len(defs) > 1:
-                    self._duplicated.add(key)
+        for key in old_by_key.keys() | new_by_key.keys():
+            before, after = old_by_key.get(key, []), new_by_key.get(key, [])
+            # Unchanged content (the file rewritten around it): the object's verdict is the same
+            # one, so nothing to hand over; only a move within the file updates its position.
+            same = [e.digest for e in before] == [e.digest for e in after] and all(
+                e.digest for e in after)
+            if same and [(e.docno, e.base) for e in before] == [(e.docno, e.base) for e in after]:
+                continue
+            defs = self._defs.setdefault(key, [])
+            defs[:] = [d for d in defs if d.file != name]
+            defs.extend(Definition(name, e.docno, e.base, e.converted) for e in after)
+            defs.sort(key=lambda d: d.order)
+            if not defs:
+                del self._defs[key]
+            if len(defs) > 1:
+                self._duplicated.add(key)
+            else:
+                self._duplicated.discard(key)
+            if same:
+                continue
+            self._dirty.add(key)
+            touched.append(key)
         problems = [e for entry in state.entries for e in entry.errors]
         problems += [e for key in touched for e in self._duplicate_errors(key)]
         return problems

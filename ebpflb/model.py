@@ -28,7 +28,7 @@ CLUSTER_IP_TYPES = frozenset({"ClusterIP", "NodePort", "LoadBalancer"})
 LB_PROTOCOLS = frozenset({"TCP", "UDP"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     """One entry of a Service's spec.ports."""
 
@@ -39,7 +39,7 @@ class ServicePort:
     node_port: Optional[int] = None  # NodePort and LoadBalancer Services, once allocated
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     """A Service as far as load balancing cares."""
 
@@ -65,7 +65,7 @@ class Service:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointPort:
     """One entry of an EndpointSlice's ports: targetPort already resolved to a number."""
 
@@ -74,7 +74,7 @@ class EndpointPort:
     protocol: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """One endpoint of a slice with its conditions already defaulted (discovery/v1 rules)."""
 
@@ -86,7 +86,7 @@ class Endpoint:
     target: Optional[str] = None  # targetRef as "Kind/name", for display
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointSlice:
     namespace: str
     name: str
@@ -96,7 +96,7 @@ class EndpointSlice:
     endpoints: Tuple[Endpoint, ...]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Frontend:
     """A (VIP, port, protocol) the data plane matches; service and port name are display only."""
 
@@ -133,7 +133,7 @@ SCOPE_ALL = 0  # LB4_SCOPE_ALL in bpf/lb_structs.h
 SCOPE_EXTERNAL = 1  # LB4_SCOPE_EXTERNAL
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Backend:
     """An (IP, port) a frontend rewrites to; target is display only."""
 
@@ -149,7 +149,7 @@ class Backend:
         return f"{self.ip}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SkippedService:
     """Why (part of) a service is not programmed; one service may be skipped for several reasons."""
 
@@ -157,7 +157,7 @@ class SkippedService:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HealthCheck:
     """A healthCheckNodePort this node answers: 200 while the Service has a ready endpoint here,
     so a cloud load balancer only sends externalTrafficPolicy Local traffic to nodes that can
@@ -168,7 +168,7 @@ class HealthCheck:
     local_endpoints: int  # distinct ready endpoint addresses on this node
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     """What the maps should hold: every frontend, even one with no ready backend."""
 
@@ -179,7 +179,7 @@ class DesiredState:
     health_checks: Tuple[HealthCheck, ...] = ()  # in (namespace, name) order of their Services
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModelContext:
     """What the model needs to know of this node and the agent's flags."""
 
@@ -189,7 +189,7 @@ class ModelContext:
     external_ip_allow: Tuple[str, ...] = ()  # CIDRs externalIPs may be programmed in
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceModel:
     """What one Service asks for, judged alone: its candidate frontends with their backends, in
     frontend order; why (part of) it is not programmed; the health check it wants. Whether another

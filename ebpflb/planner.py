@@ -115,6 +115,23 @@ class PendingPlan:
             self._abort()
 
 
+# One owner's records as kept between plans: tuples of items, a few hundred bytes for a
+# Service where six dicts would take over a kilobyte; made into Records only when planned.
+Compact = Tuple[tuple, tuple, tuple, tuple, tuple, tuple]
+
+
+def _compact(records: Records) -> Compact:
+    return (tuple(records.services.items()), tuple(records.slots.items()),
+            tuple(records.backends.items()), tuple(records.meta.items()),
+            tuple(records.vips.items()), tuple(records.src_ranges.items()))
+
+
+def _expand(compact: Compact) -> Records:
+    services, slots, backends, meta, vips, src_ranges = compact
+    return Records(dict(services), dict(slots), dict(backends), dict(meta), dict(vips),
+                   dict(src_ranges))
+
+
 def _merge(into: Records, part: Records) -> None:
     into.services.update(part.services)
     into.slots.update(part.slots)
@@ -138,7 +155,7 @@ class Planner:
                  defaults: PlanDefaults = PlanDefaults()) -> None:
         self.limits = dict(limits or {})
         self.defaults = defaults
-        self._owned: Dict[Owner, Records] = {}
+        self._owned: Dict[Owner, Compact] = {}
         self._svc_ids: Dict[SvcKey, int] = {}  # every programmed frontend's service id
         self._owner_of: Dict[SvcKey, Owner] = {}
         self._vips: Dict[str, int] = {}  # frontends per VIP, over every Service
@@ -152,7 +169,8 @@ class Planner:
         return self._svc_ids
 
     def owned(self, owner: Owner) -> Optional[Records]:
-        return self._owned.get(owner)
+        compact = self._owned.get(owner)
+        return _expand(compact) if compact is not None else None
 
     def held(self) -> Dict[MapId, int]:
         return dict(self._held)
@@ -161,7 +179,7 @@ class Planner:
         """Everything programmed, as one Records (costs the whole state: tests and debugging)."""
         out = Records()
         for part in self._owned.values():
-            _merge(out, part)
+            _merge(out, _expand(part))
         return out
 
     # --- incremental -----------------------------------------------------------------------
@@ -173,7 +191,7 @@ class Planner:
         for owner in changed:
             old = self._owned.get(owner)
             if old is not None:
-                _merge(current, old)
+                _merge(current, _expand(old))
         ids = _Ids(self._svc_ids, current.backends, self._svc_pool, self._backend_pool)
         want_by_owner: Dict[Owner, Records] = {}
         want = Records()
@@ -211,12 +229,12 @@ class Planner:
             for owner in changed:
                 old = self._owned.pop(owner, None)
                 if old is not None:
-                    for key in old.services:
+                    for key, _ in old[0]:
                         self._svc_ids.pop(key, None)
                         self._owner_of.pop(key, None)
             for owner, records in want_by_owner.items():
                 if records.services:
-                    self._owned[owner] = records
+                    self._owned[owner] = _compact(records)
                 for key, value in records.services.items():
                     self._svc_ids[key] = value.svc_id
                     self._owner_of[key] = owner
@@ -257,7 +275,7 @@ class Planner:
         check_capacity(plan, current.sizes(), self.limits)
 
         def commit() -> None:
-            self._owned = want_by_owner
+            self._owned = {owner: _compact(records) for owner, records in want_by_owner.items()}
             self._svc_ids = {key: value.svc_id for key, value in want.services.items()}
             self._owner_of = {key: owner for owner, records in want_by_owner.items()
                               for key in records.services}

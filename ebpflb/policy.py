@@ -18,7 +18,7 @@ ALGORITHMS = ("random", "maglev")
 MAX_WEIGHT = 100  # hash-mod repeats a backend once per unit of weight; keep tables small
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LbPolicy:
     algorithm: Optional[str] = None
     table_size: Optional[int] = None

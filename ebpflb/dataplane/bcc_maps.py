@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..maps import PROTO_NAMES, SLOTS, MapId, slot_tables
 from .codec import MapCodec, codecs
-from .libbpf import delete_batch, delete_elem, update_batch, update_elem
+from .libbpf import delete_batch, delete_elem, lookup_elem, update_batch, update_elem
 from .percpu import read_hash_raw
 
 CT4 = "ct4"
@@ -127,6 +127,14 @@ class BccMapWriter:
             except OSError as exc:
                 raise OSError(exc.errno, f"{map_id}: zeroing {len(part)} ids: "
                                          f"{exc.strerror}") from exc
+
+    def lookup(self, map_id: MapId, key: Any) -> Any:
+        """One record's value, or None (a point read: tests and benchmarks watching the maps)."""
+        t, codec = self._codec(map_id)
+        raw = lookup_elem(t.map_fd, codec.keys([key]), codec.value.size)
+        if raw is None:
+            return None
+        return next(iter(codec.records(codec.keys([key]), raw).values()))
 
     def dump(self, map_name: str) -> Dict[Any, Any]:
         t, codec = self._codec(map_name)

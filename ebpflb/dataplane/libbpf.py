@@ -125,3 +125,15 @@ def delete_elem(fd: int, key: bytes) -> bool:
         return False
     _check(rc, "BPF_MAP_DELETE_ELEM")
     return True
+
+
+def lookup_elem(fd: int, key: bytes, value_size: int) -> "bytes | None":
+    """The value of one packed key, or None when it is not there."""
+    fn = _fn("bpf_map_lookup_elem", [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p])
+    buf = ctypes.create_string_buffer(value_size)
+    rc = fn(fd, key, buf)
+    if rc < 0:
+        if (ctypes.get_errno() or -rc) == errno.ENOENT:
+            return None
+        _check(rc, "BPF_MAP_LOOKUP_ELEM")
+    return buf.raw

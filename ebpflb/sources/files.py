@@ -70,6 +70,7 @@ class ManifestSource:
         self._problems: Dict[str, str] = {}  # file -> its last reported problem (logged once)
         self.synced = False
         self.changed_at: Optional[float] = None
+        self._revision = 0  # the newest modification time (ns) of a file read
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
@@ -138,6 +139,11 @@ class ManifestSource:
 
     def problems(self) -> List[ManifestError]:
         return self.mset.problems()
+
+    def revision(self) -> int:
+        """The newest modification time (ns) of a file read so far: once the agent reports it
+        applied, every file written up to then is in the maps."""
+        return self._revision
 
     # --- events --------------------------------------------------------------------------
     def _drain(self) -> None:
@@ -231,6 +237,7 @@ class ManifestSource:
         except OSError as exc:
             return self._file_error(name, _why(exc))
         self._fingerprints[name] = fp
+        self._revision = max(self._revision, st.st_mtime_ns)
         self._problems.pop(name, None)
         mtime = st.st_mtime_ns / 1e9
         self.changed_at = mtime if self.changed_at is None else min(self.changed_at, mtime)

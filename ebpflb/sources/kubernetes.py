@@ -185,6 +185,7 @@ class _Reflector:
         for key in [k for k in self.cache if k not in listed]:
             self._delete(key)
         first = not self.synced
+        self.source._seen(self.resource.kind, self.resource_version)
         self.synced = True
         self.source._listed(self)
         log.info("listed %d %ss at resourceVersion %s%s", len(items), self.resource.kind,
@@ -201,6 +202,13 @@ class _Reflector:
         cached = self.cache.get(key)
         if cached is not None and rv is not None and cached[0] == rv:
             return
+        try:
+            self._convert(key, obj, rv, cached)
+        finally:
+            self.source._seen(self.resource.kind, rv)
+
+    def _convert(self, key: Key, obj: Dict[str, Any], rv: Optional[str],
+                 cached: Optional[Tuple[Optional[str], Any]]) -> None:
         self.stats.events += 1
         if self.resource is NODES:
             with self.source.lock:
@@ -224,15 +232,13 @@ class _Reflector:
         if new != old:
             self.source._emit(Change(self.resource.kind, key, new))
 
-    def _delete(self, key: Key) -> None:
+    def _delete(self, key: Key, rv: Optional[str] = None) -> None:
         cached = self.cache.pop(key, None)
-        if cached is None:
-            return
-        self.stats.events += 1
-        if self.resource is NODES:
-            return
-        if cached[1] is not None:
-            self.source._emit(Change(self.resource.kind, key, None))
+        if cached is not None:
+            self.stats.events += 1
+            if self.resource is not NODES and cached[1] is not None:
+                self.source._emit(Change(self.resource.kind, key, None))
+        self.source._seen(self.resource.kind, rv)
 
     def _watch(self) -> None:
         from kubernetes.watch.watch import iter_resp_lines
@@ -266,10 +272,11 @@ class _Reflector:
         if rv:
             self.resource_version = rv
         if kind == "BOOKMARK":
+            self.source._seen(self.resource.kind, rv)  # everything before it was delivered
             return
         key = self.key(obj)
         if kind == "DELETED":
-            self._delete(key)
+            self._delete(key, rv)
         elif kind in ("ADDED", "MODIFIED"):
             self._upsert(key, obj)
         else:
@@ -308,6 +315,10 @@ class KubernetesSource:
         self.stop_event = threading.Event()
         self._pending: Dict[Tuple[str, Key], Change] = {}  # coalesced per object
         self._pending_since: Optional[float] = None  # wall clock of the oldest untaken change
+        # Per resource, the newest resourceVersion its list or watch delivered and handled (its
+        # change queued), and the same as it was when take() last handed changes over.
+        self._revisions: Dict[str, int] = {}
+        self._taken_revisions: Dict[str, int] = {}
         self._waiters = threading.Condition(self.lock)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         apis = {"CoreV1Api": client.CoreV1Api(api_client),
@@ -352,6 +363,22 @@ class KubernetesSource:
     def next_poll(self) -> Optional[float]:
         return None  # woken by events only
 
+    def revision(self) -> Dict[str, int]:
+        """Per resource kind, the newest resourceVersion whose change (if it made one) take()
+        has handed over. Each watch delivers its resource in order, so once the agent reports
+        this applied, every change of that kind up to it is in the maps. (resourceVersions
+        are etcd's revision on the API servers in use; one that is not a number is skipped.)"""
+        with self.lock:
+            return dict(self._taken_revisions)
+
+    def _seen(self, kind: str, resource_version: Optional[str]) -> None:
+        """After an event's change (if any) is queued: a take() that sees this revision has
+        its change too."""
+        if resource_version and resource_version.isdigit():
+            with self.lock:
+                if int(resource_version) > self._revisions.get(kind, 0):
+                    self._revisions[kind] = int(resource_version)
+
     def _emit(self, change: Change) -> None:
         with self._waiters:
             if not self._pending:
@@ -379,7 +406,10 @@ class KubernetesSource:
         except BlockingIOError:
             pass
         with self.lock:
-            if not self.synced or not self._pending:
+            if not self.synced:
+                return ChangeBatch()
+            self._taken_revisions = dict(self._revisions)
+            if not self._pending:
                 return ChangeBatch()
             changes, self._pending = list(self._pending.values()), {}
             since, self._pending_since = self._pending_since, None

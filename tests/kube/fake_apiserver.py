@@ -20,6 +20,7 @@ own loopback.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import socket
 import threading
@@ -52,6 +53,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: tests read counters instead
         pass
+
+    def setup(self) -> None:
+        # As kube-apiserver's sockets (Go sets TCP_NODELAY on every TCP connection): a watch
+        # event is one small write, and Nagle's algorithm would hold it for the client's
+        # delayed ACK (tens of milliseconds).
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().setup()
 
     def _json(self, code: int, body: Dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -110,7 +118,9 @@ class _Handler(BaseHTTPRequestHandler):
                     while True:
                         if fake.drop_epoch != epoch:
                             raise ConnectionAbortedError("dropped by the test")
-                        pending = [e for e in fake.history if e[0] > sent and e[1] == resource]
+                        # History is in resourceVersion order: look only past `sent`.
+                        start = bisect.bisect_right(fake.history, (sent, "\uffff"))
+                        pending = [e for e in fake.history[start:] if e[1] == resource]
                         now = time.monotonic()
                         if pending or now >= deadline or (
                                 bookmarks and now - last_bookmark >= fake.bookmark_interval):
