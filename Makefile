@@ -31,7 +31,7 @@ bench: setup
 	$(PY) -m benchmarks.programming
 	$(PY) -m benchmarks.maglev
 	$(PY) -m benchmarks.statsagg
-	$(PY) -m benchmarks.kube_sync
+	$(PY) -m benchmarks.control_plane
 	$(PY) -m benchmarks.suite
 	$(PY) -m benchmarks.nodeport
 

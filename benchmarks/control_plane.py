@@ -388,12 +388,15 @@ def run_kube_proxy(u: Universe, ns: Netns, reps: int) -> Dict[str, Any]:
     others = services[:-1]
     out: Dict[str, Any] = {}
     ipt = md.Iptables(ns.name, "legacy")
-    out["iptables_full_s"] = [ipt.load(services) for _ in range(min(reps, 3))]
-    out["iptables_partial_ms"] = []
-    for k in range(reps):
-        old, new = (probe, less) if k % 2 == 0 else (less, probe)
-        out["iptables_partial_ms"].append(
-            1000 * ipt.restore_noflush(kp.iptables_partial(others + [new], old, new)))
+    try:
+        out["iptables_full_s"] = [ipt.load(services) for _ in range(min(reps, 3))]
+        out["iptables_partial_ms"] = []
+        for k in range(reps):
+            old, new = (probe, less) if k % 2 == 0 else (less, probe)
+            out["iptables_partial_ms"].append(
+                1000 * ipt.restore_noflush(kp.iptables_partial(others + [new], old, new)))
+    except RuntimeError as exc:  # e.g. a table the kernel refuses at 100,000 Services
+        out["iptables_error"] = str(exc).splitlines()[0][:300]
     md.ns_run(ns.name, ["iptables-legacy", "-t", "nat", "-F"])
     md.ns_run(ns.name, ["iptables-legacy", "-t", "nat", "-X"])
     if u.n <= NFT_MAX:
@@ -497,6 +500,10 @@ def _git() -> str:
         return "?"
 
 
+def _median(samples: Optional[List[float]]) -> Optional[float]:
+    return statistics.median(samples) if samples else None
+
+
 def render(out: Dict[str, Any]) -> str:
     return "\n".join(Report(out).lines())
 
@@ -577,15 +584,21 @@ class Report:
              "| Services | source | plan + apply | map writes | programs | source read | first sync | ready | iptables-legacy-restore | iptables / ebpflb plan+apply |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, r in self._sz():
-            ipt = statistics.median(r["kube_proxy"]["iptables_full_s"])
+            ipt = _median(r["kube_proxy"].get("iptables_full_s"))
             for name in ("kubernetes", "directory"):
                 a = r[name]
                 fs, st = a["first_sync"] or {}, a["startup_s"] or {}
                 ms = fs.get("ms", float("nan"))
+                ipt_cells = (f"{ipt:.2f} s | {ipt / (ms / 1000):.1f}x" if ipt is not None
+                             else "refused by the kernel (see below) | -")
                 L.append(f"| {n:,} | {name} | {ms:.0f} ms | {fs.get('writes', 0):,} | "
                          f"{st.get('programs', 0):.1f} s | {st.get('source', 0) - st.get('programs', 0):.1f} s | "
                          f"{st.get('first_sync', 0) - st.get('source', 0):.2f} s | {st.get('ready', 0):.1f} s | "
-                         f"{ipt:.2f} s | {ipt / (ms / 1000):.1f}x |")
+                         f"{ipt_cells} |")
+        for n, r in self._sz():
+            if "iptables_error" in r["kube_proxy"]:
+                L += ["", f"At {n:,} Services, `iptables-legacy-restore` of kube-proxy's table failed: "
+                          f"`{r['kube_proxy']['iptables_error']}`."]
         return L + [""]
 
     def kube_proxy_table(self) -> List[str]:
@@ -599,10 +612,10 @@ class Report:
         for n, r in self._sz():
             k = r["kube_proxy"]
             e = r["kubernetes"]["one_change"]["p50_ms"]
-            ipt = statistics.median(k["iptables_partial_ms"])
-            nft = statistics.median(k["nft_change_ms"]) if "nft_change_ms" in k else None
-            L.append(f"| {n:,} | {e:.1f} | {ipt:.1f} | {f'{nft:.1f}' if nft else 'skipped'} | "
-                     f"{f'{nft / e:.0f}x' if nft else '-'} |")
+            ipt = _median(k.get("iptables_partial_ms"))
+            nft = _median(k.get("nft_change_ms"))
+            L.append(f"| {n:,} | {e:.1f} | {f'{ipt:.1f}' if ipt is not None else 'failed to load'} | "
+                     f"{f'{nft:.1f}' if nft else 'skipped'} | {f'{nft / e:.0f}x' if nft else '-'} |")
         return L + [""]
 
     def memory_table(self) -> List[str]:
@@ -657,8 +670,8 @@ class Report:
             ms = max(r[s]["first_sync"]["ms"] for s in ("kubernetes", "directory"))
             L.append(f"- Full initial sync (plan + apply) at {n:,}: {ms:.0f} ms (goal <= {limit} ms): "
                      f"{verdict(ms <= limit)}.")
-            ipt = statistics.median(r["kube_proxy"]["iptables_full_s"])
-            if n == 10000:
+            ipt = _median(r["kube_proxy"].get("iptables_full_s"))
+            if n == 10000 and ipt is not None:
                 L.append(f"- ... at least 15x faster than iptables-legacy-restore ({ipt:.2f} s): "
                          f"{ipt / (ms / 1000):.1f}x: {verdict(ipt / (ms / 1000) >= 15)}.")
         r = self.sizes.get("10000")

@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 ON_EXIT_KEEP = "keep"
 ON_EXIT_REMOVE = "remove"
 RESCAN_SECONDS = 10.0  # catch link events lost to a netlink overrun
-STATUS_EVERY = 1.0  # seconds: the status file is rewritten at most this often
+# The status file is rewritten at most every STATUS_SOON seconds (every STATUS_EVERY when it lists
+# over STATUS_BIG skipped Services): coalesced, so a burst of syncs is a few writes.
+STATUS_SOON = 0.05
+STATUS_EVERY = 1.0
+STATUS_BIG = 1000
 
 
 def _warn_snat_overlap(snat_ports: Tuple[int, int],
@@ -124,6 +128,7 @@ class Agent:
         self._retry_at = 0.0  # no sync before this (time.monotonic) after a refusal or failure
         self._status_due: Optional[float] = None
         self._taken_revision: Any = None  # the source's revision at the last take
+        self._model_version = -1  # the model's outcome version the skipped list was made at
         self._started = time.monotonic()
 
     # --- the model's view of this node -----------------------------------------------------
@@ -172,8 +177,13 @@ class Agent:
     def take_changes(self) -> int:
         """Hands what the source has over to the syncer; returns how many changes."""
         batch = self.source.take()
-        revision = getattr(self.source, "revision", None)
-        self._taken_revision = revision() if revision is not None else None
+        self._taken_revision = self.source.revision()
+        if not batch.changes and self.syncer is not None and not self.syncer.pending \
+                and self._taken_revision != self.state.applied_revision \
+                and self._taken_revision is not None and self.state.syncs:
+            # Nothing new to program: everything up to this revision is in the maps already.
+            self.state.applied_revision = self._taken_revision
+            self._status_soon()
         if batch.changes and self.syncer is not None:
             touched = self.syncer.take(batch.changes)
             since = batch.since if batch.since is not None else time.time()
@@ -213,22 +223,29 @@ class Agent:
             self.state.rejected += 1
             self.state.last_error = outcome.error
             self._retry_at = time.monotonic() + self.options.retry_interval
-        checks = syncer.health_checks()
-        if self._health_checks is not None and outcome.applied and checks != self._programmed_checks:
-            self._health_checks.sync(checks)
-            self._programmed_checks = checks
+        if outcome.applied and syncer.model.version != self._model_version:
+            # Skipped Services and health checks only change with the model's outcome: the
+            # lists are rebuilt then, not on every sync (they cost the whole cluster). Health
+            # checks follow what is programmed, so only after an applied sync.
+            self._model_version = syncer.model.version
+            self.state.skipped = [{"service": s.ref, "reason": s.reason} for s in syncer.skipped()]
+            checks = syncer.health_checks()
+            if self._health_checks is not None and checks != self._programmed_checks:
+                self._health_checks.sync(checks)
+                self._programmed_checks = checks
         if self.metrics is not None:
             self._record_metrics(outcome)
         if outcome.applied and not syncer.pending:
             self._unsynced_since = None
             if self._taken_revision is not None:
                 self.state.applied_revision = self._taken_revision
-                self._status_due = time.monotonic()
-        self.state.skipped = [{"service": s.ref, "reason": s.reason} for s in syncer.skipped()]
-        now = time.monotonic()
-        if self._status_due is None or self.state.syncs <= 1 or not outcome.applied:
-            self._status_due = now  # at once: the first sync, or a problem to see
-        self._status_due = min(self._status_due, now + STATUS_EVERY)
+        self._status_soon()
+
+    def _status_soon(self) -> None:
+        """A status write, coalesced with whatever else happens meanwhile."""
+        delay = STATUS_SOON if len(self.state.skipped) < STATUS_BIG else STATUS_EVERY
+        due = time.monotonic() + delay
+        self._status_due = due if self._status_due is None else min(self._status_due, due)
 
     def _record_metrics(self, outcome: SyncOutcome) -> None:
         m = self.metrics
@@ -270,8 +287,7 @@ class Agent:
             log.warning("status file not written: %s", exc)
 
     def _source_problems(self) -> list:
-        problems = getattr(self.source, "problems", None)
-        return list(problems()[:100]) if problems is not None else []
+        return self.source.problems()[:100]
 
     # --- the process ---------------------------------------------------------------------
     def run(self) -> int:

@@ -134,7 +134,10 @@ class _Parser:
         ck.name(name, ("metadata", "name"), name_rule, max_len, name_what)
         ck.name(namespace, ("metadata", "namespace"), DNS1123_LABEL, 63, "namespace (DNS-1123 label)")
         annotations = self._string_map(meta, "annotations") or {}
-        size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+        # Bytes as the API server counts them (UTF-8; a lone surrogate, which no API server would
+        # have sent, counts as what it would be).
+        size = sum(len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+                   for k, v in annotations.items())
         if size > MAX_ANNOTATIONS_SIZE:
             ck.error(("metadata", "annotations"), f"{size} bytes in all: at most "
                                                   f"{MAX_ANNOTATIONS_SIZE} (256 KiB), as the API server allows")

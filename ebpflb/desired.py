@@ -37,6 +37,9 @@ class ClusterModel:
         self._frontends: Dict[ObjectKey, ServiceFrontends] = {}
         self._skipped: Dict[ObjectKey, Tuple[str, ...]] = {}
         self._health: Dict[ObjectKey, HealthCheck] = {}
+        # Bumped whenever the skipped reasons or the health checks change, so a reader of those
+        # lists (the agent's status) rebuilds them only then.
+        self.version = 0
 
     # --- updates -------------------------------------------------------------------------
     def update(self, store: ObjectStore, keys: Iterable[ObjectKey]) -> Set[ObjectKey]:
@@ -110,6 +113,16 @@ class ClusterModel:
             del claims[what]
 
     def _settle(self, key: ObjectKey) -> None:
+        before = (self._skipped.get(key), self._health.get(key))
+        self._settle_outcome(key)
+        after = (self._skipped.get(key), self._health.get(key))
+        if after != before:
+            self.version += 1
+            if after[0] and after[0] != before[0]:
+                for reason in after[0]:
+                    log.info("service %s/%s: not programmed: %s", key[0], key[1], reason)
+
+    def _settle_outcome(self, key: ObjectKey) -> None:
         model = self._models.get(key)
         if model is None:
             self._frontends.pop(key, None)
@@ -141,8 +154,6 @@ class ClusterModel:
             self._frontends.pop(key, None)
         if skipped:
             self._skipped[key] = tuple(dict.fromkeys(skipped))
-            for reason in self._skipped[key]:
-                log.debug("service %s/%s: not programmed: %s", key[0], key[1], reason)
         else:
             self._skipped.pop(key, None)
 

@@ -86,6 +86,7 @@ class ObjectEntry:
     base: FieldPath  # () for a document, ("items", i) for an item of a List
     digest: bytes  # of the object's content: equal digests, equal verdicts
     errors: Tuple[ManifestError, ...] = ()  # the converter's problems, with lines
+    line: Optional[int] = None  # where the object starts, when known without composing
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,8 @@ class CachedChunk:
     (document index in the chunk, base path, content digest, verdict)."""
 
     documents: int
-    objects: Tuple[Tuple[int, FieldPath, bytes, Converted], ...]
+    # (document index in the chunk, base path, digest, verdict, start line within the chunk)
+    objects: Tuple[Tuple[int, FieldPath, bytes, Converted, Optional[int]], ...]
 
 
 @dataclass
@@ -295,8 +297,9 @@ def read_text(text: str, source: str, service_cidrs: Sequence[str] = DEFAULT_SER
         chunk_digest = _digest(chunk.encode("utf-8", "surrogatepass"))
         cached = old.chunks.get(chunk_digest) if json_docs is None else None
         if cached is not None:
-            entries.extend(ObjectEntry(converted, docno + i + 1, base, digest)
-                           for i, base, digest, converted in cached.objects)
+            entries.extend(ObjectEntry(converted, docno + i + 1, base, digest, (),
+                                       None if line is None else first_line + line)
+                           for i, base, digest, converted, line in cached.objects)
             docno += cached.documents
             new.chunks[chunk_digest] = cached
             continue
@@ -323,11 +326,18 @@ def read_text(text: str, source: str, service_cidrs: Sequence[str] = DEFAULT_SER
                 return TextResult([], [ManifestError(source, None, None, exc.message, line)],
                                   old, parsed)
         clean = True
-        found: List[Tuple[int, FieldPath, bytes, Converted]] = []
+        found: List[Tuple[int, FieldPath, bytes, Converted, Optional[int]]] = []
+        lines = LineFinder(chunk)  # composed only if a problem needs a line
+        start = _start_line(chunk) if len(docs) == 1 and json_docs is None else None
         for i, doc in enumerate(docs):
             for obj, base, label, kind, api in _objects_of(doc, docno + i + 1, cidrs):
                 if isinstance(obj, Converted):
                     converted, digest = obj, b""
+                elif json_docs is None:
+                    # A YAML chunk's text is its objects' content: its digest and the object's
+                    # place in it identify the object, at no cost per object.
+                    digest = _digest(chunk_digest + repr((i, base)).encode())
+                    converted = convert_document(obj, label, kind, api, cidrs)
                 else:
                     digest = _object_digest(obj, kind, api)
                     converted = (old.objects.get(digest) or new.objects.get(digest)) if digest else None
@@ -335,13 +345,15 @@ def read_text(text: str, source: str, service_cidrs: Sequence[str] = DEFAULT_SER
                         converted = convert_document(obj, label, kind, api, cidrs)
                 if converted.refused:
                     clean = False
-                    errors = _located_errors(converted, source, chunk, first_line, i, base)
+                    errors = _located_errors(converted, source, lines, first_line, i, base)
                 else:
-                    if digest:
+                    if digest and json_docs is not None:
                         new.objects[digest] = converted
                     errors = ()
-                found.append((i, base, digest, converted))
-                entries.append(ObjectEntry(converted, docno + i + 1, base, digest, errors))
+                line = start if base == () else None
+                found.append((i, base, digest, converted, line))
+                entries.append(ObjectEntry(converted, docno + i + 1, base, digest, errors,
+                                           None if line is None else first_line + line))
         if clean and json_docs is None:
             new.chunks[chunk_digest] = CachedChunk(len(docs), tuple(found))
         docno += len(docs)
@@ -402,9 +414,9 @@ def _read_list(split: Tuple[str, List[Tuple[int, str]]], old: "ReadCache", new: 
     item_kind = kind[:-len("List")] or None
     item_api = docs[0].get("apiVersion") if item_kind else None
     parsed = len(header)
-    found: List[Tuple[int, FieldPath, bytes, Converted]] = []
+    found: List[Tuple[int, FieldPath, bytes, Converted, Optional[int]]] = []
     entries: List[ObjectEntry] = []
-    for i, (_, text) in enumerate(items):
+    for i, (item_line, text) in enumerate(items):
         digest = _digest(f"{item_kind}\0{item_api}\0{text}".encode("utf-8", "surrogatepass"))
         converted = old.objects.get(digest) or new.objects.get(digest)
         if converted is None:
@@ -421,18 +433,33 @@ def _read_list(split: Tuple[str, List[Tuple[int, str]]], old: "ReadCache", new: 
         base: FieldPath = ("items", i)
         errors: Tuple[ManifestError, ...] = ()
         if converted.refused:
-            errors = _located_errors(converted, source, chunk, first_line, 0, base)
+            # The item alone is a one-entry sequence: its fields are under entry 0.
+            errors = _located_errors(converted, source, LineFinder(text), first_line + item_line,
+                                     0, (0,))
         else:
             new.objects[digest] = converted
-        found.append((0, base, digest, converted))
-        entries.append(ObjectEntry(converted, docno, base, digest, errors))
+        found.append((0, base, digest, converted, item_line + 1))
+        entries.append(ObjectEntry(converted, docno, base, digest, errors,
+                                   first_line + item_line + 1))
     return found, entries, parsed
 
 
-def _located_errors(converted: Converted, source: str, chunk: str, first_line: int,
+def _start_line(chunk: str) -> Optional[int]:
+    """The 1-based line (within the chunk) where a chunk's one document's content starts: the
+    first line that is not blank, a comment or a bare `---`. Where a line starts with `---` and
+    content, that line."""
+    for n, line in enumerate(chunk.splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#") or text == "---" or \
+                (text.startswith("---") and text[3:].lstrip().startswith("#")):
+            continue
+        return n
+    return None
+
+
+def _located_errors(converted: Converted, source: str, lines: "LineFinder", first_line: int,
                     doc_index: int, base: FieldPath) -> Tuple[ManifestError, ...]:
-    """The converter's problems as errors with file lines (the chunk is composed for them)."""
-    lines = LineFinder(chunk)
+    """The converter's problems as errors with file lines (`lines` composes its text once)."""
     out = []
     for path, message in converted.problems:
         line = lines.line(doc_index, base + path)

@@ -189,7 +189,8 @@ class FieldChecker:
             addr, prefix = match.groups()
             if "." in addr and ":" not in addr:
                 # Go's sloppy parser reads "010.1.1.0" as decimal; Python refuses leading zeros.
-                addr = ".".join(str(int(octet)) if octet else octet for octet in addr.split("."))
+                addr = ".".join(str(int(octet)) if octet.isdigit() else octet
+                                for octet in addr.split("."))
             try:
                 net = ipaddress.ip_network(f"{addr}/{int(prefix)}", strict=False)
             except ValueError:

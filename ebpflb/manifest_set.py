@@ -7,8 +7,8 @@ sources -> **manifest set** -> changes -> store -> model -> plan -> apply. Rules
   duplicates naming where the first one is;
 - a refused object keeps its last good version; an object whose every definition is gone (its
   file removed, the object deleted from its file) is deleted;
-- a file that cannot be read or parsed keeps the objects it defined last time: a half-written
-  file never reads as deletions;
+- a file that cannot be read or parsed keeps the objects it defined last time (the manifest
+  source reads a file once its writer is done with it, so a half-written one is not seen);
 - `take_changes()` returns the objects whose effective version changed since the last call.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Definition:
     docno: int
     base: FieldPath
     converted: Converted
+    line: Optional[int] = None  # known at read time for most objects
 
     @property
     def order(self) -> Tuple[str, int, FieldPath]:
@@ -43,6 +44,7 @@ class _FileState:
     entries: Tuple[ObjectEntry, ...] = ()
     cache: ReadCache = field(default_factory=ReadCache)
     error: Optional[ManifestError] = None  # the file as it is now cannot be read
+    refused: Tuple[ManifestError, ...] = ()  # the problems of its refused objects
 
 
 def _claims(entries) -> Dict[DefKey, List[ObjectEntry]]:
@@ -87,6 +89,7 @@ class ManifestSet:
         old_by_key = _claims(state.entries)
         new_by_key = _claims(result.entries)
         state.entries, state.cache, state.error = tuple(result.entries), result.cache, None
+        state.refused = tuple(e for entry in state.entries for e in entry.errors)
         self._lines = {k: v for k, v in self._lines.items() if k[0] != name}
         touched = []
         for key in old_by_key.keys() | new_by_key.keys():
@@ -99,7 +102,7 @@ class ManifestSet:
                 continue
             defs = self._defs.setdefault(key, [])
             defs[:] = [d for d in defs if d.file != name]
-            defs.extend(Definition(name, e.docno, e.base, e.converted) for e in after)
+            defs.extend(Definition(name, e.docno, e.base, e.converted, e.line) for e in after)
             defs.sort(key=lambda d: d.order)
             if not defs:
                 del self._defs[key]
@@ -111,7 +114,7 @@ class ManifestSet:
                 continue
             self._dirty.add(key)
             touched.append(key)
-        problems = [e for entry in state.entries for e in entry.errors]
+        problems = list(state.refused)
         problems += [e for key in touched for e in self._duplicate_errors(key)]
         return problems
 
@@ -176,13 +179,16 @@ class ManifestSet:
     # --- problems ------------------------------------------------------------------------
     def problems(self) -> List[ManifestError]:
         """Every current problem: unreadable files, refused objects, duplicates; per file in
-        file order, by line."""
+        file order, by line. Costs the problems, not the files' objects (the agent's status
+        shows them after every sync)."""
         by_file: Dict[str, List[ManifestError]] = {}
         for name, state in self._files.items():
+            if state.error is None and not state.refused:
+                continue
             errs = by_file.setdefault(name, [])
             if state.error is not None:
                 errs.append(state.error)
-            errs.extend(e for entry in state.entries for e in entry.errors)
+            errs.extend(state.refused)
         for key in self._duplicated:
             for e in self._duplicate_errors(key):
                 by_file.setdefault(e.source, []).append(e)
@@ -211,6 +217,8 @@ class ManifestSet:
                 for d in defs[1:]]
 
     def _line(self, d: Definition) -> Optional[int]:
+        if d.line is not None:
+            return d.line
         at = (d.file, d.docno, d.base)
         if at not in self._lines:
             text = self._text_of(d.file) if self._text_of is not None else None

@@ -225,7 +225,7 @@ def service_model(svc: Service, slices: Sequence[EndpointSlice], ctx: ModelConte
     skipped: List[str] = []
 
     def skip(_svc: Service, reason: str) -> None:
-        log.info("service %s: not programmed: %s", svc.ref, reason)
+        # Logged by ebpflb.desired when a Service's reasons change, not on every recompute.
         skipped.append(reason)
 
     node_ports = svc.type in ("NodePort", "LoadBalancer") and any(sp.node_port for sp in svc.ports)

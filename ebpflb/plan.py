@@ -45,7 +45,16 @@ WRITE_ORDER = (BACKENDS, SLOTS, SVC_META, VIPS, SRC_RANGES, SERVICES)
 
 
 class PlanError(ValueError):
-    """The desired state cannot be programmed (it would not fit); nothing was written."""
+    """The desired state cannot be programmed; nothing was written."""
+
+
+class CapacityError(PlanError):
+    """The plan would not fit in the maps."""
+
+
+class OwnershipError(PlanError):
+    """A frontend is asked for by one Service while another one holds it (the planner and the
+    model disagree: only a full sync can settle it)."""
 
 
 class Op(NamedTuple):
@@ -176,11 +185,18 @@ class Plan:
         return "\n".join(str(op) for op in self.ops)
 
 
+def _ids_in_order(ids: Iterable[int]) -> List[int]:
+    out = list(ids)
+    if len(out) <= SORTED_STEP_MAX:
+        out.sort()
+    return out
+
+
 def _slot_upserts(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]) -> Step:
     keys: List[SlotKey] = []
     olds: List[Optional[int]] = []
     news: List[int] = []
-    for svc_id in sorted(svc for svc, table in want.items() if have.get(svc) != table):
+    for svc_id in _ids_in_order(svc for svc, table in want.items() if have.get(svc) != table):
         new, old = want[svc_id], have.get(svc_id, ())
         if not old:
             keys.extend(SlotKey(svc_id, slot) for slot in range(len(new)))
@@ -199,7 +215,7 @@ def _slot_upserts(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[
 def _slot_deletes(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[int, ...]]) -> Step:
     keys: List[SlotKey] = []
     olds: List[int] = []
-    for svc_id in sorted(svc for svc, table in have.items() if len(want.get(svc, ())) < len(table)):
+    for svc_id in _ids_in_order(svc for svc, table in have.items() if len(want.get(svc, ())) < len(table)):
         old, keep = have[svc_id], len(want.get(svc_id, ()))
         for slot in range(keep, len(old)):
             if old[slot] != NO_BACKEND:
@@ -220,12 +236,12 @@ def diff(desired: Records, current: Records) -> Plan:
             continue
         if not have:
             changed = list(want)
-            changed.sort(key=_sort_key(name))
+            _sort(changed, name)
             upserts.append(Step(UPSERT, name, changed, None, [want[k] for k in changed]))
             continue
         get = have.get
         changed = [key for key, value in want.items() if get(key) != value]
-        changed.sort(key=_sort_key(name))
+        _sort(changed, name)
         upserts.append(Step(UPSERT, name, changed, [get(k) for k in changed],
                             [want[k] for k in changed]))
     for name in reversed(WRITE_ORDER):
@@ -234,9 +250,19 @@ def diff(desired: Records, current: Records) -> Plan:
             deletes.append(_slot_deletes(want, have))
             continue
         gone = [key for key in have if key not in want]
-        gone.sort(key=_sort_key(name))
+        _sort(gone, name)
         deletes.append(Step(DELETE, name, gone, [have[k] for k in gone]))
     return Plan(upserts + deletes)
+
+
+# Steps larger than this keep the records' own order: the order within a step does not matter
+# to the kernel, only to a person reading a plan, and nobody reads 100,000 lines.
+SORTED_STEP_MAX = 10000
+
+
+def _sort(keys: List[Any], map_id: MapId) -> None:
+    if len(keys) <= SORTED_STEP_MAX:
+        keys.sort(key=_sort_key(map_id))
 
 
 def _svc_key_order(key: SvcKey) -> Tuple:
@@ -269,7 +295,7 @@ def check_capacity(plan: Plan, held: Mapping[MapId, int], limits: Mapping[str, i
     for name, limit in limits.items():
         peak = held.get(MapId(name), 0) + added.get(MapId(name), 0)
         if peak > limit:
-            raise PlanError(f"map {name} would need {peak} entries during the update but holds "
+            raise CapacityError(f"map {name} would need {peak} entries during the update but holds "
                             f"{limit}; raise its size (agent flags) or program fewer services")
 
 

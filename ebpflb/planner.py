@@ -21,7 +21,7 @@ from typing import (Callable, Dict, Hashable, Iterable, List, Mapping, Optional,
 
 from .maps import MapId, Records, SvcKey, VIPS
 from .model import Backend, Frontend
-from .plan import Plan, PlanError, check_capacity, counter_resets, diff
+from .plan import OwnershipError, Plan, PlanError, check_capacity, counter_resets, diff
 from .records import PlanDefaults, build_records
 
 Owner = Hashable  # a Service: (namespace, name), or "namespace/name"
@@ -30,33 +30,57 @@ BackendIdentity = Tuple[int, str, int, int]  # (svc id, address, port, protocol)
 
 
 class IdPool:
-    """Ids from 1 up (0 means "none" in the data plane): the smallest one nothing uses."""
+    """Ids from 1 up (0 means "none" in the data plane): the smallest one nothing uses. A bit
+    per id (a set of 400,000 ints would take tens of MiB)."""
 
     def __init__(self, used: Iterable[int] = ()) -> None:
-        self.used: Set[int] = set(used)
+        self._bits = bytearray(1024)
         self._free: List[int] = []  # freed ids below _next (a heap)
         self._next = 1
+        for i in used:
+            self._set(i, True)
+
+    def _set(self, i: int, on: bool) -> None:
+        byte = i >> 3
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits))))
+        if on:
+            self._bits[byte] |= 1 << (i & 7)
+        else:
+            self._bits[byte] &= ~(1 << (i & 7)) & 0xFF
+
+    def __contains__(self, i: int) -> bool:
+        byte = i >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] >> (i & 7) & 1)
 
     def take(self) -> int:
+        """A free id, marked used at once (a plan takes many before it commits); given back
+        if the plan is not applied."""
         while self._free:
             candidate = heapq.heappop(self._free)
-            if candidate not in self.used:
+            if candidate not in self:
+                self._set(candidate, True)
                 return candidate
-        while self._next in self.used:
-            self._next += 1
-        self._next += 1
-        return self._next - 1
+        bits, i = self._bits, self._next
+        # Inline bit test: a full sync takes hundreds of thousands of ids.
+        while (i >> 3) < len(bits) and bits[i >> 3] >> (i & 7) & 1:
+            i += 1
+        self._next = i + 1
+        self._set(i, True)
+        return i
 
     def give_back(self, ids: Iterable[int]) -> None:
         """Ids taken for a plan that was not applied."""
         for i in ids:
-            heapq.heappush(self._free, i)
+            if i in self:
+                self._set(i, False)
+                heapq.heappush(self._free, i)
 
-    def commit(self, added: Iterable[int], freed: Iterable[int]) -> None:
-        self.used.update(added)
+    def commit(self, freed: Iterable[int]) -> None:
+        """A plan is in the maps: the ids its removals freed may be given out again."""
         for i in freed:
-            if i in self.used:
-                self.used.discard(i)
+            if i in self:
+                self._set(i, False)
                 heapq.heappush(self._free, i)
 
 
@@ -202,8 +226,8 @@ class Planner:
                 for key in records.services:
                     holder = self._owner_of.get(key)
                     if holder is not None and holder != owner and holder not in changed:
-                        raise PlanError(f"frontend {key} is asked for by {_owner_text(owner)} "
-                                        f"but held by {_owner_text(holder)}")
+                        raise OwnershipError(f"frontend {key} is asked for by {_owner_text(owner)} "
+                                             f"but held by {_owner_text(holder)}")
                 want_by_owner[owner] = records
                 _merge(want, records)
             # VIP counts are cluster-wide: the changed owners' share moves, the rest stays.
@@ -248,8 +272,8 @@ class Planner:
                 if map_id != VIPS:
                     self._held[map_id] = self._held.get(map_id, 0) + after[map_id] - before[map_id]
             self._held[VIPS] = len(self._vips)
-            self._svc_pool.commit(new_svc, old_svc - new_svc)
-            self._backend_pool.commit(new_backend, old_backend - new_backend)
+            self._svc_pool.commit(old_svc - new_svc)
+            self._backend_pool.commit(old_backend - new_backend)
 
         return PendingPlan(plan, commit, ids.give_back)
 

@@ -28,6 +28,9 @@ class LbPolicy:
         return dict(self.weights).get(ip, 1)
 
 
+DEFAULT_POLICY = LbPolicy()
+
+
 def parse_policy(annotations: Mapping[str, str]) -> Tuple[LbPolicy, List[Tuple[str, str]]]:
     """The policy, and the problems found as (annotation, message); a bad value is left at its
     default so callers can still report every problem at once."""
@@ -64,4 +67,6 @@ def parse_policy(annotations: Mapping[str, str]) -> Tuple[LbPolicy, List[Tuple[s
                            f"{item.strip()!r} is not IPv4=WEIGHT with WEIGHT in 0-{MAX_WEIGHT}"))
             continue
         weights.append((ip, weight))
+    if algorithm is None and table_size is None and not weights:
+        return DEFAULT_POLICY, errors  # one object for every Service without annotations
     return LbPolicy(algorithm, table_size, tuple(sorted(weights))), errors

@@ -279,20 +279,6 @@ what it adds end to end.
     return text, {"value": above, "ok": ok}
 
 
-def _parts(pp: Dict) -> str:
-    parts = pp.get("parts_ms")
-    if not parts:
-        return f"`compute_plan` {_cell(pp['plan_ms'], '{:.1f}') if pp else 'n/a'} ms."
-    rows = ["| step | GC on (as in the agent) | GC off |", "|---|---:|---:|"]
-    what = {"desired_maps": "`desired_maps` (records of every frontend rebuilt)",
-            "diff": "`diff` (every map compared)",
-            "compute_plan": "`compute_plan` (all of it)"}
-    for k, label in what.items():
-        rows.append(f"| {label} | {_cell(parts[k + '_gc_on'], '{:.0f}')} | "
-                    f"{_cell(parts[k + '_gc_off'], '{:.0f}')} |")
-    return "\n" + "\n".join(rows) + "\n"
-
-
 def prog_section(results: Dict) -> Tuple[str, Dict]:
     meta = results["meta"]
     sc = results["scales"]
@@ -350,10 +336,6 @@ def prog_section(results: Dict) -> Tuple[str, Dict]:
     g = {"full_vs_iptables": {"value": r_ipt, "ok": None if r_ipt is None else r_ipt >= 20},
          "full_vs_nft": {"value": r_nft, "ok": None if r_nft is None else r_nft >= 3},
          "change_ms": {"value": ch_ms, "ok": None if ch_ms is None else ch_ms < 5}}
-    pp = results.get("plan_profile", {})
-    prof_rows = ["| function | calls | own time (s) | cumulative (s) |", "|---|---:|---:|---:|"]
-    for e in pp.get("top_own_time", []):
-        prof_rows.append(f"| `{e['function']}` | {e['calls']:,} | {e['own_s']:.3f} | {e['cumulative_s']:.3f} |")
     startup = {n: _med([a["startup_s"] for a in sc[str(n)]["agent_memory"]]) for n in scales}
 
     def gv(key, fmt):
@@ -375,8 +357,8 @@ Command times include `ip netns exec` (about 2 ms). Medians (min–max), seconds
 
 One endpoint changed: the probed Service loses one of its 4 endpoints, then gets it back,
 alternately, {meta['reps']} times, on top of the full configuration. ebpflb: the agent's figure for
-the sync after the manifest file changed (the file is re-read first; reading it is not in the
-figure). iptables: what kube-proxy >= 1.28 writes (`iptables-restore --noflush` of KUBE-SERVICES
+the sync after the manifest file changed (plan + apply of the changed Service; reading the file
+is not in the figure). iptables: what kube-proxy >= 1.28 writes (`iptables-restore --noflush` of KUBE-SERVICES
 plus the changed Service's chains), and, for older kube-proxy, the full restore. nftables: the
 incremental transaction of kube-proxy's nftables mode (the service chain rewritten, the endpoint
 chain added or deleted). Milliseconds.
@@ -398,16 +380,9 @@ user space and hands it to the kernel in a single `setsockopt`; ebpflb writes
 them in Python first: {ft['ebpflb']['median'] * 1e6 / max(1, top_writes):.1f} µs per record in all. nftables'
 `nft -f` is the slow one ({gv('full_vs_nft', '{:.1f}x')} ebpflb's time).
 
-Why the change misses 5 ms: the agent re-reads and re-parses the whole manifest
-({pp.get('parse_and_model_s', float('nan')):.1f} s for {pp.get('services', top):,} Services, JSON read by the
-YAML loader with line indexing, then the model; outside the agent's figure), then `compute_plan`
-recomputes the **whole** desired state and diffs **every** map to find {pp.get('writes', 'a few')} writes.
-The planner alone (pure, in process, no kernel; medians, ms, min–max over 3 each):
-{_parts(pp)}
-cProfile of one `compute_plan` (top functions by own time, of {pp.get('profile_total_s', float('nan')):.3f} s
-profiled; profiling inflates it):
-
-{chr(10).join(prof_rows)}
+The control plane on its own, at 1,000 to 100,000 Services and with every source (the Kubernetes
+API, a manifest directory, one big file), event to maps, bursts and memory: see
+[Control plane at scale](#control-plane-at-scale).
 """
     return text, g
 

@@ -12,10 +12,8 @@ lab (namespaces, rules, servers) is taken down in a finally block.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
 import logging
-import pstats
 import shutil
 import subprocess
 import sys
@@ -199,66 +197,6 @@ def run_scale(n: int, reps: int, loadgen: str, workdir: Path) -> Dict:
     return res
 
 
-def plan_profile(n: int) -> Dict:
-    """The planner alone (pure, no kernel) on one endpoint change at n Services: how long
-    `compute_plan` takes and its two big parts (`desired_maps`: every frontend's records rebuilt;
-    `diff`: every map compared), with Python's cyclic GC on (as the agent runs) and off (what
-    the GC passes over the large heap add), and what dominates (cProfile, own time)."""
-    import gc
-
-    from ebpflb.manifests import parse_documents
-    from ebpflb.maps import empty_snapshot
-    from ebpflb.model import desired_state
-    from ebpflb.plan import apply_to, compute_plan, desired_maps, diff
-
-    services = kp.make_services(n, [f"10.244.0.{11 + i}" for i in range(N_WEB)], SERVER_PORT)
-    less, _ = change_pair(services[-1])
-
-    def desired(svcs):
-        m = parse_documents(kp.manifests(svcs), "bench.json")
-        return desired_state(m.services, m.slices)
-
-    t0 = time.perf_counter()
-    full_state = desired(services)
-    parse_s = time.perf_counter() - t0
-    less_state = desired(services[:-1] + [less])
-    snap = apply_to(empty_snapshot(), compute_plan(full_state, empty_snapshot()))
-    samples: Dict[str, List[float]] = {}
-    for rep in range(6):
-        gc_off = rep % 2 == 1
-        if gc_off:
-            gc.disable()
-        try:
-            target = less_state if (rep // 2) % 2 == 0 else full_state
-            t0 = time.perf_counter()
-            d = desired_maps(target, snap)
-            t1 = time.perf_counter()
-            diff(d, snap)
-            t2 = time.perf_counter()
-            plan = compute_plan(target, snap)
-            t3 = time.perf_counter()
-        finally:
-            gc.enable()
-        tag = "gc_off" if gc_off else "gc_on"
-        for name, v in (("desired_maps", t1 - t0), ("diff", t2 - t1), ("compute_plan", t3 - t2)):
-            samples.setdefault(f"{name}_{tag}", []).append(v * 1e3)
-        snap = apply_to(snap, plan)
-    # The profiled change goes away from what the maps hold now, so it has writes to find.
-    target = full_state if not compute_plan(less_state, snap) else less_state
-    prof = cProfile.Profile()
-    prof.enable()
-    plan = compute_plan(target, snap)
-    prof.disable()
-    stats = pstats.Stats(prof)
-    top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:8]
-    total = sum(v[2] for v in stats.stats.values())
-    return {"services": n, "writes": len(plan), "plan_ms": common.summary(samples["compute_plan_gc_on"]),
-            "parts_ms": {k: common.summary(v) for k, v in samples.items()},
-            "parse_and_model_s": parse_s, "profile_total_s": total,
-            "top_own_time": [{"function": f"{Path(k[0]).name}:{k[1]}({k[2]})", "calls": v[1],
-                              "own_s": v[2], "cumulative_s": v[3]} for k, v in top]}
-
-
 def source_description() -> str:
     """Which ebpflb was measured: the commit of the checkout the suite runs from, if any."""
     r = subprocess.run(["git", "-C", str(md.REPO), "describe", "--always", "--dirty"],
@@ -271,19 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", default="100,1000,10000")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--profile-only", action="store_true",
-                    help="re-measure only the planner profile into the existing results, re-render")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    if args.profile_only:
-        from benchmarks.suite import report
-
-        path = common.RESULTS / "suite.json"
-        results = json.loads(path.read_text())
-        results["plan_profile"] = plan_profile(max(results["meta"]["scales"]))
-        path.write_text(json.dumps(results, indent=1, default=str))
-        report.publish(results, write=not args.no_write)
-        return 0
     from ebpflb.lab import lab_down
 
     scales = [int(s) for s in args.scales.split(",")]
@@ -300,7 +227,6 @@ def main(argv=None) -> int:
             finally:
                 lab_down(LAB)
             log.info("scale %d done in %.0f s", n, time.time() - t0)
-        results["plan_profile"] = plan_profile(max(scales))
     finally:
         lab_down(LAB)
         from ebpflb.dataplane.cleanup import remove_pins

@@ -45,6 +45,9 @@ def be16_to_port(value: int) -> int:
 
 
 BATCH = 65536  # records per batch syscall (bounds the kernel's and our buffers)
+# A map type without the batch operation: EINVAL, EOPNOTSUPP, or the kernel's internal ENOTSUPP
+# (524), which Python's errno module does not name.
+_NOT_SUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, 524)
 
 
 class BccMapWriter:
@@ -76,7 +79,7 @@ class BccMapWriter:
                 else:
                     update_batch(t.map_fd, raw_keys, raw_values, len(part_keys))
             except OSError as exc:
-                if exc.errno in (errno.EINVAL, errno.ENOTSUPP, errno.EOPNOTSUPP) and \
+                if exc.errno in _NOT_SUPPORTED and \
                         getattr(exc, "processed", None) == 0:
                     # A map type without batch updates (LPM tries on older kernels).
                     for key, value in zip(part_keys, part_values):
@@ -108,7 +111,7 @@ class BccMapWriter:
                     if exc.errno == errno.ENOENT:
                         done += processed + 1  # the key at `processed` was already gone
                         continue
-                    if exc.errno in (errno.EINVAL, errno.ENOTSUPP, errno.EOPNOTSUPP) and processed == 0:
+                    if exc.errno in _NOT_SUPPORTED and processed == 0:
                         for key in part[done:]:
                             self.delete(map_id, [key])
                         break
@@ -142,7 +145,7 @@ class BccMapWriter:
             keys, values, _ = read_hash_raw(t)
             records = codec.records(keys, values)
         except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUPP, errno.EOPNOTSUPP):
+            if exc.errno not in _NOT_SUPPORTED:
                 raise
             # A map type without batch lookups (the LPM trie): one by one, through bcc.
             records = {}

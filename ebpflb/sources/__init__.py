@@ -2,9 +2,10 @@
 sources -> changes -> store -> model -> plan -> apply). A source hands over per-object changes
 (ebpflb.changes), never snapshots, and wakes the agent when it has some: the rest of the pipeline
 does not know which source they came from."""
-from typing import Optional, Protocol
+from typing import Any, List, Optional, Protocol
 
 from ..changes import ChangeBatch
+from ..errors import ManifestError
 
 
 class Source(Protocol):
@@ -27,3 +28,11 @@ class Source(Protocol):
     def take(self) -> ChangeBatch:
         """Every change since the last call (possibly none). Never raises for bad input: a bad
         object or file is logged, and its last good version stays."""
+
+    def revision(self) -> Any:
+        """What take() has covered so far (the manifest source: a wall-clock time in ns before
+        which every file written has been read; the API source: per kind, the newest
+        resourceVersion handled). The agent reports it once its changes are in the maps."""
+
+    def problems(self) -> List[ManifestError]:
+        """The current refusals (bad objects, unreadable files), for the agent's status."""

@@ -2,13 +2,14 @@
 
 sources -> changes -> store -> model -> plan -> apply. The agent wakes on the inotify descriptor
 (`fileno()`); `take()` then looks only at the files an event named, re-reads only those whose
-fingerprint (device, inode, size, mtime, ctime) changed, and hands over the objects whose
-effective version changed (ebpflb.manifest_set decides; ebpflb.documents re-parses only the
-documents whose text changed). A file is read once its writer closed it or renamed it into
-place, never while it is being written. An event on a dot entry (a ConfigMap volume swapping its
-`..data` link) or a lost event queue makes every file be looked at again, and so does a slow
-safety rescan. Where inotify is not available (or runs out of watches) the source polls, and
-reads a changed file only once it stopped changing between two polls.
+file a close or a rename named, and hands over the objects whose effective version changed
+(ebpflb.manifest_set decides; ebpflb.documents re-parses only the documents whose text changed).
+A file is read once its writer closed it or renamed it into place, not while it is being written
+(a new file only when it is closed). A `..` entry changing (a ConfigMap volume swapping its
+`..data` link) makes every file be read again at once; a lost event queue, and a slow safety
+rescan, look at every file's fingerprint (device, inode, size, mtime, ctime), and read one that
+changed unannounced once it stopped changing. Where inotify is not available (or runs out of
+watches) the source polls the same way.
 
 Whatever the file system does, the answer is an error about that file, never a crash: a
 symlink loop, a dangling link, an unreadable file, a directory or a FIFO where a file was, a file
@@ -38,6 +39,7 @@ Fingerprint = Tuple[int, int, int, int, int]  # device, inode, size, mtime ns, c
 MAX_FILE_BYTES = 1 << 30  # a kubectl dump of 100,000 Services is ~150 MB
 POLL_INTERVAL = 1.0  # seconds between polls without inotify
 RESCAN_INTERVAL = 30.0  # seconds between safety rescans with inotify
+SETTLE_RECHECK = 1.0  # seconds before a file that changed unannounced is looked at again
 
 
 def _inotify_mask():
@@ -55,7 +57,8 @@ class ManifestSource:
         self.path = Path(path)
         self.service_cidrs = tuple(service_cidrs)
         self.description = f"manifests {self.path}"
-        self.is_dir = self.path.is_dir()
+        # A directory or a file: decided once the path exists (then for good).
+        self.is_dir: Optional[bool] = self.path.is_dir() if self.path.exists() else None
         self.poll_interval = poll_interval
         self.rescan_interval = rescan_interval
         self.mset = ManifestSet(self.service_cidrs, text_of=self._text_for_lines)
@@ -63,14 +66,15 @@ class ManifestSource:
         self._inotify = None
         self._watch: Optional[int] = None
         self._fingerprints: Dict[str, Fingerprint] = {}
-        self._settling: Dict[str, Fingerprint] = {}  # polling: changed once, read if still so
-        self._names: Set[str] = set()  # names events mentioned since the last take
-        self._rescan = True
+        self._settling: Dict[str, Fingerprint] = {}  # changed once unannounced, read if it stays so
+        self._names: Dict[str, int] = {}  # names events mentioned since the last take: their masks
+        self._rescan: Optional[str] = "start"  # why every file must be looked at: start, swap, lost
         self._next_scan = 0.0
         self._problems: Dict[str, str] = {}  # file -> its last reported problem (logged once)
         self.synced = False
         self.changed_at: Optional[float] = None
-        self._revision = 0  # the newest modification time (ns) of a file read
+        self._revision = 0  # wall clock (ns): every file written before it has been read
+        self._last_poll_ns = 0
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
@@ -91,13 +95,17 @@ class ManifestSource:
     def _add_watch(self) -> None:
         if self._inotify is None or self._watch is not None:
             return
+        if self.is_dir is None:
+            if not self.path.exists():
+                return  # not there yet: polled until it is
+            self.is_dir = self.path.is_dir()
         target = self.path if self.is_dir else self.path.parent
         try:
             self._watch = self._inotify.add_watch(str(target), _inotify_mask())
         except OSError as exc:
-            # ENOSPC: out of watches (fs.inotify.max_user_watches); ENOENT: not there yet.
-            log.warning("%s: cannot watch %s (%s): polling every %.1f s", self.description,
-                        target, exc.strerror or exc, self.poll_interval)
+            # ENOSPC: out of watches (fs.inotify.max_user_watches); ENOENT: gone meanwhile.
+            self._report(f"watch {target}", f"cannot watch {target} ({exc.strerror or exc}): "
+                                             f"polling every {self.poll_interval:.1f} s")
             self._watch = None
 
     def stop(self) -> None:
@@ -118,19 +126,38 @@ class ManifestSource:
     def take(self) -> ChangeBatch:
         """Reads what changed; the objects whose effective version changed."""
         now = time.monotonic()
+        started_ns = time.time_ns()
+        watching = self._watch is not None
         self._drain()
         if self._watch is None:
             self._add_watch()  # the directory may be back, or watches freed
+        if self.is_dir is None and self.path.exists():
+            self.is_dir = self.path.is_dir()
         due = now >= self._next_scan
-        if self._rescan or due:
-            interval = self.rescan_interval if self._watch is not None else self.poll_interval
-            self._next_scan = now + interval
-            errors = self._scan(settle=self._watch is None and self.synced)
+        errors: List[ManifestError] = []
+        if self.is_dir is None:
+            self._report(str(self.path), "no such file or directory: waiting for it")
+            ok = False
+        elif self._rescan or due or not watching:
+            # A scan reads at once what an atomic swap changed (start, a ConfigMap's ..data);
+            # a file that changed unannounced (polling, a safety rescan, lost events) is read
+            # once it stopped changing, so one caught mid-write is not.
+            settle = self._rescan not in ("start", "swap")
+            ok, errors = self._scan(settle)
+            self._next_scan = now + (self.rescan_interval if self._watch is not None
+                                     else self.poll_interval)
         else:
-            errors = self._check_names()
-        self._rescan = False
+            ok, errors = True, self._check_names()
+        if self._settling or not ok:
+            self._next_scan = min(self._next_scan, now + min(SETTLE_RECHECK, self.poll_interval))
+        if ok:
+            self._rescan = None
+            self.synced = True
+            # With inotify, every file closed or renamed into place before the events were
+            # drained has been read; polling reads a change one poll after it was seen.
+            self._revision = max(self._revision, started_ns if watching else self._last_poll_ns)
+            self._last_poll_ns = started_ns
         self._names.clear()
-        self.synced = True
         changes = self.mset.take_changes()
         batch = ChangeBatch(changes, self.changed_at if changes else None, tuple(errors))
         if changes:
@@ -141,8 +168,8 @@ class ManifestSource:
         return self.mset.problems()
 
     def revision(self) -> int:
-        """The newest modification time (ns) of a file read so far: once the agent reports it
-        applied, every file written up to then is in the maps."""
+        """A wall-clock time (ns): every file written (closed, or renamed into place) before it
+        has been read. Once the agent reports it applied, those files' objects are in the maps."""
         return self._revision
 
     # --- events --------------------------------------------------------------------------
@@ -155,17 +182,19 @@ class ManifestSource:
             events = self._inotify.read(timeout=0)
         except OSError as exc:
             log.warning("%s: reading inotify events failed (%s): rescanning", self.description, exc)
-            self._rescan = True
+            self._rescan = self._rescan or "lost"
             return
         for event in events:
             if event.mask & (flags.Q_OVERFLOW | flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED):
-                self._rescan = True
+                self._rescan = self._rescan or "lost"
                 if event.mask & (flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED):
                     self._watch = None  # the directory itself went: poll until it is back
+            elif event.name.startswith(".."):
+                self._rescan = "swap"  # a ConfigMap volume's ..data link swapped: all at once
             elif event.name.startswith("."):
-                self._rescan = True  # e.g. a ConfigMap volume's ..data link swapped
+                continue  # an editor's or a script's temporary file
             else:
-                self._names.add(event.name)
+                self._names[event.name] = self._names.get(event.name, 0) | event.mask
 
     # --- files ---------------------------------------------------------------------------
     def _listing(self) -> Optional[List[str]]:
@@ -181,28 +210,40 @@ class ManifestSource:
                                          "read from it stays programmed")
             return None
 
-    def _scan(self, settle: bool) -> List[ManifestError]:
+    def _scan(self, settle: bool) -> Tuple[bool, List[ManifestError]]:
+        """(whether the path could be read, the problems found)."""
         listing = self._listing()
         if listing is None:
-            return []
+            return False, []
         self._problems.pop(str(self.path), None)
         errors: List[ManifestError] = []
         for name in sorted(set(listing) | set(self.mset.files())):
             errors.extend(self._check(name, settle))
-        return errors
+        ok = self.is_dir or str(self.path) in self._fingerprints
+        return ok, errors
 
     def _check_names(self) -> List[ManifestError]:
+        from inotify_simple import flags
+
         errors: List[ManifestError] = []
-        for name in sorted(self._names):
+        for name, mask in sorted(self._names.items()):
             if self.is_dir:
-                if name.endswith(MANIFEST_SUFFIXES):
-                    errors.extend(self._check(str(self.path / name), settle=False))
+                if not name.endswith(MANIFEST_SUFFIXES):
+                    continue
+                path = str(self.path / name)
             elif name == self.path.name:
-                errors.extend(self._check(str(self.path), settle=False))
+                path = str(self.path)
+            else:
+                continue
+            if mask & ~flags.CREATE == 0 and not os.path.islink(path):
+                continue  # created, still being written: read once its writer closes it
+            # Named by an event: read whatever its fingerprint says (a rewrite of the same size
+            # within the file system's timestamp granularity looks unchanged).
+            errors.extend(self._check(path, settle=False, force=True))
         return errors
 
-    def _check(self, name: str, settle: bool) -> List[ManifestError]:
-        """Looks at one file; reads it when its fingerprint changed."""
+    def _check(self, name: str, settle: bool, force: bool = False) -> List[ManifestError]:
+        """Looks at one file; reads it when its fingerprint changed (or when `force`)."""
         try:
             st = os.stat(name)
         except FileNotFoundError:
@@ -221,10 +262,10 @@ class ManifestSource:
         if not stat.S_ISREG(st.st_mode):
             return self._file_error(name, "not a regular file (a FIFO, socket or device)")
         fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if fp == self._fingerprints.get(name):
+        if fp == self._fingerprints.get(name) and not force:
             return []
         if settle and self._settling.get(name) != fp:
-            self._settling[name] = fp  # read at the next poll if it stays so
+            self._settling[name] = fp  # read at the next look if it stays so
             return []
         self._settling.pop(name, None)
         if st.st_size > MAX_FILE_BYTES:
@@ -241,7 +282,12 @@ class ManifestSource:
         self._problems.pop(name, None)
         mtime = st.st_mtime_ns / 1e9
         self.changed_at = mtime if self.changed_at is None else min(self.changed_at, mtime)
-        errors = self.mset.update_file(name, text)
+        try:
+            errors = self.mset.update_file(name, text)
+        except Exception as exc:  # noqa: BLE001 - a reader defect must not take the agent down
+            log.exception("%s: reading %s failed", self.description, name)
+            return self._file_error(name, f"internal error while reading it ({exc!r}); please "
+                                          "report it")
         for e in errors:
             if e.obj is None:
                 log.error("%s: %s (the objects the file defined stay programmed)",
@@ -269,6 +315,7 @@ class ManifestSource:
         return [error]
 
     def _report(self, name: str, message: str) -> None:
+        """Logged once per new problem (a problem that persists is not logged every poll)."""
         if self._problems.get(name) != message:
             self._problems[name] = message
             log.error("%s: %s", self.description, message)

@@ -35,8 +35,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..backend_rules import DEFAULT_SERVICE_CIDRS
 from ..changes import Change, ChangeBatch
-from ..convert import convert_api_object
-from ..errors import format_path
+from ..convert import Converted, convert_api_object
+from ..errors import ManifestError, format_path
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ SERVICES = Resource("Service", "v1", "list_service_for_all_namespaces", "CoreV1A
 ENDPOINTSLICES = Resource("EndpointSlice", "discovery.k8s.io/v1",
                           "list_endpoint_slice_for_all_namespaces", "DiscoveryV1Api")
 NODES = Resource("Node", "v1", "list_node", "CoreV1Api")
+LIST_PAGE = 500  # objects per list request (client-go's reflector pages by 500 too)
 RESOURCES = (SERVICES, ENDPOINTSLICES, NODES)
 
 
@@ -167,55 +168,80 @@ class _Reflector:
                                      self.source.watch_timeout + self.source.connect_timeout)}
 
     def _list(self) -> None:
+        """A paginated list (LIST_PAGE objects a request, as client-go's reflector pages): the
+        API server holds one page at a time for us, and so do we, not the whole cluster."""
         self.stats.lists += 1
-        resp = self.list_func(**self._request_kwargs())
-        try:
-            data = json.loads(resp.data)
-        finally:
-            resp.release_conn()
-        items = data.get("items") or []
-        self.resource_version = (data.get("metadata") or {}).get("resourceVersion")
-        self._last_list = time.monotonic()
         listed = set()
         before = self.stats.events
-        for obj in items:
-            key = self.key(obj)
-            listed.add(key)
-            self._upsert(key, obj)
+        token: Optional[str] = None
+        count = 0
+        while True:
+            kwargs = dict(self._request_kwargs(), limit=self.source.list_page)
+            if token:
+                kwargs["_continue"] = token
+            resp = self.list_func(**kwargs)
+            try:
+                data = json.loads(resp.data)
+            finally:
+                resp.release_conn()
+            meta = data.get("metadata") or {}
+            if token is None:  # every page is of the first page's snapshot
+                self.resource_version = meta.get("resourceVersion")
+            for obj in data.get("items") or []:
+                key = self.key(obj)
+                listed.add(key)
+                # No revision per item: items are not in resourceVersion order, and a take()
+                # between pages must not see the list as handed over.
+                self._upsert(key, obj, seen=False)
+                count += 1
+            del data
+            token = meta.get("continue") or None
+            if token is None:
+                break
+            if self.source.stop_event.is_set():
+                return  # half a list: nothing may read as deleted
+        self._last_list = time.monotonic()
         for key in [k for k in self.cache if k not in listed]:
             self._delete(key)
         first = not self.synced
         self.source._seen(self.resource.kind, self.resource_version)
         self.synced = True
         self.source._listed(self)
-        log.info("listed %d %ss at resourceVersion %s%s", len(items), self.resource.kind,
+        log.info("listed %d %ss at resourceVersion %s%s", count, self.resource.kind,
                  self.resource_version, "" if first or self.stats.events != before
                  else " (unchanged)")
         node = self.source.node_name
         if self.resource is NODES and node and ("", node) not in listed:
             log.warning("node %s (--node-name / NODE_NAME) is not among the %d Nodes the API "
-                        "lists", node, len(items))
+                        "lists", node, count)
 
-    def _upsert(self, key: Key, obj: Dict[str, Any]) -> None:
-        """An object as the API has it now: converted once per resourceVersion."""
+    def _upsert(self, key: Key, obj: Dict[str, Any], seen: bool = True) -> None:
+        """An object as the API has it now: converted once per resourceVersion. `seen`: its
+        resourceVersion is this watch's newest (not so for a list's items)."""
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         cached = self.cache.get(key)
-        if cached is not None and rv is not None and cached[0] == rv:
-            return
-        try:
-            self._convert(key, obj, rv, cached)
-        finally:
+        if not (cached is not None and rv is not None and cached[0] == rv):
+            self._convert(key, obj, rv, cached, rv if seen else None)
+        if seen:
             self.source._seen(self.resource.kind, rv)
 
     def _convert(self, key: Key, obj: Dict[str, Any], rv: Optional[str],
-                 cached: Optional[Tuple[Optional[str], Any]]) -> None:
+                 cached: Optional[Tuple[Optional[str], Any]], revision: Optional[str]) -> None:
+        """`revision`: recorded with the change, atomically (None for a list's items)."""
         self.stats.events += 1
         if self.resource is NODES:
             with self.source.lock:
                 self.cache[key] = (rv, obj)
             return
         old = cached[1] if cached is not None else None
-        verdict = convert_api_object(self.resource.kind, obj, self.source.service_cidrs)
+        try:
+            verdict = convert_api_object(self.resource.kind, obj, self.source.service_cidrs)
+        except Exception as exc:  # noqa: BLE001 - a converter defect refuses this object only
+            log.exception("%s: converting %s %s/%s failed", self.source.description,
+                          self.resource.kind, key[0], key[1])
+            verdict = Converted(self.resource.kind, key, f"{self.resource.kind} {key[0]}/{key[1]}",
+                                problems=(((), f"internal error ({exc!r}); please report it"),))
+        self.source._note_refusal(self.resource.kind, key, verdict)
         if verdict.refused:
             self.stats.refused += 1
             log.error("%s: %s %s/%s refused, %s:\n%s", self.source.description, self.resource.kind,
@@ -230,14 +256,16 @@ class _Reflector:
         new = verdict.obj
         self.cache[key] = (rv, new)
         if new != old:
-            self.source._emit(Change(self.resource.kind, key, new))
+            self.source._emit(Change(self.resource.kind, key, new), revision)
 
     def _delete(self, key: Key, rv: Optional[str] = None) -> None:
-        cached = self.cache.pop(key, None)
+        with self.source.lock:  # nodes() reads the Node cache from another thread
+            cached = self.cache.pop(key, None)
         if cached is not None:
             self.stats.events += 1
+            self.source._note_refusal(self.resource.kind, key, None)
             if self.resource is not NODES and cached[1] is not None:
-                self.source._emit(Change(self.resource.kind, key, None))
+                self.source._emit(Change(self.resource.kind, key, None), rv)
         self.source._seen(self.resource.kind, rv)
 
     def _watch(self) -> None:
@@ -299,10 +327,12 @@ class KubernetesSource:
                  resync_seconds: float = 300.0, watch_timeout: float = 300.0,
                  connect_timeout: float = 5.0, backoff_base: float = 0.5,
                  backoff_cap: float = 30.0, description: Optional[str] = None,
-                 service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS) -> None:
+                 service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS,
+                 list_page: int = LIST_PAGE) -> None:
         from kubernetes import client
 
         self.node_name = node_name
+        self.list_page = list_page
         self.service_cidrs = tuple(service_cidrs)
         self.resync_seconds = resync_seconds
         self.watch_timeout = watch_timeout
@@ -319,6 +349,7 @@ class KubernetesSource:
         # change queued), and the same as it was when take() last handed changes over.
         self._revisions: Dict[str, int] = {}
         self._taken_revisions: Dict[str, int] = {}
+        self._refused: Dict[Tuple[str, Key], ManifestError] = {}  # objects refused now
         self._waiters = threading.Condition(self.lock)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         apis = {"CoreV1Api": client.CoreV1Api(api_client),
@@ -363,6 +394,21 @@ class KubernetesSource:
     def next_poll(self) -> Optional[float]:
         return None  # woken by events only
 
+    def _note_refusal(self, kind: str, key: Key, verdict: Optional[Converted]) -> None:
+        with self.lock:
+            if verdict is not None and verdict.refused:
+                path, message = verdict.problems[0]
+                more = f" (and {len(verdict.problems) - 1} more)" if len(verdict.problems) > 1 else ""
+                self._refused[(kind, key)] = ManifestError(
+                    self.description, verdict.label, format_path(path) or None, message + more)
+            else:
+                self._refused.pop((kind, key), None)
+
+    def problems(self) -> List[ManifestError]:
+        """The objects refused now (their last good version is what is programmed)."""
+        with self.lock:
+            return [self._refused[k] for k in sorted(self._refused)]
+
     def revision(self) -> Dict[str, int]:
         """Per resource kind, the newest resourceVersion whose change (if it made one) take()
         has handed over. Each watch delivers its resource in order, so once the agent reports
@@ -372,26 +418,43 @@ class KubernetesSource:
             return dict(self._taken_revisions)
 
     def _seen(self, kind: str, resource_version: Optional[str]) -> None:
-        """After an event's change (if any) is queued: a take() that sees this revision has
-        its change too."""
-        if resource_version and resource_version.isdigit():
-            with self.lock:
-                if int(resource_version) > self._revisions.get(kind, 0):
-                    self._revisions[kind] = int(resource_version)
+        """An event handled whose change (if it made one) is queued: its revision may be
+        reported. When it moves the revision without a change (a status update, a bookmark), the
+        agent is woken to say so."""
+        with self.lock:
+            if self._advance(kind, resource_version) and self.synced:
+                self._wake_agent()
 
-    def _emit(self, change: Change) -> None:
+    def _advance(self, kind: str, resource_version: Optional[str]) -> bool:
+        """Under the lock."""
+        if resource_version and resource_version.isdigit() and \
+                int(resource_version) > self._revisions.get(kind, 0):
+            self._revisions[kind] = int(resource_version)
+            return True
+        return False
+
+    def _emit(self, change: Change, resource_version: Optional[str] = None) -> None:
+        """Queues a change; `resource_version` (a watch event's) is recorded with it, so a
+        take() that hands the change over reports its revision too, never one without the other."""
         with self._waiters:
             if not self._pending:
                 self._pending_since = time.time()
             self._pending[(change.kind, change.key)] = change
+            self._advance(change.kind, resource_version)
             if self.synced:
                 self._waiters.notify_all()
-        os.eventfd_write(self._wake_fd, 1)
+            self._wake_agent()
 
     def _listed(self, reflector: "_Reflector") -> None:
         with self._waiters:
             self._waiters.notify_all()
-        os.eventfd_write(self._wake_fd, 1)
+            self._wake_agent()
+
+    def _wake_agent(self) -> None:
+        """Under the lock, so close() cannot close the descriptor in between (a write to a
+        reused descriptor number would land in some other file)."""
+        if self._wake_fd >= 0:
+            os.eventfd_write(self._wake_fd, 1)
 
     def _wake(self) -> None:
         with self._waiters:
@@ -403,7 +466,7 @@ class KubernetesSource:
         self.start()
         try:
             os.eventfd_read(self._wake_fd)
-        except BlockingIOError:
+        except (BlockingIOError, OSError):
             pass
         with self.lock:
             if not self.synced:
@@ -417,10 +480,10 @@ class KubernetesSource:
 
     def close(self) -> None:
         self.stop()
-        try:
-            os.close(self._wake_fd)
-        except OSError:
-            pass
+        with self.lock:
+            fd, self._wake_fd = self._wake_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     # --- nodes (kept for NodePort and topology work) ---------------------------------------
     def nodes(self) -> Dict[str, Dict[str, List[str]]]:

@@ -3,7 +3,8 @@ list/watch protocol the way kube-apiserver does for the three resources ebpflb r
 
 - `GET /api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`, `/api/v1/nodes`: a JSON
   list (`ServiceList`...) whose `metadata.resourceVersion` is the store's current version; items
-  carry no kind/apiVersion, as the real server sends them.
+  carry no kind/apiVersion, as the real server sends them. `?limit=N` pages it: `metadata.continue`
+  names the rest of the same snapshot; an unknown continue token gets 410 Expired.
 - `?watch=true&resourceVersion=N&allowWatchBookmarks=true&timeoutSeconds=T`: a chunked stream of
   JSON lines `{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...}`: every event after N,
   then new ones as they happen, a BOOKMARK every `bookmark_interval` seconds, until T elapses.
@@ -81,12 +82,28 @@ class _Handler(BaseHTTPRequestHandler):
             fake.counts[f"watch {resource}"] += 1
             self._watch(fake, resource, q)
         else:
-            fake.counts[f"list {resource}"] += 1
+            limit = int(q.get("limit") or 0)
+            token = q.get("continue")
             with fake.cond:
-                items = [o for (_, o) in sorted(fake.store[resource].items())]
-                rv = str(fake.rv)
+                if token:
+                    snapshot = fake.snapshots.pop(token, None)
+                    if snapshot is None:  # as the server answers a continue token past compaction
+                        self._json(410, status(410, "Expired", "the continue token has expired"))
+                        return
+                    items, rv = snapshot
+                else:
+                    fake.counts[f"list {resource}"] += 1
+                    items = [o for (_, o) in sorted(fake.store[resource].items())]
+                    rv = str(fake.rv)
+                meta: Dict[str, Any] = {"resourceVersion": rv}
+                if limit and len(items) > limit:
+                    # Pages of one snapshot, at the first page's resourceVersion.
+                    meta["continue"] = next_token = f"{rv}-{len(fake.snapshots)}-{id(items)}"
+                    fake.snapshots[next_token] = (items[limit:], rv)
+                    items = items[:limit]
+                    fake.counts[f"page {resource}"] += 1
             self._json(200, {"kind": list_kind, "apiVersion": api_version,
-                             "metadata": {"resourceVersion": rv}, "items": items})
+                             "metadata": meta, "items": items})
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -169,6 +186,8 @@ class FakeApiServer:
         self.drop_epoch = 0
         self.store: Dict[str, Dict[Key, Dict[str, Any]]] = {r: {} for r in RESOURCES}
         self.history: List[Tuple[int, str, str, Dict[str, Any]]] = []
+        # continue token -> (the list's remaining items, its resourceVersion)
+        self.snapshots: Dict[str, Tuple[List[Dict[str, Any]], str]] = {}
         self.counts: Counter = Counter()
         self._httpd: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
@@ -218,6 +237,7 @@ class FakeApiServer:
         with self.cond:
             self.compacted = self.rv
             self.history.clear()
+            self.snapshots.clear()  # continue tokens expire with the history they were taken at
             self.cond.notify_all()
 
     def open_watches_wait(self, resource: str, count: int, timeout: float = 10.0) -> None:

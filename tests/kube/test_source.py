@@ -210,6 +210,13 @@ def test_invalid_object_is_refused_alone_and_keeps_its_last_good_version(seeded,
     assert "Service default/web refused, its last good version stays" in caplog.text
     assert f.quiet(0.3) == [] and f.store.services["default", "web"].ports[0].protocol == "TCP"
     assert src.stats()["Service"].refused == 2
+    assert [(p.obj, p.field) for p in src.problems()] == [
+        ("Service default/bad", "spec.ports[0].port"), ("Service default/web", "spec.ports[0].protocol")]
+    seeded.put("services", service("web", "10.96.0.10"))  # fixed: no longer a problem
+    deadline = time.monotonic() + 5
+    while len(src.problems()) != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p.obj for p in src.problems()] == ["Service default/bad"]
 
 
 def test_status_only_change_yields_nothing(seeded, make_source):
@@ -258,3 +265,36 @@ def test_backoff_is_capped_and_jittered():
     assert len({round(d, 6) for d in delays}) > 40  # jitter: not one fixed schedule
     b.reset()
     assert b.next() <= 0.5
+
+
+def test_lists_are_paginated_and_a_relist_finds_deletions_across_pages(fake, make_source):
+    """Pages of 2 (client-go pages by 500): the API server never sends the whole list at once,
+    every object still arrives, and a relist that misses one across pages deletes it."""
+    for i in range(7):
+        fake.put("services", service(f"s{i}", f"10.96.0.{i + 1}"))
+    fake.put("nodes", node("node-1", "192.168.200.1"))
+    src = make_source(list_page=2, resync_seconds=1.0)
+    f = Follower(src).wait(until=lambda f: len(f.services()) == 7)
+    assert fake.counts["page services"] >= 3 and fake.counts["list services"] == 1
+    fake.delete("services", "default", "s3")
+    f.wait(until=lambda f: "s3" not in f.services())
+    assert f.services() == [f"s{i}" for i in range(7) if i != 3]
+
+
+def test_the_revision_covers_what_was_handed_over_per_kind(seeded, make_source):
+    """After take(), each kind's revision is the newest resourceVersion of that kind whose
+    change (if any) was handed over: a change the agent has programmed is at or below it, and
+    an event that changes nothing (a status) still moves it, so the agent can say so."""
+    src = make_source()
+    f = Follower(src).wait()
+    rv = seeded.put("endpointslices", endpointslice("web", ["10.244.0.16"]))
+    f.wait(until=lambda f: f.backends() == ["10.244.0.16"])
+    assert src.revision()["EndpointSlice"] >= rv
+    svc = service("web", "10.96.0.10")
+    svc["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.9"}]}}
+    rv = seeded.put("services", svc)
+    deadline = time.monotonic() + 5
+    while src.revision().get("Service", 0) < rv and time.monotonic() < deadline:
+        assert not f.step()  # nothing to hand over...
+        time.sleep(0.05)
+    assert src.revision()["Service"] >= rv  # ...and yet the revision moved

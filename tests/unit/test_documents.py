@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ebpflb.convert import convert_document
-from ebpflb.documents import _split_list, _yaml_documents, read_text, split_chunks
+from ebpflb.documents import LineFinder, _split_list, _yaml_documents, read_text, split_chunks
 
 pytestmark = pytest.mark.unit
 
@@ -71,8 +71,13 @@ def test_a_stream_read_document_by_document_equals_a_whole_read(ids, data) -> No
     if data.draw(st.booleans()):
         parts.append("---\n")  # an empty document at the end
     text = "".join(parts)
-    objs, _ = read(text)
+    objs, result = read(text)
     assert objs == whole(text)
+    # Lines recorded at read time (for "already defined at FILE:LINE") are the composer's.
+    finder = LineFinder(text)
+    for entry in result.entries:
+        if entry.line is not None:
+            assert entry.line == finder.line(entry.docno - 1, entry.base), entry
 
 
 @settings(**SETTINGS)
@@ -84,8 +89,12 @@ def test_a_kubectl_list_read_item_by_item_equals_a_whole_read(ids, data) -> None
     text = yaml.safe_dump(doc)  # kubectl's layout: keys sorted, `- ` entries at column 0
     if "&" not in text and "*" not in text:  # either might be an anchor: then read whole
         assert _split_list(text) is not None
-    objs, _ = read(text)
+    objs, result = read(text)
     assert objs == whole(text)
+    finder = LineFinder(text)
+    for entry in result.entries:
+        if entry.line is not None:
+            assert entry.line == finder.line(entry.docno - 1, entry.base), entry
 
 
 def test_an_edit_reparses_only_the_edited_item_or_document() -> None:

@@ -298,6 +298,9 @@ def test_a_vanished_directory_keeps_everything(mdir: Path) -> None:
     os.rename(moved, mdir)
     f.src._next_scan = 0
     write(mdir / "f0.yaml", service("s00", "10.96.0.1", port=81))
+    f.take()  # changed while nothing watched it: read once it has stopped changing
+    assert f.services()["s00"] == 80
+    f.src._next_scan = 0
     f.take()
     assert f.services()["s00"] == 81 and len(f.services()) == 41
 
@@ -348,3 +351,78 @@ def test_json_manifests_are_read_by_the_json_parser(tmp_path: Path) -> None:
     [error] = batch.errors
     assert error.obj == "Service demo/s1" and error.field == "spec.ports[0].port"
     assert error.line is not None and '"port": 70000' in (d / "list.json").read_text().splitlines()[error.line - 1]
+
+
+def test_a_new_file_is_read_once_its_writer_closes_it(mdir: Path) -> None:
+    """Created and written in two halves (a `kubectl get -o yaml > new.yaml`): the creation
+    wakes the agent, but nothing is read until the file is closed."""
+    f = Follow(ManifestSource(str(mdir)))
+    f.take()
+    text = docs(service("new1", "10.96.9.1"), service("new2", "10.96.9.2"))
+    with open(mdir / "new.yaml", "w") as out:
+        out.write(text[: text.index("---")])
+        out.flush()
+        assert f.woken()  # IN_CREATE
+        assert f.take().changes == [] and "new1" not in f.services()
+        out.write(text[text.index("---"):])
+    assert f.woken()  # IN_CLOSE_WRITE
+    assert {c.key[1] for c in f.take().changes} == {"new1", "new2"}
+
+
+def test_a_rescan_does_not_read_a_file_caught_mid_write(mdir: Path) -> None:
+    """The safety rescan finds a file changed without an event (here: written while the test
+    holds it open, so no close event yet): it is read only once it has stopped changing."""
+    f = Follow(ManifestSource(str(mdir)))
+    f.take()
+    full = (mdir / "f1.yaml").read_text()
+    with open(mdir / "f1.yaml", "w") as out:
+        out.write(full[: full.index("---", len(full) // 2)])
+        out.flush()
+        f.src._next_scan = 0
+        assert f.take().changes == []  # seen changing: not read
+        out.write(full[full.index("---", len(full) // 2):])
+    f.src._names.clear()  # as if the close event were lost too
+    f.src._inotify.read(timeout=0)
+    f.src._next_scan = 0
+    f.take()
+    f.src._next_scan = 0
+    assert f.take().changes == [] and len(f.services()) == 50  # read whole: nothing changed
+    assert f.src._fingerprints[str(mdir / "f1.yaml")][2] == len(full.encode())  # it was read
+
+
+def test_a_missing_path_at_start_is_waited_for_not_read_as_empty(tmp_path: Path) -> None:
+    """A restarted agent whose manifest directory is not mounted yet must not program an empty
+    cluster over its predecessor's pins: the source is not synced until it has read the path."""
+    d = tmp_path / "later"
+    src = ManifestSource(str(d), poll_interval=0.05)
+    f = Follow(src)
+    batch = f.take()
+    assert not src.synced and batch.changes == []
+    d.mkdir()
+    write(d / "a.yaml", service("web", "10.96.0.10"))
+    time.sleep(0.06)
+    f.take()
+    assert src.synced and f.services() == {"web": 80}
+
+
+def test_the_revision_says_every_file_written_before_it_was_read(mdir: Path) -> None:
+    f = Follow(ManifestSource(str(mdir)))
+    f.take()
+    write(mdir / "f2.yaml", (mdir / "f2.yaml").read_text().replace("[10.244.2.3]", "[10.244.2.33]"))
+    written = time.time_ns()
+    assert f.src.revision() < written
+    f.woken()
+    f.take()
+    assert f.src.revision() >= written and f.backends("s22") == ["10.244.2.33"]
+    # Polling: a change is read one poll after it was seen, and the revision follows that.
+    src = ManifestSource(str(mdir), use_inotify=False, poll_interval=0.01)
+    p = Follow(src)
+    p.take()
+    write(mdir / "f2.yaml", (mdir / "f2.yaml").read_text().replace("[10.244.2.33]", "[10.244.2.4]"))
+    written = time.time_ns()
+    time.sleep(0.02)
+    p.take()
+    assert src.revision() < written and p.backends("s22") == ["10.244.2.33"]
+    time.sleep(0.02)
+    p.take()
+    assert src.revision() >= written and p.backends("s22") == ["10.244.2.4"]

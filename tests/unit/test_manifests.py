@@ -608,3 +608,19 @@ def test_cluster_ip_must_be_in_the_service_range(cluster_ip, cidrs, ok):
         with pytest.raises(ManifestErrors) as exc:
             parse_documents(text, "x.yaml", **kwargs)
         assert f"x.yaml:5: Service demo/web: spec.clusterIP: {cluster_ip} is outside the Service range" in str(exc.value)
+
+
+def test_annotations_over_the_api_servers_limit_are_refused() -> None:
+    """256 KiB of annotations in all (keys and values), as the API server allows; more is refused
+    with the field named, and the rest of the text still reads."""
+    def with_note(size: int, name: str) -> str:
+        return service().replace("name: web", f"name: {name}").replace(
+            "  namespace: demo\n", f"  namespace: demo\n  annotations:\n    note: {'x' * size}\n")
+
+    limit = 256 * 1024 - len("note")
+    m = parse_documents(with_note(limit, "web"), "ok.yaml")
+    assert m.services[0].name == "web"
+    errors = errors_of(with_note(limit + 1, "web") + "---\n" + service(ip="10.96.0.11").replace(
+        "name: web", "name: other"))
+    assert [(e.obj, e.field) for e in errors] == [(SVC, "metadata.annotations")]
+    assert "262145 bytes in all: at most 262144 (256 KiB)" in errors[0].message

@@ -21,6 +21,12 @@ class QuietSource:
     def take(self):
         return ChangeBatch()
 
+    def revision(self):
+        return 0
+
+    def problems(self):
+        return []
+
 
 SERVICE = Service("demo", "web", "NodePort", ("10.96.0.10",),
                   (ServicePort("http", "TCP", 80, 8080, 30080),))

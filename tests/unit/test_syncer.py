@@ -58,11 +58,26 @@ def test_a_plan_that_does_not_fit_is_refused_whole_and_retried():
     assert outcome.status == REFUSED and "lb4_backends would need" in outcome.error
     assert backends(syncer) == ["10.244.0.1", "10.244.0.2", "10.244.0.3"]  # untouched
     assert syncer.pending
-    syncer.take([eps(1)])  # room is made: the pending change goes in with this one
-    syncer.planner.limits["lb4_backends"] = 6
+    syncer.take([eps(1)])  # another change meanwhile; the map is then made larger
+    syncer.planner.limits["lb4_backends"] = 6  # (removals run last: they lower no peak)
     outcome = syncer.sync()
     assert outcome.applied and outcome.services == 2
     assert backends(syncer) == ["10.244.0.5", "10.244.0.6", "10.244.0.7"]
+
+
+def test_one_service_that_does_not_fit_does_not_hold_back_the_others():
+    """A batch of two changes does not fit; alone, the small one does: it goes in, the big one
+    stays pending and is retried."""
+    syncer = started(limits={"lb4_backends": 5})
+    syncer.take([eps(0, "10.244.0.5", "10.244.0.6", "10.244.0.7"), eps(1, "10.244.0.9")])
+    outcome = syncer.sync()
+    assert outcome.applied and "1 Services not programmed: a/s0" in outcome.error
+    assert backends(syncer) == ["10.244.0.1", "10.244.0.2", "10.244.0.9"]
+    assert syncer.pending
+    assert syncer.sync().status == REFUSED  # still too big alone
+    syncer.planner.limits["lb4_backends"] = 6
+    assert syncer.sync().applied and not syncer.pending
+    assert backends(syncer) == ["10.244.0.5", "10.244.0.6", "10.244.0.7", "10.244.0.9"]
 
 
 def test_a_failed_write_is_undone_and_a_full_sync_follows():
