@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
-from .gcpause import give_back_memory
+from .gcpause import give_back_memory, paused_gc
 from .model import HealthCheck, ModelContext
 from .records import PlanDefaults
 from .sources import Source
@@ -308,7 +308,13 @@ class Agent:
         self.state.startup[name] = round(time.monotonic() - self._started, 3)
 
     def _wait_for_source(self) -> None:
-        """Until the source has read its whole state once (or the agent is told to stop)."""
+        """Until the source has read its whole state once (or the agent is told to stop). The
+        collector is paused meanwhile: the whole state is read at once, and collections walking
+        the growing heap would cost more than the reading (a third more at 100,000 Services)."""
+        with paused_gc(True):
+            self._read_source_state()
+
+    def _read_source_state(self) -> None:
         self.source.start()
         while not self._stop and not self.source.synced:
             fds = [self._wake_r] + ([self.source.fileno()] if self.source.fileno() is not None else [])

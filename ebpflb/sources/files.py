@@ -40,6 +40,9 @@ MAX_FILE_BYTES = 1 << 30  # a kubectl dump of 100,000 Services is ~150 MB
 POLL_INTERVAL = 1.0  # seconds between polls without inotify
 RESCAN_INTERVAL = 30.0  # seconds between safety rescans with inotify
 SETTLE_RECHECK = 1.0  # seconds before a file that changed unannounced is looked at again
+# After a take that handled events, one more take this soon (it reads nothing new, unless more
+# came): its start becomes the revision, so the revision passes every write already read.
+FOLLOW_UP = 0.01
 
 
 def _inotify_mask():
@@ -75,6 +78,7 @@ class ManifestSource:
         self.changed_at: Optional[float] = None
         self._revision = 0  # wall clock (ns): every file written before it has been read
         self._last_poll_ns = 0
+        self._follow_up: Optional[float] = None  # time.monotonic() of a take due after events
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
@@ -120,6 +124,8 @@ class ManifestSource:
 
     def next_poll(self) -> float:
         """When (time.monotonic) `take()` should run even without an event."""
+        if self._follow_up is not None:
+            return min(self._next_scan, self._follow_up)
         return self._next_scan
 
     # --- the Source protocol -------------------------------------------------------------
@@ -129,6 +135,7 @@ class ManifestSource:
         started_ns = time.time_ns()
         watching = self._watch is not None
         self._drain()
+        self._follow_up = now + FOLLOW_UP if self._names else None
         if self._watch is None:
             self._add_watch()  # the directory may be back, or watches freed
         if self.is_dir is None and self.path.exists():

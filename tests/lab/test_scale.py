@@ -1,7 +1,8 @@
 """10,000 Services in a manifest directory (100 files of 100 Services, 4 endpoints each, every one
 pointing at the lab's real pods), served by the real agent; one endpoint of the probed Service is
-removed. Once the agent reports the change applied (its status file's applied revision reaches the
-file's modification time), no new connection reaches the removed pod: the change was planned for
+removed. Once the agent reports the change applied (its status file's applied revision, a time
+before which every file written has been read and programmed, passes the write), no new
+connection reaches the removed pod: the change was planned for
 that one Service, and the maps held it before the agent said so."""
 import os
 import socket
@@ -34,7 +35,7 @@ def filler_vip(i: int) -> str:
     return f"10.96.{1 + i // 250}.{1 + i % 250}"
 
 
-def write_file(path: Path, first: int, web_endpoints: List[str]) -> int:
+def write_file(path: Path, first: int, web_endpoints: List[str]) -> None:
     docs = []
     for i in range(first, first + PER_FILE):
         if i == 0:
@@ -44,7 +45,6 @@ def write_file(path: Path, first: int, web_endpoints: List[str]) -> int:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("---\n".join(docs))
     os.replace(tmp, path)
-    return os.stat(path).st_mtime_ns
 
 
 def who(client_ns: str) -> str:
@@ -75,7 +75,8 @@ def test_one_endpoint_removed_among_10000_services(lab, tmp_path: Path) -> None:
         client = lab.pod_ns("client")
         assert {who(client) for _ in range(40)} == set(WEB)
 
-        revision = write_file(manifests / "f000.yaml", 0, [WEB["web-1"], WEB["web-3"]])
+        write_file(manifests / "f000.yaml", 0, [WEB["web-1"], WEB["web-3"]])
+        revision = time.time_ns()  # the agent's revision: every file written before it was read
         written = time.monotonic()
         wait_until(lambda: (read_status(agent.pin_dir) or {}).get("applied_revision", 0) >= revision,
                    10, "the agent to report the change applied")
