@@ -308,19 +308,19 @@ class Agent:
         self.state.startup[name] = round(time.monotonic() - self._started, 3)
 
     def _wait_for_source(self) -> None:
-        """Until the source has read its whole state once (or the agent is told to stop). The
-        collector is paused meanwhile: the whole state is read at once, and collections walking
-        the growing heap would cost more than the reading (a third more at 100,000 Services)."""
-        with paused_gc(True):
-            self._read_source_state()
-
-    def _read_source_state(self) -> None:
+        """Until the source has read its whole state once (or the agent is told to stop). A
+        take that reads the whole state in this thread (the manifest source) runs with the
+        collector paused: collections walking the growing heap would cost more than the reading
+        (a third more at 100,000 Services). The API source reads in its own threads, with the
+        collector on: their responses leave cyclic garbage it must free."""
         self.source.start()
         while not self._stop and not self.source.synced:
             fds = [self._wake_r] + ([self.source.fileno()] if self.source.fileno() is not None else [])
             select.select(fds, [], [], 0.5)
-            self.take_changes()  # hands over nothing until the whole state is read
-        self.take_changes()  # the whole state, planned by the first (full) sync
+            with paused_gc(True):
+                self.take_changes()  # hands over nothing until the whole state is read
+        with paused_gc(True):
+            self.take_changes()  # the whole state, planned by the first (full) sync
 
     def _run(self) -> int:
         # Kernel edges imported here so the module stays importable without bcc or pyroute2.

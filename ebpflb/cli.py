@@ -236,6 +236,9 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
           netns: Optional[str]) -> None:
     """Run the agent in the foreground: program the maps from the manifests or the Kubernetes
     API, attach to pod devices, and follow changes until SIGTERM."""
+    from .gcpause import tune_malloc
+
+    tune_malloc()  # before any thread or large allocation
     from .agent import Agent, AgentOptions
     from .dataplane.loader import DataplaneError
     from .metrics import AgentMetrics, parse_address

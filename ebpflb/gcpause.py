@@ -38,3 +38,26 @@ def give_back_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+M_MMAP_THRESHOLD = -3  # mallopt parameters (glibc's malloc.h)
+M_ARENA_MAX = -8
+
+
+def tune_malloc() -> None:
+    """Keeps the agent's C heap from fragmenting: a fixed mmap threshold (glibc otherwise raises
+    it after the first large free, and the API source's page buffers, about a megabyte each, then
+    come from heaps that never shrink), and few arenas (one per thread otherwise). Does nothing
+    where there is no glibc; EBPFLB_MALLOC_DEFAULTS=1 leaves glibc's defaults (to compare)."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("EBPFLB_MALLOC_DEFAULTS") == "1":
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
