@@ -562,10 +562,11 @@ class Report:
 
     def file_table(self) -> List[str]:
         L = ["### One file holding every Service", "",
-             "One endpoint changed in the file (rewritten and renamed into place). Multi-document "
-             "YAML: only the changed documents are parsed again (the rest come from the reader's "
-             "cache by digest); kubectl's `kind: List` YAML and JSON are one document, parsed "
-             "whole (libyaml's C loader, `json`). MB/s: the file's size over the p50.", "",
+             "One endpoint changed in the file (rewritten and renamed into place); the agent reads "
+             "and digests the whole file. Multi-document YAML: only the changed documents are "
+             "parsed again (the rest come from the reader's cache by digest); kubectl's `kind: "
+             "List` YAML: only the changed items (libyaml's C loader); JSON: one document, parsed "
+             "whole by `json`. MB/s: the file's size over the p50.", "",
              "| Services | shape | file | p50 | p99 | MB/s of file |", "|---:|---|---:|---:|---:|---:|"]
         for n, r in self._sz():
             for shape, f in r["one_file"].items():
@@ -660,9 +661,10 @@ class Report:
                     L.append(f"  - as {shape}: {g['one_change']['p50_ms']:.0f} ms, "
                              f"{g['mb_per_s']:.1f} MB/s: {verdict(g['one_change']['p50_ms'] <= 1000)}.")
         for n, r in self._sz():
-            worst = max(r["kubernetes"]["burst"]["after_last_s"], r["directory"]["burst"]["after_last_s"])
-            L.append(f"- 1,000 changes in a second at {n:,}: all in the maps {worst:.3f} s after the "
-                     f"last (goal <= 1 s): {verdict(worst <= 1)}.")
+            for name in ("kubernetes", "directory"):
+                t = r[name]["burst"]["after_last_s"]
+                L.append(f"- 1,000 changes in a second at {n:,}, {name} source: all in the maps "
+                         f"{t:.3f} s after the last (goal <= 1 s): {verdict(t <= 1)}.")
         for n, limit in ((10000, 150), (100000, 3000)):
             r = self.sizes.get(str(n))
             if not r:
@@ -680,13 +682,41 @@ class Report:
             e = r["kubernetes"]["one_change"]["p50_ms"]
             L.append(f"- One endpoint change at 10,000 at least 20x faster than nftables ({nft:.0f} ms): "
                      f"{nft / e:.0f}x: {verdict(nft / e >= 20)}.")
+        base = self.out["baseline_rss"]
         for n, limit in ((10000, 250), (100000, 1024)):
             r = self.sizes.get(str(n))
             if not r:
                 continue
-            worst = max(max(r[s]["rss_ready_mib"], r[s]["rss_after_burst_mib"]) for s in ("kubernetes", "directory"))
-            L.append(f"- Agent RSS at {n:,} (ready, and after 1,000 changes): at most {worst:.0f} MiB "
-                     f"(goal <= {limit} MiB): {verdict(worst <= limit)}.")
+            for name in ("kubernetes", "directory"):
+                worst = max(r[name]["rss_ready_mib"], r[name]["rss_after_burst_mib"])
+                L.append(f"- Agent RSS at {n:,}, {name} source (ready, and after 1,000 changes): "
+                         f"{worst:.0f} MiB, of which {worst - base[f'{name}_mib']:.0f} MiB for the "
+                         f"Services (goal <= {limit} MiB in all): {verdict(worst <= limit)}.")
+        L += ["", "Why the misses:", "",
+              "- **Full initial sync.** Two parts of about equal size at 10,000 Services: the "
+              "kernel's inserts into the control-plane hash maps, which allocate each entry as it "
+              "is written (`BPF_F_NO_PREALLOC`: about 0.8 µs per entry on this VM, 110,000 entries "
+              "at 10,000 Services; measured apart with the same batch calls: 90-110 ms), and "
+              "building the records in Python (about 1 µs per record). Meeting 150 ms needs both "
+              "halved: preallocated maps or arrays for backends and slots (a data-plane layout "
+              "change: issue 14's shared decision core is the place) and a compiled record builder. "
+              "Nothing else in the agent's start (listing, parsing, the model) is in this figure.",
+              "- **Memory.** The baseline is the interpreter with bcc and LLVM (which compile the "
+              "programs at start) and, for the API source, the `kubernetes` client, which loads all "
+              "of its API model classes at import (about 56 MiB; ebpflb reads raw JSON and uses none "
+              "of them). What the Services cost is about 6 to 9 KiB each with 4 endpoints: the "
+              "objects, their model, their records (kept once, compactly), and the manifest "
+              "source's per-file caches. glibc's heap fragments under the start's bulk work (the "
+              "figure varies by about a tenth between runs).",
+              "- **1,000 changes in a second through the manifest directory at 100,000 Services**: "
+              "the changes are to 1,000 Services in as many files of 100, so the second rewrites "
+              "57 MB of YAML, and the agent reads and digests every file it is told of (about 2 ms "
+              "per file of 100 Services; only the changed documents are parsed). The same burst "
+              "through the API source, or to fewer files, is in the maps well within the second.",
+              "- **One file of 10,000 Services as JSON or kubectl's List YAML**: these are one "
+              "document, so every change reads and digests the whole file (the List's items are "
+              "parsed again only when their text changed; JSON is parsed whole by `json`). Split "
+              "files, or multi-document YAML, cost one document per change."]
         return L + [""]
 
 

@@ -411,8 +411,8 @@ the endpoint-change measure. Map memory moves little with scale ({ml_lo:.1f} MiB
 Services, {ml_hi:.1f} MiB at {scales[-1]:,}): conntrack and the per-CPU counters are preallocated at
 their maximum sizes (agent flags `--ct-max`, `--max-services`, `--max-backends`), and only the
 control-plane maps (`BPF_F_NO_PREALLOC`) grow with their records. The RSS is the Python agent:
-interpreter, bcc/LLVM (the programs are compiled at start), the parsed manifests, the model and
-the planner's snapshot of every map record; it grows by {(rss_hi - rss_lo):.0f} MiB from
+interpreter, bcc/LLVM (the programs are compiled at start), the objects, their model, the
+records each Service owns and the manifest source's caches; it grows by {(rss_hi - rss_lo):.0f} MiB from
 {scales[0]:,} to {scales[-1]:,} Services (about {(rss_hi - rss_lo) * 1024 / max(1, scales[-1] - scales[0]):.0f} KiB per
 Service with 4 endpoints).
 
