@@ -10,6 +10,7 @@ Problems carry field paths relative to the object; the manifest reader turns the
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union

@@ -13,7 +13,6 @@ sources -> **manifest set** -> changes -> store -> model -> plan -> apply. Rules
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 

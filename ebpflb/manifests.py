@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
 from .backend_rules import DEFAULT_SERVICE_CIDRS, parse_service_cidrs
-from .convert import ENDPOINT_SLICE, SERVICE, USED_KINDS  # noqa: F401 - re-exported
 from .errors import ManifestError, ManifestErrors  # noqa: F401 - re-exported
 from .manifest_set import ManifestSet
 from .model import EndpointSlice, Service

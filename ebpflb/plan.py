@@ -22,8 +22,7 @@ from .maps import (BACKEND_STATS, BACKENDS, NO_BACKEND, PROTO_NUMBERS, SERVICES,
                    SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SVC_META, SVC_STATS, VIPS, MapId,
                    Records, SlotKey, Snapshot, SrcRangeKey, SvcKey, SvcValue)
 from .model import DesiredState
-from .records import (PlanDefaults, frontend_key, frontend_name, frontend_slots,  # noqa: F401
-                      ipv4_ranges)
+from .records import PlanDefaults  # noqa: F401 - re-exported: plans are made with defaults
 
 
 class Action(str, Enum):

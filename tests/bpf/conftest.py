@@ -1,8 +1,10 @@
 """Fixtures for the bpf tier: the real TC programs loaded into the kernel with maps pinned in a
 directory unique to the test session, provisioned through the real control-plane path
 (manifest text -> model -> plan -> apply through bcc), and run with BPF_PROG_TEST_RUN."""
+import contextlib
 import os
 import shutil
+from typing import Iterator, Tuple
 
 import pytest
 
@@ -52,3 +54,19 @@ def dataplane():
         yield dp
     finally:
         shutil.rmtree(config.pin_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def maps_only(prefix: str, **sizes: int) -> Iterator[Tuple[DataplaneConfig, BccMapWriter]]:
+    """The control-plane maps without programs, pinned in a directory of their own (sizes as
+    DataplaneConfig takes them), removed afterwards, also on failure."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create BPF maps")
+    from ebpflb.dataplane.loader import open_maps
+
+    config = DataplaneConfig(pin_dir=f"/sys/fs/bpf/{unique(prefix)}", **sizes)
+    try:
+        yield config, BccMapWriter(open_maps(config, create=True))
+    finally:
+        shutil.rmtree(config.pin_dir, ignore_errors=True)
+    assert not os.path.exists(config.pin_dir)

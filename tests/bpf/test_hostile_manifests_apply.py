@@ -8,8 +8,6 @@ The expected contents are computed independently: the last good desired state pl
 empty snapshot. Ids depend on history, so the comparison is of what a packet can see: per
 frontend its name, flags and slot count, the ordered (address, port) of its slots, and the backend
 records it owns (tests/unit/test_hostile_manifests.programmed)."""
-import os
-import shutil
 from typing import Any, List, Optional, Sequence, Tuple
 
 import pytest
@@ -23,7 +21,7 @@ from ebpflb.model import DesiredState, desired_state
 from ebpflb.plan import PlanDefaults, PlanError, apply_to, compute_plan
 from ebpflb.reconcile import reconcile
 
-from ..conftest import unique
+from .conftest import maps_only
 from ..unit.test_hostile_manifests import manifest_texts, programmed
 
 pytestmark = pytest.mark.bpf
@@ -37,21 +35,9 @@ EMPTY = DesiredState(frontends={}, skipped=())
 
 @pytest.fixture(scope="module")
 def maps():
-    """Maps only (no programs), pinned in a directory of their own, removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create BPF maps")
-    from ebpflb.dataplane.bcc_maps import BccMapWriter
-    from ebpflb.dataplane.config import DataplaneConfig
-    from ebpflb.dataplane.loader import open_maps
-
-    config = DataplaneConfig(pin_dir=f"/sys/fs/bpf/{unique('ebpflb-hostile-')}", max_services=4096,
-                             max_backends=16384, max_slots=262144, ct_max_entries=1024)
-    try:
-        bpf = open_maps(config, create=True)
-        yield config, BccMapWriter(bpf)
-    finally:
-        shutil.rmtree(config.pin_dir, ignore_errors=True)
-    assert not os.path.exists(config.pin_dir)
+    with maps_only("ebpflb-hostile-", max_services=4096, max_backends=16384, max_slots=262144,
+                   ct_max_entries=1024) as pinned:
+        yield pinned
 
 
 class FailingWriter:

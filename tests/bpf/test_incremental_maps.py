@@ -2,8 +2,6 @@
 (after every step the maps hold what a fresh full sync of the same objects holds, and a full plan
 against a read-back finds nothing), with the kernel's maps written through the agent's
 BccMapWriter (batch syscalls, packed records) and read back from the kernel."""
-import os
-import shutil
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,33 +9,22 @@ from hypothesis import strategies as st
 
 from ebpflb.apply import read_snapshot
 from ebpflb.maps import CONTROL_MAPS, SLOTS, Records
-from ebpflb.model import ModelContext, desired_state
+from ebpflb.model import desired_state
 from ebpflb.reconcile import reconcile
 from ebpflb.syncer import Syncer
 from tests.helpers.dict_writer import DictWriter
 
-from ..conftest import unique
-from ..unit.test_incremental_sync import CTX, ApiLike, canonical, events
+from .conftest import maps_only
+from ..unit.test_incremental_sync import CTX, ApiLike, canonical, events, take_step
 
 pytestmark = pytest.mark.bpf
 
 
 @pytest.fixture(scope="module")
 def maps():
-    """Maps only (no programs), pinned in a directory of their own, removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create BPF maps")
-    from ebpflb.dataplane.bcc_maps import BccMapWriter
-    from ebpflb.dataplane.config import DataplaneConfig
-    from ebpflb.dataplane.loader import open_maps
-
-    config = DataplaneConfig(pin_dir=f"/sys/fs/bpf/{unique('ebpflb-incr-')}", max_services=4096,
-                             max_backends=16384, max_slots=262144, ct_max_entries=1024)
-    try:
-        yield config, BccMapWriter(open_maps(config, create=True))
-    finally:
-        shutil.rmtree(config.pin_dir, ignore_errors=True)
-    assert not os.path.exists(config.pin_dir)
+    with maps_only("ebpflb-incr-", max_services=4096, max_backends=16384, max_slots=262144,
+                   ct_max_entries=1024) as pinned:
+        yield pinned
 
 
 def raw(records: Records) -> dict:
@@ -61,13 +48,7 @@ def test_incremental_steps_on_real_maps_equal_a_fresh_full_sync(maps, steps) -> 
     api = ApiLike()
     ctx = CTX
     for kind, name, doc in steps:
-        if kind == "nodes":
-            ctx = ModelContext(CTX.node_name, CTX.proxy_name, doc["addresses"], CTX.external_ip_allow)
-            syncer.set_context(ctx)
-        else:
-            change = api.change(kind, name, doc)
-            if change is not None:
-                syncer.take([change])
+        ctx = take_step(syncer, api, ctx, kind, name, doc)
         outcome = syncer.sync()
         assert outcome is None or outcome.applied, outcome
         fresh = DictWriter()

@@ -2,9 +2,6 @@
 an OSError naming the map, and apply_plan undoes what the plan wrote before it, so the maps hold
 exactly what they held. (The planner's capacity check would refuse such a plan first: here it is
 left out on purpose, to reach the kernel's own refusal.)"""
-import os
-import shutil
-
 import pytest
 
 from ebpflb.apply import ApplyError, apply_plan, read_snapshot
@@ -12,25 +9,16 @@ from ebpflb.maps import BACKENDS, BackendValue
 from ebpflb.model import Backend, DesiredState, Frontend
 from ebpflb.plan import compute_plan
 
-from ..conftest import unique
+from .conftest import maps_only
 
 pytestmark = pytest.mark.bpf
 
 
 @pytest.fixture
 def small_maps():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create BPF maps")
-    from ebpflb.dataplane.bcc_maps import BccMapWriter
-    from ebpflb.dataplane.config import DataplaneConfig
-    from ebpflb.dataplane.loader import open_maps
-
-    config = DataplaneConfig(pin_dir=f"/sys/fs/bpf/{unique('ebpflb-errs-')}", max_services=16,
-                             max_backends=16, max_slots=1024, ct_max_entries=1024)
-    try:
-        yield BccMapWriter(open_maps(config, create=True))
-    finally:
-        shutil.rmtree(config.pin_dir, ignore_errors=True)
+    with maps_only("ebpflb-errs-", max_services=16, max_backends=16, max_slots=1024,
+                   ct_max_entries=1024) as (_, writer):
+        yield writer
 
 
 def state(n_frontends: int, per: int) -> DesiredState:

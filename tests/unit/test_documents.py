@@ -49,6 +49,15 @@ def whole(text: str) -> List[Any]:
     return out
 
 
+def assert_lines_are_the_composers(text: str, result) -> None:
+    """Start lines recorded at read time (for "already defined at FILE:LINE") are the lines the
+    composer gives."""
+    finder = LineFinder(text)
+    for entry in result.entries:
+        if entry.line is not None:
+            assert entry.line == finder.line(entry.docno - 1, entry.base), entry
+
+
 def read(text: str, cache=None):
     result = read_text(text, "t.yaml", cache=cache)
     assert not result.errors, result.errors
@@ -73,11 +82,7 @@ def test_a_stream_read_document_by_document_equals_a_whole_read(ids, data) -> No
     text = "".join(parts)
     objs, result = read(text)
     assert objs == whole(text)
-    # Lines recorded at read time (for "already defined at FILE:LINE") are the composer's.
-    finder = LineFinder(text)
-    for entry in result.entries:
-        if entry.line is not None:
-            assert entry.line == finder.line(entry.docno - 1, entry.base), entry
+    assert_lines_are_the_composers(text, result)
 
 
 @settings(**SETTINGS)
@@ -91,10 +96,7 @@ def test_a_kubectl_list_read_item_by_item_equals_a_whole_read(ids, data) -> None
         assert _split_list(text) is not None
     objs, result = read(text)
     assert objs == whole(text)
-    finder = LineFinder(text)
-    for entry in result.entries:
-        if entry.line is not None:
-            assert entry.line == finder.line(entry.docno - 1, entry.base), entry
+    assert_lines_are_the_composers(text, result)
 
 
 def test_an_edit_reparses_only_the_edited_item_or_document() -> None:

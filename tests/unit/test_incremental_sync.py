@@ -128,6 +128,21 @@ class ApiLike:
         return None if new == old else Change(kind, key, new)
 
 
+def take_step(syncer: Syncer, api: "ApiLike", ctx: ModelContext, kind: str, name: str,
+              doc: Optional[Dict[str, Any]]) -> ModelContext:
+    """One generated event into the syncer, as the agent would take it; the node context after."""
+    if kind == "full":
+        syncer.request_full("periodic")
+    elif kind == "nodes":
+        ctx = ModelContext(CTX.node_name, CTX.proxy_name, doc["addresses"], CTX.external_ip_allow)
+        syncer.set_context(ctx)
+    else:
+        change = api.change(kind, name, doc)
+        if change is not None:
+            syncer.take([change])
+    return ctx
+
+
 class CheckingWriter(DictWriter):
     """Checks, after every single write, what a packet could see."""
 
@@ -182,15 +197,7 @@ def test_every_incremental_step_equals_a_fresh_full_sync(steps) -> None:
     api = ApiLike()
     ctx = CTX
     for kind, name, doc in steps:
-        if kind == "full":
-            syncer.request_full("periodic")
-        elif kind == "nodes":
-            ctx = ModelContext(CTX.node_name, CTX.proxy_name, doc["addresses"], CTX.external_ip_allow)
-            syncer.set_context(ctx)
-        else:
-            change = api.change(kind, name, doc)
-            if change is not None:
-                syncer.take([change])
+        ctx = take_step(syncer, api, ctx, kind, name, doc)
         outcome = syncer.sync()
         assert outcome is None or outcome.applied, outcome
         assert outcome is None or outcome.kind == ("full" if kind == "full" else "incremental")
