@@ -12,10 +12,9 @@ from ebpflb.maps import CONTROL_MAPS, SLOTS, Records
 from ebpflb.model import desired_state
 from ebpflb.reconcile import reconcile
 from ebpflb.syncer import Syncer
-from tests.helpers.dict_writer import DictWriter
 
 from .conftest import maps_only
-from ..unit.test_incremental_sync import CTX, ApiLike, canonical, events, take_step
+from ..unit.test_incremental_sync import CTX, canonical, events, fresh_full_sync, run_steps
 
 pytestmark = pytest.mark.bpf
 
@@ -45,16 +44,9 @@ def test_incremental_steps_on_real_maps_equal_a_fresh_full_sync(maps, steps) -> 
     reconcile(desired_state((), ()), writer, config.map_limits)  # empty from the last example
     syncer = Syncer(writer, config.map_limits, ctx=CTX)
     assert syncer.sync().applied
-    api = ApiLike()
-    ctx = CTX
-    for kind, name, doc in steps:
-        ctx = take_step(syncer, api, ctx, kind, name, doc)
-        outcome = syncer.sync()
+    for _, outcome, ctx in run_steps(syncer, steps):
         assert outcome is None or outcome.applied, outcome
-        fresh = DictWriter()
-        reconcile(desired_state(syncer.store.services.values(), syncer.store.slices.values(),
-                                ctx.node_name, ctx.proxy_name, ctx.node_addresses,
-                                ctx.external_ip_allow), fresh)
+        _, fresh = fresh_full_sync(syncer, ctx)
         kernel = read_snapshot(writer)
         assert canonical(raw(kernel)) == canonical(fresh.maps)
         everything = {k: syncer.model.frontends_of(k) for k in syncer.model.holders()}

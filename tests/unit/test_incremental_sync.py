@@ -8,7 +8,7 @@ full sync of the same objects from nothing holds (ids aside), a full plan agains
 must find nothing to do, and after every single map write a packet must find every frontend's
 slots, backends, source ranges and VIP.
 """
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -143,6 +143,25 @@ def take_step(syncer: Syncer, api: "ApiLike", ctx: ModelContext, kind: str, name
     return ctx
 
 
+def run_steps(syncer: Syncer, steps) -> Iterator[Tuple[str, Any, ModelContext]]:
+    """Each generated event taken and synced: (its kind, the sync's outcome, the node context)."""
+    api = ApiLike()
+    ctx = CTX
+    for kind, name, doc in steps:
+        ctx = take_step(syncer, api, ctx, kind, name, doc)
+        yield kind, syncer.sync(), ctx
+
+
+def fresh_full_sync(syncer: Syncer, ctx: ModelContext) -> Tuple[Any, DictWriter]:
+    """What a full sync of the syncer's objects, from nothing, programs: (desired, its maps)."""
+    fresh = DictWriter()
+    desired = desired_state(syncer.store.services.values(), syncer.store.slices.values(),
+                            ctx.node_name, ctx.proxy_name, ctx.node_addresses,
+                            ctx.external_ip_allow)
+    reconcile(desired, fresh)
+    return desired, fresh
+
+
 class CheckingWriter(DictWriter):
     """Checks, after every single write, what a packet could see."""
 
@@ -194,20 +213,11 @@ def test_every_incremental_step_equals_a_fresh_full_sync(steps) -> None:
     writer = CheckingWriter()
     syncer = Syncer(writer, ctx=CTX)
     assert syncer.sync().kind == "full"  # the start: nothing yet
-    api = ApiLike()
-    ctx = CTX
-    for kind, name, doc in steps:
-        ctx = take_step(syncer, api, ctx, kind, name, doc)
-        outcome = syncer.sync()
+    for kind, outcome, ctx in run_steps(syncer, steps):
         assert outcome is None or outcome.applied, outcome
         assert outcome is None or outcome.kind == ("full" if kind == "full" else "incremental")
         assert outcome is None or kind != "full" or outcome.writes == 0  # no drift here
-        # What a full sync of the same objects, from nothing, programs.
-        fresh = DictWriter()
-        desired = desired_state(syncer.store.services.values(), syncer.store.slices.values(),
-                                ctx.node_name, ctx.proxy_name, ctx.node_addresses,
-                                ctx.external_ip_allow)
-        reconcile(desired, fresh)
+        desired, fresh = fresh_full_sync(syncer, ctx)
         assert canonical(writer.maps) == canonical(fresh.maps)
         assert syncer.skipped() == desired.skipped
         assert syncer.health_checks() == desired.health_checks
