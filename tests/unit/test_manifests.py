@@ -624,3 +624,28 @@ def test_annotations_over_the_api_servers_limit_are_refused() -> None:
         "name: web", "name: other"))
     assert [(e.obj, e.field) for e in errors] == [(SVC, "metadata.annotations")]
     assert "262145 bytes in all: at most 262144 (256 KiB)" in errors[0].message
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("loadBalancerSourceRanges", ["a.1.1.1/8"], '"a.1.1.1/8" is not a valid CIDR'),
+    ("loadBalancerSourceRanges", ["1.a.1.1/8"], '"1.a.1.1/8" is not a valid CIDR'),
+])
+def test_inputs_that_once_crashed_the_converter_are_refused_naming_the_field(field, value, fragment):
+    from ebpflb.convert import convert_document
+
+    doc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "d"},
+           "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1", "ports": [{"port": 80}],
+                    field: value}}
+    verdict = convert_document(doc, "x")
+    assert verdict.refused and fragment in verdict.problems[0][1]
+    assert verdict.problems[0][0] == ("spec", field, 0)
+
+
+def test_a_lone_surrogate_in_an_annotation_does_not_crash_the_size_check():
+    """JSON can spell a lone surrogate ("\\ud800"); the API server never sends one, but a file may."""
+    m = parse_documents(json.dumps({"apiVersion": "v1", "kind": "Service",
+                                    "metadata": {"name": "a", "namespace": "d",
+                                                 "annotations": {"note": "\ud800"}},
+                                    "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}}),
+                        "s.json")
+    assert m.services[0].name == "a"
