@@ -9,11 +9,14 @@
 
 #include <uapi/linux/icmp.h>
 
+#include "parse.h"
+
 /* An ICMP error and the TCP/UDP header it quotes; addresses and ports in network order. */
 struct icmp4_err {
 	__u32 l3_off;
 	__u32 icmp_off;
-	__u32 inner_off;	/* the quoted IP header (no options) */
+	__u32 inner_off;	/* the quoted IP header */
+	__u32 inner_l4_off;	/* the quoted ports, after the quoted header and its options */
 	__be32 saddr;		/* outer */
 	__be32 daddr;
 	__be32 in_saddr;	/* quoted */
@@ -34,11 +37,14 @@ static __always_inline int parse_icmp4_error(struct __sk_buff *skb, struct icmp4
 	struct icmphdr *icmph;
 	struct iphdr *inner;
 	__be16 *ports;
+	__u32 inner_len;
 
 	if (parse_ethhdr(&c, data_end, &eth) != bpf_htons(ETH_P_IP))
 		return -1;
 	if (parse_iphdr(&c, data_end, skb->len - ETH_HLEN, &iph) != IPPROTO_ICMP)
 		return -1;
+	if (bpf_ntohs(iph->frag_off) & (IP_MF | IP_OFFSET_MASK))
+		return -1;	/* a fragmented ICMP message: the quote may not be all here */
 	icmph = c.pos;
 	if ((void *)(icmph + 1) > data_end)
 		return -1;
@@ -46,16 +52,20 @@ static __always_inline int parse_icmp4_error(struct __sk_buff *skb, struct icmp4
 	    icmph->type != ICMP_PARAMETERPROB)
 		return -1;
 	inner = (void *)(icmph + 1);
-	if ((void *)(inner + 1) > data_end || inner->ihl != 5 || inner->version != 4)
+	if ((void *)(inner + 1) > data_end || inner->ihl < 5 || inner->version != 4)
 		return -1;
 	if (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP)
 		return -1;
-	ports = (void *)(inner + 1);
+	/* The quoted header may carry options (a client sending Record Route, a router quoting
+	 * it): the ports follow them. */
+	inner_len = inner->ihl * 4;
+	ports = (void *)inner + inner_len;
 	if ((void *)(ports + 2) > data_end)
 		return -1;
 	e->l3_off = (void *)iph - data;
 	e->icmp_off = (void *)icmph - data;
 	e->inner_off = (void *)inner - data;
+	e->inner_l4_off = e->inner_off + inner_len;
 	e->saddr = iph->saddr;
 	e->daddr = iph->daddr;
 	e->in_saddr = inner->saddr;
@@ -72,7 +82,7 @@ static __always_inline int icmp4_rewrite_inner(struct __sk_buff *skb, const stru
 					       int dst, __be32 new_addr, __be16 new_port)
 {
 	__u32 addr_off = e->inner_off + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
-	__u32 port_off = e->inner_off + sizeof(struct iphdr) + (dst ? 2 : 0);
+	__u32 port_off = e->inner_l4_off + (dst ? 2 : 0);
 	__u32 in_csum_off = e->inner_off + offsetof(struct iphdr, check);
 	__u32 icmp_csum_off = e->icmp_off + offsetof(struct icmphdr, checksum);
 	__be32 old_addr = dst ? e->in_daddr : e->in_saddr;

@@ -39,6 +39,16 @@
 #ifndef LB4_SNAT_PORT_MAX
 #define LB4_SNAT_PORT_MAX 29999
 #endif
+/* Seconds a datagram's fragments may take to arrive (the kernel's ipfrag_time). */
+#ifndef FRAG4_TIMEOUT
+#define FRAG4_TIMEOUT 30
+#endif
+#ifndef FRAG4_MAX_ENTRIES
+#define FRAG4_MAX_ENTRIES 16384
+#endif
+#ifndef LB4_MAX_POD_ADDRS
+#define LB4_MAX_POD_ADDRS 65536
+#endif
 #ifndef CT4_SYN_MAX_ENTRIES
 #define CT4_SYN_MAX_ENTRIES 65536
 #endif
@@ -95,6 +105,13 @@ BPF_TABLE_PINNED("lpm_trie", struct lb4_src_range_key, __u32, lb4_src_ranges, LB
 /* Node devices by ifindex, with their SNAT address; written by the agent when it attaches. */
 BPF_TABLE_PINNED("hash", __u32, struct lb4_node_if, lb4_node_ifs, LB4_MAX_NODE_IFS,
 		 EBPFLB_PIN_DIR "/lb4_node_ifs");
+/* Datagrams in flight in fragments: the translation of each first fragment, for the later ones.
+ * LRU: a datagram whose last fragment was lost is forgotten when room is needed. */
+BPF_TABLE_PINNED("lru_hash", struct frag4_key, struct frag4_nat, frag4, FRAG4_MAX_ENTRIES,
+		 EBPFLB_PIN_DIR "/frag4");
+/* The addresses each pod device may send from (struct lb4_pod_addr_key); written by the agent. */
+BPF_TABLE_PINNED("hash", struct lb4_pod_addr_key, __u32, lb4_pod_addrs, LB4_MAX_POD_ADDRS,
+		 EBPFLB_PIN_DIR "/lb4_pod_addrs", BPF_F_NO_PREALLOC);
 /* Global verdict counters. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_stats, STAT_MAX, EBPFLB_PIN_DIR "/lb_stats");
 /* Per-frontend and per-backend traffic, indexed by id (ids are below the map limits; 0 unused).

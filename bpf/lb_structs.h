@@ -138,6 +138,51 @@ struct ct4_entry {
 	__be32 nat2_addr;
 	__be16 nat2_port;
 	__u16 pad;
+	__u32 ifindex;		/* the device whose packet created the flow (forward entries) */
+	__u32 pad2;
+};
+
+/* Later fragments of a datagram carry no ports: they follow the translation of the first one,
+ * remembered per (source, destination, IP id, protocol) as the fragments arrive. */
+struct frag4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 hook;	/* FRAG_AT_*: a record serves only the hook that made it */
+};
+
+/* Where a first fragment was translated. A backend's fragmented answer crosses its own pod
+ * device (lb4_from_pod) before the client's (lb4_to_pod): only the hook that translated the first
+ * fragment may translate the others. */
+#define FRAG_AT_POD_IN 1
+#define FRAG_AT_POD_OUT 2
+#define FRAG_AT_NODE_IN 3
+#define FRAG_AT_NODE_OUT 4
+
+/* frag4_nat.action: what happens to a later fragment after its addresses are rewritten. */
+#define FRAG_ACT_PASS 0		/* on to the stack (or the pod), like its first fragment */
+#define FRAG_ACT_REDIRECT 1	/* out of ifindex, TTL decremented (a SNAT flow on a node device) */
+#define FRAG_ACT_BOUNCE 2	/* back out of the device it came in on (a pod reaching itself) */
+
+struct frag4_nat {
+	__be32 saddr;		/* the addresses the first fragment left with */
+	__be32 daddr;
+	__u32 svc_id;
+	__u32 backend_id;
+	__u32 ifindex;		/* FRAG_ACT_REDIRECT */
+	__u8 action;
+	__u8 reply;		/* counted as a reply (backend to client) */
+	__u16 pad;
+	__u64 created_ns;	/* a datagram not complete after FRAG4_TIMEOUT is forgotten */
+};
+
+/* Source validation on a pod device: (ifindex, address) is present for every address the pod
+ * behind the device may use, and (ifindex, 0) marks a device whose addresses are known. A packet
+ * to a frontend from a marked device with a source not listed is dropped. */
+struct lb4_pod_addr_key {
+	__u32 ifindex;
+	__be32 addr;
 };
 
 /* Display name of a frontend ("namespace/name:port"), written by the control plane so that
@@ -165,7 +210,7 @@ enum lb_stat {
 	STAT_DNAT_NEW,		/* frontend hit, backend chosen by hash (a new flow) */
 	STAT_NO_BACKEND,	/* frontend hit with no usable backend: dropped */
 	STAT_MALFORMED,		/* IPv4 header or L4 header truncated or invalid: passed untouched */
-	STAT_FRAGMENT,		/* IPv4 fragment: no L4 ports to match, passed untouched */
+	STAT_FRAGMENT,		/* a later IPv4 fragment translated like its first fragment */
 	STAT_CT_INSERT_FAIL,	/* conntrack full or insert failed; the hash still picked a backend */
 	STAT_NAT_FAIL,		/* a rewrite helper failed: dropped */
 	STAT_CT_INSERT,		/* conntrack flows created (each writes two entries) */
@@ -180,6 +225,11 @@ enum lb_stat {
 	STAT_XDP_TO_TC,		/* XDP could not finish (no neighbour, reject): left to TC untouched */
 	STAT_FORWARD_FAIL,		/* no route, TTL exceeded, or Local policy with a remote backend: dropped */
 	STAT_SNAT_REUSE,	/* all probed SNAT ports taken: one still in the backend's TIME_WAIT reused */
+	STAT_FRAG_MISS,		/* a later fragment to a frontend, its first not seen: passed untouched */
+	STAT_CT_COLLISION,	/* a new flow's reply tuple is held by a live flow: dropped */
+	STAT_SPOOFED,		/* a pod's packet to a frontend from an address not its own: dropped */
+	STAT_BACKEND_GONE,	/* a half-open flow's backend was removed: a new one chosen */
+	STAT_CT_REBUILT,	/* a lost forward entry rebuilt from its reply entry */
 	STAT_MAX,
 };
 

@@ -8,6 +8,8 @@
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 
+#include "parse.h"
+
 #define NAT_DST 1
 #define NAT_SRC 0
 

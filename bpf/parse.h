@@ -16,9 +16,21 @@
 #define PARSE_OK 0
 #define PARSE_NOT_OURS -1	/* well-formed, but nothing a load balancer touches */
 #define PARSE_MALFORMED -2	/* truncated or invalid header: never rewritten */
-#define PARSE_FRAGMENT -3	/* IPv4 fragment: no ports to match */
+#define PARSE_FRAGMENT -3	/* an IPv4 fragment after the first: no ports, only addresses and id */
 
-#define IP_MF_OFFSET_MASK 0x3fff	/* More Fragments flag and fragment offset, host order */
+#ifndef IP_DF
+#define IP_DF 0x4000		/* Don't Fragment, host order */
+#endif
+#ifndef IP_MF
+#define IP_MF 0x2000		/* More Fragments, host order */
+#endif
+#define IP_OFFSET_MASK 0x1fff	/* fragment offset, in 8-byte units */
+
+/* pkt4.frag: where a packet sits in a datagram. The first fragment carries the ports and goes
+ * through the normal path; the later ones follow its translation (fragments.h). */
+#define FRAG_NONE 0
+#define FRAG_FIRST 1
+#define FRAG_LATER 2
 
 struct hdr_cursor {
 	void *pos;
@@ -35,6 +47,9 @@ struct pkt4 {
 	__be16 dport;
 	__u8 proto;
 	__u8 tcp_flags;	/* byte 13 of the TCP header (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); 0 for UDP */
+	__u8 frag;	/* FRAG_* */
+	__u8 pad;
+	__be16 ip_id;	/* the datagram's identification, for fragments */
 };
 
 #define TCP_FL_FIN 0x01
@@ -54,7 +69,10 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *c, void *data_end, st
 }
 
 /* l3_len is the number of bytes from the IP header to the end of the frame (skb->len based), so a
- * total length that claims more than the frame holds is caught even when the frame is non-linear. */
+ * total length that claims more than the frame holds is caught even when the frame is non-linear.
+ * A total length of 0 is an IPv4 BIG TCP (GSO) packet above 64 KiB: the frame's length stands
+ * for it, as the kernel's iph_totlen() does. Fragments parse like any packet; the caller looks at
+ * frag_off. */
 static __always_inline int parse_iphdr(struct hdr_cursor *c, void *data_end, __u32 l3_len,
 				       struct iphdr **iph)
 {
@@ -72,10 +90,10 @@ static __always_inline int parse_iphdr(struct hdr_cursor *c, void *data_end, __u
 	if (c->pos + hdrsize > data_end)
 		return PARSE_MALFORMED;
 	tot_len = bpf_ntohs(h->tot_len);
+	if (tot_len == 0 && l3_len > 0xffff)
+		tot_len = l3_len;
 	if (tot_len < hdrsize || tot_len > l3_len)
 		return PARSE_MALFORMED;
-	if (bpf_ntohs(h->frag_off) & IP_MF_OFFSET_MASK)
-		return PARSE_FRAGMENT;
 	c->pos += hdrsize;
 	*iph = h;
 	return h->protocol;
@@ -99,8 +117,9 @@ static __always_inline int parse_tcphdr(struct hdr_cursor *c, void *data_end, __
 	return 0;
 }
 
+/* A first fragment's UDP length is the whole datagram's, longer than what this fragment holds. */
 static __always_inline int parse_udphdr(struct hdr_cursor *c, void *data_end, __u32 l4_len,
-					struct udphdr **udph)
+					int first_fragment, struct udphdr **udph)
 {
 	struct udphdr *h = c->pos;
 	__u32 len;
@@ -108,7 +127,7 @@ static __always_inline int parse_udphdr(struct hdr_cursor *c, void *data_end, __
 	if ((void *)(h + 1) > data_end)
 		return PARSE_MALFORMED;
 	len = bpf_ntohs(h->len);
-	if (len < sizeof(*h) || len > l4_len)
+	if (len < sizeof(*h) || (len > l4_len && !first_fragment))
 		return PARSE_MALFORMED;
 	c->pos = h + 1;
 	*udph = h;
@@ -128,7 +147,9 @@ static __always_inline void lb4_pull_headers(struct __sk_buff *skb)
 }
 
 /* Parses an Ethernet + IPv4 + TCP/UDP frame of `len` bytes, whose linear part is
- * [data, data_end), into *p. Returns PARSE_OK or a PARSE_* code. */
+ * [data, data_end), into *p. Returns PARSE_OK (a whole datagram or its first fragment, p->frag
+ * says which), PARSE_FRAGMENT (a later fragment: p has the addresses, protocol and id, no ports),
+ * or another PARSE_* code. */
 static __always_inline int lb4_parse_frame(void *data, void *data_end, __u32 len, struct pkt4 *p)
 {
 	struct hdr_cursor c = { .pos = data };
@@ -137,6 +158,7 @@ static __always_inline int lb4_parse_frame(void *data, void *data_end, __u32 len
 	struct tcphdr *tcph;
 	struct udphdr *udph;
 	__u32 l4_len;
+	__u16 frag_off;
 	int proto;
 
 	proto = parse_ethhdr(&c, data_end, &eth);
@@ -154,7 +176,15 @@ static __always_inline int lb4_parse_frame(void *data, void *data_end, __u32 len
 	p->saddr = iph->saddr;
 	p->daddr = iph->daddr;
 	p->proto = proto;
-	l4_len = bpf_ntohs(iph->tot_len) - iph->ihl * 4;
+	p->ip_id = iph->id;
+	frag_off = bpf_ntohs(iph->frag_off);
+	if (frag_off & IP_OFFSET_MASK) {
+		p->frag = FRAG_LATER;
+		return PARSE_FRAGMENT;
+	}
+	p->frag = (frag_off & IP_MF) ? FRAG_FIRST : FRAG_NONE;
+	l4_len = c.pos - (void *)iph;
+	l4_len = (iph->tot_len ? bpf_ntohs(iph->tot_len) : len - ETH_HLEN) - l4_len;
 	if (proto == IPPROTO_TCP) {
 		if (parse_tcphdr(&c, data_end, l4_len, &tcph) < 0)
 			return PARSE_MALFORMED;
@@ -162,7 +192,7 @@ static __always_inline int lb4_parse_frame(void *data, void *data_end, __u32 len
 		p->dport = tcph->dest;
 		p->tcp_flags = ((__u8 *)tcph)[13];
 	} else {
-		if (parse_udphdr(&c, data_end, l4_len, &udph) < 0)
+		if (parse_udphdr(&c, data_end, l4_len, p->frag == FRAG_FIRST, &udph) < 0)
 			return PARSE_MALFORMED;
 		p->sport = udph->source;
 		p->dport = udph->dest;

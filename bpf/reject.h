@@ -7,6 +7,8 @@
 
 #include <uapi/linux/icmp.h>
 
+#include "parse.h"
+
 static __always_inline __u16 csum_fold32(__u64 csum)
 {
 	csum = (csum & 0xffff) + (csum >> 16);
@@ -88,8 +90,10 @@ struct icmp_reject {
 	__u8 inner_l4[8];	/* ...the first 8 bytes of its UDP header, as RFC 792 asks */
 };
 
-/* ICMP port unreachable for a UDP datagram. */
-static __always_inline int lb4_reject_udp(struct __sk_buff *skb, const struct pkt4 *p)
+/* Turns the packet into an ICMP error about it (its IP header, without options, and the first 8
+ * bytes after it, as RFC 792 asks). `mtu` is the next-hop MTU of a fragmentation-needed error. */
+static __always_inline int lb4_icmp_reply(struct __sk_buff *skb, const struct pkt4 *p, __u8 type,
+					  __u8 code, __u16 mtu)
 {
 	struct icmp_reject r = {};
 	__s64 sum;
@@ -101,8 +105,9 @@ static __always_inline int lb4_reject_udp(struct __sk_buff *skb, const struct pk
 	/* The quoted header must be the one the client sent; options are left out, so fix ihl. */
 	if (r.inner.ihl != 5)
 		return -1;
-	r.icmp.type = ICMP_DEST_UNREACH;
-	r.icmp.code = ICMP_PORT_UNREACH;
+	r.icmp.type = type;
+	r.icmp.code = code;
+	r.icmp.un.frag.mtu = bpf_htons(mtu);
 	sum = bpf_csum_diff(0, 0, (__be32 *)&r.icmp, sizeof(r) - sizeof(r.ip), 0);
 	if (sum < 0)
 		return -1;
@@ -111,6 +116,12 @@ static __always_inline int lb4_reject_udp(struct __sk_buff *skb, const struct pk
 	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(r), 0))
 		return -1;
 	return bpf_skb_store_bytes(skb, ETH_HLEN, &r, sizeof(r), 0);
+}
+
+/* ICMP port unreachable for a UDP datagram. */
+static __always_inline int lb4_reject_udp(struct __sk_buff *skb, const struct pkt4 *p)
+{
+	return lb4_icmp_reply(skb, p, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0);
 }
 
 /* Sends a packet that arrived from a pod straight back to it, out of the same device: the MAC
@@ -137,6 +148,21 @@ static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt4 *
 	int err = p->proto == IPPROTO_TCP ? lb4_reject_tcp(skb, p) : lb4_reject_udp(skb, p);
 
 	return err ? TC_ACT_SHOT : lb4_bounce(skb);
+}
+
+/* A packet that does not fit the device towards its backend: with Don't Fragment set, the client
+ * hears "fragmentation needed" with that device's MTU, from the address it sent to, so its path
+ * MTU discovery works; without it (it cannot be fragmented here) it is dropped. */
+static __always_inline int lb4_too_big(struct __sk_buff *skb, const struct pkt4 *p, __u16 mtu)
+{
+	__be16 frag_off;
+
+	if (bpf_skb_load_bytes(skb, p->l3_off + offsetof(struct iphdr, frag_off), &frag_off,
+			       sizeof(frag_off)) ||
+	    !(frag_off & bpf_htons(IP_DF)) ||
+	    lb4_icmp_reply(skb, p, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu))
+		return TC_ACT_SHOT;
+	return lb4_bounce(skb);
 }
 
 #endif

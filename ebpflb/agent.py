@@ -142,7 +142,8 @@ class Agent:
         """The control plane's state, writing through `writer` (the agent's maps, or a test's)."""
         purge = None
         if self._purge is not None:
-            purge = lambda stale: self._purge(stale.svc_ids, stale.udp_backends)  # noqa: E731
+            purge = lambda stale: self._purge(stale.svc_ids, stale.udp_backends,  # noqa: E731
+                                              stale.tcp_backends)
         self.syncer = Syncer(writer, self.config.map_limits, self.options.defaults,
                              self._context(), purge)
         return self.syncer
@@ -326,7 +327,7 @@ class Agent:
         # Kernel edges imported here so the module stays importable without bcc or pyroute2.
         from pyroute2 import IPRoute
 
-        from .dataplane.attach import Attacher, LinkMonitor, Program
+        from .dataplane.attach import Attacher, LinkMonitor, PodAddresses, Program
         from .dataplane.bcc_maps import BccMapWriter
         from .dataplane.cleanup import remove_dataplane
         from .dataplane.ct_gc import ConntrackGc
@@ -338,7 +339,7 @@ class Agent:
         give_back_memory()  # what clang and LLVM freed after compiling
         self._phase("programs")
         self.state.rss_loaded_mib = rss_mib()
-        self._purge = lambda svc_ids, udp: ct_purge(progs.bpf, svc_ids, udp)
+        self._purge = lambda svc_ids, udp, tcp: ct_purge(progs.bpf, svc_ids, udp, tcp)
         self.start_syncer(BccMapWriter(progs.bpf))
         ipr = IPRoute()
         nodes = None
@@ -365,7 +366,8 @@ class Agent:
             monitor = LinkMonitor()
             attacher = Attacher(ipr, self.options.devices,
                                 Program(progs.from_pod.fd, progs.from_pod.name.decode()),
-                                Program(progs.to_pod.fd, progs.to_pod.name.decode()))
+                                Program(progs.to_pod.fd, progs.to_pod.name.decode()),
+                                PodAddresses(ipr, progs.bpf[b"lb4_pod_addrs"]))
             attacher.rescan()
             if nodes is not None:
                 nodes.rescan()
@@ -436,7 +438,9 @@ class Agent:
                 break
             if monitor.fileno() in ready:
                 for event, ifindex, ifname in monitor.events():
-                    if event == "RTM_NEWLINK":
+                    if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+                        attacher.routes_changed(ifindex)
+                    elif event == "RTM_NEWLINK":
                         attacher.consider(ifindex, ifname)
                         if nodes is not None:
                             nodes.consider(ifindex, ifname)

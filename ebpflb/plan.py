@@ -362,12 +362,14 @@ class ConntrackPurge:
     """Conntrack entries an applied plan makes wrong: every flow of a removed frontend (its id may
     be given to another), and UDP flows to a removed backend (kubernetes#19029: the next datagram
     of the same 5-tuple must reach a live backend). TCP flows to a removed backend are left to
-    finish on their own."""
+    finish on their own, except half-open ones the backend never answered (a pod on a dead node):
+    those only hold a table slot and a client's retries."""
     svc_ids: frozenset
     udp_backends: frozenset  # (svc_id, addr, port)
+    tcp_backends: frozenset = frozenset()  # (svc_id, addr, port)
 
     def __bool__(self) -> bool:
-        return bool(self.svc_ids or self.udp_backends)
+        return bool(self.svc_ids or self.udp_backends or self.tcp_backends)
 
 
 def conntrack_purge(plan: Plan, remaining: Optional[Mapping[SvcKey, Any]] = None) -> ConntrackPurge:
@@ -381,10 +383,16 @@ def conntrack_purge(plan: Plan, remaining: Optional[Mapping[SvcKey, Any]] = None
             continue
         if step.map == SERVICES:
             deleted.update((old.svc_id, key) for key, old in zip(step.keys, step.olds))
+    tcp = set()
     for step in plan.steps:
         if step.action == DELETE and step.map == BACKENDS:
-            udp.update((old.svc_id, old.addr, old.port) for old in step.olds
-                       if old.proto == PROTO_NUMBERS["UDP"] and old.svc_id not in deleted)
+            for old in step.olds:
+                if old.svc_id in deleted:
+                    continue
+                if old.proto == PROTO_NUMBERS["UDP"]:
+                    udp.add((old.svc_id, old.addr, old.port))
+                elif old.proto == PROTO_NUMBERS["TCP"]:
+                    tcp.add((old.svc_id, old.addr, old.port))
     moved = {svc_id for svc_id, key in deleted.items()
              if remaining is not None and key._replace(scope=1 - key.scope) in remaining}
-    return ConntrackPurge(frozenset(set(deleted) - moved), frozenset(udp))
+    return ConntrackPurge(frozenset(set(deleted) - moved), frozenset(udp), frozenset(tcp))

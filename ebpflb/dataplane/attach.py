@@ -1,5 +1,5 @@
 """Attaching the TC programs to pod-facing devices, and removing them (the kernel edge of the
-agent, next to the loader).
+agent, next to the loader); and the addresses each pod device may send from (lb4_pod_addrs).
 
 Each device gets a clsact qdisc and, at one filter priority of its own, lb4_from_pod on ingress and
 lb4_to_pod on egress. `replace-filter` swaps a program in place, so re-attaching (an agent restart,
@@ -8,11 +8,14 @@ cleanup removes ours and nothing else.
 """
 import fnmatch
 import logging
+import socket
+import sys
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,15 @@ INGRESS = "ffff:fff2"
 EGRESS = "ffff:fff3"
 _PARENTS = {INGRESS: 0xFFFFFFF2, EGRESS: 0xFFFFFFF3}
 EEXIST, ENOENT, ENODEV, EINVAL = 17, 2, 19, 22
+
+
+# pyroute2 decodes the cls_bpf attributes only up to TCA_BPF_FLAGS (8); the kernel also sends
+# TCA_BPF_FLAGS_GEN (9), TCA_BPF_TAG (10) and TCA_BPF_ID (11), and the id is what tells whose
+# program a filter runs. Appended in the kernel's order, only when this pyroute2 lacks them.
+if not any(name == "TCA_BPF_ID" for name, _ in sched_bpf.options.nla_map):
+    if len(sched_bpf.options.nla_map) == 9:
+        sched_bpf.options.nla_map = sched_bpf.options.nla_map + (
+            ("TCA_BPF_FLAGS_GEN", "uint32"), ("TCA_BPF_TAG", "hex"), ("TCA_BPF_ID", "uint32"))
 
 
 def matches(ifname: str, patterns: Sequence[str]) -> bool:
@@ -53,8 +65,14 @@ def attach(ipr: IPRoute, ifindex: int, ingress: Program, egress: Program) -> Non
                prio=FILTER_PRIO)
 
 
-def _our_filters(ipr: IPRoute, ifindex: int) -> Tuple[List[Tuple[str, int]], int]:
-    """Our filters on a device as (parent, prio), and how many filters of others remain."""
+Owner = Callable[[int], bool]  # program id -> whether it belongs to the data plane at hand
+
+
+def _our_filters(ipr: IPRoute, ifindex: int,
+                 owns: Optional[Owner] = None) -> Tuple[List[Tuple[str, int]], int]:
+    """Our filters on a device as (parent, prio), and how many filters of others remain. With
+    `owns`, an ebpflb filter whose program it does not claim (another agent's, with another pin
+    directory) counts as someone else's."""
     ours: List[Tuple[str, int]] = []
     others = 0
     for parent, parent_id in _PARENTS.items():
@@ -69,17 +87,19 @@ def _our_filters(ipr: IPRoute, ifindex: int) -> Tuple[List[Tuple[str, int]], int
                 continue  # the per-priority chain header tc reports before the filters
             opts = f.get_attr("TCA_OPTIONS")
             name = (opts.get_attr("TCA_BPF_NAME") if opts else None) or ""
-            if f.get_attr("TCA_KIND") == "bpf" and name.startswith(FILTER_PREFIX):
+            prog_id = (opts.get_attr("TCA_BPF_ID") if opts else None) or 0
+            if (f.get_attr("TCA_KIND") == "bpf" and name.startswith(FILTER_PREFIX)
+                    and (owns is None or owns(prog_id))):
                 ours.append((parent, f["info"] >> 16))
             else:
                 others += 1
     return ours, others
 
 
-def detach(ipr: IPRoute, ifindex: int) -> bool:
+def detach(ipr: IPRoute, ifindex: int, owns: Optional[Owner] = None) -> bool:
     """Removes our filters from a device, and its clsact qdisc when nothing else uses it.
     Returns True when there was anything of ours."""
-    ours, others = _our_filters(ipr, ifindex)
+    ours, others = _our_filters(ipr, ifindex, owns)
     for parent, prio in ours:
         try:
             ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE, parent=parent, prio=prio)
@@ -99,24 +119,91 @@ def links(ipr: IPRoute) -> Dict[int, str]:
     return {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
 
-def detach_all(ipr: IPRoute) -> List[str]:
-    """Removes our programs from every device of the current network namespace."""
+def detach_all(ipr: IPRoute, owns: Optional[Owner] = None) -> List[str]:
+    """Removes our programs (those `owns` claims) from every device of the current network
+    namespace."""
     removed = []
     for ifindex, ifname in links(ipr).items():
-        if detach(ipr, ifindex):
+        if detach(ipr, ifindex, owns):
             removed.append(ifname)
     return removed
 
 
+def pod_routes(ipr: IPRoute, ifindex: int) -> FrozenSet[str]:
+    """The pod addresses behind a pod device: the host routes (/32, main table) through it, as
+    CNIs that route to each pod's veth (Calico-style) install them."""
+    out = set()
+    for route in ipr.get_routes(family=socket.AF_INET, oif=ifindex, table=254):
+        dst = route.get_attr("RTA_DST")
+        if dst and route["dst_len"] == 32 and route.get_attr("RTA_OIF") == ifindex:
+            out.add(dst)
+    return frozenset(out)
+
+
+class PodAddresses:
+    """lb4_pod_addrs in step with the host routes of each attached pod device: the addresses its
+    pod may send to a frontend from. A device with no host route gets no entry, so it is not
+    checked (its CNI bridges pods rather than routing to them, and its addresses are unknown)."""
+
+    def __init__(self, ipr: IPRoute, table: Any):
+        self.ipr = ipr
+        self.table = table
+        # What the pinned map holds, a previous agent's entries included: devices gone or
+        # re-addressed while no agent ran are corrected by the first rescan (prune, sync).
+        found: Dict[int, set] = {}
+        for key in list(table.keys()):
+            found.setdefault(key.ifindex, set()).add(
+                socket.inet_ntoa(int(key.addr).to_bytes(4, sys.byteorder)))
+        self.written: Dict[int, FrozenSet[str]] = {
+            ifindex: frozenset(addrs - {"0.0.0.0"}) for ifindex, addrs in found.items()}
+
+    def prune(self, attached: Iterable[int]) -> None:
+        """Forgets the devices not attached now."""
+        for ifindex in set(self.written) - set(attached):
+            self.forget(ifindex)
+
+    def _key(self, ifindex: int, addr: str) -> Any:
+        return self.table.Key(ifindex=ifindex, addr=int.from_bytes(socket.inet_aton(addr),
+                                                                   sys.byteorder))
+
+    def sync(self, ifindex: int) -> None:
+        try:
+            want = pod_routes(self.ipr, ifindex)
+        except NetlinkError as exc:
+            log.warning("device ifindex %d: routes not readable: %s", ifindex, exc)
+            return
+        have = self.written.get(ifindex, frozenset())
+        if want == have and (want or ifindex not in self.written):
+            return
+        # New addresses first, the device's marker with them, then the ones that went: a pod is
+        # never refused its own address while the entries change.
+        for addr in sorted(want - have) + (["0.0.0.0"] if want else []):
+            self.table[self._key(ifindex, addr)] = self.table.Leaf(1)
+        for addr in sorted(have - want) + (["0.0.0.0"] if not want else []):
+            self.table.pop(self._key(ifindex, addr), None)
+        if want:
+            self.written[ifindex] = want
+        else:
+            self.written.pop(ifindex, None)
+        log.info("device ifindex %d: pod addresses %s", ifindex, ",".join(sorted(want)) or "none")
+
+    def forget(self, ifindex: int) -> None:
+        for addr in sorted(self.written.pop(ifindex, frozenset())) + ["0.0.0.0"]:
+            self.table.pop(self._key(ifindex, addr), None)
+
+
 class Attacher:
     """Keeps the programs attached to every device whose name matches the patterns, including
-    devices that appear later (a CNI creating pod veths)."""
+    devices that appear later (a CNI creating pod veths), and, with `pod_addrs`, the addresses
+    each device's pod may use."""
 
-    def __init__(self, ipr: IPRoute, patterns: Iterable[str], ingress: Program, egress: Program):
+    def __init__(self, ipr: IPRoute, patterns: Iterable[str], ingress: Program, egress: Program,
+                 pod_addrs: Optional[PodAddresses] = None):
         self.ipr = ipr
         self.patterns = list(patterns)
         self.ingress = ingress
         self.egress = egress
+        self.pod_addrs = pod_addrs
         self.attached: Dict[int, str] = {}
 
     def consider(self, ifindex: int, ifname: Optional[str]) -> None:
@@ -130,9 +217,17 @@ class Attacher:
             return
         self.attached[ifindex] = ifname
         log.info("device %s (ifindex %d): programs attached", ifname, ifindex)
+        self.routes_changed(ifindex)
+
+    def routes_changed(self, ifindex: int) -> None:
+        """A route through `ifindex` came or went."""
+        if self.pod_addrs is not None and ifindex in self.attached:
+            self.pod_addrs.sync(ifindex)
 
     def forget(self, ifindex: int) -> None:
         name = self.attached.pop(ifindex, None)
+        if self.pod_addrs is not None:
+            self.pod_addrs.forget(ifindex)
         if name:
             log.info("device %s (ifindex %d): gone", name, ifindex)
 
@@ -144,27 +239,37 @@ class Attacher:
                 self.forget(ifindex)
         for ifindex, ifname in sorted(present.items()):
             self.consider(ifindex, ifname)
+        for ifindex in list(self.attached):
+            self.routes_changed(ifindex)
+        if self.pod_addrs is not None:
+            self.pod_addrs.prune(self.attached)
 
 
 class LinkMonitor:
-    """Netlink link events (new and deleted devices) as a file descriptor for select()."""
+    """Netlink link and IPv4 route events (devices coming and going, pod routes changing) as a
+    file descriptor for select()."""
 
     def __init__(self) -> None:
-        from pyroute2.netlink.rtnl import RTMGRP_LINK
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
         self.ipr = IPRoute()
-        self.ipr.bind(groups=RTMGRP_LINK)
+        self.ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE)
 
     def fileno(self) -> int:
         return self.ipr.fileno()
 
     def events(self) -> List[Tuple[str, int, Optional[str]]]:
-        """Pending events as (RTM_NEWLINK | RTM_DELLINK, ifindex, ifname)."""
+        """Pending events as (RTM_NEWLINK | RTM_DELLINK, ifindex, ifname), or
+        (RTM_NEWROUTE | RTM_DELROUTE, out ifindex, None)."""
         out = []
         for msg in self.ipr.get():
             event = msg.get("event")
             if event in ("RTM_NEWLINK", "RTM_DELLINK"):
                 out.append((event, msg["index"], msg.get_attr("IFLA_IFNAME")))
+            elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+                oif = msg.get_attr("RTA_OIF")
+                if oif:
+                    out.append((event, oif, None))
         return out
 
     def close(self) -> None:

@@ -24,7 +24,8 @@ STATS = "lb_stats"
 STAT_NAMES = ("pass", "dnat_new", "no_backend", "malformed", "fragment", "conntrack_insert_fail",
               "nat_fail", "conntrack_insert", "tcp_no_state", "bad_source", "icmp_nat",
               "external_clusterip", "source_denied", "snat_exhausted", "node_forward",
-              "xdp_forward", "xdp_to_tc", "forward_fail", "snat_reuse")
+              "xdp_forward", "xdp_to_tc", "forward_fail", "snat_reuse", "frag_miss",
+              "conntrack_collision", "spoofed", "backend_gone", "conntrack_rebuilt")
 
 
 def ip_to_be32(ip: str) -> int:

@@ -1,9 +1,14 @@
-"""Removing everything ebpflb attached or pinned: our XDP programs and TC filters (and clsact
-qdiscs nothing else uses) in the current network namespace, then the pinned maps and their
-directory."""
+"""Removing everything one ebpflb data plane attached or pinned: its XDP programs and TC filters
+(and clsact qdiscs nothing else uses) in the current network namespace, then its pinned maps and
+their directory.
+
+A data plane is its pin directory. An attached program belongs to it when the program uses one
+of the maps pinned there (the kernel lists a program's map ids); another agent's programs, with
+another pin directory, are left alone. Programs whose maps are pinned nowhere any more (their
+directory was removed by hand) belong to no one else, and are removed too."""
 import logging
 import os
-from typing import List, Optional
+from typing import FrozenSet, List, Optional
 
 from pyroute2 import IPRoute
 
@@ -33,16 +38,76 @@ def remove_pins(config: DataplaneConfig) -> List[str]:
     return removed
 
 
+def _pinned_map_ids(pin_dir: str) -> FrozenSet[int]:
+    from .libbpf import map_info
+    from .pins import open_pinned
+
+    ids = set()
+    for name in MAP_NAMES:
+        path = os.path.join(pin_dir, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            fd = open_pinned(path)
+        except OSError as exc:
+            log.warning("pinned map %s not readable: %s", path, exc)
+            continue
+        try:
+            ids.add(map_info(fd).id)
+        finally:
+            os.close(fd)
+    return frozenset(ids)
+
+
+def _other_pin_dirs(config: DataplaneConfig) -> List[str]:
+    """Every other directory under the bpffs root holding ebpflb maps (other agents, labs)."""
+    root = os.path.dirname(os.path.normpath(config.pin_dir)) or "/"
+    out = []
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return out
+    mine = os.path.normpath(config.pin_dir)
+    for entry in entries:
+        path = os.path.join(root, entry)
+        if path != mine and os.path.isdir(path) and os.path.exists(os.path.join(path, MAP_NAMES[0])):
+            out.append(path)
+    return out
+
+
+def owner_of(config: DataplaneConfig):
+    """A predicate on program ids: does the program belong to this data plane?"""
+    from .libbpf import prog_map_ids
+
+    mine = _pinned_map_ids(config.pin_dir)
+    others: set = set()
+    for path in _other_pin_dirs(config):
+        others |= _pinned_map_ids(path)
+
+    def owns(prog_id: int) -> bool:
+        maps = prog_map_ids(prog_id)
+        if not maps:
+            # No id from the kernel (or the program is gone): claimed only when no other data
+            # plane exists that it could belong to.
+            log.warning("program id %d: maps unknown; %s", prog_id,
+                        "left alone" if others else "removed")
+            return not others
+        return bool(maps & mine) or not (maps & others)
+
+    return owns
+
+
 def remove_dataplane(config: DataplaneConfig, ipr: Optional[IPRoute] = None) -> List[str]:
-    """Detaches our programs from every device of this network namespace and unpins the maps.
-    Returns what was removed, for the user to read."""
+    """Detaches this data plane's programs from every device of this network namespace and
+    unpins its maps. Returns what was removed, for the user to read."""
     own = ipr is None
     ipr = ipr or IPRoute()
     try:
         from .node_attach import detach_xdp_all
 
-        xdp = detach_xdp_all(ipr)
-        devices = sorted(set(detach_all(ipr)) | set(xdp))
+        owns = owner_of(config)
+        xdp = detach_xdp_all(ipr, owns)
+        devices = sorted(set(detach_all(ipr, owns)) | set(xdp))
     finally:
         if own:
             ipr.close()

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # struct ct4_key and struct ct4_entry of bpf/lb_structs.h, native order (addresses and ports
 # stay as raw network-order bytes: only compared, never printed here).
 KEY = struct.Struct("=4s4s2s2sBBH")
-VALUE = struct.Struct("=QQ4s2sHII4s2sH")
+VALUE = struct.Struct("=QQ4s2sHII4s2sHII")
 CT_F_ESTABLISHED = 0x1
 CT_F_CLOSING = 0x2
 CT_F_HAIRPIN = 0x4
@@ -58,19 +58,10 @@ def expired_keys(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts) 
         entries[raw] = KEY.unpack(raw) + VALUE.unpack_from(values, i * VALUE.size)
     out = []
     for raw, (saddr, daddr, sport, dport, proto, direction, _pad, _created, last, nat_addr,
-              nat_port, flags, _svc, _be, nat2_addr, nat2_port, _pad2) in entries.items():
-        hairpin = flags & CT_F_HAIRPIN  # the pod reached itself: replies go to HAIRPIN_ADDR
-        if flags & CT_F_SNAT:
-            # Forward: client -> frontend, leaving as nat2 -> backend; reply: backend -> nat2.
-            if direction == 0:
-                peer = KEY.pack(nat_addr, nat2_addr, nat_port, nat2_port, proto, 1, 0)
-            else:
-                peer = KEY.pack(nat2_addr, nat_addr, nat2_port, nat_port, proto, 0, 0)
-        elif direction == 0:
-            peer = KEY.pack(nat_addr, HAIRPIN_ADDR if hairpin else saddr, nat_port, sport, proto, 1, 0)
-        else:
-            peer = KEY.pack(saddr if hairpin else daddr, nat_addr, dport, nat_port, proto, 0, 0)
-        other = entries.get(peer)
+              nat_port, flags, _svc, _be, nat2_addr, nat2_port, _pad2, _ifindex, _pad3) in entries.items():
+        # SNAT: forward client -> frontend leaves as nat2 -> backend, reply backend -> nat2;
+        # hairpin: the pod reached itself, replies go to HAIRPIN_ADDR.
+        other = entries.get(_peer(raw, entries[raw]))
         if other is not None:
             last = max(last, other[8])
             flags |= other[11]
@@ -117,34 +108,69 @@ def _delete(table: Any, raw_keys: bytes, count: int) -> None:
                 pass
 
 
-def purge_keys(keys: bytes, values: bytes, svc_ids, udp_backends) -> List[bytes]:
-    """Raw keys of the entries ebpflb.plan.conntrack_purge names (pure). udp_backends holds
-    (svc_id, "a.b.c.d", port)."""
+def _backend_of(direction: int, saddr: bytes, sport: bytes, nat_addr: bytes, nat_port: bytes):
+    return (nat_addr, nat_port) if direction == 0 else (saddr, sport)
+
+
+def purge_keys(keys: bytes, values: bytes, svc_ids, udp_backends, tcp_backends=(),
+               half_open: bool = False) -> List[bytes]:
+    """Raw keys of the entries ebpflb.plan.conntrack_purge names (pure). udp_backends and
+    tcp_backends hold (svc_id, "a.b.c.d", port); TCP ones count only in the half-open table
+    (half_open), and only for flows the backend never answered (its reply entry saw no ACK)."""
     import socket
 
-    wanted = {(svc, socket.inet_aton(addr), port.to_bytes(2, "big")) for svc, addr, port in udp_backends}
-    out = []
+    def wanted(backends):
+        return {(svc, socket.inet_aton(addr), port.to_bytes(2, "big")) for svc, addr, port in backends}
+
+    udp, tcp = wanted(udp_backends), wanted(tcp_backends) if half_open else set()
+    entries = {}
     for i in range(len(keys) // KEY.size):
         raw = keys[i * KEY.size:(i + 1) * KEY.size]
-        saddr, _daddr, sport, _dport, proto, direction, _ = KEY.unpack(raw)
-        _c, _l, nat_addr, nat_port, _f, svc_id, _b, _a2, _p2, _ = VALUE.unpack_from(
-            values, i * VALUE.size)
+        entries[raw] = KEY.unpack(raw) + VALUE.unpack_from(values, i * VALUE.size)
+    out = []
+    for raw, fields in entries.items():
+        saddr, daddr, sport, dport, proto, direction, _pad = fields[:7]
+        nat_addr, nat_port, flags, svc_id = fields[9], fields[10], fields[11], fields[12]
+        backend = (svc_id, *_backend_of(direction, saddr, sport, nat_addr, nat_port))
         if svc_id in svc_ids:
             out.append(raw)
-        elif proto == 17:
-            backend = (nat_addr, nat_port) if direction == 0 else (saddr, sport)
-            if (svc_id, *backend) in wanted:
+        elif proto == 17 and backend in udp:
+            out.append(raw)
+        elif proto == TCP and backend in tcp:
+            if direction == 1:
+                answered = flags & CT_F_ESTABLISHED
+            else:
+                peer = entries.get(_peer(raw, fields))
+                answered = peer is not None and peer[11] & CT_F_ESTABLISHED
+            if not answered:
                 out.append(raw)
     return out
 
 
-def purge(bpf: Any, svc_ids, udp_backends) -> int:
-    """Deletes the conntrack entries of removed frontends and of UDP flows to removed backends."""
+def _peer(raw: bytes, fields: Tuple) -> bytes:
+    """The key of the other entry of the flow an entry belongs to."""
+    saddr, daddr, sport, dport, proto, direction, _pad = fields[:7]
+    nat_addr, nat_port, flags = fields[9], fields[10], fields[11]
+    nat2_addr, nat2_port = fields[14], fields[15]
+    if flags & CT_F_SNAT:
+        if direction == 0:
+            return KEY.pack(nat_addr, nat2_addr, nat_port, nat2_port, proto, 1, 0)
+        return KEY.pack(nat2_addr, nat_addr, nat2_port, nat_port, proto, 0, 0)
+    hairpin = flags & CT_F_HAIRPIN
+    if direction == 0:
+        return KEY.pack(nat_addr, HAIRPIN_ADDR if hairpin else saddr, nat_port, sport, proto, 1, 0)
+    return KEY.pack(saddr if hairpin else daddr, nat_addr, dport, nat_port, proto, 0, 0)
+
+
+def purge(bpf: Any, svc_ids, udp_backends, tcp_backends=()) -> int:
+    """Deletes the conntrack entries of removed frontends, of UDP flows to removed backends, and
+    of half-open TCP flows that removed backends never answered."""
     deleted = 0
     for name in (b"ct4", b"ct4_syn"):
         table = bpf[name]
         keys, values, _ = read_hash_raw(table)
-        dead = purge_keys(keys, values, svc_ids, udp_backends)
+        dead = purge_keys(keys, values, svc_ids, udp_backends, tcp_backends,
+                          half_open=name == b"ct4_syn")
         if dead:
             _delete(table, b"".join(dead), len(dead))
             deleted += len(dead)

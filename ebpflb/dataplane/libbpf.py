@@ -69,6 +69,34 @@ def prog_name(prog_id: int) -> str:
         os.close(fd)
 
 
+def prog_map_ids(prog_id: int) -> "frozenset[int]":
+    """The ids of the maps a loaded program uses (empty when it is gone): which data plane an
+    attached program belongs to."""
+    lib = libbpf()
+    get_fd = lib.bpf_prog_get_fd_by_id
+    get_fd.argtypes = [ctypes.c_uint32]
+    get_fd.restype = ctypes.c_int
+    fd = get_fd(prog_id)
+    if fd < 0:
+        return frozenset()
+    try:
+        fn = lib.bpf_obj_get_info_by_fd
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+        fn.restype = ctypes.c_int
+        info = ProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if fn(fd, ctypes.byref(info), ctypes.byref(size)) != 0 or not info.nr_map_ids:
+            return frozenset()
+        ids = (ctypes.c_uint32 * info.nr_map_ids)()
+        again = ProgInfo(nr_map_ids=info.nr_map_ids, map_ids=ctypes.addressof(ids))
+        size = ctypes.c_uint32(ctypes.sizeof(again))
+        if fn(fd, ctypes.byref(again), ctypes.byref(size)) != 0:
+            return frozenset()
+        return frozenset(ids[:min(again.nr_map_ids, info.nr_map_ids)])
+    finally:
+        os.close(fd)
+
+
 def _fn(name: str, argtypes: list) -> "ctypes._CFuncPtr":
     fn = getattr(libbpf(), name)
     fn.argtypes = argtypes

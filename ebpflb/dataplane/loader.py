@@ -7,6 +7,7 @@ restarted agent all see the same state.
 """
 import logging
 import os
+import re
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ log = logging.getLogger(__name__)
 
 MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "ct4", "lb4_svc_meta", "lb_stats",
              "lb4_svc_stats", "lb4_backend_stats", "lb4_vips", "ct4_syn", "lb4_affinity",
-             "lb4_src_ranges", "lb4_node_ifs")
+             "lb4_src_ranges", "lb4_node_ifs", "frag4", "lb4_pod_addrs")
 CONTROL_MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "lb4_svc_meta", "lb4_vips",
-                     "lb4_src_ranges", "lb4_node_ifs")
+                     "lb4_src_ranges", "lb4_node_ifs", "lb4_pod_addrs")
 PROGRAM_FILE = "lb4_tc.c"
 MAPS_FILE = "lb_maps.c"
 PROG_FROM_POD = "lb4_from_pod"
@@ -86,6 +87,35 @@ def _cflags(config: DataplaneConfig, src: Path) -> List[str]:
     ]
 
 
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def inline_sources(src: Path, filename: str) -> str:
+    """The program as one text: every `#include "x.h"` of bpf/ replaced by the file itself (once),
+    with #line directives so compiler errors still name the real file and line.
+
+    bcc rewrites map method calls (`ct4.lookup(&k)`) only in the main file it compiles, so the
+    headers that hold conntrack, selection or fragment code could not touch a map if they were
+    included the ordinary way. Inlining them keeps the code split by concern."""
+    seen: set = set()
+
+    def expand(path: Path) -> List[str]:
+        if path in seen:
+            return []
+        seen.add(path)
+        out = [f'#line 1 "{path}"']
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            m = _LOCAL_INCLUDE.match(line)
+            if m and (src / m.group(1)).is_file():
+                out.extend(expand(src / m.group(1)))
+                out.append(f'#line {number + 1} "{path}"')
+            else:
+                out.append(line)
+        return out
+
+    return "\n".join(expand(src / filename)) + "\n"
+
+
 def _compile_once(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str]) -> Any:
     try:
         from bcc import BPF  # the kernel edge: only imported here
@@ -93,7 +123,7 @@ def _compile_once(config: DataplaneConfig, filename: str, extra_cflags: Sequence
         raise DataplaneError("bcc is not importable: run `make setup` (Debian python3-bpfcc)") from exc
     src = bpf_source_dir()
     try:
-        return BPF(src_file=str(src / filename).encode(),
+        return BPF(text=inline_sources(src, filename).encode(),
                    cflags=_cflags(config, src) + list(extra_cflags))
     except Exception as exc:  # bcc raises bare Exception on compile or load failure
         raise DataplaneError(f"compiling {filename} failed: {exc}") from exc
@@ -127,11 +157,16 @@ def _recreate(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str
     try:
         bpf = _compile_once(config, filename, extra_cflags)
         for name, fd in old_fds.items():
-            same_layout = not any(m.name == name and ("key size" in m.what or "value size" in m.what
-                                                      or "type" in m.what) for m in mismatches)
+            # A conntrack value that grew is carried over zero-extended (pins.copy_hash_entries).
+            same_layout = not any(m.name == name and ("key size" in m.what or "type" in m.what)
+                                  for m in mismatches)
             if name in ("ct4", "ct4_syn") and same_layout:
                 table = bpf[name.encode()]
-                copied = pins.copy_hash_entries(fd, table, map_info(table.map_fd).max_entries)
+                try:
+                    copied = pins.copy_hash_entries(fd, table, map_info(table.map_fd).max_entries)
+                except ValueError as exc:
+                    log.warning("map %s recreated empty: %s", name, exc)
+                    continue
                 log.warning("map %s recreated with its new size; %d conntrack entries carried over",
                             name, copied)
             else:

@@ -73,20 +73,23 @@ def attach_xdp(ifname: str, fn: Any, xdp_mode: str) -> str:
     raise OSError(f"XDP attach to {ifname} failed ({'; '.join(errors)})")
 
 
-def detach_xdp(ipr: IPRoute, ifindex: int, ifname: str) -> bool:
-    """Removes our XDP program from a device (someone else's stays). True if there was ours."""
+def detach_xdp(ipr: IPRoute, ifindex: int, ifname: str, owns=None) -> bool:
+    """Removes our XDP program from a device (someone else's, or another ebpflb data plane's
+    when `owns` says so, stays). True if there was ours."""
     from bcc import BPF
 
     mode, prog_id = xdp_attached(ipr, ifindex)
     if not prog_id or prog_name(prog_id) != XDP_PROG_NAME:
+        return False
+    if owns is not None and not owns(prog_id):
         return False
     flags = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
     BPF.remove_xdp(ifname, flags)
     return True
 
 
-def detach_xdp_all(ipr: IPRoute) -> List[str]:
-    return [name for index, name in links(ipr).items() if detach_xdp(ipr, index, name)]
+def detach_xdp_all(ipr: IPRoute, owns=None) -> List[str]:
+    return [name for index, name in links(ipr).items() if detach_xdp(ipr, index, name, owns)]
 
 
 @dataclass

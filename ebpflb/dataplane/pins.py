@@ -71,19 +71,30 @@ def open_pinned(path: str) -> int:
 
 
 def copy_hash_entries(old_fd: int, new_table: Any, limit: int) -> int:
-    """Copies up to `limit` entries of a hash map with the same key and value layout."""
+    """Copies up to `limit` entries of a hash map with the same key layout. A value that grew
+    keeps its old bytes as a prefix and gets zeros after them: conntrack fields are only ever
+    appended, and zero is what the programs read as "not recorded" (a flow carried over from the
+    previous version keeps its translation)."""
     from .percpu import read_hash_raw
+
+    new_size = ctypes.sizeof(new_table.Leaf)
+    old_size = map_info(old_fd).value_size
+    if old_size > new_size:
+        raise ValueError(f"value shrank from {old_size} to {new_size} bytes: not carried over")
 
     class _Old:  # what read_hash_raw needs of a table
         map_fd = old_fd
         Key = new_table.Key
-        Leaf = new_table.Leaf
+        Leaf = ctypes.c_char * old_size
 
     keys, values, count = read_hash_raw(_Old)
     count = min(count, limit)
     if not count:
         return 0
+    if old_size != new_size:
+        pad = bytes(new_size - old_size)
+        values = b"".join(values[i * old_size:(i + 1) * old_size] + pad for i in range(count))
     k = (new_table.Key * count).from_buffer_copy(keys[:count * ctypes.sizeof(new_table.Key)])
-    v = (new_table.Leaf * count).from_buffer_copy(values[:count * ctypes.sizeof(new_table.Leaf)])
+    v = (new_table.Leaf * count).from_buffer_copy(values[:count * new_size])
     new_table.items_update_batch(k, v)
     return count

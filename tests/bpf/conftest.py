@@ -33,7 +33,8 @@ class Dataplane:
         return reconcile(desired_state(m.services, m.slices), self.writer, self.config.map_limits)
 
     def clear_conntrack(self) -> None:
-        for table in (b"ct4", b"ct4_syn"):
+        """Forgets every flow, and every datagram in fragments."""
+        for table in (b"ct4", b"ct4_syn", b"frag4"):
             self.progs.bpf[table].clear()
 
     def ct_entries(self) -> int:

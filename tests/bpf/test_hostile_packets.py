@@ -54,9 +54,8 @@ UNTOUCHED = [  # (description, frame, stat that counts it)
     ("zero-length UDP (length field 0)",
      bytes(Ether(**ETH) / IP(src=CLIENT, dst="10.96.0.20") / UDP(sport=1, dport=53, len=0)),
      "malformed"),
-    ("first fragment", bytes(syn(flags="MF", id=9)), "fragment"),
-    ("non-first fragment",
-     bytes(Ether(**ETH) / IP(src=CLIENT, dst=VIP, frag=3, proto=6) / Raw(b"y" * 24)), "fragment"),
+    ("non-first fragment whose first fragment was never seen",
+     bytes(Ether(**ETH) / IP(src=CLIENT, dst=VIP, frag=3, proto=6) / Raw(b"y" * 24)), "frag_miss"),
     ("ARP", bytes(Ether(**ETH) / ARP(pdst=VIP)), "pass"),
     ("IPv6", bytes(Ether(**ETH) / IPv6(dst="fd00::10") / TCP(dport=80)), "pass"),
     ("LLDP ethertype", bytes(Ether(**ETH, type=0x88CC) / Raw(b"\x02" * 40)), "pass"),
@@ -158,19 +157,31 @@ def _frontend_of(frame: bytes, frontends):
     if ihl < 20 or 14 + ihl > len(frame):
         return None
     tot = struct.unpack_from("!H", frame, 16)[0]
-    if tot < ihl or tot > len(frame) - 14 or struct.unpack_from("!H", frame, 20)[0] & 0x3FFF:
+    frag = struct.unpack_from("!H", frame, 20)[0]
+    if tot < ihl or tot > len(frame) - 14 or frag & 0x1FFF:  # a later fragment has no ports
         return None
+    first_fragment = bool(frag & 0x2000)  # its UDP length is the whole datagram's
     proto, l4, l4_len = frame[23], 14 + ihl, tot - ihl
     if proto == 6:
         if l4 + 20 > len(frame) or not 20 <= (frame[l4 + 12] >> 4) * 4 <= l4_len:
             return None
     elif proto == 17:
-        if l4 + 8 > len(frame) or not 8 <= struct.unpack_from("!H", frame, l4 + 4)[0] <= l4_len:
+        udp_len = struct.unpack_from("!H", frame, l4 + 4)[0] if l4 + 8 <= len(frame) else 0
+        if not 8 <= udp_len or (udp_len > l4_len and not first_fragment):
             return None
     else:
         return None
     key = (frame[30:34], struct.unpack_from("!H", frame, l4 + 2)[0], proto)
     return key if key in frontends else None
+
+
+def _later_fragment(frame: bytes) -> bool:
+    return len(frame) >= 34 and frame[12:14] == b"\x08\x00" and bool(
+        struct.unpack_from("!H", frame, 20)[0] & 0x1FFF)
+
+
+def _fragment_key(frame: bytes):
+    return frame[26:30], frame[30:34], frame[18:20], frame[23]
 
 
 def test_fuzz(dp):
@@ -191,6 +202,7 @@ def test_fuzz(dp):
     started = time.monotonic()
     deadline = started + 120
     rewritten = checked = rejected = hairpins = 0
+    fragments = {}  # (src, dst, id, proto) of a translated first fragment -> its new addresses
     for i in range(100_000):
         frame = bytearray(rng.choice(templates))
         for _ in range(rng.randrange(1, 4)):
@@ -218,8 +230,18 @@ def test_fuzz(dp):
                 assert res.data[26:30] == frame[30:34] and res.data[30:34] == frame[26:30]
                 assert res.data[23] in (6, 1)
                 rejected += 1
+        elif res.data != frame and _later_fragment(frame):
+            # Only the addresses of a datagram whose first fragment was translated, and to what
+            # the first one got.
+            key = _fragment_key(frame)
+            assert key in fragments, f"rewrote a fragment of an unknown datagram {frame.hex()}"
+            assert res.data[26:34] == fragments[key] and res.data[34:] == frame[34:]
         elif res.data != frame:
             assert target is not None or prog is dp.progs.to_pod, f"rewrote a non-frontend frame {frame.hex()}"
+            if prog is dp.progs.from_pod and frame[20] & 0x20:
+                fragments[_fragment_key(frame)] = res.data[26:34]
+            elif prog is dp.progs.to_pod and frame[20] & 0x20:
+                fragments[_fragment_key(frame)] = res.data[26:34]
             if target is not None:
                 backends, port = frontends[target]
                 assert socket.inet_ntoa(res.data[30:34]) in backends
@@ -228,6 +250,7 @@ def test_fuzz(dp):
                 rewritten += 1
         if i % 20_000 == 0:
             dp.clear_conntrack()
+            fragments.clear()
         checked += 1
         if time.monotonic() > deadline:
             break

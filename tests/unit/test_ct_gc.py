@@ -19,10 +19,10 @@ CT_F_EXTERNAL_SNAT = 0x8 | 0x10
 
 def flow(proto, fwd_last, fwd_flags, rev_last=None, rev_flags=0):
     keys = [KEY.pack(CLIENT, VIP, CPORT, VPORT, proto, 0, 0)]
-    values = [VALUE.pack(0, fwd_last, BACKEND, BPORT, fwd_flags, 1, 1, NO_ADDR, NO_PORT, 0)]
+    values = [VALUE.pack(0, fwd_last, BACKEND, BPORT, fwd_flags, 1, 1, NO_ADDR, NO_PORT, 0, 0, 0)]
     if rev_last is not None:
         keys.append(KEY.pack(BACKEND, CLIENT, BPORT, CPORT, proto, 1, 0))
-        values.append(VALUE.pack(0, rev_last, VIP, VPORT, rev_flags, 1, 1, NO_ADDR, NO_PORT, 0))
+        values.append(VALUE.pack(0, rev_last, VIP, VPORT, rev_flags, 1, 1, NO_ADDR, NO_PORT, 0, 0, 0))
     return b"".join(keys), b"".join(values)
 
 
@@ -49,8 +49,8 @@ def snat_flow(fwd_last, rev_last, flags=0):
     f = CT_F_EXTERNAL_SNAT | flags
     keys = [KEY.pack(CLIENT, VIP, CPORT, VPORT, 6, 0, 0),
             KEY.pack(BACKEND, NODE, BPORT, SNAT_PORT, 6, 1, 0)]
-    values = [VALUE.pack(0, fwd_last, BACKEND, BPORT, f, 1, 1, NODE, SNAT_PORT, 0),
-              VALUE.pack(0, rev_last, VIP, VPORT, f, 1, 1, CLIENT, CPORT, 0)]
+    values = [VALUE.pack(0, fwd_last, BACKEND, BPORT, f, 1, 1, NODE, SNAT_PORT, 0, 0, 0),
+              VALUE.pack(0, rev_last, VIP, VPORT, f, 1, 1, CLIENT, CPORT, 0, 0, 0)]
     return b"".join(keys), b"".join(values)
 
 

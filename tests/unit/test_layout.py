@@ -20,7 +20,8 @@ def test_stat_names_follow_the_enum():
     assert names[-1] == "STAT_MAX"
     assert len(names) - 1 == len(STAT_NAMES)
     # The Python names are the C names lowercased, except where they are spelled out for users.
-    spelled = {"STAT_CT_INSERT_FAIL": "conntrack_insert_fail", "STAT_CT_INSERT": "conntrack_insert"}
+    spelled = {"STAT_CT_INSERT_FAIL": "conntrack_insert_fail", "STAT_CT_INSERT": "conntrack_insert",
+               "STAT_CT_COLLISION": "conntrack_collision", "STAT_CT_REBUILT": "conntrack_rebuilt"}
     expected = [spelled.get(n, n[len("STAT_"):].lower()) for n in names[:-1]]
     assert list(STAT_NAMES) == expected
 

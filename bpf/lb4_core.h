@@ -1,0 +1,203 @@
+/* lb4_core.h: the one decision for a packet to a frontend, shared by every hook (pod devices at TC,
+ * node devices at TC or XDP): conntrack -> policy -> select -> record. The hooks (lb4_tc.c) parse,
+ * find the frontend, and rewrite what this says into the packet. */
+#ifndef EBPFLB_LB4_CORE_H
+#define EBPFLB_LB4_CORE_H
+
+#include "lb_maps.h"
+#include "parse.h"
+#include "counters.h"
+#include "conntrack.h"
+#include "select.h"
+#include "node_fwd.h"
+
+/* Which hook asks: the differences between them are all here, as constants the compiler folds. */
+#define HOOK_POD 0	/* TC ingress of a pod device: packets leaving a pod */
+#define HOOK_NODE 1	/* TC ingress of a node device: traffic from outside the cluster */
+#define HOOK_XDP 2	/* XDP on a node device: as HOOK_NODE, leaving to TC what it cannot finish */
+
+/* Whether a found forward entry still stands for this packet. Returns it, or NULL when the packet
+ * starts a new flow (what stood in its way is forgotten) or must go (*drop, counted). */
+static __always_inline struct ct4_entry *lb4_flow_check(const struct pkt4 *p, struct ct4_key *fk,
+							struct ct4_entry *ct, int half_open,
+							__u32 ingress, int hook, __u64 now,
+							int *drop)
+{
+	/* A flow is bound to the device it came in on. From a pod device, a packet claiming another
+	 * device's flow is taken only when the pod may use that source (its veth was recreated);
+	 * a flow from outside the cluster is never a pod's. Node devices are not checked: replies
+	 * and retransmissions may come back over another uplink. */
+	if (hook == HOOK_POD && ct->ifindex && ct->ifindex != ingress &&
+	    ((ct->flags & CT_F_EXTERNAL) || !lb4_source_valid(ingress, p->saddr))) {
+		lb_count(STAT_SPOOFED);
+		*drop = 1;
+		return 0;
+	}
+	/* An expired entry, or a SYN reusing the tuple of a closed flow, starts a new flow. */
+	if (ct4_expired(ct, p->proto, now) || (tcp_syn_only(p) && (ct->flags & CT_F_CLOSING)))
+		return ct4_forget(fk, ct, half_open, 0);
+	/* A SYN retransmitted to a backend that is gone (a pod on a dead node never answered) gets a
+	 * live one; without it the client would retry there until its connect timeout. An ACK means
+	 * the backend answered: that flow stays. */
+	if (tcp_syn_only(p) && !ct4_backend_alive(ct)) {
+		lb_count(STAT_BACKEND_GONE);
+		return ct4_forget(fk, ct, half_open, 1);
+	}
+	if ((ct->flags & CT_F_SNAT) && !ct4_snat_owned(fk, ct))
+		return ct4_forget(fk, ct, half_open, 0);
+	return ct;
+}
+
+/* A packet of a known flow: it goes where the flow goes. */
+static __always_inline int lb4_flow_hit(void *ctx, const struct pkt4 *p, struct ct4_key *fk,
+					struct ct4_entry *ct, int half_open, __u32 ingress,
+					int hook, __u64 now, struct lb4_nat *n)
+{
+	int rc;
+
+	n->daddr = ct->nat_addr;
+	n->dport = ct->nat_port;
+	n->backend_id = ct->backend_id;
+	if (ct->flags & CT_F_SNAT) {
+		n->saddr = ct->nat2_addr;
+		n->sport = ct->nat2_port;
+		rc = lb4_fib(ctx, p, n->saddr, n->sport, n->daddr, n->dport, ingress, n);
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+			ct4_track(ct, p, now);
+			return NV_TOO_BIG;
+		}
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+			lb_count(STAT_FORWARD_FAIL);
+			return NV_DROP;
+		}
+		if (hook == HOOK_XDP && !n->fib_ok)
+			return NV_TO_STACK;	/* before tracking: TC sees the packet again */
+	}
+	ct4_track(ct, p, now);
+	if (half_open && (ct->flags & CT_F_ESTABLISHED) && !(ct->flags & CT_F_CLOSING))
+		ct4_promote(fk, ct);
+	return (ct->flags & CT_F_SNAT) ? NV_REMOTE : NV_LOCAL;
+}
+
+/* The decision for a packet to the frontend `svc`, arriving on device `ingress`. Fills *n with
+ * what the packet becomes and returns an lb4_verdict. */
+static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const struct lb4_svc *svc,
+					__u32 ingress, int hook, struct lb4_nat *n)
+{
+	struct lb4_backend *be = 0;
+	struct lb4_node_if *nif = 0;
+	struct ct4_entry *ct;
+	struct ct4_key fk;
+	int half_open = 0;
+	int drop = 0;
+	int rc = 0;
+	__u16 flags;
+	__u64 now;
+
+	if (hook != HOOK_POD && (svc->flags & LB4_SVC_KIND_MASK) == LB4_SVC_KIND_CLUSTERIP) {
+		lb_count(STAT_EXTERNAL_CLUSTERIP);
+		return NV_DROP;
+	}
+	n->svc_id = svc->svc_id;
+	n->saddr = p->saddr;
+	n->sport = p->sport;
+	ct4_key_of(p, CT_DIR_FWD, &fk);
+	ct = ct4_find_half_open(&fk, &half_open);
+	now = bpf_ktime_get_ns();
+	if (ct)
+		ct = lb4_flow_check(p, &fk, ct, half_open, ingress, hook, now, &drop);
+	if (drop)
+		return NV_DROP;
+	if (ct)
+		return lb4_flow_hit(ctx, p, &fk, ct, half_open, ingress, hook, now, n);
+
+	/* A new flow (or a TCP packet of a flow we lost). Policy first: nothing is chosen for, or
+	 * answered to, a client that may not start one. */
+	if ((svc->flags & LB4_SVC_F_SRC_RANGES) && !lb4_source_allowed(svc, p->saddr)) {
+		lb_count(STAT_SOURCE_DENIED);
+		return NV_DROP;
+	}
+	if (hook == HOOK_POD && !lb4_source_valid(ingress, p->saddr)) {
+		lb_count(STAT_SPOOFED);
+		return NV_DROP;
+	}
+	if (lb4_bad_source(p)) {
+		lb_count(STAT_BAD_SOURCE);
+		return NV_DROP;
+	}
+	n->backend_id = lb4_choose_backend(p, svc, now, &be);
+	if (!n->backend_id || !be) {
+		if (hook == HOOK_XDP && !(svc->flags & LB4_SVC_F_ETP_LOCAL))
+			return NV_TO_STACK;	/* TC sends the reject */
+		lb_count(STAT_NO_BACKEND);
+		/* Local policy and no backend here: the load balancer's health check already steers
+		 * clients away from this node, so the packet is dropped, as kube-proxy does. */
+		if (hook != HOOK_POD && (svc->flags & LB4_SVC_F_ETP_LOCAL))
+			return NV_DROP;
+		return NV_REJECT;
+	}
+	n->daddr = be->addr;
+	n->dport = be->port;
+	if (hook != HOOK_POD) {
+		/* Local or remote backend: the device the route to it leaves by, whatever else the
+		 * FIB says (a packet too big for that device is still a remote flow). */
+		rc = lb4_fib(ctx, p, p->saddr, p->sport, be->addr, be->port, ingress, n);
+		if (lb4_fib_routed(rc))
+			nif = lb4_node_ifs.lookup(&n->ifindex);
+	}
+	if (!nif) {
+		flags = hook != HOOK_POD ? CT_F_EXTERNAL : (be->addr == p->saddr ? CT_F_HAIRPIN : 0);
+		if (p->proto == IPPROTO_TCP && !tcp_syn_only(p)) {
+			ct = ct4_rebuild(p, &fk, be, n->backend_id, flags, 0, 0, ingress, now);
+			if (ct) {
+				lb_count(STAT_CT_REBUILT);
+				return lb4_flow_hit(ctx, p, &fk, ct, 0, ingress, hook, now, n);
+			}
+			/* Not a connection start: forwarded by hash (right while the backend set is
+			 * unchanged) but nothing is created, so a flood of such packets cannot fill
+			 * conntrack. */
+			lb_count(STAT_TCP_NO_STATE);
+			return NV_LOCAL;
+		}
+		rc = ct4_create(p, &fk, be, svc->svc_id, n->backend_id, flags, ingress, now);
+		if (rc == CT_CREATE_HELD) {
+			lb_count(STAT_CT_COLLISION);
+			return NV_DROP;
+		}
+		lb_count(rc ? STAT_CT_INSERT_FAIL : STAT_CT_INSERT);
+	} else {
+		if (svc->flags & LB4_SVC_F_ETP_LOCAL) {
+			lb_count(STAT_FORWARD_FAIL);	/* Local policy never leaves the node */
+			return NV_DROP;
+		}
+		if (hook == HOOK_XDP && !n->fib_ok)
+			return NV_TO_STACK;
+		if (p->proto == IPPROTO_TCP && !tcp_syn_only(p)) {
+			ct = ct4_rebuild(p, &fk, be, n->backend_id, CT_F_EXTERNAL | CT_F_SNAT, nif->addr,
+					 snat_first_port(p), ingress, now);
+			if (ct) {
+				lb_count(STAT_CT_REBUILT);
+				return lb4_flow_hit(ctx, p, &fk, ct, 0, ingress, hook, now, n);
+			}
+			/* Without state there is no SNAT port to bring the replies back: drop, the
+			 * client's retransmission or a new connection recovers. */
+			lb_count(STAT_TCP_NO_STATE);
+			return NV_DROP;
+		}
+		if (ct4_create_snat(p, &fk, be, svc->svc_id, n->backend_id, nif->addr, ingress, now,
+				    n)) {
+			lb_count(STAT_SNAT_EXHAUSTED);
+			return NV_DROP;
+		}
+		n->saddr = nif->addr;
+		lb_count(STAT_CT_INSERT);
+	}
+	if (svc->affinity_timeout)
+		lb4_affinity_update(p, svc, n->backend_id, now);
+	n->new_flow = 1;
+	if (!nif)
+		return NV_LOCAL;
+	return rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? NV_TOO_BIG : NV_REMOTE;
+}
+
+#endif

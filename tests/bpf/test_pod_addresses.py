@@ -1,0 +1,75 @@
+"""The agent's side of source validation: lb4_pod_addrs follows the host routes of each attached
+pod device (added, changed, removed with the route or the device), on real devices and routes in
+a namespace the test creates and removes, written into the session's real map. What the programs
+do with the entries is tested in test_hardening.py."""
+import socket
+import subprocess
+
+import pytest
+from pyroute2 import IPRoute
+
+from ebpflb.dataplane.attach import Attacher, PodAddresses, Program, detach
+from ebpflb.dataplane.bcc_maps import be32_to_ip
+from ebpflb.lab.nsops import create_netns, in_netns, remove_netns
+
+from ..conftest import unique
+
+pytestmark = pytest.mark.bpf
+
+
+def entries(table, ifindex):
+    return sorted(be32_to_ip(k.addr) for k in table.keys() if k.ifindex == ifindex)
+
+
+def test_pod_addresses_follow_the_host_routes(dataplane):
+    ns = unique("ebpflb-ns-pa-")
+    table = dataplane.progs.bpf[b"lb4_pod_addrs"]
+    table.clear()
+    create_netns(ns)
+    try:
+        subprocess.run(["ip", "-n", ns, "-batch", "-"], check=True, text=True, capture_output=True,
+                       input="link add lxc1 type veth peer name p1\nlink set lxc1 up\n"
+                             "link set p1 up\nlink add lxc2 type veth peer name p2\n"
+                             "link set lxc2 up\nlink set p2 up\n"
+                             "route add 10.244.0.21/32 dev lxc1\n")
+        progs = dataplane.progs
+        with in_netns(ns):
+            ipr = IPRoute()
+            try:
+                one, two = socket.if_nametoindex("lxc1"), socket.if_nametoindex("lxc2")
+                # A previous agent's entries: a device gone while no agent ran, and a stale
+                # address of a device still here.
+                for ifindex, addr in ((99999, "0.0.0.0"), (99999, "10.244.0.99"),
+                                      (one, "0.0.0.0"), (one, "10.244.0.98")):
+                    table[table.Key(ifindex=ifindex, addr=int.from_bytes(
+                        socket.inet_aton(addr), "little"))] = table.Leaf(1)
+                attacher = Attacher(ipr, ["lxc*"],
+                                    Program(progs.from_pod.fd, progs.from_pod.name.decode()),
+                                    Program(progs.to_pod.fd, progs.to_pod.name.decode()),
+                                    PodAddresses(ipr, table))
+                attacher.rescan()
+                assert entries(table, one) == ["0.0.0.0", "10.244.0.21"]
+                assert entries(table, two) == []  # no host route: not checked
+                assert entries(table, 99999) == []
+                ipr.route("add", dst="10.244.0.22/32", oif=one)
+                ipr.route("add", dst="10.244.0.23/32", oif=two)
+                ipr.route("add", dst="10.244.9.0/24", oif=two)  # not a pod's host route
+                attacher.routes_changed(one)
+                attacher.routes_changed(two)
+                assert entries(table, one) == ["0.0.0.0", "10.244.0.21", "10.244.0.22"]
+                assert entries(table, two) == ["0.0.0.0", "10.244.0.23"]
+                subprocess.run(["ip", "route", "del", "10.244.0.21/32", "dev", "lxc1"], check=True)
+                attacher.routes_changed(one)
+                assert entries(table, one) == ["0.0.0.0", "10.244.0.22"]
+                subprocess.run(["ip", "route", "del", "10.244.0.23/32", "dev", "lxc2"], check=True)
+                attacher.routes_changed(two)
+                assert entries(table, two) == []  # its last route went: no longer checked
+                attacher.forget(one)
+                assert entries(table, one) == []
+                for ifindex in (one, two):
+                    detach(ipr, ifindex)
+            finally:
+                ipr.close()
+    finally:
+        table.clear()
+        remove_netns(ns)
