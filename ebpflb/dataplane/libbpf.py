@@ -46,55 +46,44 @@ class ProgInfo(ctypes.Structure):
                 ("name", ctypes.c_char * 16)]
 
 
-def prog_name(prog_id: int) -> str:
-    """The name of a loaded program by id ("" when it is gone): how an XDP program attached to a
-    device is recognised as ours."""
+def _prog_info(prog_id: int, map_ids: int = 0) -> "tuple[ProgInfo, list] | None":
+    """A loaded program's info by id (None when it is gone), with up to `map_ids` map ids."""
     lib = libbpf()
     get_fd = lib.bpf_prog_get_fd_by_id
     get_fd.argtypes = [ctypes.c_uint32]
     get_fd.restype = ctypes.c_int
     fd = get_fd(prog_id)
     if fd < 0:
-        return ""
+        return None
     try:
         fn = lib.bpf_obj_get_info_by_fd
         fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
         fn.restype = ctypes.c_int
-        info = ProgInfo()
+        ids = (ctypes.c_uint32 * max(map_ids, 1))()
+        info = ProgInfo(nr_map_ids=map_ids, map_ids=ctypes.addressof(ids) if map_ids else 0)
         size = ctypes.c_uint32(ctypes.sizeof(info))
         if fn(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
-            return ""
-        return info.name.decode(errors="replace")
+            return None
+        return info, list(ids[:min(map_ids, info.nr_map_ids)])
     finally:
         os.close(fd)
+
+
+def prog_name(prog_id: int) -> str:
+    """The name of a loaded program by id ("" when it is gone): how an XDP program attached to a
+    device is recognised as ours."""
+    got = _prog_info(prog_id)
+    return got[0].name.decode(errors="replace") if got else ""
 
 
 def prog_map_ids(prog_id: int) -> "frozenset[int]":
     """The ids of the maps a loaded program uses (empty when it is gone): which data plane an
     attached program belongs to."""
-    lib = libbpf()
-    get_fd = lib.bpf_prog_get_fd_by_id
-    get_fd.argtypes = [ctypes.c_uint32]
-    get_fd.restype = ctypes.c_int
-    fd = get_fd(prog_id)
-    if fd < 0:
+    first = _prog_info(prog_id)
+    if not first or not first[0].nr_map_ids:
         return frozenset()
-    try:
-        fn = lib.bpf_obj_get_info_by_fd
-        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
-        fn.restype = ctypes.c_int
-        info = ProgInfo()
-        size = ctypes.c_uint32(ctypes.sizeof(info))
-        if fn(fd, ctypes.byref(info), ctypes.byref(size)) != 0 or not info.nr_map_ids:
-            return frozenset()
-        ids = (ctypes.c_uint32 * info.nr_map_ids)()
-        again = ProgInfo(nr_map_ids=info.nr_map_ids, map_ids=ctypes.addressof(ids))
-        size = ctypes.c_uint32(ctypes.sizeof(again))
-        if fn(fd, ctypes.byref(again), ctypes.byref(size)) != 0:
-            return frozenset()
-        return frozenset(ids[:min(again.nr_map_ids, info.nr_map_ids)])
-    finally:
-        os.close(fd)
+    again = _prog_info(prog_id, first[0].nr_map_ids)
+    return frozenset(again[1]) if again else frozenset()
 
 
 def _fn(name: str, argtypes: list) -> "ctypes._CFuncPtr":
