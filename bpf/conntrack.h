@@ -56,6 +56,12 @@ static __always_inline struct ct4_entry *ct4_find(struct ct4_key *key)
 	return ct4_find_half_open(key, &half_open);
 }
 
+/* Whether a flow's source was rewritten (nat2): SNAT to this node, or a new source port. */
+static __always_inline int ct4_src_nat(__u16 flags)
+{
+	return flags & (CT_F_SNAT | CT_F_PORT_NAT);
+}
+
 /* How long a flow lives since its last packet, by the state its entries have seen. */
 static __always_inline __u64 ct4_lifetime_of(__u16 flags, __u8 proto)
 {
@@ -64,7 +70,7 @@ static __always_inline __u64 ct4_lifetime_of(__u16 flags, __u8 proto)
 	if (flags & CT_F_CLOSING)
 		/* A closed SNAT flow keeps its port while the backend may still hold the connection
 		 * in TIME_WAIT: a reused 4-tuple would meet PAWS there. */
-		return ((flags & CT_F_SNAT) ? CT_TIMEOUT_TCP_TIME_WAIT : CT_TIMEOUT_TCP_CLOSE) *
+		return (ct4_src_nat(flags) ? CT_TIMEOUT_TCP_TIME_WAIT : CT_TIMEOUT_TCP_CLOSE) *
 		       LB_NSEC_PER_SEC;
 	if (flags & CT_F_ESTABLISHED)
 		return CT_TIMEOUT_TCP_ESTABLISHED * LB_NSEC_PER_SEC;
@@ -101,13 +107,14 @@ static __always_inline int tcp_syn_only(const struct pkt4 *p)
 }
 
 /* The reply key of a flow, from its forward key and entry: replies come from the backend, to the
- * client, or to the hairpin address (a pod reaching itself), or to the SNAT address and port. */
+ * client, or to the hairpin address (a pod reaching itself), or to the SNAT address and port (or
+ * the client's new port). */
 static __always_inline void ct4_reply_key(const struct ct4_key *fwd, const struct ct4_entry *e,
 					  struct ct4_key *rev)
 {
 	rev->saddr = e->nat_addr;
 	rev->sport = e->nat_port;
-	if (e->flags & CT_F_SNAT) {
+	if (ct4_src_nat(e->flags)) {
 		rev->daddr = e->nat2_addr;
 		rev->dport = e->nat2_port;
 	} else {
@@ -145,7 +152,7 @@ static __always_inline struct ct4_entry *ct4_forget(struct ct4_key *fwd, struct 
 		ct4_reply_key(fwd, e, &rev);
 		r = ct4_find(&rev);
 		if (r && r->nat_addr == fwd->daddr && r->nat_port == fwd->dport &&
-		    (!(e->flags & CT_F_SNAT) ||
+		    (!ct4_src_nat(e->flags) ||
 		     (r->nat2_addr == fwd->saddr && r->nat2_port == fwd->sport))) {
 			ct4.delete(&rev);
 			ct4_syn.delete(&rev);

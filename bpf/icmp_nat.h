@@ -22,8 +22,12 @@ static __always_inline int lb4_icmp_nat(struct __sk_buff *skb, const struct icmp
 	__be32 quoted_addr = quoted == NAT_DST ? e->in_daddr : e->in_saddr;
 	__be32 outer_addr = quoted == NAT_DST ? e->saddr : e->daddr;
 
+	/* A flow with a new source port: the quoted client side gets its port back too (the reply
+	 * entry's nat2 is the client's own), or the one the backend saw (the forward entry's). */
 	if ((outer_addr == quoted_addr && icmp4_rewrite_outer(skb, e, !quoted, ct->nat_addr)) ||
-	    icmp4_rewrite_inner(skb, e, quoted, ct->nat_addr, ct->nat_port)) {
+	    icmp4_rewrite_inner(skb, e, quoted, ct->nat_addr, ct->nat_port) ||
+	    ((ct->flags & CT_F_PORT_NAT) &&
+	     icmp4_rewrite_inner(skb, e, !quoted, ct->nat2_addr, ct->nat2_port))) {
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;
 	}

@@ -16,6 +16,14 @@
 #define HOOK_NODE 1	/* TC ingress of a node device: traffic from outside the cluster */
 #define HOOK_XDP 2	/* XDP on a node device: as HOOK_NODE, leaving to TC what it cannot finish */
 
+/* XDP in generic mode on this device: it may not pass up a packet it rewrote (lb_structs.h). */
+static __always_inline int lb4_xdp_generic(__u32 ingress)
+{
+	struct lb4_node_if *nif = lb4_node_ifs.lookup(&ingress);
+
+	return nif && (nif->flags & LB4_NODE_IF_F_XDP_GENERIC);
+}
+
 /* Whether a found forward entry still stands for this packet. Returns it, or NULL when the packet
  * starts a new flow (what stood in its way is forgotten) or must go (*drop, counted). */
 static __always_inline struct ct4_entry *lb4_flow_check(const struct pkt4 *p, struct ct4_key *fk,
@@ -43,7 +51,7 @@ static __always_inline struct ct4_entry *lb4_flow_check(const struct pkt4 *p, st
 		lb_count(STAT_BACKEND_GONE);
 		return ct4_forget(fk, ct, half_open, 1);
 	}
-	if ((ct->flags & CT_F_SNAT) && !ct4_snat_owned(fk, ct))
+	if (ct4_src_nat(ct->flags) && !ct4_snat_owned(fk, ct))
 		return ct4_forget(fk, ct, half_open, 0);
 	return ct;
 }
@@ -72,6 +80,11 @@ static __always_inline int lb4_flow_hit(void *ctx, const struct pkt4 *p, struct 
 		}
 		if (hook == HOOK_XDP && !n->fib_ok)
 			return NV_TO_STACK;	/* before tracking: TC sees the packet again */
+	} else {
+		if (hook == HOOK_XDP && lb4_xdp_generic(ingress))
+			return NV_TO_STACK;
+		if (ct->flags & CT_F_PORT_NAT)
+			n->sport = ct->nat2_port;
 	}
 	ct4_track(ct, p, now);
 	if (half_open && (ct->flags & CT_F_ESTABLISHED) && !(ct->flags & CT_F_CLOSING))
@@ -110,6 +123,9 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 		return NV_DROP;
 	if (ct)
 		return lb4_flow_hit(ctx, p, &fk, ct, half_open, ingress, hook, now, n);
+	/* A removed frontend, kept only for the flows it has: anything new is not ours. */
+	if (svc->flags & LB4_SVC_F_DRAINING)
+		return NV_PASS;
 
 	/* A new flow (or a TCP packet of a flow we lost). Policy first: nothing is chosen for, or
 	 * answered to, a client that may not start one. */
@@ -144,8 +160,12 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 		rc = lb4_fib(ctx, p, p->saddr, p->sport, be->addr, be->port, ingress, n);
 		if (lb4_fib_routed(rc))
 			nif = lb4_node_ifs.lookup(&n->ifindex);
+		if (nif && !nif->addr)
+			nif = 0;	/* no address to SNAT to: the stack routes it as it is */
 	}
 	if (!nif) {
+		if (hook == HOOK_XDP && lb4_xdp_generic(ingress))
+			return NV_TO_STACK;
 		flags = hook != HOOK_POD ? CT_F_EXTERNAL : (be->addr == p->saddr ? CT_F_HAIRPIN : 0);
 		if (p->proto == IPPROTO_TCP && !tcp_syn_only(p)) {
 			ct = ct4_rebuild(p, &fk, be, n->backend_id, flags, 0, 0, ingress, now);
@@ -161,8 +181,16 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 		}
 		rc = ct4_create(p, &fk, be, svc->svc_id, n->backend_id, flags, ingress, now);
 		if (rc == CT_CREATE_HELD) {
-			lb_count(STAT_CT_COLLISION);
-			return NV_DROP;
+			/* The same client port already reaches this backend through another frontend:
+			 * this flow gets a source port of its own (a hairpin flow has no port to move). */
+			if ((flags & CT_F_HAIRPIN) ||
+			    ct4_create_snat(p, &fk, be, svc->svc_id, n->backend_id, p->saddr,
+					    flags | CT_F_PORT_NAT, ingress, now, n)) {
+				lb_count(STAT_CT_COLLISION);
+				return NV_DROP;
+			}
+			lb_count(STAT_PORT_NAT);
+			rc = CT_CREATE_OK;
 		}
 		lb_count(rc ? STAT_CT_INSERT_FAIL : STAT_CT_INSERT);
 	} else {
@@ -184,8 +212,8 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 			lb_count(STAT_TCP_NO_STATE);
 			return NV_DROP;
 		}
-		if (ct4_create_snat(p, &fk, be, svc->svc_id, n->backend_id, nif->addr, ingress, now,
-				    n)) {
+		if (ct4_create_snat(p, &fk, be, svc->svc_id, n->backend_id, nif->addr,
+				    CT_F_EXTERNAL | CT_F_SNAT, ingress, now, n)) {
 			lb_count(STAT_SNAT_EXHAUSTED);
 			return NV_DROP;
 		}

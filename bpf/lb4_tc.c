@@ -132,11 +132,14 @@ int lb4_from_pod(struct __sk_buff *skb)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 
 	r = lb4_frontend(skb, &p, svc, skb->ifindex, HOOK_POD, &n);
+	if (r == NV_PASS)
+		return lb4_pass_verdict(PARSE_NOT_OURS);
 	if (r == NV_DROP)
 		return TC_ACT_SHOT;
 	if (r == NV_REJECT)
 		return lb4_reject(skb, &p);
-	if (lb4_rewrite(skb, &p, NAT_DST, n.daddr, n.dport)) {
+	if (lb4_rewrite(skb, &p, NAT_DST, n.daddr, n.dport) ||
+	    (n.sport != p.sport && lb4_rewrite(skb, &p, NAT_SRC, p.saddr, n.sport))) {
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;
 	}
@@ -175,7 +178,8 @@ int lb4_to_pod(struct __sk_buff *skb)
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 	/* Replies never expire an entry here: the agent's GC ages a flow by both directions. */
 	ct4_track(ct, &p, bpf_ktime_get_ns());
-	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port)) {
+	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
+	    ((ct->flags & CT_F_PORT_NAT) && lb4_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port))) {
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;
 	}
@@ -274,6 +278,10 @@ int lb4_node_xdp(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	if (v == NV_LOCAL) {
+		if (n.sport != p.sport && xdp_rewrite(ctx, &p, NAT_SRC, p.saddr, n.sport)) {
+			lb_count(STAT_NAT_FAIL);
+			return XDP_DROP;
+		}
 		lb4_node_count(&n, len);
 		return XDP_PASS;
 	}
@@ -332,6 +340,10 @@ int lb4_node_in(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	if (r == NV_LOCAL) {
+		if (n.sport != p.sport && lb4_rewrite(skb, &p, NAT_SRC, p.saddr, n.sport)) {
+			lb_count(STAT_NAT_FAIL);
+			return TC_ACT_SHOT;
+		}
 		frag4_record(&p, FRAG_AT_NODE_IN, p.saddr, n.daddr, n.svc_id, n.backend_id,
 			     FRAG_ACT_PASS, 0, 0);
 		lb4_node_count(&n, skb->len);
@@ -385,7 +397,8 @@ int lb4_node_out(struct __sk_buff *skb)
 	if (!ct || (ct->flags & (CT_F_EXTERNAL | CT_F_SNAT)) != CT_F_EXTERNAL)
 		return TC_ACT_OK;
 	ct4_track(ct, &p, bpf_ktime_get_ns());
-	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port)) {
+	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
+	    ((ct->flags & CT_F_PORT_NAT) && lb4_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port))) {
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;
 	}

@@ -41,6 +41,9 @@ struct lb4_svc {
 /* loadBalancerSourceRanges: a new flow must come from a prefix listed for this frontend in
  * lb4_src_ranges, else it is dropped. */
 #define LB4_SVC_F_SRC_RANGES 0x4
+/* A removed TCP frontend kept for the flows it translated (ebpflb/draining.py): a packet of one
+ * of them goes on as before; anything else is treated as if there were no frontend. */
+#define LB4_SVC_F_DRAINING 0x8
 /* Bits 4-5: the kind of frontend (0 ClusterIP, 1 NodePort, 2 LoadBalancer, 3 ExternalIP). Pods
  * reach every kind alike; on a node device a ClusterIP is refused (not reachable from outside). */
 #define LB4_SVC_KIND_SHIFT 4
@@ -59,9 +62,14 @@ struct lb4_src_range_key {
  * to a backend on another node is SNATed to when it leaves through this device. A route to a
  * backend through a node device means the backend is remote. */
 struct lb4_node_if {
-	__be32 addr;
-	__u32 flags;
+	__be32 addr;	/* 0: the device has no IPv4 address yet, nothing is SNATed to it */
+	__u32 flags;	/* LB4_NODE_IF_F_* */
 };
+
+/* Its XDP program runs in generic (skb) mode. Generic XDP leaves skb->csum as it was, so on a
+ * CHECKSUM_COMPLETE device a packet XDP rewrote and passed up would reach the stack with a stale
+ * sum: XDP leaves flows to local backends to TC there, whose csum helpers keep skb->csum right. */
+#define LB4_NODE_IF_F_XDP_GENERIC 0x1
 
 /* One selection slot of a frontend; the value is a backend id in lb4_backends. */
 struct lb4_slot_key {
@@ -116,6 +124,10 @@ struct ct4_key {
 #define CT_F_HAIRPIN 0x4	/* a pod reaching itself: its source was rewritten to LB4_HAIRPIN_ADDR */
 #define CT_F_EXTERNAL 0x8	/* a flow from outside the cluster, created on a node device */
 #define CT_F_SNAT 0x10		/* ... to a backend on another node: its source was SNATed (nat2) */
+/* A flow to a backend reached by the stack whose reply tuple a live flow already held (one
+ * client address and port reaching one backend through two frontends): its source port was
+ * rewritten to nat2_port, from the SNAT range, as conntrack would; nat2_addr is the client's. */
+#define CT_F_PORT_NAT 0x20
 
 /* The source a pod sees when it reaches itself through a Service (169.254.42.1): a link-local
  * address no pod owns, so the pod's reply leaves it and comes back to the data path. */
@@ -226,10 +238,11 @@ enum lb_stat {
 	STAT_FORWARD_FAIL,		/* no route, TTL exceeded, or Local policy with a remote backend: dropped */
 	STAT_SNAT_REUSE,	/* all probed SNAT ports taken: one still in the backend's TIME_WAIT reused */
 	STAT_FRAG_MISS,		/* a later fragment to a frontend, its first not seen: passed untouched */
-	STAT_CT_COLLISION,	/* a new flow's reply tuple is held by a live flow: dropped */
+	STAT_CT_COLLISION,	/* a new flow's reply tuple is held by a live flow, no port for it: dropped */
 	STAT_SPOOFED,		/* a pod's packet to a frontend from an address not its own: dropped */
 	STAT_BACKEND_GONE,	/* a half-open flow's backend was removed: a new one chosen */
 	STAT_CT_REBUILT,	/* a lost forward entry rebuilt from its reply entry */
+	STAT_PORT_NAT,		/* a new flow whose reply tuple a live flow held got a new source port */
 	STAT_MAX,
 };
 

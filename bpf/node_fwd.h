@@ -114,7 +114,7 @@ static __always_inline int snat_port_state(struct ct4_key *k, __u64 now)
 	fk.dir = CT_DIR_FWD;
 	fk.pad = 0;
 	f = ct4_find(&fk);
-	if (f && (f->flags & CT_F_SNAT) && f->nat2_addr == k->daddr && f->nat2_port == k->dport &&
+	if (f && ct4_src_nat(f->flags) && f->nat2_addr == k->daddr && f->nat2_port == k->dport &&
 	    f->nat_addr == k->saddr && f->nat_port == k->sport) {
 		if (f->last_seen_ns > last)
 			last = f->last_seen_ns;
@@ -177,22 +177,24 @@ static __always_inline __be16 snat_first_port(const struct pkt4 *p)
 	return bpf_htons(LB4_SNAT_PORT_MIN + flow_hash4(p) % (LB4_SNAT_PORT_MAX - LB4_SNAT_PORT_MIN + 1));
 }
 
-/* Creates both entries of a new flow to a backend on another node, with a source port of
- * snat_addr that no live flow to the same backend uses. Returns 0 with the port in n->sport,
- * or -1 when none was free within LB4_SNAT_TRIES probes. The first probe is the flow's hash, so
- * the choice is spread and repeatable. A closed flow keeps its port through the backend's
- * TIME_WAIT; only when every probe finds a port taken is the first such one reused (counted:
- * the range is too small for the rate), rather than dropping the new flow. */
+/* Creates both entries of a new flow whose source becomes snat_addr and a port of the SNAT
+ * range that no live flow to the same backend uses: to a backend on another node (flags
+ * CT_F_EXTERNAL | CT_F_SNAT, snat_addr this node's), or with only a new port (CT_F_PORT_NAT,
+ * snat_addr the client's own). Returns 0 with the port in n->sport, or -1 when none was free
+ * within LB4_SNAT_TRIES probes. The first probe is the flow's hash, so the choice is spread and
+ * repeatable. A closed flow keeps its port through the backend's TIME_WAIT; only when every
+ * probe finds a port taken is the first such one reused (counted: the range is too small for the
+ * rate), rather than dropping the new flow. */
 static __always_inline int ct4_create_snat(const struct pkt4 *p, struct ct4_key *fwd,
 					   const struct lb4_backend *be, __u32 svc_id,
-					   __u32 backend_id, __be32 snat_addr, __u32 ifindex,
-					   __u64 now, struct lb4_nat *n)
+					   __u32 backend_id, __be32 snat_addr, __u16 flags,
+					   __u32 ifindex, __u64 now, struct lb4_nat *n)
 {
 	__u32 range = LB4_SNAT_PORT_MAX - LB4_SNAT_PORT_MIN + 1;
 	__u32 start = flow_hash4(p);
 	struct ct4_entry e = {
 		.created_ns = now, .last_seen_ns = now, .nat_addr = be->addr, .nat_port = be->port,
-		.flags = CT_F_EXTERNAL | CT_F_SNAT, .svc_id = svc_id, .backend_id = backend_id,
+		.flags = flags, .svc_id = svc_id, .backend_id = backend_id,
 		.nat2_addr = snat_addr, .ifindex = ifindex,
 	};
 	struct ct4_entry r = e;

@@ -203,6 +203,15 @@ class Agent:
             self._record(outcome)
         return outcome
 
+    def release_drained(self, live_svc_ids) -> Optional[SyncOutcome]:
+        """Removes the draining frontends whose last flow ended (after a conntrack GC)."""
+        if self.syncer is None:
+            return None
+        outcome = self.syncer.release_drained(live_svc_ids)
+        if outcome is not None:
+            self._record(outcome)
+        return outcome
+
     def _record(self, outcome: SyncOutcome) -> None:
         syncer = self.syncer
         assert syncer is not None
@@ -466,6 +475,7 @@ class Agent:
                 result = ct_gc.run(time.monotonic_ns())  # the programs' clock is CLOCK_MONOTONIC
                 if self.metrics is not None:
                     self.metrics.ct_gc_deleted.inc(result.deleted)
+                self.release_drained(result.svc_ids)
                 next_gc = time.monotonic() + self.options.ct_gc_interval
             if self._status_due is not None and time.monotonic() >= self._status_due:
                 self._write_status()

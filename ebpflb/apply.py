@@ -9,7 +9,7 @@ last good state instead of staying half-applied.
 """
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Protocol, Sequence
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Set
 
 from .maps import CONTROL_MAPS, MapId, Records, Snapshot
 from .plan import DELETE, RESET, UPSERT, Op, Plan, Step
@@ -27,6 +27,9 @@ class MapWriter(Protocol):
     def zero(self, map_id: MapId, ids: Sequence[int]) -> None:
         """Zeroes the per-CPU counters of these ids."""
     def dump(self, map_id: MapId) -> Dict[Any, Any]: ...
+    def flow_service_ids(self) -> Optional[Set[int]]:
+        """The service ids the open flows (conntrack entries) hold; None when there is no
+        conntrack to read (draining frontends are then all kept)."""
 
 
 class ApplyError(RuntimeError):

@@ -503,6 +503,7 @@ def ct_list(services: List[str], output: str, pin_dir: str) -> None:
     from dataclasses import asdict
 
     from .apply import read_snapshot
+    from .dataplane.ct_gc import CT_F_EXTERNAL, CT_F_SRC_NAT
     from .dataplane.readers import flows
     from .maps import SVC_META
 
@@ -513,9 +514,10 @@ def ct_list(services: List[str], output: str, pin_dir: str) -> None:
     rows = [{"protocol": e.protocol, "state": _ct_state(e), "client": f"{e.saddr}:{e.sport}",
              "frontend": f"{e.daddr}:{e.dport}", "backend": f"{e.nat_addr}:{e.nat_port}",
              "service": names.get(e.svc_id, f"(gone, svc {e.svc_id})"),
-             # A backend on another node is reached from this node's address (SNAT).
-             "snat": f"{e.nat2_addr}:{e.nat2_port}" if e.flags & 0x10 else None,
-             "external": bool(e.flags & 0x8),
+             # A backend on another node is reached from this node's address (SNAT); a second
+             # flow from one client port to one backend, from a port of its own.
+             "snat": f"{e.nat2_addr}:{e.nat2_port}" if e.flags & CT_F_SRC_NAT else None,
+             "external": bool(e.flags & CT_F_EXTERNAL),
              "age_seconds": round((now - e.created_ns) / 1e9, 3),
              "idle_seconds": round((now - e.last_seen_ns) / 1e9, 3)} for e in entries]
     if output == "json":

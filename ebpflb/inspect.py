@@ -4,8 +4,8 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from typing import Any, Dict, List, Optional, Tuple
 
-from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_ETP_LOCAL,
-                   SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, Snapshot, frontend_kind)
+from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING,
+                   SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, Snapshot, frontend_kind)
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ServiceView:
     # loadBalancerSourceRanges; None when the frontend takes every source, () when it takes none
     source_ranges: Optional[Tuple[str, ...]] = None
     scope: str = "all"  # "all": every client; "external": traffic from outside (Local policy)
+    draining: bool = False  # removed, kept only for its open connections (ebpflb.draining)
 
 
 def service_views(snapshot: Snapshot) -> List[ServiceView]:
@@ -65,7 +66,8 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
                                tuple(backends), tuple(problems), bool(svc.flags & SVC_F_ETP_LOCAL),
                                tuple(sorted(ranges.get(svc.svc_id, ()), key=_net_order))
                                if svc.flags & SVC_F_SRC_RANGES else None,
-                               "external" if key.scope else "all"))
+                               "external" if key.scope else "all",
+                               bool(svc.flags & SVC_F_DRAINING)))
     out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol, v.scope))
     return out
 
@@ -85,6 +87,8 @@ def render_table(views: List[ServiceView]) -> str:
         lines = [f"{b.id} => {b.address}:{b.port}" + ("" if b.slots else " (weight 0: draining)")
                  + (f" ({b.slots} slots)" if v.algorithm == "maglev" and b.slots else "")
                  for b in v.backends] or ["(no ready backend: dropped)"]
+        if v.draining:
+            lines = ["(removed: kept for its open connections; new ones are not served)"]
         if v.external_local and v.scope == "external":
             lines.append("(from outside, externalTrafficPolicy Local: this node's backends, "
                          "client IP kept)")

@@ -16,7 +16,8 @@ import socket
 from dataclasses import dataclass
 from enum import Enum
 from ipaddress import ip_network
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import (AbstractSet, Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 from .maps import (BACKEND_STATS, BACKENDS, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS,
                    SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SVC_META, SVC_STATS, VIPS, MapId,
@@ -307,12 +308,15 @@ def counter_resets(new_svc_ids: Iterable[int], new_backend_ids: Iterable[int]) -
 
 def compute_plan(desired: DesiredState, current: Snapshot,
                  limits: Optional[Mapping[str, int]] = None,
-                 defaults: PlanDefaults = PlanDefaults()) -> Plan:
-    """The plan of a full sync: the whole desired state against what the maps hold."""
+                 defaults: PlanDefaults = PlanDefaults(),
+                 live_svc_ids: Optional[AbstractSet[int]] = None) -> Plan:
+    """The plan of a full sync: the whole desired state against what the maps hold. A TCP
+    frontend that goes away drains (ebpflb.draining) if it has open flows (`live_svc_ids`, the
+    service ids conntrack holds; None when not known: every one drains)."""
     from .planner import Planner
 
     planner = Planner(limits, defaults)
-    return planner.plan_full(_by_service(desired), current).plan
+    return planner.plan_full(_by_service(desired), current, live_svc_ids).plan
 
 
 def _by_service(desired: DesiredState) -> Dict[str, List]:

@@ -10,6 +10,9 @@ of every frontend, how many frontends share each VIP, which ids are in use, how 
 - `plan_full(everything, current)`: every Service's records against `current` (a read-back of
   the maps): at start, after a failed apply, and on the agent's slow timer, when it finds nothing
   to do unless something else wrote the maps (drift).
+A TCP frontend a plan removes stays as a draining record, owned by `Draining(key)`, until the
+conntrack GC finds no flow of it (`release_drained`); a Service that asks for its key again
+takes it over, with its service id (ebpflb.draining).
 A plan is applied, then committed (`PendingPlan.commit`); one that was not applied leaves the
 planner as it was.
 """
@@ -19,6 +22,7 @@ import heapq
 from typing import (Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Set,
                     Tuple)
 
+from .draining import Draining, drained_records, drains, is_draining
 from .maps import MapId, Records, SvcKey, VIPS
 from .model import Backend, Frontend
 from .plan import OwnershipError, Plan, PlanError, check_capacity, counter_resets, diff
@@ -186,6 +190,7 @@ class Planner:
         self._held: Dict[MapId, int] = {}  # kernel entries per map
         self._svc_pool = IdPool()
         self._backend_pool = IdPool()
+        self._draining: Dict[SvcKey, int] = {}  # draining frontends and their service ids
 
     # --- what is programmed --------------------------------------------------------------
     def frontend_ids(self) -> Mapping[SvcKey, int]:
@@ -198,6 +203,10 @@ class Planner:
 
     def held(self) -> Dict[MapId, int]:
         return dict(self._held)
+
+    def draining(self) -> Mapping[SvcKey, int]:
+        """The draining frontends and their service ids."""
+        return self._draining
 
     def records(self) -> Records:
         """Everything programmed, as one Records (costs the whole state: tests and debugging)."""
@@ -219,6 +228,7 @@ class Planner:
         ids = _Ids(self._svc_ids, current.backends, self._svc_pool, self._backend_pool)
         want_by_owner: Dict[Owner, Records] = {}
         want = Records()
+        taken_over: Set[Owner] = set()  # draining records a Service asks for again
         try:
             for owner in sorted(changed, key=_owner_order):
                 records = Records()
@@ -226,8 +236,16 @@ class Planner:
                 for key in records.services:
                     holder = self._owner_of.get(key)
                     if holder is not None and holder != owner and holder not in changed:
+                        if isinstance(holder, Draining):
+                            taken_over.add(holder)
+                            continue
                         raise OwnershipError(f"frontend {key} is asked for by {_owner_text(owner)} "
                                              f"but held by {_owner_text(holder)}")
+                want_by_owner[owner] = records
+                _merge(want, records)
+            for holder in taken_over:
+                _merge(current, _expand(self._owned[holder]))
+            for owner, records in _drain(current, want, False).items():
                 want_by_owner[owner] = records
                 _merge(want, records)
             # VIP counts are cluster-wide: the changed owners' share moves, the rest stays.
@@ -250,18 +268,22 @@ class Planner:
         def commit() -> None:
             old_svc, old_backend = _ids_of(current)
             new_svc, new_backend = _ids_of(want)
-            for owner in changed:
+            for owner in list(changed) + list(taken_over):
                 old = self._owned.pop(owner, None)
                 if old is not None:
                     for key, _ in old[0]:
                         self._svc_ids.pop(key, None)
                         self._owner_of.pop(key, None)
+                if isinstance(owner, Draining):
+                    self._draining.pop(owner.key, None)
             for owner, records in want_by_owner.items():
                 if records.services:
                     self._owned[owner] = _compact(records)
                 for key, value in records.services.items():
                     self._svc_ids[key] = value.svc_id
                     self._owner_of[key] = owner
+                    if isinstance(owner, Draining):
+                        self._draining[key] = value.svc_id
             for vip in touched:
                 if vip in want_vips:
                     self._vips[vip] = want_vips[vip]
@@ -278,9 +300,12 @@ class Planner:
         return PendingPlan(plan, commit, ids.give_back)
 
     # --- full ----------------------------------------------------------------------------
-    def plan_full(self, everything: Mapping[Owner, OwnerFrontends], current: Records) -> PendingPlan:
+    def plan_full(self, everything: Mapping[Owner, OwnerFrontends], current: Records,
+                  live_svc_ids: Optional[Set[int]] = None) -> PendingPlan:
         """The plan that makes the maps, which hold `current`, hold exactly `everything`. New
-        ids are never ids `current` holds: old records go only at the end of the apply."""
+        ids are never ids `current` holds: old records go only at the end of the apply.
+        `live_svc_ids`: the service ids of the open flows, when known; a frontend without any
+        does not drain (None: all of them do)."""
         used_svc, used_backend = _ids_of(current)
         svc_pool, backend_pool = IdPool(used_svc), IdPool(used_backend)
         ids = _Ids({key: value.svc_id for key, value in current.services.items()},
@@ -293,6 +318,9 @@ class Planner:
             if records.services:
                 want_by_owner[owner] = records
                 _merge(want, records)
+        for owner, records in _drain(current, want, True, live_svc_ids).items():
+            want_by_owner[owner] = records
+            _merge(want, records)
         plan = diff(want, current)
         if plan:
             plan = counter_resets(ids.new_svc_ids, ids.new_backend_ids) + plan
@@ -308,11 +336,40 @@ class Planner:
             svc_ids, backend_ids = _ids_of(want)
             self._svc_pool = IdPool(svc_ids)
             self._backend_pool = IdPool(backend_ids)
+            self._draining = {owner.key: records.services[owner.key].svc_id
+                              for owner, records in want_by_owner.items()
+                              if isinstance(owner, Draining)}
 
         return PendingPlan(plan, commit, lambda: None)
 
+    def release_drained(self, live_svc_ids) -> Optional[PendingPlan]:
+        """The plan that removes the draining records whose service id no conntrack entry holds
+        any more (`live_svc_ids`, from the conntrack GC); None when every one still has flows."""
+        gone = {Draining(key): () for key, svc_id in self._draining.items()
+                if svc_id not in live_svc_ids}
+        return self.plan(gone) if gone else None
+
+
+def _drain(current: Records, want: Records, keep_draining: bool,
+           live_svc_ids: Optional[Set[int]] = None) -> Dict[Owner, Records]:
+    """The draining records of the TCP frontends `current` holds and `want` does not (of those
+    with open flows, when `live_svc_ids` says which). A record already draining stays as it is
+    in a full plan; in an incremental one it is there only because its release was asked for."""
+    out: Dict[Owner, Records] = {}
+    for key, value in current.services.items():
+        if key in want.services or not drains(key):
+            continue
+        if is_draining(value) and not keep_draining:
+            continue
+        if live_svc_ids is not None and value.svc_id not in live_svc_ids:
+            continue
+        out[Draining(key)] = drained_records(key, value, current.meta.get(value.svc_id, ""))
+    return out
+
 
 def _owner_order(owner: Owner):
+    if isinstance(owner, Draining):
+        return (2, (str(owner.key),))
     return (0, owner) if isinstance(owner, tuple) else (1, (str(owner),))
 
 

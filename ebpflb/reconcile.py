@@ -25,10 +25,12 @@ def reconcile(desired: DesiredState, writer: MapWriter, limits: Optional[Mapping
               current: Optional[Snapshot] = None, dry_run: bool = False,
               defaults: PlanDefaults = PlanDefaults()) -> SyncResult:
     """Plans against `current` (read from the maps when not given) and applies unless dry_run.
-    Raises PlanError (nothing written) or ApplyError (writes undone)."""
+    A TCP frontend that goes away drains while conntrack holds flows of it (ebpflb.draining);
+    one that has none goes at once, as does a draining one whose flows ended. Raises PlanError
+    (nothing written) or ApplyError (writes undone)."""
     if current is None:
         current = read_snapshot(writer)
-    plan = compute_plan(desired, current, limits, defaults)
+    plan = compute_plan(desired, current, limits, defaults, writer.flow_service_ids())
     if dry_run or not plan:
         return SyncResult(plan, current, False)
     apply_plan(plan, writer)

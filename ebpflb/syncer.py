@@ -167,6 +167,26 @@ class Syncer:
             self.counters.incremental += 1
         return outcome
 
+    def release_drained(self, live_svc_ids) -> Optional[SyncOutcome]:
+        """Removes the draining frontends no open flow uses any more (`live_svc_ids`: the service
+        ids the conntrack GC found). None when there was nothing to remove, or when a full sync
+        is due (it comes first: the planner may not know what the maps hold)."""
+        if self._full_reason is not None:
+            return None
+        started = time.perf_counter()
+        try:
+            pending = self.planner.release_drained(live_svc_ids)
+        except PlanError as exc:  # removals only: cannot overflow; never stop the agent
+            log.error("draining frontends not released: %s", exc)
+            return None
+        if pending is None:
+            return None
+        gone = pending.plan.counts().get("lb4_services delete", 0)
+        outcome = self._apply(INCREMENTAL, pending, 0, started, time.perf_counter(), "drained")
+        if outcome.applied:
+            log.info("%d draining frontends released: their last flows ended", gone)
+        return outcome
+
     def _one_by_one(self, keys: List[ObjectKey], started: float, first: PlanError) -> SyncOutcome:
         """After a batch that did not fit: each Service alone; those that fit go in, the others
         stay pending (retried with the next sync)."""
@@ -211,7 +231,7 @@ class Syncer:
             current = read_snapshot(self.writer)
             everything = {key: self.model.frontends_of(key) for key in self.model.holders()}
             try:
-                pending = self.planner.plan_full(everything, current)
+                pending = self.planner.plan_full(everything, current, self.writer.flow_service_ids())
             except PlanError as exc:
                 # Nothing was written. Until a full sync fits, the maps keep what they held and
                 # no incremental plan can start from them: the full sync stays due.

@@ -10,7 +10,7 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..maps import PROTO_NAMES, SLOTS, MapId, slot_tables
 from .codec import MapCodec, codecs
@@ -25,7 +25,7 @@ STAT_NAMES = ("pass", "dnat_new", "no_backend", "malformed", "fragment", "conntr
               "nat_fail", "conntrack_insert", "tcp_no_state", "bad_source", "icmp_nat",
               "external_clusterip", "source_denied", "snat_exhausted", "node_forward",
               "xdp_forward", "xdp_to_tc", "forward_fail", "snat_reuse", "frag_miss",
-              "conntrack_collision", "spoofed", "backend_gone", "conntrack_rebuilt")
+              "conntrack_collision", "spoofed", "backend_gone", "conntrack_rebuilt", "port_nat")
 
 
 def ip_to_be32(ip: str) -> int:
@@ -139,6 +139,12 @@ class BccMapWriter:
         if raw is None:
             return None
         return next(iter(codec.records(codec.keys([key]), raw).values()))
+
+    def flow_service_ids(self) -> Optional[Set[int]]:
+        """The service ids the conntrack entries hold; None for maps without conntrack."""
+        from .ct_gc import flow_service_ids
+
+        return flow_service_ids(self._bpf)
 
     def dump(self, map_name: str) -> Dict[Any, Any]:
         t, codec = self._codec(map_name)

@@ -13,7 +13,7 @@ import ctypes
 import logging
 import struct
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from .config import CtTimeouts
 from .percpu import read_hash_raw
@@ -27,7 +27,10 @@ VALUE = struct.Struct("=QQ4s2sHII4s2sHII")
 CT_F_ESTABLISHED = 0x1
 CT_F_CLOSING = 0x2
 CT_F_HAIRPIN = 0x4
+CT_F_EXTERNAL = 0x8
 CT_F_SNAT = 0x10
+CT_F_PORT_NAT = 0x20  # the flow's source port was rewritten (nat2), its address kept
+CT_F_SRC_NAT = CT_F_SNAT | CT_F_PORT_NAT
 HAIRPIN_ADDR = bytes([169, 254, 42, 1])  # LB4_HAIRPIN_ADDR_HOST
 TCP = 6
 NS = 1_000_000_000
@@ -37,6 +40,7 @@ NS = 1_000_000_000
 class GcResult:
     scanned: int
     deleted: int
+    svc_ids: FrozenSet[int] = frozenset()  # the service ids the remaining entries hold
 
 
 def _lifetime_ns(proto: int, flags: int, t: CtTimeouts) -> int:
@@ -44,7 +48,7 @@ def _lifetime_ns(proto: int, flags: int, t: CtTimeouts) -> int:
         return t.udp * NS
     if flags & CT_F_CLOSING:
         # A closed SNAT flow keeps its port past the backend's TIME_WAIT (as the programs do).
-        return (t.tcp_time_wait if flags & CT_F_SNAT else t.tcp_close) * NS
+        return (t.tcp_time_wait if flags & CT_F_SRC_NAT else t.tcp_close) * NS
     if flags & CT_F_ESTABLISHED:
         return t.tcp_established * NS
     return t.tcp_syn * NS
@@ -52,13 +56,20 @@ def _lifetime_ns(proto: int, flags: int, t: CtTimeouts) -> int:
 
 def expired_keys(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts) -> List[bytes]:
     """The raw keys to delete (pure: tested without a kernel)."""
+    return sweep(keys, values, now_ns, timeouts)[0]
+
+
+def sweep(keys: bytes, values: bytes, now_ns: int,
+          timeouts: CtTimeouts) -> Tuple[List[bytes], Set[int]]:
+    """(the raw keys to delete, the service ids of the entries that stay) (pure)."""
     entries: Dict[bytes, Tuple] = {}
     for i in range(len(keys) // KEY.size):
         raw = keys[i * KEY.size:(i + 1) * KEY.size]
         entries[raw] = KEY.unpack(raw) + VALUE.unpack_from(values, i * VALUE.size)
     out = []
+    live: Set[int] = set()
     for raw, (saddr, daddr, sport, dport, proto, direction, _pad, _created, last, nat_addr,
-              nat_port, flags, _svc, _be, nat2_addr, nat2_port, _pad2, _ifindex, _pad3) in entries.items():
+              nat_port, flags, svc_id, _be, nat2_addr, nat2_port, _pad2, _ifindex, _pad3) in entries.items():
         # SNAT: forward client -> frontend leaves as nat2 -> backend, reply backend -> nat2;
         # hairpin: the pod reached itself, replies go to HAIRPIN_ADDR.
         other = entries.get(_peer(raw, entries[raw]))
@@ -67,14 +78,32 @@ def expired_keys(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts) 
             flags |= other[11]
         if now_ns - last > _lifetime_ns(proto, flags, timeouts):
             out.append(raw)
-    return out
+        else:
+            live.add(svc_id)
+    return out, live
+
+
+def flow_service_ids(bpf: Any) -> Optional[Set[int]]:
+    """The service ids the conntrack entries hold (both tables; the half-open one first, see
+    ConntrackGc); None when `bpf` has no conntrack maps."""
+    ids: Set[int] = set()
+    for name in (b"ct4_syn", b"ct4"):
+        try:
+            table = bpf[name]
+        except KeyError:
+            return None
+        _keys, values, count = read_hash_raw(table)
+        ids.update(VALUE.unpack_from(values, i * VALUE.size)[5] for i in range(count))
+    return ids
 
 
 class ConntrackGc:
     """Both tables (ct4 and ct4_syn): a flow's two entries always sit in the same one."""
 
     def __init__(self, bpf: Any, timeouts: CtTimeouts):
-        self.tables = [bpf[name] for name in (b"ct4", b"ct4_syn")]
+        # The half-open table first: a flow promoted to ct4 while the two are read is then
+        # seen in ct4, never in neither (its service id would look unused).
+        self.tables = [bpf[name] for name in (b"ct4_syn", b"ct4")]
         self.timeouts = timeouts
         for t in self.tables:
             if (ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf)) != (KEY.size, VALUE.size):
@@ -83,16 +112,18 @@ class ConntrackGc:
 
     def run(self, now_ns: int) -> GcResult:
         scanned = deleted = 0
+        svc_ids: Set[int] = set()
         for table in self.tables:
             keys, values, count = read_hash_raw(table)
-            dead = expired_keys(keys, values, now_ns, self.timeouts)
+            dead, live = sweep(keys, values, now_ns, self.timeouts)
+            svc_ids |= live
             scanned += count
             deleted += len(dead)
             if dead:
                 _delete(table, b"".join(dead), len(dead))
         if deleted:
             log.debug("conntrack GC: %d of %d entries expired", deleted, scanned)
-        return GcResult(scanned, deleted)
+        return GcResult(scanned, deleted, frozenset(svc_ids))
 
 
 def _delete(table: Any, raw_keys: bytes, count: int) -> None:
@@ -152,7 +183,7 @@ def _peer(raw: bytes, fields: Tuple) -> bytes:
     saddr, daddr, sport, dport, proto, direction, _pad = fields[:7]
     nat_addr, nat_port, flags = fields[9], fields[10], fields[11]
     nat2_addr, nat2_port = fields[14], fields[15]
-    if flags & CT_F_SNAT:
+    if flags & CT_F_SRC_NAT:
         if direction == 0:
             return KEY.pack(nat_addr, nat2_addr, nat_port, nat2_port, proto, 1, 0)
         return KEY.pack(nat2_addr, nat_addr, nat2_port, nat_port, proto, 0, 0)

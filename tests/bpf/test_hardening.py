@@ -28,6 +28,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
+from scapy.utils import checksum
 
 from ebpflb.dataplane import testrun
 from ebpflb.dataplane.bcc_maps import ip_to_be32, port_to_be16
@@ -39,6 +40,7 @@ from ..conftest import unique
 from .test_northsouth import (CLIENT, CLIENT_MAC, GW_MAC, LOCAL_BE, NETNS_SETUP, NODE_DEV,
                               NODE_IP, NODE_MAC, NODE2_DEV, NODE2_IP, POD_CLIENT, POD_DEV,
                               REMOTE_BE, Node, delta, rebuilt, rewritten, tcp, udp)
+from .test_northsouth import LB_IP
 
 pytestmark = pytest.mark.bpf
 
@@ -74,9 +76,9 @@ def node(dataplane):
         for key in keys:
             node_ifs.pop(key, None)
         dataplane.progs.bpf[b"lb4_pod_addrs"].clear()
+        dataplane.clear_conntrack()  # first: frontends with flows would drain
         reconcile(DesiredState(frontends={}, skipped=()), dataplane.writer,
                   dataplane.config.map_limits)
-        dataplane.clear_conntrack()
         remove_netns(ns)
 
 
@@ -288,18 +290,65 @@ def test_another_pod_cannot_close_a_flow(node):
 
 
 def test_a_new_flow_does_not_take_over_a_live_reply_tuple(node):
-    """A live flow client:port -> LoadBalancer IP -> backend; a SYN from the same client and port to
-    the ClusterIP of the same backend would need the same reply tuple: it is refused, and the
-    live flow's replies still come from the address it asked for."""
+    """A live flow client:port -> NodePort -> backend; a SYN from the same client and port to the
+    ClusterIP of the same backend would need the same reply tuple. It does not take it over: it
+    gets a source port of its own (8. below), and the live flow's replies still come from the
+    address it asked for. Failed on 5461d2f (the second flow took the tuple)."""
     node.program(endpoints=[(LOCAL_BE, "node-0")])
     for flags in ("S", "A"):
         node.run("tc", tcp(CLIENT, 40000, NODE_IP, 30080, flags))
     before = node.stats()
     res = run_pod(node, "in", tcp(CLIENT, 40000, CLUSTER_IP, 80, mac=POD_MAC))
-    assert res.retval == TC_ACT_SHOT
-    assert delta(before, node.stats()) == {"conntrack_collision": 1}
+    assert res.retval == TC_ACT_OK and Ether(res.data)[TCP].sport != 40000
+    assert delta(before, node.stats())["port_nat"] == 1
     reply = tcp(LOCAL_BE, 8080, CLIENT, 40000, "A", mac=(NODE_MAC, CLIENT_MAC))
     assert Ether(node.run("out", reply).data)[IP].src == NODE_IP
+
+
+# ---------------------------------------------------------------- 8. one client port, two frontends
+
+def test_one_client_port_to_two_frontends_of_one_backend(node):
+    """A pod's UDP socket (one port) asks the ClusterIP and the LoadBalancer IP of one Service,
+    whose only backend is on this node: both flows would have the reply tuple backend ->
+    client:port. The second gets a source port of its own from the SNAT range (the first one
+    probed is its flow hash), as conntrack would; each reply comes back from the frontend its
+    request went to, to the client's own port, and ICMP errors about the second flow are
+    translated with the port too. Failed on 8c0200c (the second flow was dropped)."""
+    node.program(endpoints=[(LOCAL_BE, "node-0")])
+    first = pod_udp(POD_CLIENT, 5000, CLUSTER_IP, 53)
+    second = pod_udp(POD_CLIENT, 5000, LB_IP, 53)
+    res = run_pod(node, "in", first)
+    assert (res.retval, res.data) == (TC_ACT_OK, rewritten(first, dst=LOCAL_BE, dport=5353))
+    port = node.snat_port(POD_CLIENT, 5000, LB_IP, 53, 17)
+    before = node.stats()
+    res = run_pod(node, "in", second)
+    assert (res.retval, res.data) == (TC_ACT_OK, rewritten(second, dst=LOCAL_BE, dport=5353,
+                                                           sport=port))
+    assert delta(before, node.stats()) == {"port_nat": 1, "conntrack_insert": 1, "dnat_new": 1}
+    fwd = node.ct(POD_CLIENT, 5000, LB_IP, 53, 17)
+    assert (fwd.nat_addr, fwd.nat_port, fwd.flags & 0x20) == (LOCAL_BE, 5353, 0x20)
+
+    # Replies: each from its own frontend, to the client's own port.
+    for sport_seen, frontend in ((5000, CLUSTER_IP), (port, LB_IP)):
+        reply = pod_udp(LOCAL_BE, 5353, POD_CLIENT, sport_seen, b"answer")
+        res = run_pod(node, "out", reply)
+        assert (res.retval, res.data) == (TC_ACT_OK, rewritten(reply, src=frontend, sport=53,
+                                                               dport=5000)), frontend
+    # A later datagram of the second flow keeps its port.
+    res = run_pod(node, "in", second)
+    assert Ether(res.data)[UDP].sport == port
+
+    # The backend's port unreachable about the second flow reaches the client about what it
+    # sent: POD_CLIENT:5000 -> LB_IP:53, from LB_IP.
+    quoted = IP(src=POD_CLIENT, dst=LOCAL_BE, ttl=63) / UDP(sport=port, dport=5353)
+    err = (Ether(src=POD_MAC[1], dst=POD_MAC[0]) / IP(src=LOCAL_BE, dst=POD_CLIENT)
+           / ICMP(type=3, code=3) / bytes(quoted))
+    res = run_pod(node, "out", err)
+    out = Ether(res.data)
+    inner = IP(bytes(out[ICMP].payload))
+    assert (out[IP].src, inner.src, inner.dst, inner[UDP].sport, inner[UDP].dport) == (
+        LB_IP, POD_CLIENT, LB_IP, 5000, 53)
+    assert checksum(bytes(out[ICMP])) == 0 and checksum(bytes(inner)[:20]) == 0
 
 
 # ---------------------------------------------------------------- 4. SYN to a removed backend

@@ -78,6 +78,9 @@ class FailingWriter:
     def dump(self, map_name: str) -> Any:
         return self.inner.dump(map_name)
 
+    def flow_service_ids(self) -> Any:
+        return self.inner.flow_service_ids()
+
 
 def expected(desired: DesiredState) -> dict:
     """The snapshot view of `desired` planned from nothing: what the maps must show."""

@@ -43,10 +43,11 @@ from scapy.packet import Raw
 
 from ebpflb.dataplane import testrun
 from ebpflb.dataplane.bcc_maps import ip_to_be32, lookup_conntrack, read_conntrack
+from ebpflb.dataplane.node_attach import NODE_IF_F_XDP_GENERIC
 from ebpflb.flowhash import FLOW_HASH_SEED, flow_hash
 from ebpflb.lab.nsops import create_netns, in_netns, remove_netns, write_sysctls
 from ebpflb.manifests import parse_documents
-from ebpflb.maps import SERVICES, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SvcKey
+from ebpflb.maps import SERVICES, SVC_F_DRAINING, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SvcKey
 from ebpflb.model import DesiredState, desired_state
 from ebpflb.reconcile import reconcile
 
@@ -211,9 +212,9 @@ def node(dataplane):
         for key in keys:
             table.pop(key, None)
         # Leave the shared session data plane without this module's frontends or flows.
+        dataplane.clear_conntrack()  # first: frontends with flows would drain
         reconcile(DesiredState(frontends={}, skipped=()), dataplane.writer,
                   dataplane.config.map_limits)
-        dataplane.clear_conntrack()
         remove_netns(ns)
 
 
@@ -691,6 +692,93 @@ def test_xdp_without_a_neighbour_for_the_client_leaves_the_reply_to_tc(node):
     assert res.data == rewritten(synack, src=NODE_IP, sport=30080, dst=CLIENT_NO_NEIGH,
                                  dport=40000, ttl_dec=1)
     assert_checksums_valid(res.data)
+
+
+# ---------------------------------------------------------------- 9. generic XDP
+
+@pytest.fixture
+def generic_xdp(node):
+    """The node device marked as running its XDP program in generic mode, as NodeAttacher marks
+    it; restored to native at the end."""
+    table = node.bpf[b"lb4_node_ifs"]
+    key = table.Key(node.ifindex)
+    table[key] = table.Leaf(addr=ip_to_be32(NODE_IP), flags=NODE_IF_F_XDP_GENERIC)
+    yield
+    table[key] = table.Leaf(addr=ip_to_be32(NODE_IP), flags=0)
+
+
+def test_generic_xdp_leaves_local_flows_to_tc(node, generic_xdp):
+    """Generic XDP cannot update skb->csum, so a packet it rewrote and passed up would reach a
+    CHECKSUM_COMPLETE device's stack with a stale sum. There XDP leaves flows to local backends
+    untouched to TC (new ones before conntrack, known ones before tracking), and TC translates
+    them once, with its csum helpers."""
+    node.program(endpoints=[(LOCAL_BE, "node-0")])
+    syn = tcp(CLIENT, 40000, *NODEPORT)
+    before = node.stats()
+    res = node.run("xdp", syn)
+    assert (res.retval, res.data) == (XDP_PASS, bytes(syn))
+    assert delta(before, node.stats()) == {"xdp_to_tc": 1}
+    assert node.ct_count() == 0
+    res = node.run("tc", syn)
+    assert (res.retval, res.data) == (TC_ACT_OK, rewritten(syn, dst=LOCAL_BE, dport=8080))
+    assert node.ct_count() == 2
+
+    ack = tcp(CLIENT, 40000, *NODEPORT, "A", seq=1001, ack=5001)
+    res = node.run("xdp", ack)
+    assert (res.retval, res.data) == (XDP_PASS, bytes(ack))
+    assert node.ct(CLIENT, 40000, *NODEPORT, 6).half_open  # not tracked by XDP
+    res = node.run("tc", ack)
+    assert (res.retval, res.data) == (TC_ACT_OK, rewritten(ack, dst=LOCAL_BE, dport=8080))
+    assert not node.ct(CLIENT, 40000, *NODEPORT, 6).half_open
+
+
+def test_generic_xdp_still_finishes_remote_flows(node, generic_xdp):
+    """A flow XDP sends back out (XDP_TX) never goes up the stack, so generic XDP keeps it."""
+    node.program(endpoints=[(REMOTE_BE, "node-1")])
+    syn = tcp(CLIENT, 40000, *NODEPORT)
+    port = node.snat_port(CLIENT, 40000, *NODEPORT, 6)
+    res = node.run("xdp", syn)
+    assert res.retval == XDP_TX
+    assert res.data == rewritten(syn, src=NODE_IP, sport=port, dst=REMOTE_BE, dport=8080,
+                                 ttl_dec=1, macs=(NODE_MAC, GW_MAC))
+
+
+def test_a_node_device_without_an_address_snats_nothing(node):
+    """NodeAttacher keeps a node device without an IPv4 address in lb4_node_ifs with address 0
+    (for its XDP flags): a backend routed through it is not SNATed to 0.0.0.0 but handed to
+    the stack, as for a device that is not a node device."""
+    table = node.bpf[b"lb4_node_ifs"]
+    key = table.Key(node.ifindex)
+    node.program(endpoints=[(REMOTE_BE, "node-1")])
+    syn = tcp(CLIENT, 40000, *NODEPORT)
+    table[key] = table.Leaf(addr=0, flags=0)
+    try:
+        for hook in HOOKS:
+            node.dp.clear_conntrack()
+            res = node.run(hook, syn)
+            assert (res.retval, res.data) == (PASS[hook], rewritten(syn, dst=REMOTE_BE,
+                                                                    dport=8080)), hook
+    finally:
+        table[key] = table.Leaf(addr=ip_to_be32(NODE_IP), flags=0)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_removed_node_port_drains(node, hook):
+    """The Service goes while a connection from outside is open: the NodePort drains, so the
+    connection goes on at XDP and TC, and a new one passes untouched (the node's own stack
+    answers it, as for any port without a frontend). Fails on 8c0200c."""
+    node.program(endpoints=[(LOCAL_BE, "node-0")])
+    syn = tcp(CLIENT, 40000, *NODEPORT)
+    assert node.run(hook, syn).retval == PASS[hook]
+    reconcile(DesiredState(frontends={}, skipped=()), node.dp.writer, node.dp.config.map_limits)
+    draining = {k for k, v in node.dp.writer.dump(SERVICES).items() if v.flags & SVC_F_DRAINING}
+    assert draining == {SvcKey(*NODEPORT, 6)}  # the only frontend with a flow
+    ack = tcp(CLIENT, 40000, *NODEPORT, "A", seq=1001, ack=5001)
+    res = node.run(hook, ack)
+    assert (res.retval, res.data) == (PASS[hook], rewritten(ack, dst=LOCAL_BE, dport=8080))
+    other = tcp(CLIENT, 40001, *NODEPORT)
+    res = node.run(hook, other)
+    assert (res.retval, res.data) == (PASS[hook], bytes(other))
 
 
 def test_no_route_to_the_backend_is_not_remote(node):

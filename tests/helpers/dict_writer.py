@@ -1,6 +1,6 @@
 """A MapWriter over plain dicts, for pure tests of the planner, the syncer and the agent's logic.
 The bpf tier applies the same plans to real maps through ebpflb.dataplane.bcc_maps."""
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ebpflb.maps import CONTROL_MAPS, SLOTS, slot_tables
 
@@ -17,6 +17,7 @@ class DictWriter:
         self.calls = 0
         self.fail_at = fail_at
         self.log: List[Tuple[str, str, Any]] = []  # (action, map, key) in order
+        self.flows: Optional[Set[int]] = None
 
     def _tick(self) -> None:
         if self.writes == self.fail_at:
@@ -53,3 +54,6 @@ class DictWriter:
 
     def dump(self, m: str) -> Dict[Any, Any]:
         return slot_tables(self.maps[m]) if m == SLOTS else dict(self.maps[m])
+
+    def flow_service_ids(self) -> Optional[Set[int]]:
+        return self.flows  # None: no conntrack here (a test may set the ids of open flows)

@@ -1,7 +1,9 @@
 """ClusterIP load balancing with real traffic: the real agent, real programs on real veths, curl
 and UDP sockets in pod namespaces. Every test tears down its agent, pins and lab."""
 import http.client
+import json
 import os
+import socket
 import subprocess
 
 import pytest
@@ -98,6 +100,114 @@ def test_removed_backend_gets_no_new_flows_but_keeps_its_connection(lab, agent):
         assert conn.sock.getpeername() == (WEB_VIP, 80)
     finally:
         conn.close()
+
+
+def test_port_change_keeps_open_connections_until_they_close(lab, tmp_path):
+    """The Service's port changes 80 -> 8081 while a keep-alive connection to port 80 is open:
+    the connection goes on with the backend it has (as kube-proxy's conntrack keeps it), a new
+    connection to port 80 is not served, port 8081 is. Once the connection closes, the agent's
+    conntrack GC finds no flow of the old frontend and its draining record goes. On 8c0200c the
+    open connection hung after the change (the frontend and its flows went at once)."""
+    agent = RunningAgent(lab.name, tmp_path, DEFAULT_ENDPOINTS,
+                         extra_args=["--ct-gc-interval", "0.5", "--ct-timeouts", "tcp_close=1"])
+    try:
+        with nsops.in_netns(f"{lab.name}-client"):
+            conn = http.client.HTTPConnection(WEB_VIP, 80, timeout=5)
+            conn.connect()
+        try:
+            conn.request("GET", "/")
+            first = conn.getresponse().read().decode().strip()
+            agent.write_manifest(text=agent.manifest_path.read_text().replace(
+                "port: 80, protocol: TCP", "port: 8081, protocol: TCP"))
+            wait_until(lambda: agent.backends(f"{WEB_VIP}:8081/TCP"), 10, "port 8081")
+            for _ in range(5):
+                conn.request("GET", "/")
+                assert conn.getresponse().read().decode().strip() == first
+            old = [s for s in agent.services() if s["frontend"] == f"{WEB_VIP}:80/TCP"]
+            assert [(s["draining"], s["backends"]) for s in old] == [(True, [])]
+            refused = lablib.run_in_pod(lab.name, "client", [
+                "curl", "-sS", "--max-time", "2", f"http://{WEB_VIP}:80/"], timeout=10)
+            assert refused.returncode != 0, refused.stdout
+            assert who(lab.name, "client", f"http://{WEB_VIP}:8081/") in {"web-1", "web-2", "web-3"}
+        finally:
+            conn.close()
+        wait_until(lambda: agent.backends(f"{WEB_VIP}:80/TCP") is None, 15,
+                   "the drained frontend to be released")
+        assert "draining frontends released" in agent.log()
+    finally:
+        agent.stop()
+        force_cleanup(lab.name)
+
+
+SECOND_VIP = "10.96.0.21"
+# A second Service, both protocols, on the same pods as demo/web and demo/echo.
+SECOND_SERVICE = f"""
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: both, namespace: demo}}
+spec:
+  clusterIP: {SECOND_VIP}
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}},
+          {{name: dns, port: 53, protocol: UDP, targetPort: 9053}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: both-a, namespace: demo, labels: {{kubernetes.io/service-name: both}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 9053, protocol: UDP}}]
+endpoints:
+- {{addresses: [10.244.0.11], conditions: {{ready: true}}}}
+"""
+
+
+def test_one_client_port_reaches_two_frontends_of_one_backend(lab, tmp_path):
+    """A pod's one UDP socket asks two Services whose only backend is the same pod, and two TCP
+    sockets bound to one port (SO_REUSEADDR) connect to the two Services: each pair of flows
+    would share the reply tuple backend -> client:port. The second flow of each gets a source
+    port of its own from the data plane, so every answer comes back from the address asked, to
+    the socket that asked. On 8c0200c the second flow was dropped (conntrack_collision)."""
+    one = [("web-1", "10.244.0.11", True)]
+    agent = RunningAgent(lab.name, tmp_path, one)
+    try:
+        agent.write_manifest(text=agent.manifest_path.read_text() + SECOND_SERVICE)
+        wait_until(lambda: agent.backends(f"{SECOND_VIP}:53/UDP"), 10, "the second Service")
+        with nsops.in_netns(f"{lab.name}-client"):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            sock.settimeout(2)
+            sock.bind(("0.0.0.0", 0))
+            for i in range(3):
+                for vip in (ECHO_VIP, SECOND_VIP):
+                    sock.sendto(f"q{i}".encode(), (vip, 53))
+                    data, peer = sock.recvfrom(65535)
+                    assert (data, peer) == (f"web-1 q{i}".encode(), (vip, 53))
+        with nsops.in_netns(f"{lab.name}-client"):
+            conns = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(2)]
+        try:
+            for c in conns:
+                c.settimeout(3)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            conns[0].bind(("0.0.0.0", 0))
+            conns[1].bind(conns[0].getsockname())
+            for c, vip in zip(conns, (WEB_VIP, SECOND_VIP)):
+                c.connect((vip, 80))
+                c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            for c, vip in zip(conns, (WEB_VIP, SECOND_VIP)):
+                reply = b""
+                while chunk := c.recv(4096):
+                    reply += chunk
+                assert reply.startswith(b"HTTP/1.") and reply.rstrip().endswith(b"web-1"), reply
+                assert c.getpeername() == (vip, 80)
+        finally:
+            for c in conns:
+                c.close()
+        stats = json.loads(ebpflb("stats", "--verdicts", "-o", "json", "--pin-dir",
+                                  agent.pin_dir).stdout)
+        assert stats["port_nat"] >= 2 and stats["conntrack_collision"] == 0, stats
+    finally:
+        agent.stop()
+        force_cleanup(lab.name)
 
 
 @pytest.mark.parametrize("mutate,expected_error", [

@@ -81,8 +81,13 @@ def test_generic_xdp_serves_local_and_remote_backends(lab2):
             from ebpflb.dataplane.config import DataplaneConfig
             from ebpflb.dataplane.loader import open_maps
 
-            counters = read_stats(open_maps(DataplaneConfig(pin_dir=running[0].pin_dir)))
+            from ebpflb.dataplane.node_attach import NODE_IF_F_XDP_GENERIC
+
+            bpf = open_maps(DataplaneConfig(pin_dir=running[0].pin_dir))
+            counters = read_stats(bpf)
             assert counters["xdp_forward"] > 0, counters
+            # The programs are told the mode, so generic XDP leaves local flows to TC.
+            assert [v.flags for v in bpf[b"lb4_node_ifs"].values()] == [NODE_IF_F_XDP_GENERIC]
         finally:
             for a in running:
                 a.stop()

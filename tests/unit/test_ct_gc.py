@@ -72,3 +72,30 @@ def test_closed_snat_flow_keeps_its_port_through_time_wait():
     assert len(expired_keys(keys, values, 61 * S, t)) == 2
     keys, values = flow(6, 0, 0x3, 0, 0x3)  # the same, not SNATed: tcp_close applies
     assert len(expired_keys(keys, values, 11 * S, t)) == 2
+
+
+def test_sweep_names_the_service_ids_of_the_flows_that_stay():
+    """The agent releases a draining frontend when no entry that stays holds its service id."""
+    from ebpflb.dataplane.ct_gc import sweep
+
+    def one(svc_id, last):
+        return (KEY.pack(CLIENT, VIP, (40000 + svc_id).to_bytes(2, "big"), VPORT, 6, 0, 0),
+                VALUE.pack(0, last, BACKEND, BPORT, 0x1, svc_id, 1, NO_ADDR, NO_PORT, 0, 0, 0))
+
+    entries = [one(7, 3000 * S), one(8, 0)]  # svc 8's flow has been idle past its lifetime
+    keys, values = b"".join(k for k, _ in entries), b"".join(v for _, v in entries)
+    dead, live = sweep(keys, values, 3601 * S, T)
+    assert (dead, live) == ([entries[1][0]], {7})
+
+
+def test_a_flow_with_a_new_source_port_is_aged_by_both_entries():
+    """One client port reaching one backend through two frontends: the second flow's source port
+    was rewritten (CT_F_PORT_NAT), so its reply entry is keyed by the new port, not the client's.
+    One-way UDP refreshes only the forward entry; the pair is still found, and nothing expires."""
+    new_port = (2000).to_bytes(2, "big")
+    keys = KEY.pack(CLIENT, VIP, CPORT, VPORT, 17, 0, 0) + KEY.pack(BACKEND, CLIENT, BPORT,
+                                                                    new_port, 17, 1, 0)
+    values = (VALUE.pack(0, 25 * S, BACKEND, BPORT, 0x20, 1, 1, CLIENT, new_port, 0, 0, 0)
+              + VALUE.pack(0, 0, VIP, VPORT, 0x20, 1, 1, CLIENT, CPORT, 0, 0, 0))
+    assert expired_keys(keys, values, 31 * S, T) == []
+    assert len(expired_keys(keys, values, 56 * S, T)) == 2

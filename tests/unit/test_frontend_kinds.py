@@ -155,7 +155,8 @@ def test_explain_follows_the_path_a_flow_takes():
 def test_switching_local_to_cluster_keeps_the_flows_from_outside():
     """externalTrafficPolicy Local -> Cluster removes the node-local record for traffic from
     outside, but the address still serves: its flows are not purged (their conntrack entries
-    hold all they need); deleting the Service purges every record's flows."""
+    hold all they need); deleting the Service drains every record (TCP)."""
+    from ebpflb.draining import is_draining
     from ebpflb.maps import SERVICES, empty_snapshot
     from ebpflb.plan import apply_to, compute_plan, conntrack_purge
 
@@ -171,5 +172,10 @@ def test_switching_local_to_cluster_keeps_the_flows_from_outside():
     plan, cluster = program(text(typ="NodePort"), local)
     purge = conntrack_purge(plan, cluster[SERVICES])
     assert external_id not in purge.svc_ids and not purge.udp_backends
+    # The Local record drains (a TCP frontend that goes keeps its open flows).
+    assert is_draining(cluster[SERVICES][next(k for k in cluster[SERVICES] if k.scope == 1)])
     plan, gone = program("", cluster)
-    assert conntrack_purge(plan, gone[SERVICES]).svc_ids == {v.svc_id for v in cluster[SERVICES].values()}
+    # Deleting the Service: every TCP record drains, so nothing is purged yet.
+    assert not conntrack_purge(plan, gone[SERVICES]).svc_ids
+    assert set(gone[SERVICES]) == set(cluster[SERVICES])
+    assert all(is_draining(v) and v.count == 0 for v in gone[SERVICES].values())

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from ebpflb.backend_rules import (DEFAULT_SERVICE_CIDRS, check_backends, forbidden_backend,
                                   parse_service_cidrs)
+from ebpflb.draining import is_draining, without_draining
 from ebpflb.manifests import ManifestError, ManifestErrors, Manifests, parse_documents
 from ebpflb.maps import BACKENDS, SERVICES, SLOTS, SVC_META, Snapshot, empty_snapshot
 from ebpflb.model import DesiredState, Endpoint, EndpointSlice, desired_state
@@ -299,7 +300,10 @@ def check_accepted(m: Manifests, previous: Snapshot) -> None:
     assert set(snap[SERVICES]) == {(f.vip, f.port, {"TCP": 6, "UDP": 17}[f.protocol], f.scope)
                                    for f in desired.frontends}
     after = apply_to(previous, compute_plan(desired, previous, defaults=DEFAULTS))
-    assert programmed(after) == programmed(snap)
+    assert programmed(without_draining(after)) == programmed(snap)
+    # TCP frontends of the previous state that went away drain (kept for their open flows).
+    assert {k for k, v in after[SERVICES].items() if is_draining(v)} == {
+        k for k in previous[SERVICES] if k.proto == 6 and k not in snap[SERVICES]}
 
 
 def _fresh_from(text: str) -> Snapshot:

@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 from ebpflb.apply import read_snapshot
 from ebpflb.changes import Change
 from ebpflb.convert import ENDPOINT_SLICE, SERVICE, convert_api_object
+from ebpflb.draining import is_draining
 from ebpflb.maps import (BACKENDS, SERVICES, SLOTS, SRC_RANGES, SVC_F_SRC_RANGES, SVC_META, VIPS,
                          slot_tables)
 from ebpflb.model import ModelContext, desired_state
 from ebpflb.reconcile import reconcile
+from ebpflb.records import frontend_key
 from ebpflb.syncer import Syncer
 from tests.helpers.dict_writer import DictWriter
 
@@ -92,9 +94,12 @@ def slices(draw, name: str) -> Dict[str, Any]:
 
 @st.composite
 def events(draw) -> Tuple[str, str, Optional[Dict[str, Any]]]:
-    kind = draw(st.sampled_from([SERVICE, SERVICE, ENDPOINT_SLICE, ENDPOINT_SLICE, "nodes", "full"]))
+    kind = draw(st.sampled_from([SERVICE, SERVICE, ENDPOINT_SLICE, ENDPOINT_SLICE, "nodes", "full",
+                                 "drained"]))
     if kind == "full":  # the agent's periodic full sync, between changes
         return kind, "", None
+    if kind == "drained":  # a conntrack GC found flows only for draining ids of this parity
+        return kind, "", {"parity": draw(st.sampled_from([0, 1, None]))}
     if kind == "nodes":
         return kind, "", {"addresses": draw(st.sampled_from([("192.168.200.10",),
                                                              ("192.168.200.11",), ()]))}
@@ -133,6 +138,10 @@ def take_step(syncer: Syncer, api: "ApiLike", ctx: ModelContext, kind: str, name
     """One generated event into the syncer, as the agent would take it; the node context after."""
     if kind == "full":
         syncer.request_full("periodic")
+    elif kind == "drained":
+        live = {i for i in syncer.planner.draining().values() if i % 2 == doc["parity"]}
+        outcome = syncer.release_drained(live)
+        assert outcome is None or outcome.applied, outcome
     elif kind == "nodes":
         ctx = ModelContext(CTX.node_name, CTX.proxy_name, doc["addresses"], CTX.external_ip_allow)
         syncer.set_context(ctx)
@@ -191,20 +200,31 @@ def canonical(maps: Dict[str, Dict[Any, Any]]) -> Tuple:
     """The maps without their ids: per frontend what a packet and the CLI get. Records nobody
     points at (garbage) make it differ too."""
     tables = slot_tables(maps[SLOTS])
-    live = {svc.svc_id for svc in maps[SERVICES].values()}
+    live = {svc.svc_id for svc in maps[SERVICES].values() if not is_draining(svc)}
     frontends = {}
+    vips = dict(maps[VIPS])
     for key, svc in maps[SERVICES].items():
+        if is_draining(svc):
+            # A removed TCP frontend kept for its flows: a name, no slots, no backends.
+            assert svc.count == 0 and maps[SVC_META].get(svc.svc_id), (key, svc)
+            vips[key.vip] -= 1
+            continue
         be = maps[BACKENDS]
         frontends[key] = (
             svc.count, svc.flags, svc.affinity_timeout, maps[SVC_META].get(svc.svc_id),
             tuple(be[b][:3] + (be[b].flags,) for b in tables.get(svc.svc_id, ())),
             sorted(v[:3] + (v.flags,) for v in be.values() if v.svc_id == svc.svc_id),
             sorted(r.cidr for r in maps[SRC_RANGES] if r.svc_id == svc.svc_id))
-    garbage = ({i for i in maps[SVC_META] if i not in live},
+    named = {svc.svc_id for svc in maps[SERVICES].values()}
+    garbage = ({i for i in maps[SVC_META] if i not in named},
                {b for b, v in maps[BACKENDS].items() if v.svc_id not in live},
                {i for i in tables if i not in live},
                {r for r in maps[SRC_RANGES] if r.svc_id not in live})
-    return frontends, dict(maps[VIPS]), garbage
+    return frontends, {vip: n for vip, n in vips.items() if n}, garbage
+
+
+def draining_keys(maps: Dict[str, Dict[Any, Any]]) -> set:
+    return {key for key, svc in maps[SERVICES].items() if is_draining(svc)}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -213,12 +233,27 @@ def test_every_incremental_step_equals_a_fresh_full_sync(steps) -> None:
     writer = CheckingWriter()
     syncer = Syncer(writer, ctx=CTX)
     assert syncer.sync().kind == "full"  # the start: nothing yet
-    for kind, outcome, ctx in run_steps(syncer, steps):
+    ids: Dict[Any, int] = {}  # every frontend's service id after the previous step
+    syncer_draining: Dict[Any, int] = {}
+    for (kind, outcome, ctx), (_, _, doc) in zip(run_steps(syncer, steps), steps):
         assert outcome is None or outcome.applied, outcome
         assert outcome is None or outcome.kind == ("full" if kind == "full" else "incremental")
         assert outcome is None or kind != "full" or outcome.writes == 0  # no drift here
         desired, fresh = fresh_full_sync(syncer, ctx)
         assert canonical(writer.maps) == canonical(fresh.maps)
+        # A TCP frontend that goes away drains, with its id, until a GC finds none of its flows
+        # (or a Service asks for it again).
+        draining = {k: v.svc_id for k, v in writer.maps[SERVICES].items() if is_draining(v)}
+        wanted = {frontend_key(fe) for fe in desired.frontends}
+        if kind == "drained":
+            was = syncer_draining
+            expected = {k: i for k, i in was.items() if i % 2 == doc["parity"]}
+        else:
+            expected = {k: ids[k] for k in ids if k.proto == 6 and k not in wanted}
+        assert draining == expected
+        assert syncer.planner.draining() == draining
+        ids = {k: v.svc_id for k, v in writer.maps[SERVICES].items()}
+        syncer_draining = dict(draining)
         assert syncer.skipped() == desired.skipped
         assert syncer.health_checks() == desired.health_checks
         # The claims, by a naive oracle: Services in (namespace, name) order, first come first
@@ -251,6 +286,8 @@ def programmed_backends(maps: Dict[str, Dict[Any, Any]]) -> Dict[Tuple, List[Tup
     out = {}
     names = {6: "TCP", 17: "UDP"}
     for key, svc in maps[SERVICES].items():
+        if is_draining(svc):
+            continue
         out[(key.vip, key.port, names[key.proto], key.scope)] = sorted(
             (b.addr, b.port) for b in maps[BACKENDS].values() if b.svc_id == svc.svc_id)
     return out
@@ -276,7 +313,9 @@ def test_ids_freed_after_a_full_sync_are_not_given_twice() -> None:
     syncer.take([api.change(SERVICE, "s2", two_ports)])
     syncer.sync()
     ids = [v.svc_id for v in writer.maps[SERVICES].values()]
-    assert len(ids) == len(set(ids)) == 3, writer.maps[SERVICES]
+    # s0, s2's two ports, and s1's TCP frontend draining.
+    assert len(ids) == len(set(ids)) == 4, writer.maps[SERVICES]
+    assert [k.vip for k, v in writer.maps[SERVICES].items() if is_draining(v)] == ["10.96.0.2"]
 
 
 def test_a_burst_is_one_plan_and_costs_only_the_services_it_touches() -> None:

@@ -43,3 +43,13 @@ def test_inconsistent_maps_are_reported_not_hidden():
     (view,) = service_views(snap)
     assert view.problems == ("slot 0 missing",)
     assert "! slot 0 missing" in render_table([view])
+
+
+def test_a_draining_frontend_says_so():
+    before = programmed({Frontend("10.96.0.10", 80, "TCP", "demo/web", "http"):
+                         (Backend("10.244.0.12", 8080),)})
+    after = apply_to(before, compute_plan(DesiredState(frontends={}, skipped=()), before))
+    (view,) = service_views(after)
+    assert (view.frontend, view.service, view.draining, view.backends) == (
+        "10.96.0.10:80/TCP", "demo/web:http", True, ())
+    assert "kept for its open connections" in render_table([view])

@@ -28,3 +28,27 @@ def test_stat_names_follow_the_enum():
 
 def test_service_name_length():
     assert f"#define LB4_SVC_NAME_LEN {SVC_NAME_LEN}" in HEADER
+
+
+def test_node_device_flags():
+    from ebpflb.dataplane.node_attach import NODE_IF_F_XDP_GENERIC
+
+    assert f"#define LB4_NODE_IF_F_XDP_GENERIC {NODE_IF_F_XDP_GENERIC:#x}" in HEADER
+
+
+def defines() -> dict:
+    return {name: int(value, 0) for name, value in
+            re.findall(r"^#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", HEADER, re.M)}
+
+
+def test_conntrack_and_frontend_flags():
+    from ebpflb import maps
+    from ebpflb.dataplane import ct_gc
+
+    c = defines()
+    for name in ("CT_F_ESTABLISHED", "CT_F_CLOSING", "CT_F_HAIRPIN", "CT_F_EXTERNAL", "CT_F_SNAT",
+                 "CT_F_PORT_NAT"):
+        assert getattr(ct_gc, name) == c[name], name
+    for name in ("SVC_F_MAGLEV", "SVC_F_ETP_LOCAL", "SVC_F_SRC_RANGES", "SVC_F_DRAINING"):
+        assert getattr(maps, name) == c["LB4_" + name], name
+    assert maps.BE_F_NO_NEW == c["LB4_BE_F_NO_NEW"]

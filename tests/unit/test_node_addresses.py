@@ -6,6 +6,7 @@ import pytest
 from ebpflb.agent import Agent, AgentOptions
 from ebpflb.changes import Change, ChangeBatch
 from ebpflb.convert import SERVICE as SERVICE_KIND
+from ebpflb.draining import is_draining
 from ebpflb.maps import SERVICES, frontend_kind
 from ebpflb.model import Service, ServicePort
 from tests.helpers.dict_writer import DictWriter
@@ -43,7 +44,8 @@ def agent(**options) -> Agent:
 
 
 def node_ports(a: Agent):
-    return sorted(str(k) for k, v in a.syncer.writer.dump(SERVICES).items()
+    return sorted(str(k) + (" draining" if is_draining(v) else "")
+                  for k, v in a.syncer.writer.dump(SERVICES).items()
                   if frontend_kind(v.flags) == "NodePort")
 
 
@@ -83,7 +85,8 @@ def test_address_change_replans_the_services_with_node_ports():
     a.node_addresses_changed(["192.168.200.20"])
     outcome = a.sync()
     assert outcome.kind == "incremental" and outcome.services == 1
-    assert node_ports(a) == ["192.168.200.20:30080/TCP"]
+    # The old address's NodePort drains: connections open to it go on.
+    assert node_ports(a) == ["192.168.200.10:30080/TCP draining", "192.168.200.20:30080/TCP"]
 
 
 def test_snat_ports_overlapping_the_ephemeral_range_are_warned(tmp_path, caplog):

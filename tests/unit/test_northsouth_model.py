@@ -10,7 +10,7 @@ import pytest
 from ebpflb.explain import Flow, explain
 from ebpflb.inspect import render_table, service_views
 from ebpflb.manifests import ManifestErrors, parse_documents
-from ebpflb.maps import (SERVICES, SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SrcRangeKey,
+from ebpflb.maps import (SERVICES, SRC_RANGES, SVC_F_DRAINING, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SrcRangeKey,
                          SvcKey, empty_snapshot, frontend_kind)
 from ebpflb.model import (Backend, DesiredState, Endpoint, EndpointPort, EndpointSlice, Frontend,
                           HealthCheck, Service, ServicePort, desired_state)
@@ -243,8 +243,10 @@ def test_ranges_are_written_before_the_frontend_and_removed_after_it():
     assert order(create) == [(UPSERT, SRC_RANGES), (UPSERT, SRC_RANGES), (UPSERT, SERVICES)]
     snap = apply_to(empty_snapshot(), create)
 
+    # Deleting it: the (TCP) frontend drains without its ranges flag, the records go after it.
     delete = compute_plan(program(), snap)
-    assert order(delete) == [(DELETE, SERVICES), (DELETE, SRC_RANGES), (DELETE, SRC_RANGES)]
+    assert order(delete) == [(UPSERT, SERVICES), (DELETE, SRC_RANGES), (DELETE, SRC_RANGES)]
+    assert delete.ops[0].new.flags & (SVC_F_SRC_RANGES | SVC_F_DRAINING) == SVC_F_DRAINING
 
     # Dropping the ranges: the flag is cleared first, the records go after it.
     cleared = compute_plan(program((lb_frontend(()), backends)), snap)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebpflb.apply import ApplyError, apply_plan, read_snapshot
+from ebpflb.draining import is_draining
 from ebpflb.maps import (CONTROL_MAPS, BACKENDS, SERVICES, SLOTS, SRC_RANGES, SVC_F_SRC_RANGES, SVC_META,
                          BackendValue, SlotKey, SvcKey, SvcValue, empty_snapshot, slot_tables)
 from ebpflb.model import Backend, DesiredState, Frontend
@@ -158,6 +159,7 @@ def test_every_intermediate_state_is_consistent(sequence):
     """Across any sequence of changes, after every single write the maps are consistent, and the
     end state has exactly the desired frontends and backends."""
     snap = empty_snapshot()
+    ever = set()  # the TCP frontends programmed so far: those that went away drain
     for frontends_map in sequence:
         desired = state(frontends_map)
         plan = compute_plan(desired, snap)
@@ -165,8 +167,13 @@ def test_every_intermediate_state_is_consistent(sequence):
             snap = apply_to(snap, type(plan)((op,)))
             assert _consistent(snap), op
         assert not compute_plan(desired, snap)
+        wanted = {SvcKey(f.vip, f.port, 6 if f.protocol == "TCP" else 17) for f in frontends_map}
+        ever |= {k for k in wanted if k.proto == 6}
+        assert {k for k, v in snap[SERVICES].items() if is_draining(v)} == ever - wanted
         programmed = {}
         for key, svc in snap[SERVICES].items():
+            if is_draining(svc):
+                continue
             programmed[key] = [snap[BACKENDS][snap[SLOTS][svc.svc_id][i]][:3]
                                for i in range(svc.count)]
         assert programmed == {
