@@ -9,10 +9,16 @@ these paths:
   reverse_nat  a reply rewritten back to the frontend
   new_flow     a SYN to a frontend: hash, slot, backend, two conntrack inserts (the half-open
                table), DNAT
+  frag_first   the first fragment of a UDP datagram of a known flow through a ClusterIP:
+               conntrack hit, DNAT, and the frag4 record the later fragments will follow
+  frag_later   a later fragment of that datagram (no ports): frag4 lookup, destination address
+               and IP checksum rewritten
 
 BPF_PROG_TEST_RUN with repeat > 1 runs the program again on the buffer it rewrote. The steady
 paths therefore use two frontends that point at each other (VIP A's backend is B and B's is A,
-same port), so every run is a conntrack hit with a real rewrite. A new flow needs a new 5-tuple
+same port), so every run is a conntrack hit with a real rewrite (the fragment paths use a UDP pair
+built the same way, and one datagram's fragments: its first fragment records both directions of
+the pair in frag4, so every run of a later fragment finds a record). A new flow needs a new 5-tuple
 each run, so that path is measured with repeat = 1 over many distinct packets; the bare program
 is measured both ways so each path has its own floor.
 
@@ -30,7 +36,10 @@ from benchmarks import common
 
 SECTION = "## Data path per packet (BPF_PROG_TEST_RUN)"
 VIP_A, VIP_B, PORT = "10.96.250.1", "10.96.250.2", 80
+UDP_PORT = 53  # the UDP ping-pong of the fragment paths, on the same two VIPs
 CLIENT = "10.244.250.2"
+FRAG_ID = 0x4242
+PATHS = ("pass", "ct_hit", "reverse_nat", "new_flow", "frag_first", "frag_later")
 
 
 def frame(src: str, sport: int, dst: str, dport: int, proto: int = 6, flags: int = 0x10) -> bytes:
@@ -52,6 +61,29 @@ def frame(src: str, sport: int, dst: str, dport: int, proto: int = 6, flags: int
     return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + l4
 
 
+def fragments(src: str, sport: int, dst: str, dport: int, ident: int = FRAG_ID):
+    """The first and a later fragment of one 64-byte UDP datagram (8 header + 56 data): the first
+    carries the UDP header (its length and checksum are the whole datagram's) and 24 bytes of
+    data, with More Fragments set; the later one the last 32 bytes, at offset 32."""
+    data = bytes(range(56))
+    length = 8 + len(data)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, length)
+    udp = struct.pack("!HHHH", sport, dport, length, 0) + data
+    udp = udp[:6] + struct.pack("!H", common.inet_checksum(pseudo + udp) or 0xffff) + udp[8:]
+
+    def ip(payload: bytes, frag_off: int) -> bytes:
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, frag_off, 64, 17, 0,
+                          socket.inet_aton(src), socket.inet_aton(dst))
+        hdr = hdr[:10] + struct.pack("!H", common.inet_checksum(hdr)) + hdr[12:]
+        return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + hdr + payload
+
+    return ip(udp[:32], 0x2000), ip(udp[32:], 32 // 8)
+
+
+def _dst(pkt: bytes) -> str:
+    return socket.inet_ntoa(pkt[30:34])
+
+
 def ping_pong_state():
     """Two frontends that are each other's backend, so a rewritten packet hits a frontend again."""
     from ebpflb.model import Backend, DesiredState, Frontend
@@ -59,6 +91,8 @@ def ping_pong_state():
     return DesiredState({
         Frontend(VIP_A, PORT, "TCP", "bench/a", "p"): (Backend(VIP_B, PORT),),
         Frontend(VIP_B, PORT, "TCP", "bench/b", "p"): (Backend(VIP_A, PORT),),
+        Frontend(VIP_A, UDP_PORT, "UDP", "bench/a", "u"): (Backend(VIP_B, UDP_PORT),),
+        Frontend(VIP_B, UDP_PORT, "UDP", "bench/b", "u"): (Backend(VIP_A, UDP_PORT),),
         Frontend("10.96.250.3", PORT, "TCP", "bench/c", "p"): tuple(
             Backend(f"10.244.250.{i}", 8080) for i in range(10, 14)),
     }, ())
@@ -66,7 +100,7 @@ def ping_pong_state():
 
 class _BothTables:
     def __init__(self, bpf):
-        self.tables = [bpf[b"ct4"], bpf[b"ct4_syn"]]
+        self.tables = [bpf[b"ct4"], bpf[b"ct4_syn"], bpf[b"frag4"]]
 
     def clear(self) -> None:
         for t in self.tables:
@@ -104,6 +138,7 @@ def measure(variants: List[Variant], bare_fd: int, reps: int, repeat: int, n_new
     fwd = frame(CLIENT, 40000, VIP_A, PORT)
     reply = frame(VIP_B, PORT, CLIENT, 40000)  # from "backend" B to the client
     plain = frame(CLIENT, 40000, "10.244.250.99", 8080)
+    first, later = fragments(CLIENT, 40000, VIP_A, UDP_PORT)
     samples: Dict[str, Dict[str, List[float]]] = {}
 
     def add(variant: str, path: str, ns: float) -> None:
@@ -126,6 +161,13 @@ def measure(variants: List[Variant], bare_fd: int, reps: int, repeat: int, n_new
                 test_run(fd_in, frame(CLIENT, 40000, vip, PORT))
             add(v.name, "ct_hit", test_run(fd_in, fwd, repeat).duration_ns)
             add(v.name, "reverse_nat", test_run(fd_out, reply, repeat).duration_ns)
+            # Fragments: open both UDP flows of the pair, then time the first fragment (each run
+            # a conntrack hit and a frag4 record) and a later fragment (each run a frag4 hit).
+            for vip in (VIP_A, VIP_B):
+                test_run(fd_in, frame(CLIENT, 40000, vip, UDP_PORT, proto=17))
+            _check_fragments(fd_in, first, later)
+            add(v.name, "frag_first", test_run(fd_in, first, repeat).duration_ns)
+            add(v.name, "frag_later", test_run(fd_in, later, repeat).duration_ns)
         # New flows: the variants take turns packet by packet, so drift hits them alike.
         totals = {v.name: 0 for v in variants}
         for i in range(n_new):
@@ -140,18 +182,32 @@ def measure(variants: List[Variant], bare_fd: int, reps: int, repeat: int, n_new
             for variant, paths in samples.items()}
 
 
+def _check_fragments(fd: int, first: bytes, later: bytes) -> None:
+    """The fragment paths do what they are timed for (not a miss, which would pass untouched):
+    one run of each translates. Two more runs of the first fragment then leave a fresh record
+    for each address the later fragment alternates between."""
+    from ebpflb.dataplane.testrun import test_run
+
+    for pkt in (first, later):
+        out = test_run(fd, pkt)
+        if (out.retval, _dst(out.data)) != (0, VIP_B):
+            raise RuntimeError(f"fragment to {VIP_A} not translated to {VIP_B}: verdict "
+                               f"{out.retval}, destination {_dst(out.data)}")
+    test_run(fd, first, 2)
+
+
 def section(results: Dict, meta: Dict) -> str:
     bare_steady = results["bare"]["steady"]["median"]
     bare_single = results["bare"]["single"]["median"]
     floors = {"pass": bare_steady, "ct_hit": bare_steady, "reverse_nat": bare_steady,
-              "new_flow": bare_single}
+              "new_flow": bare_single, "frag_first": bare_steady, "frag_later": bare_steady}
     rows = ["| path | bare program | with counters | without counters | counting adds | "
             "above bare (with counters) |", "|---|---:|---:|---:|---:|---:|"]
 
     def cell(s: Dict) -> str:
         return f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
 
-    for path in ("pass", "ct_hit", "reverse_nat", "new_flow"):
+    for path in PATHS:
         on, off = results["counters"][path], results["nocounters"][path]
         floor = floors[path]
         rows.append(f"| {path} | {floor:.1f} | {cell(on)} | {cell(off)} | "
@@ -163,7 +219,8 @@ def section(results: Dict, meta: Dict) -> str:
     return f"""{SECTION}
 
 Nanoseconds per packet, median (min-max) over {meta['reps']} interleaved repetitions (variant order
-reversed every other repetition). Steady paths: repeat = {meta['repeat']} per measurement;
+reversed every other repetition). Steady paths (all but `new_flow`, the fragment paths too):
+repeat = {meta['repeat']} per measurement;
 `new_flow`: mean of {meta['n_new']} single runs on distinct flows, against the bare program run
 the same way. "Counting adds" is with-counters minus without-counters (the per-CPU increments of
 the verdict, frontend and backend counters); noise of a few ns either way is this VM's.

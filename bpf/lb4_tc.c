@@ -306,9 +306,7 @@ int lb4_node_in(struct __sk_buff *skb)
 	struct pkt4 p = {};
 	int r;
 
-	/* A frame of a VLAN arrives here with its tag taken off into skb->vlan_tci: it belongs to
-	 * the VLAN's own device, where it is seen again, not to this one. */
-	if (skb->vlan_present)
+	if (skb_of_a_vlan(skb))
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
@@ -373,7 +371,7 @@ int lb4_node_out(struct __sk_buff *skb)
 	struct pkt4 p = {};
 	int r;
 
-	if (skb->vlan_present)
+	if (skb_of_a_vlan(skb))
 		return TC_ACT_OK;
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);

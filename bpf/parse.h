@@ -136,6 +136,16 @@ static __always_inline int parse_udphdr(struct hdr_cursor *c, void *data_end, __
 
 /* Everything up to the L4 ports must be in the linear area for direct access; pull it in when a
  * driver left it in fragments. The common case costs one comparison. */
+#define VLAN_ID_MASK 0x0fff
+
+/* A frame of a VLAN, its tag taken off into skb->vlan_tci (by the NIC or the stack): it belongs
+ * to the VLAN's own device, where it is seen again. An 802.1p priority tag (VLAN id 0) is not a
+ * VLAN: the kernel hands that frame to this device itself. */
+static __always_inline int skb_of_a_vlan(const struct __sk_buff *skb)
+{
+	return skb->vlan_present && (skb->vlan_tci & VLAN_ID_MASK);
+}
+
 #define LB4_PULL_LEN (ETH_HLEN + 60 + sizeof(struct tcphdr))
 
 static __always_inline void lb4_pull_headers(struct __sk_buff *skb)

@@ -503,9 +503,8 @@ def ct_list(services: List[str], output: str, pin_dir: str) -> None:
     from dataclasses import asdict
 
     from .apply import read_snapshot
-    from .dataplane.ct_gc import CT_F_EXTERNAL, CT_F_SRC_NAT
     from .dataplane.readers import flows
-    from .maps import SVC_META
+    from .maps import CT_F_EXTERNAL, CT_F_SRC_NAT, SVC_META
 
     writer = _open_or_fail(pin_dir)
     names = read_snapshot(writer)[SVC_META]

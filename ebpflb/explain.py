@@ -1,19 +1,59 @@
-"""`ebpflb explain`: which backend a flow reaches, and why (pure core; the CLI reads the maps).
+"""`ebpflb explain`: what the data plane does with a packet of a flow, and why (pure core; the CLI
+reads the maps).
 
-The prediction repeats the data path step by step from a map snapshot: frontend lookup, then a
-conntrack entry if one exists (it decides), else the frontend's loadBalancerSourceRanges (a new
-flow from elsewhere is dropped), then flow hash -> slot -> backend, with the same hash
-(ebpflb.flowhash) and seed the programs use. tests/bpf checks it against the program itself.
+The prediction repeats the decision core of bpf/lb4_core.h step by step from a snapshot of the
+maps, for the hook the packet meets: lb4_from_pod on a pod device (the default) or lb4_node_in
+(TC) on a node device (`outside`, or `Device(NODE)`):
+
+- the frontend lookup (a node device takes the externalTrafficPolicy Local record, and refuses a
+  ClusterIP); no frontend: the packet passes (on a node device it may be the reply of a flow
+  SNATed to another node, on a pod device the reply of a pod reaching itself);
+- the flow's conntrack entry, if any: bound to the device that created it, forgotten when expired,
+  closed (a new SYN), pointing at a removed backend (a SYN), or a SNAT port lost; else it decides;
+  a removed frontend kept for its open flows (draining) serves nothing else;
+- for a new flow, policy: loadBalancerSourceRanges, the pod device's own addresses
+  (lb4_pod_addrs), then sources that may never start one (loopback, a VIP, the destination);
+- the backend: session affinity, else flow hash -> slot -> backend (slot 0 for a slot gone), with
+  the same hash (ebpflb.flowhash) and seed the programs use; none: rejected (dropped for Local
+  policy from outside, and a RST is never answered);
+- state: a bare SYN or UDP creates conntrack entries (a new source port when a live flow of
+  another frontend holds the reply tuple); other TCP rebuilds a lost forward entry from a live
+  reply entry, else is forwarded by hash without state (dropped towards another node: no SNAT
+  port to come back by);
+- the rewrite: DNAT; a pod reaching itself also gets the hairpin source; a backend on another node
+  (routed through a node device) also gets the node's address and a SNAT port (the first free one
+  probed from the flow hash).
+
+The verdict names what happens to the packet and `counters` the lb_stats counters it moves.
+Inputs the maps of the control plane do not hold are arguments: the packet's TCP flags (in the
+Flow), the device (its lb4_pod_addrs entries; which backends route through a node device) and the
+conntrack entries the decision reads. tests/bpf/test_explain_parity.py checks all of it against
+the programs. Not modelled: XDP, later fragments, ICMP, the egress hooks (replies translated on
+their way back), FIB failures and path MTU, and conntrack inserts that fail (a full table).
 """
 import ipaddress
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
 
+from .dataplane.config import CtTimeouts, DataplaneConfig
 from .flowhash import FLOW_HASH_SEED, flow_hash
-from .maps import (BACKENDS, BE_F_NO_NEW, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES,
-                   SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey,
-                   frontend_kind)
+from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL,
+                   CT_F_HAIRPIN, CT_F_PORT_NAT, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, NO_BACKEND,
+                   PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_ETP_LOCAL,
+                   SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey, frontend_kind)
 from .model import SCOPE_EXTERNAL
+
+# Mirrors of bpf/lb_structs.h and bpf/node_fwd.h (tests/unit/test_policy_explain_stats.py checks
+# them against the headers).
+CT_F_KIND = CT_F_HAIRPIN | CT_F_EXTERNAL | CT_F_SNAT  # what ct4_rebuild compares
+SNAT_TRIES = 16  # LB4_SNAT_TRIES
+TCP = PROTO_NUMBERS["TCP"]
+TCP_FLAG_LETTERS = "FSRPAUEC"  # as scapy writes them; S, A, F and R are the ones that decide
+
+POD = "pod"  # lb4_from_pod: TC ingress of a pod device (packets leaving a pod)
+NODE = "node"  # lb4_node_in: TC ingress of a node device (traffic from outside the cluster)
+
+_DEFAULTS = DataplaneConfig()  # the timeouts and SNAT ports the programs are built with by default
 
 
 @dataclass(frozen=True)
@@ -23,20 +63,43 @@ class Flow:
     daddr: str
     dport: int
     protocol: str  # TCP | UDP
+    tcp_flags: str = "S"  # of this packet, scapy letters ("S", "A", "PA", "R"...); UDP: ignored
 
     @property
     def proto(self) -> int:
         return PROTO_NUMBERS[self.protocol]
 
+    @property
+    def syn_only(self) -> bool:
+        """A bare SYN (no ACK): the only TCP packet that may create state (tcp_syn_only)."""
+        return self.proto == TCP and "S" in self.tcp_flags and "A" not in self.tcp_flags
+
+
+class CtKey(NamedTuple):
+    """A conntrack key: a packet's 5-tuple as it arrives, and the direction of the entry."""
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    proto: int
+    reply: bool = False
+
 
 @dataclass(frozen=True)
 class ConntrackView:
-    """The forward conntrack entry of the flow, if the kernel has one."""
-    backend: str  # "ip:port" the flow is pinned to
+    """A conntrack entry. Forward entry: `backend` is where the flow is pinned, `snat` (nat2) the
+    source it leaves with: the node's address and port (CT_F_SNAT), or the client's address and
+    a port of its own (CT_F_PORT_NAT). Reply entry: `backend` is the frontend the replies come
+    from, `snat` the client of such a flow. `flags` None: not known, the entry is taken as live;
+    `ifindex` 0: the device is not known, the device binding is not checked."""
+    backend: str  # "ip:port"
     backend_id: int
     age_seconds: float
     idle_seconds: float
-    snat: Optional[str] = None  # "ip:port" of this node, for a flow from outside to another node
+    snat: Optional[str] = None  # "ip:port"
+    flags: Optional[int] = None  # CT_F_*
+    half_open: bool = False  # in ct4_syn (the client has not ACKed yet)
+    ifindex: int = 0  # forward entries: the device whose packet created the flow
 
 
 @dataclass(frozen=True)
@@ -47,10 +110,29 @@ class AffinityView:
 
 
 @dataclass(frozen=True)
+class Device:
+    """The device the packet arrives on. A pod device: its ifindex and the addresses lb4_pod_addrs
+    lists for it (None: the device is not listed, every source passes). A node device: the
+    backends whose route leaves through a node device (lb4_node_ifs), each with that device's
+    address, the one a flow towards it is SNATed to; any other backend is on this node."""
+    kind: str = POD  # POD | NODE
+    ifindex: int = 0  # 0: not known
+    addrs: Optional[FrozenSet[str]] = None
+    remote: Mapping[str, str] = field(default_factory=dict)  # backend address -> SNAT address
+
+
+@dataclass(frozen=True)
 class Explanation:
     flow: Flow
-    verdict: str  # "pass", "drop", "dnat"
+    # pass: untouched. dnat: destination rewritten to `backend` (and the source port to
+    # `source`'s for a flow given a port of its own), on to the stack or the pod. hairpin: a pod
+    # reaching itself: DNAT and source `source`, sent back out of its device. forward: from a
+    # node device to another node: DNAT (or a reply's) and SNAT to `source`, sent out of a node
+    # device. drop. reject: answered (TCP RST, ICMP port unreachable).
+    verdict: str
     reason: str
+    device: str = POD
+    counters: Tuple[str, ...] = ()  # the lb_stats counters this packet moves, in order
     frontend: Optional[str] = None
     kind: Optional[str] = None  # ClusterIP | NodePort | LoadBalancer | ExternalIP
     service: Optional[str] = None
@@ -65,13 +147,15 @@ class Explanation:
     affinity_timeout: int = 0  # seconds; 0 when the Service has no ClientIP affinity
     affinity: Optional[AffinityView] = None
     affinity_backend: Optional[str] = None  # set when the binding decides
-    backend: Optional[str] = None  # where this packet goes
+    backend: Optional[str] = None  # the destination this packet leaves with
+    source: Optional[str] = None  # the source it leaves with, when that is rewritten
+    stateless: bool = False  # forwarded by hash with no conntrack entry (tcp_no_state)
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
 
 
-def parse_flow(src: str, dst: str, protocol: str) -> Flow:
+def parse_flow(src: str, dst: str, protocol: str, tcp_flags: str = "S") -> Flow:
     """Flow from "ip:port" strings; ValueError naming the bad argument."""
     def endpoint(value: str, what: str):
         ip, sep, port = value.rpartition(":")
@@ -89,61 +173,30 @@ def parse_flow(src: str, dst: str, protocol: str) -> Flow:
     proto = protocol.upper()
     if proto not in PROTO_NUMBERS:
         raise ValueError(f"protocol {protocol!r} is not tcp or udp")
-    return Flow(saddr, sport, daddr, dport, proto)
+    flags = tcp_flags.upper()
+    if not flags or any(c not in TCP_FLAG_LETTERS for c in flags):
+        raise ValueError(f"TCP flags {tcp_flags!r} are not letters of {TCP_FLAG_LETTERS}")
+    return Flow(saddr, sport, daddr, dport, proto, flags if proto == "TCP" else "")
 
 
 def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
-            affinity: Optional[AffinityView] = None, outside: bool = False) -> Explanation:
-    """`outside`: the flow arrives on a node device (from outside the cluster), not from a pod."""
-    key = SvcKey(flow.daddr, flow.dport, flow.proto)
-    svc = snapshot[SERVICES].get(key)
-    if svc is None:
-        return Explanation(flow, "pass", f"{key} is not a frontend: the packet passes untouched")
-    if outside and frontend_kind(svc.flags) == "ClusterIP":
-        return Explanation(flow, "drop", "a ClusterIP reached from outside the cluster: dropped",
-                           frontend=str(key), kind="ClusterIP",
-                           service=snapshot[SVC_META].get(svc.svc_id, ""), svc_id=svc.svc_id)
-    if outside and svc.flags & SVC_F_ETP_LOCAL:
-        # externalTrafficPolicy Local: traffic from outside uses the node-local record.
-        key = key._replace(scope=SCOPE_EXTERNAL)
-        svc = snapshot[SERVICES].get(key)
-        if svc is None:
-            return Explanation(flow, "drop", f"{key} is missing: dropped")
-    common: Dict[str, Any] = dict(
-        frontend=str(key), kind=frontend_kind(svc.flags),
-        service=snapshot[SVC_META].get(svc.svc_id, ""), svc_id=svc.svc_id,
-        algorithm="maglev" if svc.flags & SVC_F_MAGLEV else "random", slots=svc.count,
-        affinity_timeout=svc.affinity_timeout, affinity=affinity if svc.affinity_timeout else None)
-    if svc.count:
-        h = flow_hash(int(ipaddress.IPv4Address(flow.saddr)), int(ipaddress.IPv4Address(flow.daddr)),
-                      flow.sport, flow.dport, flow.proto, FLOW_HASH_SEED)
-        slot = h % svc.count
-        table = snapshot[SLOTS].get(svc.svc_id, ())
-        backend_id = table[slot] if slot < len(table) and table[slot] != NO_BACKEND else None
-        value = snapshot[BACKENDS].get(backend_id) if backend_id is not None else None
-        common.update(hash=h, slot=slot, hashed_backend_id=backend_id,
-                      hashed_backend=f"{value.addr}:{value.port}" if value else None)
+            affinity: Optional[AffinityView] = None, outside: bool = False, *,
+            device: Optional[Device] = None,
+            ct_table: Optional[Mapping[CtKey, ConntrackView]] = None,
+            timeouts: CtTimeouts = _DEFAULTS.ct_timeouts,
+            snat_ports: Tuple[int, int] = _DEFAULTS.snat_ports) -> Explanation:
+    """What the program of `device` (default: a pod device; `outside`: a node device) does with
+    the packet `flow`. `conntrack` is the flow's forward entry; `ct_table` any entries of both
+    conntrack tables (the flow's own, its reply entry, flows holding a tuple it needs); entries
+    not given are taken as absent. `timeouts` and `snat_ports` as the programs were built."""
+    dev = device if device is not None else Device(NODE if outside else POD)
+    if dev.kind not in (POD, NODE):
+        raise ValueError(f"device kind {dev.kind!r} is not {POD!r} or {NODE!r}")
+    table: Dict[CtKey, ConntrackView] = dict(ct_table or {})
+    fwd = CtKey(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
     if conntrack is not None:
-        return Explanation(flow, "dnat", "an established flow: conntrack decides",
-                           conntrack=conntrack, backend=conntrack.backend, **common)
-    if svc.flags & SVC_F_SRC_RANGES and not source_allowed(snapshot, svc.svc_id, flow.saddr):
-        return Explanation(flow, "drop", f"a new flow from {flow.saddr}, outside the frontend's "
-                           "loadBalancerSourceRanges: dropped", **common)
-    bound = _affinity_backend(snapshot, svc, affinity)
-    if bound is not None:
-        return Explanation(flow, "dnat", "a new flow of a client with session affinity: its "
-                           "binding decides", affinity_backend=bound, backend=bound, **common)
-    if not common.get("hashed_backend"):
-        if svc.flags & SVC_F_ETP_LOCAL and (outside or key.scope == SCOPE_EXTERNAL):
-            why = ("the frontend has no backend on this node (externalTrafficPolicy Local): new "
-                   "flows from outside are dropped")
-            return Explanation(flow, "drop", why, **common)
-        else:
-            why = ("the frontend has no ready backend: new flows are rejected (TCP RST, ICMP port "
-                   "unreachable)")
-        return Explanation(flow, "reject", why, **common)
-    return Explanation(flow, "dnat", "a new flow: the hash picks the slot, the slot the backend",
-                       backend=common["hashed_backend"], **common)
+        table[fwd] = conntrack
+    return _Decision(snapshot, flow, dev, table, affinity, timeouts, snat_ports).run()
 
 
 def source_allowed(snapshot, svc_id: int, saddr: str) -> bool:
@@ -153,19 +206,408 @@ def source_allowed(snapshot, svc_id: int, saddr: str) -> bool:
                for key in snapshot.get(SRC_RANGES, {}))
 
 
-def _affinity_backend(snapshot, svc, affinity: Optional[AffinityView]) -> Optional[str]:
-    """The data path's rule: a fresh binding to a backend still of this frontend, not draining."""
-    if not svc.affinity_timeout or affinity is None or affinity.idle_seconds > svc.affinity_timeout:
-        return None
-    value = snapshot[BACKENDS].get(affinity.backend_id)
-    if value is None or value.svc_id != svc.svc_id or value.flags & BE_F_NO_NEW:
-        return None
-    return f"{value.addr}:{value.port}"
+def _endpoint(addr: str, port: int) -> str:
+    return f"{addr}:{port}"
+
+
+def _split(endpoint: Optional[str]) -> Tuple[str, int]:
+    addr, _, port = (endpoint or "0.0.0.0:0").rpartition(":")
+    return addr, int(port)
+
+
+class _Decision:
+    """One packet through lb4_frontend and its hook, over a private copy of the conntrack entries
+    (what the program forgets on the way is forgotten here too)."""
+
+    def __init__(self, snapshot, flow: Flow, dev: Device, table: Dict[CtKey, ConntrackView],
+                 affinity: Optional[AffinityView], timeouts: CtTimeouts,
+                 snat_ports: Tuple[int, int]) -> None:
+        self.snap, self.flow, self.dev, self.table = snapshot, flow, dev, table
+        self.affinity, self.timeouts, self.snat_ports = affinity, timeouts, snat_ports
+        self.counters: List[str] = []
+        self.common: Dict[str, Any] = {}
+        self.fwd = CtKey(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
+        self.frontend_ep = _endpoint(flow.daddr, flow.dport)
+
+    # ---- results
+
+    def out(self, verdict: str, reason: str, **fields: Any) -> Explanation:
+        merged = {**self.common, **fields}
+        return Explanation(self.flow, verdict, reason, self.dev.kind, tuple(self.counters),
+                           **merged)
+
+    def drop(self, counter: str, reason: str) -> Explanation:
+        self.counters.append(counter)
+        return self.out("drop", f"{reason}: dropped ({counter})")
+
+    # ---- conntrack, as bpf/conntrack.h reads it
+
+    def lifetime(self, flags: int, proto: int) -> int:
+        t = self.timeouts
+        if proto != TCP:
+            return t.udp
+        if flags & CT_F_CLOSING:
+            return t.tcp_time_wait if flags & CT_F_SRC_NAT else t.tcp_close
+        if flags & CT_F_ESTABLISHED:
+            return t.tcp_established
+        return t.tcp_syn
+
+    def expired(self, e: ConntrackView) -> bool:
+        return e.flags is not None and e.idle_seconds > self.lifetime(e.flags, self.flow.proto)
+
+    def reply_key(self, e: ConntrackView) -> CtKey:
+        """ct4_reply_key: where the replies of the flow with forward entry `e` come from."""
+        addr, port = _split(e.backend)
+        flags = e.flags or 0
+        if flags & CT_F_SRC_NAT:
+            daddr, dport = _split(e.snat)
+        else:
+            daddr = HAIRPIN_ADDR if flags & CT_F_HAIRPIN else self.flow.saddr
+            dport = self.flow.sport
+        return CtKey(addr, port, daddr, dport, self.flow.proto, True)
+
+    def forget(self, e: ConntrackView, reply: bool) -> None:
+        """ct4_forget: the dead flow's entries go (its reply entry only when `reply`)."""
+        if reply:
+            rev = self.reply_key(e)
+            r = self.table.get(rev)
+            if (r is not None and r.backend == self.frontend_ep and
+                    (not (e.flags or 0) & CT_F_SRC_NAT or
+                     r.snat == _endpoint(self.flow.saddr, self.flow.sport))):
+                del self.table[rev]
+        self.table.pop(self.fwd, None)
+
+    def backend_alive(self, e: ConntrackView) -> bool:
+        be = self.snap[BACKENDS].get(e.backend_id)
+        return be is not None and _endpoint(be.addr, be.port) == e.backend
+
+    def snat_owned(self, e: ConntrackView) -> bool:
+        r = self.table.get(self.reply_key(e))
+        return (r is not None and r.snat == _endpoint(self.flow.saddr, self.flow.sport) and
+                r.backend == self.frontend_ep)
+
+    def reply_held(self, rev: CtKey) -> bool:
+        """ct4_reply_held: a live flow of another frontend holds the reply key."""
+        r = self.table.get(rev)
+        if r is None or r.backend == self.frontend_ep:
+            return False
+        if r.flags is None:
+            return True
+        if r.flags & CT_F_CLOSING:
+            return False
+        idle = r.idle_seconds
+        naddr, nport = _split(r.backend)
+        f = self.table.get(CtKey(rev.daddr, rev.dport, naddr, nport, rev.proto))
+        if f is not None and f.backend == _endpoint(rev.saddr, rev.sport):
+            idle = min(idle, f.idle_seconds)
+        return idle <= self.lifetime(r.flags, self.flow.proto)
+
+    def rebuild(self, be, backend_id: int, flags: int,
+                snat: Optional[str]) -> Optional[ConntrackView]:
+        """ct4_rebuild: the forward entry of a flow whose reply entry lives, or None."""
+        e = ConntrackView(_endpoint(be.addr, be.port), backend_id, 0.0, 0.0, snat, flags)
+        found = self.table.get(self.reply_key(e))
+        if (found is None or found.backend != self.frontend_ep or found.backend_id != backend_id
+                or (found.flags or 0) & CT_F_CLOSING or self.expired(found)):
+            return None
+        if (found.flags or 0) & CT_F_KIND != flags & CT_F_KIND:
+            return None
+        if flags & CT_F_SNAT and found.snat != _endpoint(self.flow.saddr, self.flow.sport):
+            return None
+        return ConntrackView(e.backend, backend_id, 0.0, 0.0, snat,
+                             ((found.flags or 0) & CT_F_KIND) | CT_F_ESTABLISHED,
+                             ifindex=self.dev.ifindex)
+
+    def snat_port_state(self, key: CtKey) -> str:
+        """snat_port_state: free, busy, or time_wait (closed, held through TIME_WAIT)."""
+        e = self.table.get(key)
+        if e is None:
+            return "free"
+        if e.flags is None:
+            return "busy"
+        idle, flags = e.idle_seconds, e.flags
+        caddr, cport = _split(e.snat)
+        naddr, nport = _split(e.backend)
+        f = self.table.get(CtKey(caddr, cport, naddr, nport, key.proto))
+        if (f is not None and (f.flags or 0) & CT_F_SRC_NAT and
+                f.snat == _endpoint(key.daddr, key.dport) and
+                f.backend == _endpoint(key.saddr, key.sport)):
+            idle = min(idle, f.idle_seconds)
+            flags |= f.flags or 0
+        if idle > self.lifetime(flags, key.proto):
+            return "free"
+        if flags & CT_F_CLOSING and idle > self.timeouts.tcp_close:
+            return "time_wait"
+        return "busy"
+
+    def snat_port(self, be, snat_addr: str) -> Optional[int]:
+        """ct4_create_snat: the first free port probed from the flow hash (a closed flow's port
+        reused when none is), or None when every probe is taken."""
+        low, high = self.snat_ports
+        size = high - low + 1
+        time_wait = None
+        for i in range(SNAT_TRIES):
+            port = low + (self.hash() + i) % size
+            state = self.snat_port_state(CtKey(be.addr, be.port, snat_addr, port, self.flow.proto,
+                                               True))
+            if state == "free":
+                return port
+            if state == "time_wait" and time_wait is None:
+                time_wait = port
+        if time_wait is not None:
+            self.counters.append("snat_reuse")
+        return time_wait
+
+    # ---- selection
+
+    def hash(self) -> int:
+        f = self.flow
+        return flow_hash(int(ipaddress.IPv4Address(f.saddr)), int(ipaddress.IPv4Address(f.daddr)),
+                         f.sport, f.dport, f.proto, FLOW_HASH_SEED)
+
+    def source_valid(self) -> bool:
+        """lb4_source_valid: a listed address, or any on a device that is not listed."""
+        return self.dev.addrs is None or self.flow.saddr in self.dev.addrs
+
+    def bad_source(self) -> bool:
+        """lb4_bad_source: loopback, the destination itself, or a VIP."""
+        src = self.flow.saddr
+        return (src.split(".")[0] == "127" or src == self.flow.daddr or
+                src in self.snap.get(VIPS, {}))
+
+    def hashed(self, svc) -> Tuple[Optional[int], Any]:
+        """lb4_select_backend: slot = hash % count; a slot missing answers from slot 0."""
+        if not svc.count:
+            return None, None
+        h = self.hash()
+        slot = h % svc.count
+        table = self.snap[SLOTS].get(svc.svc_id, ())
+        backend_id = table[slot] if slot < len(table) and table[slot] != NO_BACKEND else None
+        if backend_id is None and table and table[0] != NO_BACKEND:
+            backend_id = table[0]
+        value = self.snap[BACKENDS].get(backend_id) if backend_id is not None else None
+        self.common.update(hash=h, slot=slot, hashed_backend_id=backend_id,
+                           hashed_backend=_endpoint(value.addr, value.port) if value else None)
+        return (backend_id, value) if value is not None else (None, None)
+
+    def bound(self, svc) -> Tuple[Optional[int], Any]:
+        """lb4_affinity_backend: a fresh binding to a backend still of this frontend."""
+        a = self.affinity
+        if not svc.affinity_timeout or a is None or a.idle_seconds > svc.affinity_timeout:
+            return None, None
+        value = self.snap[BACKENDS].get(a.backend_id)
+        if value is None or value.svc_id != svc.svc_id or value.flags & BE_F_NO_NEW:
+            return None, None
+        return a.backend_id, value
+
+    # ---- the hooks
+
+    def run(self) -> Explanation:
+        f = self.flow
+        if self.dev.kind == POD and f.daddr == HAIRPIN_ADDR:
+            return self.hairpin_reply()
+        key = SvcKey(f.daddr, f.dport, f.proto)
+        svc = self.snap[SERVICES].get(key)
+        if svc is not None and self.dev.kind == NODE and svc.flags & SVC_F_ETP_LOCAL:
+            # externalTrafficPolicy Local: traffic from outside uses the node-local record.
+            key = key._replace(scope=SCOPE_EXTERNAL)
+            svc = self.snap[SERVICES].get(key)
+            if svc is None:
+                return self.drop("no_backend", f"{key} (this node's backends) is missing")
+        if svc is None:
+            if self.dev.kind == NODE:
+                reply = self.snat_reply()
+                if reply is not None:
+                    return reply
+            self.counters.append("pass")
+            return self.out("pass", f"{key} is not a frontend: the packet passes untouched")
+        self.common.update(
+            frontend=str(key), kind=frontend_kind(svc.flags),
+            service=self.snap[SVC_META].get(svc.svc_id, ""), svc_id=svc.svc_id,
+            algorithm="maglev" if svc.flags & SVC_F_MAGLEV else "random", slots=svc.count,
+            affinity_timeout=svc.affinity_timeout,
+            affinity=self.affinity if svc.affinity_timeout else None)
+        return self.frontend(key, svc)
+
+    def hairpin_reply(self) -> Explanation:
+        """lb4_hairpin_reply: a pod answering the hairpin address gets the frontend back as source
+        and itself as destination, and goes back out of its device."""
+        f = self.flow
+        r = self.table.get(CtKey(f.saddr, f.sport, f.daddr, f.dport, f.proto, True))
+        if r is None:
+            self.counters.append("pass")
+            return self.out("pass", "to the hairpin address with no flow of a pod reaching "
+                                    "itself: the packet passes untouched")
+        return self.out("hairpin", "the reply of a pod that reached itself through a frontend: "
+                                   "from the frontend, back to the pod", conntrack=r,
+                        backend=_endpoint(f.saddr, f.dport), source=r.backend)
+
+    def snat_reply(self) -> Optional[Explanation]:
+        """lb4_node_snat_reply: a reply of a flow SNATed to another node, back to its client."""
+        f = self.flow
+        low, high = self.snat_ports
+        if not low <= f.dport <= high:
+            return None
+        r = self.table.get(CtKey(f.saddr, f.sport, f.daddr, f.dport, f.proto, True))
+        if r is None or not (r.flags or 0) & CT_F_SNAT:
+            return None
+        self.counters.append("node_forward")
+        return self.out("forward", "the reply of a flow sent on to a backend on another node: "
+                                   "from the frontend, back to the client", conntrack=r,
+                        backend=r.snat, source=r.backend)
+
+    def frontend(self, key: SvcKey, svc) -> Explanation:
+        """lb4_frontend, and what the hook makes of its answer."""
+        f, dev = self.flow, self.dev
+        if dev.kind == NODE and frontend_kind(svc.flags) == "ClusterIP":
+            return self.drop("external_clusterip", "a ClusterIP reached from outside the cluster")
+        hashed_id, hashed_be = self.hashed(svc)  # shown whatever decides
+        ct = self.table.get(self.fwd)
+        why_new = "a new flow"
+        if ct is not None:
+            self.common["conntrack"] = ct
+            flags = ct.flags or 0
+            if (dev.kind == POD and ct.ifindex and dev.ifindex and ct.ifindex != dev.ifindex and
+                    (flags & CT_F_EXTERNAL or not self.source_valid())):
+                return self.drop("spoofed", f"a packet of a flow of device {ct.ifindex}, from a "
+                                            "source this device may not use")
+            if self.expired(ct) or (f.syn_only and flags & CT_F_CLOSING):
+                why_new = ("a new flow (its conntrack entry expired)" if self.expired(ct) else
+                           "a new flow (a SYN reusing the tuple of a closed flow)")
+                self.forget(ct, reply=False)
+                ct = None
+            elif f.syn_only and not self.backend_alive(ct):
+                self.counters.append("backend_gone")
+                why_new = "a new flow (a SYN retransmitted to a removed backend)"
+                self.forget(ct, reply=True)
+                ct = None
+            elif flags & CT_F_SRC_NAT and not self.snat_owned(ct):
+                why_new = "a new flow (its SNAT port went to another flow)"
+                self.forget(ct, reply=False)
+                ct = None
+            if ct is not None:
+                return self.hit(ct, "an established flow: conntrack decides")
+        if svc.flags & SVC_F_DRAINING:
+            self.counters.append("pass")
+            return self.out("pass", f"{why_new} to a removed frontend kept only for its open "
+                                    "flows: the packet passes untouched")
+
+        # A new flow (or a TCP packet of a flow we lost). Policy first.
+        if svc.flags & SVC_F_SRC_RANGES and not source_allowed(self.snap, svc.svc_id, f.saddr):
+            return self.drop("source_denied", f"{why_new} from {f.saddr}, outside the frontend's "
+                                              "loadBalancerSourceRanges")
+        if dev.kind == POD and not self.source_valid():
+            return self.drop("spoofed", f"{why_new} from {f.saddr}, not an address of the pod "
+                                        "behind this device")
+        if self.bad_source():
+            return self.drop("bad_source", f"{why_new} from {f.saddr} (loopback, a VIP or its "
+                                           "own destination), which may not start one")
+        backend_id, be = self.bound(svc)
+        by_affinity = be is not None
+        if not by_affinity:
+            backend_id, be = hashed_id, hashed_be
+        if be is None:
+            self.counters.append("no_backend")
+            if dev.kind == NODE and svc.flags & SVC_F_ETP_LOCAL:
+                return self.out("drop", "the frontend has no backend on this node "
+                                        "(externalTrafficPolicy Local): new flows from outside "
+                                        "are dropped (no_backend)")
+            if f.proto == TCP and "R" in f.tcp_flags:
+                return self.out("drop", "the frontend has no ready backend, and a RST is never "
+                                        "answered: dropped (no_backend)")
+            return self.out("reject", "the frontend has no ready backend: new flows are "
+                                      "rejected (TCP RST, ICMP port unreachable)")
+        chosen = _endpoint(be.addr, be.port)
+        if by_affinity:
+            self.common["affinity_backend"] = chosen
+        how = ("its session-affinity binding decides" if by_affinity
+               else "the hash picks the slot, the slot the backend")
+        snat_addr = dev.remote.get(be.addr) if dev.kind == NODE else None
+        if snat_addr == "0.0.0.0":
+            snat_addr = None  # a node device without an address: the stack routes it as it is
+        if not snat_addr:
+            flags = (CT_F_EXTERNAL if dev.kind == NODE else
+                     CT_F_HAIRPIN if be.addr == f.saddr else 0)
+            if f.proto == TCP and not f.syn_only:
+                rebuilt = self.rebuild(be, backend_id, flags, None)
+                if rebuilt is not None:
+                    self.counters.append("conntrack_rebuilt")
+                    return self.hit(rebuilt, "a TCP packet of a flow whose forward entry was "
+                                             f"lost: rebuilt from its live reply entry ({how})")
+                self.counters.append("tcp_no_state")
+                return self.deliver(chosen, None, f"TCP other than a SYN with no conntrack entry: "
+                                                  f"forwarded by hash, no state created ({how})",
+                                    stateless=True)
+            rev = self.reply_key(ConntrackView(chosen, backend_id, 0.0, 0.0, None, flags))
+            if not self.reply_held(rev):
+                self.counters.append("conntrack_insert")
+                self.counters.append("dnat_new")
+                return self.deliver(chosen, None, f"{why_new}: {how}")
+            # The client's port already reaches this backend through another frontend: this
+            # flow gets a port of its own (a pod reaching itself has none to move).
+            held = (f"{why_new} whose reply tuple {rev.saddr}:{rev.sport} -> {rev.daddr}:"
+                    f"{rev.dport} a live flow of another frontend holds")
+            port = None if flags & CT_F_HAIRPIN else self.snat_port(be, f.saddr)
+            if port is None:
+                return self.drop("conntrack_collision", held + ", with no port for it")
+            self.counters += ["port_nat", "conntrack_insert", "dnat_new"]
+            return self.deliver(chosen, _endpoint(f.saddr, port),
+                                f"{held}: {how}, and a new source port")
+        if svc.flags & SVC_F_ETP_LOCAL:
+            return self.drop("forward_fail", "externalTrafficPolicy Local with a backend on "
+                                             "another node")
+        if f.proto == TCP and not f.syn_only:
+            low, high = self.snat_ports
+            first = low + self.hash() % (high - low + 1)
+            rebuilt = self.rebuild(be, backend_id, CT_F_EXTERNAL | CT_F_SNAT,
+                                   _endpoint(snat_addr, first))
+            if rebuilt is not None:
+                self.counters.append("conntrack_rebuilt")
+                return self.hit(rebuilt, "a TCP packet of a flow whose forward entry was lost: "
+                                         f"rebuilt from its live reply entry ({how})")
+            return self.drop("tcp_no_state", "TCP other than a SYN with no conntrack entry, to a "
+                                             "backend on another node (no SNAT port for the "
+                                             "replies)")
+        port = self.snat_port(be, snat_addr)
+        if port is None:
+            return self.drop("snat_exhausted", f"no free SNAT port of {snat_addr} towards {chosen}")
+        self.counters.append("conntrack_insert")
+        self.counters.append("dnat_new")
+        return self.deliver(chosen, _endpoint(snat_addr, port),
+                            f"{why_new} to a backend on another node: {how}, SNAT to this node",
+                            remote=True)
+
+    def hit(self, ct: ConntrackView, reason: str) -> Explanation:
+        """lb4_flow_hit: the packet goes where its flow goes."""
+        self.common["conntrack"] = ct
+        flags = ct.flags or 0
+        source = ct.snat if flags & CT_F_SRC_NAT else None
+        return self.deliver(ct.backend, source, reason, remote=bool(flags & CT_F_SNAT))
+
+    def deliver(self, backend: str, source: Optional[str], reason: str, remote: bool = False,
+                stateless: bool = False) -> Explanation:
+        """The hook's rewrite: DNAT; a flow to another node: the SNAT source too, and out of a
+        node device; a flow with a port of its own: that source port too; a pod reaching itself:
+        the hairpin source, and back out of its device."""
+        if remote:
+            self.counters.append("node_forward")
+            return self.out("forward", reason, backend=backend, source=source,
+                            stateless=stateless)
+        if source is not None and source != _endpoint(self.flow.saddr, self.flow.sport):
+            return self.out("dnat", reason, backend=backend, source=source, stateless=stateless)
+        if self.dev.kind == POD and _split(backend)[0] == self.flow.saddr:
+            return self.out("hairpin", reason + "; the pod reaches itself: its source becomes the "
+                                                "hairpin address", backend=backend,
+                            source=_endpoint(HAIRPIN_ADDR, self.flow.sport), stateless=stateless)
+        return self.out("dnat", reason, backend=backend, stateless=stateless)
 
 
 def render(e: Explanation) -> str:
     f = e.flow
-    rows = [("flow", f"{f.saddr}:{f.sport} -> {f.daddr}:{f.dport}/{f.protocol}")]
+    flags = f" [{f.tcp_flags}]" if f.protocol == "TCP" else ""  # which packet of the flow
+    rows = [("flow", f"{f.saddr}:{f.sport} -> {f.daddr}:{f.dport}/{f.protocol}{flags}"),
+            ("device", "node device (from outside the cluster)" if e.device == NODE
+             else "pod device")]
     if e.frontend:
         rows.append(("frontend", f"{e.frontend}  {e.kind}  {e.service}  (svc {e.svc_id})"))
         if e.kind == "ClusterIP":
@@ -191,7 +633,13 @@ def render(e: Explanation) -> str:
                      else "binding expired or its backend gone")
             rows.append(("affinity", f"ClientIP ({e.affinity_timeout}s): backend "
                                      f"{e.affinity.backend_id}, idle {e.affinity.idle_seconds:.1f}s, {state}"))
-    rows.append(("verdict", f"{e.verdict.upper()}" + (f" to {e.backend}" if e.backend else "")))
+    verdict = e.verdict.upper() + (f" to {e.backend}" if e.backend else "")
+    if e.source:
+        verdict += f" from {e.source}"
+    if e.stateless:
+        verdict += " (no state)"
+    rows.append(("verdict", verdict))
     rows.append(("why", e.reason))
+    rows.append(("counters", ", ".join(e.counters) or "none (counted per frontend and backend)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -54,6 +54,16 @@ PROTO_NAMES = {number: name for name, number in PROTO_NUMBERS.items()}
 
 SVC_NAME_LEN = 128  # LB4_SVC_NAME_LEN in lb_structs.h, including the terminating NUL
 
+# ct4_entry.flags (CT_F_* in lb_structs.h): read by the conntrack GC, the CLI and explain.
+CT_F_ESTABLISHED = 0x1
+CT_F_CLOSING = 0x2
+CT_F_HAIRPIN = 0x4
+CT_F_EXTERNAL = 0x8
+CT_F_SNAT = 0x10
+CT_F_PORT_NAT = 0x20  # the flow's source port was rewritten (nat2), its address kept
+CT_F_SRC_NAT = CT_F_SNAT | CT_F_PORT_NAT  # ct4_src_nat(): the source was rewritten
+HAIRPIN_ADDR = "169.254.42.1"  # LB4_HAIRPIN_ADDR_HOST
+
 
 class SvcKey(NamedTuple):
     vip: str

@@ -60,16 +60,17 @@ def attach_xdp(ifname: str, fn: Any, xdp_mode: str) -> str:
     from bcc import BPF  # the kernel edge
 
     tries = {"auto": ("native", "generic"), "native": ("native",), "generic": ("generic",)}[xdp_mode]
+    dev = ifname.encode()  # bcc wants bytes
     errors = []
     for mode in tries:
         flags = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
         other = XDP_FLAGS_SKB_MODE if mode == "native" else XDP_FLAGS_DRV_MODE
         try:
-            BPF.remove_xdp(ifname, other)  # a device holds one mode at a time
+            BPF.remove_xdp(dev, other)  # a device holds one mode at a time
         except Exception:  # noqa: BLE001 - nothing attached in that mode
             pass
         try:
-            BPF.attach_xdp(ifname, fn, flags)
+            BPF.attach_xdp(dev, fn, flags)
             return mode
         except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
             errors.append(f"{mode}: {exc}")
@@ -87,7 +88,7 @@ def detach_xdp(ipr: IPRoute, ifindex: int, ifname: str, owns=None) -> bool:
     if owns is not None and not owns(prog_id):
         return False
     flags = XDP_FLAGS_DRV_MODE if mode == "native" else XDP_FLAGS_SKB_MODE
-    BPF.remove_xdp(ifname, flags)
+    BPF.remove_xdp(ifname.encode(), flags)
     return True
 
 

@@ -99,3 +99,10 @@ def test_a_flow_with_a_new_source_port_is_aged_by_both_entries():
               + VALUE.pack(0, 0, VIP, VPORT, 0x20, 1, 1, CLIENT, CPORT, 0, 0, 0))
     assert expired_keys(keys, values, 31 * S, T) == []
     assert len(expired_keys(keys, values, 56 * S, T)) == 2
+
+
+def test_the_service_id_reader_follows_the_value_layout():
+    from ebpflb.dataplane.ct_gc import _SVC_ID_ONLY
+
+    raw = VALUE.pack(1, 2, BACKEND, BPORT, 0x1f, 4242, 7, NODE, SNAT_PORT, 0, 9, 0)
+    assert _SVC_ID_ONLY.size == VALUE.size and _SVC_ID_ONLY.unpack(raw) == (4242,)

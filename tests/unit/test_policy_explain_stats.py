@@ -85,8 +85,12 @@ def test_explain_steps():
     h = flow_hash(0x0AF40002, 0x0A60000A, 40000, 80, 6, FLOW_HASH_SEED)
     assert (e.verdict, e.hash, e.slot, e.algorithm) == ("dnat", h, h % 3, "random")
     assert e.backend == f"{BACKENDS[h % 3].ip}:8080"
-    pinned = explain(snap, flow, ConntrackView("10.244.0.99:8080", 7, 3.0, 1.0))
+    ack = parse_flow("10.244.0.2:40000", "10.96.0.10:80", "tcp", "A")
+    pinned = explain(snap, ack, ConntrackView("10.244.0.99:8080", 7, 3.0, 1.0))
     assert pinned.backend == "10.244.0.99:8080" and "conntrack decides" in pinned.reason
+    # A SYN of that flow goes elsewhere: backend 7 is not 10.244.0.99 (a removed backend).
+    retry = explain(snap, flow, ConntrackView("10.244.0.99:8080", 7, 3.0, 1.0))
+    assert retry.backend == e.backend and retry.counters[0] == "backend_gone"
     assert explain(snap, Flow("10.244.0.2", 1, "10.96.0.10", 81, "TCP")).verdict == "pass"
     empty = explain(program(backends=()), flow)
     assert empty.verdict == "reject" and "TCP RST" in empty.reason
@@ -122,3 +126,155 @@ def test_stats_views_rates_and_output():
     table = render_table(rated).splitlines()
     assert table[0].split()[:4] == ["FRONTEND", "/", "BACKEND", "SERVICE"]
     assert "CPS" in table[0] and table[1].split()[2] == "6"
+
+
+# ---------------------------------------------------------------- explain: every decision
+# The pure side of each decision explain models; tests/bpf/test_explain_parity.py checks the same
+# decisions against the programs themselves.
+
+def test_explain_mirrors_the_headers():
+    """explain's copies of C constants and the counter names it reports follow bpf/."""
+    import re
+
+    from ebpflb import explain as ex
+    from ebpflb.dataplane.bcc_maps import STAT_NAMES
+    from ebpflb.dataplane.loader import bpf_source_dir
+
+    bpf = bpf_source_dir()
+    structs = (bpf / "lb_structs.h").read_text()
+    for name in ("CT_F_ESTABLISHED", "CT_F_CLOSING", "CT_F_HAIRPIN", "CT_F_EXTERNAL", "CT_F_SNAT",
+                 "CT_F_PORT_NAT"):
+        value = re.search(rf"#define {name} (0x[0-9a-f]+)", structs).group(1)
+        assert getattr(ex, name) == int(value, 16), name
+    addr = int(re.search(r"#define LB4_HAIRPIN_ADDR_HOST (0x[0-9a-f]+)", structs).group(1), 16)
+    assert ex.HAIRPIN_ADDR == str(__import__("ipaddress").IPv4Address(addr))
+    assert f"#define LB4_SNAT_TRIES {ex.SNAT_TRIES}\n" in (bpf / "node_fwd.h").read_text()
+    source = (bpf.parent / "ebpflb" / "explain.py").read_text()
+    named = set(re.findall(r'"([a-z_]+)"', source))
+    counted = {n for n in named if n in STAT_NAMES}
+    assert {"spoofed", "bad_source", "tcp_no_state", "conntrack_rebuilt", "port_nat"} <= counted
+
+
+def _world(local=False, ranges=(), typ="NodePort"):
+    """A Service with a backend on this node and one on node-1, and a pod reaching itself."""
+    from ebpflb.maps import empty_snapshot
+    from ebpflb.model import desired_state
+
+    extra = "  externalTrafficPolicy: Local\n" if local else ""
+    if ranges:
+        extra += f"  loadBalancerSourceRanges: [{', '.join(ranges)}]\n"
+    status = ("status: {loadBalancer: {ingress: [{ip: 192.168.200.200}]}}\n"
+              if typ == "LoadBalancer" else "")
+    text = f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  type: {typ}
+  clusterIP: 10.96.0.10
+{extra}  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}}]
+{status}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-a, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: [10.244.0.11], nodeName: node-0, conditions: {{ready: true}}}}
+- {{addresses: [10.244.1.11], nodeName: node-1, conditions: {{ready: true}}}}
+"""
+    m = parse_documents(text, "x.yaml")
+    state = desired_state(m.services, m.slices, node_name="node-0",
+                          node_addresses=["192.168.200.10"])
+    return apply_to(empty_snapshot(), compute_plan(state, empty_snapshot()))
+
+
+def _port_to(snap, backend, src="10.244.0.2", dst=("10.96.0.10", 80), **kw):
+    """A source port whose new flow the hash sends to `backend`."""
+    for sport in range(40000, 41000):
+        if explain(snap, Flow(src, sport, *dst, "TCP"), **kw).hashed_backend == backend:
+            return sport
+    raise AssertionError(backend)
+
+
+def test_explain_hairpin_bad_sources_and_spoofing():
+    from ebpflb.explain import HAIRPIN_ADDR, Device
+
+    snap = _world()
+    me = "10.244.0.11"
+    sport = _port_to(snap, f"{me}:8080", src=me)
+    e = explain(snap, Flow(me, sport, "10.96.0.10", 80, "TCP"))
+    assert (e.verdict, e.backend, e.source) == ("hairpin", f"{me}:8080", f"{HAIRPIN_ADDR}:{sport}")
+    assert e.counters == ("conntrack_insert", "dnat_new")
+    for src in ("127.0.0.1", "10.96.0.10", "192.168.200.10"):  # loopback, a VIP, a node port's
+        bad = explain(snap, Flow(src, 1000, "10.96.0.10", 80, "TCP"))
+        assert (bad.verdict, bad.counters) == ("drop", ("bad_source",)), src
+    pod = Device(ifindex=7, addrs=frozenset({"10.244.0.2"}))
+    spoofed = explain(snap, Flow("10.244.0.3", 1000, "10.96.0.10", 80, "TCP"), device=pod)
+    assert (spoofed.verdict, spoofed.counters) == ("drop", ("spoofed",))
+    # A listed device checks its sources before the bad-source rule; an unlisted one takes any.
+    assert explain(snap, Flow("127.0.0.1", 1, "10.96.0.10", 80, "TCP"),
+                   device=pod).counters == ("spoofed",)
+    assert explain(snap, Flow("10.244.0.3", 1000, "10.96.0.10", 80, "TCP")).verdict == "dnat"
+    # The flow of another device: taken only from a source this device may use.
+    flow = Flow("10.244.0.3", 1000, "10.96.0.10", 80, "TCP", "A")
+    ct = ConntrackView("10.244.0.11:8080", 1, 1.0, 1.0, flags=1, ifindex=9)
+    assert explain(snap, flow, ct, device=pod).counters == ("spoofed",)
+    assert explain(snap, flow, ct, device=Device(ifindex=7)).verdict == "dnat"
+
+
+def test_explain_scopes_from_outside():
+    from ebpflb.explain import NODE, Device
+
+    node = Device(NODE, remote={"10.244.1.11": "192.168.200.10"})
+    snap = _world()
+    assert explain(snap, Flow("192.168.200.2", 1, "10.96.0.10", 80, "TCP"),
+                   device=node).counters == ("external_clusterip",)
+    sport = _port_to(snap, "10.244.1.11:8080", "192.168.200.2", ("192.168.200.10", 30080))
+    e = explain(snap, Flow("192.168.200.2", sport, "192.168.200.10", 30080, "TCP"), device=node)
+    assert (e.verdict, e.backend) == ("forward", "10.244.1.11:8080")
+    assert e.source.startswith("192.168.200.10:") and "node_forward" in e.counters
+    # Not a SYN, no state: forwarded by hash to a local backend, dropped towards a remote one.
+    ack = Flow("192.168.200.2", sport, "192.168.200.10", 30080, "TCP", "A")
+    assert explain(snap, ack, device=node).counters == ("tcp_no_state",)
+    assert explain(snap, ack, device=node).verdict == "drop"
+    assert explain(snap, ack).stateless and explain(snap, ack).verdict == "dnat"
+    local = _world(local=True)
+    e = explain(local, Flow("192.168.200.2", sport, "192.168.200.10", 30080, "TCP"), device=node)
+    assert e.frontend.endswith("@external") and e.backend == "10.244.0.11:8080"
+    ranged = _world(ranges=("192.168.200.0/28",), typ="LoadBalancer")
+    denied = explain(ranged, Flow("192.168.200.99", 1, "192.168.200.200", 80, "TCP"), device=node)
+    assert denied.counters == ("source_denied",)
+
+
+def test_explain_no_backend_and_lost_state():
+    from dataclasses import replace
+
+    from ebpflb.explain import CtKey
+
+    empty = program(backends=())
+    flow = Flow("10.244.0.2", 40000, "10.96.0.10", 80, "TCP")
+    assert explain(empty, flow).verdict == "reject"
+    assert explain(empty, replace(flow, tcp_flags="R")).verdict == "drop"  # never answered
+    snap = program()
+    e = explain(snap, flow)
+    ack = Flow("10.244.0.2", 40000, "10.96.0.10", 80, "TCP", "A")
+    assert explain(snap, ack).counters == ("tcp_no_state",)
+    backend_id = e.hashed_backend_id
+    addr, port = e.backend.split(":")
+    reply = {CtKey(addr, int(port), "10.244.0.2", 40000, 6, True):
+             ConntrackView("10.96.0.10:80", backend_id, 1.0, 1.0, flags=0)}
+    rebuilt = explain(snap, ack, ct_table=reply)
+    assert rebuilt.counters == ("conntrack_rebuilt",) and rebuilt.backend == e.backend
+    closed = {**reply, CtKey("10.244.0.2", 40000, "10.96.0.10", 80, 6):
+              ConntrackView(e.backend, backend_id, 5.0, 1.0, flags=0x3)}
+    assert explain(snap, ack, ct_table=closed).counters == ()  # still its flow
+    assert explain(snap, flow, ct_table=closed).counters == ("conntrack_insert", "dnat_new")
+
+
+def test_explain_renders_the_device_and_the_counters():
+    snap = program()
+    text = render(explain(snap, parse_flow("10.244.0.2:40000", "10.96.0.10:80", "tcp", "a")))
+    assert "pod device" in text and "tcp_no_state" in text and "/TCP [A]" in text
+    with pytest.raises(ValueError, match="TCP flags"):
+        parse_flow("10.244.0.2:40000", "10.96.0.10:80", "tcp", "X")
