@@ -212,9 +212,45 @@ static __always_inline int ct4_reply_held(struct ct4_key *rev, const struct pkt4
 	return ct4_idle(last, now) <= ct4_lifetime_of(r->flags, p->proto);
 }
 
+/* A backend's SYN-ACK on the reply tuple of a flow that closed: the client now talks to the
+ * backend directly from the same port (no frontend), so this is not a reply to translate. A new
+ * flow through the frontend on that tuple would have replaced both entries. */
+static __always_inline int ct4_reply_of_closed(const struct pkt4 *p, const struct ct4_key *rk,
+					       const struct ct4_entry *r)
+{
+	struct ct4_entry *f;
+	struct ct4_key fk;
+
+	if (p->proto != IPPROTO_TCP || !(p->tcp_flags & TCP_FL_SYN))
+		return 0;
+	if (r->flags & CT_F_CLOSING)
+		return 1;
+	fk.saddr = ct4_src_nat(r->flags) ? r->nat2_addr : rk->daddr;
+	fk.sport = ct4_src_nat(r->flags) ? r->nat2_port : rk->dport;
+	fk.daddr = r->nat_addr;
+	fk.dport = r->nat_port;
+	fk.proto = p->proto;
+	fk.dir = CT_DIR_FWD;
+	fk.pad = 0;
+	f = ct4_find(&fk);
+	return f && (f->flags & CT_F_CLOSING);
+}
+
+/* Whether the tuple a packet would reach backend `be` with (no state, no new port) is held by
+ * a live flow of another frontend. */
+static __always_inline int ct4_tuple_held(const struct pkt4 *p, struct ct4_key *fwd,
+					  const struct lb4_backend *be, __u16 flags, __u64 now)
+{
+	struct ct4_entry e = { .nat_addr = be->addr, .nat_port = be->port, .flags = flags };
+	struct ct4_key rev;
+
+	ct4_reply_key(fwd, &e, &rev);
+	return ct4_reply_held(&rev, p, now);
+}
+
 #define CT_CREATE_OK 0
 #define CT_CREATE_FAIL -1	/* an insert failed: forwarded by hash without state */
-#define CT_CREATE_HELD -2	/* the reply key belongs to a live flow: the packet must go */
+#define CT_CREATE_HELD -2	/* the reply key belongs to a live flow of another frontend */
 
 /* Creates both entries of a new flow, TCP in ct4_syn and UDP in ct4. `ifindex` is the device
  * the flow came in on: a later packet of the flow from another device is not taken on trust. */

@@ -15,14 +15,11 @@
 #define HOOK_POD 0	/* TC ingress of a pod device: packets leaving a pod */
 #define HOOK_NODE 1	/* TC ingress of a node device: traffic from outside the cluster */
 #define HOOK_XDP 2	/* XDP on a node device: as HOOK_NODE, leaving to TC what it cannot finish */
-
-/* XDP in generic mode on this device: it may not pass up a packet it rewrote (lb_structs.h). */
-static __always_inline int lb4_xdp_generic(__u32 ingress)
-{
-	struct lb4_node_if *nif = lb4_node_ifs.lookup(&ingress);
-
-	return nif && (nif->flags & LB4_NODE_IF_F_XDP_GENERIC);
-}
+/* Generic (skb) XDP, which leaves skb->csum as it was: on a CHECKSUM_COMPLETE device a packet
+ * it rewrote and passed up would reach the stack with a stale sum. It also leaves flows to local
+ * backends to TC, whose csum helpers keep skb->csum right (flows it sends back out are fine). */
+#define HOOK_XDP_GENERIC 3
+#define HOOK_IS_XDP(hook) ((hook) == HOOK_XDP || (hook) == HOOK_XDP_GENERIC)
 
 /* Whether a found forward entry still stands for this packet. Returns it, or NULL when the packet
  * starts a new flow (what stood in its way is forgotten) or must go (*drop, counted). */
@@ -78,10 +75,10 @@ static __always_inline int lb4_flow_hit(void *ctx, const struct pkt4 *p, struct 
 			lb_count(STAT_FORWARD_FAIL);
 			return NV_DROP;
 		}
-		if (hook == HOOK_XDP && !n->fib_ok)
+		if (HOOK_IS_XDP(hook) && !n->fib_ok)
 			return NV_TO_STACK;	/* before tracking: TC sees the packet again */
 	} else {
-		if (hook == HOOK_XDP && lb4_xdp_generic(ingress))
+		if (hook == HOOK_XDP_GENERIC)
 			return NV_TO_STACK;
 		if (ct->flags & CT_F_PORT_NAT)
 			n->sport = ct->nat2_port;
@@ -143,7 +140,7 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 	}
 	n->backend_id = lb4_choose_backend(p, svc, now, &be);
 	if (!n->backend_id || !be) {
-		if (hook == HOOK_XDP && !(svc->flags & LB4_SVC_F_ETP_LOCAL))
+		if (HOOK_IS_XDP(hook) && !(svc->flags & LB4_SVC_F_ETP_LOCAL))
 			return NV_TO_STACK;	/* TC sends the reject */
 		lb_count(STAT_NO_BACKEND);
 		/* Local policy and no backend here: the load balancer's health check already steers
@@ -160,11 +157,9 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 		rc = lb4_fib(ctx, p, p->saddr, p->sport, be->addr, be->port, ingress, n);
 		if (lb4_fib_routed(rc))
 			nif = lb4_node_ifs.lookup(&n->ifindex);
-		if (nif && !nif->addr)
-			nif = 0;	/* no address to SNAT to: the stack routes it as it is */
 	}
 	if (!nif) {
-		if (hook == HOOK_XDP && lb4_xdp_generic(ingress))
+		if (hook == HOOK_XDP_GENERIC)
 			return NV_TO_STACK;
 		flags = hook != HOOK_POD ? CT_F_EXTERNAL : (be->addr == p->saddr ? CT_F_HAIRPIN : 0);
 		if (p->proto == IPPROTO_TCP && !tcp_syn_only(p)) {
@@ -172,6 +167,12 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 			if (ct) {
 				lb_count(STAT_CT_REBUILT);
 				return lb4_flow_hit(ctx, p, &fk, ct, 0, ingress, hook, now, n);
+			}
+			/* Its tuple at the backend is another frontend's live flow's (this one had a
+			 * port of its own, now lost): sent on, it would land in that connection. */
+			if (ct4_tuple_held(p, &fk, be, flags, now)) {
+				lb_count(STAT_CT_COLLISION);
+				return NV_DROP;
 			}
 			/* Not a connection start: forwarded by hash (right while the backend set is
 			 * unchanged) but nothing is created, so a flood of such packets cannot fill
@@ -198,7 +199,7 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 			lb_count(STAT_FORWARD_FAIL);	/* Local policy never leaves the node */
 			return NV_DROP;
 		}
-		if (hook == HOOK_XDP && !n->fib_ok)
+		if (HOOK_IS_XDP(hook) && !n->fib_ok)
 			return NV_TO_STACK;
 		if (p->proto == IPPROTO_TCP && !tcp_syn_only(p)) {
 			ct = ct4_rebuild(p, &fk, be, n->backend_id, CT_F_EXTERNAL | CT_F_SNAT, nif->addr,

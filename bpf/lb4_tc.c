@@ -174,7 +174,7 @@ int lb4_to_pod(struct __sk_buff *skb)
 
 	ct4_key_of(&p, CT_DIR_REPLY, &rk);
 	ct = ct4_find(&rk);
-	if (!ct)
+	if (!ct || ct4_reply_of_closed(&p, &rk, ct))
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 	/* Replies never expire an entry here: the agent's GC ages a flow by both directions. */
 	ct4_track(ct, &p, bpf_ktime_get_ns());
@@ -219,7 +219,7 @@ static __always_inline int lb4_node_snat_reply(void *ctx, const struct pkt4 *p, 
 		lb_count(STAT_FORWARD_FAIL);
 		return NV_DROP;
 	}
-	if (hook == HOOK_XDP && !n->fib_ok)
+	if (HOOK_IS_XDP(hook) && !n->fib_ok)
 		return NV_TO_STACK;
 	ct4_track(ct, p, bpf_ktime_get_ns());
 	return NV_REMOTE;
@@ -252,7 +252,7 @@ static __always_inline void lb4_node_count(const struct lb4_nat *n, __u32 len)
 	lb_count_flow(n->svc_id, n->backend_id, len, n->reply, n->new_flow);
 }
 
-int lb4_node_xdp(struct xdp_md *ctx)
+static __always_inline int lb4_xdp(struct xdp_md *ctx, const int hook)
 {
 	struct lb4_nat n = {};
 	struct pkt4 p = {};
@@ -263,7 +263,7 @@ int lb4_node_xdp(struct xdp_md *ctx)
 	 * left to it, so a datagram's pieces are translated in one place. */
 	if (lb4_parse_xdp(ctx, &p) != PARSE_OK || p.frag)
 		return XDP_PASS;
-	v = lb4_node_decide(ctx, &p, ctx->ingress_ifindex, HOOK_XDP, &n);
+	v = lb4_node_decide(ctx, &p, ctx->ingress_ifindex, hook, &n);
 	if (v == NV_PASS)
 		return XDP_PASS;
 	if (v == NV_DROP)
@@ -298,6 +298,17 @@ int lb4_node_xdp(struct xdp_md *ctx)
 	if (n.ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(n.ifindex, 0);
+}
+
+int lb4_node_xdp(struct xdp_md *ctx)
+{
+	return lb4_xdp(ctx, HOOK_XDP);
+}
+
+/* The same in generic mode (a driver without native XDP): the agent attaches this one there. */
+int lb4_xdp_generic(struct xdp_md *ctx)
+{
+	return lb4_xdp(ctx, HOOK_XDP_GENERIC);
 }
 
 int lb4_node_in(struct __sk_buff *skb)
@@ -392,7 +403,8 @@ int lb4_node_out(struct __sk_buff *skb)
 	ct = ct4_find(&rk);
 	/* Only replies of flows from outside to this node's backends; a pod's own flows are
 	 * translated at its device, and SNAT flows on ingress. */
-	if (!ct || (ct->flags & (CT_F_EXTERNAL | CT_F_SNAT)) != CT_F_EXTERNAL)
+	if (!ct || (ct->flags & (CT_F_EXTERNAL | CT_F_SNAT)) != CT_F_EXTERNAL ||
+	    ct4_reply_of_closed(&p, &rk, ct))
 		return TC_ACT_OK;
 	ct4_track(ct, &p, bpf_ktime_get_ns());
 	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||

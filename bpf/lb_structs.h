@@ -62,14 +62,9 @@ struct lb4_src_range_key {
  * to a backend on another node is SNATed to when it leaves through this device. A route to a
  * backend through a node device means the backend is remote. */
 struct lb4_node_if {
-	__be32 addr;	/* 0: the device has no IPv4 address yet, nothing is SNATed to it */
-	__u32 flags;	/* LB4_NODE_IF_F_* */
+	__be32 addr;
+	__u32 flags;
 };
-
-/* Its XDP program runs in generic (skb) mode. Generic XDP leaves skb->csum as it was, so on a
- * CHECKSUM_COMPLETE device a packet XDP rewrote and passed up would reach the stack with a stale
- * sum: XDP leaves flows to local backends to TC there, whose csum helpers keep skb->csum right. */
-#define LB4_NODE_IF_F_XDP_GENERIC 0x1
 
 /* One selection slot of a frontend; the value is a backend id in lb4_backends. */
 struct lb4_slot_key {
@@ -138,7 +133,8 @@ struct ct4_key {
  * established flow outlive the removal of its backend from the Service.
  * A SNAT flow (CT_F_SNAT) rewrites the other side too: nat2 is the node address and port the
  * forward packets leave with, and in the reply entry the client the replies go back to. Its
- * reply entry is keyed backend -> nat2, which is what makes the SNAT port unique. */
+ * reply entry is keyed backend -> nat2, which is what makes the SNAT port unique. A flow given a
+ * port of its own (CT_F_PORT_NAT) is the same with the client's own address as nat2. */
 struct ct4_entry {
 	__u64 created_ns;
 	__u64 last_seen_ns;	/* refreshed at most once a second, to keep writes off the hot path */
@@ -234,7 +230,8 @@ enum lb_stat {
 	STAT_SNAT_EXHAUSTED,	/* no free SNAT port towards a remote backend: dropped */
 	STAT_NODE_FORWARD,		/* a flow from outside sent on to another node (TC redirect) */
 	STAT_XDP_FORWARD,		/* ... sent on by XDP itself (XDP_TX or redirect) */
-	STAT_XDP_TO_TC,		/* XDP could not finish (no neighbour, reject): left to TC untouched */
+	STAT_XDP_TO_TC,		/* XDP could not finish (no neighbour, reject; a local flow under
+				 * generic XDP): left to TC untouched */
 	STAT_FORWARD_FAIL,		/* no route, TTL exceeded, or Local policy with a remote backend: dropped */
 	STAT_SNAT_REUSE,	/* all probed SNAT ports taken: one still in the backend's TIME_WAIT reused */
 	STAT_FRAG_MISS,		/* a later fragment to a frontend, its first not seen: passed untouched */

@@ -134,8 +134,6 @@ static __always_inline int parse_udphdr(struct hdr_cursor *c, void *data_end, __
 	return 0;
 }
 
-/* Everything up to the L4 ports must be in the linear area for direct access; pull it in when a
- * driver left it in fragments. The common case costs one comparison. */
 #define VLAN_ID_MASK 0x0fff
 
 /* A frame of a VLAN, its tag taken off into skb->vlan_tci (by the NIC or the stack): it belongs
@@ -146,6 +144,8 @@ static __always_inline int skb_of_a_vlan(const struct __sk_buff *skb)
 	return skb->vlan_present && (skb->vlan_tci & VLAN_ID_MASK);
 }
 
+/* Everything up to the L4 ports must be in the linear area for direct access; pull it in when a
+ * driver left it in fragments. The common case costs one comparison. */
 #define LB4_PULL_LEN (ETH_HLEN + 60 + sizeof(struct tcphdr))
 
 static __always_inline void lb4_pull_headers(struct __sk_buff *skb)

@@ -363,7 +363,7 @@ class Agent:
                                  self.options.xdp_mode,
                                  Program(progs.node_in.fd, progs.node_in.name.decode()),
                                  Program(progs.node_out.fd, progs.node_out.name.decode()),
-                                 progs.node_xdp, progs.bpf[b"lb4_node_ifs"])
+                                 progs.xdp_fns(), progs.bpf[b"lb4_node_ifs"])
             # NodePorts are programmed before anything is attached, on the addresses found now.
             self.node_addresses_changed(nodes.present_addresses())
         monitor = None

@@ -562,8 +562,9 @@ def explain(src: str, dst: str, protocol: str, outside: bool, output: str, pin_d
     from .apply import read_snapshot
     from .dataplane.bcc_maps import lookup_affinity, lookup_conntrack
     from .dataplane.loader import DataplaneError
-    from .explain import AffinityView, ConntrackView, explain as explain_flow, parse_flow, render
-    from .maps import SERVICES, SVC_F_ETP_LOCAL, SvcKey
+    from .explain import (AffinityView, ConntrackView, explain as explain_flow, parse_flow, render,
+                          reply_key)
+    from .maps import CT_F_SRC_NAT, SERVICES, SVC_F_ETP_LOCAL, SvcKey
 
     try:
         flow = parse_flow(src, dst, protocol)
@@ -575,13 +576,26 @@ def explain(src: str, dst: str, protocol: str, outside: bool, output: str, pin_d
     except DataplaneError as exc:
         raise click.ClickException(str(exc)) from exc
     snapshot = read_snapshot(writer)
+    now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
+
+    def view(entry):
+        # The device is not known here (ifindex 0): the device binding is not checked.
+        return ConntrackView(f"{entry.nat_addr}:{entry.nat_port}", entry.backend_id,
+                             (now - entry.created_ns) / 1e9, (now - entry.last_seen_ns) / 1e9,
+                             f"{entry.nat2_addr}:{entry.nat2_port}"
+                             if entry.flags & CT_F_SRC_NAT else None,
+                             flags=entry.flags, half_open=entry.half_open)
+
     entry = lookup_conntrack(writer.bpf, flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
     ct = affinity = None
-    now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
+    table = {}
     if entry is not None:
-        ct = ConntrackView(f"{entry.nat_addr}:{entry.nat_port}", entry.backend_id,
-                           (now - entry.created_ns) / 1e9, (now - entry.last_seen_ns) / 1e9,
-                           f"{entry.nat2_addr}:{entry.nat2_port}" if entry.flags & 0x10 else None)
+        ct = view(entry)
+        rev = reply_key(flow, ct)  # the program checks it (a SNAT port still the flow's)
+        reply = lookup_conntrack(writer.bpf, rev.saddr, rev.sport, rev.daddr, rev.dport,
+                                 flow.proto, reply=True)
+        if reply is not None:
+            table[rev] = view(reply)
     key = SvcKey(flow.daddr, flow.dport, flow.proto)
     svc = snapshot[SERVICES].get(key)
     if svc is not None and outside and svc.flags & SVC_F_ETP_LOCAL:
@@ -589,7 +603,7 @@ def explain(src: str, dst: str, protocol: str, outside: bool, output: str, pin_d
     bound = lookup_affinity(writer.bpf, svc.svc_id, flow.saddr) if svc else None
     if bound is not None:
         affinity = AffinityView(bound[0], (now - bound[1]) / 1e9)
-    result = explain_flow(snapshot, flow, ct, affinity, outside)
+    result = explain_flow(snapshot, flow, ct, affinity, outside, ct_table=table)
     click.echo(json.dumps(result.to_json(), indent=2) if output == "json" else render(result))
 
 

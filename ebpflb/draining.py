@@ -14,6 +14,7 @@ their flows are purged with them, as kube-proxy clears UDP conntrack entries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import AbstractSet, Mapping
 
 from .maps import (PROTO_NUMBERS, SVC_F_DRAINING, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, Records,
                    SvcKey, SvcValue)
@@ -40,11 +41,24 @@ def is_draining(value: SvcValue) -> bool:
 def drained_records(key: SvcKey, value: SvcValue, name: str) -> Records:
     """The records a frontend keeps while it drains. The VIP still counts: its address stays a
     frontend address (a packet from it is not a pod's) while flows to it are open."""
-    # Without the Local policy flag the programs find flows from outside through this record
-    # too (the node-local record drains beside it, holding its service id for its counters).
+    # Without the Local policy flag, the programs on node devices reach flows from outside
+    # through this record too; those flows hold the id of the node-local (@external) record,
+    # which drains beside it, and the two go together (`still_open`).
     flags = (value.flags & ~(SVC_F_SRC_RANGES | SVC_F_ETP_LOCAL)) | SVC_F_DRAINING
     return Records(services={key: SvcValue(value.svc_id, 0, flags, 0)},
                    meta={value.svc_id: name} if name else {}, vips={key.vip: 1})
+
+
+def still_open(key: SvcKey, svc_id: int, draining: Mapping[SvcKey, int],
+               live_svc_ids: AbstractSet[int]) -> bool:
+    """Whether a draining frontend must stay: conntrack holds flows of it, or of the other scope
+    of the same key while that one drains too (flows from outside to an externalTrafficPolicy
+    Local frontend hold the @external record's id, but the programs find them through the
+    record for every client: the pair goes together)."""
+    if svc_id in live_svc_ids:
+        return True
+    sibling = draining.get(key._replace(scope=1 - key.scope))
+    return sibling is not None and sibling in live_svc_ids
 
 
 def without_draining(records: Records) -> Records:

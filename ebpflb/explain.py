@@ -199,6 +199,18 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
     return _Decision(snapshot, flow, dev, table, affinity, timeouts, snat_ports).run()
 
 
+def reply_key(flow: Flow, e: ConntrackView) -> CtKey:
+    """ct4_reply_key: the key of the reply entry of `flow`, whose forward entry is `e`."""
+    addr, port = _split(e.backend)
+    flags = e.flags or 0
+    if flags & CT_F_SRC_NAT:
+        daddr, dport = _split(e.snat)
+    else:
+        daddr = HAIRPIN_ADDR if flags & CT_F_HAIRPIN else flow.saddr
+        dport = flow.sport
+    return CtKey(addr, port, daddr, dport, flow.proto, True)
+
+
 def source_allowed(snapshot, svc_id: int, saddr: str) -> bool:
     """The data path's LPM lookup: does any of the frontend's source ranges hold the address?"""
     addr = ipaddress.IPv4Address(saddr)
@@ -256,15 +268,7 @@ class _Decision:
         return e.flags is not None and e.idle_seconds > self.lifetime(e.flags, self.flow.proto)
 
     def reply_key(self, e: ConntrackView) -> CtKey:
-        """ct4_reply_key: where the replies of the flow with forward entry `e` come from."""
-        addr, port = _split(e.backend)
-        flags = e.flags or 0
-        if flags & CT_F_SRC_NAT:
-            daddr, dport = _split(e.snat)
-        else:
-            daddr = HAIRPIN_ADDR if flags & CT_F_HAIRPIN else self.flow.saddr
-            dport = self.flow.sport
-        return CtKey(addr, port, daddr, dport, self.flow.proto, True)
+        return reply_key(self.flow, e)
 
     def forget(self, e: ConntrackView, reply: bool) -> None:
         """ct4_forget: the dead flow's entries go (its reply entry only when `reply`)."""
@@ -523,8 +527,6 @@ class _Decision:
         how = ("its session-affinity binding decides" if by_affinity
                else "the hash picks the slot, the slot the backend")
         snat_addr = dev.remote.get(be.addr) if dev.kind == NODE else None
-        if snat_addr == "0.0.0.0":
-            snat_addr = None  # a node device without an address: the stack routes it as it is
         if not snat_addr:
             flags = (CT_F_EXTERNAL if dev.kind == NODE else
                      CT_F_HAIRPIN if be.addr == f.saddr else 0)
@@ -534,6 +536,11 @@ class _Decision:
                     self.counters.append("conntrack_rebuilt")
                     return self.hit(rebuilt, "a TCP packet of a flow whose forward entry was "
                                              f"lost: rebuilt from its live reply entry ({how})")
+                rev = self.reply_key(ConntrackView(chosen, backend_id, 0.0, 0.0, None, flags))
+                if self.reply_held(rev):
+                    return self.drop("conntrack_collision", "TCP other than a SYN with no "
+                                     "conntrack entry, whose tuple at the backend a live flow "
+                                     "of another frontend holds")
                 self.counters.append("tcp_no_state")
                 return self.deliver(chosen, None, f"TCP other than a SYN with no conntrack entry: "
                                                   f"forwarded by hash, no state created ({how})",

@@ -19,10 +19,10 @@ planner as it was.
 from __future__ import annotations
 
 import heapq
-from typing import (Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Set,
-                    Tuple)
+from typing import (AbstractSet, Callable, Dict, Hashable, Iterable, List, Mapping, Optional,
+                    Sequence, Set, Tuple)
 
-from .draining import Draining, drained_records, drains, is_draining
+from .draining import Draining, drained_records, drains, is_draining, still_open
 from .maps import MapId, Records, SvcKey, VIPS
 from .model import Backend, Frontend
 from .plan import OwnershipError, Plan, PlanError, check_capacity, counter_resets, diff
@@ -301,11 +301,12 @@ class Planner:
 
     # --- full ----------------------------------------------------------------------------
     def plan_full(self, everything: Mapping[Owner, OwnerFrontends], current: Records,
-                  live_svc_ids: Optional[Set[int]] = None) -> PendingPlan:
+                  live_svc_ids: Optional[AbstractSet[int]] = None) -> PendingPlan:
         """The plan that makes the maps, which hold `current`, hold exactly `everything`. New
         ids are never ids `current` holds: old records go only at the end of the apply.
-        `live_svc_ids`: the service ids of the open flows, when known; a frontend without any
-        does not drain (None: all of them do)."""
+        `live_svc_ids`: the service ids of the open flows, when known: a frontend already
+        draining without any goes (`still_open`). One that goes away now drains whatever
+        conntrack said before: a flow may start between that read and this apply."""
         used_svc, used_backend = _ids_of(current)
         svc_pool, backend_pool = IdPool(used_svc), IdPool(used_backend)
         ids = _Ids({key: value.svc_id for key, value in current.services.items()},
@@ -346,23 +347,26 @@ class Planner:
         """The plan that removes the draining records whose service id no conntrack entry holds
         any more (`live_svc_ids`, from the conntrack GC); None when every one still has flows."""
         gone = {Draining(key): () for key, svc_id in self._draining.items()
-                if svc_id not in live_svc_ids}
+                if not still_open(key, svc_id, self._draining, live_svc_ids)}
         return self.plan(gone) if gone else None
 
 
 def _drain(current: Records, want: Records, keep_draining: bool,
-           live_svc_ids: Optional[Set[int]] = None) -> Dict[Owner, Records]:
-    """The draining records of the TCP frontends `current` holds and `want` does not (of those
-    with open flows, when `live_svc_ids` says which). A record already draining stays as it is
-    in a full plan; in an incremental one it is there only because its release was asked for."""
+           live_svc_ids: Optional[AbstractSet[int]] = None) -> Dict[Owner, Records]:
+    """The draining records of the TCP frontends `current` holds and `want` does not. A record
+    already draining stays as it is in a full plan (unless `live_svc_ids` says its flows ended);
+    in an incremental one it is there only because its release was asked for."""
     out: Dict[Owner, Records] = {}
+    draining = {k: v.svc_id for k, v in current.services.items() if is_draining(v)}
     for key, value in current.services.items():
         if key in want.services or not drains(key):
             continue
-        if is_draining(value) and not keep_draining:
-            continue
-        if live_svc_ids is not None and value.svc_id not in live_svc_ids:
-            continue
+        if is_draining(value):
+            if not keep_draining:
+                continue
+            if live_svc_ids is not None and not still_open(key, value.svc_id, draining,
+                                                           live_svc_ids):
+                continue
         out[Draining(key)] = drained_records(key, value, current.meta.get(value.svc_id, ""))
     return out
 

@@ -18,12 +18,13 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .apply import ApplyError, MapWriter, apply_plan, read_snapshot
 from .changes import Change
 from .convert import ObjectKey
 from .desired import ClusterModel
+from .draining import is_draining
 from .gcpause import give_back_memory, paused_gc
 from .model import DesiredState, HealthCheck, ModelContext, SkippedService
 from .plan import ConntrackPurge, OwnershipError, Plan, PlanError, conntrack_purge
@@ -231,7 +232,7 @@ class Syncer:
             current = read_snapshot(self.writer)
             everything = {key: self.model.frontends_of(key) for key in self.model.holders()}
             try:
-                pending = self.planner.plan_full(everything, current, self.writer.flow_service_ids())
+                pending = self.planner.plan_full(everything, current, self._flows(current))
             except PlanError as exc:
                 # Nothing was written. Until a full sync fits, the maps keep what they held and
                 # no incremental plan can start from them: the full sync stays due.
@@ -259,6 +260,17 @@ class Syncer:
             gc.freeze()
             give_back_memory()
         return outcome
+
+    def _flows(self, current) -> Optional[AbstractSet[int]]:
+        """The service ids conntrack holds, read only when the maps hold draining frontends (a
+        restart: those whose flows ended go). None when unknown: they all stay, for the GC."""
+        if not any(is_draining(v) for v in current.services.values()):
+            return None
+        try:
+            return self.writer.flow_service_ids()
+        except OSError as exc:
+            log.warning("conntrack not read (%s): draining frontends stay until the next GC", exc)
+            return None
 
     def _apply(self, kind: str, pending, services: int, started: float, planned: float,
                reason: str) -> SyncOutcome:

@@ -177,7 +177,7 @@ class CtEntry:
     backend_id: int
     created_ns: int
     last_seen_ns: int
-    flags: int = 0  # CT_F_* of lb_structs.h: 0x1 established, 0x2 closing, 0x10 SNAT...
+    flags: int = 0  # CT_F_* (ebpflb.maps)
     half_open: bool = False  # still in ct4_syn: the client has not completed the handshake
     # SNAT flows (backend on another node): forward entry: the node address and port the
     # packets leave with; reply entry: the client the replies go back to.

@@ -10,8 +10,8 @@ Entries are read and deleted in batches; the key and value layouts come from bcc
 checked against the struct formats below when the collector is created.
 """
 import ctypes
-import socket
 import logging
+import socket
 import struct
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple

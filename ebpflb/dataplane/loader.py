@@ -12,7 +12,7 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from ..flowhash import FLOW_HASH_SEED
 from . import pins
@@ -31,6 +31,7 @@ MAPS_FILE = "lb_maps.c"
 PROG_FROM_POD = "lb4_from_pod"
 PROG_TO_POD = "lb4_to_pod"
 PROG_NODE_XDP = "lb4_node_xdp"
+PROG_NODE_XDP_GENERIC = "lb4_xdp_generic"  # the same for generic XDP (15 characters: the kernel's limit)
 PROG_NODE_IN = "lb4_node_in"
 PROG_NODE_OUT = "lb4_node_out"
 
@@ -194,6 +195,11 @@ class LoadedPrograms:
     node_xdp: Any = None  # node devices: XDP ingress (XDP mode)
     node_in: Any = None  # node devices: TC ingress (both modes; behind XDP in XDP mode)
     node_out: Any = None  # node devices: TC egress (both modes)
+    node_xdp_generic: Any = None  # node_xdp for generic XDP (local flows left to TC)
+
+    def xdp_fns(self) -> Dict[str, Any]:
+        """The XDP program for each XDP mode."""
+        return {"native": self.node_xdp, "generic": self.node_xdp_generic}
 
 
 def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> LoadedPrograms:
@@ -208,11 +214,12 @@ def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> 
         node_in = bpf.load_func(PROG_NODE_IN.encode(), BPF.SCHED_CLS)
         node_out = bpf.load_func(PROG_NODE_OUT.encode(), BPF.SCHED_CLS)
         node_xdp = bpf.load_func(PROG_NODE_XDP.encode(), BPF.XDP)
+        node_xdp_generic = bpf.load_func(PROG_NODE_XDP_GENERIC.encode(), BPF.XDP)
     except Exception as exc:  # bcc raises bare Exception with the verifier log
         raise DataplaneError(f"loading {PROGRAM_FILE} failed: {exc}") from exc
-    log.info("loaded %s, %s, %s, %s and %s (maps pinned in %s)", PROG_FROM_POD, PROG_TO_POD,
-             PROG_NODE_XDP, PROG_NODE_IN, PROG_NODE_OUT, config.pin_dir)
-    return LoadedPrograms(bpf, from_pod, to_pod, node_xdp, node_in, node_out)
+    log.info("loaded %s, %s, %s, %s, %s and %s (maps pinned in %s)", PROG_FROM_POD, PROG_TO_POD,
+             PROG_NODE_XDP, PROG_NODE_XDP_GENERIC, PROG_NODE_IN, PROG_NODE_OUT, config.pin_dir)
+    return LoadedPrograms(bpf, from_pod, to_pod, node_xdp, node_in, node_out, node_xdp_generic)
 
 
 def open_maps(config: DataplaneConfig, create: bool = False) -> Any:

@@ -7,8 +7,8 @@ A node device is where traffic from outside the cluster arrives (eth0, a bond). 
   what it can and leaves the rest (a neighbour not resolved yet, a reject to send) to TC, and
   replies of local backends can only be rewritten at TC egress (XDP has no egress hook).
   Native XDP is tried first and generic XDP used where the driver has none (`--xdp-mode`).
-  Generic XDP cannot keep skb->csum right for a packet it rewrites and passes up, so there it
-  leaves flows to local backends to TC (the device's entry in lb4_node_ifs says which mode).
+  Generic XDP gets its own build of the program (lb4_xdp_generic): it cannot keep skb->csum right
+  for a packet it rewrites and passes up, so it leaves flows to local backends to TC.
 - an entry in lb4_node_ifs (ifindex -> its IPv4 address): a route to a backend through a node
   device means the backend is on another node, and flows to it are SNATed to that address.
 XDP programs are recognised as ours by their name, so cleanup removes ours and nothing else.
@@ -16,7 +16,7 @@ XDP programs are recognised as ours by their name, so cleanup removes ours and n
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pyroute2 import IPRoute
 
@@ -29,8 +29,7 @@ NODE_MODES = ("xdp", "tc")
 XDP_MODES = ("auto", "native", "generic")
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_PROG_NAME = "lb4_node_xdp"
-NODE_IF_F_XDP_GENERIC = 0x1  # LB4_NODE_IF_F_XDP_GENERIC in lb_structs.h
+XDP_PROG_NAMES = ("lb4_node_xdp", "lb4_xdp_generic")  # native, generic (loader.PROG_NODE_XDP*)
 # IFLA_XDP_ATTACHED, as a number or as pyroute2 decodes it.
 _ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", "xdp": "native",
                    "xdpgeneric": "generic", "xdpoffload": "offload"}
@@ -55,8 +54,9 @@ def xdp_attached(ipr: IPRoute, ifindex: int) -> Tuple[Optional[str], int]:
     return mode, xdp.get_attr("IFLA_XDP_PROG_ID") or 0
 
 
-def attach_xdp(ifname: str, fn: Any, xdp_mode: str) -> str:
-    """Attaches (or atomically replaces) the XDP program; returns the mode it runs in."""
+def attach_xdp(ifname: str, fns: Mapping[str, Any], xdp_mode: str) -> str:
+    """Attaches (or atomically replaces) the XDP program of the mode it runs in (`fns`: mode ->
+    bcc function); returns that mode."""
     from bcc import BPF  # the kernel edge
 
     tries = {"auto": ("native", "generic"), "native": ("native",), "generic": ("generic",)}[xdp_mode]
@@ -70,7 +70,7 @@ def attach_xdp(ifname: str, fn: Any, xdp_mode: str) -> str:
         except Exception:  # noqa: BLE001 - nothing attached in that mode
             pass
         try:
-            BPF.attach_xdp(dev, fn, flags)
+            BPF.attach_xdp(dev, fns[mode], flags)
             return mode
         except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
             errors.append(f"{mode}: {exc}")
@@ -83,7 +83,7 @@ def detach_xdp(ipr: IPRoute, ifindex: int, ifname: str, owns=None) -> bool:
     from bcc import BPF
 
     mode, prog_id = xdp_attached(ipr, ifindex)
-    if not prog_id or prog_name(prog_id) != XDP_PROG_NAME:
+    if not prog_id or prog_name(prog_id) not in XDP_PROG_NAMES:
         return False
     if owns is not None and not owns(prog_id):
         return False
@@ -114,7 +114,7 @@ class NodeAttacher:
     xdp_mode: str
     node_in: Program
     node_out: Program
-    xdp_fn: Any  # the bcc function of lb4_node_xdp (attach_xdp wants it)
+    xdp_fns: Mapping[str, Any]  # XDP mode -> the bcc function of its program (attach_xdp)
     node_ifs: Any  # the bcc table lb4_node_ifs
     attached: Dict[int, NodeDevice] = field(default_factory=dict)
 
@@ -131,39 +131,34 @@ class NodeAttacher:
         known = self.attached.get(ifindex)
         if known and known.ifname == ifname:
             if known.address != address:
-                self._set_node_if(ifindex, ifname, address, known.xdp)
+                self._set_node_if(ifindex, ifname, address)
                 known.address = address
             return
         try:
             attach(self.ipr, ifindex, self.node_in, self.node_out)
-            xdp = None
-            if self.mode == "xdp":
-                # Until the mode is known the program is told it may run generic: it then
-                # leaves local flows to TC, which is right in either mode.
-                self._set_node_if(ifindex, ifname, address, "generic")
-                xdp = attach_xdp(ifname, self.xdp_fn, self.xdp_mode)
-            else:
+            xdp = attach_xdp(ifname, self.xdp_fns, self.xdp_mode) if self.mode == "xdp" else None
+            if xdp is None:
                 detach_xdp(self.ipr, ifindex, ifname)  # switched from XDP to TC mode
         except Exception as exc:  # noqa: BLE001 - netlink or bcc: the device may be gone
             log.warning("node device %s (ifindex %d): attach failed: %s", ifname, ifindex, exc)
             return
-        self._set_node_if(ifindex, ifname, address, xdp)
+        self._set_node_if(ifindex, ifname, address)
         self.attached[ifindex] = NodeDevice(ifname, address, xdp)
         log.info("node device %s (ifindex %d, %s): programs attached at %s", ifname, ifindex,
                  address or "no IPv4 address", f"XDP ({xdp}) and TC" if xdp else "TC")
 
-    def _set_node_if(self, ifindex: int, ifname: str, address: Optional[str],
-                     xdp: Optional[str]) -> None:
-        from .bcc_maps import ip_to_be32
-
+    def _set_node_if(self, ifindex: int, ifname: str, address: Optional[str]) -> None:
+        key = self.node_ifs.Key(ifindex)
         if address is None:
-            # Address 0: nothing to SNAT to, routes through this device are not taken for
-            # remote backends until it has one (the entry stays for its XDP flags).
+            # Without an address there is nothing to SNAT to: routes through this device are
+            # not taken for remote backends until it has one.
+            self.node_ifs.pop(key, None)
             log.warning("node device %s has no IPv4 address: backends behind it are not SNATed",
                         ifname)
-        flags = NODE_IF_F_XDP_GENERIC if xdp == "generic" else 0
-        self.node_ifs[self.node_ifs.Key(ifindex)] = self.node_ifs.Leaf(
-            addr=ip_to_be32(address) if address else 0, flags=flags)
+            return
+        from .bcc_maps import ip_to_be32
+
+        self.node_ifs[key] = self.node_ifs.Leaf(addr=ip_to_be32(address), flags=0)
 
     def forget(self, ifindex: int) -> None:
         dev = self.attached.pop(ifindex, None)

@@ -20,8 +20,10 @@ Programs run inside a namespace the module creates (bpf_fib_lookup and skb->ifin
 there): the node device and routes of tests/bpf/test_northsouth.py, plus a second pod device.
 The namespace, the node-device entries and the pod-address entries are removed at the end.
 """
+import json
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -349,6 +351,55 @@ def test_one_client_port_to_two_frontends_of_one_backend(node):
     assert (out[IP].src, inner.src, inner.dst, inner[UDP].sport, inner[UDP].dport) == (
         LB_IP, POD_CLIENT, LB_IP, 5000, 53)
     assert checksum(bytes(out[ICMP])) == 0 and checksum(bytes(inner)[:20]) == 0
+
+    # `ebpflb explain` reads the flow's entry as the program does: the same backend, and the
+    # port of its own.
+    r = subprocess.run([sys.executable, "-m", "ebpflb.cli", "explain", f"{POD_CLIENT}:5000",
+                        f"{LB_IP}:53", "udp", "-o", "json", "--pin-dir", node.dp.config.pin_dir],
+                       capture_output=True, text=True, timeout=60, check=True)
+    e = json.loads(r.stdout)
+    assert (e["verdict"], e["backend"], e["source"]) == ("dnat", f"{LOCAL_BE}:5353",
+                                                          f"{POD_CLIENT}:{port}"), e["reason"]
+
+
+def test_a_flow_with_a_port_of_its_own_that_lost_its_state_is_not_sent_on_anothers_tuple(node):
+    """Two TCP flows from one client port to two frontends of one backend, the second with a
+    port of its own; its forward entry is then lost (an eviction). Its next packet cannot be
+    rebuilt, and forwarded by hash with the client's own port it would land in the first flow's
+    connection at the backend: it is dropped (conntrack_collision). Failed on 0bedb50."""
+    node.program(endpoints=[(LOCAL_BE, "node-0")])
+    for flags in ("S", "A"):
+        run_pod(node, "in", pod_tcp(POD_CLIENT, 40000, CLUSTER_IP, 80, flags))
+    run_pod(node, "in", pod_tcp(POD_CLIENT, 40000, LB_IP, 80))
+    for table in ("ct4", "ct4_syn"):
+        t, key = ct_table_entry(node, table, POD_CLIENT, 40000, LB_IP, 80, 6)
+        t.pop(key, None)
+    before = node.stats()
+    res = run_pod(node, "in", pod_tcp(POD_CLIENT, 40000, LB_IP, 80, "A", seq=1001, ack=5001))
+    assert res.retval == TC_ACT_SHOT
+    assert delta(before, node.stats()) == {"conntrack_collision": 1}
+
+
+def test_a_direct_connection_on_a_closed_flows_tuple_is_not_translated(node):
+    """A pod's connection through the ClusterIP closed (FIN both ways); the pod then connects to
+    the backend directly from the same port. The backend's SYN-ACK matches the closed flow's
+    reply entry, but it answers the direct connection: it reaches the pod untouched, from the
+    backend itself. On 0bedb50 it came from the ClusterIP and the connect hung. (Found by the
+    reordering investigation of issue 14, #10.)"""
+    node.program(endpoints=[(LOCAL_BE, "node-0")])
+    for flags in ("S", "A", "FA"):
+        run_pod(node, "in", pod_tcp(POD_CLIENT, 40000, CLUSTER_IP, 80, flags))
+    fin = (Ether(src=POD_MAC[1], dst=POD_MAC[0]) / IP(src=LOCAL_BE, dst=POD_CLIENT)
+           / TCP(sport=8080, dport=40000, flags="FA"))
+    assert Ether(run_pod(node, "out", fin).data)[IP].src == CLUSTER_IP
+    synack = (Ether(src=POD_MAC[1], dst=POD_MAC[0]) / IP(src=LOCAL_BE, dst=POD_CLIENT)
+              / TCP(sport=8080, dport=40000, flags="SA", seq=9000, ack=2001))
+    res = run_pod(node, "out", synack)
+    assert (res.retval, res.data) == (TC_ACT_OK, bytes(synack))
+    # A live flow's SYN-ACK is still translated.
+    run_pod(node, "in", pod_tcp(POD_CLIENT, 40001, CLUSTER_IP, 80))
+    synack[TCP].dport = 40001
+    assert Ether(run_pod(node, "out", synack).data)[IP].src == CLUSTER_IP
 
 
 # ---------------------------------------------------------------- 4. SYN to a removed backend

@@ -43,7 +43,6 @@ from scapy.packet import Raw
 
 from ebpflb.dataplane import testrun
 from ebpflb.dataplane.bcc_maps import ip_to_be32, lookup_conntrack, read_conntrack
-from ebpflb.dataplane.node_attach import NODE_IF_F_XDP_GENERIC
 from ebpflb.flowhash import FLOW_HASH_SEED, flow_hash
 from ebpflb.lab.nsops import create_netns, in_netns, remove_netns, write_sysctls
 from ebpflb.manifests import parse_documents
@@ -159,15 +158,16 @@ class Node:
         return reconcile(state, self.dp.writer, self.dp.config.map_limits).snapshot
 
     def run(self, hook: str, pkt, dev: str = NODE_DEV) -> testrun.TestRunCtxResult:
-        """Runs a frame through lb4_node_xdp ("xdp"), lb4_node_in ("tc") or lb4_node_out ("out")
+        """Runs a frame through lb4_node_xdp ("xdp"; "xdp-generic": lb4_xdp_generic), lb4_node_in
+        ("tc") or lb4_node_out ("out")
         as if it crossed the node device `dev`, inside the node's namespace."""
         raw = bytes(pkt)
         progs = self.dp.progs
         ifindex = self.ifindexes[dev]
         with in_netns(self.ns):
-            if hook == "xdp":
-                return testrun.test_run_ctx(progs.node_xdp.fd, raw,
-                                            testrun.xdp_ctx(ifindex, len(raw)))
+            if hook in ("xdp", "xdp-generic"):
+                fd = (progs.node_xdp if hook == "xdp" else progs.node_xdp_generic).fd
+                return testrun.test_run_ctx(fd, raw, testrun.xdp_ctx(ifindex, len(raw)))
             prog = {"tc": progs.node_in, "out": progs.node_out}[hook]
             return testrun.test_run_ctx(prog.fd, raw, testrun.skb_ctx(ifindex=ifindex))
 
@@ -696,26 +696,15 @@ def test_xdp_without_a_neighbour_for_the_client_leaves_the_reply_to_tc(node):
 
 # ---------------------------------------------------------------- 9. generic XDP
 
-@pytest.fixture
-def generic_xdp(node):
-    """The node device marked as running its XDP program in generic mode, as NodeAttacher marks
-    it; restored to native at the end."""
-    table = node.bpf[b"lb4_node_ifs"]
-    key = table.Key(node.ifindex)
-    table[key] = table.Leaf(addr=ip_to_be32(NODE_IP), flags=NODE_IF_F_XDP_GENERIC)
-    yield
-    table[key] = table.Leaf(addr=ip_to_be32(NODE_IP), flags=0)
-
-
-def test_generic_xdp_leaves_local_flows_to_tc(node, generic_xdp):
+def test_generic_xdp_leaves_local_flows_to_tc(node):
     """Generic XDP cannot update skb->csum, so a packet it rewrote and passed up would reach a
-    CHECKSUM_COMPLETE device's stack with a stale sum. There XDP leaves flows to local backends
-    untouched to TC (new ones before conntrack, known ones before tracking), and TC translates
-    them once, with its csum helpers."""
+    CHECKSUM_COMPLETE device's stack with a stale sum. Its build of the program (lb4_xdp_generic)
+    leaves flows to local backends untouched to TC (new ones before conntrack, known ones before
+    tracking), and TC translates them once, with its csum helpers."""
     node.program(endpoints=[(LOCAL_BE, "node-0")])
     syn = tcp(CLIENT, 40000, *NODEPORT)
     before = node.stats()
-    res = node.run("xdp", syn)
+    res = node.run("xdp-generic", syn)
     assert (res.retval, res.data) == (XDP_PASS, bytes(syn))
     assert delta(before, node.stats()) == {"xdp_to_tc": 1}
     assert node.ct_count() == 0
@@ -724,7 +713,7 @@ def test_generic_xdp_leaves_local_flows_to_tc(node, generic_xdp):
     assert node.ct_count() == 2
 
     ack = tcp(CLIENT, 40000, *NODEPORT, "A", seq=1001, ack=5001)
-    res = node.run("xdp", ack)
+    res = node.run("xdp-generic", ack)
     assert (res.retval, res.data) == (XDP_PASS, bytes(ack))
     assert node.ct(CLIENT, 40000, *NODEPORT, 6).half_open  # not tracked by XDP
     res = node.run("tc", ack)
@@ -732,34 +721,15 @@ def test_generic_xdp_leaves_local_flows_to_tc(node, generic_xdp):
     assert not node.ct(CLIENT, 40000, *NODEPORT, 6).half_open
 
 
-def test_generic_xdp_still_finishes_remote_flows(node, generic_xdp):
+def test_generic_xdp_still_finishes_remote_flows(node):
     """A flow XDP sends back out (XDP_TX) never goes up the stack, so generic XDP keeps it."""
     node.program(endpoints=[(REMOTE_BE, "node-1")])
     syn = tcp(CLIENT, 40000, *NODEPORT)
     port = node.snat_port(CLIENT, 40000, *NODEPORT, 6)
-    res = node.run("xdp", syn)
+    res = node.run("xdp-generic", syn)
     assert res.retval == XDP_TX
     assert res.data == rewritten(syn, src=NODE_IP, sport=port, dst=REMOTE_BE, dport=8080,
                                  ttl_dec=1, macs=(NODE_MAC, GW_MAC))
-
-
-def test_a_node_device_without_an_address_snats_nothing(node):
-    """NodeAttacher keeps a node device without an IPv4 address in lb4_node_ifs with address 0
-    (for its XDP flags): a backend routed through it is not SNATed to 0.0.0.0 but handed to
-    the stack, as for a device that is not a node device."""
-    table = node.bpf[b"lb4_node_ifs"]
-    key = table.Key(node.ifindex)
-    node.program(endpoints=[(REMOTE_BE, "node-1")])
-    syn = tcp(CLIENT, 40000, *NODEPORT)
-    table[key] = table.Leaf(addr=0, flags=0)
-    try:
-        for hook in HOOKS:
-            node.dp.clear_conntrack()
-            res = node.run(hook, syn)
-            assert (res.retval, res.data) == (PASS[hook], rewritten(syn, dst=REMOTE_BE,
-                                                                    dport=8080)), hook
-    finally:
-        table[key] = table.Leaf(addr=ip_to_be32(NODE_IP), flags=0)
 
 
 @pytest.mark.parametrize("hook", HOOKS)

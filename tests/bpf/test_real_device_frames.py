@@ -755,7 +755,7 @@ def test_xdp_mode_leaves_vlan_frames_alone(site):
     node = site.node
     node.program(endpoints=[(LOCAL_BE, "node-0")])
     with in_netns(site.ns["node"]):
-        assert attach_xdp(NODE_DEV, site.dp.progs.node_xdp, "native") == "native"
+        assert attach_xdp(NODE_DEV, site.dp.progs.xdp_fns(), "native") == "native"
     try:
         with contextlib.ExitStack() as stack:
             backend = stack.enter_context(udp_socket(site.ns["be"], BACKEND_UDP))

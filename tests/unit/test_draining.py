@@ -104,3 +104,41 @@ def test_a_full_sync_that_knows_the_flows_keeps_only_frontends_with_flows(remove
     writer.flows = {12345}  # some other frontend's flows
     outcome = Syncer(writer, ctx=CTX).sync()
     assert outcome.kind == "full" and outcome.applied and not writer.maps[SERVICES]
+
+
+def test_a_frontend_removed_by_a_full_sync_drains_whatever_conntrack_said():
+    """The flows are read before the plan is applied: a connection may start in between, so a
+    frontend the full sync removes drains even when none was seen; the GC releases it."""
+    writer, api = DictWriter(), ApiLike()
+    synced(Syncer(writer, ctx=CTX), api, (SERVICE, "s", service("s")))
+    writer.flows = set()
+    restarted = Syncer(writer, ctx=CTX)  # its store lacks the Service: it goes
+    assert restarted.sync().applied
+    assert list(writer.maps[SERVICES]) == [TCP_KEY] and is_draining(writer.maps[SERVICES][TCP_KEY])
+    assert restarted.release_drained(set()).applied and not writer.maps[SERVICES]
+
+
+LOCAL_LB = {"metadata": {"name": "lb", "namespace": "a"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.5", "externalTrafficPolicy": "Local",
+                     "healthCheckNodePort": 32001,
+                     "ports": [{"name": "web", "port": 80, "targetPort": 8080, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.50"}]}}}
+
+
+def test_the_two_records_of_a_local_policy_frontend_go_together():
+    """Flows from outside to an externalTrafficPolicy Local frontend hold the id of its @external
+    record, but once it drains the programs find them through the record for every client: that
+    one stays while either has flows, and the pair goes together."""
+    writer, api = DictWriter(), ApiLike()
+    ctx = CTX.__class__(CTX.node_name, CTX.proxy_name, ("192.168.200.10",), CTX.external_ip_allow)
+    syncer = Syncer(writer, ctx=ctx)
+    synced(syncer, api, (SERVICE, "lb", LOCAL_LB))
+    synced(syncer, api, (SERVICE, "lb", None))
+    draining = syncer.planner.draining()
+    external = {k: i for k, i in draining.items() if k.scope == 1}
+    # The ClusterIP, and the NodePort and LoadBalancer frontends in both scopes.
+    assert len(external) == 2 and len(draining) == 5
+    pairs = {k: i for k, i in draining.items() if k._replace(scope=1) in external}
+    assert syncer.release_drained(set(external.values())).applied  # flows from outside only
+    assert syncer.planner.draining() == pairs  # the ClusterIP, without flows, went alone
+    assert syncer.release_drained(set()).applied and not writer.maps[SERVICES]

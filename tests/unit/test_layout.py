@@ -30,12 +30,6 @@ def test_service_name_length():
     assert f"#define LB4_SVC_NAME_LEN {SVC_NAME_LEN}" in HEADER
 
 
-def test_node_device_flags():
-    from ebpflb.dataplane.node_attach import NODE_IF_F_XDP_GENERIC
-
-    assert f"#define LB4_NODE_IF_F_XDP_GENERIC {NODE_IF_F_XDP_GENERIC:#x}" in HEADER
-
-
 def defines() -> dict:
     return {name: int(value, 0) for name, value in
             re.findall(r"^#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", HEADER, re.M)}
