@@ -117,11 +117,14 @@ class AgentProcess:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def services(self) -> list:
-        return json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", self.pin_dir).stdout)
+    def services(self, draining: bool = False) -> list:
+        """The frontends in service (`draining`: also those kept only for their open flows)."""
+        views = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", self.pin_dir).stdout)
+        return [v for v in views if draining or not v["draining"]]
 
     def backends(self, frontend: str) -> Optional[List[str]]:
-        """The programmed backend addresses of a frontend, or None when it is not programmed."""
+        """The programmed backend addresses of a frontend in service, or None when it is not
+        (absent, or draining)."""
         for svc in self.services():
             if svc["frontend"] == frontend:
                 return [b["address"] for b in svc["backends"]]

@@ -123,7 +123,8 @@ def test_port_change_keeps_open_connections_until_they_close(lab, tmp_path):
             for _ in range(5):
                 conn.request("GET", "/")
                 assert conn.getresponse().read().decode().strip() == first
-            old = [s for s in agent.services() if s["frontend"] == f"{WEB_VIP}:80/TCP"]
+            old = [s for s in agent.services(draining=True)
+                   if s["frontend"] == f"{WEB_VIP}:80/TCP"]
             assert [(s["draining"], s["backends"]) for s in old] == [(True, [])]
             refused = lablib.run_in_pod(lab.name, "client", [
                 "curl", "-sS", "--max-time", "2", f"http://{WEB_VIP}:80/"], timeout=10)
@@ -131,8 +132,9 @@ def test_port_change_keeps_open_connections_until_they_close(lab, tmp_path):
             assert who(lab.name, "client", f"http://{WEB_VIP}:8081/") in {"web-1", "web-2", "web-3"}
         finally:
             conn.close()
-        wait_until(lambda: agent.backends(f"{WEB_VIP}:80/TCP") is None, 15,
-                   "the drained frontend to be released")
+        wait_until(lambda: f"{WEB_VIP}:80/TCP" not in {
+            s["frontend"] for s in agent.services(draining=True)}, 15,
+            "the drained frontend to be released")
         assert "draining frontends released" in agent.log()
     finally:
         agent.stop()
