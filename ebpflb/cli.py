@@ -551,12 +551,21 @@ def ct_flush(services: List[str], pin_dir: str) -> None:
 @click.argument("protocol", type=click.Choice(["tcp", "udp"], case_sensitive=False))
 @click.option("--from-outside", "outside", is_flag=True,
               help="The flow arrives on a node device from outside the cluster (default: from a "
-                   "pod).")
+                   "pod). Backends routed through a node device are shown SNATed and forwarded.")
+@click.option("--tcp-flags", default="S", show_default=True, metavar="LETTERS",
+              help="The TCP flags of the packet, as scapy writes them (S, A, F, R, P...): which "
+                   "packet of the flow is explained.")
+@click.option("--device", "ifname", metavar="IFNAME",
+              help="The device the packet arrives on, in this network namespace: a pod device's "
+                   "listed addresses and the flow's device binding are checked.")
 @output_option
 @pin_dir_option
-def explain(src: str, dst: str, protocol: str, outside: bool, output: str, pin_dir: str) -> None:
-    """Predict where a flow SRC (ip:port) -> DST (ip:port) PROTOCOL goes, from the programmed maps:
-    the frontend, algorithm, hash, slot and backend, and whether a conntrack entry decides."""
+@netns_option
+def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
+            ifname: Optional[str], output: str, pin_dir: str, netns: Optional[str]) -> None:
+    """Predict where a flow SRC (ip:port) -> DST (ip:port) PROTOCOL goes, from the programmed maps,
+    conntrack and the routes, as the program on that device decides: the frontend, algorithm,
+    hash, slot and backend, and whether a conntrack entry decides."""
     import time
 
     from .apply import read_snapshot
@@ -564,13 +573,15 @@ def explain(src: str, dst: str, protocol: str, outside: bool, output: str, pin_d
     from .dataplane.loader import DataplaneError
     from .explain import (AffinityView, ConntrackView, explain as explain_flow, parse_flow, render,
                           reply_key)
-    from .maps import CT_F_SRC_NAT, SERVICES, SVC_F_ETP_LOCAL, SvcKey
+    from .dataplane.explain_inputs import device as explain_device
+    from .maps import BACKENDS, CT_F_SRC_NAT, SERVICES, SVC_F_ETP_LOCAL, SvcKey
 
     try:
-        flow = parse_flow(src, dst, protocol)
+        flow = parse_flow(src, dst, protocol, tcp_flags.upper())
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     _require_root()
+    _enter(netns)  # the devices and routes of the node; the pins stay visible
     try:
         writer = _writer(_config(pin_dir))
     except DataplaneError as exc:
@@ -579,12 +590,13 @@ def explain(src: str, dst: str, protocol: str, outside: bool, output: str, pin_d
     now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
 
     def view(entry):
-        # The device is not known here (ifindex 0): the device binding is not checked.
+        # Without --device, ifindex 0: the device binding is not checked.
         return ConntrackView(f"{entry.nat_addr}:{entry.nat_port}", entry.backend_id,
                              (now - entry.created_ns) / 1e9, (now - entry.last_seen_ns) / 1e9,
                              f"{entry.nat2_addr}:{entry.nat2_port}"
                              if entry.flags & CT_F_SRC_NAT else None,
-                             flags=entry.flags, half_open=entry.half_open)
+                             flags=entry.flags, half_open=entry.half_open,
+                             ifindex=entry.ifindex if ifname else 0)
 
     entry = lookup_conntrack(writer.bpf, flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
     ct = affinity = None
@@ -603,7 +615,12 @@ def explain(src: str, dst: str, protocol: str, outside: bool, output: str, pin_d
     bound = lookup_affinity(writer.bpf, svc.svc_id, flow.saddr) if svc else None
     if bound is not None:
         affinity = AffinityView(bound[0], (now - bound[1]) / 1e9)
-    result = explain_flow(snapshot, flow, ct, affinity, outside, ct_table=table)
+    backends = {b.addr for b in snapshot[BACKENDS].values() if svc and b.svc_id == svc.svc_id}
+    try:
+        dev = explain_device(writer.bpf, ifname, outside, backends)
+    except OSError as exc:
+        raise click.BadParameter(f"{ifname}: {exc.strerror or exc}", param_hint="--device") from exc
+    result = explain_flow(snapshot, flow, ct, affinity, device=dev, ct_table=table)
     click.echo(json.dumps(result.to_json(), indent=2) if output == "json" else render(result))
 
 

@@ -183,6 +183,7 @@ class CtEntry:
     # packets leave with; reply entry: the client the replies go back to.
     nat2_addr: str = "0.0.0.0"
     nat2_port: int = 0
+    ifindex: int = 0  # forward entries: the device whose packet created the flow
 
 
 def _ct_entry(k: Any, v: Any, half_open: bool) -> CtEntry:
@@ -192,7 +193,7 @@ def _ct_entry(k: Any, v: Any, half_open: bool) -> CtEntry:
         PROTO_NAMES.get(k.proto, str(k.proto)),
         be32_to_ip(v.nat_addr), be16_to_port(v.nat_port), v.svc_id, v.backend_id,
         v.created_ns, v.last_seen_ns, v.flags, half_open, be32_to_ip(v.nat2_addr),
-        be16_to_port(v.nat2_port))
+        be16_to_port(v.nat2_port), v.ifindex)
 
 
 def read_conntrack(bpf: Any) -> List[CtEntry]:

@@ -33,6 +33,7 @@ end, and the module leaves the shared data plane without frontends or conntrack 
 """
 import socket
 import subprocess
+import sys
 from ipaddress import IPv4Address
 
 import pytest
@@ -775,6 +776,38 @@ def test_conntrack_view_of_a_snat_flow(node):
         ("forward", CLIENT, 40000, NODE_IP, 30080, REMOTE_BE, 8080, NODE_IP, port),
         ("reply", REMOTE_BE, 8080, NODE_IP, port, NODE_IP, 30080, CLIENT, 40000),
     }
+
+
+def explain_cli(node, *args):
+    """`ebpflb explain ... -o json` in the node's namespace (its routes and devices)."""
+    import json
+
+    r = subprocess.run([sys.executable, "-m", "ebpflb.cli", "explain", *args, "-o", "json",
+                        "--netns", node.ns, "--pin-dir", node.dp.config.pin_dir],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_explain_cli_follows_the_program_on_a_node_device(node):
+    """`ebpflb explain --from-outside` looks up the route to each backend as the program does: a
+    backend on another node is shown SNATed to the node device's address and forwarded, with the
+    port the program will take; `--tcp-flags A` explains a packet without state (dropped: no
+    SNAT port for the replies); an existing flow is shown as the program will treat it."""
+    node.program(endpoints=[(REMOTE_BE, "node-1")])
+    port = node.snat_port(CLIENT, 40000, *NODEPORT, 6)
+    flow = (f"{CLIENT}:40000", f"{NODE_IP}:30080", "tcp", "--from-outside", "--device", NODE_DEV)
+    e = explain_cli(node, *flow)
+    assert (e["verdict"], e["backend"], e["source"]) == ("forward", f"{REMOTE_BE}:8080",
+                                                         f"{NODE_IP}:{port}"), e["reason"]
+    assert explain_cli(node, *flow, "--tcp-flags", "A")["verdict"] == "drop"
+    node.run("tc", tcp(CLIENT, 40000, *NODEPORT))
+    e = explain_cli(node, *flow, "--tcp-flags", "A")
+    assert (e["verdict"], e["source"]) == ("forward", f"{NODE_IP}:{port}"), e["reason"]
+    r = subprocess.run([sys.executable, "-m", "ebpflb.cli", "explain", *flow[:3], "--device",
+                        "nosuch0", "--netns", node.ns, "--pin-dir", node.dp.config.pin_dir],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--device" in r.stderr and "nosuch0" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- more edges of the remote path

@@ -139,7 +139,7 @@ def test_agent_sigkill_and_restart_under_traffic_from_outside(lab2, tmp_path):
 
     text = np_service("web", "10.96.1.1", 30080, node1_pods(1, 2))
     common = ["--metrics-address", "", "--health-address", "", "--node-device", "eth0",
-              "--node-mode", "xdp"]
+              "--node-mode", "xdp", "--ct-gc-interval", "0.5"]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     agents = []
@@ -151,6 +151,9 @@ def test_agent_sigkill_and_restart_under_traffic_from_outside(lab2, tmp_path):
     wait_until(lambda: agents[0].backends(f"{NODE_ADDRS[0]}:30080/TCP") == ["10.244.1.11",
                                                                            "10.244.1.12"],
                15, "the NodePort")
+    # The harness's first manifest's frontends drained (no flows): released before the test.
+    wait_until(lambda: not any(s["draining"] for s in agents[0].services(draining=True)), 15,
+               "the first manifest's frontends to be released")
     ext = f"{lab2}-ext"
     kept = KeptConnections(ext, NODE_ADDRS[0], 30080, count=4, interval=0.25, seconds=12)
     load = NewConnections(ext, NODE_ADDRS[0], 30080, rate=40, seconds=12)

@@ -1,0 +1,51 @@
+"""What `ebpflb explain` reads from the kernel besides the control-plane maps (the kernel edge of
+ebpflb.explain): the device a packet arrives on (a pod device's listed addresses, from
+lb4_pod_addrs) and which backends are routed through a node device (the FIB, as the programs'
+bpf_fib_lookup sees it, and lb4_node_ifs), so the explanation follows the program's path."""
+import socket
+from typing import Any, Dict, Iterable, Optional
+
+from ..explain import NODE, POD, Device
+from .bcc_maps import be32_to_ip
+
+
+def pod_addresses(bpf: Any, ifindex: int) -> Optional[frozenset]:
+    """The addresses lb4_pod_addrs lists for a pod device; None when the device is not listed
+    (every source passes there)."""
+    addrs, listed = set(), False
+    for key in bpf[b"lb4_pod_addrs"].keys():
+        if key.ifindex != ifindex:
+            continue
+        if key.addr == 0:
+            listed = True  # the agent's marker: this device's addresses are known
+        else:
+            addrs.add(be32_to_ip(key.addr))
+    return frozenset(addrs) if listed else None
+
+
+def remote_backends(bpf: Any, ipr: Any, backends: Iterable[str]) -> Dict[str, str]:
+    """Backend address -> the address of the node device its route leaves by (what a flow to it
+    from outside is SNATed to), for the backends routed through a node device."""
+    node_ifs = {key.value: be32_to_ip(value.addr) for key, value in bpf[b"lb4_node_ifs"].items()}
+    out = {}
+    for addr in backends:
+        try:
+            route = ipr.route("get", dst=addr)[0]
+        except Exception:  # noqa: BLE001 - netlink: no route is an answer too (then: local)
+            continue
+        oif = route.get_attr("RTA_OIF")
+        if oif in node_ifs:
+            out[addr] = node_ifs[oif]
+    return out
+
+
+def device(bpf: Any, ifname: Optional[str], outside: bool, backends: Iterable[str]) -> Device:
+    """The explain Device for a packet arriving on `ifname` (None: not known), from outside the
+    cluster (a node device) or from a pod."""
+    from pyroute2 import IPRoute
+
+    ifindex = socket.if_nametoindex(ifname) if ifname else 0
+    if not outside:
+        return Device(POD, ifindex, pod_addresses(bpf, ifindex) if ifindex else None)
+    with IPRoute() as ipr:
+        return Device(NODE, ifindex, None, remote_backends(bpf, ipr, backends))
