@@ -212,19 +212,19 @@ static __always_inline int ct4_reply_held(struct ct4_key *rev, const struct pkt4
 	return ct4_idle(last, now) <= ct4_lifetime_of(r->flags, p->proto);
 }
 
-/* A backend's SYN-ACK on the reply tuple of a flow that closed: the client now talks to the
- * backend directly from the same port (no frontend), so this is not a reply to translate. A new
- * flow through the frontend on that tuple would have replaced both entries. */
+/* A backend's SYN-ACK on the reply tuple of a flow whose client closed it: the client now talks
+ * to the backend directly from the same port (no frontend), so this is not a reply to translate.
+ * Judged by the forward entry: a new flow through the frontend on that tuple would have replaced
+ * it (and put both entries in ct4_syn, `half_open`: a new flow's SYN-ACK costs nothing more), and
+ * a client reusing its port after the backend's RST keeps the old, still live, forward entry. */
 static __always_inline int ct4_reply_of_closed(const struct pkt4 *p, const struct ct4_key *rk,
-					       const struct ct4_entry *r)
+					       const struct ct4_entry *r, int half_open)
 {
 	struct ct4_entry *f;
 	struct ct4_key fk;
 
-	if (p->proto != IPPROTO_TCP || !(p->tcp_flags & TCP_FL_SYN))
+	if (half_open || p->proto != IPPROTO_TCP || !(p->tcp_flags & TCP_FL_SYN))
 		return 0;
-	if (r->flags & CT_F_CLOSING)
-		return 1;
 	fk.saddr = ct4_src_nat(r->flags) ? r->nat2_addr : rk->daddr;
 	fk.sport = ct4_src_nat(r->flags) ? r->nat2_port : rk->dport;
 	fk.daddr = r->nat_addr;

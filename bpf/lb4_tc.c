@@ -159,6 +159,7 @@ int lb4_to_pod(struct __sk_buff *skb)
 	struct pkt4 p = {};
 	struct ct4_key rk;
 	struct ct4_entry *ct;
+	int half_open;
 	int r;
 
 	lb4_pull_headers(skb);
@@ -173,8 +174,8 @@ int lb4_to_pod(struct __sk_buff *skb)
 		return lb4_pass_verdict(r);
 
 	ct4_key_of(&p, CT_DIR_REPLY, &rk);
-	ct = ct4_find(&rk);
-	if (!ct || ct4_reply_of_closed(&p, &rk, ct))
+	ct = ct4_find_half_open(&rk, &half_open);
+	if (!ct || ct4_reply_of_closed(&p, &rk, ct, half_open))
 		return lb4_pass_verdict(PARSE_NOT_OURS);
 	/* Replies never expire an entry here: the agent's GC ages a flow by both directions. */
 	ct4_track(ct, &p, bpf_ktime_get_ns());
@@ -380,6 +381,7 @@ int lb4_node_out(struct __sk_buff *skb)
 	struct ct4_entry *ct;
 	struct ct4_key rk;
 	struct pkt4 p = {};
+	int half_open;
 	int r;
 
 	if (skb_of_a_vlan(skb))
@@ -400,11 +402,11 @@ int lb4_node_out(struct __sk_buff *skb)
 	if (r != PARSE_OK)
 		return TC_ACT_OK;
 	ct4_key_of(&p, CT_DIR_REPLY, &rk);
-	ct = ct4_find(&rk);
+	ct = ct4_find_half_open(&rk, &half_open);
 	/* Only replies of flows from outside to this node's backends; a pod's own flows are
 	 * translated at its device, and SNAT flows on ingress. */
 	if (!ct || (ct->flags & (CT_F_EXTERNAL | CT_F_SNAT)) != CT_F_EXTERNAL ||
-	    ct4_reply_of_closed(&p, &rk, ct))
+	    ct4_reply_of_closed(&p, &rk, ct, half_open))
 		return TC_ACT_OK;
 	ct4_track(ct, &p, bpf_ktime_get_ns());
 	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||

@@ -63,7 +63,7 @@ struct lb4_src_range_key {
  * backend through a node device means the backend is remote. */
 struct lb4_node_if {
 	__be32 addr;
-	__u32 flags;
+	__u32 flags;	/* 0, reserved (kept so the pinned map's value size stays) */
 };
 
 /* One selection slot of a frontend; the value is a backend id in lb4_backends. */

@@ -311,8 +311,8 @@ def compute_plan(desired: DesiredState, current: Snapshot,
                  defaults: PlanDefaults = PlanDefaults(),
                  live_svc_ids: Optional[AbstractSet[int]] = None) -> Plan:
     """The plan of a full sync: the whole desired state against what the maps hold. A TCP
-    frontend that goes away drains (ebpflb.draining) if it has open flows (`live_svc_ids`, the
-    service ids conntrack holds; None when not known: every one drains)."""
+    frontend that goes away drains (ebpflb.draining); one already draining goes when
+    `live_svc_ids` (the service ids conntrack holds, when known) has no flow of it."""
     from .planner import Planner
 
     planner = Planner(limits, defaults)

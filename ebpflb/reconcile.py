@@ -37,7 +37,11 @@ def reconcile(desired: DesiredState, writer: MapWriter, limits: Optional[Mapping
     apply_plan(plan, writer)
     log.info("applied %d map writes: %s", len(plan), plan.counts())
     after = apply_to(current, plan)
-    live = _flows(writer, after)
+    try:
+        live = _flows(writer, after)
+    except OSError as exc:  # the desired state is in; the release waits for the next sync
+        log.warning("conntrack not read: draining frontends stay: %s", exc)
+        live = None
     if live is not None:
         released = compute_plan(desired, after, limits, defaults, live)
         if released:

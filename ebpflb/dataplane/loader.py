@@ -31,7 +31,8 @@ MAPS_FILE = "lb_maps.c"
 PROG_FROM_POD = "lb4_from_pod"
 PROG_TO_POD = "lb4_to_pod"
 PROG_NODE_XDP = "lb4_node_xdp"
-PROG_NODE_XDP_GENERIC = "lb4_xdp_generic"  # the same for generic XDP (15 characters: the kernel's limit)
+# The same for generic XDP. Names are cut at 15 characters by the kernel (cleanup matches them).
+PROG_NODE_XDP_GENERIC = "lb4_xdp_generic"
 PROG_NODE_IN = "lb4_node_in"
 PROG_NODE_OUT = "lb4_node_out"
 

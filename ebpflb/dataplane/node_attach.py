@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 
 from .attach import Program, attach, links, matches
 from .libbpf import prog_name
+from .loader import PROG_NODE_XDP, PROG_NODE_XDP_GENERIC
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ NODE_MODES = ("xdp", "tc")
 XDP_MODES = ("auto", "native", "generic")
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_PROG_NAMES = ("lb4_node_xdp", "lb4_xdp_generic")  # native, generic (loader.PROG_NODE_XDP*)
+XDP_PROG_NAMES = (PROG_NODE_XDP, PROG_NODE_XDP_GENERIC)  # ours, by name
 # IFLA_XDP_ATTACHED, as a number or as pyroute2 decodes it.
 _ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", "xdp": "native",
                    "xdpgeneric": "generic", "xdpoffload": "offload"}

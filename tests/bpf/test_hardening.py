@@ -362,6 +362,22 @@ def test_one_client_port_to_two_frontends_of_one_backend(node):
                                                           f"{POD_CLIENT}:{port}"), e["reason"]
 
 
+def test_a_port_reused_after_the_backends_rst_connects_through_the_frontend(node):
+    """The backend reset a flow (only its reply entry is closing); the client reuses the port
+    through the ClusterIP: the flow goes on (its forward entry is live) and the backend's SYN-ACK
+    is translated, as it always was. (A review caught this regressing in d28b204.)"""
+    node.program(endpoints=[(LOCAL_BE, "node-0")])
+    for flags in ("S", "A"):
+        run_pod(node, "in", pod_tcp(POD_CLIENT, 40000, CLUSTER_IP, 80, flags))
+    rst = (Ether(src=POD_MAC[1], dst=POD_MAC[0]) / IP(src=LOCAL_BE, dst=POD_CLIENT)
+           / TCP(sport=8080, dport=40000, flags="R"))
+    run_pod(node, "out", rst)
+    assert Ether(run_pod(node, "in", pod_tcp(POD_CLIENT, 40000, CLUSTER_IP, 80)).data)[IP].dst == LOCAL_BE
+    synack = (Ether(src=POD_MAC[1], dst=POD_MAC[0]) / IP(src=LOCAL_BE, dst=POD_CLIENT)
+              / TCP(sport=8080, dport=40000, flags="SA", seq=9000, ack=1001))
+    assert Ether(run_pod(node, "out", synack).data)[IP].src == CLUSTER_IP
+
+
 def test_a_flow_with_a_port_of_its_own_that_lost_its_state_is_not_sent_on_anothers_tuple(node):
     """Two TCP flows from one client port to two frontends of one backend, the second with a
     port of its own; its forward entry is then lost (an eviction). Its next packet cannot be

@@ -45,3 +45,11 @@ def test_conntrack_and_frontend_flags():
     for name in ("SVC_F_MAGLEV", "SVC_F_ETP_LOCAL", "SVC_F_SRC_RANGES", "SVC_F_DRAINING"):
         assert getattr(maps, name) == c["LB4_" + name], name
     assert maps.BE_F_NO_NEW == c["LB4_BE_F_NO_NEW"]
+
+
+def test_program_names_fit_the_kernel():
+    """The kernel keeps 15 characters of a program's name; cleanup recognises ours by it."""
+    from ebpflb.dataplane import loader
+
+    names = {n: v for n, v in vars(loader).items() if n.startswith("PROG_")}
+    assert names and all(len(v) <= 15 for v in names.values()), names
