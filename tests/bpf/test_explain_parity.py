@@ -386,6 +386,7 @@ PRE_STATES = {
     "removed": "its SYN went; then the backend it got was removed from the Service",
     "port-nat": "the same client and port went to another frontend, then its SYN (a new port)",
     "port-nat-reply": "as port-nat; the packet is the reply to what the program made of it",
+    "port-nat-lost": "as port-nat, then its forward entry evicted",
     "drained": "SYN, ACK, then its Service was deleted (a TCP frontend drains)",
 }
 
@@ -451,6 +452,8 @@ CASES = [
          note="a live flow of another frontend holds the reply tuple: a new source port"),
     case("pod0", POD_CLIENT, 40037, SOLO_B, "TCP", "A", "port-nat",
          note="a flow with a source port of its own, established"),
+    case("pod0", POD_CLIENT, 40090, SOLO_B, "TCP", "A", "port-nat-lost",
+         note="a flow with a port of its own lost its state: not sent on the other's tuple"),
     case("pod0", POD_CLIENT, 40038, SELF_B, "TCP", "S", "other-fe",
          note="a pod reaching itself, its reply tuple held: no port to move, dropped"),
     case(NODE_DEV, CLIENT, 40127, SOLO_B_NP, "TCP", "S", "other-fe",
@@ -604,7 +607,7 @@ def check(w: World, c: Case) -> Explanation:
         first = replace(flow, tcp_flags="S") if flow.protocol == "TCP" else flow
         if c.pre == "other-dev":
             w.run(OTHER_DEV[dev], frame(replace(c, dev=OTHER_DEV[dev]), first))
-        if c.pre in ("other-fe", "port-nat", "port-nat-reply"):
+        if c.pre in ("other-fe", "port-nat", "port-nat-reply", "port-nat-lost"):
             other = OTHER_FE.get((c.dst, c.dport), WEB_DNS if c.proto == "UDP" else WEB)
             w.run(dev, frame(c, replace(first, daddr=other[0], dport=other[1])))
         if c.pre == "sibling":
@@ -617,7 +620,7 @@ def check(w: World, c: Case) -> Explanation:
                 w.run(dev, frame(c, replace(flow, tcp_flags="R")))
             if c.pre == "expired":
                 w.age_all(300)
-            if c.pre in ("lost", "lost-est"):
+            if c.pre in ("lost", "lost-est", "port-nat-lost"):
                 w.forget(flow)
             # Nothing to answer or remove when the first packet went nowhere: the packet under
             # test is then the flow's own, on a world unchanged.
@@ -671,7 +674,8 @@ def test_explain_matches_every_decision_of_the_programs(parity_world):
 N_SWEEP = 2000
 SWEEP_FLAGS = ["S"] * 4 + ["A"] * 3 + ["PA", "SA", "R", "F", "FA"]
 SWEEP_PRE = ["none"] * 3 + ["syn", "est", "closed", "expired", "lost", "lost-est", "other-dev",
-                            "other-fe", "sibling", "reply", "port-nat", "port-nat-reply"]
+                            "other-fe", "sibling", "reply", "port-nat", "port-nat-reply",
+                            "port-nat-lost"]
 
 
 def sweep_cases(snapshot, n: int, seed: str) -> List[Case]:
