@@ -126,6 +126,26 @@ static __always_inline void ct4_reply_key(const struct ct4_key *fwd, const struc
 	rev->pad = 0;
 }
 
+/* The forward key of a flow from its reply key and reply entry: the client to the frontend. The
+ * client is where the replies go, unless its source was rewritten (then nat2 keeps it) or it
+ * reached itself (the replies go to the hairpin address, from its own). */
+static __always_inline void ct4_fwd_key_of(const struct ct4_key *rk, const struct ct4_entry *r,
+					   struct ct4_key *fk)
+{
+	if (ct4_src_nat(r->flags)) {
+		fk->saddr = r->nat2_addr;
+		fk->sport = r->nat2_port;
+	} else {
+		fk->saddr = (r->flags & CT_F_HAIRPIN) ? rk->saddr : rk->daddr;
+		fk->sport = rk->dport;
+	}
+	fk->daddr = r->nat_addr;
+	fk->dport = r->nat_port;
+	fk->proto = rk->proto;
+	fk->dir = CT_DIR_FWD;
+	fk->pad = 0;
+}
+
 /* Whether a forward entry's backend is still the one its id names. A half-open flow to a removed
  * backend (a pod on a dead node) would otherwise keep every retransmitted SYN going there. */
 static __always_inline int ct4_backend_alive(const struct ct4_entry *e)
@@ -199,13 +219,7 @@ static __always_inline int ct4_reply_held(struct ct4_key *rev, const struct pkt4
 	/* Aged by both entries: a one-way flow (UDP to a server that never answers) refreshes only
 	 * its forward entry, keyed client -> its frontend. */
 	last = r->last_seen_ns;
-	fk.saddr = rev->daddr;
-	fk.daddr = r->nat_addr;
-	fk.sport = rev->dport;
-	fk.dport = r->nat_port;
-	fk.proto = rev->proto;
-	fk.dir = CT_DIR_FWD;
-	fk.pad = 0;
+	ct4_fwd_key_of(rev, r, &fk);
 	f = ct4_find(&fk);
 	if (f && f->nat_addr == rev->saddr && f->nat_port == rev->sport && f->last_seen_ns > last)
 		last = f->last_seen_ns;
@@ -225,13 +239,7 @@ static __always_inline int ct4_reply_of_closed(const struct pkt4 *p, const struc
 
 	if (half_open || p->proto != IPPROTO_TCP || !(p->tcp_flags & TCP_FL_SYN))
 		return 0;
-	fk.saddr = ct4_src_nat(r->flags) ? r->nat2_addr : rk->daddr;
-	fk.sport = ct4_src_nat(r->flags) ? r->nat2_port : rk->dport;
-	fk.daddr = r->nat_addr;
-	fk.dport = r->nat_port;
-	fk.proto = p->proto;
-	fk.dir = CT_DIR_FWD;
-	fk.pad = 0;
+	ct4_fwd_key_of(rk, r, &fk);
 	f = ct4_find(&fk);
 	return f && (f->flags & CT_F_CLOSING);
 }

@@ -106,13 +106,7 @@ static __always_inline int snat_port_state(struct ct4_key *k, __u64 now)
 		return SNAT_PORT_FREE;
 	last = e->last_seen_ns;
 	flags = e->flags;
-	fk.saddr = e->nat2_addr;
-	fk.daddr = e->nat_addr;
-	fk.sport = e->nat2_port;
-	fk.dport = e->nat_port;
-	fk.proto = k->proto;
-	fk.dir = CT_DIR_FWD;
-	fk.pad = 0;
+	ct4_fwd_key_of(k, e, &fk);
 	f = ct4_find(&fk);
 	if (f && ct4_src_nat(f->flags) && f->nat2_addr == k->daddr && f->nat2_port == k->dport &&
 	    f->nat_addr == k->saddr && f->nat_port == k->sport) {

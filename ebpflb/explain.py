@@ -211,6 +211,17 @@ def reply_key(flow: Flow, e: ConntrackView) -> CtKey:
     return CtKey(addr, port, daddr, dport, flow.proto, True)
 
 
+def fwd_key_of(rk: CtKey, r: ConntrackView) -> CtKey:
+    """ct4_fwd_key_of: the forward key of a flow from its reply key and reply entry."""
+    flags = r.flags or 0
+    if flags & CT_F_SRC_NAT:
+        saddr, sport = _split(r.snat)
+    else:
+        saddr, sport = (rk.saddr if flags & CT_F_HAIRPIN else rk.daddr), rk.dport
+    naddr, nport = _split(r.backend)
+    return CtKey(saddr, sport, naddr, nport, rk.proto)
+
+
 def source_allowed(snapshot, svc_id: int, saddr: str) -> bool:
     """The data path's LPM lookup: does any of the frontend's source ranges hold the address?"""
     addr = ipaddress.IPv4Address(saddr)
@@ -300,8 +311,7 @@ class _Decision:
         if r.flags & CT_F_CLOSING:
             return False
         idle = r.idle_seconds
-        naddr, nport = _split(r.backend)
-        f = self.table.get(CtKey(rev.daddr, rev.dport, naddr, nport, rev.proto))
+        f = self.table.get(fwd_key_of(rev, r))
         if f is not None and f.backend == _endpoint(rev.saddr, rev.sport):
             idle = min(idle, f.idle_seconds)
         return idle <= self.lifetime(r.flags, self.flow.proto)
@@ -330,9 +340,7 @@ class _Decision:
         if e.flags is None:
             return "busy"
         idle, flags = e.idle_seconds, e.flags
-        caddr, cport = _split(e.snat)
-        naddr, nport = _split(e.backend)
-        f = self.table.get(CtKey(caddr, cport, naddr, nport, key.proto))
+        f = self.table.get(fwd_key_of(key, e))
         if (f is not None and (f.flags or 0) & CT_F_SRC_NAT and
                 f.snat == _endpoint(key.daddr, key.dport) and
                 f.backend == _endpoint(key.saddr, key.sport)):

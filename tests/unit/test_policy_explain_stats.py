@@ -13,6 +13,8 @@ from ebpflb.plan import PlanDefaults, apply_to, compute_plan
 from ebpflb.policy import LbPolicy, parse_policy
 from ebpflb.stats import Counters, build_stats, render_table, to_json, with_rates
 
+from .test_frontend_kinds import text as service_text
+
 pytestmark = pytest.mark.unit
 
 BACKENDS = tuple(Backend(f"10.244.0.{i}", 8080) for i in (11, 12, 13))
@@ -165,24 +167,7 @@ def _world(local=False, ranges=(), typ="NodePort"):
         extra += f"  loadBalancerSourceRanges: [{', '.join(ranges)}]\n"
     status = ("status: {loadBalancer: {ingress: [{ip: 192.168.200.200}]}}\n"
               if typ == "LoadBalancer" else "")
-    text = f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: demo}}
-spec:
-  type: {typ}
-  clusterIP: 10.96.0.10
-{extra}  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}}]
-{status}---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web-a, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080, protocol: TCP}}]
-endpoints:
-- {{addresses: [10.244.0.11], nodeName: node-0, conditions: {{ready: true}}}}
-- {{addresses: [10.244.1.11], nodeName: node-1, conditions: {{ready: true}}}}
-"""
+    text = service_text(extra.rstrip("\n"), status, typ)
     m = parse_documents(text, "x.yaml")
     state = desired_state(m.services, m.slices, node_name="node-0",
                           node_addresses=["192.168.200.10"])
