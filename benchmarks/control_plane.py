@@ -154,6 +154,7 @@ class Agent:
             [sys.executable, "-m", "ebpflb.cli", "agent",
              "--netns", ns.name, *source_args, "--pin-dir", self.pin_dir, "--on-exit", "remove",
              "--device", "bcpnone*", "--metrics-address", "", "--health-address", "",
+             "--socket-lb", "off",
              "--ready-file", str(self.ready_file), "--ct-max", "16384", "--ct-syn-max", "16384",
              "--max-services", str(self.sizes["max_services"]),
              "--max-backends", str(self.sizes["max_backends"]),

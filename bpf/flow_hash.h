@@ -44,4 +44,17 @@ static __always_inline __u32 flow_hash4(const struct pkt4 *p)
 	return fh_fmix(h ^ 16);
 }
 
+/* The hash of a socket balanced at connect() time, whose source port is not chosen yet: its
+ * cookie (unique per socket) stands for the client's address and port. */
+static __always_inline __u32 sock_hash4(__u64 cookie, __be32 daddr, __be16 dport, __u8 proto)
+{
+	__u32 h = FLOW_HASH_SEED;
+
+	h = fh_mix(h, (__u32)cookie);
+	h = fh_mix(h, (__u32)(cookie >> 32));
+	h = fh_mix(h, bpf_ntohl(daddr));
+	h = fh_mix(h, ((__u32)bpf_ntohs(dport) << 16) | proto);
+	return fh_fmix(h ^ 16);
+}
+
 #endif

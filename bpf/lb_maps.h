@@ -49,6 +49,10 @@
 #ifndef LB4_MAX_POD_ADDRS
 #define LB4_MAX_POD_ADDRS 65536
 #endif
+/* Sockets balanced at connect() or sendmsg() time, remembered for getpeername() and replies. */
+#ifndef LB4_SOCK_MAX_ENTRIES
+#define LB4_SOCK_MAX_ENTRIES 262144
+#endif
 #ifndef CT4_SYN_MAX_ENTRIES
 #define CT4_SYN_MAX_ENTRIES 65536
 #endif
@@ -112,6 +116,15 @@ BPF_TABLE_PINNED("lru_hash", struct frag4_key, struct frag4_nat, frag4, FRAG4_MA
 /* The addresses each pod device may send from (struct lb4_pod_addr_key); written by the agent. */
 BPF_TABLE_PINNED("hash", struct lb4_pod_addr_key, __u32, lb4_pod_addrs, LB4_MAX_POD_ADDRS,
 		 EBPFLB_PIN_DIR "/lb4_pod_addrs", BPF_F_NO_PREALLOC);
+/* Sockets the cgroup hooks translated (struct lb4_sock_key). LRU: a socket's cookie is never
+ * reused, so the entries of closed sockets only wait to be evicted. */
+BPF_TABLE_PINNED("lru_hash", struct lb4_sock_key, struct lb4_sock_nat, lb4_sock_nat,
+		 LB4_SOCK_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb4_sock_nat");
+/* Session affinity of the sockets the cgroup hooks balance, per (frontend, network namespace). */
+BPF_TABLE_PINNED("lru_hash", struct lb4_sock_affinity_key, struct lb4_affinity, lb4_sock_affinity,
+		 LB4_AFFINITY_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb4_sock_affinity");
+/* Socket load balancing settings, written by the agent before it attaches the cgroup hooks. */
+BPF_TABLE_PINNED("array", __u32, struct lb_sock_cfg, lb_sock_cfg, 1, EBPFLB_PIN_DIR "/lb_sock_cfg");
 /* Global verdict counters. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_stats, STAT_MAX, EBPFLB_PIN_DIR "/lb_stats");
 /* Per-frontend and per-backend traffic, indexed by id (ids are below the map limits; 0 unused).

@@ -98,6 +98,46 @@ struct lb4_affinity {
 	__u32 pad;
 };
 
+/* Session affinity of sockets balanced at connect() time (lb4_sock.c): the client is its network
+ * namespace, as its address is not chosen yet when the hook runs. */
+struct lb4_sock_affinity_key {
+	__u32 svc_id;
+	__u32 pad;
+	__u64 netns_cookie;
+};
+
+/* A socket the cgroup hooks sent to a backend instead of a frontend, by its cookie and the
+ * backend's address: what getpeername() and a UDP reply's source become (the frontend), and
+ * which sockets to close when the backend leaves its Service. */
+struct lb4_sock_key {
+	__u64 cookie;
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct lb4_sock_nat {
+	__be32 vip;
+	__be16 port;
+	__u16 pad;
+	__u32 svc_id;
+	__u32 backend_id;
+};
+
+/* Socket load balancing (lb_sock_cfg[0]): whose sockets the cgroup hooks translate. OFF keeps
+ * the hooks attached but idle; HOST_ONLY leaves pods' sockets to the TC programs (service
+ * meshes that need to see the frontend address). */
+#define LB_SOCK_OFF 0
+#define LB_SOCK_ALL 1
+#define LB_SOCK_HOST_ONLY 2
+
+struct lb_sock_cfg {
+	__u64 host_netns_cookie;	/* the node's network namespace, for HOST_ONLY */
+	__u32 mode;		/* LB_SOCK_* */
+	__u32 pad;
+};
+
 /* Direction of a conntrack entry: the client's packets, or the backend's replies. */
 #define CT_DIR_FWD 0
 #define CT_DIR_REPLY 1
@@ -240,6 +280,10 @@ enum lb_stat {
 	STAT_BACKEND_GONE,	/* a half-open flow's backend was removed: a new one chosen */
 	STAT_CT_REBUILT,	/* a lost forward entry rebuilt from its reply entry */
 	STAT_PORT_NAT,		/* a new flow whose reply tuple a live flow held got a new source port */
+	STAT_SOCKET_LB,		/* a connect() or a datagram's destination sent to a backend by the
+				 * cgroup hooks: nothing per packet after it */
+	STAT_SOCKET_NO_BACKEND,	/* connect() or send to a frontend with no usable backend: refused
+				 * with ECONNREFUSED */
 	STAT_MAX,
 };
 

@@ -38,13 +38,12 @@ static __always_inline int lb4_source_allowed(const struct lb4_svc *svc, __be32 
 	return lb4_src_ranges.lookup(&k) != 0;
 }
 
-/* The backend a client is bound to by session affinity, if the binding is fresh and the backend
- * still belongs to the frontend and takes new flows. Returns its id, or 0. */
-static __always_inline __u32 lb4_affinity_backend(const struct pkt4 *p, const struct lb4_svc *svc,
-						  __u64 now, struct lb4_backend **be)
+/* Whether a client's affinity binding still holds: fresh, and its backend still belongs to the
+ * frontend and takes new flows. Returns the backend's id (and *be), or 0. */
+static __always_inline __u32 lb4_affinity_check(const struct lb4_affinity *a,
+						const struct lb4_svc *svc, __u64 now,
+						struct lb4_backend **be)
 {
-	struct lb4_affinity_key key = { .svc_id = svc->svc_id, .client = p->saddr };
-	struct lb4_affinity *a = lb4_affinity.lookup(&key);
 	__u32 id;
 
 	if (!a || ct4_idle(a->last_used_ns, now) > (__u64)svc->affinity_timeout * LB_NSEC_PER_SEC)
@@ -56,6 +55,15 @@ static __always_inline __u32 lb4_affinity_backend(const struct pkt4 *p, const st
 	return id;
 }
 
+/* The backend a client is bound to by session affinity, or 0. */
+static __always_inline __u32 lb4_affinity_backend(const struct pkt4 *p, const struct lb4_svc *svc,
+						  __u64 now, struct lb4_backend **be)
+{
+	struct lb4_affinity_key key = { .svc_id = svc->svc_id, .client = p->saddr };
+
+	return lb4_affinity_check(lb4_affinity.lookup(&key), svc, now, be);
+}
+
 static __always_inline void lb4_affinity_update(const struct pkt4 *p, const struct lb4_svc *svc,
 						__u32 backend_id, __u64 now)
 {
@@ -65,12 +73,13 @@ static __always_inline void lb4_affinity_update(const struct pkt4 *p, const stru
 	lb4_affinity.update(&key, &val);
 }
 
-/* Picks a backend for a new flow by the flow hash. Returns its id, or 0 when the frontend has none
- * usable. A frontend shrinking while this packet reads it (its record read with the old count,
- * the slots past the new count already gone) answers from slot 0, which every frontend with
- * backends has, rather than refusing a flow it can serve. */
-static __always_inline __u32 lb4_select_backend(const struct pkt4 *p, const struct lb4_svc *svc,
-						struct lb4_backend **be)
+/* Picks a backend by a hash over the frontend's slots (the flow hash of a packet, or a socket's
+ * at connect() time). Returns its id, or 0 when the frontend has none usable. A frontend
+ * shrinking while this reads it (its record read with the old count, the slots past the new count
+ * already gone) answers from slot 0, which every frontend with backends has, rather than refusing
+ * a flow it can serve. */
+static __always_inline __u32 lb4_slot_backend(const struct lb4_svc *svc, __u32 hash,
+					      struct lb4_backend **be)
 {
 	struct lb4_slot_key slot;
 	__u32 *id;
@@ -78,7 +87,7 @@ static __always_inline __u32 lb4_select_backend(const struct pkt4 *p, const stru
 	if (svc->count == 0)
 		return 0;
 	slot.svc_id = svc->svc_id;
-	slot.slot = flow_hash4(p) % svc->count;
+	slot.slot = hash % svc->count;
 	id = lb4_slots.lookup(&slot);
 	if (!id) {
 		slot.slot = 0;
@@ -90,6 +99,12 @@ static __always_inline __u32 lb4_select_backend(const struct pkt4 *p, const stru
 	if (!*be)
 		return 0;
 	return *id;
+}
+
+static __always_inline __u32 lb4_select_backend(const struct pkt4 *p, const struct lb4_svc *svc,
+						struct lb4_backend **be)
+{
+	return lb4_slot_backend(svc, flow_hash4(p), be);
 }
 
 /* The backend of a new flow: the client's by session affinity, else the hash's. */

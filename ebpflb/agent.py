@@ -91,6 +91,8 @@ class AgentOptions:
     health_check_bind: Tuple[str, ...] = ()  # addresses healthCheckNodePorts listen on; () = all
     full_sync_interval: float = 3600.0  # seconds between full syncs (kube-proxy's sync period)
     retry_interval: float = 5.0  # seconds before a refused or failed sync is tried again
+    socket_lb: str = "all"  # all | host-only | off: whose sockets the cgroup hooks balance
+    cgroup: Optional[str] = None  # where the socket hooks attach; None = the cgroup v2 root
 
 
 @dataclass
@@ -124,6 +126,7 @@ class Agent:
         self._health_checks = None  # HealthCheckServers, started by run() when node devices exist
         self._programmed_checks: Optional[Tuple[HealthCheck, ...]] = None
         self._nodes = None  # the NodeAttacher of the node devices, for the status file
+        self._socket_lb: dict = {"mode": "off"}  # what the socket hooks do, for the status file
         self._unsynced_since: Optional[float] = None  # wall clock of the oldest change not in the maps
         self._retry_at = 0.0  # no sync before this (time.monotonic) after a refusal or failure
         self._status_due: Optional[float] = None
@@ -291,6 +294,7 @@ class Agent:
                                   "hook": f"xdp-{d.xdp}+tc" if d.xdp else "tc"}
                                  for d in (self._nodes.attached.values() if self._nodes else [])],
                 "nodeport_addresses": list(self._node_addresses),
+                "socket_lb": self._socket_lb,
                 "health_check_ports": list(self._health_checks.ports()
                                            if self._health_checks else [])})
         except OSError as exc:  # status is for people; serving must not depend on it
@@ -340,7 +344,6 @@ class Agent:
         from .dataplane.bcc_maps import BccMapWriter
         from .dataplane.cleanup import remove_dataplane
         from .dataplane.ct_gc import ConntrackGc
-        from .dataplane.ct_gc import purge as ct_purge
         from .dataplane.loader import load_programs
         from .dataplane.node_attach import NodeAttacher
 
@@ -348,7 +351,7 @@ class Agent:
         give_back_memory()  # what clang and LLVM freed after compiling
         self._phase("programs")
         self.state.rss_loaded_mib = rss_mib()
-        self._purge = lambda svc_ids, udp, tcp: ct_purge(progs.bpf, svc_ids, udp, tcp)
+        self._purge = lambda svc_ids, udp, tcp: self._purge_stale(progs.bpf, svc_ids, udp, tcp)
         self.start_syncer(BccMapWriter(progs.bpf))
         ipr = IPRoute()
         nodes = None
@@ -381,6 +384,7 @@ class Agent:
             if nodes is not None:
                 nodes.rescan()
                 self._nodes = nodes
+            self._socket_hooks(progs)
             self._phase("ready")
             self._write_status()
             if self.metrics is not None and self.options.metrics_address:
@@ -410,7 +414,7 @@ class Agent:
                 self.metrics.close()
             if self.options.on_exit == ON_EXIT_REMOVE:
                 remove_status(self.config.pin_dir)
-                removed = remove_dataplane(self.config, ipr)
+                removed = remove_dataplane(self.config, ipr, self._cgroup())
                 log.info("agent stopped; data plane removed (%d objects: programs on %d devices, "
                          "pins in %s)", len(removed),
                          sum(1 for r in removed if r.startswith("programs on")), self.config.pin_dir)
@@ -419,6 +423,43 @@ class Agent:
                          "removes it)", self.config.pin_dir)
             ipr.close()
         return 0
+
+    def _purge_stale(self, bpf: Any, svc_ids, udp, tcp) -> None:
+        """After a sync removed backends or frontends: their flows on the packet path, and the
+        sockets the socket hooks sent to them (connected UDP, unanswered TCP)."""
+        from .dataplane.ct_gc import purge as ct_purge
+        from .dataplane.stale_sockets import close_stale_sockets
+
+        ct_purge(bpf, svc_ids, udp, tcp)
+        closed = close_stale_sockets(bpf, self._cgroup(), svc_ids, udp, tcp)
+        if closed and self.metrics is not None:
+            self.metrics.stale_sockets_closed.inc(closed)
+
+    def _cgroup(self) -> Optional[str]:
+        from .dataplane.sock_attach import cgroup2_root
+
+        return self.options.cgroup or cgroup2_root()
+
+    def _socket_hooks(self, progs: Any) -> None:
+        """Socket load balancing as --socket-lb says: the settings first, then the hooks (so a
+        hook never runs with a previous agent's settings); with "off", a previous agent's hooks
+        are detached, as the settings already stop them translating."""
+        from .dataplane.cleanup import owner_of
+        from .dataplane.sock_attach import attach_sock_hooks, detach_sock_hooks, write_settings
+
+        mode = self.options.socket_lb
+        cgroup = self._cgroup()
+        write_settings(progs.bpf, mode)
+        if mode == "off":
+            if cgroup and detach_sock_hooks(cgroup, owner_of(self.config)):
+                log.info("socket hooks of a previous agent detached from cgroup %s", cgroup)
+            self._socket_lb = {"mode": mode}
+            return
+        if cgroup is None:
+            raise OSError("no cgroup v2 hierarchy is mounted: mount one, give --cgroup, or run "
+                          "with --socket-lb off")
+        attach_sock_hooks(cgroup, progs.sock, owner_of(self.config))
+        self._socket_lb = {"mode": mode, "cgroup": cgroup, "hooks": sorted(progs.sock)}
 
     def _loop(self, monitor: Any, attacher: Any, nodes: Any, ct_gc: Any) -> None:
         syncer = self.syncer

@@ -118,6 +118,23 @@ service_cidr_option = click.option(
     "--service-cidr", "service_cidrs", multiple=True, default=["10.96.0.0/12"], show_default=True,
     metavar="CIDR", help="The cluster's Service range (repeatable, one per family): cluster IPs "
                          "must lie in it and endpoints must not.")
+def _cgroup_path(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """--cgroup: a cgroup v2 directory; by default the root of the cgroup v2 hierarchy."""
+    from .dataplane.sock_attach import CgroupError, cgroup2_root, check_cgroup
+
+    if value is None:
+        return cgroup2_root()
+    try:
+        return check_cgroup(os.path.abspath(value))
+    except CgroupError as exc:
+        raise click.BadParameter(exc.strerror, param_hint="--cgroup") from exc
+
+
+cgroup_option = click.option(
+    "--cgroup", default=None, metavar="PATH", callback=_cgroup_path,
+    help="The cgroup v2 directory the socket hooks attach to: they balance the sockets of every "
+         "process in it and below it. Default: the root of the cgroup v2 hierarchy (the whole "
+         "node: its own processes and every pod).")
 output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]),
                              default="table", show_default=True, help="Output format.")
 
@@ -219,6 +236,13 @@ def main(log_level: str) -> None:
 @click.option("--proxy-name", default="", metavar="NAME",
               help="Also serve Services labelled service.kubernetes.io/service-proxy-name=NAME "
                    "(Services naming any other proxy are always left alone).")
+@click.option("--socket-lb", type=click.Choice(["all", "host-only", "off"]), default="all",
+              show_default=True,
+              help="Balance sockets at connect()/sendmsg() time with the cgroup hooks: for every "
+                   "process in --cgroup (all), only for those in the node's network namespace "
+                   "(host-only: pods keep the packet path, for meshes that must see the "
+                   "Service address), or for none (off). The packet path stays for the rest.")
+@cgroup_option
 @service_cidr_option
 @pin_dir_option
 @netns_option
@@ -231,8 +255,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
           algorithm: str, maglev_table_size: int, metrics_address: str,
           node_addresses: List[str], node_devices: List[str], node_mode: str, xdp_mode: str,
           nodeport_cidrs: List[str], snat_ports: str, healthcheck_bind: List[str],
-          external_ip_allow: List[str], proxy_name: str,
-          service_cidrs: List[str], pin_dir: str,
+          external_ip_allow: List[str], proxy_name: str, socket_lb: str,
+          cgroup: Optional[str], service_cidrs: List[str], pin_dir: str,
           netns: Optional[str]) -> None:
     """Run the agent in the foreground: program the maps from the manifests or the Kubernetes
     API, attach to pod devices, and follow changes until SIGTERM."""
@@ -280,7 +304,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                            xdp_mode=xdp_mode,
                            nodeport_cidrs=_cidr_list(nodeport_cidrs, "--nodeport-addresses"),
                            health_check_bind=_ipv4_list(healthcheck_bind, "--healthcheck-address"),
-                           full_sync_interval=full_sync_interval)
+                           full_sync_interval=full_sync_interval,
+                           socket_lb=socket_lb, cgroup=cgroup)
     if use_kubernetes:
         from .sources.kubernetes import KubernetesSource, api_client_from
 
@@ -625,17 +650,19 @@ def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
 
 
 @main.command()
+@cgroup_option
 @pin_dir_option
 @netns_option
-def cleanup(pin_dir: str, netns: Optional[str]) -> None:
+def cleanup(cgroup: Optional[str], pin_dir: str, netns: Optional[str]) -> None:
     """Remove everything ebpflb attached or pinned: its XDP and TC programs on every device of the
-    network namespace, the clsact qdiscs nothing else uses, and the pinned maps."""
+    network namespace, the clsact qdiscs nothing else uses, its socket hooks on the cgroup, and
+    the pinned maps."""
     from .dataplane.cleanup import remove_dataplane
 
     _require_root()
     config = _config(pin_dir)
     _enter(netns)
-    removed = remove_dataplane(config)
+    removed = remove_dataplane(config, cgroup=cgroup)
     for item in removed:
         click.echo(f"removed {item}")
     if not removed:

@@ -132,6 +132,10 @@ class AgentMetrics:
         self.ct_gc_deleted = Counter("ebpflb_conntrack_gc_deleted",
                                      "Conntrack entries of expired flows deleted by the agent.",
                                      registry=self.registry)
+        self.stale_sockets_closed = Counter(
+            "ebpflb_stale_sockets_closed", "Sockets the socket hooks had sent to a backend that "
+            "left its Service (connected UDP, unanswered TCP connects), closed by the agent.",
+            registry=self.registry)
         self._server: Optional[Any] = None
         self._thread: Optional[threading.Thread] = None
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: ebpflb balancing real HTTP and UDP traffic in a lab built from network namespaces:
-# pods to ClusterIPs on one node, then traffic from outside the cluster to a LoadBalancer Service
-# whose pods run on two nodes (XDP on the nodes' eth0, SNAT to the other node's pods).
+# pods and the node's own processes to ClusterIPs (balanced at connect() by the socket hooks,
+# attached to each lab node's own cgroup), then traffic from outside the cluster to a LoadBalancer
+# Service whose pods run on two nodes (XDP on the nodes' eth0, SNAT to the other node's pods).
 # Exit status 0 only if every request succeeds, every ready pod serves, and the not-ready pod
 # (web-4) never does. Everything it creates is removed at the end, also on failure or Ctrl-C.
 set -euo pipefail
@@ -38,6 +39,11 @@ finish() {
 }
 trap finish EXIT INT TERM
 
+in_cgroup() {  # CGROUP COMMAND...: run COMMAND as a process of that cgroup (a pod's, a node's)
+    local cg=$1; shift
+    sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$cg" "$@"
+}
+
 wait_ready() {  # FILE PID LOG
     for _ in $(seq 150); do
         [ -s "$1" ] && return 0
@@ -51,6 +57,12 @@ step "1. Lab: node $LAB-node (web-1..web-4, a client pod), node $LAB-node1 (n1-w
 "$EBPFLB" --log-level warning lab down --name "$LAB" >/dev/null 2>&1 || true  # an interrupted run
 "$EBPFLB" --log-level warning lab up --name "$LAB" --pods 4 --nodes 2 >/dev/null
 "$EBPFLB" lab status --name "$LAB" | sed 's/^/    /' | head -20
+# Each lab node's processes (its pods', its host-network ones) run in a cgroup of its own, where
+# that node's agent attaches its socket hooks: the machine's other processes are never touched.
+cgroups=$("$EBPFLB" lab status --name "$LAB" -o json | "$PY" -c '
+import json, sys
+print(" ".join(n["cgroup"] for n in json.load(sys.stdin)["nodes"]))')
+read -r CG0 CG1 <<< "$cgroups"
 mkdir "$work/manifests"
 cp "$MANIFESTS" "$NS_MANIFESTS" "$work/manifests/"
 
@@ -70,13 +82,13 @@ for sl in m.slices:
     print(f"    EndpointSlice {sl.namespace}/{sl.name} for {sl.service_name}: {eps}")
 PYEOF
 
-step "3. An agent per node: compiles the programs, programs the maps, attaches to the pod veths and to eth0 at XDP"
+step "3. An agent per node: compiles the programs, programs the maps, attaches to the pod veths, to eth0 at XDP and to the node's cgroup"
 "$EBPFLB" agent --netns "$LAB-node" --manifests "$work/manifests" --pin-dir "$PIN" \
-    --node-name node-0 --node-device eth0 --node-mode xdp \
+    --node-name node-0 --node-device eth0 --node-mode xdp --cgroup "$CG0" \
     --on-exit remove --ready-file "$work/ready" > "$work/agent.log" 2>&1 &
 agent_pid=$!
 "$EBPFLB" agent --netns "$LAB-node1" --manifests "$work/manifests" --pin-dir "$PIN-node1" \
-    --node-name node-1 --node-device eth0 --node-mode xdp \
+    --node-name node-1 --node-device eth0 --node-mode xdp --cgroup "$CG1" \
     --metrics-address 127.0.0.1:9412 --health-address 127.0.0.1:9413 \
     --on-exit remove --ready-file "$work/ready1" > "$work/agent1.log" 2>&1 &
 agent1_pid=$!
@@ -90,12 +102,22 @@ step "4. What node 0 has programmed, read back from the BPF maps: ebpflb service
 step "5. $REQUESTS HTTP requests from the client pod to http://$WEB_VIP/ (each answers its pod name)"
 failed=0
 for _ in $(seq "$REQUESTS"); do
-    ip netns exec "$LAB-client" curl -s -m 2 "http://$WEB_VIP/" || { echo FAILED; failed=$((failed + 1)); }
+    in_cgroup "$CG0" ip netns exec "$LAB-client" curl -s -m 2 "http://$WEB_VIP/" || { echo FAILED; failed=$((failed + 1)); }
 done > "$work/responses"
 sort "$work/responses" | uniq -c | sed 's/^/    /'
+echo "    and 20 from a host-network process of node 0 (not a pod: only the socket hooks see it):"
+for _ in $(seq 20); do
+    in_cgroup "$CG0" ip netns exec "$LAB-node" curl -s -m 2 "http://$WEB_VIP/" || { echo FAILED; failed=$((failed + 1)); }
+done | tee -a "$work/responses" | sort | uniq -c | sed 's/^/      /'
+REQUESTS=$((REQUESTS + 20))
+"$EBPFLB" stats --verdicts -o json --pin-dir "$PIN" | "$PY" -c '
+import json, sys
+c = json.load(sys.stdin)
+print("    node 0 counters: socket_lb %(socket_lb)d (balanced at connect(): nothing per packet),"
+      " dnat_new %(dnat_new)d (by the TC programs)" % c)'
 
 step "6. UDP echo through $ECHO_VIP:53 (the reply must come from the VIP)"
-ip netns exec "$LAB-client" "$PY" - "$ECHO_VIP" <<'PYEOF'
+in_cgroup "$CG0" ip netns exec "$LAB-client" "$PY" - "$ECHO_VIP" <<'PYEOF'
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2)

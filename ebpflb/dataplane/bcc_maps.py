@@ -25,7 +25,8 @@ STAT_NAMES = ("pass", "dnat_new", "no_backend", "malformed", "fragment", "conntr
               "nat_fail", "conntrack_insert", "tcp_no_state", "bad_source", "icmp_nat",
               "external_clusterip", "source_denied", "snat_exhausted", "node_forward",
               "xdp_forward", "xdp_to_tc", "forward_fail", "snat_reuse", "frag_miss",
-              "conntrack_collision", "spoofed", "backend_gone", "conntrack_rebuilt", "port_nat")
+              "conntrack_collision", "spoofed", "backend_gone", "conntrack_rebuilt", "port_nat",
+              "socket_lb", "socket_no_backend")
 
 
 def ip_to_be32(ip: str) -> int:

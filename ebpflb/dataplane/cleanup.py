@@ -1,6 +1,6 @@
 """Removing everything one ebpflb data plane attached or pinned: its XDP programs and TC filters
-(and clsact qdiscs nothing else uses) in the current network namespace, then its pinned maps and
-their directory.
+(and clsact qdiscs nothing else uses) in the current network namespace, its socket hooks on a
+cgroup, then its pinned maps and their directory.
 
 A data plane is its pin directory. An attached program belongs to it when the program uses one
 of the maps pinned there (the kernel lists a program's map ids); another agent's programs, with
@@ -97,9 +97,13 @@ def owner_of(config: DataplaneConfig):
     return owns
 
 
-def remove_dataplane(config: DataplaneConfig, ipr: Optional[IPRoute] = None) -> List[str]:
-    """Detaches this data plane's programs from every device of this network namespace and
-    unpins its maps. Returns what was removed, for the user to read."""
+def remove_dataplane(config: DataplaneConfig, ipr: Optional[IPRoute] = None,
+                     cgroup: Optional[str] = None) -> List[str]:
+    """Detaches this data plane's programs from every device of this network namespace and from
+    the cgroup (its socket hooks), and unpins its maps. Returns what was removed, for the user
+    to read."""
+    from .sock_attach import detach_sock_hooks
+
     own = ipr is None
     ipr = ipr or IPRoute()
     try:
@@ -108,7 +112,9 @@ def remove_dataplane(config: DataplaneConfig, ipr: Optional[IPRoute] = None) -> 
         owns = owner_of(config)
         xdp = detach_xdp_all(ipr, owns)
         devices = sorted(set(detach_all(ipr, owns)) | set(xdp))
+        hooks = detach_sock_hooks(cgroup, owns) if cgroup else 0
     finally:
         if own:
             ipr.close()
-    return [f"programs on {d}" for d in devices] + remove_pins(config)
+    return ([f"programs on {d}" for d in devices]
+            + ([f"{hooks} socket hooks on cgroup {cgroup}"] if hooks else []) + remove_pins(config))

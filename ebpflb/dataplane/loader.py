@@ -10,9 +10,9 @@ import os
 import re
 import stat
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ..flowhash import FLOW_HASH_SEED
 from . import pins
@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 
 MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "ct4", "lb4_svc_meta", "lb_stats",
              "lb4_svc_stats", "lb4_backend_stats", "lb4_vips", "ct4_syn", "lb4_affinity",
-             "lb4_src_ranges", "lb4_node_ifs", "frag4", "lb4_pod_addrs")
+             "lb4_src_ranges", "lb4_node_ifs", "frag4", "lb4_pod_addrs", "lb4_sock_nat",
+             "lb4_sock_affinity", "lb_sock_cfg")
 CONTROL_MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "lb4_svc_meta", "lb4_vips",
                      "lb4_src_ranges", "lb4_node_ifs", "lb4_pod_addrs")
 PROGRAM_FILE = "lb4_tc.c"
+SOCK_PROGRAM_FILE = "lb4_sock.c"  # compiled into the same object as PROGRAM_FILE
 MAPS_FILE = "lb_maps.c"
 PROG_FROM_POD = "lb4_from_pod"
 PROG_TO_POD = "lb4_to_pod"
@@ -35,6 +37,14 @@ PROG_NODE_XDP = "lb4_node_xdp"
 PROG_NODE_XDP_GENERIC = "lb4_xdp_generic"
 PROG_NODE_IN = "lb4_node_in"
 PROG_NODE_OUT = "lb4_node_out"
+# The cgroup socket hooks (lb4_sock.c), with the attach type each is loaded for
+# (enum bpf_attach_type: BPF_CGROUP_INET4_CONNECT, UDP4_SENDMSG, UDP4_RECVMSG, INET4_GETPEERNAME).
+PROG_SOCK_CONNECT = "lb4_connect"
+PROG_SOCK_SENDMSG = "lb4_sendmsg"
+PROG_SOCK_RECVMSG = "lb4_recvmsg"
+PROG_SOCK_PEER = "lb4_getpeername"
+SOCK_HOOKS = {PROG_SOCK_CONNECT: 10, PROG_SOCK_SENDMSG: 14, PROG_SOCK_RECVMSG: 19,
+              PROG_SOCK_PEER: 29}
 
 
 class DataplaneError(RuntimeError):
@@ -92,9 +102,10 @@ def _cflags(config: DataplaneConfig, src: Path) -> List[str]:
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
-def inline_sources(src: Path, filename: str) -> str:
-    """The program as one text: every `#include "x.h"` of bpf/ replaced by the file itself (once),
-    with #line directives so compiler errors still name the real file and line.
+def inline_sources(src: Path, *filenames: str) -> str:
+    """The program as one text: the files one after the other, every `#include "x.h"` of bpf/
+    replaced by the file itself (once), with #line directives so compiler errors still name the
+    real file and line.
 
     bcc rewrites map method calls (`ct4.lookup(&k)`) only in the main file it compiles, so the
     headers that hold conntrack, selection or fragment code could not touch a map if they were
@@ -115,7 +126,11 @@ def inline_sources(src: Path, filename: str) -> str:
                 out.append(line)
         return out
 
-    return "\n".join(expand(src / filename)) + "\n"
+    return "\n".join(line for filename in filenames for line in expand(src / filename)) + "\n"
+
+
+def _files(filename: str) -> Tuple[str, ...]:
+    return (PROGRAM_FILE, SOCK_PROGRAM_FILE) if filename == PROGRAM_FILE else (filename,)
 
 
 def _compile_once(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str]) -> Any:
@@ -125,7 +140,7 @@ def _compile_once(config: DataplaneConfig, filename: str, extra_cflags: Sequence
         raise DataplaneError("bcc is not importable: run `make setup` (Debian python3-bpfcc)") from exc
     src = bpf_source_dir()
     try:
-        return BPF(text=inline_sources(src, filename).encode(),
+        return BPF(text=inline_sources(src, *_files(filename)).encode(),
                    cflags=_cflags(config, src) + list(extra_cflags))
     except Exception as exc:  # bcc raises bare Exception on compile or load failure
         raise DataplaneError(f"compiling {filename} failed: {exc}") from exc
@@ -197,6 +212,7 @@ class LoadedPrograms:
     node_in: Any = None  # node devices: TC ingress (both modes; behind XDP in XDP mode)
     node_out: Any = None  # node devices: TC egress (both modes)
     node_xdp_generic: Any = None  # node_xdp for generic XDP (local flows left to TC)
+    sock: Dict[str, Any] = field(default_factory=dict)  # cgroup socket hooks: name -> function
 
     def xdp_fns(self) -> Dict[str, Any]:
         """The XDP program for each XDP mode."""
@@ -216,11 +232,15 @@ def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> 
         node_out = bpf.load_func(PROG_NODE_OUT.encode(), BPF.SCHED_CLS)
         node_xdp = bpf.load_func(PROG_NODE_XDP.encode(), BPF.XDP)
         node_xdp_generic = bpf.load_func(PROG_NODE_XDP_GENERIC.encode(), BPF.XDP)
+        sock = {name: bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach_type)
+                for name, attach_type in SOCK_HOOKS.items()}
     except Exception as exc:  # bcc raises bare Exception with the verifier log
         raise DataplaneError(f"loading {PROGRAM_FILE} failed: {exc}") from exc
-    log.info("loaded %s, %s, %s, %s, %s and %s (maps pinned in %s)", PROG_FROM_POD, PROG_TO_POD,
-             PROG_NODE_XDP, PROG_NODE_XDP_GENERIC, PROG_NODE_IN, PROG_NODE_OUT, config.pin_dir)
-    return LoadedPrograms(bpf, from_pod, to_pod, node_xdp, node_in, node_out, node_xdp_generic)
+    log.info("loaded %s, %s, %s, %s, %s, %s and %s (maps pinned in %s)", PROG_FROM_POD,
+             PROG_TO_POD, PROG_NODE_XDP, PROG_NODE_XDP_GENERIC, PROG_NODE_IN, PROG_NODE_OUT,
+             ", ".join(sock), config.pin_dir)
+    return LoadedPrograms(bpf, from_pod, to_pod, node_xdp, node_in, node_out, node_xdp_generic,
+                          sock)
 
 
 def open_maps(config: DataplaneConfig, create: bool = False) -> Any:

@@ -16,7 +16,7 @@ _EXPORTS = {
     "EXT_NETNS": "topology", "EXT_ADDRESS": "topology", "MAX_NODES": "topology",
     "HTTP_PORT": "topology", "UDP_ECHO_PORT": "topology", "POD_GATEWAY": "topology",
     "Lab": "lab", "lab_up": "lab", "lab_down": "lab", "lab_status": "lab", "get_lab": "lab",
-    "add_pod": "lab", "del_pod": "lab", "run_in_pod": "lab", "run_in_ext": "lab", "in_netns": "lab",
+    "add_pod": "lab", "del_pod": "lab", "run_in_pod": "lab", "run_on_node": "lab", "run_in_ext": "lab", "in_netns": "lab",
     "LabError": "lab", "LabConfigError": "lab", "LabExistsError": "lab", "LabNotFoundError": "lab",
 }
 

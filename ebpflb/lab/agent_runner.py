@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ebpflb.dataplane.cleanup import remove_pins
 from ebpflb.dataplane.config import DataplaneConfig, lab_pin_dir, lab_pin_dirs
+from ebpflb.lab.lab import get_lab
 from ebpflb.lab.topology import node_netns
 
 WEB_VIP = "10.96.0.10"
@@ -97,6 +98,24 @@ def _node_file(workdir: Path, name: str, node: int) -> Path:
     return workdir / f"{stem}-node{node}{dot}{suffix}"
 
 
+def socket_lb_args(lab_name: str, node: int, extra_args: Sequence[str]) -> List[str]:
+    """The socket hooks of a lab node's agent attach to the node's cgroup, never the machine's
+    root. Lab agents take the packet path (--socket-lb off) unless `extra_args` ask for socket
+    load balancing: most lab tests are about the packet path, which traffic from outside the
+    cluster always takes."""
+    args: List[str] = []
+    if "--cgroup" not in extra_args:
+        cgroup = get_lab(lab_name).cgroup(node)
+        if cgroup is None:
+            if "--socket-lb" in extra_args:
+                raise AssertionError("socket load balancing needs cgroup v2, which is not mounted")
+            return ["--socket-lb", "off"]
+        args += ["--cgroup", cgroup]
+    if "--socket-lb" not in extra_args:
+        args += ["--socket-lb", "off"]
+    return args
+
+
 class AgentProcess:
     """`ebpflb agent` for a lab node (node 0 unless `node` says otherwise), as a subprocess logging
     to a file; `source_args` says where its Services come from (--manifests ... or --kubernetes ...)."""
@@ -111,7 +130,7 @@ class AgentProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", node_netns(lab_name, node),
              *source_args, "--pin-dir", self.pin_dir, "--on-exit", on_exit,
-             "--poll-interval", "0.1", *extra_args],
+             "--poll-interval", "0.1", *socket_lb_args(lab_name, node, extra_args), *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
@@ -150,6 +169,7 @@ class RunningAgent(AgentProcess):
                  node: int = 0):
         self.manifest_path = _node_file(workdir, "services.yaml", node)
         self.ready_path = _node_file(workdir, "agent.ready", node)
+        self.ready_path.unlink(missing_ok=True)  # an earlier agent's, in the same workdir
         self.write_manifest(endpoints, annotations=annotations)
         super().__init__(lab_name, workdir, ["--manifests", str(self.manifest_path)], on_exit,
                          ["--ready-file", str(self.ready_path), *extra_args], node=node)

@@ -31,6 +31,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import topology as topo
+from ..dataplane.sock_attach import cgroup2_root
 from .nsops import (
     LabConfigError,
     LabError,
@@ -44,7 +45,9 @@ from .nsops import (
     netns_ipr,
     netns_path,
     netns_pids,
+    joiner,
     pid_alive,
+    remove_cgroup,
     remove_netns,
     run_cmd,
     write_sysctls,
@@ -53,7 +56,7 @@ from .topology import DEFAULT_LAB, PodSpec
 
 __all__ = [
     "Lab", "lab_up", "lab_down", "lab_status", "get_lab", "add_pod", "del_pod", "run_in_pod",
-    "run_in_ext", "in_netns", "LabError", "LabConfigError", "LabExistsError", "LabNotFoundError",
+    "run_on_node", "run_in_ext", "in_netns", "LabError", "LabConfigError", "LabExistsError", "LabNotFoundError",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,12 @@ class Lab:
     @property
     def node_namespaces(self) -> List[str]:
         return [self.node_netns(k) for k in range(self.nodes)]
+
+    def cgroup(self, k: int = 0) -> Optional[str]:
+        """Node k's cgroup (None where no cgroup v2 is mounted): its pods' and host-network
+        processes run in it, and its agent's socket hooks attach to it."""
+        root = cgroup2_root()
+        return topo.node_cgroup(root, self.name, k) if root else None
 
     def pod_node_ns(self, pod: str) -> str:
         """The namespace of the node pod `pod` runs behind (where its host-side veth is)."""
@@ -448,7 +457,8 @@ def _start_servers(lab: Lab, pods: Sequence[PodSpec]) -> None:
                     # away, so this launcher exits at once and we never own a child to reap.
                     launcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                                 stderr=subprocess.STDOUT, pass_fds=(wfd,),
-                                                env=env, cwd="/")
+                                                env=env, cwd="/",
+                                                preexec_fn=joiner(lab.cgroup(pod.node)))
             except OSError as exc:
                 raise LabError(f"lab {lab.name}: pod {pod.name}: cannot start {argv[0]}: {exc}") from exc
             finally:
@@ -478,6 +488,13 @@ def _start_servers(lab: Lab, pods: Sequence[PodSpec]) -> None:
             os.close(rfd)
 
 
+def _create_cgroups(lab: Lab) -> None:
+    for k in range(lab.nodes):
+        path = lab.cgroup(k)
+        if path is not None:
+            os.makedirs(path, exist_ok=True)
+
+
 def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None, nodes: int = 1) -> Lab:
     """Build lab `name` with `nodes` nodes and `pods` (default: topo.default_pods(nodes=nodes):
     client + web-1..web-4 on node 0, n<k>-client + n<k>-web-1..2 on node k). Refuses if it exists.
@@ -498,6 +515,7 @@ def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None, nodes:
     # race, fail here, before the cleanup below could tear down the winner's lab.
     create_netns(lab.node_ns)
     try:
+        _create_cgroups(lab)
         _create_node(lab)
         # The state file lists every node, underlay and ext namespace before they exist.
         _save_state(lab)
@@ -602,6 +620,9 @@ def lab_down(name: str = DEFAULT_LAB) -> List[str]:
         if _podserver_pid_is(p.get("pid"), p["name"]):
             strays[p["pid"]] = f"pod {p['name']}"
     removed += _stop_processes(namespaces, strays)
+    root = cgroup2_root()
+    if root:
+        removed += remove_cgroup(topo.lab_cgroup(root, name))
     for ns in namespaces:
         # Nodes (pods' host sides, eth0 on the underlay) and the underlay's bridge ports.
         if topo.infra_netns_kind(name, ns) in ("node", "underlay"):
@@ -740,10 +761,12 @@ def lab_status(name: str = DEFAULT_LAB) -> Dict[str, Any]:
             "server_alive": _podserver_pid_is(pid, pod) if server else None,
         })
     multi = n_nodes > 1
+    cgroup_root = cgroup2_root()
     nodes = [{"index": k, "netns": topo.node_netns(name, k),
               "netns_exists": topo.node_netns(name, k) in namespaces,
               "address": topo.node_address(k) if multi else None,
-              "pod_cidr": topo.node_pod_cidr(k) if multi else topo.POD_CIDR}
+              "pod_cidr": topo.node_pod_cidr(k) if multi else topo.POD_CIDR,
+              "cgroup": topo.node_cgroup(cgroup_root, name, k) if cgroup_root else None}
              for k in range(n_nodes)]
     return {
         "lab": name,
@@ -779,7 +802,36 @@ def run_in_pod(name: str, pod: str, argv: List[str], timeout: float = 30,
     if "stdout" not in kw and "stderr" not in kw:
         kw.setdefault("capture_output", True)
     kw.setdefault("text", True)
+    kw.setdefault("preexec_fn", joiner(_cgroup_of(name, pod)))
     return subprocess.run(["ip", "netns", "exec", ns, *argv], timeout=timeout, **kw)
+
+
+def _cgroup_of(name: str, pod: str) -> Optional[str]:
+    """The cgroup a process "in" `pod` runs in: its node's (a node's own for "node<k>"), none
+    for the external client, which is outside the cluster."""
+    if pod == topo.EXT_NETNS:
+        return None
+    state = _load_state(name)
+    lab = Lab.from_state(state) if state else None
+    if lab is None:
+        return None
+    if pod == "node":
+        k = 0
+    elif pod.startswith("node") and pod[4:].isdigit():
+        k = int(pod[4:])
+    elif pod in lab.pods:
+        k = lab.pods[pod].node
+    else:
+        return None
+    path = lab.cgroup(k)
+    return path if path and os.path.isdir(path) else None
+
+
+def run_on_node(name: str, argv: List[str], node: int = 0, timeout: float = 30,
+                **kw: Any) -> subprocess.CompletedProcess:
+    """Run `argv` as a host-network process of node `node` (its namespace and its cgroup), like
+    a host-network pod or a node agent; like run_in_pod."""
+    return run_in_pod(name, "node" if node == 0 else f"node{node}", argv, timeout=timeout, **kw)
 
 
 def run_in_ext(name: str, argv: List[str], timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess:

@@ -9,7 +9,6 @@ error naming the command and its stderr. The lab itself avoids a process per ste
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -21,12 +20,11 @@ from typing import Dict, Iterator, List, Optional, Sequence
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
+from ..dataplane.netns import setns_thread
 from .topology import NETNS_DIR
 
 log = logging.getLogger(__name__)
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class LabError(RuntimeError):
@@ -116,12 +114,6 @@ def remove_netns(ns: str) -> bool:
     return True
 
 
-def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns into {what} failed: {os.strerror(err)}")
-
-
 @contextlib.contextmanager
 def in_netns(ns: str) -> Iterator[None]:
     """Run the body with the CURRENT THREAD in network namespace `ns` (name or path).
@@ -138,7 +130,7 @@ def in_netns(ns: str) -> Iterator[None]:
         except FileNotFoundError as exc:
             raise LabNotFoundError(f"netns {ns} does not exist") from exc
         try:
-            _setns(target, f"netns {ns}")
+            setns_thread(target, f"netns {ns}")
         finally:
             os.close(target)
         try:
@@ -146,7 +138,7 @@ def in_netns(ns: str) -> Iterator[None]:
         finally:
             # Failing to come back would leave this thread (maybe the main one) in a lab
             # namespace that is about to be deleted; that must not pass silently.
-            _setns(saved, "the saved netns")
+            setns_thread(saved, "the saved netns")
     finally:
         os.close(saved)
 
@@ -191,6 +183,57 @@ def read_sysctl(ns: str, key: str) -> str:
     with in_netns(ns):
         with open(_sysctl_path(key)) as fh:
             return fh.read().strip()
+
+
+# ------------------------------------------------------------------ cgroups
+
+def joiner(cgroup: Optional[str]):
+    """A preexec_fn that moves the child into `cgroup` before it execs (None: stays put)."""
+    if cgroup is None:
+        return None
+    procs = os.path.join(cgroup, "cgroup.procs")
+
+    def join() -> None:
+        with open(procs, "w") as fh:
+            fh.write("0")
+
+    return join
+
+
+def cgroup_pids(cgroup: str) -> List[int]:
+    """Pids in a cgroup and the cgroups below it."""
+    pids: List[int] = []
+    for root, _dirs, files in os.walk(cgroup):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(root, "cgroup.procs")) as fh:
+                    pids += [int(x) for x in fh.read().split()]
+            except OSError:
+                continue
+    return sorted(set(pids))
+
+
+def remove_cgroup(cgroup: str) -> List[str]:
+    """Removes a cgroup and those below it (deepest first), after stopping what runs in them;
+    the socket hooks attached there go with them. Returns what was removed."""
+    if not os.path.isdir(cgroup):
+        return []
+    removed = [f"process {pid} (cgroup {cgroup})" for pid in kill_pids(cgroup_pids(cgroup))]
+    for root, _dirs, _files in sorted(os.walk(cgroup), key=lambda w: -w[0].count("/")):
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                os.rmdir(root)
+                removed.append(f"cgroup {root}")
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                # EBUSY while a killed process is still being torn down.
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise LabError(f"cgroup {root}: remove failed: {exc}") from exc
+                time.sleep(0.02)
+    return removed
 
 
 # ---------------------------------------------------------------- processes

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Iterable, List
@@ -252,6 +253,16 @@ def infra_netns_kind(lab: str, ns: str) -> str:
     if ns == ext_netns(lab):
         return "ext"
     return ""
+
+
+def lab_cgroup(cgroup_root: str, lab: str) -> str:
+    """The lab's cgroup v2 directory: one child per node holds that node's processes (its pods'
+    and its host-network ones), so each node's socket hooks act on them and nothing else."""
+    return os.path.join(cgroup_root, f"ebpflb-lab-{lab}")
+
+
+def node_cgroup(cgroup_root: str, lab: str, k: int = 0) -> str:
+    return os.path.join(lab_cgroup(cgroup_root, lab), f"node{k}")
 
 
 def pod_netns(lab: str, pod: str) -> str:
