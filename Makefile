@@ -28,6 +28,7 @@ test-lab: setup
 bench: setup
 	$(VENV)/bin/pip install -q -r requirements-bench.txt
 	$(PY) -m benchmarks.datapath
+	$(PY) -m benchmarks.sock_connect
 	$(PY) -m benchmarks.programming
 	$(PY) -m benchmarks.maglev
 	$(PY) -m benchmarks.statsagg

@@ -16,3 +16,12 @@ def flow_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int, seed: 
     return murmur3_32(_WORDS.pack(saddr & 0xFFFFFFFF, daddr & 0xFFFFFFFF,
                                   ((sport & 0xFFFF) << 16) | (dport & 0xFFFF), proto & 0xFF),
                       seed & 0xFFFFFFFF)
+
+
+def sock_hash(cookie: int, daddr: int, dport: int, proto: int, seed: int) -> int:
+    """Hash of a socket balanced at connect() time (bpf/flow_hash.h, sock_hash4): its cookie
+    stands for the source address and port, which are not chosen yet. Only `ebpflb explain`
+    computes it, once per question: no Cython twin."""
+    return murmur3_32(_WORDS.pack(cookie & 0xFFFFFFFF, (cookie >> 32) & 0xFFFFFFFF,
+                                  daddr & 0xFFFFFFFF, ((dport & 0xFFFF) << 16) | (proto & 0xFF)),
+                      seed & 0xFFFFFFFF)

@@ -583,14 +583,24 @@ def ct_flush(services: List[str], pin_dir: str) -> None:
 @click.option("--device", "ifname", metavar="IFNAME",
               help="The device the packet arrives on, in this network namespace: a pod device's "
                    "listed addresses and the flow's device binding are checked.")
+@click.option("--socket", "socket_hook", type=click.Choice(["pod", "host"]), default=None,
+              help="Explain the connect()/sendmsg() of a process in the socket hooks' cgroup "
+                   "instead (a pod's, or a host-network one's): whether the hooks send the "
+                   "socket to a backend, and which.")
+@click.option("--cookie", type=click.IntRange(1, (1 << 64) - 1), default=None,
+              help="With --socket: the socket's cookie (getsockopt SO_COOKIE, `ss -e`), which "
+                   "decides its slot.")
 @output_option
 @pin_dir_option
 @netns_option
 def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
-            ifname: Optional[str], output: str, pin_dir: str, netns: Optional[str]) -> None:
+            ifname: Optional[str], socket_hook: Optional[str], cookie: Optional[int], output: str,
+            pin_dir: str, netns: Optional[str]) -> None:
     """Predict where a flow SRC (ip:port) -> DST (ip:port) PROTOCOL goes, from the programmed maps,
     conntrack and the routes, as the program on that device decides: the frontend, algorithm,
-    hash, slot and backend, and whether a conntrack entry decides."""
+    hash, slot and backend, and whether a conntrack entry decides. With --socket, what the
+    cgroup socket hooks do at connect() time instead (the packet path never sees the frontend
+    of a socket they translate)."""
     import time
 
     from .apply import read_snapshot
@@ -613,6 +623,17 @@ def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
         raise click.ClickException(str(exc)) from exc
     snapshot = read_snapshot(writer)
     now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
+    if cookie is not None and socket_hook is None:
+        raise click.UsageError("--cookie goes with --socket")
+    if socket_hook is not None:
+        from .dataplane.sock_attach import read_mode
+        from .explain_socket import explain_socket, render_socket
+
+        result = explain_socket(snapshot, flow.daddr, flow.dport, flow.proto,
+                                read_mode(writer.bpf), socket_hook == "host", cookie)
+        click.echo(json.dumps(result.to_json(), indent=2) if output == "json"
+                   else render_socket(result))
+        return
 
     def view(entry):
         # Without --device, ifindex 0: the device binding is not checked.

@@ -21,4 +21,6 @@ else:
         flow_hash = _flowhash_py.flow_hash
         IMPLEMENTATION = "python"
 
-__all__ = ["flow_hash", "FLOW_HASH_SEED", "IMPLEMENTATION"]
+sock_hash = _flowhash_py.sock_hash
+
+__all__ = ["flow_hash", "sock_hash", "FLOW_HASH_SEED", "IMPLEMENTATION"]

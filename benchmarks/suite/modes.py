@@ -2,8 +2,12 @@
 data path on and off in the lab's node namespace, and say what loading cost.
 
   direct        no load balancer: the client connects to the pod IPs (the limit)
-  ebpflb        the real agent (`python -m ebpflb.cli agent --netns <lab>-node ...`), started for
-                each measurement and stopped with --on-exit remove (then `ebpflb cleanup`)
+  ebpflb        ebpflb TC: the real agent (`python -m ebpflb.cli agent --netns <lab>-node ...
+                --socket-lb off`), started for each measurement and stopped with --on-exit remove
+                (then `ebpflb cleanup`); its TC programs on the pod veths translate every packet
+  ebpflb-sock   ebpflb socket LB: the same agent with `--socket-lb all --cgroup <lab node-0
+                cgroup>`: its cgroup hooks send the client's connect() to a backend, so no
+                packet needs translating (the TC programs stay attached for the rest)
   iptables      kube-proxy's iptables shape loaded with iptables-legacy-restore
   iptables-nft  the same rules through the nft backend of iptables (iptables-nft-restore)
   nftables      kube-proxy's nftables-mode shape loaded with `nft -f`
@@ -12,9 +16,15 @@ The rule sets stay loaded for a whole scale (loading nftables at 10,000 Services
 "off" removes only the hook into them (the PREROUTING jump, the nat-prerouting base chain), so
 at any time exactly one mode translates VIP traffic. Everything lives in the lab's node
 namespace and goes with it.
+
+Socket hooks act on every process of the cgroup they are attached to, whatever its network
+namespace: the agents are therefore always given the lab node's cgroup (`--cgroup`), never the
+machine's root one, and the load client of every mode runs in that cgroup (run.py), so the
+modes differ only in what the agent attaches.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -63,6 +73,13 @@ class Mode:
         pass
 
     def off(self) -> None:
+        pass
+
+    def verdicts(self) -> Optional[Dict[str, int]]:
+        """The data plane's verdict counters while on (None: the mode has none)."""
+        return None
+
+    def check_verdicts(self, v: Dict[str, int]) -> None:
         pass
 
 
@@ -119,19 +136,39 @@ _PROGRAMMED = re.compile(r"(\d+) frontends programmed, (\d+) map writes in ([\d.
 
 
 class Ebpflb(Mode):
-    """The real agent on a manifest file; one agent run per measurement slot."""
+    """The real agent on a manifest file; one agent run per measurement slot.
 
-    name = "ebpflb"
+    `socket_lb` is the agent's --socket-lb: "off" is ebpflb TC (key "ebpflb", as in results from
+    before the socket hooks existed, so they still compare), "all" is ebpflb socket LB (key
+    "ebpflb-sock"). Both get the lab node's `cgroup`: with "off" the agent detaches hooks a
+    crashed socket-LB run left there, and nothing of it ever touches the machine's root cgroup.
+    """
 
-    def __init__(self, node_ns: str, lab: str, workdir: Path):
+    NAMES = {"off": "ebpflb", "all": "ebpflb-sock"}
+    # The verdict counters a slot keeps: which path translated the slot's connections.
+    VERDICTS = ("socket_lb", "socket_no_backend", "dnat_new", "no_backend", "pass")
+
+    def __init__(self, node_ns: str, lab: str, workdir: Path, cgroup: Optional[str],
+                 socket_lb: str = "off"):
         super().__init__(node_ns)
+        if socket_lb != "off" and cgroup is None:
+            raise RuntimeError("socket LB mode needs the lab node's cgroup (is cgroup v2 mounted?)")
+        self.name = self.NAMES[socket_lb]
+        self.socket_lb = socket_lb
+        self.cgroup = cgroup
         self.lab = lab
         self.pin_dir = f"/sys/fs/bpf/ebpflb-lab-{lab}"
         self.workdir = workdir
-        self.manifest = workdir / "services.json"
+        self.manifest = workdir / "services.json"  # shared: the modes' slots never overlap
         self.proc: Optional[subprocess.Popen] = None
-        self.log_path = workdir / "agent.log"
+        self.log_path = workdir / f"agent-{self.name}.log"
         self.runs: List[Dict] = []  # per agent start: programming, RSS, map memory
+
+    def cgroup_args(self) -> List[str]:
+        """--cgroup, so the agent and `ebpflb cleanup` act on the lab node's cgroup (without it
+        both default to the machine's root cgroup; with no cgroup v2 only "off" runs, which
+        attaches nothing)."""
+        return ["--cgroup", self.cgroup] if self.cgroup else []
 
     def load(self, services: List[kp.Svc]) -> float:
         self.write_manifest(services)
@@ -148,7 +185,7 @@ class Ebpflb(Mode):
                 for m in _PROGRAMMED.findall(text)]
 
     def on(self) -> None:
-        ready = self.workdir / "agent.ready"
+        ready = self.workdir / f"agent-{self.name}.ready"
         if ready.exists():
             ready.unlink()
         self._log = open(self.log_path, "w")
@@ -156,7 +193,8 @@ class Ebpflb(Mode):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", self.node_ns,
              "--manifests", str(self.manifest), "--pin-dir", self.pin_dir, "--on-exit", "remove",
-             "--metrics-address", "", "--poll-interval", "0.2", "--ready-file", str(ready)],
+             "--metrics-address", "", "--poll-interval", "0.2", "--ready-file", str(ready),
+             "--socket-lb", self.socket_lb, *self.cgroup_args()],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))
         deadline = time.monotonic() + 180
         while not ready.exists():
@@ -194,8 +232,26 @@ class Ebpflb(Mode):
             self.proc = None
         # Belt and braces: nothing of ebpflb may stay attached while another mode is measured.
         subprocess.run([sys.executable, "-m", "ebpflb.cli", "cleanup", "--netns", self.node_ns,
-                        "--pin-dir", self.pin_dir], capture_output=True, text=True, timeout=60,
-                       cwd=str(REPO), check=True)
+                        "--pin-dir", self.pin_dir, *self.cgroup_args()], capture_output=True,
+                       text=True, timeout=60, cwd=str(REPO), check=True)
+
+    def verdicts(self) -> Dict[str, int]:
+        """The running agent's global verdict counters (`ebpflb stats --verdicts`), those of
+        VERDICTS. The maps are the agent's (--on-exit remove): they count from its start."""
+        r = subprocess.run([sys.executable, "-m", "ebpflb.cli", "stats", "--verdicts", "-o", "json",
+                            "--pin-dir", self.pin_dir], capture_output=True, text=True, timeout=60,
+                           cwd=str(REPO), check=True)
+        counters = json.loads(r.stdout)
+        return {k: counters[k] for k in self.VERDICTS}
+
+    def check_verdicts(self, v: Dict[str, int]) -> None:
+        """The slot measured the path the mode is named for: in socket LB mode the hooks
+        translated the connections, in TC mode the TC programs did and no hook ran."""
+        if self.socket_lb == "off" and (v["socket_lb"] or not v["dnat_new"]):
+            raise RuntimeError(f"{self.name}: expected TC translations only, counters {v}")
+        if self.socket_lb != "off" and not v["socket_lb"]:
+            raise RuntimeError(f"{self.name}: no connect() went through the socket hooks, "
+                               f"counters {v}")
 
 
 def memory(pid: int) -> Dict[str, int]:

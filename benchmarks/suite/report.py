@@ -16,10 +16,26 @@ from benchmarks import common
 
 RESULTS_FILE = "suite.json"
 PLOTS = common.DOC.parent / "plots"
-MODES = ["direct", "ebpflb", "iptables", "iptables-nft", "nftables"]
-LABEL = {"direct": "direct to pod (limit)", "ebpflb": "ebpflb (agent)",
+# Result keys of the modes (benchmarks/suite/modes.py). "ebpflb" is ebpflb TC (--socket-lb off),
+# the key the agent had in results from before the socket hooks, so old and new runs compare;
+# results without "ebpflb-sock" render with its figures and goals as n/a.
+MODES = ["direct", "ebpflb", "ebpflb-sock", "iptables", "iptables-nft", "nftables"]
+LABEL = {"direct": "direct to pod (limit)", "ebpflb": "ebpflb TC (agent, --socket-lb off)",
+         "ebpflb-sock": "ebpflb socket LB (agent, --socket-lb all)",
          "iptables": "iptables (legacy)", "iptables-nft": "iptables (nft backend)",
          "nftables": "nftables (kube-proxy nft mode)"}
+SOCK = "ebpflb-sock"
+# Goals of the socket LB issue, at the top scale, ratios of medians of the same run.
+SOCK_GOALS = {
+    "sock_rate_vs_nftables": ("conn_rate", "nftables", ">=", 1.0,
+                              "new connections/s at least 1.0x nftables"),
+    "sock_rate_vs_direct": ("conn_rate", "direct", ">=", 0.97,
+                            "new connections/s at least 0.97x direct"),
+    "sock_p50_vs_direct": ("lat_p50", "direct", "<=", 1.03,
+                           "connect p50 within 3% of direct (at most 1.03x)"),
+    "sock_keep_vs_direct": ("keep_rate", "direct", ">=", 0.97,
+                            "requests/s on persistent connections at least 0.97x direct"),
+}
 
 S_CONN = "## Suite: new connections through a ClusterIP"
 S_KEEP = "## Suite: requests on persistent connections"
@@ -78,6 +94,65 @@ def _m(t: Dict, scale: int, mode: str, metric: str) -> Optional[float]:
     return s["median"] if s else None
 
 
+def sock_goals(t: Dict, scale: int) -> Dict[str, Dict]:
+    """The socket LB goals at one scale: ebpflb-sock's median over the other mode's median."""
+    g: Dict[str, Dict] = {}
+    for key, (metric, other, op, goal, _text) in SOCK_GOALS.items():
+        v = _ratio(_m(t, scale, SOCK, metric), _m(t, scale, other, metric))
+        ok = None if v is None else (v >= goal if op == ">=" else v <= goal)
+        g[key] = {"value": v, "goal": goal, "op": op, "services": scale, "ok": ok}
+    return g
+
+
+def sock_goal_lines(g: Dict[str, Dict], keys: List[str]) -> str:
+    """The goals' bullet lines, as the other goals are written."""
+    out = []
+    for key in keys:
+        x = g[key]
+        v = "n/a" if x["value"] is None else f"{x['value']:.3f}x"
+        out.append(f"- At {x['services']:,} Services, ebpflb socket LB {SOCK_GOALS[key][4]}: "
+                   f"{v}, {_verdict(x['ok'])}.")
+    return "\n".join(out)
+
+
+def sock_ratio_rows(t: Dict, scales: List[int]) -> List[str]:
+    """ebpflb socket LB against direct, nftables and ebpflb TC, per scale (medians, same run)."""
+    rows = ["| Services | sock / direct conn/s | sock / nftables conn/s | sock / TC conn/s | "
+            "sock p50 / direct p50 | sock p50 − direct p50 (µs) | sock / direct req/s (persistent) |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(v: Optional[float]) -> str:
+        return "n/a" if v is None else f"{v:.3f}x"
+
+    for n in scales:
+        p50, p50_direct = _m(t, n, SOCK, "lat_p50"), _m(t, n, "direct", "lat_p50")
+        delta = "n/a" if p50 is None or p50_direct is None else f"{p50 - p50_direct:+.1f}"
+        rows.append(
+            f"| {n:,} | {f(_ratio(_m(t, n, SOCK, 'conn_rate'), _m(t, n, 'direct', 'conn_rate')))} | "
+            f"{f(_ratio(_m(t, n, SOCK, 'conn_rate'), _m(t, n, 'nftables', 'conn_rate')))} | "
+            f"{f(_ratio(_m(t, n, SOCK, 'conn_rate'), _m(t, n, 'ebpflb', 'conn_rate')))} | "
+            f"{f(_ratio(p50, p50_direct))} | {delta} | "
+            f"{f(_ratio(_m(t, n, SOCK, 'keep_rate'), _m(t, n, 'direct', 'keep_rate')))} |")
+    return rows
+
+
+def verdict_rows(results: Dict) -> List[str]:
+    """Which path translated each ebpflb mode's connections: the agent's verdict counters at
+    the end of each slot (medians over the slots), read with `ebpflb stats --verdicts`."""
+    rows = ["| Services | mode | socket_lb (connect() translated by the hooks) | "
+            "dnat_new (flows translated by TC) | pass (packets TC left alone) |",
+            "|---:|---|---:|---:|---:|"]
+    for scale in sorted(results["scales"], key=int):
+        for mode in ("ebpflb", SOCK):
+            runs = [r["verdicts"] for r in results["scales"][scale]["traffic"].get(mode, [])
+                    if "verdicts" in r]
+            if runs:
+                rows.append(f"| {int(scale):,} | {mode} | "
+                            + " | ".join(f"{_med([v[k] for v in runs]):,.0f}"
+                                         for k in ("socket_lb", "dnat_new", "pass")) + " |")
+    return rows if len(rows) > 2 else []
+
+
 def conn_section(results: Dict, t: Dict) -> Tuple[str, Dict]:
     meta = results["meta"]
     scales = sorted(t)
@@ -93,9 +168,10 @@ def conn_section(results: Dict, t: Dict) -> Tuple[str, Dict]:
             rows.append(f"| {n:,} | {mode} | {_cell(x['conn_rate'])} | {_cell(x['lat_p50'], '{:.1f}')} | "
                         f"{_cell(x['lat_p99'], '{:.1f}')} | {x['client_cpu']['median']:.0%} | "
                         f"{x['busy']['median']:.0%} | {x['errors']} |")
-    ratio_rows = ["| Services | ebpflb / iptables conn/s | ebpflb / nftables conn/s | "
-                  "iptables p99 / ebpflb p99 | nftables p99 / ebpflb p99 | ebpflb p50 / direct p50 | "
-                  "ebpflb p99 / direct p99 |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    ratio_rows = ["| Services | ebpflb TC / iptables conn/s | ebpflb TC / nftables conn/s | "
+                  "iptables p99 / ebpflb TC p99 | nftables p99 / ebpflb TC p99 | "
+                  "ebpflb TC p50 / direct p50 | ebpflb TC p99 / direct p99 |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
 
     def f(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:.2f}x"
@@ -122,6 +198,13 @@ def conn_section(results: Dict, t: Dict) -> Tuple[str, Dict]:
     worst = max((v for v in near.values() if v is not None), default=None)
     g["near_direct"] = {"value": worst, "per_scale": near,
                         "ok": None if worst is None else worst <= 1.10}
+    g.update(sock_goals(t, top))
+    sock_deltas = {n: (_m(t, n, SOCK, "lat_p50"), _m(t, n, "direct", "lat_p50")) for n in scales}
+    sock_delta_text = " / ".join("n/a" if a is None or b is None else f"{a - b:+.1f} µs"
+                                 for a, b in sock_deltas.values())
+    vrows = verdict_rows(results)
+    verdict_block = ("\nWhich path translated (agent verdict counters at the end of a slot, medians "
+                     "over the slots):\n\n" + "\n".join(vrows) + "\n") if vrows else ""
     busy = max(x["busy"]["median"] for n in scales for x in t[n].values())
     deltas = [(_m(t, n, "ebpflb", "lat_p50") or 0) - (_m(t, n, "direct", "lat_p50") or 0) for n in scales]
     cpu_direct = t[top]["direct"]["client_cpu"]["median"] if "direct" in t[top] else None
@@ -133,8 +216,12 @@ def conn_section(results: Dict, t: Dict) -> Tuple[str, Dict]:
     text = f"""{S_CONN}
 
 One run, one machine, modes side by side: **direct** (the client connects to the pod IPs: no load
-balancer, the limit), **ebpflb** (the real agent, `python -m ebpflb.cli agent --netns ... --on-exit
-remove`, started for each measurement), **iptables** (kube-proxy's iptables-mode nat table loaded
+balancer, the limit), **ebpflb** (ebpflb TC: the real agent, `python -m ebpflb.cli agent --netns ...
+--on-exit remove --socket-lb off`, started for each measurement; its TC programs on the pod veths
+translate every packet), **ebpflb-sock** (ebpflb socket LB: the same agent with `--socket-lb all
+--cgroup <lab node-0 cgroup>`; its cgroup hooks send the client's `connect()` to a backend, so the
+packets carry the pod address from the first one and the TC programs let them pass), **iptables**
+(kube-proxy's iptables-mode nat table loaded
 with `iptables-legacy-restore`), **iptables-nft** (the same rules through the nft backend, only up
 to {meta['iptables_nft_max_scale']:,} Services: ENVIRONMENT.md measured 829 s to load 10k Services
 that way, so it is skipped at 10k) and **nftables** (kube-proxy's nftables-mode table, verdict maps,
@@ -147,9 +234,12 @@ each running the epoll server of `benchmarks/loadgen.c`, the client pod running 
 Every Service has 4 endpoints among the web pods; the probed Service is the last one in iptables
 order (`KUBE-SERVICES` is walked to its end for every new connection). The rule sets stay loaded
 for a scale; a mode is switched on by its hook alone (the PREROUTING jump, the nat-prerouting base
-chain, the agent's TC programs) and off again after its slot, so only one mode translates at a
-time; node conntrack is flushed before each slot; with every mode off the VIP is checked not to
-answer. Each slot: a {meta['durations_s']['warmup']} s warm-up, then **latency** (one connection
+chain, the agent's TC programs, and its cgroup hooks for ebpflb-sock) and off again after its slot,
+so only one mode translates at a time; node conntrack is flushed before each slot; with every mode
+off the VIP is checked not to answer. The load client of every mode runs in the lab node-0 cgroup
+(checked), the one the socket hooks attach to, so modes differ only in what they attach; each
+ebpflb slot ends with the agent's verdict counters, checked to show the path the mode is named
+for (table below). Each slot: a {meta['durations_s']['warmup']} s warm-up, then **latency** (one connection
 at a time for {meta['durations_s']['latency']} s: connect, `GET /` with `Connection: close`,
 response, close; p50/p99 of that cycle) and **rate** ({meta['conc']} connections in flight for
 {meta['durations_s']['rate']} s). {meta['reps']} repetitions, the mode order rotated each time;
@@ -161,6 +251,10 @@ Ratios (medians, same run):
 
 {chr(10).join(ratio_rows)}
 
+ebpflb socket LB against direct, nftables and ebpflb TC (medians, same run):
+
+{chr(10).join(sock_ratio_rows(t, scales))}
+{verdict_block}
 ![connect latency vs scale](plots/suite_connect_latency.png)
 ![rates vs scale](plots/suite_rates.png)
 
@@ -172,10 +266,20 @@ Goals (issue 8):
 - ebpflb connect latency (p50) flat within 10% from {lo:,} to {hi:,} Services: {gv('flat', '{:.3f}x')}, {_verdict(g['flat']['ok'])}.
 - ebpflb connect latency (p50) within 10% of direct at every scale: worst {gv('near_direct', '{:.3f}x')}, {_verdict(g['near_direct']['ok'])}.
 
+The five goals above are ebpflb TC's ("ebpflb"). Goals of socket load balancing (ebpflb-sock), same run:
+
+{sock_goal_lines(g, ['sock_rate_vs_nftables', 'sock_rate_vs_direct', 'sock_p50_vs_direct'])}
+- (persistent requests/s: see [the next section](#suite-requests-on-persistent-connections)).
+
 Why the misses, from the same figures:
 
-- **Against direct (and nftables at high rate), ebpflb pays per packet.** Its connect cycle is
-  {' / '.join(f"+{d:.1f} µs" for d in deltas)} (at {' / '.join(f'{n:,}' for n in scales)} Services) longer
+- **Socket LB translates once per connection, at `connect()`**: its connect cycle differs from
+  direct's by {sock_delta_text} (at {' / '.join(f'{n:,}' for n in scales)} Services): one hook run
+  (a frontend lookup, a slot, the socket's record: [its cost](#socket-lb-cost-per-connect)) per
+  connection, and on each packet the TC programs' pass path (measure 3), which direct's packets
+  do not take (no agent runs in that mode).
+- **Against direct (and nftables at high rate), ebpflb TC pays per packet.** Its connect cycle is
+  {' / '.join(f"{d:+.1f} µs" for d in deltas)} (at {' / '.join(f'{n:,}' for n in scales)} Services) longer
   than direct's {t[top]['direct']['lat_p50']['median']:.1f} µs. A cycle is about 8 packets, each crossing two
   pod veths, so about 16 runs of the TC programs (16–99 ns above a bare program each, by path,
   measure 3) plus one new-flow decision with two conntrack inserts (~0.9 µs): roughly 1.5–2.5 µs;
@@ -206,7 +310,7 @@ within a scale, by ratio.
     return text, g
 
 
-def keep_section(results: Dict, t: Dict) -> str:
+def keep_section(results: Dict, t: Dict) -> Tuple[str, Dict]:
     meta = results["meta"]
 
     def f(v: Optional[float]) -> str:
@@ -223,23 +327,32 @@ def keep_section(results: Dict, t: Dict) -> str:
             r = _ratio(x["keep_rate"]["median"], _m(t, n, "direct", "keep_rate"))
             rows.append(f"| {n:,} | {mode} | {_cell(x['keep_rate'])} | {_cell(x['keep_p50'], '{:.1f}')} | "
                         f"{_cell(x['keep_p99'], '{:.1f}')} | {'n/a' if r is None else f'{r:.2f}x'} |")
-    return f"""{S_KEEP}
+    top = scales[-1]
+    g = {k: v for k, v in sock_goals(t, top).items() if k == "sock_keep_vs_direct"}
+    text = f"""{S_KEEP}
 
 Same run, same slots as the new-connection measure: {meta['conc']} persistent HTTP/1.1 connections
 from the client pod to the ClusterIP (to the pod IPs for direct), one request in flight on each,
 for {meta['durations_s']['keepalive']} s. Medians (min–max) over {meta['reps']} repetitions. Only
 the first packet of a connection meets the iptables/nftables rules (conntrack carries the rest);
-ebpflb's TC program runs for every packet (a conntrack-map hit and a rewrite), so this is where a
-per-packet cost would show.
+ebpflb TC's program runs for every packet (a conntrack-map hit and a rewrite), so this is where a
+per-packet cost would show; ebpflb socket LB translated the connection at `connect()` and its
+packets take the TC programs' pass path.
 
 {chr(10).join(rows)}
 
-ebpflb / direct: {' / '.join(f(_ratio(_m(t, n, 'ebpflb', 'keep_rate'), _m(t, n, 'direct', 'keep_rate'))) for n in scales)}
-at {' / '.join(f'{n:,}' for n in scales)} Services; nftables / direct: {' / '.join(f(_ratio(_m(t, n, 'nftables', 'keep_rate'), _m(t, n, 'direct', 'keep_rate'))) for n in scales)}.
-No goal is set for this measure. ebpflb's share is the per-packet cost of measure 3 (two program
-runs per packet, one on each pod veth) on a machine whose two vCPUs are saturated; the spreads
-of all modes overlap widely on this shared VM.
+ebpflb TC / direct: {' / '.join(f(_ratio(_m(t, n, 'ebpflb', 'keep_rate'), _m(t, n, 'direct', 'keep_rate'))) for n in scales)}
+at {' / '.join(f'{n:,}' for n in scales)} Services; ebpflb socket LB / direct: {' / '.join(f(_ratio(_m(t, n, SOCK, 'keep_rate'), _m(t, n, 'direct', 'keep_rate'))) for n in scales)};
+nftables / direct: {' / '.join(f(_ratio(_m(t, n, 'nftables', 'keep_rate'), _m(t, n, 'direct', 'keep_rate'))) for n in scales)}.
+ebpflb TC's share is the per-packet cost of measure 3 (two program runs per packet, one on each
+pod veth) on a machine whose two vCPUs are saturated; the spreads of all modes overlap widely on
+this shared VM.
+
+Goal (socket load balancing):
+
+{sock_goal_lines(g, ['sock_keep_vs_direct'])}
 """
+    return text, g
 
 
 def datapath_section() -> Tuple[str, Dict]:
@@ -429,7 +542,8 @@ def plots(results: Dict, t: Dict) -> List[str]:
     PLOTS.mkdir(parents=True, exist_ok=True)
     scales = sorted(t)
     made = []
-    style = {"direct": ("k", "o"), "ebpflb": ("tab:green", "s"), "iptables": ("tab:red", "^"),
+    style = {"direct": ("k", "o"), "ebpflb": ("tab:green", "s"), SOCK: ("tab:purple", "P"),
+             "iptables": ("tab:red", "^"),
              "iptables-nft": ("tab:orange", "v"), "nftables": ("tab:blue", "D")}
 
     def series(mode, metric):
@@ -518,7 +632,7 @@ def plots(results: Dict, t: Dict) -> List[str]:
 def publish(results: Dict, write: bool = True) -> Dict:
     t, _ = traffic_table(results)
     conn, g_conn = conn_section(results, t)
-    keep = keep_section(results, t)
+    keep, g_keep = keep_section(results, t)
     pkt, g_pkt = datapath_section()
     prog, g_prog = prog_section(results)
     mem = mem_section(results)
@@ -531,7 +645,7 @@ def publish(results: Dict, write: bool = True) -> Dict:
               f"`benchmarks/results/{RESULTS_FILE}`.\n")
     sections = [(S_CONN, conn + footer), (S_KEEP, keep + footer), (S_PKT, pkt),
                 (S_PROG, prog + footer), (S_MEM, mem + footer)]
-    results["goals"] = {**g_conn, "tc_service_hit_above_bare": g_pkt, **g_prog}
+    results["goals"] = {**g_conn, **g_keep, "tc_service_hit_above_bare": g_pkt, **g_prog}
     for _, text in sections:
         print(text)
     if write:

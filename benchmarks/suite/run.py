@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,9 @@ def busy_fraction(a: List[int], b: List[int]) -> float:
 
 
 def client(loadgen: str, kind: str, seconds: float, conc: int, targets: List[str]) -> Dict:
+    """One load client run in the client pod. run_in_pod starts it in the cgroup of the pod's
+    node (node 0), where ebpflb socket LB attaches its hooks: every mode's client runs there,
+    so only what a mode attaches differs (check_client_cgroup makes sure)."""
     from ebpflb.lab import run_in_pod
 
     c0 = cpu_sample()
@@ -63,6 +67,21 @@ def client(loadgen: str, kind: str, seconds: float, conc: int, targets: List[str
     out = json.loads(r.stdout)
     out["machine_busy"] = busy_fraction(c0, c1)
     return out
+
+
+def check_client_cgroup(cgroup: str) -> str:
+    """The cgroup v2 path a process started like the load client runs in, which must be the lab
+    node-0 cgroup the socket hooks attach to (else socket LB would measure nothing)."""
+    from ebpflb.dataplane.sock_attach import cgroup2_root
+    from ebpflb.lab import run_in_pod
+
+    r = run_in_pod(LAB, "client", ["cat", "/proc/self/cgroup"], timeout=10, check=True)
+    seen = next((line[3:] for line in r.stdout.splitlines() if line.startswith("0::")), "")
+    root = cgroup2_root()
+    want = "/" + os.path.relpath(cgroup, root) if root else None
+    if seen != want:
+        raise RuntimeError(f"the load client runs in cgroup {seen!r}, not the lab node's {want!r}")
+    return seen
 
 
 def start_servers(loadgen: str, web: List[str]) -> None:
@@ -84,11 +103,22 @@ def slot(mode: md.Mode, loadgen: str, targets: List[str], node_ns: str) -> Dict:
         warm = client(loadgen, "conn", WARM_S, 4, targets)
         if warm["count"] == 0:
             raise RuntimeError(f"{mode.name}: no connection succeeded through {targets}")
-        return {"lat": client(loadgen, "conn", LAT_S, 1, targets),
-                "rate": client(loadgen, "conn", RATE_S, CONC, targets),
-                "keep": client(loadgen, "keepalive", KEEP_S, CONC, targets)}
+        out = {"lat": client(loadgen, "conn", LAT_S, 1, targets),
+               "rate": client(loadgen, "conn", RATE_S, CONC, targets),
+               "keep": client(loadgen, "keepalive", KEEP_S, CONC, targets)}
+        verdicts = mode.verdicts()  # read while on: the agent's maps go when it stops
+        if verdicts is not None:
+            mode.check_verdicts(verdicts)
+            out["verdicts"] = verdicts
+        return out
     finally:
         mode.off()
+
+
+def agent_memory(mode: md.Ebpflb) -> List[Dict]:
+    """Memory and start-up time of each agent run of an ebpflb mode."""
+    return [{k: r[k] for k in ("rss_bytes", "map_memlock_bytes", "maps", "startup_s")}
+            for r in mode.runs]
 
 
 def change_pair(svc: kp.Svc):
@@ -118,16 +148,22 @@ def run_scale(n: int, reps: int, loadgen: str, workdir: Path) -> Dict:
         write_sysctls(lab.pod_ns(p.name), {"net.ipv4.tcp_max_tw_buckets": "0"})
     start_servers(loadgen, [p.name for p in web])
     time.sleep(0.3)
+    cgroup = lab.cgroup(0)
+    if cgroup is None:
+        log.warning("no cgroup v2 hierarchy is mounted: ebpflb socket LB is not measured")
+    client_cgroup = check_client_cgroup(cgroup) if cgroup else None
     direct = md.Direct(node)
-    ebpf = md.Ebpflb(node, LAB, workdir)
+    ebpf = md.Ebpflb(node, LAB, workdir, cgroup, socket_lb="off")
+    ebpf_sock = md.Ebpflb(node, LAB, workdir, cgroup, socket_lb="all") if cgroup else None
     ipt = md.Iptables(node, "legacy")
     nft = md.Nftables(node)
-    mode_list: List[md.Mode] = [direct, ebpf, ipt, nft]
+    mode_list: List[md.Mode] = [direct, ebpf, *([ebpf_sock] if ebpf_sock else []), ipt, nft]
     iptn: Optional[md.Iptables] = None
     if n <= IPTABLES_NFT_MAX_SCALE:
         iptn = md.Iptables(node, "nft")
         mode_list.append(iptn)
     res: Dict = {"services": n, "endpoints_per_service": len(probe.endpoints),
+                 "client_cgroup": client_cgroup,
                  "probe": {"vip": probe.vip, "port": probe.port, "name": probe.port_name_string},
                  "full": {}, "change": {}, "traffic": {m.name: [] for m in mode_list}}
 
@@ -139,7 +175,7 @@ def run_scale(n: int, reps: int, loadgen: str, workdir: Path) -> Dict:
             samples.append(m.load(services))
             log.info("scale %d: %s full load %.3f s", n, m.name, samples[-1])
         res["full"][m.name] = samples
-    ebpf.load(services)
+    ebpf.load(services)  # the manifest file, shared by both ebpflb modes
 
     # Nothing on: the VIP must not answer (the node blackholes the Service range).
     off = client(loadgen, "conn", WARM_S, 1, [f"{probe.vip}:{probe.port}"])
@@ -159,8 +195,10 @@ def run_scale(n: int, reps: int, loadgen: str, workdir: Path) -> Dict:
                      r["lat"]["p50_us"], r["lat"]["p99_us"], r["keep"]["rate"],
                      r["rate"]["cpu"], r["rate"]["machine_busy"])
     res["ebpflb_full"] = [r["programming"] for r in ebpf.runs]
-    res["agent_memory"] = [{k: r[k] for k in ("rss_bytes", "map_memlock_bytes", "maps", "startup_s")}
-                           for r in ebpf.runs]
+    res["agent_memory"] = agent_memory(ebpf)
+    if ebpf_sock:
+        res["ebpflb_sock_full"] = [r["programming"] for r in ebpf_sock.runs]
+        res["agent_memory_sock"] = agent_memory(ebpf_sock)
 
     # One endpoint of the probed Service removed and put back, alternately.
     less, full = change_pair(probe)

@@ -11,6 +11,8 @@ from the lab's external client.
 import json
 import secrets
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -465,6 +467,58 @@ def nodeport_icmp_errors(c: Ctx) -> None:
                                      "client") from None
 
 
+def sockclient(c: Ctx, where: str, *ops: dict) -> list:
+    """Socket operations (ebpflb.lab.sockclient) by a process of `where`: a pod, or "node" (a
+    host-network process), in its node's cgroup, where the socket hooks act."""
+    r = lablib.run_in_pod(c.lab, where, [sys.executable, "-m", "ebpflb.lab.sockclient",
+                                         json.dumps(list(ops))], timeout=60)
+    assert r.returncode == 0, f"sockclient in {where}: {r.stderr.strip()}"
+    return json.loads(r.stdout)
+
+
+def node_service(c: Ctx) -> None:
+    """A host-network process (the node's own namespace, where no pod device sees its packets)
+    reaches a ClusterIP over TCP and UDP and its node's NodePort: only the socket hooks serve it,
+    as kube-proxy's OUTPUT chains do."""
+    c.apply(np_service("web", "10.96.1.1", 30080, pods(1, 2) + node1_pods(1), ports=WEB + ECHO),
+            c.nodeports(30080), "the NodePort on both nodes")
+    ops = [{"op": "http", "addr": "10.96.1.1", "port": 80}] * 30
+    served = {r["body"] for r in sockclient(c, "node", *ops)}
+    assert served == {"web-1", "web-2", "n1-web-1"}, f"served by {served}"
+    (udp,) = sockclient(c, "node", {"op": "udp", "addr": "10.96.1.1", "port": 53})
+    assert udp["errno"] is None and udp["source"] == "10.96.1.1:53", udp
+    (r,) = sockclient(c, "node", {"op": "http", "addr": NODE_ADDRS[0], "port": 30080})
+    assert r["body"] in {"web-1", "web-2", "n1-web-1"}, r
+
+
+def connected_udp_moves_off_a_removed_backend(c: Ctx) -> None:
+    """A DNS client keeps one connected UDP socket; its backend leaves the Service (the pod still
+    runs). The agent closes the socket; the client's next one reaches a live backend within a
+    second of the change."""
+    c.apply(service_yaml("dns", "10.96.1.2", ECHO, pods(1)),
+            lambda: c.agent.backends("10.96.1.2:53/UDP") == ["10.244.0.11"], "dns")
+    loop = {"op": "udp-loop", "addr": "10.96.1.2", "port": 53, "count": 60, "interval": 0.05,
+            "reconnect": True}
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", f"{c.lab}-client", sys.executable, "-m", "ebpflb.lab.sockclient",
+         json.dumps([loop])], stdout=subprocess.PIPE, text=True,
+        preexec_fn=nsops.joiner(lablib.get_lab(c.lab).cgroup(0)))
+    try:
+        time.sleep(1.0)  # the socket is connected to web-1, the only backend
+        changed = time.time()
+        c.apply(service_yaml("dns", "10.96.1.2", ECHO, pods(2)),
+                lambda: c.agent.backends("10.96.1.2:53/UDP") == ["10.244.0.12"], "web-1 to leave")
+        (result,) = json.loads(proc.communicate(timeout=30)[0])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    answers = [(result["started"] + t, a) for t, a in result["answers"]]
+    assert any(a and a.startswith("web-1 ") for at, a in answers if at < changed), answers
+    late = [a for at, a in answers if at > changed + 1.0]
+    assert late and all(a is not None and a.startswith("web-2 ") for a in late), \
+        f"answers more than 1 s after the change: {late}"
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str  # the e2e test's name ("[ebpflb]" when the e2e suite has none)
@@ -472,6 +526,7 @@ class Scenario:
     run: Callable[[Ctx], None]
     extra_pods: Tuple[PodSpec, ...] = ()
     nodes: int = 1  # 2: traffic from outside, an agent per node on its eth0
+    socket_lb: str = "off"  # the agents' --socket-lb: most scenarios are about the packet path
 
 
 SCENARIOS: Tuple[Scenario, ...] = (
@@ -504,6 +559,11 @@ SCENARIOS: Tuple[Scenario, ...] = (
              "stale UDP conntrack", preserve_udp_when_pod_cycles),
     Scenario("should preserve source pod IP for traffic thru service cluster IP",
              "source IP preserved", preserve_source_ip),
+    Scenario("Granular Checks: Services should function for node-Service: http",
+             "host-network client (socket hooks)", node_service, nodes=2, socket_lb="all"),
+    Scenario("[ebpflb] should move a connected UDP socket off a removed backend",
+             "stale connected UDP socket closed", connected_udp_moves_off_a_removed_backend,
+             socket_lb="all"),
     Scenario("[ebpflb] should translate ICMP errors about load-balanced flows",
              "ICMP error translation", icmp_errors_translated),
     Scenario("should be able to create a functioning NodePort service",
@@ -557,7 +617,8 @@ def run_scenario(scenario: Scenario, lab_name: Optional[str] = None,
                                    if scenario.nodes > 1 else [])
                     agents.append(RunningAgent(name, Path(work), [], node=k, extra_args=[
                         "--node-name", f"node-{k}", "--metrics-address", "",
-                        "--health-address", "", *north_south]))
+                        "--health-address", "", "--socket-lb", scenario.socket_lb,
+                        *north_south]))
                 scenario.run(Ctx(name, agents[0], agents))
             finally:
                 for agent in agents:

@@ -7,7 +7,8 @@ hooks act on the sockets of processes in that cgroup. Standard library only, lik
     python -m ebpflb.lab.sockclient '[{"op": "http", "addr": "10.96.0.10", "port": 80}, ...]'
 
 Operations (each result also carries "errno", the error's name, or null):
-  http  GET `path` (default "/") over TCP: "body", "peer" (getpeername), "local"
+  http  GET `path` (default "/") over TCP: "body", "peer" (getpeername), "local", "cookie"
+        (the socket's SO_COOKIE, which the hooks hash)
   udp   one datagram `payload` and its answer: "reply", "source" (recvfrom's address),
         "peer" (getpeername, with "connect": true: a connected socket)
   udp-loop  a connected UDP socket asking `count` times, `interval` seconds apart (the answers
@@ -35,10 +36,14 @@ def _err(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc))
 
 
+SO_COOKIE = 57  # asm-generic/socket.h: what `ebpflb explain --socket --cookie` takes
+
+
 def http(addr: str, port: int, path: str = "/", timeout: float = 2.0) -> Dict[str, Any]:
     out: Dict[str, Any] = {"errno": None}
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
+        out["cookie"] = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), sys.byteorder)
         try:
             s.connect((addr, port))
             out["peer"] = _addr(s.getpeername())

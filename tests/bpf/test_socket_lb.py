@@ -385,3 +385,42 @@ def test_an_unanswered_tcp_connect_is_closed_when_its_backend_leaves(sl):
         assert sl.http(SLOW_VIP)[0]["body"] == BACKENDS[0]
     finally:
         subprocess.run(["ip", "-n", sl.ns, "link", "del", "sk0"], check=False)
+
+
+def test_explain_predicts_the_hooks(sl):
+    """`ebpflb explain --socket`'s prediction (pure, from the maps and the socket's cookie) is
+    the backend the real hook sent each socket to, for hash-mod and Maglev slots alike."""
+    from ebpflb.apply import read_snapshot
+    from ebpflb.explain_socket import REFUSED, TRANSLATED, UNTOUCHED, explain_socket
+
+    for text in (manifest(), manifest("{lb.ebpflb.io/algorithm: maglev}")):
+        sl.dp.program(text)
+        snapshot = read_snapshot(sl.dp.writer)
+        for r in sl.http(n=20):
+            e = explain_socket(snapshot, VIP, 80, 6, "all", host=False, cookie=r["cookie"])
+            assert e.verdict == TRANSLATED
+            assert e.backend == f"{r['body']}:8080", (r, e)
+    assert explain_socket(snapshot, EMPTY_VIP, 80, 6, "all", False).verdict == REFUSED
+    assert explain_socket(snapshot, VIP, 81, 6, "all", False).verdict == UNTOUCHED
+    assert explain_socket(snapshot, VIP, 80, 6, "host-only", False).verdict == "packet path"
+
+
+def test_explain_cli_socket(sl):
+    from click.testing import CliRunner
+
+    from ebpflb.cli import main
+
+    (r,) = sl.http()
+    pin = ["--pin-dir", sl.dp.config.pin_dir]
+    out = CliRunner().invoke(main, ["explain", "10.244.0.5:40000", f"{VIP}:80", "tcp", "--socket",
+                                    "pod", "--cookie", str(r["cookie"]), "-o", "json", *pin])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert result["verdict"] == "translated" and result["backend"] == f"{r['body']}:8080"
+    assert result["mode"] == "all"
+    text = CliRunner().invoke(main, ["explain", "10.244.0.5:40000", f"{VIP}:80", "tcp",
+                                     "--socket", "host", *pin]).output
+    assert "TRANSLATED to one of" in text and "socket LB  all" in text
+    bad = CliRunner().invoke(main, ["explain", "10.244.0.5:40000", f"{VIP}:80", "tcp",
+                                    "--cookie", "5", *pin])
+    assert bad.exit_code == 2 and "--cookie goes with --socket" in bad.output

@@ -33,6 +33,10 @@ def test_help(cmd):
     (["agent", "--manifests", ".", "--snat-ports", "80-90"], "SNAT ports 80-90"),
     (["agent", "--manifests", ".", "--nodeport-addresses", "10.0.0.0/33"], "for --nodeport-addresses"),
     (["agent", "--manifests", ".", "--healthcheck-address", "eth0"], "for --healthcheck-address"),
+    (["agent", "--manifests", ".", "--socket-lb", "pods"], "'--socket-lb'"),
+    (["agent", "--manifests", ".", "--cgroup", "/nonexistent"], "--cgroup /nonexistent: not a directory"),
+    (["agent", "--manifests", ".", "--cgroup", "/proc"], "--cgroup /proc: not a cgroup v2 directory"),
+    (["cleanup", "--cgroup", "/nonexistent"], "--cgroup /nonexistent: not a directory"),
 ])
 def test_bad_arguments_name_the_option(args, message):
     result = CliRunner().invoke(main, args)
