@@ -667,7 +667,14 @@ def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
     except OSError as exc:
         raise click.BadParameter(f"{ifname}: {exc.strerror or exc}", param_hint="--device") from exc
     result = explain_flow(snapshot, flow, ct, affinity, device=dev, ct_table=table)
-    click.echo(json.dumps(result.to_json(), indent=2) if output == "json" else render(result))
+    from .dataplane.sock_attach import read_mode
+    from .explain_socket import packet_path_note
+
+    note = packet_path_note(read_mode(writer.bpf), outside, key in snapshot[SERVICES])
+    if output == "json":
+        click.echo(json.dumps({**result.to_json(), "path": note}, indent=2))
+    else:
+        click.echo(render(result, (("path", note),) if note else ()))
 
 
 @main.command()

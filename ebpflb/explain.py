@@ -617,7 +617,8 @@ class _Decision:
         return self.out("dnat", reason, backend=backend, stateless=stateless)
 
 
-def render(e: Explanation) -> str:
+def render(e: Explanation, extra: Tuple[Tuple[str, str], ...] = ()) -> str:
+    """The explanation as aligned rows; `extra` rows (what the caller knows besides) last."""
     f = e.flow
     flags = f" [{f.tcp_flags}]" if f.protocol == "TCP" else ""  # which packet of the flow
     rows = [("flow", f"{f.saddr}:{f.sport} -> {f.daddr}:{f.dport}/{f.protocol}{flags}"),
@@ -656,5 +657,6 @@ def render(e: Explanation) -> str:
     rows.append(("verdict", verdict))
     rows.append(("why", e.reason))
     rows.append(("counters", ", ".join(e.counters) or "none (counted per frontend and backend)"))
+    rows.extend(extra)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -120,6 +120,19 @@ def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str,
                                     "translates its packets")
 
 
+def packet_path_note(mode: str, outside: bool, frontend: bool) -> Optional[str]:
+    """What `ebpflb explain` (the packet path) adds about the other path: a pod's socket that
+    the hooks translate never shows the frontend to the TC program being explained."""
+    if outside or not frontend or mode not in ("all", "host-only"):
+        return None
+    if mode == "host-only":
+        return ("socket load balancing is host-only: a pod's packets take this path; a "
+                "host-network process is balanced at connect() (explain --socket host)")
+    return ("socket load balancing is on: a pod process in the hooks' cgroup is balanced at "
+            "connect() (explain --socket pod) and its packets never carry the frontend; this is "
+            "what happens to packets that still do")
+
+
 def render_socket(e: SocketExplanation) -> str:
     rows = [("socket", f"connect()/sendmsg() to {e.destination} by a "
                        f"{'host-network process' if e.host else 'pod'}"),

@@ -12,6 +12,8 @@ import time
 from collections import Counter
 
 import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
 
 from ebpflb.dataplane.cleanup import owner_of
 from ebpflb.dataplane.sock_attach import (
@@ -23,12 +25,11 @@ from ebpflb.dataplane.sock_attach import (
     read_mode,
     write_settings,
 )
-from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
-
 from ebpflb.dataplane.testrun import test_run as bpf_run
+from ebpflb.lab.nsops import (create_netns, in_netns, joiner, kill_pids, netns_path, netns_pids,
+                              remove_netns)
+from ebpflb.lab.agent_runner import wait_until
 from ebpflb.maps import SVC_F_DRAINING
-from ebpflb.lab.nsops import create_netns, in_netns, kill_pids, netns_path, netns_pids, remove_netns
 
 from ..conftest import unique
 from .test_lb4_packets import ETH
@@ -118,18 +119,14 @@ class SockLab:
         remove_netns(self.ns)
         write_settings(self.dp.progs.bpf, "off")
 
+    def client_argv(self, ops) -> list:
+        return ["nsenter", f"--net={netns_path(self.ns)}", sys.executable, "-m",
+                "ebpflb.lab.sockclient", json.dumps(list(ops))]
+
     def run(self, *ops: dict) -> list:
         """Runs the operations in a client process inside the cgroup and the namespace."""
-        cgroup_procs = os.path.join(self.cgroup, "cgroup.procs")
-
-        def enter_cgroup() -> None:
-            with open(cgroup_procs, "w") as f:
-                f.write("0")
-
-        out = subprocess.run(
-            ["nsenter", f"--net={netns_path(self.ns)}", sys.executable, "-m",
-             "ebpflb.lab.sockclient", json.dumps(list(ops))],
-            capture_output=True, text=True, timeout=60, preexec_fn=enter_cgroup, check=True)
+        out = subprocess.run(self.client_argv(ops), capture_output=True, text=True, timeout=60,
+                             preexec_fn=joiner(self.cgroup), check=True)
         return json.loads(out.stdout)
 
     def http(self, addr: str = VIP, port: int = 80, n: int = 1) -> list:
@@ -306,15 +303,9 @@ def purge_after(sl, text: str) -> int:
 
 
 def start_client(sl, *ops: dict) -> subprocess.Popen:
-    cgroup_procs = os.path.join(sl.cgroup, "cgroup.procs")
-
-    def enter_cgroup() -> None:
-        with open(cgroup_procs, "w") as f:
-            f.write("0")
-
-    return subprocess.Popen(
-        ["nsenter", f"--net={netns_path(sl.ns)}", sys.executable, "-m", "ebpflb.lab.sockclient",
-         json.dumps(list(ops))], stdout=subprocess.PIPE, text=True, preexec_fn=enter_cgroup)
+    """The client in the background (its output read when it ends)."""
+    return subprocess.Popen(sl.client_argv(ops), stdout=subprocess.PIPE, text=True,
+                            preexec_fn=joiner(sl.cgroup))
 
 
 def udp_backends_of_sockets(sl) -> set:
@@ -335,8 +326,6 @@ def test_a_connected_udp_socket_is_closed_when_its_backend_leaves(sl):
             "reconnect": True}
     client = direct = start_client(sl, loop)
     try:
-        from ebpflb.lab.agent_runner import wait_until
-
         wait_until(lambda: udp_backends_of_sockets(sl), 10, "the client's socket")
         (pinned,) = udp_backends_of_sockets(sl)
         direct = start_client(sl, dict(loop, addr=pinned, port=9053, reconnect=False))
@@ -421,6 +410,9 @@ def test_explain_cli_socket(sl):
     text = CliRunner().invoke(main, ["explain", "10.244.0.5:40000", f"{VIP}:80", "tcp",
                                      "--socket", "host", *pin]).output
     assert "TRANSLATED to one of" in text and "socket LB  all" in text
+    # The packet path's explanation says the hooks take a pod's sockets first.
+    packet = CliRunner().invoke(main, ["explain", "10.244.0.5:40000", f"{VIP}:80", "tcp", *pin])
+    assert packet.exit_code == 0 and "balanced at connect() (explain --socket pod)" in packet.output
     bad = CliRunner().invoke(main, ["explain", "10.244.0.5:40000", f"{VIP}:80", "tcp",
                                     "--cookie", "5", *pin])
     assert bad.exit_code == 2 and "--cookie goes with --socket" in bad.output

@@ -11,6 +11,10 @@ from typing import Dict, Iterator, List
 
 import pytest
 
+from ebpflb.dataplane.cleanup import owner_of
+from ebpflb.dataplane.config import DataplaneConfig
+from ebpflb.dataplane.loader import SOCK_HOOKS
+from ebpflb.dataplane.sock_attach import hooks_attached
 from ebpflb.lab import lab as lablib
 from ebpflb.lab import topology as topo
 from ebpflb.lab.nsops import joiner
@@ -154,7 +158,11 @@ def test_host_only_and_off(env):
     escape hatch)."""
     lab = env["lab"].name
     agents = env["agents"]
-    agents[0].stop()
+    cgroup = env["lab"].cgroup(0)
+    owns = owner_of(DataplaneConfig(pin_dir=agents[0].pin_dir))
+    assert set(hooks_attached(cgroup, owns)) == set(SOCK_HOOKS)
+    agents[0].stop()  # --on-exit remove: its hooks go with its pins
+    assert hooks_attached(cgroup, lambda _id: True) == {}
     try:
         for mode in ("host-only", "off"):
             agents[0] = start_agent(lab, env["workdir"], 0, mode)
@@ -176,11 +184,10 @@ def test_a_dns_client_with_a_connected_socket_moves_off_a_removed_backend(env):
     still answers, as one being replaced would). The agent closes the socket; the client's
     next socket gets a live backend, within one second of the manifest change."""
     from ebpflb.dataplane.bcc_maps import be32_to_ip
-    from ebpflb.dataplane.config import DataplaneConfig
     from ebpflb.dataplane.loader import open_maps
 
     agent = env["agents"][0]
-    table = open_maps(DataplaneConfig(pin_dir=agent.pin_dir)).[b"lb4_sock_nat"]
+    table = open_maps(DataplaneConfig(pin_dir=agent.pin_dir))[b"lb4_sock_nat"]
     table.clear()
     loop = {"op": "udp-loop", "addr": ECHO.cluster_ip, "port": 53, "count": 60,
             "interval": 0.05, "reconnect": True}

@@ -9,7 +9,8 @@ import pytest
 from ebpflb.dataplane.sock_attach import CgroupError, cgroup2_root, check_cgroup
 from ebpflb.dataplane.stale_sockets import SOCK_KEY, SOCK_NAT, Target, stale_targets
 from ebpflb.explain import AffinityView
-from ebpflb.explain_socket import PACKET_PATH, REFUSED, TRANSLATED, UNTOUCHED, explain_socket
+from ebpflb.explain_socket import (PACKET_PATH, REFUSED, TRANSLATED, UNTOUCHED, explain_socket,
+                                   packet_path_note)
 from ebpflb.maps import (SVC_F_DRAINING, SVC_F_SRC_RANGES, BackendValue, Records, SvcKey,
                          SvcValue)
 
@@ -90,3 +91,11 @@ def test_explain_socket_not_a_frontend_and_affinity():
     stale = explain_socket(snapshot(affinity=60), "10.96.0.10", 80, 6, "all", False, cookie=99,
                            affinity=AffinityView(12, 61.0))
     assert stale.hash is not None  # an expired binding: the cookie's slot decides
+
+
+def test_packet_path_note_only_where_the_hooks_could_have_taken_the_socket():
+    assert "explain --socket pod" in packet_path_note("all", outside=False, frontend=True)
+    assert "explain --socket host" in packet_path_note("host-only", outside=False, frontend=True)
+    assert packet_path_note("off", outside=False, frontend=True) is None
+    assert packet_path_note("all", outside=True, frontend=True) is None  # from outside: no socket
+    assert packet_path_note("all", outside=False, frontend=False) is None
