@@ -168,12 +168,12 @@ def run_client(binary: str, s: Setup, rounds: int, iterations: int) -> Dict:
     """The C client in the namespace (nsenter --net: `ip netns exec` would remount /sys, and
     with it the cgroup hierarchy the client moves in) and, from its first instruction, in the
     hooked cgroup."""
-    from ebpflb.lab.nsops import joiner, netns_path
+    from ebpflb.lab.nsops import in_cgroup, netns_path
 
-    argv = ["nsenter", f"--net={netns_path(s.ns)}", binary, str(rounds), str(iterations),
-            s.hooked, s.plain, s.vip, *[f"{b}:{PORT}" for b in BACKENDS]]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=60 + rounds * iterations / 100,
-                       preexec_fn=joiner(s.hooked))
+    argv = in_cgroup(s.hooked, ["nsenter", f"--net={netns_path(s.ns)}", binary, str(rounds),
+                                str(iterations), s.hooked, s.plain, s.vip,
+                                *[f"{b}:{PORT}" for b in BACKENDS]])
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60 + rounds * iterations / 100)
     if r.returncode != 0:
         raise RuntimeError(f"sock_connect client failed ({r.returncode}): {r.stderr[-2000:]}")
     return json.loads(r.stdout)

@@ -281,7 +281,7 @@ enum lb_stat {
 	STAT_CT_REBUILT,	/* a lost forward entry rebuilt from its reply entry */
 	STAT_PORT_NAT,		/* a new flow whose reply tuple a live flow held got a new source port */
 	STAT_SOCKET_LB,		/* a connect() or a datagram's destination sent to a backend by the
-				 * cgroup hooks: nothing per packet after it */
+				 * cgroup hooks: no packet of it is rewritten */
 	STAT_SOCKET_NO_BACKEND,	/* connect() or send to a frontend with no usable backend: refused
 				 * with ECONNREFUSED */
 	STAT_MAX,

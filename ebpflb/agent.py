@@ -347,7 +347,7 @@ class Agent:
         from .dataplane.loader import load_programs
         from .dataplane.node_attach import NodeAttacher
 
-        progs = load_programs(self.config)
+        progs = load_programs(self.config, socket_hooks=self.options.socket_lb != "off")
         give_back_memory()  # what clang and LLVM freed after compiling
         self._phase("programs")
         self.state.rss_loaded_mib = rss_mib()
@@ -424,16 +424,22 @@ class Agent:
             ipr.close()
         return 0
 
-    def _purge_stale(self, bpf: Any, svc_ids, udp, tcp) -> None:
-        """After a sync removed backends or frontends: their flows on the packet path, and the
-        sockets the socket hooks sent to them (connected UDP, unanswered TCP)."""
+    def _purge_stale(self, bpf: Any, svc_ids, udp, tcp) -> int:
+        """After a sync removed backends or frontends: their flows on the packet path (returns
+        how many conntrack entries went), and the sockets the socket hooks sent to them
+        (connected UDP, unanswered TCP)."""
         from .dataplane.ct_gc import purge as ct_purge
         from .dataplane.stale_sockets import close_stale_sockets
 
-        ct_purge(bpf, svc_ids, udp, tcp)
-        closed = close_stale_sockets(bpf, self._cgroup(), svc_ids, udp, tcp)
+        removed = ct_purge(bpf, svc_ids, udp, tcp)
+        try:
+            closed = close_stale_sockets(bpf, self._cgroup(), svc_ids, udp, tcp)
+        except Exception as exc:  # noqa: BLE001 - sockets left open time out; serving goes on
+            log.warning("closing sockets sent to removed backends failed: %s", exc)
+            closed = 0
         if closed and self.metrics is not None:
             self.metrics.stale_sockets_closed.inc(closed)
+        return removed
 
     def _cgroup(self) -> Optional[str]:
         from .dataplane.sock_attach import cgroup2_root
@@ -444,21 +450,21 @@ class Agent:
         """Socket load balancing as --socket-lb says: the settings first, then the hooks (so a
         hook never runs with a previous agent's settings); with "off", a previous agent's hooks
         are detached, as the settings already stop them translating."""
-        from .dataplane.cleanup import owner_of
+        from .dataplane.cleanup import strict_owner
         from .dataplane.sock_attach import attach_sock_hooks, detach_sock_hooks, write_settings
 
         mode = self.options.socket_lb
         cgroup = self._cgroup()
-        write_settings(progs.bpf, mode)
+        write_settings(progs.bpf, mode, host_cookie=0 if mode == "off" else None)
         if mode == "off":
-            if cgroup and detach_sock_hooks(cgroup, owner_of(self.config)):
+            if cgroup and detach_sock_hooks(cgroup, strict_owner(self.config)):
                 log.info("socket hooks of a previous agent detached from cgroup %s", cgroup)
             self._socket_lb = {"mode": mode}
             return
         if cgroup is None:
             raise OSError("no cgroup v2 hierarchy is mounted: mount one, give --cgroup, or run "
                           "with --socket-lb off")
-        attach_sock_hooks(cgroup, progs.sock, owner_of(self.config))
+        attach_sock_hooks(cgroup, progs.sock, strict_owner(self.config))
         self._socket_lb = {"mode": mode, "cgroup": cgroup, "hooks": sorted(progs.sock)}
 
     def _loop(self, monitor: Any, attacher: Any, nodes: Any, ct_gc: Any) -> None:

@@ -590,12 +590,16 @@ def ct_flush(services: List[str], pin_dir: str) -> None:
 @click.option("--cookie", type=click.IntRange(1, (1 << 64) - 1), default=None,
               help="With --socket: the socket's cookie (getsockopt SO_COOKIE, `ss -e`), which "
                    "decides its slot.")
+@click.option("--netns-cookie", type=click.IntRange(1, (1 << 64) - 1), default=None,
+              help="With --socket pod: the pod's network namespace cookie (SO_NETNS_COOKIE), "
+                   "to read its session-affinity binding (a host process's is known).")
 @output_option
 @pin_dir_option
 @netns_option
 def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
-            ifname: Optional[str], socket_hook: Optional[str], cookie: Optional[int], output: str,
-            pin_dir: str, netns: Optional[str]) -> None:
+            ifname: Optional[str], socket_hook: Optional[str], cookie: Optional[int],
+            netns_cookie: Optional[int], output: str, pin_dir: str,
+            netns: Optional[str]) -> None:
     """Predict where a flow SRC (ip:port) -> DST (ip:port) PROTOCOL goes, from the programmed maps,
     conntrack and the routes, as the program on that device decides: the frontend, algorithm,
     hash, slot and backend, and whether a conntrack entry decides. With --socket, what the
@@ -623,14 +627,21 @@ def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
         raise click.ClickException(str(exc)) from exc
     snapshot = read_snapshot(writer)
     now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
-    if cookie is not None and socket_hook is None:
-        raise click.UsageError("--cookie goes with --socket")
+    if (cookie is not None or netns_cookie is not None) and socket_hook is None:
+        raise click.UsageError("--cookie and --netns-cookie go with --socket")
     if socket_hook is not None:
-        from .dataplane.sock_attach import read_mode
+        from .dataplane.bcc_maps import lookup_sock_affinity
+        from .dataplane.sock_attach import read_host_cookie, read_mode
         from .explain_socket import explain_socket, render_socket
 
+        ns_cookie = read_host_cookie(writer.bpf) if socket_hook == "host" else netns_cookie
+        svc = snapshot[SERVICES].get(SvcKey(flow.daddr, flow.dport, flow.proto))
+        bound = (lookup_sock_affinity(writer.bpf, svc.svc_id, ns_cookie)
+                 if svc is not None and svc.affinity_timeout and ns_cookie else None)
         result = explain_socket(snapshot, flow.daddr, flow.dport, flow.proto,
-                                read_mode(writer.bpf), socket_hook == "host", cookie)
+                                read_mode(writer.bpf), socket_hook == "host", cookie,
+                                AffinityView(bound[0], (now - bound[1]) / 1e9) if bound else None,
+                                affinity_known=bool(ns_cookie))
         click.echo(json.dumps(result.to_json(), indent=2) if output == "json"
                    else render_socket(result))
         return

@@ -62,8 +62,10 @@ def _backend(snapshot: Any, backend_id: int) -> Optional[str]:
 
 
 def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str, host: bool,
-                   cookie: Optional[int] = None,
-                   affinity: Optional[AffinityView] = None) -> SocketExplanation:
+                   cookie: Optional[int] = None, affinity: Optional[AffinityView] = None,
+                   affinity_known: bool = True) -> SocketExplanation:
+    """`affinity`: the client network namespace's binding to the frontend, if it has one;
+    `affinity_known` False when it could not be looked up (the namespace's cookie unknown)."""
     key = SvcKey(daddr, dport, proto)
     base: Dict[str, Any] = {"destination": str(key), "mode": mode, "host": host}
     svc = snapshot[SERVICES].get(key)
@@ -105,19 +107,21 @@ def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str,
         return SocketExplanation(**base, verdict=REFUSED, affinity=affinity,
                                  reason="no usable backend: connect() or the send fails with "
                                         "ECONNREFUSED at once")
+    unknown = (" (a session-affinity binding of the client's network namespace, not looked up "
+               "here, would decide first)") if svc.affinity_timeout and not affinity_known else ""
     if cookie is None:
         ids = sorted({i for i in table if i != NO_BACKEND})
         return SocketExplanation(**base, verdict=TRANSLATED, affinity=affinity,
                                  candidates=tuple(filter(None, (_backend(snapshot, i) for i in ids))),
                                  reason="sent to the backend of slot hash(cookie) % slots; give "
-                                        "--cookie (the socket's SO_COOKIE) to know which")
+                                        "--cookie (the socket's SO_COOKIE) to know which" + unknown)
     h = sock_hash(cookie, int(IPv4Address(daddr)), dport, proto, FLOW_HASH_SEED)
     slot = h % svc.count
     backend_id = table[slot] if slot < len(table) and table[slot] != NO_BACKEND else table[0]
     return SocketExplanation(**base, verdict=TRANSLATED, affinity=affinity, hash=h, slot=slot,
                              backend_id=backend_id, backend=_backend(snapshot, backend_id),
                              reason="sent to the backend of its slot at connect(); no program "
-                                    "translates its packets")
+                                    "translates its packets" + unknown)
 
 
 def packet_path_note(mode: str, outside: bool, frontend: bool) -> Optional[str]:

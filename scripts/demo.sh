@@ -113,7 +113,7 @@ REQUESTS=$((REQUESTS + 20))
 "$EBPFLB" stats --verdicts -o json --pin-dir "$PIN" | "$PY" -c '
 import json, sys
 c = json.load(sys.stdin)
-print("    node 0 counters: socket_lb %(socket_lb)d (balanced at connect(): nothing per packet),"
+print("    node 0 counters: socket_lb %(socket_lb)d (balanced at connect(): no packet rewritten),"
       " dnat_new %(dnat_new)d (by the TC programs)" % c)'
 
 step "6. UDP echo through $ECHO_VIP:53 (the reply must come from the VIP)"

@@ -224,6 +224,17 @@ def read_stats(bpf: Any) -> Dict[str, int]:
     return {name: int(sum(t[t.Key(i)])) for i, name in enumerate(STAT_NAMES)}
 
 
+def lookup_sock_affinity(bpf: Any, svc_id: int, netns_cookie: int) -> Optional[Tuple[int, int]]:
+    """(backend id, last used ns) of a network namespace's socket-hook affinity binding to a
+    frontend, or None."""
+    t = bpf[b"lb4_sock_affinity"]
+    try:
+        v = t[t.Key(svc_id=svc_id, netns_cookie=netns_cookie)]
+    except KeyError:
+        return None
+    return v.backend_id, v.last_used_ns
+
+
 def lookup_affinity(bpf: Any, svc_id: int, client: str) -> Optional[Tuple[int, int]]:
     """(backend id, last used ns) of a client's session-affinity binding to a frontend, or None."""
     t = bpf[b"lb4_affinity"]

@@ -97,11 +97,31 @@ def owner_of(config: DataplaneConfig):
     return owns
 
 
+def strict_owner(config: DataplaneConfig):
+    """A predicate on program ids: does the program use a map pinned in this data plane's
+    directory? For the socket hooks, whose cgroup (often the machine's root) other BPF users
+    share: a program whose maps are pinned nowhere is not claimed there."""
+    from .libbpf import prog_map_ids
+
+    mine = _pinned_map_ids(config.pin_dir)
+    return lambda prog_id: bool(prog_map_ids(prog_id) & mine)
+
+
+def recorded_cgroup(config: DataplaneConfig) -> Optional[str]:
+    """The cgroup the agent of this pin directory attached its socket hooks to, as its status
+    file says (None when it did not, or no status file is left)."""
+    from ..status import read_status
+
+    socket_lb = (read_status(config.pin_dir) or {}).get("socket_lb") or {}
+    cgroup = socket_lb.get("cgroup")
+    return cgroup if isinstance(cgroup, str) else None
+
+
 def remove_dataplane(config: DataplaneConfig, ipr: Optional[IPRoute] = None,
                      cgroup: Optional[str] = None) -> List[str]:
     """Detaches this data plane's programs from every device of this network namespace and from
-    the cgroup (its socket hooks), and unpins its maps. Returns what was removed, for the user
-    to read."""
+    the cgroup (its socket hooks: on `cgroup` and on the one its agent's status file records),
+    and unpins its maps. Returns what was removed, for the user to read."""
     from .sock_attach import detach_sock_hooks
 
     own = ipr is None
@@ -112,9 +132,13 @@ def remove_dataplane(config: DataplaneConfig, ipr: Optional[IPRoute] = None,
         owns = owner_of(config)
         xdp = detach_xdp_all(ipr, owns)
         devices = sorted(set(detach_all(ipr, owns)) | set(xdp))
-        hooks = detach_sock_hooks(cgroup, owns) if cgroup else 0
+        hooks = []
+        strict = strict_owner(config)
+        for path in dict.fromkeys(p for p in (cgroup, recorded_cgroup(config)) if p):
+            count = detach_sock_hooks(path, strict)
+            if count:
+                hooks.append(f"{count} socket hooks on cgroup {path}")
     finally:
         if own:
             ipr.close()
-    return ([f"programs on {d}" for d in devices]
-            + ([f"{hooks} socket hooks on cgroup {cgroup}"] if hooks else []) + remove_pins(config))
+    return [f"programs on {d}" for d in devices] + hooks + remove_pins(config)

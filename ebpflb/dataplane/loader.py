@@ -37,14 +37,22 @@ PROG_NODE_XDP = "lb4_node_xdp"
 PROG_NODE_XDP_GENERIC = "lb4_xdp_generic"
 PROG_NODE_IN = "lb4_node_in"
 PROG_NODE_OUT = "lb4_node_out"
-# The cgroup socket hooks (lb4_sock.c), with the attach type each is loaded for
-# (enum bpf_attach_type: BPF_CGROUP_INET4_CONNECT, UDP4_SENDMSG, UDP4_RECVMSG, INET4_GETPEERNAME).
+# The cgroup socket hooks (lb4_sock.c), by the bcc BPFAttachType each is loaded and attached as.
 PROG_SOCK_CONNECT = "lb4_connect"
 PROG_SOCK_SENDMSG = "lb4_sendmsg"
 PROG_SOCK_RECVMSG = "lb4_recvmsg"
 PROG_SOCK_PEER = "lb4_getpeername"
-SOCK_HOOKS = {PROG_SOCK_CONNECT: 10, PROG_SOCK_SENDMSG: 14, PROG_SOCK_RECVMSG: 19,
-              PROG_SOCK_PEER: 29}
+SOCK_HOOKS = {PROG_SOCK_CONNECT: "CGROUP_INET4_CONNECT",
+              PROG_SOCK_SENDMSG: "CGROUP_UDP4_SENDMSG",
+              PROG_SOCK_RECVMSG: "CGROUP_UDP4_RECVMSG",
+              PROG_SOCK_PEER: "CGROUP_INET4_GETPEERNAME"}
+
+
+def sock_attach_types() -> Dict[str, int]:
+    """Hook program name -> its enum bpf_attach_type value, from bcc's copy of the uapi enum."""
+    from bcc import BPFAttachType  # the kernel edge: only imported here
+
+    return {name: getattr(BPFAttachType, attr) for name, attr in SOCK_HOOKS.items()}
 
 
 class DataplaneError(RuntimeError):
@@ -74,7 +82,11 @@ def ensure_bpffs(config: DataplaneConfig) -> None:
 
 def pinned(config: DataplaneConfig) -> bool:
     """True when the maps of a data plane are pinned in the configured directory."""
-    return all(os.path.exists(os.path.join(config.pin_dir, name)) for name in MAP_NAMES)
+    return not missing_pins(config)
+
+
+def missing_pins(config: DataplaneConfig) -> List[str]:
+    return [name for name in MAP_NAMES if not os.path.exists(os.path.join(config.pin_dir, name))]
 
 
 def _cflags(config: DataplaneConfig, src: Path) -> List[str]:
@@ -219,9 +231,12 @@ class LoadedPrograms:
         return {"native": self.node_xdp, "generic": self.node_xdp_generic}
 
 
-def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> LoadedPrograms:
-    """Compiles the TC programs and loads them into the kernel (maps pinned or reused).
-    extra_cflags overrides tunables, e.g. -DLB_COUNTERS=0 for a benchmark."""
+def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = (),
+                  socket_hooks: bool = True) -> LoadedPrograms:
+    """Compiles the programs and loads them into the kernel (maps pinned or reused): the TC and
+    XDP ones, and the cgroup socket hooks unless `socket_hooks` is False (--socket-lb off: they
+    need Linux 5.18, where the rest runs on older kernels). extra_cflags overrides tunables,
+    e.g. -DLB_COUNTERS=0 for a benchmark."""
     from bcc import BPF
 
     bpf = _compile(config, PROGRAM_FILE, extra_cflags, migrate=True)
@@ -232,10 +247,19 @@ def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> 
         node_out = bpf.load_func(PROG_NODE_OUT.encode(), BPF.SCHED_CLS)
         node_xdp = bpf.load_func(PROG_NODE_XDP.encode(), BPF.XDP)
         node_xdp_generic = bpf.load_func(PROG_NODE_XDP_GENERIC.encode(), BPF.XDP)
-        sock = {name: bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach_type)
-                for name, attach_type in SOCK_HOOKS.items()}
     except Exception as exc:  # bcc raises bare Exception with the verifier log
         raise DataplaneError(f"loading {PROGRAM_FILE} failed: {exc}") from exc
+    sock = {}
+    if socket_hooks:
+        try:
+            sock = {name: bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR,
+                                        attach_type=attach_type)
+                    for name, attach_type in sock_attach_types().items()}
+        except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception
+            raise DataplaneError(
+                f"loading the socket hooks of {SOCK_PROGRAM_FILE} failed ({exc}); they need "
+                f"Linux 5.18 or newer with cgroup v2 BPF (this is {os.uname().release}): run "
+                "with --socket-lb off") from exc
     log.info("loaded %s, %s, %s, %s, %s, %s and %s (maps pinned in %s)", PROG_FROM_POD,
              PROG_TO_POD, PROG_NODE_XDP, PROG_NODE_XDP_GENERIC, PROG_NODE_IN, PROG_NODE_OUT,
              ", ".join(sock), config.pin_dir)
@@ -246,7 +270,12 @@ def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = ()) -> 
 def open_maps(config: DataplaneConfig, create: bool = False) -> Any:
     """Opens the pinned maps without loading programs. Refuses to create them unless asked, so a
     read-only command never leaves pins behind."""
-    if not create and not pinned(config):
+    missing = missing_pins(config)
+    if not create and missing:
+        if len(missing) < len(MAP_NAMES):
+            raise DataplaneError(
+                f"the data plane pinned in {config.pin_dir} lacks {', '.join(missing)}: it was "
+                "made by an older ebpflb; restart the agent to add them")
         raise DataplaneError(f"no ebpflb data plane pinned in {config.pin_dir} "
                              "(is the agent running? see `ebpflb agent --help`)")
     return _compile(config, MAPS_FILE)

@@ -8,9 +8,10 @@ same hooks (a CNI's, systemd's) keep running, and an agent's restart attaches it
 it detaches the previous agent's: no connect() goes untranslated in between (two of ours in a row
 are harmless: the first sends the socket to a backend, which is no frontend to the second).
 
-Which programs are ours is decided as for the TC and XDP programs (cleanup.owner_of): by the
-name, and by the maps the program uses, so another data plane's hooks are left alone. The
-settings map (lb_sock_cfg) says whose sockets are balanced (--socket-lb).
+Which programs are ours: those with a hook's name that use this data plane's pinned maps
+(cleanup.strict_owner). Unlike TC filters, a hook whose maps are pinned nowhere is not claimed:
+the cgroup may be the machine's root, shared with every other BPF user of the node. The settings
+map (lb_sock_cfg) says whose sockets are balanced (--socket-lb).
 """
 import ctypes
 import errno
@@ -21,15 +22,16 @@ import struct
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .libbpf import _check, _fn, prog_name
-from .loader import SOCK_HOOKS
+from .loader import SOCK_HOOKS, sock_attach_types
 
 log = logging.getLogger(__name__)
 
 SOCKET_LB_MODES = ("all", "host-only", "off")
-# LB_SOCK_* in lb_structs.h, by --socket-lb value.
-_MODE_VALUES = {"off": 0, "all": 1, "host-only": 2}
-MODE_NAMES = {value: name for name, value in _MODE_VALUES.items()}
-BPF_F_ALLOW_MULTI = 1 << 1
+# LB_SOCK_OFF, LB_SOCK_ALL, LB_SOCK_HOST_ONLY in lb_structs.h, by --socket-lb value (checked
+# against the header by tests/unit/test_layout.py).
+MODE_VALUES = {"off": 0, "all": 1, "host-only": 2}
+MODE_NAMES = {value: name for name, value in MODE_VALUES.items()}
+BPF_F_ALLOW_MULTI = 1 << 1  # uapi/linux/bpf.h
 SO_NETNS_COOKIE = 71  # linux/socket.h (5.14+)
 _MAX_QUERY = 64  # BPF_CGROUP_MAX_PROGS
 
@@ -75,7 +77,7 @@ def write_settings(bpf: Any, mode: str, host_cookie: Optional[int] = None) -> No
     table = bpf[b"lb_sock_cfg"]
     leaf = table.Leaf()
     leaf.host_netns_cookie = netns_cookie() if host_cookie is None else host_cookie
-    leaf.mode = _MODE_VALUES[mode]
+    leaf.mode = MODE_VALUES[mode]
     table[table.Key(0)] = leaf
 
 
@@ -83,6 +85,11 @@ def read_mode(bpf: Any) -> str:
     """The mode the pinned settings hold ("off" until an agent wrote them)."""
     leaf = bpf[b"lb_sock_cfg"][ctypes.c_uint32(0)]
     return MODE_NAMES.get(leaf.mode, f"unknown ({leaf.mode})")
+
+
+def read_host_cookie(bpf: Any) -> int:
+    """The node's network namespace cookie as the agent wrote it (0 before any agent did)."""
+    return bpf[b"lb_sock_cfg"][ctypes.c_uint32(0)].host_netns_cookie
 
 
 def _open_cgroup(path: str) -> int:
@@ -133,7 +140,7 @@ def attach_sock_hooks(path: str, fns: Mapping[str, Any], owns: Callable[[int], b
     replaced = 0
     try:
         attach = _fn("bpf_prog_attach", [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint])
-        for name, attach_type in SOCK_HOOKS.items():
+        for name, attach_type in sock_attach_types().items():
             before = [i for i in attached_ids(cgroup_fd, attach_type) if _ours(i, owns)]
             mine = _prog_id(fns[name].fd)
             if mine not in before:  # the kernel refuses one program twice at one hook
@@ -160,7 +167,7 @@ def detach_sock_hooks(path: str, owns: Callable[[int], bool]) -> int:
     cgroup_fd = _open_cgroup(path)
     removed = 0
     try:
-        for attach_type in SOCK_HOOKS.values():
+        for attach_type in sock_attach_types().values():
             for prog_id in attached_ids(cgroup_fd, attach_type):
                 if _ours(prog_id, owns) and _detach_id(cgroup_fd, attach_type, prog_id):
                     removed += 1
@@ -176,7 +183,7 @@ def hooks_attached(path: str, owns: Callable[[int], bool]) -> Dict[str, int]:
         return out
     cgroup_fd = _open_cgroup(path)
     try:
-        for attach_type in SOCK_HOOKS.values():
+        for attach_type in sock_attach_types().values():
             for prog_id in attached_ids(cgroup_fd, attach_type):
                 if _ours(prog_id, owns):
                     out[prog_name(prog_id)] = prog_id

@@ -15,21 +15,32 @@ hooks sent it (by its cookie) to that backend for that Service.
 sock_diag answers per network namespace. The namespaces searched are those of the processes in
 the hooks' cgroup (every pod's and the node's own), each entered by a short-lived thread.
 """
+import ctypes
+import errno
 import logging
 import os
 import socket
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+
+from ..maps import PROTO_NUMBERS
 
 log = logging.getLogger(__name__)
 
-TCP, UDP = 6, 17
+TCP, UDP = PROTO_NUMBERS["TCP"], PROTO_NUMBERS["UDP"]
 SS_ESTABLISHED, SS_SYN_SENT = 1, 2  # sk_state (a connected UDP socket is ESTABLISHED)
-# Key and value of lb4_sock_nat (struct lb4_sock_key, struct lb4_sock_nat in lb_structs.h).
-SOCK_KEY = struct.Struct("=Q4sHBx")
-SOCK_NAT = struct.Struct("=4sHHII")
+
+
+class SockRecord(NamedTuple):
+    """One lb4_sock_nat record, decoded: the socket, the backend the hooks sent it to, and the
+    frontend's service id."""
+    cookie: int
+    proto: int
+    addr: str
+    port: int
+    svc_id: int
 
 
 @dataclass(frozen=True)
@@ -41,31 +52,48 @@ class Target:
     port: int
 
 
-def stale_targets(entries: Iterable[Tuple[bytes, bytes]], svc_ids: Iterable[int],
+def stale_targets(records: Iterable[SockRecord], svc_ids: Iterable[int],
                   udp_backends: Iterable[Tuple[int, str, int]],
                   tcp_backends: Iterable[Tuple[int, str, int]]) -> Dict[int, Target]:
-    """The sockets of lb4_sock_nat records (raw key, raw value) that went to a removed backend
-    ((svc_id, address, port), as ebpflb.plan.conntrack_purge names them) or through a removed
-    frontend (svc_ids). Pure."""
+    """The sockets of lb4_sock_nat records that went to a removed backend ((svc_id, address,
+    port), as ebpflb.plan.conntrack_purge names them) or through a removed frontend (svc_ids).
+    Pure."""
     ids = set(svc_ids)
     gone = {(UDP, *b) for b in udp_backends} | {(TCP, *b) for b in tcp_backends}
-    out: Dict[int, Target] = {}
-    for raw_key, raw_value in entries:
-        cookie, addr, port, proto = SOCK_KEY.unpack(raw_key)
-        _vip, _vport, _pad, svc_id, _backend_id = SOCK_NAT.unpack(raw_value)
-        address, port_h = socket.inet_ntoa(addr), socket.ntohs(port)
-        if svc_id in ids or (proto, svc_id, address, port_h) in gone:
-            out[cookie] = Target(cookie, proto, address, port_h)
-    return out
+    return {r.cookie: Target(r.cookie, r.proto, r.addr, r.port) for r in records
+            if r.svc_id in ids or (r.proto, r.svc_id, r.addr, r.port) in gone}
 
 
-def read_entries(bpf: Any) -> List[Tuple[bytes, bytes]]:
+def read_entries(bpf: Any) -> List[SockRecord]:
+    """Every lb4_sock_nat record, decoded through bcc's types of the header's structs."""
+    from .bcc_maps import be32_to_ip
     from .percpu import read_hash_raw
 
     table = bpf[b"lb4_sock_nat"]
+    key_size, value_size = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
     keys, values, count = read_hash_raw(table)
-    return [(keys[i * SOCK_KEY.size:(i + 1) * SOCK_KEY.size],
-             values[i * SOCK_NAT.size:(i + 1) * SOCK_NAT.size]) for i in range(count)]
+    out = []
+    for i in range(count):
+        k = table.Key.from_buffer_copy(keys, i * key_size)
+        v = table.Leaf.from_buffer_copy(values, i * value_size)
+        out.append(SockRecord(k.cookie, k.proto, be32_to_ip(k.addr), socket.ntohs(k.port),
+                              v.svc_id))
+    return out
+
+
+def _forget(bpf: Any, targets: Iterable[Target]) -> None:
+    """Drops the records of closed sockets: they would match every later removal of their
+    backend, each time costing a search of every namespace for a socket that is gone."""
+    from .bcc_maps import ip_to_be32
+
+    table = bpf[b"lb4_sock_nat"]
+    for t in targets:
+        key = table.Key(cookie=t.cookie, addr=ip_to_be32(t.addr), port=socket.htons(t.port),
+                        proto=t.proto)
+        try:
+            del table[key]
+        except KeyError:
+            pass  # evicted meanwhile
 
 
 def cgroup_namespaces(cgroup: Optional[str]) -> List[str]:
@@ -92,13 +120,18 @@ def cgroup_namespaces(cgroup: Optional[str]) -> List[str]:
     return list(paths.values())
 
 
-def _close_here(targets: Dict[int, Target]) -> int:
-    """Closes the target sockets of this thread's network namespace; returns how many."""
+def _diag_addr(ip: str) -> Tuple[int, int, int, int]:
+    """An IPv4 address as inet_diag_sockid holds it: the first of four big-endian words."""
+    return (struct.unpack(">I", socket.inet_aton(ip))[0], 0, 0, 0)
+
+
+def _close_here(targets: Dict[int, Target]) -> List[Target]:
+    """Closes the target sockets of this thread's network namespace; returns them."""
     from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
     from pyroute2.netlink.diag import SOCK_DESTROY, DiagSocket, inet_diag_req
     from pyroute2.netlink.exceptions import NetlinkError
 
-    closed = 0
+    closed: List[Target] = []
     wanted = {(UDP, 1 << SS_ESTABLISHED), (TCP, 1 << SS_SYN_SENT)}  # connected UDP, TCP unanswered
     with DiagSocket() as diag:
         diag.bind()
@@ -114,24 +147,27 @@ def _close_here(targets: Dict[int, Target]) -> int:
                 req["idiag_states"] = states
                 req["idiag_sport"] = msg["idiag_sport"]
                 req["idiag_dport"] = msg["idiag_dport"]
-                req["idiag_src"] = (struct.unpack(">I", socket.inet_aton(msg["idiag_src"]))[0], 0, 0, 0)
-                req["idiag_dst"] = (struct.unpack(">I", socket.inet_aton(msg["idiag_dst"]))[0], 0, 0, 0)
+                req["idiag_src"] = _diag_addr(msg["idiag_src"])
+                req["idiag_dst"] = _diag_addr(msg["idiag_dst"])
                 req["idiag_if"] = msg["idiag_if"]
                 req["idiag_cookie"] = msg["idiag_cookie"]
                 try:
                     diag.nlm_request(req, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK)
-                    closed += 1
-                except NetlinkError as exc:  # the socket closed by itself meanwhile
+                    closed.append(target)
+                except NetlinkError as exc:
+                    if exc.code == errno.EOPNOTSUPP:
+                        raise  # no CONFIG_INET_DIAG_DESTROY: the caller says so once
+                    # Closed by itself meanwhile.
                     log.debug("socket %d to %s:%d not closed: %s", target.cookie, target.addr,
                               target.port, exc)
     return closed
 
 
-def _in_netns(path: str, fn: Callable[[], int]) -> int:
+def _in_netns(path: str, fn: Callable[[], List[Target]]) -> List[Target]:
     """Runs fn in a thread of its own that enters the namespace, so this thread stays put."""
     from .netns import setns_thread
 
-    result: List[int] = []
+    result: List[List[Target]] = []
     errors: List[BaseException] = []
 
     def run() -> None:
@@ -150,28 +186,44 @@ def _in_netns(path: str, fn: Callable[[], int]) -> int:
     thread.join()
     if errors:
         raise errors[0]
-    return result[0] if result else 0
+    return result[0] if result else []
+
+
+_warned_no_destroy = False
 
 
 def close_stale_sockets(bpf: Any, cgroup: Optional[str], svc_ids: Iterable[int],
                         udp_backends: Iterable[Tuple[int, str, int]],
                         tcp_backends: Iterable[Tuple[int, str, int]]) -> int:
-    """Closes the sockets the hooks sent to removed backends (see the module docstring); returns
-    how many. Costs nothing more than a read of lb4_sock_nat when none was sent there."""
+    """Closes the sockets the hooks sent to removed backends (see the module docstring) and
+    forgets their records; returns how many. Costs a read of lb4_sock_nat when nothing was
+    sent there; otherwise a sock_diag dump per network namespace of the cgroup's processes
+    (records of sockets closed since are only dropped when their LRU slot is needed, so a
+    removal may search for sockets that are already gone)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    global _warned_no_destroy
     targets = stale_targets(read_entries(bpf), svc_ids, udp_backends, tcp_backends)
     if not targets:
         return 0
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    closed = 0
-    searched: Set[str] = set()
+    closed: List[Target] = []
+    searched = 0
     for path in cgroup_namespaces(cgroup):
         try:
             closed += _in_netns(path, lambda: _close_here(targets))
-            searched.add(path)
-        except (OSError, NetlinkError) as exc:  # the process (and its namespace) went meanwhile
+            searched += 1
+        except NetlinkError as exc:
+            if exc.code == errno.EOPNOTSUPP:
+                if not _warned_no_destroy:
+                    log.warning("this kernel cannot close sockets (CONFIG_INET_DIAG_DESTROY is "
+                                "off): connected UDP sockets keep asking removed backends")
+                    _warned_no_destroy = True
+                return 0
             log.debug("network namespace %s not searched: %s", path, exc)
+        except OSError as exc:  # the process (and its namespace) went meanwhile
+            log.debug("network namespace %s not searched: %s", path, exc)
+    _forget(bpf, closed)
     if closed:
-        log.info("closed %d sockets connected to removed backends (%d network namespaces "
-                 "searched)", closed, len(searched))
-    return closed
+        log.info("closed %d sockets sent to removed backends (%d network namespaces searched)",
+                 len(closed), searched)
+    return len(closed)

@@ -107,9 +107,10 @@ def socket_lb_args(lab_name: str, node: int, extra_args: Sequence[str]) -> List[
     if "--cgroup" not in extra_args:
         cgroup = get_lab(lab_name).cgroup(node)
         if cgroup is None:
-            if "--socket-lb" in extra_args:
+            asked = list(extra_args)
+            if "--socket-lb" in asked and asked[asked.index("--socket-lb") + 1] != "off":
                 raise AssertionError("socket load balancing needs cgroup v2, which is not mounted")
-            return ["--socket-lb", "off"]
+            return [] if "--socket-lb" in asked else ["--socket-lb", "off"]
         args += ["--cgroup", cgroup]
     if "--socket-lb" not in extra_args:
         args += ["--socket-lb", "off"]

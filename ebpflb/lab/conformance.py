@@ -499,10 +499,9 @@ def connected_udp_moves_off_a_removed_backend(c: Ctx) -> None:
             lambda: c.agent.backends("10.96.1.2:53/UDP") == ["10.244.0.11"], "dns")
     loop = {"op": "udp-loop", "addr": "10.96.1.2", "port": 53, "count": 60, "interval": 0.05,
             "reconnect": True}
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", f"{c.lab}-client", sys.executable, "-m", "ebpflb.lab.sockclient",
-         json.dumps([loop])], stdout=subprocess.PIPE, text=True,
-        preexec_fn=nsops.joiner(lablib.get_lab(c.lab).cgroup(0)))
+    proc = subprocess.Popen(nsops.in_cgroup(lablib.get_lab(c.lab).cgroup(0), [
+        "ip", "netns", "exec", f"{c.lab}-client", sys.executable, "-m", "ebpflb.lab.sockclient",
+        json.dumps([loop])]), stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)  # the socket is connected to web-1, the only backend
         changed = time.time()

@@ -45,7 +45,7 @@ from .nsops import (
     netns_ipr,
     netns_path,
     netns_pids,
-    joiner,
+    in_cgroup,
     pid_alive,
     remove_cgroup,
     remove_netns,
@@ -448,17 +448,17 @@ def _start_servers(lab: Lab, pods: Sequence[PodSpec]) -> None:
         for pod in pods:
             rfd, wfd = os.pipe()
             pending[pod.name] = rfd
-            argv = ["ip", "netns", "exec", lab.pod_ns(pod.name), sys.executable, "-m", _SERVER_MODULE,
-                    "--name", pod.name, "--http-port", str(topo.HTTP_PORT),
-                    "--udp-port", str(topo.UDP_ECHO_PORT), "--ready-fd", str(wfd), "--detach"]
+            argv = in_cgroup(lab.cgroup(pod.node), [
+                "ip", "netns", "exec", lab.pod_ns(pod.name), sys.executable, "-m", _SERVER_MODULE,
+                "--name", pod.name, "--http-port", str(topo.HTTP_PORT),
+                "--udp-port", str(topo.UDP_ECHO_PORT), "--ready-fd", str(wfd), "--detach"])
             try:
                 with _open_under_state_root(topo.pod_log(lab.name, pod.name), "ab") as logf:
                     # `ip netns exec` execs python directly; --detach then forks the real server
                     # away, so this launcher exits at once and we never own a child to reap.
                     launcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                                 stderr=subprocess.STDOUT, pass_fds=(wfd,),
-                                                env=env, cwd="/",
-                                                preexec_fn=joiner(lab.cgroup(pod.node)))
+                                                env=env, cwd="/")
             except OSError as exc:
                 raise LabError(f"lab {lab.name}: pod {pod.name}: cannot start {argv[0]}: {exc}") from exc
             finally:
@@ -620,9 +620,13 @@ def lab_down(name: str = DEFAULT_LAB) -> List[str]:
         if _podserver_pid_is(p.get("pid"), p["name"]):
             strays[p["pid"]] = f"pod {p['name']}"
     removed += _stop_processes(namespaces, strays)
+    problems: List[str] = []
     root = cgroup2_root()
     if root:
-        removed += remove_cgroup(topo.lab_cgroup(root, name))
+        try:
+            removed += remove_cgroup(topo.lab_cgroup(root, name))
+        except LabError as exc:  # the rest still goes; the error is raised at the end
+            problems.append(str(exc))
     for ns in namespaces:
         # Nodes (pods' host sides, eth0 on the underlay) and the underlay's bridge ports.
         if topo.infra_netns_kind(name, ns) in ("node", "underlay"):
@@ -645,6 +649,8 @@ def lab_down(name: str = DEFAULT_LAB) -> List[str]:
         log.info("lab %s: down in %.2fs, removed %d objects", name, time.monotonic() - t0, len(removed))
     else:
         log.debug("lab %s: nothing to remove", name)
+    if problems:
+        raise LabError(f"lab {name}: down, but: {'; '.join(problems)}")
     return removed
 
 
@@ -802,8 +808,8 @@ def run_in_pod(name: str, pod: str, argv: List[str], timeout: float = 30,
     if "stdout" not in kw and "stderr" not in kw:
         kw.setdefault("capture_output", True)
     kw.setdefault("text", True)
-    kw.setdefault("preexec_fn", joiner(_cgroup_of(name, pod)))
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], timeout=timeout, **kw)
+    return subprocess.run(in_cgroup(_cgroup_of(name, pod), ["ip", "netns", "exec", ns, *argv]),
+                          timeout=timeout, **kw)
 
 
 def _cgroup_of(name: str, pod: str) -> Optional[str]:

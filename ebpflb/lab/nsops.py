@@ -187,17 +187,14 @@ def read_sysctl(ns: str, key: str) -> str:
 
 # ------------------------------------------------------------------ cgroups
 
-def joiner(cgroup: Optional[str]):
-    """A preexec_fn that moves the child into `cgroup` before it execs (None: stays put)."""
+def in_cgroup(cgroup: Optional[str], argv: Sequence[str]) -> List[str]:
+    """`argv` prefixed so that its process joins `cgroup` before it runs (None: unchanged). A
+    shell moves itself (writing 0 to cgroup.procs) and execs the command, which stays there: no
+    preexec_fn, which is unsafe in a process that runs threads."""
     if cgroup is None:
-        return None
-    procs = os.path.join(cgroup, "cgroup.procs")
-
-    def join() -> None:
-        with open(procs, "w") as fh:
-            fh.write("0")
-
-    return join
+        return list(argv)
+    return ["sh", "-c", 'echo 0 > "$0" && exec "$@"', os.path.join(cgroup, "cgroup.procs"),
+            *argv]
 
 
 def cgroup_pids(cgroup: str) -> List[int]:

@@ -15,7 +15,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from ebpflb.dataplane.cleanup import owner_of
+from ebpflb.dataplane.cleanup import strict_owner
 from ebpflb.dataplane.sock_attach import (
     attach_sock_hooks,
     cgroup2_root,
@@ -25,9 +25,10 @@ from ebpflb.dataplane.sock_attach import (
     read_mode,
     write_settings,
 )
+from ebpflb.dataplane.loader import load_programs
 from ebpflb.dataplane.testrun import test_run as bpf_run
-from ebpflb.lab.nsops import (create_netns, in_netns, joiner, kill_pids, netns_path, netns_pids,
-                              remove_netns)
+from ebpflb.lab.nsops import (cgroup_pids, create_netns, in_cgroup, in_netns, kill_pids, netns_path,
+                              netns_pids, remove_netns)
 from ebpflb.lab.agent_runner import wait_until
 from ebpflb.maps import SVC_F_DRAINING
 
@@ -80,9 +81,13 @@ class SockLab:
     with the data plane's socket hooks attached."""
 
     def __init__(self, dataplane):
+        root = cgroup2_root()
+        if root is None:
+            pytest.skip("the socket hooks need cgroup v2, which is not mounted")
         self.dp = dataplane
         self.ns = unique("ebpflb-sk-")
-        self.cgroup = os.path.join(cgroup2_root(), unique("ebpflb-test-"))
+        self.cgroup = os.path.join(root, unique("ebpflb-test-"))
+        self.owns = strict_owner(dataplane.config)
         self.servers = []
 
     def up(self) -> None:
@@ -104,29 +109,45 @@ class SockLab:
         with in_netns(self.ns):
             self.cookie = netns_cookie()
         os.mkdir(self.cgroup)
-        self.owns = owner_of(self.dp.config)
         attach_sock_hooks(self.cgroup, self.dp.progs.sock, self.owns)
         write_settings(self.dp.progs.bpf, "all")
 
     def down(self) -> None:
+        """Every step runs whatever the others did, so one failure leaves nothing else behind."""
+        problems = []
+        for step in (self._stop_clients, self._remove_cgroup, self._stop_servers,
+                     lambda: remove_netns(self.ns),
+                     lambda: write_settings(self.dp.progs.bpf, "off")):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - reported after every step ran
+                problems.append(repr(exc))
+        assert not problems, problems
+
+    def _stop_clients(self) -> None:
+        if os.path.isdir(self.cgroup):
+            kill_pids(cgroup_pids(self.cgroup))
+
+    def _remove_cgroup(self) -> None:
         if os.path.isdir(self.cgroup):
             detach_sock_hooks(self.cgroup, self.owns)
             os.rmdir(self.cgroup)
+
+    def _stop_servers(self) -> None:
         for proc in self.servers:
             proc.terminate()
             proc.wait(5)
         kill_pids(netns_pids(self.ns))
-        remove_netns(self.ns)
-        write_settings(self.dp.progs.bpf, "off")
 
     def client_argv(self, ops) -> list:
-        return ["nsenter", f"--net={netns_path(self.ns)}", sys.executable, "-m",
-                "ebpflb.lab.sockclient", json.dumps(list(ops))]
+        """sockclient in the namespace and, from its start, in the test's cgroup."""
+        return in_cgroup(self.cgroup, ["nsenter", f"--net={netns_path(self.ns)}", sys.executable,
+                                       "-m", "ebpflb.lab.sockclient", json.dumps(list(ops))])
 
     def run(self, *ops: dict) -> list:
         """Runs the operations in a client process inside the cgroup and the namespace."""
         out = subprocess.run(self.client_argv(ops), capture_output=True, text=True, timeout=60,
-                             preexec_fn=joiner(self.cgroup), check=True)
+                             check=True)
         return json.loads(out.stdout)
 
     def http(self, addr: str = VIP, port: int = 80, n: int = 1) -> list:
@@ -250,10 +271,21 @@ def test_modes(sl):
 def test_restart_replaces_the_hooks_and_detach_removes_them(sl):
     before = hooks_attached(sl.cgroup, sl.owns)
     assert set(before) == set(sl.dp.progs.sock)
-    # A second attach (an agent's restart) leaves one program per hook: the new one.
-    replaced = attach_sock_hooks(sl.cgroup, sl.dp.progs.sock, sl.owns)
-    assert replaced == 0  # the very same programs: nothing to replace
+    # The same programs again: nothing to replace (the kernel refuses one program twice).
+    assert attach_sock_hooks(sl.cgroup, sl.dp.progs.sock, sl.owns) == 0
     assert hooks_attached(sl.cgroup, sl.owns) == before
+    # A restarted agent's programs (a new object on the same pins) replace the old ones: one
+    # program per hook afterwards, the new one, and sockets still translated.
+    restarted = load_programs(sl.dp.config)
+    try:
+        assert attach_sock_hooks(sl.cgroup, restarted.sock, sl.owns) == len(before)
+        now = hooks_attached(sl.cgroup, sl.owns)
+        assert set(now) == set(before) and not set(now.values()) & set(before.values())
+        assert sl.http()[0]["body"] in BACKENDS
+        assert attach_sock_hooks(sl.cgroup, sl.dp.progs.sock, sl.owns) == len(before)
+        assert hooks_attached(sl.cgroup, sl.owns) == before
+    finally:
+        restarted.bpf.cleanup()
     assert detach_sock_hooks(sl.cgroup, sl.owns) == len(before)
     try:
         assert hooks_attached(sl.cgroup, sl.owns) == {}
@@ -304,8 +336,7 @@ def purge_after(sl, text: str) -> int:
 
 def start_client(sl, *ops: dict) -> subprocess.Popen:
     """The client in the background (its output read when it ends)."""
-    return subprocess.Popen(sl.client_argv(ops), stdout=subprocess.PIPE, text=True,
-                            preexec_fn=joiner(sl.cgroup))
+    return subprocess.Popen(sl.client_argv(ops), stdout=subprocess.PIPE, text=True)
 
 
 def udp_backends_of_sockets(sl) -> set:
@@ -324,7 +355,7 @@ def test_a_connected_udp_socket_is_closed_when_its_backend_leaves(sl):
     sl.dp.progs.bpf[b"lb4_sock_nat"].clear()
     loop = {"op": "udp-loop", "addr": VIP, "port": 53, "count": 40, "interval": 0.05,
             "reconnect": True}
-    client = direct = start_client(sl, loop)
+    client = direct = start_client(sl, loop)  # `direct` replaced once it starts
     try:
         wait_until(lambda: udp_backends_of_sockets(sl), 10, "the client's socket")
         (pinned,) = udp_backends_of_sockets(sl)
@@ -336,9 +367,10 @@ def test_a_connected_udp_socket_is_closed_when_its_backend_leaves(sl):
         (through_vip,) = json.loads(client.communicate(timeout=30)[0])
         (direct_result,) = json.loads(direct.communicate(timeout=30)[0])
     finally:
-        for proc in (client,):
+        for proc in (client, direct):
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
     answers = through_vip["answers"]
     # ECONNABORTED when the socket is closed while the client waits in recv(); EDESTADDRREQ when
     # it is closed between two queries (the next send() finds it disconnected).
@@ -364,10 +396,15 @@ def test_an_unanswered_tcp_connect_is_closed_when_its_backend_leaves(sl):
                        check=True)
         sl.dp.program(manifest() + slow_service(UNANSWERED))
         client = start_client(sl, {"op": "http", "addr": SLOW_VIP, "port": 80, "timeout": 10})
-        time.sleep(0.5)
-        t0 = time.monotonic()
-        assert purge_after(sl, manifest() + slow_service(BACKENDS[0])) == 1
-        (r,) = json.loads(client.communicate(timeout=30)[0])
+        try:
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            assert purge_after(sl, manifest() + slow_service(BACKENDS[0])) == 1
+            (r,) = json.loads(client.communicate(timeout=30)[0])
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
         assert r["errno"] == "ECONNABORTED"
         assert time.monotonic() - t0 < 2.0  # not the 3 s of failed neighbour resolution
         # The next connect() goes to the live backend.
@@ -389,6 +426,20 @@ def test_explain_predicts_the_hooks(sl):
             e = explain_socket(snapshot, VIP, 80, 6, "all", host=False, cookie=r["cookie"])
             assert e.verdict == TRANSLATED
             assert e.backend == f"{r['body']}:8080", (r, e)
+    # Session affinity: the namespace's binding decides, whatever the cookie says.
+    sl.dp.program(manifest(affinity=True))
+    served = {r["body"] for r in sl.http(n=5)}
+    assert len(served) == 1
+    from click.testing import CliRunner
+
+    from ebpflb.cli import main
+
+    out = CliRunner().invoke(main, ["explain", "10.244.0.5:1", f"{VIP}:80", "tcp", "--socket",
+                                    "pod", "--cookie", "12345", "--netns-cookie", str(sl.cookie),
+                                    "-o", "json", "--pin-dir", sl.dp.config.pin_dir])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["backend"] == f"{served.pop()}:8080"
+    snapshot = read_snapshot(sl.dp.writer)
     assert explain_socket(snapshot, EMPTY_VIP, 80, 6, "all", False).verdict == REFUSED
     assert explain_socket(snapshot, VIP, 81, 6, "all", False).verdict == UNTOUCHED
     assert explain_socket(snapshot, VIP, 80, 6, "host-only", False).verdict == "packet path"
@@ -415,4 +466,4 @@ def test_explain_cli_socket(sl):
     assert packet.exit_code == 0 and "balanced at connect() (explain --socket pod)" in packet.output
     bad = CliRunner().invoke(main, ["explain", "10.244.0.5:40000", f"{VIP}:80", "tcp",
                                     "--cookie", "5", *pin])
-    assert bad.exit_code == 2 and "--cookie goes with --socket" in bad.output
+    assert bad.exit_code == 2 and "--cookie and --netns-cookie go with --socket" in bad.output

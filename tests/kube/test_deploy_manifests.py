@@ -77,21 +77,28 @@ def test_daemonset_has_what_the_agent_needs_and_no_more():
     (ds,) = by_kind("DaemonSet")
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
+    assert pod["hostPID"] is True  # the stale-socket pass reaches pods' namespaces by their pids
     (c,) = pod["containers"]
     sc = c["securityContext"]
     assert sc.get("privileged") is not True
     assert sc["capabilities"]["drop"] == ["ALL"]
-    assert set(sc["capabilities"]["add"]) == {"BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"}
+    assert set(sc["capabilities"]["add"]) == {"BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON",
+                                              "SYS_PTRACE"}
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    assert set(mounts) == {"/sys/fs/bpf", "/lib/modules", "/usr/src"}
+    assert set(mounts) == {"/sys/fs/bpf", "/lib/modules", "/usr/src", "/run/ebpflb/host-cgroup"}
     assert mounts["/lib/modules"]["readOnly"] and mounts["/usr/src"]["readOnly"]
+    # The socket hooks attach to the node's cgroup v2 root, mounted read-only, not to the
+    # container's own cgroup namespace.
+    assert mounts["/run/ebpflb/host-cgroup"]["readOnly"]
+    assert "--cgroup=/run/ebpflb/host-cgroup" in c["args"]
     assert not mounts["/sys/fs/bpf"].get("readOnly")
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
-    assert {volumes[m["name"]] for m in c["volumeMounts"]} == set(mounts)
+    assert {volumes[m["name"]] for m in c["volumeMounts"]} == set(mounts) - {
+        "/run/ebpflb/host-cgroup"} | {"/sys/fs/cgroup"}
 
 
 def test_daemonset_args_are_options_the_agent_accepts():

@@ -19,7 +19,8 @@ def test_agent_refuses_without_capabilities(tmp_path, drop, named):
     pin_dir = f"/sys/fs/bpf/ebpflb-nocap-{os.getpid()}"
     r = subprocess.run(["setpriv", f"--bounding-set={drop}", "--inh-caps=-all", "--",
                         sys.executable, "-m", "ebpflb.cli", "agent", "--manifests", EXAMPLES,
-                        "--pin-dir", pin_dir, "--metrics-address", "", "--health-address", ""],
+                        "--pin-dir", pin_dir, "--metrics-address", "", "--health-address", "",
+                        "--socket-lb", "off"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "the agent lacks capabilities it needs" in r.stderr and named in r.stderr

@@ -11,13 +11,13 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from ebpflb.dataplane.cleanup import owner_of
+from ebpflb.dataplane.cleanup import strict_owner
 from ebpflb.dataplane.config import DataplaneConfig
 from ebpflb.dataplane.loader import SOCK_HOOKS
 from ebpflb.dataplane.sock_attach import hooks_attached
 from ebpflb.lab import lab as lablib
 from ebpflb.lab import topology as topo
-from ebpflb.lab.nsops import joiner
+from ebpflb.lab.nsops import in_cgroup
 
 from .agent_harness import RunningAgent, ebpflb, force_cleanup, wait_until
 from .test_northsouth import BOTH, NODE0_EPS, Svc, manifest_text, node_name
@@ -159,7 +159,7 @@ def test_host_only_and_off(env):
     lab = env["lab"].name
     agents = env["agents"]
     cgroup = env["lab"].cgroup(0)
-    owns = owner_of(DataplaneConfig(pin_dir=agents[0].pin_dir))
+    owns = strict_owner(DataplaneConfig(pin_dir=agents[0].pin_dir))
     assert set(hooks_attached(cgroup, owns)) == set(SOCK_HOOKS)
     agents[0].stop()  # --on-exit remove: its hooks go with its pins
     assert hooks_attached(cgroup, lambda _id: True) == {}
@@ -176,6 +176,7 @@ def test_host_only_and_off(env):
                 assert host["errno"] is not None  # nothing translates the node's own socket
             agents[0].stop()
     finally:
+        agents[0].stop()  # a failed check leaves the mode's agent running
         agents[0] = start_agent(lab, env["workdir"], 0, "all")
 
 
@@ -191,10 +192,9 @@ def test_a_dns_client_with_a_connected_socket_moves_off_a_removed_backend(env):
     table.clear()
     loop = {"op": "udp-loop", "addr": ECHO.cluster_ip, "port": 53, "count": 60,
             "interval": 0.05, "reconnect": True}
-    client = subprocess.Popen(
-        ["ip", "netns", "exec", env["lab"].pod_ns("client"), sys.executable, "-m",
-         "ebpflb.lab.sockclient", json.dumps([loop])], stdout=subprocess.PIPE, text=True,
-        preexec_fn=joiner(env["lab"].cgroup(0)))
+    client = subprocess.Popen(in_cgroup(env["lab"].cgroup(0), [
+        "ip", "netns", "exec", env["lab"].pod_ns("client"), sys.executable, "-m",
+        "ebpflb.lab.sockclient", json.dumps([loop])]), stdout=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: any(k.proto == 17 for k in table.keys()), 10, "the client's socket")
         (pinned,) = {be32_to_ip(k.addr) for k in table.keys() if k.proto == 17}

@@ -47,6 +47,14 @@ def test_conntrack_and_frontend_flags():
     assert maps.BE_F_NO_NEW == c["LB4_BE_F_NO_NEW"]
 
 
+def test_socket_lb_modes():
+    from ebpflb.dataplane.sock_attach import MODE_VALUES
+
+    c = defines()
+    assert MODE_VALUES == {"off": c["LB_SOCK_OFF"], "all": c["LB_SOCK_ALL"],
+                           "host-only": c["LB_SOCK_HOST_ONLY"]}
+
+
 def test_program_names_fit_the_kernel():
     """The kernel keeps 15 characters of a program's name; cleanup recognises ours by it."""
     from ebpflb.dataplane import loader

@@ -2,12 +2,10 @@
 leaves (from lb4_sock_nat records), where cgroup v2 is mounted, and `explain --socket` for the
 cases that need no kernel (the translated ones are checked against the real hooks in
 tests/bpf/test_socket_lb.py)."""
-import socket
-
 import pytest
 
 from ebpflb.dataplane.sock_attach import CgroupError, cgroup2_root, check_cgroup
-from ebpflb.dataplane.stale_sockets import SOCK_KEY, SOCK_NAT, Target, stale_targets
+from ebpflb.dataplane.stale_sockets import SockRecord, Target, stale_targets
 from ebpflb.explain import AffinityView
 from ebpflb.explain_socket import (PACKET_PATH, REFUSED, TRANSLATED, UNTOUCHED, explain_socket,
                                    packet_path_note)
@@ -17,24 +15,18 @@ from ebpflb.maps import (SVC_F_DRAINING, SVC_F_SRC_RANGES, BackendValue, Records
 pytestmark = pytest.mark.unit
 
 
-def record(cookie, addr, port, proto, svc_id, vip="10.96.0.10", vport=53):
-    key = SOCK_KEY.pack(cookie, socket.inet_aton(addr), socket.htons(port), proto)
-    value = SOCK_NAT.pack(socket.inet_aton(vip), socket.htons(vport), 0, svc_id, 7)
-    return key, value
-
-
 def test_stale_targets_pick_the_sockets_sent_to_a_removed_backend():
-    entries = [record(1, "10.244.0.11", 9053, 17, svc_id=3),   # the removed UDP backend
-               record(2, "10.244.0.12", 9053, 17, svc_id=3),   # another backend: kept
-               record(3, "10.244.0.11", 9053, 17, svc_id=4),   # same pod, another Service: kept
-               record(4, "10.244.0.11", 8080, 6, svc_id=5),    # a TCP backend removed
-               record(5, "10.244.0.20", 80, 6, svc_id=9)]      # through a removed frontend
-    got = stale_targets(entries, svc_ids=[9], udp_backends=[(3, "10.244.0.11", 9053)],
+    records = [SockRecord(1, 17, "10.244.0.11", 9053, svc_id=3),  # the removed UDP backend
+               SockRecord(2, 17, "10.244.0.12", 9053, svc_id=3),  # another backend: kept
+               SockRecord(3, 17, "10.244.0.11", 9053, svc_id=4),  # same pod, another Service
+               SockRecord(4, 6, "10.244.0.11", 8080, svc_id=5),   # a TCP backend removed
+               SockRecord(5, 6, "10.244.0.20", 80, svc_id=9)]     # through a removed frontend
+    got = stale_targets(records, svc_ids=[9], udp_backends=[(3, "10.244.0.11", 9053)],
                         tcp_backends=[(5, "10.244.0.11", 8080)])
     assert got == {1: Target(1, 17, "10.244.0.11", 9053), 4: Target(4, 6, "10.244.0.11", 8080),
                    5: Target(5, 6, "10.244.0.20", 80)}
     # A UDP backend removal does not name a TCP socket to the same address and port.
-    assert stale_targets([record(6, "10.244.0.11", 9053, 6, svc_id=3)], [],
+    assert stale_targets([SockRecord(6, 6, "10.244.0.11", 9053, svc_id=3)], [],
                          [(3, "10.244.0.11", 9053)], []) == {}
 
 
