@@ -119,8 +119,10 @@ class ClusterModel:
         if after != before:
             self.version += 1
             if after[0] and after[0] != before[0]:
+                # A Service with frontends is served but for what the reason names.
+                how = "partly programmed" if self._frontends.get(key) else "not programmed"
                 for reason in after[0]:
-                    log.info("service %s/%s: not programmed: %s", key[0], key[1], reason)
+                    log.info("service %s/%s: %s: %s", key[0], key[1], how, reason)
 
     def _settle_outcome(self, key: ObjectKey) -> None:
         model = self._models.get(key)

@@ -314,9 +314,12 @@ def _frontend_addresses(svc: Service, sp: ServicePort, vips: List[str],
         for ip in svc.lb_ingress_ips:
             if _is_ipv4(ip):
                 yield "LoadBalancer", ip, sp.port
+            else:
+                skip(svc, f"IPv6 load balancer IP {ip} not programmed: IPv4 only so far")
     allowed = [ipaddress.ip_network(c) for c in external_ip_allow]
     for ip in svc.external_ips:
         if not _is_ipv4(ip):
+            skip(svc, f"IPv6 externalIP {ip} not programmed: IPv4 only so far")
             continue
         if any(ipaddress.IPv4Address(ip) in net for net in allowed if net.version == 4):
             yield "ExternalIP", ip, sp.port
@@ -345,15 +348,21 @@ def _service_vips(svc: Service, skip: Callable[[Service, str], None],
         skip(svc, "no cluster IP allocated")
         return []
     vips: List[str] = []
+    ipv6: List[str] = []
     for ip in svc.cluster_ips:
         version = ip_version(ip) if isinstance(ip, str) else None
         if version is None:
             skip(svc, f"invalid cluster IP {ip!r}")
             continue
         if version == 6:
-            skip(svc, f"IPv6 cluster IP {ip} (IPv4 only)")
+            ipv6.append(ip)
         elif ip not in vips:
             vips.append(ip)
+    for ip in ipv6:
+        # A dual-stack Service is served on its IPv4 family: say so, not that it is skipped.
+        skip(svc, f"IPv6 family not programmed (cluster IP {ip}): ebpflb serves IPv4 only so far; "
+                  "the IPv4 family is served" if vips else
+             f"IPv6 only (cluster IP {ip}): ebpflb serves IPv4 only so far")
     return vips
 
 

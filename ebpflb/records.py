@@ -132,11 +132,12 @@ def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids
         flags |= _KIND_FLAGS[frontend.kind]
         if frontend.external_local:
             flags |= SVC_F_ETP_LOCAL
-        if frontend.source_ranges:
-            # Set even when no range is IPv4 (all IPv6): then no IPv4 client is allowed, the
-            # safe reading of a list that was meant to restrict.
+        ranges = ipv4_ranges(frontend.source_ranges) if frontend.source_ranges else []
+        if ranges:
+            # Each family is judged by its own ranges, as kube-proxy's per-family proxiers do: a
+            # list of IPv6 ranges only restricts IPv6 clients and leaves an IPv4 frontend open.
             flags |= SVC_F_SRC_RANGES
-            for cidr in ipv4_ranges(frontend.source_ranges):
+            for cidr in ranges:
                 src_ranges[SrcRangeKey(svc_id, cidr)] = 1
         services[key] = SvcValue(svc_id, count, flags, frontend.affinity_timeout)
         meta[svc_id] = frontend_name(frontend)

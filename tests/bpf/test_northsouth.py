@@ -467,6 +467,19 @@ def test_source_ranges_restrict_the_load_balancer_frontend_only(node, hook):
     assert res.data == rewritten(via_nodeport, dst=LOCAL_BE, dport=8080)
 
 
+@pytest.mark.parametrize("hook", HOOKS)
+def test_ipv6_source_ranges_leave_ipv4_clients_alone(node, hook):
+    """Each family is judged by its own ranges: IPv6 ranges do not shut IPv4 clients out of an
+    IPv4 load balancer address (they did before issue 16's first step: source_denied)."""
+    node.program(endpoints=[(LOCAL_BE, "node-0")], ranges=['"2001:db8::/32"'])
+    pkt = tcp(DENIED_CLIENT, 40000, *LOADBALANCER)
+    before = node.stats()
+    res = node.run(hook, pkt)
+    assert res.retval == PASS[hook]
+    assert res.data == rewritten(pkt, dst=LOCAL_BE, dport=8080)
+    assert "source_denied" not in delta(before, node.stats())
+
+
 def test_source_ranges_apply_to_pods_too(node):
     node.program(endpoints=[(LOCAL_BE, "node-0")], ranges=RANGES)
     from_pod = node.dp.progs.from_pod

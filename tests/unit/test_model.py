@@ -103,11 +103,13 @@ CASES = [
         [svc(ips=("10.96.0.10", "fd00::10"))],
         [slc("web-a", [ep("10.244.0.11")]), slc("web-v6", [ep("fd00:244::11")], address_type="IPv6")],
         {"10.96.0.10:80/TCP": ["10.244.0.11:8080"]},
-        [("demo/web", "IPv6 cluster IP fd00::10 (IPv4 only)")],
+        [("demo/web", "IPv6 family not programmed (cluster IP fd00::10): ebpflb serves IPv4 only "
+                      "so far; the IPv4 family is served")],
         id="dual-stack-programs-ipv4-and-skips-ipv6",
     ),
     pytest.param(
-        [svc(ips=("fd00::1",))], [], {}, [("demo/web", "IPv6 cluster IP fd00::1 (IPv4 only)")],
+        [svc(ips=("fd00::1",))], [], {},
+        [("demo/web", "IPv6 only (cluster IP fd00::1): ebpflb serves IPv4 only so far")],
         id="ipv6-only-skipped",
     ),
     pytest.param(

@@ -225,12 +225,22 @@ def test_flags_and_range_records():
     assert not compute_plan(desired, snap)
 
 
-def test_only_ipv6_ranges_refuse_every_ipv4_client():
+def test_only_ipv6_ranges_leave_ipv4_clients_unrestricted():
+    """Each family is judged by its own ranges (kube-proxy's per-family proxiers): a list of
+    IPv6 ranges restricts IPv6 clients only. Before 16's fix an IPv4 frontend with such a list
+    refused every IPv4 client."""
     snap = apply_to(empty_snapshot(), compute_plan(
         program((lb_frontend(["2001:db8::/32"]), (Backend("10.244.0.11", 8080),))), empty_snapshot()))
     (svc,) = snap[SERVICES].values()
-    assert svc.flags & SVC_F_SRC_RANGES and snap[SRC_RANGES] == {}
-    assert explain(snap, Flow("10.1.2.3", 5555, LB_IP, 80, "TCP")).verdict == "drop"
+    assert not svc.flags & SVC_F_SRC_RANGES and snap[SRC_RANGES] == {}
+    assert explain(snap, Flow("10.1.2.3", 5555, LB_IP, 80, "TCP")).verdict == "dnat"
+    # A mixed list: the IPv4 ranges restrict the IPv4 frontend.
+    snap = apply_to(empty_snapshot(), compute_plan(
+        program((lb_frontend(["2001:db8::/32", "10.0.0.0/8"]), (Backend("10.244.0.11", 8080),))),
+        empty_snapshot()))
+    (svc,) = snap[SERVICES].values()
+    assert svc.flags & SVC_F_SRC_RANGES
+    assert explain(snap, Flow("192.0.2.9", 5555, LB_IP, 80, "TCP")).verdict == "drop"
 
 
 def order(plan):
