@@ -140,12 +140,13 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 	}
 	n->backend_id = lb4_choose_backend(p, svc, now, &be);
 	if (!n->backend_id || !be) {
-		if (HOOK_IS_XDP(hook) && !(svc->flags & LB4_SVC_F_ETP_LOCAL))
+		if (HOOK_IS_XDP(hook) && !(svc->flags & LB4_SVC_F_DROP_EMPTY))
 			return NV_TO_STACK;	/* TC sends the reject */
 		lb_count(STAT_NO_BACKEND);
-		/* Local policy and no backend here: the load balancer's health check already steers
-		 * clients away from this node, so the packet is dropped, as kube-proxy does. */
-		if (hook != HOOK_POD && (svc->flags & LB4_SVC_F_ETP_LOCAL))
+		/* Backends only elsewhere (a Local policy): dropped, as kube-proxy does; a load
+		 * balancer's health check steers clients away from this node. None anywhere: the
+		 * port is closed, and the client is told at once. */
+		if (svc->flags & LB4_SVC_F_DROP_EMPTY)
 			return NV_DROP;
 		return NV_REJECT;
 	}

@@ -12,7 +12,9 @@
  *   lb4_recvmsg      (recvmsg4)      a UDP datagram received: backend -> frontend as its source
  *   lb4_getpeername  (getpeername4)  getpeername(): backend -> frontend
  *
- * A frontend with no usable backend refuses the connect() or the send with ECONNREFUSED, at once.
+ * A frontend with no usable backend anywhere refuses the connect() or the send with ECONNREFUSED,
+ * at once; one whose backends are all on other nodes (a Local policy) is left to the packet path,
+ * which drops, as kube-proxy does.
  * Frontends with loadBalancerSourceRanges are left to the packet path: the client's address is
  * not known before the socket connects. A draining frontend takes no new sockets. */
 #include <uapi/linux/bpf.h>
@@ -105,6 +107,11 @@ static __always_inline int lb4_sock_translate(struct bpf_sock_addr *ctx, int dat
 	if (!id)
 		id = lb4_slot_backend(svc, sock_hash4(cookie, sk.vip, sk.port, sk.proto), &be);
 	if (!id || !be) {
+		/* Backends only on other nodes (a Local policy): kube-proxy drops such traffic, which
+		 * a socket cannot be told; its packets go on untranslated and the packet path drops
+		 * them. No backend anywhere: refused at once. */
+		if (svc->flags & LB4_SVC_F_DROP_EMPTY)
+			return 1;
 		lb_count(STAT_SOCKET_NO_BACKEND);
 		bpf_set_retval(-ECONNREFUSED);
 		return 0;

@@ -44,6 +44,10 @@ struct lb4_svc {
 /* A removed TCP frontend kept for the flows it translated (ebpflb/draining.py): a packet of one
  * of them goes on as before; anything else is treated as if there were no frontend. */
 #define LB4_SVC_F_DRAINING 0x8
+/* No usable backend here, but the Service has some elsewhere (left out by a Local traffic
+ * policy): a new flow is dropped, not rejected, as kube-proxy does. It rejects (a closed port)
+ * only when the Service has no usable endpoint anywhere. */
+#define LB4_SVC_F_DROP_EMPTY 0x40
 /* Bits 4-5: the kind of frontend (0 ClusterIP, 1 NodePort, 2 LoadBalancer, 3 ExternalIP). Pods
  * reach every kind alike; on a node device a ClusterIP is refused (not reachable from outside). */
 #define LB4_SVC_KIND_SHIFT 4

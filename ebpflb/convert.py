@@ -29,6 +29,7 @@ ENDPOINT_SLICE = "EndpointSlice"
 USED_KINDS = {SERVICE: "v1", ENDPOINT_SLICE: "discovery.k8s.io/v1"}
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+IP_MODES = ("VIP", "Proxy")  # status.loadBalancer.ingress[].ipMode
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # The API server's limit on all annotations of an object together (keys and values, bytes).
 MAX_ANNOTATIONS_SIZE = 256 * 1024
@@ -177,8 +178,9 @@ class _Parser:
         traffic = self._service_traffic(spec)
         # Only a LoadBalancer Service's ingress IPs are frontends; for other types the status is
         # noise that must not make a change (the API source relies on that).
-        ingress = self._lb_ingress(doc)
+        ingress, proxied = self._lb_ingress(doc)
         traffic["lb_ingress_ips"] = ingress if svc_type == "LoadBalancer" else ()
+        traffic["lb_proxy_ips"] = proxied if svc_type == "LoadBalancer" else ()
         traffic.update(self._load_balancer_fields(spec, svc_type, traffic["external_traffic_policy"]))
         if ck.problems:
             return None, None
@@ -242,21 +244,34 @@ class _Parser:
         out["health_check_node_port"] = hc
         return out
 
-    def _lb_ingress(self, doc: Dict[str, Any]) -> Tuple[str, ...]:
-        """status.loadBalancer.ingress[].ip (hostname-only entries have no address for us)."""
+    def _lb_ingress(self, doc: Dict[str, Any]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+        """status.loadBalancer.ingress[].ip (hostname-only entries have no address for us), as
+        (VIP addresses, ipMode Proxy addresses): traffic to the latter reaches the node through
+        the load balancer itself (PROXY protocol, hairpin through the LB), so kube-proxy leaves
+        them alone."""
         ck = self.ck
         status = ck.mapping(doc.get("status"), ("status",))
         lb = ck.mapping(status.get("loadBalancer"), ("status", "loadBalancer")) if status else None
         raw = ck.list(lb.get("ingress"), ("status", "loadBalancer", "ingress")) if lb else []
-        out = []
+        out: List[str] = []
+        proxied: List[str] = []
         for i, entry in enumerate(raw):
             path: FieldPath = ("status", "loadBalancer", "ingress", i)
             item = ck.mapping(entry, path)
-            if item is not None and item.get("ip") is not None:
-                ip = ck.ip(item["ip"], path + ("ip",))
-                if ip is not None:
-                    out.append(ip)
-        return tuple(out)
+            if item is None:
+                continue
+            mode = item.get("ipMode")
+            if mode is not None and mode not in IP_MODES:
+                ck.error(path + ("ipMode",), f"{show(mode)} is not one of {', '.join(IP_MODES)}")
+                continue
+            if item.get("ip") is None:
+                if mode is not None:
+                    ck.error(path + ("ipMode",), "set without an ip")
+                continue
+            ip = ck.ip(item["ip"], path + ("ip",))
+            if ip is not None:
+                (proxied if mode == "Proxy" else out).append(ip)
+        return tuple(out), tuple(proxied)
 
     def _cluster_ips(self, spec: Dict[str, Any]) -> Tuple[str, ...]:
         ck = self.ck

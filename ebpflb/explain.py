@@ -14,8 +14,8 @@ maps, for the hook the packet meets: lb4_from_pod on a pod device (the default) 
 - for a new flow, policy: loadBalancerSourceRanges, the pod device's own addresses
   (lb4_pod_addrs), then sources that may never start one (loopback, a VIP, the destination);
 - the backend: session affinity, else flow hash -> slot -> backend (slot 0 for a slot gone), with
-  the same hash (ebpflb.flowhash) and seed the programs use; none: rejected (dropped for Local
-  policy from outside, and a RST is never answered);
+  the same hash (ebpflb.flowhash) and seed the programs use; none: rejected (dropped when the
+  Service has backends on other nodes only, a Local policy, and a RST is never answered);
 - state: a bare SYN or UDP creates conntrack entries (a new source port when a live flow of
   another frontend holds the reply tuple); other TCP rebuilds a lost forward entry from a live
   reply entry, else is forwarded by hash without state (dropped towards another node: no SNAT
@@ -39,7 +39,8 @@ from .dataplane.config import CtTimeouts, DataplaneConfig
 from .flowhash import FLOW_HASH_SEED, flow_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL,
                    CT_F_HAIRPIN, CT_F_PORT_NAT, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, NO_BACKEND,
-                   PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_ETP_LOCAL,
+                   PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY,
+                   SVC_F_ETP_LOCAL,
                    SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey, frontend_kind)
 from .model import SCOPE_EXTERNAL
 
@@ -520,10 +521,10 @@ class _Decision:
             backend_id, be = hashed_id, hashed_be
         if be is None:
             self.counters.append("no_backend")
-            if dev.kind == NODE and svc.flags & SVC_F_ETP_LOCAL:
-                return self.out("drop", "the frontend has no backend on this node "
-                                        "(externalTrafficPolicy Local): new flows from outside "
-                                        "are dropped (no_backend)")
+            if svc.flags & SVC_F_DROP_EMPTY:
+                return self.out("drop", "the frontend has no backend here but the Service has "
+                                        "some on other nodes (a Local traffic policy): new flows "
+                                        "are dropped, as kube-proxy does (no_backend)")
             if f.proto == TCP and "R" in f.tcp_flags:
                 return self.out("drop", "the frontend has no ready backend, and a RST is never "
                                         "answered: dropped (no_backend)")

@@ -11,7 +11,8 @@ The decision, in the hooks' order:
 - session affinity, keyed by the client's network namespace; else the socket's hash: its
   cookie, the frontend and the protocol (ebpflb.flowhash.sock_hash) -> slot -> backend, over the
   same slots the TC programs use (slot 0 for a slot gone);
-- no usable backend: connect() or the send fails with ECONNREFUSED.
+- no usable backend: connect() or the send fails with ECONNREFUSED; but backends only on other
+  nodes (a Local traffic policy): left to the packet path, which drops.
 Without the socket's cookie (SO_COOKIE) the backend cannot be predicted: the explanation says
 which backends the slots hold. tests/bpf/test_socket_lb.py checks predictions against the hooks.
 """
@@ -22,7 +23,8 @@ from typing import Any, Dict, Optional, Tuple
 from .explain import AffinityView
 from .flowhash import FLOW_HASH_SEED, sock_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, NO_BACKEND, SERVICES, SLOTS, SVC_F_DRAINING,
-                   SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey, frontend_kind)
+                   SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey,
+                   frontend_kind)
 
 UNTOUCHED = "untouched"
 PACKET_PATH = "packet path"
@@ -103,6 +105,11 @@ def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str,
                                      reason="session affinity: the client's network namespace "
                                             "is bound to this backend")
     table = snapshot[SLOTS].get(svc.svc_id, ())
+    if (svc.count == 0 or not any(table)) and svc.flags & SVC_F_DROP_EMPTY:
+        return SocketExplanation(**base, verdict=PACKET_PATH, affinity=affinity,
+                                 reason="no backend here, some on other nodes (a Local traffic "
+                                        "policy): left to the packet path, which drops, as "
+                                        "kube-proxy does")
     if svc.count == 0 or not any(table):
         return SocketExplanation(**base, verdict=REFUSED, affinity=affinity,
                                  reason="no usable backend: connect() or the send fails with "

@@ -41,6 +41,7 @@ SVC_F_MAGLEV = 0x1  # LB4_SVC_F_MAGLEV in lb_structs.h
 SVC_F_ETP_LOCAL = 0x2  # LB4_SVC_F_ETP_LOCAL: externalTrafficPolicy Local (no SNAT, local only)
 SVC_F_SRC_RANGES = 0x4  # LB4_SVC_F_SRC_RANGES: new flows only from the frontend's SRC_RANGES
 SVC_F_DRAINING = 0x8  # LB4_SVC_F_DRAINING: a removed TCP frontend kept for its open flows
+SVC_F_DROP_EMPTY = 0x40  # LB4_SVC_F_DROP_EMPTY: no backend here, endpoints elsewhere: drop
 BE_F_NO_NEW = 0x1  # LB4_BE_F_NO_NEW in lb_structs.h
 SVC_KIND_SHIFT = 4  # LB4_SVC_KIND_SHIFT: bits 4-5 of the service flags
 FRONTEND_KINDS = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalIP")

@@ -56,6 +56,7 @@ class Service:
     affinity_timeout: int = 10800  # spec.sessionAffinityConfig.clientIP.timeoutSeconds
     external_ips: Tuple[str, ...] = ()  # spec.externalIPs
     lb_ingress_ips: Tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip
+    lb_proxy_ips: Tuple[str, ...] = ()  # ... whose ipMode is Proxy: left to the load balancer
     external_traffic_policy: str = "Cluster"  # spec.externalTrafficPolicy: Cluster | Local
     lb_source_ranges: Tuple[str, ...] = ()  # spec.loadBalancerSourceRanges, normalized CIDRs
     health_check_node_port: Optional[int] = None  # spec.healthCheckNodePort (LB, ETP Local)
@@ -116,6 +117,10 @@ class Frontend:
     # Who the record serves: SCOPE_ALL (pods, and outside unless there is an external record) or
     # SCOPE_EXTERNAL (traffic from outside to a Local-policy frontend: this node's backends).
     scope: int = 0
+    # The Service port has usable endpoints beyond this frontend's (on other nodes, left out by a
+    # Local traffic policy): with none of its own, new flows are dropped, not rejected, as
+    # kube-proxy does (it rejects only when the Service has no usable endpoint anywhere).
+    endpoints_elsewhere: bool = field(default=False, compare=False)
 
     @property
     def key(self) -> Tuple[str, int, str, int]:
@@ -267,7 +272,7 @@ def service_model(svc: Service, slices: Sequence[EndpointSlice], ctx: ModelConte
             for scope, chosen in views:
                 fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind,
                               svc.lb_source_ranges if kind == "LoadBalancer" else (),
-                              local and external, scope)
+                              local and external, scope, len(everyone) > len(chosen))
                 if fe.key in seen:  # two ports of one Service asking for one node port
                     skip(svc, f"frontend {fe} already used by {svc.ref}")
                     continue
@@ -316,6 +321,9 @@ def _frontend_addresses(svc: Service, sp: ServicePort, vips: List[str],
                 yield "LoadBalancer", ip, sp.port
             else:
                 skip(svc, f"IPv6 load balancer IP {ip} not programmed: IPv4 only so far")
+        for ip in svc.lb_proxy_ips:
+            skip(svc, f"load balancer IP {ip} has ipMode Proxy: its traffic comes through the "
+                      "load balancer, which is left to handle it, as kube-proxy does")
     allowed = [ipaddress.ip_network(c) for c in external_ip_allow]
     for ip in svc.external_ips:
         if not _is_ipv4(ip):

@@ -17,7 +17,8 @@ from ipaddress import ip_network
 from typing import Iterable, List, Protocol, Tuple
 
 from .maglev import DEFAULT_M, maglev_table, validate_m
-from .maps import (BE_F_NO_NEW, FRONTEND_KINDS, PROTO_NUMBERS, SVC_F_ETP_LOCAL, SVC_F_MAGLEV,
+from .maps import (BE_F_NO_NEW, FRONTEND_KINDS, PROTO_NUMBERS, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
+                   SVC_F_MAGLEV,
                    SVC_F_SRC_RANGES, SVC_KIND_SHIFT, SVC_NAME_LEN, BackendValue, Records,
                    SrcRangeKey, SvcKey, SvcValue)
 from .model import Backend, Frontend
@@ -132,6 +133,8 @@ def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids
         flags |= _KIND_FLAGS[frontend.kind]
         if frontend.external_local:
             flags |= SVC_F_ETP_LOCAL
+        if not count and frontend.endpoints_elsewhere:
+            flags |= SVC_F_DROP_EMPTY
         ranges = ipv4_ranges(frontend.source_ranges) if frontend.source_ranges else []
         if ranges:
             # Each family is judged by its own ranges, as kube-proxy's per-family proxiers do: a

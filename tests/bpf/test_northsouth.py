@@ -47,7 +47,8 @@ from ebpflb.dataplane.bcc_maps import ip_to_be32, lookup_conntrack, read_conntra
 from ebpflb.flowhash import FLOW_HASH_SEED, flow_hash
 from ebpflb.lab.nsops import create_netns, in_netns, remove_netns, write_sysctls
 from ebpflb.manifests import parse_documents
-from ebpflb.maps import SERVICES, SVC_F_DRAINING, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SvcKey
+from ebpflb.maps import (SERVICES, SVC_F_DRAINING, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
+                         SVC_F_SRC_RANGES, SvcKey)
 from ebpflb.model import DesiredState, desired_state
 from ebpflb.reconcile import reconcile
 
@@ -91,10 +92,11 @@ UDP_NODEPORT = (NODE_IP, 30053)
 
 # ---------------------------------------------------------------- provisioning
 
-def manifest(endpoints=(), etp="Cluster", ranges=()):
+def manifest(endpoints=(), etp="Cluster", ranges=(), itp="Cluster"):
     """One LoadBalancer Service (TCP 80 -> 8080 on node port 30080, UDP 53 -> 5353 on node port
     30053, ingress IP 192.168.200.200) with the given (address, nodeName) endpoints."""
     extra = f"  loadBalancerSourceRanges: [{', '.join(ranges)}]\n" if ranges else ""
+    extra += f"  internalTrafficPolicy: {itp}\n"
     eps = "".join(f"- {{addresses: [{a}], nodeName: {n}, conditions: {{ready: true}}}}\n"
                   for a, n in endpoints)
     return f"""
@@ -532,6 +534,44 @@ def test_local_policy_without_a_local_backend_drops(node, hook, frontend):
     assert res.retval == DROP[hook]  # dropped, not rejected: the LB's health check steers away
     assert delta(before, node.stats()) == {"no_backend": 1}
     assert node.ct_count() == 0
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_local_policy_without_endpoints_anywhere_rejects(node, hook):
+    """kube-proxy drops for a Local policy only when the Service has endpoints elsewhere; with
+    none anywhere the port is closed, and the client is told (on 6d3bf73 it was dropped)."""
+    snap = node.program(endpoints=[], etp="Local")
+    outside = SvcKey(*NODEPORT, 6, 1)
+    assert not snap[SERVICES][outside].flags & SVC_F_DROP_EMPTY
+    syn = tcp(CLIENT, 40000, *NODEPORT, seq=1000)
+    before = node.stats()
+    res = node.run(hook, syn)
+    if hook == "xdp":  # left to TC, which sends the reject
+        assert (res.retval, res.data) == (XDP_PASS, bytes(syn))
+        return
+    assert res.retval == TC_ACT_REDIRECT
+    rst = Ether(res.data)
+    assert str(rst[TCP].flags) == "RA" and rst[TCP].ack == 1001
+    assert delta(before, node.stats()) == {"no_backend": 1}
+
+
+def test_internal_local_policy_drops_with_remote_endpoints_and_rejects_without(node):
+    """internalTrafficPolicy Local, kube-proxy's rule from a pod: endpoints on other nodes only
+    -> dropped; none anywhere -> rejected (on 6d3bf73 both were rejected)."""
+    from_pod = node.dp.progs.from_pod
+    snap = node.program(endpoints=[(REMOTE_BE, "node-1")], itp="Local")
+    assert snap[SERVICES][SvcKey(CLUSTER_IP, 80, 6)].flags & SVC_F_DROP_EMPTY
+    pkt = tcp(POD_CLIENT, 40000, CLUSTER_IP, 80)
+    before = node.stats()
+    res = testrun.test_run(from_pod.fd, bytes(pkt))
+    assert res.retval == TC_ACT_SHOT
+    assert delta(before, node.stats()) == {"no_backend": 1}
+    # The load balancer address is not under the internal policy: pods reach node-1's pod.
+    assert snap[SERVICES][SvcKey(LB_IP, 80, 6)].count == 1
+    node.program(endpoints=[], itp="Local")
+    res = testrun.test_run(from_pod.fd, bytes(pkt))
+    assert res.retval != TC_ACT_SHOT  # the RST goes back out of the pod's device
+    assert str(Ether(res.data)[TCP].flags) == "RA"
 
 
 @pytest.mark.parametrize("hook", HOOKS)

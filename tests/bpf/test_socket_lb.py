@@ -209,6 +209,18 @@ def test_no_endpoints_refuses_at_once(sl):
     assert sl.dp.stats()["socket_no_backend"] - before["socket_no_backend"] == 3
 
 
+def test_backends_only_on_other_nodes_are_left_to_the_packet_path(sl):
+    """internalTrafficPolicy Local with no endpoint on this node (the test's model knows no node):
+    kube-proxy drops such traffic; the hook leaves the socket untranslated (here: unroutable) so
+    the packet path drops it, instead of refusing as for a Service with no endpoint at all."""
+    sl.dp.program(manifest().replace(f"  clusterIP: {VIP}\n",
+                                     f"  clusterIP: {VIP}\n  internalTrafficPolicy: Local\n", 1))
+    before = sl.dp.stats()
+    (r,) = sl.http()
+    assert r["errno"] == "ENETUNREACH"
+    assert sl.dp.stats()["socket_no_backend"] == before["socket_no_backend"]
+
+
 def test_not_a_frontend_is_left_alone(sl):
     # Port 81 of the VIP is no frontend: the socket goes where routing says (nowhere here).
     (r,) = sl.http(port=81)

@@ -42,7 +42,8 @@ def test_conntrack_and_frontend_flags():
     for name in ("CT_F_ESTABLISHED", "CT_F_CLOSING", "CT_F_HAIRPIN", "CT_F_EXTERNAL", "CT_F_SNAT",
                  "CT_F_PORT_NAT"):
         assert getattr(maps, name) == c[name], name
-    for name in ("SVC_F_MAGLEV", "SVC_F_ETP_LOCAL", "SVC_F_SRC_RANGES", "SVC_F_DRAINING"):
+    for name in ("SVC_F_MAGLEV", "SVC_F_ETP_LOCAL", "SVC_F_SRC_RANGES", "SVC_F_DRAINING",
+                 "SVC_F_DROP_EMPTY"):
         assert getattr(maps, name) == c["LB4_" + name], name
     assert maps.BE_F_NO_NEW == c["LB4_BE_F_NO_NEW"]
 

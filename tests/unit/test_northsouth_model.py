@@ -7,10 +7,11 @@ import re
 
 import pytest
 
-from ebpflb.explain import Flow, explain
+from ebpflb.explain import NODE, Device, Flow, explain
 from ebpflb.inspect import render_table, service_views
 from ebpflb.manifests import ManifestErrors, parse_documents
-from ebpflb.maps import (SERVICES, SRC_RANGES, SVC_F_DRAINING, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SrcRangeKey,
+from ebpflb.maps import (SERVICES, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
+                         SVC_F_SRC_RANGES, SrcRangeKey,
                          SvcKey, empty_snapshot, frontend_kind)
 from ebpflb.model import (Backend, DesiredState, Endpoint, EndpointPort, EndpointSlice, Frontend,
                           HealthCheck, Service, ServicePort, desired_state)
@@ -326,3 +327,55 @@ def test_explain_and_service_list_show_the_ranges():
     assert view.source_ranges == ("10.0.0.0/8", "192.168.0.0/16") and view.external_local
     table = render_table([view])
     assert "only from 10.0.0.0/8, 192.168.0.0/16" in table and "externalTrafficPolicy Local" in table
+
+
+# --- ipMode Proxy (issue 17) -----------------------------------------------------------------
+
+def test_ip_mode_proxy_addresses_are_left_to_the_load_balancer():
+    """kube-proxy leaves a load balancer address whose ingress entry says ipMode: Proxy to the
+    load balancer (its traffic comes through it); ipMode VIP (or none) is programmed."""
+    text = manifest().replace(f"ingress: [{{ip: {LB_IP}}}]",
+                              f"ingress: [{{ip: {LB_IP}, ipMode: VIP}}, "
+                              "{ip: 192.0.2.60, ipMode: Proxy}]") + SLICE
+    desired = state(text)
+    lbs = [fe.vip for fe in desired.frontends if fe.kind == "LoadBalancer"]
+    assert lbs == [LB_IP]
+    assert [s.reason for s in desired.skipped] == [
+        "load balancer IP 192.0.2.60 has ipMode Proxy: its traffic comes through the load "
+        "balancer, which is left to handle it, as kube-proxy does"]
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("{ip: 192.0.2.60, ipMode: Tunnel}",
+     'status.loadBalancer.ingress[0].ipMode: "Tunnel" is not one of VIP, Proxy'),
+    ("{hostname: lb.example.com, ipMode: Proxy}",
+     "status.loadBalancer.ingress[0].ipMode: set without an ip"),
+])
+def test_bad_ip_mode_is_refused_naming_the_field(entry, message):
+    text = manifest().replace(f"ingress: [{{ip: {LB_IP}}}]", f"ingress: [{entry}]")
+    with pytest.raises(ManifestErrors) as exc:
+        parse_documents(text, "x.yaml")
+    assert message in str(exc.value)
+
+
+
+# --- drop or reject with no backend here (issue 17) ------------------------------------------
+
+@pytest.mark.parametrize("etp,endpoints,dropped", [
+    ("Local", "- {addresses: [10.244.1.11], nodeName: node-1, conditions: {ready: true}}", True),
+    ("Local", "", False),   # none anywhere: rejected, a closed port
+    ("Cluster", "", False),
+])
+def test_no_backend_here_drops_only_when_the_service_has_some_elsewhere(etp, endpoints, dropped):
+    """kube-proxy's rule: a Local policy with endpoints on other nodes only drops new flows from
+    outside; a Service with no usable endpoint anywhere rejects them."""
+    slice_text = SLICE.split("endpoints:")[0] + "endpoints:" + (
+        "\n" + endpoints + "\n" if endpoints else " []\n")
+    desired = state(manifest(f"  externalTrafficPolicy: {etp}") + slice_text)
+    snap = apply_to(empty_snapshot(), compute_plan(desired, empty_snapshot()))
+    scope = 1 if etp == "Local" else 0
+    svc = snap[SERVICES][SvcKey(LB_IP, 80, 6, scope)]
+    assert svc.count == 0
+    assert bool(svc.flags & SVC_F_DROP_EMPTY) == dropped
+    verdict = explain(snap, Flow("192.0.2.9", 5555, LB_IP, 80, "TCP"), device=Device(NODE)).verdict
+    assert verdict == ("drop" if dropped else "reject")

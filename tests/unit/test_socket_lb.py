@@ -9,7 +9,7 @@ from ebpflb.dataplane.stale_sockets import SockRecord, Target, stale_targets
 from ebpflb.explain import AffinityView
 from ebpflb.explain_socket import (PACKET_PATH, REFUSED, TRANSLATED, UNTOUCHED, explain_socket,
                                    packet_path_note)
-from ebpflb.maps import (SVC_F_DRAINING, SVC_F_SRC_RANGES, BackendValue, Records, SvcKey,
+from ebpflb.maps import (SVC_F_DRAINING, SVC_F_DROP_EMPTY, SVC_F_SRC_RANGES, BackendValue, Records, SvcKey,
                          SvcValue)
 
 pytestmark = pytest.mark.unit
@@ -67,6 +67,7 @@ def snapshot(flags=0, count=2, affinity=0):
     (snapshot(flags=SVC_F_DRAINING), "all", False, UNTOUCHED),
     (snapshot(flags=SVC_F_SRC_RANGES), "all", True, PACKET_PATH),
     (snapshot(count=0), "all", False, REFUSED),
+    (snapshot(count=0, flags=SVC_F_DROP_EMPTY), "all", False, PACKET_PATH),
 ])
 def test_explain_socket_verdicts(snap, mode, host, verdict):
     e = explain_socket(snap, "10.96.0.10", 80, 6, mode, host)
