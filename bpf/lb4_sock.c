@@ -126,7 +126,10 @@ static __always_inline int lb4_sock_translate(struct bpf_sock_addr *ctx, int dat
 	nk.addr = be->addr;
 	nk.port = be->port;
 	nk.proto = sk.proto;
-	old = lb4_sock_nat.lookup(&nk);
+	/* A connect() has a socket of its own (its cookie is new, but for a reconnect), so it just
+	 * writes; a datagram looks first, so a socket sending again to the same backend costs no
+	 * write per datagram. */
+	old = datagram ? lb4_sock_nat.lookup(&nk) : 0;
 	fresh = !old || old->vip != sk.vip || old->port != sk.port || old->backend_id != id;
 	if (fresh) {
 		nat.vip = sk.vip;

@@ -127,6 +127,7 @@ class Agent:
         self._programmed_checks: Optional[Tuple[HealthCheck, ...]] = None
         self._nodes = None  # the NodeAttacher of the node devices, for the status file
         self._socket_lb: dict = {"mode": "off"}  # what the socket hooks do, for the status file
+        self._sock_cgroup: Optional[str] = None  # _cgroup(): "" when there is none
         self._unsynced_since: Optional[float] = None  # wall clock of the oldest change not in the maps
         self._retry_at = 0.0  # no sync before this (time.monotonic) after a refusal or failure
         self._status_due: Optional[float] = None
@@ -442,9 +443,12 @@ class Agent:
         return removed
 
     def _cgroup(self) -> Optional[str]:
-        from .dataplane.sock_attach import cgroup2_root
+        """--cgroup, or the cgroup v2 root, looked up once (every purge step asks)."""
+        if self._sock_cgroup is None:
+            from .dataplane.sock_attach import cgroup2_root
 
-        return self.options.cgroup or cgroup2_root()
+            self._sock_cgroup = self.options.cgroup or cgroup2_root() or ""
+        return self._sock_cgroup or None
 
     def _socket_hooks(self, progs: Any) -> None:
         """Socket load balancing as --socket-lb says: the settings first, then the hooks (so a

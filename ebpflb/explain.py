@@ -156,6 +156,26 @@ class Explanation:
         return asdict(self)
 
 
+def slot_backend(snapshot, svc, h: int) -> Tuple[int, Optional[int]]:
+    """lb4_slot_backend, for a frontend with slots: (slot = hash % count, the slot's backend id);
+    a slot missing answers from slot 0, None when that is missing too."""
+    slot = h % svc.count
+    table = snapshot[SLOTS].get(svc.svc_id, ())
+    if slot < len(table) and table[slot] != NO_BACKEND:
+        return slot, table[slot]
+    return slot, table[0] if table and table[0] != NO_BACKEND else None
+
+
+def bound_backend(snapshot, svc, affinity: Optional[AffinityView]) -> bool:
+    """lb4_affinity_check: does the client's binding still decide (fresh, to a backend still of
+    this frontend and taking new flows)?"""
+    if not svc.affinity_timeout or affinity is None or \
+            affinity.idle_seconds > svc.affinity_timeout:
+        return False
+    value = snapshot[BACKENDS].get(affinity.backend_id)
+    return value is not None and value.svc_id == svc.svc_id and not value.flags & BE_F_NO_NEW
+
+
 def parse_flow(src: str, dst: str, protocol: str, tcp_flags: str = "S") -> Flow:
     """Flow from "ip:port" strings; ValueError naming the bad argument."""
     def endpoint(value: str, what: str):
@@ -389,15 +409,11 @@ class _Decision:
                 src in self.snap.get(VIPS, {}))
 
     def hashed(self, svc) -> Tuple[Optional[int], Any]:
-        """lb4_select_backend: slot = hash % count; a slot missing answers from slot 0."""
+        """lb4_select_backend: the flow hash's slot."""
         if not svc.count:
             return None, None
         h = self.hash()
-        slot = h % svc.count
-        table = self.snap[SLOTS].get(svc.svc_id, ())
-        backend_id = table[slot] if slot < len(table) and table[slot] != NO_BACKEND else None
-        if backend_id is None and table and table[0] != NO_BACKEND:
-            backend_id = table[0]
+        slot, backend_id = slot_backend(self.snap, svc, h)
         value = self.snap[BACKENDS].get(backend_id) if backend_id is not None else None
         self.common.update(hash=h, slot=slot, hashed_backend_id=backend_id,
                            hashed_backend=_endpoint(value.addr, value.port) if value else None)
@@ -405,13 +421,10 @@ class _Decision:
 
     def bound(self, svc) -> Tuple[Optional[int], Any]:
         """lb4_affinity_backend: a fresh binding to a backend still of this frontend."""
-        a = self.affinity
-        if not svc.affinity_timeout or a is None or a.idle_seconds > svc.affinity_timeout:
+        if not bound_backend(self.snap, svc, self.affinity):
             return None, None
-        value = self.snap[BACKENDS].get(a.backend_id)
-        if value is None or value.svc_id != svc.svc_id or value.flags & BE_F_NO_NEW:
-            return None, None
-        return a.backend_id, value
+        assert self.affinity is not None
+        return self.affinity.backend_id, self.snap[BACKENDS][self.affinity.backend_id]
 
     # ---- the hooks
 

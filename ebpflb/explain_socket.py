@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from typing import Any, Dict, Optional, Tuple
 
-from .explain import AffinityView
+from .explain import AffinityView, bound_backend, slot_backend
 from .flowhash import FLOW_HASH_SEED, sock_hash
-from .maps import (BACKENDS, BE_F_NO_NEW, NO_BACKEND, SERVICES, SLOTS, SVC_F_DRAINING,
+from .maps import (BACKENDS, NO_BACKEND, SERVICES, SLOTS, SVC_F_DRAINING,
                    SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey,
                    frontend_kind)
 
@@ -95,15 +95,13 @@ def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str,
                                  reason="the frontend has loadBalancerSourceRanges: the client's "
                                         "address is not chosen at connect(), so the packet path "
                                         "checks it")
-    if svc.affinity_timeout and affinity is not None and \
-            affinity.idle_seconds <= svc.affinity_timeout:
-        b = snapshot[BACKENDS].get(affinity.backend_id)
-        if b is not None and b.svc_id == svc.svc_id and not b.flags & BE_F_NO_NEW:
-            return SocketExplanation(**base, verdict=TRANSLATED, affinity=affinity,
-                                     backend_id=affinity.backend_id,
-                                     backend=_backend(snapshot, affinity.backend_id),
-                                     reason="session affinity: the client's network namespace "
-                                            "is bound to this backend")
+    if bound_backend(snapshot, svc, affinity):
+        assert affinity is not None
+        return SocketExplanation(**base, verdict=TRANSLATED, affinity=affinity,
+                                 backend_id=affinity.backend_id,
+                                 backend=_backend(snapshot, affinity.backend_id),
+                                 reason="session affinity: the client's network namespace is "
+                                        "bound to this backend")
     table = snapshot[SLOTS].get(svc.svc_id, ())
     if (svc.count == 0 or not any(table)) and svc.flags & SVC_F_DROP_EMPTY:
         return SocketExplanation(**base, verdict=PACKET_PATH, affinity=affinity,
@@ -123,8 +121,7 @@ def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str,
                                  reason="sent to the backend of slot hash(cookie) % slots; give "
                                         "--cookie (the socket's SO_COOKIE) to know which" + unknown)
     h = sock_hash(cookie, int(IPv4Address(daddr)), dport, proto, FLOW_HASH_SEED)
-    slot = h % svc.count
-    backend_id = table[slot] if slot < len(table) and table[slot] != NO_BACKEND else table[0]
+    slot, backend_id = slot_backend(snapshot, svc, h)
     return SocketExplanation(**base, verdict=TRANSLATED, affinity=affinity, hash=h, slot=slot,
                              backend_id=backend_id, backend=_backend(snapshot, backend_id),
                              reason="sent to the backend of its slot at connect(); no program "

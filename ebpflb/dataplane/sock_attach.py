@@ -65,6 +65,19 @@ def check_cgroup(path: str) -> str:
     return path
 
 
+def cgroup_pids(cgroup: str) -> List[int]:
+    """Pids in a cgroup and the cgroups below it (a cgroup removed meanwhile is skipped)."""
+    pids: List[int] = []
+    for root, _dirs, files in os.walk(cgroup):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(root, "cgroup.procs")) as fh:
+                    pids += [int(x) for x in fh.read().split()]
+            except OSError:
+                continue
+    return sorted(set(pids))
+
+
 def netns_cookie() -> int:
     """The cookie of this thread's network namespace (what bpf_get_netns_cookie returns for a
     socket in it)."""

@@ -102,21 +102,15 @@ def cgroup_namespaces(cgroup: Optional[str]) -> List[str]:
     paths = {os.stat("/proc/thread-self/ns/net").st_ino: "/proc/thread-self/ns/net"}
     if not cgroup:
         return list(paths.values())
-    for root, _dirs, files in os.walk(cgroup):
-        if "cgroup.procs" not in files:
-            continue
+    from .sock_attach import cgroup_pids
+
+    for pid in cgroup_pids(cgroup):
+        path = f"/proc/{pid}/ns/net"
         try:
-            with open(os.path.join(root, "cgroup.procs")) as f:
-                pids = f.read().split()
+            inode = os.stat(path).st_ino
         except OSError:
-            continue  # a cgroup removed while we walked
-        for pid in pids:
-            path = f"/proc/{pid}/ns/net"
-            try:
-                inode = os.stat(path).st_ino
-            except OSError:
-                continue  # exited meanwhile
-            paths.setdefault(inode, path)
+            continue  # exited meanwhile
+        paths.setdefault(inode, path)
     return list(paths.values())
 
 

@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 from ..dataplane.netns import setns_thread
+from ..dataplane.sock_attach import cgroup_pids
 from .topology import NETNS_DIR
 
 log = logging.getLogger(__name__)
@@ -195,19 +196,6 @@ def in_cgroup(cgroup: Optional[str], argv: Sequence[str]) -> List[str]:
         return list(argv)
     return ["sh", "-c", 'echo 0 > "$0" && exec "$@"', os.path.join(cgroup, "cgroup.procs"),
             *argv]
-
-
-def cgroup_pids(cgroup: str) -> List[int]:
-    """Pids in a cgroup and the cgroups below it."""
-    pids: List[int] = []
-    for root, _dirs, files in os.walk(cgroup):
-        if "cgroup.procs" in files:
-            try:
-                with open(os.path.join(root, "cgroup.procs")) as fh:
-                    pids += [int(x) for x in fh.read().split()]
-            except OSError:
-                continue
-    return sorted(set(pids))
 
 
 def remove_cgroup(cgroup: str) -> List[str]:
