@@ -15,6 +15,7 @@ from ebpflb.dataplane.cleanup import remove_pins
 from ebpflb.dataplane.config import DataplaneConfig, lab_pin_dir, lab_pin_dirs
 from ebpflb.lab.lab import get_lab
 from ebpflb.lab.topology import node_netns
+from ebpflb.status import read_status
 
 WEB_VIP = "10.96.0.10"
 ECHO_VIP = "10.96.0.20"
@@ -189,6 +190,20 @@ class RunningAgent(AgentProcess):
         tmp = self.manifest_path.with_suffix(".tmp")
         tmp.write_text(text if text is not None else manifest(endpoints, annotations))
         os.replace(tmp, self.manifest_path)
+
+    def wait_applied(self, timeout: float = 10.0) -> float:
+        """Returns (time.monotonic()) once the agent reports in its status file that every
+        manifest written before this call is in the maps: from then on the data path serves
+        what was written, however slow the machine was to get there."""
+        return wait_applied(self.pin_dir, time.time_ns(), timeout)
+
+
+def wait_applied(pin_dir: str, revision_ns: int, timeout: float = 10.0) -> float:
+    """Waits for the agent on `pin_dir` to report a manifest revision (a wall-clock time in ns,
+    see FileSource.revision) at least `revision_ns` applied; returns time.monotonic() then."""
+    wait_until(lambda: ((read_status(pin_dir) or {}).get("applied_revision") or 0) >= revision_ns,
+               timeout, "the agent to report the change applied", interval=0.01)
+    return time.monotonic()
 
 
 def force_cleanup(lab_name: str) -> None:

@@ -79,8 +79,12 @@ class _Handler(BaseHTTPRequestHandler):
         resource, list_kind, api_version = PATHS[url.path]
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if q.get("watch", "").lower() in ("true", "1"):
-            fake.counts[f"watch {resource}"] += 1
-            self._watch(fake, resource, q)
+            with fake.cond:
+                # Counted and bound to the drop epoch at once: a watch the test has seen counted
+                # is one drop_watches() cuts.
+                fake.counts[f"watch {resource}"] += 1
+                epoch = fake.drop_epoch
+            self._watch(fake, resource, q, epoch)
         else:
             limit = int(q.get("limit") or 0)
             token = q.get("continue")
@@ -109,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _watch(self, fake: "FakeApiServer", resource: str, q: Dict[str, str]) -> None:
+    def _watch(self, fake: "FakeApiServer", resource: str, q: Dict[str, str], epoch: int) -> None:
         since = int(q.get("resourceVersion") or 0)
         timeout = float(q.get("timeoutSeconds") or 1800)
         bookmarks = q.get("allowWatchBookmarks", "").lower() in ("true", "1")
@@ -119,7 +123,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         deadline = time.monotonic() + timeout
         with fake.cond:
-            epoch = fake.drop_epoch
             gone = since and since < fake.compacted
         if gone:
             self._chunk(json.dumps({"type": "ERROR", "object": status(
