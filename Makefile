@@ -12,8 +12,10 @@ setup:
 demo: setup
 	@bash scripts/demo.sh
 
+# Two workers, a test file each at a time: lab tests wait on traffic and agents more than they
+# compute, and every test names its namespaces, pins and cgroups uniquely.
 test: setup
-	$(PYTEST) -m "unit or bpf or lab or kube" tests
+	$(PYTEST) -n 2 --dist loadfile -m "unit or bpf or lab or kube" tests
 
 test-unit: setup
 	$(PYTEST) -m unit tests

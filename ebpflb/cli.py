@@ -135,6 +135,38 @@ cgroup_option = click.option(
     help="The cgroup v2 directory the socket hooks attach to: they balance the sockets of every "
          "process in it and below it. Default: the root of the cgroup v2 hierarchy (the whole "
          "node: its own processes and every pod).")
+force_option = click.option(
+    "--force", is_flag=True,
+    help="Act even though a running agent owns the data plane (it reports not ready and "
+         "repairs what it needs).")
+yes_option = click.option("--yes", "-y", is_flag=True,
+                          help="Do not ask for confirmation (needed when not on a terminal).")
+
+
+def _owner_lock(pin_dir: str, force: bool, command: str):
+    """A one-shot writer's hold on the pin directory: refused while an agent owns it."""
+    from .dataplane.owner import Owned, for_command
+
+    try:
+        return for_command(pin_dir, force)
+    except Owned as exc:
+        raise click.ClickException(
+            f"{exc}; `ebpflb {command}` would change it under the agent. Stop the agent first, "
+            "or give --force") from exc
+    except OSError as exc:
+        raise click.ClickException(f"--pin-dir {pin_dir}: {exc.strerror or exc}") from exc
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """Asks on a terminal; elsewhere (a script, kubectl exec without -t) --yes must say it."""
+    if yes:
+        return
+    if sys.stdin.isatty():
+        click.confirm(question, abort=True)
+        return
+    raise click.ClickException(f"{question} Not asked (no terminal): give --yes to confirm.")
+
+
 output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]),
                              default="table", show_default=True, help="Output format.")
 
@@ -336,10 +368,13 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @output_option
 @service_cidr_option
+@force_option
 @pin_dir_option
-def sync(manifests: str, dry_run: bool, output: str, service_cidrs: List[str], pin_dir: str) -> None:
+def sync(manifests: str, dry_run: bool, output: str, service_cidrs: List[str], force: bool,
+         pin_dir: str) -> None:
     """Program the maps once from manifests (no agent, no attach). With --dry-run, print the map
-    writes it would make against what is programmed now."""
+    writes it would make against what is programmed now. Refused while an agent owns the pin
+    directory (it would undo what the agent programs), unless --force."""
     from .apply import ApplyError
     from .dataplane.loader import DataplaneError, pinned
     from .manifests import ManifestErrors, load_manifests
@@ -357,6 +392,7 @@ def sync(manifests: str, dry_run: bool, output: str, service_cidrs: List[str], p
     desired = desired_state(m.services, m.slices)
     for skipped in desired.skipped:
         click.echo(f"skipped {skipped.ref}: {skipped.reason}", err=True)
+    lock = None if dry_run else _owner_lock(pin_dir, force, "sync")
     try:
         if dry_run and not pinned(config):
             plan = compute_plan(desired, empty_snapshot(), config.map_limits)
@@ -365,6 +401,9 @@ def sync(manifests: str, dry_run: bool, output: str, service_cidrs: List[str], p
             plan = reconcile(desired, writer, config.map_limits, dry_run=dry_run).plan
     except (PlanError, ApplyError, DataplaneError) as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        if lock is not None:
+            lock.release()
     if output == "json":
         click.echo(json.dumps({"dry_run": dry_run, "writes": len(plan), "counts": plan.counts(),
                                "ops": [str(op) for op in plan.ops]}, indent=2))
@@ -560,14 +599,26 @@ def ct_list(services: List[str], output: str, pin_dir: str) -> None:
 @ct.command("flush")
 @click.option("--service", "services", multiple=True, metavar="NS/NAME[:PORT]",
               help="Only flows of this service; repeatable. Without it, every flow.")
+@yes_option
+@force_option
 @pin_dir_option
-def ct_flush(services: List[str], pin_dir: str) -> None:
+def ct_flush(services: List[str], yes: bool, force: bool, pin_dir: str) -> None:
     """Delete conntrack entries. Flows of existing frontends are re-hashed on their next packet
-    (same backend while the backend set is unchanged)."""
+    (same backend while the backend set is unchanged); flows SNATed to other nodes and moved
+    flows lose their translation. Asks first (--yes does not); refused while an agent owns the
+    data plane, unless --force."""
     from .dataplane.readers import flush_conntrack
 
     writer = _open_or_fail(pin_dir)
-    click.echo(f"deleted {flush_conntrack(writer.bpf, _svc_ids(writer, services))} conntrack entries")
+    ids = _svc_ids(writer, services)
+    what = f"the flows of {', '.join(services)}" if services else "every flow"
+    _confirm(f"Delete the conntrack entries of {what} in {pin_dir}?", yes)
+    lock = _owner_lock(pin_dir, force, "ct flush")
+    try:
+        click.echo(f"deleted {flush_conntrack(writer.bpf, ids)} conntrack entries")
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 @main.command()
@@ -690,18 +741,30 @@ def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
 
 @main.command()
 @cgroup_option
+@yes_option
+@force_option
 @pin_dir_option
 @netns_option
-def cleanup(cgroup: Optional[str], pin_dir: str, netns: Optional[str]) -> None:
+def cleanup(cgroup: Optional[str], yes: bool, force: bool, pin_dir: str,
+            netns: Optional[str]) -> None:
     """Remove everything ebpflb attached or pinned: its XDP and TC programs on every device of the
     network namespace, the clsact qdiscs nothing else uses, its socket hooks on the cgroup, and
-    the pinned maps."""
+    the pinned maps. Service traffic through this node stops. Asks first (--yes does not);
+    refused while an agent owns the data plane, unless --force."""
     from .dataplane.cleanup import remove_dataplane
 
     _require_root()
     config = _config(pin_dir)
+    _confirm(f"Remove the ebpflb data plane in {pin_dir}"
+             f"{f' (network namespace {netns})' if netns else ''}? Service traffic through it "
+             "stops.", yes)
+    lock = _owner_lock(pin_dir, force, "cleanup")
     _enter(netns)
-    removed = remove_dataplane(config, cgroup=cgroup)
+    try:
+        removed = remove_dataplane(config, cgroup=cgroup)
+    finally:
+        if lock is not None:
+            lock.release()
     for item in removed:
         click.echo(f"removed {item}")
     if not removed:

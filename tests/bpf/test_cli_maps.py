@@ -24,7 +24,7 @@ def ebpflb(*args, check=True):
 def pin_dir(require_root):
     path = f"/sys/fs/bpf/{unique('ebpflb-cli-')}"
     yield path
-    ebpflb("cleanup", "--pin-dir", path, check=False)
+    ebpflb("cleanup", "--yes", "--pin-dir", path, check=False)
     assert not os.path.exists(path)
 
 
@@ -60,7 +60,7 @@ def test_sync_list_dry_run_cleanup(pin_dir, tmp_path):
     after = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", pin_dir).stdout)
     assert after == views
 
-    r = ebpflb("cleanup", "--pin-dir", pin_dir)
+    r = ebpflb("cleanup", "--yes", "--pin-dir", pin_dir)
     assert "removed" in r.stdout and not os.path.exists(pin_dir)
 
 
@@ -78,6 +78,6 @@ def test_cleanup_removes_the_agent_status_file(pin_dir):
 
     ebpflb("sync", "--manifests", EXAMPLES, "--pin-dir", pin_dir)
     write_status(pin_dir, {"skipped": []})  # as an agent killed before it could clean up leaves it
-    r = ebpflb("cleanup", "--pin-dir", pin_dir)
+    r = ebpflb("cleanup", "--yes", "--pin-dir", pin_dir)
     assert f"removed {status_path(pin_dir)}" in r.stdout
     assert not os.path.exists(status_path(pin_dir))

@@ -260,7 +260,7 @@ def test_data_plane_survives_the_agent_and_cleanup_removes_it(lab, tmp_path):
         assert running.stop() == 0
         # No agent process: the pinned maps and attached programs keep serving.
         assert {who(lab.name, "client") for _ in range(20)} <= {"web-1", "web-2", "web-3"}
-        r = ebpflb("cleanup", "--netns", f"{lab.name}-node", "--pin-dir", running.pin_dir)
+        r = ebpflb("cleanup", "--yes", "--netns", f"{lab.name}-node", "--pin-dir", running.pin_dir)
         assert "removed" in r.stdout
         assert _our_filters(lab.name) == []
         assert not os.path.exists(running.pin_dir)

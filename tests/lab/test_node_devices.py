@@ -105,7 +105,7 @@ def test_switching_to_tc_mode_takes_xdp_off_and_cleanup_removes_it(lab2):
             for a in running:
                 a.stop()
         for k, ns in enumerate((f"{lab2}-node", f"{lab2}-node1")):
-            ebpflb("cleanup", "--netns", ns, "--pin-dir", running[k].pin_dir)
+            ebpflb("cleanup", "--yes", "--netns", ns, "--pin-dir", running[k].pin_dir)
             assert xdp_of(ns) == ("", "")
 
 
@@ -121,7 +121,7 @@ def test_another_xdp_program_is_left_alone(lab2):
     finally:
         import os
         os.close(fd)
-    ebpflb("cleanup", "--netns", ns, "--pin-dir", f"/sys/fs/bpf/ebpflb-lab-{lab2}")
+    ebpflb("cleanup", "--yes", "--netns", ns, "--pin-dir", f"/sys/fs/bpf/ebpflb-lab-{lab2}")
     assert xdp_of(ns) == ("native", "lab_xdp_pass"), "cleanup removed someone else's XDP program"
 
 
