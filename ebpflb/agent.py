@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 ON_EXIT_KEEP = "keep"
 ON_EXIT_REMOVE = "remove"
-RESCAN_SECONDS = 10.0  # catch link events lost to a netlink overrun
+RESCAN_SECONDS = 10.0  # catch link events lost to a netlink overrun; check every device whole
+PIN_CHECK_SECONDS = 1.0  # the maps still pinned where they belong (a stat per map)
+OWNER_WAIT = 5.0  # seconds a starting agent waits for a one-shot command to release the pins
 # The status file is rewritten at most every STATUS_SOON seconds (every STATUS_EVERY when it lists
 # over STATUS_BIG skipped Services): coalesced, so a burst of syncs is a few writes.
 STATUS_SOON = 0.05
@@ -134,6 +136,11 @@ class Agent:
         self._taken_revision: Any = None  # the source's revision at the last take
         self._model_version = -1  # the model's outcome version the skipped list was made at
         self._started = time.monotonic()
+        self._lock = None  # the OwnerLock on the pin directory, held while running
+        self._guard = None  # the DataplaneGuard, once everything is attached
+        self._problems: dict = {}  # part -> what is missing now (and could not be put back)
+        self._repairs: dict = {}  # kind -> how many times something was put back
+        self._unmatched: List[str] = []  # --device / --node-device patterns matching nothing
 
     # --- the model's view of this node -----------------------------------------------------
     def _context(self) -> ModelContext:
@@ -172,6 +179,10 @@ class Agent:
             return False, f"initial sync from {self.source.description} not programmed yet"
         if not self._serving:
             return False, "programs not attached yet"
+        if self._problems:
+            return False, "; ".join(self._problems[k] for k in sorted(self._problems))
+        if self.state.last_error and self.syncer is not None and self.syncer.pending:
+            return False, f"the last sync failed: {self.state.last_error}"
         return True, ""
 
     def stop(self, *_args) -> None:
@@ -296,6 +307,8 @@ class Agent:
                                  for d in (self._nodes.attached.values() if self._nodes else [])],
                 "nodeport_addresses": list(self._node_addresses),
                 "socket_lb": self._socket_lb,
+                "ready": self.readiness()[0], "problems": sorted(self._problems.values()),
+                "repairs": dict(self._repairs), "unmatched_devices": list(self._unmatched),
                 "health_check_ports": list(self._health_checks.ports()
                                            if self._health_checks else [])})
         except OSError as exc:  # status is for people; serving must not depend on it
@@ -306,18 +319,27 @@ class Agent:
 
     # --- the process ---------------------------------------------------------------------
     def run(self) -> int:
+        from .dataplane.loader import ensure_bpffs
+        from .dataplane.owner import acquire
+
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        ensure_bpffs(self.config)
+        # Before anything is bound, loaded or pinned: a second agent on these pins stops here.
+        self._lock = acquire(self.config.pin_dir, wait=OWNER_WAIT)
         health = None
-        if self.options.health_address:
-            from .health import HealthServer
-
-            health = HealthServer(self.options.health_address, self.readiness).start()
         try:
+            if self.options.health_address:
+                from .health import HealthServer
+
+                health = HealthServer(self.options.health_address, self.readiness).start()
             return self._run()
         finally:
             if health is not None:
                 health.close()
+            lock = self._guard.lock if self._guard is not None else self._lock
+            if lock is not None:
+                lock.release()
 
     def _phase(self, name: str) -> None:
         self.state.startup[name] = round(time.monotonic() - self._started, 3)
@@ -345,7 +367,8 @@ class Agent:
         from .dataplane.bcc_maps import BccMapWriter
         from .dataplane.cleanup import remove_dataplane
         from .dataplane.ct_gc import ConntrackGc
-        from .dataplane.loader import load_programs
+        from .dataplane.integrity import DataplaneGuard
+        from .dataplane.loader import MAP_NAMES, load_programs
         from .dataplane.node_attach import NodeAttacher
 
         progs = load_programs(self.config, socket_hooks=self.options.socket_lb != "off")
@@ -380,12 +403,18 @@ class Agent:
             attacher = Attacher(ipr, self.options.devices,
                                 Program(progs.from_pod.fd, progs.from_pod.name.decode()),
                                 Program(progs.to_pod.fd, progs.to_pod.name.decode()),
-                                PodAddresses(ipr, progs.bpf[b"lb4_pod_addrs"]))
+                                PodAddresses(ipr, progs.bpf[b"lb4_pod_addrs"]),
+                                exclude=self.options.node_devices)
             attacher.rescan()
             if nodes is not None:
                 nodes.rescan()
                 self._nodes = nodes
             self._socket_hooks(progs)
+            self._guard = DataplaneGuard(self.config.pin_dir, progs.bpf, MAP_NAMES, self._lock,
+                                         attacher, nodes, progs, self._socket_lb.get("cgroup"),
+                                         progs.sock if self.options.socket_lb != "off" else {})
+            self._report_unmatched(attacher, nodes)
+            self._note("devices", self._guard.devices(ipr))
             self._phase("ready")
             self._write_status()
             if self.metrics is not None and self.options.metrics_address:
@@ -400,11 +429,14 @@ class Agent:
                      self.state.startup["source"] - self.state.startup["programs"],
                      self.state.startup["first_sync"] - self.state.startup["source"], rss_mib(),
                      self.state.rss_loaded_mib)
+            if self._problems:
+                log.error("agent running but not ready: %s", "; ".join(self._problems.values()))
             if self.options.ready_file:
                 with open(self.options.ready_file, "w") as f:
                     f.write(f"{os.getpid()}\n")
             self._serving = True
-            self._loop(monitor, attacher, nodes, ConntrackGc(progs.bpf, self.config.ct_timeouts))
+            self._loop(monitor, attacher, nodes, ConntrackGc(progs.bpf, self.config.ct_timeouts),
+                       ipr)
         finally:
             if monitor is not None:
                 monitor.close()
@@ -424,6 +456,64 @@ class Agent:
                          "removes it)", self.config.pin_dir)
             ipr.close()
         return 0
+
+    def _report_unmatched(self, attacher: Any, nodes: Any) -> None:
+        """--device and --node-device patterns that match no device now: said at start and in
+        the status file (pod devices may come later; a node device named exactly must exist,
+        which readiness checks)."""
+        from .dataplane.attach import matches
+
+        def unmatched_of(option: str, patterns, names) -> List[str]:
+            return [f"{option} {p}" for p in patterns if not any(matches(n, [p]) for n in names)]
+
+        unmatched = unmatched_of("--device", self.options.devices, attacher.attached.values())
+        if nodes is not None:
+            unmatched += unmatched_of("--node-device", self.options.node_devices,
+                                      [d.ifname for d in nodes.attached.values()])
+        self._unmatched = unmatched
+        for what in unmatched:
+            log.warning("%s matches no device%s", what,
+                        " yet" if what.startswith("--device") else "")
+
+    def _note(self, part: str, finding: Any, partial: bool = False) -> None:
+        """A guard check's outcome: repairs logged and counted; what is still wrong makes the
+        agent not ready until a later check finds it whole (`partial`: a check of some devices
+        only, which may add a problem but not clear one)."""
+        for kind, what in finding.repaired:
+            log.warning("repaired: %s", what)
+            self._repairs[kind] = self._repairs.get(kind, 0) + 1
+            if self.metrics is not None:
+                self.metrics.repairs.labels(kind).inc()
+            if kind == "pins" and self.syncer is not None:
+                # The maps are the agent's own, but whoever removed the pins may have written.
+                self.syncer.request_full("repair")
+        before = self._problems.get(part)
+        if finding.problem:
+            if finding.problem != before:
+                log.error("data plane not whole: %s", finding.problem)
+            self._problems[part] = finding.problem
+        elif before is not None and not partial:
+            log.info("data plane whole again (%s)", part)
+            del self._problems[part]
+        if finding.repaired or self._problems.get(part) != before:
+            self._status_soon()
+
+    def _check(self, ipr: Any, pins: bool = True, devices: bool = False,
+               only: Optional[set] = None) -> None:
+        """Runs the guard's checks; after pins had to be put back, everything else is checked
+        too (`ebpflb cleanup --force` takes hooks and filters with the pins)."""
+        guard = self._guard
+        if guard is None:
+            return
+        if pins:
+            finding = guard.pins()
+            self._note("pins", finding)
+            devices = devices or bool(finding.repaired or finding.problem)
+        if devices or only:
+            self._note("devices", guard.devices(ipr, None if devices else only),
+                       partial=not devices)
+        if devices:
+            self._note("socket hooks", guard.hooks())
 
     def _purge_stale(self, bpf: Any, svc_ids, udp, tcp) -> int:
         """After a sync removed backends or frontends: their flows on the packet path (returns
@@ -471,16 +561,19 @@ class Agent:
         attach_sock_hooks(cgroup, progs.sock, strict_owner(self.config))
         self._socket_lb = {"mode": mode, "cgroup": cgroup, "hooks": sorted(progs.sock)}
 
-    def _loop(self, monitor: Any, attacher: Any, nodes: Any, ct_gc: Any) -> None:
+    def _loop(self, monitor: Any, attacher: Any, nodes: Any, ct_gc: Any, ipr: Any) -> None:
+        from .dataplane.attach import OVERRUN
+
         syncer = self.syncer
         assert syncer is not None
         now = time.monotonic()
         next_gc = now + self.options.ct_gc_interval
         next_rescan = now + RESCAN_SECONDS
         next_full = now + self.options.full_sync_interval
+        next_pins = now + PIN_CHECK_SECONDS
         while not self._stop:
             now = time.monotonic()
-            deadlines = [next_gc, next_rescan, next_full]
+            deadlines = [next_gc, next_rescan, next_full, next_pins]
             poll_at = self.source.next_poll()
             if poll_at is not None:
                 deadlines.append(poll_at)
@@ -496,13 +589,20 @@ class Agent:
             ready, _, _ = select.select(fds, [], [], timeout)
             if self._stop:
                 break
+            suspect = set()  # devices whose programs may have been removed under us
             if monitor.fileno() in ready:
                 for event, ifindex, ifname in monitor.events():
-                    if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+                    if event == OVERRUN:
+                        next_rescan = now  # what was lost is found by looking again
+                    elif event in ("RTM_DELTFILTER", "RTM_DELQDISC"):
+                        suspect.add(ifindex)
+                    elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
                         attacher.routes_changed(ifindex)
                     elif event == "RTM_NEWLINK":
                         attacher.consider(ifindex, ifname)
                         if nodes is not None:
+                            if nodes.attached.get(ifindex) is not None:
+                                suspect.add(ifindex)  # its XDP program may have gone
                             nodes.consider(ifindex, ifname)
                     else:
                         attacher.forget(ifindex)
@@ -516,7 +616,12 @@ class Agent:
                 if nodes is not None:
                     nodes.rescan()
                     self.node_addresses_changed(nodes.addresses())
+                self._check(ipr, pins=now >= next_pins, devices=True)
                 next_rescan = now + RESCAN_SECONDS
+            elif now >= next_pins or suspect:
+                self._check(ipr, pins=now >= next_pins, only=suspect)
+            if now >= next_pins:
+                next_pins = now + PIN_CHECK_SECONDS
             if now >= next_full:
                 syncer.request_full(PERIODIC)
                 next_full = now + self.options.full_sync_interval

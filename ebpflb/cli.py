@@ -297,6 +297,7 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
     tune_malloc()  # before any thread or large allocation
     from .agent import Agent, AgentOptions
     from .dataplane.loader import DataplaneError
+    from .dataplane.owner import Owned
     from .metrics import AgentMetrics, parse_address
     from .plan import PlanDefaults
     from .sources.files import ManifestSource
@@ -352,6 +353,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
         source = ManifestSource(manifests, _service_cidrs(service_cidrs), poll_interval=poll_interval)
     try:
         code = Agent(source, config, options, AgentMetrics()).run()
+    except Owned as exc:
+        raise click.ClickException(f"{exc}: stop it first, or give this agent another --pin-dir") from exc
     except DataplaneError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # the metrics port taken, a device vanished mid-attach...

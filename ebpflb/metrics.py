@@ -136,6 +136,10 @@ class AgentMetrics:
             "ebpflb_stale_sockets_closed", "Sockets the socket hooks had sent to a backend that "
             "left its Service (connected UDP, unanswered TCP connects), closed by the agent.",
             registry=self.registry)
+        self.repairs = Counter(
+            "ebpflb_dataplane_repairs", "Parts of the data plane the agent found removed under "
+            "it and put back, by what: pins (maps re-pinned), device (programs re-attached), "
+            "socket_hooks (re-attached to the cgroup).", ["what"], registry=self.registry)
         self._server: Optional[Any] = None
         self._thread: Optional[threading.Thread] = None
 

@@ -25,7 +25,8 @@ FILTER_PREFIX = "ebpflb_"
 INGRESS = "ffff:fff2"
 EGRESS = "ffff:fff3"
 _PARENTS = {INGRESS: 0xFFFFFFF2, EGRESS: 0xFFFFFFF3}
-EEXIST, ENOENT, ENODEV, EINVAL = 17, 2, 19, 22
+EEXIST, ENOENT, ENODEV, EINVAL, ENOBUFS = 17, 2, 19, 22, 105
+OVERRUN = "OVERRUN"  # a LinkMonitor event: events were lost
 
 
 # pyroute2 decodes the cls_bpf attributes only up to TCA_BPF_FLAGS (8); the kernel also sends
@@ -198,9 +199,11 @@ class Attacher:
     each device's pod may use."""
 
     def __init__(self, ipr: IPRoute, patterns: Iterable[str], ingress: Program, egress: Program,
-                 pod_addrs: Optional[PodAddresses] = None):
+                 pod_addrs: Optional[PodAddresses] = None, exclude: Sequence[str] = ()):
         self.ipr = ipr
         self.patterns = list(patterns)
+        # Node devices (--node-device) win: one device cannot run both programs at one hook.
+        self.exclude = list(exclude)
         self.ingress = ingress
         self.egress = egress
         self.pod_addrs = pod_addrs
@@ -208,6 +211,8 @@ class Attacher:
 
     def consider(self, ifindex: int, ifname: Optional[str]) -> None:
         if not ifname or not matches(ifname, self.patterns) or self.attached.get(ifindex) == ifname:
+            return
+        if matches(ifname, self.exclude):
             return
         try:
             attach(self.ipr, ifindex, self.ingress, self.egress)
@@ -218,6 +223,19 @@ class Attacher:
         self.attached[ifindex] = ifname
         log.info("device %s (ifindex %d): programs attached", ifname, ifindex)
         self.routes_changed(ifindex)
+
+    def reattach(self, ifindex: int) -> bool:
+        """Puts the programs back on a device attached to before (they were removed under the
+        agent); False when that fails."""
+        name = self.attached.get(ifindex)
+        if name is None:
+            return False
+        try:
+            attach(self.ipr, ifindex, self.ingress, self.egress)
+        except NetlinkError as exc:
+            log.warning("device %s (ifindex %d): re-attach failed: %s", name, ifindex, exc)
+            return False
+        return True
 
     def routes_changed(self, ifindex: int) -> None:
         """A route through `ifindex` came or went."""
@@ -250,21 +268,33 @@ class LinkMonitor:
     file descriptor for select()."""
 
     def __init__(self) -> None:
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC
 
         self.ipr = IPRoute()
-        self.ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE)
+        # tc events too: a filter or qdisc removed under the agent is put back at once.
+        self.ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_TC)
 
     def fileno(self) -> int:
         return self.ipr.fileno()
 
     def events(self) -> List[Tuple[str, int, Optional[str]]]:
-        """Pending events as (RTM_NEWLINK | RTM_DELLINK, ifindex, ifname), or
-        (RTM_NEWROUTE | RTM_DELROUTE, out ifindex, None)."""
+        """Pending events as (RTM_NEWLINK | RTM_DELLINK, ifindex, ifname),
+        (RTM_NEWROUTE | RTM_DELROUTE, out ifindex, None), (RTM_DELTFILTER | RTM_DELQDISC,
+        ifindex, None), or (OVERRUN, 0, None) when the kernel dropped events (a burst larger
+        than the socket's buffer): the caller must look at everything again."""
         out = []
-        for msg in self.ipr.get():
+        try:
+            msgs = self.ipr.get()
+        except OSError as exc:
+            if exc.errno != ENOBUFS:
+                raise
+            log.warning("netlink events lost (%s): rescanning every device", exc.strerror)
+            return [(OVERRUN, 0, None)]
+        for msg in msgs:
             event = msg.get("event")
-            if event in ("RTM_NEWLINK", "RTM_DELLINK"):
+            if event in ("RTM_DELTFILTER", "RTM_DELQDISC"):
+                out.append((event, msg["index"], None))
+            elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
                 out.append((event, msg["index"], msg.get_attr("IFLA_IFNAME")))
             elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
                 oif = msg.get_attr("RTA_OIF")

@@ -104,6 +104,8 @@ class PinGuard:
 def missing_filters(ipr, ifindexes: Iterable[int], prog_ids: Iterable[int]) -> List[int]:
     """The devices among `ifindexes` that lack one of the agent's TC programs (by program id) on
     ingress or egress."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     from .attach import EGRESS, INGRESS, _our_filters
 
     wanted = frozenset(prog_ids)
@@ -111,7 +113,7 @@ def missing_filters(ipr, ifindexes: Iterable[int], prog_ids: Iterable[int]) -> L
     for ifindex in ifindexes:
         try:
             ours, _ = _our_filters(ipr, ifindex, lambda prog_id: prog_id in wanted)
-        except OSError:
+        except NetlinkError:
             continue  # the device went away: the link events handle that
         if {parent for parent, _ in ours} != {INGRESS, EGRESS}:
             out.append(ifindex)
@@ -124,3 +126,128 @@ def missing_hooks(cgroup: str, prog_ids: Dict[str, int],
     wanted = frozenset(prog_ids.values())
     there = attached(cgroup, lambda prog_id: prog_id in wanted)
     return sorted(name for name, prog_id in prog_ids.items() if there.get(name) != prog_id)
+
+
+def prog_id(fd: int) -> int:
+    from .sock_attach import _prog_id
+
+    return _prog_id(fd)
+
+
+@dataclass
+class Finding:
+    """One check's outcome: what is wrong now (None when whole) and what was put back."""
+    problem: Optional[str] = None
+    repaired: List[Tuple[str, str]] = field(default_factory=list)  # (kind, what), for logs and metrics
+
+
+class DataplaneGuard:
+    """The agent's view of its own data plane, checked and repaired part by part: `pins()` every
+    second, `devices()` on tc and link events and on the rescan timer, `hooks()` with the latter.
+    `attacher` and `nodes` are the agent's Attacher and NodeAttacher (None without node devices);
+    `cgroup` and `sock` the socket hooks' cgroup and functions (None and {} when off)."""
+
+    def __init__(self, pin_dir: str, bpf, names: Iterable[str], lock, attacher, nodes, progs,
+                 cgroup: Optional[str], sock: Dict[str, object]):
+        self.pin_dir = pin_dir
+        self.lock = lock
+        self.attacher = attacher
+        self.nodes = nodes
+        self.pinguard = PinGuard(pin_dir, {n: bpf[n.encode()].map_fd for n in names})
+        self.tc_ids = (prog_id(progs.from_pod.fd), prog_id(progs.to_pod.fd))
+        self.node_ids: Tuple[int, ...] = ()
+        self.xdp_ids: Dict[str, int] = {}
+        if nodes is not None:
+            self.node_ids = (prog_id(progs.node_in.fd), prog_id(progs.node_out.fd))
+            self.xdp_ids = {mode: prog_id(fn.fd) for mode, fn in progs.xdp_fns().items() if fn}
+        self.cgroup = cgroup
+        self.sock = sock
+        self.sock_ids = {name: prog_id(fn.fd) for name, fn in sock.items()}
+
+    def pins(self) -> Finding:
+        from .owner import Owned, acquire
+
+        problems = self.pinguard.problems()
+        if not problems:
+            return Finding()
+        log.warning("data plane changed under the agent: %s", "; ".join(problems))
+        try:
+            pinned = self.pinguard.repair()
+            if self.lock is None or not self.lock.still_held():
+                # The directory was removed (and perhaps made again): own the new one.
+                if self.lock is not None:
+                    self.lock.release()
+                self.lock = acquire(self.pin_dir)
+        except (OSError, Owned) as exc:
+            return Finding(f"{'; '.join(problems)} (not repaired: {exc})")
+        remaining = self.pinguard.problems()
+        done = [("pins", f"maps re-pinned in {self.pin_dir}: {', '.join(pinned)}")] if pinned else []
+        return Finding("; ".join(remaining) or None, done)
+
+    def devices(self, ipr, only: Optional[Iterable[int]] = None) -> Finding:
+        """The TC programs on every pod and node device attached to (or those in `only`), XDP
+        too on node devices in XDP mode; each device found without them gets them again."""
+        from .attach import links
+
+        repaired, failed = [], []
+        present = links(ipr)  # a device gone meanwhile is the link events' business
+        pods = self.attacher.attached
+        pod_ids = [i for i in (pods if only is None else only)
+                   if i in pods and present.get(i) == pods[i]]
+        for ifindex in missing_filters(ipr, pod_ids, self.tc_ids):
+            name = pods[ifindex]
+            (repaired if self.attacher.reattach(ifindex) else failed).append(name)
+        if self.nodes is not None:
+            nodes = self.nodes.attached
+            node_ids = [i for i in (nodes if only is None else only)
+                        if i in nodes and present.get(i) == nodes[i].ifname]
+            bad = set(missing_filters(ipr, node_ids, self.node_ids))
+            for ifindex in node_ids:
+                mode = nodes[ifindex].xdp
+                if mode and ifindex not in bad and not self._xdp_there(ipr, ifindex, mode):
+                    bad.add(ifindex)
+            for ifindex in sorted(bad):
+                name = nodes[ifindex].ifname
+                (repaired if self.nodes.reattach(ifindex) else failed).append(name)
+        missing = self.missing_node_devices(present.values())
+        problems = [f"programs could not be re-attached to {', '.join(failed)}"] if failed else []
+        if missing:
+            problems.append(f"node device {', '.join(missing)} not found")
+        return Finding("; ".join(problems) or None,
+                       [("device", f"programs re-attached to {name}") for name in repaired])
+
+    def _xdp_there(self, ipr, ifindex: int, mode: str) -> bool:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from .node_attach import xdp_attached
+
+        try:
+            return xdp_attached(ipr, ifindex)[1] == self.xdp_ids.get(mode)
+        except (NetlinkError, OSError, IndexError):
+            return True  # the device went away: the link events handle that
+
+    def missing_node_devices(self, present: Iterable[str]) -> List[str]:
+        """Node devices named exactly (no glob) that do not exist: nothing is served there."""
+        if self.nodes is None:
+            return []
+        names = set(present)
+        return [p for p in self.nodes.patterns if not any(c in p for c in "*?[") and p not in names]
+
+    def hooks(self) -> Finding:
+        from .sock_attach import attach_sock_hooks, hooks_attached
+
+        if not self.cgroup or not self.sock:
+            return Finding()
+        try:
+            missing = missing_hooks(self.cgroup, self.sock_ids, hooks_attached)
+            if not missing:
+                return Finding()
+            ours = frozenset(self.sock_ids.values())
+            attach_sock_hooks(self.cgroup, self.sock, lambda i: i in ours)
+            still = missing_hooks(self.cgroup, self.sock_ids, hooks_attached)
+        except OSError as exc:
+            return Finding(f"socket hooks on {self.cgroup}: {exc}")
+        if still:
+            return Finding(f"socket hooks {', '.join(still)} not attached to {self.cgroup}")
+        return Finding(None, [("socket_hooks", f"socket hooks re-attached to {self.cgroup}: "
+                                               f"{', '.join(missing)}")])

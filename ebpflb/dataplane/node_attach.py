@@ -148,6 +148,22 @@ class NodeAttacher:
         log.info("node device %s (ifindex %d, %s): programs attached at %s", ifname, ifindex,
                  address or "no IPv4 address", f"XDP ({xdp}) and TC" if xdp else "TC")
 
+    def reattach(self, ifindex: int) -> bool:
+        """Puts the programs back on a node device attached to before (they were removed under
+        the agent); False when that fails."""
+        dev = self.attached.get(ifindex)
+        if dev is None:
+            return False
+        try:
+            attach(self.ipr, ifindex, self.node_in, self.node_out)
+            if dev.xdp:
+                dev.xdp = attach_xdp(dev.ifname, self.xdp_fns, self.xdp_mode)
+        except Exception as exc:  # noqa: BLE001 - netlink or bcc: the device may be gone
+            log.warning("node device %s (ifindex %d): re-attach failed: %s", dev.ifname, ifindex,
+                        exc)
+            return False
+        return True
+
     def _set_node_if(self, ifindex: int, ifname: str, address: Optional[str]) -> None:
         key = self.node_ifs.Key(ifindex)
         if address is None:

@@ -1,0 +1,135 @@
+"""One owner per data plane, and readiness that tells the truth, with the real agent in a lab:
+a second agent on the same pins is refused; `sync`, `cleanup` and `ct flush` refuse to act under
+a running agent (and ask before acting at all); a forced cleanup under the agent is noticed,
+reported and repaired (pins, filters, socket hooks) with traffic served again; a node device
+named exactly that does not exist keeps the agent not ready."""
+import json
+import os
+
+from ebpflb.dataplane.attach import EGRESS, INGRESS, _our_filters
+from ebpflb.lab import lab as lablib
+from ebpflb.lab import nsops
+from ebpflb.lab.agent_runner import AgentProcess
+from ebpflb.lab.topology import host_ifname
+from ebpflb.status import read_status
+
+from .agent_harness import (DEFAULT_ENDPOINTS, WEB_VIP, RunningAgent, ebpflb, force_cleanup,
+                            scrape_metrics, wait_until)
+from .test_kube_agent import http_get
+
+HEALTH_PORT = 9404
+
+
+def who(lab_name: str) -> str:
+    r = lablib.run_in_pod(lab_name, "client", ["curl", "-sS", "--max-time", "3",
+                                               f"http://{WEB_VIP}/"], timeout=10)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def pod_device_filters(lab) -> set:
+    """The parents (ingress, egress) with an ebpflb filter on the client pod's node-side veth."""
+    with nsops.netns_ipr(lab.node_ns) as ipr:
+        ifindex = ipr.link_lookup(ifname=host_ifname("client"))[0]
+        return {parent for parent, _ in _our_filters(ipr, ifindex)[0]}
+
+
+def test_a_second_agent_on_the_same_pins_is_refused(lab, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = RunningAgent(lab.name, tmp_path / "a", DEFAULT_ENDPOINTS)
+    second = AgentProcess(lab.name, tmp_path / "b", ["--manifests", str(first.manifest_path)])
+    try:
+        assert second.proc.wait(timeout=60) == 1, second.log()
+        assert f"is owned by a running ebpflb agent (pid {first.proc.pid})" in second.log()
+        # The first agent and its data plane are untouched.
+        assert first.proc.poll() is None
+        assert who(lab.name) in {"web-1", "web-2", "web-3"}
+        assert os.path.exists(os.path.join(first.pin_dir, "lb4_services"))
+    finally:
+        second.stop()
+        assert first.stop() == 0, first.log()
+        force_cleanup(lab.name)
+
+
+def test_one_shot_writers_refuse_under_a_running_agent(lab, tmp_path):
+    agent = RunningAgent(lab.name, tmp_path, DEFAULT_ENDPOINTS)
+    pin = ["--pin-dir", agent.pin_dir]
+    try:
+        owned = f"owned by a running ebpflb agent (pid {agent.proc.pid})"
+        r = ebpflb("sync", "--manifests", str(agent.manifest_path), *pin, check=False)
+        assert r.returncode == 1 and owned in r.stderr and "--force" in r.stderr, r.stderr
+        r = ebpflb("ct", "flush", "--yes", *pin, check=False)
+        assert r.returncode == 1 and owned in r.stderr, r.stderr
+        r = ebpflb("cleanup", "--yes", "--netns", lab.node_ns, *pin, check=False)
+        assert r.returncode == 1 and owned in r.stderr, r.stderr
+        # Not on a terminal, nothing destructive happens without --yes (owned or not).
+        r = ebpflb("cleanup", "--netns", lab.node_ns, *pin, check=False)
+        assert r.returncode == 1 and "give --yes" in r.stderr, r.stderr
+        # A dry run changes nothing, so it is allowed.
+        assert ebpflb("sync", "--dry-run", "--manifests", str(agent.manifest_path), *pin).returncode == 0
+        assert os.path.exists(os.path.join(agent.pin_dir, "lb4_services"))
+        assert pod_device_filters(lab) == {INGRESS, EGRESS}
+        assert who(lab.name) in {"web-1", "web-2", "web-3"}
+    finally:
+        assert agent.stop() == 0, agent.log()
+        force_cleanup(lab.name)
+
+
+def test_forced_cleanup_under_the_agent_is_noticed_and_repaired(lab, tmp_path):
+    agent = RunningAgent(lab.name, tmp_path, DEFAULT_ENDPOINTS,
+                         extra_args=["--health-address", f"127.0.0.1:{HEALTH_PORT}",
+                                     "--socket-lb", "all"])
+    try:
+        assert http_get(lab.node_ns, HEALTH_PORT, "/readyz")[0] == 200
+        r = ebpflb("cleanup", "--yes", "--force", "--netns", lab.node_ns,
+                   "--cgroup", lab.cgroup(0), "--pin-dir", agent.pin_dir)
+        assert "socket hooks on cgroup" in r.stdout and "programs on" in r.stdout, r.stdout
+
+        def repaired() -> bool:
+            status = read_status(agent.pin_dir) or {}
+            return status.get("ready") and {"pins", "device", "socket_hooks"} <= set(
+                status.get("repairs", {}))
+
+        wait_until(repaired, 15, "the agent to repair its data plane")
+        assert os.path.exists(os.path.join(agent.pin_dir, "lb4_services"))
+        assert pod_device_filters(lab) == {INGRESS, EGRESS}
+        assert http_get(lab.node_ns, HEALTH_PORT, "/readyz")[0] == 200
+        # The maps kept their contents: traffic is served as before, and the CLI sees them.
+        assert {who(lab.name) for _ in range(20)} <= {"web-1", "web-2", "web-3"}
+        views = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", agent.pin_dir).stdout)
+        assert {v["frontend"] for v in views} >= {f"{WEB_VIP}:80/TCP"}
+        metrics = scrape_metrics(lab.node_ns)
+        for what in ("pins", "device", "socket_hooks"):
+            assert metrics[("ebpflb_dataplane_repairs_total", (("what", what),))] >= 1
+        log = agent.log()
+        assert "repaired: maps re-pinned" in log and "repaired: programs re-attached" in log
+        # The agent owns the new pin directory: a writer is refused again.
+        r = ebpflb("ct", "flush", "--yes", "--pin-dir", agent.pin_dir, check=False)
+        assert r.returncode == 1 and "owned by a running ebpflb agent" in r.stderr, r.stderr
+    finally:
+        assert agent.stop() == 0, agent.log()
+        force_cleanup(lab.name)
+
+
+def test_a_missing_node_device_keeps_the_agent_not_ready(lab, tmp_path):
+    agent = RunningAgent(lab.name, tmp_path, DEFAULT_ENDPOINTS,
+                         extra_args=["--health-address", f"127.0.0.1:{HEALTH_PORT}",
+                                     "--node-device", "nosuch0", "--device", "lxc*",
+                                     "--device", "nomatch*"])
+    try:
+        code, body = http_get(lab.node_ns, HEALTH_PORT, "/readyz")
+        assert code == 503 and "node device nosuch0 not found" in body, (code, body)
+        status = read_status(agent.pin_dir)
+        assert status["ready"] is False
+        assert set(status["unmatched_devices"]) >= {"--node-device nosuch0", "--device nomatch*"}
+        assert "--device nomatch* matches no device yet" in agent.log()
+        # The device appears: the agent attaches to it and becomes ready.
+        nsops.run_cmd(["ip", "-n", lab.node_ns, "link", "add", "nosuch0", "type", "veth",
+                       "peer", "name", "nosuch0p"])
+        nsops.run_cmd(["ip", "-n", lab.node_ns, "link", "set", "nosuch0", "up"])
+        wait_until(lambda: http_get(lab.node_ns, HEALTH_PORT, "/readyz")[0] == 200, 15,
+                   "the agent to become ready")
+    finally:
+        assert agent.stop() == 0, agent.log()
+        force_cleanup(lab.name)
