@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
+from . import __version__
 from .gcpause import give_back_memory, paused_gc
 from .model import HealthCheck, ModelContext
 from .records import PlanDefaults
@@ -136,6 +137,7 @@ class Agent:
         self._taken_revision: Any = None  # the source's revision at the last take
         self._model_version = -1  # the model's outcome version the skipped list was made at
         self._started = time.monotonic()
+        self._started_wall = time.time()
         self._lock = None  # the OwnerLock on the pin directory, held while running
         self._guard = None  # the DataplaneGuard, once everything is attached
         self._problems: dict = {}  # part -> what is missing now (and could not be put back)
@@ -291,7 +293,8 @@ class Agent:
         syncer = self.syncer
         try:
             write_status(self.config.pin_dir, {
-                "pid": os.getpid(), "source": self.source.description, "time": time.time(),
+                "pid": os.getpid(), "version": __version__, "started": self._started_wall,
+                "source": self.source.description, "time": time.time(),
                 "syncs": self.state.syncs, "rejected": self.state.rejected,
                 "last_error": self.state.last_error, "last_sync": self.state.last_sync,
                 "applied_revision": self.state.applied_revision,
@@ -435,6 +438,7 @@ class Agent:
                 with open(self.options.ready_file, "w") as f:
                     f.write(f"{os.getpid()}\n")
             self._serving = True
+            self._status_soon()  # the status file says ready from now on
             self._loop(monitor, attacher, nodes, ConntrackGc(progs.bpf, self.config.ct_timeouts),
                        ipr)
         finally:

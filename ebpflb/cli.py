@@ -567,7 +567,6 @@ def _ct_state(entry) -> str:
 def ct_list(services: List[str], output: str, pin_dir: str) -> None:
     """List tracked flows: client, frontend, backend, protocol, age and idle time."""
     import time
-    from dataclasses import asdict
 
     from .apply import read_snapshot
     from .dataplane.readers import flows
@@ -772,6 +771,80 @@ def cleanup(cgroup: Optional[str], yes: bool, force: bool, pin_dir: str,
         click.echo(f"removed {item}")
     if not removed:
         click.echo("nothing to remove")
+
+
+@main.command()
+@output_option
+@cgroup_option
+@pin_dir_option
+@netns_option
+def status(output: str, cgroup: Optional[str], pin_dir: str, netns: Optional[str]) -> None:
+    """The data plane in --pin-dir at a glance: the agent that owns it (pid, version, uptime,
+    readiness, source and last sync, refused objects, repairs), the devices of the network
+    namespace that run its programs, its socket hooks, each map's fill against its maximum,
+    and warnings."""
+    from .dataplane import survey
+    from .dataplane.config import DataplaneConfig
+    from .dataplane.loader import pinned
+    from .dataplane.owner import holder
+    from .status import read_status
+    from .status_view import build, render
+
+    _require_root()
+    config = DataplaneConfig(pin_dir=pin_dir)
+    owner = holder(pin_dir)
+    if owner is None and not os.path.isdir(pin_dir):
+        raise click.ClickException(f"no ebpflb data plane pinned in {pin_dir} (give --pin-dir, "
+                                   f"or start `ebpflb agent`)")
+    _enter(netns)
+    recorded = (read_status(pin_dir) or {}).get("socket_lb") or {}
+    hooks = None if recorded.get("mode") == "off" else survey.socket_hooks(
+        config, None if recorded.get("cgroup") else cgroup)
+    view = build(pin_dir, owner, read_status(pin_dir), survey.map_fill(pin_dir),
+                 survey.devices(config) if pinned(config) else [], hooks)
+    if output == "json":
+        click.echo(json.dumps(view, indent=2))
+    else:
+        click.echo(render(view))
+
+
+@main.command()
+@output_option
+@netns_option
+def doctor(output: str, netns: Optional[str]) -> None:
+    """Check what this node gives ebpflb: kernel, capabilities, bpffs, BTF, cgroup v2, compiling
+    with bcc, TC and XDP attachment (tried on a veth in a namespace of its own), forwarding
+    sysctls, and kube-proxy rules that would compete. Exits 1 when a check fails."""
+    from .dataplane.probes import run_checks
+    from .doctor import render, verdict
+
+    _require_root()
+    _enter(netns)  # the sysctls and rules that count are the node namespace's
+    checks = run_checks()
+    if output == "json":
+        click.echo(json.dumps([c.as_dict() for c in checks], indent=2))
+    else:
+        click.echo(render(checks))
+    sys.exit(verdict(checks))
+
+
+@main.command()
+@output_option
+def version(output: str) -> None:
+    """ebpflb's version, with the Python, bcc and kernel it runs on."""
+    import platform
+
+    try:
+        from bcc import __version__ as bcc_version
+    except ImportError:
+        bcc_version = None
+    info = {"ebpflb": __version__, "python": platform.python_version(), "bcc": bcc_version,
+            "kernel": platform.release()}
+    if output == "json":
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo("\n".join(f"{k}: {v if v is not None else 'not installed'}"
+                             for k, v in info.items()))
 
 
 @main.group()

@@ -1,8 +1,8 @@
 """One owner per data plane, and readiness that tells the truth, with the real agent in a lab:
 a second agent on the same pins is refused; `sync`, `cleanup` and `ct flush` refuse to act under
 a running agent (and ask before acting at all); a forced cleanup under the agent is noticed,
-reported and repaired (pins, filters, socket hooks) with traffic served again; a node device
-named exactly that does not exist keeps the agent not ready."""
+reported and repaired (pins, filters, socket hooks) with traffic served again, as `ebpflb
+status` shows; a node device named exactly that does not exist keeps the agent not ready."""
 import json
 import os
 
@@ -107,6 +107,17 @@ def test_forced_cleanup_under_the_agent_is_noticed_and_repaired(lab, tmp_path):
         # The agent owns the new pin directory: a writer is refused again.
         r = ebpflb("ct", "flush", "--yes", "--pin-dir", agent.pin_dir, check=False)
         assert r.returncode == 1 and "owned by a running ebpflb agent" in r.stderr, r.stderr
+        # `ebpflb status` tells the whole story from the kernel and the agent's status file.
+        view = json.loads(ebpflb("status", "-o", "json", "--netns", lab.node_ns,
+                                 "--pin-dir", agent.pin_dir).stdout)
+        assert view["agent"]["pid"] == agent.proc.pid and view["agent"]["ready"] is True
+        assert set(view["agent"]["repairs"]) == {"pins", "device", "socket_hooks"}
+        assert {d["device"]: d["tc"] for d in view["devices"]}[host_ifname("client")] == [
+            "ingress", "egress"]
+        assert len(view["socket_hooks"]["hooks"]) == 4
+        fill = {m["map"]: m for m in view["maps"]}
+        assert fill["lb4_services"]["entries"] == 2 and fill["lb_stats"]["entries"] is None
+        assert view["warnings"] == []
     finally:
         assert agent.stop() == 0, agent.log()
         force_cleanup(lab.name)
@@ -124,6 +135,9 @@ def test_a_missing_node_device_keeps_the_agent_not_ready(lab, tmp_path):
         assert status["ready"] is False
         assert set(status["unmatched_devices"]) >= {"--node-device nosuch0", "--device nomatch*"}
         assert "--device nomatch* matches no device yet" in agent.log()
+        text = ebpflb("status", "--netns", lab.node_ns, "--pin-dir", agent.pin_dir).stdout
+        assert f"Agent       pid {agent.proc.pid}" in text and ", not ready" in text, text
+        assert "  - the agent is not ready: node device nosuch0 not found" in text, text
         # The device appears: the agent attaches to it and becomes ready.
         nsops.run_cmd(["ip", "-n", lab.node_ns, "link", "add", "nosuch0", "type", "veth",
                        "peer", "name", "nosuch0p"])

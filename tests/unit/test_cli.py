@@ -9,7 +9,7 @@ pytestmark = pytest.mark.unit
 
 COMMANDS = [[], ["agent"], ["sync"], ["service"], ["service", "list"], ["cleanup"], ["lab"],
             ["lab", "up"], ["lab", "down"], ["lab", "status"], ["lab", "add-pod"],
-            ["lab", "del-pod"]]
+            ["lab", "del-pod"], ["status"], ["doctor"], ["version"], ["ct", "flush"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "ebpflb")
@@ -37,6 +37,7 @@ def test_help(cmd):
     (["agent", "--manifests", ".", "--cgroup", "/nonexistent"], "--cgroup /nonexistent: not a directory"),
     (["agent", "--manifests", ".", "--cgroup", "/proc"], "--cgroup /proc: not a cgroup v2 directory"),
     (["cleanup", "--cgroup", "/nonexistent"], "--cgroup /nonexistent: not a directory"),
+    (["status", "-o", "yaml"], "'-o' / '--output'"),
 ])
 def test_bad_arguments_name_the_option(args, message):
     result = CliRunner().invoke(main, args)
