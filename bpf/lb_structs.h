@@ -48,6 +48,11 @@ struct lb4_svc {
  * policy): a new flow is dropped, not rejected, as kube-proxy does. It rejects (a closed port)
  * only when the Service has no usable endpoint anywhere. */
 #define LB4_SVC_F_DROP_EMPTY 0x40
+/* Which endpoint hints chose the slots (display only; the programs ignore them): those for
+ * this node (trafficDistribution PreferSameNode), or for this node's zone (PreferClose,
+ * PreferSameZone, topology-aware routing). Neither: every usable endpoint. */
+#define LB4_SVC_F_TOPO_NODE 0x80
+#define LB4_SVC_F_TOPO_ZONE 0x100
 /* Bits 4-5: the kind of frontend (0 ClusterIP, 1 NodePort, 2 LoadBalancer, 3 ExternalIP). Pods
  * reach every kind alike; on a node device a ClusterIP is refused (not reachable from outside). */
 #define LB4_SVC_KIND_SHIFT 4

@@ -24,7 +24,7 @@ from . import __version__
 from .gcpause import give_back_memory, paused_gc
 from .model import HealthCheck, ModelContext
 from .records import PlanDefaults
-from .sources import Source
+from .sources import ZONE_LABEL, Source
 from .status import remove_status, write_status
 from .syncer import FULL, PERIODIC, SyncOutcome, Syncer
 
@@ -84,6 +84,7 @@ class AgentOptions:
     health_address: Optional[str] = None  # "HOST:PORT" of /healthz and /readyz, None for none
     ct_gc_interval: float = 10.0  # seconds between conntrack garbage collections
     node_name: Optional[str] = None  # this node, for internalTrafficPolicy: Local
+    node_zone: Optional[str] = None  # this node's zone for zone hints; None: its Node's label
     proxy_name: Optional[str] = None  # serve Services labelled service-proxy-name=<this> too
     node_addresses: Tuple[str, ...] = ()  # where NodePorts listen; () = the node devices' own
     external_ip_allow: Tuple[str, ...] = ()  # CIDRs externalIPs may be programmed in
@@ -143,13 +144,29 @@ class Agent:
         self._problems: dict = {}  # part -> what is missing now (and could not be put back)
         self._repairs: dict = {}  # kind -> how many times something was put back
         self._unmatched: List[str] = []  # --device / --node-device patterns matching nothing
+        self._zone: Optional[str] = options.node_zone or None  # this node's, for zone hints
 
     # --- the model's view of this node -----------------------------------------------------
     def _context(self) -> ModelContext:
         addresses = tuple(a for a in self._node_addresses
                           if _in_cidrs(a, self.options.nodeport_cidrs))
         return ModelContext(self.options.node_name, self.options.proxy_name, addresses,
-                            tuple(self.options.external_ip_allow))
+                            tuple(self.options.external_ip_allow), self._zone)
+
+    def _node_zone(self) -> Optional[str]:
+        """--node-zone, else the zone label of this node's Node as the source has it."""
+        if self.options.node_zone:
+            return self.options.node_zone
+        labels = self.source.node_labels() or {}
+        return labels.get(ZONE_LABEL) or None
+
+    def _zone_changed(self) -> None:
+        zone = self._node_zone()
+        if zone != self._zone:
+            log.info("node zone: %s (endpoint zone hints follow it)", zone or "unknown")
+            self._zone = zone
+            if self.syncer is not None:
+                self.syncer.set_context(self._context())
 
     def start_syncer(self, writer: Any) -> Syncer:
         """The control plane's state, writing through `writer` (the agent's maps, or a test's)."""
@@ -196,6 +213,7 @@ class Agent:
         """Hands what the source has over to the syncer; returns how many changes."""
         batch = self.source.take()
         self._taken_revision = self.source.revision()
+        self._zone_changed()
         if not batch.changes and self.syncer is not None and not self.syncer.pending \
                 and self._taken_revision != self.state.applied_revision \
                 and self._taken_revision is not None and self.state.syncs:

@@ -192,6 +192,10 @@ def main(log_level: str) -> None:
 @click.option("--node-name", envvar="NODE_NAME", default=None, show_envvar=True,
               help="This node's name in the cluster (the DaemonSet sets NODE_NAME from the "
                    "downward API).")
+@click.option("--node-zone", default=None, metavar="ZONE",
+              help="This node's zone, for endpoint zone hints (trafficDistribution PreferClose "
+                   "or PreferSameZone). Default: its Node's topology.kubernetes.io/zone label "
+                   "(--kubernetes); with manifests, no zone (zone hints are then ignored).")
 @click.option("--resync", "resync_seconds", type=click.FloatRange(10, 86400), default=300,
               show_default=True, help="Seconds between full relists of the API (--kubernetes).")
 @click.option("--health-address", default="127.0.0.1:9403", show_default=True,
@@ -279,7 +283,8 @@ def main(log_level: str) -> None:
 @pin_dir_option
 @netns_option
 def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[str],
-          node_name: Optional[str], resync_seconds: float, health_address: str,
+          node_name: Optional[str], node_zone: Optional[str], resync_seconds: float,
+          health_address: str,
           devices: List[str], on_exit: str, poll_interval: float, full_sync_interval: float,
           ct_max: int,
           ct_syn_max: int, ct_timeouts: str, ct_gc_interval: float,
@@ -330,6 +335,7 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
     options = AgentOptions(list(devices), on_exit, ready_file, defaults,
                            metrics_address or None, health_address or None,
                            ct_gc_interval=ct_gc_interval, node_name=node_name,
+                           node_zone=node_zone or None,
                            proxy_name=proxy_name or None,
                            node_addresses=_ipv4_list(node_addresses, "--node-address"),
                            external_ip_allow=_cidr_list(external_ip_allow, "--external-ip-allow"),

@@ -439,6 +439,10 @@ class _Parser:
         ref = ck.mapping(item.get("targetRef"), path + ("targetRef",)) or {}
         ref_kind = ck.string(ref.get("kind"), path + ("targetRef", "kind"))
         ref_name = ck.string(ref.get("name"), path + ("targetRef", "name"))
+        zone = ck.string(item.get("zone"), path + ("zone",)) or None
+        hints = ck.mapping(item.get("hints"), path + ("hints",)) or {}
+        for_zones = self._hint_names(hints.get("forZones"), path + ("hints", "forZones"))
+        for_nodes = self._hint_names(hints.get("forNodes"), path + ("hints", "forNodes"))
         ready = ready is not False  # discovery/v1: nil ready means ready
         return Endpoint(
             addresses=tuple(addresses),
@@ -447,4 +451,22 @@ class _Parser:
             terminating=terminating is True,  # nil terminating means not terminating
             node_name=sys.intern(node_name) if node_name else None,
             target=f"{ref_kind}/{ref_name}" if ref_kind and ref_name else None,
+            zone=sys.intern(zone) if zone else None,
+            hint_zones=for_zones,
+            hint_nodes=for_nodes,
         )
+
+    def _hint_names(self, value: Any, path: FieldPath) -> Tuple[str, ...]:
+        """hints.forZones / hints.forNodes: a list of {name: ...}; the names, interned."""
+        ck = self.ck
+        names: List[str] = []
+        for k, h in enumerate(ck.list(value, path)):
+            item = ck.mapping(h, path + (k,), required=True)
+            if item is None:
+                continue
+            name = ck.string(item.get("name"), path + (k, "name"))
+            if not name:
+                ck.error(path + (k, "name"), "missing or empty")
+            else:
+                names.append(sys.intern(name))
+        return tuple(names)

@@ -90,8 +90,8 @@ class ClusterModel:
     def set_context(self, ctx: ModelContext) -> Set[ObjectKey]:
         """New node facts; returns the Services to recompute (with `update`)."""
         old, self.ctx = self.ctx, ctx
-        if (old.node_name, old.proxy_name, old.external_ip_allow) != (
-                ctx.node_name, ctx.proxy_name, ctx.external_ip_allow):
+        if (old.node_name, old.proxy_name, old.external_ip_allow, old.node_zone) != (
+                ctx.node_name, ctx.proxy_name, ctx.external_ip_allow, ctx.node_zone):
             return set(self._models)
         if old.node_addresses != ctx.node_addresses:
             return set(self._node_port_services)

@@ -5,7 +5,8 @@ from ipaddress import IPv4Address
 from typing import Any, Dict, List, Optional, Tuple
 
 from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING,
-                   SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, Snapshot, frontend_kind)
+                   SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_F_TOPO_NODE,
+                   SVC_F_TOPO_ZONE, SVC_META, Snapshot, frontend_kind)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class ServiceView:
     source_ranges: Optional[Tuple[str, ...]] = None
     scope: str = "all"  # "all": every client; "external": traffic from outside (Local policy)
     draining: bool = False  # removed, kept only for its open connections (ebpflb.draining)
+    # Endpoint hints that chose the backends: "PreferSameNode", "PreferSameZone", or "" (none).
+    topology: str = ""
 
 
 def service_views(snapshot: Snapshot) -> List[ServiceView]:
@@ -67,9 +70,22 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
                                tuple(sorted(ranges.get(svc.svc_id, ()), key=_net_order))
                                if svc.flags & SVC_F_SRC_RANGES else None,
                                "external" if key.scope else "all",
-                               bool(svc.flags & SVC_F_DRAINING)))
+                               bool(svc.flags & SVC_F_DRAINING), topology_of(svc.flags)))
     out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol, v.scope))
     return out
+
+
+def topology_of(flags: int) -> str:
+    """The endpoint hints a frontend's record says chose its backends ("" for none)."""
+    if flags & SVC_F_TOPO_NODE:
+        return "PreferSameNode"
+    if flags & SVC_F_TOPO_ZONE:
+        return "PreferSameZone"
+    return ""
+
+
+TOPOLOGY_NOTES = {"PreferSameNode": "(endpoint hints: only the endpoints hinted for this node)",
+                  "PreferSameZone": "(endpoint hints: only the endpoints hinted for this node's zone)"}
 
 
 def _net_order(cidr: str) -> Tuple[int, int]:
@@ -97,6 +113,8 @@ def render_table(views: List[ServiceView]) -> str:
                          "outside: see @external)")
         if v.source_ranges is not None:
             lines.append(f"(only from {', '.join(v.source_ranges) or 'nowhere'})")
+        if v.topology:
+            lines.append(TOPOLOGY_NOTES[v.topology])
         lines += [f"! {p}" for p in v.problems]
         rows.append((str(v.id), v.frontend, v.kind, v.service, lines[0]))
         rows.extend(("", "", "", "", line) for line in lines[1:])

@@ -85,6 +85,11 @@ class Endpoint:
     terminating: bool  # nil means False
     node_name: Optional[str] = None
     target: Optional[str] = None  # targetRef as "Kind/name", for display
+    zone: Optional[str] = None
+    # hints.forZones and hints.forNodes, written by the EndpointSlice controller for Services
+    # with trafficDistribution (or topology-aware routing): () when absent.
+    hint_zones: Tuple[str, ...] = ()
+    hint_nodes: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,8 @@ class Frontend:
     # Local traffic policy): with none of its own, new flows are dropped, not rejected, as
     # kube-proxy does (it rejects only when the Service has no usable endpoint anywhere).
     endpoints_elsewhere: bool = field(default=False, compare=False)
+    # Which endpoint hints chose the backends (TOPOLOGY_*): "" when none did.
+    topology: str = field(default="", compare=False)
 
     @property
     def key(self) -> Tuple[str, int, str, int]:
@@ -192,6 +199,7 @@ class ModelContext:
     proxy_name: Optional[str] = None  # serve Services labelled service-proxy-name=<this> too
     node_addresses: Tuple[str, ...] = ()  # where NodePorts are served
     external_ip_allow: Tuple[str, ...] = ()  # CIDRs externalIPs may be programmed in
+    node_zone: Optional[str] = None  # this Node's topology.kubernetes.io/zone, for zone hints
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +219,8 @@ class ServiceModel:
 def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
                   node_name: Optional[str] = None, proxy_name: Optional[str] = None,
                   node_addresses: Sequence[str] = (),
-                  external_ip_allow: Sequence[str] = ()) -> DesiredState:
+                  external_ip_allow: Sequence[str] = (),
+                  node_zone: Optional[str] = None) -> DesiredState:
     """Frontends and their ready backends for every programmable Service port (kube-proxy rules),
     computed at once; the agent keeps the same result per Service as objects change."""
     from .desired import ClusterModel
@@ -219,7 +228,7 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
 
     store = ObjectStore.of(services, slices)
     model = ClusterModel(ModelContext(node_name, proxy_name, tuple(node_addresses),
-                                      tuple(external_ip_allow)))
+                                      tuple(external_ip_allow), node_zone))
     model.update(store, store.services)
     return model.desired_state()
 
@@ -258,21 +267,28 @@ def service_model(svc: Service, slices: Sequence[EndpointSlice], ctx: ModelConte
         # so the client's address can be kept. Pods reaching an external address are inside
         # the cluster: they get every endpoint ("pod traffic for external destinations").
         ported = _ported_endpoints(sp, svc_slices)
-        everyone = _usable_backends(ported, svc, ctx.node_name, internal_policy=False)
-        backends = (_usable_backends(ported, svc, ctx.node_name)
-                    if svc.internal_traffic_policy == "Local" else everyone)
+        # Endpoint hints narrow the endpoints every client may reach (kube-proxy's cluster
+        # endpoints), never a Local policy's: those are this node's already.
+        mode = topology_mode([ep for _, ep, _ in ported], ctx.node_name, ctx.node_zone,
+                             svc.publish_not_ready)
+        hinted = _topology_filter(mode, ctx.node_name, ctx.node_zone)
+        everyone = _usable_backends(ported, svc, ctx.node_name, internal_policy=False,
+                                    topology=hinted)
+        itp_local = svc.internal_traffic_policy == "Local"
+        backends = _usable_backends(ported, svc, ctx.node_name) if itp_local else everyone
         here = _usable_backends(ported, svc, ctx.node_name, local_only=True) if local else ()
         affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0
         for kind, vip, port in _frontend_addresses(svc, sp, vips, ctx.node_addresses,
                                                    ctx.external_ip_allow, skip):
             external = kind != "ClusterIP"
-            views = [(SCOPE_ALL, everyone if external else backends)]
+            views = [(SCOPE_ALL, everyone if external else backends,
+                      mode if external or not itp_local else TOPOLOGY_NONE)]
             if local and external:
-                views.append((SCOPE_EXTERNAL, here))
-            for scope, chosen in views:
+                views.append((SCOPE_EXTERNAL, here, TOPOLOGY_NONE))
+            for scope, chosen, topology in views:
                 fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind,
                               svc.lb_source_ranges if kind == "LoadBalancer" else (),
-                              local and external, scope, len(everyone) > len(chosen))
+                              local and external, scope, len(everyone) > len(chosen), topology)
                 if fe.key in seen:  # two ports of one Service asking for one node port
                     skip(svc, f"frontend {fe} already used by {svc.ref}")
                     continue
@@ -375,23 +391,58 @@ def _service_vips(svc: Service, skip: Callable[[Service, str], None],
 
 
 def usable_endpoints(endpoints: Sequence[Endpoint], publish_not_ready: bool = False,
-                     local_only: bool = False, node_name: Optional[str] = None) -> List[Endpoint]:
+                     local_only: bool = False, node_name: Optional[str] = None,
+                     topology: Optional[Callable[[Endpoint], bool]] = None) -> List[Endpoint]:
     """Which endpoints of a Service port receive new flows (kube-proxy's rules):
 
     - internalTrafficPolicy Local (local_only): only endpoints on this node (none when the node is
       unknown: sending elsewhere would break the policy's promise);
     - publishNotReadyAddresses: every endpoint, whatever its conditions;
     - otherwise the ready ones; when none is ready, those both serving and terminating, so a
-      rolling update's last pods keep answering (KEP-1669).
+      rolling update's last pods keep answering (KEP-1669);
+    - `topology` (from topology_mode) keeps the ready ones the hints give this node; the
+      terminating fallback ignores hints, as kube-proxy's does.
     """
     candidates = [e for e in endpoints
                   if not local_only or (node_name is not None and e.node_name == node_name)]
     if publish_not_ready:
-        return candidates
-    ready = [e for e in candidates if e.ready]
+        return [e for e in candidates if topology is None or topology(e)]
+    ready = [e for e in candidates if e.ready and (topology is None or topology(e))]
     if ready:
         return ready
     return [e for e in candidates if e.serving and e.terminating]
+
+
+TOPOLOGY_NONE = ""
+TOPOLOGY_NODE = "PreferSameNode"  # every ready endpoint has hints.forNodes, one names this node
+TOPOLOGY_ZONE = "PreferSameZone"  # every ready endpoint has hints.forZones, one names our zone
+
+
+def topology_mode(endpoints: Sequence[Endpoint], node_name: Optional[str], zone: Optional[str],
+                  publish_not_ready: bool = False) -> str:
+    """Which hints apply to a Service port's endpoints on this node, as kube-proxy decides it
+    (KEP-2433, KEP-3015): the node hints when every ready endpoint has one and one names this
+    node; else the zone hints when every ready endpoint has one and one names this node's zone;
+    else none. The proxy reads the hints the EndpointSlice controller wrote, not the Service's
+    trafficDistribution."""
+    ready = [e for e in endpoints if e.ready or publish_not_ready]
+    if not ready:
+        return TOPOLOGY_NONE
+    if node_name and all(e.hint_nodes for e in ready) and any(
+            node_name in e.hint_nodes for e in ready):
+        return TOPOLOGY_NODE
+    if zone and all(e.hint_zones for e in ready) and any(zone in e.hint_zones for e in ready):
+        return TOPOLOGY_ZONE
+    return TOPOLOGY_NONE
+
+
+def _topology_filter(mode: str, node_name: Optional[str],
+                     zone: Optional[str]) -> Optional[Callable[[Endpoint], bool]]:
+    if mode == TOPOLOGY_NODE:
+        return lambda e: node_name in e.hint_nodes
+    if mode == TOPOLOGY_ZONE:
+        return lambda e: zone in e.hint_zones
+    return None
 
 
 def _ported_endpoints(sp: ServicePort, slices: List[EndpointSlice]
@@ -409,14 +460,16 @@ def _ported_endpoints(sp: ServicePort, slices: List[EndpointSlice]
 
 def _usable_backends(ported: List[Tuple[int, Endpoint, EndpointSlice]], svc: Service,
                      node_name: Optional[str], local_only: bool = False,
-                     internal_policy: bool = True) -> Tuple[Backend, ...]:
+                     internal_policy: bool = True,
+                     topology: Optional[Callable[[Endpoint], bool]] = None) -> Tuple[Backend, ...]:
     """Usable backends of one service port, deduplicated across slices and sorted; only this
     node's with `local_only`, or with internalTrafficPolicy Local unless `internal_policy` is
     off (the external addresses do not follow it)."""
     # The fallback to terminating endpoints weighs all slices of the port together.
     usable = {id(ep) for ep in usable_endpoints(
         [ep for _, ep, _ in ported], svc.publish_not_ready,
-        local_only or (internal_policy and svc.internal_traffic_policy == "Local"), node_name)}
+        local_only or (internal_policy and svc.internal_traffic_policy == "Local"), node_name,
+        topology)}
     found: Dict[Tuple[str, int], Backend] = {}
     for port, ep, s in ported:
         if id(ep) not in usable:

@@ -18,10 +18,10 @@ from typing import Iterable, List, Protocol, Tuple
 
 from .maglev import DEFAULT_M, maglev_table, validate_m
 from .maps import (BE_F_NO_NEW, FRONTEND_KINDS, PROTO_NUMBERS, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
-                   SVC_F_MAGLEV,
+                   SVC_F_MAGLEV, SVC_F_TOPO_NODE, SVC_F_TOPO_ZONE,
                    SVC_F_SRC_RANGES, SVC_KIND_SHIFT, SVC_NAME_LEN, BackendValue, Records,
                    SrcRangeKey, SvcKey, SvcValue)
-from .model import Backend, Frontend
+from .model import TOPOLOGY_NODE, TOPOLOGY_ZONE, Backend, Frontend
 from .policy import ALGORITHMS
 
 _KIND_FLAGS = {kind: i << SVC_KIND_SHIFT for i, kind in enumerate(FRONTEND_KINDS)}
@@ -44,6 +44,9 @@ class IdSource(Protocol):
 
     def service_id(self, key: SvcKey) -> int: ...
     def backend_id(self, svc_id: int, addr: str, port: int, proto: int) -> int: ...
+
+
+_TOPOLOGY_FLAGS = {TOPOLOGY_NODE: SVC_F_TOPO_NODE, TOPOLOGY_ZONE: SVC_F_TOPO_ZONE}
 
 
 def frontend_key(frontend: Frontend) -> SvcKey:
@@ -135,6 +138,7 @@ def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids
             flags |= SVC_F_ETP_LOCAL
         if not count and frontend.endpoints_elsewhere:
             flags |= SVC_F_DROP_EMPTY
+        flags |= _TOPOLOGY_FLAGS.get(frontend.topology, 0)
         ranges = ipv4_ranges(frontend.source_ranges) if frontend.source_ranges else []
         if ranges:
             # Each family is judged by its own ranges, as kube-proxy's per-family proxiers do: a

@@ -29,7 +29,7 @@ NODE1 = "node-1"  # the second node of the multi-node scenarios
 NODE_ADDRS = ("192.168.200.10", "192.168.200.11")  # eth0 of node 0 and node 1 (topology)
 LB_IP = "192.168.200.200"  # inside topology.EXTERNAL_VIP_CIDR, routed to node 0 by the client
 Ports = Sequence[Tuple[str, int, str, int]]  # (name, port, protocol, target port)
-Endpoints = Sequence[Tuple[str, dict, str]]  # (address, conditions, nodeName)
+Endpoints = Sequence[tuple]  # (address, conditions, nodeName[, more endpoint fields as YAML])
 
 WEB = [("http", 80, "TCP", 8080)]
 ECHO = [("udp-echo", 53, "UDP", 9053)]
@@ -43,8 +43,9 @@ def service_yaml(name: str, vip: str, ports: Ports, endpoints: Endpoints, spec_e
     svc_ports = ", ".join(f"{{name: {n}, port: {p}, protocol: {proto}, targetPort: {t}}}"
                           for n, p, proto, t in ports)
     slice_ports = ", ".join(f"{{name: {n}, port: {t}, protocol: {proto}}}" for n, _, proto, t in ports)
-    eps = "".join(f"- {{addresses: [{a}], conditions: {json.dumps(c)}, nodeName: {node}}}\n"
-                  for a, c, node in endpoints)
+    # An endpoint is (address, conditions, node) or (address, conditions, node, more fields).
+    eps = "".join(f"- {{addresses: [{e[0]}], conditions: {json.dumps(e[1])}, nodeName: {e[2]}"
+                  f"{', ' + e[3] if len(e) > 3 else ''}}}\n" for e in endpoints)
     return f"""---
 apiVersion: v1
 kind: Service
@@ -207,6 +208,48 @@ def internal_traffic_policy_local(c: Ctx) -> None:
             lambda: c.agent.backends("10.96.1.1:80/TCP") == ["10.244.0.11", "10.244.0.13"],
             "local endpoints only")
     assert {c.who("http://10.96.1.1/") for _ in range(20)} == {"web-1", "web-3"}
+
+
+def _hinted(zones: Dict[str, str], nodes: Optional[Dict[str, str]] = None) -> Endpoints:
+    """web-1..3 (all on this node, as the lab has them) with hints: zones[pod] for forZones,
+    nodes[pod] for forNodes; a pod missing from `zones` has no hints at all."""
+    out = []
+    for n in (1, 2, 3):
+        pod = f"web-{n}"
+        hints = []
+        if pod in zones:
+            hints.append(f"forZones: [{{name: {zones[pod]}}}]")
+        if nodes and pod in nodes:
+            hints.append(f"forNodes: [{{name: {nodes[pod]}}}]")
+        more = f"zone: {zones.get(pod, 'zone-b')}" + (f", hints: {{{', '.join(hints)}}}" if hints else "")
+        out.append((f"10.244.0.{10 + n}", READY, NODE, more))
+    return out
+
+
+def prefer_close(c: Ctx) -> None:
+    """The agent's node is in zone-a (--node-zone): with every endpoint hinted, only those
+    hinted for zone-a get traffic; with one endpoint unhinted, the hints are ignored."""
+    spec = "  trafficDistribution: PreferClose\n"
+    c.apply(service_yaml("near", "10.96.1.7", WEB,
+                         _hinted({"web-1": "zone-a", "web-2": "zone-a", "web-3": "zone-b"}), spec),
+            lambda: c.agent.backends("10.96.1.7:80/TCP") == ["10.244.0.11", "10.244.0.12"],
+            "the zone's endpoints")
+    (view,) = [s for s in c.agent.services() if s["frontend"] == "10.96.1.7:80/TCP"]
+    assert view["topology"] == "PreferSameZone", view
+    assert {c.who("http://10.96.1.7/") for _ in range(20)} == {"web-1", "web-2"}
+    c.apply(service_yaml("near", "10.96.1.7", WEB, _hinted({"web-1": "zone-a", "web-2": "zone-a"}),
+                         spec),
+            lambda: len(c.agent.backends("10.96.1.7:80/TCP") or []) == 3, "every endpoint")
+    assert {c.who("http://10.96.1.7/") for _ in range(25)} == {"web-1", "web-2", "web-3"}
+
+
+def prefer_same_node(c: Ctx) -> None:
+    """Every endpoint hinted for a node, one for this one: only that one gets traffic."""
+    hinted = _hinted({"web-1": "zone-a", "web-2": "zone-a", "web-3": "zone-b"},
+                     {"web-1": "node-1", "web-2": NODE, "web-3": "node-1"})
+    c.apply(service_yaml("same", "10.96.1.8", WEB, hinted, "  trafficDistribution: PreferSameNode\n"),
+            lambda: c.agent.backends("10.96.1.8:80/TCP") == ["10.244.0.12"], "this node's endpoint")
+    assert {c.who("http://10.96.1.8/") for _ in range(10)} == {"web-2"}
 
 
 def same_port_different_protocols(c: Ctx) -> None:
@@ -526,6 +569,7 @@ class Scenario:
     extra_pods: Tuple[PodSpec, ...] = ()
     nodes: int = 1  # 2: traffic from outside, an agent per node on its eth0
     socket_lb: str = "off"  # the agents' --socket-lb: most scenarios are about the packet path
+    agent_args: Tuple[str, ...] = ()  # more flags for the agents
 
 
 SCENARIOS: Tuple[Scenario, ...] = (
@@ -549,6 +593,13 @@ SCENARIOS: Tuple[Scenario, ...] = (
              internal_traffic_policy_local),
     Scenario("should be rejected when no endpoints exist", "TCP RST / ICMP unreachable",
              rejected_without_endpoints),
+    Scenario("[Feature:Traffic Distribution] when Service has trafficDistribution=PreferClose "
+             "should route traffic to an endpoint that is close to the client",
+             "zone hints; ignored unless every endpoint has one", prefer_close,
+             agent_args=("--node-zone", "zone-a")),
+    Scenario("[ebpflb] trafficDistribution=PreferSameNode routes to the endpoint hinted for this "
+             "node", "node hints before zone hints", prefer_same_node,
+             agent_args=("--node-zone", "zone-a")),
     Scenario("should implement service.kubernetes.io/service-proxy-name", "another proxy's Service",
              service_proxy_name),
     Scenario("should be able to change the type from ExternalName to ClusterIP (and back)",
@@ -617,7 +668,7 @@ def run_scenario(scenario: Scenario, lab_name: Optional[str] = None,
                     agents.append(RunningAgent(name, Path(work), [], node=k, extra_args=[
                         "--node-name", f"node-{k}", "--metrics-address", "",
                         "--health-address", "", "--socket-lb", scenario.socket_lb,
-                        *north_south]))
+                        *north_south, *scenario.agent_args]))
                 scenario.run(Ctx(name, agents[0], agents))
             finally:
                 for agent in agents:

@@ -2,7 +2,9 @@
 sources -> changes -> store -> model -> plan -> apply). A source hands over per-object changes
 (ebpflb.changes), never snapshots, and wakes the agent when it has some: the rest of the pipeline
 does not know which source they came from."""
-from typing import Any, List, Optional, Protocol
+from typing import Any, Dict, List, Optional, Protocol
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
 
 from ..changes import ChangeBatch
 from ..errors import ManifestError
@@ -36,3 +38,7 @@ class Source(Protocol):
 
     def problems(self) -> List[ManifestError]:
         """The current refusals (bad objects, unreadable files), for the agent's status."""
+
+    def node_labels(self) -> Optional[Dict[str, str]]:
+        """This node's Node object's labels as the source knows them (the API source watches
+        its own Node); None when it knows none (the manifest source: --node-zone says)."""

@@ -163,9 +163,14 @@ class _Reflector:
     def _request_kwargs(self) -> Dict[str, Any]:
         # A read timeout longer than the server-side watch timeout: a silent dead connection is
         # noticed, a quiet healthy one is not cut.
-        return {"_preload_content": False,
-                "_request_timeout": (self.source.connect_timeout,
-                                     self.source.watch_timeout + self.source.connect_timeout)}
+        kwargs: Dict[str, Any] = {
+            "_preload_content": False,
+            "_request_timeout": (self.source.connect_timeout,
+                                 self.source.watch_timeout + self.source.connect_timeout)}
+        if self.resource is NODES and self.source.node_name:
+            # Only this node's Node (its zone, its labels): not every Node of the cluster.
+            kwargs["field_selector"] = f"metadata.name={self.source.node_name}"
+        return kwargs
 
     def _list(self) -> None:
         """A paginated list (LIST_PAGE objects a request, as client-go's reflector pages): the
@@ -485,7 +490,7 @@ class KubernetesSource:
         if fd >= 0:
             os.close(fd)
 
-    # --- nodes (kept for NodePort and topology work) ---------------------------------------
+    # --- nodes: this node's only, when its name is known -----------------------------------
     def nodes(self) -> Dict[str, Dict[str, List[str]]]:
         """node name -> {address type: [addresses]} as the API reports them."""
         with self.lock:
@@ -497,6 +502,13 @@ class KubernetesSource:
                 addrs.setdefault(a.get("type", ""), []).append(a.get("address", ""))
             out[(node.get("metadata") or {}).get("name", "")] = addrs
         return out
+
+    def node_labels(self) -> Optional[Dict[str, str]]:
+        node = self.own_node()
+        if node is None:
+            return None
+        labels = (node.get("metadata") or {}).get("labels") or {}
+        return {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
 
     def own_node(self) -> Optional[Dict[str, Any]]:
         if not self.node_name:

@@ -78,6 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         resource, list_kind, api_version = PATHS[url.path]
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        fake.selectors[resource] = q.get("fieldSelector")
         if q.get("watch", "").lower() in ("true", "1"):
             with fake.cond:
                 # Counted and bound to the drop epoch at once: a watch the test has seen counted
@@ -97,7 +98,8 @@ class _Handler(BaseHTTPRequestHandler):
                     items, rv = snapshot
                 else:
                     fake.counts[f"list {resource}"] += 1
-                    items = [o for (_, o) in sorted(fake.store[resource].items())]
+                    items = [o for (_, o) in sorted(fake.store[resource].items())
+                             if _selected(o, q)]
                     rv = str(fake.rv)
                 meta: Dict[str, Any] = {"resourceVersion": rv}
                 if limit and len(items) > limit:
@@ -140,7 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
                             raise ConnectionAbortedError("dropped by the test")
                         # History is in resourceVersion order: look only past `sent`.
                         start = bisect.bisect_right(fake.history, (sent, "\uffff"))
-                        pending = [e for e in fake.history[start:] if e[1] == resource]
+                        pending = [e for e in fake.history[start:]
+                                   if e[1] == resource and _selected(e[3], q)]
                         now = time.monotonic()
                         if pending or now >= deadline or (
                                 bookmarks and now - last_bookmark >= fake.bookmark_interval):
@@ -169,6 +172,17 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
 
 
+def _selected(obj: Dict[str, Any], q: Dict[str, str]) -> bool:
+    """fieldSelector=metadata.name=NAME, the one field selector the agent uses."""
+    selector = q.get("fieldSelector")
+    if not selector:
+        return True
+    field, _, value = selector.partition("=")
+    if field != "metadata.name":
+        raise ValueError(f"fake API server: field selector {selector!r} not supported")
+    return (obj.get("metadata") or {}).get("name") == value
+
+
 PATHS_KIND = {r: k[:-len("List")] for r, k, _ in PATHS.values()}
 PATHS_API = {r: a for r, _, a in PATHS.values()}
 
@@ -184,6 +198,7 @@ class FakeApiServer:
         self.host, self.port, self.netns = host, port, netns
         self.bookmark_interval = bookmark_interval
         self.cond = threading.Condition()
+        self.selectors: Dict[str, Optional[str]] = {}  # resource -> the last fieldSelector asked
         self.rv = 1
         self.compacted = 0
         self.drop_epoch = 0

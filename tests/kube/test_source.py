@@ -298,3 +298,28 @@ def test_the_revision_covers_what_was_handed_over_per_kind(seeded, make_source):
         assert not f.step()  # nothing to hand over...
         time.sleep(0.05)
     assert src.revision()["Service"] >= rv  # ...and yet the revision moved
+
+
+def test_only_its_own_node_is_watched_and_its_labels_followed(seeded, make_source):
+    """With a node name, the Node list and watch carry fieldSelector metadata.name=<node>: the
+    agent never holds the cluster's Nodes, only its own, whose zone label it follows."""
+    seeded.put("nodes", node("node-2", "192.168.200.2"))
+    src = make_source(node_name="node-1")
+    Follower(src).wait()
+    seeded.open_watches_wait("nodes", 1)
+    assert seeded.selectors["nodes"] == "metadata.name=node-1"
+    assert seeded.selectors["services"] is None
+    assert sorted(src.nodes()) == ["node-1"]
+    assert src.node_labels() == {"kubernetes.io/hostname": "node-1"}
+    labelled = node("node-1", "192.168.200.1")
+    labelled["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a"
+    seeded.put("nodes", labelled)
+    other = node("node-2", "192.168.200.2")
+    other["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-b"
+    seeded.put("nodes", other)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (src.node_labels() or {}).get(
+            "topology.kubernetes.io/zone") != "zone-a":
+        time.sleep(0.02)
+    assert src.node_labels()["topology.kubernetes.io/zone"] == "zone-a"
+    assert sorted(src.nodes()) == ["node-1"]  # node-2's change never reached us

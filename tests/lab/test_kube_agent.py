@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ebpflb.lab import lab as lablib
 from ebpflb.lab import nsops
 from ebpflb.lab.agent_runner import AgentProcess
+from ebpflb.status import read_status
 
 from ..kube.fake_apiserver import FakeApiServer, endpointslice, node, service
 from .agent_harness import force_cleanup, wait_until
@@ -108,6 +109,24 @@ def test_api_changes_reach_the_data_plane_and_traffic_follows(lab, fake, kube_ag
     wait_until(lambda: kube_agent.backends(f"{VIP}:80/TCP") == ["10.244.0.13", "10.244.0.14"],
                10, "the new endpoints")
     assert {who(lab.name) for _ in range(30)} == {"web-3", "web-4"}
+
+    # Zone hints follow this node's Node: ignored while it has no zone label, applied once it
+    # gets one (the agent watches its own Node only).
+    hinted = endpointslice("web", ["10.244.0.13", "10.244.0.14"])
+    for endpoint, zone in zip(hinted["endpoints"], ("zone-a", "zone-b")):
+        endpoint.update(zone=zone, hints={"forZones": [{"name": zone}]})
+    fake.put("endpointslices", hinted)
+    revision = fake.rv
+    wait_until(lambda: ((read_status(kube_agent.pin_dir) or {}).get("applied_revision") or {})
+               .get("EndpointSlice", 0) >= revision, 10, "the hinted slice handled")
+    assert kube_agent.backends(f"{VIP}:80/TCP") == ["10.244.0.13", "10.244.0.14"]  # no zone yet
+    labelled = node("node-1", "192.168.200.1")
+    labelled["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a"
+    fake.put("nodes", labelled)
+    wait_until(lambda: kube_agent.backends(f"{VIP}:80/TCP") == ["10.244.0.13"], 10,
+               "the zone's endpoint only")
+    assert fake.selectors["nodes"] == "metadata.name=node-1"
+    assert {who(lab.name) for _ in range(10)} == {"web-3"}
 
     # Add: a second Service with its slice.
     fake.put("services", service("web2", VIP2, target=8080))

@@ -43,7 +43,7 @@ def test_conntrack_and_frontend_flags():
                  "CT_F_PORT_NAT"):
         assert getattr(maps, name) == c[name], name
     for name in ("SVC_F_MAGLEV", "SVC_F_ETP_LOCAL", "SVC_F_SRC_RANGES", "SVC_F_DRAINING",
-                 "SVC_F_DROP_EMPTY"):
+                 "SVC_F_DROP_EMPTY", "SVC_F_TOPO_NODE", "SVC_F_TOPO_ZONE"):
         assert getattr(maps, name) == c["LB4_" + name], name
     assert maps.BE_F_NO_NEW == c["LB4_BE_F_NO_NEW"]
 
