@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
 from . import __version__
+from .convert import SERVICE
 from .gcpause import give_back_memory, paused_gc
+from .metrics import IP_FAMILY
 from .model import HealthCheck, ModelContext
 from .records import PlanDefaults
 from .sources import ZONE_LABEL, Source
@@ -82,6 +84,7 @@ class AgentOptions:
     defaults: PlanDefaults = field(default_factory=PlanDefaults)
     metrics_address: Optional[str] = None  # "HOST:PORT", None for no endpoint
     health_address: Optional[str] = None  # "HOST:PORT" of /healthz and /readyz, None for none
+    healthz_bind_address: Optional[str] = None  # kube-proxy's /healthz and /livez; None: none
     ct_gc_interval: float = 10.0  # seconds between conntrack garbage collections
     node_name: Optional[str] = None  # this node, for internalTrafficPolicy: Local
     node_zone: Optional[str] = None  # this node's zone for zone hints; None: its Node's label
@@ -191,6 +194,13 @@ class Agent:
             if self.syncer is not None:
                 self.syncer.set_context(self._context())
 
+    def proxy_health(self):
+        """kube-proxy's health (ebpflb.proxy_health): late changes, and this node's Node."""
+        from .proxy_health import proxy_health
+
+        last = (self.state.last_sync or {}).get("time") or self._started_wall
+        return proxy_health(time.time(), self._unsynced_since, last, self.source.own_node())
+
     def readiness(self):
         """(ready, reason): ready once the source's initial state is programmed and the programs
         are attached; /readyz reports it."""
@@ -220,6 +230,9 @@ class Agent:
             # Nothing new to program: everything up to this revision is in the maps already.
             self.state.applied_revision = self._taken_revision
             self._status_soon()
+        if batch.changes and self.metrics is not None:
+            services = sum(1 for c in batch.changes if c.kind == SERVICE)
+            self.metrics.changes_taken(services, len(batch.changes) - services, time.time())
         if batch.changes and self.syncer is not None:
             touched = self.syncer.take(batch.changes)
             since = batch.since if batch.since is not None else time.time()
@@ -302,9 +315,16 @@ class Agent:
             if outcome.reason == PERIODIC:
                 m.drift_writes.inc(outcome.writes)
         if outcome.applied:
+            now = time.time()
             m.map_writes.inc(outcome.writes)
-            if outcome.writes and self._unsynced_since is not None:
-                m.programming.observe(max(0.0, time.time() - self._unsynced_since))
+            m.sync_applied(outcome.kind == FULL, outcome.seconds,
+                           bool(self.syncer and self.syncer.pending), now)
+            # Changes made before the agent started (what the start-up sync programs) are not
+            # programming latency, as kube-proxy counts only changes after its tracker started.
+            since = self._unsynced_since
+            if outcome.writes and since is not None and since >= self._started_wall:
+                m.programming.observe(max(0.0, now - since))
+                m.kp_programming.labels(IP_FAMILY).observe(max(0.0, now - since))
 
     def _write_status(self) -> None:
         self._status_due = None
@@ -348,16 +368,22 @@ class Agent:
         ensure_bpffs(self.config)
         # Before anything is bound, loaded or pinned: a second agent on these pins stops here.
         self._lock = acquire(self.config.pin_dir, wait=OWNER_WAIT)
-        health = None
+        servers: List[Any] = []
         try:
             if self.options.health_address:
                 from .health import HealthServer
 
-                health = HealthServer(self.options.health_address, self.readiness).start()
+                servers.append(HealthServer(self.options.health_address, self.readiness).start())
+            if self.options.healthz_bind_address:
+                from .proxy_health import ProxyHealthServer
+
+                count = self.metrics.count_probe if self.metrics is not None else None
+                servers.append(ProxyHealthServer(self.options.healthz_bind_address,
+                                                 self.proxy_health, count).start())
             return self._run()
         finally:
-            if health is not None:
-                health.close()
+            for server in servers:
+                server.close()
             lock = self._guard.lock if self._guard is not None else self._lock
             if lock is not None:
                 lock.release()

@@ -201,6 +201,11 @@ def main(log_level: str) -> None:
 @click.option("--health-address", default="127.0.0.1:9403", show_default=True,
               metavar="HOST:PORT",
               help="/healthz and /readyz endpoint. Loopback by default; an empty value disables it.")
+@click.option("--healthz-bind-address", default="0.0.0.0:10256", show_default=True,
+              metavar="HOST:PORT",
+              help="kube-proxy's health server: /healthz (503 while a change is late or this "
+                   "node is being deleted) and /livez, which cloud load balancers probe. Empty "
+                   "disables it.")
 @click.option("--device", "devices", multiple=True, default=["lxc*"], show_default=True,
               help="Pod-facing device name or glob to attach to; repeatable. Devices that "
                    "appear later are attached as they appear.")
@@ -284,7 +289,7 @@ def main(log_level: str) -> None:
 @netns_option
 def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[str],
           node_name: Optional[str], node_zone: Optional[str], resync_seconds: float,
-          health_address: str,
+          health_address: str, healthz_bind_address: str,
           devices: List[str], on_exit: str, poll_interval: float, full_sync_interval: float,
           ct_max: int,
           ct_syn_max: int, ct_timeouts: str, ct_gc_interval: float,
@@ -317,11 +322,13 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                      max_backends=max_backends, max_slots=max_slots,
                      ct_timeouts=_ct_timeouts(ct_timeouts),
                      snat_ports=_port_range(snat_ports, "--snat-ports"))
-    if health_address:
-        try:
-            parse_address(health_address)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--health-address") from exc
+    for value, option in ((health_address, "--health-address"),
+                          (healthz_bind_address, "--healthz-bind-address")):
+        if value:
+            try:
+                parse_address(value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=option) from exc
     try:
         defaults = PlanDefaults(algorithm, maglev_table_size)
     except ValueError as exc:
@@ -336,6 +343,7 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                            metrics_address or None, health_address or None,
                            ct_gc_interval=ct_gc_interval, node_name=node_name,
                            node_zone=node_zone or None,
+                           healthz_bind_address=healthz_bind_address or None,
                            proxy_name=proxy_name or None,
                            node_addresses=_ipv4_list(node_addresses, "--node-address"),
                            external_ip_allow=_cidr_list(external_ip_allow, "--external-ip-allow"),

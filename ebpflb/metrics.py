@@ -8,7 +8,8 @@ import logging
 import threading
 from typing import Any, Iterator, Optional, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics, start_http_server)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .dataplane.bcc_maps import STAT_NAMES, read_stats
@@ -20,7 +21,18 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9402"
 # Verdicts that drop the packet, as the `reason` label of ebpflb_drops_total.
 DROP_REASONS = ("no_backend", "nat_fail")
+# Series named X_created (a counter's creation time) are not exported: kube-proxy has none, and
+# they double the series count for nothing a dashboard uses.
+disable_created_metrics()
+
 PROGRAMMING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# kube-proxy's own buckets (pkg/proxy/metrics): exponential from 1 ms for sync durations; for
+# network programming 0.25 s, 0.5 s, each second to 59 s, every 5 s to 115 s, every 30 s to 5 min.
+KUBE_PROXY_SYNC_BUCKETS = tuple(0.001 * 2 ** i for i in range(15))
+KUBE_PROXY_PROGRAMMING_BUCKETS = ((0.25, 0.5) + tuple(float(s) for s in range(1, 60))
+                                  + tuple(float(s) for s in range(60, 120, 5))
+                                  + tuple(float(s) for s in range(120, 301, 30)))
+IP_FAMILY = "IPv4"  # the ip_family label of kube-proxy's per-family series
 
 
 def parse_address(value: str) -> Tuple[str, int]:
@@ -140,8 +152,66 @@ class AgentMetrics:
             "ebpflb_dataplane_repairs", "Parts of the data plane the agent found removed under "
             "it and put back, by what: pins (maps re-pinned), device (programs re-attached), "
             "socket_hooks (re-attached to the cgroup).", ["what"], registry=self.registry)
+        # kube-proxy's names, types and buckets, for the dashboards and alerts written for it,
+        # fed by the same events as ours.
+        self.kp_sync = Histogram("kubeproxy_sync_proxy_rules_duration_seconds",
+                                 "SyncProxyRules latency in seconds", ["ip_family"],
+                                 buckets=KUBE_PROXY_SYNC_BUCKETS, registry=self.registry)
+        self.kp_sync_full = Histogram("kubeproxy_sync_full_proxy_rules_duration_seconds",
+                                      "SyncProxyRules latency in seconds for full resyncs",
+                                      ["ip_family"], buckets=KUBE_PROXY_SYNC_BUCKETS,
+                                      registry=self.registry)
+        self.kp_sync_partial = Histogram("kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                                         "SyncProxyRules latency in seconds for partial resyncs",
+                                         ["ip_family"], buckets=KUBE_PROXY_SYNC_BUCKETS,
+                                         registry=self.registry)
+        self.kp_last_sync = Gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                                  "The last time proxy rules were successfully synced",
+                                  registry=self.registry)
+        self.kp_last_queued = Gauge("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                                    "The last time a sync of proxy rules was queued",
+                                    registry=self.registry)
+        self.kp_programming = Histogram("kubeproxy_network_programming_duration_seconds",
+                                        "In Cluster Network Programming Latency in seconds",
+                                        ["ip_family"], buckets=KUBE_PROXY_PROGRAMMING_BUCKETS,
+                                        registry=self.registry)
+        self.kp_endpoint_changes = Counter("kubeproxy_sync_proxy_rules_endpoint_changes",
+                                           "Cumulative proxy rules Endpoint changes",
+                                           registry=self.registry)
+        self.kp_endpoint_pending = Gauge("kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+                                         "Pending proxy rules Endpoint changes",
+                                         registry=self.registry)
+        self.kp_service_changes = Counter("kubeproxy_sync_proxy_rules_service_changes",
+                                          "Cumulative proxy rules Service changes",
+                                          registry=self.registry)
+        self.kp_service_pending = Gauge("kubeproxy_sync_proxy_rules_service_changes_pending",
+                                        "Pending proxy rules Service changes",
+                                        registry=self.registry)
+        self.kp_healthz = Counter("kubeproxy_proxy_healthz", "kube-proxy health server /healthz "
+                                  "answers, by HTTP status code.", ["code"], registry=self.registry)
+        self.kp_livez = Counter("kubeproxy_proxy_livez", "kube-proxy health server /livez "
+                                "answers, by HTTP status code.", ["code"], registry=self.registry)
         self._server: Optional[Any] = None
         self._thread: Optional[threading.Thread] = None
+
+    def changes_taken(self, services: int, slices: int, now: float) -> None:
+        """Changes handed to the syncer (kube-proxy counts what it receives)."""
+        self.kp_service_changes.inc(services)
+        self.kp_endpoint_changes.inc(slices)
+        self.kp_service_pending.inc(services)
+        self.kp_endpoint_pending.inc(slices)
+        self.kp_last_queued.set(now)
+
+    def sync_applied(self, kind_full: bool, seconds: float, pending: bool, now: float) -> None:
+        self.kp_sync.labels(IP_FAMILY).observe(seconds)
+        (self.kp_sync_full if kind_full else self.kp_sync_partial).labels(IP_FAMILY).observe(seconds)
+        self.kp_last_sync.set(now)
+        if not pending:
+            self.kp_service_pending.set(0)
+            self.kp_endpoint_pending.set(0)
+
+    def count_probe(self, path: str, code: int) -> None:
+        (self.kp_healthz if path == "/healthz" else self.kp_livez).labels(str(code)).inc()
 
     def serve(self, address: str, bpf: Any) -> None:
         host, port = parse_address(address)

@@ -39,6 +39,9 @@ class Source(Protocol):
     def problems(self) -> List[ManifestError]:
         """The current refusals (bad objects, unreadable files), for the agent's status."""
 
+    def own_node(self) -> Optional[Dict[str, Any]]:
+        """This node's Node object as the API has it (None: unknown, or no API)."""
+
     def node_labels(self) -> Optional[Dict[str, str]]:
         """This node's Node object's labels as the source knows them (the API source watches
         its own Node); None when it knows none (the manifest source: --node-zone says)."""

@@ -174,6 +174,9 @@ class ManifestSource:
     def node_labels(self) -> None:
         return None  # no Node objects in manifests: the agent's --node-zone stands in
 
+    def own_node(self) -> None:
+        return None
+
     def problems(self) -> List[ManifestError]:
         return self.mset.problems()
 

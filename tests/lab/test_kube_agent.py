@@ -4,6 +4,7 @@ real agent in the lab's node namespace reads it through a kubeconfig, programs r
 from a pod follows adds, updates and deletes. The fake listens inside the node namespace on
 127.0.0.1, so the agent reaches it on its own loopback. Also: 410 Gone relists with no map write
 (the agent's ebpflb_map_writes_total does not move), and /healthz and /readyz answer."""
+import json
 import socket
 import time
 
@@ -16,12 +17,26 @@ from ebpflb.lab.agent_runner import AgentProcess
 from ebpflb.status import read_status
 
 from ..kube.fake_apiserver import FakeApiServer, endpointslice, node, service
-from .agent_harness import force_cleanup, wait_until
+from .agent_harness import force_cleanup, scrape_metrics, wait_until
 
 VIP = "10.96.0.10"
 VIP2 = "10.96.0.11"
 METRICS_PORT = 9402
 HEALTH_PORT = 9403
+KUBE_PROXY_SERIES = {  # kube-proxy's mode-independent series (pkg/proxy/metrics), as scraped
+    *(f"kubeproxy_{h}_{suffix}" for h in ("sync_proxy_rules_duration_seconds",
+                                          "sync_full_proxy_rules_duration_seconds",
+                                          "sync_partial_proxy_rules_duration_seconds",
+                                          "network_programming_duration_seconds")
+      for suffix in ("bucket", "count", "sum")),
+    "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+    "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+    "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+    "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+    "kubeproxy_sync_proxy_rules_service_changes_total",
+    "kubeproxy_sync_proxy_rules_service_changes_pending",
+    "kubeproxy_proxy_healthz_total", "kubeproxy_proxy_livez_total"}
+KUBE_PROXY_HEALTH_PORT = 10256  # the agent's default --healthz-bind-address, as kube-proxy's
 
 
 def http_get(node_ns: str, port: int, path: str):
@@ -127,6 +142,34 @@ def test_api_changes_reach_the_data_plane_and_traffic_follows(lab, fake, kube_ag
                "the zone's endpoint only")
     assert fake.selectors["nodes"] == "metadata.name=node-1"
     assert {who(lab.name) for _ in range(10)} == {"web-3"}
+
+    # kube-proxy's health server on :10256: healthy, then 503 on /healthz (not /livez) once the
+    # cluster autoscaler taints the node for deletion, as load balancers expect.
+    code, text = http_get(lab.node_ns, KUBE_PROXY_HEALTH_PORT, "/healthz")
+    assert code == 200 and json.loads(text)["nodeEligible"] is True
+    labelled["spec"]["taints"] = [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]
+    fake.put("nodes", labelled)
+    wait_until(lambda: http_get(lab.node_ns, KUBE_PROXY_HEALTH_PORT, "/healthz")[0] == 503, 10,
+               "/healthz 503 on a node being deleted")
+    code, text = http_get(lab.node_ns, KUBE_PROXY_HEALTH_PORT, "/healthz")
+    assert json.loads(text)["nodeEligible"] is False
+    assert http_get(lab.node_ns, KUBE_PROXY_HEALTH_PORT, "/livez")[0] == 200
+    series = scrape_metrics(lab.node_ns, METRICS_PORT)
+    assert series[("kubeproxy_proxy_healthz_total", (("code", "503"),))] >= 1
+    assert series[("kubeproxy_proxy_livez_total", (("code", "200"),))] >= 1
+    # Every series kube-proxy exports whatever its mode, with kube-proxy's names, fed by what
+    # happened above (two slice changes after the start, the first one moving backends).
+    names = {name for name, _ in series}
+    assert KUBE_PROXY_SERIES <= names, KUBE_PROXY_SERIES - names
+    family = (("ip_family", "IPv4"),)
+    assert series[("kubeproxy_sync_proxy_rules_duration_seconds_count", family)] >= 3
+    assert series[("kubeproxy_sync_full_proxy_rules_duration_seconds_count", family)] >= 1
+    assert series[("kubeproxy_sync_partial_proxy_rules_duration_seconds_count", family)] >= 2
+    assert series[("kubeproxy_network_programming_duration_seconds_count", family)] >= 1
+    assert series[("kubeproxy_sync_proxy_rules_endpoint_changes_total", ())] >= 2
+    assert series[("kubeproxy_sync_proxy_rules_endpoint_changes_pending", ())] == 0
+    assert abs(series[("kubeproxy_sync_proxy_rules_last_timestamp_seconds", ())] - time.time()) < 60
+    assert not [n for n in names if n.endswith("_created")]
 
     # Add: a second Service with its slice.
     fake.put("services", service("web2", VIP2, target=8080))
