@@ -26,7 +26,8 @@ from .gcpause import give_back_memory, paused_gc
 from .metrics import IP_FAMILY
 from .model import HealthCheck, ModelContext
 from .records import PlanDefaults
-from .sources import ZONE_LABEL, Source
+from . import node_info
+from .sources import Source
 from .status import remove_status, write_status
 from .syncer import FULL, PERIODIC, SyncOutcome, Syncer
 
@@ -95,6 +96,8 @@ class AgentOptions:
     node_mode: str = "tc"  # xdp | tc: the hook north-south traffic is taken at
     xdp_mode: str = "auto"  # auto | native | generic
     nodeport_cidrs: Tuple[str, ...] = ()  # only node addresses inside these get NodePorts
+    # --nodeport-addresses primary: only the Node's primary address (the devices' without a Node)
+    nodeport_primary: bool = False
     health_check_bind: Tuple[str, ...] = ()  # addresses healthCheckNodePorts listen on; () = all
     full_sync_interval: float = 3600.0  # seconds between full syncs (kube-proxy's sync period)
     retry_interval: float = 5.0  # seconds before a refused or failed sync is tried again
@@ -148,28 +151,35 @@ class Agent:
         self._repairs: dict = {}  # kind -> how many times something was put back
         self._unmatched: List[str] = []  # --device / --node-device patterns matching nothing
         self._zone: Optional[str] = options.node_zone or None  # this node's, for zone hints
+        self._primary: Optional[str] = None  # its Node's primary IPv4 (--nodeport-addresses primary)
 
     # --- the model's view of this node -----------------------------------------------------
     def _context(self) -> ModelContext:
-        addresses = tuple(a for a in self._node_addresses
-                          if _in_cidrs(a, self.options.nodeport_cidrs))
-        return ModelContext(self.options.node_name, self.options.proxy_name, addresses,
-                            tuple(self.options.external_ip_allow), self._zone)
+        return ModelContext(self.options.node_name, self.options.proxy_name,
+                            self._nodeport_addresses(), tuple(self.options.external_ip_allow),
+                            self._zone)
 
-    def _node_zone(self) -> Optional[str]:
-        """--node-zone, else the zone label of this node's Node as the source has it."""
-        if self.options.node_zone:
-            return self.options.node_zone
-        labels = self.source.node_labels() or {}
-        return labels.get(ZONE_LABEL) or None
+    def _nodeport_addresses(self) -> Tuple[str, ...]:
+        if self.options.nodeport_primary and not self.options.node_addresses and self._primary:
+            return (self._primary,)
+        return tuple(a for a in self._node_addresses if _in_cidrs(a, self.options.nodeport_cidrs))
 
-    def _zone_changed(self) -> None:
-        zone = self._node_zone()
+    def _node_changed(self) -> None:
+        """This node's Node as the source has it now: its zone (unless --node-zone) and primary
+        address (for --nodeport-addresses primary); a change replans."""
+        node = self.source.own_node()
+        zone = self.options.node_zone or node_info.zone(node)
+        primary = node_info.primary_ipv4(node) if self.options.nodeport_primary else None
+        if (zone, primary) == (self._zone, self._primary):
+            return
         if zone != self._zone:
             log.info("node zone: %s (endpoint zone hints follow it)", zone or "unknown")
-            self._zone = zone
-            if self.syncer is not None:
-                self.syncer.set_context(self._context())
+        if primary != self._primary:
+            log.info("node primary address for NodePorts: %s", primary or
+                     "unknown (the node devices' addresses serve them)")
+        self._zone, self._primary = zone, primary
+        if self.syncer is not None:
+            self.syncer.set_context(self._context())
 
     def start_syncer(self, writer: Any) -> Syncer:
         """The control plane's state, writing through `writer` (the agent's maps, or a test's)."""
@@ -187,10 +197,11 @@ class Agent:
         change needed)."""
         if self.options.node_addresses:
             return
-        chosen = tuple(a for a in detected if _in_cidrs(a, self.options.nodeport_cidrs))
+        chosen = tuple(detected)
         if chosen != self._node_addresses:
-            log.info("node addresses for NodePorts: %s", ", ".join(chosen) or "none")
             self._node_addresses = chosen
+            log.info("node addresses for NodePorts: %s",
+                     ", ".join(self._nodeport_addresses()) or "none")
             if self.syncer is not None:
                 self.syncer.set_context(self._context())
 
@@ -200,6 +211,13 @@ class Agent:
 
         last = (self.state.last_sync or {}).get("time") or self._started_wall
         return proxy_health(time.time(), self._unsynced_since, last, self.source.own_node())
+
+    def _serving_whole(self) -> bool:
+        """What healthCheckNodePorts report (kube-proxy: its proxy health): the source's state
+        programmed, the data plane whole, and no change late. Unlike readiness, a failed sync
+        alone does not fail them until a change has waited the health timeout."""
+        return (self.state.syncs > 0 and self._serving and not self._problems
+                and self.proxy_health().healthy)
 
     def readiness(self):
         """(ready, reason): ready once the source's initial state is programmed and the programs
@@ -223,7 +241,7 @@ class Agent:
         """Hands what the source has over to the syncer; returns how many changes."""
         batch = self.source.take()
         self._taken_revision = self.source.revision()
-        self._zone_changed()
+        self._node_changed()
         if not batch.changes and self.syncer is not None and not self.syncer.pending \
                 and self._taken_revision != self.state.applied_revision \
                 and self._taken_revision is not None and self.state.syncs:
@@ -346,7 +364,7 @@ class Agent:
                 "node_devices": [{"device": d.ifname, "address": d.address,
                                   "hook": f"xdp-{d.xdp}+tc" if d.xdp else "tc"}
                                  for d in (self._nodes.attached.values() if self._nodes else [])],
-                "nodeport_addresses": list(self._node_addresses),
+                "nodeport_addresses": list(self._nodeport_addresses()),
                 "socket_lb": self._socket_lb,
                 "ready": self.readiness()[0], "problems": sorted(self._problems.values()),
                 "repairs": dict(self._repairs), "unmatched_devices": list(self._unmatched),
@@ -432,7 +450,7 @@ class Agent:
             _warn_snat_overlap(self.config.snat_ports)
             # As kube-proxy's: every check fails while the agent is not serving its source's state.
             self._health_checks = HealthCheckServers(self.options.health_check_bind or ("0.0.0.0",),
-                                                     proxy_healthy=lambda: self.readiness()[0])
+                                                     proxy_healthy=self._serving_whole)
             nodes = NodeAttacher(ipr, self.options.node_devices, self.options.node_mode,
                                  self.options.xdp_mode,
                                  Program(progs.node_in.fd, progs.node_in.name.decode()),
@@ -506,9 +524,9 @@ class Agent:
         return 0
 
     def _report_unmatched(self, attacher: Any, nodes: Any) -> None:
-        """--device and --node-device patterns that match no device now: said at start and in
-        the status file (pod devices may come later; a node device named exactly must exist,
-        which readiness checks)."""
+        """--device and --node-device patterns that match no device now: logged when they stop
+        matching, kept in the status file, looked at again on every rescan (pod devices may
+        come later; a node device named exactly must exist, which readiness checks)."""
         from .dataplane.attach import matches
 
         def unmatched_of(option: str, patterns, names) -> List[str]:
@@ -518,10 +536,13 @@ class Agent:
         if nodes is not None:
             unmatched += unmatched_of("--node-device", self.options.node_devices,
                                       [d.ifname for d in nodes.attached.values()])
-        self._unmatched = unmatched
         for what in unmatched:
-            log.warning("%s matches no device%s", what,
-                        " yet" if what.startswith("--device") else "")
+            if what not in self._unmatched:
+                log.warning("%s matches no device%s", what,
+                            " yet" if what.startswith("--device") else "")
+        if unmatched != self._unmatched:
+            self._unmatched = unmatched
+            self._status_soon()
 
     def _note(self, part: str, finding: Any, partial: bool = False) -> None:
         """A guard check's outcome: repairs logged and counted; what is still wrong makes the
@@ -556,7 +577,7 @@ class Agent:
         if pins:
             finding = guard.pins()
             self._note("pins", finding)
-            devices = devices or bool(finding.repaired or finding.problem)
+            devices = devices or bool(finding.repaired)
         if devices or only:
             self._note("devices", guard.devices(ipr, None if devices else only),
                        partial=not devices)
@@ -651,7 +672,10 @@ class Agent:
                         if nodes is not None:
                             if nodes.attached.get(ifindex) is not None:
                                 suspect.add(ifindex)  # its XDP program may have gone
+                            known = len(nodes.attached)
                             nodes.consider(ifindex, ifname)
+                            if len(nodes.attached) != known:
+                                next_rescan = now  # a node device came: say so at once
                     else:
                         attacher.forget(ifindex)
                         if nodes is not None:
@@ -665,6 +689,7 @@ class Agent:
                     nodes.rescan()
                     self.node_addresses_changed(nodes.addresses())
                 self._check(ipr, pins=now >= next_pins, devices=True)
+                self._report_unmatched(attacher, nodes)
                 next_rescan = now + RESCAN_SECONDS
             elif now >= next_pins or suspect:
                 self._check(ipr, pins=now >= next_pins, only=suspect)

@@ -63,6 +63,16 @@ def _cidr_list(values: List[str], option: str) -> tuple:
         raise click.BadParameter(str(exc), param_hint=option) from exc
 
 
+def _nodeport_primary(values: List[str]) -> bool:
+    """--nodeport-addresses primary: alone, as kube-proxy takes it."""
+    if "primary" not in values:
+        return False
+    if len(values) > 1:
+        raise click.BadParameter("'primary' cannot be combined with CIDRs",
+                                 param_hint="--nodeport-addresses")
+    return True
+
+
 def _port_range(value: str, option: str) -> tuple:
     low, sep, high = value.partition("-")
     try:
@@ -261,9 +271,11 @@ def main(log_level: str) -> None:
 @click.option("--xdp-mode", type=click.Choice(["auto", "native", "generic"]), default="auto",
               show_default=True, help="XDP flavour: native where the driver has it (auto falls "
                                       "back to generic).")
-@click.option("--nodeport-addresses", "nodeport_cidrs", multiple=True, metavar="CIDR",
+@click.option("--nodeport-addresses", "nodeport_cidrs", multiple=True, metavar="CIDR|primary",
               help="Serve NodePorts only on node addresses inside these CIDRs; repeatable "
-                   "(default: every node address).")
+                   "(default: every node address). 'primary', as kube-proxy's: only the node's "
+                   "primary address (its Node's first InternalIP; the node devices' addresses "
+                   "while no Node is known).")
 @click.option("--snat-ports", default="1024-29999", show_default=True, metavar="MIN-MAX",
               help="Source ports for SNAT towards backends on other nodes; keep them outside "
                    "net.ipv4.ip_local_port_range and the NodePort range.")
@@ -349,7 +361,10 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                            external_ip_allow=_cidr_list(external_ip_allow, "--external-ip-allow"),
                            node_devices=list(node_devices), node_mode=node_mode,
                            xdp_mode=xdp_mode,
-                           nodeport_cidrs=_cidr_list(nodeport_cidrs, "--nodeport-addresses"),
+                           nodeport_cidrs=_cidr_list(
+                               [c for c in nodeport_cidrs if c != "primary"],
+                               "--nodeport-addresses"),
+                           nodeport_primary=_nodeport_primary(nodeport_cidrs),
                            health_check_bind=_ipv4_list(healthcheck_bind, "--healthcheck-address"),
                            full_sync_interval=full_sync_interval,
                            socket_lb=socket_lb, cgroup=cgroup)

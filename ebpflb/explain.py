@@ -43,7 +43,7 @@ from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_E
                    SVC_F_ETP_LOCAL,
                    SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey, frontend_kind)
 from .inspect import topology_of
-from .model import SCOPE_EXTERNAL
+from .model import SCOPE_EXTERNAL, TOPOLOGY_NODE
 
 # Mirrors of bpf/lb_structs.h and bpf/node_fwd.h (tests/unit/test_policy_explain_stats.py checks
 # them against the headers).
@@ -554,7 +554,7 @@ class _Decision:
             # The control plane filled the slots from the hinted endpoints only.
             self.common["topology"] = topology
             how += (", among the endpoints hinted for this "
-                    f"{'node' if topology == 'PreferSameNode' else 'zone'} ({topology})")
+                    f"{'node' if topology == TOPOLOGY_NODE else 'zone'} ({topology})")
         snat_addr = dev.remote.get(be.addr) if dev.kind == NODE else None
         if not snat_addr:
             flags = (CT_F_EXTERNAL if dev.kind == NODE else

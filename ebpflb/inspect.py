@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING,
                    SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_F_TOPO_NODE,
                    SVC_F_TOPO_ZONE, SVC_META, Snapshot, frontend_kind)
+from .model import TOPOLOGY_NODE, TOPOLOGY_NONE, TOPOLOGY_ZONE
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,14 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
 def topology_of(flags: int) -> str:
     """The endpoint hints a frontend's record says chose its backends ("" for none)."""
     if flags & SVC_F_TOPO_NODE:
-        return "PreferSameNode"
+        return TOPOLOGY_NODE
     if flags & SVC_F_TOPO_ZONE:
-        return "PreferSameZone"
-    return ""
+        return TOPOLOGY_ZONE
+    return TOPOLOGY_NONE
 
 
-TOPOLOGY_NOTES = {"PreferSameNode": "(endpoint hints: only the endpoints hinted for this node)",
-                  "PreferSameZone": "(endpoint hints: only the endpoints hinted for this node's zone)"}
+TOPOLOGY_NOTES = {TOPOLOGY_NODE: "(endpoint hints: only the endpoints hinted for this node)",
+                  TOPOLOGY_ZONE: "(endpoint hints: only the endpoints hinted for this node's zone)"}
 
 
 def _net_order(cidr: str) -> Tuple[int, int]:

@@ -69,6 +69,28 @@ def attach(ipr: IPRoute, ifindex: int, ingress: Program, egress: Program) -> Non
 Owner = Callable[[int], bool]  # program id -> whether it belongs to the data plane at hand
 
 
+def filters(ipr: IPRoute, ifindex: int) -> List[Tuple[str, int, int, bool]]:
+    """Every filter on a device's clsact hooks as (parent, prio, program id, an ebpflb filter
+    by its name); [] without clsact."""
+    out = []
+    for parent, parent_id in _PARENTS.items():
+        try:
+            found = ipr.get_filters(index=ifindex, parent=parent_id)
+        except NetlinkError as exc:
+            if exc.code in (EINVAL, ENOENT, ENODEV):  # no clsact on this device
+                continue
+            raise
+        for f in found:
+            if not f["handle"]:
+                continue  # the per-priority chain header tc reports before the filters
+            opts = f.get_attr("TCA_OPTIONS")
+            name = (opts.get_attr("TCA_BPF_NAME") if opts else None) or ""
+            prog_id = (opts.get_attr("TCA_BPF_ID") if opts else None) or 0
+            out.append((parent, f["info"] >> 16, prog_id,
+                        f.get_attr("TCA_KIND") == "bpf" and name.startswith(FILTER_PREFIX)))
+    return out
+
+
 def _our_filters(ipr: IPRoute, ifindex: int,
                  owns: Optional[Owner] = None) -> Tuple[List[Tuple[str, int]], int]:
     """Our filters on a device as (parent, prio), and how many filters of others remain. With
@@ -76,24 +98,11 @@ def _our_filters(ipr: IPRoute, ifindex: int,
     directory) counts as someone else's."""
     ours: List[Tuple[str, int]] = []
     others = 0
-    for parent, parent_id in _PARENTS.items():
-        try:
-            filters = ipr.get_filters(index=ifindex, parent=parent_id)
-        except NetlinkError as exc:
-            if exc.code in (EINVAL, ENOENT, ENODEV):  # no clsact on this device
-                continue
-            raise
-        for f in filters:
-            if not f["handle"]:
-                continue  # the per-priority chain header tc reports before the filters
-            opts = f.get_attr("TCA_OPTIONS")
-            name = (opts.get_attr("TCA_BPF_NAME") if opts else None) or ""
-            prog_id = (opts.get_attr("TCA_BPF_ID") if opts else None) or 0
-            if (f.get_attr("TCA_KIND") == "bpf" and name.startswith(FILTER_PREFIX)
-                    and (owns is None or owns(prog_id))):
-                ours.append((parent, f["info"] >> 16))
-            else:
-                others += 1
+    for parent, prio, prog_id, ebpflb in filters(ipr, ifindex):
+        if ebpflb and (owns is None or owns(prog_id)):
+            ours.append((parent, prio))
+        else:
+            others += 1
     return ours, others
 
 

@@ -101,23 +101,28 @@ class PinGuard:
         return pinned
 
 
-def missing_filters(ipr, ifindexes: Iterable[int], prog_ids: Iterable[int]) -> List[int]:
-    """The devices among `ifindexes` that lack one of the agent's TC programs (by program id) on
-    ingress or egress."""
+OK, MISSING, TAKEN = "ok", "missing", "taken"
+
+
+def tc_state(ipr, ifindex: int, prog_ids: Iterable[int]) -> Optional[str]:
+    """OK when both of the agent's TC programs (by id) are on the device, TAKEN when an ebpflb
+    filter of another data plane (another pin directory) holds a hook instead, else MISSING;
+    None when the device went away meanwhile (the link events' business)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from .attach import EGRESS, INGRESS, _our_filters
+    from .attach import EGRESS, INGRESS, filters
 
     wanted = frozenset(prog_ids)
-    out = []
-    for ifindex in ifindexes:
-        try:
-            ours, _ = _our_filters(ipr, ifindex, lambda prog_id: prog_id in wanted)
-        except NetlinkError:
-            continue  # the device went away: the link events handle that
-        if {parent for parent, _ in ours} != {INGRESS, EGRESS}:
-            out.append(ifindex)
-    return out
+    try:
+        found = filters(ipr, ifindex)
+    except NetlinkError:
+        return None
+    ours = {parent for parent, _, prog_id, ebpflb in found if ebpflb and prog_id in wanted}
+    if ours == {INGRESS, EGRESS}:
+        return OK
+    if any(ebpflb and prog_id not in wanted for _, _, prog_id, ebpflb in found):
+        return TAKEN
+    return MISSING
 
 
 def missing_hooks(cgroup: str, prog_ids: Dict[str, int],
@@ -165,66 +170,88 @@ class DataplaneGuard:
         self.sock_ids = {name: prog_id(fn.fd) for name, fn in sock.items()}
 
     def pins(self) -> Finding:
+        """The pin directory still the one the agent owns, and every map pinned in it. The lock
+        is taken again first (the directory was removed, perhaps made again): nothing is pinned
+        into a directory another process owns."""
         from .owner import Owned, acquire
 
+        lost = self.lock is None or not self.lock.still_held()
         problems = self.pinguard.problems()
-        if not problems:
+        if not problems and not lost:
             return Finding()
-        log.warning("data plane changed under the agent: %s", "; ".join(problems))
         try:
-            pinned = self.pinguard.repair()
-            if self.lock is None or not self.lock.still_held():
-                # The directory was removed (and perhaps made again): own the new one.
+            if lost:
                 if self.lock is not None:
                     self.lock.release()
+                    self.lock = None
+                os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
                 self.lock = acquire(self.pin_dir)
-        except (OSError, Owned) as exc:
-            return Finding(f"{'; '.join(problems)} (not repaired: {exc})")
+            pinned = self.pinguard.repair() if problems else []
+        except Owned as exc:
+            return Finding(f"the pin directory was made again and is not the agent's: {exc}")
+        except OSError as exc:
+            return Finding(f"{'; '.join(problems) or 'pin directory lost'} (not repaired: {exc})")
         remaining = self.pinguard.problems()
         done = [("pins", f"maps re-pinned in {self.pin_dir}: {', '.join(pinned)}")] if pinned else []
         return Finding("; ".join(remaining) or None, done)
 
     def devices(self, ipr, only: Optional[Iterable[int]] = None) -> Finding:
         """The TC programs on every pod and node device attached to (or those in `only`), XDP
-        too on node devices in XDP mode; each device found without them gets them again."""
+        too on node devices in XDP mode; each device found without them gets them again. A
+        device another ebpflb data plane (another pin directory) has taken is reported, not
+        taken back: two agents re-attaching over each other would never stop."""
         from .attach import links
 
-        repaired, failed = [], []
-        present = links(ipr)  # a device gone meanwhile is the link events' business
-        pods = self.attacher.attached
-        pod_ids = [i for i in (pods if only is None else only)
-                   if i in pods and present.get(i) == pods[i]]
-        for ifindex in missing_filters(ipr, pod_ids, self.tc_ids):
-            name = pods[ifindex]
-            (repaired if self.attacher.reattach(ifindex) else failed).append(name)
+        repaired, failed, taken = [], [], []
+        present = links(ipr)
+        groups = [(self.attacher, {i: n for i, n in self.attacher.attached.items()},
+                   self.tc_ids)]
         if self.nodes is not None:
-            nodes = self.nodes.attached
-            node_ids = [i for i in (nodes if only is None else only)
-                        if i in nodes and present.get(i) == nodes[i].ifname]
-            bad = set(missing_filters(ipr, node_ids, self.node_ids))
-            for ifindex in node_ids:
-                mode = nodes[ifindex].xdp
-                if mode and ifindex not in bad and not self._xdp_there(ipr, ifindex, mode):
-                    bad.add(ifindex)
-            for ifindex in sorted(bad):
-                name = nodes[ifindex].ifname
-                (repaired if self.nodes.reattach(ifindex) else failed).append(name)
+            groups.append((self.nodes, {i: d.ifname for i, d in self.nodes.attached.items()},
+                           self.node_ids))
+        for attacher, names, ids in groups:
+            for ifindex in (names if only is None else [i for i in only if i in names]):
+                if present.get(ifindex) != names[ifindex]:
+                    continue  # gone or renamed meanwhile: the link events' business
+                state = tc_state(ipr, ifindex, ids)
+                if state == OK and attacher is self.nodes:
+                    state = self._xdp_state(ipr, ifindex)
+                if state in (None, OK):
+                    continue
+                if state == TAKEN:
+                    taken.append(names[ifindex])
+                elif attacher.reattach(ifindex):
+                    repaired.append(names[ifindex])
+                elif links(ipr).get(ifindex) == names[ifindex]:
+                    failed.append(names[ifindex])  # still there, and refused the programs
+        problems = []
+        if failed:
+            problems.append(f"programs could not be re-attached to {', '.join(failed)}")
+        if taken:
+            problems.append(f"{', '.join(taken)}: another ebpflb data plane's programs are "
+                            "attached there")
         missing = self.missing_node_devices(present.values())
-        problems = [f"programs could not be re-attached to {', '.join(failed)}"] if failed else []
         if missing:
             problems.append(f"node device {', '.join(missing)} not found")
         return Finding("; ".join(problems) or None,
                        [("device", f"programs re-attached to {name}") for name in repaired])
 
-    def _xdp_there(self, ipr, ifindex: int, mode: str) -> bool:
+    def _xdp_state(self, ipr, ifindex: int) -> Optional[str]:
+        """The node device's XDP program: ours (OK), none (MISSING), another's (TAKEN)."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         from .node_attach import xdp_attached
 
+        mode = self.nodes.attached[ifindex].xdp
+        if not mode:
+            return OK  # TC mode: no XDP program of ours to check
         try:
-            return xdp_attached(ipr, ifindex)[1] == self.xdp_ids.get(mode)
+            prog = xdp_attached(ipr, ifindex)[1]
         except (NetlinkError, OSError, IndexError):
-            return True  # the device went away: the link events handle that
+            return None
+        if prog == self.xdp_ids.get(mode):
+            return OK
+        return MISSING if not prog else TAKEN
 
     def missing_node_devices(self, present: Iterable[str]) -> List[str]:
         """Node devices named exactly (no glob) that do not exist: nothing is served there."""

@@ -20,8 +20,21 @@ class Owned(RuntimeError):
     def __init__(self, pin_dir: str, pid: Optional[int]):
         self.pin_dir = pin_dir
         self.pid = pid
-        who = f"a running ebpflb agent (pid {pid})" if pid else "another running ebpflb process"
+        who = (f"a running ebpflb process (pid {pid}{_command(pid)})" if pid
+               else "another running ebpflb process")
         super().__init__(f"the data plane in {pin_dir} is owned by {who}")
+
+
+def _command(pid: int) -> str:
+    """": ebpflb agent ..." (what the holder runs, from /proc), or "" when unreadable."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return ""
+    names = {"agent": "agent", "sync": "sync", "cleanup": "cleanup", "flush": "ct flush"}
+    words = [names[a] for a in argv if a in names]
+    return f": ebpflb {words[0]}" if words else ""
 
 
 class OwnerLock:
@@ -65,7 +78,12 @@ def acquire(pin_dir: str, wait: float = 0.0) -> OwnerLock:
     let go (a one-shot command finishing). Raises Owned when it does not."""
     deadline = time.monotonic() + wait
     while True:
-        lock = _try_lock(pin_dir)
+        try:
+            lock = _try_lock(pin_dir)
+        except FileNotFoundError:
+            # Removed meanwhile (a previous agent's --on-exit remove): made again, and taken.
+            os.makedirs(pin_dir, mode=0o700, exist_ok=True)
+            continue
         if lock is not None:
             return lock
         if time.monotonic() >= deadline:

@@ -19,16 +19,18 @@ _COUNTED = {1: "hash", 5: "percpu_hash", 9: "lru_hash", 10: "lru_percpu_hash", 1
 _LRU = {9, 10}
 
 
-def count_keys(fd: int, key_size: int) -> int:
+def count_keys(fd: int, key_size: int, limit: int) -> int:
     """How many keys a map holds, by walking them (BPF_MAP_GET_NEXT_KEY works on every map type
-    that has keys to walk, tries included)."""
+    that has keys to walk, tries included; batch lookups do not work on tries). A key deleted
+    under the walk restarts it from the first key: the count stops at `limit` (the map's size),
+    an estimate on a map that churns, exact on a quiet one."""
     fn = libbpf().bpf_map_get_next_key
     fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     fn.restype = ctypes.c_int
     keys = [ctypes.create_string_buffer(key_size), ctypes.create_string_buffer(key_size)]
     count = 0
     prev = None
-    while True:
+    while count < limit:
         rc = fn(fd, prev, keys[count % 2])
         if rc != 0:
             err = ctypes.get_errno() or -rc
@@ -37,6 +39,7 @@ def count_keys(fd: int, key_size: int) -> int:
             raise OSError(err, f"BPF_MAP_GET_NEXT_KEY: {os.strerror(err)}")
         prev = keys[count % 2]
         count += 1
+    return count
 
 
 def map_fill(pin_dir: str) -> List[dict]:
@@ -50,7 +53,8 @@ def map_fill(pin_dir: str) -> List[dict]:
         fd = open_pinned(path)
         try:
             info = map_info(fd)
-            entries = count_keys(fd, info.key_size) if info.type in _COUNTED else None
+            entries = (count_keys(fd, info.key_size, info.max_entries)
+                       if info.type in _COUNTED else None)
         finally:
             os.close(fd)
         out.append({"map": name, "entries": entries, "max": info.max_entries,
@@ -63,17 +67,24 @@ def devices(config: DataplaneConfig) -> List[dict]:
     egress (by program name), and XDP with its mode."""
     from pyroute2 import IPRoute
 
+    from pyroute2.netlink.exceptions import NetlinkError
+
     from .attach import EGRESS, INGRESS, _our_filters, links
     from .libbpf import prog_name
-    from .node_attach import xdp_attached
+    from .node_attach import XDP_PROG_NAMES, xdp_attached
 
     owns = owner_of(config)
     out = []
     with IPRoute() as ipr:
         for ifindex, ifname in sorted(links(ipr).items()):
-            ours, _ = _our_filters(ipr, ifindex, owns)
-            mode, xdp_id = xdp_attached(ipr, ifindex)
-            xdp = mode if xdp_id and owns(xdp_id) else None
+            try:
+                ours, _ = _our_filters(ipr, ifindex, owns)
+                mode, xdp_id = xdp_attached(ipr, ifindex)
+            except (NetlinkError, IndexError):
+                continue  # gone meanwhile
+            # Another tool's XDP program is not ours even when it uses no map of anyone's.
+            xdp = (mode if xdp_id and prog_name(xdp_id) in XDP_PROG_NAMES and owns(xdp_id)
+                   else None)
             if not ours and not xdp:
                 continue
             parents = {parent for parent, _ in ours}

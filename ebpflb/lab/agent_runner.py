@@ -195,15 +195,28 @@ class RunningAgent(AgentProcess):
         """Returns (time.monotonic()) once the agent reports in its status file that every
         manifest written before this call is in the maps: from then on the data path serves
         what was written, however slow the machine was to get there."""
-        return wait_applied(self.pin_dir, time.time_ns(), timeout)
+        return wait_applied(self.pin_dir, self.manifest_path, timeout)
 
 
-def wait_applied(pin_dir: str, revision_ns: int, timeout: float = 10.0) -> float:
-    """Waits for the agent on `pin_dir` to report a manifest revision (a wall-clock time in ns,
-    see FileSource.revision) at least `revision_ns` applied; returns time.monotonic() then."""
-    wait_until(lambda: ((read_status(pin_dir) or {}).get("applied_revision") or 0) >= revision_ns,
-               timeout, "the agent to report the change applied", interval=0.01)
-    return time.monotonic()
+def wait_applied(pin_dir: str, path: Path, timeout: float = 10.0) -> float:
+    """Waits for the agent on `pin_dir` to report that it read and programmed every manifest
+    written before this call (its revision, a wall-clock time: see ManifestSource.revision);
+    returns time.monotonic() then. The agent may have read `path` before this call took the
+    time, and then has no reason to read again: after a while the file's times are touched,
+    which makes it read (and report) once more."""
+    deadline = time.monotonic() + timeout
+    threshold = time.time_ns()
+    poke_at = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        if ((read_status(pin_dir) or {}).get("applied_revision") or 0) >= threshold:
+            return time.monotonic()
+        if time.monotonic() >= poke_at:
+            threshold = time.time_ns()
+            os.utime(path)
+            poke_at = time.monotonic() + 1.0
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for the agent to report "
+                         f"{path} applied")
 
 
 def force_cleanup(lab_name: str) -> None:

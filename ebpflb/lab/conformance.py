@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import lab as lablib
 from . import nsops
-from .agent_runner import RunningAgent, force_cleanup, wait_until
+from .agent_runner import RunningAgent, ebpflb, force_cleanup, wait_until
 from .topology import PodSpec, default_pods
 
 NODE = "node-0"  # the lab node's name, given to the agent with --node-name
@@ -401,6 +401,37 @@ def etp_local_only_nodes_with_endpoints(c: Ctx) -> None:
     assert r.returncode == 28, f"node 0 without local endpoints: curl exit {r.returncode}"
 
 
+def etp_local_terminating_fallback(c: Ctx) -> None:
+    """Node 0's only endpoint is terminating (still serving), node 1's is ready: from outside,
+    node 0's NodePort reaches its own terminating endpoint rather than dropping, node 1's its
+    ready one; pods reach the ready one (ready endpoints win cluster-wide)."""
+    terminating = {"ready": False, "serving": True, "terminating": True}
+    eps = [("10.244.0.11", terminating, NODE), ("10.244.1.11", READY, NODE1)]
+    c.apply(np_service("web", "10.96.1.1", 30080, eps, "  externalTrafficPolicy: Local\n"),
+            c.nodeports(30080), "the NodePort")
+    assert {c.ext_who(f"http://{NODE_ADDRS[0]}:30080/") for _ in range(6)} == {"web-1"}
+    assert {c.ext_who(f"http://{NODE_ADDRS[1]}:30080/") for _ in range(6)} == {"n1-web-1"}
+    assert {c.who("http://10.96.1.1/") for _ in range(6)} == {"n1-web-1"}
+
+
+def lb_ip_mode_proxy(c: Ctx) -> None:
+    """An ingress address with ipMode Proxy is the load balancer's to proxy (PROXY protocol,
+    hairpin through it): not programmed, and listed as skipped; with ipMode VIP it is."""
+    ingress = f"status: {{loadBalancer: {{ingress: [{{ip: {LB_IP}, ipMode: Proxy}}]}}}}\n"
+    c.apply(with_status(np_service("web", "10.96.1.1", 30080, node1_pods(1), lb=True), ingress),
+            c.nodeports(30080), "the LoadBalancer Service")
+    assert all(f"{LB_IP}:80/TCP" not in {s["frontend"] for s in a.services()} for a in c.agents)
+    r = c.ext(f"http://{LB_IP}/", timeout=1.5)
+    assert r.returncode != 0, "a Proxy-mode ingress address answered"
+    skipped = json.loads(ebpflb("service", "list", "--all", "-o", "json", "--pin-dir",
+                                c.agent.pin_dir).stdout)["skipped"]
+    assert any("ipMode Proxy" in s["reason"] for s in skipped), skipped
+    vip = f"status: {{loadBalancer: {{ingress: [{{ip: {LB_IP}, ipMode: VIP}}]}}}}\n"
+    c.apply(with_status(np_service("web", "10.96.1.1", 30080, node1_pods(1), lb=True), vip),
+            c.everywhere(f"{LB_IP}:80/TCP"), "the load balancer address")
+    assert c.ext_who(f"http://{LB_IP}/") == "n1-web-1"
+
+
 def etp_local_health_check(c: Ctx) -> None:
     local = "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n"
     text = with_status(np_service("web", "10.96.1.1", 30080, node1_pods(1, 2), local, lb=True),
@@ -634,6 +665,11 @@ SCENARIOS: Tuple[Scenario, ...] = (
              "stale UDP conntrack from outside", nodeport_udp_pod_cycles, nodes=2),
     Scenario("[Feature:ExternalTrafficPolicy] should work from pods",
              "pods reach every endpoint of a Local Service", etp_local_from_pods, nodes=2),
+    Scenario("should fallback to local terminating endpoints when there are no ready endpoints "
+             "with externalTrafficPolicy=Local", "local terminating fallback from outside",
+             etp_local_terminating_fallback, nodes=2),
+    Scenario("[ebpflb] a LoadBalancer ingress address with ipMode Proxy is left to the load "
+             "balancer", "ipMode Proxy not programmed, VIP programmed", lb_ip_mode_proxy, nodes=2),
     Scenario("[ebpflb] should translate ICMP errors about flows from outside",
              "ICMP errors from local and remote backends", nodeport_icmp_errors, nodes=2),
 )

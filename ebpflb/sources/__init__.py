@@ -4,8 +4,6 @@ sources -> changes -> store -> model -> plan -> apply). A source hands over per-
 does not know which source they came from."""
 from typing import Any, Dict, List, Optional, Protocol
 
-ZONE_LABEL = "topology.kubernetes.io/zone"
-
 from ..changes import ChangeBatch
 from ..errors import ManifestError
 
@@ -40,8 +38,5 @@ class Source(Protocol):
         """The current refusals (bad objects, unreadable files), for the agent's status."""
 
     def own_node(self) -> Optional[Dict[str, Any]]:
-        """This node's Node object as the API has it (None: unknown, or no API)."""
-
-    def node_labels(self) -> Optional[Dict[str, str]]:
-        """This node's Node object's labels as the source knows them (the API source watches
-        its own Node); None when it knows none (the manifest source: --node-zone says)."""
+        """This node's Node object as the API has it (the API source watches its own Node);
+        None when unknown (the manifest source has none: --node-zone stands in)."""

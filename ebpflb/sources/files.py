@@ -171,11 +171,8 @@ class ManifestSource:
             self.changed_at = None
         return batch
 
-    def node_labels(self) -> None:
-        return None  # no Node objects in manifests: the agent's --node-zone stands in
-
     def own_node(self) -> None:
-        return None
+        return None  # no Node objects in manifests: the agent's --node-zone stands in
 
     def problems(self) -> List[ManifestError]:
         return self.mset.problems()

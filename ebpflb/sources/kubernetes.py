@@ -503,13 +503,6 @@ class KubernetesSource:
             out[(node.get("metadata") or {}).get("name", "")] = addrs
         return out
 
-    def node_labels(self) -> Optional[Dict[str, str]]:
-        node = self.own_node()
-        if node is None:
-            return None
-        labels = (node.get("metadata") or {}).get("labels") or {}
-        return {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
-
     def own_node(self) -> Optional[Dict[str, Any]]:
         if not self.node_name:
             return None

@@ -9,6 +9,8 @@ import pytest
 
 from ebpflb.store import ObjectStore
 
+from ebpflb.node_info import zone
+
 from .fake_apiserver import endpointslice, node, service
 
 
@@ -310,7 +312,7 @@ def test_only_its_own_node_is_watched_and_its_labels_followed(seeded, make_sourc
     assert seeded.selectors["nodes"] == "metadata.name=node-1"
     assert seeded.selectors["services"] is None
     assert sorted(src.nodes()) == ["node-1"]
-    assert src.node_labels() == {"kubernetes.io/hostname": "node-1"}
+    assert src.own_node()["metadata"]["labels"] == {"kubernetes.io/hostname": "node-1"}
     labelled = node("node-1", "192.168.200.1")
     labelled["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-a"
     seeded.put("nodes", labelled)
@@ -318,8 +320,7 @@ def test_only_its_own_node_is_watched_and_its_labels_followed(seeded, make_sourc
     other["metadata"]["labels"]["topology.kubernetes.io/zone"] = "zone-b"
     seeded.put("nodes", other)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (src.node_labels() or {}).get(
-            "topology.kubernetes.io/zone") != "zone-a":
+    while time.monotonic() < deadline and zone(src.own_node()) != "zone-a":
         time.sleep(0.02)
-    assert src.node_labels()["topology.kubernetes.io/zone"] == "zone-a"
+    assert zone(src.own_node()) == "zone-a"
     assert sorted(src.nodes()) == ["node-1"]  # node-2's change never reached us

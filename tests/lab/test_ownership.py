@@ -41,7 +41,8 @@ def test_a_second_agent_on_the_same_pins_is_refused(lab, tmp_path):
     second = AgentProcess(lab.name, tmp_path / "b", ["--manifests", str(first.manifest_path)])
     try:
         assert second.proc.wait(timeout=60) == 1, second.log()
-        assert f"is owned by a running ebpflb agent (pid {first.proc.pid})" in second.log()
+        assert (f"is owned by a running ebpflb process (pid {first.proc.pid}: ebpflb agent)"
+                in second.log())
         # The first agent and its data plane are untouched.
         assert first.proc.poll() is None
         assert who(lab.name) in {"web-1", "web-2", "web-3"}
@@ -56,7 +57,7 @@ def test_one_shot_writers_refuse_under_a_running_agent(lab, tmp_path):
     agent = RunningAgent(lab.name, tmp_path, DEFAULT_ENDPOINTS)
     pin = ["--pin-dir", agent.pin_dir]
     try:
-        owned = f"owned by a running ebpflb agent (pid {agent.proc.pid})"
+        owned = f"owned by a running ebpflb process (pid {agent.proc.pid}: ebpflb agent)"
         r = ebpflb("sync", "--manifests", str(agent.manifest_path), *pin, check=False)
         assert r.returncode == 1 and owned in r.stderr and "--force" in r.stderr, r.stderr
         r = ebpflb("ct", "flush", "--yes", *pin, check=False)
@@ -85,6 +86,8 @@ def test_forced_cleanup_under_the_agent_is_noticed_and_repaired(lab, tmp_path):
         r = ebpflb("cleanup", "--yes", "--force", "--netns", lab.node_ns,
                    "--cgroup", lab.cgroup(0), "--pin-dir", agent.pin_dir)
         assert "socket hooks on cgroup" in r.stdout and "programs on" in r.stdout, r.stdout
+        # The directory itself went: the agent must take the lock on the one it makes again.
+        assert f"removed {agent.pin_dir}\n" in r.stdout, r.stdout
 
         def repaired() -> bool:
             status = read_status(agent.pin_dir) or {}
@@ -106,7 +109,7 @@ def test_forced_cleanup_under_the_agent_is_noticed_and_repaired(lab, tmp_path):
         assert "repaired: maps re-pinned" in log and "repaired: programs re-attached" in log
         # The agent owns the new pin directory: a writer is refused again.
         r = ebpflb("ct", "flush", "--yes", "--pin-dir", agent.pin_dir, check=False)
-        assert r.returncode == 1 and "owned by a running ebpflb agent" in r.stderr, r.stderr
+        assert r.returncode == 1 and "(pid %d: ebpflb agent)" % agent.proc.pid in r.stderr, r.stderr
         # `ebpflb status` tells the whole story from the kernel and the agent's status file.
         view = json.loads(ebpflb("status", "-o", "json", "--netns", lab.node_ns,
                                  "--pin-dir", agent.pin_dir).stdout)

@@ -77,7 +77,7 @@ def test_one_endpoint_removed_among_10000_services(lab, tmp_path: Path) -> None:
 
         write_file(manifests / "f000.yaml", 0, [WEB["web-1"], WEB["web-3"]])
         written = time.monotonic()
-        applied_after = wait_applied(agent.pin_dir, time.time_ns()) - written
+        applied_after = wait_applied(agent.pin_dir, manifests / "f000.yaml") - written
         seen = [who(client) for _ in range(60)]
         assert "web-2" not in seen and set(seen) == {"web-1", "web-3"}, seen
         last = read_status(agent.pin_dir)["last_sync"]

@@ -81,7 +81,10 @@ def test_stats_and_metrics_agree_with_the_traffic(lab, agent):
     assert value(m, "ebpflb_conntrack_inserts_total") == 201
     assert value(m, "ebpflb_conntrack_entries", table="ct4") == 2 * 201  # every handshake completed
     assert value(m, "ebpflb_conntrack_entries", table="ct4_syn") == 0
-    assert value(m, "ebpflb_network_programming_duration_seconds_count") >= 1
+    # What the start-up sync programmed was written before the agent started: not programming
+    # latency (kube-proxy leaves such changes out too); test_programming_latency_follows_a_change
+    # checks a change made while it runs.
+    assert value(m, "ebpflb_network_programming_duration_seconds_count") == 0
 
 
 def test_programming_latency_follows_a_change(lab, agent):

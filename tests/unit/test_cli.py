@@ -38,6 +38,8 @@ def test_help(cmd):
     (["agent", "--manifests", ".", "--cgroup", "/proc"], "--cgroup /proc: not a cgroup v2 directory"),
     (["cleanup", "--cgroup", "/nonexistent"], "--cgroup /nonexistent: not a directory"),
     (["status", "-o", "yaml"], "'-o' / '--output'"),
+    (["agent", "--manifests", ".", "--nodeport-addresses", "primary", "--nodeport-addresses",
+      "10.0.0.0/8"], "'primary' cannot be combined with CIDRs"),
 ])
 def test_bad_arguments_name_the_option(args, message):
     result = CliRunner().invoke(main, args)

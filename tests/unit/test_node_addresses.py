@@ -52,7 +52,7 @@ def node_ports(a: Agent):
 def test_node_devices_addresses_filtered_by_nodeport_addresses():
     a = agent(nodeport_cidrs=("192.168.200.0/24",))
     a.node_addresses_changed(["10.0.2.15", "192.168.200.10"])
-    assert a._node_addresses == ("192.168.200.10",)
+    assert a._nodeport_addresses() == ("192.168.200.10",)
     a.sync()
     assert node_ports(a) == ["192.168.200.10:30080/TCP"]
 
@@ -105,3 +105,45 @@ def test_snat_ports_must_not_overlap_node_ports():
     with pytest.raises(ValueError, match="overlap the NodePort range 30000-32767"):
         DataplaneConfig(snat_ports=(29000, 30500))
     assert DataplaneConfig().snat_ports == (1024, 29999)
+
+
+class NodeSource(QuietSource):
+    """The API source's view of this node: its Node object, which a test changes."""
+    node = None
+
+    def own_node(self):
+        return self.node
+
+
+def node_object(*addresses, zone=None):
+    labels = {"topology.kubernetes.io/zone": zone} if zone else {}
+    return {"metadata": {"name": "node-1", "labels": labels},
+            "status": {"addresses": [{"type": t, "address": a} for t, a in addresses]}}
+
+
+def test_primary_node_address_as_kube_proxy_picks_it():
+    from ebpflb.node_info import primary_ipv4
+
+    assert primary_ipv4(None) is None
+    assert primary_ipv4(node_object(("Hostname", "n1"), ("ExternalIP", "203.0.113.5"),
+                                    ("InternalIP", "fd00::5"), ("InternalIP", "192.168.200.11"),
+                                    ("InternalIP", "192.168.200.12"))) == "192.168.200.11"
+    assert primary_ipv4(node_object(("ExternalIP", "203.0.113.5"))) == "203.0.113.5"
+    assert primary_ipv4(node_object(("InternalIP", "bogus"))) is None
+
+
+def test_nodeport_addresses_primary_follows_the_node():
+    """--nodeport-addresses primary: the device addresses while no Node is known, then only the
+    Node's primary address; the Node's zone label reaches the model too."""
+    a = agent(nodeport_primary=True)
+    source = NodeSource()
+    a.source = source
+    a.node_addresses_changed(["10.0.2.15", "192.168.200.11"])
+    a.sync()
+    assert node_ports(a) == ["10.0.2.15:30080/TCP", "192.168.200.11:30080/TCP"]
+    source.node = node_object(("InternalIP", "192.168.200.11"), zone="zone-a")
+    a.take_changes()
+    a.sync()
+    assert a._nodeport_addresses() == ("192.168.200.11",)
+    assert a.syncer.model.ctx.node_zone == "zone-a"
+    assert node_ports(a) == ["10.0.2.15:30080/TCP draining", "192.168.200.11:30080/TCP"]

@@ -16,7 +16,7 @@ def test_a_held_directory_is_refused_naming_the_holder(tmp_path):
         with pytest.raises(owner.Owned) as err:
             owner.acquire(str(tmp_path), wait=0.2)
         assert err.value.pid == os.getpid()
-        assert f"owned by a running ebpflb agent (pid {os.getpid()})" in str(err.value)
+        assert f"owned by a running ebpflb process (pid {os.getpid()}" in str(err.value)
         with pytest.raises(owner.Owned):
             owner.for_command(str(tmp_path))
         assert owner.for_command(str(tmp_path), force=True) is None  # acts without the lock
