@@ -1,7 +1,6 @@
 """The `ebpflb` command line. Thin by design: each command parses its options, calls one library
 function and prints the result; the work lives in the modules it calls."""
 import json
-import logging
 import os
 import sys
 from typing import List, Optional
@@ -13,9 +12,30 @@ from . import __version__
 PIN_DIR_ENV = "EBPFLB_PIN_DIR"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _log_option(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> None:
+    """--log-level / --log-format, wherever given (before the command or on it)."""
+    from . import logs
+
+    if value is None:
+        return
+    if param.name == "log_level":
+        logs.setup(level=value.lower())
+    else:
+        logs.setup(fmt=value.lower())
+
+
+def _log_options():
+    """--log-level and --log-format, accepted by the group and by every command."""
+    from .logs import FORMAT_ENV, FORMATS, LEVEL_ENV, LEVELS
+
+    return [click.Option(["--log-level"], type=click.Choice(LEVELS, case_sensitive=False),
+                         envvar=LEVEL_ENV, show_envvar=True, expose_value=False,
+                         callback=_log_option, is_eager=True,
+                         help="debug, info (default), warning or error."),
+            click.Option(["--log-format"], type=click.Choice(FORMATS, case_sensitive=False),
+                         envvar=FORMAT_ENV, show_envvar=True, expose_value=False,
+                         callback=_log_option, is_eager=True,
+                         help="text (default) or json: one line per event either way.")]
 
 
 def _config(pin_dir: str, **sizes):
@@ -183,11 +203,11 @@ output_option = click.option("-o", "--output", type=click.Choice(["table", "json
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ebpflb")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def main(log_level: str) -> None:
+def main() -> None:
     """ebpflb: an eBPF load balancer for Kubernetes Services (a kube-proxy replacement)."""
-    _setup_logging(log_level)
+    from . import logs
+
+    logs.setup()
 
 
 @main.command()
@@ -1012,6 +1032,15 @@ def lab_del_pod_cmd(name: str, pod: str) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"pod {pod} removed from lab {name}")
 
+
+def _add_log_options(command: click.Command) -> None:
+    command.params.extend(_log_options())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_log_options(sub)
+
+
+_add_log_options(main)
 
 if __name__ == "__main__":
     main()
