@@ -878,6 +878,18 @@ def doctor(output: str, netns: Optional[str]) -> None:
 
 
 @main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL, e.g. `eval "$(ebpflb completion bash)"` in
+    ~/.bashrc, or `ebpflb completion fish > ~/.config/fish/completions/ebpflb.fish`."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # click ships all three
+    click.echo(cls(main, {}, "ebpflb", "_EBPFLB_COMPLETE").source())
+
+
+@main.command()
 @output_option
 def version(output: str) -> None:
     """ebpflb's version, with the Python, bcc and kernel it runs on."""
@@ -978,13 +990,28 @@ def lab_status_cmd(name: str, output: str) -> None:
               help="Run only scenarios whose name contains TEXT; repeatable.")
 @click.option("--node-mode", type=click.Choice(["xdp", "tc"]), default="xdp", show_default=True,
               help="Hook of the agents' node devices in the two-node (north-south) scenarios.")
+@click.option("--list", "list_only", is_flag=True, help="List the scenarios and run nothing.")
 @output_option
-def lab_conformance_cmd(scenarios: List[str], node_mode: str, output: str) -> None:
+def lab_conformance_cmd(scenarios: List[str], node_mode: str, list_only: bool,
+                        output: str) -> None:
     """Run the Kubernetes Service conformance scenarios (named after the Kubernetes e2e network
     tests) with real traffic, each in a fresh lab with the real agent, and print a pass/fail
     matrix. Exits 1 if any scenario fails."""
-    from .lab.conformance import run_conformance, to_json
+    from .lab.conformance import SCENARIOS, run_conformance, to_json
 
+    chosen = [s for s in SCENARIOS if not scenarios or any(t in s.name for t in scenarios)]
+    if not chosen:
+        raise click.BadParameter(f"{', '.join(map(repr, scenarios))} matches no scenario "
+                                 "(`ebpflb lab conformance --list` shows them)",
+                                 param_hint="--scenario")
+    if list_only:
+        if output == "json":
+            click.echo(json.dumps([{"name": s.name, "behaviour": s.behaviour, "nodes": s.nodes}
+                                   for s in chosen], indent=2))
+        else:
+            for s in chosen:
+                click.echo(f"{s.nodes} node{'s' if s.nodes > 1 else ' '}  {s.name}")
+        return
     _require_root()
 
     def progress(r) -> None:

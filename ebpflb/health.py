@@ -63,7 +63,12 @@ class HealthServer:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "HealthServer":
-        httpd = _Server((self.host, self.port), _Handler)
+        from .metrics import listen_error
+
+        try:
+            httpd = _Server((self.host, self.port), _Handler)
+        except OSError as exc:
+            raise listen_error("--health-address", self.host, self.port, exc) from exc
         httpd.ready = self._ready
         self.port = httpd.server_address[1]
         self._httpd = httpd

@@ -4,6 +4,7 @@ from a source change to the maps being written (kube-proxy's network_programming
 
 Bound to 127.0.0.1 by default: counters name every Service and pod address of the node.
 """
+import errno
 import logging
 import threading
 from typing import Any, Iterator, Optional, Tuple
@@ -33,6 +34,23 @@ KUBE_PROXY_PROGRAMMING_BUCKETS = ((0.25, 0.5) + tuple(float(s) for s in range(1,
                                   + tuple(float(s) for s in range(60, 120, 5))
                                   + tuple(float(s) for s in range(120, 301, 30)))
 IP_FAMILY = "IPv4"  # the ip_family label of kube-proxy's per-family series
+
+
+class ListenError(OSError):
+    """A server of the agent could not listen; the message names the option and the address."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def listen_error(option: str, host: str, port: int, exc: OSError) -> ListenError:
+    if exc.errno == errno.EADDRINUSE:
+        what = ("address already in use (another ebpflb agent, kube-proxy or another program "
+                "listens there): stop it, or give another address, or an empty value to turn "
+                "this endpoint off")
+    else:
+        what = exc.strerror or str(exc)
+    return ListenError(exc.errno, f"{option} {host}:{port}: {what}")
 
 
 def parse_address(value: str) -> Tuple[str, int]:
@@ -216,7 +234,10 @@ class AgentMetrics:
     def serve(self, address: str, bpf: Any) -> None:
         host, port = parse_address(address)
         self.registry.register(DataplaneCollector(bpf))
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        except OSError as exc:
+            raise listen_error("--metrics-address", host, port, exc) from exc
         log.info("metrics on http://%s:%d/metrics", host, self._server.server_port)
 
     def close(self) -> None:

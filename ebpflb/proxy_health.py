@@ -125,7 +125,12 @@ class ProxyHealthServer:
         self._httpd: Optional[_Server] = None
 
     def start(self) -> "ProxyHealthServer":
-        httpd = _Server((self.host, self.port), _Handler)
+        from .metrics import listen_error
+
+        try:
+            httpd = _Server((self.host, self.port), _Handler)
+        except OSError as exc:
+            raise listen_error("--healthz-bind-address", self.host, self.port, exc) from exc
         httpd.state = self._state
         httpd.count = self._count
         self.port = httpd.server_address[1]

@@ -71,3 +71,20 @@ def test_the_server_answers_and_counts():
         assert counted == [("/healthz", 200), ("/healthz", 503), ("/livez", 200)]
     finally:
         server.close()
+
+
+def test_a_taken_port_is_named_with_its_option():
+    from ebpflb.health import HealthServer
+    from ebpflb.metrics import ListenError
+
+    first = ProxyHealthServer("127.0.0.1:0", lambda: ProxyHealth(True, 1.0, True)).start()
+    try:
+        with pytest.raises(ListenError) as err:
+            ProxyHealthServer(f"127.0.0.1:{first.port}", lambda: ProxyHealth(True, 1.0, True)).start()
+        assert str(err.value).startswith(f"--healthz-bind-address 127.0.0.1:{first.port}: "
+                                         "address already in use")
+        with pytest.raises(ListenError) as err:
+            HealthServer(f"127.0.0.1:{first.port}", lambda: (True, "")).start()
+        assert str(err.value).startswith(f"--health-address 127.0.0.1:{first.port}: address")
+    finally:
+        first.close()

@@ -9,7 +9,8 @@ pytestmark = pytest.mark.unit
 
 COMMANDS = [[], ["agent"], ["sync"], ["service"], ["service", "list"], ["cleanup"], ["lab"],
             ["lab", "up"], ["lab", "down"], ["lab", "status"], ["lab", "add-pod"],
-            ["lab", "del-pod"], ["status"], ["doctor"], ["version"], ["ct", "flush"]]
+            ["lab", "del-pod"], ["status"], ["doctor"], ["version"], ["ct", "flush"],
+            ["completion"], ["lab", "conformance"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "ebpflb")
@@ -51,3 +52,19 @@ def test_pin_dir_outside_bpffs_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["service", "list", "--pin-dir", str(tmp_path)])
     assert result.exit_code != 0
     assert "must be under /sys/fs/bpf" in result.output
+
+
+def test_conformance_list_and_a_scenario_matching_nothing():
+    r = CliRunner().invoke(main, ["lab", "conformance", "--list", "--scenario", "affinity"],
+                           prog_name="ebpflb")
+    assert r.exit_code == 0 and "session affinity" in r.output
+    assert all("affinity" in line for line in r.output.strip().splitlines())
+    r = CliRunner().invoke(main, ["lab", "conformance", "--scenario", "nosuch"], prog_name="ebpflb")
+    assert r.exit_code == 2 and "'nosuch' matches no scenario" in r.output and "--list" in r.output
+
+
+@pytest.mark.parametrize("shell,marker", [("bash", "_EBPFLB_COMPLETE=bash_complete"),
+                                          ("zsh", "#compdef ebpflb"), ("fish", "complete")])
+def test_completion_scripts(shell, marker):
+    r = CliRunner().invoke(main, ["completion", shell], prog_name="ebpflb")
+    assert r.exit_code == 0 and marker in r.output
