@@ -21,7 +21,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9402"
 # Verdicts that drop the packet, as the `reason` label of ebpflb_drops_total.
-DROP_REASONS = ("no_backend", "nat_fail")
+# Every verdict counter that means the packet (or the connect()) went no further: each is a
+# reason of ebpflb_drops_total. no_backend includes the rejected (answered with a RST or an ICMP
+# port unreachable), socket_no_backend the connect() and sends refused at the socket hooks.
+DROP_REASONS = ("no_backend", "nat_fail", "bad_source", "external_clusterip", "source_denied",
+                "snat_exhausted", "forward_fail", "conntrack_collision", "spoofed",
+                "socket_no_backend")
 # Series named X_created (a counter's creation time) are not exported: kube-proxy has none, and
 # they double the series count for nothing a dashboard uses.
 disable_created_metrics()
@@ -51,6 +56,18 @@ def listen_error(option: str, host: str, port: int, exc: OSError) -> ListenError
     else:
         what = exc.strerror or str(exc)
     return ListenError(exc.errno, f"{option} {host}:{port}: {what}")
+
+
+def build_labels() -> Tuple[str, str, str, str]:
+    import platform
+
+    from . import __version__
+
+    try:
+        from bcc import __version__ as bcc_version
+    except ImportError:
+        bcc_version = ""
+    return __version__, platform.python_version(), bcc_version, platform.release()
 
 
 def parse_address(value: str) -> Tuple[str, int]:
@@ -166,6 +183,10 @@ class AgentMetrics:
             "ebpflb_stale_sockets_closed", "Sockets the socket hooks had sent to a backend that "
             "left its Service (connected UDP, unanswered TCP connects), closed by the agent.",
             registry=self.registry)
+        self.build_info = Gauge("ebpflb_build_info", "ebpflb's version, with the Python, bcc and "
+                                "kernel it runs on (always 1).",
+                                ["version", "python", "bcc", "kernel"], registry=self.registry)
+        self.build_info.labels(*build_labels()).set(1)
         self.repairs = Counter(
             "ebpflb_dataplane_repairs", "Parts of the data plane the agent found removed under "
             "it and put back, by what: pins (maps re-pinned), device (programs re-attached), "

@@ -170,6 +170,8 @@ def test_api_changes_reach_the_data_plane_and_traffic_follows(lab, fake, kube_ag
     assert series[("kubeproxy_sync_proxy_rules_endpoint_changes_pending", ())] == 0
     assert abs(series[("kubeproxy_sync_proxy_rules_last_timestamp_seconds", ())] - time.time()) < 60
     assert not [n for n in names if n.endswith("_created")]
+    (build,) = [labels for name, labels in series if name == "ebpflb_build_info"]
+    assert dict(build)["version"] and dict(build)["kernel"]
 
     # Add: a second Service with its slice.
     fake.put("services", service("web2", VIP2, target=8080))

@@ -62,3 +62,17 @@ def test_program_names_fit_the_kernel():
 
     names = {n: v for n, v in vars(loader).items() if n.startswith("PROG_")}
     assert names and all(len(v) <= 15 for v in names.values()), names
+
+
+def test_every_counter_the_header_calls_a_drop_is_a_drop_reason():
+    """ebpflb_drops_total{reason} lists every verdict whose comment in the enum says the packet
+    is dropped (or the connect() refused), and nothing else."""
+    from ebpflb.metrics import DROP_REASONS
+
+    body = re.search(r"enum lb_stat \{(.*?)\};", HEADER, re.S).group(1)
+    # Each entry with its comment, which may continue on the next lines.
+    entries = re.findall(r"^\s*(STAT_[A-Z_]+)[^/\n]*(/\*.*?\*/)", body, re.M | re.S)
+    names = dict(zip((n for n, _ in entries), STAT_NAMES))
+    drops = {names[n] for n, comment in entries
+             if re.search(r"dropped|refused", comment) and "passed untouched" not in comment}
+    assert drops == set(DROP_REASONS)
