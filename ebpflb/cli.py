@@ -1,6 +1,5 @@
 """The `ebpflb` command line. Thin by design: each command parses its options, calls one library
 function and prints the result; the work lives in the modules it calls."""
-import json
 import os
 import sys
 from typing import List, Optional
@@ -197,8 +196,18 @@ def _confirm(question: str, yes: bool) -> None:
     raise click.ClickException(f"{question} Not asked (no terminal): give --yes to confirm.")
 
 
-output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]),
-                             default="table", show_default=True, help="Output format.")
+def _out(data, fmt: str) -> None:
+    """Structured output (json, yaml) of a command's data."""
+    from .output import dump
+
+    click.echo(dump(data, fmt))
+
+
+output_option = click.option(
+    "-o", "--output", type=click.Choice(["table", "wide", "json", "yaml"]), default="table",
+    show_default=True, help="Output format: table, wide (every column), json or yaml (one "
+                            "shape per command, see docs/operations.md).")
+STRUCTURED = ("json", "yaml")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -456,9 +465,9 @@ def sync(manifests: str, dry_run: bool, output: str, service_cidrs: List[str], f
     finally:
         if lock is not None:
             lock.release()
-    if output == "json":
-        click.echo(json.dumps({"dry_run": dry_run, "writes": len(plan), "counts": plan.counts(),
-                               "ops": [str(op) for op in plan.ops]}, indent=2))
+    if output in STRUCTURED:
+        _out({"dry_run": dry_run, "writes": len(plan), "counts": plan.counts(),
+              "ops": [str(op) for op in plan.ops]}, output)
     else:
         click.echo(plan.render())
         click.echo(f"{'would write' if dry_run else 'wrote'} {len(plan)} map entries")
@@ -476,41 +485,51 @@ def service() -> None:
     """Inspect programmed services."""
 
 
-@service.command("list")
-@click.option("--all", "show_all", is_flag=True,
-              help="Also list the Services the agent skipped (ExternalName, headless, another "
-                   "proxy's, ...) and why, from the agent's status file.")
-@output_option
-@pin_dir_option
-def service_list(show_all: bool, output: str, pin_dir: str) -> None:
-    """List every frontend and its backends as programmed in the BPF maps (not the manifests)."""
+def _service_filter(value: Optional[str]):
+    """NS/NAME or NS/NAME:PORT -> a predicate on a view's "namespace/name:port"."""
+    if value is None:
+        return lambda service: True
+    if "/" not in value:
+        raise click.BadParameter(f"{value!r} is not NS/NAME or NS/NAME:PORT", param_hint="SERVICE")
+    if ":" in value:
+        return lambda service: service == value
+    return lambda service: service.partition(":")[0] == value
+
+
+def _list_services(service_ref: Optional[str], show_all: bool, output: str, pin_dir: str,
+                   must_exist: bool) -> None:
     from .apply import read_snapshot
     from .dataplane.loader import DataplaneError
     from .inspect import render_table, service_views, to_json
     from .status import read_status, status_path
 
     _require_root()
+    wanted = _service_filter(service_ref)
     try:
-        views = service_views(read_snapshot(_writer(_config(pin_dir))))
+        views = [v for v in service_views(read_snapshot(_writer(_config(pin_dir))))
+                 if wanted(v.service)]
     except DataplaneError as exc:
         raise click.ClickException(str(exc)) from exc
-    skipped = None
+    status = None
     if show_all:
         status = read_status(pin_dir)
         if status is None:
             raise click.ClickException(f"no agent status at {status_path(pin_dir)}: skipped "
                                        "Services are known only while an agent runs")
-        skipped = status.get("skipped", [])
-    if output == "json":
-        data: object = to_json(views)
-        if skipped is not None:
-            data = {"services": data, "skipped": skipped,
-                    "node_devices": status.get("node_devices", []),
-                    "health_check_ports": status.get("health_check_ports", [])}
-        click.echo(json.dumps(data, indent=2))
+    skipped = ([s for s in status.get("skipped", []) if wanted(s.get("service", "") + ":")
+                or wanted(s.get("service", ""))] if status is not None else None)
+    if must_exist and not views and not skipped:
+        raise click.ClickException(f"service {service_ref} is not programmed in {pin_dir} "
+                                   "(`ebpflb service list --all` shows what the agent skipped)")
+    if output in STRUCTURED:
+        # One shape with or without --all: what the agent's status adds is null without it.
+        _out({"services": to_json(views), "skipped": skipped,
+              "node_devices": status.get("node_devices", []) if status is not None else None,
+              "health_check_ports": (status.get("health_check_ports", [])
+                                     if status is not None else None)}, output)
         return
-    click.echo(render_table(views))
-    if skipped is not None:
+    click.echo(render_table(views, wide=output == "wide"))
+    if status is not None:
         click.echo(f"\nskipped ({len(skipped)}):" if skipped else "\nskipped: none")
         for item in skipped:
             click.echo(f"  {item['service']}: {item['reason']}")
@@ -520,6 +539,32 @@ def service_list(show_all: bool, output: str, pin_dir: str) -> None:
         ports = status.get("health_check_ports", [])
         if ports:
             click.echo("healthCheckNodePorts: " + ", ".join(map(str, ports)))
+
+
+@service.command("list")
+@click.argument("service_ref", metavar="[NS/NAME[:PORT]]", required=False)
+@click.option("--all", "show_all", is_flag=True,
+              help="Also list the Services the agent skipped (ExternalName, headless, another "
+                   "proxy's, ...) and why, from the agent's status file.")
+@output_option
+@pin_dir_option
+def service_list(service_ref: Optional[str], show_all: bool, output: str, pin_dir: str) -> None:
+    """List every frontend and its backends as programmed in the BPF maps (not the manifests),
+    or only those of one Service (NS/NAME) or Service port (NS/NAME:PORT)."""
+    _list_services(service_ref, show_all, output, pin_dir, must_exist=False)
+
+
+@service.command("get")
+@click.argument("service_ref", metavar="NS/NAME[:PORT]")
+@output_option
+@pin_dir_option
+def service_get(service_ref: str, output: str, pin_dir: str) -> None:
+    """One Service's frontends and backends as programmed (with why it is skipped, when the
+    agent skipped it); an error when it is neither."""
+    from .status import read_status
+
+    _list_services(service_ref, read_status(pin_dir) is not None, output, pin_dir,
+                   must_exist=True)
 
 
 def _open_or_fail(pin_dir: str):
@@ -538,41 +583,57 @@ def _open_or_fail(pin_dir: str):
 @click.option("--verdicts", is_flag=True,
               help="Instead, the data plane's global verdict counters (passes, drops and why, "
                    "SNAT, XDP), since the maps were created.")
+@click.option("--service", "service_ref", metavar="NS/NAME[:PORT]", default=None,
+              help="Only this Service's (or Service port's) frontends.")
 @output_option
 @pin_dir_option
-def stats(watch: Optional[float], verdicts: bool, output: str, pin_dir: str) -> None:
+def stats(watch: Optional[float], verdicts: bool, service_ref: Optional[str], output: str,
+          pin_dir: str) -> None:
     """Traffic per frontend and per backend: connections, packets and bytes in and out (as
-    ipvsadm -Ln --stats), with rates per second when --watch is given."""
+    ipvsadm -Ln --stats), with rates per second when --watch is given: the table is redrawn in
+    place on a terminal; JSON comes as one timestamped document per line."""
     import time
 
     from .dataplane.bcc_maps import read_stats
-    from .dataplane.readers import read_service_stats
+    from .dataplane.readers import read_service_stats as read_all
+    from .output import watch_line
     from .stats import render_table, to_json, with_rates
+
+    wanted = _service_filter(service_ref)
+
+    def read_service_stats(bpf):
+        return [s for s in read_all(bpf) if wanted(s.service)]
 
     bpf = _open_or_fail(pin_dir).bpf
     if verdicts:
         counters = read_stats(bpf)
-        if output == "json":
-            click.echo(json.dumps(counters, indent=2))
+        if output in STRUCTURED:
+            _out(counters, output)
         else:
             width = max(map(len, counters))
             click.echo("\n".join(f"{name.ljust(width)}  {value}" for name, value in counters.items()))
         return
 
-    def show(current) -> None:
-        click.echo(json.dumps(to_json(current), indent=2) if output == "json" else render_table(current))
-
     before, at = read_service_stats(bpf), time.monotonic()
     if watch is None:
-        show(before)
+        if output in STRUCTURED:
+            _out(to_json(before), output)
+        else:
+            click.echo(render_table(before))
         return
+    redraw = sys.stdout.isatty() and output not in STRUCTURED
     try:
         while True:
             time.sleep(watch)
             now_stats, now = read_service_stats(bpf), time.monotonic()
-            if output == "table":
-                click.echo(f"\n--- {time.strftime('%H:%M:%S')} (rates over {now - at:.1f}s)")
-            show(with_rates(before, now_stats, now - at))
+            current = with_rates(before, now_stats, now - at)
+            if output in STRUCTURED:
+                click.echo(watch_line(to_json(current)))  # one document per line, for tools
+            else:
+                # On a terminal the table is redrawn where it was (clear screen, home).
+                click.echo(("\x1b[H\x1b[2J" if redraw else "\n")
+                           + f"--- {time.strftime('%H:%M:%S')} (rates over {now - at:.1f}s)")
+                click.echo(render_table(current))
             before, at = now_stats, now
     except KeyboardInterrupt:
         pass
@@ -634,8 +695,8 @@ def ct_list(services: List[str], output: str, pin_dir: str) -> None:
              "external": bool(e.flags & CT_F_EXTERNAL),
              "age_seconds": round((now - e.created_ns) / 1e9, 3),
              "idle_seconds": round((now - e.last_seen_ns) / 1e9, 3)} for e in entries]
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
+    if output in STRUCTURED:
+        _out(rows, output)
         return
     head = ("PROTO", "STATE", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "SERVICE", "AGE", "IDLE")
     table = [head] + [(r["protocol"], r["state"], r["client"], r["frontend"], r["backend"],
@@ -744,8 +805,10 @@ def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
                                 read_mode(writer.bpf), socket_hook == "host", cookie,
                                 AffinityView(bound[0], (now - bound[1]) / 1e9) if bound else None,
                                 affinity_known=bool(ns_cookie))
-        click.echo(json.dumps(result.to_json(), indent=2) if output == "json"
-                   else render_socket(result))
+        if output in STRUCTURED:
+            _out(result.to_json(), output)
+        else:
+            click.echo(render_socket(result))
         return
 
     def view(entry):
@@ -784,8 +847,8 @@ def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
     from .explain_socket import packet_path_note
 
     note = packet_path_note(read_mode(writer.bpf), outside, key in snapshot[SERVICES])
-    if output == "json":
-        click.echo(json.dumps({**result.to_json(), "path": note}, indent=2))
+    if output in STRUCTURED:
+        _out({**result.to_json(), "path": note}, output)
     else:
         click.echo(render(result, (("path", note),) if note else ()))
 
@@ -851,8 +914,8 @@ def status(output: str, cgroup: Optional[str], pin_dir: str, netns: Optional[str
         config, None if recorded.get("cgroup") else cgroup)
     view = build(pin_dir, owner, read_status(pin_dir), survey.map_fill(pin_dir),
                  survey.devices(config) if pinned(config) else [], hooks)
-    if output == "json":
-        click.echo(json.dumps(view, indent=2))
+    if output in STRUCTURED:
+        _out(view, output)
     else:
         click.echo(render(view))
 
@@ -870,8 +933,8 @@ def doctor(output: str, netns: Optional[str]) -> None:
     _require_root()
     _enter(netns)  # the sysctls and rules that count are the node namespace's
     checks = run_checks()
-    if output == "json":
-        click.echo(json.dumps([c.as_dict() for c in checks], indent=2))
+    if output in STRUCTURED:
+        _out([c.as_dict() for c in checks], output)
     else:
         click.echo(render(checks))
     sys.exit(verdict(checks))
@@ -901,8 +964,8 @@ def version(output: str) -> None:
         bcc_version = None
     info = {"ebpflb": __version__, "python": platform.python_version(), "bcc": bcc_version,
             "kernel": platform.release()}
-    if output == "json":
-        click.echo(json.dumps(info, indent=2))
+    if output in STRUCTURED:
+        _out(info, output)
     else:
         click.echo("\n".join(f"{k}: {v if v is not None else 'not installed'}"
                              for k, v in info.items()))
@@ -975,8 +1038,8 @@ def lab_status_cmd(name: str, output: str) -> None:
     from .lab import lab_status
 
     status = lab_status(name)
-    if output == "json":
-        click.echo(json.dumps(status, indent=2))
+    if output in STRUCTURED:
+        _out(status, output)
         return
     click.echo(f"lab {name}: {'up' if status.get('exists') else 'down'}")
     for pod in status.get("pods", []):
@@ -1005,9 +1068,9 @@ def lab_conformance_cmd(scenarios: List[str], node_mode: str, list_only: bool,
                                  "(`ebpflb lab conformance --list` shows them)",
                                  param_hint="--scenario")
     if list_only:
-        if output == "json":
-            click.echo(json.dumps([{"name": s.name, "behaviour": s.behaviour, "nodes": s.nodes}
-                                   for s in chosen], indent=2))
+        if output in STRUCTURED:
+            _out([{"name": s.name, "behaviour": s.behaviour, "nodes": s.nodes} for s in chosen],
+                 output)
         else:
             for s in chosen:
                 click.echo(f"{s.nodes} node{'s' if s.nodes > 1 else ' '}  {s.name}")
@@ -1015,13 +1078,13 @@ def lab_conformance_cmd(scenarios: List[str], node_mode: str, list_only: bool,
     _require_root()
 
     def progress(r) -> None:
-        if output == "table":
+        if output not in STRUCTURED:
             click.echo(f"{r.outcome.upper():4}  {r.seconds:5.1f}s  {r.name}"
                        + (f"\n      {r.detail}" if r.detail else ""))
 
     results = run_conformance(list(scenarios) or None, progress, node_mode)
-    if output == "json":
-        click.echo(json.dumps(to_json(results), indent=2))
+    if output in STRUCTURED:
+        _out(to_json(results), output)
     else:
         passed = sum(r.outcome == "pass" for r in results)
         click.echo(f"\n{passed} passed, {len(results) - passed} failed")

@@ -536,14 +536,14 @@ class _Decision:
         if be is None:
             self.counters.append("no_backend")
             if svc.flags & SVC_F_DROP_EMPTY:
-                return self.out("drop", "the frontend has no backend here but the Service has "
-                                        "some on other nodes (a Local traffic policy): new flows "
-                                        "are dropped, as kube-proxy does (no_backend)")
+                return self.out("drop", "no usable endpoint here, but the Service has some on "
+                                        "other nodes (a Local traffic policy): new flows are "
+                                        "dropped, as kube-proxy does (no_backend)")
             if f.proto == TCP and "R" in f.tcp_flags:
-                return self.out("drop", "the frontend has no ready backend, and a RST is never "
-                                        "answered: dropped (no_backend)")
-            return self.out("reject", "the frontend has no ready backend: new flows are "
-                                      "rejected (TCP RST, ICMP port unreachable)")
+                return self.out("drop", "no usable endpoint, and a RST is never answered: "
+                                        "dropped (no_backend)")
+            return self.out("reject", "no usable endpoint: new flows are rejected (TCP RST, "
+                                      "ICMP port unreachable) (no_backend)")
         chosen = _endpoint(be.addr, be.port)
         if by_affinity:
             self.common["affinity_backend"] = chosen

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING,
                    SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_F_TOPO_NODE,
-                   SVC_F_TOPO_ZONE, SVC_META, Snapshot, frontend_kind)
+                   SVC_F_TOPO_ZONE, SVC_F_DROP_EMPTY, SVC_META, Snapshot, frontend_kind)
 from .model import TOPOLOGY_NODE, TOPOLOGY_NONE, TOPOLOGY_ZONE
 
 
@@ -38,6 +38,9 @@ class ServiceView:
     draining: bool = False  # removed, kept only for its open connections (ebpflb.draining)
     # Endpoint hints that chose the backends: "PreferSameNode", "PreferSameZone", or "" (none).
     topology: str = ""
+    # What a new flow gets while there is no backend: "reject" (no usable endpoint anywhere) or
+    # "drop" (endpoints only on other nodes, under a Local policy).
+    no_endpoint: str = "reject"
 
 
 def service_views(snapshot: Snapshot) -> List[ServiceView]:
@@ -71,7 +74,8 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
                                tuple(sorted(ranges.get(svc.svc_id, ()), key=_net_order))
                                if svc.flags & SVC_F_SRC_RANGES else None,
                                "external" if key.scope else "all",
-                               bool(svc.flags & SVC_F_DRAINING), topology_of(svc.flags)))
+                               bool(svc.flags & SVC_F_DRAINING), topology_of(svc.flags),
+                               "drop" if svc.flags & SVC_F_DROP_EMPTY else "reject"))
     out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol, v.scope))
     return out
 
@@ -98,12 +102,20 @@ def to_json(views: List[ServiceView]) -> List[Dict[str, Any]]:
     return [asdict(v) for v in views]
 
 
-def render_table(views: List[ServiceView]) -> str:
-    rows = [("ID", "FRONTEND", "TYPE", "SERVICE", "BACKENDS")]
+NO_ENDPOINT_NOTES = {
+    "reject": "(no usable endpoint, no_backend: new flows rejected)",
+    "drop": "(no usable endpoint here, some on other nodes, no_backend: new flows dropped)"}
+
+
+def render_table(views: List[ServiceView], wide: bool = False) -> str:
+    """The table of `service list`; `wide` adds the selection algorithm, the slot count and
+    whom the record serves."""
+    head = ("ID", "FRONTEND", "TYPE", "SERVICE") + (("ALGORITHM", "SLOTS", "SCOPE") if wide else ())
+    rows = [head + ("BACKENDS",)]
     for v in views:
         lines = [f"{b.id} => {b.address}:{b.port}" + ("" if b.slots else " (weight 0: draining)")
                  + (f" ({b.slots} slots)" if v.algorithm == "maglev" and b.slots else "")
-                 for b in v.backends] or ["(no ready backend: dropped)"]
+                 for b in v.backends] or [NO_ENDPOINT_NOTES[v.no_endpoint]]
         if v.draining:
             lines = ["(removed: kept for its open connections; new ones are not served)"]
         if v.external_local and v.scope == "external":
@@ -117,9 +129,13 @@ def render_table(views: List[ServiceView]) -> str:
         if v.topology:
             lines.append(TOPOLOGY_NOTES[v.topology])
         lines += [f"! {p}" for p in v.problems]
-        rows.append((str(v.id), v.frontend, v.kind, v.service, lines[0]))
-        rows.extend(("", "", "", "", line) for line in lines[1:])
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        cells = (str(v.id), v.frontend, v.kind, v.service)
+        if wide:
+            cells += (v.algorithm, str(v.slots), v.scope)
+        rows.append(cells + (lines[0],))
+        rows.extend(("",) * len(cells) + (line,) for line in lines[1:])
+    n = len(head)
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths)) + "  " + r[4] for r in rows
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:n], widths)) + "  " + r[n] for r in rows
     ).rstrip()

@@ -140,7 +140,8 @@ class AgentProcess:
 
     def services(self, draining: bool = False) -> list:
         """The frontends in service (`draining`: also those kept only for their open flows)."""
-        views = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", self.pin_dir).stdout)
+        views = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir",
+                                  self.pin_dir).stdout)["services"]
         return [v for v in views if draining or not v["draining"]]
 
     def backends(self, frontend: str) -> Optional[List[str]]:

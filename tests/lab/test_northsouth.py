@@ -524,7 +524,8 @@ def test_service_list_shows_every_frontend_kind_with_backends(env):
                    external_ips=[EXTERNAL_IP_OK], endpoints=BOTH))
     all_backends = sorted(f"{ip}:{HTTP_PORT}" for _, ip, _, _ in BOTH)
     for agent in env.agents:
-        rows = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", agent.pin_dir).stdout)
+        rows = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir",
+                                 agent.pin_dir).stdout)["services"]
         mine = [r for r in rows if r["service"].startswith(f"{NS}/kinds")]
         kinds = {r["frontend"]: r["kind"] for r in mine}
         assert kinds == {f"{vip}:80/TCP": "ClusterIP",

@@ -100,7 +100,8 @@ def test_forced_cleanup_under_the_agent_is_noticed_and_repaired(lab, tmp_path):
         assert http_get(lab.node_ns, HEALTH_PORT, "/readyz")[0] == 200
         # The maps kept their contents: traffic is served as before, and the CLI sees them.
         assert {who(lab.name) for _ in range(20)} <= {"web-1", "web-2", "web-3"}
-        views = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir", agent.pin_dir).stdout)
+        views = json.loads(ebpflb("service", "list", "-o", "json", "--pin-dir",
+                                  agent.pin_dir).stdout)["services"]
         assert {v["frontend"] for v in views} >= {f"{WEB_VIP}:80/TCP"}
         metrics = scrape_metrics(lab.node_ns)
         for what in ("pins", "device", "socket_hooks"):

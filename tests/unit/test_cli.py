@@ -26,7 +26,7 @@ def test_help(cmd):
     (["agent", "--manifests", "/nonexistent"], "'--manifests'"),
     (["agent", "--manifests", ".", "--on-exit", "maybe"], "'--on-exit'"),
     (["agent", "--manifests", ".", "--ct-max", "10"], "'--ct-max'"),
-    (["service", "list", "-o", "yaml"], "'-o' / '--output'"),
+    (["service", "list", "-o", "xml"], "'-o' / '--output'"),
     (["lab", "up", "--pods", "0"], "'--pods'"),
     (["agent", "--manifests", ".", "--node-mode", "bpf"], "'--node-mode'"),
     (["agent", "--manifests", ".", "--xdp-mode", "offload"], "'--xdp-mode'"),
@@ -38,7 +38,7 @@ def test_help(cmd):
     (["agent", "--manifests", ".", "--cgroup", "/nonexistent"], "--cgroup /nonexistent: not a directory"),
     (["agent", "--manifests", ".", "--cgroup", "/proc"], "--cgroup /proc: not a cgroup v2 directory"),
     (["cleanup", "--cgroup", "/nonexistent"], "--cgroup /nonexistent: not a directory"),
-    (["status", "-o", "yaml"], "'-o' / '--output'"),
+    (["status", "-o", "csv"], "'-o' / '--output'"),
     (["agent", "--manifests", ".", "--nodeport-addresses", "primary", "--nodeport-addresses",
       "10.0.0.0/8"], "'primary' cannot be combined with CIDRs"),
 ])

@@ -30,8 +30,12 @@ def test_views_follow_the_maps():
         ("10.244.0.9", 8080, 1), ("10.244.0.12", 8080, 1)]
     assert views[0].backends == () and views[0].problems == ()
     table = render_table(views)
-    assert "(no ready backend: dropped)" in table
+    assert "(no usable endpoint, no_backend: new flows rejected)" in table
     assert table.splitlines()[0].split() == ["ID", "FRONTEND", "TYPE", "SERVICE", "BACKENDS"]
+    wide = render_table(views, wide=True)
+    assert wide.splitlines()[0].split() == ["ID", "FRONTEND", "TYPE", "SERVICE", "ALGORITHM",
+                                            "SLOTS", "SCOPE", "BACKENDS"]
+    assert "random     1      all    1 => 10.244.0.9:8080" in wide or "random" in wide
     assert views[1].kind == "ClusterIP"
     data = json.loads(json.dumps(to_json(views)))
     assert data[1]["backends"][0]["address"] == "10.244.0.9"
