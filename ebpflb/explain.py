@@ -638,6 +638,28 @@ class _Decision:
         return self.out("dnat", reason, backend=backend, stateless=stateless)
 
 
+def _steps(e: Explanation) -> List[Tuple[str, str]]:
+    """What happens to the packet after the verdict, step by step, for traffic from outside."""
+    if e.device != NODE or not e.backend:
+        return []
+    if e.verdict == "forward":
+        return [("1. DNAT", f"destination {e.flow.daddr}:{e.flow.dport} -> {e.backend}"),
+                ("2. SNAT", f"source {e.flow.saddr}:{e.flow.sport} -> {e.source} (this node's "
+                            "address on the device towards the backend: its replies come back "
+                            "here)"),
+                ("3. forward", "sent straight back out of the node device towards the backend's "
+                               "node (FIB lookup, redirect; no trip through the stack)"),
+                ("4. replies", f"{e.backend} -> {e.source} translated back to "
+                               f"{e.flow.daddr}:{e.flow.dport} -> {e.flow.saddr}:{e.flow.sport}")]
+    if e.verdict == "dnat":
+        return [("1. DNAT", f"destination {e.flow.daddr}:{e.flow.dport} -> {e.backend}; the "
+                            f"client's address {e.flow.saddr} is kept"),
+                ("2. deliver", "handed to the node's stack, which routes it to the pod"),
+                ("3. replies", f"translated back to {e.flow.daddr}:{e.flow.dport} on the node "
+                               "device's egress (lb4_node_out)")]
+    return []
+
+
 def render(e: Explanation, extra: Tuple[Tuple[str, str], ...] = ()) -> str:
     """The explanation as aligned rows; `extra` rows (what the caller knows besides) last."""
     f = e.flow
@@ -676,6 +698,7 @@ def render(e: Explanation, extra: Tuple[Tuple[str, str], ...] = ()) -> str:
     if e.stateless:
         verdict += " (no state)"
     rows.append(("verdict", verdict))
+    rows.extend(_steps(e))
     rows.append(("why", e.reason))
     rows.append(("counters", ", ".join(e.counters) or "none (counted per frontend and backend)"))
     rows.extend(extra)

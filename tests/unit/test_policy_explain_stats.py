@@ -263,3 +263,21 @@ def test_explain_renders_the_device_and_the_counters():
     assert "pod device" in text and "tcp_no_state" in text and "/TCP [A]" in text
     with pytest.raises(ValueError, match="TCP flags"):
         parse_flow("10.244.0.2:40000", "10.96.0.10:80", "tcp", "X")
+
+
+def test_explain_from_outside_shows_the_snat_and_forwarding_steps():
+    from ebpflb.explain import NODE, Device, render
+
+    node = Device(NODE, remote={"10.244.1.11": "192.168.200.10"})
+    snap = _world()
+    sport = _port_to(snap, "10.244.1.11:8080", "192.168.200.2", ("192.168.200.10", 30080))
+    text = render(explain(snap, Flow("192.168.200.2", sport, "192.168.200.10", 30080, "TCP"),
+                          device=node))
+    assert "1. DNAT" in text and "-> 10.244.1.11:8080" in text
+    assert "2. SNAT" in text and f"source 192.168.200.2:{sport} -> 192.168.200.10:" in text
+    assert "3. forward" in text and "4. replies" in text
+    local = _world(local=True)
+    text = render(explain(local, Flow("192.168.200.2", sport, "192.168.200.10", 30080, "TCP"),
+                          device=node))
+    assert "client's address 192.168.200.2 is kept" in text and "2. deliver" in text
+    assert "SNAT" not in text
