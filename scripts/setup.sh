@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PY=${PYTHON:-/usr/bin/python3}
+# prometheus: a real Prometheus scrapes a lab agent in the lab tier (run in a lab namespace by the
+# test; the package's own service is not started, see below).
 APT_PACKAGES=(python3-bpfcc libbpf1 linux-headers-amd64 iproute2 python3-venv python3-dev gcc
-              curl iptables nftables conntrack tcpdump bpftool ethtool)
+              curl iptables nftables conntrack tcpdump bpftool ethtool prometheus)
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -24,7 +26,20 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq
+    # Packages install without starting their services (prometheus, nftables): nothing of the
+    # test set-up listens on or changes the machine itself.
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        guard=/usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT  # also when the install fails
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ -n "$guard" ]; then
+        rm -f "$guard"
+        trap - EXIT
+    fi
 else
     log "Debian packages present"
 fi
