@@ -103,7 +103,12 @@ def test_close_frees_the_ports():
     hc.close()
     assert not listening(port) and hc.ports() == ()
     with socket.socket() as s:
-        s.bind((LOOPBACK, port))  # free again for anyone
+        # Free again for any server (which sets SO_REUSEADDR, as ours do): only a listening
+        # socket still holding the port would refuse this bind. Without the option, the
+        # connection the check above made could hold the port in TIME_WAIT for a minute.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((LOOPBACK, port))
+        s.listen()
 
 
 def test_an_unhealthy_proxy_fails_every_check():
