@@ -53,28 +53,37 @@ class _Server(ThreadingHTTPServer):
     ready: ReadyCheck
 
 
-class HealthServer:
-    def __init__(self, address: str, ready: ReadyCheck) -> None:
+class BackgroundServer:
+    """An HTTP server of the agent on HOST:PORT, answering in a daemon thread. Subclasses name
+    their handler, server class, flag (for errors) and paths (for the log); `attrs` are set on
+    the server for the handler to read."""
+
+    handler: type = BaseHTTPRequestHandler
+    server_class: type = ThreadingHTTPServer
+    option = ""
+    paths = ""
+
+    def __init__(self, address: str, **attrs) -> None:
         from .metrics import parse_address
 
         self.host, self.port = parse_address(address)
-        self._ready = ready
-        self._httpd: Optional[_Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self._attrs = attrs
+        self._httpd: Optional[ThreadingHTTPServer] = None
 
-    def start(self) -> "HealthServer":
+    def start(self) -> "BackgroundServer":
         from .metrics import listen_error
 
         try:
-            httpd = _Server((self.host, self.port), _Handler)
+            httpd = self.server_class((self.host, self.port), self.handler)
         except OSError as exc:
-            raise listen_error("--health-address", self.host, self.port, exc) from exc
-        httpd.ready = self._ready
+            raise listen_error(self.option, self.host, self.port, exc) from exc
+        for name, value in self._attrs.items():
+            setattr(httpd, name, value)
         self.port = httpd.server_address[1]
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="health", daemon=True)
-        self._thread.start()
-        log.info("health on http://%s:%d/healthz and /readyz", self.host, self.port)
+        threading.Thread(target=httpd.serve_forever, name=self.option.strip("-"),
+                         daemon=True).start()
+        log.info("%s on http://%s:%d", self.paths, self.host, self.port)
         return self
 
     def close(self) -> None:
@@ -82,3 +91,13 @@ class HealthServer:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+
+
+class HealthServer(BackgroundServer):
+    handler = _Handler
+    server_class = _Server
+    option = "--health-address"
+    paths = "/healthz and /readyz"
+
+    def __init__(self, address: str, ready: ReadyCheck) -> None:
+        super().__init__(address, ready=ready)

@@ -14,10 +14,11 @@ http.server in a thread, on all addresses by default, as kube-proxy's."""
 import datetime
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Optional
+
+from .health import BackgroundServer
 
 log = logging.getLogger(__name__)
 
@@ -111,36 +112,15 @@ class _Server(ThreadingHTTPServer):
     count: Optional[Callable[[str, int], None]]
 
 
-class ProxyHealthServer:
+class ProxyHealthServer(BackgroundServer):
     """`count(path, code)`, when given, is called for every answer (kube-proxy's
     proxy_healthz_total and proxy_livez_total)."""
 
+    handler = _Handler
+    server_class = _Server
+    option = "--healthz-bind-address"
+    paths = "kube-proxy health: /healthz and /livez"
+
     def __init__(self, address: str, state: StateFn,
                  count: Optional[Callable[[str, int], None]] = None) -> None:
-        from .metrics import parse_address
-
-        self.host, self.port = parse_address(address)
-        self._state = state
-        self._count = count
-        self._httpd: Optional[_Server] = None
-
-    def start(self) -> "ProxyHealthServer":
-        from .metrics import listen_error
-
-        try:
-            httpd = _Server((self.host, self.port), _Handler)
-        except OSError as exc:
-            raise listen_error("--healthz-bind-address", self.host, self.port, exc) from exc
-        httpd.state = self._state
-        httpd.count = self._count
-        self.port = httpd.server_address[1]
-        self._httpd = httpd
-        threading.Thread(target=httpd.serve_forever, name="proxy-health", daemon=True).start()
-        log.info("kube-proxy health on http://%s:%d/healthz and /livez", self.host, self.port)
-        return self
-
-    def close(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        super().__init__(address, state=state, count=count)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from .libbpf import libbpf, map_info
+from .libbpf import libbpf, map_info, prog_id_of
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,6 @@ def missing_hooks(cgroup: str, prog_ids: Dict[str, int],
     return sorted(name for name, prog_id in prog_ids.items() if there.get(name) != prog_id)
 
 
-def prog_id(fd: int) -> int:
-    from .sock_attach import _prog_id
-
-    return _prog_id(fd)
-
-
 @dataclass
 class Finding:
     """One check's outcome: what is wrong now (None when whole) and what was put back."""
@@ -159,15 +153,15 @@ class DataplaneGuard:
         self.attacher = attacher
         self.nodes = nodes
         self.pinguard = PinGuard(pin_dir, {n: bpf[n.encode()].map_fd for n in names})
-        self.tc_ids = (prog_id(progs.from_pod.fd), prog_id(progs.to_pod.fd))
+        self.tc_ids = (prog_id_of(progs.from_pod.fd), prog_id_of(progs.to_pod.fd))
         self.node_ids: Tuple[int, ...] = ()
         self.xdp_ids: Dict[str, int] = {}
         if nodes is not None:
-            self.node_ids = (prog_id(progs.node_in.fd), prog_id(progs.node_out.fd))
-            self.xdp_ids = {mode: prog_id(fn.fd) for mode, fn in progs.xdp_fns().items() if fn}
+            self.node_ids = (prog_id_of(progs.node_in.fd), prog_id_of(progs.node_out.fd))
+            self.xdp_ids = {mode: prog_id_of(fn.fd) for mode, fn in progs.xdp_fns().items() if fn}
         self.cgroup = cgroup
         self.sock = sock
-        self.sock_ids = {name: prog_id(fn.fd) for name, fn in sock.items()}
+        self.sock_ids = {name: prog_id_of(fn.fd) for name, fn in sock.items()}
 
     def pins(self) -> Finding:
         """The pin directory still the one the agent owns, and every map pinned in it. The lock

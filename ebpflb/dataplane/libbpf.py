@@ -99,6 +99,16 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+def prog_id_of(fd: int) -> int:
+    """The kernel's id of the program behind `fd` (what attachments and filters report)."""
+    fn = _fn("bpf_obj_get_info_by_fd", [ctypes.c_int, ctypes.c_void_p,
+                                        ctypes.POINTER(ctypes.c_uint32)])
+    info = ProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(fn(fd, ctypes.byref(info), ctypes.byref(size)), "BPF_OBJ_GET_INFO_BY_FD")
+    return info.id
+
+
 def update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
     """BPF_MAP_UPDATE_BATCH of `count` packed keys and values. On failure, OSError whose
     `processed` attribute says how many records went in before the one that failed."""

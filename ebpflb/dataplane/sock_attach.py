@@ -21,7 +21,7 @@ import socket
 import struct
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from .libbpf import _check, _fn, prog_name
+from .libbpf import _check, _fn, prog_id_of, prog_name
 from .loader import SOCK_HOOKS, sock_attach_types
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def attach_sock_hooks(path: str, fns: Mapping[str, Any], owns: Callable[[int], b
         attach = _fn("bpf_prog_attach", [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint])
         for name, attach_type in sock_attach_types().items():
             before = [i for i in attached_ids(cgroup_fd, attach_type) if _ours(i, owns)]
-            mine = _prog_id(fns[name].fd)
+            mine = prog_id_of(fns[name].fd)
             if mine not in before:  # the kernel refuses one program twice at one hook
                 try:
                     _check(attach(fns[name].fd, cgroup_fd, attach_type, BPF_F_ALLOW_MULTI),
@@ -204,13 +204,3 @@ def hooks_attached(path: str, owns: Callable[[int], bool]) -> Dict[str, int]:
         os.close(cgroup_fd)
     return out
 
-
-def _prog_id(fd: int) -> int:
-    from .libbpf import ProgInfo
-
-    fn = _fn("bpf_obj_get_info_by_fd", [ctypes.c_int, ctypes.c_void_p,
-                                        ctypes.POINTER(ctypes.c_uint32)])
-    info = ProgInfo()
-    size = ctypes.c_uint32(ctypes.sizeof(info))
-    _check(fn(fd, ctypes.byref(info), ctypes.byref(size)), "BPF_OBJ_GET_INFO_BY_FD")
-    return info.id
