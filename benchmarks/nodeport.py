@@ -158,7 +158,7 @@ def tcp_counters(ns: str) -> Dict[str, int]:
 
 
 def lb_stats(pin_dir: str) -> Dict[str, int]:
-    """The data plane's verdict counters (lb_stats, summed over CPUs), non-zero ones only."""
+    """The data plane's drop reasons and events (lb_stats, summed over CPUs), non-zero ones."""
     from ebpflb.dataplane.bcc_maps import STAT_NAMES
 
     r = subprocess.run(["bpftool", "map", "dump", "pinned", f"{pin_dir}/lb_stats", "-j"],
@@ -706,8 +706,8 @@ Ratios of the medians (same run):
 
 Data plane counters over the whole run (node 0, `lb_stats`, all XDP or TC slots): drops and
 oddities XDP {json.dumps(drops['xdp'] or {})}, TC {json.dumps(drops['tc'] or {})}
-(`tcp_no_state`: a client packet that found no conntrack entry; forwarded by hash to a local
-backend, dropped for a remote one; see the TC note below); forwarded by XDP itself
+(`tcp_no_state`: a client packet other than a SYN that found no conntrack entry, to a remote
+backend: dropped; see the TC note below); forwarded by XDP itself
 {st['xdp'].get('xdp_forward', 0):,} packets, by TC redirect {st['tc'].get('node_forward', 0):,}.
 Node 0 conntrack entries at the end of the iptables slots (median):
 {statistics.median(r.get('node0_conntrack_entries', 0) for r in results['traffic']['iptables']):,.0f}.

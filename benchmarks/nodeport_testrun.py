@@ -277,9 +277,9 @@ class Dataplane:
         self.snat_range = self.config.snat_ports
 
     def stats(self) -> Dict[str, int]:
-        from ebpflb.dataplane.bcc_maps import read_stats
+        from ebpflb.dataplane.bcc_maps import read_counters
 
-        return read_stats(self.progs.bpf)
+        return read_counters(self.progs.bpf)
 
     def clear_ct(self) -> None:
         for name in (b"ct4", b"ct4_syn"):

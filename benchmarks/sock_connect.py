@@ -265,15 +265,17 @@ absolute figures, the paired differences less. Measured {meta['measured']}. Repr
 
 def measure(binary: str, n_services: int, rounds: int, iterations: int) -> Dict:
     """Set up, run the client, check, tear down (whatever happens)."""
-    from ebpflb.dataplane.bcc_maps import read_stats
+    from ebpflb.dataplane.bcc_maps import read_verdicts
 
     remove_all()  # a killed earlier run
     try:
         s = set_up(n_services)
-        before = read_stats(s.progs.bpf)
+        before = read_verdicts(s.progs.bpf)
         raw = run_client(binary, s, rounds, iterations)
-        after = read_stats(s.progs.bpf)
-        counted = {k: after[k] - before[k] for k in ("socket_lb", "socket_no_backend")}
+        after = read_verdicts(s.progs.bpf)
+        # The socket hooks' verdicts: connect()s balanced, and refused.
+        counted = {name: after[("socket", v)] - before[("socket", v)]
+                   for name, v in (("socket_lb", "new"), ("socket_no_backend", "reject"))}
         check(raw, counted)
         return {**raw, "counted": counted}
     finally:

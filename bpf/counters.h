@@ -1,5 +1,5 @@
-/* counters.h: the verdict counters and the per-frontend / per-backend traffic counters; per-CPU,
- * one increment per packet, no atomics. */
+/* counters.h: the verdict counters (one per program run), the drop reasons and events, and the
+ * per-frontend / per-backend traffic counters; per CPU, no atomics. */
 #ifndef EBPFLB_COUNTERS_H
 #define EBPFLB_COUNTERS_H
 
@@ -18,6 +18,20 @@ static __always_inline void lb_count(__u32 stat)
 	if (v)
 		*v += 1;
 #endif
+}
+
+/* Counts the one verdict of a program run and returns `action`, so that an entry point ends in
+ * `return lb_verdict(AT_..., VERDICT_..., action)`. */
+static __always_inline int lb_verdict(__u32 at, __u32 verdict, int action)
+{
+#if LB_COUNTERS
+	__u32 k = at * VERDICT_MAX + verdict;
+	__u64 *v = lb_verdicts.lookup(&k);
+
+	if (v)
+		*v += 1;
+#endif
+	return action;
 }
 
 /* Counts a packet of a flow against its frontend and its backend. The frontend's and backend's

@@ -55,8 +55,8 @@ static __always_inline int frag4_rewrite(struct __sk_buff *skb, __u32 l3_off, in
 
 /* A later fragment: translated as its first fragment was, with *v saying where it goes next.
  * Returns 1 when translated, 0 when no first fragment was seen, -1 on a rewrite error (counted).
- * An ingress hook counts a miss (count_miss): as frag_miss when it is to a frontend address (it
- * came before its first fragment, or the first was not ours), else as a pass. */
+ * An ingress hook counts a miss to a frontend address as frag_miss (count_miss): it came before
+ * its first fragment, or the first was not ours. */
 static __always_inline int frag4_translate(struct __sk_buff *skb, const struct pkt4 *p,
 					   __u8 hook, int count_miss, struct frag4_nat *out)
 {
@@ -71,8 +71,8 @@ static __always_inline int frag4_translate(struct __sk_buff *skb, const struct p
 	if (v && now > v->created_ns && now - v->created_ns > FRAG4_TIMEOUT * 1000000000ULL)
 		v = 0;
 	if (!v) {
-		if (count_miss)
-			lb_count(lb4_vips.lookup(&d) ? STAT_FRAG_MISS : STAT_PASS);
+		if (count_miss && lb4_vips.lookup(&d))
+			lb_count(STAT_FRAG_MISS);
 		return 0;
 	}
 	*out = *v;
@@ -81,7 +81,6 @@ static __always_inline int frag4_translate(struct __sk_buff *skb, const struct p
 		lb_count(STAT_NAT_FAIL);
 		return -1;
 	}
-	lb_count(STAT_FRAGMENT);
 	lb_count_flow(out->svc_id, out->backend_id, skb->len, out->reply, 0);
 	return 1;
 }

@@ -11,8 +11,8 @@
 #include "node_fwd.h"
 
 /* Translates an ICMP error about one of our flows, whose entry `ct` was found from the quoted
- * packet. `quoted` is the side of the quoted packet that was NATed: NAT_DST for an error to the
- * client about its request (the quoted destination is the backend, the frontend again), NAT_SRC
+ * packet; TC_ACT_SHOT when it cannot (the reason counted). `quoted` is the side of the quoted
+ * packet that was NATed: NAT_DST for an error to the client about its request (the quoted destination is the backend, the frontend again), NAT_SRC
  * for an error from the client about a reply (the quoted source is the frontend, the backend
  * again). The outer address on the other side is rewritten too when it is that same address
  * (the backend, or the frontend, sent the error itself). */
@@ -31,7 +31,6 @@ static __always_inline int lb4_icmp_nat(struct __sk_buff *skb, const struct icmp
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;
 	}
-	lb_count(STAT_ICMP_NAT);
 	return TC_ACT_OK;
 }
 
@@ -69,7 +68,6 @@ static __always_inline int lb4_icmp_send_on(struct __sk_buff *skb, const struct 
 		lb_count(STAT_FORWARD_FAIL);
 		return TC_ACT_SHOT;
 	}
-	lb_count(STAT_ICMP_NAT);
 	return lb_redirect_neigh(n.ifindex, 0, 0, 0);
 }
 

@@ -142,12 +142,14 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 	if (!n->backend_id || !be) {
 		if (HOOK_IS_XDP(hook) && !(svc->flags & LB4_SVC_F_DROP_EMPTY))
 			return NV_TO_STACK;	/* TC sends the reject */
-		lb_count(STAT_NO_BACKEND);
 		/* Backends only elsewhere (a Local policy): dropped, as kube-proxy does; a load
 		 * balancer's health check steers clients away from this node. None anywhere: the
-		 * port is closed, and the client is told at once. */
-		if (svc->flags & LB4_SVC_F_DROP_EMPTY)
+		 * port is closed, and the client is told at once (the hook counts no_backend when
+		 * it cannot answer, a RST). */
+		if (svc->flags & LB4_SVC_F_DROP_EMPTY) {
+			lb_count(STAT_NO_BACKEND);
 			return NV_DROP;
+		}
 		return NV_REJECT;
 	}
 	n->daddr = be->addr;
@@ -178,7 +180,7 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 			/* Not a connection start: forwarded by hash (right while the backend set is
 			 * unchanged) but nothing is created, so a flood of such packets cannot fill
 			 * conntrack. */
-			lb_count(STAT_TCP_NO_STATE);
+			n->stateless = 1;
 			return NV_LOCAL;
 		}
 		rc = ct4_create(p, &fk, be, svc->svc_id, n->backend_id, flags, ingress, now);

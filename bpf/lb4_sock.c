@@ -65,11 +65,12 @@ static __always_inline void lb4_sock_count(__u32 svc_id, __u32 backend_id, int n
 		c->packets_in += datagram;
 	}
 #endif
-	lb_count(STAT_SOCKET_LB);
 }
 
 /* The destination of a connect() or a sendmsg(), rewritten to a backend when it is a frontend.
- * Returns what the hook returns: 1 to go on, 0 (with ECONNREFUSED set) to refuse. */
+ * Returns what the hook returns: 1 to go on, 0 (with ECONNREFUSED set) to refuse. Counted: new
+ * (a connect, or a datagram to a backend this socket did not send to last), established (a
+ * datagram again to the same backend), reject (refused), pass (everything else). */
 static __always_inline int lb4_sock_translate(struct bpf_sock_addr *ctx, int datagram)
 {
 	struct lb4_sock_affinity_key ak = {};
@@ -86,16 +87,16 @@ static __always_inline int lb4_sock_translate(struct bpf_sock_addr *ctx, int dat
 	int fresh;
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return 1;
+		return lb_verdict(AT_SOCKET, VERDICT_PASS, 1);
 	sk.vip = ctx->user_ip4;
 	sk.port = (__be16)ctx->user_port;
 	sk.proto = proto;
 	svc = lb4_services.lookup(&sk);
 	/* The settings are read only for a frontend: every other connect() costs one lookup. */
 	if (!svc || !lb4_sock_covered(ctx))
-		return 1;
+		return lb_verdict(AT_SOCKET, VERDICT_PASS, 1);
 	if (svc->flags & (LB4_SVC_F_DRAINING | LB4_SVC_F_SRC_RANGES))
-		return 1;
+		return lb_verdict(AT_SOCKET, VERDICT_PASS, 1);
 
 	cookie = lb_socket_cookie(ctx);
 	now = bpf_ktime_get_ns();
@@ -111,10 +112,9 @@ static __always_inline int lb4_sock_translate(struct bpf_sock_addr *ctx, int dat
 		 * a socket cannot be told; its packets go on untranslated and the packet path drops
 		 * them. No backend anywhere: refused at once. */
 		if (svc->flags & LB4_SVC_F_DROP_EMPTY)
-			return 1;
-		lb_count(STAT_SOCKET_NO_BACKEND);
+			return lb_verdict(AT_SOCKET, VERDICT_PASS, 1);
 		bpf_set_retval(-ECONNREFUSED);
-		return 0;
+		return lb_verdict(AT_SOCKET, VERDICT_REJECT, 0);
 	}
 	if (svc->affinity_timeout) {
 		struct lb4_affinity a = { .last_used_ns = now, .backend_id = id };
@@ -141,7 +141,7 @@ static __always_inline int lb4_sock_translate(struct bpf_sock_addr *ctx, int dat
 	ctx->user_ip4 = be->addr;
 	ctx->user_port = (__u32)be->port;
 	lb4_sock_count(svc->svc_id, id, fresh, datagram);
-	return 1;
+	return lb_verdict(AT_SOCKET, fresh ? VERDICT_NEW : VERDICT_ESTABLISHED, 1);
 }
 
 /* The peer a socket sees (its reply's source, getpeername()): the frontend it asked for, if the

@@ -36,33 +36,75 @@
 #include "icmp_nat.h"
 #include "lb4_core.h"
 
-static __always_inline int lb4_pass_verdict(int parse_result)
+/* Every run ends in exactly one verdict (lb_verdict, counters.h); a drop has its reason counted
+ * where it was decided. */
+
+/* A packet left untouched. */
+static __always_inline int lb4_pass(__u32 at, int parse_result)
 {
-	if (parse_result == PARSE_MALFORMED)
-		lb_count(STAT_MALFORMED);
-	else
-		lb_count(STAT_PASS);
-	return TC_ACT_OK;
+	return lb_verdict(at, parse_result == PARSE_MALFORMED ? VERDICT_MALFORMED : VERDICT_PASS,
+			  TC_ACT_OK);
+}
+
+/* A TC action that may be a drop (its reason counted already): `verdict` unless it is. */
+static __always_inline int lb4_done(__u32 at, __u32 verdict, int action)
+{
+	return lb_verdict(at, action == TC_ACT_SHOT ? VERDICT_DROP : verdict, action);
+}
+
+static __always_inline int lb4_drop(__u32 at, __u32 reason)
+{
+	lb_count(reason);
+	return lb_verdict(at, VERDICT_DROP, TC_ACT_SHOT);
+}
+
+/* What a packet the decision core sent on is: a reply, a new flow's, or a known flow's. */
+static __always_inline __u32 lb4_sent(const struct lb4_nat *n)
+{
+	if (n->reply)
+		return VERDICT_REPLY;
+	if (n->new_flow)
+		return VERDICT_NEW;
+	return n->stateless ? VERDICT_STATELESS : VERDICT_ESTABLISHED;
+}
+
+/* Sends a packet back out of the device it came in on (lb4_bounce), or drops it counted. */
+static __always_inline int lb4_send_back(struct __sk_buff *skb)
+{
+	int r = lb4_bounce(skb);
+
+	if (r == TC_ACT_SHOT)
+		lb_count(STAT_NAT_FAIL);
+	return r;
+}
+
+/* An ICMP error about one of our flows, translated (a verdict >= 0) or not ours (-1). */
+static __always_inline int lb4_icmp_done(__u32 at, int r)
+{
+	if (r < 0)
+		return lb4_pass(at, PARSE_NOT_OURS);
+	return lb4_done(at, VERDICT_ICMP_ERROR, r);
 }
 
 /* A later fragment at TC: it goes where its first fragment went. */
-static __always_inline int lb4_tc_fragment(struct __sk_buff *skb, const struct pkt4 *p, __u8 hook)
+static __always_inline int lb4_tc_fragment(struct __sk_buff *skb, const struct pkt4 *p, __u8 hook,
+					   __u32 at)
 {
 	struct frag4_nat v;
 	int r = frag4_translate(skb, p, hook, 1, &v);
 
-	if (r <= 0)
-		return r < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	if (r < 0)
+		return lb_verdict(at, VERDICT_DROP, TC_ACT_SHOT);
+	if (r == 0)
+		return lb4_pass(at, PARSE_NOT_OURS);
 	if (v.action == FRAG_ACT_BOUNCE)
-		return lb4_bounce(skb);
+		return lb4_done(at, VERDICT_FRAGMENT, lb4_send_back(skb));
 	if (v.action == FRAG_ACT_REDIRECT) {
-		if (tc_ttl_dec(skb, p->l3_off)) {
-			lb_count(STAT_FORWARD_FAIL);
-			return TC_ACT_SHOT;
-		}
-		return lb_redirect_neigh(v.ifindex, 0, 0, 0);
+		if (tc_ttl_dec(skb, p->l3_off))
+			return lb4_drop(at, STAT_FORWARD_FAIL);
+		return lb_verdict(at, VERDICT_FRAGMENT, lb_redirect_neigh(v.ifindex, 0, 0, 0));
 	}
-	return TC_ACT_OK;
+	return lb_verdict(at, VERDICT_FRAGMENT, TC_ACT_OK);
 }
 
 /* ---- pod devices ---- */
@@ -76,7 +118,7 @@ static __always_inline int lb4_hairpin_out(struct __sk_buff *skb, const struct p
 		lb_count(STAT_NAT_FAIL);
 		return TC_ACT_SHOT;
 	}
-	return lb4_bounce(skb);
+	return lb4_send_back(skb);
 }
 
 /* Hairpin, reply: the pod answering the hairpin address gets the frontend as source and itself
@@ -89,17 +131,15 @@ static __always_inline int lb4_hairpin_reply(struct __sk_buff *skb, const struct
 	ct4_key_of(p, CT_DIR_REPLY, &rk);
 	ct = ct4_find(&rk);
 	if (!ct)
-		return lb4_pass_verdict(PARSE_NOT_OURS);
+		return lb4_pass(AT_FROM_POD, PARSE_NOT_OURS);
 	ct4_track(ct, p, bpf_ktime_get_ns());
 	if (lb4_rewrite(skb, p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
-	    lb4_rewrite(skb, p, NAT_DST, p->saddr, p->dport)) {
-		lb_count(STAT_NAT_FAIL);
-		return TC_ACT_SHOT;
-	}
+	    lb4_rewrite(skb, p, NAT_DST, p->saddr, p->dport))
+		return lb4_drop(AT_FROM_POD, STAT_NAT_FAIL);
 	frag4_record(p, FRAG_AT_POD_IN, ct->nat_addr, p->saddr, ct->svc_id, ct->backend_id,
 		     FRAG_ACT_BOUNCE, 0, 1);
 	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
-	return lb4_bounce(skb);
+	return lb4_done(AT_FROM_POD, VERDICT_REPLY, lb4_send_back(skb));
 }
 
 int lb4_from_pod(struct __sk_buff *skb)
@@ -113,14 +153,12 @@ int lb4_from_pod(struct __sk_buff *skb)
 
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
-	if (r == PARSE_NOT_OURS) {
-		r = lb4_icmp_client(skb, CT_DIR_FWD, 0, 0);
-		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
-	}
+	if (r == PARSE_NOT_OURS)
+		return lb4_icmp_done(AT_FROM_POD, lb4_icmp_client(skb, CT_DIR_FWD, 0, 0));
 	if (r == PARSE_FRAGMENT)
-		return lb4_tc_fragment(skb, &p, FRAG_AT_POD_IN);
+		return lb4_tc_fragment(skb, &p, FRAG_AT_POD_IN, AT_FROM_POD);
 	if (r != PARSE_OK)
-		return lb4_pass_verdict(r);
+		return lb4_pass(AT_FROM_POD, r);
 
 	if (p.daddr == bpf_htonl(LB4_HAIRPIN_ADDR_HOST))
 		return lb4_hairpin_reply(skb, &p);
@@ -129,29 +167,25 @@ int lb4_from_pod(struct __sk_buff *skb)
 	sk.proto = p.proto;
 	svc = lb4_services.lookup(&sk);
 	if (!svc)
-		return lb4_pass_verdict(PARSE_NOT_OURS);
+		return lb4_pass(AT_FROM_POD, PARSE_NOT_OURS);
 
 	r = lb4_frontend(skb, &p, svc, skb->ifindex, HOOK_POD, &n);
 	if (r == NV_PASS)
-		return lb4_pass_verdict(PARSE_NOT_OURS);
+		return lb4_pass(AT_FROM_POD, PARSE_NOT_OURS);
 	if (r == NV_DROP)
-		return TC_ACT_SHOT;
+		return lb_verdict(AT_FROM_POD, VERDICT_DROP, TC_ACT_SHOT);
 	if (r == NV_REJECT)
-		return lb4_reject(skb, &p);
+		return lb4_done(AT_FROM_POD, VERDICT_REJECT, lb4_reject(skb, &p));
 	if (lb4_rewrite(skb, &p, NAT_DST, n.daddr, n.dport) ||
-	    (n.sport != p.sport && lb4_rewrite(skb, &p, NAT_SRC, p.saddr, n.sport))) {
-		lb_count(STAT_NAT_FAIL);
-		return TC_ACT_SHOT;
-	}
-	if (n.new_flow)
-		lb_count(STAT_DNAT_NEW);
+	    (n.sport != p.sport && lb4_rewrite(skb, &p, NAT_SRC, p.saddr, n.sport)))
+		return lb4_drop(AT_FROM_POD, STAT_NAT_FAIL);
 	lb_count_flow(n.svc_id, n.backend_id, skb->len, 0, n.new_flow);
 	hairpin = n.daddr == p.saddr;
 	frag4_record(&p, FRAG_AT_POD_IN, hairpin ? bpf_htonl(LB4_HAIRPIN_ADDR_HOST) : p.saddr,
 		     n.daddr, n.svc_id, n.backend_id, hairpin ? FRAG_ACT_BOUNCE : FRAG_ACT_PASS, 0, 0);
 	if (hairpin)
-		return lb4_hairpin_out(skb, &p);
-	return TC_ACT_OK;
+		return lb4_done(AT_FROM_POD, lb4_sent(&n), lb4_hairpin_out(skb, &p));
+	return lb_verdict(AT_FROM_POD, lb4_sent(&n), TC_ACT_OK);
 }
 
 int lb4_to_pod(struct __sk_buff *skb)
@@ -164,30 +198,26 @@ int lb4_to_pod(struct __sk_buff *skb)
 
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
-	if (r == PARSE_NOT_OURS) {
-		r = lb4_icmp_client(skb, CT_DIR_REPLY, 0, 0);
-		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
-	}
+	if (r == PARSE_NOT_OURS)
+		return lb4_icmp_done(AT_TO_POD, lb4_icmp_client(skb, CT_DIR_REPLY, 0, 0));
 	if (r == PARSE_FRAGMENT)
-		return lb4_tc_fragment(skb, &p, FRAG_AT_POD_OUT);
+		return lb4_tc_fragment(skb, &p, FRAG_AT_POD_OUT, AT_TO_POD);
 	if (r != PARSE_OK)
-		return lb4_pass_verdict(r);
+		return lb4_pass(AT_TO_POD, r);
 
 	ct4_key_of(&p, CT_DIR_REPLY, &rk);
 	ct = ct4_find_half_open(&rk, &half_open);
 	if (!ct || ct4_reply_of_closed(&p, &rk, ct, half_open))
-		return lb4_pass_verdict(PARSE_NOT_OURS);
+		return lb4_pass(AT_TO_POD, PARSE_NOT_OURS);
 	/* Replies never expire an entry here: the agent's GC ages a flow by both directions. */
 	ct4_track(ct, &p, bpf_ktime_get_ns());
 	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
-	    ((ct->flags & CT_F_PORT_NAT) && lb4_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port))) {
-		lb_count(STAT_NAT_FAIL);
-		return TC_ACT_SHOT;
-	}
+	    ((ct->flags & CT_F_PORT_NAT) && lb4_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port)))
+		return lb4_drop(AT_TO_POD, STAT_NAT_FAIL);
 	frag4_record(&p, FRAG_AT_POD_OUT, ct->nat_addr, p.daddr, ct->svc_id, ct->backend_id,
 		     FRAG_ACT_PASS, 0, 1);
 	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
-	return TC_ACT_OK;
+	return lb_verdict(AT_TO_POD, VERDICT_REPLY, TC_ACT_OK);
 }
 
 /* ---- node devices ---- */
@@ -246,13 +276,6 @@ static __always_inline int lb4_node_decide(void *ctx, const struct pkt4 *p, __u3
 	return lb4_node_snat_reply(ctx, p, ingress, hook, n);
 }
 
-static __always_inline void lb4_node_count(const struct lb4_nat *n, __u32 len)
-{
-	if (n->new_flow)
-		lb_count(STAT_DNAT_NEW);
-	lb_count_flow(n->svc_id, n->backend_id, len, n->reply, n->new_flow);
-}
-
 static __always_inline int lb4_xdp(struct xdp_md *ctx, const int hook)
 {
 	struct lb4_nat n = {};
@@ -260,45 +283,45 @@ static __always_inline int lb4_xdp(struct xdp_md *ctx, const int hook)
 	__u32 len;
 	int v;
 
-	/* Anything XDP does not finish is counted once, by lb4_node_in behind it; fragments are all
-	 * left to it, so a datagram's pieces are translated in one place. */
-	if (lb4_parse_xdp(ctx, &p) != PARSE_OK || p.frag)
-		return XDP_PASS;
+	/* What XDP does not finish is left to lb4_node_in behind it, which decides again; fragments
+	 * are all left to it, so a datagram's pieces are translated in one place. */
+	v = lb4_parse_xdp(ctx, &p);
+	if (v != PARSE_OK || p.frag)
+		return lb_verdict(AT_NODE_XDP, v == PARSE_MALFORMED ? VERDICT_MALFORMED : VERDICT_PASS,
+				  XDP_PASS);
 	v = lb4_node_decide(ctx, &p, ctx->ingress_ifindex, hook, &n);
 	if (v == NV_PASS)
-		return XDP_PASS;
+		return lb_verdict(AT_NODE_XDP, VERDICT_PASS, XDP_PASS);
 	if (v == NV_DROP)
-		return XDP_DROP;
-	if (v != NV_LOCAL && v != NV_REMOTE) {
-		lb_count(STAT_XDP_TO_TC);
-		return XDP_PASS;
-	}
+		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
+	if (v != NV_LOCAL && v != NV_REMOTE)
+		return lb_verdict(AT_NODE_XDP, VERDICT_TO_TC, XDP_PASS);
 	len = (void *)(long)ctx->data_end - (void *)(long)ctx->data;
 	if (xdp_rewrite(ctx, &p, NAT_DST, n.daddr, n.dport)) {
 		lb_count(STAT_NAT_FAIL);
-		return XDP_DROP;
+		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
 	}
 	if (v == NV_LOCAL) {
 		if (n.sport != p.sport && xdp_rewrite(ctx, &p, NAT_SRC, p.saddr, n.sport)) {
 			lb_count(STAT_NAT_FAIL);
-			return XDP_DROP;
+			return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
 		}
-		lb4_node_count(&n, len);
-		return XDP_PASS;
+		lb_count_flow(n.svc_id, n.backend_id, len, n.reply, n.new_flow);
+		return lb_verdict(AT_NODE_XDP, lb4_sent(&n), XDP_PASS);
 	}
 	if (xdp_rewrite(ctx, &p, NAT_SRC, n.saddr, n.sport) || xdp_set_macs(ctx, n.smac, n.dmac)) {
 		lb_count(STAT_NAT_FAIL);
-		return XDP_DROP;
+		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
 	}
 	if (xdp_ttl_dec(ctx, &p)) {
 		lb_count(STAT_FORWARD_FAIL);
-		return XDP_DROP;
+		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
 	}
-	lb4_node_count(&n, len);
+	lb_count_flow(n.svc_id, n.backend_id, len, n.reply, n.new_flow);
 	lb_count(STAT_XDP_FORWARD);
 	if (n.ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(n.ifindex, 0);
+		return lb_verdict(AT_NODE_XDP, lb4_sent(&n), XDP_TX);
+	return lb_verdict(AT_NODE_XDP, lb4_sent(&n), bpf_redirect(n.ifindex, 0));
 }
 
 int lb4_node_xdp(struct xdp_md *ctx)
@@ -319,61 +342,51 @@ int lb4_node_in(struct __sk_buff *skb)
 	int r;
 
 	if (skb_of_a_vlan(skb))
-		return lb4_pass_verdict(PARSE_NOT_OURS);
+		return lb4_pass(AT_NODE_IN, PARSE_NOT_OURS);
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
-	if (r == PARSE_NOT_OURS) {
-		r = lb4_node_icmp_in(skb);
-		return r >= 0 ? r : lb4_pass_verdict(PARSE_NOT_OURS);
-	}
+	if (r == PARSE_NOT_OURS)
+		return lb4_icmp_done(AT_NODE_IN, lb4_node_icmp_in(skb));
 	if (r == PARSE_FRAGMENT)
-		return lb4_tc_fragment(skb, &p, FRAG_AT_NODE_IN);
+		return lb4_tc_fragment(skb, &p, FRAG_AT_NODE_IN, AT_NODE_IN);
 	if (r != PARSE_OK)
-		return lb4_pass_verdict(r);
+		return lb4_pass(AT_NODE_IN, r);
 	r = lb4_node_decide(skb, &p, skb->ifindex, HOOK_NODE, &n);
 	if (r == NV_PASS || r == NV_TO_STACK)
-		return lb4_pass_verdict(PARSE_NOT_OURS);
+		return lb4_pass(AT_NODE_IN, PARSE_NOT_OURS);
 	if (r == NV_DROP)
-		return TC_ACT_SHOT;
+		return lb_verdict(AT_NODE_IN, VERDICT_DROP, TC_ACT_SHOT);
 	if (r == NV_REJECT)
-		return lb4_reject(skb, &p);
+		return lb4_done(AT_NODE_IN, VERDICT_REJECT, lb4_reject(skb, &p));
 	if (r == NV_TOO_BIG) {
 		/* The flow stands (its conntrack entries are written); this packet is answered. */
-		lb4_node_count(&n, skb->len);
+		lb_count_flow(n.svc_id, n.backend_id, skb->len, n.reply, n.new_flow);
 		r = lb4_too_big(skb, &p, n.mtu);
 		if (r == TC_ACT_SHOT)
 			lb_count(STAT_FORWARD_FAIL);
-		return r;
+		return lb4_done(AT_NODE_IN, VERDICT_REJECT, r);
 	}
-	if (lb4_rewrite(skb, &p, NAT_DST, n.daddr, n.dport)) {
-		lb_count(STAT_NAT_FAIL);
-		return TC_ACT_SHOT;
-	}
+	if (lb4_rewrite(skb, &p, NAT_DST, n.daddr, n.dport))
+		return lb4_drop(AT_NODE_IN, STAT_NAT_FAIL);
 	if (r == NV_LOCAL) {
-		if (n.sport != p.sport && lb4_rewrite(skb, &p, NAT_SRC, p.saddr, n.sport)) {
-			lb_count(STAT_NAT_FAIL);
-			return TC_ACT_SHOT;
-		}
+		if (n.sport != p.sport && lb4_rewrite(skb, &p, NAT_SRC, p.saddr, n.sport))
+			return lb4_drop(AT_NODE_IN, STAT_NAT_FAIL);
 		frag4_record(&p, FRAG_AT_NODE_IN, p.saddr, n.daddr, n.svc_id, n.backend_id,
 			     FRAG_ACT_PASS, 0, 0);
-		lb4_node_count(&n, skb->len);
-		return TC_ACT_OK;
+		lb_count_flow(n.svc_id, n.backend_id, skb->len, n.reply, n.new_flow);
+		return lb_verdict(AT_NODE_IN, lb4_sent(&n), TC_ACT_OK);
 	}
-	if (lb4_rewrite(skb, &p, NAT_SRC, n.saddr, n.sport)) {
-		lb_count(STAT_NAT_FAIL);
-		return TC_ACT_SHOT;
-	}
+	if (lb4_rewrite(skb, &p, NAT_SRC, n.saddr, n.sport))
+		return lb4_drop(AT_NODE_IN, STAT_NAT_FAIL);
 	/* The packet now comes from this node's own address: handed to the stack it would be a
 	 * martian, so it goes out directly, the neighbour resolved by the kernel. */
-	if (tc_ttl_dec(skb, p.l3_off)) {
-		lb_count(STAT_FORWARD_FAIL);
-		return TC_ACT_SHOT;
-	}
+	if (tc_ttl_dec(skb, p.l3_off))
+		return lb4_drop(AT_NODE_IN, STAT_FORWARD_FAIL);
 	frag4_record(&p, FRAG_AT_NODE_IN, n.saddr, n.daddr, n.svc_id, n.backend_id,
 		     FRAG_ACT_REDIRECT, n.ifindex, n.reply);
-	lb4_node_count(&n, skb->len);
+	lb_count_flow(n.svc_id, n.backend_id, skb->len, n.reply, n.new_flow);
 	lb_count(STAT_NODE_FORWARD);
-	return lb_redirect_neigh(n.ifindex, 0, 0, 0);
+	return lb_verdict(AT_NODE_IN, lb4_sent(&n), lb_redirect_neigh(n.ifindex, 0, 0, 0));
 }
 
 int lb4_node_out(struct __sk_buff *skb)
@@ -385,37 +398,38 @@ int lb4_node_out(struct __sk_buff *skb)
 	int r;
 
 	if (skb_of_a_vlan(skb))
-		return TC_ACT_OK;
+		return lb4_pass(AT_NODE_OUT, PARSE_NOT_OURS);
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
-	if (r == PARSE_NOT_OURS) {
+	if (r == PARSE_NOT_OURS)
 		/* A local backend's ICMP error to a client outside: from the frontend again. */
-		r = lb4_icmp_client(skb, CT_DIR_REPLY, CT_F_EXTERNAL | CT_F_SNAT, CT_F_EXTERNAL);
-		return r >= 0 ? r : TC_ACT_OK;
-	}
+		return lb4_icmp_done(AT_NODE_OUT, lb4_icmp_client(skb, CT_DIR_REPLY,
+								  CT_F_EXTERNAL | CT_F_SNAT,
+								  CT_F_EXTERNAL));
 	if (r == PARSE_FRAGMENT) {
 		struct frag4_nat v;
 
 		/* Only fragments whose first one this program translated have a record here. */
-		return frag4_translate(skb, &p, FRAG_AT_NODE_OUT, 0, &v) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+		r = frag4_translate(skb, &p, FRAG_AT_NODE_OUT, 0, &v);
+		if (r < 0)
+			return lb_verdict(AT_NODE_OUT, VERDICT_DROP, TC_ACT_SHOT);
+		return lb_verdict(AT_NODE_OUT, r ? VERDICT_FRAGMENT : VERDICT_PASS, TC_ACT_OK);
 	}
 	if (r != PARSE_OK)
-		return TC_ACT_OK;
+		return lb4_pass(AT_NODE_OUT, r);
 	ct4_key_of(&p, CT_DIR_REPLY, &rk);
 	ct = ct4_find_half_open(&rk, &half_open);
 	/* Only replies of flows from outside to this node's backends; a pod's own flows are
 	 * translated at its device, and SNAT flows on ingress. */
 	if (!ct || (ct->flags & (CT_F_EXTERNAL | CT_F_SNAT)) != CT_F_EXTERNAL ||
 	    ct4_reply_of_closed(&p, &rk, ct, half_open))
-		return TC_ACT_OK;
+		return lb4_pass(AT_NODE_OUT, PARSE_NOT_OURS);
 	ct4_track(ct, &p, bpf_ktime_get_ns());
 	if (lb4_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
-	    ((ct->flags & CT_F_PORT_NAT) && lb4_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port))) {
-		lb_count(STAT_NAT_FAIL);
-		return TC_ACT_SHOT;
-	}
+	    ((ct->flags & CT_F_PORT_NAT) && lb4_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port)))
+		return lb4_drop(AT_NODE_OUT, STAT_NAT_FAIL);
 	frag4_record(&p, FRAG_AT_NODE_OUT, ct->nat_addr, p.daddr, ct->svc_id, ct->backend_id,
 		     FRAG_ACT_PASS, 0, 1);
 	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
-	return TC_ACT_OK;
+	return lb_verdict(AT_NODE_OUT, VERDICT_REPLY, TC_ACT_OK);
 }

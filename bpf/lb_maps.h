@@ -125,7 +125,10 @@ BPF_TABLE_PINNED("lru_hash", struct lb4_sock_affinity_key, struct lb4_affinity, 
 		 LB4_AFFINITY_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb4_sock_affinity");
 /* Socket load balancing settings, written by the agent before it attaches the cgroup hooks. */
 BPF_TABLE_PINNED("array", __u32, struct lb_sock_cfg, lb_sock_cfg, 1, EBPFLB_PIN_DIR "/lb_sock_cfg");
-/* Global verdict counters. */
+/* One count per program run: where (enum lb_at) and what it did (enum lb_verdict). */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_verdicts, AT_MAX * VERDICT_MAX,
+		 EBPFLB_PIN_DIR "/lb_verdicts");
+/* Drop reasons and events (enum lb_stat). */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_stats, STAT_MAX, EBPFLB_PIN_DIR "/lb_stats");
 /* Per-frontend and per-backend traffic, indexed by id (ids are below the map limits; 0 unused).
  * The control plane zeroes an id's counters before it gives the id to a new frontend or backend. */

@@ -259,40 +259,63 @@ struct lb_flow_stats {
 	__u64 conns;		/* new flows: conntrack entries created */
 };
 
-/* Global per-CPU counters, one slot per verdict. Packets of established flows and replies are
- * not counted here: the frontend and backend counters already count them, and a third per-CPU
- * increment on those paths would cost more than it tells. */
+/* Where a packet decision is made: the first index of the verdict counters (lb_verdicts). */
+enum lb_at {
+	AT_FROM_POD = 0,	/* lb4_from_pod: TC ingress of a pod device */
+	AT_TO_POD,		/* lb4_to_pod: TC egress of a pod device */
+	AT_NODE_XDP,		/* lb4_node_xdp, lb4_xdp_generic: XDP on a node device */
+	AT_NODE_IN,		/* lb4_node_in: TC ingress of a node device */
+	AT_NODE_OUT,		/* lb4_node_out: TC egress of a node device */
+	AT_SOCKET,		/* lb4_connect, lb4_sendmsg: the cgroup socket hooks */
+	AT_MAX,
+};
+
+/* What a program did with a packet, or a socket hook with a connect() or a datagram: exactly one
+ * per run, counted per CPU at lb_verdicts[at * VERDICT_MAX + verdict]. */
+enum lb_verdict {
+	VERDICT_PASS = 0,	/* not for a frontend or a flow of ours: left untouched */
+	VERDICT_MALFORMED,	/* an IPv4 or L4 header truncated or invalid: left untouched */
+	VERDICT_NEW,		/* the first packet (or connect) of a flow, sent to a backend chosen for it */
+	VERDICT_ESTABLISHED,	/* a packet of a known flow (or a datagram of a known socket), sent
+				 * where the flow goes */
+	VERDICT_STATELESS,	/* TCP other than a SYN for an unknown flow: sent by hash, no state */
+	VERDICT_REPLY,		/* a backend's reply translated back to come from the frontend */
+	VERDICT_ICMP_ERROR,	/* an ICMP error about a flow of ours translated */
+	VERDICT_FRAGMENT,	/* a later fragment translated like its first */
+	VERDICT_REJECT,		/* answered instead of sent on: TCP RST, ICMP port unreachable or
+				 * fragmentation needed (a socket: connect() refused) */
+	VERDICT_DROP,		/* dropped; lb_stats says why (one drop reason per drop) */
+	VERDICT_TO_TC,		/* XDP: for a frontend, but left to TC to finish */
+	VERDICT_MAX,
+};
+
+/* Global per-CPU counters (lb_stats): first the reason of each dropped packet (exactly one per
+ * VERDICT_DROP), then events on the way, any number per packet. Packets of established flows and
+ * replies move none of them: the verdict, frontend and backend counters count those. */
 enum lb_stat {
-	STAT_PASS = 0,		/* not for us: passed untouched */
-	STAT_DNAT_NEW,		/* frontend hit, backend chosen by hash (a new flow) */
-	STAT_NO_BACKEND,	/* frontend hit with no usable backend: dropped */
-	STAT_MALFORMED,		/* IPv4 header or L4 header truncated or invalid: passed untouched */
-	STAT_FRAGMENT,		/* a later IPv4 fragment translated like its first fragment */
-	STAT_CT_INSERT_FAIL,	/* conntrack full or insert failed; the hash still picked a backend */
-	STAT_NAT_FAIL,		/* a rewrite helper failed: dropped */
-	STAT_CT_INSERT,		/* conntrack flows created (each writes two entries) */
-	STAT_TCP_NO_STATE,	/* TCP other than SYN for an unknown flow: DNATed by hash, no state */
-	STAT_BAD_SOURCE,	/* new flow from loopback, from a VIP or to itself: dropped */
-	STAT_ICMP_NAT,		/* ICMP error about a load-balanced flow translated */
-	STAT_EXTERNAL_CLUSTERIP, /* a ClusterIP reached from outside the cluster: dropped */
-	STAT_SOURCE_DENIED,	/* new flow from outside the frontend's loadBalancerSourceRanges: dropped */
-	STAT_SNAT_EXHAUSTED,	/* no free SNAT port towards a remote backend: dropped */
-	STAT_NODE_FORWARD,		/* a flow from outside sent on to another node (TC redirect) */
-	STAT_XDP_FORWARD,		/* ... sent on by XDP itself (XDP_TX or redirect) */
-	STAT_XDP_TO_TC,		/* XDP could not finish (no neighbour, reject; a local flow under
-				 * generic XDP): left to TC untouched */
-	STAT_FORWARD_FAIL,		/* no route, TTL exceeded, or Local policy with a remote backend: dropped */
-	STAT_SNAT_REUSE,	/* all probed SNAT ports taken: one still in the backend's TIME_WAIT reused */
-	STAT_FRAG_MISS,		/* a later fragment to a frontend, its first not seen: passed untouched */
-	STAT_CT_COLLISION,	/* a new flow's reply tuple is held by a live flow, no port for it: dropped */
-	STAT_SPOOFED,		/* a pod's packet to a frontend from an address not its own: dropped */
-	STAT_BACKEND_GONE,	/* a half-open flow's backend was removed: a new one chosen */
-	STAT_CT_REBUILT,	/* a lost forward entry rebuilt from its reply entry */
-	STAT_PORT_NAT,		/* a new flow whose reply tuple a live flow held got a new source port */
-	STAT_SOCKET_LB,		/* a connect() or a datagram's destination sent to a backend by the
-				 * cgroup hooks: no packet of it is rewritten */
-	STAT_SOCKET_NO_BACKEND,	/* connect() or send to a frontend with no usable backend: refused
-				 * with ECONNREFUSED */
+	STAT_NO_BACKEND = 0,	/* drop: frontend hit with no usable backend here (a Local policy's
+				 * backends all elsewhere, or a RST, which is never answered) */
+	STAT_NAT_FAIL,		/* drop: a rewrite helper failed */
+	STAT_BAD_SOURCE,	/* drop: a new flow from loopback, from a VIP or to itself */
+	STAT_EXTERNAL_CLUSTERIP, /* drop: a ClusterIP reached from outside the cluster */
+	STAT_SOURCE_DENIED,	/* drop: a new flow from outside the loadBalancerSourceRanges */
+	STAT_SNAT_EXHAUSTED,	/* drop: no free SNAT port towards a remote backend */
+	STAT_FORWARD_FAIL,	/* drop: no route, TTL exceeded, or Local policy with a remote backend */
+	STAT_CT_COLLISION,	/* drop: a new flow's reply tuple is held by a live flow, no port for it */
+	STAT_SPOOFED,		/* drop: a pod's packet to a frontend from an address not its own */
+	STAT_TCP_NO_STATE,	/* drop: TCP other than a SYN for an unknown flow to a backend on
+				 * another node (no SNAT port for the replies) */
+	STAT_DROP_REASONS,	/* (not a counter: the number of drop reasons above) */
+	STAT_CT_INSERT = STAT_DROP_REASONS, /* event: conntrack flows created (two entries each) */
+	STAT_CT_INSERT_FAIL,	/* event: conntrack full or an insert failed; the hash still picked */
+	STAT_NODE_FORWARD,	/* event: a packet sent on to another node by TC (redirect) */
+	STAT_XDP_FORWARD,	/* event: ... by XDP itself (XDP_TX or redirect) */
+	STAT_SNAT_REUSE,	/* event: all probed SNAT ports taken: one in TIME_WAIT reused */
+	STAT_FRAG_MISS,		/* event: a later fragment to a frontend, its first not seen (passed) */
+	STAT_BACKEND_GONE,	/* event: a half-open flow's backend was removed: a new one chosen */
+	STAT_CT_REBUILT,	/* event: a lost forward entry rebuilt from its reply entry */
+	STAT_PORT_NAT,		/* event: a new flow whose reply tuple a live flow held got a new
+				 * source port */
 	STAT_MAX,
 };
 

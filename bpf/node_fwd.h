@@ -45,6 +45,7 @@ struct lb4_nat {
 	__u8 fib_ok;
 	__u8 new_flow;
 	__u8 reply;
+	__u8 stateless;	/* TCP of an unknown flow sent by hash, no state (NV_LOCAL) */
 };
 
 /* The route of a rewritten packet. Returns BPF_FIB_LKUP_RET_*; the out device is in n->ifindex

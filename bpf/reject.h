@@ -8,6 +8,7 @@
 #include <uapi/linux/icmp.h>
 
 #include "parse.h"
+#include "counters.h"
 
 static __always_inline __u16 csum_fold32(__u64 csum)
 {
@@ -141,13 +142,20 @@ static __always_inline int lb4_bounce(struct __sk_buff *skb)
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* Turns the packet into its rejection and returns the verdict that sends it back; TC_ACT_SHOT
- * when it must not (or cannot) be answered. */
+/* Turns the packet into its rejection and returns the verdict that sends it back; TC_ACT_SHOT,
+ * the reason counted, when it must not (a RST) or cannot be answered. */
 static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt4 *p)
 {
 	int err = p->proto == IPPROTO_TCP ? lb4_reject_tcp(skb, p) : lb4_reject_udp(skb, p);
 
-	return err ? TC_ACT_SHOT : lb4_bounce(skb);
+	if (err) {
+		lb_count(STAT_NO_BACKEND);
+		return TC_ACT_SHOT;
+	}
+	err = lb4_bounce(skb);
+	if (err == TC_ACT_SHOT)
+		lb_count(STAT_NAT_FAIL);
+	return err;
 }
 
 /* A packet that does not fit the device towards its backend: with Don't Fragment set, the client

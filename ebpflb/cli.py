@@ -37,6 +37,13 @@ def _log_options():
                          help="text (default) or json: one line per event either way.")]
 
 
+def _os_error_text(exc: OSError) -> str:
+    """An OSError as a person reads it: "what: why", not Python's "[Errno 2] ..." form."""
+    why = exc.strerror or str(exc)
+    where = exc.filename if exc.filename is not None else None
+    return f"{where}: {why}" if where and str(where) not in why else why
+
+
 def _config(pin_dir: str, **sizes):
     from .dataplane.config import DataplaneConfig
 
@@ -415,8 +422,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
         raise click.ClickException(f"{exc}: stop it first, or give this agent another --pin-dir") from exc
     except DataplaneError as exc:
         raise click.ClickException(str(exc)) from exc
-    except OSError as exc:  # the metrics port taken, a device vanished mid-attach...
-        raise click.ClickException(f"agent failed: {exc}") from exc
+    except OSError as exc:  # a device vanished mid-attach, a file it needs unreadable...
+        raise click.ClickException(f"agent failed: {_os_error_text(exc)}") from exc
     finally:
         if use_kubernetes:
             source.stop()
@@ -581,8 +588,9 @@ def _open_or_fail(pin_dir: str):
 @click.option("--watch", type=click.FloatRange(0.1, 3600), default=None, metavar="SECONDS",
               help="Print again every SECONDS with rates over that interval, until Ctrl-C.")
 @click.option("--verdicts", is_flag=True,
-              help="Instead, the data plane's global verdict counters (passes, drops and why, "
-                   "SNAT, XDP), since the maps were created.")
+              help="Instead, the data plane's global counters since the maps were created: "
+                   "one verdict per program run, by hook; why packets were dropped; events "
+                   "(conntrack inserts, SNAT, XDP forwarding...).")
 @click.option("--service", "service_ref", metavar="NS/NAME[:PORT]", default=None,
               help="Only this Service's (or Service port's) frontends.")
 @output_option
@@ -594,10 +602,11 @@ def stats(watch: Optional[float], verdicts: bool, service_ref: Optional[str], ou
     place on a terminal; JSON comes as one timestamped document per line."""
     import time
 
-    from .dataplane.bcc_maps import read_stats
+    from .dataplane.bcc_maps import DROP_REASONS, read_stats, read_verdicts
     from .dataplane.readers import read_service_stats as read_all
     from .output import watch_line
-    from .stats import render_table, to_json, with_rates
+    from .stats import (global_counters, render_global_counters, render_table, to_json,
+                        with_rates)
 
     wanted = _service_filter(service_ref)
 
@@ -606,12 +615,14 @@ def stats(watch: Optional[float], verdicts: bool, service_ref: Optional[str], ou
 
     bpf = _open_or_fail(pin_dir).bpf
     if verdicts:
-        counters = read_stats(bpf)
+        stats_ = read_stats(bpf)
+        counters = global_counters(read_verdicts(bpf),
+                                   {k: stats_[k] for k in DROP_REASONS},
+                                   {k: n for k, n in stats_.items() if k not in DROP_REASONS})
         if output in STRUCTURED:
             _out(counters, output)
         else:
-            width = max(map(len, counters))
-            click.echo("\n".join(f"{name.ljust(width)}  {value}" for name, value in counters.items()))
+            click.echo(render_global_counters(counters))
         return
 
     before, at = read_service_stats(bpf), time.monotonic()

@@ -24,7 +24,9 @@ maps, for the hook the packet meets: lb4_from_pod on a pod device (the default) 
   (routed through a node device) also gets the node's address and a SNAT port (the first free one
   probed from the flow hash).
 
-The verdict names what happens to the packet and `counters` the lb_stats counters it moves.
+The verdict names what happens to the packet, `counted_as` the verdict counter it moves
+("hook/verdict", as `ebpflb stats --verdicts` and ebpflb_datapath_packets_total name it), and
+`counters` the drop reason and events (lb_stats) it moves.
 Inputs the maps of the control plane do not hold are arguments: the packet's TCP flags (in the
 Flow), the device (its lb4_pod_addrs entries; which backends route through a node device) and the
 conntrack entries the decision reads. tests/bpf/test_explain_parity.py checks all of it against
@@ -54,6 +56,7 @@ TCP_FLAG_LETTERS = "FSRPAUEC"  # as scapy writes them; S, A, F and R are the one
 
 POD = "pod"  # lb4_from_pod: TC ingress of a pod device (packets leaving a pod)
 NODE = "node"  # lb4_node_in: TC ingress of a node device (traffic from outside the cluster)
+HOOKS = {POD: "from_pod", NODE: "node_in"}  # the hook label of their verdict counters
 
 _DEFAULTS = DataplaneConfig()  # the timeouts and SNAT ports the programs are built with by default
 
@@ -134,7 +137,8 @@ class Explanation:
     verdict: str
     reason: str
     device: str = POD
-    counters: Tuple[str, ...] = ()  # the lb_stats counters this packet moves, in order
+    counters: Tuple[str, ...] = ()  # the lb_stats counters (drop reason, events), in order
+    counted_as: str = ""  # the verdict counter, "hook/verdict" (from_pod/new, node_in/drop...)
     frontend: Optional[str] = None
     kind: Optional[str] = None  # ClusterIP | NodePort | LoadBalancer | ExternalIP
     service: Optional[str] = None
@@ -151,7 +155,7 @@ class Explanation:
     affinity_backend: Optional[str] = None  # set when the binding decides
     backend: Optional[str] = None  # the destination this packet leaves with
     source: Optional[str] = None  # the source it leaves with, when that is rewritten
-    stateless: bool = False  # forwarded by hash with no conntrack entry (tcp_no_state)
+    stateless: bool = False  # forwarded by hash with no conntrack entry
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -270,6 +274,8 @@ class _Decision:
         self.snap, self.flow, self.dev, self.table = snapshot, flow, dev, table
         self.affinity, self.timeouts, self.snat_ports = affinity, timeouts, snat_ports
         self.counters: List[str] = []
+        self.new_flow = False  # the packet creates conntrack entries
+        self.reply = False  # the packet is a reply translated back
         self.common: Dict[str, Any] = {}
         self.fwd = CtKey(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
         self.frontend_ep = _endpoint(flow.daddr, flow.dport)
@@ -279,7 +285,18 @@ class _Decision:
     def out(self, verdict: str, reason: str, **fields: Any) -> Explanation:
         merged = {**self.common, **fields}
         return Explanation(self.flow, verdict, reason, self.dev.kind, tuple(self.counters),
+                           counted_as=f"{HOOKS[self.dev.kind]}/{self.counted(verdict, merged)}",
                            **merged)
+
+    def counted(self, verdict: str, fields: Mapping[str, Any]) -> str:
+        """The program's verdict counter (enum lb_verdict) for this explanation."""
+        if verdict in ("pass", "drop", "reject"):
+            return verdict
+        if self.reply:
+            return "reply"
+        if self.new_flow:
+            return "new"
+        return "stateless" if fields.get("stateless") else "established"
 
     def drop(self, counter: str, reason: str) -> Explanation:
         self.counters.append(counter)
@@ -446,7 +463,6 @@ class _Decision:
                 reply = self.snat_reply()
                 if reply is not None:
                     return reply
-            self.counters.append("pass")
             return self.out("pass", f"{key} is not a frontend: the packet passes untouched")
         self.common.update(
             frontend=str(key), kind=frontend_kind(svc.flags),
@@ -462,9 +478,9 @@ class _Decision:
         f = self.flow
         r = self.table.get(CtKey(f.saddr, f.sport, f.daddr, f.dport, f.proto, True))
         if r is None:
-            self.counters.append("pass")
             return self.out("pass", "to the hairpin address with no flow of a pod reaching "
                                     "itself: the packet passes untouched")
+        self.reply = True
         return self.out("hairpin", "the reply of a pod that reached itself through a frontend: "
                                    "from the frontend, back to the pod", conntrack=r,
                         backend=_endpoint(f.saddr, f.dport), source=r.backend)
@@ -479,6 +495,7 @@ class _Decision:
         if r is None or not (r.flags or 0) & CT_F_SNAT:
             return None
         self.counters.append("node_forward")
+        self.reply = True
         return self.out("forward", "the reply of a flow sent on to a backend on another node: "
                                    "from the frontend, back to the client", conntrack=r,
                         backend=r.snat, source=r.backend)
@@ -515,7 +532,6 @@ class _Decision:
             if ct is not None:
                 return self.hit(ct, "an established flow: conntrack decides")
         if svc.flags & SVC_F_DRAINING:
-            self.counters.append("pass")
             return self.out("pass", f"{why_new} to a removed frontend kept only for its open "
                                     "flows: the packet passes untouched")
 
@@ -534,7 +550,8 @@ class _Decision:
         if not by_affinity:
             backend_id, be = hashed_id, hashed_be
         if be is None:
-            self.counters.append("no_backend")
+            if svc.flags & SVC_F_DROP_EMPTY or (f.proto == TCP and "R" in f.tcp_flags):
+                self.counters.append("no_backend")  # a drop's reason; a reject has none
             if svc.flags & SVC_F_DROP_EMPTY:
                 return self.out("drop", "no usable endpoint here, but the Service has some on "
                                         "other nodes (a Local traffic policy): new flows are "
@@ -543,7 +560,7 @@ class _Decision:
                 return self.out("drop", "no usable endpoint, and a RST is never answered: "
                                         "dropped (no_backend)")
             return self.out("reject", "no usable endpoint: new flows are rejected (TCP RST, "
-                                      "ICMP port unreachable) (no_backend)")
+                                      "ICMP port unreachable)")
         chosen = _endpoint(be.addr, be.port)
         if by_affinity:
             self.common["affinity_backend"] = chosen
@@ -570,14 +587,13 @@ class _Decision:
                     return self.drop("conntrack_collision", "TCP other than a SYN with no "
                                      "conntrack entry, whose tuple at the backend a live flow "
                                      "of another frontend holds")
-                self.counters.append("tcp_no_state")
                 return self.deliver(chosen, None, f"TCP other than a SYN with no conntrack entry: "
                                                   f"forwarded by hash, no state created ({how})",
                                     stateless=True)
             rev = self.reply_key(ConntrackView(chosen, backend_id, 0.0, 0.0, None, flags))
             if not self.reply_held(rev):
                 self.counters.append("conntrack_insert")
-                self.counters.append("dnat_new")
+                self.new_flow = True
                 return self.deliver(chosen, None, f"{why_new}: {how}")
             # The client's port already reaches this backend through another frontend: this
             # flow gets a port of its own (a pod reaching itself has none to move).
@@ -586,7 +602,8 @@ class _Decision:
             port = None if flags & CT_F_HAIRPIN else self.snat_port(be, f.saddr)
             if port is None:
                 return self.drop("conntrack_collision", held + ", with no port for it")
-            self.counters += ["port_nat", "conntrack_insert", "dnat_new"]
+            self.counters += ["port_nat", "conntrack_insert"]
+            self.new_flow = True
             return self.deliver(chosen, _endpoint(f.saddr, port),
                                 f"{held}: {how}, and a new source port")
         if svc.flags & SVC_F_ETP_LOCAL:
@@ -608,7 +625,7 @@ class _Decision:
         if port is None:
             return self.drop("snat_exhausted", f"no free SNAT port of {snat_addr} towards {chosen}")
         self.counters.append("conntrack_insert")
-        self.counters.append("dnat_new")
+        self.new_flow = True
         return self.deliver(chosen, _endpoint(snat_addr, port),
                             f"{why_new} to a backend on another node: {how}, SNAT to this node",
                             remote=True)
@@ -700,7 +717,8 @@ def render(e: Explanation, extra: Tuple[Tuple[str, str], ...] = ()) -> str:
     rows.append(("verdict", verdict))
     rows.extend(_steps(e))
     rows.append(("why", e.reason))
-    rows.append(("counters", ", ".join(e.counters) or "none (counted per frontend and backend)"))
+    rows.append(("counted as", e.counted_as))
+    rows.append(("counters", ", ".join(e.counters) or "none"))
     rows.extend(extra)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -103,7 +103,7 @@ def to_json(views: List[ServiceView]) -> List[Dict[str, Any]]:
 
 
 NO_ENDPOINT_NOTES = {
-    "reject": "(no usable endpoint, no_backend: new flows rejected)",
+    "reject": "(no usable endpoint: new flows rejected)",
     "drop": "(no usable endpoint here, some on other nodes, no_backend: new flows dropped)"}
 
 

@@ -5,6 +5,7 @@ from a source change to the maps being written (kube-proxy's network_programming
 Bound to 127.0.0.1 by default: counters name every Service and pod address of the node.
 """
 import errno
+import ipaddress
 import logging
 import threading
 from typing import Any, Iterator, Optional, Tuple
@@ -13,20 +14,13 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, start_http_server)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .dataplane.bcc_maps import STAT_NAMES, read_stats
+from .dataplane.bcc_maps import DROP_REASONS, EVENTS, read_stats, read_verdicts
 from .dataplane.libbpf import map_info
 from .dataplane.readers import conntrack_entries, read_service_stats
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9402"
-# Verdicts that drop the packet, as the `reason` label of ebpflb_drops_total.
-# Every verdict counter that means the packet (or the connect()) went no further: each is a
-# reason of ebpflb_drops_total. no_backend includes the rejected (answered with a RST or an ICMP
-# port unreachable), socket_no_backend the connect() and sends refused at the socket hooks.
-DROP_REASONS = ("no_backend", "nat_fail", "bad_source", "external_clusterip", "source_denied",
-                "snat_exhausted", "forward_fail", "conntrack_collision", "spoofed",
-                "socket_no_backend")
 # Series named X_created (a counter's creation time) are not exported: kube-proxy has none, and
 # they double the series count for nothing a dashboard uses.
 disable_created_metrics()
@@ -70,16 +64,45 @@ def build_labels() -> Tuple[str, str, str, str]:
     return __version__, platform.python_version(), bcc_version, platform.release()
 
 
+ADDRESS_FORM = ("HOST:PORT (HOST an IP address or a name, an IPv6 address in brackets as in "
+                "[::1]:9402; PORT 0-65535)")
+
+
 def parse_address(value: str) -> Tuple[str, int]:
-    """"HOST:PORT" -> (host, port); ValueError naming the value."""
+    """"HOST:PORT" -> (host, port); ValueError naming the value and the form it must have. An
+    IPv6 host goes in brackets, as Go's net.SplitHostPort (kube-proxy's flags) wants it."""
     host, sep, port = value.rpartition(":")
     try:
         number = int(port) if sep and host else -1
     except ValueError:
         number = -1
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    why = ""
     if not 0 <= number <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    return host.strip("[]"), number
+        why = f"port {port!r} is not 0-65535" if sep and host and port.isdigit() else ""
+    elif ":" in host and not bracketed:
+        why = f"an IPv6 address goes in brackets: [{host}]:{port}"
+    elif bracketed and not _is_ipv6(host):
+        why = f"{host!r} in brackets is not an IPv6 address"
+    elif host.replace(".", "").isdigit() and not _is_ip(host):
+        why = f"{host!r} is not an IPv4 address"
+    else:
+        return host, number
+    raise ValueError(f"{value!r} is not {ADDRESS_FORM}" + (f": {why}" if why else ""))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ipv6(host: str) -> bool:
+    return _is_ip(host) and ":" in host
 
 
 def _service_labels(name: str, frontend: str) -> Tuple[str, str, str, str]:
@@ -124,21 +147,24 @@ class DataplaneCollector:
                 families["backend_connections"].add_metric(bl, b.counters.conns)
         yield from families.values()
 
-        verdicts = read_stats(self.bpf)
-        packets = CounterMetricFamily("ebpflb_datapath_packets", "Packets seen by the programs, "
-                                      "by verdict.", labels=["verdict"])
-        for name in STAT_NAMES:
-            packets.add_metric([name], verdicts[name])
+        packets = CounterMetricFamily(
+            "ebpflb_datapath_packets", "Program runs by hook and verdict, one per run: a packet "
+            "at a TC or XDP hook, a connect() or a datagram at the socket hooks.",
+            labels=["hook", "verdict"])
+        for (hook, verdict), n in read_verdicts(self.bpf).items():
+            packets.add_metric([hook, verdict], n)
         yield packets
-        drops = CounterMetricFamily("ebpflb_drops", "Packets dropped, by reason.", labels=["reason"])
+        counters = read_stats(self.bpf)
+        drops = CounterMetricFamily("ebpflb_drops", "Packets dropped, by reason: one per "
+                                    "verdict drop.", labels=["reason"])
         for reason in DROP_REASONS:
-            drops.add_metric([reason], verdicts[reason])
+            drops.add_metric([reason], counters[reason])
         yield drops
-        yield CounterMetricFamily("ebpflb_conntrack_inserts", "Flows added to conntrack.",
-                                  value=verdicts["conntrack_insert"])
-        yield CounterMetricFamily("ebpflb_conntrack_insert_failures",
-                                  "Flows that could not be added to conntrack.",
-                                  value=verdicts["conntrack_insert_fail"])
+        events = CounterMetricFamily("ebpflb_datapath_events", "Events on the way of a packet, "
+                                     "any number per packet.", labels=["event"])
+        for event in EVENTS:
+            events.add_metric([event], counters[event])
+        yield events
         entries = GaugeMetricFamily("ebpflb_conntrack_entries", "Conntrack entries (two per "
                                     "flow), by table: ct4 (established, UDP), ct4_syn (half-open "
                                     "TCP).", labels=["table"])

@@ -103,3 +103,34 @@ def render_table(stats: List[ServiceStats]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows)
+
+
+def global_counters(verdicts: Mapping[Tuple[str, str], int], reasons: Mapping[str, int],
+                    events: Mapping[str, int]) -> Dict[str, Any]:
+    """The global counters as `ebpflb stats --verdicts` shows them: verdicts by hook, drop
+    reasons, events. Every name is listed, zero or not, so the shape never changes."""
+    by_hook: Dict[str, Dict[str, int]] = {}
+    for (hook, verdict), n in verdicts.items():
+        by_hook.setdefault(hook, {})[verdict] = n
+    return {"verdicts": by_hook, "drops": dict(reasons), "events": dict(events)}
+
+
+def render_global_counters(counters: Mapping[str, Any]) -> str:
+    """A table of verdicts (a row per hook, a column per verdict that any hook counted), then
+    the drop reasons and events that are not zero."""
+    by_hook = counters["verdicts"]
+    hooks = list(by_hook)
+    columns = [v for v in next(iter(by_hook.values()), {})
+               if any(by_hook[h][v] for h in hooks)] or ["pass"]
+    width = max(len(h) for h in hooks + ["hook"])
+    cells = [[str(by_hook[h][v]) for v in columns] for h in hooks]
+    widths = [max(len(v), *(len(row[i]) for row in cells)) for i, v in enumerate(columns)]
+    lines = ["hook".ljust(width) + "  " + "  ".join(v.rjust(w) for v, w in zip(columns, widths))]
+    for h, row in zip(hooks, cells):
+        lines.append(h.ljust(width) + "  " + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    for title in ("drops", "events"):
+        nonzero = {k: n for k, n in counters[title].items() if n}
+        lines.append("")
+        lines.append(f"{title}: " + (", ".join(f"{k} {n}" for k, n in nonzero.items())
+                                     if nonzero else "none"))
+    return "\n".join(lines)

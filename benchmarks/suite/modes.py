@@ -145,8 +145,13 @@ class Ebpflb(Mode):
     """
 
     NAMES = {"off": "ebpflb", "all": "ebpflb-sock"}
-    # The verdict counters a slot keeps: which path translated the slot's connections.
-    VERDICTS = ("socket_lb", "socket_no_backend", "dnat_new", "no_backend", "pass")
+    # The counters a slot keeps, under the names results files have used since before the
+    # verdicts were counted per hook: which path translated the slot's connections.
+    VERDICTS = {"socket_lb": ("verdicts", "socket", "new"),
+                "socket_no_backend": ("verdicts", "socket", "reject"),
+                "dnat_new": ("verdicts", "from_pod", "new"),
+                "no_backend": ("drops", "no_backend"),
+                "pass": ("verdicts", "from_pod", "pass")}
 
     def __init__(self, node_ns: str, lab: str, workdir: Path, cgroup: Optional[str],
                  socket_lb: str = "off"):
@@ -242,7 +247,13 @@ class Ebpflb(Mode):
                             "--pin-dir", self.pin_dir], capture_output=True, text=True, timeout=60,
                            cwd=str(REPO), check=True)
         counters = json.loads(r.stdout)
-        return {k: counters[k] for k in self.VERDICTS}
+        out = {}
+        for name, path in self.VERDICTS.items():
+            value = counters
+            for key in path:
+                value = value[key]
+            out[name] = value
+        return out
 
     def check_verdicts(self, v: Dict[str, int]) -> None:
         """The slot measured the path the mode is named for: in socket LB mode the hooks

@@ -21,12 +21,17 @@ CT4 = "ct4"
 CT4_SYN = "ct4_syn"
 CT_TABLES = (CT4, CT4_SYN)  # established (and UDP) flows; half-open TCP flows
 STATS = "lb_stats"
-STAT_NAMES = ("pass", "dnat_new", "no_backend", "malformed", "fragment", "conntrack_insert_fail",
-              "nat_fail", "conntrack_insert", "tcp_no_state", "bad_source", "icmp_nat",
-              "external_clusterip", "source_denied", "snat_exhausted", "node_forward",
-              "xdp_forward", "xdp_to_tc", "forward_fail", "snat_reuse", "frag_miss",
-              "conntrack_collision", "spoofed", "backend_gone", "conntrack_rebuilt", "port_nat",
-              "socket_lb", "socket_no_backend")
+VERDICTS = "lb_verdicts"
+# enum lb_stat: the drop reasons (one per dropped packet), then the events.
+DROP_REASONS = ("no_backend", "nat_fail", "bad_source", "external_clusterip", "source_denied",
+                "snat_exhausted", "forward_fail", "conntrack_collision", "spoofed", "tcp_no_state")
+EVENTS = ("conntrack_insert", "conntrack_insert_fail", "node_forward", "xdp_forward",
+          "snat_reuse", "frag_miss", "backend_gone", "conntrack_rebuilt", "port_nat")
+STAT_NAMES = DROP_REASONS + EVENTS
+# enum lb_at and enum lb_verdict: where a program run decided, and what.
+VERDICT_HOOKS = ("from_pod", "to_pod", "node_xdp", "node_in", "node_out", "socket")
+VERDICT_NAMES = ("pass", "malformed", "new", "established", "stateless", "reply", "icmp_error",
+                 "fragment", "reject", "drop", "to_tc")
 
 
 def ip_to_be32(ip: str) -> int:
@@ -219,9 +224,25 @@ def lookup_conntrack(bpf: Any, saddr: str, sport: int, daddr: str, dport: int, p
 
 
 def read_stats(bpf: Any) -> Dict[str, int]:
-    """Global verdict counters, summed over CPUs."""
+    """The drop reasons and events (lb_stats), summed over CPUs."""
     t = bpf[STATS.encode()]
     return {name: int(sum(t[t.Key(i)])) for i, name in enumerate(STAT_NAMES)}
+
+
+def read_verdicts(bpf: Any) -> Dict[Tuple[str, str], int]:
+    """The verdict counters (lb_verdicts) by (hook, verdict), summed over CPUs."""
+    t = bpf[VERDICTS.encode()]
+    width = len(VERDICT_NAMES)
+    return {(hook, verdict): int(sum(t[t.Key(h * width + v)]))
+            for h, hook in enumerate(VERDICT_HOOKS) for v, verdict in enumerate(VERDICT_NAMES)}
+
+
+def read_counters(bpf: Any) -> Dict[str, int]:
+    """Every global counter in one flat dict: the drop reasons and events by name, and the
+    verdicts as "hook/verdict" (as `ebpflb stats` and explain name them)."""
+    out = read_stats(bpf)
+    out.update({f"{hook}/{verdict}": n for (hook, verdict), n in read_verdicts(bpf).items()})
+    return out
 
 
 def lookup_sock_affinity(bpf: Any, svc_id: int, netns_cookie: int) -> Optional[Tuple[int, int]]:

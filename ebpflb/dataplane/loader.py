@@ -22,7 +22,7 @@ from .config import BPFFS_ROOT, DataplaneConfig
 log = logging.getLogger(__name__)
 
 MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "ct4", "lb4_svc_meta", "lb_stats",
-             "lb4_svc_stats", "lb4_backend_stats", "lb4_vips", "ct4_syn", "lb4_affinity",
+             "lb_verdicts", "lb4_svc_stats", "lb4_backend_stats", "lb4_vips", "ct4_syn", "lb4_affinity",
              "lb4_src_ranges", "lb4_node_ifs", "frag4", "lb4_pod_addrs", "lb4_sock_nat",
              "lb4_sock_affinity", "lb_sock_cfg")
 CONTROL_MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "lb4_svc_meta", "lb4_vips",

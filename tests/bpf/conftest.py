@@ -41,8 +41,9 @@ class Dataplane:
         return sum(len(self.progs.bpf[table]) for table in (b"ct4", b"ct4_syn"))
 
     def stats(self):
-        from ebpflb.dataplane.bcc_maps import read_stats
-        return read_stats(self.progs.bpf)
+        """Every global counter: drop reasons and events by name, verdicts as "hook/verdict"."""
+        from ebpflb.dataplane.bcc_maps import read_counters
+        return read_counters(self.progs.bpf)
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +56,46 @@ def dataplane():
         yield dp
     finally:
         shutil.rmtree(config.pin_dir, ignore_errors=True)
+
+
+def _verdict_and_drop_totals(counters) -> Tuple[int, int, int]:
+    """(verdicts, drop verdicts, drop reasons) in a read_counters() dict."""
+    from ebpflb.dataplane.bcc_maps import DROP_REASONS
+
+    verdicts = {k: n for k, n in counters.items() if "/" in k}
+    return (sum(verdicts.values()), sum(n for k, n in verdicts.items() if k.endswith("/drop")),
+            sum(counters[k] for k in DROP_REASONS))
+
+
+@pytest.fixture(autouse=True)
+def one_verdict_per_run(request, monkeypatch):
+    """Every test that runs the session's programs checks the counters' contract on the way: each
+    BPF_PROG_TEST_RUN moves exactly one verdict counter, and each drop exactly one drop reason.
+    A module whose packets also reach the programs another way (real devices, socket hooks) sets
+    REAL_TRAFFIC = True and keeps the second check only."""
+    if "dataplane" not in request.fixturenames:
+        yield
+        return
+    from ebpflb.dataplane import testrun
+
+    dp = request.getfixturevalue("dataplane")
+    fds = {getattr(p, "fd", None) for p in vars(dp.progs).values()} - {None}
+    runs = [0]
+    real_run = testrun._run
+
+    def counting_run(prog_fd, packet, ctx, repeat):
+        if prog_fd in fds:
+            runs[0] += repeat
+        return real_run(prog_fd, packet, ctx, repeat)
+
+    monkeypatch.setattr(testrun, "_run", counting_run)
+    before = _verdict_and_drop_totals(dp.stats())
+    yield
+    after = _verdict_and_drop_totals(dp.stats())
+    verdicts, drops, reasons = (a - b for a, b in zip(after, before))
+    assert drops == reasons, f"{drops} drop verdicts but {reasons} drop reasons counted"
+    if not getattr(request.module, "REAL_TRAFFIC", False):
+        assert verdicts == runs[0], f"{runs[0]} program runs moved {verdicts} verdict counters"
 
 
 @contextlib.contextmanager

@@ -82,7 +82,7 @@ def test_a_new_connection_to_the_old_port_is_not_served(dataplane, open_connecti
     before = dataplane.stats()
     res = from_pod(dataplane, syn)
     assert res.data == bytes(syn)  # untouched, no RST: as a port that never was a frontend
-    assert stats_delta(before, dataplane.stats()) == {"pass": 1}
+    assert stats_delta(before, dataplane.stats()) == {"from_pod/pass": 1}
     assert Ether(from_pod(dataplane, tcp(CLIENT, 7402, VIP, 81, "S")).data)[IP].dst in WEB_BACKENDS
 
 

@@ -10,8 +10,8 @@ BPF_PROG_TEST_RUN, maps programmed through the real apply path.
   flow's affinity binding, the reply of a translated flow). Each case runs the packets that make
   the state, then gives explain the snapshot, the conntrack entries and the device and compares,
   for the packet under test: the program's action (TC_ACT_OK / SHOT / REDIRECT), the addresses
-  and ports it leaves with (a reject: the RST or ICMP error, from the frontend), and which lb_stats
-  counters moved, with what explain's verdict says.
+  and ports it leaves with (a reject: the RST or ICMP error, from the frontend), and which global
+  counters moved (its one verdict counter, its drop reason and events), with what explain says.
 
 The programs run inside a namespace the module creates (skb->ifindex and bpf_fib_lookup resolve
 there): a node device with 192.168.200.10/24 whose route to 10.244.1.0/24 (node-1's pods) makes
@@ -644,7 +644,7 @@ def check(w: World, c: Case) -> Explanation:
         moved = collections.Counter({k: after[k] - before[k] for k in after
                                      if after[k] != before[k]})
         got = (outcome(res, packet), moved)
-        want = (predicted(e), collections.Counter(e.counters))
+        want = (predicted(e), collections.Counter(e.counters) + collections.Counter([e.counted_as]))
         assert got == want, (f"{c} ({PRE_STATES[c.pre]}; {c.note}) on {dev}: {flow}\n"
                              f"program {got}\nexplain {want}: {e.verdict}, {e.reason}")
         return e
@@ -661,13 +661,17 @@ def test_explain_matches_every_decision_of_the_programs(parity_world):
         e = check(parity_world, c)
         seen[e.verdict] += 1
         seen.update(e.counters)
+        seen[e.counted_as] += 1
         seen["affinity"] += bool(e.affinity_backend and e.affinity_backend != e.hashed_backend)
         seen["draining"] += "removed frontend" in e.reason
     # The table keeps covering what it is meant to (a world change must not hollow it out).
     for what in ("pass", "dnat", "hairpin", "forward", "drop", "reject", "spoofed", "bad_source",
                  "external_clusterip", "source_denied", "no_backend", "tcp_no_state",
                  "conntrack_rebuilt", "conntrack_collision", "backend_gone", "node_forward",
-                 "conntrack_insert", "dnat_new", "affinity", "port_nat", "draining"):
+                 "conntrack_insert", "affinity", "port_nat", "draining", "from_pod/new",
+                 "from_pod/established", "from_pod/stateless", "from_pod/reply", "from_pod/drop",
+                 "from_pod/reject", "from_pod/pass", "node_in/new", "node_in/established",
+                 "node_in/reply", "node_in/drop", "node_in/pass"):
         assert seen[what], f"no case covers {what}: {dict(seen)}"
 
 
@@ -707,8 +711,10 @@ def test_explain_matches_a_random_sweep(parity_world):
         e = check(parity_world, c)
         seen[e.verdict] += 1
         seen.update(e.counters)
+        seen[e.counted_as] += 1
     for what in ("pass", "dnat", "hairpin", "forward", "drop", "reject", "spoofed", "bad_source",
-                 "external_clusterip", "source_denied", "tcp_no_state", "conntrack_rebuilt"):
+                 "external_clusterip", "source_denied", "from_pod/stateless", "conntrack_rebuilt",
+                 "from_pod/established", "node_in/new", "node_in/drop"):
         assert seen[what] >= 3, f"the sweep covers {what} too rarely: {dict(seen)}"
 
 

@@ -194,6 +194,14 @@ def delta(before, after):
     return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
 
+# The verdict counter each node.run hook moves ("hook/verdict").
+AT = {"xdp": "node_xdp", "xdp-generic": "node_xdp", "tc": "node_in", "out": "node_out"}
+
+
+def v(hook: str, verdict: str) -> str:
+    return f"{AT.get(hook, hook)}/{verdict}"
+
+
 @pytest.fixture(scope="module")
 def node(dataplane):
     ns = unique("ebpflb-ns-test-")
@@ -289,7 +297,7 @@ def test_local_backend_dnat_keeps_client_and_reply_is_rewritten_at_egress(node, 
     assert res.retval == PASS[hook]  # to the stack, which routes it to the pod
     assert res.data == rewritten(syn, dst=LOCAL_BE, dport=8080), Ether(res.data).show2(dump=True)
     assert_checksums_valid(res.data)
-    assert delta(before, node.stats()) == {"dnat_new": 1, "conntrack_insert": 1}
+    assert delta(before, node.stats()) == {v(hook, "new"): 1, "conntrack_insert": 1}
 
     fwd = node.ct(CLIENT, 40000, fe_ip, fe_port, 6)
     rev = node.ct(LOCAL_BE, 8080, CLIENT, 40000, 6, reply=True)
@@ -305,13 +313,15 @@ def test_local_backend_dnat_keeps_client_and_reply_is_rewritten_at_egress(node, 
     assert res.retval == TC_ACT_OK
     assert res.data == rewritten(synack, src=fe_ip, sport=fe_port)
     assert_checksums_valid(res.data)
-    assert delta(before, node.stats()) == {}  # replies are counted per frontend, not globally
+    assert delta(before, node.stats()) == {v("out", "reply"): 1}
 
     # The client's ACK finds the flow in conntrack: same backend, and the flow is established.
     ack = tcp(CLIENT, 40000, fe_ip, fe_port, "A", seq=1001, ack=5001)
+    before = node.stats()
     res = node.run(hook, ack)
     assert res.retval == PASS[hook]
     assert res.data == rewritten(ack, dst=LOCAL_BE, dport=8080)
+    assert delta(before, node.stats()) == {v(hook, "established"): 1}
     fwd = node.ct(CLIENT, 40000, fe_ip, fe_port, 6)
     assert fwd.flags == CT_F_EXTERNAL | CT_F_ESTABLISHED and not fwd.half_open
 
@@ -347,7 +357,7 @@ def test_remote_backend_is_snated_and_its_reply_translated_back(node, hook, fron
                                  ttl_dec=1, macs=macs), Ether(res.data).show2(dump=True)
     assert_checksums_valid(res.data)
     sent = {"xdp": "xdp_forward", "tc": "node_forward"}[hook]
-    assert delta(before, node.stats()) == {"dnat_new": 1, "conntrack_insert": 1, sent: 1}
+    assert delta(before, node.stats()) == {v(hook, "new"): 1, "conntrack_insert": 1, sent: 1}
 
     fwd = node.ct(CLIENT, 40000, fe_ip, fe_port, 6)
     assert (fwd.nat_addr, fwd.nat_port, fwd.nat2_addr, fwd.nat2_port, fwd.flags) == \
@@ -367,7 +377,7 @@ def test_remote_backend_is_snated_and_its_reply_translated_back(node, hook, fron
     assert res.data == rewritten(synack, src=fe_ip, sport=fe_port, dst=CLIENT, dport=40000,
                                  ttl_dec=1, macs=macs), Ether(res.data).show2(dump=True)
     assert_checksums_valid(res.data)
-    assert delta(before, node.stats()) == {sent: 1}
+    assert delta(before, node.stats()) == {v(hook, "reply"): 1, sent: 1}
 
     # The client's ACK keeps its SNAT port and moves the flow to the established table.
     ack = tcp(CLIENT, 40000, fe_ip, fe_port, "A", seq=1001, ack=5001)
@@ -458,7 +468,7 @@ def test_source_ranges_restrict_the_load_balancer_frontend_only(node, hook):
     before = node.stats()
     res = node.run(hook, denied)
     assert res.retval == DROP[hook]
-    assert delta(before, node.stats()) == {"source_denied": 1}
+    assert delta(before, node.stats()) == {v(hook, "drop"): 1, "source_denied": 1}
     assert node.ct(DENIED_CLIENT, 40000, *LOADBALANCER, 6) is None
     assert node.ct_count() == 2  # the allowed flow's entries only
 
@@ -489,7 +499,7 @@ def test_source_ranges_apply_to_pods_too(node):
     before = node.stats()
     res = testrun.test_run(from_pod.fd, bytes(pkt))
     assert res.retval == TC_ACT_SHOT
-    assert delta(before, node.stats()) == {"source_denied": 1}
+    assert delta(before, node.stats()) == {"from_pod/drop": 1, "source_denied": 1}
     assert node.ct_count() == 0
     # The pod may still use the node port and the cluster IP (from two source ports: one client
     # port to two frontends of one backend is one reply tuple, test_conntrack_reuse).
@@ -509,7 +519,7 @@ def test_cluster_ip_from_outside_is_dropped(node, hook):
     before = node.stats()
     res = node.run(hook, pkt)
     assert res.retval == DROP[hook]
-    assert delta(before, node.stats()) == {"external_clusterip": 1}
+    assert delta(before, node.stats()) == {v(hook, "drop"): 1, "external_clusterip": 1}
     assert node.ct_count() == 0
     # From a pod's device the same packet is load-balanced.
     res = testrun.test_run(node.dp.progs.from_pod.fd, bytes(pkt))
@@ -532,7 +542,7 @@ def test_local_policy_without_a_local_backend_drops(node, hook, frontend):
     before = node.stats()
     res = node.run(hook, pkt)
     assert res.retval == DROP[hook]  # dropped, not rejected: the LB's health check steers away
-    assert delta(before, node.stats()) == {"no_backend": 1}
+    assert delta(before, node.stats()) == {v(hook, "drop"): 1, "no_backend": 1}
     assert node.ct_count() == 0
 
 
@@ -548,11 +558,12 @@ def test_local_policy_without_endpoints_anywhere_rejects(node, hook):
     res = node.run(hook, syn)
     if hook == "xdp":  # left to TC, which sends the reject
         assert (res.retval, res.data) == (XDP_PASS, bytes(syn))
+        assert delta(before, node.stats()) == {v(hook, "to_tc"): 1}
         return
     assert res.retval == TC_ACT_REDIRECT
     rst = Ether(res.data)
     assert str(rst[TCP].flags) == "RA" and rst[TCP].ack == 1001
-    assert delta(before, node.stats()) == {"no_backend": 1}
+    assert delta(before, node.stats()) == {v(hook, "reject"): 1}  # answered: no drop reason
 
 
 def test_internal_local_policy_drops_with_remote_endpoints_and_rejects_without(node):
@@ -565,7 +576,7 @@ def test_internal_local_policy_drops_with_remote_endpoints_and_rejects_without(n
     before = node.stats()
     res = testrun.test_run(from_pod.fd, bytes(pkt))
     assert res.retval == TC_ACT_SHOT
-    assert delta(before, node.stats()) == {"no_backend": 1}
+    assert delta(before, node.stats()) == {"from_pod/drop": 1, "no_backend": 1}
     # The load balancer address is not under the internal policy: pods reach node-1's pod.
     assert snap[SERVICES][SvcKey(LB_IP, 80, 6)].count == 1
     node.program(endpoints=[], itp="Local")
@@ -583,7 +594,7 @@ def test_local_policy_never_sends_a_flow_to_another_node(node, hook):
     before = node.stats()
     res = node.run(hook, pkt)
     assert res.retval == DROP[hook]
-    assert delta(before, node.stats()) == {"forward_fail": 1}
+    assert delta(before, node.stats()) == {v(hook, "drop"): 1, "forward_fail": 1}
     assert node.ct_count() == 0
 
 
@@ -610,7 +621,7 @@ def test_cluster_policy_without_backends_tc_rejects(node):
     assert str(rst[TCP].flags) == "RA" and rst[TCP].seq == 0 and rst[TCP].ack == 1001
     assert len(res.data) == 14 + 40
     assert_checksums_valid(res.data)
-    assert delta(before, node.stats()) == {"no_backend": 1}
+    assert delta(before, node.stats()) == {"node_in/reject": 1}
     assert node.ct_count() == 0
 
     dgram = udp(CLIENT, 40001, *UDP_NODEPORT)
@@ -629,7 +640,7 @@ def test_cluster_policy_without_backends_xdp_leaves_it_to_tc(node, pkt):
     before = node.stats()
     res = node.run("xdp", pkt)
     assert (res.retval, res.data) == (XDP_PASS, bytes(pkt))
-    assert delta(before, node.stats()) == {"xdp_to_tc": 1}  # TC counts the reject itself
+    assert delta(before, node.stats()) == {"node_xdp/to_tc": 1}  # TC counts the reject itself
     assert node.ct_count() == 0
 
 
@@ -643,7 +654,7 @@ def _bad_ip(**fields):
 _SYN = bytes(tcp(CLIENT, 40000, *NODEPORT))
 _E = Ether(src=CLIENT_MAC, dst=NODE_MAC)
 
-# (description, frame, the global counter lb4_node_in bumps; XDP counts nothing it passes)
+# (description, frame, the verdict each hook counts [+ an event lb4_node_in counts])
 PASS_CASES = [
     ("TCP to the node address on a port that is no frontend", tcp(CLIENT, 40000, NODE_IP, 22), "pass"),
     ("UDP to a TCP node port", udp(CLIENT, 40000, NODE_IP, 30080), "pass"),
@@ -660,7 +671,7 @@ PASS_CASES = [
     ("ARP for the LB address", _E / ARP(psrc=CLIENT, pdst=LB_IP), "pass"),
     ("IPv6", _E / IPv6(dst="fd00::1") / TCP(dport=30080), "pass"),
     ("non-first fragment to a frontend, its first never seen",
-     _E / IP(src=CLIENT, dst=NODE_IP, frag=10, proto=6) / Raw(b"x" * 16), "frag_miss"),
+     _E / IP(src=CLIENT, dst=NODE_IP, frag=10, proto=6) / Raw(b"x" * 16), "pass+frag_miss"),
     ("IPv4 header only, no L4 header", _SYN[:14 + 20], "malformed"),
     ("TCP header cut after 10 bytes", _SYN[:14 + 20 + 10], "malformed"),
     ("IPv4 options past the end of the frame",
@@ -680,12 +691,16 @@ PASS_CASES = [
 def test_not_ours_and_malformed_pass_untouched(node, hook, desc, pkt, counter):
     node.program(endpoints=[(REMOTE_BE, "node-1")])
     raw = bytes(pkt)
+    verdict, _, event = counter.partition("+")
     before = node.stats()
     res = node.run(hook, raw)
     assert (res.retval, res.data) == (PASS[hook], raw)
-    assert delta(before, node.stats()) == ({} if hook == "xdp" else {counter: 1})
+    events = {event: 1} if event and hook == "tc" else {}
+    assert delta(before, node.stats()) == {v(hook, verdict): 1, **events}
+    before = node.stats()
     res = node.run("out", raw)
     assert (res.retval, res.data) == (TC_ACT_OK, raw)
+    assert delta(before, node.stats()) == {v("out", verdict): 1}
     assert node.ct_count() == 0
 
 
@@ -706,7 +721,7 @@ def test_xdp_without_a_neighbour_leaves_the_flow_to_tc(node):
     before = node.stats()
     res = node.run("xdp", syn)
     assert (res.retval, res.data) == (XDP_PASS, bytes(syn))
-    assert delta(before, node.stats()) == {"xdp_to_tc": 1}
+    assert delta(before, node.stats()) == {"node_xdp/to_tc": 1}
     assert node.ct_count() == 0  # TC creates the flow, once
 
     port = node.snat_port(CLIENT, 40000, *NODEPORT, 6)
@@ -740,7 +755,7 @@ def test_xdp_without_a_neighbour_for_the_client_leaves_the_reply_to_tc(node):
     before = node.stats()
     res = node.run("xdp", synack)
     assert (res.retval, res.data) == (XDP_PASS, bytes(synack))
-    assert delta(before, node.stats()) == {"xdp_to_tc": 1}
+    assert delta(before, node.stats()) == {"node_xdp/to_tc": 1}
     res = node.run("tc", synack)
     assert res.retval == TC_ACT_REDIRECT
     assert res.data == rewritten(synack, src=NODE_IP, sport=30080, dst=CLIENT_NO_NEIGH,
@@ -760,7 +775,7 @@ def test_generic_xdp_leaves_local_flows_to_tc(node):
     before = node.stats()
     res = node.run("xdp-generic", syn)
     assert (res.retval, res.data) == (XDP_PASS, bytes(syn))
-    assert delta(before, node.stats()) == {"xdp_to_tc": 1}
+    assert delta(before, node.stats()) == {"node_xdp/to_tc": 1}
     assert node.ct_count() == 0
     res = node.run("tc", syn)
     assert (res.retval, res.data) == (TC_ACT_OK, rewritten(syn, dst=LOCAL_BE, dport=8080))
@@ -945,7 +960,8 @@ def test_ttl_exhausted_on_the_way_to_another_node_is_dropped(node, hook):
     before = node.stats()
     res = node.run(hook, tcp(CLIENT, 40000, *NODEPORT, ttl=1))
     assert res.retval == DROP[hook]
-    assert delta(before, node.stats()).get("forward_fail") == 1
+    assert delta(before, node.stats()) == {v(hook, "drop"): 1, "forward_fail": 1,
+                                           "conntrack_insert": 1}
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -956,14 +972,14 @@ def test_tcp_without_state_local_is_forwarded_remote_is_dropped(node, hook):
     res = node.run(hook, ack)
     assert res.retval == PASS[hook]
     assert res.data == rewritten(ack, dst=LOCAL_BE, dport=8080)
-    assert delta(before, node.stats()) == {"tcp_no_state": 1}
+    assert delta(before, node.stats()) == {v(hook, "stateless"): 1}
     assert node.ct_count() == 0
     # Towards another node there is no SNAT port without state: dropped.
     node.program(endpoints=[(REMOTE_BE, "node-1")])
     before = node.stats()
     res = node.run(hook, ack)
     assert res.retval == DROP[hook]
-    assert delta(before, node.stats()) == {"tcp_no_state": 1}
+    assert delta(before, node.stats()) == {v(hook, "drop"): 1, "tcp_no_state": 1}
     assert node.ct_count() == 0
 
 
@@ -975,7 +991,7 @@ def test_new_flows_from_bad_sources_are_dropped(node, hook, src):
     before = node.stats()
     res = node.run(hook, tcp(src, 40000, *NODEPORT))
     assert res.retval == DROP[hook]
-    assert delta(before, node.stats()) == {"bad_source": 1}
+    assert delta(before, node.stats()) == {v(hook, "drop"): 1, "bad_source": 1}
     assert node.ct_count() == 0
 
 
@@ -1001,7 +1017,7 @@ def test_established_snat_flow_without_a_route_is_dropped(node, hook):
         before = node.stats()
         res = node.run(hook, tcp(CLIENT, 40000, *NODEPORT, "A", seq=1001, ack=5001))
         assert res.retval == DROP[hook]
-        assert delta(before, node.stats()) == {"forward_fail": 1}
+        assert delta(before, node.stats()) == {v(hook, "drop"): 1, "forward_fail": 1}
     finally:
         subprocess.run(["ip", "-n", node.ns, *route[:1], "add", *route[1:]], check=True)
 
@@ -1069,7 +1085,7 @@ def test_icmp_error_from_a_local_backend_reaches_the_client_from_the_frontend(no
                      quoted(CLIENT, 40001, fe_ip, fe_port, 17), mac=(NODE_MAC, CLIENT_MAC))
     assert res.data == bytes(exp), Ether(res.data).show2(dump=True)
     assert_icmp_checksums_valid(res.data)
-    assert delta(before, node.stats()) == {"icmp_nat": 1}
+    assert delta(before, node.stats()) == {"node_out/icmp_error": 1}
 
 
 def test_icmp_error_about_a_reply_reaches_the_local_backend(node):
@@ -1100,7 +1116,7 @@ def test_icmp_error_about_a_reply_reaches_the_remote_backend(node, frontend):
     exp = icmp_error(NODE_IP, REMOTE_BE, quoted(REMOTE_BE, 8080, NODE_IP, port, 6), code=4, ttl=63)
     assert res.data == bytes(exp), Ether(res.data).show2(dump=True)
     assert_icmp_checksums_valid(res.data)
-    assert delta(before, node.stats()) == {"icmp_nat": 1}
+    assert delta(before, node.stats()) == {"node_in/icmp_error": 1}
 
 
 @pytest.mark.parametrize("sender", ["backend", "router"])
@@ -1277,7 +1293,7 @@ def test_snat_ports_in_use_are_skipped_up_to_the_probe_limit(node):
         before = node.stats()
         res = node.run(hook, dgram)
         assert res.retval == DROP[hook]
-        assert delta(before, node.stats()) == {"snat_exhausted": 1}
+        assert delta(before, node.stats()) == {v(hook, "drop"): 1, "snat_exhausted": 1}
         assert node.ct(CLIENT, 40001, *UDP_NODEPORT, 17) is None
     occupy(ports[0], 1)  # idle since boot: expired
     res = node.run("tc", dgram)
@@ -1361,8 +1377,8 @@ def test_snat_ports_of_closed_flows_are_held_then_reused_when_nothing_else_is_fr
     res = node.run("tc", syn)
     assert res.retval == FORWARD["tc"]
     assert Ether(res.data)[TCP].sport == ports[1]
-    assert delta(before, node.stats()) == {"snat_reuse": 1, "dnat_new": 1, "conntrack_insert": 1,
-                                           "node_forward": 1}
+    assert delta(before, node.stats()) == {"snat_reuse": 1, "node_in/new": 1,
+                                           "conntrack_insert": 1, "node_forward": 1}
     reply = node.ct(REMOTE_BE, 8080, NODE_IP, ports[1], 6, reply=True)
     assert reply.nat2_addr == CLIENT, "the old flow's reply entry was not replaced"
 
@@ -1379,4 +1395,8 @@ def test_stats_verdicts_shows_the_global_counters(node):
                           "--pin-dir", node.dp.config.pin_dir], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     counters = json.loads(out)
-    assert counters == node.stats() and counters["external_clusterip"] >= 1
+    flat = {**counters["drops"], **counters["events"],
+            **{f"{hook}/{verdict}": n for hook, verdicts in counters["verdicts"].items()
+               for verdict, n in verdicts.items()}}
+    assert flat == node.stats() and counters["drops"]["external_clusterip"] >= 1
+    assert counters["verdicts"]["node_in"]["drop"] >= 1

@@ -15,6 +15,9 @@ from ebpflb.lab.nsops import create_netns, in_netns, remove_netns
 from ..conftest import unique
 
 pytestmark = pytest.mark.bpf
+# Packets reach the programs over real devices too: only the drop check of conftest's
+# one_verdict_per_run applies.
+REAL_TRAFFIC = True
 
 
 def entries(table, ifindex):

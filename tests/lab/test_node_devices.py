@@ -77,13 +77,13 @@ def test_generic_xdp_serves_local_and_remote_backends(lab2):
             assert status["node_devices"] == [{"device": "eth0", "address": NODE_ADDRS[0],
                                                "hook": "xdp-generic+tc"}]
             assert served(lab2) == {"web-1", "n1-web-1"}
-            from ebpflb.dataplane.bcc_maps import read_stats
+            from ebpflb.dataplane.bcc_maps import read_counters
             from ebpflb.dataplane.config import DataplaneConfig
             from ebpflb.dataplane.loader import open_maps
 
-            counters = read_stats(open_maps(DataplaneConfig(pin_dir=running[0].pin_dir)))
+            counters = read_counters(open_maps(DataplaneConfig(pin_dir=running[0].pin_dir)))
             assert counters["xdp_forward"] > 0, counters
-            assert counters["xdp_to_tc"] > 0, counters  # local flows, left to TC
+            assert counters["node_xdp/to_tc"] > 0, counters  # local flows, left to TC
         finally:
             for a in running:
                 a.stop()

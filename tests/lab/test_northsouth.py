@@ -355,10 +355,15 @@ def udp_from_ext(env: Env, ip: str, port: int, payload: bytes) -> Tuple[str, Tup
 
 
 def datapath_counters(env: Env, k: int) -> Dict[str, int]:
-    """ebpflb_datapath_packets by verdict (lb_stats), scraped from node k's agent."""
+    """The drop reasons and events, scraped from node k's agent."""
     samples = scrape_metrics(env.lab.node_netns(k), METRICS_PORT)
-    return {dict(labels)["verdict"]: int(v) for (name, labels), v in samples.items()
-            if name == "ebpflb_datapath_packets_total"}
+    out = {}
+    for (name, labels), v in samples.items():
+        if name == "ebpflb_drops_total":
+            out[dict(labels)["reason"]] = int(v)
+        elif name == "ebpflb_datapath_events_total":
+            out[dict(labels)["event"]] = int(v)
+    return out
 
 
 # ------------------------------------------------------------------ 1. NodePort, Cluster policy

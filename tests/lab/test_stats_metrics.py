@@ -78,7 +78,11 @@ def test_stats_and_metrics_agree_with_the_traffic(lab, agent):
     for b in web["backends"]:
         assert value(m, "ebpflb_backend_connections_total", backend=b["backend"], **web_labels) == b["conns"]
     assert value(m, "ebpflb_drops_total", reason="no_backend") == 0
-    assert value(m, "ebpflb_conntrack_inserts_total") == 201
+    assert value(m, "ebpflb_datapath_events_total", event="conntrack_insert") == 201
+    # One verdict per packet: the 200 SYNs and the first datagram started flows.
+    assert value(m, "ebpflb_datapath_packets_total", hook="from_pod", verdict="new") == 201
+    replies = value(m, "ebpflb_datapath_packets_total", hook="to_pod", verdict="reply")
+    assert replies == echo["packets_out"] + web["packets_out"]
     assert value(m, "ebpflb_conntrack_entries", table="ct4") == 2 * 201  # every handshake completed
     assert value(m, "ebpflb_conntrack_entries", table="ct4_syn") == 0
     # What the start-up sync programmed was written before the agent started: not programming

@@ -39,6 +39,14 @@ def test_help(cmd):
     (["agent", "--manifests", ".", "--cgroup", "/proc"], "--cgroup /proc: not a cgroup v2 directory"),
     (["cleanup", "--cgroup", "/nonexistent"], "--cgroup /nonexistent: not a directory"),
     (["status", "-o", "csv"], "'-o' / '--output'"),
+    # Address errors say the form and the range.
+    (["agent", "--manifests", ".", "--metrics-address", "127.0.0.1:99999"],
+     "--metrics-address: '127.0.0.1:99999' is not HOST:PORT (HOST an IP address or a name, an "
+     "IPv6 address in brackets as in [::1]:9402; PORT 0-65535): port '99999' is not 0-65535"),
+    (["agent", "--manifests", ".", "--health-address", "::1:9403"],
+     "an IPv6 address goes in brackets: [::1]:9403"),
+    (["agent", "--manifests", ".", "--healthz-bind-address", "10.1.2:10256"],
+     "'10.1.2' is not an IPv4 address"),
     (["agent", "--manifests", ".", "--nodeport-addresses", "primary", "--nodeport-addresses",
       "10.0.0.0/8"], "'primary' cannot be combined with CIDRs"),
 ])
@@ -68,3 +76,12 @@ def test_conformance_list_and_a_scenario_matching_nothing():
 def test_completion_scripts(shell, marker):
     r = CliRunner().invoke(main, ["completion", shell], prog_name="ebpflb")
     assert r.exit_code == 0 and marker in r.output
+
+
+def test_os_errors_read_without_python_forms():
+    """No "[Errno 2]" in what the CLI prints for a failed system call."""
+    from ebpflb.cli import _os_error_text
+
+    assert _os_error_text(FileNotFoundError(2, "No such file or directory", "/etc/x")) == \
+        "/etc/x: No such file or directory"
+    assert "Errno" not in _os_error_text(PermissionError(13, "Permission denied"))

@@ -30,7 +30,7 @@ def test_views_follow_the_maps():
         ("10.244.0.9", 8080, 1), ("10.244.0.12", 8080, 1)]
     assert views[0].backends == () and views[0].problems == ()
     table = render_table(views)
-    assert "(no usable endpoint, no_backend: new flows rejected)" in table
+    assert "(no usable endpoint: new flows rejected)" in table
     assert table.splitlines()[0].split() == ["ID", "FRONTEND", "TYPE", "SERVICE", "BACKENDS"]
     wide = render_table(views, wide=True)
     assert wide.splitlines()[0].split() == ["ID", "FRONTEND", "TYPE", "SERVICE", "ALGORITHM",

@@ -155,6 +155,8 @@ def test_explain_mirrors_the_headers():
     named = set(re.findall(r'"([a-z_]+)"', source))
     counted = {n for n in named if n in STAT_NAMES}
     assert {"spoofed", "bad_source", "tcp_no_state", "conntrack_rebuilt", "port_nat"} <= counted
+    assert set(ex.HOOKS.values()) <= set(__import__("ebpflb.dataplane.bcc_maps",
+                                                    fromlist=["x"]).VERDICT_HOOKS)
 
 
 def _world(local=False, ranges=(), typ="NodePort"):
@@ -190,10 +192,11 @@ def test_explain_hairpin_bad_sources_and_spoofing():
     sport = _port_to(snap, f"{me}:8080", src=me)
     e = explain(snap, Flow(me, sport, "10.96.0.10", 80, "TCP"))
     assert (e.verdict, e.backend, e.source) == ("hairpin", f"{me}:8080", f"{HAIRPIN_ADDR}:{sport}")
-    assert e.counters == ("conntrack_insert", "dnat_new")
+    assert (e.counters, e.counted_as) == (("conntrack_insert",), "from_pod/new")
     for src in ("127.0.0.1", "10.96.0.10", "192.168.200.10"):  # loopback, a VIP, a node port's
         bad = explain(snap, Flow(src, 1000, "10.96.0.10", 80, "TCP"))
-        assert (bad.verdict, bad.counters) == ("drop", ("bad_source",)), src
+        assert (bad.verdict, bad.counters, bad.counted_as) == ("drop", ("bad_source",),
+                                                               "from_pod/drop"), src
     pod = Device(ifindex=7, addrs=frozenset({"10.244.0.2"}))
     spoofed = explain(snap, Flow("10.244.0.3", 1000, "10.96.0.10", 80, "TCP"), device=pod)
     assert (spoofed.verdict, spoofed.counters) == ("drop", ("spoofed",))
@@ -222,8 +225,9 @@ def test_explain_scopes_from_outside():
     # Not a SYN, no state: forwarded by hash to a local backend, dropped towards a remote one.
     ack = Flow("192.168.200.2", sport, "192.168.200.10", 30080, "TCP", "A")
     assert explain(snap, ack, device=node).counters == ("tcp_no_state",)
-    assert explain(snap, ack, device=node).verdict == "drop"
+    assert explain(snap, ack, device=node).counted_as == "node_in/drop"
     assert explain(snap, ack).stateless and explain(snap, ack).verdict == "dnat"
+    assert (explain(snap, ack).counters, explain(snap, ack).counted_as) == ((), "from_pod/stateless")
     local = _world(local=True)
     e = explain(local, Flow("192.168.200.2", sport, "192.168.200.10", 30080, "TCP"), device=node)
     assert e.frontend.endswith("@external") and e.backend == "10.244.0.11:8080"
@@ -239,28 +243,32 @@ def test_explain_no_backend_and_lost_state():
 
     empty = program(backends=())
     flow = Flow("10.244.0.2", 40000, "10.96.0.10", 80, "TCP")
-    assert explain(empty, flow).verdict == "reject"
-    assert explain(empty, replace(flow, tcp_flags="R")).verdict == "drop"  # never answered
+    rejected = explain(empty, flow)
+    assert (rejected.verdict, rejected.counters, rejected.counted_as) == ("reject", (),
+                                                                          "from_pod/reject")
+    rst = explain(empty, replace(flow, tcp_flags="R"))  # never answered
+    assert (rst.verdict, rst.counters, rst.counted_as) == ("drop", ("no_backend",), "from_pod/drop")
     snap = program()
     e = explain(snap, flow)
     ack = Flow("10.244.0.2", 40000, "10.96.0.10", 80, "TCP", "A")
-    assert explain(snap, ack).counters == ("tcp_no_state",)
+    assert explain(snap, ack).counters == ()
     backend_id = e.hashed_backend_id
     addr, port = e.backend.split(":")
     reply = {CtKey(addr, int(port), "10.244.0.2", 40000, 6, True):
              ConntrackView("10.96.0.10:80", backend_id, 1.0, 1.0, flags=0)}
     rebuilt = explain(snap, ack, ct_table=reply)
     assert rebuilt.counters == ("conntrack_rebuilt",) and rebuilt.backend == e.backend
+    assert rebuilt.counted_as == "from_pod/established"
     closed = {**reply, CtKey("10.244.0.2", 40000, "10.96.0.10", 80, 6):
               ConntrackView(e.backend, backend_id, 5.0, 1.0, flags=0x3)}
     assert explain(snap, ack, ct_table=closed).counters == ()  # still its flow
-    assert explain(snap, flow, ct_table=closed).counters == ("conntrack_insert", "dnat_new")
+    assert explain(snap, flow, ct_table=closed).counters == ("conntrack_insert",)
 
 
 def test_explain_renders_the_device_and_the_counters():
     snap = program()
     text = render(explain(snap, parse_flow("10.244.0.2:40000", "10.96.0.10:80", "tcp", "a")))
-    assert "pod device" in text and "tcp_no_state" in text and "/TCP [A]" in text
+    assert "pod device" in text and "from_pod/stateless" in text and "/TCP [A]" in text
     with pytest.raises(ValueError, match="TCP flags"):
         parse_flow("10.244.0.2:40000", "10.96.0.10:80", "tcp", "X")
 
@@ -281,3 +289,28 @@ def test_explain_from_outside_shows_the_snat_and_forwarding_steps():
                           device=node))
     assert "client's address 192.168.200.2 is kept" in text and "2. deliver" in text
     assert "SNAT" not in text
+
+
+def test_global_counters_keep_their_shape_and_show_what_moved():
+    """`ebpflb stats --verdicts`: JSON lists every name, zero or not; the table shows the
+    verdict columns some hook counted, then the drop reasons and events that are not zero."""
+    from ebpflb.dataplane.bcc_maps import DROP_REASONS, EVENTS, VERDICT_HOOKS, VERDICT_NAMES
+    from ebpflb.stats import global_counters, render_global_counters
+
+    verdicts = {(h, v): 0 for h in VERDICT_HOOKS for v in VERDICT_NAMES}
+    verdicts[("from_pod", "new")] = 3
+    verdicts[("node_in", "drop")] = 1
+    reasons = {r: 0 for r in DROP_REASONS}
+    reasons["source_denied"] = 1
+    events = {e: 0 for e in EVENTS}
+    events["conntrack_insert"] = 3
+    doc = global_counters(verdicts, reasons, events)
+    assert list(doc) == ["verdicts", "drops", "events"]
+    assert list(doc["verdicts"]) == list(VERDICT_HOOKS)
+    assert all(list(row) == list(VERDICT_NAMES) for row in doc["verdicts"].values())
+    assert doc["verdicts"]["from_pod"]["new"] == 3 and doc["drops"]["source_denied"] == 1
+    lines = render_global_counters(doc).splitlines()
+    assert lines[0].split() == ["hook", "new", "drop"]
+    assert lines[1].split() == ["from_pod", "3", "0"]
+    assert lines[4].split() == ["node_in", "0", "1"]
+    assert "drops: source_denied 1" in lines and "events: conntrack_insert 3" in lines
