@@ -16,7 +16,7 @@ and left-overs of a killed earlier run at the start):
   - the real data plane (load_programs, maps pinned in a directory of its own) programmed through
     the control-plane path the agent takes (manifest text -> model -> reconcile through
     BccMapWriter) with --services Services of 4 backends, the last one probed, as in the suite.
-The hook's counter (socket_lb) must grow by exactly the client's connect()s to the VIP.
+The hooks' verdict counter socket/new must grow by exactly the client's connect()s to the VIP.
 
     .venv/bin/python -m benchmarks.sock_connect [--rounds 15] [--iterations 3000]
         [--services 10000] [--no-write]   (root; `make bench` runs it)
@@ -253,7 +253,7 @@ median of {meta['iterations']:,} samples per kind (min to max over the rounds).
   paid by every `connect()` of the cgroup the hooks are attached to.
 - Checked before timing: {results['check']['vip_connects']} `connect()`s to the VIP landed on
   the backends ({landed}) and `getpeername()` gave the VIP for all of them; a socket of the cgroup
-  with nothing attached did not reach the VIP. After: the hook's `socket_lb` counter grew by
+  with nothing attached did not reach the VIP. After: the hooks' `socket/new` verdict counter grew by
   exactly the client's {results['vip_connects']:,} `connect()`s to the VIP.
 
 Machine: nproc {meta['machine']['nproc']}, {meta['machine']['cpu_model']}, kernel

@@ -55,8 +55,8 @@ static __always_inline int frag4_rewrite(struct __sk_buff *skb, __u32 l3_off, in
 
 /* A later fragment: translated as its first fragment was, with *v saying where it goes next.
  * Returns 1 when translated, 0 when no first fragment was seen, -1 on a rewrite error (counted).
- * An ingress hook counts a miss to a frontend address as frag_miss (count_miss): it came before
- * its first fragment, or the first was not ours. */
+ * With count_miss (the pod devices' hooks and lb4_node_in), a miss to a frontend address counts
+ * frag_miss: it came before its first fragment, or the first was not ours. */
 static __always_inline int frag4_translate(struct __sk_buff *skb, const struct pkt4 *p,
 					   __u8 hook, int count_miss, struct frag4_nat *out)
 {

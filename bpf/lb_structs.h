@@ -293,14 +293,16 @@ enum lb_verdict {
  * VERDICT_DROP), then events on the way, any number per packet. Packets of established flows and
  * replies move none of them: the verdict, frontend and backend counters count those. */
 enum lb_stat {
-	STAT_NO_BACKEND = 0,	/* drop: frontend hit with no usable backend here (a Local policy's
-				 * backends all elsewhere, or a RST, which is never answered) */
+	STAT_NO_BACKEND = 0,	/* drop: frontend hit with no usable backend here, not answered (a
+				 * Local policy's backends all elsewhere, a RST, or the answer could
+				 * not be built) */
 	STAT_NAT_FAIL,		/* drop: a rewrite helper failed */
 	STAT_BAD_SOURCE,	/* drop: a new flow from loopback, from a VIP or to itself */
 	STAT_EXTERNAL_CLUSTERIP, /* drop: a ClusterIP reached from outside the cluster */
 	STAT_SOURCE_DENIED,	/* drop: a new flow from outside the loadBalancerSourceRanges */
 	STAT_SNAT_EXHAUSTED,	/* drop: no free SNAT port towards a remote backend */
-	STAT_FORWARD_FAIL,	/* drop: no route, TTL exceeded, or Local policy with a remote backend */
+	STAT_FORWARD_FAIL,	/* drop: no route, TTL exceeded, Local policy with a remote backend,
+				 * or too big for the path and no fragmentation-needed sent */
 	STAT_CT_COLLISION,	/* drop: a new flow's reply tuple is held by a live flow, no port for it */
 	STAT_SPOOFED,		/* drop: a pod's packet to a frontend from an address not its own */
 	STAT_TCP_NO_STATE,	/* drop: TCP other than a SYN for an unknown flow to a backend on

@@ -7,8 +7,13 @@ from typing import List, Optional
 import click
 
 from . import __version__
+from .dataplane.config import DataplaneConfig
 
 PIN_DIR_ENV = "EBPFLB_PIN_DIR"
+
+# The defaults of the data plane's size and lifetime options: bpf/lb_maps.h's, through
+# ebpflb/abi.py.
+_DEFAULTS = DataplaneConfig()
 
 
 def _log_option(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> None:
@@ -45,8 +50,6 @@ def _os_error_text(exc: OSError) -> str:
 
 
 def _config(pin_dir: str, **sizes):
-    from .dataplane.config import DataplaneConfig
-
     try:
         return DataplaneConfig(pin_dir=pin_dir, **sizes)
     except ValueError as exc:
@@ -267,22 +270,30 @@ def main() -> None:
               help="Seconds between full syncs: the whole desired state against a read-back of "
                    "the maps (kube-proxy's sync period). In steady state it finds nothing; what "
                    "it repairs is logged and counted (ebpflb_drift_repairs_total).")
-@click.option("--ct-max", type=click.IntRange(1024, 1 << 24), default=262144, show_default=True,
+@click.option("--ct-max", type=click.IntRange(1024, 1 << 24), default=_DEFAULTS.ct_max_entries,
+              show_default=True,
               help="Conntrack entries (both directions of a flow count).")
-@click.option("--ct-syn-max", type=click.IntRange(1024, 1 << 24), default=65536, show_default=True,
+@click.option("--ct-syn-max", type=click.IntRange(1024, 1 << 24),
+              default=_DEFAULTS.ct_syn_max_entries, show_default=True,
               help="Conntrack entries for half-open TCP flows, kept apart so a SYN flood cannot "
                    "evict established flows.")
 @click.option("--ct-timeouts", default="", metavar="STATE=SECONDS,...",
-              help="Conntrack lifetimes after a flow's last packet; states tcp_syn (60), "
-                   "tcp_established (21600), tcp_close (10), udp (60), tcp_time_wait (60: a "
-                   "closed flow SNATed to another node keeps its port).")
+              help="Conntrack lifetimes after a flow's last packet; states "
+                   f"tcp_syn ({_DEFAULTS.ct_timeouts.tcp_syn}), tcp_established "
+                   f"({_DEFAULTS.ct_timeouts.tcp_established}), tcp_close "
+                   f"({_DEFAULTS.ct_timeouts.tcp_close}), udp ({_DEFAULTS.ct_timeouts.udp}), "
+                   f"tcp_time_wait ({_DEFAULTS.ct_timeouts.tcp_time_wait}: a closed flow SNATed "
+                   "to another node keeps its port).")
 @click.option("--ct-gc-interval", type=click.FloatRange(0.1, 3600), default=10.0,
               show_default=True, help="Seconds between conntrack garbage collections.")
-@click.option("--max-services", type=click.IntRange(16, 1 << 20), default=65536, show_default=True,
+@click.option("--max-services", type=click.IntRange(16, 1 << 20), default=_DEFAULTS.max_services,
+              show_default=True,
               help="Frontends the maps can hold.")
-@click.option("--max-backends", type=click.IntRange(16, 1 << 22), default=65536, show_default=True,
+@click.option("--max-backends", type=click.IntRange(16, 1 << 22), default=_DEFAULTS.max_backends,
+              show_default=True,
               help="Backend records (one per frontend and endpoint).")
-@click.option("--max-slots", type=click.IntRange(1024, 1 << 24), default=1048576, show_default=True,
+@click.option("--max-slots", type=click.IntRange(1024, 1 << 24), default=_DEFAULTS.max_slots,
+              show_default=True,
               help="Selection slots over all frontends (a backend per slot for hash-mod, M per "
                    "Maglev frontend); about 105 bytes each when used, 16 bytes each reserved.")
 @click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
@@ -312,7 +323,8 @@ def main() -> None:
                    "(default: every node address). 'primary', as kube-proxy's: only the node's "
                    "primary address (its Node's first InternalIP; the node devices' addresses "
                    "while no Node is known).")
-@click.option("--snat-ports", default="1024-29999", show_default=True, metavar="MIN-MAX",
+@click.option("--snat-ports", default="-".join(map(str, _DEFAULTS.snat_ports)), show_default=True,
+              metavar="MIN-MAX",
               help="Source ports for SNAT towards backends on other nodes; keep them outside "
                    "net.ipv4.ip_local_port_range and the NodePort range.")
 @click.option("--healthcheck-address", "healthcheck_bind", multiple=True, metavar="IP",
@@ -675,7 +687,9 @@ def _svc_ids(writer, services: List[str]) -> Optional[List[int]]:
 def _ct_state(entry) -> str:
     if entry.protocol != "TCP":
         return "-"
-    if entry.flags & 0x2:
+    from .maps import CT_F_CLOSING
+
+    if entry.flags & CT_F_CLOSING:
         return "closing"
     return "half-open" if entry.half_open else "established"
 
@@ -907,7 +921,6 @@ def status(output: str, cgroup: Optional[str], pin_dir: str, netns: Optional[str
     namespace that run its programs, its socket hooks, each map's fill against its maximum,
     and warnings."""
     from .dataplane import survey
-    from .dataplane.config import DataplaneConfig
     from .dataplane.loader import pinned
     from .dataplane.owner import holder
     from .status import read_status

@@ -37,6 +37,7 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
 
+from . import abi
 from .dataplane.config import CtTimeouts, DataplaneConfig
 from .flowhash import FLOW_HASH_SEED, flow_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL,
@@ -47,10 +48,8 @@ from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_E
 from .inspect import topology_of
 from .model import SCOPE_EXTERNAL, TOPOLOGY_NODE
 
-# Mirrors of bpf/lb_structs.h and bpf/node_fwd.h (tests/unit/test_policy_explain_stats.py checks
-# them against the headers).
 CT_F_KIND = CT_F_HAIRPIN | CT_F_EXTERNAL | CT_F_SNAT  # what ct4_rebuild compares
-SNAT_TRIES = 16  # LB4_SNAT_TRIES
+SNAT_TRIES = abi.LB4_SNAT_TRIES
 TCP = PROTO_NUMBERS["TCP"]
 TCP_FLAG_LETTERS = "FSRPAUEC"  # as scapy writes them; S, A, F and R are the ones that decide
 

@@ -5,7 +5,10 @@ bpf/lb_structs.h defines the kernel layouts and ebpflb/dataplane/bcc_maps.py con
 two. The planner diffs records, so nothing here knows about bcc or the kernel.
 """
 from enum import Enum
+from ipaddress import IPv4Address
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+from . import abi
 
 
 class MapId(str, Enum):
@@ -37,35 +40,35 @@ BACKEND_STATS = MapId.BACKEND_STATS
 # programs and are only read (and zeroed when an id is given to a new frontend or backend).
 CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META, VIPS, SRC_RANGES)
 
-SVC_F_MAGLEV = 0x1  # LB4_SVC_F_MAGLEV in lb_structs.h
-SVC_F_ETP_LOCAL = 0x2  # LB4_SVC_F_ETP_LOCAL: externalTrafficPolicy Local (no SNAT, local only)
-SVC_F_SRC_RANGES = 0x4  # LB4_SVC_F_SRC_RANGES: new flows only from the frontend's SRC_RANGES
-SVC_F_DRAINING = 0x8  # LB4_SVC_F_DRAINING: a removed TCP frontend kept for its open flows
-SVC_F_DROP_EMPTY = 0x40  # LB4_SVC_F_DROP_EMPTY: no backend here, endpoints elsewhere: drop
-SVC_F_TOPO_NODE = 0x80  # LB4_SVC_F_TOPO_NODE: slots from the endpoints hinted for this node
-SVC_F_TOPO_ZONE = 0x100  # LB4_SVC_F_TOPO_ZONE: slots from the endpoints hinted for this zone
-BE_F_NO_NEW = 0x1  # LB4_BE_F_NO_NEW in lb_structs.h
-SVC_KIND_SHIFT = 4  # LB4_SVC_KIND_SHIFT: bits 4-5 of the service flags
+SVC_F_MAGLEV = abi.LB4_SVC_F_MAGLEV
+SVC_F_ETP_LOCAL = abi.LB4_SVC_F_ETP_LOCAL  # externalTrafficPolicy Local (no SNAT, local only)
+SVC_F_SRC_RANGES = abi.LB4_SVC_F_SRC_RANGES  # new flows only from the frontend's SRC_RANGES
+SVC_F_DRAINING = abi.LB4_SVC_F_DRAINING  # a removed TCP frontend kept for its open flows
+SVC_F_DROP_EMPTY = abi.LB4_SVC_F_DROP_EMPTY  # no backend here, endpoints elsewhere: drop
+SVC_F_TOPO_NODE = abi.LB4_SVC_F_TOPO_NODE  # slots from the endpoints hinted for this node
+SVC_F_TOPO_ZONE = abi.LB4_SVC_F_TOPO_ZONE  # slots from the endpoints hinted for this zone
+BE_F_NO_NEW = abi.LB4_BE_F_NO_NEW
+SVC_KIND_SHIFT = abi.LB4_SVC_KIND_SHIFT  # the frontend kind: bits 4-5 of the service flags
 FRONTEND_KINDS = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalIP")
 
 
 def frontend_kind(flags: int) -> str:
-    return FRONTEND_KINDS[(flags >> SVC_KIND_SHIFT) & 0x3]
+    return FRONTEND_KINDS[(flags & abi.LB4_SVC_KIND_MASK) >> SVC_KIND_SHIFT]
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
 PROTO_NAMES = {number: name for name, number in PROTO_NUMBERS.items()}
 
-SVC_NAME_LEN = 128  # LB4_SVC_NAME_LEN in lb_structs.h, including the terminating NUL
+SVC_NAME_LEN = abi.LB4_SVC_NAME_LEN  # including the terminating NUL
 
-# ct4_entry.flags (CT_F_* in lb_structs.h): read by the conntrack GC, the CLI and explain.
-CT_F_ESTABLISHED = 0x1
-CT_F_CLOSING = 0x2
-CT_F_HAIRPIN = 0x4
-CT_F_EXTERNAL = 0x8
-CT_F_SNAT = 0x10
-CT_F_PORT_NAT = 0x20  # the flow's source port was rewritten (nat2), its address kept
+# ct4_entry.flags: read by the conntrack GC, the CLI and explain.
+CT_F_ESTABLISHED = abi.CT_F_ESTABLISHED
+CT_F_CLOSING = abi.CT_F_CLOSING
+CT_F_HAIRPIN = abi.CT_F_HAIRPIN
+CT_F_EXTERNAL = abi.CT_F_EXTERNAL
+CT_F_SNAT = abi.CT_F_SNAT
+CT_F_PORT_NAT = abi.CT_F_PORT_NAT  # the flow's source port was rewritten (nat2), its address kept
 CT_F_SRC_NAT = CT_F_SNAT | CT_F_PORT_NAT  # ct4_src_nat(): the source was rewritten
-HAIRPIN_ADDR = "169.254.42.1"  # LB4_HAIRPIN_ADDR_HOST
+HAIRPIN_ADDR = str(IPv4Address(abi.LB4_HAIRPIN_ADDR_HOST))
 
 
 class SvcKey(NamedTuple):

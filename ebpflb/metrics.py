@@ -72,16 +72,15 @@ def parse_address(value: str) -> Tuple[str, int]:
     """"HOST:PORT" -> (host, port); ValueError naming the value and the form it must have. An
     IPv6 host goes in brackets, as Go's net.SplitHostPort (kube-proxy's flags) wants it."""
     host, sep, port = value.rpartition(":")
-    try:
-        number = int(port) if sep and host else -1
-    except ValueError:
-        number = -1
+    number = int(port) if sep and host and port.isdigit() else -1
     bracketed = host.startswith("[") and host.endswith("]")
     if bracketed:
         host = host[1:-1]
     why = ""
-    if not 0 <= number <= 65535:
-        why = f"port {port!r} is not 0-65535" if sep and host and port.isdigit() else ""
+    if sep and not host:
+        why = "HOST is missing (0.0.0.0 for every address)"
+    elif not 0 <= number <= 65535:
+        why = (f"port {port!r} is not 0-65535" if port else "PORT is missing") if sep else ""
     elif ":" in host and not bracketed:
         why = f"an IPv6 address goes in brackets: [{host}]:{port}"
     elif bracketed and not _is_ipv6(host):

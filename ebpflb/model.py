@@ -17,6 +17,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from . import abi
 from .fields import ip_version
 from .policy import LbPolicy, parse_policy
 
@@ -141,8 +142,8 @@ class Frontend:
         return f"{self.vip}:{self.port}/{self.protocol}" + ("@external" if self.scope else "")
 
 
-SCOPE_ALL = 0  # LB4_SCOPE_ALL in bpf/lb_structs.h
-SCOPE_EXTERNAL = 1  # LB4_SCOPE_EXTERNAL
+SCOPE_ALL = abi.LB4_SCOPE_ALL  # a frontend record for every client
+SCOPE_EXTERNAL = abi.LB4_SCOPE_EXTERNAL  # its record for traffic from outside (Local policy)
 
 
 @dataclass(frozen=True, order=True, slots=True)

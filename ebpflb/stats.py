@@ -120,6 +120,8 @@ def render_global_counters(counters: Mapping[str, Any]) -> str:
     the drop reasons and events that are not zero."""
     by_hook = counters["verdicts"]
     hooks = list(by_hook)
+    if not hooks:
+        return "no verdict counters"
     columns = [v for v in next(iter(by_hook.values()), {})
                if any(by_hook[h][v] for h in hooks)] or ["pass"]
     width = max(len(h) for h in hooks + ["hook"])

@@ -113,8 +113,9 @@ REQUESTS=$((REQUESTS + 20))
 "$EBPFLB" stats --verdicts -o json --pin-dir "$PIN" | "$PY" -c '
 import json, sys
 c = json.load(sys.stdin)
-print("    node 0 counters: socket_lb %(socket_lb)d (balanced at connect(): no packet rewritten),"
-      " dnat_new %(dnat_new)d (by the TC programs)" % c)'
+v = c["verdicts"]
+print("    node 0 counters: %d connect()s balanced by the socket hooks (no packet rewritten),"
+      " %d new flows by the TC programs" % (v["socket"]["new"], v["from_pod"]["new"]))'
 
 step "6. UDP echo through $ECHO_VIP:53 (the reply must come from the VIP)"
 in_cgroup "$CG0" ip netns exec "$LAB-client" "$PY" - "$ECHO_VIP" <<'PYEOF'
@@ -146,8 +147,10 @@ echo "     192.168.200.10: the SNAT that brings their replies back through node 
 "$EBPFLB" stats --verdicts -o json --pin-dir "$PIN" | "$PY" -c '
 import json, sys
 c = json.load(sys.stdin)
-print("    node 0 counters: xdp_forward %(xdp_forward)d (SNATed and sent on by XDP),"
-      " node_forward %(node_forward)d (by TC), nat_fail %(nat_fail)d" % c)'
+e, d = c["events"], c["drops"]
+print("    node 0 counters: xdp_forward %d (SNATed and sent on by XDP), node_forward %d (by TC),"
+      " drops %d (nat_fail %d)" % (e["xdp_forward"], e["node_forward"], sum(d.values()),
+                                    d["nat_fail"]))'
 
 step "8. Verdict"
 ok=1

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from .. import abi
 from ..maps import PROTO_NAMES, SLOTS, MapId, slot_tables
 from .codec import MapCodec, codecs
 from .libbpf import delete_batch, delete_elem, lookup_elem, update_batch, update_elem
@@ -22,16 +23,23 @@ CT4_SYN = "ct4_syn"
 CT_TABLES = (CT4, CT4_SYN)  # established (and UDP) flows; half-open TCP flows
 STATS = "lb_stats"
 VERDICTS = "lb_verdicts"
+# The counters' names for people: the C names lowercased, conntrack spelled out.
+_SPELLED = {"STAT_CT_INSERT_FAIL": "conntrack_insert_fail", "STAT_CT_INSERT": "conntrack_insert",
+            "STAT_CT_COLLISION": "conntrack_collision", "STAT_CT_REBUILT": "conntrack_rebuilt"}
+
+
+def _names(members, prefix: str, upto: str) -> Tuple[str, ...]:
+    return tuple(_SPELLED.get(m, m[len(prefix):].lower()) for m in members[:members.index(upto)])
+
+
+_STATS = abi.ENUM_LB_STAT
 # enum lb_stat: the drop reasons (one per dropped packet), then the events.
-DROP_REASONS = ("no_backend", "nat_fail", "bad_source", "external_clusterip", "source_denied",
-                "snat_exhausted", "forward_fail", "conntrack_collision", "spoofed", "tcp_no_state")
-EVENTS = ("conntrack_insert", "conntrack_insert_fail", "node_forward", "xdp_forward",
-          "snat_reuse", "frag_miss", "backend_gone", "conntrack_rebuilt", "port_nat")
-STAT_NAMES = DROP_REASONS + EVENTS
+DROP_REASONS = _names(_STATS, "STAT_", "STAT_DROP_REASONS")
+EVENTS = _names(_STATS[_STATS.index("STAT_DROP_REASONS") + 1:], "STAT_", "STAT_MAX")
+STAT_NAMES = DROP_REASONS + EVENTS  # in index order
 # enum lb_at and enum lb_verdict: where a program run decided, and what.
-VERDICT_HOOKS = ("from_pod", "to_pod", "node_xdp", "node_in", "node_out", "socket")
-VERDICT_NAMES = ("pass", "malformed", "new", "established", "stateless", "reply", "icmp_error",
-                 "fragment", "reject", "drop", "to_tc")
+VERDICT_HOOKS = _names(abi.ENUM_LB_AT, "AT_", "AT_MAX")
+VERDICT_NAMES = _names(abi.ENUM_LB_VERDICT, "VERDICT_", "VERDICT_MAX")
 
 
 def ip_to_be32(ip: str) -> int:
@@ -224,16 +232,21 @@ def lookup_conntrack(bpf: Any, saddr: str, sport: int, daddr: str, dport: int, p
 
 
 def read_stats(bpf: Any) -> Dict[str, int]:
-    """The drop reasons and events (lb_stats), summed over CPUs."""
-    t = bpf[STATS.encode()]
-    return {name: int(sum(t[t.Key(i)])) for i, name in enumerate(STAT_NAMES)}
+    """The drop reasons and events (lb_stats), summed over CPUs (one batch read)."""
+    from .percpu import read_counter_array
+
+    summed = read_counter_array(bpf[STATS.encode()])
+    return {name: int(summed[i]) for i, name in enumerate(STAT_NAMES)}
 
 
 def read_verdicts(bpf: Any) -> Dict[Tuple[str, str], int]:
-    """The verdict counters (lb_verdicts) by (hook, verdict), summed over CPUs."""
-    t = bpf[VERDICTS.encode()]
+    """The verdict counters (lb_verdicts) by (hook, verdict), summed over CPUs (one batch
+    read)."""
+    from .percpu import read_counter_array
+
+    summed = read_counter_array(bpf[VERDICTS.encode()])
     width = len(VERDICT_NAMES)
-    return {(hook, verdict): int(sum(t[t.Key(h * width + v)]))
+    return {(hook, verdict): int(summed[h * width + v])
             for h, hook in enumerate(VERDICT_HOOKS) for v, verdict in enumerate(VERDICT_NAMES)}
 
 

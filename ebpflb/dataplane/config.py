@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import List, Tuple
 from pathlib import Path
 
+from .. import abi
+
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
 NODEPORT_RANGE = (30000, 32767)  # Kubernetes' default --service-node-port-range
 BPFFS_ROOT = "/sys/fs/bpf"
@@ -15,13 +17,13 @@ BPFFS_ROOT = "/sys/fs/bpf"
 class CtTimeouts:
     """Seconds a conntrack entry lives after its flow's last packet, by TCP state (and UDP).
     The programs and the agent's GC use the same values."""
-    tcp_syn: int = 60
-    tcp_established: int = 21600
-    tcp_close: int = 10
-    udp: int = 60
+    tcp_syn: int = abi.CT_TIMEOUT_TCP_SYN
+    tcp_established: int = abi.CT_TIMEOUT_TCP_ESTABLISHED
+    tcp_close: int = abi.CT_TIMEOUT_TCP_CLOSE
+    udp: int = abi.CT_TIMEOUT_UDP
     # A closed flow SNATed towards another node keeps its port this long: the backend holds the
     # connection in TIME_WAIT (60 s on Linux), and a reused 4-tuple would meet PAWS there.
-    tcp_time_wait: int = 60
+    tcp_time_wait: int = abi.CT_TIMEOUT_TCP_TIME_WAIT
 
     def __post_init__(self) -> None:
         for name in ("tcp_syn", "tcp_established", "tcp_close", "udp", "tcp_time_wait"):
@@ -33,18 +35,19 @@ class CtTimeouts:
 @dataclass(frozen=True)
 class DataplaneConfig:
     pin_dir: str = DEFAULT_PIN_DIR
-    max_services: int = 65536
-    max_backends: int = 65536
-    max_slots: int = 1048576
-    ct_max_entries: int = 262144
-    ct_syn_max_entries: int = 65536  # half-open TCP flows, apart so a SYN flood cannot evict others
+    max_services: int = abi.LB4_MAX_SERVICES
+    max_backends: int = abi.LB4_MAX_BACKENDS
+    max_slots: int = abi.LB4_MAX_SLOTS
+    ct_max_entries: int = abi.CT4_MAX_ENTRIES
+    # Half-open TCP flows, apart so a SYN flood cannot evict others.
+    ct_syn_max_entries: int = abi.CT4_SYN_MAX_ENTRIES
     ct_timeouts: CtTimeouts = field(default_factory=CtTimeouts)
-    max_src_ranges: int = 16384  # loadBalancerSourceRanges entries over all frontends
+    max_src_ranges: int = abi.LB4_MAX_SRC_RANGES  # loadBalancerSourceRanges entries, all frontends
     # SNAT source ports towards backends on other nodes: below Kubernetes' default NodePort range
     # (30000-32767) and the kernel's default ephemeral range (32768-60999), so they never collide
     # with a NodePort or the node's own connections. About 29,000 ports per backend address and
     # port, each held through the backend's TIME_WAIT: ~480 new flows/s sustained per backend.
-    snat_ports: Tuple[int, int] = (1024, 29999)
+    snat_ports: Tuple[int, int] = (abi.LB4_SNAT_PORT_MIN, abi.LB4_SNAT_PORT_MAX)
 
     def __post_init__(self) -> None:
         pin = Path(self.pin_dir)

@@ -6,8 +6,8 @@ A flow is aged by both of its entries: its idle time is the shorter of the two d
 its state joins both (closing if either side sent FIN or RST, established if either sent more
 than a SYN). The programs only refresh the entry of the direction a packet travels, so aging an
 entry alone would cut a flow whose one side is quiet (a server pushing to a silent client).
-Entries are read and deleted in batches; the key and value layouts come from bcc's types and are
-checked against the struct formats below when the collector is created.
+Entries are read and deleted in batches; the key and value formats are built from the compiled
+layouts (ebpflb/abi.py) and checked against bcc's types when the collector is created.
 """
 import ctypes
 import logging
@@ -19,17 +19,22 @@ from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 from ..maps import CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_HAIRPIN, CT_F_SRC_NAT
 from ..maps import HAIRPIN_ADDR as HAIRPIN_ADDR_TEXT
 from .config import CtTimeouts
+from .layouts import offset_of, packed
 from .percpu import read_hash_raw
 
 log = logging.getLogger(__name__)
 
-# struct ct4_key and struct ct4_entry of bpf/lb_structs.h, native order (addresses and ports
-# stay as raw network-order bytes: only compared, never printed here).
-KEY = struct.Struct("=4s4s2s2sBBH")
-VALUE = struct.Struct("=QQ4s2sHII4s2sHII")
-# Only the service id of a value (after created, last_seen, nat_addr, nat_port, flags).
-_SVC_ID_ONLY = struct.Struct(f"={struct.calcsize('=QQ4s2sH')}xI"
-                             f"{VALUE.size - struct.calcsize('=QQ4s2sHI')}x")
+# struct ct4_key and struct ct4_entry as compiled (addresses and ports stay as raw network-order
+# bytes: only compared, never printed here).
+KEY = packed("struct ct4_key", {"saddr": "4s", "daddr": "4s", "sport": "2s", "dport": "2s",
+                                "proto": "B", "dir": "B", "pad": "H"})
+VALUE = packed("struct ct4_entry", {
+    "created_ns": "Q", "last_seen_ns": "Q", "nat_addr": "4s", "nat_port": "2s", "flags": "H",
+    "svc_id": "I", "backend_id": "I", "nat2_addr": "4s", "nat2_port": "2s", "pad": "H",
+    "ifindex": "I", "pad2": "I"})
+# Only the service id of a value.
+_SVC_ID_AT = offset_of("struct ct4_entry", "svc_id")
+_SVC_ID_ONLY = struct.Struct(f"={_SVC_ID_AT}xI{VALUE.size - _SVC_ID_AT - 4}x")
 HAIRPIN_ADDR = socket.inet_aton(HAIRPIN_ADDR_TEXT)
 TCP = 6
 NS = 1_000_000_000

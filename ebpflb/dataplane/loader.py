@@ -17,31 +17,29 @@ from typing import Any, Dict, List, Sequence, Tuple
 from ..flowhash import FLOW_HASH_SEED
 from . import pins
 from .libbpf import map_info
+from .. import abi
 from .config import BPFFS_ROOT, DataplaneConfig
 
 log = logging.getLogger(__name__)
 
-MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "ct4", "lb4_svc_meta", "lb_stats",
-             "lb_verdicts", "lb4_svc_stats", "lb4_backend_stats", "lb4_vips", "ct4_syn", "lb4_affinity",
-             "lb4_src_ranges", "lb4_node_ifs", "frag4", "lb4_pod_addrs", "lb4_sock_nat",
-             "lb4_sock_affinity", "lb_sock_cfg")
+MAP_NAMES = abi.MAP_NAMES
 CONTROL_MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "lb4_svc_meta", "lb4_vips",
                      "lb4_src_ranges", "lb4_node_ifs", "lb4_pod_addrs")
 PROGRAM_FILE = "lb4_tc.c"
 SOCK_PROGRAM_FILE = "lb4_sock.c"  # compiled into the same object as PROGRAM_FILE
 MAPS_FILE = "lb_maps.c"
-PROG_FROM_POD = "lb4_from_pod"
-PROG_TO_POD = "lb4_to_pod"
-PROG_NODE_XDP = "lb4_node_xdp"
+PROG_FROM_POD = abi.PROG_LB4_FROM_POD
+PROG_TO_POD = abi.PROG_LB4_TO_POD
+PROG_NODE_XDP = abi.PROG_LB4_NODE_XDP
 # The same for generic XDP. Names are cut at 15 characters by the kernel (cleanup matches them).
-PROG_NODE_XDP_GENERIC = "lb4_xdp_generic"
-PROG_NODE_IN = "lb4_node_in"
-PROG_NODE_OUT = "lb4_node_out"
+PROG_NODE_XDP_GENERIC = abi.PROG_LB4_XDP_GENERIC
+PROG_NODE_IN = abi.PROG_LB4_NODE_IN
+PROG_NODE_OUT = abi.PROG_LB4_NODE_OUT
 # The cgroup socket hooks (lb4_sock.c), by the bcc BPFAttachType each is loaded and attached as.
-PROG_SOCK_CONNECT = "lb4_connect"
-PROG_SOCK_SENDMSG = "lb4_sendmsg"
-PROG_SOCK_RECVMSG = "lb4_recvmsg"
-PROG_SOCK_PEER = "lb4_getpeername"
+PROG_SOCK_CONNECT = abi.PROG_LB4_CONNECT
+PROG_SOCK_SENDMSG = abi.PROG_LB4_SENDMSG
+PROG_SOCK_RECVMSG = abi.PROG_LB4_RECVMSG
+PROG_SOCK_PEER = abi.PROG_LB4_GETPEERNAME
 SOCK_HOOKS = {PROG_SOCK_CONNECT: "CGROUP_INET4_CONNECT",
               PROG_SOCK_SENDMSG: "CGROUP_UDP4_SENDMSG",
               PROG_SOCK_RECVMSG: "CGROUP_UDP4_RECVMSG",

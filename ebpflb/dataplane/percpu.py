@@ -63,6 +63,13 @@ def read_percpu_array(fd: int, max_entries: int, value_size: int) -> Tuple[ctype
     return values, n_cpus
 
 
+def read_counter_array(table: Any) -> Tuple[int, ...]:
+    """A per-CPU array of u64 counters (lb_verdicts, lb_stats), summed over CPUs, by index."""
+    entries = map_info(table.map_fd).max_entries
+    values, n_cpus = read_percpu_array(table.map_fd, entries, 8)
+    return tuple(sum_per_cpu(values, entries, n_cpus, 1))
+
+
 def read_flow_stats(bpf: Any, map_name: str) -> Dict[int, Counters]:
     """Per-id traffic counters summed over CPUs; ids whose counters are all zero are left out."""
     t = bpf[map_name.encode()]

@@ -21,15 +21,15 @@ import socket
 import struct
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from .. import abi
 from .libbpf import _check, _fn, prog_id_of, prog_name
 from .loader import SOCK_HOOKS, sock_attach_types
 
 log = logging.getLogger(__name__)
 
 SOCKET_LB_MODES = ("all", "host-only", "off")
-# LB_SOCK_OFF, LB_SOCK_ALL, LB_SOCK_HOST_ONLY in lb_structs.h, by --socket-lb value (checked
-# against the header by tests/unit/test_layout.py).
-MODE_VALUES = {"off": 0, "all": 1, "host-only": 2}
+# lb_sock_cfg.mode by --socket-lb value.
+MODE_VALUES = {"off": abi.LB_SOCK_OFF, "all": abi.LB_SOCK_ALL, "host-only": abi.LB_SOCK_HOST_ONLY}
 MODE_NAMES = {value: name for name, value in MODE_VALUES.items()}
 BPF_F_ALLOW_MULTI = 1 << 1  # uapi/linux/bpf.h
 SO_NETNS_COOKIE = 71  # linux/socket.h (5.14+)

@@ -58,44 +58,59 @@ def dataplane():
         shutil.rmtree(config.pin_dir, ignore_errors=True)
 
 
-def _verdict_and_drop_totals(counters) -> Tuple[int, int, int]:
-    """(verdicts, drop verdicts, drop reasons) in a read_counters() dict."""
-    from ebpflb.dataplane.bcc_maps import DROP_REASONS
+def _counter_arrays(bpf) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(lb_verdicts, lb_stats) summed over CPUs, by index: two batch reads."""
+    from ebpflb.dataplane.percpu import read_counter_array
 
-    verdicts = {k: n for k, n in counters.items() if "/" in k}
-    return (sum(verdicts.values()), sum(n for k, n in verdicts.items() if k.endswith("/drop")),
-            sum(counters[k] for k in DROP_REASONS))
+    return read_counter_array(bpf[b"lb_verdicts"]), read_counter_array(bpf[b"lb_stats"])
 
 
 @pytest.fixture(autouse=True)
 def one_verdict_per_run(request, monkeypatch):
-    """Every test that runs the session's programs checks the counters' contract on the way: each
-    BPF_PROG_TEST_RUN moves exactly one verdict counter, and each drop exactly one drop reason.
-    A module whose packets also reach the programs another way (real devices, socket hooks) sets
-    REAL_TRAFFIC = True and keeps the second check only."""
+    """Every test that runs the session's programs checks the counters' contract on each
+    BPF_PROG_TEST_RUN (repeat 1): exactly one verdict counter moves by one, and when that verdict
+    is a drop exactly one drop reason moves by one, else none. A module whose packets also reach
+    the programs another way (real devices, socket hooks) sets REAL_TRAFFIC = True: its runs
+    cannot be told apart from that traffic, so it checks the whole test instead (as many drop
+    reasons as drop verdicts, which holds for any traffic)."""
     if "dataplane" not in request.fixturenames:
         yield
         return
+    from ebpflb import abi
     from ebpflb.dataplane import testrun
 
     dp = request.getfixturevalue("dataplane")
     fds = {getattr(p, "fd", None) for p in vars(dp.progs).values()} - {None}
-    runs = [0]
+    real_traffic = getattr(request.module, "REAL_TRAFFIC", False)
     real_run = testrun._run
+    drop_slots = {at * abi.VERDICT_MAX + abi.VERDICT_DROP for at in range(abi.AT_MAX)}
 
-    def counting_run(prog_fd, packet, ctx, repeat):
-        if prog_fd in fds:
-            runs[0] += repeat
-        return real_run(prog_fd, packet, ctx, repeat)
+    def checked_run(prog_fd, packet, ctx, repeat):
+        if prog_fd not in fds or repeat != 1:
+            return real_run(prog_fd, packet, ctx, repeat)
+        verdicts0, stats0 = _counter_arrays(dp.progs.bpf)
+        result = real_run(prog_fd, packet, ctx, repeat)
+        verdicts1, stats1 = _counter_arrays(dp.progs.bpf)
+        moved = {i: b - a for i, (a, b) in enumerate(zip(verdicts0, verdicts1)) if b != a}
+        reasons = sum(b - a for a, b in zip(stats0[:abi.STAT_DROP_REASONS],
+                                            stats1[:abi.STAT_DROP_REASONS]))
+        dropped = sum(n for i, n in moved.items() if i in drop_slots)
+        assert list(moved.values()) == [1], f"one run moved verdict counters {moved}"
+        assert reasons == dropped, f"{dropped} drop verdicts, {reasons} drop reasons in one run"
+        return result
 
-    monkeypatch.setattr(testrun, "_run", counting_run)
-    before = _verdict_and_drop_totals(dp.stats())
+    def drops_and_reasons() -> Tuple[int, int]:
+        verdicts, stats = _counter_arrays(dp.progs.bpf)
+        return (sum(verdicts[i] for i in drop_slots), sum(stats[:abi.STAT_DROP_REASONS]))
+
+    if real_traffic:
+        before = drops_and_reasons()
+        yield
+        (drops, reasons) = (a - b for a, b in zip(drops_and_reasons(), before))
+        assert drops == reasons, f"{drops} drop verdicts but {reasons} drop reasons"
+        return
+    monkeypatch.setattr(testrun, "_run", checked_run)
     yield
-    after = _verdict_and_drop_totals(dp.stats())
-    verdicts, drops, reasons = (a - b for a, b in zip(after, before))
-    assert drops == reasons, f"{drops} drop verdicts but {reasons} drop reasons counted"
-    if not getattr(request.module, "REAL_TRAFFIC", False):
-        assert verdicts == runs[0], f"{runs[0]} program runs moved {verdicts} verdict counters"
 
 
 @contextlib.contextmanager

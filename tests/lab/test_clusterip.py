@@ -206,7 +206,8 @@ def test_one_client_port_reaches_two_frontends_of_one_backend(lab, tmp_path):
                 c.close()
         stats = json.loads(ebpflb("stats", "--verdicts", "-o", "json", "--pin-dir",
                                   agent.pin_dir).stdout)
-        assert stats["port_nat"] >= 2 and stats["conntrack_collision"] == 0, stats
+        assert stats["events"]["port_nat"] >= 2, stats
+        assert stats["drops"]["conntrack_collision"] == 0, stats
     finally:
         agent.stop()
         force_cleanup(lab.name)

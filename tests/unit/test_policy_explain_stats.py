@@ -134,29 +134,19 @@ def test_stats_views_rates_and_output():
 # The pure side of each decision explain models; tests/bpf/test_explain_parity.py checks the same
 # decisions against the programs themselves.
 
-def test_explain_mirrors_the_headers():
-    """explain's copies of C constants and the counter names it reports follow bpf/."""
+def test_explain_names_the_programs_counters():
+    """The counter names explain reports are the programs' (ebpflb/abi.py's enums)."""
     import re
 
     from ebpflb import explain as ex
-    from ebpflb.dataplane.bcc_maps import STAT_NAMES
+    from ebpflb.dataplane.bcc_maps import STAT_NAMES, VERDICT_HOOKS
     from ebpflb.dataplane.loader import bpf_source_dir
 
-    bpf = bpf_source_dir()
-    structs = (bpf / "lb_structs.h").read_text()
-    for name in ("CT_F_ESTABLISHED", "CT_F_CLOSING", "CT_F_HAIRPIN", "CT_F_EXTERNAL", "CT_F_SNAT",
-                 "CT_F_PORT_NAT"):
-        value = re.search(rf"#define {name} (0x[0-9a-f]+)", structs).group(1)
-        assert getattr(ex, name) == int(value, 16), name
-    addr = int(re.search(r"#define LB4_HAIRPIN_ADDR_HOST (0x[0-9a-f]+)", structs).group(1), 16)
-    assert ex.HAIRPIN_ADDR == str(__import__("ipaddress").IPv4Address(addr))
-    assert f"#define LB4_SNAT_TRIES {ex.SNAT_TRIES}\n" in (bpf / "node_fwd.h").read_text()
-    source = (bpf.parent / "ebpflb" / "explain.py").read_text()
+    source = (bpf_source_dir().parent / "ebpflb" / "explain.py").read_text()
     named = set(re.findall(r'"([a-z_]+)"', source))
     counted = {n for n in named if n in STAT_NAMES}
     assert {"spoofed", "bad_source", "tcp_no_state", "conntrack_rebuilt", "port_nat"} <= counted
-    assert set(ex.HOOKS.values()) <= set(__import__("ebpflb.dataplane.bcc_maps",
-                                                    fromlist=["x"]).VERDICT_HOOKS)
+    assert set(ex.HOOKS.values()) <= set(VERDICT_HOOKS)
 
 
 def _world(local=False, ranges=(), typ="NodePort"):
