@@ -455,7 +455,7 @@ class Agent:
                                  self.options.xdp_mode,
                                  Program(progs.node_in.fd, progs.node_in.name.decode()),
                                  Program(progs.node_out.fd, progs.node_out.name.decode()),
-                                 progs.xdp_fns(), progs.bpf[b"lb4_node_ifs"])
+                                 progs.xdp_fns(), BccMapWriter(progs.bpf))
             # NodePorts are programmed before anything is attached, on the addresses found now.
             self.node_addresses_changed(nodes.present_addresses())
         monitor = None
@@ -468,7 +468,7 @@ class Agent:
             attacher = Attacher(ipr, self.options.devices,
                                 Program(progs.from_pod.fd, progs.from_pod.name.decode()),
                                 Program(progs.to_pod.fd, progs.to_pod.name.decode()),
-                                PodAddresses(ipr, progs.bpf[b"lb4_pod_addrs"]),
+                                PodAddresses(ipr, BccMapWriter(progs.bpf)),
                                 exclude=self.options.node_devices)
             attacher.rescan()
             if nodes is not None:

@@ -23,6 +23,9 @@ class MapId(str, Enum):
     SRC_RANGES = "lb4_src_ranges"  # (svc id, CIDR) -> 1: loadBalancerSourceRanges (an LPM trie)
     SVC_STATS = "lb4_svc_stats"  # per-CPU counters, zeroed when an id is given out anew
     BACKEND_STATS = "lb4_backend_stats"
+    # Written from the devices, not the Services (ebpflb.dataplane.device_maps):
+    NODE_IFS = "lb4_node_ifs"  # node device ifindex -> NodeIfValue (its SNAT address)
+    POD_ADDRS = "lb4_pod_addrs"  # PodAddrKey -> 1: the addresses a pod device may send from
 
     def __str__(self) -> str:
         return self.value
@@ -36,6 +39,8 @@ VIPS = MapId.VIPS
 SRC_RANGES = MapId.SRC_RANGES
 SVC_STATS = MapId.SVC_STATS
 BACKEND_STATS = MapId.BACKEND_STATS
+NODE_IFS = MapId.NODE_IFS
+POD_ADDRS = MapId.POD_ADDRS
 # The maps the control plane owns, in no particular order; conntrack and counters belong to the
 # programs and are only read (and zeroed when an id is given to a new frontend or backend).
 CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META, VIPS, SRC_RANGES)
@@ -97,6 +102,25 @@ class SrcRangeKey(NamedTuple):
 
     def __str__(self) -> str:
         return f"svc {self.svc_id} from {self.cidr}"
+
+
+class NodeIfValue(NamedTuple):
+    """A node device's entry: the IPv4 address flows to backends behind it are SNATed to."""
+    addr: str
+    flags: int = 0  # reserved
+
+    def __str__(self) -> str:
+        return f"SNAT to {self.addr}"
+
+
+class PodAddrKey(NamedTuple):
+    """An address the pod behind device `ifindex` may send from. 0.0.0.0 is the device's marker:
+    present, the device's sources are checked; absent, any source passes."""
+    ifindex: int
+    addr: str
+
+    def __str__(self) -> str:
+        return f"device {self.ifindex} {self.addr}"
 
 
 class SlotKey(NamedTuple):

@@ -19,9 +19,10 @@ from ipaddress import ip_network
 from typing import (AbstractSet, Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
                     Sequence, Tuple)
 
-from .maps import (BACKEND_STATS, BACKENDS, NO_BACKEND, PROTO_NUMBERS, SERVICES, SLOTS,
-                   SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SVC_META, SVC_STATS, VIPS, MapId,
-                   Records, SlotKey, Snapshot, SrcRangeKey, SvcKey, SvcValue)
+from .maps import (BACKEND_STATS, BACKENDS, NO_BACKEND, NODE_IFS, POD_ADDRS, PROTO_NUMBERS,
+                   SERVICES, SLOTS, SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SVC_META,
+                   SVC_STATS, VIPS, MapId, Records, SlotKey, Snapshot, SrcRangeKey, SvcKey,
+                   SvcValue)
 from .model import DesiredState
 from .records import PlanDefaults  # noqa: F401 - re-exported: plans are made with defaults
 
@@ -88,6 +89,8 @@ def _fmt_key(map_id: MapId, key: Any) -> str:
         return f"vip {key}"
     if map_id in (BACKENDS, BACKEND_STATS):
         return f"backend {key}"
+    if map_id == NODE_IFS:
+        return f"node device {key}"
     return str(key)
 
 
@@ -255,6 +258,16 @@ def diff(desired: Records, current: Records) -> Plan:
     return Plan(upserts + deletes)
 
 
+def diff_map(map_id: MapId, want: Mapping[Any, Any], have: Mapping[Any, Any]) -> Plan:
+    """The writes turning one keyed map's records `have` into `want`: new and changed records
+    first, removals last (so nothing is missing while they run), keys sorted."""
+    changed = sorted((k for k, v in want.items() if have.get(k) != v), key=_sort_key(map_id))
+    gone = sorted((k for k in have if k not in want), key=_sort_key(map_id))
+    return Plan([Step(UPSERT, map_id, changed, [have.get(k) for k in changed],
+                      [want[k] for k in changed]),
+                 Step(DELETE, map_id, gone, [have[k] for k in gone])])
+
+
 # Steps larger than this keep the records' own order: the order within a step does not matter
 # to the kernel, only to a person reading a plan, and nobody reads 100,000 lines.
 SORTED_STEP_MAX = 10000
@@ -277,6 +290,8 @@ def _range_order(key: SrcRangeKey) -> Tuple:
 def _sort_key(map_id: MapId):
     if map_id == SERVICES:
         return _svc_key_order
+    if map_id == POD_ADDRS:
+        return lambda key: (key.ifindex, socket.inet_aton(key.addr))
     if map_id == SRC_RANGES:
         return _range_order
     if map_id == VIPS:

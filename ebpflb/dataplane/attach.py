@@ -9,13 +9,15 @@ cleanup removes ours and nothing else.
 import fnmatch
 import logging
 import socket
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
+
+from ..maps import POD_ADDRS, PodAddrKey
+from .device_maps import write_device_map
 
 log = logging.getLogger(__name__)
 
@@ -150,31 +152,36 @@ def pod_routes(ipr: IPRoute, ifindex: int) -> FrozenSet[str]:
     return frozenset(out)
 
 
+MARKER = "0.0.0.0"  # a pod device's entry saying its sources are checked
+
+
 class PodAddresses:
     """lb4_pod_addrs in step with the host routes of each attached pod device: the addresses its
     pod may send to a frontend from. A device with no host route gets no entry, so it is not
-    checked (its CNI bridges pods rather than routing to them, and its addresses are unknown)."""
+    checked (its CNI bridges pods rather than routing to them, and its addresses are unknown).
+    Written through plan and apply (ebpflb.dataplane.device_maps): a device's new addresses and
+    its marker first, the ones that went last, so a pod is never refused its own address while
+    the entries change."""
 
-    def __init__(self, ipr: IPRoute, table: Any):
+    def __init__(self, ipr: IPRoute, writer: Any):
         self.ipr = ipr
-        self.table = table
+        self.writer = writer
         # What the pinned map holds, a previous agent's entries included: devices gone or
         # re-addressed while no agent ran are corrected by the first rescan (prune, sync).
         found: Dict[int, set] = {}
-        for key in list(table.keys()):
-            found.setdefault(key.ifindex, set()).add(
-                socket.inet_ntoa(int(key.addr).to_bytes(4, sys.byteorder)))
+        for key in writer.dump(POD_ADDRS):
+            found.setdefault(key.ifindex, set()).add(key.addr)
         self.written: Dict[int, FrozenSet[str]] = {
-            ifindex: frozenset(addrs - {"0.0.0.0"}) for ifindex, addrs in found.items()}
+            ifindex: frozenset(addrs - {MARKER}) for ifindex, addrs in found.items()}
 
     def prune(self, attached: Iterable[int]) -> None:
         """Forgets the devices not attached now."""
         for ifindex in set(self.written) - set(attached):
             self.forget(ifindex)
 
-    def _key(self, ifindex: int, addr: str) -> Any:
-        return self.table.Key(ifindex=ifindex, addr=int.from_bytes(socket.inet_aton(addr),
-                                                                   sys.byteorder))
+    def _write(self, ifindex: int, addrs: FrozenSet[str]) -> None:
+        want = {PodAddrKey(ifindex, a): 1 for a in addrs | ({MARKER} if addrs else set())}
+        write_device_map(self.writer, POD_ADDRS, want, only=lambda key: key.ifindex == ifindex)
 
     def sync(self, ifindex: int) -> None:
         try:
@@ -185,12 +192,7 @@ class PodAddresses:
         have = self.written.get(ifindex, frozenset())
         if want == have and (want or ifindex not in self.written):
             return
-        # New addresses first, the device's marker with them, then the ones that went: a pod is
-        # never refused its own address while the entries change.
-        for addr in sorted(want - have) + (["0.0.0.0"] if want else []):
-            self.table[self._key(ifindex, addr)] = self.table.Leaf(1)
-        for addr in sorted(have - want) + (["0.0.0.0"] if not want else []):
-            self.table.pop(self._key(ifindex, addr), None)
+        self._write(ifindex, want)
         if want:
             self.written[ifindex] = want
         else:
@@ -198,8 +200,8 @@ class PodAddresses:
         log.info("device ifindex %d: pod addresses %s", ifindex, ",".join(sorted(want)) or "none")
 
     def forget(self, ifindex: int) -> None:
-        for addr in sorted(self.written.pop(ifindex, frozenset())) + ["0.0.0.0"]:
-            self.table.pop(self._key(ifindex, addr), None)
+        self.written.pop(ifindex, None)
+        self._write(ifindex, frozenset())
 
 
 class Attacher:

@@ -16,8 +16,9 @@ import struct
 from itertools import chain
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ..maps import (BACKENDS, SERVICES, SLOTS, SRC_RANGES, SVC_META, VIPS, BackendValue, MapId,
-                    SlotKey, SrcRangeKey, SvcKey, SvcValue)
+from ..maps import (BACKENDS, NODE_IFS, POD_ADDRS, SERVICES, SLOTS, SRC_RANGES, SVC_META, VIPS,
+                    BackendValue, MapId, NodeIfValue, PodAddrKey, SlotKey, SrcRangeKey, SvcKey,
+                    SvcValue)
 
 _PORT_BYTES = [p.to_bytes(2, "big") for p in range(65536)]
 
@@ -153,7 +154,7 @@ def _first(t: tuple) -> Any:
 
 
 def codecs(bpf: Any) -> Dict[MapId, MapCodec]:
-    """The codec of every control-plane map of a bcc BPF object."""
+    """The codec of every map the control plane writes, of a bcc BPF object."""
     def table(map_id: MapId) -> Any:
         return bpf[map_id.value.encode()]
 
@@ -174,6 +175,12 @@ def codecs(bpf: Any) -> Dict[MapId, MapCodec]:
         VIPS: MapCodec(table(VIPS), [("value", "4s")], [("value", "I")],
                        lambda ip: (socket.inet_aton(ip),), lambda t: socket.inet_ntoa(t[0]),
                        None, _first),
+        NODE_IFS: MapCodec(table(NODE_IFS), [("value", "I")], [("addr", "4s"), ("flags", "I")],
+                           None, _first, lambda v: (socket.inet_aton(v.addr), v.flags),
+                           lambda t: NodeIfValue(socket.inet_ntoa(t[0]), t[1])),
+        POD_ADDRS: MapCodec(table(POD_ADDRS), [("ifindex", "I"), ("addr", "4s")], [("value", "I")],
+                            lambda k: (k.ifindex, socket.inet_aton(k.addr)),
+                            lambda t: PodAddrKey(t[0], socket.inet_ntoa(t[1])), None, _first),
         SRC_RANGES: MapCodec(table(SRC_RANGES),
                              [("prefixlen", "I"), ("svc_id", "I"), ("addr", "4s")],
                              [("value", "I")], _range_to, _range_from, None, _first),

@@ -20,7 +20,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pyroute2 import IPRoute
 
+from ..maps import NODE_IFS, NodeIfValue
 from .attach import Program, attach, links, matches
+from .device_maps import write_device_map
 from .libbpf import prog_name
 from .loader import PROG_NODE_XDP, PROG_NODE_XDP_GENERIC
 
@@ -116,7 +118,7 @@ class NodeAttacher:
     node_in: Program
     node_out: Program
     xdp_fns: Mapping[str, Any]  # XDP mode -> the bcc function of its program (attach_xdp)
-    node_ifs: Any  # the bcc table lb4_node_ifs
+    writer: Any  # the MapWriter lb4_node_ifs goes through (ebpflb.dataplane.device_maps)
     attached: Dict[int, NodeDevice] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -165,22 +167,18 @@ class NodeAttacher:
         return True
 
     def _set_node_if(self, ifindex: int, ifname: str, address: Optional[str]) -> None:
-        key = self.node_ifs.Key(ifindex)
         if address is None:
             # Without an address there is nothing to SNAT to: routes through this device are
             # not taken for remote backends until it has one.
-            self.node_ifs.pop(key, None)
             log.warning("node device %s has no IPv4 address: backends behind it are not SNATed",
                         ifname)
-            return
-        from .bcc_maps import ip_to_be32
-
-        self.node_ifs[key] = self.node_ifs.Leaf(addr=ip_to_be32(address), flags=0)
+        want = {ifindex: NodeIfValue(address)} if address else {}
+        write_device_map(self.writer, NODE_IFS, want, only=lambda key: key == ifindex)
 
     def forget(self, ifindex: int) -> None:
         dev = self.attached.pop(ifindex, None)
         if dev:
-            self.node_ifs.pop(self.node_ifs.Key(ifindex), None)
+            write_device_map(self.writer, NODE_IFS, {}, only=lambda key: key == ifindex)
             log.info("node device %s (ifindex %d): gone", dev.ifname, ifindex)
 
     def rescan(self) -> None:
@@ -191,9 +189,7 @@ class NodeAttacher:
         for ifindex, ifname in sorted(present.items()):
             self.consider(ifindex, ifname)
         # Entries of devices that vanished while no agent ran.
-        for key in list(self.node_ifs.keys()):
-            if key.value not in self.attached:
-                self.node_ifs.pop(key, None)
+        write_device_map(self.writer, NODE_IFS, {}, only=lambda key: key not in self.attached)
 
     def addresses(self) -> List[str]:
         """The addresses of the devices attached to."""

@@ -9,7 +9,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from ebpflb.dataplane.attach import Attacher, PodAddresses, Program, detach
-from ebpflb.dataplane.bcc_maps import be32_to_ip
+from ebpflb.dataplane.bcc_maps import BccMapWriter, be32_to_ip
 from ebpflb.lab.nsops import create_netns, in_netns, remove_netns
 
 from ..conftest import unique
@@ -49,7 +49,7 @@ def test_pod_addresses_follow_the_host_routes(dataplane):
                 attacher = Attacher(ipr, ["lxc*"],
                                     Program(progs.from_pod.fd, progs.from_pod.name.decode()),
                                     Program(progs.to_pod.fd, progs.to_pod.name.decode()),
-                                    PodAddresses(ipr, table))
+                                    PodAddresses(ipr, BccMapWriter(progs.bpf)))
                 attacher.rescan()
                 assert entries(table, one) == ["0.0.0.0", "10.244.0.21"]
                 assert entries(table, two) == []  # no host route: not checked

@@ -187,3 +187,20 @@ def test_every_intermediate_state_is_consistent(sequence):
         assert {(k.svc_id, k.cidr) for k in snap[SRC_RANGES]} == {
             (snap[SERVICES][SvcKey(f.vip, f.port, 6)].svc_id, cidr)
             for f in frontends_map for cidr in f.source_ranges}
+
+
+def test_a_device_map_changes_new_records_first_and_removals_last():
+    """lb4_pod_addrs and lb4_node_ifs go through plan and apply too (ebpflb.plan.diff_map): a
+    device's new address and its marker are written before the address that went is deleted."""
+    from ebpflb.maps import NODE_IFS, POD_ADDRS, NodeIfValue, PodAddrKey
+    from ebpflb.plan import DELETE, UPSERT, diff_map
+
+    have = {PodAddrKey(7, "0.0.0.0"): 1, PodAddrKey(7, "10.244.0.5"): 1}
+    want = {PodAddrKey(7, "0.0.0.0"): 1, PodAddrKey(7, "10.244.0.6"): 1}
+    plan = diff_map(POD_ADDRS, want, have)
+    assert [(op.action, op.key) for op in plan.ops] == [
+        (UPSERT, PodAddrKey(7, "10.244.0.6")), (DELETE, PodAddrKey(7, "10.244.0.5"))]
+    assert len(diff_map(POD_ADDRS, want, want)) == 0
+    plan = diff_map(NODE_IFS, {3: NodeIfValue("192.168.200.10")}, {3: NodeIfValue("192.168.200.9")})
+    assert [str(op) for op in plan.ops] == [
+        "~ lb4_node_ifs node device 3 = SNAT to 192.168.200.10 (was SNAT to 192.168.200.9)"]

@@ -1,0 +1,28 @@
+"""The maps written from the node's devices rather than from the Services: lb4_node_ifs (each
+node device's SNAT address) and lb4_pod_addrs (the addresses each pod device may send from).
+The attachers say what a map (or one device's part of it) should hold; the change goes through
+the same plan and apply as the Services' records (ebpflb.plan.diff_map, ebpflb.apply.apply_plan:
+ordered, batched, undone on failure), so every map write of the agent has one path."""
+import logging
+from typing import Any, Callable, Mapping, Optional
+
+from ..apply import MapWriter, apply_plan
+from ..maps import MapId
+from ..plan import diff_map
+
+log = logging.getLogger(__name__)
+
+
+def write_device_map(writer: MapWriter, map_id: MapId, want: Mapping[Any, Any],
+                     only: Optional[Callable[[Any], bool]] = None) -> int:
+    """Makes `map_id` hold `want`: all of it, or (with `only`) the keys `only` accepts, the rest
+    left alone. Returns the number of records written or deleted."""
+    have = writer.dump(map_id)
+    if only is not None:
+        have = {k: v for k, v in have.items() if only(k)}
+    plan = diff_map(map_id, want, have)
+    if len(plan):
+        apply_plan(plan, writer)
+        for op in plan.ops:
+            log.debug("%s", op)
+    return len(plan)
