@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Set, Tuple
 
 from .convert import ObjectKey
 from .model import (Backend, DesiredState, Frontend, HealthCheck, ModelContext, ServiceModel,
@@ -164,9 +164,6 @@ class ClusterModel:
         """The frontends a Service holds, with their backends, in frontend order."""
         return self._frontends.get(key, ())
 
-    def skipped_of(self, key: ObjectKey) -> Tuple[str, ...]:
-        return self._skipped.get(key, ())
-
     def skipped(self) -> Tuple[SkippedService, ...]:
         return tuple(SkippedService(f"{k[0]}/{k[1]}", reason)
                      for k in sorted(self._skipped) for reason in self._skipped[k])
@@ -190,5 +187,3 @@ class ClusterModel:
         ordered = {fe: frontends[fe] for fe in sorted(frontends)}
         return DesiredState(ordered, self.skipped(), self.health_checks())
 
-    def model_of(self, key: ObjectKey) -> Optional[ServiceModel]:
-        return self._models.get(key)

@@ -123,6 +123,19 @@ class PodAddrKey(NamedTuple):
         return f"device {self.ifindex} {self.addr}"
 
 
+class Counters(NamedTuple):
+    """The traffic counters of a frontend or a backend (struct lb_flow_stats, field for field;
+    tests/unit/test_abi.py checks the order against the compiled layout), summed over CPUs."""
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
+    conns: int
+
+
+FLOW_FIELDS = Counters._fields
+
+
 class SlotKey(NamedTuple):
     svc_id: int
     slot: int

@@ -197,10 +197,6 @@ class Planner:
         """Every programmed frontend and its service id."""
         return self._svc_ids
 
-    def owned(self, owner: Owner) -> Optional[Records]:
-        compact = self._owned.get(owner)
-        return _expand(compact) if compact is not None else None
-
     def held(self) -> Dict[MapId, int]:
         return dict(self._held)
 

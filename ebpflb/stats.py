@@ -2,23 +2,13 @@
 the per-CPU maps (summed by ebpflb.statsagg), joined with the programmed services, with rates
 between two readings, rendered like `ipvsadm -Ln --stats --rate` or as JSON."""
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .inspect import service_views
-from .maps import Snapshot
+from .maps import FLOW_FIELDS, Counters, Snapshot
 from .statsagg import rates as _rates
 
 
-class Counters(NamedTuple):
-    """lb_flow_stats in bpf/lb_structs.h, field for field."""
-    packets_in: int
-    bytes_in: int
-    packets_out: int
-    bytes_out: int
-    conns: int
-
-
-FLOW_FIELDS = Counters._fields
 ZERO = Counters(0, 0, 0, 0, 0)
 
 

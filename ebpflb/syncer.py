@@ -91,7 +91,6 @@ class Syncer:
         self._purge = purge
         self._pending: Set[ObjectKey] = set()  # Services whose model changed, not yet programmed
         self._full_reason: Optional[str] = "start"
-        self._synced_once = False
 
     # --- input ---------------------------------------------------------------------------
     def take(self, changes: Iterable[Change]) -> int:
@@ -119,10 +118,6 @@ class Syncer:
     def pending(self) -> bool:
         """A sync has something to do."""
         return bool(self._pending) or self._full_reason is not None
-
-    @property
-    def synced_once(self) -> bool:
-        return self._synced_once
 
     def health_checks(self) -> Tuple[HealthCheck, ...]:
         return self.model.health_checks()
@@ -252,7 +247,6 @@ class Syncer:
                 self.counters.drift_repairs += outcome.writes
                 log.warning("full sync (%s) repaired drift: %d map writes: %s", reason,
                             outcome.writes, outcome.plan.counts())
-            self._synced_once = True
             # The state now lives as long as the agent: keep the cyclic GC from walking it on
             # every collection (a third off event-to-map latency at 10k Services, measured).
             # No collection first: at 100,000 Services one takes seconds, and the bulk work

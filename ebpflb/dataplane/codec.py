@@ -23,10 +23,6 @@ from ..maps import (BACKENDS, NODE_IFS, POD_ADDRS, SERVICES, SLOTS, SRC_RANGES, 
 _PORT_BYTES = [p.to_bytes(2, "big") for p in range(65536)]
 
 
-def _port_bytes(port: int) -> bytes:
-    return _PORT_BYTES[port]
-
-
 def _port_of(raw: bytes) -> int:
     return int.from_bytes(raw, "big")
 

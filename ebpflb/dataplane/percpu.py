@@ -8,7 +8,7 @@ import os
 from functools import lru_cache
 from typing import Any, Dict, Tuple
 
-from ..stats import FLOW_FIELDS, Counters
+from ..maps import FLOW_FIELDS, Counters
 from ..statsagg import nonzero_keys, sum_per_cpu
 from .libbpf import libbpf, map_info
 

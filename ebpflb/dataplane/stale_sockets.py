@@ -23,7 +23,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..maps import PROTO_NUMBERS
 

@@ -383,10 +383,6 @@ class KubernetesSource:
         """Every resource listed at least once (before that, take() hands over nothing)."""
         return all(r.synced for r in self.reflectors.values())
 
-    def wait_synced(self, timeout: float) -> bool:
-        with self._waiters:
-            return self._waiters.wait_for(lambda: self.synced, timeout)
-
     def wait_changed(self, timeout: float) -> bool:
         """Blocks until take() has something to hand over (for benchmarks and tests)."""
         with self._waiters:

@@ -67,7 +67,7 @@ def test_hand_decoded_layouts_match_the_compiled_ones():
     """The per-CPU flow counters are decoded as consecutive u64s named as in stats.Counters, and
     the GC's conntrack formats are built from the compiled layout."""
     from ebpflb.dataplane import ct_gc
-    from ebpflb.stats import FLOW_FIELDS
+    from ebpflb.maps import FLOW_FIELDS
 
     size, fields = abi.STRUCTS["struct lb_flow_stats"]
     assert [(f, o, s) for f, o, s in fields] == [(f, 8 * i, 8) for i, f in enumerate(FLOW_FIELDS)]
