@@ -14,11 +14,12 @@ demo: setup
 
 # Two workers, a test file each at a time: lab tests wait on traffic and agents more than they
 # compute, and every test names its namespaces, pins and cgroups uniquely.
+# benchmarks/tests: the benchmarks' own checks (tests/ never imports benchmarks/).
 test: setup
-	$(PYTEST) -n 2 --dist loadfile -m "unit or bpf or lab or kube" tests
+	$(PYTEST) -n 2 --dist loadfile -m "unit or bpf or lab or kube" tests benchmarks/tests
 
 test-unit: setup
-	$(PYTEST) -m unit tests
+	$(PYTEST) -m unit tests benchmarks/tests
 
 test-bpf: setup
 	$(PYTEST) -m bpf tests
