@@ -2,7 +2,7 @@
 iptables mode feeds to `iptables-restore` and what its nftables mode feeds to `nft -f`, for a
 synthetic set of ClusterIP Services, so the baselines are measured in their real shape.
 
-Pure: text generation only, no kernel, so tests/unit/test_kubeproxy_rules.py checks the shape.
+Pure: text generation only, no kernel, so benchmarks/tests/test_kubeproxy_rules.py checks the shape.
 
 iptables mode (pkg/proxy/iptables/proxier.go), nat table:
   PREROUTING/OUTPUT -> KUBE-SERVICES: one rule per Service port (-d VIP -p tcp --dport)

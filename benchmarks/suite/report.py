@@ -226,7 +226,7 @@ with `iptables-legacy-restore`), **iptables-nft** (the same rules through the nf
 to {meta['iptables_nft_max_scale']:,} Services: ENVIRONMENT.md measured 829 s to load 10k Services
 that way, so it is skipped at 10k) and **nftables** (kube-proxy's nftables-mode table, verdict maps,
 loaded with `nft -f`). Rule sets come from `benchmarks/kubeproxy_rules.py` (shape checked by
-`tests/unit/test_kubeproxy_rules.py`). `iptables -V` here: `{meta['iptables_default']}` (the
+`benchmarks/tests/test_kubeproxy_rules.py`). `iptables -V` here: `{meta['iptables_default']}` (the
 default `iptables` is the nft backend; the iptables mode above uses `{meta['iptables_legacy']}`).
 
 Lab: the ebpflb lab (Calico-style node namespace, pods behind veths), {meta['web_pods']} web pods
