@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .. import abi
 
+TCP = 6  # IPPROTO_TCP
+
 DEFAULT_PIN_DIR = "/sys/fs/bpf/ebpflb"
 NODEPORT_RANGE = (30000, 32767)  # Kubernetes' default --service-node-port-range
 BPFFS_ROOT = "/sys/fs/bpf"
@@ -24,6 +26,21 @@ class CtTimeouts:
     # A closed flow SNATed towards another node keeps its port this long: the backend holds the
     # connection in TIME_WAIT (60 s on Linux), and a reused 4-tuple would meet PAWS there.
     tcp_time_wait: int = abi.CT_TIMEOUT_TCP_TIME_WAIT
+
+    def lifetime(self, flags: int, proto: int) -> int:
+        """Seconds a flow lives after its last packet, by the state its entries have seen: the
+        programs' ct4_lifetime_of (bpf/conntrack.h), used by the GC and by explain;
+        tests/bpf/test_conntrack_gc.py checks the three against each other."""
+        if proto != TCP:
+            return self.udp
+        if flags & abi.CT_F_CLOSING:
+            # A closed flow whose source was rewritten keeps its port while the backend may
+            # still hold the connection in TIME_WAIT.
+            src_nat = flags & (abi.CT_F_SNAT | abi.CT_F_PORT_NAT)
+            return self.tcp_time_wait if src_nat else self.tcp_close
+        if flags & abi.CT_F_ESTABLISHED:
+            return self.tcp_established
+        return self.tcp_syn
 
     def __post_init__(self) -> None:
         for name in ("tcp_syn", "tcp_established", "tcp_close", "udp", "tcp_time_wait"):

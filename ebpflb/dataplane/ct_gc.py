@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
-from ..maps import CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_HAIRPIN, CT_F_SRC_NAT
+from ..maps import CT_F_ESTABLISHED, CT_F_HAIRPIN, CT_F_SRC_NAT
 from ..maps import HAIRPIN_ADDR as HAIRPIN_ADDR_TEXT
 from .config import CtTimeouts
 from .layouts import offset_of, packed
@@ -48,14 +48,7 @@ class GcResult:
 
 
 def _lifetime_ns(proto: int, flags: int, t: CtTimeouts) -> int:
-    if proto != TCP:
-        return t.udp * NS
-    if flags & CT_F_CLOSING:
-        # A closed SNAT flow keeps its port past the backend's TIME_WAIT (as the programs do).
-        return (t.tcp_time_wait if flags & CT_F_SRC_NAT else t.tcp_close) * NS
-    if flags & CT_F_ESTABLISHED:
-        return t.tcp_established * NS
-    return t.tcp_syn * NS
+    return t.lifetime(flags, proto) * NS
 
 
 def expired_keys(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts) -> List[bytes]:

@@ -8,7 +8,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from ebpflb.dataplane.bcc_maps import BccMapWriter, read_conntrack
+from ebpflb.dataplane.bcc_maps import BccMapWriter, be16_to_port, read_conntrack
 from ebpflb.dataplane.config import CtTimeouts, DataplaneConfig
 from ebpflb.dataplane.ct_gc import ConntrackGc
 from ebpflb.dataplane.loader import load_programs
@@ -22,7 +22,7 @@ from .test_lb4_packets import ETH, MANIFEST
 
 pytestmark = pytest.mark.bpf
 
-TIMEOUTS = CtTimeouts(tcp_syn=5, tcp_established=100, tcp_close=2, udp=1)
+TIMEOUTS = CtTimeouts(tcp_syn=5, tcp_established=100, tcp_close=2, udp=1, tcp_time_wait=7)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,86 @@ def test_data_path_starts_a_new_flow_after_expiry(short):
     send(short, pkt)
     (renewed,) = [e for e in read_conntrack(short.bpf) if e.direction == "forward"]
     assert renewed.created_ns > first.created_ns
+
+
+def _age_flow(progs, sport: int, idle_s: float) -> None:
+    """Both entries of the flow from client port `sport` (either table) last seen `idle_s` ago."""
+    now = time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+    for name in (b"ct4", b"ct4_syn"):
+        t = progs.bpf[name]
+        for key, value in list(t.items()):
+            if sport in (be16_to_port(key.sport), be16_to_port(key.dport)):
+                value.last_seen_ns = now - int(idle_s * 1e9)
+                t[key] = value
+
+
+def _reply(progs, sport: int, flags: str) -> None:
+    """The backend's packet of the flow from client port `sport`, through lb4_to_pod."""
+    (fwd,) = [e for e in read_conntrack(progs.bpf) if e.direction == "forward" and e.sport == sport]
+    pkt = (Ether(**ETH) / IP(src=fwd.nat_addr, dst="10.244.0.2")
+           / TCP(sport=fwd.nat_port, dport=sport, flags=flags))
+    bpf_run(progs.to_pod.fd, bytes(pkt))
+
+
+# (state, the flow's packets: client ("c") or backend ("b") and TCP flags, the next client packet)
+LIFETIME_CASES = [
+    ("udp", [("c", "")], ""),
+    ("tcp half-open", [("c", "S")], "S"),
+    ("tcp established", [("c", "S"), ("b", "SA"), ("c", "A")], "A"),
+    ("tcp closed by both sides", [("c", "S"), ("b", "SA"), ("c", "A"), ("c", "FA"), ("b", "FA")],
+     "A"),
+]
+
+
+@pytest.mark.parametrize("state,make,probe", LIFETIME_CASES, ids=[c[0] for c in LIFETIME_CASES])
+def test_lifetimes_are_one_rule_in_the_programs_the_gc_and_explain(short, state, make, probe):
+    """For each state, a flow whose entries are idle one second less than its lifetime is still
+    a flow for the program (its next packet is counted `established`), for the GC (kept) and for
+    explain (conntrack decides); idle one second more, it is over for all three (the program's
+    next packet starts anew: `new`, or `stateless` for TCP other than a SYN). The lifetime rule
+    is one function in Python (CtTimeouts.lifetime), this checks it against ct4_lifetime_of."""
+    from ebpflb.apply import read_snapshot
+    from ebpflb.dataplane.bcc_maps import read_counters
+    from ebpflb.explain import ConntrackView, Flow, explain
+
+    udp = probe == ""
+    vip, port = ("10.96.0.20", 53) if udp else ("10.96.0.10", 80)
+
+    def client(sport, flags):
+        if udp:
+            return Ether(**ETH) / IP(src="10.244.0.2", dst=vip) / UDP(sport=sport, dport=port)
+        return tcp(sport, flags)
+
+    def make_flow(sport):
+        short.bpf[b"ct4"].clear()
+        short.bpf[b"ct4_syn"].clear()
+        for side, flags in make:
+            if side == "c":
+                send(short, client(sport, flags))
+            else:
+                _reply(short, sport, flags)
+        return [e for e in read_conntrack(short.bpf) if e.direction == "forward"][0]
+
+    for margin in (-1, +1):
+        sport = 7000 + 10 * LIFETIME_CASES.index((state, make, probe)) + (margin > 0)
+        fwd = make_flow(sport)
+        lifetime = TIMEOUTS.lifetime(fwd.flags, 17 if udp else 6)
+        idle = lifetime + margin
+        _age_flow(short, sport, idle)
+        gone_for_gc = ConntrackGc(short.bpf, TIMEOUTS).run(time.monotonic_ns()).deleted > 0
+        view = ConntrackView(f"{fwd.nat_addr}:{fwd.nat_port}", fwd.backend_id, idle, idle,
+                             flags=fwd.flags)
+        e = explain(read_snapshot(BccMapWriter(short.bpf)),
+                    Flow("10.244.0.2", sport, vip, port, "UDP" if udp else "TCP", probe or "S"),
+                    view, timeouts=TIMEOUTS)
+        gone_for_explain = not e.reason.startswith("an established flow")
+        fwd = make_flow(sport)  # again: the GC may have deleted it
+        _age_flow(short, sport, idle)
+        before = read_counters(short.bpf)
+        send(short, client(sport, probe))
+        after = read_counters(short.bpf)
+        (verdict,) = [k for k in after if "/" in k and after[k] != before[k]]
+        gone_for_program = verdict != "from_pod/established"
+        assert (gone_for_program, gone_for_gc, gone_for_explain) == (margin > 0,) * 3, (
+            f"{state} idle {idle}s: program {verdict}, gc deleted {gone_for_gc}, "
+            f"explain {e.reason}")
