@@ -94,6 +94,8 @@ static __always_inline void ct4_track(struct ct4_entry *e, const struct pkt4 *p,
 		return;
 	if (p->tcp_flags & (TCP_FL_FIN | TCP_FL_RST))
 		flags |= CT_F_CLOSING;
+	if (p->tcp_flags & TCP_FL_RST)
+		flags |= CT_F_RESET;
 	if (p->tcp_flags & TCP_FL_ACK)
 		flags |= CT_F_ESTABLISHED;
 	if (flags != e->flags)

@@ -172,6 +172,10 @@ struct ct4_key {
  * client address and port reaching one backend through two frontends): its source port was
  * rewritten to nat2_port, from the SNAT range, as conntrack would; nat2_addr is the client's. */
 #define CT_F_PORT_NAT 0x20
+/* Sent a RST (CT_F_CLOSING is set with it): the flow is over in both directions. A FIN ends only
+ * its own direction: the other side may send for long after (a half-closed flow), so the agent's
+ * GC ages a flow by its two entries' own states unless one of them was reset. */
+#define CT_F_RESET 0x40
 
 /* The source a pod sees when it reaches itself through a Service (169.254.42.1): a link-local
  * address no pod owns, so the pod's reply leaves it and comes back to the data path. */

@@ -72,6 +72,7 @@ CT_F_HAIRPIN = abi.CT_F_HAIRPIN
 CT_F_EXTERNAL = abi.CT_F_EXTERNAL
 CT_F_SNAT = abi.CT_F_SNAT
 CT_F_PORT_NAT = abi.CT_F_PORT_NAT  # the flow's source port was rewritten (nat2), its address kept
+CT_F_RESET = abi.CT_F_RESET  # this side sent a RST: the flow is over both ways
 CT_F_SRC_NAT = CT_F_SNAT | CT_F_PORT_NAT  # ct4_src_nat(): the source was rewritten
 HAIRPIN_ADDR = str(IPv4Address(abi.LB4_HAIRPIN_ADDR_HOST))
 

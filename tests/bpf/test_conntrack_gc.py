@@ -54,7 +54,7 @@ def test_gc_deletes_by_state(short):
     send(short, Ether(**ETH) / IP(src="10.244.0.2", dst="10.96.0.20") / UDP(sport=1000, dport=53))
     send(short, tcp(2000, "S"))                                   # syn only
     send(short, tcp(3000, "S")), send(short, tcp(3000, "A"))      # established
-    send(short, tcp(4000, "S")), send(short, tcp(4000, "FA"))     # closing
+    send(short, tcp(4000, "S")), send(short, tcp(4000, "R"))      # reset
     gc = ConntrackGc(short.bpf, TIMEOUTS)
     now = time.monotonic_ns()
 
@@ -64,7 +64,7 @@ def test_gc_deletes_by_state(short):
     assert flows() == [1000, 2000, 3000, 4000]
     assert gc.run(now).deleted == 0
     assert gc.run(now + int(1.5e9)).deleted == 2 and flows() == [2000, 3000, 4000]   # udp
-    assert gc.run(now + int(2.5e9)).deleted == 2 and flows() == [2000, 3000]         # closing
+    assert gc.run(now + int(2.5e9)).deleted == 2 and flows() == [2000, 3000]         # reset
     assert gc.run(now + int(6e9)).deleted == 2 and flows() == [3000]                 # syn
     assert gc.run(now + int(99e9)).deleted == 0
     assert gc.run(now + int(101e9)).deleted == 2 and flows() == []                   # established
@@ -166,3 +166,40 @@ def test_lifetimes_are_one_rule_in_the_programs_the_gc_and_explain(short, state,
         assert (gone_for_program, gone_for_gc, gone_for_explain) == (margin > 0,) * 3, (
             f"{state} idle {idle}s: program {verdict}, gc deleted {gone_for_gc}, "
             f"explain {e.reason}")
+
+
+def test_a_half_closed_flow_outlives_tcp_close_while_its_other_side_may_still_send(short):
+    """The client shut its side down (FIN) and waits; the backend takes longer than tcp_close to
+    answer. The flow is half-closed, not closed: the GC keeps it (Linux conntrack keeps such
+    flows for minutes), and the backend's late answer still reaches the client from the
+    frontend. A RST, or a FIN from both sides, closes it: then tcp_close applies. (Failed on
+    99e46b0: the GC took a FIN from either side for the end of the flow and deleted both
+    entries after tcp_close, and the late answer left with the backend's address.)"""
+    def make(sport, *steps):
+        for side, flags in steps:
+            if side == "c":
+                send(short, tcp(sport, flags))
+            else:
+                _reply(short, sport, flags)
+
+    def answer(sport):
+        (fwd,) = [e for e in read_conntrack(short.bpf) if e.direction == "forward"
+                  and e.sport == sport]
+        pkt = (Ether(**ETH) / IP(src=fwd.nat_addr, dst="10.244.0.2")
+               / TCP(sport=fwd.nat_port, dport=sport, flags="PA") / b"late answer")
+        return Ether(bpf_run(short.to_pod.fd, bytes(pkt)).data)[IP].src
+
+    short.bpf[b"ct4"].clear()
+    short.bpf[b"ct4_syn"].clear()
+    handshake = [("c", "S"), ("b", "SA"), ("c", "A")]
+    make(8100, *handshake, ("c", "FA"))                 # half-closed by the client
+    make(8101, *handshake, ("c", "FA"), ("b", "FA"))    # closed by both
+    make(8102, *handshake, ("b", "R"))                  # reset by the backend
+    idle = TIMEOUTS.tcp_close + 1
+    for sport in (8100, 8101, 8102):
+        _age_flow(short, sport, idle)
+    ConntrackGc(short.bpf, TIMEOUTS).run(time.monotonic_ns())
+    left = sorted({e.sport if e.direction == "forward" else e.dport
+                   for e in read_conntrack(short.bpf)})
+    assert left == [8100], left
+    assert answer(8100) == "10.96.0.10"  # from the frontend: the client's socket takes it
