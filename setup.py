@@ -11,7 +11,8 @@ extensions = [
 ]
 
 setup(
-    packages=["ebpflb", "ebpflb.dataplane", "ebpflb.lab", "ebpflb.sources", "ebpflb.bpf"],
+    packages=["ebpflb", "ebpflb.cli", "ebpflb.dataplane", "ebpflb.lab", "ebpflb.sources",
+              "ebpflb.bpf"],
     package_dir={"ebpflb.bpf": "bpf"},
     package_data={"ebpflb.bpf": ["*.c", "*.h"]},
     ext_modules=cythonize(extensions, language_level=3),

@@ -160,6 +160,17 @@ class Explanation:
         return asdict(self)
 
 
+def frontend_record(snapshot, key: SvcKey, outside: bool) -> Tuple[SvcKey, Any]:
+    """lb4_frontend's lookup: the key and record (None: not a frontend) a packet to `key` meets.
+    From outside (a node device), a frontend with externalTrafficPolicy Local answers with its
+    node-local record (scope external), whose absence is then the answer."""
+    svc = snapshot[SERVICES].get(key)
+    if svc is not None and outside and svc.flags & SVC_F_ETP_LOCAL:
+        key = key._replace(scope=SCOPE_EXTERNAL)
+        svc = snapshot[SERVICES].get(key)
+    return key, svc
+
+
 def slot_backend(snapshot, svc, h: int) -> Tuple[int, Optional[int]]:
     """lb4_slot_backend, for a frontend with slots: (slot = hash % count, the slot's backend id);
     a slot missing answers from slot 0, None when that is missing too."""
@@ -449,14 +460,10 @@ class _Decision:
         f = self.flow
         if self.dev.kind == POD and f.daddr == HAIRPIN_ADDR:
             return self.hairpin_reply()
-        key = SvcKey(f.daddr, f.dport, f.proto)
-        svc = self.snap[SERVICES].get(key)
-        if svc is not None and self.dev.kind == NODE and svc.flags & SVC_F_ETP_LOCAL:
-            # externalTrafficPolicy Local: traffic from outside uses the node-local record.
-            key = key._replace(scope=SCOPE_EXTERNAL)
-            svc = self.snap[SERVICES].get(key)
-            if svc is None:
-                return self.drop("no_backend", f"{key} (this node's backends) is missing")
+        key, svc = frontend_record(self.snap, SvcKey(f.daddr, f.dport, f.proto),
+                                   self.dev.kind == NODE)
+        if svc is None and key.scope == SCOPE_EXTERNAL:
+            return self.drop("no_backend", f"{key} (this node's backends) is missing")
         if svc is None:
             if self.dev.kind == NODE:
                 reply = self.snat_reply()

@@ -1,8 +1,10 @@
 """What is programmed, as people read it: turns a map snapshot (read from the kernel) into service
-views for `ebpflb service list`, as a table or JSON (pure core; the CLI does the reading)."""
+views for `ebpflb service list`, as a table or JSON (pure core; the CLI does the reading). Also
+which programmed frontends a Service reference (NS/NAME or NS/NAME:PORT) names, for every
+command that takes one."""
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING,
                    SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_F_TOPO_NODE,
@@ -139,3 +141,60 @@ def render_table(views: List[ServiceView], wide: bool = False) -> str:
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r[:n], widths)) + "  " + r[n] for r in rows
     ).rstrip()
+
+
+def service_matches(name: str, ref: str) -> bool:
+    """Whether the frontend named `name` ("namespace/name:port", as lb4_svc_meta holds it) is one
+    `ref` names: NS/NAME:PORT names that port, NS/NAME every port of the Service."""
+    return name == ref or name.partition(":")[0] == ref
+
+
+def service_filter(ref: Optional[str]) -> Callable[[str], bool]:
+    """NS/NAME or NS/NAME:PORT -> a predicate on a frontend's "namespace/name:port"; None takes
+    every frontend. ValueError when `ref` is neither form."""
+    if ref is None:
+        return lambda name: True
+    if "/" not in ref:
+        raise ValueError(f"{ref!r} is not NS/NAME or NS/NAME:PORT")
+    return lambda name: service_matches(name, ref)
+
+
+def frontends_named(names: Mapping[int, str],
+                    refs: Iterable[str]) -> Tuple[List[int], List[str]]:
+    """The ids of the frontends (service id -> name, lb4_svc_meta) any of `refs` names, and the
+    refs that name none."""
+    refs = list(refs)
+    ids = [i for i, name in names.items() if any(service_matches(name, r) for r in refs)]
+    unknown = [r for r in refs if not any(service_matches(n, r) for n in names.values())]
+    return ids, unknown
+
+
+def service_report(views: List[ServiceView], status: Optional[Mapping[str, Any]],
+                   wanted: Callable[[str], bool] = lambda name: True) -> Dict[str, Any]:
+    """`ebpflb service list`'s document: the views and, from the agent's status file (`status`,
+    for --all), the Services it skipped that `wanted` takes, its node devices and its
+    healthCheckNodePorts. One shape with or without the status: what it adds is None without
+    it."""
+    skipped = ([s for s in status.get("skipped", []) if wanted(s.get("service", "") + ":")
+                or wanted(s.get("service", ""))] if status is not None else None)
+    return {"services": to_json(views), "skipped": skipped,
+            "node_devices": status.get("node_devices", []) if status is not None else None,
+            "health_check_ports": (status.get("health_check_ports", [])
+                                   if status is not None else None)}
+
+
+def render_report(views: List[ServiceView], report: Mapping[str, Any], wide: bool = False) -> str:
+    """`service list` for people: the table, then what the agent's status adds (service_report),
+    when it was read."""
+    lines = [render_table(views, wide=wide)]
+    skipped = report["skipped"]
+    if skipped is not None:
+        lines.append(f"\nskipped ({len(skipped)}):" if skipped else "\nskipped: none")
+        lines += [f"  {item['service']}: {item['reason']}" for item in skipped]
+        lines.append("node devices: " + (", ".join(f"{d['device']} {d['address'] or '-'} "
+                                                   f"({d['hook']})"
+                                                   for d in report["node_devices"]) or "none"))
+        ports = report["health_check_ports"]
+        if ports:
+            lines.append("healthCheckNodePorts: " + ", ".join(map(str, ports)))
+    return "\n".join(lines)

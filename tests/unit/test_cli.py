@@ -80,7 +80,7 @@ def test_completion_scripts(shell, marker):
 
 def test_os_errors_read_without_python_forms():
     """No "[Errno 2]" in what the CLI prints for a failed system call."""
-    from ebpflb.cli import _os_error_text
+    from ebpflb.cli.common import _os_error_text
 
     assert _os_error_text(FileNotFoundError(2, "No such file or directory", "/etc/x")) == \
         "/etc/x: No such file or directory"
