@@ -41,9 +41,8 @@ from . import abi
 from .dataplane.config import CtTimeouts, DataplaneConfig
 from .flowhash import FLOW_HASH_SEED, flow_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL,
-                   CT_F_HAIRPIN, CT_F_PORT_NAT, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, NO_BACKEND,
-                   PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY,
-                   SVC_F_ETP_LOCAL,
+                   CT_F_HAIRPIN, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, NO_BACKEND, PROTO_NUMBERS,
+                   SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
                    SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey, frontend_kind)
 from .inspect import topology_of
 from .model import SCOPE_EXTERNAL, TOPOLOGY_NODE
@@ -315,14 +314,7 @@ class _Decision:
     # ---- conntrack, as bpf/conntrack.h reads it
 
     def lifetime(self, flags: int, proto: int) -> int:
-        t = self.timeouts
-        if proto != TCP:
-            return t.udp
-        if flags & CT_F_CLOSING:
-            return t.tcp_time_wait if flags & CT_F_SRC_NAT else t.tcp_close
-        if flags & CT_F_ESTABLISHED:
-            return t.tcp_established
-        return t.tcp_syn
+        return self.timeouts.lifetime(flags, proto)
 
     def expired(self, e: ConntrackView) -> bool:
         return e.flags is not None and e.idle_seconds > self.lifetime(e.flags, self.flow.proto)

@@ -16,7 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .dataplane.bcc_maps import DROP_REASONS, EVENTS, read_stats, read_verdicts
 from .dataplane.libbpf import map_info
-from .dataplane.readers import conntrack_entries, read_service_stats
+from .dataplane.readers import conntrack_entries
+from .views import read_service_stats
 
 log = logging.getLogger(__name__)
 

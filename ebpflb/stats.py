@@ -1,7 +1,7 @@
 """Traffic statistics as people read them (pure core): per-frontend and per-backend counters from
 the per-CPU maps (summed by ebpflb.statsagg), joined with the programmed services, with rates
 between two readings, rendered like `ipvsadm -Ln --stats --rate` or as JSON."""
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .inspect import service_views

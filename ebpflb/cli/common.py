@@ -10,7 +10,7 @@ from typing import Any, Callable, List, Optional
 
 import click
 
-from ..dataplane.config import DataplaneConfig
+from ..dataplane.config import DEFAULT_PIN_DIR, DataplaneConfig
 
 PIN_DIR_ENV = "EBPFLB_PIN_DIR"
 
@@ -103,8 +103,18 @@ def _require_root() -> None:
         raise click.ClickException("this command loads or reads BPF objects: run it as root")
 
 
+def _check_pin_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Every command refuses a pin directory outside bpffs before it does anything."""
+    try:
+        DataplaneConfig(pin_dir=value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
+
+
 pin_dir_option = click.option(
-    "--pin-dir", default="/sys/fs/bpf/ebpflb", envvar=PIN_DIR_ENV, show_default=True,
+    "--pin-dir", default=DEFAULT_PIN_DIR, envvar=PIN_DIR_ENV, show_default=True,
+    callback=_check_pin_dir,
     help=f"bpffs directory holding the pinned maps (env {PIN_DIR_ENV}).")
 netns_option = click.option(
     "--netns", default=None, metavar="NAME",

@@ -36,7 +36,7 @@ def _svc_ids(writer, services: List[str]) -> Optional[List[int]]:
 @pin_dir_option
 def ct_list(services: List[str], output: str, pin_dir: str) -> None:
     """List tracked flows: client, frontend, backend, protocol, age and idle time."""
-    from ..dataplane.readers import flow_rows, render_flows
+    from ..views import flow_rows, render_flows
 
     writer = _open_or_fail(pin_dir)
     rows = flow_rows(writer.bpf, _svc_ids(writer, services))

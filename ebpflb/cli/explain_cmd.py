@@ -45,7 +45,7 @@ def explain(src: str, dst: str, protocol: str, outside: bool, tcp_flags: str,
     hash, slot and backend, and whether a conntrack entry decides. With --socket, what the
     cgroup socket hooks do at connect() time instead (the packet path never sees the frontend
     of a socket they translate)."""
-    from ..dataplane.explain_inputs import DeviceError, explain_connect, explain_packet
+    from ..views import DeviceError, explain_connect, explain_packet
     from ..explain import parse_flow, render
     from ..explain_socket import render_socket
 

@@ -28,7 +28,7 @@ def stats(watch: Optional[float], verdicts: bool, service_ref: Optional[str], ou
     place on a terminal; JSON comes as one timestamped document per line."""
     import time
 
-    from ..dataplane.readers import read_global_counters, read_service_stats as read_all
+    from ..views import read_global_counters, read_service_stats as read_all
     from ..output import watch_line
     from ..stats import render_global_counters, render_table, to_json, with_rates
 

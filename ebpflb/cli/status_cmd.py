@@ -24,7 +24,7 @@ def status(output: str, cgroup: Optional[str], pin_dir: str, netns: Optional[str
     namespace that run its programs, its socket hooks, each map's fill against its maximum,
     and warnings."""
     from ..dataplane.owner import holder
-    from ..dataplane.survey import read_view
+    from ..views import status_view
     from ..status_view import render
 
     _require_root()
@@ -34,7 +34,7 @@ def status(output: str, cgroup: Optional[str], pin_dir: str, netns: Optional[str
         raise click.ClickException(f"no ebpflb data plane pinned in {pin_dir} (give --pin-dir, "
                                    f"or start `ebpflb agent`)")
     _enter(netns)
-    view = read_view(config, owner, cgroup)
+    view = status_view(config, owner, cgroup)
     emit(output, view, lambda: render(view))
 
 

@@ -8,12 +8,10 @@ import errno
 import os
 from typing import Dict, List, Optional
 
-from ..status import read_status
-from ..status_view import build
 from .cleanup import owner_of, recorded_cgroup, strict_owner
 from .config import DataplaneConfig
 from .libbpf import libbpf, map_info
-from .loader import MAP_NAMES, pinned
+from .loader import MAP_NAMES
 from .pins import open_pinned
 
 # Map types whose entries come and go (the arrays always hold max_entries).
@@ -107,17 +105,3 @@ def socket_hooks(config: DataplaneConfig, cgroup: Optional[str] = None) -> Optio
         return None
     attached: Dict[str, int] = hooks_attached(path, strict_owner(config))
     return {"cgroup": path, "hooks": sorted(attached)}
-
-
-def read_view(config: DataplaneConfig, owner_pid: Optional[int],
-              cgroup: Optional[str] = None) -> dict:
-    """`ebpflb status`: the view (ebpflb.status_view.build) of the data plane in config.pin_dir,
-    read in this network namespace. `owner_pid` is the agent holding it (None: none); its socket
-    hooks are looked for on the cgroup its agent recorded, else on `cgroup`, and not at all when
-    the agent's status says socket load balancing is off."""
-    pin_dir = config.pin_dir
-    recorded = (read_status(pin_dir) or {}).get("socket_lb") or {}
-    hooks = None if recorded.get("mode") == "off" else socket_hooks(
-        config, None if recorded.get("cgroup") else cgroup)
-    return build(pin_dir, owner_pid, read_status(pin_dir), map_fill(pin_dir),
-                 devices(config) if pinned(config) else [], hooks)

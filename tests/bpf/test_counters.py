@@ -116,7 +116,7 @@ def test_counters_are_read_with_the_pinned_maps_own_size(dataplane, tmp_path):
     from ebpflb.dataplane.bcc_maps import BccMapWriter
     from ebpflb.dataplane.config import DataplaneConfig
     from ebpflb.dataplane.loader import load_programs, open_maps
-    from ebpflb.dataplane.readers import read_service_stats
+    from ebpflb.views import read_service_stats
     from ebpflb.manifests import parse_documents
     from ebpflb.model import desired_state
     from ebpflb.reconcile import reconcile

@@ -56,9 +56,14 @@ def test_bad_arguments_name_the_option(args, message):
     assert message in result.output
 
 
-def test_pin_dir_outside_bpffs_is_refused(tmp_path):
-    result = CliRunner().invoke(main, ["service", "list", "--pin-dir", str(tmp_path)])
-    assert result.exit_code != 0
+@pytest.mark.parametrize("command", [["service", "list"], ["status"], ["stats"], ["ct", "list"],
+                                     ["cleanup", "--yes"], ["agent", "--manifests", "."]])
+def test_pin_dir_outside_bpffs_is_refused(tmp_path, command):
+    """Every command refuses it as a usage error naming the option, before doing anything (status
+    used to fail with a traceback)."""
+    result = CliRunner().invoke(main, command + ["--pin-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--pin-dir'" in result.output
     assert "must be under /sys/fs/bpf" in result.output
 
 

@@ -1,4 +1,5 @@
 """`service list` views from a map snapshot: grouping slots into backends, table and JSON."""
+import dataclasses
 import json
 
 import pytest
@@ -57,3 +58,38 @@ def test_a_draining_frontend_says_so():
     assert (view.frontend, view.service, view.draining, view.backends) == (
         "10.96.0.10:80/TCP", "demo/web:http", True, ())
     assert "kept for its open connections" in render_table([view])
+
+
+def test_service_references_name_a_port_or_every_port():
+    from ebpflb.inspect import frontends_named, service_filter, service_matches
+
+    assert service_matches("demo/web:http", "demo/web")
+    assert service_matches("demo/web:http", "demo/web:http")
+    assert not service_matches("demo/web:http", "demo/web:https")
+    assert not service_matches("demo/webby:http", "demo/web")  # a name is whole, not a prefix
+    assert service_filter(None)("anything")
+    with pytest.raises(ValueError, match="is not NS/NAME"):
+        service_filter("web")
+    names = {1: "demo/web:http", 2: "demo/web:https", 3: "kube-system/dns:dns"}
+    assert frontends_named(names, ["demo/web", "nope/x"]) == ([1, 2], ["nope/x"])
+
+
+def test_ct_list_rows_and_table():
+    """`ebpflb ct list`: one row per flow in its JSON shape, and the table people read."""
+    from ebpflb.dataplane.bcc_maps import CtEntry
+    from ebpflb.views import flow_row, render_flows
+
+    e = CtEntry("forward", "192.168.200.2", 40000, "192.168.200.10", 30080, "TCP",
+                "10.244.1.11", 8080, 7, 3, created_ns=1_000_000_000, last_seen_ns=4_000_000_000,
+                flags=0x1 | 0x8 | 0x10, nat2_addr="192.168.200.10", nat2_port=1500)
+    row = flow_row(e, {7: "demo/web:http"}, now_ns=6_000_000_000)
+    assert row == {"protocol": "TCP", "state": "established", "client": "192.168.200.2:40000",
+                   "frontend": "192.168.200.10:30080", "backend": "10.244.1.11:8080",
+                   "service": "demo/web:http", "snat": "192.168.200.10:1500", "external": True,
+                   "age_seconds": 5.0, "idle_seconds": 2.0}
+    gone = flow_row(dataclasses.replace(e, svc_id=9, flags=0x3), {}, 6_000_000_000)
+    assert (gone["service"], gone["state"], gone["snat"]) == ("(gone, svc 9)", "closing", None)
+    lines = render_flows([row, gone]).splitlines()
+    assert lines[0].split() == ["PROTO", "STATE", "CLIENT", "FRONTEND", "BACKEND", "SNAT",
+                                "SERVICE", "AGE", "IDLE"]
+    assert lines[1].split()[-2:] == ["5s", "2s"] and lines[-1] == "2 flows"
