@@ -389,7 +389,7 @@ class Agent:
         servers: List[Any] = []
         try:
             if self.options.health_address:
-                from .health import HealthServer
+                from .agent_health import HealthServer
 
                 servers.append(HealthServer(self.options.health_address, self.readiness).start())
             if self.options.healthz_bind_address:
@@ -445,7 +445,7 @@ class Agent:
         ipr = IPRoute()
         nodes = None
         if self.options.node_devices:
-            from .healthcheck import HealthCheckServers
+            from .service_health import HealthCheckServers
 
             _warn_snat_overlap(self.config.snat_ports)
             # As kube-proxy's: every check fails while the agent is not serving its source's state.

@@ -7,7 +7,7 @@ a change costs that Service only. Clashes between Services (one frontend or heal
 asked for twice) are settled in ebpflb.desired; `desired_state()` is the whole cluster at once.
 Nothing here touches the kernel. IPv4 frontends only; everything not programmed is reported in
 `skipped`. It also says which healthCheckNodePort this node answers and with how many local
-endpoints (ebpflb.healthcheck).
+endpoints (ebpflb.service_health).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Optional
 
-from .health import BackgroundServer
+from .agent_health import BackgroundServer
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ between two readings, rendered like `ipvsadm -Ln --stats --rate` or as JSON."""
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .inspect import service_views
+from .service_view import service_views
 from .maps import FLOW_FIELDS, Counters, Snapshot
 from .statsagg import rates as _rates
 

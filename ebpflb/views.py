@@ -1,6 +1,6 @@
 """The views the CLI and the metrics endpoint show, read from a running data plane: what
 ebpflb/dataplane/ reads from the kernel (maps, conntrack, counters, devices), joined with the pure
-views people read (ebpflb.stats, ebpflb.inspect's names, ebpflb.explain, ebpflb.status_view).
+views people read (ebpflb.stats, ebpflb.service_view's names, ebpflb.explain, ebpflb.status_view).
 This is the layer above dataplane/: nothing in dataplane/ imports a display module."""
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple

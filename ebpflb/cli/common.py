@@ -79,8 +79,8 @@ def _service_cidrs(values: List[str]) -> tuple:
 
 def _service_filter(value: Optional[str]) -> Callable[[str], bool]:
     """NS/NAME or NS/NAME:PORT -> a predicate on a view's "namespace/name:port"
-    (ebpflb.inspect.service_filter)."""
-    from ..inspect import service_filter
+    (ebpflb.service_view.service_filter)."""
+    from ..service_view import service_filter
 
     try:
         return service_filter(value)

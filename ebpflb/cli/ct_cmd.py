@@ -17,7 +17,7 @@ def ct() -> None:
 def _svc_ids(writer, services: List[str]) -> Optional[List[int]]:
     """Ids of the frontends named "namespace/name" (every port) or "namespace/name:port"."""
     from ..apply import read_snapshot
-    from ..inspect import frontends_named
+    from ..service_view import frontends_named
     from ..maps import SVC_META
 
     if not services:

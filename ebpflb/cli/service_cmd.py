@@ -1,5 +1,5 @@
 """The `ebpflb service` commands: `service list` and `service get`, what the BPF maps hold per
-frontend (ebpflb.inspect's views and report) with, for --all, what the agent's status file says
+frontend (ebpflb.service_view's views and report) with, for --all, what the agent's status file says
 it skipped. Part of the ebpflb.cli package."""
 from typing import Optional
 
@@ -18,7 +18,7 @@ def _list_services(service_ref: Optional[str], show_all: bool, output: str, pin_
                    must_exist: bool) -> None:
     from ..apply import read_snapshot
     from ..dataplane.loader import DataplaneError
-    from ..inspect import render_report, service_report, service_views
+    from ..service_view import render_report, service_report, service_views
     from ..status import read_status, status_path
 
     _require_root()

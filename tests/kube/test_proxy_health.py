@@ -74,7 +74,7 @@ def test_the_server_answers_and_counts():
 
 
 def test_a_taken_port_is_named_with_its_option():
-    from ebpflb.health import HealthServer
+    from ebpflb.agent_health import HealthServer
     from ebpflb.metrics import ListenError
 
     first = ProxyHealthServer("127.0.0.1:0", lambda: ProxyHealth(True, 1.0, True)).start()

@@ -108,7 +108,7 @@ def test_bad_node_port_and_ingress():
 
 
 def test_the_kind_reaches_the_maps_and_service_list():
-    from ebpflb.inspect import render_table, service_views
+    from ebpflb.service_view import render_table, service_views
     from ebpflb.maps import empty_snapshot
     from ebpflb.plan import apply_to, compute_plan
 

@@ -14,12 +14,12 @@ pytestmark = pytest.mark.unit
 PACKAGE = Path(ebpflb.__file__).parent
 # The pure core: models, planning, predictions and views; tested without a kernel.
 PURE = ("abi", "apply", "backend_rules", "changes", "convert", "desired", "documents", "draining",
-        "errors", "explain", "explain_socket", "fields", "flowhash", "inspect", "maglev", "maps",
+        "errors", "explain", "explain_socket", "fields", "flowhash", "maglev", "maps",
         "manifest_set", "manifests", "model", "output", "plan", "planner", "policy", "records",
-        "reconcile", "stats", "statsagg", "status_view", "store", "syncer")
+        "reconcile", "service_view", "stats", "statsagg", "status_view", "store", "syncer")
 # What the kernel edge may not import: the views and everything above them.
-ABOVE_DATAPLANE = ("stats", "inspect", "explain_socket", "status_view", "output", "views", "cli",
-                   "metrics", "agent", "lab")
+ABOVE_DATAPLANE = ("stats", "service_view", "explain_socket", "status_view", "output", "views",
+                   "cli", "metrics", "agent", "lab")
 OUTSIDE = ("bcc", "pyroute2", "kubernetes")
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from ebpflb.explain import NODE, Device, Flow, explain
-from ebpflb.inspect import render_table, service_views
+from ebpflb.service_view import render_table, service_views
 from ebpflb.manifests import ManifestErrors, parse_documents
 from ebpflb.maps import (SERVICES, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
                          SVC_F_SRC_RANGES, SrcRangeKey,

@@ -6,7 +6,7 @@ traffic policies and the terminating fallback as kube-proxy combines them."""
 import pytest
 
 from ebpflb.errors import ManifestErrors
-from ebpflb.inspect import service_views
+from ebpflb.service_view import service_views
 from ebpflb.manifests import parse_documents
 from ebpflb.model import (TOPOLOGY_NODE, TOPOLOGY_NONE, TOPOLOGY_ZONE, Endpoint, desired_state,
                           topology_mode)

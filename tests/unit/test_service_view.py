@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ebpflb.inspect import render_table, service_views, to_json
+from ebpflb.service_view import render_table, service_views, to_json
 from ebpflb.maps import empty_snapshot
 from ebpflb.model import Backend, DesiredState, Frontend
 from ebpflb.plan import apply_to, compute_plan
@@ -61,7 +61,7 @@ def test_a_draining_frontend_says_so():
 
 
 def test_service_references_name_a_port_or_every_port():
-    from ebpflb.inspect import frontends_named, service_filter, service_matches
+    from ebpflb.service_view import frontends_named, service_filter, service_matches
 
     assert service_matches("demo/web:http", "demo/web")
     assert service_matches("demo/web:http", "demo/web:http")

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from ebpflb.healthcheck import HealthCheckServers
+from ebpflb.service_health import HealthCheckServers
 from ebpflb.model import HealthCheck
 
 pytestmark = pytest.mark.unit
@@ -84,7 +84,7 @@ def test_a_busy_port_is_reported_and_retried(servers, caplog):
     blocker.bind((LOOPBACK, busy))
     blocker.listen()
     try:
-        with caplog.at_level(logging.WARNING, logger="ebpflb.healthcheck"):
+        with caplog.at_level(logging.WARNING, logger="ebpflb.service_health"):
             servers.sync([HealthCheck(busy, "shop/web", 1), HealthCheck(ok, "shop/api", 1)])
         assert f"service shop/web: health check port {busy}" in caplog.text
         assert list(servers.failures()) == [(LOOPBACK, busy)]

@@ -2,7 +2,7 @@
 import urllib.error
 import urllib.request
 
-from ebpflb.health import HealthServer
+from ebpflb.agent_health import HealthServer
 
 
 def get(port, path):
