@@ -39,10 +39,10 @@ from ebpflb.model import DesiredState
 from ebpflb.reconcile import reconcile
 
 from ..conftest import unique
-from .test_northsouth import (CLIENT, CLIENT_MAC, GW_MAC, LOCAL_BE, NETNS_SETUP, NODE_DEV,
+from .northsouth_env import (CLIENT, CLIENT_MAC, GW_MAC, LOCAL_BE, NETNS_SETUP, NODE_DEV,
                               NODE_IP, NODE_MAC, NODE2_DEV, NODE2_IP, POD_CLIENT, POD_DEV,
                               REMOTE_BE, Node, delta, rebuilt, rewritten, tcp, udp)
-from .test_northsouth import LB_IP
+from .northsouth_env import LB_IP
 
 pytestmark = pytest.mark.bpf
 

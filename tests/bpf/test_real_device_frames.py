@@ -63,7 +63,7 @@ from ebpflb.model import DesiredState
 from ebpflb.reconcile import reconcile
 
 from ..conftest import unique
-from .test_northsouth import (CLIENT, CLIENT_MAC, CLUSTER_IP, LOCAL_BE, NODE_DEV, NODE_IP,
+from .northsouth_env import (CLIENT, CLIENT_MAC, CLUSTER_IP, LOCAL_BE, NODE_DEV, NODE_IP,
                               NODE_MAC, POD_CLIENT, POD_DEV, POD_MAC, Node, delta)
 
 pytestmark = pytest.mark.bpf
