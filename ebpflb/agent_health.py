@@ -10,7 +10,6 @@ from typing import Callable, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEALTH_ADDRESS = "127.0.0.1:9403"
 
 # () -> (ready, reason shown when not ready)
 ReadyCheck = Callable[[], Tuple[bool, str]]
@@ -64,7 +63,7 @@ class BackgroundServer:
     paths = ""
 
     def __init__(self, address: str, **attrs) -> None:
-        from .metrics import parse_address
+        from .addresses import parse_address
 
         self.host, self.port = parse_address(address)
         self._attrs = attrs

@@ -5,7 +5,6 @@ from a source change to the maps being written (kube-proxy's network_programming
 Bound to 127.0.0.1 by default: counters name every Service and pod address of the node.
 """
 import errno
-import ipaddress
 import logging
 import threading
 from typing import Any, Iterator, Optional, Tuple
@@ -14,6 +13,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, start_http_server)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .addresses import parse_address
 from .dataplane.bcc_maps import DROP_REASONS, EVENTS, read_stats, read_verdicts
 from .dataplane.libbpf import map_info
 from .dataplane.readers import conntrack_entries
@@ -21,7 +21,6 @@ from .views import read_service_stats
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METRICS_ADDRESS = "127.0.0.1:9402"
 # Series named X_created (a counter's creation time) are not exported: kube-proxy has none, and
 # they double the series count for nothing a dashboard uses.
 disable_created_metrics()
@@ -63,46 +62,6 @@ def build_labels() -> Tuple[str, str, str, str]:
     except ImportError:
         bcc_version = ""
     return __version__, platform.python_version(), bcc_version, platform.release()
-
-
-ADDRESS_FORM = ("HOST:PORT (HOST an IP address or a name, an IPv6 address in brackets as in "
-                "[::1]:9402; PORT 0-65535)")
-
-
-def parse_address(value: str) -> Tuple[str, int]:
-    """"HOST:PORT" -> (host, port); ValueError naming the value and the form it must have. An
-    IPv6 host goes in brackets, as Go's net.SplitHostPort (kube-proxy's flags) wants it."""
-    host, sep, port = value.rpartition(":")
-    number = int(port) if sep and host and port.isdigit() else -1
-    bracketed = host.startswith("[") and host.endswith("]")
-    if bracketed:
-        host = host[1:-1]
-    why = ""
-    if sep and not host:
-        why = "HOST is missing (0.0.0.0 for every address)"
-    elif not 0 <= number <= 65535:
-        why = (f"port {port!r} is not 0-65535" if port else "PORT is missing") if sep else ""
-    elif ":" in host and not bracketed:
-        why = f"an IPv6 address goes in brackets: [{host}]:{port}"
-    elif bracketed and not _is_ipv6(host):
-        why = f"{host!r} in brackets is not an IPv6 address"
-    elif host.replace(".", "").isdigit() and not _is_ip(host):
-        why = f"{host!r} is not an IPv4 address"
-    else:
-        return host, number
-    raise ValueError(f"{value!r} is not {ADDRESS_FORM}" + (f": {why}" if why else ""))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_ipv6(host: str) -> bool:
-    return _is_ip(host) and ":" in host
 
 
 def _service_labels(name: str, frontend: str) -> Tuple[str, str, str, str]:

@@ -22,7 +22,6 @@ from .agent_health import BackgroundServer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEALTHZ_ADDRESS = "0.0.0.0:10256"
 HEALTH_TIMEOUT = 60.0  # kube-proxy's: 2 x its 30 s sync period
 TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
 

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import click
 
+from ..addresses import DEFAULT_HEALTH_ADDRESS, DEFAULT_HEALTHZ_ADDRESS, DEFAULT_METRICS_ADDRESS
 from .common import (_DEFAULTS, _config, _enter, _os_error_text, _owner_lock, _require_root,
                      _service_cidrs, _writer, cgroup_option, emit, force_option, netns_option,
                      output_option, pin_dir_option, service_cidr_option)
@@ -96,10 +97,10 @@ def _require_agent_capabilities() -> None:
                    "(--kubernetes); with manifests, no zone (zone hints are then ignored).")
 @click.option("--resync", "resync_seconds", type=click.FloatRange(10, 86400), default=300,
               show_default=True, help="Seconds between full relists of the API (--kubernetes).")
-@click.option("--health-address", default="127.0.0.1:9403", show_default=True,
+@click.option("--health-address", default=DEFAULT_HEALTH_ADDRESS, show_default=True,
               metavar="HOST:PORT",
               help="/healthz and /readyz endpoint. Loopback by default; an empty value disables it.")
-@click.option("--healthz-bind-address", default="0.0.0.0:10256", show_default=True,
+@click.option("--healthz-bind-address", default=DEFAULT_HEALTHZ_ADDRESS, show_default=True,
               metavar="HOST:PORT",
               help="kube-proxy's health server: /healthz (503 while a change is late or this "
                    "node is being deleted) and /livez, which cloud load balancers probe. Empty "
@@ -153,7 +154,7 @@ def _require_agent_capabilities() -> None:
 @click.option("--maglev-table-size", type=int, default=16381, show_default=True,
               help="Maglev table size M (a prime, 251-131071) for Services without the "
                    "lb.ebpflb.io/maglev-table-size annotation.")
-@click.option("--metrics-address", default="127.0.0.1:9402", show_default=True,
+@click.option("--metrics-address", default=DEFAULT_METRICS_ADDRESS, show_default=True,
               metavar="HOST:PORT",
               help="Prometheus endpoint. Loopback by default; an empty value disables it.")
 @click.option("--node-address", "node_addresses", multiple=True, metavar="IP",
@@ -217,7 +218,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
     from ..agent import Agent, AgentOptions
     from ..dataplane.loader import DataplaneError
     from ..dataplane.owner import Owned
-    from ..metrics import AgentMetrics, parse_address
+    from ..addresses import parse_address
+    from ..metrics import AgentMetrics
     from ..plan import PlanDefaults
     from ..sources.files import ManifestSource
 
