@@ -17,19 +17,25 @@ from .plan import DELETE, RESET, UPSERT, Op, Plan, Step
 log = logging.getLogger(__name__)
 
 
-class MapWriter(Protocol):
-    """Writes and reads the control-plane maps, a batch per call (a single record is a batch of
-    one). Keys and values are the records of ebpflb.maps."""
+class MapReader(Protocol):
+    """Reads the control-plane maps as the records of ebpflb.maps (what read-only commands
+    hold)."""
+
+    def dump(self, map_id: MapId) -> Dict[Any, Any]: ...
+    def flow_service_ids(self) -> Optional[Set[int]]:
+        """The service ids the open flows (conntrack entries) hold; None when there is no
+        conntrack to read (draining frontends are then all kept)."""
+
+
+class MapWriter(MapReader, Protocol):
+    """Writes (and reads) the control-plane maps, a batch per call (a single record is a batch
+    of one). Keys and values are the records of ebpflb.maps."""
 
     def upsert(self, map_id: MapId, keys: Sequence[Any], values: Sequence[Any]) -> None: ...
     def delete(self, map_id: MapId, keys: Sequence[Any]) -> None:
         """Idempotent: a key already gone is not an error."""
     def zero(self, map_id: MapId, ids: Sequence[int]) -> None:
         """Zeroes the per-CPU counters of these ids."""
-    def dump(self, map_id: MapId) -> Dict[Any, Any]: ...
-    def flow_service_ids(self) -> Optional[Set[int]]:
-        """The service ids the open flows (conntrack entries) hold; None when there is no
-        conntrack to read (draining frontends are then all kept)."""
 
 
 class ApplyError(RuntimeError):
@@ -47,10 +53,10 @@ class ApplyResult:
     writes: int
 
 
-def read_snapshot(writer: MapWriter) -> Snapshot:
+def read_snapshot(reader: MapReader) -> Snapshot:
     out = Records()
     for name in CONTROL_MAPS:
-        out[name].update(writer.dump(name))
+        out[name].update(reader.dump(name))
     return out
 
 

@@ -6,7 +6,7 @@ import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .apply import read_snapshot
-from .dataplane.bcc_maps import (DROP_REASONS, BccMapWriter, CtEntry, lookup_affinity,
+from .dataplane.bcc_maps import (DROP_REASONS, BccMapReader, CtEntry, lookup_affinity,
                                  lookup_conntrack, lookup_sock_affinity, read_stats, read_verdicts)
 from .dataplane.config import DataplaneConfig
 from .dataplane.explain_inputs import conntrack_view, device
@@ -22,7 +22,7 @@ from .stats import ServiceStats, build_stats, global_counters
 # ---- stats
 
 def read_service_stats(bpf: Any) -> List[ServiceStats]:
-    snapshot = read_snapshot(BccMapWriter(bpf))
+    snapshot = read_snapshot(BccMapReader(bpf))
     return build_stats(snapshot, read_flow_stats(bpf, SVC_STATS), read_flow_stats(bpf, BACKEND_STATS))
 
 
@@ -64,7 +64,7 @@ def flow_row(e: CtEntry, names: Mapping[int, str], now_ns: int) -> Dict[str, Any
 
 def flow_rows(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> List[Dict[str, Any]]:
     """`ebpflb ct list`: every flow, or only those of some frontends, oldest first (flow_row)."""
-    names = read_snapshot(BccMapWriter(bpf))[SVC_META]
+    names = read_snapshot(BccMapReader(bpf))[SVC_META]
     now = time.monotonic_ns()
     return [flow_row(e, names, now)
             for e in sorted(flows(bpf, svc_ids), key=lambda e: e.created_ns)]

@@ -181,14 +181,21 @@ def _writer(config, create: bool = False):
     return BccMapWriter(open_maps(config, create=create))
 
 
+def _reader(config):
+    from ..dataplane.bcc_maps import BccMapReader
+    from ..dataplane.loader import open_maps
+
+    return BccMapReader(open_maps(config))
+
+
 def _open_or_fail(pin_dir: str):
-    """The pinned maps of `pin_dir`, opened for reading (root only); a click error when they are
-    not there or do not match."""
+    """A reader of the pinned maps of `pin_dir` (root only); a click error when they are not
+    there or do not match."""
     from ..dataplane.loader import DataplaneError
 
     _require_root()
     try:
-        return _writer(_config(pin_dir))
+        return _reader(_config(pin_dir))
     except DataplaneError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -5,7 +5,7 @@ from typing import Optional
 
 import click
 
-from .common import (_config, _require_root, _service_filter, _writer, emit, output_option,
+from .common import (_config, _require_root, _service_filter, _reader, emit, output_option,
                      pin_dir_option)
 
 
@@ -24,7 +24,7 @@ def _list_services(service_ref: Optional[str], show_all: bool, output: str, pin_
     _require_root()
     wanted = _service_filter(service_ref)
     try:
-        views = [v for v in service_views(read_snapshot(_writer(_config(pin_dir))))
+        views = [v for v in service_views(read_snapshot(_reader(_config(pin_dir))))
                  if wanted(v.service)]
     except DataplaneError as exc:
         raise click.ClickException(str(exc)) from exc

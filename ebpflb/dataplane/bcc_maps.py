@@ -65,9 +65,9 @@ BATCH = 65536  # records per batch syscall (bounds the kernel's and our buffers)
 _NOT_SUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, 524)
 
 
-class BccMapWriter:
-    """MapWriter over a bcc BPF object (programs or maps-only) whose maps are pinned. Records go
-    down packed (ebpflb.dataplane.codec), a batch per call; reads use batch lookups."""
+class BccMapReader:
+    """Reads the maps of a bcc BPF object (programs or maps-only) whose maps are pinned: records
+    unpacked (ebpflb.dataplane.codec) from batch lookups. What read-only commands get."""
 
     def __init__(self, bpf: Any):
         self._bpf = bpf
@@ -81,6 +81,39 @@ class BccMapWriter:
         if self._codecs is None:
             self._codecs = codecs(self._bpf)
         return self._bpf[str(map_name).encode()], self._codecs[MapId(map_name)]
+
+    def lookup(self, map_id: MapId, key: Any) -> Any:
+        """One record's value, or None (a point read: tests and benchmarks watching the maps)."""
+        t, codec = self._codec(map_id)
+        raw = lookup_elem(t.map_fd, codec.keys([key]), codec.value.size)
+        if raw is None:
+            return None
+        return next(iter(codec.records(codec.keys([key]), raw).values()))
+
+    def flow_service_ids(self) -> Optional[Set[int]]:
+        """The service ids the conntrack entries hold; None for maps without conntrack."""
+        from .ct_gc import flow_service_ids
+
+        return flow_service_ids(self._bpf)
+
+    def dump(self, map_name: str) -> Dict[Any, Any]:
+        t, codec = self._codec(map_name)
+        try:
+            keys, values, _ = read_hash_raw(t)
+            records = codec.records(keys, values)
+        except OSError as exc:
+            if exc.errno not in _NOT_SUPPORTED:
+                raise
+            # A map type without batch lookups (the LPM trie): one by one, through bcc.
+            records = {}
+            for k, v in t.items():
+                records.update(codec.records(bytes(k), bytes(v)))
+        # Slots come back as one table per frontend (see ebpflb.maps.Records).
+        return slot_tables(records) if map_name == SLOTS else records
+
+
+class BccMapWriter(BccMapReader):
+    """The MapWriter of the agent and `ebpflb sync`: records go down packed, a batch per call."""
 
     def upsert(self, map_id: MapId, keys: Sequence[Any], values: Sequence[Any]) -> None:
         """BPF_MAP_UPDATE_BATCH calls of packed records."""
@@ -145,35 +178,6 @@ class BccMapWriter:
             except OSError as exc:
                 raise OSError(exc.errno, f"{map_id}: zeroing {len(part)} ids: "
                                          f"{exc.strerror}") from exc
-
-    def lookup(self, map_id: MapId, key: Any) -> Any:
-        """One record's value, or None (a point read: tests and benchmarks watching the maps)."""
-        t, codec = self._codec(map_id)
-        raw = lookup_elem(t.map_fd, codec.keys([key]), codec.value.size)
-        if raw is None:
-            return None
-        return next(iter(codec.records(codec.keys([key]), raw).values()))
-
-    def flow_service_ids(self) -> Optional[Set[int]]:
-        """The service ids the conntrack entries hold; None for maps without conntrack."""
-        from .ct_gc import flow_service_ids
-
-        return flow_service_ids(self._bpf)
-
-    def dump(self, map_name: str) -> Dict[Any, Any]:
-        t, codec = self._codec(map_name)
-        try:
-            keys, values, _ = read_hash_raw(t)
-            records = codec.records(keys, values)
-        except OSError as exc:
-            if exc.errno not in _NOT_SUPPORTED:
-                raise
-            # A map type without batch lookups (the LPM trie): one by one, through bcc.
-            records = {}
-            for k, v in t.items():
-                records.update(codec.records(bytes(k), bytes(v)))
-        # Slots come back as one table per frontend (see ebpflb.maps.Records).
-        return slot_tables(records) if map_name == SLOTS else records
 
 
 @dataclass(frozen=True)

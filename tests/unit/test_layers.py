@@ -76,3 +76,15 @@ def test_the_lab_stays_apart_from_the_product():
     users = {m for m, names in modules().items()
              if _hits(names, ("ebpflb.lab",)) and not m.startswith("ebpflb.lab")}
     assert users == {"ebpflb.cli.lab_cmd"}
+
+
+def test_only_the_writing_commands_open_a_writer():
+    """Read-only commands hold a map reader (no upsert, delete or zero); `ebpflb sync` is the one
+    command that writes the control-plane maps."""
+    from ebpflb.dataplane.bcc_maps import BccMapReader, BccMapWriter
+
+    assert not any(hasattr(BccMapReader, m) for m in ("upsert", "delete", "zero"))
+    assert all(hasattr(BccMapWriter, m) for m in ("upsert", "delete", "zero"))
+    writers = {p.name for p in (PACKAGE / "cli").glob("*.py")
+               if "_writer(" in p.read_text() and p.name != "common.py"}
+    assert writers == {"agent_cmd.py"}
