@@ -441,7 +441,9 @@ class Agent:
         self._phase("programs")
         self.state.rss_loaded_mib = rss_mib()
         self._purge = lambda svc_ids, udp, tcp: self._purge_stale(progs.bpf, svc_ids, udp, tcp)
-        self.start_syncer(BccMapWriter(progs.bpf))
+        # The one writer of the maps: the Services' records and the devices' entries go through it.
+        writer = BccMapWriter(progs.bpf)
+        self.start_syncer(writer)
         ipr = IPRoute()
         nodes = None
         if self.options.node_devices:
@@ -455,7 +457,7 @@ class Agent:
                                  self.options.xdp_mode,
                                  Program(progs.node_in.fd, progs.node_in.name.decode()),
                                  Program(progs.node_out.fd, progs.node_out.name.decode()),
-                                 progs.xdp_fns(), BccMapWriter(progs.bpf))
+                                 progs.xdp_fns(), writer)
             # NodePorts are programmed before anything is attached, on the addresses found now.
             self.node_addresses_changed(nodes.present_addresses())
         monitor = None
@@ -468,7 +470,7 @@ class Agent:
             attacher = Attacher(ipr, self.options.devices,
                                 Program(progs.from_pod.fd, progs.from_pod.name.decode()),
                                 Program(progs.to_pod.fd, progs.to_pod.name.decode()),
-                                PodAddresses(ipr, BccMapWriter(progs.bpf)),
+                                PodAddresses(ipr, writer),
                                 exclude=self.options.node_devices)
             attacher.rescan()
             if nodes is not None:
