@@ -147,6 +147,7 @@ def set_up(n_services: int) -> Setup:
     from ebpflb.dataplane.cleanup import owner_of
     from ebpflb.dataplane.config import DataplaneConfig
     from ebpflb.dataplane.loader import load_programs
+    from ebpflb.dataplane.bcc_maps import BccMapWriter
     from ebpflb.dataplane.sock_attach import attach_sock_hooks, write_settings
 
     make_namespace()
@@ -158,7 +159,7 @@ def set_up(n_services: int) -> Setup:
     cg = cgroup_paths()
     for path in (cg["parent"], cg["hooked"], cg["plain"]):
         os.mkdir(path)
-    write_settings(progs.bpf, "all")  # before the hooks: they never run unconfigured
+    write_settings(BccMapWriter(progs.bpf), "all")  # before the hooks: never run unconfigured
     attach_sock_hooks(cg["hooked"], progs.sock, owner_of(config))
     probe = services[-1]
     return Setup(NAME, cg["hooked"], cg["plain"], f"{probe.vip}:{probe.port}", progs)

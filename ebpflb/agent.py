@@ -620,7 +620,7 @@ class Agent:
 
         mode = self.options.socket_lb
         cgroup = self._cgroup()
-        write_settings(progs.bpf, mode, host_cookie=0 if mode == "off" else None)
+        write_settings(self.syncer.writer, mode, host_cookie=0 if mode == "off" else None)
         if mode == "off":
             if cgroup and detach_sock_hooks(cgroup, strict_owner(self.config)):
                 log.info("socket hooks of a previous agent detached from cgroup %s", cgroup)

@@ -26,6 +26,7 @@ class MapId(str, Enum):
     # Written from the devices, not the Services (ebpflb.dataplane.device_maps):
     NODE_IFS = "lb4_node_ifs"  # node device ifindex -> NodeIfValue (its SNAT address)
     POD_ADDRS = "lb4_pod_addrs"  # PodAddrKey -> 1: the addresses a pod device may send from
+    SOCK_CFG = "lb_sock_cfg"  # 0 -> SockCfgValue: the socket hooks' settings
 
     def __str__(self) -> str:
         return self.value
@@ -41,6 +42,7 @@ SVC_STATS = MapId.SVC_STATS
 BACKEND_STATS = MapId.BACKEND_STATS
 NODE_IFS = MapId.NODE_IFS
 POD_ADDRS = MapId.POD_ADDRS
+SOCK_CFG = MapId.SOCK_CFG
 # The maps the control plane owns, in no particular order; conntrack and counters belong to the
 # programs and are only read (and zeroed when an id is given to a new frontend or backend).
 CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META, VIPS, SRC_RANGES)
@@ -112,6 +114,13 @@ class NodeIfValue(NamedTuple):
 
     def __str__(self) -> str:
         return f"SNAT to {self.addr}"
+
+
+class SockCfgValue(NamedTuple):
+    """The socket hooks' settings (lb_sock_cfg[0]): LB_SOCK_* mode, and the node's network
+    namespace cookie (host-only mode balances only sockets of that namespace)."""
+    host_netns_cookie: int
+    mode: int
 
 
 class PodAddrKey(NamedTuple):

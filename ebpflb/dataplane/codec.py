@@ -16,9 +16,10 @@ import struct
 from itertools import chain
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ..maps import (BACKENDS, NODE_IFS, POD_ADDRS, SERVICES, SLOTS, SRC_RANGES, SVC_META, VIPS,
-                    BackendValue, MapId, NodeIfValue, PodAddrKey, SlotKey, SrcRangeKey, SvcKey,
-                    SvcValue)
+from ..maps import (BACKENDS, NODE_IFS, POD_ADDRS, SERVICES, SLOTS, SOCK_CFG, SRC_RANGES, SVC_META,
+                    VIPS,
+                    BackendValue, MapId, NodeIfValue, PodAddrKey, SockCfgValue, SlotKey, SrcRangeKey,
+                    SvcKey, SvcValue)
 
 _PORT_BYTES = [p.to_bytes(2, "big") for p in range(65536)]
 
@@ -177,6 +178,10 @@ def codecs(bpf: Any) -> Dict[MapId, MapCodec]:
         POD_ADDRS: MapCodec(table(POD_ADDRS), [("ifindex", "I"), ("addr", "4s")], [("value", "I")],
                             lambda k: (k.ifindex, socket.inet_aton(k.addr)),
                             lambda t: PodAddrKey(t[0], socket.inet_ntoa(t[1])), None, _first),
+        SOCK_CFG: MapCodec(table(SOCK_CFG), [("value", "I")],
+                           [("host_netns_cookie", "Q"), ("mode", "I"), ("pad", "I")],
+                           None, _first, lambda v: (v.host_netns_cookie, v.mode, 0),
+                           lambda t: SockCfgValue(t[0], t[1])),
         SRC_RANGES: MapCodec(table(SRC_RANGES),
                              [("prefixlen", "I"), ("svc_id", "I"), ("addr", "4s")],
                              [("value", "I")], _range_to, _range_from, None, _first),

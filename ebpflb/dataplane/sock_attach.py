@@ -85,13 +85,14 @@ def netns_cookie() -> int:
         return struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
 
 
-def write_settings(bpf: Any, mode: str, host_cookie: Optional[int] = None) -> None:
-    """lb_sock_cfg[0]: the mode, and the node's network namespace (this thread's by default)."""
-    table = bpf[b"lb_sock_cfg"]
-    leaf = table.Leaf()
-    leaf.host_netns_cookie = netns_cookie() if host_cookie is None else host_cookie
-    leaf.mode = MODE_VALUES[mode]
-    table[table.Key(0)] = leaf
+def write_settings(writer: Any, mode: str, host_cookie: Optional[int] = None) -> None:
+    """lb_sock_cfg[0], through `writer` (a MapWriter: plan and apply, as every map write): the
+    mode, and the node's network namespace (this thread's by default)."""
+    from ..maps import SOCK_CFG, SockCfgValue
+    from .device_maps import write_device_map
+
+    cookie = netns_cookie() if host_cookie is None else host_cookie
+    write_device_map(writer, SOCK_CFG, {0: SockCfgValue(cookie, MODE_VALUES[mode])})
 
 
 def read_mode(bpf: Any) -> str:

@@ -15,6 +15,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from ebpflb.dataplane.bcc_maps import BccMapWriter
 from ebpflb.dataplane.cleanup import strict_owner
 from ebpflb.dataplane.sock_attach import (
     attach_sock_hooks,
@@ -113,14 +114,14 @@ class SockLab:
             self.cookie = netns_cookie()
         os.mkdir(self.cgroup)
         attach_sock_hooks(self.cgroup, self.dp.progs.sock, self.owns)
-        write_settings(self.dp.progs.bpf, "all")
+        write_settings(BccMapWriter(self.dp.progs.bpf), "all")
 
     def down(self) -> None:
         """Every step runs whatever the others did, so one failure leaves nothing else behind."""
         problems = []
         for step in (self._stop_clients, self._remove_cgroup, self._stop_servers,
                      lambda: remove_netns(self.ns),
-                     lambda: write_settings(self.dp.progs.bpf, "off")):
+                     lambda: write_settings(BccMapWriter(self.dp.progs.bpf), "off")):
             try:
                 step()
             except Exception as exc:  # noqa: BLE001 - reported after every step ran
@@ -171,7 +172,7 @@ def socklab(dataplane):
 @pytest.fixture
 def sl(socklab):
     socklab.dp.program(manifest())
-    write_settings(socklab.dp.progs.bpf, "all")
+    write_settings(BccMapWriter(socklab.dp.progs.bpf), "all")
     yield socklab
     socklab.dp.progs.bpf[b"lb4_sock_affinity"].clear()
 
@@ -276,14 +277,14 @@ def test_source_ranges_and_draining_frontends_are_left_to_the_packet_path(sl):
 
 def test_modes(sl):
     bpf = sl.dp.progs.bpf
-    write_settings(bpf, "off")
+    write_settings(BccMapWriter(bpf), "off")
     assert read_mode(bpf) == "off"
     assert sl.http()[0]["errno"] == "ENETUNREACH"
     # host-only: the test's namespace is not the node's ...
-    write_settings(bpf, "host-only")
+    write_settings(BccMapWriter(bpf), "host-only")
     assert sl.http()[0]["errno"] == "ENETUNREACH"
     # ... until the settings say it is.
-    write_settings(bpf, "host-only", host_cookie=sl.cookie)
+    write_settings(BccMapWriter(bpf), "host-only", host_cookie=sl.cookie)
     assert sl.http()[0]["body"] in BACKENDS
 
 
