@@ -173,8 +173,8 @@ struct ct4_key {
  * rewritten to nat2_port, from the SNAT range, as conntrack would; nat2_addr is the client's. */
 #define CT_F_PORT_NAT 0x20
 /* Sent a RST (CT_F_CLOSING is set with it): the flow is over in both directions. A FIN ends only
- * its own direction: the other side may send for long after (a half-closed flow), so the agent's
- * GC ages a flow by its two entries' own states unless one of them was reset. */
+ * its own direction: the other side may still send (a half-closed flow), which the agent's GC
+ * keeps for tcp_time_wait instead of tcp_close. */
 #define CT_F_RESET 0x40
 
 /* The source a pod sees when it reaches itself through a Service (169.254.42.1): a link-local

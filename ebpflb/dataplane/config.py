@@ -42,6 +42,21 @@ class CtTimeouts:
             return self.tcp_established
         return self.tcp_syn
 
+    def flow_lifetime(self, flags: int, peer_flags: int, proto: int) -> int:
+        """Seconds a flow lives after the last packet of either side, by the state its two
+        entries make together (the agent's GC; the programs judge each entry alone, with
+        lifetime()). A RST from either side, or a FIN from both, closes the flow: the closing
+        lifetime. A FIN from one side only leaves it half-closed, the other side may still send
+        for a while (Linux conntrack keeps such a flow a minute or two): tcp_time_wait, the same
+        time a closed flow to another node keeps its SNAT port, so the programs' port reuse
+        (which sees a half-closed SNAT flow as closing) and the GC agree. Else: the most advanced
+        state either side reached."""
+        both = flags | peer_flags
+        if proto == TCP and both & abi.CT_F_CLOSING and not both & abi.CT_F_RESET and \
+                not flags & peer_flags & abi.CT_F_CLOSING:
+            return max(self.tcp_time_wait, self.lifetime(both, proto))
+        return self.lifetime(both, proto)
+
     def __post_init__(self) -> None:
         for name in ("tcp_syn", "tcp_established", "tcp_close", "udp", "tcp_time_wait"):
             if not 1 <= getattr(self, name) <= 7 * 86400:

@@ -2,11 +2,11 @@
 idle longer than their state allows (ebpflb.dataplane.config.CtTimeouts, the values compiled
 into the programs).
 
-A flow is aged by both of its entries: it is over when each entry has outlived its own state's
-lifetime (a FIN ends only its own side: a half-closed flow lives while the other side may still
-send), or, once either side sent a RST, when both sides are quiet for the closing lifetime. The
-programs only refresh the entry of the direction a packet travels, so aging an entry alone would
-cut a flow whose one side is quiet (a server pushing to a silent client).
+A flow is aged by both of its entries: its idle time is the shorter of the two sides', its
+lifetime that of the state the two make together (CtTimeouts.flow_lifetime: a FIN from one side
+leaves the flow half-closed, the other side may still send; a RST, or a FIN from both, closes
+it). The programs only refresh the entry of the direction a packet travels, so aging an entry
+alone would cut a flow whose one side is quiet (a server pushing to a silent client).
 Entries are read and deleted in batches; the key and value formats are built from the compiled
 layouts (ebpflb/abi.py) and checked against bcc's types when the collector is created.
 """
@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
-from ..maps import CT_F_ESTABLISHED, CT_F_HAIRPIN, CT_F_RESET, CT_F_SRC_NAT
+from ..maps import CT_F_ESTABLISHED, CT_F_HAIRPIN, CT_F_SRC_NAT
 from ..maps import HAIRPIN_ADDR as HAIRPIN_ADDR_TEXT
 from .config import CtTimeouts
 from .layouts import offset_of, packed
@@ -71,16 +71,11 @@ def sweep(keys: bytes, values: bytes, now_ns: int,
         # SNAT: forward client -> frontend leaves as nat2 -> backend, reply backend -> nat2;
         # hairpin: the pod reached itself, replies go to HAIRPIN_ADDR.
         other = entries.get(_peer(raw, entries[raw]))
-        if other is None:
-            over = now_ns - last > _lifetime_ns(proto, flags, timeouts)
-        elif (flags | other[11]) & CT_F_RESET:
-            # Reset: over for both sides once both are quiet for the closing lifetime.
-            over = now_ns - max(last, other[8]) > _lifetime_ns(proto, flags | other[11], timeouts)
+        if other is not None:
+            idle = now_ns - max(last, other[8])
+            over = idle > timeouts.flow_lifetime(flags, other[11], proto) * NS
         else:
-            # Each side by its own state (a FIN ends only its side): the flow is over when
-            # neither side's entry is in use by the programs any more.
-            over = (now_ns - last > _lifetime_ns(proto, flags, timeouts) and
-                    now_ns - other[8] > _lifetime_ns(proto, other[11], timeouts))
+            over = now_ns - last > _lifetime_ns(proto, flags, timeouts)
         if over:
             out.append(raw)
         else:

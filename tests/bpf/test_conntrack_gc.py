@@ -170,9 +170,10 @@ def test_lifetimes_are_one_rule_in_the_programs_the_gc_and_explain(short, state,
 
 def test_a_half_closed_flow_outlives_tcp_close_while_its_other_side_may_still_send(short):
     """The client shut its side down (FIN) and waits; the backend takes longer than tcp_close to
-    answer. The flow is half-closed, not closed: the GC keeps it (Linux conntrack keeps such
-    flows for minutes), and the backend's late answer still reaches the client from the
-    frontend. A RST, or a FIN from both sides, closes it: then tcp_close applies. (Failed on
+    answer. The flow is half-closed, not closed: the GC keeps it for tcp_time_wait (Linux
+    conntrack keeps such flows a minute or two), and the backend's late answer still reaches
+    the client from the frontend. A RST, or a FIN from both sides, closes it: then tcp_close
+    applies. (Failed on
     99e46b0: the GC took a FIN from either side for the end of the flow and deleted both
     entries after tcp_close, and the late answer left with the backend's address.)"""
     def make(sport, *steps):
@@ -203,3 +204,7 @@ def test_a_half_closed_flow_outlives_tcp_close_while_its_other_side_may_still_se
                    for e in read_conntrack(short.bpf)})
     assert left == [8100], left
     assert answer(8100) == "10.96.0.10"  # from the frontend: the client's socket takes it
+    # Half-closed is not forever: quiet on both sides for tcp_time_wait, it is over too.
+    _age_flow(short, 8100, TIMEOUTS.tcp_time_wait + 1)
+    ConntrackGc(short.bpf, TIMEOUTS).run(time.monotonic_ns())
+    assert read_conntrack(short.bpf) == []

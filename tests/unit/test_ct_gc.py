@@ -1,5 +1,5 @@
-"""Conntrack aging rules (pure): a flow is aged by both of its entries, each by its own state
-(a FIN ends one side), or jointly once either side was reset."""
+"""Conntrack aging rules (pure): a flow is aged by both of its entries, by the state they make
+together (half-closed after one FIN, closed after a RST or two FINs)."""
 import socket
 
 import pytest
@@ -35,7 +35,7 @@ def flow(proto, fwd_last, fwd_flags, rev_last=None, rev_flags=0):
     ("tcp established, 61 s", 6, (0, 1), (0, 1), 61 * S, 0),
     ("tcp established, 3601 s", 6, (0, 1), (0, 1), 3601 * S, 2),
     ("tcp closed by one side only (half-closed), 11 s", 6, (0, 1), (0, 3), 11 * S, 0),
-    ("tcp half-closed, the open side idle past its lifetime", 6, (0, 1), (0, 3), 3601 * S, 2),
+    ("tcp half-closed, both sides quiet past tcp_time_wait", 6, (0, 1), (0, 3), 61 * S, 2),
     ("tcp closed by both sides, 11 s", 6, (0, 3), (0, 3), 11 * S, 2),
     ("tcp reset by either side, 11 s", 6, (0, 1), (0, 0x43), 11 * S, 2),
     ("tcp reset, the other side active 5 s ago", 6, (5 * S, 1), (0, 0x43), 11 * S, 0),
