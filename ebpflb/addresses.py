@@ -45,3 +45,8 @@ def _is_ip(host: str) -> bool:
 
 def _is_ipv6(host: str) -> bool:
     return _is_ip(host) and ":" in host
+
+
+def format_address(host: str, port: int) -> str:
+    """HOST:PORT as the flags take it back: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

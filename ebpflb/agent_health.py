@@ -4,9 +4,12 @@ and the maps are programmed, 503 with the reason before that. Stdlib http.server
 loopback by default (the DaemonSet runs with hostNetwork, and the kubelet probes the node's
 loopback)."""
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional, Tuple
+
+from .addresses import format_address, parse_address
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,6 @@ class BackgroundServer:
     paths = ""
 
     def __init__(self, address: str, **attrs) -> None:
-        from .addresses import parse_address
-
         self.host, self.port = parse_address(address)
         self._attrs = attrs
         self._httpd: Optional[ThreadingHTTPServer] = None
@@ -72,8 +73,12 @@ class BackgroundServer:
     def start(self) -> "BackgroundServer":
         from .metrics import listen_error
 
+        server_class = self.server_class
+        if ":" in self.host:  # an IPv6 address: the stdlib servers bind IPv4 unless told
+            server_class = type(server_class.__name__, (server_class,),
+                                {"address_family": socket.AF_INET6})
         try:
-            httpd = self.server_class((self.host, self.port), self.handler)
+            httpd = server_class((self.host, self.port), self.handler)
         except OSError as exc:
             raise listen_error(self.option, self.host, self.port, exc) from exc
         for name, value in self._attrs.items():
@@ -82,7 +87,7 @@ class BackgroundServer:
         self._httpd = httpd
         threading.Thread(target=httpd.serve_forever, name=self.option.strip("-"),
                          daemon=True).start()
-        log.info("%s on http://%s:%d", self.paths, self.host, self.port)
+        log.info("%s on http://%s", self.paths, format_address(self.host, self.port))
         return self
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_E
                    CT_F_HAIRPIN, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, NO_BACKEND, PROTO_NUMBERS,
                    SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
                    SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey, frontend_kind)
-from .service_view import topology_of
+from .records import topology_of
 from .model import SCOPE_EXTERNAL, TOPOLOGY_NODE
 
 CT_F_KIND = CT_F_HAIRPIN | CT_F_EXTERNAL | CT_F_SNAT  # what ct4_rebuild compares

@@ -123,9 +123,12 @@ class SockCfgValue(NamedTuple):
     mode: int
 
 
+POD_ADDR_MARKER = "0.0.0.0"  # a pod device's entry saying its sources are checked
+
+
 class PodAddrKey(NamedTuple):
-    """An address the pod behind device `ifindex` may send from. 0.0.0.0 is the device's marker:
-    present, the device's sources are checked; absent, any source passes."""
+    """An address the pod behind device `ifindex` may send from. POD_ADDR_MARKER is the device's
+    marker: present, the device's sources are checked; absent, any source passes."""
     ifindex: int
     addr: str
 

@@ -13,7 +13,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, start_http_server)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .addresses import parse_address
+from .addresses import format_address, parse_address
 from .dataplane.bcc_maps import DROP_REASONS, EVENTS, read_stats, read_verdicts
 from .dataplane.libbpf import map_info
 from .dataplane.readers import conntrack_entries
@@ -49,7 +49,7 @@ def listen_error(option: str, host: str, port: int, exc: OSError) -> ListenError
                 "this endpoint off")
     else:
         what = exc.strerror or str(exc)
-    return ListenError(exc.errno, f"{option} {host}:{port}: {what}")
+    return ListenError(exc.errno, f"{option} {format_address(host, port)}: {what}")
 
 
 def build_labels() -> Tuple[str, str, str, str]:
@@ -244,7 +244,7 @@ class AgentMetrics:
             self._server, self._thread = start_http_server(port, host, registry=self.registry)
         except OSError as exc:
             raise listen_error("--metrics-address", host, port, exc) from exc
-        log.info("metrics on http://%s:%d/metrics", host, self._server.server_port)
+        log.info("metrics on http://%s/metrics", format_address(host, self._server.server_port))
 
     def close(self) -> None:
         if self._server is not None:

@@ -19,7 +19,8 @@ from ipaddress import ip_network
 from typing import (AbstractSet, Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
                     Sequence, Tuple)
 
-from .maps import (BACKEND_STATS, BACKENDS, NO_BACKEND, NODE_IFS, POD_ADDRS, PROTO_NUMBERS,
+from .maps import (BACKEND_STATS, BACKENDS, NO_BACKEND, NODE_IFS, POD_ADDR_MARKER, POD_ADDRS,
+                   PROTO_NUMBERS,
                    SERVICES, SLOTS, SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SVC_META,
                    SVC_STATS, VIPS, MapId, Records, SlotKey, Snapshot, SrcRangeKey, SvcKey,
                    SvcValue)
@@ -291,7 +292,9 @@ def _sort_key(map_id: MapId):
     if map_id == SERVICES:
         return _svc_key_order
     if map_id == POD_ADDRS:
-        return lambda key: (key.ifindex, socket.inet_aton(key.addr))
+        # A device's marker (0.0.0.0: its sources are checked) after its addresses: written
+        # first, it would refuse the pod's own packets until they are in.
+        return lambda key: (key.ifindex, key.addr == POD_ADDR_MARKER, socket.inet_aton(key.addr))
     if map_id == SRC_RANGES:
         return _range_order
     if map_id == VIPS:

@@ -21,7 +21,7 @@ from .maps import (BE_F_NO_NEW, FRONTEND_KINDS, PROTO_NUMBERS, SVC_F_DROP_EMPTY,
                    SVC_F_MAGLEV, SVC_F_TOPO_NODE, SVC_F_TOPO_ZONE,
                    SVC_F_SRC_RANGES, SVC_KIND_SHIFT, SVC_NAME_LEN, BackendValue, Records,
                    SrcRangeKey, SvcKey, SvcValue)
-from .model import TOPOLOGY_NODE, TOPOLOGY_ZONE, Backend, Frontend
+from .model import TOPOLOGY_NODE, TOPOLOGY_NONE, TOPOLOGY_ZONE, Backend, Frontend
 from .policy import ALGORITHMS
 
 _KIND_FLAGS = {kind: i << SVC_KIND_SHIFT for i, kind in enumerate(FRONTEND_KINDS)}
@@ -150,3 +150,13 @@ def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids
         meta[svc_id] = frontend_name(frontend)
         vip = frontend.vip
         vips[vip] = vips.get(vip, 0) + 1
+
+
+def topology_of(flags: int) -> str:
+    """The endpoint hints a frontend's record says chose its backends ("" for none): the
+    reverse of what frontend_records writes."""
+    if flags & SVC_F_TOPO_NODE:
+        return TOPOLOGY_NODE
+    if flags & SVC_F_TOPO_ZONE:
+        return TOPOLOGY_ZONE
+    return TOPOLOGY_NONE

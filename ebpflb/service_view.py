@@ -7,9 +7,10 @@ from ipaddress import IPv4Address
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING,
-                   SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_F_TOPO_NODE,
-                   SVC_F_TOPO_ZONE, SVC_F_DROP_EMPTY, SVC_META, Snapshot, frontend_kind)
-from .model import TOPOLOGY_NODE, TOPOLOGY_NONE, TOPOLOGY_ZONE
+                   SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META,
+                   Snapshot, frontend_kind)
+from .model import TOPOLOGY_NODE, TOPOLOGY_ZONE
+from .records import topology_of
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,6 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
                                "drop" if svc.flags & SVC_F_DROP_EMPTY else "reject"))
     out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol, v.scope))
     return out
-
-
-def topology_of(flags: int) -> str:
-    """The endpoint hints a frontend's record says chose its backends ("" for none)."""
-    if flags & SVC_F_TOPO_NODE:
-        return TOPOLOGY_NODE
-    if flags & SVC_F_TOPO_ZONE:
-        return TOPOLOGY_ZONE
-    return TOPOLOGY_NONE
 
 
 TOPOLOGY_NOTES = {TOPOLOGY_NODE: "(endpoint hints: only the endpoints hinted for this node)",

@@ -16,6 +16,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
+from ..maps import POD_ADDR_MARKER as MARKER
 from ..maps import POD_ADDRS, PodAddrKey
 from .device_maps import write_device_map
 
@@ -150,9 +151,6 @@ def pod_routes(ipr: IPRoute, ifindex: int) -> FrozenSet[str]:
         if dst and route["dst_len"] == 32 and route.get_attr("RTA_OIF") == ifindex:
             out.add(dst)
     return frozenset(out)
-
-
-MARKER = "0.0.0.0"  # a pod device's entry saying its sources are checked
 
 
 class PodAddresses:

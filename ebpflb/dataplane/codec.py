@@ -17,19 +17,15 @@ from itertools import chain
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..maps import (BACKENDS, NODE_IFS, POD_ADDRS, SERVICES, SLOTS, SOCK_CFG, SRC_RANGES, SVC_META,
-                    VIPS,
-                    BackendValue, MapId, NodeIfValue, PodAddrKey, SockCfgValue, SlotKey, SrcRangeKey,
-                    SvcKey, SvcValue)
+                    VIPS, BackendValue, MapId, NodeIfValue, PodAddrKey, SlotKey, SockCfgValue,
+                    SrcRangeKey, SvcKey, SvcValue)
+from .layouts import LayoutError
 
 _PORT_BYTES = [p.to_bytes(2, "big") for p in range(65536)]
 
 
 def _port_of(raw: bytes) -> int:
     return int.from_bytes(raw, "big")
-
-
-class LayoutError(RuntimeError):
-    """The struct bcc compiled does not have the fields this codec encodes."""
 
 
 class Layout:

@@ -8,28 +8,22 @@ import socket
 from typing import Any, Dict, Iterable, Optional
 
 from ..explain import NODE, POD, ConntrackView, Device
-from ..maps import CT_F_SRC_NAT
-from .bcc_maps import CtEntry, be32_to_ip
+from ..maps import CT_F_SRC_NAT, NODE_IFS, POD_ADDR_MARKER, POD_ADDRS
+from .bcc_maps import BccMapReader, CtEntry
 
 
 def pod_addresses(bpf: Any, ifindex: int) -> Optional[frozenset]:
     """The addresses lb4_pod_addrs lists for a pod device; None when the device is not listed
     (every source passes there)."""
-    addrs, listed = set(), False
-    for key in bpf[b"lb4_pod_addrs"].keys():
-        if key.ifindex != ifindex:
-            continue
-        if key.addr == 0:
-            listed = True  # the agent's marker: this device's addresses are known
-        else:
-            addrs.add(be32_to_ip(key.addr))
-    return frozenset(addrs) if listed else None
+    addrs = {key.addr for key in BccMapReader(bpf).dump(POD_ADDRS) if key.ifindex == ifindex}
+    # The agent's marker says this device's addresses are known (ebpflb.maps.PodAddrKey).
+    return frozenset(addrs - {POD_ADDR_MARKER}) if POD_ADDR_MARKER in addrs else None
 
 
 def remote_backends(bpf: Any, ipr: Any, backends: Iterable[str]) -> Dict[str, str]:
     """Backend address -> the address of the node device its route leaves by (what a flow to it
     from outside is SNATed to), for the backends routed through a node device."""
-    node_ifs = {key.value: be32_to_ip(value.addr) for key, value in bpf[b"lb4_node_ifs"].items()}
+    node_ifs = {ifindex: value.addr for ifindex, value in BccMapReader(bpf).dump(NODE_IFS).items()}
     out = {}
     for addr in backends:
         try:

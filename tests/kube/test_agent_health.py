@@ -37,3 +37,15 @@ def test_a_failing_check_is_not_ready_not_a_hang():
         assert code == 503 and "boom" in text
     finally:
         server.close()
+
+
+def test_an_ipv6_address_in_brackets_is_served():
+    """`--health-address [::1]:PORT` passes the flag's checks, so it must bind: the stdlib server
+    is IPv4 unless told (on 7f55b41 the agent failed at start, found by review)."""
+    server = HealthServer("[::1]:0", lambda: (True, ""))
+    server.start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{server.port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        server.close()

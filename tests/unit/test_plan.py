@@ -201,6 +201,12 @@ def test_a_device_map_changes_new_records_first_and_removals_last():
     assert [(op.action, op.key) for op in plan.ops] == [
         (UPSERT, PodAddrKey(7, "10.244.0.6")), (DELETE, PodAddrKey(7, "10.244.0.5"))]
     assert len(diff_map(POD_ADDRS, want, want)) == 0
+    # A new device: its addresses go in before its marker (written first, the marker would
+    # refuse the pod's own packets until they are in; failed on dfccfcc, found by review).
+    fresh = {PodAddrKey(9, "0.0.0.0"): 1, PodAddrKey(9, "10.244.0.7"): 1,
+             PodAddrKey(9, "10.244.0.8"): 1}
+    assert [op.key.addr for op in diff_map(POD_ADDRS, fresh, {}).ops] == [
+        "10.244.0.7", "10.244.0.8", "0.0.0.0"]
     plan = diff_map(NODE_IFS, {3: NodeIfValue("192.168.200.10")}, {3: NodeIfValue("192.168.200.9")})
     assert [str(op) for op in plan.ops] == [
         "~ lb4_node_ifs node device 3 = SNAT to 192.168.200.10 (was SNAT to 192.168.200.9)"]
