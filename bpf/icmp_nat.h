@@ -68,7 +68,7 @@ static __always_inline int lb4_icmp_send_on(struct __sk_buff *skb, const struct 
 		lb_count(STAT_FORWARD_FAIL);
 		return TC_ACT_SHOT;
 	}
-	return lb_redirect_neigh(n.ifindex, 0, 0, 0);
+	return lb_send_out(n.ifindex);
 }
 
 /* An ICMP error arriving on a node device about a flow from outside. Returns a verdict, or -1

@@ -102,7 +102,7 @@ static __always_inline int lb4_tc_fragment(struct __sk_buff *skb, const struct p
 	if (v.action == FRAG_ACT_REDIRECT) {
 		if (tc_ttl_dec(skb, p->l3_off))
 			return lb4_drop(at, STAT_FORWARD_FAIL);
-		return lb_verdict(at, VERDICT_FRAGMENT, lb_redirect_neigh(v.ifindex, 0, 0, 0));
+		return lb4_done(at, VERDICT_FRAGMENT, lb_send_out(v.ifindex));
 	}
 	return lb_verdict(at, VERDICT_FRAGMENT, TC_ACT_OK);
 }
@@ -386,7 +386,7 @@ int lb4_node_in(struct __sk_buff *skb)
 		     FRAG_ACT_REDIRECT, n.ifindex, n.reply);
 	lb_count_flow(n.svc_id, n.backend_id, skb->len, n.reply, n.new_flow);
 	lb_count(STAT_NODE_FORWARD);
-	return lb_verdict(AT_NODE_IN, lb4_sent(&n), lb_redirect_neigh(n.ifindex, 0, 0, 0));
+	return lb4_done(AT_NODE_IN, lb4_sent(&n), lb_send_out(n.ifindex));
 }
 
 int lb4_node_out(struct __sk_buff *skb)

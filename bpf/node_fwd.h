@@ -19,6 +19,17 @@
 static long (*lb_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
 				 __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 
+/* Sends the packet out of `ifindex`, the next hop resolved by the kernel; a refusal (TC_ACT_SHOT,
+ * only for flags the helper does not know) is a drop counted as forward_fail. */
+static __always_inline int lb_send_out(__u32 ifindex)
+{
+	int r = lb_redirect_neigh(ifindex, 0, 0, 0);
+
+	if (r == TC_ACT_SHOT)
+		lb_count(STAT_FORWARD_FAIL);
+	return r;
+}
+
 /* What the decision core (lb4_core.h) says of a packet to a frontend. */
 enum lb4_verdict {
 	NV_PASS,	/* not ours */

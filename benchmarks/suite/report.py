@@ -139,8 +139,9 @@ def sock_ratio_rows(t: Dict, scales: List[int]) -> List[str]:
 def verdict_rows(results: Dict) -> List[str]:
     """Which path translated each ebpflb mode's connections: the agent's verdict counters at
     the end of each slot (medians over the slots), read with `ebpflb stats --verdicts`."""
-    rows = ["| Services | mode | socket_lb (connect() translated by the hooks) | "
-            "dnat_new (flows translated by TC) | pass (packets TC left alone) |",
+    rows = ["| Services | mode | socket_lb (connect() translated by the hooks: socket/new) | "
+            "dnat_new (flows translated by TC: from_pod/new) | pass (packets TC left alone: "
+            "from_pod/pass) |",
             "|---:|---|---:|---:|---:|"]
     for scale in sorted(results["scales"], key=int):
         for mode in ("ebpflb", SOCK):

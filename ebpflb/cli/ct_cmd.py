@@ -1,5 +1,5 @@
-"""The `ebpflb ct` commands: `ct list` (the tracked flows, as ebpflb.dataplane.readers reads and
-renders them) and `ct flush` (delete conntrack entries, asked first, refused under an agent).
+"""The `ebpflb ct` commands: `ct list` (the tracked flows: ebpflb.dataplane.readers reads them,
+ebpflb.views renders them) and `ct flush` (delete conntrack entries, asked first, refused under an agent).
 Part of the ebpflb.cli package."""
 from typing import List, Optional
 

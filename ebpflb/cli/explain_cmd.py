@@ -1,7 +1,7 @@
 """The `ebpflb explain` command: where a flow goes and why, as the program on the device it
 arrives on decides (ebpflb.explain), or what the cgroup socket hooks do with a connect()
-(--socket, ebpflb.explain_socket); ebpflb.dataplane.explain_inputs reads the kernel and returns
-the prediction. Part of the ebpflb.cli package."""
+(--socket, ebpflb.explain_socket); ebpflb.views reads the kernel (ebpflb.dataplane.explain_inputs)
+and returns the prediction. Part of the ebpflb.cli package."""
 from typing import Optional
 
 import click

@@ -1,5 +1,5 @@
 """The `ebpflb stats` command: traffic per frontend and per backend (ebpflb.stats, read by
-ebpflb.dataplane.readers), once or redrawn with rates (--watch), or the data plane's global
+ebpflb.views), once or redrawn with rates (--watch), or the data plane's global
 counters (--verdicts). Part of the ebpflb.cli package."""
 import sys
 from typing import Optional

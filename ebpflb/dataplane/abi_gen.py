@@ -9,9 +9,9 @@ What it reads:
 - every `enum` of bpf/lb_structs.h: its members in order, with their values;
 - the map declarations of bpf/lb_maps.h: name, type, key and value type, size expression;
 - the entry points of bpf/lb4_tc.c and bpf/lb4_sock.c (`int NAME(struct CTX *ctx)`);
-- with `--structs` (root: bcc compiles bpf/lb_maps.c into maps pinned in a scratch directory),
-  every map's key and value layout as the compiler laid it out: size, and each field's offset
-  and size.
+- every map's key and value layout as the compiler laid it out: size, and each field's offset
+  and size (root: bcc compiles bpf/lb_maps.c into maps pinned in a scratch directory, removed
+  after; `--no-structs` keeps the layouts the module has, for a run without root).
 
     .venv/bin/python -m ebpflb.dataplane.abi_gen            # rewrite ebpflb/abi.py
     .venv/bin/python -m ebpflb.dataplane.abi_gen --check    # exit 1 when it would change
@@ -26,9 +26,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-REPO = Path(__file__).resolve().parents[2]
-BPF_DIR = REPO / "bpf"
-TARGET = REPO / "ebpflb" / "abi.py"
+PACKAGE = Path(__file__).resolve().parents[1]
+# bpf/ beside the package in a checkout, ebpflb/bpf in an installed wheel (as the loader finds it).
+BPF_DIR = PACKAGE.parent / "bpf" if (PACKAGE.parent / "bpf").is_dir() else PACKAGE / "bpf"
+TARGET = PACKAGE / "abi.py"
 DEFINE_HEADERS = ("lb_structs.h", "node_fwd.h")
 TUNABLES_HEADER = "lb_maps.h"
 PROGRAM_FILES = ("lb4_tc.c", "lb4_sock.c")
@@ -124,7 +125,10 @@ def programs(texts: List[str]) -> List[Tuple[str, str]]:
     return out
 
 
-def structs(pin_root: str = "/sys/fs/bpf") -> Dict[str, Tuple[int, Tuple[Tuple[str, int, int], ...]]]:
+Layout = Tuple[int, Tuple[Tuple[str, int, int], ...]]  # size, ((field, offset, size), ...)
+
+
+def structs(pin_root: str = "/sys/fs/bpf") -> Dict[str, Layout]:
     """Each map's key and value type as bcc compiled it: {type: (size, ((field, offset, size),
     ...))}; scalars have no fields. Needs root: the maps are created, pinned in a scratch
     directory, and removed."""
@@ -137,7 +141,7 @@ def structs(pin_root: str = "/sys/fs/bpf") -> Dict[str, Tuple[int, Tuple[Tuple[s
                              max_slots=1024, ct_max_entries=1024, ct_syn_max_entries=1024)
     try:
         bpf = open_maps(config, create=True)
-        found: Dict[str, Tuple[int, Tuple[Tuple[str, int, int], ...]]] = {}
+        found: Dict[str, Layout] = {}
         for name, _, key_type, value_type, _ in maps((BPF_DIR / TUNABLES_HEADER).read_text()):
             table = bpf[name.encode()]
             for ctype, declared in ((table.Key, key_type), (table.Leaf, value_type)):
@@ -186,7 +190,9 @@ def render(with_structs: Optional[Dict[str, Any]] = None) -> str:
               "MAPS = {"]
     for n, t, k, v, s in table:
         one = f"    {n!r}: ({t!r}, {k!r}, {v!r}, {s!r}),"
-        lines += [one] if len(one) <= 99 else [f"    {n!r}: ({t!r}, {k!r},", f"{' ' * (len(n) + 9)}{v!r}, {s!r}),"]
+        if len(one) > 99:  # the value type and size on a line of their own
+            one = f"    {n!r}: ({t!r}, {k!r},\n{' ' * (len(n) + 9)}{v!r}, {s!r}),"
+        lines.append(one)
     lines += ["}", "MAP_NAMES = tuple(MAPS)", "",
               "# ---- entry points of " + ", ".join(PROGRAM_FILES) + ": name -> context struct",
               "PROGRAMS = {"]

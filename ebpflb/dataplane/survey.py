@@ -2,7 +2,7 @@
 it, how full each pinned map is against its maximum, which devices of this network namespace run
 its programs, and whether its socket hooks are on the cgroup its agent recorded. Opened straight
 from the pins with libbpf, so it needs no compile and never creates anything. The view is built
-by ebpflb.status_view (read_view reads it all and builds it)."""
+by ebpflb.status_view; ebpflb.views.status_view reads it all and builds it."""
 import ctypes
 import errno
 import os
