@@ -205,26 +205,39 @@ static __always_inline void ct4_promote(struct ct4_key *fwd, struct ct4_entry *e
 }
 
 /* Whether a live flow of another frontend holds the reply key `rev` (the same client address and
- * port reaching the same backend through two VIPs). A closing or expired holder gives it up; a
- * holder of the same frontend is this flow's own earlier attempt. */
+ * port reaching the same backend through two VIPs). A closed holder (a RST, a FIN from both
+ * sides, or a FIN from its backend with no forward entry left) or an expired one gives it up; a
+ * half-closed one (a FIN from one side) does not: its other side may still send, for as long
+ * as the agent's GC keeps it (tcp_time_wait). A holder of the same frontend is this flow's own
+ * earlier attempt. */
 static __always_inline int ct4_reply_held(struct ct4_key *rev, const struct pkt4 *p, __u64 now)
 {
 	struct ct4_entry *r = ct4_find(rev);
 	struct ct4_entry *f;
 	struct ct4_key fk;
+	__u16 fflags = 0;
 	__u64 last;
 
 	if (!r || (r->nat_addr == p->daddr && r->nat_port == p->dport))
-		return 0;
-	if (r->flags & CT_F_CLOSING)
 		return 0;
 	/* Aged by both entries: a one-way flow (UDP to a server that never answers) refreshes only
 	 * its forward entry, keyed client -> its frontend. */
 	last = r->last_seen_ns;
 	ct4_fwd_key_of(rev, r, &fk);
 	f = ct4_find(&fk);
-	if (f && f->nat_addr == rev->saddr && f->nat_port == rev->sport && f->last_seen_ns > last)
-		last = f->last_seen_ns;
+	if (f && f->nat_addr == rev->saddr && f->nat_port == rev->sport) {
+		fflags = f->flags;
+		if (f->last_seen_ns > last)
+			last = f->last_seen_ns;
+	} else {
+		fflags = r->flags & CT_F_CLOSING;	/* no other side left: closed as this one is */
+	}
+	if ((r->flags | fflags) & CT_F_RESET)
+		return 0;
+	if (r->flags & fflags & CT_F_CLOSING)
+		return 0;
+	if ((r->flags | fflags) & CT_F_CLOSING)	/* half-closed */
+		return ct4_idle(last, now) <= CT_TIMEOUT_TCP_TIME_WAIT * LB_NSEC_PER_SEC;
 	return ct4_idle(last, now) <= ct4_lifetime_of(r->flags, p->proto);
 }
 

@@ -41,9 +41,10 @@ from . import abi
 from .dataplane.config import CtTimeouts, DataplaneConfig
 from .flowhash import FLOW_HASH_SEED, flow_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL,
-                   CT_F_HAIRPIN, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, NO_BACKEND, PROTO_NUMBERS,
-                   SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
-                   SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey, frontend_kind)
+                   CT_F_HAIRPIN, CT_F_RESET, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, NO_BACKEND,
+                   PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY,
+                   SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey,
+                   frontend_kind)
 from .records import topology_of
 from .model import SCOPE_EXTERNAL, TOPOLOGY_NODE
 
@@ -343,18 +344,24 @@ class _Decision:
                 r.backend == self.frontend_ep)
 
     def reply_held(self, rev: CtKey) -> bool:
-        """ct4_reply_held: a live flow of another frontend holds the reply key."""
+        """ct4_reply_held: a live flow of another frontend holds the reply key (a half-closed
+        one too, for tcp_time_wait)."""
         r = self.table.get(rev)
         if r is None or r.backend == self.frontend_ep:
             return False
         if r.flags is None:
             return True
-        if r.flags & CT_F_CLOSING:
-            return False
         idle = r.idle_seconds
         f = self.table.get(fwd_key_of(rev, r))
         if f is not None and f.backend == _endpoint(rev.saddr, rev.sport):
             idle = min(idle, f.idle_seconds)
+            fflags = f.flags or 0
+        else:
+            fflags = r.flags & CT_F_CLOSING
+        if (r.flags | fflags) & CT_F_RESET or r.flags & fflags & CT_F_CLOSING:
+            return False
+        if (r.flags | fflags) & CT_F_CLOSING:
+            return idle <= self.timeouts.tcp_time_wait
         return idle <= self.lifetime(r.flags, self.flow.proto)
 
     def rebuild(self, be, backend_id: int, flags: int,

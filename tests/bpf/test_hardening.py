@@ -523,3 +523,32 @@ def test_a_frontend_read_with_more_slots_than_remain_is_served(node):
         assert res.retval == TC_ACT_OK and Ether(res.data)[IP].dst == LOCAL_BE
         served += 1
     assert served == 32
+
+
+def test_a_half_closed_flow_keeps_its_reply_tuple(node):
+    """The backend closed its side of a pod's flow through the ClusterIP (FIN), the pod has not:
+    the flow is half-closed, still live. A new flow from the same client port to another
+    frontend of that backend gets a port of its own instead of taking the tuple over (Linux NAT
+    remaps too, while the old entry lives); once both sides closed, the tuple is free. (On
+    764ba3b a closing reply entry gave the tuple up: the lab test of one client port to two
+    frontends failed under load, when the backend answered and closed first.)"""
+    node.program(endpoints=[(LOCAL_BE, "node-0")])
+
+    def backend_fin(sport):
+        fin = (Ether(src=POD_MAC[1], dst=POD_MAC[0]) / IP(src=LOCAL_BE, dst=POD_CLIENT)
+               / TCP(sport=8080, dport=sport, flags="FA"))
+        assert Ether(run_pod(node, "out", fin).data)[IP].src == CLUSTER_IP
+
+    for sport, client_closes in ((40100, False), (40101, True)):
+        for flags in ("S", "A"):
+            run_pod(node, "in", pod_tcp(POD_CLIENT, sport, CLUSTER_IP, 80, flags))
+        backend_fin(sport)
+        if client_closes:
+            run_pod(node, "in", pod_tcp(POD_CLIENT, sport, CLUSTER_IP, 80, "FA"))
+        before = node.stats()
+        res = run_pod(node, "in", pod_tcp(POD_CLIENT, sport, LB_IP, 80))
+        moved = delta(before, node.stats())
+        if client_closes:  # closed both ways: the new flow may take the tuple
+            assert Ether(res.data)[TCP].sport == sport and "port_nat" not in moved, moved
+        else:
+            assert Ether(res.data)[TCP].sport != sport and moved["port_nat"] == 1, moved
