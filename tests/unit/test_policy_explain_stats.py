@@ -304,3 +304,34 @@ def test_global_counters_keep_their_shape_and_show_what_moved():
     assert lines[1].split() == ["from_pod", "3", "0"]
     assert lines[4].split() == ["node_in", "0", "1"]
     assert "drops: source_denied 1" in lines and "events: conntrack_insert 3" in lines
+
+
+def test_explain_a_half_closed_flow_keeps_its_reply_tuple():
+    """explain's copy of ct4_reply_held (tests/bpf/test_hardening.py checks the program on the
+    same story): a flow whose backend sent FIN but whose client did not still holds its reply
+    tuple, so a new flow from the same client port to another frontend of that backend gets a
+    port of its own; once both sides closed, or after a RST, it takes the tuple."""
+    from ebpflb.explain import CtKey
+
+    snap = _world()
+    client, cluster, nodeport = "10.244.0.2", ("10.96.0.10", 80), ("192.168.200.10", 30080)
+    sport = next(p for p in range(41000, 42000)
+                 if explain(snap, Flow(client, p, *cluster, "TCP")).hashed_backend ==
+                 explain(snap, Flow(client, p, *nodeport, "TCP")).hashed_backend)
+    first = explain(snap, Flow(client, sport, *cluster, "TCP"))
+    addr, port = first.hashed_backend.split(":")
+
+    def table(fwd_flags, rev_flags):
+        return {CtKey(client, sport, *cluster, 6):
+                ConntrackView(first.hashed_backend, first.hashed_backend_id, 5.0, 1.0,
+                              flags=fwd_flags),
+                CtKey(addr, int(port), client, sport, 6, True):
+                ConntrackView("10.96.0.10:80", first.hashed_backend_id, 5.0, 1.0,
+                              flags=rev_flags)}
+
+    new = Flow(client, sport, *nodeport, "TCP")
+    half_closed = explain(snap, new, ct_table=table(0x1, 0x3))  # the backend's FIN only
+    assert "port_nat" in half_closed.counters and half_closed.source != f"{client}:{sport}"
+    for fwd, rev in ((0x3, 0x3), (0x1, 0x43)):  # closed both ways; reset by the backend
+        taken = explain(snap, new, ct_table=table(fwd, rev))
+        assert "port_nat" not in taken.counters and taken.counters == ("conntrack_insert",)
