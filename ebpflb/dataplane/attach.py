@@ -164,22 +164,25 @@ class PodAddresses:
     def __init__(self, ipr: IPRoute, writer: Any):
         self.ipr = ipr
         self.writer = writer
-        # What the pinned map holds, a previous agent's entries included: devices gone or
-        # re-addressed while no agent ran are corrected by the first rescan (prune, sync).
-        found: Dict[int, set] = {}
-        for key in writer.dump(POD_ADDRS):
-            found.setdefault(key.ifindex, set()).add(key.addr)
-        self.written: Dict[int, FrozenSet[str]] = {
-            ifindex: frozenset(addrs - {MARKER}) for ifindex, addrs in found.items()}
+        # What the pinned map holds per device, a previous agent's entries included (devices gone
+        # or re-addressed while no agent ran are corrected by the first rescan: prune, sync);
+        # kept in step with every write, so a change is planned without reading the map again.
+        self.held: Dict[int, Dict[PodAddrKey, int]] = {}
+        for key, value in writer.dump(POD_ADDRS).items():
+            self.held.setdefault(key.ifindex, {})[key] = value
 
     def prune(self, attached: Iterable[int]) -> None:
         """Forgets the devices not attached now."""
-        for ifindex in set(self.written) - set(attached):
+        for ifindex in set(self.held) - set(attached):
             self.forget(ifindex)
 
     def _write(self, ifindex: int, addrs: FrozenSet[str]) -> None:
         want = {PodAddrKey(ifindex, a): 1 for a in addrs | ({MARKER} if addrs else set())}
-        write_device_map(self.writer, POD_ADDRS, want, only=lambda key: key.ifindex == ifindex)
+        write_device_map(self.writer, POD_ADDRS, want, have=self.held.get(ifindex, {}))
+        if want:
+            self.held[ifindex] = want
+        else:
+            self.held.pop(ifindex, None)
 
     def sync(self, ifindex: int) -> None:
         try:
@@ -187,19 +190,20 @@ class PodAddresses:
         except NetlinkError as exc:
             log.warning("device ifindex %d: routes not readable: %s", ifindex, exc)
             return
-        have = self.written.get(ifindex, frozenset())
-        if want == have and (want or ifindex not in self.written):
+        held = self.held.get(ifindex)
+        # Nothing to do when the entries are what the routes say (a device without routes has
+        # no entries, not even a marker).
+        if held is not None and want and held == {PodAddrKey(ifindex, a): 1
+                                                  for a in want | {MARKER}}:
+            return
+        if held is None and not want:
             return
         self._write(ifindex, want)
-        if want:
-            self.written[ifindex] = want
-        else:
-            self.written.pop(ifindex, None)
         log.info("device ifindex %d: pod addresses %s", ifindex, ",".join(sorted(want)) or "none")
 
     def forget(self, ifindex: int) -> None:
-        self.written.pop(ifindex, None)
-        self._write(ifindex, frozenset())
+        if ifindex in self.held:
+            self._write(ifindex, frozenset())
 
 
 class Attacher:

@@ -14,12 +14,15 @@ log = logging.getLogger(__name__)
 
 
 def write_device_map(writer: MapWriter, map_id: MapId, want: Mapping[Any, Any],
-                     only: Optional[Callable[[Any], bool]] = None) -> int:
+                     only: Optional[Callable[[Any], bool]] = None,
+                     have: Optional[Mapping[Any, Any]] = None) -> int:
     """Makes `map_id` hold `want`: all of it, or (with `only`) the keys `only` accepts, the rest
-    left alone. Returns the number of records written or deleted."""
-    have = writer.dump(map_id)
-    if only is not None:
-        have = {k: v for k, v in have.items() if only(k)}
+    left alone. `have` is what those keys hold now when the caller knows it (else the map is
+    read). Returns the number of records written or deleted."""
+    if have is None:
+        have = writer.dump(map_id)
+        if only is not None:
+            have = {k: v for k, v in have.items() if only(k)}
     plan = diff_map(map_id, want, have)
     if len(plan):
         apply_plan(plan, writer)
