@@ -11,6 +11,10 @@
 
 #define CT_REFRESH_NS 1000000000ULL
 #define LB_NSEC_PER_SEC 1000000000ULL
+/* How long a half-closed flow (a FIN from one side only) is kept after either side's last
+ * packet: the agent's GC keeps it as long (CtTimeouts.half_closed). */
+#define CT_HALF_CLOSED_NS ((CT_TIMEOUT_TCP_TIME_WAIT > CT_TIMEOUT_TCP_CLOSE ?		\
+			    CT_TIMEOUT_TCP_TIME_WAIT : CT_TIMEOUT_TCP_CLOSE) * LB_NSEC_PER_SEC)
 
 /* The conntrack key of a packet as it arrives, before any rewrite. */
 static __always_inline void ct4_key_of(const struct pkt4 *p, __u8 dir, struct ct4_key *k)
@@ -237,7 +241,7 @@ static __always_inline int ct4_reply_held(struct ct4_key *rev, const struct pkt4
 	if (r->flags & fflags & CT_F_CLOSING)
 		return 0;
 	if ((r->flags | fflags) & CT_F_CLOSING)	/* half-closed */
-		return ct4_idle(last, now) <= CT_TIMEOUT_TCP_TIME_WAIT * LB_NSEC_PER_SEC;
+		return ct4_idle(last, now) <= CT_HALF_CLOSED_NS;
 	return ct4_idle(last, now) <= ct4_lifetime_of(r->flags, p->proto);
 }
 

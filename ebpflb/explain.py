@@ -361,7 +361,7 @@ class _Decision:
         if (r.flags | fflags) & CT_F_RESET or r.flags & fflags & CT_F_CLOSING:
             return False
         if (r.flags | fflags) & CT_F_CLOSING:
-            return idle <= self.timeouts.tcp_time_wait
+            return idle <= self.timeouts.half_closed
         return idle <= self.lifetime(r.flags, self.flow.proto)
 
     def rebuild(self, be, backend_id: int, flags: int,

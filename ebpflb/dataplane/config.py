@@ -47,15 +47,21 @@ class CtTimeouts:
         entries make together (the agent's GC; the programs judge each entry alone, with
         lifetime()). A RST from either side, or a FIN from both, closes the flow: the closing
         lifetime. A FIN from one side only leaves it half-closed, the other side may still send
-        for a while (Linux conntrack keeps such a flow a minute or two): tcp_time_wait, the same
-        time a closed flow to another node keeps its SNAT port, so the programs' port reuse
+        for a while (Linux conntrack keeps such a flow a minute or two): half_closed, at least
+        the time a closed flow to another node keeps its SNAT port, so the programs' port reuse
         (which sees a half-closed SNAT flow as closing) and the GC agree. Else: the most advanced
         state either side reached."""
         both = flags | peer_flags
         if proto == TCP and both & abi.CT_F_CLOSING and not both & abi.CT_F_RESET and \
                 not flags & peer_flags & abi.CT_F_CLOSING:
-            return max(self.tcp_time_wait, self.lifetime(both, proto))
+            return self.half_closed
         return self.lifetime(both, proto)
+
+    @property
+    def half_closed(self) -> int:
+        """How long a half-closed flow lives after the last packet of either side: the programs'
+        CT_HALF_CLOSED_NS (bpf/conntrack.h), the longer of tcp_time_wait and tcp_close."""
+        return max(self.tcp_time_wait, self.tcp_close)
 
     def __post_init__(self) -> None:
         for name in ("tcp_syn", "tcp_established", "tcp_close", "udp", "tcp_time_wait"):
