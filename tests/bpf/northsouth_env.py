@@ -6,6 +6,7 @@ removed at the end of each module that uses the `node` fixture."""
 import socket
 import subprocess
 from ipaddress import IPv4Address
+from typing import Dict
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -13,10 +14,12 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from ebpflb.dataplane import testrun
-from ebpflb.dataplane.bcc_maps import ip_to_be32, lookup_conntrack
+from ebpflb.dataplane.bcc_maps import lookup_conntrack
+from ebpflb.dataplane.device_maps import write_device_map
 from ebpflb.flowhash import FLOW_HASH_SEED, flow_hash
 from ebpflb.lab.nsops import create_netns, in_netns, remove_netns, write_sysctls
 from ebpflb.manifests import parse_documents
+from ebpflb.maps import NODE_IFS, NodeIfValue
 from ebpflb.model import DesiredState, desired_state
 from ebpflb.reconcile import reconcile
 
@@ -168,26 +171,30 @@ def v(hook: str, verdict: str) -> str:
     return f"{AT.get(hook, hook)}/{verdict}"
 
 
+def set_node_devices(dataplane, addresses: Dict[int, str], ifindexes) -> None:
+    """lb4_node_ifs for the node devices `ifindexes` as the agent's NodeAttacher writes it, through
+    the same plan and apply: ifindex -> its address (`addresses`; none: the entries go)."""
+    write_device_map(dataplane.writer, NODE_IFS,
+                     {i: NodeIfValue(a) for i, a in addresses.items()},
+                     only=lambda key: key in set(ifindexes))
+
+
 @pytest.fixture(scope="module")
 def node(dataplane):
     ns = unique("ebpflb-ns-test-")
     create_netns(ns)
-    table = dataplane.progs.bpf[b"lb4_node_ifs"]
-    keys = []
+    entered: Dict[int, str] = {}
     try:
         write_sysctls(ns, {"net.ipv4.ip_forward": "1"})  # fib lookups need forwarding on
         subprocess.run(["ip", "-n", ns, "-batch", "-"], input=NETNS_SETUP, text=True, check=True,
                        capture_output=True)
         with in_netns(ns):  # (/sys shows the namespace it was mounted in, not this one)
             ifindexes = {dev: socket.if_nametoindex(dev) for dev in (NODE_DEV, NODE2_DEV, POD_DEV)}
-        # What the agent's NodeAttacher writes for a node device: its ifindex -> its address.
-        for dev, addr in ((NODE_DEV, NODE_IP), (NODE2_DEV, NODE2_IP)):
-            keys.append(table.Key(ifindexes[dev]))
-            table[keys[-1]] = table.Leaf(addr=ip_to_be32(addr), flags=0)
+        entered = {ifindexes[NODE_DEV]: NODE_IP, ifindexes[NODE2_DEV]: NODE2_IP}
+        set_node_devices(dataplane, entered, entered)
         yield Node(dataplane, ns, ifindexes)
     finally:
-        for key in keys:
-            table.pop(key, None)
+        set_node_devices(dataplane, {}, entered)
         # Leave the shared session data plane without this module's frontends or flows.
         dataplane.clear_conntrack()  # first: frontends with flows would drain
         reconcile(DesiredState(frontends={}, skipped=()), dataplane.writer,

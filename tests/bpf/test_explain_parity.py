@@ -42,8 +42,10 @@ from ebpflb.dataplane.bcc_maps import (be16_to_port, be32_to_ip, ip_to_be32, loo
 from ebpflb.explain import (HAIRPIN_ADDR, NODE, POD, AffinityView, ConntrackView, CtKey, Device,
                             Explanation, Flow, explain)
 from ebpflb.lab.nsops import create_netns, in_netns, remove_netns, write_sysctls
+from ebpflb.dataplane.device_maps import write_device_map
 from ebpflb.manifests import parse_documents
-from ebpflb.maps import BACKENDS, SERVICES, SVC_F_ETP_LOCAL, SvcKey
+from ebpflb.maps import (BACKENDS, NODE_IFS, POD_ADDR_MARKER, POD_ADDRS, SERVICES, SVC_F_ETP_LOCAL,
+                         NodeIfValue, PodAddrKey, SvcKey)
 from ebpflb.model import DesiredState, desired_state
 from ebpflb.reconcile import reconcile
 
@@ -317,29 +319,26 @@ class World:
 def parity_world(dataplane):
     ns = unique("ebpflb-ns-parity-")
     create_netns(ns)
-    node_ifs = dataplane.progs.bpf[b"lb4_node_ifs"]
-    pod_addrs = dataplane.progs.bpf[b"lb4_pod_addrs"]
-    keys = []
+    ifindexes = {}
     try:
         write_sysctls(ns, {"net.ipv4.ip_forward": "1"})  # fib lookups need forwarding on
         subprocess.run(["ip", "-n", ns, "-batch", "-"], input=NETNS_SETUP, text=True, check=True,
                        capture_output=True)
         with in_netns(ns):
             ifindexes = {d: socket.if_nametoindex(d) for d in (NODE_DEV, *POD_DEVS)}
-        # What the agent writes: the node device's SNAT address, each pod device's addresses
-        # with its (ifindex, 0) mark.
-        keys.append(node_ifs.Key(ifindexes[NODE_DEV]))
-        node_ifs[keys[-1]] = node_ifs.Leaf(addr=ip_to_be32(NODE_IP), flags=0)
-        pod_addrs.clear()
-        for dev, addrs in POD_DEVS.items():
-            for addr in sorted(addrs or ()) + (["0.0.0.0"] if addrs else []):
-                pod_addrs[pod_addrs.Key(ifindex=ifindexes[dev], addr=ip_to_be32(addr))] = \
-                    pod_addrs.Leaf(1)
+        # What the agent writes, through the same plan and apply: the node device's SNAT address,
+        # each listed pod device's addresses with its marker.
+        write_device_map(dataplane.writer, NODE_IFS, {ifindexes[NODE_DEV]: NodeIfValue(NODE_IP)},
+                         only=lambda key: key == ifindexes[NODE_DEV])
+        write_device_map(dataplane.writer, POD_ADDRS,
+                         {PodAddrKey(ifindexes[dev], a): 1 for dev, addrs in POD_DEVS.items()
+                          if addrs for a in set(addrs) | {POD_ADDR_MARKER}})
         yield World(dataplane, ns, ifindexes)
     finally:
-        for key in keys:
-            node_ifs.pop(key, None)
-        pod_addrs.clear()
+        if NODE_DEV in ifindexes:
+            write_device_map(dataplane.writer, NODE_IFS, {},
+                             only=lambda key: key == ifindexes[NODE_DEV])
+        write_device_map(dataplane.writer, POD_ADDRS, {})
         dataplane.progs.bpf[b"lb4_affinity"].clear()
         dataplane.clear_conntrack()  # first: frontends with no flows go at once, none drains
         reconcile(DesiredState(frontends={}, skipped=()), dataplane.writer,

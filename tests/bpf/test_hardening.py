@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Dict
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, fragment
@@ -39,10 +40,10 @@ from ebpflb.model import DesiredState
 from ebpflb.reconcile import reconcile
 
 from ..conftest import unique
-from .northsouth_env import (CLIENT, CLIENT_MAC, GW_MAC, LOCAL_BE, NETNS_SETUP, NODE_DEV,
+from .northsouth_env import (CLIENT, CLIENT_MAC, LB_IP, LOCAL_BE, NETNS_SETUP, NODE_DEV,
                               NODE_IP, NODE_MAC, NODE2_DEV, NODE2_IP, POD_CLIENT, POD_DEV,
-                              REMOTE_BE, Node, delta, rebuilt, rewritten, tcp, udp)
-from .northsouth_env import LB_IP
+                              REMOTE_BE, Node, delta, rebuilt, rewritten, set_node_devices, tcp,
+                              udp)
 
 pytestmark = pytest.mark.bpf
 
@@ -61,8 +62,7 @@ link set {POD2_DEV}p up
 def node(dataplane):
     ns = unique("ebpflb-ns-hard-")
     create_netns(ns)
-    node_ifs = dataplane.progs.bpf[b"lb4_node_ifs"]
-    keys = []
+    entered: Dict[int, str] = {}
     try:
         write_sysctls(ns, {"net.ipv4.ip_forward": "1"})
         subprocess.run(["ip", "-n", ns, "-batch", "-"], input=NETNS_SETUP + EXTRA_SETUP, text=True,
@@ -70,13 +70,11 @@ def node(dataplane):
         with in_netns(ns):
             ifindexes = {dev: socket.if_nametoindex(dev)
                          for dev in (NODE_DEV, NODE2_DEV, POD_DEV, POD2_DEV)}
-        for dev, addr in ((NODE_DEV, NODE_IP), (NODE2_DEV, NODE2_IP)):
-            keys.append(node_ifs.Key(ifindexes[dev]))
-            node_ifs[keys[-1]] = node_ifs.Leaf(addr=ip_to_be32(addr), flags=0)
+        entered = {ifindexes[NODE_DEV]: NODE_IP, ifindexes[NODE2_DEV]: NODE2_IP}
+        set_node_devices(dataplane, entered, entered)
         yield Node(dataplane, ns, ifindexes)
     finally:
-        for key in keys:
-            node_ifs.pop(key, None)
+        set_node_devices(dataplane, {}, entered)
         dataplane.progs.bpf[b"lb4_pod_addrs"].clear()
         dataplane.clear_conntrack()  # first: frontends with flows would drain
         reconcile(DesiredState(frontends={}, skipped=()), dataplane.writer,

@@ -57,14 +57,14 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ebpflb.dataplane.attach import EGRESS, INGRESS, Program, attach
-from ebpflb.dataplane.bcc_maps import ip_to_be32
 from ebpflb.lab.nsops import create_netns, in_netns, remove_netns, write_sysctls
 from ebpflb.model import DesiredState
 from ebpflb.reconcile import reconcile
 
 from ..conftest import unique
 from .northsouth_env import (CLIENT, CLIENT_MAC, CLUSTER_IP, LOCAL_BE, NODE_DEV, NODE_IP,
-                              NODE_MAC, POD_CLIENT, POD_DEV, POD_MAC, Node, delta)
+                              NODE_MAC, POD_CLIENT, POD_DEV, POD_MAC, Node, delta,
+                              set_node_devices)
 
 pytestmark = pytest.mark.bpf
 # Frames reach the programs over real devices too: only the drop check of conftest's
@@ -516,8 +516,7 @@ def site(dataplane):
     tag = unique("")
     names = {role: f"ebpflb-ns-rd{role}-{tag}" for role in ("node", "out", "be", "cli")}
     created: List[str] = []
-    node_ifs = dataplane.progs.bpf[b"lb4_node_ifs"]
-    key = None
+    entered = {}
     try:
         for ns in names.values():
             create_netns(ns)
@@ -556,14 +555,13 @@ def site(dataplane):
                         attach(ipr, s.ifindexes[CLIENT_POD_DEV], *pod)
                 finally:
                     ipr.close()
-        key = node_ifs.Key(s.ifindexes[NODE_DEV])
-        node_ifs[key] = node_ifs.Leaf(addr=ip_to_be32(NODE_IP), flags=0)
+        entered = {s.ifindexes[NODE_DEV]: NODE_IP}
+        set_node_devices(dataplane, entered, entered)
         s.node = Node(dataplane, names["node"], s.ifindexes)
         s.big_tcp_missing = _big_tcp_on(s)
         yield s
     finally:
-        if key is not None:
-            node_ifs.pop(key, None)
+        set_node_devices(dataplane, {}, entered)
         reconcile(DesiredState(frontends={}, skipped=()), dataplane.writer,
                   dataplane.config.map_limits)
         dataplane.clear_conntrack()
