@@ -1,8 +1,11 @@
 /* flow_hash.h: the flow hash that picks a backend. MurmurHash3 x86_32 over four 32-bit words
- * (saddr, daddr, sport << 16 | dport, proto), all in host order. The control plane computes the
+ * (saddr, daddr, sport << 16 | dport, proto), all in host order; an IPv6 address is folded to
+ * one word first. The control plane computes the
  * same value (ext/flowhash.pyx, ebpflb/_flowhash_py.py) and passes FLOW_HASH_SEED with -D. */
 #ifndef EBPFLB_FLOW_HASH_H
 #define EBPFLB_FLOW_HASH_H
+
+#include "parse.h"
 
 #ifndef FLOW_HASH_SEED
 #error "FLOW_HASH_SEED must be passed by the loader so the control plane can predict the hash"
@@ -39,6 +42,24 @@ static __always_inline __u32 flow_hash4(const struct pkt4 *p)
 
 	h = fh_mix(h, bpf_ntohl(p->saddr));
 	h = fh_mix(h, bpf_ntohl(p->daddr));
+	h = fh_mix(h, ((__u32)bpf_ntohs(p->sport) << 16) | bpf_ntohs(p->dport));
+	h = fh_mix(h, p->proto);
+	return fh_fmix(h ^ 16);
+}
+
+/* An IPv6 address folded to one word (the XOR of its four), so that the IPv6 hash is the IPv4
+ * one over folded addresses and the control plane predicts both with one function. */
+static __always_inline __u32 fh_fold6(const struct lb6_addr *a)
+{
+	return bpf_ntohl(a->w[0]) ^ bpf_ntohl(a->w[1]) ^ bpf_ntohl(a->w[2]) ^ bpf_ntohl(a->w[3]);
+}
+
+static __always_inline __u32 flow_hash6(const struct pkt6 *p)
+{
+	__u32 h = FLOW_HASH_SEED;
+
+	h = fh_mix(h, fh_fold6(&p->saddr));
+	h = fh_mix(h, fh_fold6(&p->daddr));
 	h = fh_mix(h, ((__u32)bpf_ntohs(p->sport) << 16) | bpf_ntohs(p->dport));
 	h = fh_mix(h, p->proto);
 	return fh_fmix(h ^ 16);

@@ -5,10 +5,23 @@
 
 #include "lb_maps.h"
 #include "counters.h"
-#include "conntrack.h"
+#include "lb_core.h"
 #include "icmp.h"
 #include "nat.h"
-#include "node_fwd.h"
+
+/* The conntrack key of the flow an ICMP error quotes, seen from the other side: the quoted
+ * packet went one way, the entry we want is keyed by the way back. */
+static __always_inline void ct4_key_of_quoted(const struct icmp4_err *e, __u8 dir,
+					      struct ct4_key *k)
+{
+	k->saddr = e->in_daddr;
+	k->daddr = e->in_saddr;
+	k->sport = e->in_dport;
+	k->dport = e->in_sport;
+	k->proto = e->in_proto;
+	k->dir = dir;
+	k->pad = 0;
+}
 
 /* Translates an ICMP error about one of our flows, whose entry `ct` was found from the quoted
  * packet; TC_ACT_SHOT when it cannot (the reason counted). `quoted` is the side of the quoted

@@ -23,7 +23,7 @@
 
 #include "lb_maps.h"
 #include "counters.h"
-#include "select.h"
+#include "lb_core.h"
 
 #ifndef ECONNREFUSED
 #define ECONNREFUSED 111

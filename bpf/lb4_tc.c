@@ -1,5 +1,5 @@
 /* lb4_tc.c: the entry points of the data plane, one adapter per hook around the decision core
- * (lb4_core.h). The loader inlines the headers (bcc rewrites map calls only in the file it
+ * (core.tmpl.h, lb_core.h). The loader inlines the headers (bcc rewrites map calls only in the file it
  * compiles), so each header holds one concern and includes what it uses.
  *
  * Pod-facing devices (the host side of each pod's veth), at TC:
@@ -28,13 +28,23 @@
 #include "lb_maps.h"
 #include "parse.h"
 #include "counters.h"
-#include "conntrack.h"
 #include "nat.h"
 #include "nat_xdp.h"
 #include "reject.h"
 #include "fragments.h"
 #include "icmp_nat.h"
-#include "lb4_core.h"
+#include "lb_core.h"
+
+/* IPv6 packets go to the programs of lb6_tc.c, by index (enum lb6_prog); the loader fills it. */
+BPF_PROG_ARRAY(lb6_progs, LB6_PROG_MAX);
+
+/* Hands an IPv6 packet to its program; returns only when that program is not loaded (the packet
+ * then passes untouched, counted). */
+static __always_inline int lb4_to_ipv6(struct __sk_buff *skb, __u32 prog, __u32 at)
+{
+	lb6_progs.call(skb, prog);
+	return lb_verdict(at, VERDICT_PASS, TC_ACT_OK);
+}
 
 /* Every run ends in exactly one verdict (lb_verdict, counters.h); a drop has its reason counted
  * where it was decided. */
@@ -151,6 +161,8 @@ int lb4_from_pod(struct __sk_buff *skb)
 	int hairpin;
 	int r;
 
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return lb4_to_ipv6(skb, LB6_PROG_FROM_POD, AT_FROM_POD);
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
 	if (r == PARSE_NOT_OURS)
@@ -196,6 +208,8 @@ int lb4_to_pod(struct __sk_buff *skb)
 	int half_open;
 	int r;
 
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return lb4_to_ipv6(skb, LB6_PROG_TO_POD, AT_TO_POD);
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
 	if (r == PARSE_NOT_OURS)
@@ -343,6 +357,8 @@ int lb4_node_in(struct __sk_buff *skb)
 
 	if (skb_of_a_vlan(skb))
 		return lb4_pass(AT_NODE_IN, PARSE_NOT_OURS);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return lb4_to_ipv6(skb, LB6_PROG_NODE_IN, AT_NODE_IN);
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
 	if (r == PARSE_NOT_OURS)
@@ -399,6 +415,8 @@ int lb4_node_out(struct __sk_buff *skb)
 
 	if (skb_of_a_vlan(skb))
 		return lb4_pass(AT_NODE_OUT, PARSE_NOT_OURS);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return lb4_to_ipv6(skb, LB6_PROG_NODE_OUT, AT_NODE_OUT);
 	lb4_pull_headers(skb);
 	r = lb4_parse(skb, &p);
 	if (r == PARSE_NOT_OURS)

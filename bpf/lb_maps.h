@@ -123,6 +123,26 @@ BPF_TABLE_PINNED("lru_hash", struct lb4_sock_key, struct lb4_sock_nat, lb4_sock_
 /* Session affinity of the sockets the cgroup hooks balance, per (frontend, network namespace). */
 BPF_TABLE_PINNED("lru_hash", struct lb4_sock_affinity_key, struct lb4_affinity, lb4_sock_affinity,
 		 LB4_AFFINITY_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb4_sock_affinity");
+/* The IPv6 twins of the frontend, backend, VIP, source-range, affinity, conntrack and device
+ * maps, of the same sizes (their values and ids are shared with IPv4: see struct lb6_svc_key). */
+BPF_TABLE_PINNED("hash", struct lb6_svc_key, struct lb4_svc, lb6_services, LB4_MAX_SERVICES,
+		 EBPFLB_PIN_DIR "/lb6_services", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", __u32, struct lb6_backend, lb6_backends, LB4_MAX_BACKENDS,
+		 EBPFLB_PIN_DIR "/lb6_backends", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct lb6_addr, __u32, lb6_vips, LB4_MAX_SERVICES,
+		 EBPFLB_PIN_DIR "/lb6_vips", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct ct6_key, struct ct6_entry, ct6, CT4_MAX_ENTRIES,
+		 EBPFLB_PIN_DIR "/ct6");
+BPF_TABLE_PINNED("lru_hash", struct ct6_key, struct ct6_entry, ct6_syn, CT4_SYN_MAX_ENTRIES,
+		 EBPFLB_PIN_DIR "/ct6_syn");
+BPF_TABLE_PINNED("lru_hash", struct lb6_affinity_key, struct lb4_affinity, lb6_affinity,
+		 LB4_AFFINITY_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb6_affinity");
+BPF_TABLE_PINNED("lpm_trie", struct lb6_src_range_key, __u32, lb6_src_ranges, LB4_MAX_SRC_RANGES,
+		 EBPFLB_PIN_DIR "/lb6_src_ranges", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", __u32, struct lb6_node_if, lb6_node_ifs, LB4_MAX_NODE_IFS,
+		 EBPFLB_PIN_DIR "/lb6_node_ifs");
+BPF_TABLE_PINNED("hash", struct lb6_pod_addr_key, __u32, lb6_pod_addrs, LB4_MAX_POD_ADDRS,
+		 EBPFLB_PIN_DIR "/lb6_pod_addrs", BPF_F_NO_PREALLOC);
 /* Socket load balancing settings, written by the agent before it attaches the cgroup hooks. */
 BPF_TABLE_PINNED("array", __u32, struct lb_sock_cfg, lb_sock_cfg, 1, EBPFLB_PIN_DIR "/lb_sock_cfg");
 /* One count per program run: where (enum lb_at) and what it did (enum lb_verdict). */

@@ -14,6 +14,21 @@ struct lb4_svc_key {
 	__u8 scope;	/* LB4_SCOPE_* */
 };
 
+/* An IPv6 address in network order, as four words: copied whole, compared word by word. */
+struct lb6_addr {
+	__be32 w[4];
+};
+
+/* The IPv6 twin of lb4_svc_key. Both families' frontends map to the same value (struct lb4_svc)
+ * and share the id spaces: a service id or backend id names one record whatever its family, so
+ * the slots, names and counters maps serve both. */
+struct lb6_svc_key {
+	struct lb6_addr vip;
+	__be16 port;
+	__u8 proto;
+	__u8 scope;	/* LB4_SCOPE_* */
+};
+
 /* Every frontend has a record for every client (scope ALL). A NodePort, LoadBalancer or
  * ExternalIP frontend with externalTrafficPolicy Local has a second one for traffic from outside
  * the cluster (scope EXTERNAL) holding only this node's backends, while pods keep reaching every
@@ -67,12 +82,24 @@ struct lb4_src_range_key {
 	__be32 addr;
 };
 
+struct lb6_src_range_key {
+	__u32 prefixlen;	/* 32 (svc_id) + the prefix bits of addr */
+	__u32 svc_id;
+	struct lb6_addr addr;
+};
+
 /* A node device (where traffic from outside the cluster arrives), by ifindex: the address a flow
  * to a backend on another node is SNATed to when it leaves through this device. A route to a
  * backend through a node device means the backend is remote. */
 struct lb4_node_if {
 	__be32 addr;
 	__u32 flags;	/* 0, reserved (kept so the pinned map's value size stays) */
+};
+
+/* A node device's IPv6 SNAT address (lb6_node_ifs). */
+struct lb6_node_if {
+	struct lb6_addr addr;
+	__u32 flags;	/* 0, reserved */
 };
 
 /* One selection slot of a frontend; the value is a backend id in lb4_backends. */
@@ -92,6 +119,15 @@ struct lb4_backend {
 	__u32 svc_id;	/* the frontend this record belongs to */
 };
 
+/* An IPv6 backend (lb6_backends); its id comes from the same space as IPv4 backends'. */
+struct lb6_backend {
+	struct lb6_addr addr;
+	__be16 port;
+	__u8 proto;
+	__u8 flags;	/* LB4_BE_F_* */
+	__u32 svc_id;
+};
+
 /* A draining backend (weight 0): no slot, and session affinity must not send it new flows. */
 #define LB4_BE_F_NO_NEW 0x1
 
@@ -99,6 +135,11 @@ struct lb4_backend {
 struct lb4_affinity_key {
 	__u32 svc_id;
 	__be32 client;
+};
+
+struct lb6_affinity_key {
+	__u32 svc_id;
+	struct lb6_addr client;
 };
 
 struct lb4_affinity {
@@ -162,6 +203,17 @@ struct ct4_key {
 	__u16 pad;
 };
 
+/* The IPv6 conntrack key and entry: the IPv4 ones with IPv6 addresses, read by the same code. */
+struct ct6_key {
+	struct lb6_addr saddr;
+	struct lb6_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+};
+
 /* ct4_entry.flags: TCP state as seen in the entry's own direction. */
 #define CT_F_ESTABLISHED 0x1	/* sent more than a bare SYN (an ACK) */
 #define CT_F_CLOSING 0x2	/* sent FIN or RST: short lifetime, a new SYN starts a new flow */
@@ -180,6 +232,13 @@ struct ct4_key {
 /* The source a pod sees when it reaches itself through a Service (169.254.42.1): a link-local
  * address no pod owns, so the pod's reply leaves it and comes back to the data path. */
 #define LB4_HAIRPIN_ADDR_HOST 0xa9fe2a01
+
+/* The IPv6 hairpin source: the IPv4 one inside the local-use translation prefix 64:ff9b:1::/48
+ * (RFC 8215), which no pod owns and which a pod routes by its default route, back to us. */
+#define LB6_HAIRPIN_ADDR_W0 0x0064ff9b
+#define LB6_HAIRPIN_ADDR_W1 0x00010000
+#define LB6_HAIRPIN_ADDR_W2 0x00000000
+#define LB6_HAIRPIN_ADDR_W3 LB4_HAIRPIN_ADDR_HOST
 
 /* Conntrack value: where a forward packet is DNATed to (the backend), or what a reply's source
  * is rewritten to (the frontend). Keeping the address here, not a backend id, is what lets an
@@ -200,6 +259,21 @@ struct ct4_entry {
 	__be16 nat2_port;
 	__u16 pad;
 	__u32 ifindex;		/* the device whose packet created the flow (forward entries) */
+	__u32 pad2;
+};
+
+struct ct6_entry {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	struct lb6_addr nat_addr;
+	__be16 nat_port;
+	__u16 flags;
+	__u32 svc_id;
+	__u32 backend_id;
+	struct lb6_addr nat2_addr;
+	__be16 nat2_port;
+	__u16 pad;
+	__u32 ifindex;
 	__u32 pad2;
 };
 
@@ -246,6 +320,11 @@ struct lb4_pod_addr_key {
 	__be32 addr;
 };
 
+struct lb6_pod_addr_key {
+	__u32 ifindex;
+	struct lb6_addr addr;
+};
+
 /* Display name of a frontend ("namespace/name:port"), written by the control plane so that
  * `ebpflb service list` can read names from what is programmed. Not read by the programs. */
 #define LB4_SVC_NAME_LEN 128
@@ -272,6 +351,15 @@ enum lb_at {
 	AT_NODE_OUT,		/* lb4_node_out: TC egress of a node device */
 	AT_SOCKET,		/* lb4_connect, lb4_sendmsg: the cgroup socket hooks */
 	AT_MAX,
+};
+
+/* The IPv6 programs (lb6_tc.c) by their index in lb6_progs, the tail calls of lb4_tc.c. */
+enum lb6_prog {
+	LB6_PROG_FROM_POD = 0,	/* lb6_from_pod */
+	LB6_PROG_TO_POD,	/* lb6_to_pod */
+	LB6_PROG_NODE_IN,	/* lb6_node_in */
+	LB6_PROG_NODE_OUT,	/* lb6_node_out */
+	LB6_PROG_MAX,
 };
 
 /* What a program did with a packet, or a socket hook with a connect() or a datagram: exactly one

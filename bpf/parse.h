@@ -1,4 +1,4 @@
-/* parse.h: bounds-checked header parsing for IPv4 TCP/UDP, in the cursor style.
+/* parse.h: bounds-checked header parsing for IPv4 and IPv6 TCP/UDP, in the cursor style.
  *
  * Contract of every parse_* function: on success it returns a value >= 0 (the next protocol, or
  * 0), points *hdr at the header and moves the cursor past it; on failure (the header does not fit
@@ -9,14 +9,17 @@
 
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 #include <uapi/linux/in.h>
 
+#include "lb_structs.h"
+
 #define PARSE_OK 0
 #define PARSE_NOT_OURS -1	/* well-formed, but nothing a load balancer touches */
 #define PARSE_MALFORMED -2	/* truncated or invalid header: never rewritten */
-#define PARSE_FRAGMENT -3	/* an IPv4 fragment after the first: no ports, only addresses and id */
+#define PARSE_FRAGMENT -3	/* a fragment after the first: no ports, only addresses and id */
 
 #ifndef IP_DF
 #define IP_DF 0x4000		/* Don't Fragment, host order */
@@ -50,6 +53,22 @@ struct pkt4 {
 	__u8 frag;	/* FRAG_* */
 	__u8 pad;
 	__be16 ip_id;	/* the datagram's identification, for fragments */
+};
+
+/* The IPv6 twin of struct pkt4 (the templates read both alike). l4_off is past the extension
+ * headers. */
+struct pkt6 {
+	__u32 l3_off;
+	__u32 l4_off;
+	struct lb6_addr saddr;
+	struct lb6_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 frag;	/* FRAG_* */
+	__u8 pad;
+	__be32 frag_id;	/* the Fragment header's identification, for fragments */
 };
 
 #define TCP_FL_FIN 0x01
@@ -134,6 +153,47 @@ static __always_inline int parse_udphdr(struct hdr_cursor *c, void *data_end, __
 	return 0;
 }
 
+#define NEXTHDR_HOP_BY_HOP 0
+#define NEXTHDR_ROUTING_HDR 43
+#define NEXTHDR_FRAGMENT_HDR 44
+#define NEXTHDR_AUTH_HDR 51
+#define NEXTHDR_DEST_OPTS 60
+/* Extension headers walked before the TCP or UDP header; a packet with more is passed untouched
+ * (counted as pass), as no Service traffic carries that many. */
+#define IPV6_EXT_MAX 6
+#define IP6_FRAG_OFFSET_MASK 0xfff8	/* fragment offset, in bytes (host order) */
+#define IP6_FRAG_MORE 0x0001
+
+struct ipv6_frag_header {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+/* The IPv6 header. payload_len is checked against the frame (l3_len bytes from the IPv6 header);
+ * 0 with a frame above 64 KiB is a BIG TCP (GSO) packet, whose length the frame gives. Returns
+ * the payload's length, or PARSE_MALFORMED. */
+static __always_inline int parse_ipv6hdr(struct hdr_cursor *c, void *data_end, __u32 l3_len,
+					 struct ipv6hdr **ip6h)
+{
+	struct ipv6hdr *h = c->pos;
+	__u32 payload;
+
+	if ((void *)(h + 1) > data_end)
+		return PARSE_MALFORMED;
+	if (h->version != 6)
+		return PARSE_MALFORMED;
+	payload = bpf_ntohs(h->payload_len);
+	if (payload == 0 && l3_len > 0xffff + sizeof(*h))
+		payload = l3_len - sizeof(*h);
+	if (payload + sizeof(*h) > l3_len)
+		return PARSE_MALFORMED;
+	c->pos = h + 1;
+	*ip6h = h;
+	return payload;
+}
+
 #define VLAN_ID_MASK 0x0fff
 
 /* A frame of a VLAN, its tag taken off into skb->vlan_tci (by the NIC or the stack): it belongs
@@ -147,13 +207,21 @@ static __always_inline int skb_of_a_vlan(const struct __sk_buff *skb)
 /* Everything up to the L4 ports must be in the linear area for direct access; pull it in when a
  * driver left it in fragments. The common case costs one comparison. */
 #define LB4_PULL_LEN (ETH_HLEN + 60 + sizeof(struct tcphdr))
+/* The IPv6 header, a few extension headers and the ports (a packet whose headers go further is
+ * parsed from what fits, and passed if they do not). */
+#define LB6_PULL_LEN (ETH_HLEN + 40 + 64 + sizeof(struct tcphdr))
 
-static __always_inline void lb4_pull_headers(struct __sk_buff *skb)
+static __always_inline void lb_pull_headers(struct __sk_buff *skb, __u32 want)
 {
 	__u32 linear = skb->data_end - skb->data;
 
-	if (linear < LB4_PULL_LEN && skb->len > linear)
-		bpf_skb_pull_data(skb, skb->len < LB4_PULL_LEN ? skb->len : LB4_PULL_LEN);
+	if (linear < want && skb->len > linear)
+		bpf_skb_pull_data(skb, skb->len < want ? skb->len : want);
+}
+
+static __always_inline void lb4_pull_headers(struct __sk_buff *skb)
+{
+	lb_pull_headers(skb, LB4_PULL_LEN);
 }
 
 /* Parses an Ethernet + IPv4 + TCP/UDP frame of `len` bytes, whose linear part is
@@ -209,6 +277,98 @@ static __always_inline int lb4_parse_frame(void *data, void *data_end, __u32 len
 		p->tcp_flags = 0;
 	}
 	return PARSE_OK;
+}
+
+/* Parses an Ethernet + IPv6 (+ extension headers) + TCP/UDP frame into *p, as lb4_parse_frame
+ * does for IPv4: PARSE_OK (p->frag says whether it is a first fragment), PARSE_FRAGMENT (a later
+ * fragment: addresses, protocol and identification), or another PARSE_* code. Each extension
+ * header is bounds-checked before it is read; at most IPV6_EXT_MAX are walked. */
+static __always_inline int lb6_parse_frame(void *data, void *data_end, __u32 len, struct pkt6 *p)
+{
+	struct hdr_cursor c = { .pos = data };
+	struct ethhdr *eth;
+	struct ipv6hdr *ip6h;
+	struct tcphdr *tcph;
+	struct udphdr *udph;
+	__u32 payload, ext;
+	__u16 frag_off;
+	int proto, r, i;
+
+	proto = parse_ethhdr(&c, data_end, &eth);
+	if (proto < 0)
+		return proto;
+	if (proto != bpf_htons(ETH_P_IPV6))
+		return PARSE_NOT_OURS;
+	r = parse_ipv6hdr(&c, data_end, len - ETH_HLEN, &ip6h);
+	if (r < 0)
+		return r;
+	payload = r;
+	p->l3_off = (void *)ip6h - data;
+	__builtin_memcpy(&p->saddr, &ip6h->saddr, sizeof(p->saddr));
+	__builtin_memcpy(&p->daddr, &ip6h->daddr, sizeof(p->daddr));
+	proto = ip6h->nexthdr;
+	p->frag = FRAG_NONE;
+#pragma unroll
+	for (i = 0; i < IPV6_EXT_MAX; i++) {
+		struct ipv6_opt_hdr *opt = c.pos;
+		struct ipv6_frag_header *fh = c.pos;
+
+		if (proto == NEXTHDR_HOP_BY_HOP || proto == NEXTHDR_ROUTING_HDR ||
+		    proto == NEXTHDR_DEST_OPTS || proto == NEXTHDR_AUTH_HDR) {
+			__u32 size;
+
+			if (c.pos + 8 > data_end)
+				return PARSE_MALFORMED;
+			size = proto == NEXTHDR_AUTH_HDR ? ((__u32)opt->hdrlen + 2) * 4 :
+							   ((__u32)opt->hdrlen + 1) * 8;
+			proto = opt->nexthdr;
+			c.pos += size;
+			continue;
+		}
+		if (proto != NEXTHDR_FRAGMENT_HDR)
+			break;
+		if ((void *)(fh + 1) > data_end)
+			return PARSE_MALFORMED;
+		proto = fh->nexthdr;
+		p->frag_id = fh->id;
+		frag_off = bpf_ntohs(fh->frag_off);
+		c.pos = fh + 1;
+		if (frag_off & IP6_FRAG_OFFSET_MASK) {
+			p->proto = proto;
+			p->frag = FRAG_LATER;
+			return (proto == IPPROTO_TCP || proto == IPPROTO_UDP) ? PARSE_FRAGMENT :
+										 PARSE_NOT_OURS;
+		}
+		if (frag_off & IP6_FRAG_MORE)
+			p->frag = FRAG_FIRST;
+	}
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return PARSE_NOT_OURS;	/* ICMPv6, another protocol, or too many extension headers */
+	ext = c.pos - (void *)(ip6h + 1);
+	if (ext > payload)
+		return PARSE_MALFORMED;	/* the extension headers claim more than the payload */
+	p->proto = proto;
+	p->l4_off = c.pos - data;
+	payload -= ext;
+	if (proto == IPPROTO_TCP) {
+		if (parse_tcphdr(&c, data_end, payload, &tcph) < 0)
+			return PARSE_MALFORMED;
+		p->sport = tcph->source;
+		p->dport = tcph->dest;
+		p->tcp_flags = ((__u8 *)tcph)[13];
+	} else {
+		if (parse_udphdr(&c, data_end, payload, p->frag == FRAG_FIRST, &udph) < 0)
+			return PARSE_MALFORMED;
+		p->sport = udph->source;
+		p->dport = udph->dest;
+		p->tcp_flags = 0;
+	}
+	return PARSE_OK;
+}
+
+static __always_inline int lb6_parse(struct __sk_buff *skb, struct pkt6 *p)
+{
+	return lb6_parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, p);
 }
 
 static __always_inline int lb4_parse(struct __sk_buff *skb, struct pkt4 *p)

@@ -30,6 +30,10 @@ CT_F_SNAT = 0x10
 CT_F_PORT_NAT = 0x20
 CT_F_RESET = 0x40
 LB4_HAIRPIN_ADDR_HOST = 0xa9fe2a01
+LB6_HAIRPIN_ADDR_W0 = 0x64ff9b
+LB6_HAIRPIN_ADDR_W1 = 0x10000
+LB6_HAIRPIN_ADDR_W2 = 0x0
+LB6_HAIRPIN_ADDR_W3 = 2852006401
 FRAG_AT_POD_IN = 1
 FRAG_AT_POD_OUT = 2
 FRAG_AT_NODE_IN = 3
@@ -39,6 +43,7 @@ FRAG_ACT_REDIRECT = 1
 FRAG_ACT_BOUNCE = 2
 LB4_SVC_NAME_LEN = 128
 FIB_AF_INET = 2
+FIB_AF_INET6 = 10
 LB4_SNAT_TRIES = 16
 SNAT_PORT_FREE = 0
 SNAT_PORT_BUSY = 1
@@ -83,6 +88,17 @@ AT_SOCKET = 5
 AT_MAX = 6
 ENUM_LB_AT = (
     'AT_FROM_POD', 'AT_TO_POD', 'AT_NODE_XDP', 'AT_NODE_IN', 'AT_NODE_OUT', 'AT_SOCKET', 'AT_MAX',
+)
+
+# ---- enum lb6_prog
+LB6_PROG_FROM_POD = 0
+LB6_PROG_TO_POD = 1
+LB6_PROG_NODE_IN = 2
+LB6_PROG_NODE_OUT = 3
+LB6_PROG_MAX = 4
+ENUM_LB6_PROG = (
+    'LB6_PROG_FROM_POD', 'LB6_PROG_TO_POD', 'LB6_PROG_NODE_IN', 'LB6_PROG_NODE_OUT',
+    'LB6_PROG_MAX',
 )
 
 # ---- enum lb_verdict
@@ -153,6 +169,16 @@ MAPS = {
                      'struct lb4_sock_nat', 'LB4_SOCK_MAX_ENTRIES'),
     'lb4_sock_affinity': ('lru_hash', 'struct lb4_sock_affinity_key',
                           'struct lb4_affinity', 'LB4_AFFINITY_MAX_ENTRIES'),
+    'lb6_services': ('hash', 'struct lb6_svc_key', 'struct lb4_svc', 'LB4_MAX_SERVICES'),
+    'lb6_backends': ('hash', '__u32', 'struct lb6_backend', 'LB4_MAX_BACKENDS'),
+    'lb6_vips': ('hash', 'struct lb6_addr', '__u32', 'LB4_MAX_SERVICES'),
+    'ct6': ('lru_hash', 'struct ct6_key', 'struct ct6_entry', 'CT4_MAX_ENTRIES'),
+    'ct6_syn': ('lru_hash', 'struct ct6_key', 'struct ct6_entry', 'CT4_SYN_MAX_ENTRIES'),
+    'lb6_affinity': ('lru_hash', 'struct lb6_affinity_key',
+                     'struct lb4_affinity', 'LB4_AFFINITY_MAX_ENTRIES'),
+    'lb6_src_ranges': ('lpm_trie', 'struct lb6_src_range_key', '__u32', 'LB4_MAX_SRC_RANGES'),
+    'lb6_node_ifs': ('hash', '__u32', 'struct lb6_node_if', 'LB4_MAX_NODE_IFS'),
+    'lb6_pod_addrs': ('hash', 'struct lb6_pod_addr_key', '__u32', 'LB4_MAX_POD_ADDRS'),
     'lb_sock_cfg': ('array', '__u32', 'struct lb_sock_cfg', '1'),
     'lb_verdicts': ('percpu_array', '__u32', '__u64', 'AT_MAX * VERDICT_MAX'),
     'lb_stats': ('percpu_array', '__u32', '__u64', 'STAT_MAX'),
@@ -161,7 +187,7 @@ MAPS = {
 }
 MAP_NAMES = tuple(MAPS)
 
-# ---- entry points of lb4_tc.c, lb4_sock.c: name -> context struct
+# ---- entry points of lb4_tc.c, lb6_tc.c, lb4_sock.c: name -> context struct
 PROGRAMS = {
     'lb4_from_pod': '__sk_buff',
     'lb4_to_pod': '__sk_buff',
@@ -169,6 +195,10 @@ PROGRAMS = {
     'lb4_xdp_generic': 'xdp_md',
     'lb4_node_in': '__sk_buff',
     'lb4_node_out': '__sk_buff',
+    'lb6_from_pod': '__sk_buff',
+    'lb6_to_pod': '__sk_buff',
+    'lb6_node_in': '__sk_buff',
+    'lb6_node_out': '__sk_buff',
     'lb4_connect': 'bpf_sock_addr',
     'lb4_sendmsg': 'bpf_sock_addr',
     'lb4_recvmsg': 'bpf_sock_addr',
@@ -180,10 +210,17 @@ PROG_LB4_NODE_XDP = 'lb4_node_xdp'
 PROG_LB4_XDP_GENERIC = 'lb4_xdp_generic'
 PROG_LB4_NODE_IN = 'lb4_node_in'
 PROG_LB4_NODE_OUT = 'lb4_node_out'
+PROG_LB6_FROM_POD = 'lb6_from_pod'
+PROG_LB6_TO_POD = 'lb6_to_pod'
+PROG_LB6_NODE_IN = 'lb6_node_in'
+PROG_LB6_NODE_OUT = 'lb6_node_out'
 PROG_LB4_CONNECT = 'lb4_connect'
 PROG_LB4_SENDMSG = 'lb4_sendmsg'
 PROG_LB4_RECVMSG = 'lb4_recvmsg'
 PROG_LB4_GETPEERNAME = 'lb4_getpeername'
+PROG_ARRAYS = (
+    'lb6_progs',
+)
 
 # ---- map key and value layouts as compiled: type -> (size, ((field, offset, size), ...))
 STRUCTS = {
@@ -215,6 +252,29 @@ STRUCTS = {
         ('proto', 12, 1),
         ('dir', 13, 1),
         ('pad', 14, 2),
+    )),
+    'struct ct6_entry': (72, (
+        ('created_ns', 0, 8),
+        ('last_seen_ns', 8, 8),
+        ('nat_addr', 16, 16),
+        ('nat_port', 32, 2),
+        ('flags', 34, 2),
+        ('svc_id', 36, 4),
+        ('backend_id', 40, 4),
+        ('nat2_addr', 44, 16),
+        ('nat2_port', 60, 2),
+        ('pad', 62, 2),
+        ('ifindex', 64, 4),
+        ('pad2', 68, 4),
+    )),
+    'struct ct6_key': (40, (
+        ('saddr', 0, 16),
+        ('daddr', 16, 16),
+        ('sport', 32, 2),
+        ('dport', 34, 2),
+        ('proto', 36, 1),
+        ('dir', 37, 1),
+        ('pad', 38, 2),
     )),
     'struct frag4_key': (12, (
         ('saddr', 0, 4),
@@ -300,6 +360,39 @@ STRUCTS = {
     )),
     'struct lb4_svc_meta': (128, (
         ('name', 0, 128),
+    )),
+    'struct lb6_addr': (16, (
+        ('w', 0, 16),
+    )),
+    'struct lb6_affinity_key': (20, (
+        ('svc_id', 0, 4),
+        ('client', 4, 16),
+    )),
+    'struct lb6_backend': (24, (
+        ('addr', 0, 16),
+        ('port', 16, 2),
+        ('proto', 18, 1),
+        ('flags', 19, 1),
+        ('svc_id', 20, 4),
+    )),
+    'struct lb6_node_if': (20, (
+        ('addr', 0, 16),
+        ('flags', 16, 4),
+    )),
+    'struct lb6_pod_addr_key': (20, (
+        ('ifindex', 0, 4),
+        ('addr', 4, 16),
+    )),
+    'struct lb6_src_range_key': (24, (
+        ('prefixlen', 0, 4),
+        ('svc_id', 4, 4),
+        ('addr', 8, 16),
+    )),
+    'struct lb6_svc_key': (20, (
+        ('vip', 0, 16),
+        ('port', 16, 2),
+        ('proto', 18, 1),
+        ('scope', 19, 1),
     )),
     'struct lb_flow_stats': (40, (
         ('packets_in', 0, 8),

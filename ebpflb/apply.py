@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Set
 
-from .maps import CONTROL_MAPS, MapId, Records, Snapshot
+from .maps import KERNEL_CONTROL_MAPS, MapId, Records, Snapshot
 from .plan import DELETE, RESET, UPSERT, Op, Plan, Step
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,9 @@ class ApplyResult:
 
 
 def read_snapshot(reader: MapReader) -> Snapshot:
+    """What the control-plane maps hold, IPv6 twins merged into their tables (ebpflb.maps)."""
     out = Records()
-    for name in CONTROL_MAPS:
+    for name in KERNEL_CONTROL_MAPS:
         out[name].update(reader.dump(name))
     return out
 

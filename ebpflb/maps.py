@@ -5,10 +5,11 @@ bpf/lb_structs.h defines the kernel layouts and ebpflb/dataplane/bcc_maps.py con
 two. The planner diffs records, so nothing here knows about bcc or the kernel.
 """
 from enum import Enum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from . import abi
+from .addresses import format_address
 
 
 class MapId(str, Enum):
@@ -27,6 +28,13 @@ class MapId(str, Enum):
     NODE_IFS = "lb4_node_ifs"  # node device ifindex -> NodeIfValue (its SNAT address)
     POD_ADDRS = "lb4_pod_addrs"  # PodAddrKey -> 1: the addresses a pod device may send from
     SOCK_CFG = "lb_sock_cfg"  # 0 -> SockCfgValue: the socket hooks' settings
+    # The IPv6 twins: the same records with IPv6 addresses (see IPV6_TWINS).
+    SERVICES6 = "lb6_services"
+    BACKENDS6 = "lb6_backends"
+    VIPS6 = "lb6_vips"
+    SRC_RANGES6 = "lb6_src_ranges"
+    NODE_IFS6 = "lb6_node_ifs"
+    POD_ADDRS6 = "lb6_pod_addrs"
 
     def __str__(self) -> str:
         return self.value
@@ -43,9 +51,53 @@ BACKEND_STATS = MapId.BACKEND_STATS
 NODE_IFS = MapId.NODE_IFS
 POD_ADDRS = MapId.POD_ADDRS
 SOCK_CFG = MapId.SOCK_CFG
+SERVICES6 = MapId.SERVICES6
+BACKENDS6 = MapId.BACKENDS6
+VIPS6 = MapId.VIPS6
+SRC_RANGES6 = MapId.SRC_RANGES6
+NODE_IFS6 = MapId.NODE_IFS6
+POD_ADDRS6 = MapId.POD_ADDRS6
 # The maps the control plane owns, in no particular order; conntrack and counters belong to the
 # programs and are only read (and zeroed when an id is given to a new frontend or backend).
 CONTROL_MAPS = (SERVICES, SLOTS, BACKENDS, SVC_META, VIPS, SRC_RANGES)
+
+# A record holds its address as text, IPv4 or IPv6, and the planner sees one table per kind of
+# record (the IPv4 map's id names it). The kernel keeps IPv6 records in a twin map of their own,
+# with the same ids (slots, names and counters serve both families): a step of a plan, and the
+# MapWriter, name the kernel map (`kernel_map`), and read_snapshot merges the twins back.
+IPV6_TWINS = {SERVICES: SERVICES6, BACKENDS: BACKENDS6, VIPS: VIPS6, SRC_RANGES: SRC_RANGES6,
+              POD_ADDRS: POD_ADDRS6}
+TABLE_OF = {twin: table for table, twin in IPV6_TWINS.items()}  # a kernel map -> its table
+KERNEL_CONTROL_MAPS = CONTROL_MAPS + tuple(IPV6_TWINS[m] for m in CONTROL_MAPS if m in IPV6_TWINS)
+
+
+def is_ipv6(address: str) -> bool:
+    """Whether a record's address (or CIDR) is IPv6: the text holds a colon."""
+    return ":" in address
+
+
+def record_address(table: MapId, key: Any, value: Any) -> Optional[str]:
+    """The address that says which family's map a record of `table` goes to (None: one map)."""
+    if table == SERVICES:
+        return key.vip
+    if table == VIPS:
+        return key
+    if table == SRC_RANGES:
+        return key.cidr
+    if table == BACKENDS:
+        return value.addr
+    if table == POD_ADDRS:
+        return key.addr
+    return None
+
+
+def kernel_map(table: MapId, key: Any, value: Any) -> MapId:
+    """The kernel map a record of `table` lives in: the IPv6 twin for an IPv6 address."""
+    twin = IPV6_TWINS.get(table)
+    if twin is None:
+        return table
+    address = record_address(table, key, value)
+    return twin if address is not None and is_ipv6(address) else table
 
 SVC_F_MAGLEV = abi.LB4_SVC_F_MAGLEV
 SVC_F_ETP_LOCAL = abi.LB4_SVC_F_ETP_LOCAL  # externalTrafficPolicy Local (no SNAT, local only)
@@ -77,6 +129,9 @@ CT_F_PORT_NAT = abi.CT_F_PORT_NAT  # the flow's source port was rewritten (nat2)
 CT_F_RESET = abi.CT_F_RESET  # this side sent a RST: the flow is over both ways
 CT_F_SRC_NAT = CT_F_SNAT | CT_F_PORT_NAT  # ct4_src_nat(): the source was rewritten
 HAIRPIN_ADDR = str(IPv4Address(abi.LB4_HAIRPIN_ADDR_HOST))
+HAIRPIN_ADDR6 = str(IPv6Address(b"".join(w.to_bytes(4, "big") for w in (
+    abi.LB6_HAIRPIN_ADDR_W0, abi.LB6_HAIRPIN_ADDR_W1, abi.LB6_HAIRPIN_ADDR_W2,
+    abi.LB6_HAIRPIN_ADDR_W3))))  # 64:ff9b:1::a9fe:2a01
 
 
 class SvcKey(NamedTuple):
@@ -86,7 +141,7 @@ class SvcKey(NamedTuple):
     scope: int = 0  # LB4_SCOPE_*: 0 every client; 1 traffic from outside (Local policy)
 
     def __str__(self) -> str:
-        return (f"{self.vip}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"
+        return (f"{format_address(self.vip, self.port)}/{PROTO_NAMES.get(self.proto, self.proto)}"
                 + ("@external" if self.scope else ""))
 
 
@@ -124,6 +179,8 @@ class SockCfgValue(NamedTuple):
 
 
 POD_ADDR_MARKER = "0.0.0.0"  # a pod device's entry saying its sources are checked
+POD_ADDR_MARKER6 = "::"  # the same in lb6_pod_addrs: the device's IPv6 sources are checked
+POD_ADDR_MARKERS = (POD_ADDR_MARKER, POD_ADDR_MARKER6)
 
 
 class PodAddrKey(NamedTuple):
@@ -162,7 +219,7 @@ class BackendValue(NamedTuple):
     flags: int = 0  # BE_F_NO_NEW for a draining (weight 0) backend
 
     def __str__(self) -> str:
-        return f"{self.addr}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"
+        return f"{format_address(self.addr, self.port)}/{PROTO_NAMES.get(self.proto, self.proto)}"
 
 
 NO_BACKEND = 0
@@ -193,10 +250,11 @@ class Records:
         self.src_ranges: Dict[SrcRangeKey, int] = src_ranges if src_ranges is not None else {}
 
     def __getitem__(self, map_id: str) -> Dict[Any, Any]:
-        return getattr(self, _FIELDS[MapId(map_id)])
+        map_id = MapId(map_id)
+        return getattr(self, _FIELDS[TABLE_OF.get(map_id, map_id)])
 
     def get(self, map_id: str, default: Any = None) -> Dict[Any, Any]:
-        return self[map_id] if map_id in _FIELDS else default
+        return self[map_id] if map_id in _FIELDS or map_id in TABLE_OF else default
 
     def __iter__(self) -> Iterator[MapId]:
         return iter(_FIELDS)
@@ -216,9 +274,24 @@ class Records:
                        dict(self.meta), dict(self.vips), dict(self.src_ranges))
 
     def sizes(self) -> Dict[MapId, int]:
-        """Kernel entries per map (a slot table counts its slots)."""
-        return {map_id: (sum(len(t) for t in table.values()) if map_id == SLOTS else len(table))
-                for map_id, table in self.items()}
+        """Kernel entries per kernel map (a slot table counts its slots; an IPv6 record counts
+        in its twin map)."""
+        out: Dict[MapId, int] = {}
+        for map_id, table in self.items():
+            if map_id == SLOTS:
+                out[map_id] = sum(len(t) for t in table.values())
+            elif map_id in IPV6_TWINS:
+                if map_id == BACKENDS:
+                    ipv6 = sum(1 for v in table.values() if ":" in v.addr)
+                elif map_id == SERVICES:
+                    ipv6 = sum(1 for k in table if ":" in k.vip)
+                else:
+                    ipv6 = sum(1 for k in table if ":" in record_address(map_id, k, None))
+                out[map_id] = len(table) - ipv6
+                out[IPV6_TWINS[map_id]] = ipv6
+            else:
+                out[map_id] = len(table)
+        return out
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Records):

@@ -126,7 +126,8 @@ class DataplaneCollector:
         yield events
         entries = GaugeMetricFamily("ebpflb_conntrack_entries", "Conntrack entries (two per "
                                     "flow), by table: ct4 (established, UDP), ct4_syn (half-open "
-                                    "TCP).", labels=["table"])
+                                    "TCP), ct6 and ct6_syn (the same for IPv6).",
+                                    labels=["table"])
         capacity = GaugeMetricFamily("ebpflb_conntrack_capacity", "Conntrack table sizes.",
                                      labels=["table"])
         for table, count in conntrack_entries(self.bpf).items():

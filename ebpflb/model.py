@@ -5,8 +5,9 @@ disk) build the frozen objects below; `service_model()` turns one Service and it
 into the frontends and backends the maps should hold for it, with the rules kube-proxy uses, so
 a change costs that Service only. Clashes between Services (one frontend or health check port
 asked for twice) are settled in ebpflb.desired; `desired_state()` is the whole cluster at once.
-Nothing here touches the kernel. IPv4 frontends only; everything not programmed is reported in
-`skipped`. It also says which healthCheckNodePort this node answers and with how many local
+Nothing here touches the kernel. Each IP family a Service has (its clusterIPs) gets its own
+frontends, with the backends of that family's EndpointSlices; everything not programmed is
+reported in `skipped`. It also says which healthCheckNodePort this node answers and with how many local
 endpoints (ebpflb.service_health).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 from . import abi
 from .fields import ip_version
 from .policy import LbPolicy, parse_policy
+from .addresses import format_address
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,8 @@ class Frontend:
         return self.service.partition("/")[0]
 
     def __str__(self) -> str:
-        return f"{self.vip}:{self.port}/{self.protocol}" + ("@external" if self.scope else "")
+        return (f"{format_address(self.vip, self.port)}/{self.protocol}"
+                + ("@external" if self.scope else ""))
 
 
 SCOPE_ALL = abi.LB4_SCOPE_ALL  # a frontend record for every client
@@ -159,7 +162,7 @@ class Backend:
         return (self.ip, self.port)
 
     def __str__(self) -> str:
-        return f"{self.ip}:{self.port}"
+        return format_address(self.ip, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,51 +255,65 @@ def service_model(svc: Service, slices: Sequence[EndpointSlice], ctx: ModelConte
         # The manifest source refuses these; another source must not program a guess either.
         skip(svc, "; ".join(f"annotation {key}: {msg}" for key, msg in problems))
         return ServiceModel(svc.ref, (), tuple(skipped), None, node_ports)
-    svc_slices = [s for s in slices if s.address_type == "IPv4"]
-    check = _health_check(svc, svc_slices, ctx.node_name)
-    local = svc.external_traffic_policy == "Local"
+    families = list(dict.fromkeys(ip_version(ip) for ip in vips))
+    _unserved_addresses(svc, families, skip)
+    # The health check counts the primary family's endpoints (a dual-stack pod is one endpoint).
+    check = _health_check(svc, [s for s in slices if s.address_type == ADDRESS_TYPES[families[0]]],
+                          ctx.node_name)
     frontends: List[Tuple[Frontend, Tuple[Backend, ...]]] = []
-    seen = set()
+    seen: set = set()
     for sp in svc.ports:
         if sp.protocol not in LB_PROTOCOLS:
             where = f"'{sp.name}'" if sp.name else str(sp.port)
             skip(svc, f"protocol {sp.protocol} on port {where} not supported")
             continue
-        # kube-proxy's chains: a cluster IP follows internalTrafficPolicy; the external
-        # addresses (node ports, load balancer and external IPs) reach every endpoint, except
-        # traffic from outside under externalTrafficPolicy Local, which stays on this node
-        # so the client's address can be kept. Pods reaching an external address are inside
-        # the cluster: they get every endpoint ("pod traffic for external destinations").
-        ported = _ported_endpoints(sp, svc_slices)
-        # Endpoint hints narrow the endpoints every client may reach (kube-proxy's cluster
-        # endpoints), never a Local policy's: those are this node's already.
-        mode = topology_mode([ep for _, ep, _ in ported], ctx.node_name, ctx.node_zone,
-                             svc.publish_not_ready)
-        hinted = _topology_filter(mode, ctx.node_name, ctx.node_zone)
-        everyone = _usable_backends(ported, svc, ctx.node_name, internal_policy=False,
-                                    topology=hinted)
-        itp_local = svc.internal_traffic_policy == "Local"
-        backends = _usable_backends(ported, svc, ctx.node_name) if itp_local else everyone
-        here = _usable_backends(ported, svc, ctx.node_name, local_only=True) if local else ()
-        affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0
-        for kind, vip, port in _frontend_addresses(svc, sp, vips, ctx.node_addresses,
-                                                   ctx.external_ip_allow, skip):
-            external = kind != "ClusterIP"
-            views = [(SCOPE_ALL, everyone if external else backends,
-                      mode if external or not itp_local else TOPOLOGY_NONE)]
-            if local and external:
-                views.append((SCOPE_EXTERNAL, here, TOPOLOGY_NONE))
-            for scope, chosen, topology in views:
-                fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind,
-                              svc.lb_source_ranges if kind == "LoadBalancer" else (),
-                              local and external, scope, len(everyone) > len(chosen), topology)
-                if fe.key in seen:  # two ports of one Service asking for one node port
-                    skip(svc, f"frontend {fe} already used by {svc.ref}")
-                    continue
-                seen.add(fe.key)
-                frontends.append((fe, chosen))
+        for family in families:
+            family_slices = [s for s in slices if s.address_type == ADDRESS_TYPES[family]]
+            _port_frontends(svc, sp, [v for v in vips if ip_version(v) == family], family_slices,
+                            family, policy, ctx, skip, seen, frontends)
     frontends.sort(key=lambda item: item[0])
     return ServiceModel(svc.ref, tuple(frontends), tuple(dict.fromkeys(skipped)), check, node_ports)
+
+
+def _port_frontends(svc: Service, sp: ServicePort, vips: List[str], svc_slices: List[EndpointSlice],
+                    family: int, policy: LbPolicy, ctx: ModelContext,
+                    skip: Callable[[Service, str], None], seen: set,
+                    frontends: List[Tuple[Frontend, Tuple[Backend, ...]]]) -> None:
+    """The frontends of one Service port in one IP family, added to `frontends`."""
+    local = svc.external_traffic_policy == "Local"
+    # kube-proxy's chains: a cluster IP follows internalTrafficPolicy; the external
+    # addresses (node ports, load balancer and external IPs) reach every endpoint, except
+    # traffic from outside under externalTrafficPolicy Local, which stays on this node
+    # so the client's address can be kept. Pods reaching an external address are inside
+    # the cluster: they get every endpoint ("pod traffic for external destinations").
+    ported = _ported_endpoints(sp, svc_slices)
+    # Endpoint hints narrow the endpoints every client may reach (kube-proxy's cluster
+    # endpoints), never a Local policy's: those are this node's already.
+    mode = topology_mode([ep for _, ep, _ in ported], ctx.node_name, ctx.node_zone,
+                         svc.publish_not_ready)
+    hinted = _topology_filter(mode, ctx.node_name, ctx.node_zone)
+    everyone = _usable_backends(ported, svc, ctx.node_name, internal_policy=False,
+                                topology=hinted)
+    itp_local = svc.internal_traffic_policy == "Local"
+    backends = _usable_backends(ported, svc, ctx.node_name) if itp_local else everyone
+    here = _usable_backends(ported, svc, ctx.node_name, local_only=True) if local else ()
+    affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0
+    for kind, vip, port in _frontend_addresses(svc, sp, vips, ctx.node_addresses,
+                                               ctx.external_ip_allow, skip, family):
+        external = kind != "ClusterIP"
+        views = [(SCOPE_ALL, everyone if external else backends,
+                  mode if external or not itp_local else TOPOLOGY_NONE)]
+        if local and external:
+            views.append((SCOPE_EXTERNAL, here, TOPOLOGY_NONE))
+        for scope, chosen, topology in views:
+            fe = Frontend(vip, port, sp.protocol, svc.ref, sp.name, policy, affinity, kind,
+                          svc.lb_source_ranges if kind == "LoadBalancer" else (),
+                          local and external, scope, len(everyone) > len(chosen), topology)
+            if fe.key in seen:  # two ports of one Service asking for one node port
+                skip(svc, f"frontend {fe} already used by {svc.ref}")
+                continue
+            seen.add(fe.key)
+            frontends.append((fe, chosen))
 
 
 def _health_check(svc: Service, slices: List[EndpointSlice],
@@ -320,41 +337,59 @@ def _health_check(svc: Service, slices: List[EndpointSlice],
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 
 
+ADDRESS_TYPES = {4: "IPv4", 6: "IPv6"}  # EndpointSlice addressType of each IP family
+
+
 def _frontend_addresses(svc: Service, sp: ServicePort, vips: List[str],
                         node_addresses: Sequence[str], external_ip_allow: Sequence[str],
-                        skip: Callable[[Service, str], None]):
-    """(kind, address, port) of every frontend a Service port has: its cluster IPs;
-    a node port on every node address (NodePort, LoadBalancer); the load balancer's ingress IPs;
-    and the external IPs inside the allow-list. An external IP anywhere else is refused: anyone
-    who may edit a Service could otherwise take over traffic to any address (CVE-2020-8554)."""
+                        skip: Callable[[Service, str], None], family: int):
+    """(kind, address, port) of every frontend a Service port has in one IP family: its cluster
+    IPs; a node port on every node address (NodePort, LoadBalancer); the load balancer's ingress
+    IPs; and the external IPs inside the allow-list. An external IP anywhere else is refused:
+    anyone who may edit a Service could otherwise take over traffic to any address
+    (CVE-2020-8554). Addresses of another family are that family's (or unserved_addresses')."""
     for vip in vips:
         yield "ClusterIP", vip, sp.port
     if svc.type in ("NodePort", "LoadBalancer") and sp.node_port:
         for addr in node_addresses:
-            yield "NodePort", addr, sp.node_port
+            if ip_version(addr) == family:
+                yield "NodePort", addr, sp.node_port
     if svc.type == "LoadBalancer":
         for ip in svc.lb_ingress_ips:
-            if _is_ipv4(ip):
+            if ip_version(ip) == family:
                 yield "LoadBalancer", ip, sp.port
-            else:
-                skip(svc, f"IPv6 load balancer IP {ip} not programmed: IPv4 only so far")
-        for ip in svc.lb_proxy_ips:
-            skip(svc, f"load balancer IP {ip} has ipMode Proxy: its traffic comes through the "
-                      "load balancer, which is left to handle it, as kube-proxy does")
     allowed = [ipaddress.ip_network(c) for c in external_ip_allow]
     for ip in svc.external_ips:
-        if not _is_ipv4(ip):
-            skip(svc, f"IPv6 externalIP {ip} not programmed: IPv4 only so far")
+        if ip_version(ip) != family:
             continue
-        if any(ipaddress.IPv4Address(ip) in net for net in allowed if net.version == 4):
+        if any(ipaddress.ip_address(ip) in net for net in allowed if net.version == family):
             yield "ExternalIP", ip, sp.port
         else:
             skip(svc, f"externalIP {ip} outside the --external-ip-allow list (CVE-2020-8554)")
 
 
+def _unserved_addresses(svc: Service, families: Sequence[int],
+                        skip: Callable[[Service, str], None]) -> None:
+    """Reports the addresses no frontend is made for: of a family the Service does not have (as
+    kube-proxy's per-family proxiers leave them), or load balancer IPs in Proxy mode."""
+    if svc.type == "LoadBalancer":
+        for ip in svc.lb_ingress_ips:
+            if ip_version(ip) not in families:
+                skip(svc, f"load balancer IP {ip} not programmed: the Service has no "
+                          f"{ADDRESS_TYPES.get(ip_version(ip) or 0, 'valid')} cluster IP")
+        for ip in svc.lb_proxy_ips:
+            skip(svc, f"load balancer IP {ip} has ipMode Proxy: its traffic comes through the "
+                      "load balancer, which is left to handle it, as kube-proxy does")
+    for ip in svc.external_ips:
+        if ip_version(ip) not in families:
+            skip(svc, f"externalIP {ip} not programmed: the Service has no "
+                      f"{ADDRESS_TYPES.get(ip_version(ip) or 0, 'valid')} cluster IP")
+
+
 def _service_vips(svc: Service, skip: Callable[[Service, str], None],
                   proxy_name: Optional[str] = None) -> List[str]:
-    """The IPv4 cluster IPs of a service; reports every other case through skip()."""
+    """The cluster IPs of a service (both families, in clusterIPs order: the primary family
+    first); reports every case it has none through skip()."""
     wanted_proxy = dict(svc.labels).get(PROXY_NAME_LABEL)
     if wanted_proxy is not None and wanted_proxy != proxy_name:
         # kube-proxy's rule: a Service naming a proxy belongs to that proxy alone.
@@ -373,21 +408,12 @@ def _service_vips(svc: Service, skip: Callable[[Service, str], None],
         skip(svc, "no cluster IP allocated")
         return []
     vips: List[str] = []
-    ipv6: List[str] = []
     for ip in svc.cluster_ips:
         version = ip_version(ip) if isinstance(ip, str) else None
         if version is None:
             skip(svc, f"invalid cluster IP {ip!r}")
-            continue
-        if version == 6:
-            ipv6.append(ip)
         elif ip not in vips:
             vips.append(ip)
-    for ip in ipv6:
-        # A dual-stack Service is served on its IPv4 family: say so, not that it is skipped.
-        skip(svc, f"IPv6 family not programmed (cluster IP {ip}): ebpflb serves IPv4 only so far; "
-                  "the IPv4 family is served" if vips else
-             f"IPv6 only (cluster IP {ip}): ebpflb serves IPv4 only so far")
     return vips
 
 
@@ -475,18 +501,19 @@ def _usable_backends(ported: List[Tuple[int, Endpoint, EndpointSlice]], svc: Ser
     for port, ep, s in ported:
         if id(ep) not in usable:
             continue
+        family = 6 if s.address_type == "IPv6" else 4
         for ip in ep.addresses:
-            if not _is_ipv4(ip):
-                log.warning("endpointslice %s/%s: ignoring address %r (not IPv4)", s.namespace, s.name, ip)
+            if ip_version(ip) != family:
+                log.warning("endpointslice %s/%s: ignoring address %r (not %s)", s.namespace,
+                            s.name, ip, s.address_type)
                 continue
             if (ip, port) not in found:
                 found[ip, port] = Backend(ip, port, ep.target)
-    return tuple(sorted(found.values(), key=lambda b: (socket.inet_aton(b.ip), b.port)))
+    return tuple(sorted(found.values(), key=_backend_order))
 
 
-def _is_ipv4(ip: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET, ip)
-    except (OSError, ValueError):
-        return False
-    return True
+def _backend_order(b: Backend) -> Tuple[bytes, int]:
+    if ":" in b.ip:
+        return socket.inet_pton(socket.AF_INET6, b.ip), b.port
+    return socket.inet_aton(b.ip), b.port
+

@@ -19,8 +19,8 @@ from ipaddress import ip_network
 from typing import (AbstractSet, Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
                     Sequence, Tuple)
 
-from .maps import (BACKEND_STATS, BACKENDS, NO_BACKEND, NODE_IFS, POD_ADDR_MARKER, POD_ADDRS,
-                   PROTO_NUMBERS,
+from .maps import (BACKEND_STATS, BACKENDS, IPV6_TWINS, NO_BACKEND, NODE_IFS, POD_ADDR_MARKERS,
+                   POD_ADDRS, PROTO_NUMBERS, TABLE_OF, is_ipv6, kernel_map,
                    SERVICES, SLOTS, SRC_RANGES, SVC_F_ETP_LOCAL, SVC_F_SRC_RANGES, SVC_META,
                    SVC_STATS, VIPS, MapId, Records, SlotKey, Snapshot, SrcRangeKey, SvcKey,
                    SvcValue)
@@ -80,6 +80,7 @@ class Op(NamedTuple):
 
 
 def _fmt_key(map_id: MapId, key: Any) -> str:
+    map_id = TABLE_OF.get(map_id, map_id)
     if isinstance(key, SlotKey):
         return f"svc {key.svc_id} slot {key.slot}"
     if isinstance(key, SrcRangeKey):
@@ -228,11 +229,46 @@ def _slot_deletes(want: Mapping[int, Tuple[int, ...]], have: Mapping[int, Tuple[
     return Step(DELETE, SLOTS, keys, olds)
 
 
+def by_family(step: Step) -> List[Step]:
+    """A step on a table whose IPv6 records live in a twin map (ebpflb.maps.IPV6_TWINS) as one
+    step per kernel map, IPv4 first; any other step as it is. A record goes where its address
+    says: its new value's for an upsert, its old one's for a delete."""
+    if step.map not in IPV6_TWINS or not step.keys:
+        return [step]
+    values = step.news if step.action == UPSERT else step.olds
+    twin = IPV6_TWINS[step.map]
+    parts: Dict[MapId, Tuple[List[Any], List[Any], List[Any]]] = {}
+    for key, old, new, value in zip(step.keys, step.olds, step.news, values):
+        part = parts.setdefault(kernel_map(step.map, key, value), ([], [], []))
+        part[0].append(key)
+        part[1].append(old)
+        part[2].append(new)
+    if twin not in parts:
+        return [step]  # IPv4 only: the common case keeps its step
+    return [Step(step.action, map_id, *parts[map_id]) for map_id in (step.map, twin)
+            if map_id in parts]
+
+
+def _family_moves(step: Step) -> Optional[Step]:
+    """The deletes an upsert implies when a record changes family under the same key (a backend
+    id given to an IPv6 backend after an IPv4 one): the old record leaves the other kernel map."""
+    if step.map != BACKENDS or step.action != UPSERT:
+        return None
+    keys, olds = [], []
+    for key, old, new in zip(step.keys, step.olds, step.news):
+        if old is not None and is_ipv6(old.addr) != is_ipv6(new.addr):
+            keys.append(key)
+            olds.append(old)
+    return Step(DELETE, BACKENDS, keys, olds) if keys else None
+
+
 def diff(desired: Records, current: Records) -> Plan:
     """Ordered writes turning `current` into `desired`; equal records are not written. Only the
-    changed keys are sorted (for a readable, deterministic plan)."""
+    changed keys are sorted (for a readable, deterministic plan). Steps name kernel maps: IPv6
+    records go to the twin maps (by_family)."""
     upserts: List[Step] = []
     deletes: List[Step] = []
+    moves: List[Step] = []
     for name in WRITE_ORDER:
         want, have = desired[name], current[name]
         if name == SLOTS:
@@ -241,13 +277,17 @@ def diff(desired: Records, current: Records) -> Plan:
         if not have:
             changed = list(want)
             _sort(changed, name)
-            upserts.append(Step(UPSERT, name, changed, None, [want[k] for k in changed]))
-            continue
-        get = have.get
-        changed = [key for key, value in want.items() if get(key) != value]
-        _sort(changed, name)
-        upserts.append(Step(UPSERT, name, changed, [get(k) for k in changed],
-                            [want[k] for k in changed]))
+            step = Step(UPSERT, name, changed, None, [want[k] for k in changed])
+        else:
+            get = have.get
+            changed = [key for key, value in want.items() if get(key) != value]
+            _sort(changed, name)
+            step = Step(UPSERT, name, changed, [get(k) for k in changed],
+                        [want[k] for k in changed])
+        upserts.extend(by_family(step))
+        move = _family_moves(step)
+        if move is not None:
+            moves.extend(by_family(move))
     for name in reversed(WRITE_ORDER):
         want, have = desired[name], current[name]
         if name == SLOTS:
@@ -255,18 +295,21 @@ def diff(desired: Records, current: Records) -> Plan:
             continue
         gone = [key for key in have if key not in want]
         _sort(gone, name)
-        deletes.append(Step(DELETE, name, gone, [have[k] for k in gone]))
+        deletes.extend(by_family(Step(DELETE, name, gone, [have[k] for k in gone])))
+        if name == BACKENDS:
+            deletes.extend(moves)
     return Plan(upserts + deletes)
 
 
 def diff_map(map_id: MapId, want: Mapping[Any, Any], have: Mapping[Any, Any]) -> Plan:
     """The writes turning one keyed map's records `have` into `want`: new and changed records
-    first, removals last (so nothing is missing while they run), keys sorted."""
+    first, removals last (so nothing is missing while they run), keys sorted; IPv6 records in
+    the twin map (by_family)."""
     changed = sorted((k for k, v in want.items() if have.get(k) != v), key=_sort_key(map_id))
     gone = sorted((k for k in have if k not in want), key=_sort_key(map_id))
-    return Plan([Step(UPSERT, map_id, changed, [have.get(k) for k in changed],
-                      [want[k] for k in changed]),
-                 Step(DELETE, map_id, gone, [have[k] for k in gone])])
+    return Plan(by_family(Step(UPSERT, map_id, changed, [have.get(k) for k in changed],
+                               [want[k] for k in changed]))
+                + by_family(Step(DELETE, map_id, gone, [have[k] for k in gone])))
 
 
 # Steps larger than this keep the records' own order: the order within a step does not matter
@@ -279,13 +322,20 @@ def _sort(keys: List[Any], map_id: MapId) -> None:
         keys.sort(key=_sort_key(map_id))
 
 
+def _address_order(address: str) -> Tuple[int, bytes]:
+    """IPv4 before IPv6, each in address order."""
+    if ":" in address:
+        return (6, socket.inet_pton(socket.AF_INET6, address))
+    return (4, socket.inet_aton(address))
+
+
 def _svc_key_order(key: SvcKey) -> Tuple:
-    return (socket.inet_aton(key.vip), key.port, key.proto, key.scope)
+    return (_address_order(key.vip), key.port, key.proto, key.scope)
 
 
 def _range_order(key: SrcRangeKey) -> Tuple:
     net = ip_network(key.cidr, strict=False)  # a dump may hold host bits
-    return (key.svc_id, int(net.network_address), net.prefixlen)
+    return (key.svc_id, net.version, int(net.network_address), net.prefixlen)
 
 
 def _sort_key(map_id: MapId):
@@ -294,11 +344,11 @@ def _sort_key(map_id: MapId):
     if map_id == POD_ADDRS:
         # A device's marker (0.0.0.0: its sources are checked) after its addresses: written
         # first, it would refuse the pod's own packets until they are in.
-        return lambda key: (key.ifindex, key.addr == POD_ADDR_MARKER, socket.inet_aton(key.addr))
+        return lambda key: (key.ifindex, key.addr in POD_ADDR_MARKERS, _address_order(key.addr))
     if map_id == SRC_RANGES:
         return _range_order
     if map_id == VIPS:
-        return socket.inet_aton
+        return _address_order
     return None  # ids: integers sort as they are
 
 
@@ -403,11 +453,11 @@ def conntrack_purge(plan: Plan, remaining: Optional[Mapping[SvcKey, Any]] = None
     for step in plan.steps:
         if step.action != DELETE:
             continue
-        if step.map == SERVICES:
+        if TABLE_OF.get(step.map, step.map) == SERVICES:
             deleted.update((old.svc_id, key) for key, old in zip(step.keys, step.olds))
     tcp = set()
     for step in plan.steps:
-        if step.action == DELETE and step.map == BACKENDS:
+        if step.action == DELETE and TABLE_OF.get(step.map, step.map) == BACKENDS:
             for old in step.olds:
                 if old.svc_id in deleted:
                     continue

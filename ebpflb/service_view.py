@@ -11,6 +11,7 @@ from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGE
                    Snapshot, frontend_kind)
 from .model import TOPOLOGY_NODE, TOPOLOGY_ZONE
 from .records import topology_of
+from .addresses import format_address
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def render_table(views: List[ServiceView], wide: bool = False) -> str:
     head = ("ID", "FRONTEND", "TYPE", "SERVICE") + (("ALGORITHM", "SLOTS", "SCOPE") if wide else ())
     rows = [head + ("BACKENDS",)]
     for v in views:
-        lines = [f"{b.id} => {b.address}:{b.port}" + ("" if b.slots else " (weight 0: draining)")
+        lines = [f"{b.id} => {format_address(b.address, b.port)}" + ("" if b.slots else " (weight 0: draining)")
                  + (f" ({b.slots} slots)" if v.algorithm == "maglev" and b.slots else "")
                  for b in v.backends] or [NO_ENDPOINT_NOTES[v.no_endpoint]]
         if v.draining:

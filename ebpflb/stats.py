@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .service_view import service_views
 from .maps import FLOW_FIELDS, Counters, Snapshot
 from .statsagg import rates as _rates
+from .addresses import format_address
 
 
 ZERO = Counters(0, 0, 0, 0, 0)
@@ -34,7 +35,7 @@ def build_stats(snapshot: Snapshot, svc_counters: Mapping[int, Counters],
                 backend_counters: Mapping[int, Counters]) -> List[ServiceStats]:
     out = []
     for view in service_views(snapshot):
-        backends = tuple(BackendStats(b.id, f"{b.address}:{b.port}", backend_counters.get(b.id, ZERO))
+        backends = tuple(BackendStats(b.id, format_address(b.address, b.port), backend_counters.get(b.id, ZERO))
                          for b in view.backends)
         out.append(ServiceStats(view.id, view.frontend, view.service,
                                 svc_counters.get(view.id, ZERO), backends))

@@ -17,6 +17,7 @@ from .explain_socket import SocketExplanation, explain_socket, packet_path_note
 from .maps import (BACKEND_STATS, BACKENDS, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_SRC_NAT, SERVICES,
                    SVC_META, SVC_STATS, SvcKey)
 from .stats import ServiceStats, build_stats, global_counters
+from .addresses import format_address
 
 
 # ---- stats
@@ -51,12 +52,13 @@ def flow_row(e: CtEntry, names: Mapping[int, str], now_ns: int) -> Dict[str, Any
     """One flow (its forward entry) as `ebpflb ct list` reports it, in its JSON shape: `names`
     the frontends' names (lb4_svc_meta), `now_ns` the time on the entries' clock
     (CLOCK_MONOTONIC, as bpf_ktime_get_ns())."""
-    return {"protocol": e.protocol, "state": ct_state(e), "client": f"{e.saddr}:{e.sport}",
-            "frontend": f"{e.daddr}:{e.dport}", "backend": f"{e.nat_addr}:{e.nat_port}",
+    return {"protocol": e.protocol, "state": ct_state(e), "client": format_address(e.saddr, e.sport),
+            "frontend": format_address(e.daddr, e.dport),
+            "backend": format_address(e.nat_addr, e.nat_port),
             "service": names.get(e.svc_id, f"(gone, svc {e.svc_id})"),
             # A backend on another node is reached from this node's address (SNAT); a second
             # flow from one client port to one backend, from a port of its own.
-            "snat": f"{e.nat2_addr}:{e.nat2_port}" if e.flags & CT_F_SRC_NAT else None,
+            "snat": format_address(e.nat2_addr, e.nat2_port) if e.flags & CT_F_SRC_NAT else None,
             "external": bool(e.flags & CT_F_EXTERNAL),
             "age_seconds": round((now_ns - e.created_ns) / 1e9, 3),
             "idle_seconds": round((now_ns - e.last_seen_ns) / 1e9, 3)}

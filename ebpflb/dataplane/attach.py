@@ -16,8 +16,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
-from ..maps import POD_ADDR_MARKER as MARKER
-from ..maps import POD_ADDRS, PodAddrKey
+from ..maps import POD_ADDR_MARKER, POD_ADDR_MARKER6, POD_ADDRS, POD_ADDRS6, PodAddrKey
 from .device_maps import write_device_map
 
 log = logging.getLogger(__name__)
@@ -143,18 +142,26 @@ def detach_all(ipr: IPRoute, owns: Optional[Owner] = None) -> List[str]:
 
 
 def pod_routes(ipr: IPRoute, ifindex: int) -> FrozenSet[str]:
-    """The pod addresses behind a pod device: the host routes (/32, main table) through it, as
-    CNIs that route to each pod's veth (Calico-style) install them."""
+    """The pod addresses behind a pod device: the host routes (/32 and /128, main table)
+    through it, as CNIs that route to each pod's veth (Calico-style) install them."""
     out = set()
-    for route in ipr.get_routes(family=socket.AF_INET, oif=ifindex, table=254):
-        dst = route.get_attr("RTA_DST")
-        if dst and route["dst_len"] == 32 and route.get_attr("RTA_OIF") == ifindex:
-            out.add(dst)
+    for family, host in ((socket.AF_INET, 32), (socket.AF_INET6, 128)):
+        for route in ipr.get_routes(family=family, oif=ifindex, table=254):
+            dst = route.get_attr("RTA_DST")
+            if dst and route["dst_len"] == host and route.get_attr("RTA_OIF") == ifindex:
+                out.add(dst)
     return frozenset(out)
 
 
+def pod_addr_records(ifindex: int, addrs: FrozenSet[str]) -> Dict[PodAddrKey, int]:
+    """A device's entries: its addresses, and the marker of each family it has addresses of (a
+    family without any stays unchecked, as a device with no host route does)."""
+    markers = {POD_ADDR_MARKER6 if ":" in a else POD_ADDR_MARKER for a in addrs}
+    return {PodAddrKey(ifindex, a): 1 for a in addrs | markers}
+
+
 class PodAddresses:
-    """lb4_pod_addrs in step with the host routes of each attached pod device: the addresses its
+    """lb4_pod_addrs and lb6_pod_addrs in step with the host routes of each attached pod device: the addresses its
     pod may send to a frontend from. A device with no host route gets no entry, so it is not
     checked (its CNI bridges pods rather than routing to them, and its addresses are unknown).
     Written through plan and apply (ebpflb.dataplane.device_maps): a device's new addresses and
@@ -168,8 +175,9 @@ class PodAddresses:
         # or re-addressed while no agent ran are corrected by the first rescan: prune, sync);
         # kept in step with every write, so a change is planned without reading the map again.
         self.held: Dict[int, Dict[PodAddrKey, int]] = {}
-        for key, value in writer.dump(POD_ADDRS).items():
-            self.held.setdefault(key.ifindex, {})[key] = value
+        for map_id in (POD_ADDRS, POD_ADDRS6):
+            for key, value in writer.dump(map_id).items():
+                self.held.setdefault(key.ifindex, {})[key] = value
 
     def prune(self, attached: Iterable[int]) -> None:
         """Forgets the devices not attached now."""
@@ -177,7 +185,7 @@ class PodAddresses:
             self.forget(ifindex)
 
     def _write(self, ifindex: int, addrs: FrozenSet[str]) -> None:
-        want = {PodAddrKey(ifindex, a): 1 for a in addrs | ({MARKER} if addrs else set())}
+        want = pod_addr_records(ifindex, addrs)
         write_device_map(self.writer, POD_ADDRS, want, have=self.held.get(ifindex, {}))
         if want:
             self.held[ifindex] = want
@@ -193,8 +201,7 @@ class PodAddresses:
         held = self.held.get(ifindex)
         # Nothing to do when the entries are what the routes say (a device without routes has
         # no entries, not even a marker).
-        if held is not None and want and held == {PodAddrKey(ifindex, a): 1
-                                                  for a in want | {MARKER}}:
+        if held is not None and want and held == pod_addr_records(ifindex, want):
             return
         if held is None and not want:
             return

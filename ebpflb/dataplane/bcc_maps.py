@@ -21,6 +21,8 @@ from .percpu import read_hash_raw
 CT4 = "ct4"
 CT4_SYN = "ct4_syn"
 CT_TABLES = (CT4, CT4_SYN)  # established (and UDP) flows; half-open TCP flows
+CT6_TABLES = ("ct6", "ct6_syn")  # the same for IPv6
+HALF_OPEN_TABLES = ("ct4_syn", "ct6_syn")
 STATS = "lb_stats"
 VERDICTS = "lb_verdicts"
 # The counters' names for people: the C names lowercased, conntrack spelled out.
@@ -49,6 +51,21 @@ def ip_to_be32(ip: str) -> int:
 
 def be32_to_ip(value: int) -> str:
     return socket.inet_ntoa(value.to_bytes(4, sys.byteorder))
+
+
+def _ip_of(field: Any) -> str:
+    """A conntrack address field as text: an IPv4 __be32, or an IPv6 struct lb6_addr."""
+    if isinstance(field, int):
+        return be32_to_ip(field)
+    return socket.inet_ntop(socket.AF_INET6, bytes(field))
+
+
+def _addr_field(table: Any, name: str, ip: str) -> Any:
+    """The value of a key's address field for `ip`, in the table's own type."""
+    if ":" not in ip:
+        return ip_to_be32(ip)
+    return type(getattr(table.Key(), name)).from_buffer_copy(
+        socket.inet_pton(socket.AF_INET6, ip))
 
 
 def port_to_be16(port: int) -> int:
@@ -207,29 +224,30 @@ class CtEntry:
 def _ct_entry(k: Any, v: Any, half_open: bool) -> CtEntry:
     return CtEntry(
         "forward" if k.dir == 0 else "reply",
-        be32_to_ip(k.saddr), be16_to_port(k.sport), be32_to_ip(k.daddr), be16_to_port(k.dport),
+        _ip_of(k.saddr), be16_to_port(k.sport), _ip_of(k.daddr), be16_to_port(k.dport),
         PROTO_NAMES.get(k.proto, str(k.proto)),
-        be32_to_ip(v.nat_addr), be16_to_port(v.nat_port), v.svc_id, v.backend_id,
-        v.created_ns, v.last_seen_ns, v.flags, half_open, be32_to_ip(v.nat2_addr),
+        _ip_of(v.nat_addr), be16_to_port(v.nat_port), v.svc_id, v.backend_id,
+        v.created_ns, v.last_seen_ns, v.flags, half_open, _ip_of(v.nat2_addr),
         be16_to_port(v.nat2_port), v.ifindex)
 
 
 def read_conntrack(bpf: Any) -> List[CtEntry]:
-    """Every entry of both conntrack tables."""
-    return [_ct_entry(k, v, name == CT4_SYN)
-            for name in CT_TABLES for k, v in bpf[name.encode()].items()]
+    """Every entry of the conntrack tables, IPv4 then IPv6."""
+    return [_ct_entry(k, v, name in HALF_OPEN_TABLES)
+            for name in CT_TABLES + CT6_TABLES for k, v in bpf[name.encode()].items()]
 
 
 def lookup_conntrack(bpf: Any, saddr: str, sport: int, daddr: str, dport: int, proto: int,
                      reply: bool = False) -> Optional[CtEntry]:
-    """The conntrack entry of one packet's 5-tuple, or None (looked up as the programs do: the
-    established table first, then the half-open one)."""
-    for name in CT_TABLES:
+    """The conntrack entry of one packet's 5-tuple (either family), or None (looked up as the
+    programs do: the established table first, then the half-open one)."""
+    for name in (CT6_TABLES if ":" in saddr else CT_TABLES):
         t = bpf[name.encode()]
-        key = t.Key(saddr=ip_to_be32(saddr), daddr=ip_to_be32(daddr), sport=port_to_be16(sport),
-                    dport=port_to_be16(dport), proto=proto, dir=1 if reply else 0, pad=0)
+        key = t.Key(saddr=_addr_field(t, "saddr", saddr), daddr=_addr_field(t, "daddr", daddr),
+                    sport=port_to_be16(sport), dport=port_to_be16(dport), proto=proto,
+                    dir=1 if reply else 0, pad=0)
         try:
-            return _ct_entry(key, t[key], name == CT4_SYN)
+            return _ct_entry(key, t[key], name in HALF_OPEN_TABLES)
         except KeyError:
             continue
     return None

@@ -16,8 +16,9 @@ import struct
 from itertools import chain
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ..maps import (BACKENDS, NODE_IFS, POD_ADDRS, SERVICES, SLOTS, SOCK_CFG, SRC_RANGES, SVC_META,
-                    VIPS, BackendValue, MapId, NodeIfValue, PodAddrKey, SlotKey, SockCfgValue,
+from ..maps import (BACKENDS, BACKENDS6, NODE_IFS, NODE_IFS6, POD_ADDRS, POD_ADDRS6, SERVICES,
+                    SERVICES6, SLOTS, SOCK_CFG, SRC_RANGES, SRC_RANGES6, SVC_META, VIPS, VIPS6,
+                    BackendValue, MapId, NodeIfValue, PodAddrKey, SlotKey, SockCfgValue,
                     SrcRangeKey, SvcKey, SvcValue)
 from .layouts import LayoutError
 
@@ -146,6 +147,40 @@ def _first(t: tuple) -> Any:
     return t[0]
 
 
+# The IPv6 twins (ebpflb.maps.IPV6_TWINS): the same records, 16-byte addresses.
+def _a6(ip: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6, ip)
+
+
+def _ip6(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def _svc6_key_to(k: SvcKey) -> tuple:
+    return (_a6(k.vip), _PORT_BYTES[k.port], k.proto, k.scope)
+
+
+def _svc6_key_from(t: tuple) -> SvcKey:
+    return SvcKey(_ip6(t[0]), _port_of(t[1]), t[2], t[3])
+
+
+def _backend6_to(v: BackendValue) -> tuple:
+    return (_a6(v.addr), _PORT_BYTES[v.port], v.proto, v.flags, v.svc_id)
+
+
+def _backend6_from(t: tuple) -> BackendValue:
+    return BackendValue(_ip6(t[0]), _port_of(t[1]), t[2], t[4], t[3])
+
+
+def _range6_to(k: SrcRangeKey) -> tuple:
+    addr, _, prefix = k.cidr.partition("/")
+    return (32 + int(prefix), k.svc_id, _a6(addr))
+
+
+def _range6_from(t: tuple) -> SrcRangeKey:
+    return SrcRangeKey(t[1], f"{_ip6(t[2])}/{t[0] - 32}")
+
+
 def codecs(bpf: Any) -> Dict[MapId, MapCodec]:
     """The codec of every map the control plane writes, of a bcc BPF object."""
     def table(map_id: MapId) -> Any:
@@ -181,4 +216,24 @@ def codecs(bpf: Any) -> Dict[MapId, MapCodec]:
         SRC_RANGES: MapCodec(table(SRC_RANGES),
                              [("prefixlen", "I"), ("svc_id", "I"), ("addr", "4s")],
                              [("value", "I")], _range_to, _range_from, None, _first),
+        SERVICES6: MapCodec(table(SERVICES6),
+                            [("vip", "16s"), ("port", "2s"), ("proto", "B"), ("scope", "B")],
+                            [("svc_id", "I"), ("count", "I"), ("flags", "I"),
+                             ("affinity_timeout", "I")],
+                            _svc6_key_to, _svc6_key_from, None, lambda t: SvcValue(*t)),
+        BACKENDS6: MapCodec(table(BACKENDS6), [("value", "I")],
+                            [("addr", "16s"), ("port", "2s"), ("proto", "B"), ("flags", "B"),
+                             ("svc_id", "I")],
+                            None, _first, _backend6_to, _backend6_from),
+        VIPS6: MapCodec(table(VIPS6), [("w", "16s")], [("value", "I")],
+                        lambda ip: (_a6(ip),), lambda t: _ip6(t[0]), None, _first),
+        NODE_IFS6: MapCodec(table(NODE_IFS6), [("value", "I")], [("addr", "16s"), ("flags", "I")],
+                            None, _first, lambda v: (_a6(v.addr), v.flags),
+                            lambda t: NodeIfValue(_ip6(t[0]), t[1])),
+        POD_ADDRS6: MapCodec(table(POD_ADDRS6), [("ifindex", "I"), ("addr", "16s")],
+                             [("value", "I")], lambda k: (k.ifindex, _a6(k.addr)),
+                             lambda t: PodAddrKey(t[0], _ip6(t[1])), None, _first),
+        SRC_RANGES6: MapCodec(table(SRC_RANGES6),
+                              [("prefixlen", "I"), ("svc_id", "I"), ("addr", "16s")],
+                              [("value", "I")], _range6_to, _range6_from, None, _first),
     }

@@ -120,6 +120,12 @@ class DataplaneConfig:
             "lb4_slots": self.max_slots,
             "lb4_vips": self.max_services,
             "lb4_src_ranges": self.max_src_ranges,
+            # The IPv6 twins; the ids are shared, so lb4_svc_meta (every frontend's name) and
+            # lb4_slots bound both families together.
+            "lb6_services": self.max_services,
+            "lb6_backends": self.max_backends,
+            "lb6_vips": self.max_services,
+            "lb6_src_ranges": self.max_src_ranges,
         }
 
 

@@ -19,24 +19,49 @@ from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ..maps import CT_F_ESTABLISHED, CT_F_HAIRPIN, CT_F_SRC_NAT
 from ..maps import HAIRPIN_ADDR as HAIRPIN_ADDR_TEXT
+from ..maps import HAIRPIN_ADDR6 as HAIRPIN_ADDR6_TEXT
 from .config import CtTimeouts
 from .layouts import offset_of, packed
 from .percpu import read_hash_raw
 
 log = logging.getLogger(__name__)
 
-# struct ct4_key and struct ct4_entry as compiled (addresses and ports stay as raw network-order
-# bytes: only compared, never printed here).
-KEY = packed("struct ct4_key", {"saddr": "4s", "daddr": "4s", "sport": "2s", "dport": "2s",
-                                "proto": "B", "dir": "B", "pad": "H"})
-VALUE = packed("struct ct4_entry", {
-    "created_ns": "Q", "last_seen_ns": "Q", "nat_addr": "4s", "nat_port": "2s", "flags": "H",
-    "svc_id": "I", "backend_id": "I", "nat2_addr": "4s", "nat2_port": "2s", "pad": "H",
-    "ifindex": "I", "pad2": "I"})
-# Only the service id of a value.
-_SVC_ID_AT = offset_of("struct ct4_entry", "svc_id")
-_SVC_ID_ONLY = struct.Struct(f"={_SVC_ID_AT}xI{VALUE.size - _SVC_ID_AT - 4}x")
-HAIRPIN_ADDR = socket.inet_aton(HAIRPIN_ADDR_TEXT)
+
+
+@dataclass(frozen=True)
+class CtLayout:
+    """One family's conntrack tables: names, key and value formats as compiled (addresses and
+    ports stay raw network-order bytes: only compared, never printed here), the hairpin
+    address, and how a text address becomes bytes."""
+    tables: Tuple[bytes, bytes]  # (half-open, main)
+    key: struct.Struct
+    value: struct.Struct
+    svc_id_only: struct.Struct
+    hairpin: bytes
+    family: int  # socket.AF_INET or AF_INET6
+
+    def address(self, text: str) -> bytes:
+        return socket.inet_pton(self.family, text)
+
+
+def _layout(n: int, width: int, hairpin: bytes, family: int) -> CtLayout:
+    a = f"{width}s"
+    key = packed(f"struct ct{n}_key", {"saddr": a, "daddr": a, "sport": "2s", "dport": "2s",
+                                         "proto": "B", "dir": "B", "pad": "H"})
+    value = packed(f"struct ct{n}_entry", {
+        "created_ns": "Q", "last_seen_ns": "Q", "nat_addr": a, "nat_port": "2s", "flags": "H",
+        "svc_id": "I", "backend_id": "I", "nat2_addr": a, "nat2_port": "2s", "pad": "H",
+        "ifindex": "I", "pad2": "I"})
+    at = offset_of(f"struct ct{n}_entry", "svc_id")
+    svc_id_only = struct.Struct(f"={at}xI{value.size - at - 4}x")
+    return CtLayout((f"ct{n}_syn".encode(), f"ct{n}".encode()), key, value, svc_id_only, hairpin,
+                    family)
+
+
+CT4 = _layout(4, 4, socket.inet_aton(HAIRPIN_ADDR_TEXT), socket.AF_INET)
+CT6 = _layout(6, 16, socket.inet_pton(socket.AF_INET6, HAIRPIN_ADDR6_TEXT), socket.AF_INET6)
+LAYOUTS = (CT4, CT6)
+KEY, VALUE = CT4.key, CT4.value  # the IPv4 formats, as the tests build entries
 TCP = 6
 NS = 1_000_000_000
 
@@ -52,25 +77,32 @@ def _lifetime_ns(proto: int, flags: int, t: CtTimeouts) -> int:
     return t.lifetime(flags, proto) * NS
 
 
-def expired_keys(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts) -> List[bytes]:
+def expired_keys(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts,
+                 layout: CtLayout = CT4) -> List[bytes]:
     """The raw keys to delete (pure: tested without a kernel)."""
-    return sweep(keys, values, now_ns, timeouts)[0]
+    return sweep(keys, values, now_ns, timeouts, layout)[0]
 
 
-def sweep(keys: bytes, values: bytes, now_ns: int,
-          timeouts: CtTimeouts) -> Tuple[List[bytes], Set[int]]:
-    """(the raw keys to delete, the service ids of the entries that stay) (pure)."""
+def _entries(keys: bytes, values: bytes, layout: CtLayout) -> Dict[bytes, Tuple]:
+    key, value = layout.key, layout.value
     entries: Dict[bytes, Tuple] = {}
-    for i in range(len(keys) // KEY.size):
-        raw = keys[i * KEY.size:(i + 1) * KEY.size]
-        entries[raw] = KEY.unpack(raw) + VALUE.unpack_from(values, i * VALUE.size)
+    for i in range(len(keys) // key.size):
+        raw = keys[i * key.size:(i + 1) * key.size]
+        entries[raw] = key.unpack(raw) + value.unpack_from(values, i * value.size)
+    return entries
+
+
+def sweep(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts,
+          layout: CtLayout = CT4) -> Tuple[List[bytes], Set[int]]:
+    """(the raw keys to delete, the service ids of the entries that stay) (pure)."""
+    entries = _entries(keys, values, layout)
     out = []
     live: Set[int] = set()
     for raw, (saddr, daddr, sport, dport, proto, direction, _pad, _created, last, nat_addr,
               nat_port, flags, svc_id, _be, nat2_addr, nat2_port, _pad2, _ifindex, _pad3) in entries.items():
         # SNAT: forward client -> frontend leaves as nat2 -> backend, reply backend -> nat2;
-        # hairpin: the pod reached itself, replies go to HAIRPIN_ADDR.
-        other = entries.get(_peer(raw, entries[raw]))
+        # hairpin: the pod reached itself, replies go to the hairpin address.
+        other = entries.get(_peer(raw, entries[raw], layout))
         if other is not None:
             idle = now_ns - max(last, other[8])
             over = idle > timeouts.flow_lifetime(flags, other[11], proto) * NS
@@ -87,36 +119,40 @@ def flow_service_ids(bpf: Any) -> Optional[Set[int]]:
     """The service ids the conntrack entries hold (both tables; the half-open one first, see
     ConntrackGc); None when `bpf` has no conntrack maps."""
     ids: Set[int] = set()
-    for name in (b"ct4_syn", b"ct4"):
-        try:
-            table = bpf[name]
-        except KeyError:
-            return None
-        _keys, values, count = read_hash_raw(table)
-        # iter_unpack: a million entries in a fraction of a second (a full sync reads them).
-        ids.update(v for (v,) in _SVC_ID_ONLY.iter_unpack(values[:count * VALUE.size]))
+    for layout in LAYOUTS:
+        for name in layout.tables:
+            try:
+                table = bpf[name]
+            except KeyError:
+                return None
+            _keys, values, count = read_hash_raw(table)
+            # iter_unpack: a million entries in a fraction of a second (a full sync reads them).
+            ids.update(v for (v,) in layout.svc_id_only.iter_unpack(
+                values[:count * layout.value.size]))
     return ids
 
 
 class ConntrackGc:
-    """Both tables (ct4 and ct4_syn): a flow's two entries always sit in the same one."""
+    """Every conntrack table (ct4 and ct4_syn, ct6 and ct6_syn): a flow's two entries always sit
+    in the same one."""
 
     def __init__(self, bpf: Any, timeouts: CtTimeouts):
         # The half-open table first: a flow promoted to ct4 while the two are read is then
         # seen in ct4, never in neither (its service id would look unused).
-        self.tables = [bpf[name] for name in (b"ct4_syn", b"ct4")]
+        self.tables = [(bpf[name], layout) for layout in LAYOUTS for name in layout.tables]
         self.timeouts = timeouts
-        for t in self.tables:
-            if (ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf)) != (KEY.size, VALUE.size):
+        for t, layout in self.tables:
+            if (ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf)) != (layout.key.size,
+                                                                 layout.value.size):
                 raise ValueError(f"conntrack layout changed: key {ctypes.sizeof(t.Key)} B, value "
                                  f"{ctypes.sizeof(t.Leaf)} B; update ebpflb/dataplane/ct_gc.py")
 
     def run(self, now_ns: int) -> GcResult:
         scanned = deleted = 0
         svc_ids: Set[int] = set()
-        for table in self.tables:
+        for table, layout in self.tables:
             keys, values, count = read_hash_raw(table)
-            dead, live = sweep(keys, values, now_ns, self.timeouts)
+            dead, live = sweep(keys, values, now_ns, self.timeouts, layout)
             svc_ids |= live
             scanned += count
             deleted += len(dead)
@@ -145,20 +181,17 @@ def _backend_of(direction: int, saddr: bytes, sport: bytes, nat_addr: bytes, nat
 
 
 def purge_keys(keys: bytes, values: bytes, svc_ids, udp_backends, tcp_backends=(),
-               half_open: bool = False) -> List[bytes]:
+               half_open: bool = False, layout: CtLayout = CT4) -> List[bytes]:
     """Raw keys of the entries ebpflb.plan.conntrack_purge names (pure). udp_backends and
-    tcp_backends hold (svc_id, "a.b.c.d", port); TCP ones count only in the half-open table
-    (half_open), and only for flows the backend never answered (its reply entry saw no ACK)."""
-    import socket
-
+    tcp_backends hold (svc_id, address, port) of either family (only the table's family's
+    count); TCP ones count only in the half-open table (half_open), and only for flows the
+    backend never answered (its reply entry saw no ACK)."""
     def wanted(backends):
-        return {(svc, socket.inet_aton(addr), port.to_bytes(2, "big")) for svc, addr, port in backends}
+        return {(svc, layout.address(addr), port.to_bytes(2, "big")) for svc, addr, port in backends
+                if (":" in addr) == (layout.family == socket.AF_INET6)}
 
     udp, tcp = wanted(udp_backends), wanted(tcp_backends) if half_open else set()
-    entries = {}
-    for i in range(len(keys) // KEY.size):
-        raw = keys[i * KEY.size:(i + 1) * KEY.size]
-        entries[raw] = KEY.unpack(raw) + VALUE.unpack_from(values, i * VALUE.size)
+    entries = _entries(keys, values, layout)
     out = []
     for raw, fields in entries.items():
         saddr, daddr, sport, dport, proto, direction, _pad = fields[:7]
@@ -172,38 +205,40 @@ def purge_keys(keys: bytes, values: bytes, svc_ids, udp_backends, tcp_backends=(
             if direction == 1:
                 answered = flags & CT_F_ESTABLISHED
             else:
-                peer = entries.get(_peer(raw, fields))
+                peer = entries.get(_peer(raw, fields, layout))
                 answered = peer is not None and peer[11] & CT_F_ESTABLISHED
             if not answered:
                 out.append(raw)
     return out
 
 
-def _peer(raw: bytes, fields: Tuple) -> bytes:
+def _peer(raw: bytes, fields: Tuple, layout: CtLayout = CT4) -> bytes:
     """The key of the other entry of the flow an entry belongs to."""
     saddr, daddr, sport, dport, proto, direction, _pad = fields[:7]
     nat_addr, nat_port, flags = fields[9], fields[10], fields[11]
     nat2_addr, nat2_port = fields[14], fields[15]
+    pack = layout.key.pack
     if flags & CT_F_SRC_NAT:
         if direction == 0:
-            return KEY.pack(nat_addr, nat2_addr, nat_port, nat2_port, proto, 1, 0)
-        return KEY.pack(nat2_addr, nat_addr, nat2_port, nat_port, proto, 0, 0)
+            return pack(nat_addr, nat2_addr, nat_port, nat2_port, proto, 1, 0)
+        return pack(nat2_addr, nat_addr, nat2_port, nat_port, proto, 0, 0)
     hairpin = flags & CT_F_HAIRPIN
     if direction == 0:
-        return KEY.pack(nat_addr, HAIRPIN_ADDR if hairpin else saddr, nat_port, sport, proto, 1, 0)
-    return KEY.pack(saddr if hairpin else daddr, nat_addr, dport, nat_port, proto, 0, 0)
+        return pack(nat_addr, layout.hairpin if hairpin else saddr, nat_port, sport, proto, 1, 0)
+    return pack(saddr if hairpin else daddr, nat_addr, dport, nat_port, proto, 0, 0)
 
 
 def purge(bpf: Any, svc_ids, udp_backends, tcp_backends=()) -> int:
     """Deletes the conntrack entries of removed frontends, of UDP flows to removed backends, and
     of half-open TCP flows that removed backends never answered."""
     deleted = 0
-    for name in (b"ct4", b"ct4_syn"):
-        table = bpf[name]
-        keys, values, _ = read_hash_raw(table)
-        dead = purge_keys(keys, values, svc_ids, udp_backends, tcp_backends,
-                          half_open=name == b"ct4_syn")
-        if dead:
-            _delete(table, b"".join(dead), len(dead))
-            deleted += len(dead)
+    for layout in LAYOUTS:
+        for name in layout.tables:
+            table = bpf[name]
+            keys, values, _ = read_hash_raw(table)
+            dead = purge_keys(keys, values, svc_ids, udp_backends, tcp_backends,
+                              half_open=name == layout.tables[0], layout=layout)
+            if dead:
+                _delete(table, b"".join(dead), len(dead))
+                deleted += len(dead)
     return deleted

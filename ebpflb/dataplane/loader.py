@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 
 MAP_NAMES = abi.MAP_NAMES
 CONTROL_MAP_NAMES = ("lb4_services", "lb4_slots", "lb4_backends", "lb4_svc_meta", "lb4_vips",
-                     "lb4_src_ranges", "lb4_node_ifs", "lb4_pod_addrs")
+                     "lb4_src_ranges", "lb4_node_ifs", "lb4_pod_addrs", "lb6_services",
+                     "lb6_backends", "lb6_vips", "lb6_src_ranges", "lb6_node_ifs", "lb6_pod_addrs")
 PROGRAM_FILE = "lb4_tc.c"
 SOCK_PROGRAM_FILE = "lb4_sock.c"  # compiled into the same object as PROGRAM_FILE
+IPV6_PROGRAM_FILE = "lb6_tc.c"  # too: the IPv6 programs PROGRAM_FILE's entry points tail-call
 MAPS_FILE = "lb_maps.c"
 PROG_FROM_POD = abi.PROG_LB4_FROM_POD
 PROG_TO_POD = abi.PROG_LB4_TO_POD
@@ -109,6 +111,7 @@ def _cflags(config: DataplaneConfig, src: Path) -> List[str]:
     ]
 
 
+TEMPLATE_SUFFIX = ".tmpl.h"
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
@@ -119,13 +122,17 @@ def inline_sources(src: Path, *filenames: str) -> str:
 
     bcc rewrites map method calls (`ct4.lookup(&k)`) only in the main file it compiles, so the
     headers that hold conntrack, selection or fragment code could not touch a map if they were
-    included the ordinary way. Inlining them keeps the code split by concern."""
+    included the ordinary way. Inlining them keeps the code split by concern.
+
+    A template (`*.tmpl.h`: code written once for both IP families, its types and names given by
+    the family header included before it) is inlined every time it is included."""
     seen: set = set()
 
     def expand(path: Path) -> List[str]:
         if path in seen:
             return []
-        seen.add(path)
+        if not path.name.endswith(TEMPLATE_SUFFIX):
+            seen.add(path)
         out = [f'#line 1 "{path}"']
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             m = _LOCAL_INCLUDE.match(line)
@@ -140,7 +147,9 @@ def inline_sources(src: Path, *filenames: str) -> str:
 
 
 def _files(filename: str) -> Tuple[str, ...]:
-    return (PROGRAM_FILE, SOCK_PROGRAM_FILE) if filename == PROGRAM_FILE else (filename,)
+    if filename == PROGRAM_FILE:
+        return (PROGRAM_FILE, IPV6_PROGRAM_FILE, SOCK_PROGRAM_FILE)
+    return (filename,)
 
 
 def _compile_once(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str]) -> Any:
@@ -187,7 +196,7 @@ def _recreate(config: DataplaneConfig, filename: str, extra_cflags: Sequence[str
             # A conntrack value that grew is carried over zero-extended (pins.copy_hash_entries).
             same_layout = not any(m.name == name and ("key size" in m.what or "type" in m.what)
                                   for m in mismatches)
-            if name in ("ct4", "ct4_syn") and same_layout:
+            if name in ("ct4", "ct4_syn", "ct6", "ct6_syn") and same_layout:
                 table = bpf[name.encode()]
                 try:
                     copied = pins.copy_hash_entries(fd, table, map_info(table.map_fd).max_entries)
@@ -223,6 +232,7 @@ class LoadedPrograms:
     node_out: Any = None  # node devices: TC egress (both modes)
     node_xdp_generic: Any = None  # node_xdp for generic XDP (local flows left to TC)
     sock: Dict[str, Any] = field(default_factory=dict)  # cgroup socket hooks: name -> function
+    ipv6: Dict[str, Any] = field(default_factory=dict)  # lb6_tc.c, tail-called: name -> function
 
     def xdp_fns(self) -> Dict[str, Any]:
         """The XDP program for each XDP mode."""
@@ -245,6 +255,7 @@ def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = (),
         node_out = bpf.load_func(PROG_NODE_OUT.encode(), BPF.SCHED_CLS)
         node_xdp = bpf.load_func(PROG_NODE_XDP.encode(), BPF.XDP)
         node_xdp_generic = bpf.load_func(PROG_NODE_XDP_GENERIC.encode(), BPF.XDP)
+        ipv6 = _load_ipv6_programs(bpf)
     except Exception as exc:  # bcc raises bare Exception with the verifier log
         raise DataplaneError(f"loading {PROGRAM_FILE} failed: {exc}") from exc
     sock = {}
@@ -262,7 +273,34 @@ def load_programs(config: DataplaneConfig, extra_cflags: Sequence[str] = (),
              PROG_TO_POD, PROG_NODE_XDP, PROG_NODE_XDP_GENERIC, PROG_NODE_IN, PROG_NODE_OUT,
              ", ".join(sock), config.pin_dir)
     return LoadedPrograms(bpf, from_pod, to_pod, node_xdp, node_in, node_out, node_xdp_generic,
-                          sock)
+                          sock, ipv6)
+
+
+# The IPv6 programs, by their index in lb6_progs (enum lb6_prog): the TC entry points tail-call
+# them for every IPv6 packet.
+PROG_LB6_FROM_POD = abi.PROG_LB6_FROM_POD
+PROG_LB6_TO_POD = abi.PROG_LB6_TO_POD
+PROG_LB6_NODE_IN = abi.PROG_LB6_NODE_IN
+PROG_LB6_NODE_OUT = abi.PROG_LB6_NODE_OUT
+IPV6_PROG_ARRAY = abi.PROG_ARRAYS[0]
+IPV6_PROGRAMS = {abi.LB6_PROG_FROM_POD: PROG_LB6_FROM_POD, abi.LB6_PROG_TO_POD: PROG_LB6_TO_POD,
+                 abi.LB6_PROG_NODE_IN: PROG_LB6_NODE_IN, abi.LB6_PROG_NODE_OUT: PROG_LB6_NODE_OUT}
+
+
+def _load_ipv6_programs(bpf: Any) -> Dict[str, Any]:
+    """Loads the IPv6 programs and puts them in lb6_progs, where the TC entry points find them.
+    The array belongs to this load: a reload fills its own."""
+    import ctypes
+
+    from bcc import BPF
+
+    table = bpf[IPV6_PROG_ARRAY.encode()]
+    out = {}
+    for index, name in IPV6_PROGRAMS.items():
+        fn = bpf.load_func(name.encode(), BPF.SCHED_CLS)
+        table[ctypes.c_int(index)] = ctypes.c_int(fn.fd)
+        out[name] = fn
+    return out
 
 
 def open_maps(config: DataplaneConfig, create: bool = False) -> Any:

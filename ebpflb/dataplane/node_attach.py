@@ -13,6 +13,7 @@ A node device is where traffic from outside the cluster arrives (eth0, a bond). 
   device means the backend is on another node, and flows to it are SNATed to that address.
 XDP programs are recognised as ours by their name, so cleanup removes ours and nothing else.
 """
+import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pyroute2 import IPRoute
 
-from ..maps import NODE_IFS, NodeIfValue
+from ..maps import NODE_IFS, NODE_IFS6, NodeIfValue
 from .attach import Program, attach, links, matches
 from .device_maps import write_device_map
 from .libbpf import prog_name
@@ -43,6 +44,16 @@ def device_ipv4(ipr: IPRoute, ifindex: int) -> Optional[str]:
     for msg in ipr.get_addr(family=socket.AF_INET, index=ifindex):
         addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if addr:
+            return addr
+    return None
+
+
+def device_ipv6(ipr: IPRoute, ifindex: int) -> Optional[str]:
+    """The first global IPv6 address of a device, or None (link-local addresses are not
+    routable towards other nodes: nothing to SNAT to)."""
+    for msg in ipr.get_addr(family=socket.AF_INET6, index=ifindex):
+        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if addr and msg["scope"] == 0 and not ipaddress.IPv6Address(addr).is_link_local:
             return addr
     return None
 
@@ -104,6 +115,7 @@ class NodeDevice:
     ifname: str
     address: Optional[str]
     xdp: Optional[str] = None  # the XDP mode it runs in, None in TC mode
+    address6: Optional[str] = None  # its IPv6 SNAT address (lb6_node_ifs)
 
 
 @dataclass
@@ -131,11 +143,15 @@ class NodeAttacher:
         if not ifname or not matches(ifname, self.patterns):
             return
         address = device_ipv4(self.ipr, ifindex)
+        address6 = device_ipv6(self.ipr, ifindex)
         known = self.attached.get(ifindex)
         if known and known.ifname == ifname:
             if known.address != address:
                 self._set_node_if(ifindex, ifname, address)
                 known.address = address
+            if known.address6 != address6:
+                self._set_node_if6(ifindex, address6)
+                known.address6 = address6
             return
         try:
             attach(self.ipr, ifindex, self.node_in, self.node_out)
@@ -146,7 +162,8 @@ class NodeAttacher:
             log.warning("node device %s (ifindex %d): attach failed: %s", ifname, ifindex, exc)
             return
         self._set_node_if(ifindex, ifname, address)
-        self.attached[ifindex] = NodeDevice(ifname, address, xdp)
+        self._set_node_if6(ifindex, address6)
+        self.attached[ifindex] = NodeDevice(ifname, address, xdp, address6)
         log.info("node device %s (ifindex %d, %s): programs attached at %s", ifname, ifindex,
                  address or "no IPv4 address", f"XDP ({xdp}) and TC" if xdp else "TC")
 
@@ -175,10 +192,16 @@ class NodeAttacher:
         want = {ifindex: NodeIfValue(address)} if address else {}
         write_device_map(self.writer, NODE_IFS, want, only=lambda key: key == ifindex)
 
+    def _set_node_if6(self, ifindex: int, address6: Optional[str]) -> None:
+        # Most nodes have no global IPv6 address: nothing to warn about.
+        want = {ifindex: NodeIfValue(address6)} if address6 else {}
+        write_device_map(self.writer, NODE_IFS6, want, only=lambda key: key == ifindex)
+
     def forget(self, ifindex: int) -> None:
         dev = self.attached.pop(ifindex, None)
         if dev:
             write_device_map(self.writer, NODE_IFS, {}, only=lambda key: key == ifindex)
+            write_device_map(self.writer, NODE_IFS6, {}, only=lambda key: key == ifindex)
             log.info("node device %s (ifindex %d): gone", dev.ifname, ifindex)
 
     def rescan(self) -> None:
@@ -190,13 +213,14 @@ class NodeAttacher:
             self.consider(ifindex, ifname)
         # Entries of devices that vanished while no agent ran.
         write_device_map(self.writer, NODE_IFS, {}, only=lambda key: key not in self.attached)
+        write_device_map(self.writer, NODE_IFS6, {}, only=lambda key: key not in self.attached)
 
     def addresses(self) -> List[str]:
-        """The addresses of the devices attached to."""
-        return sorted({d.address for d in self.attached.values() if d.address})
+        """The addresses of the devices attached to (IPv4 and global IPv6)."""
+        return sorted({a for d in self.attached.values() for a in (d.address, d.address6) if a})
 
     def present_addresses(self) -> List[str]:
         """The addresses of the matching devices present now, attached or not (the agent
         programs NodePorts on them before it attaches)."""
         return sorted({a for i, n in links(self.ipr).items() if matches(n, self.patterns)
-                       for a in [device_ipv4(self.ipr, i)] if a})
+                       for a in (device_ipv4(self.ipr, i), device_ipv6(self.ipr, i)) if a})

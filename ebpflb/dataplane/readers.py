@@ -3,7 +3,7 @@ conntrack entries (all, or some frontends' flows), how full the tables are, and 
 Joined with the views people read in ebpflb/views.py, above this layer."""
 from typing import Any, Dict, Iterable, List, Optional
 
-from .bcc_maps import CT_TABLES, CtEntry, read_conntrack
+from .bcc_maps import CT6_TABLES, CT_TABLES, CtEntry, read_conntrack
 from .percpu import count_entries
 
 
@@ -16,7 +16,7 @@ def flows(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> List[CtEntry]:
 
 def conntrack_entries(bpf: Any) -> Dict[str, int]:
     """How many entries each conntrack table holds now (both directions of every flow)."""
-    return {name: count_entries(bpf[name.encode()]) for name in CT_TABLES}
+    return {name: count_entries(bpf[name.encode()]) for name in CT_TABLES + CT6_TABLES}
 
 
 def flush_conntrack(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> int:
@@ -24,7 +24,7 @@ def flush_conntrack(bpf: Any, svc_ids: Optional[Iterable[int]] = None) -> int:
     how many entries went. Established flows are re-hashed on their next packet."""
     wanted = set(svc_ids) if svc_ids is not None else None
     deleted = 0
-    for name in CT_TABLES:
+    for name in CT_TABLES + CT6_TABLES:
         t = bpf[name.encode()]
         keys = [k for k, v in t.items() if wanted is None or v.svc_id in wanted]
         if keys:

@@ -2,7 +2,7 @@
 The bpf tier applies the same plans to real maps through ebpflb.dataplane.bcc_maps."""
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from ebpflb.maps import CONTROL_MAPS, SLOTS, slot_tables
+from ebpflb.maps import KERNEL_CONTROL_MAPS, SLOTS, slot_tables
 
 
 class DictWriter:
@@ -11,7 +11,7 @@ class DictWriter:
     `calls` counts writer calls (a batch is one); `log` lists every record written, in order."""
 
     def __init__(self, fail_at: int = -1) -> None:
-        self.maps: Dict[str, Dict[Any, Any]] = {name: {} for name in CONTROL_MAPS}
+        self.maps: Dict[str, Dict[Any, Any]] = {name: {} for name in KERNEL_CONTROL_MAPS}
         self.counters: Dict[str, Dict[int, int]] = {}
         self.writes = 0
         self.calls = 0

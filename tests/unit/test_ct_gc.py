@@ -107,7 +107,29 @@ def test_a_flow_with_a_new_source_port_is_aged_by_both_entries():
 
 
 def test_the_service_id_reader_follows_the_value_layout():
-    from ebpflb.dataplane.ct_gc import _SVC_ID_ONLY
+    from ebpflb.dataplane.ct_gc import CT4, CT6
 
     raw = VALUE.pack(1, 2, BACKEND, BPORT, 0x1f, 4242, 7, NODE, SNAT_PORT, 0, 9, 0)
-    assert _SVC_ID_ONLY.size == VALUE.size and _SVC_ID_ONLY.unpack(raw) == (4242,)
+    assert CT4.svc_id_only.size == VALUE.size and CT4.svc_id_only.unpack(raw) == (4242,)
+    addr6 = socket.inet_pton(socket.AF_INET6, "fd00:10:244::5")
+    raw6 = CT6.value.pack(1, 2, addr6, BPORT, 0x1f, 4343, 7, addr6, SNAT_PORT, 0, 9, 0)
+    assert CT6.svc_id_only.size == CT6.value.size and CT6.svc_id_only.unpack(raw6) == (4343,)
+
+
+def test_ipv6_flows_age_by_both_entries_as_ipv4_ones():
+    """The same pair rule over ct6 entries: a flow whose forward side is fresh keeps its quiet
+    reply entry; alone, each entry ages by its own state."""
+    from ebpflb.dataplane.ct_gc import CT6
+
+    a6 = lambda ip: socket.inet_pton(socket.AF_INET6, ip)  # noqa: E731
+    client, vip, backend = a6("fd00:10:244:1::7"), a6("fd00:96::10"), a6("fd00:10:244:2::9")
+    cport, vport, bport = (40000).to_bytes(2, "big"), (80).to_bytes(2, "big"), (8080).to_bytes(2, "big")
+    fwd = CT6.key.pack(client, vip, cport, vport, 17, 0, 0)
+    rev = CT6.key.pack(backend, client, bport, cport, 17, 1, 0)
+    zero = bytes(16)
+    fwd_v = CT6.value.pack(0, 50 * S, backend, bport, 0, 3, 4, zero, b"\0\0", 0, 1, 0)
+    rev_v = CT6.value.pack(0, 1 * S, vip, vport, 0, 3, 4, zero, b"\0\0", 0, 0, 0)
+    keys, values = fwd + rev, fwd_v + rev_v
+    assert expired_keys(keys, values, 79 * S, T, CT6) == []  # udp 30 s since the fresher side
+    assert len(expired_keys(keys, values, 81 * S, T, CT6)) == 2
+    assert len(expired_keys(rev, rev_v, 32 * S, T, CT6)) == 1  # alone: its own age

@@ -102,15 +102,31 @@ CASES = [
     pytest.param(
         [svc(ips=("10.96.0.10", "fd00::10"))],
         [slc("web-a", [ep("10.244.0.11")]), slc("web-v6", [ep("fd00:244::11")], address_type="IPv6")],
-        {"10.96.0.10:80/TCP": ["10.244.0.11:8080"]},
-        [("demo/web", "IPv6 family not programmed (cluster IP fd00::10): ebpflb serves IPv4 only "
-                      "so far; the IPv4 family is served")],
-        id="dual-stack-programs-ipv4-and-skips-ipv6",
+        {"10.96.0.10:80/TCP": ["10.244.0.11:8080"], "[fd00::10]:80/TCP": ["[fd00:244::11]:8080"]},
+        [],
+        id="dual-stack-each-family-its-own-backends",
     ),
     pytest.param(
-        [svc(ips=("fd00::1",))], [], {},
-        [("demo/web", "IPv6 only (cluster IP fd00::1): ebpflb serves IPv4 only so far")],
-        id="ipv6-only-skipped",
+        [svc(ips=("fd00::1",))],
+        [slc("web-a", [ep("10.244.0.11")]), slc("web-v6", [ep("fd00:244::11")], address_type="IPv6")],
+        {"[fd00::1]:80/TCP": ["[fd00:244::11]:8080"]}, [],
+        id="ipv6-only-ignores-ipv4-slices",
+    ),
+    pytest.param(
+        [svc(ips=("10.96.0.10",))],
+        [slc("web-v6", [ep("fd00:244::11")], address_type="IPv6"),
+         slc("web-bad", [ep("10.244.0.12")], address_type="IPv6")],
+        {"10.96.0.10:80/TCP": []}, [],
+        id="ipv4-only-takes-no-ipv6-or-mistyped-backends",
+    ),
+    pytest.param(
+        [dataclasses.replace(svc(ips=("10.96.0.10",), type="LoadBalancer"),
+                             lb_ingress_ips=("203.0.113.9", "2001:db8::9"))],
+        [slc("web-a", [ep("10.244.0.11")])],
+        {"10.96.0.10:80/TCP": ["10.244.0.11:8080"], "203.0.113.9:80/TCP": ["10.244.0.11:8080"]},
+        [("demo/web", "load balancer IP 2001:db8::9 not programmed: the Service has no IPv6 "
+                      "cluster IP")],
+        id="load-balancer-ip-of-a-family-the-service-lacks",
     ),
     pytest.param(
         [svc(ips=("None",))], [slc("web-a", [ep("10.244.0.11")])], {},

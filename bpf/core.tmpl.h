@@ -1,30 +1,12 @@
-/* lb4_core.h: the one decision for a packet to a frontend, shared by every hook (pod devices at TC,
- * node devices at TC or XDP): conntrack -> policy -> select -> record. The hooks (lb4_tc.c) parse,
- * find the frontend, and rewrite what this says into the packet. */
-#ifndef EBPFLB_LB4_CORE_H
-#define EBPFLB_LB4_CORE_H
-
-#include "lb_maps.h"
-#include "parse.h"
-#include "counters.h"
-#include "conntrack.h"
-#include "select.h"
-#include "node_fwd.h"
-
-/* Which hook asks: the differences between them are all here, as constants the compiler folds. */
-#define HOOK_POD 0	/* TC ingress of a pod device: packets leaving a pod */
-#define HOOK_NODE 1	/* TC ingress of a node device: traffic from outside the cluster */
-#define HOOK_XDP 2	/* XDP on a node device: as HOOK_NODE, leaving to TC what it cannot finish */
-/* Generic (skb) XDP, which leaves skb->csum as it was: on a CHECKSUM_COMPLETE device a packet
- * it rewrote and passed up would reach the stack with a stale sum. It also leaves flows to local
- * backends to TC, whose csum helpers keep skb->csum right (flows it sends back out are fine). */
-#define HOOK_XDP_GENERIC 3
-#define HOOK_IS_XDP(hook) ((hook) == HOOK_XDP || (hook) == HOOK_XDP_GENERIC)
+/* core.tmpl.h: the one decision for a packet to a frontend, shared by every hook (pod devices at
+ * TC, node devices at TC or XDP) and both IP families (a template: see family4.h): conntrack ->
+ * policy -> select -> record. The hooks (lb4_tc.c, lb6_tc.c) parse, find the frontend, and
+ * rewrite what this says into the packet. */
 
 /* Whether a found forward entry still stands for this packet. Returns it, or NULL when the packet
  * starts a new flow (what stood in its way is forgotten) or must go (*drop, counted). */
-static __always_inline struct ct4_entry *lb4_flow_check(const struct pkt4 *p, struct ct4_key *fk,
-							struct ct4_entry *ct, int half_open,
+static __always_inline struct FAM_CT_ENTRY *LB_(flow_check)(const struct FAM_PKT *p, struct FAM_CT_KEY *fk,
+							struct FAM_CT_ENTRY *ct, int half_open,
 							__u32 ingress, int hook, __u64 now,
 							int *drop)
 {
@@ -33,30 +15,30 @@ static __always_inline struct ct4_entry *lb4_flow_check(const struct pkt4 *p, st
 	 * a flow from outside the cluster is never a pod's. Node devices are not checked: replies
 	 * and retransmissions may come back over another uplink. */
 	if (hook == HOOK_POD && ct->ifindex && ct->ifindex != ingress &&
-	    ((ct->flags & CT_F_EXTERNAL) || !lb4_source_valid(ingress, p->saddr))) {
+	    ((ct->flags & CT_F_EXTERNAL) || !LB_(source_valid)(ingress, p->saddr))) {
 		lb_count(STAT_SPOOFED);
 		*drop = 1;
 		return 0;
 	}
 	/* An expired entry, or a SYN reusing the tuple of a closed flow, starts a new flow. */
-	if (ct4_expired(ct, p->proto, now) || (tcp_syn_only(p) && (ct->flags & CT_F_CLOSING)))
-		return ct4_forget(fk, ct, half_open, 0);
+	if (CT_(expired)(ct, p->proto, now) || (LB_(tcp_syn_only)(p) && (ct->flags & CT_F_CLOSING)))
+		return CT_(forget)(fk, ct, half_open, 0);
 	/* A SYN retransmitted to a backend that is gone (a pod on a dead node never answered) gets a
 	 * live one; without it the client would retry there until its connect timeout. An ACK means
 	 * the backend answered: that flow stays. */
-	if (tcp_syn_only(p) && !ct4_backend_alive(ct)) {
+	if (LB_(tcp_syn_only)(p) && !CT_(backend_alive)(ct)) {
 		lb_count(STAT_BACKEND_GONE);
-		return ct4_forget(fk, ct, half_open, 1);
+		return CT_(forget)(fk, ct, half_open, 1);
 	}
-	if (ct4_src_nat(ct->flags) && !ct4_snat_owned(fk, ct))
-		return ct4_forget(fk, ct, half_open, 0);
+	if (ct_src_nat(ct->flags) && !CT_(snat_owned)(fk, ct))
+		return CT_(forget)(fk, ct, half_open, 0);
 	return ct;
 }
 
 /* A packet of a known flow: it goes where the flow goes. */
-static __always_inline int lb4_flow_hit(void *ctx, const struct pkt4 *p, struct ct4_key *fk,
-					struct ct4_entry *ct, int half_open, __u32 ingress,
-					int hook, __u64 now, struct lb4_nat *n)
+static __always_inline int LB_(flow_hit)(void *ctx, const struct FAM_PKT *p, struct FAM_CT_KEY *fk,
+					struct FAM_CT_ENTRY *ct, int half_open, __u32 ingress,
+					int hook, __u64 now, struct FAM_NAT *n)
 {
 	int rc;
 
@@ -66,9 +48,9 @@ static __always_inline int lb4_flow_hit(void *ctx, const struct pkt4 *p, struct 
 	if (ct->flags & CT_F_SNAT) {
 		n->saddr = ct->nat2_addr;
 		n->sport = ct->nat2_port;
-		rc = lb4_fib(ctx, p, n->saddr, n->sport, n->daddr, n->dport, ingress, n);
+		rc = LB_(fib)(ctx, p, n->saddr, n->sport, n->daddr, n->dport, ingress, n);
 		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-			ct4_track(ct, p, now);
+			CT_(track)(ct, p, now);
 			return NV_TOO_BIG;
 		}
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
@@ -83,21 +65,21 @@ static __always_inline int lb4_flow_hit(void *ctx, const struct pkt4 *p, struct 
 		if (ct->flags & CT_F_PORT_NAT)
 			n->sport = ct->nat2_port;
 	}
-	ct4_track(ct, p, now);
+	CT_(track)(ct, p, now);
 	if (half_open && (ct->flags & CT_F_ESTABLISHED) && !(ct->flags & CT_F_CLOSING))
-		ct4_promote(fk, ct);
+		CT_(promote)(fk, ct);
 	return (ct->flags & CT_F_SNAT) ? NV_REMOTE : NV_LOCAL;
 }
 
 /* The decision for a packet to the frontend `svc`, arriving on device `ingress`. Fills *n with
  * what the packet becomes and returns an lb4_verdict. */
-static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const struct lb4_svc *svc,
-					__u32 ingress, int hook, struct lb4_nat *n)
+static __always_inline int LB_(frontend)(void *ctx, const struct FAM_PKT *p, const struct lb4_svc *svc,
+					__u32 ingress, int hook, struct FAM_NAT *n)
 {
-	struct lb4_backend *be = 0;
-	struct lb4_node_if *nif = 0;
-	struct ct4_entry *ct;
-	struct ct4_key fk;
+	struct FAM_BACKEND *be = 0;
+	struct FAM_NODE_IF *nif = 0;
+	struct FAM_CT_ENTRY *ct;
+	struct FAM_CT_KEY fk;
 	int half_open = 0;
 	int drop = 0;
 	int rc = 0;
@@ -111,34 +93,34 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 	n->svc_id = svc->svc_id;
 	n->saddr = p->saddr;
 	n->sport = p->sport;
-	ct4_key_of(p, CT_DIR_FWD, &fk);
-	ct = ct4_find_half_open(&fk, &half_open);
+	CT_(key_of)(p, CT_DIR_FWD, &fk);
+	ct = CT_(find_half_open)(&fk, &half_open);
 	now = bpf_ktime_get_ns();
 	if (ct)
-		ct = lb4_flow_check(p, &fk, ct, half_open, ingress, hook, now, &drop);
+		ct = LB_(flow_check)(p, &fk, ct, half_open, ingress, hook, now, &drop);
 	if (drop)
 		return NV_DROP;
 	if (ct)
-		return lb4_flow_hit(ctx, p, &fk, ct, half_open, ingress, hook, now, n);
+		return LB_(flow_hit)(ctx, p, &fk, ct, half_open, ingress, hook, now, n);
 	/* A removed frontend, kept only for the flows it has: anything new is not ours. */
 	if (svc->flags & LB4_SVC_F_DRAINING)
 		return NV_PASS;
 
 	/* A new flow (or a TCP packet of a flow we lost). Policy first: nothing is chosen for, or
 	 * answered to, a client that may not start one. */
-	if ((svc->flags & LB4_SVC_F_SRC_RANGES) && !lb4_source_allowed(svc, p->saddr)) {
+	if ((svc->flags & LB4_SVC_F_SRC_RANGES) && !LB_(source_allowed)(svc, p->saddr)) {
 		lb_count(STAT_SOURCE_DENIED);
 		return NV_DROP;
 	}
-	if (hook == HOOK_POD && !lb4_source_valid(ingress, p->saddr)) {
+	if (hook == HOOK_POD && !LB_(source_valid)(ingress, p->saddr)) {
 		lb_count(STAT_SPOOFED);
 		return NV_DROP;
 	}
-	if (lb4_bad_source(p)) {
+	if (LB_(bad_source)(p)) {
 		lb_count(STAT_BAD_SOURCE);
 		return NV_DROP;
 	}
-	n->backend_id = lb4_choose_backend(p, svc, now, &be);
+	n->backend_id = LB_(choose_backend)(p, svc, now, &be);
 	if (!n->backend_id || !be) {
 		if (HOOK_IS_XDP(hook) && !(svc->flags & LB4_SVC_F_DROP_EMPTY))
 			return NV_TO_STACK;	/* TC sends the reject */
@@ -157,23 +139,25 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 	if (hook != HOOK_POD) {
 		/* Local or remote backend: the device the route to it leaves by, whatever else the
 		 * FIB says (a packet too big for that device is still a remote flow). */
-		rc = lb4_fib(ctx, p, p->saddr, p->sport, be->addr, be->port, ingress, n);
-		if (lb4_fib_routed(rc))
-			nif = lb4_node_ifs.lookup(&n->ifindex);
+		rc = LB_(fib)(ctx, p, p->saddr, p->sport, be->addr, be->port, ingress, n);
+		if (lb_fib_routed(rc))
+			nif = LB_(node_if_get)(&n->ifindex);
 	}
 	if (!nif) {
 		if (hook == HOOK_XDP_GENERIC)
 			return NV_TO_STACK;
-		flags = hook != HOOK_POD ? CT_F_EXTERNAL : (be->addr == p->saddr ? CT_F_HAIRPIN : 0);
-		if (p->proto == IPPROTO_TCP && !tcp_syn_only(p)) {
-			ct = ct4_rebuild(p, &fk, be, n->backend_id, flags, 0, 0, ingress, now);
+		flags = hook != HOOK_POD ? CT_F_EXTERNAL :
+			(FAM_ADDR_EQ(be->addr, p->saddr) ? CT_F_HAIRPIN : 0);
+		if (p->proto == IPPROTO_TCP && !LB_(tcp_syn_only)(p)) {
+			ct = CT_(rebuild)(p, &fk, be, n->backend_id, flags, FAM_ADDR_NONE, 0, ingress,
+				     now);
 			if (ct) {
 				lb_count(STAT_CT_REBUILT);
-				return lb4_flow_hit(ctx, p, &fk, ct, 0, ingress, hook, now, n);
+				return LB_(flow_hit)(ctx, p, &fk, ct, 0, ingress, hook, now, n);
 			}
 			/* Its tuple at the backend is another frontend's live flow's (this one had a
 			 * port of its own, now lost): sent on, it would land in that connection. */
-			if (ct4_tuple_held(p, &fk, be, flags, now)) {
+			if (CT_(tuple_held)(p, &fk, be, flags, now)) {
 				lb_count(STAT_CT_COLLISION);
 				return NV_DROP;
 			}
@@ -183,12 +167,12 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 			n->stateless = 1;
 			return NV_LOCAL;
 		}
-		rc = ct4_create(p, &fk, be, svc->svc_id, n->backend_id, flags, ingress, now);
+		rc = CT_(create)(p, &fk, be, svc->svc_id, n->backend_id, flags, ingress, now);
 		if (rc == CT_CREATE_HELD) {
 			/* The same client port already reaches this backend through another frontend:
 			 * this flow gets a source port of its own (a hairpin flow has no port to move). */
 			if ((flags & CT_F_HAIRPIN) ||
-			    ct4_create_snat(p, &fk, be, svc->svc_id, n->backend_id, p->saddr,
+			    CT_(create_snat)(p, &fk, be, svc->svc_id, n->backend_id, p->saddr,
 					    flags | CT_F_PORT_NAT, ingress, now, n)) {
 				lb_count(STAT_CT_COLLISION);
 				return NV_DROP;
@@ -204,19 +188,19 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 		}
 		if (HOOK_IS_XDP(hook) && !n->fib_ok)
 			return NV_TO_STACK;
-		if (p->proto == IPPROTO_TCP && !tcp_syn_only(p)) {
-			ct = ct4_rebuild(p, &fk, be, n->backend_id, CT_F_EXTERNAL | CT_F_SNAT, nif->addr,
-					 snat_first_port(p), ingress, now);
+		if (p->proto == IPPROTO_TCP && !LB_(tcp_syn_only)(p)) {
+			ct = CT_(rebuild)(p, &fk, be, n->backend_id, CT_F_EXTERNAL | CT_F_SNAT, nif->addr,
+					 LB_(snat_first_port)(p), ingress, now);
 			if (ct) {
 				lb_count(STAT_CT_REBUILT);
-				return lb4_flow_hit(ctx, p, &fk, ct, 0, ingress, hook, now, n);
+				return LB_(flow_hit)(ctx, p, &fk, ct, 0, ingress, hook, now, n);
 			}
 			/* Without state there is no SNAT port to bring the replies back: drop, the
 			 * client's retransmission or a new connection recovers. */
 			lb_count(STAT_TCP_NO_STATE);
 			return NV_DROP;
 		}
-		if (ct4_create_snat(p, &fk, be, svc->svc_id, n->backend_id, nif->addr,
+		if (CT_(create_snat)(p, &fk, be, svc->svc_id, n->backend_id, nif->addr,
 				    CT_F_EXTERNAL | CT_F_SNAT, ingress, now, n)) {
 			lb_count(STAT_SNAT_EXHAUSTED);
 			return NV_DROP;
@@ -225,11 +209,10 @@ static __always_inline int lb4_frontend(void *ctx, const struct pkt4 *p, const s
 		lb_count(STAT_CT_INSERT);
 	}
 	if (svc->affinity_timeout)
-		lb4_affinity_update(p, svc, n->backend_id, now);
+		LB_(affinity_update)(p, svc, n->backend_id, now);
 	n->new_flow = 1;
 	if (!nif)
 		return NV_LOCAL;
 	return rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? NV_TOO_BIG : NV_REMOTE;
 }
 
-#endif

@@ -1,0 +1,286 @@
+/* lb6_tc.c: the IPv6 programs of the TC hooks, compiled with lb4_tc.c into one object. The entry
+ * points of lb4_tc.c hand every IPv6 packet (skb->protocol) to these by a tail call through
+ * lb6_progs, so an IPv4 packet pays one comparison for them and each IPv6 program has a stack of
+ * its own (its addresses, keys and entries are four times larger). The same hooks, around the
+ * same decision core (core.tmpl.h, as lb6_frontend), with IPv6 parsing (extension headers
+ * walked), rewriting (no header checksum) and rejects (RST, ICMPv6 port unreachable).
+ * Not yet for IPv6: ICMPv6 errors about a flow are not translated, later fragments pass
+ * untranslated, and XDP leaves IPv6 to TC. */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "lb_maps.h"
+#include "parse.h"
+#include "addr6.h"
+#include "counters.h"
+#include "nat.h"
+#include "reject.h"
+#include "lb_core.h"
+
+/* The verdict of a packet the decision core sent on (lb4_sent for lb6_nat). */
+static __always_inline __u32 lb6_sent(const struct lb6_nat *n)
+{
+	if (n->reply)
+		return VERDICT_REPLY;
+	if (n->new_flow)
+		return VERDICT_NEW;
+	return n->stateless ? VERDICT_STATELESS : VERDICT_ESTABLISHED;
+}
+
+/* A parsed packet that is not one to translate here (a later fragment: not yet for IPv6). */
+static __always_inline int lb6_pass(__u32 at, int parse_result)
+{
+	return lb_verdict(at, parse_result == PARSE_MALFORMED ? VERDICT_MALFORMED : VERDICT_PASS,
+			  TC_ACT_OK);
+}
+
+static __always_inline int lb6_done(__u32 at, __u32 verdict, int action)
+{
+	return lb_verdict(at, action == TC_ACT_SHOT ? VERDICT_DROP : verdict, action);
+}
+
+static __always_inline int lb6_drop(__u32 at, __u32 reason)
+{
+	lb_count(reason);
+	return lb_verdict(at, VERDICT_DROP, TC_ACT_SHOT);
+}
+
+static __always_inline int lb6_send_back(struct __sk_buff *skb)
+{
+	int r = lb4_bounce(skb);
+
+	if (r == TC_ACT_SHOT)
+		lb_count(STAT_NAT_FAIL);
+	return r;
+}
+
+/* ---- pod devices ---- */
+
+/* Hairpin (a pod reaching itself through its Service): as lb4_hairpin_out and lb4_hairpin_reply,
+ * with the IPv6 hairpin address (LB6_HAIRPIN_ADDR_*). */
+static __always_inline int lb6_hairpin_out(struct __sk_buff *skb, const struct pkt6 *p)
+{
+	struct lb6_addr hairpin;
+
+	addr6_set_hairpin(&hairpin);
+	if (lb6_rewrite(skb, p, NAT_SRC, hairpin, p->sport)) {
+		lb_count(STAT_NAT_FAIL);
+		return TC_ACT_SHOT;
+	}
+	return lb6_send_back(skb);
+}
+
+static __always_inline int lb6_hairpin_reply(struct __sk_buff *skb, const struct pkt6 *p)
+{
+	struct ct6_key rk;
+	struct ct6_entry *ct;
+
+	ct6_key_of(p, CT_DIR_REPLY, &rk);
+	ct = ct6_find(&rk);
+	if (!ct)
+		return lb6_pass(AT_FROM_POD, PARSE_NOT_OURS);
+	ct6_track(ct, p, bpf_ktime_get_ns());
+	if (lb6_rewrite(skb, p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
+	    lb6_rewrite(skb, p, NAT_DST, p->saddr, p->dport))
+		return lb6_drop(AT_FROM_POD, STAT_NAT_FAIL);
+	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
+	return lb6_done(AT_FROM_POD, VERDICT_REPLY, lb6_send_back(skb));
+}
+
+int lb6_from_pod(struct __sk_buff *skb)
+{
+	struct lb6_svc_key sk = {};
+	struct lb6_nat n = {};
+	struct pkt6 p = {};
+	struct lb4_svc *svc;
+	int r;
+
+	lb_pull_headers(skb, LB6_PULL_LEN);
+	r = lb6_parse(skb, &p);
+	if (r != PARSE_OK)
+		return lb6_pass(AT_FROM_POD, r);
+	if (addr6_is_hairpin(&p.daddr))
+		return lb6_hairpin_reply(skb, &p);
+	sk.vip = p.daddr;
+	sk.port = p.dport;
+	sk.proto = p.proto;
+	svc = lb6_services.lookup(&sk);
+	if (!svc)
+		return lb6_pass(AT_FROM_POD, PARSE_NOT_OURS);
+
+	r = lb6_frontend(skb, &p, svc, skb->ifindex, HOOK_POD, &n);
+	if (r == NV_PASS)
+		return lb6_pass(AT_FROM_POD, PARSE_NOT_OURS);
+	if (r == NV_DROP)
+		return lb_verdict(AT_FROM_POD, VERDICT_DROP, TC_ACT_SHOT);
+	if (r == NV_REJECT)
+		return lb6_done(AT_FROM_POD, VERDICT_REJECT, lb6_reject(skb, &p));
+	if (lb6_rewrite(skb, &p, NAT_DST, n.daddr, n.dport) ||
+	    (n.sport != p.sport && lb6_rewrite(skb, &p, NAT_SRC, p.saddr, n.sport)))
+		return lb6_drop(AT_FROM_POD, STAT_NAT_FAIL);
+	lb_count_flow(n.svc_id, n.backend_id, skb->len, 0, n.new_flow);
+	if (addr6_eq(&n.daddr, &p.saddr))
+		return lb6_done(AT_FROM_POD, lb6_sent(&n), lb6_hairpin_out(skb, &p));
+	return lb_verdict(AT_FROM_POD, lb6_sent(&n), TC_ACT_OK);
+}
+
+int lb6_to_pod(struct __sk_buff *skb)
+{
+	struct ct6_entry *ct;
+	struct pkt6 p = {};
+	struct ct6_key rk;
+	int half_open;
+	int r;
+
+	lb_pull_headers(skb, LB6_PULL_LEN);
+	r = lb6_parse(skb, &p);
+	if (r != PARSE_OK)
+		return lb6_pass(AT_TO_POD, r);
+	ct6_key_of(&p, CT_DIR_REPLY, &rk);
+	ct = ct6_find_half_open(&rk, &half_open);
+	if (!ct || ct6_reply_of_closed(&p, &rk, ct, half_open))
+		return lb6_pass(AT_TO_POD, PARSE_NOT_OURS);
+	ct6_track(ct, &p, bpf_ktime_get_ns());
+	if (lb6_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
+	    ((ct->flags & CT_F_PORT_NAT) && lb6_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port)))
+		return lb6_drop(AT_TO_POD, STAT_NAT_FAIL);
+	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
+	return lb_verdict(AT_TO_POD, VERDICT_REPLY, TC_ACT_OK);
+}
+
+/* ---- node devices (TC only: XDP passes IPv6 on to lb4_node_in) ---- */
+
+/* A reply of a SNAT flow, as lb4_node_snat_reply. */
+static __always_inline int lb6_node_snat_reply(void *ctx, const struct pkt6 *p, __u32 ingress,
+					       struct lb6_nat *n)
+{
+	__u16 port = bpf_ntohs(p->dport);
+	struct ct6_entry *ct;
+	struct ct6_key rk;
+	int rc;
+
+	if (port < LB4_SNAT_PORT_MIN || port > LB4_SNAT_PORT_MAX)
+		return NV_PASS;
+	ct6_key_of(p, CT_DIR_REPLY, &rk);
+	ct = ct6_find(&rk);
+	if (!ct || !(ct->flags & CT_F_SNAT))
+		return NV_PASS;
+	n->saddr = ct->nat_addr;
+	n->sport = ct->nat_port;
+	n->daddr = ct->nat2_addr;
+	n->dport = ct->nat2_port;
+	n->svc_id = ct->svc_id;
+	n->backend_id = ct->backend_id;
+	n->reply = 1;
+	rc = lb6_fib(ctx, p, n->saddr, n->sport, n->daddr, n->dport, ingress, n);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		lb_count(STAT_FORWARD_FAIL);
+		return NV_DROP;
+	}
+	ct6_track(ct, p, bpf_ktime_get_ns());
+	return NV_REMOTE;
+}
+
+static __always_inline int lb6_node_decide(void *ctx, const struct pkt6 *p, __u32 ingress,
+					   struct lb6_nat *n)
+{
+	struct lb6_svc_key sk = { .vip = p->daddr, .port = p->dport, .proto = p->proto };
+	struct lb4_svc *svc = lb6_services.lookup(&sk);
+
+	if (svc && (svc->flags & LB4_SVC_F_ETP_LOCAL)) {
+		sk.scope = LB4_SCOPE_EXTERNAL;
+		svc = lb6_services.lookup(&sk);
+		if (!svc) {
+			lb_count(STAT_NO_BACKEND);
+			return NV_DROP;
+		}
+	}
+	if (svc)
+		return lb6_frontend(ctx, p, svc, ingress, HOOK_NODE, n);
+	return lb6_node_snat_reply(ctx, p, ingress, n);
+}
+
+/* The packet and its translation of lb6_node_in, per CPU: with the route lookup and the SNAT port
+ * search on the way, they do not fit in its 512 bytes of stack. */
+struct lb6_node_scratch {
+	struct pkt6 p;
+	struct lb6_nat n;
+};
+
+BPF_PERCPU_ARRAY(lb6_node_scratch, struct lb6_node_scratch, 1);
+
+int lb6_node_in(struct __sk_buff *skb)
+{
+	struct lb6_node_scratch *s;
+	struct lb6_nat *n;
+	struct pkt6 *p;
+	__u32 zero = 0;
+	int r;
+
+	s = lb6_node_scratch.lookup(&zero);
+	if (!s)
+		return lb6_pass(AT_NODE_IN, PARSE_NOT_OURS);
+	__builtin_memset(s, 0, sizeof(*s));
+	p = &s->p;
+	n = &s->n;
+	lb_pull_headers(skb, LB6_PULL_LEN);
+	r = lb6_parse(skb, p);
+	if (r != PARSE_OK)
+		return lb6_pass(AT_NODE_IN, r);
+	r = lb6_node_decide(skb, p, skb->ifindex, n);
+	if (r == NV_PASS || r == NV_TO_STACK)
+		return lb6_pass(AT_NODE_IN, PARSE_NOT_OURS);
+	if (r == NV_DROP)
+		return lb_verdict(AT_NODE_IN, VERDICT_DROP, TC_ACT_SHOT);
+	if (r == NV_REJECT)
+		return lb6_done(AT_NODE_IN, VERDICT_REJECT, lb6_reject(skb, p));
+	if (r == NV_TOO_BIG) {
+		lb_count_flow(n->svc_id, n->backend_id, skb->len, n->reply, n->new_flow);
+		r = lb6_too_big(skb, p, n->mtu);
+		if (r == TC_ACT_SHOT)
+			lb_count(STAT_FORWARD_FAIL);
+		return lb6_done(AT_NODE_IN, VERDICT_REJECT, r);
+	}
+	if (lb6_rewrite(skb, p, NAT_DST, n->daddr, n->dport))
+		return lb6_drop(AT_NODE_IN, STAT_NAT_FAIL);
+	if (r == NV_LOCAL) {
+		if (n->sport != p->sport && lb6_rewrite(skb, p, NAT_SRC, p->saddr, n->sport))
+			return lb6_drop(AT_NODE_IN, STAT_NAT_FAIL);
+		lb_count_flow(n->svc_id, n->backend_id, skb->len, n->reply, n->new_flow);
+		return lb_verdict(AT_NODE_IN, lb6_sent(n), TC_ACT_OK);
+	}
+	if (lb6_rewrite(skb, p, NAT_SRC, n->saddr, n->sport))
+		return lb6_drop(AT_NODE_IN, STAT_NAT_FAIL);
+	/* From this node's own address now: sent out directly, not handed to the stack. */
+	if (tc_hop_limit_dec(skb, p->l3_off))
+		return lb6_drop(AT_NODE_IN, STAT_FORWARD_FAIL);
+	lb_count_flow(n->svc_id, n->backend_id, skb->len, n->reply, n->new_flow);
+	lb_count(STAT_NODE_FORWARD);
+	return lb6_done(AT_NODE_IN, lb6_sent(n), lb_send_out(n->ifindex));
+}
+
+int lb6_node_out(struct __sk_buff *skb)
+{
+	struct ct6_entry *ct;
+	struct pkt6 p = {};
+	struct ct6_key rk;
+	int half_open;
+	int r;
+
+	lb_pull_headers(skb, LB6_PULL_LEN);
+	r = lb6_parse(skb, &p);
+	if (r != PARSE_OK)
+		return lb6_pass(AT_NODE_OUT, r);
+	ct6_key_of(&p, CT_DIR_REPLY, &rk);
+	ct = ct6_find_half_open(&rk, &half_open);
+	if (!ct || (ct->flags & (CT_F_EXTERNAL | CT_F_SNAT)) != CT_F_EXTERNAL ||
+	    ct6_reply_of_closed(&p, &rk, ct, half_open))
+		return lb6_pass(AT_NODE_OUT, PARSE_NOT_OURS);
+	ct6_track(ct, &p, bpf_ktime_get_ns());
+	if (lb6_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
+	    ((ct->flags & CT_F_PORT_NAT) && lb6_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port)))
+		return lb6_drop(AT_NODE_OUT, STAT_NAT_FAIL);
+	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
+	return lb_verdict(AT_NODE_OUT, VERDICT_REPLY, TC_ACT_OK);
+}
+

@@ -1,0 +1,335 @@
+"""Packet fixtures for the IPv6 side of the TC programs (lb6_tc.c, reached from the lb4_* entry
+points by a tail call), run with BPF_PROG_TEST_RUN on the real programs, programmed from a
+dual-stack manifest through the real control-plane path.
+
+Each case builds its expected packet independently with scapy (checksums recomputed from
+scratch) and predicts a new flow's backend with the control plane's own flow hash. IPv6 has no
+header checksum: what must stay right is the TCP/UDP/ICMPv6 one over the IPv6 pseudo header.
+"""
+import pytest
+from scapy.layers.inet import TCP, UDP
+from scapy.layers.inet6 import (ICMPv6DestUnreach, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
+                                IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from ebpflb.dataplane.bcc_maps import lookup_conntrack
+from ebpflb.dataplane.testrun import test_run as bpf_test_run
+from ebpflb.flowhash import packet_hash
+from ebpflb.maps import HAIRPIN_ADDR6
+
+from .conftest import TC_ACT_OK, TC_ACT_SHOT
+
+pytestmark = pytest.mark.bpf
+
+TC_ACT_REDIRECT = 7
+
+MANIFEST = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, "fd00:96::10"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: demo}
+spec:
+  clusterIP: "fd00:96::20"
+  clusterIPs: ["fd00:96::20"]
+  ipFamilies: [IPv6]
+  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 9053}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: demo}
+spec:
+  clusterIP: "fd00:96::30"
+  clusterIPs: ["fd00:96::30"]
+  ipFamilies: [IPv6]
+  ports:
+  - {name: http, port: 80, protocol: TCP}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v4, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.0.11], conditions: {ready: true}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["fd00:10:244::11"], conditions: {ready: true}}
+- {addresses: ["fd00:10:244::12"], conditions: {ready: true}}
+- {addresses: ["fd00:10:244::13"], conditions: {ready: true}}
+- {addresses: ["fd00:10:244::2"], conditions: {ready: true}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-v6, namespace: demo, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv6
+ports: [{name: dns, port: 9053, protocol: UDP}]
+endpoints:
+- {addresses: ["fd00:10:244::21"], conditions: {ready: true}}
+- {addresses: ["fd00:10:244::22"], conditions: {ready: true}}
+"""
+
+CLIENT = "fd00:10:244::2"
+WEB = "fd00:96::10"
+DNS = "fd00:96::20"
+EMPTY = "fd00:96::30"
+# In the order the model programs them (by address): the slots are this list.
+WEB_BACKENDS = ["fd00:10:244::2", "fd00:10:244::11", "fd00:10:244::12", "fd00:10:244::13"]
+DNS_BACKENDS = ["fd00:10:244::21", "fd00:10:244::22"]
+ETH = dict(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+
+@pytest.fixture(scope="module")
+def dp(dataplane):
+    dataplane.program(MANIFEST)
+    return dataplane
+
+
+@pytest.fixture(autouse=True)
+def fresh_conntrack(dataplane):
+    dataplane.clear_conntrack()
+    for table in (b"ct6", b"ct6_syn"):
+        dataplane.progs.bpf[table].clear()
+
+
+def moved(before, after):
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+def predicted(src, sport, dst, dport, proto, backends):
+    return backends[packet_hash(src, sport, dst, dport, proto) % len(backends)]
+
+
+def rebuilt(pkt):
+    """The packet as bytes with every checksum recomputed by scapy (independent of the program)."""
+    p = Ether(bytes(pkt))
+    for layer in (TCP, UDP):
+        if layer in p:
+            del p[layer].chksum
+    if ICMPv6DestUnreach in p:
+        del p[ICMPv6DestUnreach].cksum
+    return bytes(p)
+
+
+def run(prog, pkt):
+    return bpf_test_run(prog.fd, bytes(pkt))
+
+
+def tcp6(src, sport, dst, dport, flags="S", payload=b"", ext=None):
+    ip = IPv6(src=src, dst=dst, hlim=64)
+    if ext is not None:
+        ip = ip / ext
+    return Ether(**ETH) / ip / TCP(sport=sport, dport=dport, flags=flags, seq=1000) / Raw(payload)
+
+
+def udp6(src, sport, dst, dport, payload=b"ping"):
+    return Ether(**ETH) / IPv6(src=src, dst=dst, hlim=64) / UDP(sport=sport, dport=dport) / Raw(payload)
+
+
+def dnat(pkt, backend, port):
+    exp = pkt.copy()
+    exp[IPv6].dst = backend
+    (exp[TCP] if TCP in exp else exp[UDP]).dport = port
+    return rebuilt(exp)
+
+
+def l4(pkt):
+    return pkt[TCP] if TCP in pkt else pkt[UDP]
+
+
+OTHER = "fd00:10:244::99"  # a client that is no backend (CLIENT is one: see the hairpin test)
+NEW = {"from_pod/new": 1, "conntrack_insert": 1}
+
+DNAT_CASES = [
+    ("TCP SYN to an IPv6 ClusterIP", tcp6(OTHER, 40000, WEB, 80), WEB_BACKENDS, 8080, NEW),
+    # Not a connection start, for a flow never seen: sent by hash, no state created.
+    ("TCP with payload, no flow known", tcp6(OTHER, 51234, WEB, 80, "PA", b"GET / HTTP/1.1\r\n\r\n"),
+     WEB_BACKENDS, 8080, {"from_pod/stateless": 1}),
+    ("UDP datagram", udp6(OTHER, 33333, DNS, 53), DNS_BACKENDS, 9053, NEW),
+    ("after a hop-by-hop and a destination options header",
+     tcp6(OTHER, 40001, WEB, 80, ext=IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()),
+     WEB_BACKENDS, 8080, NEW),
+    ("after a routing header with no segments left",
+     tcp6(OTHER, 40002, WEB, 80, ext=IPv6ExtHdrRouting(segleft=0, addresses=[])),
+     WEB_BACKENDS, 8080, NEW),
+    ("a first fragment (offset 0, more fragments)",
+     Ether(bytes(Ether(**ETH) / IPv6(src=OTHER, dst=DNS, hlim=64) / IPv6ExtHdrFragment(m=1, id=7)
+                 / UDP(sport=33334, dport=53, len=400) / Raw(b"x" * 64))),
+     DNS_BACKENDS, 9053, NEW),
+]
+
+
+@pytest.mark.parametrize("desc,pkt,backends,port,counted", DNAT_CASES,
+                         ids=[c[0] for c in DNAT_CASES])
+def test_dnat(dp, desc, pkt, backends, port, counted):
+    ip, seg = pkt[IPv6], l4(pkt)
+    proto = 6 if TCP in pkt else 17
+    backend = predicted(ip.src, seg.sport, ip.dst, seg.dport, proto, backends)
+    before = dp.stats()
+    res = run(dp.progs.from_pod, pkt)
+    assert res.retval == TC_ACT_OK
+    if "fragment" in desc:
+        # The UDP length is the whole datagram's: scapy cannot recompute that checksum; the
+        # program's is checked by the incremental rule (only addresses and port changed).
+        out = Ether(res.data)
+        assert (out[IPv6].dst, out[UDP].dport) == (backend, port)
+    else:
+        assert res.data == dnat(pkt, backend, port), Ether(res.data).show2(dump=True)
+        assert rebuilt(res.data) == res.data  # the output's own checksums are right
+    assert moved(before, dp.stats()) == counted
+    entry = lookup_conntrack(dp.progs.bpf, ip.src, seg.sport, ip.dst, seg.dport, proto)
+    if counted == NEW:
+        assert (entry.nat_addr, entry.nat_port) == (backend, port)
+    else:
+        assert entry is None
+
+
+def test_flow_keeps_its_backend_and_replies_come_from_the_frontend(dp):
+    syn = tcp6(CLIENT, 41000, WEB, 80)
+    out = Ether(run(dp.progs.from_pod, syn).data)
+    backend = out[IPv6].dst
+    assert backend in WEB_BACKENDS
+    # The backend's SYN-ACK, on its way into the client's pod, is from the frontend again.
+    synack = tcp6(backend, 8080, CLIENT, 41000, flags="SA")
+    before = dp.stats()
+    res = run(dp.progs.to_pod, synack)
+    assert res.retval == TC_ACT_OK
+    expected = synack.copy()
+    expected[IPv6].src, expected[TCP].sport = WEB, 80
+    assert res.data == rebuilt(expected)
+    assert moved(before, dp.stats()) == {"to_pod/reply": 1}
+    # The client's ACK, and every later packet, follows the flow.
+    for flags in ("A", "PA", "FA"):
+        out = Ether(run(dp.progs.from_pod, tcp6(CLIENT, 41000, WEB, 80, flags=flags)).data)
+        assert (out[IPv6].dst, out[TCP].dport) == (backend, 8080)
+    # Promoted from the half-open table once the client ACKed.
+    assert lookup_conntrack(dp.progs.bpf, CLIENT, 41000, WEB, 80, 6).half_open is False
+
+
+def test_reply_of_no_flow_passes_untouched(dp):
+    pkt = tcp6("fd00:10:244::11", 8080, CLIENT, 42000, flags="SA")
+    before = dp.stats()
+    res = run(dp.progs.to_pod, pkt)
+    assert (res.retval, res.data) == (TC_ACT_OK, bytes(pkt))
+    assert moved(before, dp.stats()) == {"to_pod/pass": 1}
+
+
+def test_tcp_to_a_frontend_without_backends_gets_a_reset(dp):
+    before = dp.stats()
+    res = run(dp.progs.from_pod, tcp6(CLIENT, 40000, EMPTY, 80))
+    assert res.retval == TC_ACT_REDIRECT  # back out of the device it came from
+    expected = (Ether(src=ETH["dst"], dst=ETH["src"])
+                / IPv6(src=EMPTY, dst=CLIENT, hlim=64)
+                / TCP(sport=80, dport=40000, flags="RA", seq=0, ack=1001, window=0))
+    assert res.data == bytes(expected)  # exact bytes, checksum as scapy computes it
+    assert moved(before, dp.stats()) == {"from_pod/reject": 1}
+    # A reset is never answered.
+    before = dp.stats()
+    res = run(dp.progs.from_pod, tcp6(CLIENT, 40001, EMPTY, 80, flags="R"))
+    assert res.retval == TC_ACT_SHOT
+    assert moved(before, dp.stats()) == {"from_pod/drop": 1, "no_backend": 1}
+
+
+def test_udp_to_a_frontend_without_backends_gets_port_unreachable(dp):
+    dgram = udp6(CLIENT, 33000, EMPTY, 53, payload=b"query")
+    before = dp.stats()
+    res = run(dp.progs.from_pod, dgram)
+    assert res.retval == TC_ACT_REDIRECT
+    expected = (Ether(src=ETH["dst"], dst=ETH["src"])
+                / IPv6(src=EMPTY, dst=CLIENT, hlim=64)
+                / ICMPv6DestUnreach(code=4) / Raw(bytes(dgram[IPv6])[:48]))
+    assert res.data == bytes(expected)  # the client's header and 8 bytes of UDP, quoted
+    assert moved(before, dp.stats()) == {"from_pod/reject": 1}
+
+
+def test_a_pod_reaching_itself_goes_through_the_hairpin_address(dp):
+    """CLIENT is also a backend of web: a flow the hash sends to itself comes back from the
+    hairpin address, and its reply goes back as from the frontend."""
+    sport = next(p for p in range(30000, 31000)
+                 if predicted(CLIENT, p, WEB, 80, 6, WEB_BACKENDS) == CLIENT)
+    res = run(dp.progs.from_pod, tcp6(CLIENT, sport, WEB, 80))
+    assert res.retval == TC_ACT_REDIRECT
+    out = Ether(res.data)
+    assert (out[IPv6].src, out[IPv6].dst, out[TCP].dport) == (HAIRPIN_ADDR6, CLIENT, 8080)
+    assert rebuilt(res.data) == res.data
+    # The pod answers the hairpin address: it leaves the pod as the frontend talking to it.
+    res = run(dp.progs.from_pod, tcp6(CLIENT, 8080, HAIRPIN_ADDR6, sport, flags="SA"))
+    assert res.retval == TC_ACT_REDIRECT
+    out = Ether(res.data)
+    assert (out[IPv6].src, out[TCP].sport, out[IPv6].dst, out[TCP].dport) == (WEB, 80, CLIENT, sport)
+    assert rebuilt(res.data) == res.data
+
+
+def _frag_later():
+    return (Ether(**ETH) / IPv6(src=CLIENT, dst=DNS, hlim=64)
+            / IPv6ExtHdrFragment(offset=8, m=0, id=7, nh=17) / Raw(b"y" * 32))
+
+
+PASS_CASES = [
+    ("TCP to an IPv6 address that is not a frontend", tcp6(CLIENT, 40000, "fd00:10:244::11", 8080)),
+    ("the frontend on a port it does not serve", tcp6(CLIENT, 40000, WEB, 81)),
+    ("a later fragment (not translated for IPv6 yet)", _frag_later()),
+    ("more extension headers than are walked",
+     tcp6(CLIENT, 40000, WEB, 80, ext=IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()
+          / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt())),
+]
+
+
+@pytest.mark.parametrize("desc,pkt", PASS_CASES, ids=[c[0] for c in PASS_CASES])
+def test_passes_untouched(dp, desc, pkt):
+    for prog, hook in ((dp.progs.from_pod, "from_pod"), (dp.progs.to_pod, "to_pod")):
+        before = dp.stats()
+        res = run(prog, pkt)
+        assert (res.retval, res.data) == (TC_ACT_OK, bytes(pkt))
+        assert moved(before, dp.stats()) == {f"{hook}/pass": 1}
+    assert len(dp.progs.bpf[b"ct6"]) + len(dp.progs.bpf[b"ct6_syn"]) == 0
+
+
+def _cut(pkt, n):
+    return bytes(pkt)[:n]
+
+
+MALFORMED_CASES = [
+    ("TCP header cut after 10 bytes", _cut(tcp6(CLIENT, 40000, WEB, 80), 14 + 40 + 10)),
+    ("payload length larger than the frame",
+     bytes(Ether(**ETH) / IPv6(src=CLIENT, dst=WEB, plen=400) / TCP(sport=40000, dport=80))),
+    ("an extension header cut short",
+     _cut(tcp6(CLIENT, 40000, WEB, 80, ext=IPv6ExtHdrDestOpt(len=4)), 14 + 40 + 6)),
+    ("an extension header claiming more than the payload",
+     bytes(Ether(**ETH) / IPv6(src=CLIENT, dst=WEB) / IPv6ExtHdrDestOpt(len=200, nh=6)
+           / TCP(sport=40000, dport=80))),
+    ("version 4 in an IPv6 frame",
+     bytes(Ether(**ETH) / IPv6(src=CLIENT, dst=WEB, version=4) / TCP(sport=40000, dport=80))),
+]
+
+
+@pytest.mark.parametrize("desc,raw", MALFORMED_CASES, ids=[c[0] for c in MALFORMED_CASES])
+def test_malformed_neither_crash_nor_rewrite(dp, desc, raw):
+    for prog, hook in ((dp.progs.from_pod, "from_pod"), (dp.progs.to_pod, "to_pod")):
+        before = dp.stats()
+        res = bpf_test_run(prog.fd, raw)
+        assert (res.retval, res.data) == (TC_ACT_OK, raw)
+        assert moved(before, dp.stats()) == {f"{hook}/malformed": 1}
+
+
+def test_ipv4_family_of_the_dual_stack_service_is_served_too(dp):
+    from scapy.layers.inet import IP
+
+    pkt = Ether(**ETH) / IP(src="10.244.0.2", dst="10.96.0.10") / TCP(sport=40000, dport=80, flags="S")
+    out = Ether(run(dp.progs.from_pod, pkt).data)
+    assert (out[IP].dst, out[TCP].dport) == ("10.244.0.11", 8080)
