@@ -13,6 +13,9 @@ these paths:
                conntrack hit, DNAT, and the frag4 record the later fragments will follow
   frag_later   a later fragment of that datagram (no ports): frag4 lookup, destination address
                and IP checksum rewritten
+  pass6, ct_hit6, reverse_nat6, new_flow6
+               the same over IPv6 (the entry point hands the packet to the IPv6 program by a
+               tail call; 16-byte addresses in every key; no IP header checksum)
 
 BPF_PROG_TEST_RUN with repeat > 1 runs the program again on the buffer it rewrote. The steady
 paths therefore use two frontends that point at each other (VIP A's backend is B and B's is A,
@@ -39,7 +42,10 @@ VIP_A, VIP_B, PORT = "10.96.250.1", "10.96.250.2", 80
 UDP_PORT = 53  # the UDP ping-pong of the fragment paths, on the same two VIPs
 CLIENT = "10.244.250.2"
 FRAG_ID = 0x4242
+VIP_A6, VIP_B6, VIP_C6 = "fd00:96:250::1", "fd00:96:250::2", "fd00:96:250::3"
+CLIENT6 = "fd00:10:244:250::2"
 PATHS = ("pass", "ct_hit", "reverse_nat", "new_flow", "frag_first", "frag_later")
+PATHS6 = ("pass6", "ct_hit6", "reverse_nat6", "new_flow6")
 
 
 def frame(src: str, sport: int, dst: str, dport: int, proto: int = 6, flags: int = 0x10) -> bytes:
@@ -59,6 +65,17 @@ def frame(src: str, sport: int, dst: str, dport: int, proto: int = 6, flags: int
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, proto, l4_len)
     l4 = l4[:off] + struct.pack("!H", common.inet_checksum(pseudo + l4)) + l4[off + 2:]
     return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + l4
+
+
+def frame6(src: str, sport: int, dst: str, dport: int, flags: int = 0x10) -> bytes:
+    """Ethernet/IPv6/TCP (ACK unless `flags` says otherwise) with a valid TCP checksum."""
+    payload = b"x" * 32
+    a, b = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0) + payload
+    pseudo = a + b + struct.pack("!IxxxB", len(l4), 6)
+    l4 = l4[:16] + struct.pack("!H", common.inet_checksum(pseudo + l4)) + l4[18:]
+    ip = struct.pack("!IHBB", 6 << 28, len(l4), 6, 64) + a + b
+    return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x86\xdd" + ip + l4
 
 
 def fragments(src: str, sport: int, dst: str, dport: int, ident: int = FRAG_ID):
@@ -95,12 +112,16 @@ def ping_pong_state():
         Frontend(VIP_B, UDP_PORT, "UDP", "bench/b", "u"): (Backend(VIP_A, UDP_PORT),),
         Frontend("10.96.250.3", PORT, "TCP", "bench/c", "p"): tuple(
             Backend(f"10.244.250.{i}", 8080) for i in range(10, 14)),
+        Frontend(VIP_A6, PORT, "TCP", "bench/a", "p"): (Backend(VIP_B6, PORT),),
+        Frontend(VIP_B6, PORT, "TCP", "bench/b", "p"): (Backend(VIP_A6, PORT),),
+        Frontend(VIP_C6, PORT, "TCP", "bench/c", "p"): tuple(
+            Backend(f"fd00:10:244:250::{i}", 8080) for i in range(10, 14)),
     }, ())
 
 
 class _BothTables:
     def __init__(self, bpf):
-        self.tables = [bpf[b"ct4"], bpf[b"ct4_syn"], bpf[b"frag4"]]
+        self.tables = [bpf[b"ct4"], bpf[b"ct4_syn"], bpf[b"frag4"], bpf[b"ct6"], bpf[b"ct6_syn"]]
 
     def clear(self) -> None:
         for t in self.tables:
@@ -139,6 +160,9 @@ def measure(variants: List[Variant], bare_fd: int, reps: int, repeat: int, n_new
     reply = frame(VIP_B, PORT, CLIENT, 40000)  # from "backend" B to the client
     plain = frame(CLIENT, 40000, "10.244.250.99", 8080)
     first, later = fragments(CLIENT, 40000, VIP_A, UDP_PORT)
+    fwd6 = frame6(CLIENT6, 40000, VIP_A6, PORT)
+    reply6 = frame6(VIP_B6, PORT, CLIENT6, 40000)
+    plain6 = frame6(CLIENT6, 40000, "fd00:10:244:250::99", 8080)
     samples: Dict[str, Dict[str, List[float]]] = {}
 
     def add(variant: str, path: str, ns: float) -> None:
@@ -168,6 +192,14 @@ def measure(variants: List[Variant], bare_fd: int, reps: int, repeat: int, n_new
             _check_fragments(fd_in, first, later)
             add(v.name, "frag_first", test_run(fd_in, first, repeat).duration_ns)
             add(v.name, "frag_later", test_run(fd_in, later, repeat).duration_ns)
+            # IPv6: the same ping-pong.
+            add(v.name, "pass6", test_run(fd_in, plain6, repeat).duration_ns)
+            for vip in (VIP_A6, VIP_B6):
+                test_run(fd_in, frame6(CLIENT6, 40000, vip, PORT, flags=0x02))
+                test_run(fd_in, frame6(CLIENT6, 40000, vip, PORT))
+            _check_ipv6(fd_in, fwd6)
+            add(v.name, "ct_hit6", test_run(fd_in, fwd6, repeat).duration_ns)
+            add(v.name, "reverse_nat6", test_run(fd_out, reply6, repeat).duration_ns)
         # New flows: the variants take turns packet by packet, so drift hits them alike.
         totals = {v.name: 0 for v in variants}
         for i in range(n_new):
@@ -175,8 +207,15 @@ def measure(variants: List[Variant], bare_fd: int, reps: int, repeat: int, n_new
             pkt = frame(src, 1024 + i % 60000, "10.96.250.3", PORT, flags=0x02)  # a SYN
             for v in (variants if i % 2 else reversed(variants)):
                 totals[v.name] += test_run(v.progs.from_pod.fd, pkt).duration_ns
+        totals6 = {v.name: 0 for v in variants}
+        for i in range(n_new):
+            src = f"fd00:{245 + rep % 5}::{(i >> 8) & 255:x}:{i & 255:x}"
+            pkt = frame6(src, 1024 + i % 60000, VIP_C6, PORT, flags=0x02)
+            for v in (variants if i % 2 else reversed(variants)):
+                totals6[v.name] += test_run(v.progs.from_pod.fd, pkt).duration_ns
         for v in variants:
             add(v.name, "new_flow", totals[v.name] / n_new)
+            add(v.name, "new_flow6", totals6[v.name] / n_new)
             v.ct.clear()
     return {variant: {path: common.summary(s) for path, s in paths.items()}
             for variant, paths in samples.items()}
@@ -194,6 +233,17 @@ def _check_fragments(fd: int, first: bytes, later: bytes) -> None:
             raise RuntimeError(f"fragment to {VIP_A} not translated to {VIP_B}: verdict "
                                f"{out.retval}, destination {_dst(out.data)}")
     test_run(fd, first, 2)
+
+
+def _check_ipv6(fd: int, fwd6: bytes) -> None:
+    """The IPv6 steady path does what it is timed for: a conntrack hit rewritten to VIP B."""
+    from ebpflb.dataplane.testrun import test_run
+
+    out = test_run(fd, fwd6)
+    dst = socket.inet_ntop(socket.AF_INET6, out.data[38:54])
+    if (out.retval, dst) != (0, VIP_B6):
+        raise RuntimeError(f"IPv6 packet to {VIP_A6} not translated to {VIP_B6}: verdict "
+                           f"{out.retval}, destination {dst}")
 
 
 def section(results: Dict, meta: Dict) -> str:
@@ -216,6 +266,12 @@ def section(results: Dict, meta: Dict) -> str:
              for p in ("ct_hit", "reverse_nat", "new_flow", "pass")}
     steady = ("pass", "ct_hit", "reverse_nat")
     worst = max(steady, key=added.get)
+    rows6 = ["| path | IPv4 | IPv6 | IPv6 / IPv4 |", "|---|---:|---:|---:|"]
+    for path in PATHS6:
+        v4, v6 = results["counters"][path[:-1]], results["counters"][path]
+        rows6.append(f"| {path[:-1]} | {cell(v4)} | {cell(v6)} | "
+                     f"{v6['median'] / v4['median']:.2f} |")
+    ratio = results["counters"]["ct_hit6"]["median"] / results["counters"]["ct_hit"]["median"]
     return f"""{SECTION}
 
 Nanoseconds per packet, median (min-max) over {meta['reps']} interleaved repetitions (variant order
@@ -236,6 +292,12 @@ Goals:
   its own syscall, so the counters' cache lines are cold every time (the steady paths find them
   warm); the spread of the single-run figures is also wide (see min-max). This VM exposes no
   hardware counters to confirm the cache misses.
+- IPv6 beside IPv4 (with counters, same run):
+
+{chr(10).join(rows6)}
+
+  Goal: the IPv6 conntrack-hit path within 20% of the IPv4 one: {ratio:.2f}x,
+  **{'met' if ratio <= 1.2 else 'missed'}**.
 - TC service-hit path (conntrack hit, with counters) no more than 100 ns above the bare TC program:
   {results['counters']['ct_hit']['median'] - bare_steady:+.1f} ns,
   **{'met' if results['counters']['ct_hit']['median'] - bare_steady <= 100 else 'missed'}**.

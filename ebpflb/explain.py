@@ -39,9 +39,11 @@ from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tu
 
 from . import abi
 from .dataplane.config import CtTimeouts, DataplaneConfig
-from .flowhash import FLOW_HASH_SEED, flow_hash
+from .addresses import format_address
+from .flowhash import FLOW_HASH_SEED, packet_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL,
-                   CT_F_HAIRPIN, CT_F_RESET, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, NO_BACKEND,
+                   CT_F_HAIRPIN, CT_F_RESET, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, HAIRPIN_ADDR6,
+                   NO_BACKEND,
                    PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY,
                    SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey,
                    frontend_kind)
@@ -192,20 +194,25 @@ def bound_backend(snapshot, svc, affinity: Optional[AffinityView]) -> bool:
 
 
 def parse_flow(src: str, dst: str, protocol: str, tcp_flags: str = "S") -> Flow:
-    """Flow from "ip:port" strings; ValueError naming the bad argument."""
+    """Flow from "ipv4:port" or "[ipv6]:port" strings; ValueError naming the bad argument."""
     def endpoint(value: str, what: str):
         ip, sep, port = value.rpartition(":")
+        bracketed = ip.startswith("[") and ip.endswith("]")
+        ip = ip[1:-1] if bracketed else ip
         try:
-            ipaddress.IPv4Address(ip)
-            number = int(port) if sep else -1
+            version = ipaddress.ip_address(ip).version
+            number = int(port) if sep and (version == 6) == bracketed else -1
         except ValueError:
             number = -1
         if not 1 <= number <= 65535:
-            raise ValueError(f"{what} {value!r} is not IPv4:PORT (port 1-65535)")
+            raise ValueError(f"{what} {value!r} is not IPv4:PORT or [IPv6]:PORT (port 1-65535)")
         return ip, number
 
     saddr, sport = endpoint(src, "source")
     daddr, dport = endpoint(dst, "destination")
+    if (":" in saddr) != (":" in daddr):
+        raise ValueError(f"source {src!r} and destination {dst!r} are of different IP families "
+                         "(ebpflb does no NAT46/64)")
     proto = protocol.upper()
     if proto not in PROTO_NUMBERS:
         raise ValueError(f"protocol {protocol!r} is not tcp or udp")
@@ -242,7 +249,7 @@ def reply_key(flow: Flow, e: ConntrackView) -> CtKey:
     if flags & CT_F_SRC_NAT:
         daddr, dport = _split(e.snat)
     else:
-        daddr = HAIRPIN_ADDR if flags & CT_F_HAIRPIN else flow.saddr
+        daddr = hairpin_addr(flow.saddr) if flags & CT_F_HAIRPIN else flow.saddr
         dport = flow.sport
     return CtKey(addr, port, daddr, dport, flow.proto, True)
 
@@ -260,18 +267,35 @@ def fwd_key_of(rk: CtKey, r: ConntrackView) -> CtKey:
 
 def source_allowed(snapshot, svc_id: int, saddr: str) -> bool:
     """The data path's LPM lookup: does any of the frontend's source ranges hold the address?"""
-    addr = ipaddress.IPv4Address(saddr)
-    return any(key.svc_id == svc_id and addr in ipaddress.IPv4Network(key.cidr, strict=False)
-               for key in snapshot.get(SRC_RANGES, {}))
+    addr = ipaddress.ip_address(saddr)
+    for key in snapshot.get(SRC_RANGES, {}):
+        if key.svc_id == svc_id:
+            net = ipaddress.ip_network(key.cidr, strict=False)
+            if net.version == addr.version and addr in net:
+                return True
+    return False
+
+
+def hairpin_addr(address: str) -> str:
+    """The hairpin source of the family of `address` (LB4_HAIRPIN_ADDR_HOST, LB6_HAIRPIN_ADDR_*)."""
+    return HAIRPIN_ADDR6 if ":" in address else HAIRPIN_ADDR
+
+
+def _loopback(address: str) -> bool:
+    """addr6_is_loopback / 127.0.0.0/8: ::1, and IPv4 loopback, mapped or not."""
+    addr = ipaddress.ip_address(address)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
 
 
 def _endpoint(addr: str, port: int) -> str:
-    return f"{addr}:{port}"
+    return format_address(addr, port)
 
 
 def _split(endpoint: Optional[str]) -> Tuple[str, int]:
     addr, _, port = (endpoint or "0.0.0.0:0").rpartition(":")
-    return addr, int(port)
+    return addr.strip("[]"), int(port)
 
 
 class _Decision:
@@ -422,8 +446,7 @@ class _Decision:
 
     def hash(self) -> int:
         f = self.flow
-        return flow_hash(int(ipaddress.IPv4Address(f.saddr)), int(ipaddress.IPv4Address(f.daddr)),
-                         f.sport, f.dport, f.proto, FLOW_HASH_SEED)
+        return packet_hash(f.saddr, f.sport, f.daddr, f.dport, f.proto)
 
     def source_valid(self) -> bool:
         """lb4_source_valid: a listed address, or any on a device that is not listed."""
@@ -432,8 +455,7 @@ class _Decision:
     def bad_source(self) -> bool:
         """lb4_bad_source: loopback, the destination itself, or a VIP."""
         src = self.flow.saddr
-        return (src.split(".")[0] == "127" or src == self.flow.daddr or
-                src in self.snap.get(VIPS, {}))
+        return (_loopback(src) or src == self.flow.daddr or src in self.snap.get(VIPS, {}))
 
     def hashed(self, svc) -> Tuple[Optional[int], Any]:
         """lb4_select_backend: the flow hash's slot."""
@@ -457,7 +479,7 @@ class _Decision:
 
     def run(self) -> Explanation:
         f = self.flow
-        if self.dev.kind == POD and f.daddr == HAIRPIN_ADDR:
+        if self.dev.kind == POD and f.daddr == hairpin_addr(f.daddr):
             return self.hairpin_reply()
         key, svc = frontend_record(self.snap, SvcKey(f.daddr, f.dport, f.proto),
                                    self.dev.kind == NODE)
@@ -656,7 +678,8 @@ class _Decision:
         if self.dev.kind == POD and _split(backend)[0] == self.flow.saddr:
             return self.out("hairpin", reason + "; the pod reaches itself: its source becomes the "
                                                 "hairpin address", backend=backend,
-                            source=_endpoint(HAIRPIN_ADDR, self.flow.sport), stateless=stateless)
+                            source=_endpoint(hairpin_addr(self.flow.saddr), self.flow.sport),
+                            stateless=stateless)
         return self.out("dnat", reason, backend=backend, stateless=stateless)
 
 

@@ -58,13 +58,15 @@ def parse_policy(annotations: Mapping[str, str]) -> Tuple[LbPolicy, List[Tuple[s
             continue
         ip, sep, value = item.strip().partition("=")
         try:
-            ipaddress.IPv4Address(ip)
+            # An IPv6 address as the backend's record spells it (compressed, lower case).
+            ip = str(ipaddress.ip_address(ip))
             weight = int(value) if sep else -1
         except ValueError:
             weight = -1
         if not 0 <= weight <= MAX_WEIGHT:
             errors.append((WEIGHTS_ANNOTATION,
-                           f"{item.strip()!r} is not IPv4=WEIGHT with WEIGHT in 0-{MAX_WEIGHT}"))
+                           f"{item.strip()!r} is not IP=WEIGHT (an IPv4 or IPv6 address) with "
+                           f"WEIGHT in 0-{MAX_WEIGHT}"))
             continue
         weights.append((ip, weight))
     if algorithm is None and table_size is None and not weights:

@@ -83,12 +83,13 @@ def frontend_slots(frontend: Frontend, backends: Tuple[Backend, ...],
     return tuple(i for i, w in enumerate(weights) for _ in range(w)), 0
 
 
-def ipv4_ranges(ranges: Tuple[str, ...]) -> List[str]:
-    """The IPv4 CIDRs of a frontend's source ranges, normalized (the v4 maps hold only those)."""
+def family_ranges(ranges: Tuple[str, ...], version: int) -> List[str]:
+    """The CIDRs of one IP family among a frontend's source ranges, normalized: an IPv4
+    frontend's map holds its IPv4 ranges, an IPv6 one's its IPv6 ranges."""
     out = []
     for cidr in ranges:
         net = ip_network(cidr, strict=False)
-        if net.version == 4 and str(net) not in out:
+        if net.version == version and str(net) not in out:
             out.append(str(net))
     return out
 
@@ -139,7 +140,8 @@ def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids
         if not count and frontend.endpoints_elsewhere:
             flags |= SVC_F_DROP_EMPTY
         flags |= _TOPOLOGY_FLAGS.get(frontend.topology, 0)
-        ranges = ipv4_ranges(frontend.source_ranges) if frontend.source_ranges else []
+        ranges = family_ranges(frontend.source_ranges, 6 if ":" in frontend.vip else 4) \
+            if frontend.source_ranges else []
         if ranges:
             # Each family is judged by its own ranges, as kube-proxy's per-family proxiers do: a
             # list of IPv6 ranges only restricts IPv6 clients and leaves an IPv4 frontend open.

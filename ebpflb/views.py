@@ -121,7 +121,7 @@ def explain_packet(writer: Any, flow: Flow, outside: bool = False,
         affinity = AffinityView(bound[0], (now - bound[1]) / 1e9)
     backends = {b.addr for b in snapshot[BACKENDS].values() if svc and b.svc_id == svc.svc_id}
     try:
-        dev = device(bpf, ifname, outside, backends)
+        dev = device(bpf, ifname, outside, backends, ":" in flow.saddr)
     except OSError as exc:
         raise DeviceError(f"{ifname}: {exc.strerror or exc}") from exc
     result = explain(snapshot, flow, ct, affinity, device=dev, ct_table=table)

@@ -293,9 +293,9 @@ def lookup_sock_affinity(bpf: Any, svc_id: int, netns_cookie: int) -> Optional[T
 
 def lookup_affinity(bpf: Any, svc_id: int, client: str) -> Optional[Tuple[int, int]]:
     """(backend id, last used ns) of a client's session-affinity binding to a frontend, or None."""
-    t = bpf[b"lb4_affinity"]
+    t = bpf[b"lb6_affinity" if ":" in client else b"lb4_affinity"]
     try:
-        v = t[t.Key(svc_id=svc_id, client=ip_to_be32(client))]
+        v = t[t.Key(svc_id=svc_id, client=_addr_field(t, "client", client))]
     except KeyError:
         return None
     return v.backend_id, v.last_used_ns

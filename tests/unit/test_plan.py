@@ -210,3 +210,79 @@ def test_a_device_map_changes_new_records_first_and_removals_last():
     plan = diff_map(NODE_IFS, {3: NodeIfValue("192.168.200.10")}, {3: NodeIfValue("192.168.200.9")})
     assert [str(op) for op in plan.ops] == [
         "~ lb4_node_ifs node device 3 = SNAT to 192.168.200.10 (was SNAT to 192.168.200.9)"]
+
+
+WEB6 = Frontend("fd00:96::10", 80, "TCP", "demo/web", "http")
+
+
+def b6(i: int, port: int = 8080) -> Backend:
+    return Backend(f"fd00:10:244::{i:x}", port)
+
+
+def test_ipv6_records_go_to_the_twin_maps_with_ids_shared_with_ipv4():
+    """A dual-stack Service's IPv6 frontend and backends are written to lb6_services and
+    lb6_backends; its slots, name and counters use the same maps as IPv4 (ids are shared), and
+    a read-back merges the twins into one snapshot again."""
+    from ebpflb.maps import BACKENDS6, SERVICES6, VIPS, VIPS6
+
+    plan = compute_plan(state({WEB: (b(11),), WEB6: (b6(0x11), b6(0x12))}), empty_snapshot())
+    by_map: Dict[str, list] = {}
+    for op in plan.ops:
+        if op.action == UPSERT:
+            by_map.setdefault(str(op.map), []).append(op.key)
+    assert by_map[SERVICES] == [SvcKey("10.96.0.10", 80, 6)]
+    assert by_map[SERVICES6] == [SvcKey("fd00:96::10", 80, 6)]
+    assert by_map[VIPS] == ["10.96.0.10"] and by_map[VIPS6] == ["fd00:96::10"]
+    assert sorted(by_map[BACKENDS]) == [1] and sorted(by_map[BACKENDS6]) == [2, 3]
+    assert sorted(k.svc_id for k in by_map[SLOTS]) == [1, 2, 2]  # one slots map for both
+    writer = DictWriter()
+    apply_plan(plan, writer)
+    assert writer.maps[BACKENDS6][2].addr == "fd00:10:244::11"
+    snap = read_snapshot(writer)
+    assert snap == apply_to(empty_snapshot(), plan)
+    assert not compute_plan(state({WEB: (b(11),), WEB6: (b6(0x11), b6(0x12))}), snap)
+    # Kernel entries per kernel map, for the capacity check.
+    sizes = snap.sizes()
+    assert (sizes[SERVICES], sizes[SERVICES6], sizes[BACKENDS], sizes[BACKENDS6]) == (1, 1, 1, 2)
+
+
+def test_a_backend_id_that_changes_family_leaves_the_other_map():
+    """An id freed by an IPv4 backend and given to an IPv6 one (or the reverse) is written to
+    its new family's map and deleted from the old one's: no stale record is left behind."""
+    from ebpflb.maps import BACKENDS6
+    from ebpflb.plan import diff
+
+    snap = read_snapshot(DictWriter())
+    have = snap.copy()
+    have.backends[5] = BackendValue("10.244.0.5", 8080, 6, 1)
+    want = snap.copy()
+    want.backends[5] = BackendValue("fd00:10:244::5", 8080, 6, 2)
+    plan = diff(want, have)
+    assert [(op.action, str(op.map), op.key) for op in plan.ops] == [
+        (UPSERT, BACKENDS6, 5), (DELETE, BACKENDS, 5)]
+    writer = DictWriter()
+    writer.maps[BACKENDS][5] = have.backends[5]
+    apply_plan(plan, writer)
+    assert (writer.maps[BACKENDS], writer.maps[BACKENDS6]) == ({}, {5: want.backends[5]})
+
+
+def test_an_ipv6_frontend_is_restricted_by_its_ipv6_source_ranges_only():
+    """Each family by its own ranges (kube-proxy's per-family rule): the IPv6 ranges go to the
+    IPv6 frontend, the IPv4 ones to the IPv4 frontend; a family without any stays open."""
+    from ebpflb.maps import SRC_RANGES6
+
+    ranges = ("10.0.0.0/8", "2001:db8::/32")
+    lb4 = Frontend("192.0.2.50", 80, "TCP", "a/lb", kind="LoadBalancer", source_ranges=ranges)
+    lb6 = Frontend("2001:db8:1::50", 80, "TCP", "a/lb", kind="LoadBalancer", source_ranges=ranges)
+    only4 = Frontend("2001:db8:1::51", 80, "TCP", "a/lb", kind="LoadBalancer",
+                     source_ranges=("10.0.0.0/8",))
+    snap = apply_to(empty_snapshot(), compute_plan(state({lb4: (), lb6: (), only4: ()}),
+                                                   empty_snapshot()))
+    ids = {k.vip: v.svc_id for k, v in snap[SERVICES].items()}
+    flagged = {k.vip for k, v in snap[SERVICES].items() if v.flags & SVC_F_SRC_RANGES}
+    assert {(k.svc_id, k.cidr) for k in snap[SRC_RANGES]} == {
+        (ids["192.0.2.50"], "10.0.0.0/8"), (ids["2001:db8:1::50"], "2001:db8::/32")}
+    assert flagged == {"192.0.2.50", "2001:db8:1::50"}
+    writer = DictWriter()
+    apply_plan(compute_plan(state({lb4: (), lb6: ()}), empty_snapshot()), writer)
+    assert [k.cidr for k in writer.maps[SRC_RANGES6]] == ["2001:db8::/32"]
