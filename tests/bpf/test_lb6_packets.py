@@ -6,6 +6,8 @@ Each case builds its expected packet independently with scapy (checksums recompu
 scratch) and predicts a new flow's backend with the control plane's own flow hash. IPv6 has no
 header checksum: what must stay right is the TCP/UDP/ICMPv6 one over the IPv6 pseudo header.
 """
+import socket
+
 import pytest
 from scapy.layers.inet import TCP, UDP
 from scapy.layers.inet6 import (ICMPv6DestUnreach, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
@@ -333,3 +335,33 @@ def test_ipv4_family_of_the_dual_stack_service_is_served_too(dp):
     pkt = Ether(**ETH) / IP(src="10.244.0.2", dst="10.96.0.10") / TCP(sport=40000, dport=80, flags="S")
     out = Ether(run(dp.progs.from_pod, pkt).data)
     assert (out[IP].dst, out[TCP].dport) == ("10.244.0.11", 8080)
+
+
+def test_a_pod_may_use_only_its_own_ipv6_addresses(dp):
+    """lb6_pod_addrs, written through the agent's device-map path: on a device whose IPv6
+    addresses are listed (its marker ::), a new flow from another IPv6 source is dropped as
+    spoofed; its own address passes; the device's IPv4 sources stay unchecked (no IPv4 marker).
+    BPF_PROG_TEST_RUN runs the program on loopback (ifindex 1): the entries are for it, and
+    removed at the end."""
+    from ebpflb.dataplane.bcc_maps import BccMapWriter
+    from ebpflb.dataplane.device_maps import write_device_map
+    from ebpflb.maps import POD_ADDR_MARKER6, POD_ADDRS, PodAddrKey
+
+    writer = BccMapWriter(dp.progs.bpf)
+    lo = 1
+    write_device_map(writer, POD_ADDRS, {PodAddrKey(lo, OTHER): 1, PodAddrKey(lo, POD_ADDR_MARKER6): 1},
+                     only=lambda key: key.ifindex == lo)
+    try:
+        keys = {(k.ifindex, socket.inet_ntop(socket.AF_INET6, bytes(k.addr)))
+                for k in dp.progs.bpf[b"lb6_pod_addrs"].keys()}
+        assert {(lo, OTHER), (lo, "::")} <= keys  # the IPv6 twin map holds them
+        assert all(k.ifindex != lo for k in dp.progs.bpf[b"lb4_pod_addrs"].keys())
+        before = dp.stats()
+        res = run(dp.progs.from_pod, tcp6("fd00:10:244::66", 40000, WEB, 80))
+        assert res.retval == TC_ACT_SHOT
+        assert moved(before, dp.stats()) == {"from_pod/drop": 1, "spoofed": 1}
+        res = run(dp.progs.from_pod, tcp6(OTHER, 40000, WEB, 80))
+        assert res.retval == TC_ACT_OK and Ether(res.data)[IPv6].dst in WEB_BACKENDS
+    finally:
+        write_device_map(writer, POD_ADDRS, {}, only=lambda key: key.ifindex == lo)
+    assert not [k for k in dp.progs.bpf[b"lb6_pod_addrs"].keys() if k.ifindex == lo]

@@ -76,3 +76,59 @@ def test_pod_addresses_follow_the_host_routes(dataplane):
     finally:
         table.clear()
         remove_netns(ns)
+
+
+def entries6(table, ifindex):
+    return sorted(socket.inet_ntop(socket.AF_INET6, bytes(k.addr)) for k in table.keys()
+                  if k.ifindex == ifindex)
+
+
+def test_ipv6_host_routes_list_a_pods_ipv6_addresses_apart(dataplane):
+    """A dual-stack pod's /128 host route lists its IPv6 address in lb6_pod_addrs with that
+    family's marker (::); its /32 one in lb4_pod_addrs with 0.0.0.0; a family without a host
+    route gets no marker (its sources are not checked); the entries follow the routes."""
+    ns = unique("ebpflb-ns-pa6-")
+    table4, table6 = dataplane.progs.bpf[b"lb4_pod_addrs"], dataplane.progs.bpf[b"lb6_pod_addrs"]
+    table4.clear()
+    table6.clear()
+    create_netns(ns)
+    try:
+        subprocess.run(["ip", "-n", ns, "-batch", "-"], check=True, text=True, capture_output=True,
+                       input="link add lxc1 type veth peer name p1\nlink set lxc1 up\n"
+                             "link set p1 up\nlink add lxc2 type veth peer name p2\n"
+                             "link set lxc2 up\nlink set p2 up\n"
+                             "route add 10.244.0.21/32 dev lxc1\n"
+                             "route add fd00:10:244::21/128 dev lxc1\n"
+                             "route add fd00:10:244::22/128 dev lxc2\n")
+        progs = dataplane.progs
+        with in_netns(ns):
+            ipr = IPRoute()
+            try:
+                one, two = socket.if_nametoindex("lxc1"), socket.if_nametoindex("lxc2")
+                attacher = Attacher(ipr, ["lxc*"],
+                                    Program(progs.from_pod.fd, progs.from_pod.name.decode()),
+                                    Program(progs.to_pod.fd, progs.to_pod.name.decode()),
+                                    PodAddresses(ipr, BccMapWriter(progs.bpf)))
+                attacher.rescan()
+                assert entries(table4, one) == ["0.0.0.0", "10.244.0.21"]
+                assert entries6(table6, one) == ["::", "fd00:10:244::21"]
+                assert entries(table4, two) == []  # IPv6 only: its IPv4 sources unchecked
+                assert entries6(table6, two) == ["::", "fd00:10:244::22"]
+                subprocess.run(["ip", "-6", "route", "del", "fd00:10:244::21/128", "dev", "lxc1"],
+                               check=True)
+                attacher.routes_changed(one)
+                assert entries6(table6, one) == []
+                assert entries(table4, one) == ["0.0.0.0", "10.244.0.21"]
+                # A new agent finds what the last one wrote (both maps) and keeps it.
+                again = PodAddresses(ipr, BccMapWriter(progs.bpf))
+                assert again.held[two] == {k: 1 for k in attacher.pod_addrs.held[two]}
+                attacher.forget(two)
+                assert entries6(table6, two) == []
+                for ifindex in (one, two):
+                    detach(ipr, ifindex)
+            finally:
+                ipr.close()
+    finally:
+        table4.clear()
+        table6.clear()
+        remove_netns(ns)
