@@ -33,12 +33,12 @@ class Dataplane:
         return reconcile(desired_state(m.services, m.slices), self.writer, self.config.map_limits)
 
     def clear_conntrack(self) -> None:
-        """Forgets every flow, and every datagram in fragments."""
-        for table in (b"ct4", b"ct4_syn", b"frag4"):
+        """Forgets every flow (both families), and every datagram in fragments."""
+        for table in (b"ct4", b"ct4_syn", b"frag4", b"ct6", b"ct6_syn"):
             self.progs.bpf[table].clear()
 
     def ct_entries(self) -> int:
-        return sum(len(self.progs.bpf[table]) for table in (b"ct4", b"ct4_syn"))
+        return sum(len(self.progs.bpf[table]) for table in (b"ct4", b"ct4_syn", b"ct6", b"ct6_syn"))
 
     def stats(self):
         """Every global counter: drop reasons and events by name, verdicts as "hook/verdict"."""
