@@ -151,7 +151,8 @@ class Agent:
         self._repairs: dict = {}  # kind -> how many times something was put back
         self._unmatched: List[str] = []  # --device / --node-device patterns matching nothing
         self._zone: Optional[str] = options.node_zone or None  # this node's, for zone hints
-        self._primary: Optional[str] = None  # its Node's primary IPv4 (--nodeport-addresses primary)
+        # Its Node's primary address of each family (--nodeport-addresses primary).
+        self._primary: Tuple[str, ...] = ()
 
     # --- the model's view of this node -----------------------------------------------------
     def _context(self) -> ModelContext:
@@ -161,7 +162,7 @@ class Agent:
 
     def _nodeport_addresses(self) -> Tuple[str, ...]:
         if self.options.nodeport_primary and not self.options.node_addresses and self._primary:
-            return (self._primary,)
+            return self._primary
         return tuple(a for a in self._node_addresses if _in_cidrs(a, self.options.nodeport_cidrs))
 
     def _node_changed(self) -> None:
@@ -169,13 +170,13 @@ class Agent:
         address (for --nodeport-addresses primary); a change replans."""
         node = self.source.own_node()
         zone = self.options.node_zone or node_info.zone(node)
-        primary = node_info.primary_ipv4(node) if self.options.nodeport_primary else None
+        primary = node_info.primary_addresses(node) if self.options.nodeport_primary else ()
         if (zone, primary) == (self._zone, self._primary):
             return
         if zone != self._zone:
             log.info("node zone: %s (endpoint zone hints follow it)", zone or "unknown")
         if primary != self._primary:
-            log.info("node primary address for NodePorts: %s", primary or
+            log.info("node primary addresses for NodePorts: %s", ", ".join(primary) or
                      "unknown (the node devices' addresses serve them)")
         self._zone, self._primary = zone, primary
         if self.syncer is not None:

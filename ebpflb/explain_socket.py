@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 from typing import Any, Dict, Optional, Tuple
 
+from .addresses import format_address
 from .explain import AffinityView, bound_backend, slot_backend
 from .flowhash import FLOW_HASH_SEED, sock_hash
 from .maps import (BACKENDS, NO_BACKEND, SERVICES, SLOTS, SVC_F_DRAINING,
@@ -60,7 +61,7 @@ class SocketExplanation:
 
 def _backend(snapshot: Any, backend_id: int) -> Optional[str]:
     b = snapshot[BACKENDS].get(backend_id)
-    return f"{b.addr}:{b.port}" if b else None
+    return format_address(b.addr, b.port) if b else None
 
 
 def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str, host: bool,
@@ -78,6 +79,12 @@ def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str,
                 service=snapshot[SVC_META].get(svc.svc_id), slots=svc.count,
                 algorithm="maglev" if svc.flags & SVC_F_MAGLEV else "random",
                 affinity_timeout=svc.affinity_timeout, cookie=cookie)
+    if ":" in daddr:
+        return SocketExplanation(**base, verdict=PACKET_PATH,
+                                 reason="an IPv6 frontend: the socket hooks balance IPv4 only so "
+                                        "far (connect4, sendmsg4); a pod's packets are translated "
+                                        "by the TC program on its device, a host-network "
+                                        "process's are not served")
     if mode == "off":
         return SocketExplanation(**base, verdict=PACKET_PATH,
                                  reason="socket load balancing is off: the TC programs translate "

@@ -2,7 +2,7 @@
 the model's context): its zone for endpoint zone hints, and its primary address for
 `--nodeport-addresses primary`. The rules are kube-proxy's."""
 import ipaddress
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
@@ -13,10 +13,12 @@ def zone(node: Optional[Dict[str, Any]]) -> Optional[str]:
     return value if isinstance(value, str) and value else None
 
 
-def primary_ipv4(node: Optional[Dict[str, Any]]) -> Optional[str]:
-    """The node's primary IPv4 address as kube-proxy picks it (GetNodeHostIPs): the first IPv4
-    among its InternalIP addresses, then its ExternalIP ones; None when it has none."""
+def primary_addresses(node: Optional[Dict[str, Any]]) -> Tuple[str, ...]:
+    """The node's primary address of each IP family, IPv4 first, as kube-proxy's per-family
+    proxiers pick theirs (GetNodeHostIPs): the first of the family among its InternalIP
+    addresses, then its ExternalIP ones; () when it has none."""
     addresses = ((node or {}).get("status") or {}).get("addresses") or []
+    found: Dict[int, str] = {}
     for kind in ("InternalIP", "ExternalIP"):
         for a in addresses:
             if not isinstance(a, dict) or a.get("type") != kind:
@@ -25,6 +27,10 @@ def primary_ipv4(node: Optional[Dict[str, Any]]) -> Optional[str]:
                 ip = ipaddress.ip_address(str(a.get("address", "")).strip())
             except ValueError:
                 continue
-            if ip.version == 4:
-                return str(ip)
-    return None
+            found.setdefault(ip.version, str(ip))
+    return tuple(found[v] for v in (4, 6) if v in found)
+
+
+def primary_ipv4(node: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The node's primary IPv4 address (primary_addresses), or None."""
+    return next((a for a in primary_addresses(node) if ":" not in a), None)

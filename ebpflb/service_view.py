@@ -3,7 +3,7 @@ views for `ebpflb service list`, as a table or JSON (pure core; the CLI does the
 which programmed frontends a Service reference (NS/NAME or NS/NAME:PORT) names, for every
 command that takes one."""
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING,
@@ -69,7 +69,7 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
             else:
                 counts[backend_id] += 1
         backends = [BackendView(i, own[i].addr, own[i].port, n) for i, n in counts.items()]
-        backends.sort(key=lambda b: (int(IPv4Address(b.address)), b.port))
+        backends.sort(key=lambda b: (_address_order(b.address), b.port))
         proto = PROTO_NAMES.get(key.proto, str(key.proto))
         out.append(ServiceView(svc.svc_id, str(key), key.vip, key.port, proto,
                                snapshot[SVC_META].get(svc.svc_id, ""), frontend_kind(svc.flags),
@@ -80,7 +80,7 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
                                "external" if key.scope else "all",
                                bool(svc.flags & SVC_F_DRAINING), topology_of(svc.flags),
                                "drop" if svc.flags & SVC_F_DROP_EMPTY else "reject"))
-    out.sort(key=lambda v: (int(IPv4Address(v.vip)), v.port, v.protocol, v.scope))
+    out.sort(key=lambda v: (_address_order(v.vip), v.port, v.protocol, v.scope))
     return out
 
 
@@ -88,9 +88,15 @@ TOPOLOGY_NOTES = {TOPOLOGY_NODE: "(endpoint hints: only the endpoints hinted for
                   TOPOLOGY_ZONE: "(endpoint hints: only the endpoints hinted for this node's zone)"}
 
 
-def _net_order(cidr: str) -> Tuple[int, int]:
+def _address_order(address: str) -> Tuple[int, int]:
+    """IPv4 addresses before IPv6 ones, each family in numeric order."""
+    addr = ip_address(address)
+    return addr.version, int(addr)
+
+
+def _net_order(cidr: str) -> Tuple[Tuple[int, int], int]:
     addr, _, prefix = cidr.partition("/")
-    return int(IPv4Address(addr)), int(prefix)
+    return _address_order(addr), int(prefix)
 
 
 def to_json(views: List[ServiceView]) -> List[Dict[str, Any]]:

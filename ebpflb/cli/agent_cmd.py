@@ -30,11 +30,11 @@ def _ct_timeouts(value: str):
         raise click.BadParameter(str(exc), param_hint="--ct-timeouts") from exc
 
 
-def _ipv4_list(values: List[str], option: str) -> tuple:
+def _ip_list(values: List[str], option: str) -> tuple:
     import ipaddress
 
     try:
-        return tuple(str(ipaddress.IPv4Address(v)) for v in values)
+        return tuple(str(ipaddress.ip_address(v)) for v in values)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=option) from exc
 
@@ -256,7 +256,7 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                            node_zone=node_zone or None,
                            healthz_bind_address=healthz_bind_address or None,
                            proxy_name=proxy_name or None,
-                           node_addresses=_ipv4_list(node_addresses, "--node-address"),
+                           node_addresses=_ip_list(node_addresses, "--node-address"),
                            external_ip_allow=_cidr_list(external_ip_allow, "--external-ip-allow"),
                            node_devices=list(node_devices), node_mode=node_mode,
                            xdp_mode=xdp_mode,
@@ -264,7 +264,7 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                                [c for c in nodeport_cidrs if c != "primary"],
                                "--nodeport-addresses"),
                            nodeport_primary=_nodeport_primary(nodeport_cidrs),
-                           health_check_bind=_ipv4_list(healthcheck_bind, "--healthcheck-address"),
+                           health_check_bind=_ip_list(healthcheck_bind, "--healthcheck-address"),
                            full_sync_interval=full_sync_interval,
                            socket_lb=socket_lb, cgroup=cgroup)
     if use_kubernetes:

@@ -132,6 +132,16 @@ def test_primary_node_address_as_kube_proxy_picks_it():
     assert primary_ipv4(node_object(("InternalIP", "bogus"))) is None
 
 
+def test_primary_addresses_are_one_per_family_as_kube_proxys_per_family_proxiers():
+    from ebpflb.node_info import primary_addresses
+
+    assert primary_addresses(None) == ()
+    assert primary_addresses(node_object(
+        ("ExternalIP", "2001:db8::5"), ("InternalIP", "fd00::5"), ("InternalIP", "fd00::6"),
+        ("InternalIP", "192.168.200.11"))) == ("192.168.200.11", "fd00::5")
+    assert primary_addresses(node_object(("ExternalIP", "2001:db8::5"))) == ("2001:db8::5",)
+
+
 def test_nodeport_addresses_primary_follows_the_node():
     """--nodeport-addresses primary: the device addresses while no Node is known, then only the
     Node's primary address; the Node's zone label reaches the model too."""

@@ -93,3 +93,21 @@ def test_ct_list_rows_and_table():
     assert lines[0].split() == ["PROTO", "STATE", "CLIENT", "FRONTEND", "BACKEND", "SNAT",
                                 "SERVICE", "AGE", "IDLE"]
     assert lines[1].split()[-2:] == ["5s", "2s"] and lines[-1] == "2 flows"
+
+
+def test_a_dual_stack_service_lists_both_families_ipv4_first():
+    """`service list` on maps holding both families: IPv6 frontends and backends as [addr]:port,
+    after the IPv4 ones, each family in numeric order (it sorted by IPv4Address before)."""
+    snap = programmed({
+        Frontend("fd00:96::10", 80, "TCP", "demo/web", "http"):
+            (Backend("fd00:10:244::12", 8080), Backend("fd00:10:244::9", 8080)),
+        Frontend("10.96.0.10", 80, "TCP", "demo/web", "http"): (Backend("10.244.0.9", 8080),),
+        Frontend("fd00:96::2", 53, "UDP", "kube-system/dns", "dns"): (),
+    })
+    views = service_views(snap)
+    assert [v.frontend for v in views] == ["10.96.0.10:80/TCP", "[fd00:96::2]:53/UDP",
+                                           "[fd00:96::10]:80/TCP"]
+    assert [b.address for b in views[2].backends] == ["fd00:10:244::9", "fd00:10:244::12"]
+    table = render_table(views)
+    assert "=> [fd00:10:244::9]:8080" in table and "[fd00:96::10]:80/TCP" in table
+    assert json.loads(json.dumps(to_json(views)))[2]["frontend"] == "[fd00:96::10]:80/TCP"
