@@ -1,7 +1,7 @@
 """`ebpflb explain`: what the data plane does with a packet of a flow, and why (pure core; the CLI
 reads the maps).
 
-The prediction repeats the decision core of bpf/lb4_core.h step by step from a snapshot of the
+The prediction repeats the decision core of bpf/core.tmpl.h step by step from a snapshot of the
 maps, for the hook the packet meets: lb4_from_pod on a pod device (the default) or lb4_node_in
 (TC) on a node device (`outside`, or `Device(NODE)`):
 
@@ -336,7 +336,7 @@ class _Decision:
         self.counters.append(counter)
         return self.out("drop", f"{reason}: dropped ({counter})")
 
-    # ---- conntrack, as bpf/conntrack.h reads it
+    # ---- conntrack, as bpf/conntrack.tmpl.h reads it
 
     def lifetime(self, flags: int, proto: int) -> int:
         return self.timeouts.lifetime(flags, proto)

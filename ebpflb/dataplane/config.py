@@ -29,7 +29,7 @@ class CtTimeouts:
 
     def lifetime(self, flags: int, proto: int) -> int:
         """Seconds a flow lives after its last packet, by the state its entries have seen: the
-        programs' ct4_lifetime_of (bpf/conntrack.h), used by the GC and by explain;
+        programs' ct_lifetime_of (bpf/conntrack.h), used by the GC and by explain;
         tests/bpf/test_conntrack_gc.py checks the three against each other."""
         if proto != TCP:
             return self.udp
