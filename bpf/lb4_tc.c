@@ -35,11 +35,8 @@
 #include "icmp_nat.h"
 #include "lb_core.h"
 
-/* IPv6 packets go to the programs of lb6_tc.c, by index (enum lb6_prog); the loader fills it. */
-BPF_PROG_ARRAY(lb6_progs, LB6_PROG_MAX);
-
-/* Hands an IPv6 packet to its program; returns only when that program is not loaded (the packet
- * then passes untouched, counted). */
+/* Hands an IPv6 packet to its program of lb6_tc.c (lb6_progs, by enum lb6_prog); returns only
+ * when that program is not loaded (the packet then passes untouched, counted). */
 static __always_inline int lb4_to_ipv6(struct __sk_buff *skb, __u32 prog, __u32 at)
 {
 	lb6_progs.call(skb, prog);

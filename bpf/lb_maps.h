@@ -143,6 +143,10 @@ BPF_TABLE_PINNED("hash", __u32, struct lb6_node_if, lb6_node_ifs, LB4_MAX_NODE_I
 		 EBPFLB_PIN_DIR "/lb6_node_ifs");
 BPF_TABLE_PINNED("hash", struct lb6_pod_addr_key, __u32, lb6_pod_addrs, LB4_MAX_POD_ADDRS,
 		 EBPFLB_PIN_DIR "/lb6_pod_addrs", BPF_F_NO_PREALLOC);
+/* The IPv6 programs (enum lb6_prog), which the TC entry points tail-call for IPv6 packets;
+ * filled by the loader. Pinned like every map: the kernel empties a program array when no one
+ * in user space holds it, and the attached programs outlive the agent. */
+BPF_TABLE_PINNED("prog", __u32, __u32, lb6_progs, LB6_PROG_MAX, EBPFLB_PIN_DIR "/lb6_progs");
 /* Socket load balancing settings, written by the agent before it attaches the cgroup hooks. */
 BPF_TABLE_PINNED("array", __u32, struct lb_sock_cfg, lb_sock_cfg, 1, EBPFLB_PIN_DIR "/lb_sock_cfg");
 /* One count per program run: where (enum lb_at) and what it did (enum lb_verdict). */

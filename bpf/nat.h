@@ -64,7 +64,10 @@ static __always_inline __u32 l4_csum_off(__u8 proto, __u32 l4_off, __u64 *mangle
 }
 
 /* IPv6 has no header checksum: only the L4 one changes, by the difference of the two addresses
- * (bpf_csum_diff), given to the helper as a ready difference (size 0). */
+ * (bpf_csum_diff), given to the helper as a ready difference (size 0). On a CHECKSUM_COMPLETE
+ * skb the helper also takes the difference off skb->csum, as for IPv4, where the header
+ * checksum's change makes that right; here the address itself must add it back, so it is stored
+ * with BPF_F_RECOMPUTE_CSUM (BPF_F_IPV6, which says the same to the helper, is Linux 6.16+). */
 static __always_inline int lb6_rewrite(struct __sk_buff *skb, const struct pkt6 *p, int dst,
 				       struct lb6_addr new_addr, __be16 new_port)
 {
@@ -88,7 +91,8 @@ static __always_inline int lb6_rewrite(struct __sk_buff *skb, const struct pkt6 
 			return -1;
 		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled))
 			return -1;
-		if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0))
+		if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr),
+					BPF_F_RECOMPUTE_CSUM))
 			return -1;
 	}
 	if (old_port != new_port) {

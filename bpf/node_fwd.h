@@ -163,8 +163,8 @@ static __always_inline int tc_ttl_dec(struct __sk_buff *skb, __u32 l3_off)
 	return bpf_skb_store_bytes(skb, off, &new, sizeof(new), 0) ? -1 : 0;
 }
 
-/* Hop limit decrement for an IPv6 packet TC sends on itself (no header checksum to fix); -1 when
- * it is exhausted. */
+/* Hop limit decrement for an IPv6 packet TC sends on itself (no header checksum to fix, but
+ * skb->csum of a CHECKSUM_COMPLETE skb covers the byte); -1 when it is exhausted. */
 static __always_inline int tc_hop_limit_dec(struct __sk_buff *skb, __u32 l3_off)
 {
 	__u32 off = l3_off + offsetof(struct ipv6hdr, hop_limit);
@@ -173,7 +173,7 @@ static __always_inline int tc_hop_limit_dec(struct __sk_buff *skb, __u32 l3_off)
 	if (bpf_skb_load_bytes(skb, off, &hops, sizeof(hops)) || hops <= 1)
 		return -1;
 	hops -= 1;
-	return bpf_skb_store_bytes(skb, off, &hops, sizeof(hops), 0) ? -1 : 0;
+	return bpf_skb_store_bytes(skb, off, &hops, sizeof(hops), BPF_F_RECOMPUTE_CSUM) ? -1 : 0;
 }
 
 #endif

@@ -319,6 +319,10 @@ static __always_inline int lb6_parse_frame(void *data, void *data_end, __u32 len
 
 			if (c.pos + 8 > data_end)
 				return PARSE_MALFORMED;
+			/* Segments left in a routing header: the destination is not the final one
+			 * (which the L4 checksum covers), so the packet is not ours to translate. */
+			if (proto == NEXTHDR_ROUTING_HDR && ((__u8 *)opt)[3])
+				return PARSE_NOT_OURS;
 			size = proto == NEXTHDR_AUTH_HDR ? ((__u32)opt->hdrlen + 2) * 4 :
 							   ((__u32)opt->hdrlen + 1) * 8;
 			proto = opt->nexthdr;

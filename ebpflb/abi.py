@@ -179,6 +179,7 @@ MAPS = {
     'lb6_src_ranges': ('lpm_trie', 'struct lb6_src_range_key', '__u32', 'LB4_MAX_SRC_RANGES'),
     'lb6_node_ifs': ('hash', '__u32', 'struct lb6_node_if', 'LB4_MAX_NODE_IFS'),
     'lb6_pod_addrs': ('hash', 'struct lb6_pod_addr_key', '__u32', 'LB4_MAX_POD_ADDRS'),
+    'lb6_progs': ('prog', '__u32', '__u32', 'LB6_PROG_MAX'),
     'lb_sock_cfg': ('array', '__u32', 'struct lb_sock_cfg', '1'),
     'lb_verdicts': ('percpu_array', '__u32', '__u64', 'AT_MAX * VERDICT_MAX'),
     'lb_stats': ('percpu_array', '__u32', '__u64', 'STAT_MAX'),
@@ -218,9 +219,6 @@ PROG_LB4_CONNECT = 'lb4_connect'
 PROG_LB4_SENDMSG = 'lb4_sendmsg'
 PROG_LB4_RECVMSG = 'lb4_recvmsg'
 PROG_LB4_GETPEERNAME = 'lb4_getpeername'
-PROG_ARRAYS = (
-    'lb6_progs',
-)
 
 # ---- map key and value layouts as compiled: type -> (size, ((field, offset, size), ...))
 STRUCTS = {

@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # only for type hints
 # (agent flag), or its own ClusterIPs will not be refused as backends.
 DEFAULT_SERVICE_CIDRS: Tuple[str, ...] = ("10.96.0.0/12",)
 METADATA_ADDRESS = ipaddress.IPv4Address("169.254.169.254")
+# The IPv6 address of the cloud metadata service (AWS IMDS): a ULA, so no rule below catches it.
+METADATA_ADDRESS6 = ipaddress.IPv6Address("fd00:ec2::254")
 
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
@@ -73,6 +75,8 @@ def forbidden_backend(ip: str, service_cidrs: Sequence[str] = DEFAULT_SERVICE_CI
         return f"{ip} is a loopback address"
     if addr == METADATA_ADDRESS:
         return f"{ip} is link-local (cloud metadata service)"
+    if addr == METADATA_ADDRESS6:
+        return f"{ip} is the cloud metadata service"
     if addr.is_link_local:
         return f"{ip} is link-local"
     if addr.is_multicast:
@@ -123,14 +127,14 @@ def _ipv4_ranges(service_cidrs: Tuple[str, ...]) -> Tuple[Tuple[_Network, int, i
 
 def check_backends(manifests: "Manifests", service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS,
                    source: str = "") -> None:
-    """Refuses Manifests (from any source) holding an IPv4 endpoint address that must not be a
-    backend: ManifestErrors with one error per address, naming the slice and the field. Lines
-    are unknown here; the manifest parser reports the same errors with lines."""
+    """Refuses Manifests (from any source) holding an endpoint address (IPv4 or IPv6) that must
+    not be a backend: ManifestErrors with one error per address, naming the slice and the field.
+    Lines are unknown here; the manifest parser reports the same errors with lines."""
     parse_service_cidrs(tuple(service_cidrs))  # a bad range is a ValueError even with no slice
     errors = []
     for s in manifests.slices:
-        if s.address_type != "IPv4":
-            continue  # the model programs IPv4 slices only
+        if s.address_type not in ("IPv4", "IPv6"):
+            continue  # FQDN slices are never programmed
         for i, ep in enumerate(s.endpoints):
             for k, ip in enumerate(ep.addresses):
                 try:
@@ -152,7 +156,8 @@ def backend_message(reason: str) -> str:
 
 def in_service_range(ip: str, service_cidrs: Sequence[str]) -> bool:
     """True when a cluster IP lies in one of the Service ranges of its IP family. An address
-    family with no range configured is not judged (IPv6 cluster IPs are skipped by the model)."""
+    family with no range configured is not judged (the default range is Kubernetes' IPv4 one: a
+    dual-stack cluster names its IPv6 range with --service-cidr)."""
     addr = ipaddress.ip_address(ip)
     ranges = [n for n in parse_service_cidrs(tuple(service_cidrs)) if n.version == addr.version]
     return not ranges or any(addr in n for n in ranges)

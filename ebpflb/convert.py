@@ -218,8 +218,8 @@ class _Parser:
             ck.error(("spec", "externalTrafficPolicy"), f"{show(etp)} is not Cluster or Local")
         out["external_traffic_policy"] = etp
         raw = ck.list(spec.get("externalIPs"), ("spec", "externalIPs"))
-        out["external_ips"] = tuple(ip for i, ip in enumerate(raw)
-                                    if ck.ip(ip, ("spec", "externalIPs", i)) is not None)
+        checked = (ck.ip(ip, ("spec", "externalIPs", i)) for i, ip in enumerate(raw))
+        out["external_ips"] = tuple(ip for ip in checked if ip is not None)
         return out
 
     def _load_balancer_fields(self, spec: Dict[str, Any], svc_type: str, etp: str) -> Dict[str, Any]:
@@ -279,10 +279,14 @@ class _Parser:
         single = spec.get("clusterIP")
         if single is None or single in ("None", ""):
             single = single or ""
-        elif ck.ip(single, ("spec", "clusterIP")) is None:
-            return ()
+        else:
+            single = ck.ip(single, ("spec", "clusterIP"))
+            if single is None:
+                return ()
         raw = ck.list(spec.get("clusterIPs"), ("spec", "clusterIPs"))
-        many = [v for i, v in enumerate(raw) if v == "None" or ck.ip(v, ("spec", "clusterIPs", i))]
+        checked = [v if v == "None" else ck.ip(v, ("spec", "clusterIPs", i))
+                   for i, v in enumerate(raw)]
+        many = [v for v in checked if v]
         if len(many) != len(raw):
             return ()
         if len(many) > 2:
@@ -424,13 +428,13 @@ class _Parser:
                     addresses.append(a)
                 else:
                     ck.error(apath, f"{show(a)} is not a valid FQDN")
-            elif ck.ip(a, apath, {"IPv4": 4, "IPv6": 6}.get(address_type or "")) is not None:
-                # Only IPv4 slices are programmed; the address of an IPv6 one never becomes a backend.
-                reason = forbidden_backend(a, self.service_cidrs) if address_type == "IPv4" else None
+            elif (ip := ck.ip(a, apath, {"IPv4": 4, "IPv6": 6}.get(address_type or ""))) is not None:
+                # Both families are programmed: an IPv6 backend is judged as an IPv4 one is.
+                reason = forbidden_backend(ip, self.service_cidrs)
                 if reason:
                     ck.error(apath, backend_message(reason))
                 else:
-                    addresses.append(a)
+                    addresses.append(ip)
         cond = ck.mapping(item.get("conditions"), path + ("conditions",)) or {}
         ready = ck.boolean(cond.get("ready"), path + ("conditions", "ready"))
         serving = ck.boolean(cond.get("serving"), path + ("conditions", "serving"))

@@ -40,6 +40,7 @@ from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tu
 from . import abi
 from .dataplane.config import CtTimeouts, DataplaneConfig
 from .addresses import format_address
+from .fields import canonical_ip
 from .flowhash import FLOW_HASH_SEED, packet_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL,
                    CT_F_HAIRPIN, CT_F_RESET, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, HAIRPIN_ADDR6,
@@ -206,7 +207,7 @@ def parse_flow(src: str, dst: str, protocol: str, tcp_flags: str = "S") -> Flow:
             number = -1
         if not 1 <= number <= 65535:
             raise ValueError(f"{what} {value!r} is not IPv4:PORT or [IPv6]:PORT (port 1-65535)")
-        return ip, number
+        return canonical_ip(ip), number
 
     saddr, sport = endpoint(src, "source")
     daddr, dport = endpoint(dst, "destination")

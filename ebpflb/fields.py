@@ -93,6 +93,15 @@ def ip_version(value: str) -> Optional[int]:
     return 6
 
 
+def canonical_ip(value: str) -> str:
+    """A valid address as the kernel's maps give it back (inet_ntop): an IPv6 address compressed
+    and in lower case, so "FD00:0::A" and "fd00::a" are one frontend or backend. IPv4 text is
+    already canonical (no leading zeros are accepted)."""
+    if ":" not in value:
+        return value
+    return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, value))
+
+
 class FieldChecker:
     """The problems of one object, as (path from the object's root, message)."""
 
@@ -175,7 +184,7 @@ class FieldChecker:
             what = f"IPv{version} address" if version else "IP address"
             self.error(path, f"{show(value)} is not a valid {what}")
             return None
-        return value
+        return canonical_ip(value) if found == 6 else value
 
     def cidr(self, value: Any, path: FieldPath) -> Optional[str]:
         """A CIDR as Kubernetes accepts it for loadBalancerSourceRanges (surrounding spaces,

@@ -4,6 +4,8 @@ the model's context): its zone for endpoint zone hints, and its primary address 
 import ipaddress
 from typing import Any, Dict, Optional, Tuple
 
+from .fields import canonical_ip
+
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
@@ -27,7 +29,7 @@ def primary_addresses(node: Optional[Dict[str, Any]]) -> Tuple[str, ...]:
                 ip = ipaddress.ip_address(str(a.get("address", "")).strip())
             except ValueError:
                 continue
-            found.setdefault(ip.version, str(ip))
+            found.setdefault(ip.version, canonical_ip(str(ip)))
     return tuple(found[v] for v in (4, 6) if v in found)
 
 

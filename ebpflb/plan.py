@@ -361,10 +361,21 @@ def check_capacity(plan: Plan, held: Mapping[MapId, int], limits: Mapping[str, i
         if step.action == UPSERT:
             added[step.map] = added.get(step.map, 0) + step.olds.count(None)
     for name, limit in limits.items():
-        peak = held.get(MapId(name), 0) + added.get(MapId(name), 0)
+        map_id = MapId(name)
+        peak = held.get(map_id, 0) + added.get(map_id, 0)
         if peak > limit:
             raise CapacityError(f"map {name} would need {peak} entries during the update but holds "
                             f"{limit}; raise its size (agent flags) or program fewer services")
+    # Backend ids come from one space for both families, and the per-id counters
+    # (lb4_backend_stats) have room for max_backends of them: the two maps share that bound.
+    limit = limits.get(BACKENDS.value)
+    if limit is not None:
+        twin = IPV6_TWINS[BACKENDS]
+        peak = sum(held.get(m, 0) + added.get(m, 0) for m in (BACKENDS, twin))
+        if peak > limit:
+            raise CapacityError(f"maps {BACKENDS} and {twin} would need {peak} backend ids during "
+                                f"the update, and the ids of both families number {limit}; raise "
+                                "--max-backends or program fewer backends")
 
 
 def counter_resets(new_svc_ids: Iterable[int], new_backend_ids: Iterable[int]) -> Plan:

@@ -23,7 +23,7 @@ from typing import (AbstractSet, Callable, Dict, Hashable, Iterable, List, Mappi
                     Sequence, Set, Tuple)
 
 from .draining import Draining, drained_records, drains, is_draining, still_open
-from .maps import MapId, Records, SvcKey, VIPS
+from .maps import VIPS, VIPS6, MapId, Records, SvcKey
 from .model import Backend, Frontend
 from .plan import OwnershipError, Plan, PlanError, check_capacity, counter_resets, diff
 from .records import PlanDefaults, build_records
@@ -287,9 +287,11 @@ class Planner:
                     self._vips.pop(vip, None)
             before, after = current.sizes(), want.sizes()
             for map_id in before:
-                if map_id != VIPS:
+                if map_id not in (VIPS, VIPS6):
                     self._held[map_id] = self._held.get(map_id, 0) + after[map_id] - before[map_id]
-            self._held[VIPS] = len(self._vips)
+            # VIP counts are cluster-wide (shared by Services): counted from the whole table.
+            ipv6 = sum(1 for vip in self._vips if ":" in vip)
+            self._held[VIPS], self._held[VIPS6] = len(self._vips) - ipv6, ipv6
             self._svc_pool.commit(old_svc - new_svc)
             self._backend_pool.commit(old_backend - new_backend)
 

@@ -11,6 +11,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Tuple
 
+from .fields import canonical_ip
+
 ALGORITHM_ANNOTATION = "lb.ebpflb.io/algorithm"
 TABLE_SIZE_ANNOTATION = "lb.ebpflb.io/maglev-table-size"
 WEIGHTS_ANNOTATION = "lb.ebpflb.io/backend-weights"
@@ -59,7 +61,8 @@ def parse_policy(annotations: Mapping[str, str]) -> Tuple[LbPolicy, List[Tuple[s
         ip, sep, value = item.strip().partition("=")
         try:
             # An IPv6 address as the backend's record spells it (compressed, lower case).
-            ip = str(ipaddress.ip_address(ip))
+            ipaddress.ip_address(ip)
+            ip = canonical_ip(ip)
             weight = int(value) if sep else -1
         except ValueError:
             weight = -1

@@ -33,8 +33,10 @@ def _ct_timeouts(value: str):
 def _ip_list(values: List[str], option: str) -> tuple:
     import ipaddress
 
+    from ..fields import canonical_ip
+
     try:
-        return tuple(str(ipaddress.ip_address(v)) for v in values)
+        return tuple(canonical_ip(str(ipaddress.ip_address(v))) for v in values)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=option) from exc
 

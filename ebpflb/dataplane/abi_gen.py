@@ -8,8 +8,7 @@ What it reads:
   which the loader overrides with -D): their values;
 - every `enum` of bpf/lb_structs.h: its members in order, with their values;
 - the map declarations of bpf/lb_maps.h: name, type, key and value type, size expression;
-- the entry points of bpf/lb4_tc.c, bpf/lb6_tc.c and bpf/lb4_sock.c (`int NAME(struct CTX *ctx)`),
-  and the tail-call arrays they declare (`BPF_PROG_ARRAY(NAME, ...)`);
+- the entry points of bpf/lb4_tc.c, bpf/lb6_tc.c and bpf/lb4_sock.c (`int NAME(struct CTX *ctx)`);
 - every map's key and value layout as the compiler laid it out: size, and each field's offset
   and size (root: bcc compiles bpf/lb_maps.c into maps pinned in a scratch directory, removed
   after; `--no-structs` keeps the layouts the module has, for a run without root).
@@ -126,14 +125,6 @@ def programs(texts: List[str]) -> List[Tuple[str, str]]:
     return out
 
 
-def prog_arrays(texts: List[str]) -> List[str]:
-    """The tail-call arrays the programs declare for themselves (not pinned: one per load)."""
-    out = []
-    for text in texts:
-        out += re.findall(r"^BPF_PROG_ARRAY\(\s*(\w+)\s*,", text, re.M)
-    return out
-
-
 Layout = Tuple[int, Tuple[Tuple[str, int, int], ...]]  # size, ((field, offset, size), ...)
 
 
@@ -208,7 +199,6 @@ def render(with_structs: Optional[Dict[str, Any]] = None) -> str:
     lines += [f"    {n!r}: {c!r}," for n, c in progs]
     lines += ["}"]
     lines += [f"PROG_{n.upper()} = {n!r}" for n, _ in progs]
-    lines += _tuple("PROG_ARRAYS", prog_arrays([(BPF_DIR / f).read_text() for f in PROGRAM_FILES]))
     lines += ["",
               "# ---- map key and value layouts as compiled: type -> (size, ((field, offset, "
               "size), ...))",

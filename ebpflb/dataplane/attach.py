@@ -284,15 +284,16 @@ class Attacher:
 
 
 class LinkMonitor:
-    """Netlink link and IPv4 route events (devices coming and going, pod routes changing) as a
-    file descriptor for select()."""
+    """Netlink link and route events of both families (devices coming and going, pod routes
+    changing) as a file descriptor for select()."""
 
     def __init__(self) -> None:
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC
+        from pyroute2.netlink.rtnl import (RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK,
+                                           RTMGRP_TC)
 
         self.ipr = IPRoute()
         # tc events too: a filter or qdisc removed under the agent is put back at once.
-        self.ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_TC)
+        self.ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_TC)
 
     def fileno(self) -> int:
         return self.ipr.fileno()

@@ -282,14 +282,15 @@ PROG_LB6_FROM_POD = abi.PROG_LB6_FROM_POD
 PROG_LB6_TO_POD = abi.PROG_LB6_TO_POD
 PROG_LB6_NODE_IN = abi.PROG_LB6_NODE_IN
 PROG_LB6_NODE_OUT = abi.PROG_LB6_NODE_OUT
-IPV6_PROG_ARRAY = abi.PROG_ARRAYS[0]
+IPV6_PROG_ARRAY = "lb6_progs"  # pinned (bpf/lb_maps.h): the attached programs outlive the agent
 IPV6_PROGRAMS = {abi.LB6_PROG_FROM_POD: PROG_LB6_FROM_POD, abi.LB6_PROG_TO_POD: PROG_LB6_TO_POD,
                  abi.LB6_PROG_NODE_IN: PROG_LB6_NODE_IN, abi.LB6_PROG_NODE_OUT: PROG_LB6_NODE_OUT}
 
 
 def _load_ipv6_programs(bpf: Any) -> Dict[str, Any]:
-    """Loads the IPv6 programs and puts them in lb6_progs, where the TC entry points find them.
-    The array belongs to this load: a reload fills its own."""
+    """Loads the IPv6 programs and puts them in lb6_progs, where the TC entry points find them. The
+    array is pinned: a reload replaces its entries (the entry points still attached then tail-call
+    the new programs, which use the same maps)."""
     import ctypes
 
     from bcc import BPF

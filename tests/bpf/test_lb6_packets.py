@@ -286,6 +286,8 @@ PASS_CASES = [
     ("TCP to an IPv6 address that is not a frontend", tcp6(CLIENT, 40000, "fd00:10:244::11", 8080)),
     ("the frontend on a port it does not serve", tcp6(CLIENT, 40000, WEB, 81)),
     ("a later fragment (not translated for IPv6 yet)", _frag_later()),
+    ("a routing header with segments left (the destination is not the final one)",
+     tcp6(CLIENT, 40000, WEB, 80, ext=IPv6ExtHdrRouting(segleft=1, addresses=["fd00::77"]))),
     ("more extension headers than are walked",
      tcp6(CLIENT, 40000, WEB, 80, ext=IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()
           / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt())),
@@ -365,3 +367,87 @@ def test_a_pod_may_use_only_its_own_ipv6_addresses(dp):
     finally:
         write_device_map(writer, POD_ADDRS, {}, only=lambda key: key.ifindex == lo)
     assert not [k for k in dp.progs.bpf[b"lb6_pod_addrs"].keys() if k.ifindex == lo]
+
+
+AFFINITY = """
+apiVersion: v1
+kind: Service
+metadata: {name: sticky6, namespace: demo}
+spec:
+  clusterIP: "fd00:96::40"
+  clusterIPs: ["fd00:96::40"]
+  ipFamilies: [IPv6]
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sticky6-a, namespace: demo, labels: {kubernetes.io/service-name: sticky6}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["fd00:10:244::31"], conditions: {ready: true}}
+- {addresses: ["fd00:10:244::32"], conditions: {ready: true}}
+- {addresses: ["fd00:10:244::33"], conditions: {ready: true}}
+"""
+
+
+def test_session_affinity_keeps_an_ipv6_client_on_one_backend(dp):
+    """ClientIP affinity over IPv6: every new flow of one client goes where its first went
+    (lb6_affinity, keyed by the client's IPv6 address), whatever its source port hashes to."""
+    from ebpflb.dataplane.bcc_maps import lookup_affinity
+
+    dp.program(MANIFEST + "---" + AFFINITY)
+    try:
+        dp.progs.bpf[b"lb6_affinity"].clear()
+        first = Ether(run(dp.progs.from_pod, tcp6(OTHER, 42000, "fd00:96::40", 80)).data)[IPv6].dst
+        hashed = {predicted(OTHER, p, "fd00:96::40", 80, 6,
+                            ["fd00:10:244::31", "fd00:10:244::32", "fd00:10:244::33"])
+                  for p in range(42001, 42031)}
+        assert len(hashed) > 1  # the hash alone would spread these flows
+        for sport in range(42001, 42031):
+            out = Ether(run(dp.progs.from_pod, tcp6(OTHER, sport, "fd00:96::40", 80)).data)
+            assert out[IPv6].dst == first
+        svc_id = next(v.svc_id for k, v in read_snapshot_of(dp).services.items()
+                      if k.vip == "fd00:96::40")
+        bound = lookup_affinity(dp.progs.bpf, svc_id, OTHER)
+        backend = read_snapshot_of(dp).backends[bound[0]]
+        assert backend.addr == first
+    finally:
+        dp.progs.bpf[b"lb6_affinity"].clear()
+        dp.program(MANIFEST)
+
+
+def read_snapshot_of(dp):
+    from ebpflb.apply import read_snapshot
+
+    return read_snapshot(dp.writer)
+
+
+def test_the_ipv6_programs_stay_in_their_array_when_the_loader_is_gone(tmp_path):
+    """lb6_progs is pinned: once the process that loaded the programs closes everything (an
+    agent exiting with --on-exit keep, its TC filters left attached), the array still holds the
+    four IPv6 programs the entry points tail-call. An unpinned array is emptied by the kernel
+    when its last user-space holder goes, which left IPv6 untranslated until the next agent."""
+    import json
+    import shutil
+    import subprocess
+
+    from ebpflb.dataplane.config import DataplaneConfig
+    from ebpflb.dataplane.loader import load_programs
+
+    from ..conftest import unique
+
+    config = DataplaneConfig(pin_dir=f"/sys/fs/bpf/{unique('ebpflb-test6-')}", ct_max_entries=1024)
+    try:
+        progs = load_programs(config, socket_hooks=False)
+        assert len(progs.ipv6) == 4
+        progs.bpf.cleanup()  # every fd this process held: maps and programs
+        out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned",
+                              f"{config.pin_dir}/lb6_progs"], capture_output=True, text=True,
+                             check=True)
+        entries = json.loads(out.stdout)
+        assert len(entries) == 4, entries
+    finally:
+        shutil.rmtree(config.pin_dir, ignore_errors=True)

@@ -132,3 +132,37 @@ def test_ipv6_host_routes_list_a_pods_ipv6_addresses_apart(dataplane):
         table4.clear()
         table6.clear()
         remove_netns(ns)
+
+
+def test_the_agents_monitor_hears_ipv6_host_routes_change():
+    """LinkMonitor (what wakes the agent to resync a device's pod addresses) gets /128 route
+    events too: without them a pod's new IPv6 address was refused as spoofed until the next
+    periodic rescan."""
+    import select
+
+    from ebpflb.dataplane.attach import LinkMonitor
+
+    ns = unique("ebpflb-ns-mon6-")
+    create_netns(ns)
+    try:
+        subprocess.run(["ip", "-n", ns, "-batch", "-"], check=True, text=True, capture_output=True,
+                       input="link add lxc1 type veth peer name p1\nlink set lxc1 up\n"
+                             "link set p1 up\n")
+        with in_netns(ns):
+            monitor = LinkMonitor()
+            try:
+                ifindex = socket.if_nametoindex("lxc1")
+                subprocess.run(["ip", "-6", "route", "add", "fd00:10:244::31/128", "dev", "lxc1"],
+                               check=True)
+                heard = []
+                for _ in range(20):  # bounded: a few reads of what is pending
+                    if not select.select([monitor], [], [], 0.5)[0]:
+                        break
+                    heard += monitor.events()
+                    if ("RTM_NEWROUTE", ifindex, None) in heard:
+                        break
+                assert ("RTM_NEWROUTE", ifindex, None) in heard, heard
+            finally:
+                monitor.close()
+    finally:
+        remove_netns(ns)

@@ -445,6 +445,8 @@ def test_forbidden_backend_matches_an_independent_oracle(ip: str, cidrs: List[st
     ("::ffff:127.0.0.1", "::ffff:127.0.0.1 is IPv4-mapped: 127.0.0.1 is a loopback address"),
     ("10.244.0.11", None), ("172.18.0.2", None), ("240.0.0.1", None), ("10.112.0.0", None),
     ("10.95.255.255", None), ("fd00::1", None),
+    ("fd00:ec2::254", "fd00:ec2::254 is the cloud metadata service"),
+    ("ff02::1", "ff02::1 is a multicast address"), ("::", ":: is the unspecified address"),
 ])
 def test_forbidden_backend_reasons(ip: str, reason: Optional[str]) -> None:
     assert forbidden_backend(ip, DEFAULT_SERVICE_CIDRS) == reason
@@ -466,7 +468,8 @@ def _slice(*addresses: str, address_type: str = "IPv4") -> EndpointSlice:
 
 
 def test_check_backends_on_manifests_from_any_source() -> None:
-    check_backends(Manifests((), (_slice("10.244.0.1"), _slice("::1", address_type="IPv6")), ()))
+    check_backends(Manifests((), (_slice("10.244.0.1"), _slice("fd00:10:244::1", address_type="IPv6")),
+                             ()))
     with pytest.raises(ManifestErrors) as exc:
         check_backends(Manifests((), (_slice("10.244.0.1", "169.254.169.254", "10.100.0.1"),), ()),
                        source="api")
@@ -498,3 +501,24 @@ def test_parser_and_check_backends_agree(ip: str) -> None:
         assert direct == [err.message] == [f"{reason}: not allowed as a backend"]
     else:
         assert reason is None and direct is None
+
+
+def test_ipv6_endpoint_slices_are_held_to_the_same_backend_rules() -> None:
+    """IPv6 slices are programmed now: their addresses are judged as IPv4 ones are, by the
+    parser and by check_backends (both let them through before, when IPv6 was not programmed:
+    ::1 or the metadata service would have become backends)."""
+    bad = ("::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "fd00:10:96::5")
+    cidrs = ("10.96.0.0/12", "fd00:10:96::/112")
+    with pytest.raises(ManifestErrors) as exc:
+        check_backends(Manifests((), (_slice("fd00:10:244::7", *bad, address_type="IPv6"),), ()),
+                       cidrs, source="api")
+    assert [e.field for e in exc.value.errors] == [
+        f"endpoints[{i}].addresses[0]" for i in range(1, len(bad) + 1)]
+    eps = "".join(f"- addresses: ['{ip}']\n" for ip in ("fd00:10:244::7",) + bad)
+    text = ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-6\n"
+            "  namespace: demo\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv6\n"
+            f"endpoints:\n{eps}")
+    with pytest.raises(ManifestErrors) as exc:
+        parse_documents(text, "six.yaml")
+    assert len(exc.value.errors) == 4  # ::1, fe80::1, the metadata service, the mapped loopback
+    assert all("not allowed as a backend" in str(e) for e in exc.value.errors)

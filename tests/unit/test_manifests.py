@@ -579,10 +579,13 @@ def test_every_refused_address_is_reported() -> None:
         ("endpoints[0].addresses[1]", 16), ("endpoints[0].addresses[2]", 17)]
 
 
-def test_ipv6_slices_are_not_checked() -> None:
-    # The model programs IPv4 slices only: an IPv6 slice's address never becomes a backend.
-    m = parse_documents(endpointslice(atype="IPv6", addr='"::1"'), "ok.yaml")
-    assert m.slices[0].endpoints[0].addresses == ("::1",)
+def test_ipv6_slices_are_checked_as_ipv4_ones() -> None:
+    # IPv6 slices are programmed: their addresses become backends, so the same rules hold (this
+    # passed ::1 through while IPv6 was not programmed).
+    with pytest.raises(ManifestErrors, match="::1 is a loopback address: not allowed as a backend"):
+        parse_documents(endpointslice(atype="IPv6", addr='"::1"'), "bad.yaml")
+    m = parse_documents(endpointslice(atype="IPv6", addr='"FD00::B"'), "ok.yaml")
+    assert m.slices[0].endpoints[0].addresses == ("fd00::b",)  # as the maps give it back
 
 
 @pytest.mark.parametrize("cidr", ["10.96.0.0/33", "10.96.0.1/12", "bogus", ""])

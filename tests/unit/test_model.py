@@ -252,3 +252,36 @@ endpoints:
     )
     state = desired_state(manifests.services, manifests.slices)
     assert flat(state) == {"10.96.0.10:80/TCP": ["10.244.0.11:8080", "10.244.0.12:8080"]}
+
+
+def test_ipv6_addresses_are_programmed_in_the_form_the_kernel_reads_back():
+    """A hand-written manifest may spell an IPv6 address in capitals or uncompressed. The maps
+    give addresses back as inet_ntop writes them, so anything else would never match on a
+    read-back: a full sync would delete the frontend it had just written under the other
+    spelling (the kernel key is the same). The converter canonicalizes every address."""
+    text = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  type: LoadBalancer
+  clusterIP: "FD00:0096:0:0::000A"
+  clusterIPs: ["FD00:0096:0:0::000A"]
+  ipFamilies: [IPv6]
+  externalIPs: ["2001:DB8::0:7"]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+status: {loadBalancer: {ingress: [{ip: "2001:DB8:0::9"}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-6, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["FD00:10:244:0:0:0:0:B"], conditions: {ready: true}}
+"""
+    m = parse_documents(text, "six.yaml")
+    state = desired_state(m.services, m.slices, external_ip_allow=("2001:db8::/32",))
+    assert sorted(str(fe) for fe in state.frontends) == [
+        "[2001:db8::7]:80/TCP", "[2001:db8::9]:80/TCP", "[fd00:96::a]:80/TCP"]
+    assert {str(b) for bs in state.frontends.values() for b in bs} == {"[fd00:10:244::b]:8080"}

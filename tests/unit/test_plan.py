@@ -286,3 +286,15 @@ def test_an_ipv6_frontend_is_restricted_by_its_ipv6_source_ranges_only():
     writer = DictWriter()
     apply_plan(compute_plan(state({lb4: (), lb6: ()}), empty_snapshot()), writer)
     assert [k.cidr for k in writer.maps[SRC_RANGES6]] == ["2001:db8::/32"]
+
+
+def test_ipv4_and_ipv6_backends_share_the_backend_id_bound():
+    """Backend ids (and their counters) are one space for both families: three IPv4 and three
+    IPv6 backends do not fit a limit of 4, though each family's map alone would."""
+    from ebpflb.plan import CapacityError
+
+    limits = {"lb4_backends": 4, "lb6_backends": 4}
+    with pytest.raises(CapacityError, match="backend ids"):
+        compute_plan(state({WEB: (b(1), b(2), b(3)), WEB6: (b6(1), b6(2), b6(3))}),
+                     empty_snapshot(), limits)
+    assert compute_plan(state({WEB: (b(1), b(2)), WEB6: (b6(1), b6(2))}), empty_snapshot(), limits)
