@@ -23,3 +23,7 @@
 #define FAM_FLOW_HASH(p) flow_hash4(p)
 #define FAM_ADDR_NONE 0
 #define FAM_ADDR_COPY(dst, src) ((dst) = (src))
+#define FAM_FRAG_KEY frag4_key
+#define FAM_FRAG_NAT frag4_nat
+#define FRAG_(name) frag4_##name
+#define FAM_FRAG_ID(p) ((p)->ip_id)

@@ -20,3 +20,7 @@
 #define FAM_FLOW_HASH(p) flow_hash6(p)
 #define FAM_ADDR_NONE ((struct lb6_addr){})
 #define FAM_ADDR_COPY(dst, src) addr6_copy(&(dst), &(src))
+#define FAM_FRAG_KEY frag6_key
+#define FAM_FRAG_NAT frag6_nat
+#define FRAG_(name) frag6_##name
+#define FAM_FRAG_ID(p) ((p)->frag_id)

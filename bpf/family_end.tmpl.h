@@ -21,3 +21,7 @@
 #undef FAM_FLOW_HASH
 #undef FAM_ADDR_NONE
 #undef FAM_ADDR_COPY
+#undef FAM_FRAG_KEY
+#undef FAM_FRAG_NAT
+#undef FRAG_
+#undef FAM_FRAG_ID

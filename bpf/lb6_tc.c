@@ -4,8 +4,8 @@
  * its own (its addresses, keys and entries are four times larger). The same hooks, around the
  * same decision core (core.tmpl.h, as lb6_frontend), with IPv6 parsing (extension headers
  * walked), rewriting (no header checksum) and rejects (RST, ICMPv6 port unreachable).
- * Not yet for IPv6: ICMPv6 errors about a flow are not translated, later fragments pass
- * untranslated, and XDP leaves IPv6 to TC. */
+ * Fragments follow their first fragment (fragments.tmpl.h, frag6). Not yet for IPv6: ICMPv6
+ * errors about a flow are not translated, and XDP leaves IPv6 to TC. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 
@@ -15,6 +15,7 @@
 #include "counters.h"
 #include "nat.h"
 #include "reject.h"
+#include "fragments.h"
 #include "lb_core.h"
 
 /* The verdict of a packet the decision core sent on (lb4_sent for lb6_nat). */
@@ -54,6 +55,27 @@ static __always_inline int lb6_send_back(struct __sk_buff *skb)
 	return r;
 }
 
+/* A later fragment at TC: it goes where its first fragment went (as lb4_tc_fragment). */
+static __always_inline int lb6_tc_fragment(struct __sk_buff *skb, const struct pkt6 *p, __u8 hook,
+					   __u32 at, int count_miss)
+{
+	struct frag6_nat v;
+	int r = frag6_translate(skb, p, hook, count_miss, &v);
+
+	if (r < 0)
+		return lb_verdict(at, VERDICT_DROP, TC_ACT_SHOT);
+	if (r == 0)
+		return lb6_pass(at, PARSE_NOT_OURS);
+	if (v.action == FRAG_ACT_BOUNCE)
+		return lb6_done(at, VERDICT_FRAGMENT, lb6_send_back(skb));
+	if (v.action == FRAG_ACT_REDIRECT) {
+		if (tc_hop_limit_dec(skb, p->l3_off))
+			return lb6_drop(at, STAT_FORWARD_FAIL);
+		return lb6_done(at, VERDICT_FRAGMENT, lb_send_out(v.ifindex));
+	}
+	return lb_verdict(at, VERDICT_FRAGMENT, TC_ACT_OK);
+}
+
 /* ---- pod devices ---- */
 
 /* Hairpin (a pod reaching itself through its Service): as lb4_hairpin_out and lb4_hairpin_reply,
@@ -83,6 +105,8 @@ static __always_inline int lb6_hairpin_reply(struct __sk_buff *skb, const struct
 	if (lb6_rewrite(skb, p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
 	    lb6_rewrite(skb, p, NAT_DST, p->saddr, p->dport))
 		return lb6_drop(AT_FROM_POD, STAT_NAT_FAIL);
+	frag6_record(p, FRAG_AT_POD_IN, ct->nat_addr, p->saddr, ct->svc_id, ct->backend_id,
+		     FRAG_ACT_BOUNCE, 0, 1);
 	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
 	return lb6_done(AT_FROM_POD, VERDICT_REPLY, lb6_send_back(skb));
 }
@@ -97,6 +121,8 @@ int lb6_from_pod(struct __sk_buff *skb)
 
 	lb_pull_headers(skb, LB6_PULL_LEN);
 	r = lb6_parse(skb, &p);
+	if (r == PARSE_FRAGMENT)
+		return lb6_tc_fragment(skb, &p, FRAG_AT_POD_IN, AT_FROM_POD, 1);
 	if (r != PARSE_OK)
 		return lb6_pass(AT_FROM_POD, r);
 	if (addr6_is_hairpin(&p.daddr))
@@ -119,8 +145,16 @@ int lb6_from_pod(struct __sk_buff *skb)
 	    (n.sport != p.sport && lb6_rewrite(skb, &p, NAT_SRC, p.saddr, n.sport)))
 		return lb6_drop(AT_FROM_POD, STAT_NAT_FAIL);
 	lb_count_flow(n.svc_id, n.backend_id, skb->len, 0, n.new_flow);
-	if (addr6_eq(&n.daddr, &p.saddr))
+	if (addr6_eq(&n.daddr, &p.saddr)) {
+		struct lb6_addr hairpin;
+
+		addr6_set_hairpin(&hairpin);
+		frag6_record(&p, FRAG_AT_POD_IN, hairpin, n.daddr, n.svc_id, n.backend_id,
+			     FRAG_ACT_BOUNCE, 0, 0);
 		return lb6_done(AT_FROM_POD, lb6_sent(&n), lb6_hairpin_out(skb, &p));
+	}
+	frag6_record(&p, FRAG_AT_POD_IN, p.saddr, n.daddr, n.svc_id, n.backend_id, FRAG_ACT_PASS, 0,
+		     0);
 	return lb_verdict(AT_FROM_POD, lb6_sent(&n), TC_ACT_OK);
 }
 
@@ -134,6 +168,8 @@ int lb6_to_pod(struct __sk_buff *skb)
 
 	lb_pull_headers(skb, LB6_PULL_LEN);
 	r = lb6_parse(skb, &p);
+	if (r == PARSE_FRAGMENT)
+		return lb6_tc_fragment(skb, &p, FRAG_AT_POD_OUT, AT_TO_POD, 1);
 	if (r != PARSE_OK)
 		return lb6_pass(AT_TO_POD, r);
 	ct6_key_of(&p, CT_DIR_REPLY, &rk);
@@ -144,6 +180,8 @@ int lb6_to_pod(struct __sk_buff *skb)
 	if (lb6_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
 	    ((ct->flags & CT_F_PORT_NAT) && lb6_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port)))
 		return lb6_drop(AT_TO_POD, STAT_NAT_FAIL);
+	frag6_record(&p, FRAG_AT_POD_OUT, ct->nat_addr, p.daddr, ct->svc_id, ct->backend_id,
+		     FRAG_ACT_PASS, 0, 1);
 	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
 	return lb_verdict(AT_TO_POD, VERDICT_REPLY, TC_ACT_OK);
 }
@@ -225,6 +263,8 @@ int lb6_node_in(struct __sk_buff *skb)
 	n = &s->n;
 	lb_pull_headers(skb, LB6_PULL_LEN);
 	r = lb6_parse(skb, p);
+	if (r == PARSE_FRAGMENT)
+		return lb6_tc_fragment(skb, p, FRAG_AT_NODE_IN, AT_NODE_IN, 1);
 	if (r != PARSE_OK)
 		return lb6_pass(AT_NODE_IN, r);
 	r = lb6_node_decide(skb, p, skb->ifindex, n);
@@ -246,6 +286,8 @@ int lb6_node_in(struct __sk_buff *skb)
 	if (r == NV_LOCAL) {
 		if (n->sport != p->sport && lb6_rewrite(skb, p, NAT_SRC, p->saddr, n->sport))
 			return lb6_drop(AT_NODE_IN, STAT_NAT_FAIL);
+		frag6_record(p, FRAG_AT_NODE_IN, p->saddr, n->daddr, n->svc_id, n->backend_id,
+			     FRAG_ACT_PASS, 0, 0);
 		lb_count_flow(n->svc_id, n->backend_id, skb->len, n->reply, n->new_flow);
 		return lb_verdict(AT_NODE_IN, lb6_sent(n), TC_ACT_OK);
 	}
@@ -254,6 +296,8 @@ int lb6_node_in(struct __sk_buff *skb)
 	/* From this node's own address now: sent out directly, not handed to the stack. */
 	if (tc_hop_limit_dec(skb, p->l3_off))
 		return lb6_drop(AT_NODE_IN, STAT_FORWARD_FAIL);
+	frag6_record(p, FRAG_AT_NODE_IN, n->saddr, n->daddr, n->svc_id, n->backend_id,
+		     FRAG_ACT_REDIRECT, n->ifindex, n->reply);
 	lb_count_flow(n->svc_id, n->backend_id, skb->len, n->reply, n->new_flow);
 	lb_count(STAT_NODE_FORWARD);
 	return lb6_done(AT_NODE_IN, lb6_sent(n), lb_send_out(n->ifindex));
@@ -269,6 +313,15 @@ int lb6_node_out(struct __sk_buff *skb)
 
 	lb_pull_headers(skb, LB6_PULL_LEN);
 	r = lb6_parse(skb, &p);
+	if (r == PARSE_FRAGMENT) {
+		struct frag6_nat v;
+
+		/* Only fragments whose first one this program translated have a record here. */
+		r = frag6_translate(skb, &p, FRAG_AT_NODE_OUT, 0, &v);
+		if (r < 0)
+			return lb_verdict(AT_NODE_OUT, VERDICT_DROP, TC_ACT_SHOT);
+		return lb_verdict(AT_NODE_OUT, r ? VERDICT_FRAGMENT : VERDICT_PASS, TC_ACT_OK);
+	}
 	if (r != PARSE_OK)
 		return lb6_pass(AT_NODE_OUT, r);
 	ct6_key_of(&p, CT_DIR_REPLY, &rk);
@@ -280,6 +333,8 @@ int lb6_node_out(struct __sk_buff *skb)
 	if (lb6_rewrite(skb, &p, NAT_SRC, ct->nat_addr, ct->nat_port) ||
 	    ((ct->flags & CT_F_PORT_NAT) && lb6_rewrite(skb, &p, NAT_DST, p.daddr, ct->nat2_port)))
 		return lb6_drop(AT_NODE_OUT, STAT_NAT_FAIL);
+	frag6_record(&p, FRAG_AT_NODE_OUT, ct->nat_addr, p.daddr, ct->svc_id, ct->backend_id,
+		     FRAG_ACT_PASS, 0, 1);
 	lb_count_flow(ct->svc_id, ct->backend_id, skb->len, 1, 0);
 	return lb_verdict(AT_NODE_OUT, VERDICT_REPLY, TC_ACT_OK);
 }

@@ -1,5 +1,5 @@
 /* lb_core.h: the decision core and what it stands on, once per IP family: the templates
- * (conntrack, selection, SNAT, the decision itself) instantiated for IPv4 (ct4_find,
+ * (conntrack, selection, SNAT, the decision itself, fragments) instantiated for IPv4 (ct4_find,
  * lb4_frontend...) and IPv6 (ct6_find, lb6_frontend...). */
 #ifndef EBPFLB_LB_CORE_H
 #define EBPFLB_LB_CORE_H
@@ -12,6 +12,8 @@
 #include "counters.h"
 #include "conntrack.h"
 #include "node_fwd.h"
+#include "nat.h"
+#include "fragments.h"
 
 /* Which hook asks: the differences between them are all here, as constants the compiler folds. */
 #define HOOK_POD 0	/* TC ingress of a pod device: packets leaving a pod */
@@ -28,6 +30,7 @@
 #include "select.tmpl.h"
 #include "snat.tmpl.h"
 #include "core.tmpl.h"
+#include "fragments.tmpl.h"
 #include "family_end.tmpl.h"
 
 #include "family6.h"
@@ -35,6 +38,7 @@
 #include "select.tmpl.h"
 #include "snat.tmpl.h"
 #include "core.tmpl.h"
+#include "fragments.tmpl.h"
 #include "family_end.tmpl.h"
 
 #endif

@@ -143,6 +143,8 @@ BPF_TABLE_PINNED("hash", __u32, struct lb6_node_if, lb6_node_ifs, LB4_MAX_NODE_I
 		 EBPFLB_PIN_DIR "/lb6_node_ifs");
 BPF_TABLE_PINNED("hash", struct lb6_pod_addr_key, __u32, lb6_pod_addrs, LB4_MAX_POD_ADDRS,
 		 EBPFLB_PIN_DIR "/lb6_pod_addrs", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct frag6_key, struct frag6_nat, frag6, FRAG4_MAX_ENTRIES,
+		 EBPFLB_PIN_DIR "/frag6");
 /* The IPv6 programs (enum lb6_prog), which the TC entry points tail-call for IPv6 packets;
  * filled by the loader. Pinned like every map: the kernel empties a program array when no one
  * in user space holds it, and the attached programs outlive the agent. */

@@ -287,6 +287,16 @@ struct frag4_key {
 	__u8 hook;	/* FRAG_AT_*: a record serves only the hook that made it */
 };
 
+/* The IPv6 twin: the Fragment header's 32-bit identification. */
+struct frag6_key {
+	struct lb6_addr saddr;
+	struct lb6_addr daddr;
+	__be32 id;
+	__u8 proto;
+	__u8 hook;
+	__u16 pad;
+};
+
 /* Where a first fragment was translated. A backend's fragmented answer crosses its own pod
  * device (lb4_from_pod) before the client's (lb4_to_pod): only the hook that translated the first
  * fragment may translate the others. */
@@ -310,6 +320,18 @@ struct frag4_nat {
 	__u8 reply;		/* counted as a reply (backend to client) */
 	__u16 pad;
 	__u64 created_ns;	/* a datagram not complete after FRAG4_TIMEOUT is forgotten */
+};
+
+struct frag6_nat {
+	struct lb6_addr saddr;
+	struct lb6_addr daddr;
+	__u32 svc_id;
+	__u32 backend_id;
+	__u32 ifindex;
+	__u8 action;
+	__u8 reply;
+	__u16 pad;
+	__u64 created_ns;
 };
 
 /* Source validation on a pod device: (ifindex, address) is present for every address the pod

@@ -84,6 +84,16 @@ static __always_inline struct lb4_node_if *lb4_node_if_get(__u32 *k)
 	return lb4_node_ifs.lookup(k);
 }
 
+static __always_inline struct frag4_nat *frag4_get(struct frag4_key *k)
+{
+	return frag4.lookup(k);
+}
+
+static __always_inline int frag4_put(struct frag4_key *k, struct frag4_nat *v)
+{
+	return frag4.update(k, v);
+}
+
 /* ---- IPv6 ---- */
 
 static __always_inline struct ct6_entry *ct6_get(struct ct6_key *k)
@@ -159,6 +169,16 @@ static __always_inline int lb6_affinity_put(struct lb6_affinity_key *k, struct l
 static __always_inline struct lb6_node_if *lb6_node_if_get(__u32 *k)
 {
 	return lb6_node_ifs.lookup(k);
+}
+
+static __always_inline struct frag6_nat *frag6_get(struct frag6_key *k)
+{
+	return frag6.lookup(k);
+}
+
+static __always_inline int frag6_put(struct frag6_key *k, struct frag6_nat *v)
+{
+	return frag6.update(k, v);
 }
 
 #endif

@@ -56,8 +56,10 @@ SERVER_CODE = textwrap.dedent("""
     def udp():
         try:
             while True:
-                data, peer = u.recvfrom(100)
-                u.sendto(b"udp from " + peer[0].encode(), peer)
+                data, peer = u.recvfrom(65535)
+                # A large datagram is answered with as large a one (fragments both ways).
+                u.sendto((b"udp from " + peer[0].encode() + b" ").ljust(len(data), b"x")
+                         if len(data) > 100 else b"udp from " + peer[0].encode(), peer)
         except OSError:
             pass
     threading.Thread(target=udp, daemon=True).start()
@@ -81,6 +83,9 @@ CLIENT_CODE = textwrap.dedent(f"""
     u.sendto(b"ping", ("{VIP}", 53))
     data, peer = u.recvfrom(100)
     print(data.decode(), peer[0], peer[1])
+    u.sendto(b"y" * 4000, ("{VIP}", 53))  # above the veths' MTU: sent in fragments
+    data, peer = u.recvfrom(65535)
+    print(data.split(b" ")[0].decode(), data.split(b" ")[2].decode(), len(data), peer[0], peer[1])
 """)
 
 
@@ -140,11 +145,14 @@ def test_a_pod_reaches_an_ipv6_clusterip_over_tcp_and_udp(world):
     out = subprocess.run(["ip", "netns", "exec", client, sys.executable, "-c", CLIENT_CODE],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    tcp_line, udp_line = out.stdout.splitlines()
+    tcp_line, udp_line, big_line = out.stdout.splitlines()
     # The server saw the client's own address; the client talked to the frontend throughout.
     assert tcp_line == f"tcp from {CLIENT} {VIP}"
     # The UDP answer came back from the frontend's address and port (reverse NAT).
     assert udp_line == f"udp from {CLIENT} {VIP} 53"
+    # A datagram in fragments reached the backend whole (every fragment translated), and its
+    # fragmented answer came back whole, from the frontend.
+    assert big_line == f"udp {CLIENT} 4000 {VIP} 53"
     flows = {(e.saddr, e.daddr, e.dport, e.nat_addr, e.nat_port)
              for e in read_conntrack(dp.progs.bpf) if e.direction == "forward"}
     assert (CLIENT, VIP, 80, SERVER, 8080) in flows
