@@ -1,5 +1,6 @@
-/* icmp.h: ICMP errors about a load-balanced flow (destination unreachable, including
- * fragmentation needed, time exceeded, parameter problem). They quote the packet that caused
+/* icmp.h: ICMP and ICMPv6 errors about a load-balanced flow (destination unreachable, including
+ * fragmentation needed, packet too big, time exceeded, parameter problem): parsing and rewriting
+ * them for each family (icmp_nat.tmpl.h decides what to rewrite). They quote the packet that caused
  * them, as the sender of the error saw it; the quoted header (and the outer address when it is the
  * NATed one) must be translated too, or the client's socket never hears of the error (a broken
  * path MTU discovery is the classic symptom). Checksums: the outer IP header's, the quoted IP
@@ -8,8 +9,10 @@
 #define EBPFLB_ICMP_H
 
 #include <uapi/linux/icmp.h>
+#include <uapi/linux/icmpv6.h>
 
 #include "parse.h"
+#include "addr6.h"
 
 /* An ICMP error and the TCP/UDP header it quotes; addresses and ports in network order. */
 struct icmp4_err {
@@ -27,7 +30,7 @@ struct icmp4_err {
 };
 
 /* Returns 0 and fills *e for an IPv4 ICMP error quoting TCP or UDP; -1 for anything else. */
-static __always_inline int parse_icmp4_error(struct __sk_buff *skb, struct icmp4_err *e)
+static __always_inline int icmp4_parse_error(struct __sk_buff *skb, struct icmp4_err *e)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -118,6 +121,120 @@ static __always_inline int icmp4_rewrite_outer(struct __sk_buff *skb, const stru
 				sizeof(new_addr)))
 		return -1;
 	return bpf_skb_store_bytes(skb, off, &new_addr, sizeof(new_addr), 0);
+}
+
+/* ---- ICMPv6 ---- */
+
+/* An ICMPv6 error and the TCP/UDP header it quotes (icmp4_err's twin). */
+struct icmp6_err {
+	__u32 l3_off;
+	__u32 icmp_off;
+	__u32 inner_off;	/* the quoted IPv6 header */
+	__u32 inner_l4_off;	/* the quoted ports, right after it */
+	struct lb6_addr saddr;	/* outer */
+	struct lb6_addr daddr;
+	struct lb6_addr in_saddr;	/* quoted */
+	struct lb6_addr in_daddr;
+	__be16 in_sport;
+	__be16 in_dport;
+	__u8 in_proto;
+};
+
+/* Returns 0 and fills *e for an ICMPv6 error (destination unreachable, packet too big, time
+ * exceeded, parameter problem) right after the IPv6 header, quoting a TCP or UDP packet without
+ * extension headers; -1 for anything else. */
+static __always_inline int icmp6_parse_error(struct __sk_buff *skb, struct icmp6_err *e)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor c = { .pos = data };
+	struct ethhdr *eth;
+	struct ipv6hdr *ip6h;
+	struct icmp6hdr *icmph;
+	struct ipv6hdr *inner;
+	__be16 *ports;
+
+	if (parse_ethhdr(&c, data_end, &eth) != bpf_htons(ETH_P_IPV6))
+		return -1;
+	if (parse_ipv6hdr(&c, data_end, skb->len - ETH_HLEN, &ip6h) < 0)
+		return -1;
+	if (ip6h->nexthdr != IPPROTO_ICMPV6)
+		return -1;
+	icmph = c.pos;
+	if ((void *)(icmph + 1) > data_end)
+		return -1;
+	if (icmph->icmp6_type != ICMPV6_DEST_UNREACH && icmph->icmp6_type != ICMPV6_PKT_TOOBIG &&
+	    icmph->icmp6_type != ICMPV6_TIME_EXCEED && icmph->icmp6_type != ICMPV6_PARAMPROB)
+		return -1;
+	inner = (void *)(icmph + 1);
+	if ((void *)(inner + 1) > data_end || inner->version != 6)
+		return -1;
+	if (inner->nexthdr != IPPROTO_TCP && inner->nexthdr != IPPROTO_UDP)
+		return -1;
+	ports = (void *)(inner + 1);
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	e->l3_off = (void *)ip6h - data;
+	e->icmp_off = (void *)icmph - data;
+	e->inner_off = (void *)inner - data;
+	e->inner_l4_off = e->inner_off + sizeof(*inner);
+	__builtin_memcpy(&e->saddr, &ip6h->saddr, sizeof(e->saddr));
+	__builtin_memcpy(&e->daddr, &ip6h->daddr, sizeof(e->daddr));
+	__builtin_memcpy(&e->in_saddr, &inner->saddr, sizeof(e->in_saddr));
+	__builtin_memcpy(&e->in_daddr, &inner->daddr, sizeof(e->in_daddr));
+	e->in_sport = ports[0];
+	e->in_dport = ports[1];
+	e->in_proto = inner->nexthdr;
+	return 0;
+}
+
+/* Rewrites one side of the quoted packet: the ICMPv6 checksum covers the quoted bytes (there is
+ * no quoted header checksum in IPv6). skb->csum is right as it is: the address and the checksum
+ * field change by opposite amounts. */
+static __always_inline int icmp6_rewrite_inner(struct __sk_buff *skb, const struct icmp6_err *e,
+					       int dst, struct lb6_addr new_addr, __be16 new_port)
+{
+	__u32 addr_off = e->inner_off + (dst ? offsetof(struct ipv6hdr, daddr) :
+					       offsetof(struct ipv6hdr, saddr));
+	__u32 port_off = e->inner_l4_off + (dst ? 2 : 0);
+	__u32 csum_off = e->icmp_off + offsetof(struct icmp6hdr, icmp6_cksum);
+	__be16 old_port = dst ? e->in_dport : e->in_sport;
+	struct lb6_addr old_addr;
+	__s64 diff;
+
+	if (dst)
+		addr6_copy(&old_addr, &e->in_daddr);
+	else
+		addr6_copy(&old_addr, &e->in_saddr);
+	diff = bpf_csum_diff(old_addr.w, sizeof(old_addr), new_addr.w, sizeof(new_addr), 0);
+	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, 0) ||
+	    bpf_l4_csum_replace(skb, csum_off, old_port, new_port, sizeof(new_port)))
+		return -1;
+	if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0) ||
+	    bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0))
+		return -1;
+	return 0;
+}
+
+/* Rewrites the outer source or destination: the ICMPv6 checksum's pseudo header (stored with
+ * BPF_F_RECOMPUTE_CSUM for skb->csum, as lb6_rewrite). */
+static __always_inline int icmp6_rewrite_outer(struct __sk_buff *skb, const struct icmp6_err *e,
+					       int dst, struct lb6_addr new_addr)
+{
+	__u32 off = e->l3_off + (dst ? offsetof(struct ipv6hdr, daddr) :
+				       offsetof(struct ipv6hdr, saddr));
+	__u32 csum_off = e->icmp_off + offsetof(struct icmp6hdr, icmp6_cksum);
+	struct lb6_addr old_addr;
+	__s64 diff;
+
+	if (dst)
+		addr6_copy(&old_addr, &e->daddr);
+	else
+		addr6_copy(&old_addr, &e->saddr);
+	diff = bpf_csum_diff(old_addr.w, sizeof(old_addr), new_addr.w, sizeof(new_addr), 0);
+	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &new_addr, sizeof(new_addr), BPF_F_RECOMPUTE_CSUM);
 }
 
 #endif

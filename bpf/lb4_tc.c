@@ -32,7 +32,6 @@
 #include "nat_xdp.h"
 #include "reject.h"
 #include "fragments.h"
-#include "icmp_nat.h"
 #include "lb_core.h"
 
 /* Hands an IPv6 packet to its program of lb6_tc.c (lb6_progs, by enum lb6_prog); returns only

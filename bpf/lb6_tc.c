@@ -4,8 +4,8 @@
  * its own (its addresses, keys and entries are four times larger). The same hooks, around the
  * same decision core (core.tmpl.h, as lb6_frontend), with IPv6 parsing (extension headers
  * walked), rewriting (no header checksum) and rejects (RST, ICMPv6 port unreachable).
- * Fragments follow their first fragment (fragments.tmpl.h, frag6). Not yet for IPv6: ICMPv6
- * errors about a flow are not translated, and XDP leaves IPv6 to TC. */
+ * Fragments follow their first fragment (fragments.tmpl.h, frag6), and ICMPv6 errors about a flow
+ * are translated as its packets are (icmp_nat.tmpl.h). Not yet for IPv6: XDP leaves it to TC. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 
@@ -53,6 +53,14 @@ static __always_inline int lb6_send_back(struct __sk_buff *skb)
 	if (r == TC_ACT_SHOT)
 		lb_count(STAT_NAT_FAIL);
 	return r;
+}
+
+/* An ICMPv6 error about one of our flows, translated (a verdict >= 0) or not ours (-1). */
+static __always_inline int lb6_icmp_done(__u32 at, int r)
+{
+	if (r < 0)
+		return lb6_pass(at, PARSE_NOT_OURS);
+	return lb6_done(at, VERDICT_ICMP_ERROR, r);
 }
 
 /* A later fragment at TC: it goes where its first fragment went (as lb4_tc_fragment). */
@@ -121,6 +129,8 @@ int lb6_from_pod(struct __sk_buff *skb)
 
 	lb_pull_headers(skb, LB6_PULL_LEN);
 	r = lb6_parse(skb, &p);
+	if (r == PARSE_NOT_OURS)
+		return lb6_icmp_done(AT_FROM_POD, lb6_icmp_client(skb, CT_DIR_FWD, 0, 0));
 	if (r == PARSE_FRAGMENT)
 		return lb6_tc_fragment(skb, &p, FRAG_AT_POD_IN, AT_FROM_POD, 1);
 	if (r != PARSE_OK)
@@ -168,6 +178,8 @@ int lb6_to_pod(struct __sk_buff *skb)
 
 	lb_pull_headers(skb, LB6_PULL_LEN);
 	r = lb6_parse(skb, &p);
+	if (r == PARSE_NOT_OURS)
+		return lb6_icmp_done(AT_TO_POD, lb6_icmp_client(skb, CT_DIR_REPLY, 0, 0));
 	if (r == PARSE_FRAGMENT)
 		return lb6_tc_fragment(skb, &p, FRAG_AT_POD_OUT, AT_TO_POD, 1);
 	if (r != PARSE_OK)
@@ -263,6 +275,8 @@ int lb6_node_in(struct __sk_buff *skb)
 	n = &s->n;
 	lb_pull_headers(skb, LB6_PULL_LEN);
 	r = lb6_parse(skb, p);
+	if (r == PARSE_NOT_OURS)
+		return lb6_icmp_done(AT_NODE_IN, lb6_node_icmp_in(skb));
 	if (r == PARSE_FRAGMENT)
 		return lb6_tc_fragment(skb, p, FRAG_AT_NODE_IN, AT_NODE_IN, 1);
 	if (r != PARSE_OK)
@@ -313,6 +327,11 @@ int lb6_node_out(struct __sk_buff *skb)
 
 	lb_pull_headers(skb, LB6_PULL_LEN);
 	r = lb6_parse(skb, &p);
+	if (r == PARSE_NOT_OURS)
+		/* A local backend's ICMPv6 error to a client outside: from the frontend again. */
+		return lb6_icmp_done(AT_NODE_OUT, lb6_icmp_client(skb, CT_DIR_REPLY,
+								  CT_F_EXTERNAL | CT_F_SNAT,
+								  CT_F_EXTERNAL));
 	if (r == PARSE_FRAGMENT) {
 		struct frag6_nat v;
 

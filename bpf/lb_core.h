@@ -1,5 +1,5 @@
 /* lb_core.h: the decision core and what it stands on, once per IP family: the templates
- * (conntrack, selection, SNAT, the decision itself, fragments) instantiated for IPv4 (ct4_find,
+ * (conntrack, selection, SNAT, the decision itself, fragments, ICMP errors) instantiated for IPv4 (ct4_find,
  * lb4_frontend...) and IPv6 (ct6_find, lb6_frontend...). */
 #ifndef EBPFLB_LB_CORE_H
 #define EBPFLB_LB_CORE_H
@@ -14,6 +14,7 @@
 #include "node_fwd.h"
 #include "nat.h"
 #include "fragments.h"
+#include "icmp.h"
 
 /* Which hook asks: the differences between them are all here, as constants the compiler folds. */
 #define HOOK_POD 0	/* TC ingress of a pod device: packets leaving a pod */
@@ -31,6 +32,7 @@
 #include "snat.tmpl.h"
 #include "core.tmpl.h"
 #include "fragments.tmpl.h"
+#include "icmp_nat.tmpl.h"
 #include "family_end.tmpl.h"
 
 #include "family6.h"
@@ -39,6 +41,7 @@
 #include "snat.tmpl.h"
 #include "core.tmpl.h"
 #include "fragments.tmpl.h"
+#include "icmp_nat.tmpl.h"
 #include "family_end.tmpl.h"
 
 #endif

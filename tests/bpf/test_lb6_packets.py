@@ -494,3 +494,59 @@ def test_a_datagram_in_fragments_follows_its_first_fragment(dp):
     res = run(dp.progs.from_pod, stray)
     assert (res.retval, res.data) == (TC_ACT_OK, bytes(stray))
     assert moved(before, dp.stats()) == {"from_pod/pass": 1, "frag_miss": 1}
+
+
+def _icmp6_expected(raw: bytes, outer=None, inner=None, icmp=ICMPv6DestUnreach) -> bytes:
+    """`raw` (an ICMPv6 error frame) with outer and quoted fields changed, the ICMPv6 checksum
+    recomputed by scapy; the quoted TCP/UDP checksum left as quoted (nobody fixes it: the
+    receiver's stack only reads the ports)."""
+    from scapy.layers.inet6 import IPerror6, TCPerror, UDPerror
+
+    e = Ether(raw)
+    for k, v in (outer or {}).items():
+        setattr(e[IPv6], k, v)
+    for k, v in (inner or {}).items():
+        layer = IPerror6 if k in ("src", "dst") else (TCPerror if TCPerror in e else UDPerror)
+        setattr(e[layer], k, v)
+    del e[icmp].cksum
+    return bytes(Ether(bytes(e)))
+
+
+def test_icmpv6_errors_about_a_flow_are_translated_both_ways(dp):
+    """The backend's "port unreachable" about the client's packet reaches the client as from the
+    frontend, quoting client -> frontend (lb6_to_pod); the client's error about a reply it got
+    (quoting frontend -> client) reaches the backend quoting backend -> client, addressed to it
+    (lb6_from_pod). Without this the client's socket never hears of the error; for "packet too
+    big", path MTU discovery breaks (IPv6 routers never fragment)."""
+    from scapy.layers.inet6 import ICMPv6PacketTooBig
+
+    syn = tcp6(OTHER, 43000, WEB, 80)
+    backend = Ether(run(dp.progs.from_pod, syn).data)[IPv6].dst
+    assert backend in WEB_BACKENDS
+    # To the client, from the backend itself, about the client's (translated) packet.
+    err = bytes(Ether(**ETH) / IPv6(src=backend, dst=OTHER)
+                / ICMPv6DestUnreach(code=4) / IPv6(src=OTHER, dst=backend, hlim=63)
+                / TCP(sport=43000, dport=8080, flags="S", seq=1000))
+    before = dp.stats()
+    res = run(dp.progs.to_pod, err)
+    assert res.retval == TC_ACT_OK
+    assert res.data == _icmp6_expected(err, {"src": WEB}, {"dst": WEB, "dport": 80})
+    assert moved(before, dp.stats()) == {"to_pod/icmp_error": 1}
+    # From the client, about a reply it got (too big for its link, say).
+    err = bytes(Ether(**ETH) / IPv6(src=OTHER, dst=WEB)
+                / ICMPv6PacketTooBig(mtu=1280) / IPv6(src=WEB, dst=OTHER)
+                / TCP(sport=80, dport=43000, flags="A"))
+    before = dp.stats()
+    res = run(dp.progs.from_pod, err)
+    assert res.retval == TC_ACT_OK
+    assert res.data == _icmp6_expected(err, {"dst": backend}, {"src": backend, "sport": 8080},
+                                       icmp=ICMPv6PacketTooBig)
+    assert moved(before, dp.stats()) == {"from_pod/icmp_error": 1}
+    # An error about no flow of ours passes untouched.
+    stray = bytes(Ether(**ETH) / IPv6(src="fd00:10:244::11", dst=OTHER)
+                  / ICMPv6DestUnreach(code=4) / IPv6(src=OTHER, dst="fd00:10:244::11")
+                  / TCP(sport=43999, dport=8080))
+    before = dp.stats()
+    res = run(dp.progs.to_pod, stray)
+    assert (res.retval, res.data) == (TC_ACT_OK, stray)
+    assert moved(before, dp.stats()) == {"to_pod/pass": 1}

@@ -218,3 +218,43 @@ def test_outside_ipv6_traffic_the_node_must_not_serve(node):
     res = node.run("xdp", pkt)
     assert (res.retval, res.data) == (2, bytes(pkt))  # XDP_PASS, untouched
     assert moved(before, node.dp.stats()) == {"node_xdp/pass": 1}
+
+
+def test_packet_too_big_about_a_snat_flow_reaches_the_remote_backend(node):
+    """A router on the client's path answers the node's reply (node address:30080 -> client) with
+    ICMPv6 packet too big. lb6_node_in turns it into what the remote backend sent (backend ->
+    the node's SNAT port), addressed from the node to the backend, and sends it on (hop limit
+    down by one), so the backend's path MTU discovery works. The other way, the backend's error
+    about a SNATed packet goes back to the client about its own packet."""
+    from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, IPerror6, TCPerror
+
+    node.program(REMOTE_BE)
+    out = Ether(node.run("in", tcp6(CLIENT, 40100, NODE_IP, 30080)).data)
+    port = out[TCP].sport
+    ptb = bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src="fd00:200::99", dst=NODE_IP)
+                / ICMPv6PacketTooBig(mtu=1400) / IPv6(src=NODE_IP, dst=CLIENT, hlim=63)
+                / TCP(sport=30080, dport=40100, flags="SA"))
+    before = node.dp.stats()
+    res = node.run("in", ptb)
+    assert res.retval == TC_ACT_REDIRECT
+    got = Ether(res.data)
+    assert (got[IPv6].src, got[IPv6].dst, got[IPv6].hlim) == (NODE_IP, REMOTE_BE, 63)
+    assert (got[IPerror6].src, got[TCPerror].sport, got[IPerror6].dst, got[TCPerror].dport) == (
+        REMOTE_BE, 8080, NODE_IP, port)
+    fresh = got.copy()
+    del fresh[ICMPv6PacketTooBig].cksum
+    assert bytes(Ether(bytes(fresh))) == res.data  # the ICMPv6 checksum is right
+    assert moved(before, node.dp.stats()) == {"node_in/icmp_error": 1}
+    # The remote backend's own "port unreachable" about the SNATed packet: to the client.
+    unreach = bytes(Ether(src=GW_MAC, dst=NODE_MAC) / IPv6(src=REMOTE_BE, dst=NODE_IP)
+                    / ICMPv6DestUnreach(code=4) / IPv6(src=NODE_IP, dst=REMOTE_BE, hlim=63)
+                    / TCP(sport=port, dport=8080, flags="S"))
+    res = node.run("in", unreach)
+    assert res.retval == TC_ACT_REDIRECT
+    got = Ether(res.data)
+    assert (got[IPv6].src, got[IPv6].dst) == (NODE_IP, CLIENT)
+    assert (got[IPerror6].src, got[TCPerror].sport, got[IPerror6].dst, got[TCPerror].dport) == (
+        CLIENT, 40100, NODE_IP, 30080)
+    fresh = got.copy()
+    del fresh[ICMPv6DestUnreach].cksum
+    assert bytes(Ether(bytes(fresh))) == res.data
