@@ -2,7 +2,8 @@
 # `make demo`: ebpflb balancing real HTTP and UDP traffic in a lab built from network namespaces:
 # pods and the node's own processes to ClusterIPs (balanced at connect() by the socket hooks,
 # attached to each lab node's own cgroup), then traffic from outside the cluster to a LoadBalancer
-# Service whose pods run on two nodes (XDP on the nodes' eth0, SNAT to the other node's pods).
+# Service whose pods run on two nodes (XDP on the nodes' eth0, SNAT to the other node's pods), and
+# a dual-stack Service answered over IPv4 and IPv6 (the lab is dual-stack).
 # Exit status 0 only if every request succeeds, every ready pod serves, and the not-ready pod
 # (web-4) never does. Everything it creates is removed at the end, also on failure or Ctrl-C.
 set -euo pipefail
@@ -14,6 +15,9 @@ LAB=demo
 PIN=/sys/fs/bpf/ebpflb-lab-$LAB
 MANIFESTS=examples/demo.yaml
 NS_MANIFESTS=examples/northsouth.yaml
+DUAL_MANIFESTS=examples/dualstack.yaml
+DUAL_VIP4=10.96.0.30
+DUAL_VIP6=fd00:10:96::30
 WEB_VIP=10.96.0.10
 ECHO_VIP=10.96.0.20
 LB_IP=192.168.200.200
@@ -53,9 +57,9 @@ wait_ready() {  # FILE PID LOG
     echo "agent did not become ready"; cat "$3"; exit 1
 }
 
-step "1. Lab: node $LAB-node (web-1..web-4, a client pod), node $LAB-node1 (n1-web-1, n1-web-2), an external client $LAB-ext"
+step "1. Lab (dual-stack): node $LAB-node (web-1..web-4, a client pod), node $LAB-node1 (n1-web-1, n1-web-2), an external client $LAB-ext"
 "$EBPFLB" --log-level warning lab down --name "$LAB" >/dev/null 2>&1 || true  # an interrupted run
-"$EBPFLB" --log-level warning lab up --name "$LAB" --pods 4 --nodes 2 >/dev/null
+"$EBPFLB" --log-level warning lab up --name "$LAB" --pods 4 --nodes 2 --ip-family dual >/dev/null
 "$EBPFLB" lab status --name "$LAB" | sed 's/^/    /' | head -20
 # Each lab node's processes (its pods', its host-network ones) run in a cgroup of its own, where
 # that node's agent attaches its socket hooks: the machine's other processes are never touched.
@@ -64,9 +68,9 @@ import json, sys
 print(" ".join(n["cgroup"] for n in json.load(sys.stdin)["nodes"]))')
 read -r CG0 CG1 <<< "$cgroups"
 mkdir "$work/manifests"
-cp "$MANIFESTS" "$NS_MANIFESTS" "$work/manifests/"
+cp "$MANIFESTS" "$NS_MANIFESTS" "$DUAL_MANIFESTS" "$work/manifests/"
 
-step "2. Manifests: Service demo/web (web-4 not ready), UDP Service demo/echo, LoadBalancer Service demo/store"
+step "2. Manifests: Service demo/web (web-4 not ready), UDP Service demo/echo, LoadBalancer Service demo/store, dual-stack Service demo/dual"
 "$PY" - "$work/manifests" <<'PYEOF'
 import sys
 from ebpflb.manifests import load_manifests
@@ -116,6 +120,16 @@ c = json.load(sys.stdin)
 v = c["verdicts"]
 print("    node 0 counters: %d connect()s balanced by the socket hooks (no packet rewritten),"
       " %d new flows by the TC programs" % (v["socket"]["new"], v["from_pod"]["new"]))'
+
+echo "    and 20 to each family of the dual-stack Service demo/dual, http://$DUAL_VIP4/ and http://[$DUAL_VIP6]/:"
+for url in "http://$DUAL_VIP4/" "http://[$DUAL_VIP6]/"; do
+    for _ in $(seq 20); do
+        in_cgroup "$CG0" ip netns exec "$LAB-client" curl -s -m 2 "$url" || { echo FAILED; failed=$((failed + 1)); }
+    done > "$work/one"
+    printf '      %-28s %s\n' "$url" "$(sort "$work/one" | uniq -c | xargs)"
+    cat "$work/one" >> "$work/responses"
+done
+REQUESTS=$((REQUESTS + 40))
 
 step "6. UDP echo through $ECHO_VIP:53 (the reply must come from the VIP)"
 in_cgroup "$CG0" ip netns exec "$LAB-client" "$PY" - "$ECHO_VIP" <<'PYEOF'

@@ -27,14 +27,19 @@ lab_name_option = click.option("--name", default="ebpflb", show_default=True,
                    "<name>-node) at 192.168.200.(10+k) on an underlay, pod CIDR 10.244.k.0/24, "
                    "pods n<k>-client and n<k>-web-1..2 on node k > 0, and an external client "
                    "<name>-ext at 192.168.200.2.")
-def lab_up_cmd(name: str, n_pods: int, n_nodes: int) -> None:
+@click.option("--ip-family", type=click.Choice(["ipv4", "dual"]), default="ipv4", show_default=True,
+              help="dual: every pod, node and the external client get an IPv6 address too "
+                   "(a pod's is fd00:10:244:k::h for its 10.244.k.h; node k's "
+                   "fd00:200::(10+k), hex), for dual-stack Services.")
+def lab_up_cmd(name: str, n_pods: int, n_nodes: int, ip_family: str) -> None:
     """Create the lab: a node namespace, web pods serving HTTP :8080 and UDP echo :9053, and a
     client pod (10.244.0.2); with --nodes, more nodes joined by an underlay."""
     from ..lab import LabError, default_pods, lab_up
 
     _require_root()
     try:
-        created = lab_up(name, default_pods(n_pods, nodes=n_nodes), nodes=n_nodes)
+        created = lab_up(name, default_pods(n_pods, nodes=n_nodes), nodes=n_nodes,
+                         ip_family=ip_family)
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"lab {name} up: node namespace{'s' if n_nodes > 1 else ''} "
@@ -42,8 +47,9 @@ def lab_up_cmd(name: str, n_pods: int, n_nodes: int) -> None:
     if created.ext_ns:
         click.echo(f"  external client {created.ext_ns} 192.168.200.2, underlay {created.underlay_ns}")
     for pod in created.pods.values():
-        click.echo(f"  pod {pod.name:10} {pod.ip:15} node {pod.node}" if n_nodes > 1
-                   else f"  pod {pod.name:10} {pod.ip}")
+        six = f" {created.ip6(pod.name)}" if created.dual else ""
+        click.echo(f"  pod {pod.name:10} {pod.ip:15} node {pod.node}{six}" if n_nodes > 1
+                   else f"  pod {pod.name:10} {pod.ip}{six}")
 
 
 @lab.command("down")

@@ -80,6 +80,20 @@ _POD_SYSCTLS = {
 }
 # The underlay and the external client forward nothing; IPv6 off for quiet captures.
 _QUIET_SYSCTLS = _POD_SYSCTLS
+# A dual-stack lab turns IPv6 on, still quiet: no duplicate address detection (addresses usable
+# at once), no router solicitations or advertisements (routes and neighbours are set by hand).
+_IPV6_ON = {
+    "net.ipv6.conf.all.disable_ipv6": "0",
+    "net.ipv6.conf.default.disable_ipv6": "0",
+    "net.ipv6.conf.all.accept_dad": "0",
+    "net.ipv6.conf.default.accept_dad": "0",
+    "net.ipv6.conf.all.router_solicitations": "0",
+    "net.ipv6.conf.default.router_solicitations": "0",
+    "net.ipv6.conf.all.accept_ra": "0",
+    "net.ipv6.conf.default.accept_ra": "0",
+}
+_NODE_SYSCTLS_DUAL = {**_NODE_SYSCTLS, **_IPV6_ON, "net.ipv6.conf.all.forwarding": "1"}
+_POD_SYSCTLS_DUAL = {**_POD_SYSCTLS, **_IPV6_ON}
 RT_SCOPE_LINK = 253
 
 
@@ -94,6 +108,15 @@ class Lab:
     state_file: str = ""
     log_dir: str = ""
     nodes: int = 1  # node namespaces: node_ns (node 0), then <lab>-node1...
+    ip_family: str = "ipv4"  # topo.IP_FAMILIES: "dual" gives every pod and node IPv6 too
+
+    @property
+    def dual(self) -> bool:
+        return self.ip_family == "dual"
+
+    def ip6(self, pod: str) -> Optional[str]:
+        """A pod's IPv6 address in a dual-stack lab (None in an IPv4 one)."""
+        return topo.pod_ip6(self.pods[pod].ip) if self.dual else None
 
     def pod_ns(self, pod: str) -> str:
         return topo.pod_netns(self.name, pod)
@@ -142,6 +165,7 @@ class Lab:
             "name": self.name,
             "node_ns": self.node_ns,
             "nodes": self.nodes,
+            "ip_family": self.ip_family,
             "node_namespaces": self.node_namespaces,
             "underlay_ns": self.underlay_ns,
             "ext_ns": self.ext_ns,
@@ -160,7 +184,9 @@ class Lab:
         pids = {p["name"]: p["pid"] for p in state.get("pods", []) if p.get("pid")}
         return cls(name=name, node_ns=state.get("node_ns", topo.node_netns(name)), pods=pods,
                    pids=pids, state_file=topo.state_file(name), log_dir=topo.log_dir(name),
-                   nodes=int(state.get("nodes", 1)))
+                   nodes=int(state.get("nodes", 1)),
+                   ip_family=state.get("ip_family", "ipv4") if state.get("ip_family") in
+                   topo.IP_FAMILIES else "ipv4")
 
 
 T = TypeVar("T")
@@ -298,10 +324,12 @@ def _create_node(lab: Lab, k: int = 0) -> None:
     ns = lab.node_netns(k)
     with netns_ipr(ns) as ipr:
         _tag_and_lo_up(ipr, lab.name, ns)
-        write_sysctls(ns, _NODE_SYSCTLS)
+        write_sysctls(ns, _NODE_SYSCTLS_DUAL if lab.dual else _NODE_SYSCTLS)
         with _step(lab.name, f"node {ns}: blackhole {topo.SERVICE_CIDR}"):
             # Nothing unserved in the VIP range may follow another route: drop it silently.
             ipr.route("add", dst=topo.SERVICE_CIDR, type="blackhole")
+            if lab.dual:
+                ipr.route("add", dst=topo.SERVICE_CIDR6, type="blackhole")
     log.debug("lab %s: node %s configured", lab.name, ns)
 
 
@@ -349,7 +377,7 @@ def _create_underlay(lab: Lab) -> None:
         create_netns(ns)
         with netns_ipr(ns) as ipr:
             _tag_and_lo_up(ipr, lab.name, ns)
-        write_sysctls(ns, _QUIET_SYSCTLS)
+        write_sysctls(ns, _POD_SYSCTLS_DUAL if lab.dual and ns == ext else _QUIET_SYSCTLS)
     with netns_ipr(und) as uipr:
         with _step(lab.name, f"underlay {und}: bridge {topo.UNDERLAY_BRIDGE}"):
             uipr.link("add", ifname=topo.UNDERLAY_BRIDGE, kind="bridge")
@@ -357,6 +385,7 @@ def _create_underlay(lab: Lab) -> None:
             uipr.link("set", index=br, state="up")
         ports = [(topo.EXT_PORT, ext, topo.EXT_ADDRESS)]
         ports += [(topo.underlay_port(k), lab.node_netns(k), topo.node_address(k)) for k in range(lab.nodes)]
+        addr6 = [topo.EXT_ADDRESS6] + [topo.node_address6(k) for k in range(lab.nodes)]
         for i, (port, ns, addr) in enumerate(ports):
             # Bridge ports: ca:fe:ff:ff:ff:<n>, apart from every addressed device's ca:fe:<ip>.
             _veth_into(uipr, lab.name, f"underlay {und}", port, f"ca:fe:ff:ff:ff:{i:02x}",
@@ -364,11 +393,14 @@ def _create_underlay(lab: Lab) -> None:
             with _step(lab.name, f"underlay {und}: port {port}"):
                 idx = uipr.link_lookup(ifname=port)[0]
                 uipr.link("set", index=idx, master=br, state="up")
-            write_sysctls(ns, {f"net.ipv6.conf.{topo.NODE_UNDERLAY_IFNAME}.disable_ipv6": "1",
+            write_sysctls(ns, {f"net.ipv6.conf.{topo.NODE_UNDERLAY_IFNAME}.disable_ipv6":
+                               "0" if lab.dual else "1",
                                f"net.ipv4.conf.{topo.NODE_UNDERLAY_IFNAME}.rp_filter": "1"})
             with netns_ipr(ns) as ipr, _step(lab.name, f"{ns}: {topo.NODE_UNDERLAY_IFNAME} {addr}"):
                 idx = ipr.link_lookup(ifname=topo.NODE_UNDERLAY_IFNAME)[0]
                 ipr.addr("add", index=idx, address=addr, prefixlen=topo.UNDERLAY_PREFIXLEN)
+                if lab.dual:
+                    ipr.addr("add", index=idx, address=addr6[i], prefixlen=topo.UNDERLAY_PREFIXLEN6)
                 ipr.link("set", index=idx, state="up")
             _wire_checksums(lab.name, ns)
             _xdp_ready_port(uipr, lab.name, port)
@@ -381,6 +413,9 @@ def _create_underlay(lab: Lab) -> None:
                 if k != j:
                     with _step(lab.name, f"node {lab.node_netns(j)}: route {topo.node_pod_cidr(k)}"):
                         ipr.route("add", dst=topo.node_pod_cidr(k), gateway=topo.node_address(k), oif=idx)
+                        if lab.dual:
+                            ipr.route("add", dst=topo.node_pod_cidr6(k),
+                                      gateway=topo.node_address6(k), oif=idx)
     log.debug("lab %s: underlay %s with %d nodes and %s", lab.name, und, lab.nodes, ext)
 
 
@@ -395,8 +430,9 @@ def _create_pod_net(lab: Lab, pod: PodSpec, node_ipr: IPRoute) -> None:
     create_netns(ns)
     with netns_ipr(ns) as pipr:
         _tag_and_lo_up(pipr, lab.name, ns)
-        # Set before eth0 exists so it comes up without IPv6 from the start.
-        write_sysctls(ns, _POD_SYSCTLS)
+        # Set before eth0 exists so it comes up without IPv6 from the start (or, dual-stack,
+        # with it and without its noise).
+        write_sysctls(ns, _POD_SYSCTLS_DUAL if lab.dual else _POD_SYSCTLS)
         fd = os.open(netns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             with _step(lab.name, f"{what}: create veth {host} <-> eth0"):
@@ -406,8 +442,8 @@ def _create_pod_net(lab: Lab, pod: PodSpec, node_ipr: IPRoute) -> None:
         finally:
             os.close(fd)
         write_sysctls(node_ns, {f"net.ipv4.conf.{host}.rp_filter": "1",
-                                    f"net.ipv6.conf.{host}.disable_ipv6": "1"})
-        write_sysctls(ns, {"net.ipv6.conf.eth0.disable_ipv6": "1"})
+                                    f"net.ipv6.conf.{host}.disable_ipv6": "0" if lab.dual else "1"})
+        write_sysctls(ns, {"net.ipv6.conf.eth0.disable_ipv6": "0" if lab.dual else "1"})
         with _step(lab.name, f"{what}: host side {host}"):
             hidx = node_ipr.link_lookup(ifname=host)[0]
             node_ipr.link("set", index=hidx, state="up")
@@ -421,7 +457,25 @@ def _create_pod_net(lab: Lab, pod: PodSpec, node_ipr: IPRoute) -> None:
             pipr.route("add", dst=f"{topo.POD_GATEWAY}/32", oif=eidx, scope=RT_SCOPE_LINK)
             pipr.route("add", dst="0.0.0.0/0", gateway=topo.POD_GATEWAY, oif=eidx)
             pipr.neigh("add", dst=topo.POD_GATEWAY, lladdr=hmac, ifindex=eidx, state="permanent")
+        if lab.dual:
+            _pod_ipv6(lab, pod, node_ipr, pipr, hidx, eidx)
     log.debug("lab %s: pod %s at %s on %s", lab.name, pod.name, pod.ip, host)
+
+
+def _pod_ipv6(lab: Lab, pod: PodSpec, node_ipr: IPRoute, pipr: IPRoute, hidx: int, eidx: int) -> None:
+    """A dual-stack pod's IPv6 side, Calico-style as the IPv4 one: a /128 on eth0, the default
+    route via a link-local gateway, host routes and permanent neighbours both ways."""
+    ip6 = topo.pod_ip6(pod.ip)
+    pmac, hmac = topo.pod_mac(pod.ip), topo.host_mac(pod.ip)
+    with _step(lab.name, f"pod {pod.name}: IPv6 {ip6}"):
+        node_ipr.route("add", dst=f"{ip6}/128", oif=hidx)
+        node_ipr.neigh("add", dst=ip6, lladdr=pmac, ifindex=hidx, state="permanent",
+                       family=socket.AF_INET6)
+        node_ipr.addr("add", index=hidx, address=topo.POD_GATEWAY6, prefixlen=64)
+        pipr.addr("add", index=eidx, address=ip6, prefixlen=128)
+        pipr.route("add", dst="::/0", gateway=topo.POD_GATEWAY6, oif=eidx)
+        pipr.neigh("add", dst=topo.POD_GATEWAY6, lladdr=hmac, ifindex=eidx, state="permanent",
+                   family=socket.AF_INET6)
 
 
 def _server_env() -> Dict[str, str]:
@@ -451,6 +505,7 @@ def _start_servers(lab: Lab, pods: Sequence[PodSpec]) -> None:
             argv = in_cgroup(lab.cgroup(pod.node), [
                 "ip", "netns", "exec", lab.pod_ns(pod.name), sys.executable, "-m", _SERVER_MODULE,
                 "--name", pod.name, "--http-port", str(topo.HTTP_PORT),
+                *(["--bind", "::"] if lab.dual else []),
                 "--udp-port", str(topo.UDP_ECHO_PORT), "--ready-fd", str(wfd), "--detach"])
             try:
                 with _open_under_state_root(topo.pod_log(lab.name, pod.name), "ab") as logf:
@@ -495,7 +550,8 @@ def _create_cgroups(lab: Lab) -> None:
             os.makedirs(path, exist_ok=True)
 
 
-def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None, nodes: int = 1) -> Lab:
+def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None, nodes: int = 1,
+           ip_family: str = "ipv4") -> Lab:
     """Build lab `name` with `nodes` nodes and `pods` (default: topo.default_pods(nodes=nodes):
     client + web-1..web-4 on node 0, n<k>-client + n<k>-web-1..2 on node k). Refuses if it exists.
 
@@ -503,6 +559,7 @@ def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None, nodes:
     """
     _checked(topo.validate_lab_name, name)
     _checked(topo.validate_nodes, nodes)
+    _checked(topo.validate_ip_family, ip_family)
     pod_list = _checked(topo.validate_pods, topo.default_pods(nodes=nodes) if pods is None else pods, nodes)
     t0 = time.monotonic()
     existing = _lab_namespaces(name, _load_state(name))
@@ -510,7 +567,8 @@ def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None, nodes:
         raise LabExistsError(f"lab {name}: already exists (namespaces: {', '.join(existing) or 'none'}; "
                              f"state file: {topo.state_file(name)}); run lab_down('{name}') first")
     lab = Lab(name=name, node_ns=topo.node_netns(name), pods={},
-              state_file=topo.state_file(name), log_dir=topo.log_dir(name), nodes=nodes)
+              state_file=topo.state_file(name), log_dir=topo.log_dir(name), nodes=nodes,
+              ip_family=ip_family)
     # Creating the node namespace is the claim on the name (O_EXCL): if another lab_up won the
     # race, fail here, before the cleanup below could tear down the winner's lab.
     create_netns(lab.node_ns)

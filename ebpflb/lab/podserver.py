@@ -37,6 +37,9 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(self, addr: Tuple[str, int], pod: str, access_log: bool) -> None:
+        if ":" in addr[0]:
+            # A dual-stack lab: one socket for both families (IPv4 clients as ::ffff:a.b.c.d).
+            self.address_family = socket.AF_INET6
         self.pod = pod
         self.access_log = access_log
         super().__init__(addr, _Handler)
@@ -55,6 +58,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, f"{self.server.pod}\n")
         elif path == "/client":
             host, port = self.client_address[:2]
+            if host.startswith("::ffff:") and "." in host:
+                host = host[len("::ffff:"):]  # an IPv4 client of a dual-stack socket
             self._reply(200, f"{host}:{port}\n")
         elif path == "/healthz":
             self._reply(200, "ok\n")
@@ -88,7 +93,7 @@ def _udp_echo(sock: socket.socket, pod: str) -> None:
 def serve(pod: str, bind: str, http_port: int, udp_port: int,
           ready_fd: Optional[int] = None, access_log: bool = False) -> None:
     httpd = _Server((bind, http_port), pod, access_log)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((bind, udp_port))
     threading.Thread(target=_udp_echo, args=(udp, pod), name="udp-echo", daemon=True).start()
     log.info("pod %s: serving http on %s:%d and udp echo on %s:%d (pid %d)",

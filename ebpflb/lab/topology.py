@@ -28,6 +28,14 @@ from dataclasses import dataclass
 from typing import Iterable, List
 
 DEFAULT_LAB = "ebpflb"
+# IP families a lab can run: IPv4 only, or dual-stack (every pod, node and the external client
+# get an IPv6 address too; IPv4 stays for the lab's own plumbing).
+IP_FAMILIES = ("ipv4", "dual")
+POD_CIDR6 = "fd00:10:244::/56"  # node k's pods: fd00:10:244:k::/64, a pod's host part its IPv4's
+SERVICE_CIDR6 = "fd00:10:96::/112"
+POD_GATEWAY6 = "fe80::1"  # the pods' IPv6 default route, answered by the host side of the veth
+UNDERLAY_PREFIXLEN6 = 64
+EXT_ADDRESS6 = "fd00:200::2"
 HTTP_PORT = 8080
 UDP_ECHO_PORT = 9053
 POD_GATEWAY = "169.254.1.1"
@@ -207,6 +215,28 @@ def node_address(k: int) -> str:
     """Node k's address on the underlay: 192.168.200.(10+k)."""
     validate_nodes(k + 1)
     return str(ipaddress.IPv4Network(UNDERLAY_CIDR).network_address + NODE_ADDRESS_BASE + k)
+
+
+def validate_ip_family(family: str) -> str:
+    if family not in IP_FAMILIES:
+        raise ValueError(f"invalid IP family {family!r}: use {' or '.join(IP_FAMILIES)}")
+    return family
+
+
+def pod_ip6(ip: str) -> str:
+    """A pod's IPv6 address in a dual-stack lab, derived from its IPv4 one: 10.244.k.h is
+    fd00:10:244:k::h (hex), so every pod's two addresses are known from one."""
+    octets = ipaddress.IPv4Address(ip).packed
+    return str(ipaddress.IPv6Address(f"fd00:10:244:{octets[2]:x}::{octets[3]:x}"))
+
+
+def node_address6(k: int) -> str:
+    """Node k's IPv6 address on the underlay of a dual-stack lab: fd00:200::(10 + k), hex."""
+    return str(ipaddress.IPv6Address(f"fd00:200::{NODE_ADDRESS_BASE + k:x}"))
+
+
+def node_pod_cidr6(k: int) -> str:
+    return f"fd00:10:244:{k:x}::/64"
 
 
 def node_pod_cidr(k: int) -> str:

@@ -125,7 +125,7 @@ def udp_exchange(netns: str, ip: str, payload: bytes, port: int = UDP_ECHO_PORT,
                  timeout: float = 2.0) -> Tuple[bytes, Tuple[str, int]]:
     """Send one datagram from a socket created in `netns`; return (reply, replying address)."""
     with nsops.in_netns(netns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
         sock.settimeout(timeout)
         sock.sendto(payload, (ip, port))
