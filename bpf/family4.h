@@ -30,3 +30,5 @@
 #define FAM_ICMP_ERR icmp4_err
 #define ICMP_(name) icmp4_##name
 #define FAM_TTL_DEC(skb, l3_off) tc_ttl_dec(skb, l3_off)
+#define FAM_ICMP_PROTO IPPROTO_ICMP
+#define FAM_FRAG_TIMEOUT FRAG4_TIMEOUT

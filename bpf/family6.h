@@ -27,3 +27,5 @@
 #define FAM_ICMP_ERR icmp6_err
 #define ICMP_(name) icmp6_##name
 #define FAM_TTL_DEC(skb, l3_off) tc_hop_limit_dec(skb, l3_off)
+#define FAM_ICMP_PROTO IPPROTO_ICMPV6
+#define FAM_FRAG_TIMEOUT FRAG6_TIMEOUT

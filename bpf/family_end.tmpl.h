@@ -28,3 +28,5 @@
 #undef FAM_ICMP_ERR
 #undef ICMP_
 #undef FAM_TTL_DEC
+#undef FAM_ICMP_PROTO
+#undef FAM_FRAG_TIMEOUT

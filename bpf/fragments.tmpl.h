@@ -52,7 +52,7 @@ static __always_inline int FRAG_(translate)(struct __sk_buff *skb, const struct 
 	v = FRAG_(get)(&k);
 	/* The identification wraps: a record older than the reassembly timeout belongs to another
 	 * datagram. */
-	if (v && now > v->created_ns && now - v->created_ns > FRAG4_TIMEOUT * 1000000000ULL)
+	if (v && now > v->created_ns && now - v->created_ns > FAM_FRAG_TIMEOUT * 1000000000ULL)
 		v = 0;
 	if (!v) {
 		if (count_miss && LB_(vip_get)(&d))

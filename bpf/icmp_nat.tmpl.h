@@ -67,7 +67,7 @@ static __always_inline int LB_(icmp_client)(struct __sk_buff *skb, __u8 dir, __u
 static __always_inline int LB_(icmp_send_on)(struct __sk_buff *skb, const struct FAM_ICMP_ERR *e,
 					    FAM_ADDR saddr, FAM_ADDR daddr)
 {
-	struct FAM_PKT p = { .l3_off = e->l3_off, .proto = IPPROTO_ICMP };
+	struct FAM_PKT p = { .l3_off = e->l3_off, .proto = FAM_ICMP_PROTO };
 	struct FAM_NAT n = {};
 	int rc = LB_(fib)(skb, &p, saddr, 0, daddr, 0, skb->ifindex, &n);
 

@@ -43,6 +43,10 @@
 #ifndef FRAG4_TIMEOUT
 #define FRAG4_TIMEOUT 30
 #endif
+/* ... and IPv6's (the kernel's ip6frag_time). */
+#ifndef FRAG6_TIMEOUT
+#define FRAG6_TIMEOUT 60
+#endif
 #ifndef FRAG4_MAX_ENTRIES
 #define FRAG4_MAX_ENTRIES 16384
 #endif

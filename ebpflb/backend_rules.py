@@ -36,6 +36,11 @@ DEFAULT_SERVICE_CIDRS: Tuple[str, ...] = ("10.96.0.0/12",)
 METADATA_ADDRESS = ipaddress.IPv4Address("169.254.169.254")
 # The IPv6 address of the cloud metadata service (AWS IMDS): a ULA, so no rule below catches it.
 METADATA_ADDRESS6 = ipaddress.IPv6Address("fd00:ec2::254")
+# NAT64 (RFC 6052): an address in the well-known prefix reaches the IPv4 address it embeds, which
+# the IPv4 rules judge. The local-use translation prefix (RFC 8215) holds ebpflb's own IPv6
+# hairpin source (64:ff9b:1::a9fe:2a01), never a backend.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOCAL_TRANSLATION = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
@@ -67,6 +72,12 @@ def forbidden_backend(ip: str, service_cidrs: Sequence[str] = DEFAULT_SERVICE_CI
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         reason = forbidden_backend(str(addr.ipv4_mapped), service_cidrs)
         return f"{ip} is IPv4-mapped: {reason}" if reason else None
+    if isinstance(addr, ipaddress.IPv6Address) and addr in _NAT64:
+        embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        reason = _forbidden_ipv4(str(embedded), tuple(service_cidrs))
+        return f"{ip} is NAT64 for {embedded}: {reason}" if reason else None
+    if isinstance(addr, ipaddress.IPv6Address) and addr in _LOCAL_TRANSLATION:
+        return f"{ip} is in {_LOCAL_TRANSLATION} (local-use translation, ebpflb's hairpin source)"
     if addr.is_unspecified:
         return f"{ip} is the unspecified address"
     if isinstance(addr, ipaddress.IPv4Address) and addr in _THIS_NETWORK:

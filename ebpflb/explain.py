@@ -202,12 +202,13 @@ def parse_flow(src: str, dst: str, protocol: str, tcp_flags: str = "S") -> Flow:
         ip = ip[1:-1] if bracketed else ip
         try:
             version = ipaddress.ip_address(ip).version
+            ip = canonical_ip(ip)  # ValueError for a zoned address too
             number = int(port) if sep and (version == 6) == bracketed else -1
         except ValueError:
             number = -1
         if not 1 <= number <= 65535:
             raise ValueError(f"{what} {value!r} is not IPv4:PORT or [IPv6]:PORT (port 1-65535)")
-        return canonical_ip(ip), number
+        return ip, number
 
     saddr, sport = endpoint(src, "source")
     daddr, dport = endpoint(dst, "destination")

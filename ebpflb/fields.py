@@ -84,7 +84,7 @@ def ip_version(value: str) -> Optional[int]:
         return 4
     except (OSError, ValueError):
         pass
-    if ":" not in value:
+    if ":" not in value or "%" in value:  # no zone: ipaddress takes "fe80::1%eth0"
         return None
     try:
         ipaddress.IPv6Address(value)
@@ -99,7 +99,17 @@ def canonical_ip(value: str) -> str:
     already canonical (no leading zeros are accepted)."""
     if ":" not in value:
         return value
-    return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, value))
+    try:
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, value))
+    except OSError:
+        raise ValueError(f"{value!r} is not a valid IPv6 address") from None
+
+
+def canonical_cidr(cidr: str) -> str:
+    """A CIDR with its address as canonical_ip writes it (Python writes an IPv4-mapped network
+    one way, the maps give it back another)."""
+    addr, _, prefix = cidr.partition("/")
+    return f"{canonical_ip(addr)}/{prefix}"
 
 
 class FieldChecker:
@@ -184,6 +194,12 @@ class FieldChecker:
             what = f"IPv{version} address" if version else "IP address"
             self.error(path, f"{show(value)} is not a valid {what}")
             return None
+        if found == 6 and ipaddress.IPv6Address(value).ipv4_mapped is not None:
+            # As the API server: an IPv4-mapped address is not an IPv6 one (and the kernel drops
+            # IPv6 packets to one).
+            self.error(path, f"{show(value)} is an IPv4-mapped IPv6 address: write the IPv4 "
+                             "address")
+            return None
         return canonical_ip(value) if found == 6 else value
 
     def cidr(self, value: Any, path: FieldPath) -> Optional[str]:
@@ -207,4 +223,4 @@ class FieldChecker:
         if net is None:
             self.error(path, f"{show(value)} is not a valid CIDR (e.g. 10.240.0.0/24)")
             return None
-        return str(net)
+        return canonical_cidr(str(net))

@@ -27,9 +27,10 @@ def primary_addresses(node: Optional[Dict[str, Any]]) -> Tuple[str, ...]:
                 continue
             try:
                 ip = ipaddress.ip_address(str(a.get("address", "")).strip())
+                text = canonical_ip(str(ip))  # ValueError for a zoned address too
             except ValueError:
                 continue
-            found.setdefault(ip.version, canonical_ip(str(ip)))
+            found.setdefault(ip.version, text)
     return tuple(found[v] for v in (4, 6) if v in found)
 
 

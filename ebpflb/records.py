@@ -16,6 +16,7 @@ from functools import lru_cache
 from ipaddress import ip_network
 from typing import Iterable, List, Protocol, Tuple
 
+from .fields import canonical_cidr
 from .maglev import DEFAULT_M, maglev_table, validate_m
 from .maps import (BE_F_NO_NEW, FRONTEND_KINDS, PROTO_NUMBERS, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
                    SVC_F_MAGLEV, SVC_F_TOPO_NODE, SVC_F_TOPO_ZONE,
@@ -89,8 +90,9 @@ def family_ranges(ranges: Tuple[str, ...], version: int) -> List[str]:
     out = []
     for cidr in ranges:
         net = ip_network(cidr, strict=False)
-        if net.version == version and str(net) not in out:
-            out.append(str(net))
+        text = canonical_cidr(str(net))
+        if net.version == version and text not in out:
+            out.append(text)
     return out
 
 

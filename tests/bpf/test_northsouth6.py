@@ -258,3 +258,27 @@ def test_packet_too_big_about_a_snat_flow_reaches_the_remote_backend(node):
     fresh = got.copy()
     del fresh[ICMPv6DestUnreach].cksum
     assert bytes(Ether(bytes(fresh))) == res.data
+
+
+def test_a_local_backends_icmpv6_error_to_an_outside_client_comes_from_the_node_port(node):
+    """lb6_node_out: the local backend's "port unreachable" about the client's packet (quoting
+    client -> backend:8080) leaves the node as the node port's (quoting client -> node:30080,
+    from the node's address), so the client's socket hears of it."""
+    from scapy.layers.inet6 import ICMPv6DestUnreach, IPerror6, TCPerror
+
+    node.program(LOCAL_BE)
+    assert node.run("in", tcp6(CLIENT, 40200, NODE_IP, 30080)).retval == TC_ACT_OK
+    err = bytes(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IPv6(src=LOCAL_BE, dst=CLIENT)
+                / ICMPv6DestUnreach(code=4) / IPv6(src=CLIENT, dst=LOCAL_BE, hlim=63)
+                / TCP(sport=40200, dport=8080, flags="S"))
+    before = node.dp.stats()
+    res = node.run("out", err)
+    assert res.retval == TC_ACT_OK
+    got = Ether(res.data)
+    assert (got[IPv6].src, got[IPv6].dst) == (NODE_IP, CLIENT)
+    assert (got[IPerror6].src, got[TCPerror].sport, got[IPerror6].dst, got[TCPerror].dport) == (
+        CLIENT, 40200, NODE_IP, 30080)
+    fresh = got.copy()
+    del fresh[ICMPv6DestUnreach].cksum
+    assert bytes(Ether(bytes(fresh))) == res.data
+    assert moved(before, node.dp.stats()) == {"node_out/icmp_error": 1}

@@ -38,6 +38,7 @@ POD_IPS = [f"10.244.0.{i}" for i in range(1, 7)]
 FORBIDDEN_IPS = ["127.0.0.1", "127.1.2.3", "169.254.169.254", "169.254.0.1", "0.0.0.0", "0.0.0.1",
                  "224.0.0.1", "239.1.1.1", "255.255.255.255", "10.96.0.10", "10.111.0.1"]
 BAD_IPS = ["10.0.0.256", "10.0.0.010", "fd00::1", "::ffff:10.244.0.1", "", "localhost",
+           "fe80::1%eth0", "fd00::1%x",
            " 10.244.0.1", "10.244.0.1\n", "١٠.٢٤٤.٠.١", "10.244.0.1/32", "1e3"]
 PORT_NAMES = ["http", "dns", ""]
 SLICE_PORTS = [8080, 9053, 53]
@@ -507,18 +508,25 @@ def test_ipv6_endpoint_slices_are_held_to_the_same_backend_rules() -> None:
     """IPv6 slices are programmed now: their addresses are judged as IPv4 ones are, by the
     parser and by check_backends (both let them through before, when IPv6 was not programmed:
     ::1 or the metadata service would have become backends)."""
-    bad = ("::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "fd00:10:96::5")
+    bad = ("::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "fd00:10:96::5",
+           "64:ff9b::a9fe:a9fe", "64:ff9b:1::a9fe:2a01")
     cidrs = ("10.96.0.0/12", "fd00:10:96::/112")
     with pytest.raises(ManifestErrors) as exc:
         check_backends(Manifests((), (_slice("fd00:10:244::7", *bad, address_type="IPv6"),), ()),
                        cidrs, source="api")
     assert [e.field for e in exc.value.errors] == [
         f"endpoints[{i}].addresses[0]" for i in range(1, len(bad) + 1)]
+    assert "NAT64 for 169.254.169.254" in str(exc.value.errors[5])
     eps = "".join(f"- addresses: ['{ip}']\n" for ip in ("fd00:10:244::7",) + bad)
     text = ("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-6\n"
             "  namespace: demo\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv6\n"
             f"endpoints:\n{eps}")
     with pytest.raises(ManifestErrors) as exc:
         parse_documents(text, "six.yaml")
-    assert len(exc.value.errors) == 4  # ::1, fe80::1, the metadata service, the mapped loopback
-    assert all("not allowed as a backend" in str(e) for e in exc.value.errors)
+    # ::1, fe80::1, the metadata service, NAT64 to it, the hairpin prefix: not allowed; the
+    # IPv4-mapped loopback is no IPv6 address at all (the API server refuses it too).
+    assert len(exc.value.errors) == 6
+    assert sum("not allowed as a backend" in str(e) for e in exc.value.errors) == 5
+    assert any("IPv4-mapped IPv6 address" in str(e) for e in exc.value.errors)
+    with pytest.raises(ManifestErrors, match="not a valid IPv6 address"):
+        parse_documents(text.replace("fd00:10:244::7", "fd00:10:244::7%eth0"), "zone.yaml")
