@@ -1,4 +1,4 @@
-/* conntrack.tmpl.h: the flow table, for one IP family (a template: see family4.h). A new flow gets
+/* conntrack.tmpl.h: the flow table, for one IP family (a template: see family4.tmpl.h). A new flow gets
  * two entries, the forward one (client 5-tuple -> backend) and the reply one (backend 5-tuple ->
  * frontend), so an established flow keeps its backend whatever happens to the Service's backend
  * set. Half-open TCP flows live in ct4_syn (ct6_syn) until the client's ACK moves them to ct4

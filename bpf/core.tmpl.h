@@ -1,5 +1,5 @@
 /* core.tmpl.h: the one decision for a packet to a frontend, shared by every hook (pod devices at
- * TC, node devices at TC or XDP) and both IP families (a template: see family4.h): conntrack ->
+ * TC, node devices at TC or XDP) and both IP families (a template: see family4.tmpl.h): conntrack ->
  * policy -> select -> record. The hooks (lb4_tc.c, lb6_tc.c) parse, find the frontend, and
  * rewrite what this says into the packet. */
 

@@ -1,4 +1,4 @@
-/* family_end.tmpl.h: ends a round of templates (see family4.h); a .tmpl.h so that the loader
+/* family_end.tmpl.h: ends a round of templates (see family4.tmpl.h); a .tmpl.h so that the loader
  * inlines it at every include. */
 #undef FAM
 #undef FAM_PKT
@@ -30,3 +30,7 @@
 #undef FAM_TTL_DEC
 #undef FAM_ICMP_PROTO
 #undef FAM_FRAG_TIMEOUT
+#undef FAM_SVC_KEY
+#undef FAM_SOCK_KEY
+#undef FAM_SOCK_NAT
+#undef FAM_SOCK_HASH

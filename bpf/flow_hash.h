@@ -78,4 +78,17 @@ static __always_inline __u32 sock_hash4(__u64 cookie, __be32 daddr, __be16 dport
 	return fh_fmix(h ^ 16);
 }
 
+/* ... and of an IPv6 socket: the destination folded as flow_hash6 folds it. */
+static __always_inline __u32 sock_hash6(__u64 cookie, const struct lb6_addr *daddr, __be16 dport,
+				       __u8 proto)
+{
+	__u32 h = FLOW_HASH_SEED;
+
+	h = fh_mix(h, (__u32)cookie);
+	h = fh_mix(h, (__u32)(cookie >> 32));
+	h = fh_mix(h, fh_fold6(daddr));
+	h = fh_mix(h, ((__u32)bpf_ntohs(dport) << 16) | proto);
+	return fh_fmix(h ^ 16);
+}
+
 #endif

@@ -1,4 +1,4 @@
-/* fragments.tmpl.h: datagrams in fragments, for one IP family (a template: see family4.h). The
+/* fragments.tmpl.h: datagrams in fragments, for one IP family (a template: see family4.tmpl.h). The
  * first fragment carries the ports and is translated by the normal path, which remembers what it
  * did here; the later ones carry no ports, so they get the same addresses from that record (their
  * L4 checksum lives in the first fragment, which the normal path already fixed). Both directions

@@ -1,5 +1,5 @@
 /* icmp_nat.tmpl.h: ICMP (ICMPv6) errors about load-balanced flows, for one IP family (a template:
- * see family4.h), found by the flow they quote (icmp.h parses and rewrites them) and translated
+ * see family4.tmpl.h), found by the flow they quote (icmp.h parses and rewrites them) and translated
  * the way that flow's packets are. Needs icmp.h, nat.h and the conntrack and SNAT templates. */
 
 /* The conntrack key of the flow an ICMP error quotes, seen from the other side: the quoted

@@ -11,6 +11,8 @@
  *   lb4_sendmsg      (sendmsg4)      a UDP datagram sent to an address: frontend -> backend
  *   lb4_recvmsg      (recvmsg4)      a UDP datagram received: backend -> frontend as its source
  *   lb4_getpeername  (getpeername4)  getpeername(): backend -> frontend
+ *   lb6_connect, lb6_sendmsg, lb6_recvmsg, lb6_getpeername: the same for IPv6 sockets
+ *   (connect6...). The decisions are one template for both families (sock.tmpl.h).
  *
  * A frontend with no usable backend anywhere refuses the connect() or the send with ECONNREFUSED,
  * at once; one whose backends are all on other nodes (a Local policy) is left to the packet path,
@@ -67,102 +69,41 @@ static __always_inline void lb4_sock_count(__u32 svc_id, __u32 backend_id, int n
 #endif
 }
 
-/* The destination of a connect() or a sendmsg(), rewritten to a backend when it is a frontend.
- * Returns what the hook returns: 1 to go on, 0 (with ECONNREFUSED set) to refuse. Counted: new
- * (a connect, or a datagram to a backend this socket did not send to last), established (a
- * datagram again to the same backend), reject (refused), pass (everything else). */
-static __always_inline int lb4_sock_translate(struct bpf_sock_addr *ctx, int datagram)
+/* The destination of a hook's socket address, per family (struct bpf_sock_addr keeps an IPv6 one
+ * as four words). */
+static __always_inline void lb4_sock_daddr(struct bpf_sock_addr *ctx, __be32 *a)
 {
-	struct lb4_sock_affinity_key ak = {};
-	struct lb4_svc_key sk = {};
-	struct lb4_sock_key nk = {};
-	struct lb4_sock_nat nat = {};
-	struct lb4_sock_nat *old;
-	struct lb4_backend *be = 0;
-	struct lb4_svc *svc;
-	__u32 proto = ctx->protocol;
-	__u32 id = 0;
-	__u64 cookie;
-	__u64 now;
-	int fresh;
-
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return lb_verdict(AT_SOCKET, VERDICT_PASS, 1);
-	sk.vip = ctx->user_ip4;
-	sk.port = (__be16)ctx->user_port;
-	sk.proto = proto;
-	svc = lb4_services.lookup(&sk);
-	/* The settings are read only for a frontend: every other connect() costs one lookup. */
-	if (!svc || !lb4_sock_covered(ctx))
-		return lb_verdict(AT_SOCKET, VERDICT_PASS, 1);
-	if (svc->flags & (LB4_SVC_F_DRAINING | LB4_SVC_F_SRC_RANGES))
-		return lb_verdict(AT_SOCKET, VERDICT_PASS, 1);
-
-	cookie = lb_socket_cookie(ctx);
-	now = bpf_ktime_get_ns();
-	if (svc->affinity_timeout) {
-		ak.svc_id = svc->svc_id;
-		ak.netns_cookie = bpf_get_netns_cookie(ctx);
-		id = lb4_affinity_check(lb4_sock_affinity.lookup(&ak), svc, now, &be);
-	}
-	if (!id)
-		id = lb4_slot_backend(svc, sock_hash4(cookie, sk.vip, sk.port, sk.proto), &be);
-	if (!id || !be) {
-		/* Backends only on other nodes (a Local policy): kube-proxy drops such traffic, which
-		 * a socket cannot be told; its packets go on untranslated and the packet path drops
-		 * them. No backend anywhere: refused at once. */
-		if (svc->flags & LB4_SVC_F_DROP_EMPTY)
-			return lb_verdict(AT_SOCKET, VERDICT_PASS, 1);
-		bpf_set_retval(-ECONNREFUSED);
-		return lb_verdict(AT_SOCKET, VERDICT_REJECT, 0);
-	}
-	if (svc->affinity_timeout) {
-		struct lb4_affinity a = { .last_used_ns = now, .backend_id = id };
-
-		lb4_sock_affinity.update(&ak, &a);
-	}
-
-	nk.cookie = cookie;
-	nk.addr = be->addr;
-	nk.port = be->port;
-	nk.proto = sk.proto;
-	/* A connect() has a socket of its own (its cookie is new, but for a reconnect), so it just
-	 * writes; a datagram looks first, so a socket sending again to the same backend costs no
-	 * write per datagram. */
-	old = datagram ? lb4_sock_nat.lookup(&nk) : 0;
-	fresh = !old || old->vip != sk.vip || old->port != sk.port || old->backend_id != id;
-	if (fresh) {
-		nat.vip = sk.vip;
-		nat.port = sk.port;
-		nat.svc_id = svc->svc_id;
-		nat.backend_id = id;
-		lb4_sock_nat.update(&nk, &nat);
-	}
-	ctx->user_ip4 = be->addr;
-	ctx->user_port = (__u32)be->port;
-	lb4_sock_count(svc->svc_id, id, fresh, datagram);
-	return lb_verdict(AT_SOCKET, fresh ? VERDICT_NEW : VERDICT_ESTABLISHED, 1);
+	*a = ctx->user_ip4;
 }
 
-/* The peer a socket sees (its reply's source, getpeername()): the frontend it asked for, if the
- * hooks sent it to this backend. */
-static __always_inline void lb4_sock_reverse(struct bpf_sock_addr *ctx, __u32 proto)
+static __always_inline void lb4_sock_set_daddr(struct bpf_sock_addr *ctx, const __be32 *a)
 {
-	struct lb4_sock_key nk = {};
-	struct lb4_sock_nat *nat;
-
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return;
-	nk.cookie = lb_socket_cookie(ctx);
-	nk.addr = ctx->user_ip4;
-	nk.port = (__be16)ctx->user_port;
-	nk.proto = proto;
-	nat = lb4_sock_nat.lookup(&nk);
-	if (!nat)
-		return;
-	ctx->user_ip4 = nat->vip;
-	ctx->user_port = (__u32)nat->port;
+	ctx->user_ip4 = *a;
 }
+
+static __always_inline void lb6_sock_daddr(struct bpf_sock_addr *ctx, struct lb6_addr *a)
+{
+	a->w[0] = ctx->user_ip6[0];
+	a->w[1] = ctx->user_ip6[1];
+	a->w[2] = ctx->user_ip6[2];
+	a->w[3] = ctx->user_ip6[3];
+}
+
+static __always_inline void lb6_sock_set_daddr(struct bpf_sock_addr *ctx, const struct lb6_addr *a)
+{
+	ctx->user_ip6[0] = a->w[0];
+	ctx->user_ip6[1] = a->w[1];
+	ctx->user_ip6[2] = a->w[2];
+	ctx->user_ip6[3] = a->w[3];
+}
+
+#include "family4.tmpl.h"
+#include "sock.tmpl.h"
+#include "family_end.tmpl.h"
+
+#include "family6.tmpl.h"
+#include "sock.tmpl.h"
+#include "family_end.tmpl.h"
 
 int lb4_connect(struct bpf_sock_addr *ctx)
 {
@@ -183,5 +124,30 @@ int lb4_recvmsg(struct bpf_sock_addr *ctx)
 int lb4_getpeername(struct bpf_sock_addr *ctx)
 {
 	lb4_sock_reverse(ctx, ctx->protocol);
+	return 1;
+}
+
+/* The IPv6 hooks (connect6, sendmsg6, recvmsg6, getpeername6). A socket of either family naming
+ * an IPv4-mapped address (::ffff:a.b.c.d) is not balanced here: its packets are IPv4 and take the
+ * packet path. */
+int lb6_connect(struct bpf_sock_addr *ctx)
+{
+	return lb6_sock_translate(ctx, 0);
+}
+
+int lb6_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return lb6_sock_translate(ctx, 1);
+}
+
+int lb6_recvmsg(struct bpf_sock_addr *ctx)
+{
+	lb6_sock_reverse(ctx, IPPROTO_UDP);
+	return 1;
+}
+
+int lb6_getpeername(struct bpf_sock_addr *ctx)
+{
+	lb6_sock_reverse(ctx, ctx->protocol);
 	return 1;
 }

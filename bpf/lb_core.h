@@ -26,7 +26,7 @@
 #define HOOK_XDP_GENERIC 3
 #define HOOK_IS_XDP(hook) ((hook) == HOOK_XDP || (hook) == HOOK_XDP_GENERIC)
 
-#include "family4.h"
+#include "family4.tmpl.h"
 #include "conntrack.tmpl.h"
 #include "select.tmpl.h"
 #include "snat.tmpl.h"
@@ -35,7 +35,7 @@
 #include "icmp_nat.tmpl.h"
 #include "family_end.tmpl.h"
 
-#include "family6.h"
+#include "family6.tmpl.h"
 #include "conntrack.tmpl.h"
 #include "select.tmpl.h"
 #include "snat.tmpl.h"

@@ -124,7 +124,11 @@ BPF_TABLE_PINNED("hash", struct lb4_pod_addr_key, __u32, lb4_pod_addrs, LB4_MAX_
  * reused, so the entries of closed sockets only wait to be evicted. */
 BPF_TABLE_PINNED("lru_hash", struct lb4_sock_key, struct lb4_sock_nat, lb4_sock_nat,
 		 LB4_SOCK_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb4_sock_nat");
-/* Session affinity of the sockets the cgroup hooks balance, per (frontend, network namespace). */
+/* The same for IPv6 sockets (connect6, sendmsg6). */
+BPF_TABLE_PINNED("lru_hash", struct lb6_sock_key, struct lb6_sock_nat, lb6_sock_nat,
+		 LB4_SOCK_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb6_sock_nat");
+/* Session affinity of the sockets the cgroup hooks balance, per (frontend, network namespace):
+ * one map for both families, as service ids are. */
 BPF_TABLE_PINNED("lru_hash", struct lb4_sock_affinity_key, struct lb4_affinity, lb4_sock_affinity,
 		 LB4_AFFINITY_MAX_ENTRIES, EBPFLB_PIN_DIR "/lb4_sock_affinity");
 /* The IPv6 twins of the frontend, backend, VIP, source-range, affinity, conntrack and device

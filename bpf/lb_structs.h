@@ -175,6 +175,24 @@ struct lb4_sock_nat {
 	__u32 backend_id;
 };
 
+/* The IPv6 twins of lb4_sock_key and lb4_sock_nat (lb6_sock_nat). */
+struct lb6_sock_key {
+	__u64 cookie;
+	struct lb6_addr addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+	__u32 pad2;
+};
+
+struct lb6_sock_nat {
+	struct lb6_addr vip;
+	__be16 port;
+	__u16 pad;
+	__u32 svc_id;
+	__u32 backend_id;
+};
+
 /* Socket load balancing (lb_sock_cfg[0]): whose sockets the cgroup hooks translate. OFF keeps
  * the hooks attached but idle; HOST_ONLY leaves pods' sockets to the TC programs (service
  * meshes that need to see the frontend address). */

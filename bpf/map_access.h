@@ -94,6 +94,21 @@ static __always_inline int frag4_put(struct frag4_key *k, struct frag4_nat *v)
 	return frag4.update(k, v);
 }
 
+static __always_inline struct lb4_svc *lb4_svc_get(struct lb4_svc_key *k)
+{
+	return lb4_services.lookup(k);
+}
+
+static __always_inline struct lb4_sock_nat *lb4_sock_nat_get(struct lb4_sock_key *k)
+{
+	return lb4_sock_nat.lookup(k);
+}
+
+static __always_inline int lb4_sock_nat_put(struct lb4_sock_key *k, struct lb4_sock_nat *v)
+{
+	return lb4_sock_nat.update(k, v);
+}
+
 /* ---- IPv6 ---- */
 
 static __always_inline struct ct6_entry *ct6_get(struct ct6_key *k)
@@ -179,6 +194,21 @@ static __always_inline struct frag6_nat *frag6_get(struct frag6_key *k)
 static __always_inline int frag6_put(struct frag6_key *k, struct frag6_nat *v)
 {
 	return frag6.update(k, v);
+}
+
+static __always_inline struct lb4_svc *lb6_svc_get(struct lb6_svc_key *k)
+{
+	return lb6_services.lookup(k);
+}
+
+static __always_inline struct lb6_sock_nat *lb6_sock_nat_get(struct lb6_sock_key *k)
+{
+	return lb6_sock_nat.lookup(k);
+}
+
+static __always_inline int lb6_sock_nat_put(struct lb6_sock_key *k, struct lb6_sock_nat *v)
+{
+	return lb6_sock_nat.update(k, v);
 }
 
 #endif

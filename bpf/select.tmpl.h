@@ -1,6 +1,6 @@
 /* select.tmpl.h: the policy of a new flow (who may start one) and the choice of its backend
  * (session affinity, then the flow hash over the frontend's slots), for one IP family (a template:
- * see family4.h). Needs conntrack.h, flow_hash.h and map_access.h. */
+ * see family4.tmpl.h). Needs conntrack.h, flow_hash.h and map_access.h. */
 
 /* A new flow must not come from loopback, from a VIP, or from its own destination. */
 static __always_inline int LB_(bad_source)(const struct FAM_PKT *p)

@@ -1,5 +1,5 @@
 /* snat.tmpl.h: the SNAT port of a flow sent on to a backend on another node, or of a flow given a
- * source port of its own, for one IP family (a template: see family4.h). Needs node_fwd.h and
+ * source port of its own, for one IP family (a template: see family4.tmpl.h). Needs node_fwd.h and
  * conntrack.tmpl.h. */
 
 /* Whether a SNAT port (the reply key k) is taken, in either conntrack table. The flow holding it

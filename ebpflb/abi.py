@@ -168,6 +168,8 @@ MAPS = {
     'lb4_pod_addrs': ('hash', 'struct lb4_pod_addr_key', '__u32', 'LB4_MAX_POD_ADDRS'),
     'lb4_sock_nat': ('lru_hash', 'struct lb4_sock_key',
                      'struct lb4_sock_nat', 'LB4_SOCK_MAX_ENTRIES'),
+    'lb6_sock_nat': ('lru_hash', 'struct lb6_sock_key',
+                     'struct lb6_sock_nat', 'LB4_SOCK_MAX_ENTRIES'),
     'lb4_sock_affinity': ('lru_hash', 'struct lb4_sock_affinity_key',
                           'struct lb4_affinity', 'LB4_AFFINITY_MAX_ENTRIES'),
     'lb6_services': ('hash', 'struct lb6_svc_key', 'struct lb4_svc', 'LB4_MAX_SERVICES'),
@@ -206,6 +208,10 @@ PROGRAMS = {
     'lb4_sendmsg': 'bpf_sock_addr',
     'lb4_recvmsg': 'bpf_sock_addr',
     'lb4_getpeername': 'bpf_sock_addr',
+    'lb6_connect': 'bpf_sock_addr',
+    'lb6_sendmsg': 'bpf_sock_addr',
+    'lb6_recvmsg': 'bpf_sock_addr',
+    'lb6_getpeername': 'bpf_sock_addr',
 }
 PROG_LB4_FROM_POD = 'lb4_from_pod'
 PROG_LB4_TO_POD = 'lb4_to_pod'
@@ -221,6 +227,10 @@ PROG_LB4_CONNECT = 'lb4_connect'
 PROG_LB4_SENDMSG = 'lb4_sendmsg'
 PROG_LB4_RECVMSG = 'lb4_recvmsg'
 PROG_LB4_GETPEERNAME = 'lb4_getpeername'
+PROG_LB6_CONNECT = 'lb6_connect'
+PROG_LB6_SENDMSG = 'lb6_sendmsg'
+PROG_LB6_RECVMSG = 'lb6_recvmsg'
+PROG_LB6_GETPEERNAME = 'lb6_getpeername'
 
 # ---- map key and value layouts as compiled: type -> (size, ((field, offset, size), ...))
 STRUCTS = {
@@ -401,6 +411,21 @@ STRUCTS = {
     'struct lb6_pod_addr_key': (20, (
         ('ifindex', 0, 4),
         ('addr', 4, 16),
+    )),
+    'struct lb6_sock_key': (32, (
+        ('cookie', 0, 8),
+        ('addr', 8, 16),
+        ('port', 24, 2),
+        ('proto', 26, 1),
+        ('pad', 27, 1),
+        ('pad2', 28, 4),
+    )),
+    'struct lb6_sock_nat': (28, (
+        ('vip', 0, 16),
+        ('port', 16, 2),
+        ('pad', 18, 2),
+        ('svc_id', 20, 4),
+        ('backend_id', 24, 4),
     )),
     'struct lb6_src_range_key': (24, (
         ('prefixlen', 0, 4),

@@ -17,12 +17,11 @@ Without the socket's cookie (SO_COOKIE) the backend cannot be predicted: the exp
 which backends the slots hold. tests/bpf/test_socket_lb.py checks predictions against the hooks.
 """
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address
 from typing import Any, Dict, Optional, Tuple
 
 from .addresses import format_address
 from .explain import AffinityView, bound_backend, slot_backend
-from .flowhash import FLOW_HASH_SEED, sock_hash
+from .flowhash import FLOW_HASH_SEED, address_word, sock_hash
 from .maps import (BACKENDS, NO_BACKEND, SERVICES, SLOTS, SVC_F_DRAINING,
                    SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey,
                    frontend_kind)
@@ -79,12 +78,6 @@ def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str,
                 service=snapshot[SVC_META].get(svc.svc_id), slots=svc.count,
                 algorithm="maglev" if svc.flags & SVC_F_MAGLEV else "random",
                 affinity_timeout=svc.affinity_timeout, cookie=cookie)
-    if ":" in daddr:
-        return SocketExplanation(**base, verdict=PACKET_PATH,
-                                 reason="an IPv6 frontend: the socket hooks balance IPv4 only so "
-                                        "far (connect4, sendmsg4); a pod's packets are translated "
-                                        "by the TC program on its device, a host-network "
-                                        "process's are not served")
     if mode == "off":
         return SocketExplanation(**base, verdict=PACKET_PATH,
                                  reason="socket load balancing is off: the TC programs translate "
@@ -127,7 +120,7 @@ def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str,
                                  candidates=tuple(filter(None, (_backend(snapshot, i) for i in ids))),
                                  reason="sent to the backend of slot hash(cookie) % slots; give "
                                         "--cookie (the socket's SO_COOKIE) to know which" + unknown)
-    h = sock_hash(cookie, int(IPv4Address(daddr)), dport, proto, FLOW_HASH_SEED)
+    h = sock_hash(cookie, address_word(daddr), dport, proto, FLOW_HASH_SEED)
     slot, backend_id = slot_backend(snapshot, svc, h)
     return SocketExplanation(**base, verdict=TRANSLATED, affinity=affinity, hash=h, slot=slot,
                              backend_id=backend_id, backend=_backend(snapshot, backend_id),

@@ -125,9 +125,7 @@ def explain_packet(writer: Any, flow: Flow, outside: bool = False,
     except OSError as exc:
         raise DeviceError(f"{ifname}: {exc.strerror or exc}") from exc
     result = explain(snapshot, flow, ct, affinity, device=dev, ct_table=table)
-    # The socket hooks are IPv4 only: an IPv6 frontend is always the packet path's.
-    return result, packet_path_note(read_mode(bpf), outside,
-                                    key in snapshot[SERVICES] and ":" not in key.vip)
+    return result, packet_path_note(read_mode(bpf), outside, key in snapshot[SERVICES])
 
 
 def explain_connect(writer: Any, flow: Flow, host: bool, cookie: Optional[int] = None,

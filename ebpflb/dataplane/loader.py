@@ -42,10 +42,18 @@ PROG_SOCK_CONNECT = abi.PROG_LB4_CONNECT
 PROG_SOCK_SENDMSG = abi.PROG_LB4_SENDMSG
 PROG_SOCK_RECVMSG = abi.PROG_LB4_RECVMSG
 PROG_SOCK_PEER = abi.PROG_LB4_GETPEERNAME
+PROG_SOCK6_CONNECT = abi.PROG_LB6_CONNECT
+PROG_SOCK6_SENDMSG = abi.PROG_LB6_SENDMSG
+PROG_SOCK6_RECVMSG = abi.PROG_LB6_RECVMSG
+PROG_SOCK6_PEER = abi.PROG_LB6_GETPEERNAME
 SOCK_HOOKS = {PROG_SOCK_CONNECT: "CGROUP_INET4_CONNECT",
               PROG_SOCK_SENDMSG: "CGROUP_UDP4_SENDMSG",
               PROG_SOCK_RECVMSG: "CGROUP_UDP4_RECVMSG",
-              PROG_SOCK_PEER: "CGROUP_INET4_GETPEERNAME"}
+              PROG_SOCK_PEER: "CGROUP_INET4_GETPEERNAME",
+              PROG_SOCK6_CONNECT: "CGROUP_INET6_CONNECT",
+              PROG_SOCK6_SENDMSG: "CGROUP_UDP6_SENDMSG",
+              PROG_SOCK6_RECVMSG: "CGROUP_UDP6_RECVMSG",
+              PROG_SOCK6_PEER: "CGROUP_INET6_GETPEERNAME"}
 
 
 def sock_attach_types() -> Dict[str, int]:
@@ -124,8 +132,9 @@ def inline_sources(src: Path, *filenames: str) -> str:
     headers that hold conntrack, selection or fragment code could not touch a map if they were
     included the ordinary way. Inlining them keeps the code split by concern.
 
-    A template (`*.tmpl.h`: code written once for both IP families, its types and names given by
-    the family header included before it) is inlined every time it is included."""
+    A `*.tmpl.h` is inlined every time it is included: a template (code written once for both IP
+    families) and the family headers that give it its types and names (family4.tmpl.h,
+    family6.tmpl.h, family_end.tmpl.h), which each round of templates includes again."""
     seen: set = set()
 
     def expand(path: Path) -> List[str]:

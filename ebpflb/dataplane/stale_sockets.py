@@ -9,8 +9,8 @@ that its backend never answered would wait out its timeout. So when a backend le
 closes, with sock_diag SOCK_DESTROY, each such socket the hooks made: connected UDP sockets, and
 TCP sockets still in SYN_SENT. The application sees ECONNABORTED and asks again, and the hooks
 send the new socket to a live backend. Sockets connected to the same address without going
-through a frontend are never touched: a socket is closed only if lb4_sock_nat records that the
-hooks sent it (by its cookie) to that backend for that Service.
+through a frontend are never touched: a socket is closed only if lb4_sock_nat (lb6_sock_nat for
+an IPv6 socket) records that the hooks sent it (by its cookie) to that backend for that Service.
 
 sock_diag answers per network namespace. The namespaces searched are those of the processes in
 the hooks' cgroup (every pod's and the node's own), each entered by a short-lived thread.
@@ -34,8 +34,8 @@ SS_ESTABLISHED, SS_SYN_SENT = 1, 2  # sk_state (a connected UDP socket is ESTABL
 
 
 class SockRecord(NamedTuple):
-    """One lb4_sock_nat record, decoded: the socket, the backend the hooks sent it to, and the
-    frontend's service id."""
+    """One lb4_sock_nat or lb6_sock_nat record, decoded: the socket, the backend the hooks sent
+    it to (an IPv4 or IPv6 address), and the frontend's service id."""
     cookie: int
     proto: int
     addr: str
@@ -64,32 +64,37 @@ def stale_targets(records: Iterable[SockRecord], svc_ids: Iterable[int],
             if r.svc_id in ids or (r.proto, r.svc_id, r.addr, r.port) in gone}
 
 
+SOCK_TABLES = (b"lb4_sock_nat", b"lb6_sock_nat")
+
+
 def read_entries(bpf: Any) -> List[SockRecord]:
-    """Every lb4_sock_nat record, decoded through bcc's types of the header's structs."""
-    from .bcc_maps import be32_to_ip
+    """Every lb4_sock_nat and lb6_sock_nat record, decoded through bcc's types of the header's
+    structs."""
+    from .bcc_maps import _ip_of
     from .percpu import read_hash_raw
 
-    table = bpf[b"lb4_sock_nat"]
-    key_size, value_size = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
-    keys, values, count = read_hash_raw(table)
     out = []
-    for i in range(count):
-        k = table.Key.from_buffer_copy(keys, i * key_size)
-        v = table.Leaf.from_buffer_copy(values, i * value_size)
-        out.append(SockRecord(k.cookie, k.proto, be32_to_ip(k.addr), socket.ntohs(k.port),
-                              v.svc_id))
+    for name in SOCK_TABLES:
+        table = bpf[name]
+        key_size, value_size = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        keys, values, count = read_hash_raw(table)
+        for i in range(count):
+            k = table.Key.from_buffer_copy(keys, i * key_size)
+            v = table.Leaf.from_buffer_copy(values, i * value_size)
+            out.append(SockRecord(k.cookie, k.proto, _ip_of(k.addr), socket.ntohs(k.port),
+                                  v.svc_id))
     return out
 
 
 def _forget(bpf: Any, targets: Iterable[Target]) -> None:
     """Drops the records of closed sockets: they would match every later removal of their
     backend, each time costing a search of every namespace for a socket that is gone."""
-    from .bcc_maps import ip_to_be32
+    from .bcc_maps import _addr_field
 
-    table = bpf[b"lb4_sock_nat"]
     for t in targets:
-        key = table.Key(cookie=t.cookie, addr=ip_to_be32(t.addr), port=socket.htons(t.port),
-                        proto=t.proto)
+        table = bpf[SOCK_TABLES[":" in t.addr]]
+        key = table.Key(cookie=t.cookie, addr=_addr_field(table, "addr", t.addr),
+                        port=socket.htons(t.port), proto=t.proto)
         try:
             del table[key]
         except KeyError:
@@ -115,7 +120,9 @@ def cgroup_namespaces(cgroup: Optional[str]) -> List[str]:
 
 
 def _diag_addr(ip: str) -> Tuple[int, int, int, int]:
-    """An IPv4 address as inet_diag_sockid holds it: the first of four big-endian words."""
+    """An address as inet_diag_sockid holds it: four big-endian words (IPv4: the first)."""
+    if ":" in ip:
+        return struct.unpack(">4I", socket.inet_pton(socket.AF_INET6, ip))
     return (struct.unpack(">I", socket.inet_aton(ip))[0], 0, 0, 0)
 
 
@@ -129,14 +136,15 @@ def _close_here(targets: Dict[int, Target]) -> List[Target]:
     wanted = {(UDP, 1 << SS_ESTABLISHED), (TCP, 1 << SS_SYN_SENT)}  # connected UDP, TCP unanswered
     with DiagSocket() as diag:
         diag.bind()
-        for proto, states in wanted:
-            for msg in diag.get_sock_stats(family=socket.AF_INET, protocol=proto, states=states):
+        for family, (proto, states) in ((f, w) for f in (socket.AF_INET, socket.AF_INET6)
+                                         for w in wanted):
+            for msg in diag.get_sock_stats(family=family, protocol=proto, states=states):
                 target = targets.get(msg["idiag_cookie"])
                 if target is None or target.proto != proto or \
                         (msg["idiag_dst"], msg["idiag_dport"]) != (target.addr, target.port):
                     continue
                 req = inet_diag_req()
-                req["sdiag_family"] = socket.AF_INET
+                req["sdiag_family"] = family
                 req["sdiag_protocol"] = proto
                 req["idiag_states"] = states
                 req["idiag_sport"] = msg["idiag_sport"]

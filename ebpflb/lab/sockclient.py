@@ -36,12 +36,16 @@ def _err(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc))
 
 
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 SO_COOKIE = 57  # asm-generic/socket.h: what `ebpflb explain --socket --cookie` takes
 
 
 def http(addr: str, port: int, path: str = "/", timeout: float = 2.0) -> Dict[str, Any]:
     out: Dict[str, Any] = {"errno": None}
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(addr), socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         out["cookie"] = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), sys.byteorder)
         try:
@@ -64,7 +68,7 @@ def http(addr: str, port: int, path: str = "/", timeout: float = 2.0) -> Dict[st
 def udp(addr: str, port: int, payload: str = "ping", connect: bool = False,
         timeout: float = 2.0) -> Dict[str, Any]:
     out: Dict[str, Any] = {"errno": None}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(_family(addr), socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         try:
             if connect:
@@ -97,7 +101,7 @@ def udp_loop(addr: str, port: int, count: int = 10, interval: float = 0.1,
                 time.sleep(interval)
             try:
                 if s is None:
-                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s = socket.socket(_family(addr), socket.SOCK_DGRAM)
                     s.settimeout(timeout)
                     s.connect((addr, port))
                 s.send(f"q{i}".encode())

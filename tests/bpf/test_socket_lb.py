@@ -84,11 +84,12 @@ class SockLab:
     """A namespace whose loopback holds the backends' addresses, their servers, and a cgroup
     with the data plane's socket hooks attached."""
 
-    def __init__(self, dataplane):
+    def __init__(self, dataplane, backends=BACKENDS):
         root = cgroup2_root()
         if root is None:
             pytest.skip("the socket hooks need cgroup v2, which is not mounted")
         self.dp = dataplane
+        self.backends = backends
         self.ns = unique("ebpflb-sk-")
         self.cgroup = os.path.join(root, unique("ebpflb-test-"))
         self.owns = strict_owner(dataplane.config)
@@ -97,10 +98,11 @@ class SockLab:
     def up(self) -> None:
         create_netns(self.ns)
         subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
-        for addr in BACKENDS:
-            subprocess.run(["ip", "-n", self.ns, "addr", "add", f"{addr}/32", "dev", "lo"],
-                           check=True)
-        for addr in BACKENDS:
+        for addr in self.backends:
+            six = ":" in addr  # an IPv6 backend: usable at once (no duplicate address detection)
+            subprocess.run(["ip", "-n", self.ns, "addr", "add", f"{addr}/{128 if six else 32}",
+                            "dev", "lo", *(["nodad"] if six else [])], check=True)
+        for addr in self.backends:
             r, w = os.pipe()
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, sys.executable, "-m", "ebpflb.lab.podserver",

@@ -1,4 +1,4 @@
-/* family6.h: what the templates (*.tmpl.h) are for IPv6 (see family4.h). */
+/* family6.tmpl.h: what the templates (*.tmpl.h) are for IPv6 (see family4.tmpl.h). */
 #define FAM 6
 #define FAM_PKT pkt6
 #define FAM_ADDR struct lb6_addr
@@ -29,3 +29,7 @@
 #define FAM_TTL_DEC(skb, l3_off) tc_hop_limit_dec(skb, l3_off)
 #define FAM_ICMP_PROTO IPPROTO_ICMPV6
 #define FAM_FRAG_TIMEOUT FRAG6_TIMEOUT
+#define FAM_SVC_KEY lb6_svc_key
+#define FAM_SOCK_KEY lb6_sock_key
+#define FAM_SOCK_NAT lb6_sock_nat
+#define FAM_SOCK_HASH(cookie, a, port, proto) sock_hash6(cookie, &(a), port, proto)

@@ -1,4 +1,4 @@
-/* family4.h: what the templates (*.tmpl.h) are for IPv4: their types, the prefix of their
+/* family4.tmpl.h: what the templates (*.tmpl.h) are for IPv4: their types, the prefix of their
  * function names (CT_(find) is ct4_find, LB_(frontend) is lb4_frontend), and the few address
  * operations that differ between families. bpf/lb_core.h includes it before a round of
  * templates, then family_end.tmpl.h. */
@@ -32,3 +32,7 @@
 #define FAM_TTL_DEC(skb, l3_off) tc_ttl_dec(skb, l3_off)
 #define FAM_ICMP_PROTO IPPROTO_ICMP
 #define FAM_FRAG_TIMEOUT FRAG4_TIMEOUT
+#define FAM_SVC_KEY lb4_svc_key
+#define FAM_SOCK_KEY lb4_sock_key
+#define FAM_SOCK_NAT lb4_sock_nat
+#define FAM_SOCK_HASH(cookie, a, port, proto) sock_hash4(cookie, a, port, proto)
