@@ -448,11 +448,12 @@ class Agent:
         ipr = IPRoute()
         nodes = None
         if self.options.node_devices:
-            from .service_health import HealthCheckServers
+            from .service_health import ALL_ADDRESSES, HealthCheckServers
 
             _warn_snat_overlap(self.config.snat_ports)
             # As kube-proxy's: every check fails while the agent is not serving its source's state.
-            self._health_checks = HealthCheckServers(self.options.health_check_bind or ("0.0.0.0",),
+            self._health_checks = HealthCheckServers(self.options.health_check_bind or
+                                                     (ALL_ADDRESSES,),
                                                      proxy_healthy=self._serving_whole)
             nodes = NodeAttacher(ipr, self.options.node_devices, self.options.node_mode,
                                  self.options.xdp_mode,

@@ -9,6 +9,7 @@ node would have to drop (Local policy never hops to another node). Stdlib only, 
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
@@ -72,16 +73,25 @@ class _Server(ThreadingHTTPServer):
         self.owner = owner
         super().__init__(address, _Handler)
 
+    def server_bind(self) -> None:
+        if self.server_address[0] == ALL_ADDRESSES:
+            # Every address of both families, as kube-proxy's ":port" listener: one socket.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
     def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         # A probe that hangs up early is not worth a traceback on stderr.
         log.debug("health check %s: request failed", client_address, exc_info=True)
+
+
+ALL_ADDRESSES = "::"  # with IPV6_V6ONLY off: every IPv4 and IPv6 address of the node
 
 
 class HealthCheckServers:
     """One HTTP listener per health check port and bind address, kept in step with the desired
     health checks by `sync()`. Counts change in place (no listener is reopened for that)."""
 
-    def __init__(self, bind_addresses: Sequence[str] = ("0.0.0.0",),
+    def __init__(self, bind_addresses: Sequence[str] = (ALL_ADDRESSES,),
                  proxy_healthy: Optional[Callable[[], bool]] = None) -> None:
         self.bind_addresses = tuple(bind_addresses)
         for address in self.bind_addresses:
@@ -122,7 +132,12 @@ class HealthCheckServers:
 
     def _open(self, address: str, port: int, check: HealthCheck) -> None:
         try:
-            server = _Server((address, port), self)
+            try:
+                server = _Server((address, port), self)
+            except OSError as exc:
+                if address != ALL_ADDRESSES or exc.errno != errno.EAFNOSUPPORT:
+                    raise
+                server = _Server(("0.0.0.0", port), self)  # a kernel without IPv6
         except OSError as exc:
             # Another process may hold the port (a leftover kube-proxy): keep the rest serving.
             first = (address, port) not in self._failed

@@ -100,9 +100,13 @@ def lab_status_cmd(name: str, output: str) -> None:
               help="Run only scenarios whose name contains TEXT; repeatable.")
 @click.option("--node-mode", type=click.Choice(["xdp", "tc"]), default="xdp", show_default=True,
               help="Hook of the agents' node devices in the two-node (north-south) scenarios.")
+@click.option("--ip-family", type=click.Choice(["ipv4", "ipv6", "both"]), default="ipv4",
+              show_default=True,
+              help="ipv6: each scenario's IPv6 twin (the same scenario in a dual-stack lab, every "
+                   "address its IPv6 twin); both: the two, one after the other.")
 @click.option("--list", "list_only", is_flag=True, help="List the scenarios and run nothing.")
 @output_option
-def lab_conformance_cmd(scenarios: List[str], node_mode: str, list_only: bool,
+def lab_conformance_cmd(scenarios: List[str], node_mode: str, ip_family: str, list_only: bool,
                         output: str) -> None:
     """Run the Kubernetes Service conformance scenarios (named after the Kubernetes e2e network
     tests) with real traffic, each in a fresh lab with the real agent, and print a pass/fail
@@ -123,10 +127,11 @@ def lab_conformance_cmd(scenarios: List[str], node_mode: str, list_only: bool,
 
     def progress(r) -> None:
         if output not in STRUCTURED:
-            click.echo(f"{r.outcome.upper():4}  {r.seconds:5.1f}s  {r.name}"
+            click.echo(f"{r.outcome.upper():4}  {r.seconds:5.1f}s  {r.family}  {r.name}"
                        + (f"\n      {r.detail}" if r.detail else ""))
 
-    results = run_conformance(list(scenarios) or None, progress, node_mode)
+    families = ("ipv4", "ipv6") if ip_family == "both" else (ip_family,)
+    results = run_conformance(list(scenarios) or None, progress, node_mode, families)
     passed = sum(r.outcome == "pass" for r in results)
     emit(output, to_json(results), lambda: f"\n{passed} passed, {len(results) - passed} failed")
     if any(r.outcome != "pass" for r in results):

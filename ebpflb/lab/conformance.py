@@ -7,6 +7,10 @@ A scenario is a function of a Ctx that raises AssertionError when the behaviour 
 Scenarios about traffic from outside the cluster (NodePort, LoadBalancer, externalTrafficPolicy)
 run on a two-node lab with an agent per node on its eth0 (`--node-mode` xdp or tc), and send
 from the lab's external client.
+
+Every scenario also has an IPv6 twin: the same code in a dual-stack lab, through the lens of
+ebpflb/lab/family.py, which gives every address the scenario writes (manifests, URLs, socket
+addresses) its IPv6 twin and maps every address it reads back to the IPv4 one it expects.
 """
 import json
 import secrets
@@ -22,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from . import lab as lablib
 from . import nsops
 from .agent_runner import RunningAgent, ebpflb, force_cleanup, wait_until
+from .family import Family
 from .topology import PodSpec, default_pods
 
 NODE = "node-0"  # the lab node's name, given to the agent with --node-name
@@ -70,11 +75,73 @@ def node1_pods(*numbers: int) -> Endpoints:
     return [(f"10.244.1.{10 + n}", READY, NODE1) for n in numbers]
 
 
+class AgentView:
+    """An agent as a scenario sees it, through the run's family: manifests written with the
+    IPv6 twins of their addresses, frontends and backends read back as the IPv4 ones."""
+
+    def __init__(self, agent: RunningAgent, family: Family) -> None:
+        self.agent = agent
+        self.family = family
+        self.pin_dir = agent.pin_dir
+        self.node = agent.node
+
+    def write_manifest(self, text: str) -> None:
+        self.agent.write_manifest(text=self.family.manifest(text))
+
+    def services(self, draining: bool = False) -> list:
+        back = self.family.back
+        return [dict(s, frontend=back(s["frontend"]),
+                     backends=[dict(b, address=back(b["address"])) for b in s["backends"]])
+                for s in self.agent.services(draining)]
+
+    def backends(self, frontend: str) -> Optional[List[str]]:
+        for svc in self.services():
+            if svc["frontend"] == frontend:
+                return [b["address"] for b in svc["backends"]]
+        return None
+
+
+class LensSocket:
+    """A socket of the run's family that takes and gives IPv4 addresses (the scenario's)."""
+
+    def __init__(self, sock: socket.socket, family: Family) -> None:
+        self._s, self._f = sock, family
+
+    def __enter__(self) -> "LensSocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._s.close()
+
+    def settimeout(self, t: float) -> None:
+        self._s.settimeout(t)
+
+    def bind(self, addr: tuple) -> None:
+        self._s.bind(self._f.sockaddr(addr))
+
+    def connect(self, addr: tuple) -> None:
+        self._s.connect(self._f.sockaddr(addr))
+
+    def send(self, data: bytes) -> int:
+        return self._s.send(data)
+
+    def sendto(self, data: bytes, addr: tuple) -> int:
+        return self._s.sendto(data, self._f.sockaddr(addr))
+
+    def recv(self, n: int) -> bytes:
+        return self._s.recv(n)
+
+    def recvfrom(self, n: int) -> Tuple[bytes, tuple]:
+        data, addr = self._s.recvfrom(n)
+        return data, self._f.back_addr(addr)
+
+
 @dataclass
 class Ctx:
     lab: str
-    agent: RunningAgent
-    agents: List[RunningAgent] = field(default_factory=list)  # one per node; [agent] on one node
+    agent: AgentView
+    agents: List[AgentView] = field(default_factory=list)  # one per node; [agent] on one node
+    family: Family = field(default_factory=Family)
 
     def apply(self, text: str, ready: Callable[[], bool], what: str) -> None:
         for agent in self.agents or [self.agent]:
@@ -91,9 +158,14 @@ class Ctx:
         return lambda: all(f"{NODE_ADDRS[k]}:{port}/{proto}" in {s["frontend"] for s in a.services()}
                            for k, a in enumerate(self.agents))
 
-    def ext(self, url: str, timeout: float = 3):
-        return lablib.run_in_ext(self.lab, ["curl", "-sS", "--max-time", str(timeout), url],
-                                 timeout=timeout + 10)
+    def _read_back(self, r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess(r.args, r.returncode, self.family.back(r.stdout),
+                                           r.stderr)
+
+    def ext(self, url: str, timeout: float = 3, *extra: str):
+        return self._read_back(lablib.run_in_ext(
+            self.lab, ["curl", "-sS", "--max-time", str(timeout), *extra, self.family.url(url)],
+            timeout=timeout + 10))
 
     def ext_who(self, url: str) -> str:
         r = self.ext(url)
@@ -101,17 +173,19 @@ class Ctx:
         return r.stdout.strip()
 
     def curl(self, url: str, pod: str = "client", timeout: float = 3):
-        return lablib.run_in_pod(self.lab, pod, ["curl", "-sS", "--max-time", str(timeout), url],
-                                 timeout=timeout + 10)
+        return self._read_back(lablib.run_in_pod(
+            self.lab, pod, ["curl", "-sS", "--max-time", str(timeout), self.family.url(url)],
+            timeout=timeout + 10))
 
     def who(self, url: str, pod: str = "client") -> str:
         r = self.curl(url, pod)
         assert r.returncode == 0, f"curl {url} from {pod}: {r.stderr.strip()}"
         return r.stdout.strip()
 
-    def socket(self, kind: int, pod: str = "client") -> socket.socket:
+    def socket(self, kind: int, pod: str = "client") -> LensSocket:
+        """A socket made in a pod's namespace (`pod` "ext": the external client's)."""
         with nsops.in_netns(f"{self.lab}-{pod}"):
-            return socket.socket(socket.AF_INET, kind)
+            return LensSocket(socket.socket(self.family.socket_family(), kind), self.family)
 
     def udp(self, vip: str, port: int, payload: bytes, pod: str = "client") -> Tuple[str, tuple]:
         with self.socket(socket.SOCK_DGRAM, pod) as s:
@@ -439,8 +513,7 @@ def etp_local_health_check(c: Ctx) -> None:
     c.apply(text, c.nodeports(30080), "the LoadBalancer Service")
 
     def health(addr: str) -> Tuple[int, dict]:
-        r = lablib.run_in_ext(c.lab, ["curl", "-sS", "--max-time", "3", "-w", "\n%{http_code}",
-                                      f"http://{addr}:32000/healthz"], timeout=13)
+        r = c.ext(f"http://{addr}:32000/healthz", 3, "-w", "\n%{http_code}")
         assert r.returncode == 0, f"health check on {addr}: {r.stderr.strip()}"
         body, _, code = r.stdout.rpartition("\n")
         return int(code), json.loads(body)
@@ -481,9 +554,7 @@ def nodeport_session_affinity(c: Ctx) -> None:
 def nodeport_udp_pod_cycles(c: Ctx) -> None:
     c.apply(np_service("dns", "10.96.1.2", 30053, pods(1) + node1_pods(1), ports=ECHO),
             c.nodeports(30053, "UDP"), "the UDP NodePort")
-    with nsops.in_netns(f"{c.lab}-ext"):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with s:
+    with c.socket(socket.SOCK_DGRAM, "ext") as s:
         s.settimeout(3)
         s.bind(("0.0.0.0", 41235))
         s.sendto(b"one", (NODE_ADDRS[0], 30053))
@@ -525,9 +596,7 @@ def nodeport_icmp_errors(c: Ctx) -> None:
         c.apply(np_service("deaf", "10.96.1.60", 30500, eps, ports=deaf),
                 lambda: all(a.backends(f"{NODE_ADDRS[0]}:30500/UDP") == [eps[0][0]]
                             for a in c.agents[:1]), f"the {name} backend")
-        with nsops.in_netns(f"{c.lab}-ext"):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with s:
+        with c.socket(socket.SOCK_DGRAM, "ext") as s:
             s.settimeout(3)
             s.connect((NODE_ADDRS[0], 30500))
             s.send(b"anyone listening?")
@@ -544,10 +613,11 @@ def nodeport_icmp_errors(c: Ctx) -> None:
 def sockclient(c: Ctx, where: str, *ops: dict) -> list:
     """Socket operations (ebpflb.lab.sockclient) by a process of `where`: a pod, or "node" (a
     host-network process), in its node's cgroup, where the socket hooks act."""
+    ops = [dict(op, addr=c.family.ip(op["addr"])) if "addr" in op else op for op in ops]
     r = lablib.run_in_pod(c.lab, where, [sys.executable, "-m", "ebpflb.lab.sockclient",
                                          json.dumps(list(ops))], timeout=60)
     assert r.returncode == 0, f"sockclient in {where}: {r.stderr.strip()}"
-    return json.loads(r.stdout)
+    return json.loads(c.family.back(r.stdout))
 
 
 def node_service(c: Ctx) -> None:
@@ -573,6 +643,7 @@ def connected_udp_moves_off_a_removed_backend(c: Ctx) -> None:
             lambda: c.agent.backends("10.96.1.2:53/UDP") == ["10.244.0.11"], "dns")
     loop = {"op": "udp-loop", "addr": "10.96.1.2", "port": 53, "count": 60, "interval": 0.05,
             "reconnect": True}
+    loop = dict(loop, addr=c.family.ip(loop["addr"]))
     proc = subprocess.Popen(nsops.in_cgroup(lablib.get_lab(c.lab).cgroup(0), [
         "ip", "netns", "exec", f"{c.lab}-client", sys.executable, "-m", "ebpflb.lab.sockclient",
         json.dumps([loop])]), stdout=subprocess.PIPE, text=True)
@@ -682,19 +753,22 @@ class Result:
     outcome: str  # "pass" | "fail"
     seconds: float
     detail: str = ""
+    family: str = "ipv4"  # "ipv6": the scenario's IPv6 twin (ebpflb/lab/family.py)
 
 
 NODE_MODES = ("xdp", "tc")
 
 
 def run_scenario(scenario: Scenario, lab_name: Optional[str] = None,
-                 node_mode: str = "xdp") -> Result:
-    """A fresh lab and agent(s) for one scenario, removed afterwards whatever happens."""
+                 node_mode: str = "xdp", family: str = "ipv4") -> Result:
+    """A fresh lab and agent(s) for one scenario, removed afterwards whatever happens; with
+    `family` "ipv6", its IPv6 twin in a dual-stack lab."""
     name = lab_name or "cf" + secrets.token_hex(3)[:5]
+    lens = Family(family)
     started = time.monotonic()
     try:
         lablib.lab_up(name, default_pods(4, nodes=scenario.nodes) + list(scenario.extra_pods),
-                      nodes=scenario.nodes)
+                      nodes=scenario.nodes, ip_family="dual" if lens.ipv6 else "ipv4")
         with tempfile.TemporaryDirectory(prefix="ebpflb-conformance-") as work:
             agents: List[RunningAgent] = []
             try:
@@ -705,14 +779,16 @@ def run_scenario(scenario: Scenario, lab_name: Optional[str] = None,
                         "--node-name", f"node-{k}", "--metrics-address", "",
                         "--health-address", "", "--socket-lb", scenario.socket_lb,
                         *north_south, *scenario.agent_args]))
-                scenario.run(Ctx(name, agents[0], agents))
+                views = [AgentView(a, lens) for a in agents]
+                scenario.run(Ctx(name, views[0], views, lens))
             finally:
                 for agent in agents:
                     agent.stop()
-        return Result(scenario.name, scenario.behaviour, "pass", time.monotonic() - started)
+        return Result(scenario.name, scenario.behaviour, "pass", time.monotonic() - started,
+                      family=family)
     except AssertionError as exc:
         return Result(scenario.name, scenario.behaviour, "fail", time.monotonic() - started,
-                      str(exc) or "assertion failed")
+                      str(exc) or "assertion failed", family)
     finally:
         force_cleanup(name)
         lablib.lab_down(name)
@@ -720,15 +796,16 @@ def run_scenario(scenario: Scenario, lab_name: Optional[str] = None,
 
 def run_conformance(names: Optional[List[str]] = None,
                     progress: Optional[Callable[[Result], None]] = None,
-                    node_mode: str = "xdp") -> List[Result]:
+                    node_mode: str = "xdp", families: Sequence[str] = ("ipv4",)) -> List[Result]:
     results = []
     for scenario in SCENARIOS:
         if names and not any(n in scenario.name for n in names):
             continue
-        result = run_scenario(scenario, node_mode=node_mode)
-        results.append(result)
-        if progress:
-            progress(result)
+        for family in families:
+            result = run_scenario(scenario, node_mode=node_mode, family=family)
+            results.append(result)
+            if progress:
+                progress(result)
     return results
 
 

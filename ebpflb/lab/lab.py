@@ -91,6 +91,10 @@ _IPV6_ON = {
     "net.ipv6.conf.default.router_solicitations": "0",
     "net.ipv6.conf.all.accept_ra": "0",
     "net.ipv6.conf.default.accept_ra": "0",
+    # Load balancer addresses sit inside the underlay's /64, routed to node 0: a redirect from
+    # node 0 (the destination looks on-link) would send the client past it for good.
+    "net.ipv6.conf.all.accept_redirects": "0",
+    "net.ipv6.conf.default.accept_redirects": "0",
 }
 _NODE_SYSCTLS_DUAL = {**_NODE_SYSCTLS, **_IPV6_ON, "net.ipv6.conf.all.forwarding": "1"}
 _POD_SYSCTLS_DUAL = {**_POD_SYSCTLS, **_IPV6_ON}
@@ -406,6 +410,10 @@ def _create_underlay(lab: Lab) -> None:
             _xdp_ready_port(uipr, lab.name, port)
     with netns_ipr(ext) as ipr, _step(lab.name, f"{ext}: route {topo.EXTERNAL_VIP_CIDR}"):
         ipr.route("add", dst=topo.EXTERNAL_VIP_CIDR, gateway=topo.node_address(0))
+        if lab.dual:
+            # The IPv6 twins of those addresses (fd00:200::c0/122) inside the underlay's /64:
+            # the more specific route sends them to node 0 rather than asking the wire.
+            ipr.route("add", dst=topo.EXTERNAL_VIP_CIDR6, gateway=topo.node_address6(0))
     for j in range(lab.nodes):
         with netns_ipr(lab.node_netns(j)) as ipr:
             idx = ipr.link_lookup(ifname=topo.NODE_UNDERLAY_IFNAME)[0]

@@ -60,6 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
             host, port = self.client_address[:2]
             if host.startswith("::ffff:") and "." in host:
                 host = host[len("::ffff:"):]  # an IPv4 client of a dual-stack socket
+            elif ":" in host:
+                host = f"[{host}]"  # an IPv6 one, as HOST:PORT is written
             self._reply(200, f"{host}:{port}\n")
         elif path == "/healthz":
             self._reply(200, "ok\n")

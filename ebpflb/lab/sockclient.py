@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 
 
 def _addr(pair: Any) -> str:
-    return f"{pair[0]}:{pair[1]}"
+    return f"[{pair[0]}]:{pair[1]}" if ":" in pair[0] else f"{pair[0]}:{pair[1]}"
 
 
 def _err(exc: OSError) -> str:

@@ -36,6 +36,7 @@ SERVICE_CIDR6 = "fd00:10:96::/112"
 POD_GATEWAY6 = "fe80::1"  # the pods' IPv6 default route, answered by the host side of the veth
 UNDERLAY_PREFIXLEN6 = 64
 EXT_ADDRESS6 = "fd00:200::2"
+EXTERNAL_VIP_CIDR6 = "fd00:200::c0/122"  # the IPv6 twin of EXTERNAL_VIP_CIDR
 HTTP_PORT = 8080
 UDP_ECHO_PORT = 9053
 POD_GATEWAY = "169.254.1.1"

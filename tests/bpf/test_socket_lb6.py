@@ -78,7 +78,7 @@ def test_ipv6_connect_goes_to_a_backend_and_getpeername_says_the_frontend(sl):
     before = sl.dp.stats()
     results = sl.http(addr=VIP6, n=30)
     assert all(r["errno"] is None for r in results), results
-    assert {r["peer"] for r in results} == {f"{VIP6}:80"}
+    assert {r["peer"] for r in results} == {f"[{VIP6}]:80"}
     assert set(Counter(r["body"] for r in results)) == set(BACKENDS6)
     after = sl.dp.stats()
     assert after["socket/new"] - before["socket/new"] == 30
@@ -93,9 +93,9 @@ def test_ipv6_udp_replies_come_from_the_frontend(sl):
                                      "connect": True})
     for r, payload in ((unconnected, "a"), (connected, "b")):
         assert r["errno"] is None, r
-        assert r["source"] == f"{VIP6}:53"
+        assert r["source"] == f"[{VIP6}]:53"
         assert r["reply"].split()[0] in BACKENDS6 and r["reply"].endswith(payload)
-    assert connected["peer"] == f"{VIP6}:53"
+    assert connected["peer"] == f"[{VIP6}]:53"
 
 
 def test_ipv6_no_endpoints_refuses_at_once(sl):

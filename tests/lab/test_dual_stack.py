@@ -88,7 +88,7 @@ def test_pods_reach_both_cluster_ips_and_backends_see_the_client(dual):
     # No SNAT on the pod path: the backend sees the client pod's own IPv6 address; the reply
     # comes from the frontend (curl checks the peer it connected to).
     seen, remote = curl(client, f"http://[{VIP6}]/client", "-w", " %{remote_ip}").split()
-    assert seen.rsplit(":", 1)[0] == lab.ip6("client") and remote == VIP6
+    assert seen.rsplit(":", 1)[0] == f"[{lab.ip6('client')}]" and remote == VIP6
 
 
 def test_udp_over_the_ipv6_cluster_ip_comes_back_from_it(dual):
