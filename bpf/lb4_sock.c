@@ -81,6 +81,24 @@ static __always_inline void lb4_sock_set_daddr(struct bpf_sock_addr *ctx, const 
 	ctx->user_ip4 = *a;
 }
 
+/* An IPv6 socket naming an IPv4 address (::ffff:a.b.c.d): the IPv4 one is the last word, and the
+ * frontend and backend records are IPv4's. */
+static __always_inline int lb6_sock_mapped(struct bpf_sock_addr *ctx)
+{
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 &&
+	       ctx->user_ip6[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline void lb4m_sock_daddr(struct bpf_sock_addr *ctx, __be32 *a)
+{
+	*a = ctx->user_ip6[3];
+}
+
+static __always_inline void lb4m_sock_set_daddr(struct bpf_sock_addr *ctx, const __be32 *a)
+{
+	ctx->user_ip6[3] = *a;
+}
+
 static __always_inline void lb6_sock_daddr(struct bpf_sock_addr *ctx, struct lb6_addr *a)
 {
 	a->w[0] = ctx->user_ip6[0];
@@ -97,13 +115,23 @@ static __always_inline void lb6_sock_set_daddr(struct bpf_sock_addr *ctx, const 
 	ctx->user_ip6[3] = a->w[3];
 }
 
+#define SOCK_(name) lb4_sock_##name
 #include "family4.tmpl.h"
 #include "sock.tmpl.h"
 #include "family_end.tmpl.h"
+#undef SOCK_
 
+#define SOCK_(name) lb4m_sock_##name
+#include "family4.tmpl.h"
+#include "sock.tmpl.h"
+#include "family_end.tmpl.h"
+#undef SOCK_
+
+#define SOCK_(name) lb6_sock_##name
 #include "family6.tmpl.h"
 #include "sock.tmpl.h"
 #include "family_end.tmpl.h"
+#undef SOCK_
 
 int lb4_connect(struct bpf_sock_addr *ctx)
 {
@@ -127,27 +155,37 @@ int lb4_getpeername(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-/* The IPv6 hooks (connect6, sendmsg6, recvmsg6, getpeername6). A socket of either family naming
- * an IPv4-mapped address (::ffff:a.b.c.d) is not balanced here: its packets are IPv4 and take the
- * packet path. */
+/* The IPv6 hooks (connect6, sendmsg6, recvmsg6, getpeername6). An IPv6 socket naming an IPv4
+ * address (::ffff:a.b.c.d: a dual-stack socket, Java's and Go's by default) is balanced over the
+ * IPv4 frontends, its records in lb4_sock_nat; the kernel sends its packets as IPv4. */
 int lb6_connect(struct bpf_sock_addr *ctx)
 {
+	if (lb6_sock_mapped(ctx))
+		return lb4m_sock_translate(ctx, 0);
 	return lb6_sock_translate(ctx, 0);
 }
 
 int lb6_sendmsg(struct bpf_sock_addr *ctx)
 {
+	if (lb6_sock_mapped(ctx))
+		return lb4m_sock_translate(ctx, 1);
 	return lb6_sock_translate(ctx, 1);
 }
 
 int lb6_recvmsg(struct bpf_sock_addr *ctx)
 {
-	lb6_sock_reverse(ctx, IPPROTO_UDP);
+	if (lb6_sock_mapped(ctx))
+		lb4m_sock_reverse(ctx, IPPROTO_UDP);
+	else
+		lb6_sock_reverse(ctx, IPPROTO_UDP);
 	return 1;
 }
 
 int lb6_getpeername(struct bpf_sock_addr *ctx)
 {
-	lb6_sock_reverse(ctx, ctx->protocol);
+	if (lb6_sock_mapped(ctx))
+		lb4m_sock_reverse(ctx, ctx->protocol);
+	else
+		lb6_sock_reverse(ctx, ctx->protocol);
 	return 1;
 }

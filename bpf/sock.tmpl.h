@@ -1,13 +1,15 @@
 /* sock.tmpl.h: the cgroup socket hooks' decisions, for one IP family (a template: see
  * family4.tmpl.h): a connect() or a datagram to a frontend sent to a backend, and the frontend
- * given back as the peer. lb4_sock.c instantiates it after the family's accessors of the hook's
- * destination (LB_(sock_daddr), LB_(sock_set_daddr)). */
+ * given back as the peer. lb4_sock.c instantiates it three times: IPv4, IPv4 named by an IPv6
+ * socket (::ffff:a.b.c.d) and IPv6. SOCK_(name) names what it defines and the accessors of the
+ * hook's destination it uses (SOCK_(daddr), SOCK_(set_daddr)), which differ between the three;
+ * LB_() and the FAM_ types are the family's. */
 
 /* The destination of a connect() or a sendmsg(), rewritten to a backend when it is a frontend.
  * Returns what the hook returns: 1 to go on, 0 (with ECONNREFUSED set) to refuse. Counted: new
  * (a connect, or a datagram to a backend this socket did not send to last), established (a
  * datagram again to the same backend), reject (refused), pass (everything else). */
-static __always_inline int LB_(sock_translate)(struct bpf_sock_addr *ctx, int datagram)
+static __always_inline int SOCK_(translate)(struct bpf_sock_addr *ctx, int datagram)
 {
 	struct lb4_sock_affinity_key ak = {};
 	struct FAM_SVC_KEY sk = {};
@@ -24,7 +26,7 @@ static __always_inline int LB_(sock_translate)(struct bpf_sock_addr *ctx, int da
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return lb_verdict(AT_SOCKET, VERDICT_PASS, 1);
-	LB_(sock_daddr)(ctx, &sk.vip);
+	SOCK_(daddr)(ctx, &sk.vip);
 	sk.port = (__be16)ctx->user_port;
 	sk.proto = proto;
 	svc = LB_(svc_get)(&sk);
@@ -75,7 +77,7 @@ static __always_inline int LB_(sock_translate)(struct bpf_sock_addr *ctx, int da
 		nat.backend_id = id;
 		LB_(sock_nat_put)(&nk, &nat);
 	}
-	LB_(sock_set_daddr)(ctx, &be->addr);
+	SOCK_(set_daddr)(ctx, &be->addr);
 	ctx->user_port = (__u32)be->port;
 	lb4_sock_count(svc->svc_id, id, fresh, datagram);
 	return lb_verdict(AT_SOCKET, fresh ? VERDICT_NEW : VERDICT_ESTABLISHED, 1);
@@ -83,7 +85,7 @@ static __always_inline int LB_(sock_translate)(struct bpf_sock_addr *ctx, int da
 
 /* The peer a socket sees (its reply's source, getpeername()): the frontend it asked for, if the
  * hooks sent it to this backend. */
-static __always_inline void LB_(sock_reverse)(struct bpf_sock_addr *ctx, __u32 proto)
+static __always_inline void SOCK_(reverse)(struct bpf_sock_addr *ctx, __u32 proto)
 {
 	struct FAM_SOCK_KEY nk = {};
 	struct FAM_SOCK_NAT *nat;
@@ -91,13 +93,13 @@ static __always_inline void LB_(sock_reverse)(struct bpf_sock_addr *ctx, __u32 p
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return;
 	nk.cookie = lb_socket_cookie(ctx);
-	LB_(sock_daddr)(ctx, &nk.addr);
+	SOCK_(daddr)(ctx, &nk.addr);
 	nk.port = (__be16)ctx->user_port;
 	nk.proto = proto;
 	nat = LB_(sock_nat_get)(&nk);
 	if (!nat)
 		return;
-	LB_(sock_set_daddr)(ctx, &nat->vip);
+	SOCK_(set_daddr)(ctx, &nat->vip);
 	ctx->user_port = (__u32)nat->port;
 }
 

@@ -140,8 +140,11 @@ def _close_here(targets: Dict[int, Target]) -> List[Target]:
                                          for w in wanted):
             for msg in diag.get_sock_stats(family=family, protocol=proto, states=states):
                 target = targets.get(msg["idiag_cookie"])
+                dst = msg["idiag_dst"]
+                if dst.startswith("::ffff:") and "." in dst:
+                    dst = dst[len("::ffff:"):]  # an IPv6 socket sent to an IPv4 backend
                 if target is None or target.proto != proto or \
-                        (msg["idiag_dst"], msg["idiag_dport"]) != (target.addr, target.port):
+                        (dst, msg["idiag_dport"]) != (target.addr, target.port):
                     continue
                 req = inet_diag_req()
                 req["sdiag_family"] = family

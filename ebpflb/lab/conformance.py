@@ -197,6 +197,13 @@ class Ctx:
     def frontends(self) -> set:
         return {s["frontend"] for s in self.agent.services()}
 
+    def node_drops(self, k: int = 0) -> int:
+        """Packets node k's node-device programs dropped (XDP and TC): what tells a drop by the
+        data plane from a timeout for any other reason."""
+        out = json.loads(ebpflb("stats", "--verdicts", "-o", "json", "--pin-dir",
+                                self.agents[k].pin_dir).stdout)
+        return sum(out["verdicts"][hook]["drop"] for hook in ("node_xdp", "node_in"))
+
 
 # ---- scenarios -------------------------------------------------------------------------------
 
@@ -470,9 +477,12 @@ def etp_local_only_nodes_with_endpoints(c: Ctx) -> None:
             c.nodeports(30080), "the NodePort")
     assert {c.ext_who(f"http://{NODE_ADDRS[1]}:30080/") for _ in range(12)} == {"n1-web-1",
                                                                               "n1-web-2"}
+    before = c.node_drops(0)
     r = c.ext(f"http://{NODE_ADDRS[0]}:30080/", timeout=1.5)
-    # Dropped, not refused: curl times out (28) instead of failing to connect (7).
+    # Dropped, not refused: curl times out (28) instead of failing to connect (7); by node 0's
+    # programs, not lost on the way.
     assert r.returncode == 28, f"node 0 without local endpoints: curl exit {r.returncode}"
+    assert c.node_drops(0) > before, "the timeout was not node 0's drop"
 
 
 def etp_local_terminating_fallback(c: Ctx) -> None:
@@ -579,8 +589,10 @@ def etp_local_from_pods(c: Ctx) -> None:
     c.apply(with_status(np_service("web", "10.96.1.1", 30080, node1_pods(1), local, lb=True),
                         lb_status(LB_IP)),
             c.everywhere(f"{LB_IP}:80/TCP"), "the LoadBalancer Service")
+    before = c.node_drops(0)
     assert c.ext(f"http://{LB_IP}/", timeout=1.5).returncode == 28, \
         "from outside, node 0 (no local endpoint) must drop"
+    assert c.node_drops(0) > before, "the timeout was not node 0's drop"
     for url in (f"http://{LB_IP}/client", f"http://{NODE_ADDRS[0]}:30080/client"):
         r = c.curl(url)
         assert r.returncode == 0, f"a pod on node 0 through {url}: {r.stderr.strip()}"
@@ -786,9 +798,10 @@ def run_scenario(scenario: Scenario, lab_name: Optional[str] = None,
                     agent.stop()
         return Result(scenario.name, scenario.behaviour, "pass", time.monotonic() - started,
                       family=family)
-    except AssertionError as exc:
+    except Exception as exc:  # noqa: BLE001 - any error is this scenario's failure, not the run's
+        detail = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
         return Result(scenario.name, scenario.behaviour, "fail", time.monotonic() - started,
-                      str(exc) or "assertion failed", family)
+                      detail or "assertion failed", family)
     finally:
         force_cleanup(name)
         lablib.lab_down(name)

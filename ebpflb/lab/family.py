@@ -6,7 +6,8 @@ pod saw) to the IPv4 one the scenario expects. Pure: no kernel, no process.
 
 The twins, as the dual-stack lab numbers them (ebpflb/lab/topology.py):
   10.244.k.h       -> fd00:10:244:k::h   (a pod: topology.pod_ip6)
-  10.96.a.b        -> fd00:10:96::a:b    (a cluster IP; inside topology.SERVICE_CIDR6)
+  10.96.a.b        -> fd00:10:96::ab     (a cluster IP: a and b the two bytes of the last
+                                          word, inside topology.SERVICE_CIDR6, a /112)
   192.168.200.x    -> fd00:200::x        (the underlay: nodes, the external client, load balancer
                                           addresses; topology.node_address6)
   169.254.42.1     -> the IPv6 hairpin source (what a pod reaching itself sees)
@@ -27,7 +28,9 @@ from . import topology as topo
 FAMILIES = ("ipv4", "ipv6")
 _V4 = re.compile(r"(?<![\w.:])(\d{1,3}(?:\.\d{1,3}){3})(/\d{1,2})?(?![\w.])")
 # An IPv6 address in text: in brackets ([fd00::1]:80) or bare, as the lab's twins spell them.
-_V6 = re.compile(r"\[([0-9a-f:]+)\]|(?<![\w:])((?:[0-9a-f]{1,4}:)+:?[0-9a-f:]*[0-9a-f])(?![\w:])")
+_V6_BRACKETED = re.compile(r"\[([0-9a-f:]+)\]")
+# The lab's own IPv4 addresses: read back in an IPv6 twin's run, they mean IPv4 leaked through.
+_LAB_V4 = re.compile(r"(?<![\w.])(?:10\.244|10\.96|192\.168\.200)\.\d{1,3}\.\d{1,3}(?![\w.])")
 
 
 def ipv6_twin(ip: str) -> str:
@@ -36,7 +39,7 @@ def ipv6_twin(ip: str) -> str:
     if (a, b) == (10, 244):
         return topo.pod_ip6(ip)
     if (a, b) == (10, 96):
-        return str(ipaddress.IPv6Address(f"fd00:10:96::{c:x}:{d:x}"))
+        return str(ipaddress.IPv6Address(f"fd00:10:96::{(c << 8) | d:x}"))
     if (a, b, c) == (192, 168, 200):
         return str(ipaddress.IPv6Address(f"fd00:200::{d:x}"))
     if ip == HAIRPIN_ADDR:
@@ -54,11 +57,11 @@ def ipv4_twin(ip6: str) -> str:
     if int(addr) == 0:
         return "0.0.0.0"
     w = addr.packed
-    low, last = int.from_bytes(w[12:14], "big"), int.from_bytes(w[14:16], "big")
+    last = int.from_bytes(w[14:16], "big")
     if w[:5] == bytes.fromhex("fd00001002") and w[5] == 0x44 and w[8:12] == bytes(4):
         four = f"10.244.{int.from_bytes(w[6:8], 'big')}.{last}"  # fd00:10:244:k::h
-    elif w[:6] == bytes.fromhex("fd0000100096") and w[6:12] == bytes(6):
-        four = f"10.96.{low}.{last}"  # fd00:10:96::a:b
+    elif w[:6] == bytes.fromhex("fd0000100096") and w[6:14] == bytes(8):
+        four = f"10.96.{last >> 8}.{last & 255}"  # fd00:10:96::ab
     elif w[:4] == bytes.fromhex("fd000200") and w[4:14] == bytes(10):
         four = f"192.168.200.{last}"  # fd00:200::x
     else:
@@ -97,13 +100,15 @@ class Family:
 
         def one(m: "re.Match[str]") -> str:
             ip, prefix = m.group(1), m.group(2)
-            if prefix:
+            if prefix and not bracket:  # a CIDR (in a URL, "/10" is a path)
                 out = _cidr_twin(ip, int(prefix[1:]))
             else:
                 out = self.ip(ip)
                 if bracket:
                     out = f"[{out}]"
-            return f'"{out}"' if quote else out
+                out += prefix or ""
+            quoted = m.start() > 0 and text[m.start() - 1] in "\"'"
+            return f'"{out}"' if quote and not quoted else out
 
         return _V4.sub(one, text)
 
@@ -125,20 +130,33 @@ class Family:
 
     # ---- what the scenario reads back
     def back(self, text: str) -> str:
-        """Every IPv6 twin in `text` (bracketed or bare) as its IPv4 address."""
+        """What a scenario reads back, every IPv6 twin in it as its IPv4 address: in brackets
+        ([fd00:10:244::2]:41000, as the lab's servers and frontends write HOST:PORT), or the
+        whole text one bare address. An IPv4 lab address in it means the twin's traffic was
+        IPv4 somewhere: an AssertionError, never a silent pass."""
         if not self.ipv6:
             return text
+        leaked = _LAB_V4.search(text)
+        if leaked:
+            raise AssertionError(f"IPv4 address {leaked.group(0)} in an IPv6 twin's read-back: "
+                                 f"{text!r}")
+        stripped = text.strip()
+        if stripped and ":" in stripped and "[" not in stripped:
+            try:
+                return text.replace(stripped, ipv4_twin(stripped))
+            except ValueError:
+                return text
 
         def one(m: "re.Match[str]") -> str:
             try:
-                return ipv4_twin(m.group(1) or m.group(2))
+                return ipv4_twin(m.group(1))
             except ValueError:
                 return m.group(0)
 
-        return _V6.sub(one, text)
+        return _V6_BRACKETED.sub(one, text)
 
     def back_addr(self, addr: Tuple[Any, ...]) -> Tuple[Any, ...]:
         """A socket address read back ((host, port, ...)) as the IPv4 (host, port)."""
         if not self.ipv6:
             return addr
-        return (self.back(addr[0]), addr[1])
+        return (ipv4_twin(addr[0]), addr[1])

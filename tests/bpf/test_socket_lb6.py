@@ -13,7 +13,7 @@ from ebpflb.dataplane.bcc_maps import BccMapWriter, _ip_of
 from ebpflb.dataplane.sock_attach import write_settings
 from ebpflb.lab.agent_runner import wait_until
 
-from .test_socket_lb import SockLab, start_client
+from .test_socket_lb import BACKENDS, VIP, SockLab, manifest, start_client
 
 pytestmark = pytest.mark.bpf
 REAL_TRAFFIC = True  # real sockets: only the drop check of conftest's one_verdict_per_run
@@ -55,12 +55,17 @@ endpoints:
 {endpoints}"""
 
 
+def both(backends6=BACKENDS6) -> str:
+    """test_socket_lb's IPv4 Services (for IPv6 sockets naming IPv4 addresses) and the IPv6 ones."""
+    return manifest() + "---" + manifest6(backends6)
+
+
 @pytest.fixture(scope="module")
 def sl6(dataplane):
-    lab = SockLab(dataplane, backends=BACKENDS6)
+    lab = SockLab(dataplane, backends=BACKENDS + BACKENDS6)
     try:
         lab.up()
-        dataplane.program(manifest6())
+        dataplane.program(both())
         yield lab
     finally:
         lab.down()
@@ -68,7 +73,7 @@ def sl6(dataplane):
 
 @pytest.fixture
 def sl(sl6):
-    sl6.dp.program(manifest6())
+    sl6.dp.program(both())
     write_settings(BccMapWriter(sl6.dp.progs.bpf), "all")
     yield sl6
     sl6.dp.progs.bpf[b"lb6_sock_nat"].clear()
@@ -119,7 +124,7 @@ def test_a_connected_ipv6_udp_socket_is_closed_when_its_backend_leaves(sl):
                    "the client's socket")
         (pinned,) = {_ip_of(k.addr) for k, _ in table.items() if k.proto == 17}
         time.sleep(0.3)
-        stale = conntrack_purge(sl.dp.program(manifest6(
+        stale = conntrack_purge(sl.dp.program(both(
             [b for b in BACKENDS6 if b != pinned])).plan)
         assert close_stale_sockets(sl.dp.progs.bpf, sl.cgroup, stale.svc_ids, stale.udp_backends,
                                    stale.tcp_backends) == 1
@@ -149,3 +154,24 @@ def test_explain_predicts_the_ipv6_hooks(sl):
         assert e.verdict == TRANSLATED
         assert e.backend == f"[{r['body']}]:8080", (r, e)
     assert explain_socket(snapshot, EMPTY6, 80, 6, "all", False).verdict == REFUSED
+
+
+def test_an_ipv6_socket_naming_an_ipv4_frontend_is_balanced_over_it(sl):
+    """A dual-stack socket (Java's and Go's default) connecting or sending to ::ffff:VIP: the
+    IPv6 hooks balance it over the IPv4 frontend (its packets are IPv4, which no TC program of a
+    host-network process would ever see), and getpeername() and the UDP reply's source show the
+    frontend, as the socket named it."""
+    mapped = f"::ffff:{VIP}"
+    before = sl.dp.stats()
+    results = sl.http(addr=mapped, n=20)
+    assert all(r["errno"] is None for r in results), results
+    assert {r["peer"] for r in results} == {f"[{mapped}]:80"}
+    assert set(r["body"] for r in results) == set(BACKENDS)
+    assert sl.dp.stats()["socket/new"] - before["socket/new"] == 20
+    unconnected, connected = sl.run({"op": "udp", "addr": mapped, "port": 53, "payload": "a"},
+                                    {"op": "udp", "addr": mapped, "port": 53, "payload": "b",
+                                     "connect": True})
+    for r, payload in ((unconnected, "a"), (connected, "b")):
+        assert r["errno"] is None, r
+        assert r["source"] == f"[{mapped}]:53"
+        assert r["reply"].split()[0] in BACKENDS and r["reply"].endswith(payload)

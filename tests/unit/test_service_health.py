@@ -125,3 +125,18 @@ def test_an_unhealthy_proxy_fails_every_check():
 def test_a_bad_bind_address_fails_at_construction():
     with pytest.raises(ValueError):
         HealthCheckServers(("not-an-address",))
+
+
+def test_by_default_one_listener_answers_both_families():
+    """Without --healthcheck-address the servers listen as kube-proxy's ":port" does: one
+    dual-stack socket, reached over IPv4 and IPv6 (it used to be 0.0.0.0, which a load balancer
+    probing a node's IPv6 address never reached)."""
+    port = free_port()
+    hc = HealthCheckServers()
+    try:
+        hc.sync([HealthCheck(port, "shop/web", 1)])
+        for host in ("127.0.0.1", "[::1]"):
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as resp:
+                assert resp.status == 200 and json.loads(resp.read())["localEndpoints"] == 1
+    finally:
+        hc.close()
