@@ -118,7 +118,7 @@ def test_forced_cleanup_under_the_agent_is_noticed_and_repaired(lab, tmp_path):
         assert set(view["agent"]["repairs"]) == {"pins", "device", "socket_hooks"}
         assert {d["device"]: d["tc"] for d in view["devices"]}[host_ifname("client")] == [
             "ingress", "egress"]
-        assert len(view["socket_hooks"]["hooks"]) == 4
+        assert len(view["socket_hooks"]["hooks"]) == 8  # four per IP family
         fill = {m["map"]: m for m in view["maps"]}
         assert fill["lb4_services"]["entries"] == 2 and fill["lb_stats"]["entries"] is None
         assert view["warnings"] == []
