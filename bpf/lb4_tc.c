@@ -21,6 +21,7 @@
  *   lb4_node_out (TC egress) turns replies of local backends back into frontend -> client.
  * XDP finishes what it can on its own and leaves the rest (no neighbour entry yet, a reject to
  * send, fragments) untouched to lb4_node_in, which is attached behind it in XDP mode.
+ * Every hook hands IPv6 to its twin in lb6_tc.c by a tail call.
  * Everything else passes untouched. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -286,12 +287,28 @@ static __always_inline int lb4_node_decide(void *ctx, const struct pkt4 *p, __u3
 	return lb4_node_snat_reply(ctx, p, ingress, hook, n);
 }
 
+/* Hands an IPv6 frame to its XDP program of lb6_tc.c (lb6_xdp_progs, by enum lb6_xdp_prog); 0 for
+ * any other frame, and when that program is not loaded (the frame passes, counted). */
+static __always_inline int lb4_xdp_to_ipv6(struct xdp_md *ctx, const int hook)
+{
+	void *data = (void *)(long)ctx->data;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > (void *)(long)ctx->data_end || eth->h_proto != bpf_htons(ETH_P_IPV6))
+		return 0;
+	lb6_xdp_progs.call(ctx, hook == HOOK_XDP ? LB6_XDP_NATIVE : LB6_XDP_GENERIC);
+	return 1;
+}
+
 static __always_inline int lb4_xdp(struct xdp_md *ctx, const int hook)
 {
 	struct lb4_nat n = {};
 	struct pkt4 p = {};
 	__u32 len;
 	int v;
+
+	if (lb4_xdp_to_ipv6(ctx, hook))
+		return lb_verdict(AT_NODE_XDP, VERDICT_PASS, XDP_PASS);
 
 	/* What XDP does not finish is left to lb4_node_in behind it, which decides again; fragments
 	 * are all left to it, so a datagram's pieces are translated in one place. */

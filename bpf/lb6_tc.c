@@ -1,11 +1,13 @@
-/* lb6_tc.c: the IPv6 programs of the TC hooks, compiled with lb4_tc.c into one object. The entry
- * points of lb4_tc.c hand every IPv6 packet (skb->protocol) to these by a tail call through
- * lb6_progs, so an IPv4 packet pays one comparison for them and each IPv6 program has a stack of
- * its own (its addresses, keys and entries are four times larger). The same hooks, around the
- * same decision core (core.tmpl.h, as lb6_frontend), with IPv6 parsing (extension headers
- * walked), rewriting (no header checksum) and rejects (RST, ICMPv6 port unreachable).
- * Fragments follow their first fragment (fragments.tmpl.h, frag6), and ICMPv6 errors about a flow
- * are translated as its packets are (icmp_nat.tmpl.h). Not yet for IPv6: XDP leaves it to TC. */
+/* lb6_tc.c: the IPv6 programs, compiled with lb4_tc.c into one object. The entry points of
+ * lb4_tc.c hand every IPv6 packet to these by a tail call (TC: skb->protocol, through lb6_progs;
+ * XDP: the Ethernet type, through lb6_xdp_progs), so an IPv4 packet pays one comparison for them
+ * and each IPv6 program has a stack of its own (its addresses, keys and entries are four times
+ * larger). The same hooks, around the same decision core (core.tmpl.h, as lb6_frontend), with
+ * IPv6 parsing (extension headers walked), rewriting (no header checksum) and rejects (RST,
+ * ICMPv6 port unreachable). Fragments follow their first fragment (fragments.tmpl.h, frag6), and
+ * ICMPv6 errors about a flow are translated as its packets are (icmp_nat.tmpl.h). At XDP, as for
+ * IPv4, what XDP cannot finish alone (fragments, ICMPv6, rejects, an unresolved neighbour) is
+ * left untouched to lb6_node_in behind it. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 
@@ -14,6 +16,7 @@
 #include "addr6.h"
 #include "counters.h"
 #include "nat.h"
+#include "nat_xdp.h"
 #include "reject.h"
 #include "fragments.h"
 #include "lb_core.h"
@@ -198,11 +201,11 @@ int lb6_to_pod(struct __sk_buff *skb)
 	return lb_verdict(AT_TO_POD, VERDICT_REPLY, TC_ACT_OK);
 }
 
-/* ---- node devices (TC only: XDP passes IPv6 on to lb4_node_in) ---- */
+/* ---- node devices ---- */
 
 /* A reply of a SNAT flow, as lb4_node_snat_reply. */
 static __always_inline int lb6_node_snat_reply(void *ctx, const struct pkt6 *p, __u32 ingress,
-					       struct lb6_nat *n)
+					       int hook, struct lb6_nat *n)
 {
 	__u16 port = bpf_ntohs(p->dport);
 	struct ct6_entry *ct;
@@ -227,12 +230,14 @@ static __always_inline int lb6_node_snat_reply(void *ctx, const struct pkt6 *p, 
 		lb_count(STAT_FORWARD_FAIL);
 		return NV_DROP;
 	}
+	if (HOOK_IS_XDP(hook) && !n->fib_ok)
+		return NV_TO_STACK;
 	ct6_track(ct, p, bpf_ktime_get_ns());
 	return NV_REMOTE;
 }
 
 static __always_inline int lb6_node_decide(void *ctx, const struct pkt6 *p, __u32 ingress,
-					   struct lb6_nat *n)
+					   int hook, struct lb6_nat *n)
 {
 	struct lb6_svc_key sk = { .vip = p->daddr, .port = p->dport, .proto = p->proto };
 	struct lb4_svc *svc = lb6_services.lookup(&sk);
@@ -246,28 +251,35 @@ static __always_inline int lb6_node_decide(void *ctx, const struct pkt6 *p, __u3
 		}
 	}
 	if (svc)
-		return lb6_frontend(ctx, p, svc, ingress, HOOK_NODE, n);
-	return lb6_node_snat_reply(ctx, p, ingress, n);
+		return lb6_frontend(ctx, p, svc, ingress, hook, n);
+	return lb6_node_snat_reply(ctx, p, ingress, hook, n);
 }
 
-/* The packet and its translation of lb6_node_in, per CPU: with the route lookup and the SNAT port
- * search on the way, they do not fit in its 512 bytes of stack. */
+/* The packet and its translation of lb6_node_in and lb6_node_xdp, per CPU: with the route lookup
+ * and the SNAT port search on the way, they do not fit in 512 bytes of stack. One slot per hook
+ * (enum lb6_scratch), so a program never finds the other's half-written state. */
 struct lb6_node_scratch {
 	struct pkt6 p;
 	struct lb6_nat n;
 };
 
-BPF_PERCPU_ARRAY(lb6_node_scratch, struct lb6_node_scratch, 1);
+enum lb6_scratch {
+	LB6_SCRATCH_TC = 0,
+	LB6_SCRATCH_XDP,
+	LB6_SCRATCH_MAX,
+};
+
+BPF_PERCPU_ARRAY(lb6_node_scratch, struct lb6_node_scratch, LB6_SCRATCH_MAX);
 
 int lb6_node_in(struct __sk_buff *skb)
 {
 	struct lb6_node_scratch *s;
 	struct lb6_nat *n;
 	struct pkt6 *p;
-	__u32 zero = 0;
+	__u32 slot = LB6_SCRATCH_TC;
 	int r;
 
-	s = lb6_node_scratch.lookup(&zero);
+	s = lb6_node_scratch.lookup(&slot);
 	if (!s)
 		return lb6_pass(AT_NODE_IN, PARSE_NOT_OURS);
 	__builtin_memset(s, 0, sizeof(*s));
@@ -281,7 +293,7 @@ int lb6_node_in(struct __sk_buff *skb)
 		return lb6_tc_fragment(skb, p, FRAG_AT_NODE_IN, AT_NODE_IN, 1);
 	if (r != PARSE_OK)
 		return lb6_pass(AT_NODE_IN, r);
-	r = lb6_node_decide(skb, p, skb->ifindex, n);
+	r = lb6_node_decide(skb, p, skb->ifindex, HOOK_NODE, n);
 	if (r == NV_PASS || r == NV_TO_STACK)
 		return lb6_pass(AT_NODE_IN, PARSE_NOT_OURS);
 	if (r == NV_DROP)
@@ -315,6 +327,75 @@ int lb6_node_in(struct __sk_buff *skb)
 	lb_count_flow(n->svc_id, n->backend_id, skb->len, n->reply, n->new_flow);
 	lb_count(STAT_NODE_FORWARD);
 	return lb6_done(AT_NODE_IN, lb6_sent(n), lb_send_out(n->ifindex));
+}
+
+/* XDP on a node device (lb4_xdp's twin): a new flow or an established one to a local backend is
+ * rewritten and passed up, one to another node rewritten and sent out from here; everything else
+ * goes to lb6_node_in untouched, which decides again. */
+static __always_inline int lb6_xdp(struct xdp_md *ctx, const int hook)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 slot = LB6_SCRATCH_XDP;
+	__u32 len = data_end - data;
+	struct lb6_node_scratch *s;
+	struct lb6_nat *n;
+	struct pkt6 *p;
+	int v;
+
+	s = lb6_node_scratch.lookup(&slot);
+	if (!s)
+		return lb_verdict(AT_NODE_XDP, VERDICT_TO_TC, XDP_PASS);
+	__builtin_memset(s, 0, sizeof(*s));
+	p = &s->p;
+	n = &s->n;
+	v = lb6_parse_frame(data, data_end, len, p);
+	if (v != PARSE_OK || p->frag)
+		return lb_verdict(AT_NODE_XDP, v == PARSE_MALFORMED ? VERDICT_MALFORMED : VERDICT_PASS,
+				  XDP_PASS);
+	v = lb6_node_decide(ctx, p, ctx->ingress_ifindex, hook, n);
+	if (v == NV_PASS)
+		return lb_verdict(AT_NODE_XDP, VERDICT_PASS, XDP_PASS);
+	if (v == NV_DROP)
+		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
+	if (v != NV_LOCAL && v != NV_REMOTE)
+		return lb_verdict(AT_NODE_XDP, VERDICT_TO_TC, XDP_PASS);
+	if (xdp6_rewrite(ctx, p, NAT_DST, &n->daddr, n->dport)) {
+		lb_count(STAT_NAT_FAIL);
+		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
+	}
+	if (v == NV_LOCAL) {
+		if (n->sport != p->sport && xdp6_rewrite(ctx, p, NAT_SRC, &p->saddr, n->sport)) {
+			lb_count(STAT_NAT_FAIL);
+			return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
+		}
+		lb_count_flow(n->svc_id, n->backend_id, len, n->reply, n->new_flow);
+		return lb_verdict(AT_NODE_XDP, lb6_sent(n), XDP_PASS);
+	}
+	if (xdp6_rewrite(ctx, p, NAT_SRC, &n->saddr, n->sport) ||
+	    xdp_set_macs(ctx, n->smac, n->dmac)) {
+		lb_count(STAT_NAT_FAIL);
+		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
+	}
+	if (xdp6_hop_limit_dec(ctx, p)) {
+		lb_count(STAT_FORWARD_FAIL);
+		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
+	}
+	lb_count_flow(n->svc_id, n->backend_id, len, n->reply, n->new_flow);
+	lb_count(STAT_XDP_FORWARD);
+	if (n->ifindex == ctx->ingress_ifindex)
+		return lb_verdict(AT_NODE_XDP, lb6_sent(n), XDP_TX);
+	return lb_verdict(AT_NODE_XDP, lb6_sent(n), bpf_redirect(n->ifindex, 0));
+}
+
+int lb6_node_xdp(struct xdp_md *ctx)
+{
+	return lb6_xdp(ctx, HOOK_XDP);
+}
+
+int lb6_xdp_generic(struct xdp_md *ctx)
+{
+	return lb6_xdp(ctx, HOOK_XDP_GENERIC);
 }
 
 int lb6_node_out(struct __sk_buff *skb)

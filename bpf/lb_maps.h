@@ -157,6 +157,9 @@ BPF_TABLE_PINNED("lru_hash", struct frag6_key, struct frag6_nat, frag6, FRAG4_MA
  * filled by the loader. Pinned like every map: the kernel empties a program array when no one
  * in user space holds it, and the attached programs outlive the agent. */
 BPF_TABLE_PINNED("prog", __u32, __u32, lb6_progs, LB6_PROG_MAX, EBPFLB_PIN_DIR "/lb6_progs");
+/* The same for the XDP entry points (enum lb6_xdp_prog). */
+BPF_TABLE_PINNED("prog", __u32, __u32, lb6_xdp_progs, LB6_XDP_MAX,
+		 EBPFLB_PIN_DIR "/lb6_xdp_progs");
 /* Socket load balancing settings, written by the agent before it attaches the cgroup hooks. */
 BPF_TABLE_PINNED("array", __u32, struct lb_sock_cfg, lb_sock_cfg, 1, EBPFLB_PIN_DIR "/lb_sock_cfg");
 /* One count per program run: where (enum lb_at) and what it did (enum lb_verdict). */

@@ -402,6 +402,14 @@ enum lb6_prog {
 	LB6_PROG_MAX,
 };
 
+/* The IPv6 XDP programs (lb6_tc.c) by their index in lb6_xdp_progs, the tail calls of the XDP
+ * entry points: a program array serves programs of one type only, so XDP has its own. */
+enum lb6_xdp_prog {
+	LB6_XDP_NATIVE = 0,	/* lb6_node_xdp, from lb4_node_xdp */
+	LB6_XDP_GENERIC,	/* lb6_xdp_generic, from lb4_xdp_generic */
+	LB6_XDP_MAX,
+};
+
 /* What a program did with a packet, or a socket hook with a connect() or a datagram: exactly one
  * per run, counted per CPU at lb_verdicts[at * VERDICT_MAX + verdict]. */
 enum lb_verdict {

@@ -1,5 +1,6 @@
 /* nat_xdp.h: the XDP side of NAT: rewriting addresses and ports in place with RFC 1624
- * incremental checksum updates, the IPv4 TTL, and the Ethernet addresses of a forwarded frame.
+ * incremental checksum updates (IPv4 and IPv6), the IPv4 TTL and IPv6 hop limit, and the Ethernet
+ * addresses of a forwarded frame.
  *
  * XDP sees no skb, so nothing tells it that a checksum is only a CHECKSUM_PARTIAL seed: these
  * updates are right for frames that come from a wire (full checksums), which is all XDP handles
@@ -9,8 +10,12 @@
 
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
+
+#include "parse.h"
+#include "addr6.h"
 
 static __always_inline __u16 csum_fold_u32(__u32 sum)
 {
@@ -26,6 +31,22 @@ static __always_inline __u16 csum_update4(__u16 check, __be32 from, __be32 to)
 
 	sum += (__u16)~(from >> 16) + (__u16)~(from & 0xffff);
 	sum += (to >> 16) + (to & 0xffff);
+	return ~csum_fold_u32(sum);
+}
+
+/* The same over an IPv6 address (four 32-bit words): each word adds at most 2^18 to the sum, so
+ * 32 bits hold the four before folding. */
+static __always_inline __u16 csum_update16(__u16 check, const struct lb6_addr *from,
+					   const struct lb6_addr *to)
+{
+	__u32 sum = (__u16)~check;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		sum += (__u16)~(from->w[i] >> 16) + (__u16)~(from->w[i] & 0xffff);
+		sum += (to->w[i] >> 16) + (to->w[i] & 0xffff);
+	}
 	return ~csum_fold_u32(sum);
 }
 
@@ -111,6 +132,75 @@ static __always_inline int xdp_ttl_dec(struct xdp_md *ctx, const struct pkt4 *p)
 	sum = (__u32)ip->check + bpf_htons(0x0100);
 	ip->check = (__u16)(sum + (sum >= 0xffff));
 	ip->ttl -= 1;
+	return 0;
+}
+
+/* The IPv6 twin of xdp_rewrite. IPv6 has no header checksum: only the L4 one covers the
+ * addresses (its pseudo-header). The parser leaves the L4 header within the first 4 KiB (at most
+ * IPV6_EXT_MAX extension headers), which bounds the offset for the verifier. */
+static __always_inline int xdp6_rewrite(struct xdp_md *ctx, const struct pkt6 *p, int dst,
+					const struct lb6_addr *new_addr, __be16 new_port)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + (p->l3_off & 0x7f);
+	__u32 l4 = p->l4_off & 0xfff;
+	struct lb6_addr old_addr;
+	struct in6_addr *addr;
+	__be16 *port;
+	__u16 *check;
+	__be16 old_port;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return -1;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = data + l4;
+
+		if ((void *)(tcp + 1) > data_end)
+			return -1;
+		port = dst ? &tcp->dest : &tcp->source;
+		check = &tcp->check;
+	} else {
+		struct udphdr *udp = data + l4;
+
+		if ((void *)(udp + 1) > data_end)
+			return -1;
+		port = dst ? &udp->dest : &udp->source;
+		check = &udp->check;
+	}
+	addr = dst ? &ip6->daddr : &ip6->saddr;
+	__builtin_memcpy(&old_addr, addr, sizeof(old_addr));
+	old_port = *port;
+	/* A UDP checksum of 0 is invalid over IPv6 (the receiver drops it): left as it is. */
+	if (!addr6_eq(&old_addr, new_addr)) {
+		if (p->proto == IPPROTO_TCP || *check) {
+			*check = csum_update16(*check, &old_addr, new_addr);
+			if (p->proto == IPPROTO_UDP && !*check)
+				*check = 0xffff;
+		}
+		__builtin_memcpy(addr, new_addr, sizeof(*new_addr));
+	}
+	if (old_port != new_port) {
+		if (p->proto == IPPROTO_TCP || *check) {
+			*check = csum_update2(*check, old_port, new_port);
+			if (p->proto == IPPROTO_UDP && !*check)
+				*check = 0xffff;
+		}
+		*port = new_port;
+	}
+	return 0;
+}
+
+/* The hop limit of an IPv6 frame this program forwards itself; -1 when it is exhausted. */
+static __always_inline int xdp6_hop_limit_dec(struct xdp_md *ctx, const struct pkt6 *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + (p->l3_off & 0x7f);
+
+	if ((void *)(ip6 + 1) > data_end || ip6->hop_limit <= 1)
+		return -1;
+	ip6->hop_limit -= 1;
 	return 0;
 }
 

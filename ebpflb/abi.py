@@ -102,6 +102,14 @@ ENUM_LB6_PROG = (
     'LB6_PROG_MAX',
 )
 
+# ---- enum lb6_xdp_prog
+LB6_XDP_NATIVE = 0
+LB6_XDP_GENERIC = 1
+LB6_XDP_MAX = 2
+ENUM_LB6_XDP_PROG = (
+    'LB6_XDP_NATIVE', 'LB6_XDP_GENERIC', 'LB6_XDP_MAX',
+)
+
 # ---- enum lb_verdict
 VERDICT_PASS = 0
 VERDICT_MALFORMED = 1
@@ -184,6 +192,7 @@ MAPS = {
     'lb6_pod_addrs': ('hash', 'struct lb6_pod_addr_key', '__u32', 'LB4_MAX_POD_ADDRS'),
     'frag6': ('lru_hash', 'struct frag6_key', 'struct frag6_nat', 'FRAG4_MAX_ENTRIES'),
     'lb6_progs': ('prog', '__u32', '__u32', 'LB6_PROG_MAX'),
+    'lb6_xdp_progs': ('prog', '__u32', '__u32', 'LB6_XDP_MAX'),
     'lb_sock_cfg': ('array', '__u32', 'struct lb_sock_cfg', '1'),
     'lb_verdicts': ('percpu_array', '__u32', '__u64', 'AT_MAX * VERDICT_MAX'),
     'lb_stats': ('percpu_array', '__u32', '__u64', 'STAT_MAX'),
@@ -203,6 +212,8 @@ PROGRAMS = {
     'lb6_from_pod': '__sk_buff',
     'lb6_to_pod': '__sk_buff',
     'lb6_node_in': '__sk_buff',
+    'lb6_node_xdp': 'xdp_md',
+    'lb6_xdp_generic': 'xdp_md',
     'lb6_node_out': '__sk_buff',
     'lb4_connect': 'bpf_sock_addr',
     'lb4_sendmsg': 'bpf_sock_addr',
@@ -222,6 +233,8 @@ PROG_LB4_NODE_OUT = 'lb4_node_out'
 PROG_LB6_FROM_POD = 'lb6_from_pod'
 PROG_LB6_TO_POD = 'lb6_to_pod'
 PROG_LB6_NODE_IN = 'lb6_node_in'
+PROG_LB6_NODE_XDP = 'lb6_node_xdp'
+PROG_LB6_XDP_GENERIC = 'lb6_xdp_generic'
 PROG_LB6_NODE_OUT = 'lb6_node_out'
 PROG_LB4_CONNECT = 'lb4_connect'
 PROG_LB4_SENDMSG = 'lb4_sendmsg'

@@ -291,25 +291,33 @@ PROG_LB6_FROM_POD = abi.PROG_LB6_FROM_POD
 PROG_LB6_TO_POD = abi.PROG_LB6_TO_POD
 PROG_LB6_NODE_IN = abi.PROG_LB6_NODE_IN
 PROG_LB6_NODE_OUT = abi.PROG_LB6_NODE_OUT
+PROG_LB6_NODE_XDP = abi.PROG_LB6_NODE_XDP
+PROG_LB6_XDP_GENERIC = abi.PROG_LB6_XDP_GENERIC
 IPV6_PROG_ARRAY = "lb6_progs"  # pinned (bpf/lb_maps.h): the attached programs outlive the agent
 IPV6_PROGRAMS = {abi.LB6_PROG_FROM_POD: PROG_LB6_FROM_POD, abi.LB6_PROG_TO_POD: PROG_LB6_TO_POD,
                  abi.LB6_PROG_NODE_IN: PROG_LB6_NODE_IN, abi.LB6_PROG_NODE_OUT: PROG_LB6_NODE_OUT}
+# The XDP entry points' IPv6 programs: an array of their own (one program type per array).
+IPV6_XDP_PROG_ARRAY = "lb6_xdp_progs"
+IPV6_XDP_PROGRAMS = {abi.LB6_XDP_NATIVE: PROG_LB6_NODE_XDP,
+                     abi.LB6_XDP_GENERIC: PROG_LB6_XDP_GENERIC}
 
 
 def _load_ipv6_programs(bpf: Any) -> Dict[str, Any]:
-    """Loads the IPv6 programs and puts them in lb6_progs, where the TC entry points find them. The
-    array is pinned: a reload replaces its entries (the entry points still attached then tail-call
-    the new programs, which use the same maps)."""
+    """Loads the IPv6 programs and puts them in lb6_progs and lb6_xdp_progs, where the TC and XDP
+    entry points find them. The arrays are pinned: a reload replaces their entries (the entry
+    points still attached then tail-call the new programs, which use the same maps)."""
     import ctypes
 
     from bcc import BPF
 
-    table = bpf[IPV6_PROG_ARRAY.encode()]
     out = {}
-    for index, name in IPV6_PROGRAMS.items():
-        fn = bpf.load_func(name.encode(), BPF.SCHED_CLS)
-        table[ctypes.c_int(index)] = ctypes.c_int(fn.fd)
-        out[name] = fn
+    for array, programs, prog_type in ((IPV6_PROG_ARRAY, IPV6_PROGRAMS, BPF.SCHED_CLS),
+                                       (IPV6_XDP_PROG_ARRAY, IPV6_XDP_PROGRAMS, BPF.XDP)):
+        table = bpf[array.encode()]
+        for index, name in programs.items():
+            fn = bpf.load_func(name.encode(), prog_type)
+            table[ctypes.c_int(index)] = ctypes.c_int(fn.fd)
+            out[name] = fn
     return out
 
 

@@ -420,10 +420,11 @@ def read_snapshot_of(dp):
 
 
 def test_the_ipv6_programs_stay_in_their_array_when_the_loader_is_gone(tmp_path):
-    """lb6_progs is pinned: once the process that loaded the programs closes everything (an
-    agent exiting with --on-exit keep, its TC filters left attached), the array still holds the
-    four IPv6 programs the entry points tail-call. An unpinned array is emptied by the kernel
-    when its last user-space holder goes, which left IPv6 untranslated until the next agent."""
+    """lb6_progs and lb6_xdp_progs are pinned: once the process that loaded the programs closes
+    everything (an agent exiting with --on-exit keep, its TC filters and XDP programs left
+    attached), the arrays still hold the four TC and two XDP IPv6 programs the entry points
+    tail-call. An unpinned array is emptied by the kernel when its last user-space holder goes,
+    which left IPv6 untranslated until the next agent."""
     import json
     import shutil
     import subprocess
@@ -436,13 +437,14 @@ def test_the_ipv6_programs_stay_in_their_array_when_the_loader_is_gone(tmp_path)
     config = DataplaneConfig(pin_dir=f"/sys/fs/bpf/{unique('ebpflb-test6-')}", ct_max_entries=1024)
     try:
         progs = load_programs(config, socket_hooks=False)
-        assert len(progs.ipv6) == 4
+        assert len(progs.ipv6) == 6
         progs.bpf.cleanup()  # every fd this process held: maps and programs
-        out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned",
-                              f"{config.pin_dir}/lb6_progs"], capture_output=True, text=True,
-                             check=True)
-        entries = json.loads(out.stdout)
-        assert len(entries) == 4, entries
+        for array, count in (("lb6_progs", 4), ("lb6_xdp_progs", 2)):
+            out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned",
+                                  f"{config.pin_dir}/{array}"], capture_output=True, text=True,
+                                 check=True)
+            entries = json.loads(out.stdout)
+            assert len(entries) == count, (array, entries)
     finally:
         shutil.rmtree(config.pin_dir, ignore_errors=True)
 

@@ -1,5 +1,5 @@
-"""IPv6 from outside the cluster: lb6_node_in and lb6_node_out (tail-called from lb4_node_in and
-lb4_node_out) on a node device, run with BPF_PROG_TEST_RUN inside a namespace the module creates
+"""IPv6 from outside the cluster: lb6_node_xdp, lb6_xdp_generic, lb6_node_in and lb6_node_out
+(tail-called from lb4_node_xdp, lb4_xdp_generic, lb4_node_in and lb4_node_out) on a node device, run with BPF_PROG_TEST_RUN inside a namespace the module creates
 (bpf_fib_lookup and skb->ifindex resolve there: a node device with fd00:200::10/64, a client and
 a next hop to node-1's pods behind permanent neighbours, node-1's pods routed through that next
 hop, a pod device with a local backend), the node device's IPv6 SNAT address in lb6_node_ifs
@@ -10,7 +10,8 @@ A NodePort to a backend on this node is DNATed and handed to the stack (the clie
 kept), its replies translated back at node_out; to a backend on another node it is DNATed and
 SNATed to the node's address and a port of the SNAT range and sent straight out (hop limit down
 by one), its replies translated back and sent to the client; a ClusterIP reached from outside is
-dropped. explain predicts each of these.
+dropped. XDP does the same for what it can finish alone (generic XDP leaves local backends to
+TC). explain predicts each of these (at TC; XDP counts the same verdict at node_xdp).
 """
 import socket
 import subprocess
@@ -38,6 +39,14 @@ from ..conftest import unique
 pytestmark = pytest.mark.bpf
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
+# What each node.run hook returns for a packet handed to the stack, dropped, or sent back out
+# of the device it came in on; the verdict counter it moves; the event of a forward.
+PASS = {"in": TC_ACT_OK, "xdp": XDP_PASS, "xdp-generic": XDP_PASS}
+DROP = {"in": TC_ACT_SHOT, "xdp": XDP_DROP, "xdp-generic": XDP_DROP}
+FORWARD = {"in": TC_ACT_REDIRECT, "xdp": XDP_TX, "xdp-generic": XDP_TX}
+AT = {"in": "node_in", "xdp": "node_xdp", "xdp-generic": "node_xdp"}
+SENT = {"in": "node_forward", "xdp": "xdp_forward", "xdp-generic": "xdp_forward"}
 NODE_DEV, POD_DEV = "node0", "pod0"
 NODE_IP, NODE_MAC = "fd00:200::10", "02:aa:00:00:00:10"
 CLIENT, CLIENT_MAC = "fd00:200::2", "02:aa:00:00:00:02"
@@ -60,7 +69,7 @@ route add {LOCAL_BE}/128 dev {POD_DEV}
 """
 
 
-def manifest(endpoint: str, etp: str = "Cluster") -> str:
+def manifest(endpoint: str, etp: str = "Cluster", ready: bool = True) -> str:
     return f"""
 apiVersion: v1
 kind: Service
@@ -79,7 +88,7 @@ metadata: {{name: web6-a, namespace: ns6, labels: {{kubernetes.io/service-name: 
 addressType: IPv6
 ports: [{{name: http, port: 8080, protocol: TCP}}]
 endpoints:
-- {{addresses: ["{endpoint}"], nodeName: {"node-0" if endpoint == LOCAL_BE else "node-1"}, conditions: {{ready: true}}}}
+- {{addresses: ["{endpoint}"], nodeName: {"node-0" if endpoint == LOCAL_BE else "node-1"}, conditions: {{ready: {"true" if ready else "false"}}}}}
 """
 
 
@@ -87,18 +96,18 @@ class Node:
     def __init__(self, dp, ns, ifindexes):
         self.dp, self.ns, self.ifindexes = dp, ns, ifindexes
 
-    def program(self, endpoint: str, etp: str = "Cluster"):
-        m = parse_documents(manifest(endpoint, etp), "<test>")
+    def program(self, endpoint: str, etp: str = "Cluster", ready: bool = True):
+        m = parse_documents(manifest(endpoint, etp, ready), "<test>")
         state = desired_state(m.services, m.slices, node_name="node-0", node_addresses=[NODE_IP])
         return reconcile(state, self.dp.writer, self.dp.config.map_limits).snapshot
 
     def run(self, hook: str, pkt, dev: str = NODE_DEV):
         progs = self.dp.progs
         with in_netns(self.ns):
-            if hook == "xdp":
+            if hook in ("xdp", "xdp-generic"):
                 raw = bytes(pkt)
-                return testrun.test_run_ctx(progs.node_xdp.fd, raw,
-                                            testrun.xdp_ctx(self.ifindexes[dev], len(raw)))
+                fd = (progs.node_xdp if hook == "xdp" else progs.node_xdp_generic).fd
+                return testrun.test_run_ctx(fd, raw, testrun.xdp_ctx(self.ifindexes[dev], len(raw)))
             prog = {"in": progs.node_in, "out": progs.node_out}[hook]
             return testrun.test_run_ctx(prog.fd, bytes(pkt),
                                         testrun.skb_ctx(ifindex=self.ifindexes[dev]))
@@ -150,7 +159,8 @@ def moved(before, after):
     return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
 
-def test_nodeport_to_a_remote_backend_is_snated_and_sent_out(node):
+@pytest.mark.parametrize("hook", ["in", "xdp", "xdp-generic"])
+def test_nodeport_to_a_remote_backend_is_snated_and_sent_out(node, hook):
     node.program(REMOTE_BE)
     snap = read_snapshot(node.dp.writer)
     lo, hi = node.dp.config.snat_ports
@@ -159,39 +169,64 @@ def test_nodeport_to_a_remote_backend_is_snated_and_sent_out(node):
                 device=Device(NODE, node.ifindexes[NODE_DEV], None, {REMOTE_BE: NODE_IP}))
     assert (e.verdict, e.backend, e.source) == ("forward", f"[{REMOTE_BE}]:8080", f"[{NODE_IP}]:{port}")
     before = node.dp.stats()
-    res = node.run("in", tcp6(CLIENT, 40000, NODE_IP, 30080))
-    assert res.retval == TC_ACT_REDIRECT
+    res = node.run(hook, tcp6(CLIENT, 40000, NODE_IP, 30080))
+    assert res.retval == FORWARD[hook]
     out = Ether(res.data)
     assert (out[IPv6].src, out[TCP].sport, out[IPv6].dst, out[TCP].dport) == (
         NODE_IP, port, REMOTE_BE, 8080)
     assert out[IPv6].hlim == 63 and rebuilt(res.data) == res.data
-    assert moved(before, node.dp.stats()) == {e.counted_as: 1, **{c: 1 for c in e.counters}}
+    if hook != "in":  # XDP sends the frame itself: the next hop's Ethernet addresses
+        assert (out.src, out.dst) == (NODE_MAC, GW_MAC)
+    counters = [SENT[hook] if c == "node_forward" else c for c in e.counters]
+    assert moved(before, node.dp.stats()) == {
+        e.counted_as.replace("node_in/", AT[hook] + "/"): 1, **{c: 1 for c in counters}}
     # The backend's answer to the SNAT port goes back to the client, from the node port.
     reply = tcp6(REMOTE_BE, 8080, NODE_IP, port, flags="SA", mac=(GW_MAC, NODE_MAC))
     before = node.dp.stats()
-    res = node.run("in", reply)
-    assert res.retval == TC_ACT_REDIRECT
+    res = node.run(hook, reply)
+    assert res.retval == FORWARD[hook]
     out = Ether(res.data)
     assert (out[IPv6].src, out[TCP].sport, out[IPv6].dst, out[TCP].dport) == (
         NODE_IP, 30080, CLIENT, 40000)
     assert out[IPv6].hlim == 63 and rebuilt(res.data) == res.data
-    assert moved(before, node.dp.stats()) == {"node_in/reply": 1, "node_forward": 1}
+    if hook != "in":
+        assert (out.src, out.dst) == (NODE_MAC, CLIENT_MAC)
+    assert moved(before, node.dp.stats()) == {f"{AT[hook]}/reply": 1, SENT[hook]: 1}
     fwd = lookup_conntrack(node.dp.progs.bpf, CLIENT, 40000, NODE_IP, 30080, 6)
     assert (fwd.nat_addr, fwd.nat2_addr, fwd.nat2_port) == (REMOTE_BE, NODE_IP, port)
 
 
-def test_nodeport_to_a_local_backend_keeps_the_client_and_replies_at_node_out(node):
+def test_xdp_leaves_a_remote_flow_without_a_resolved_neighbour_to_tc(node):
+    """No neighbour entry for the next hop: XDP cannot build the frame, so it leaves the packet
+    untouched (to_tc) and creates nothing; lb6_node_in behind it forwards it."""
+    node.program(REMOTE_BE)
+    subprocess.run(["ip", "-n", node.ns, "-6", "neigh", "del", GW, "dev", NODE_DEV], check=True)
+    try:
+        pkt = tcp6(CLIENT, 40010, NODE_IP, 30080)
+        before = node.dp.stats()
+        res = node.run("xdp", pkt)
+        assert (res.retval, res.data) == (XDP_PASS, bytes(pkt))
+        assert moved(before, node.dp.stats()) == {"node_xdp/to_tc": 1}
+        assert lookup_conntrack(node.dp.progs.bpf, CLIENT, 40010, NODE_IP, 30080, 6) is None
+    finally:
+        subprocess.run(["ip", "-n", node.ns, "-6", "neigh", "replace", GW, "lladdr", GW_MAC,
+                        "dev", NODE_DEV, "nud", "permanent"], check=True)
+
+
+@pytest.mark.parametrize("hook", ["in", "xdp"])
+def test_nodeport_to_a_local_backend_keeps_the_client_and_replies_at_node_out(node, hook):
     node.program(LOCAL_BE)
     snap = read_snapshot(node.dp.writer)
     e = explain(snap, Flow(CLIENT, 40001, NODE_IP, 30080, "TCP", "S"),
                 device=Device(NODE, node.ifindexes[NODE_DEV], None, {}))
     assert (e.verdict, e.backend) == ("dnat", f"[{LOCAL_BE}]:8080")
     before = node.dp.stats()
-    res = node.run("in", tcp6(CLIENT, 40001, NODE_IP, 30080))
-    assert res.retval == TC_ACT_OK
+    res = node.run(hook, tcp6(CLIENT, 40001, NODE_IP, 30080))
+    assert res.retval == PASS[hook]
     expected = tcp6(CLIENT, 40001, LOCAL_BE, 8080)
     assert res.data == rebuilt(bytes(expected))
-    assert moved(before, node.dp.stats()) == {e.counted_as: 1, **{c: 1 for c in e.counters}}
+    assert moved(before, node.dp.stats()) == {
+        e.counted_as.replace("node_in/", AT[hook] + "/"): 1, **{c: 1 for c in e.counters}}
     before = node.dp.stats()
     res = node.run("out", tcp6(LOCAL_BE, 8080, CLIENT, 40001, flags="SA", mac=(NODE_MAC, CLIENT_MAC)))
     assert res.retval == TC_ACT_OK
@@ -200,9 +235,51 @@ def test_nodeport_to_a_local_backend_keeps_the_client_and_replies_at_node_out(no
     assert moved(before, node.dp.stats()) == {"node_out/reply": 1}
 
 
+def test_generic_xdp_leaves_a_local_backend_to_tc(node):
+    """Generic XDP runs before the stack would allocate anything anyway: a flow to a backend on
+    this node is left to lb6_node_in, untouched and not tracked."""
+    node.program(LOCAL_BE)
+    pkt = tcp6(CLIENT, 40011, NODE_IP, 30080)
+    before = node.dp.stats()
+    res = node.run("xdp-generic", pkt)
+    assert (res.retval, res.data) == (XDP_PASS, bytes(pkt))
+    assert moved(before, node.dp.stats()) == {"node_xdp/to_tc": 1}
+    assert node.run("in", pkt).retval == TC_ACT_OK
+
+
+def test_xdp_leaves_what_it_cannot_answer_to_tc(node):
+    """A frontend without backends is answered with a RST by TC (XDP sends no reject); an
+    ICMPv6 error and a later fragment are TC's to translate."""
+    from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6ExtHdrFragment
+
+    node.program(REMOTE_BE)
+    for pkt, verdict in (
+            (Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src=CLIENT, dst=NODE_IP)
+             / ICMPv6PacketTooBig(mtu=1400) / IPv6(src=NODE_IP, dst=CLIENT)
+             / TCP(sport=30080, dport=40300), "pass"),
+            (Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src=CLIENT, dst=NODE_IP)
+             / IPv6ExtHdrFragment(id=7, offset=10, nh=17) / Raw(b"x" * 16), "pass"),
+            (Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src=CLIENT, dst=NODE_IP)
+             / IPv6ExtHdrFragment(id=8, offset=0, m=1) / UDP(sport=5, dport=30080)
+             / Raw(b"y" * 16), "pass")):
+        raw = bytes(pkt)
+        before = node.dp.stats()
+        res = node.run("xdp", raw)
+        assert (res.retval, res.data) == (XDP_PASS, raw)
+        assert moved(before, node.dp.stats()) == {f"node_xdp/{verdict}": 1}
+    node.program(REMOTE_BE, ready=False)
+    pkt = tcp6(CLIENT, 40301, NODE_IP, 30080)
+    before = node.dp.stats()
+    res = node.run("xdp", pkt)
+    assert (res.retval, res.data) == (XDP_PASS, bytes(pkt))
+    assert moved(before, node.dp.stats()) == {"node_xdp/to_tc": 1}
+    res = node.run("in", pkt)
+    assert res.retval == TC_ACT_REDIRECT and Ether(res.data)[TCP].flags == "RA"
+
+
 def test_outside_ipv6_traffic_the_node_must_not_serve(node):
     """A ClusterIP from outside is dropped; externalTrafficPolicy Local with the only backend on
-    another node drops too (kube-proxy's rule); XDP leaves IPv6 to TC (counted as a pass)."""
+    another node drops too (kube-proxy's rule), at TC and at XDP."""
     node.program(REMOTE_BE)
     before = node.dp.stats()
     res = node.run("in", tcp6(CLIENT, 40002, CLUSTER_IP, 80))
@@ -214,10 +291,14 @@ def test_outside_ipv6_traffic_the_node_must_not_serve(node):
     assert res.retval == TC_ACT_SHOT
     assert moved(before, node.dp.stats()) == {"node_in/drop": 1, "no_backend": 1}
     before = node.dp.stats()
-    pkt = tcp6(CLIENT, 40004, NODE_IP, 30080)
-    res = node.run("xdp", pkt)
-    assert (res.retval, res.data) == (2, bytes(pkt))  # XDP_PASS, untouched
-    assert moved(before, node.dp.stats()) == {"node_xdp/pass": 1}
+    res = node.run("xdp", tcp6(CLIENT, 40004, NODE_IP, 30080))
+    assert res.retval == XDP_DROP
+    assert moved(before, node.dp.stats()) == {"node_xdp/drop": 1, "no_backend": 1}
+    node.program(REMOTE_BE)
+    before = node.dp.stats()
+    res = node.run("xdp", tcp6(CLIENT, 40005, CLUSTER_IP, 80))
+    assert res.retval == XDP_DROP
+    assert moved(before, node.dp.stats()) == {"node_xdp/drop": 1, "external_clusterip": 1}
 
 
 def test_packet_too_big_about_a_snat_flow_reaches_the_remote_backend(node):
@@ -282,3 +363,85 @@ def test_a_local_backends_icmpv6_error_to_an_outside_client_comes_from_the_node_
     del fresh[ICMPv6DestUnreach].cksum
     assert bytes(Ether(bytes(fresh))) == res.data
     assert moved(before, node.dp.stats()) == {"node_out/icmp_error": 1}
+
+
+def _to_nodeport(frame: bytes):
+    """The offset of the TCP header of a frame the parser takes as TCP to the node's port 30080
+    (after at most six hop-by-hop or destination options headers), or None; "unknown" for what
+    this oracle does not walk (other extension headers)."""
+    if len(frame) < 54 or frame[12:14] != b"\x86\xdd" or frame[14] >> 4 != 6:
+        return None
+    plen = int.from_bytes(frame[18:20], "big")
+    if 54 + plen > len(frame):
+        return None
+    nh, off = frame[20], 54
+    for _ in range(6):
+        if nh not in (0, 60):
+            break
+        if off + 8 > len(frame):
+            return None
+        nh, off = frame[off], off + (frame[off + 1] + 1) * 8
+    if nh in (0, 60, 43, 44, 51):
+        return "unknown"
+    if nh != 6 or off + 20 > min(len(frame), 54 + plen) or frame[38:54] != socket.inet_pton(
+            socket.AF_INET6, NODE_IP) or frame[off + 2:off + 4] != (30080).to_bytes(2, "big"):
+        return None
+    return off
+
+
+def test_fuzz_ipv6_at_xdp(node):
+    """8,000 mutated IPv6 frames (bounded to 20 s) through lb6_node_xdp with a NodePort whose
+    backend is on another node: XDP only passes, drops or sends back out; it changes no frame
+    but a well-formed TCP packet to the NodePort, and that one only into the same packet from the
+    node's address and a SNAT port to the backend's port 8080, hop limit down by one, with a
+    checksum still right when it was right."""
+    import random
+    import time
+
+    node.program(REMOTE_BE)
+    lo, hi = node.dp.config.snat_ports
+    a6 = lambda ip: socket.inet_pton(socket.AF_INET6, ip)  # noqa: E731
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
+
+    templates = [bytes(tcp6(CLIENT, 41000, NODE_IP, 30080)),
+                 bytes(tcp6(CLIENT, 41000, NODE_IP, 30080, flags="A")),
+                 bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src=CLIENT, dst=NODE_IP)
+                       / IPv6ExtHdrDestOpt() / TCP(sport=41001, dport=30080, flags="S")),
+                 bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src=CLIENT, dst=NODE_IP)
+                       / IPv6ExtHdrFragment(m=1, id=3) / TCP(sport=41002, dport=30080)),
+                 bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src=CLIENT, dst=NODE_IP)
+                       / UDP(sport=41003, dport=30080) / Raw(b"u" * 12))]
+    rng = random.Random(20261206)
+    started = time.monotonic()
+    checked = rewritten = 0
+    for i in range(8_000):
+        frame = bytearray(rng.choice(templates))
+        for _ in range(rng.randrange(1, 4)):
+            frame[rng.randrange(14, len(frame))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            frame = frame[:rng.randrange(54, len(frame) + 1)]
+        if rng.random() < 0.5:
+            frame[38:54] = a6(NODE_IP)
+        frame = bytes(frame)
+        res = node.run("xdp", frame)
+        assert res.retval in (XDP_DROP, XDP_PASS, XDP_TX), frame.hex()
+        off = _to_nodeport(frame)
+        if res.data != frame and off != "unknown":
+            assert off is not None and res.retval == XDP_TX, f"rewrote {frame.hex()}"
+            out = res.data
+            assert out[38:54] == a6(REMOTE_BE) and out[22:38] == a6(NODE_IP), frame.hex()
+            assert lo <= int.from_bytes(out[off:off + 2], "big") <= hi, frame.hex()
+            assert int.from_bytes(out[off + 2:off + 4], "big") == 8080, frame.hex()
+            assert out[21] == frame[21] - 1 and out[off + 4:] == frame[off + 4:off + 16] + \
+                out[off + 16:off + 18] + frame[off + 18:], frame.hex()
+            if rebuilt(frame) == frame:
+                assert rebuilt(out) == out, f"checksum broken for {frame.hex()}"
+            rewritten += 1
+        if i % 2_000 == 0:
+            node.dp.clear_conntrack()
+        checked += 1
+        if time.monotonic() - started > 20:
+            break
+    print(f"\nipv6 xdp fuzz: {checked} frames, {rewritten} rewritten")
+    assert checked >= 2_000, f"only {checked} frames in the time bound"
+    assert rewritten > 200
