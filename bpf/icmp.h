@@ -130,7 +130,7 @@ struct icmp6_err {
 	__u32 l3_off;
 	__u32 icmp_off;
 	__u32 inner_off;	/* the quoted IPv6 header */
-	__u32 inner_l4_off;	/* the quoted ports, right after it */
+	__u32 inner_l4_off;	/* the quoted ports, after its extension headers */
 	struct lb6_addr saddr;	/* outer */
 	struct lb6_addr daddr;
 	struct lb6_addr in_saddr;	/* quoted */
@@ -141,8 +141,10 @@ struct icmp6_err {
 };
 
 /* Returns 0 and fills *e for an ICMPv6 error (destination unreachable, packet too big, time
- * exceeded, parameter problem) right after the IPv6 header, quoting a TCP or UDP packet without
- * extension headers; -1 for anything else. */
+ * exceeded, parameter problem) right after the IPv6 header, quoting a TCP or UDP packet, behind
+ * at most IPV6_EXT_MAX extension headers (packet too big about a large datagram quotes its first
+ * fragment); -1 for anything else: a quoted later fragment has no ports, and a quoted routing
+ * header with segments left names a destination that is not the flow's. */
 static __always_inline int icmp6_parse_error(struct __sk_buff *skb, struct icmp6_err *e)
 {
 	void *data = (void *)(long)skb->data;
@@ -153,6 +155,9 @@ static __always_inline int icmp6_parse_error(struct __sk_buff *skb, struct icmp6
 	struct icmp6hdr *icmph;
 	struct ipv6hdr *inner;
 	__be16 *ports;
+	__u32 size;
+	void *pos;
+	int proto, i;
 
 	if (parse_ethhdr(&c, data_end, &eth) != bpf_htons(ETH_P_IPV6))
 		return -1;
@@ -169,22 +174,49 @@ static __always_inline int icmp6_parse_error(struct __sk_buff *skb, struct icmp6
 	inner = (void *)(icmph + 1);
 	if ((void *)(inner + 1) > data_end || inner->version != 6)
 		return -1;
-	if (inner->nexthdr != IPPROTO_TCP && inner->nexthdr != IPPROTO_UDP)
+	proto = inner->nexthdr;
+	pos = (void *)(inner + 1);
+#pragma unroll
+	for (i = 0; i < IPV6_EXT_MAX; i++) {
+		struct ipv6_opt_hdr *opt = pos;
+		struct ipv6_frag_header *fh = pos;
+
+		if (proto == NEXTHDR_HOP_BY_HOP || proto == NEXTHDR_ROUTING_HDR ||
+		    proto == NEXTHDR_DEST_OPTS || proto == NEXTHDR_AUTH_HDR) {
+			if (pos + 8 > data_end)
+				return -1;
+			if (proto == NEXTHDR_ROUTING_HDR && ((__u8 *)opt)[3])
+				return -1;
+			size = proto == NEXTHDR_AUTH_HDR ? ((__u32)opt->hdrlen + 2) * 4 :
+							   ((__u32)opt->hdrlen + 1) * 8;
+			proto = opt->nexthdr;
+			pos += size;
+			continue;
+		}
+		if (proto != NEXTHDR_FRAGMENT_HDR)
+			break;
+		if ((void *)(fh + 1) > data_end ||
+		    (bpf_ntohs(fh->frag_off) & IP6_FRAG_OFFSET_MASK))
+			return -1;
+		proto = fh->nexthdr;
+		pos = fh + 1;
+	}
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return -1;
-	ports = (void *)(inner + 1);
+	ports = pos;
 	if ((void *)(ports + 2) > data_end)
 		return -1;
 	e->l3_off = (void *)ip6h - data;
 	e->icmp_off = (void *)icmph - data;
 	e->inner_off = (void *)inner - data;
-	e->inner_l4_off = e->inner_off + sizeof(*inner);
+	e->inner_l4_off = (void *)ports - data;
 	__builtin_memcpy(&e->saddr, &ip6h->saddr, sizeof(e->saddr));
 	__builtin_memcpy(&e->daddr, &ip6h->daddr, sizeof(e->daddr));
 	__builtin_memcpy(&e->in_saddr, &inner->saddr, sizeof(e->in_saddr));
 	__builtin_memcpy(&e->in_daddr, &inner->daddr, sizeof(e->in_daddr));
 	e->in_sport = ports[0];
 	e->in_dport = ports[1];
-	e->in_proto = inner->nexthdr;
+	e->in_proto = proto;
 	return 0;
 }
 

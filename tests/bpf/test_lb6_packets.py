@@ -640,3 +640,45 @@ def test_fuzz_ipv6(dp):
     print(f"\nipv6 fuzz: {checked} frames, {rewritten} rewritten, {rejected} rejected")
     assert checked >= 10_000, f"only {checked} frames in the time bound"
     assert rewritten > 500 and rejected > 50
+
+
+def test_icmpv6_errors_quoting_extension_headers_are_translated(dp):
+    """An ICMPv6 error quoting a packet with extension headers (the first fragment of a large UDP
+    datagram, destination options) is translated as one quoting the bare packet: the quoted
+    ports are found after the headers. This is how path MTU discovery learns about a fragmented
+    datagram: packet too big quotes its first fragment. A quoted later fragment has no ports and
+    passes untouched."""
+    from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6ExtHdrDestOpt
+    from scapy.layers.inet6 import IPerror6, UDPerror
+
+    out = Ether(run(dp.progs.from_pod, udp6(OTHER, 5300, DNS, 53, b"q" * 8)).data)
+    backend = out[IPv6].dst
+    assert backend in DNS_BACKENDS
+    for ext in (IPv6ExtHdrFragment(m=1, id=77, offset=0, nh=17),
+                IPv6ExtHdrDestOpt(nh=17),
+                IPv6ExtHdrDestOpt(nh=44) / IPv6ExtHdrFragment(m=1, id=78, offset=0, nh=17)):
+        # A router between the pods answers the client's datagram, as translated, with too big.
+        err = bytes(Ether(**ETH) / IPv6(src="fd00:200::99", dst=OTHER)
+                    / ICMPv6PacketTooBig(mtu=1280) / IPv6(src=OTHER, dst=backend, hlim=63)
+                    / ext / UDP(sport=5300, dport=9053, len=1408, chksum=0x1234)
+                    / Raw(b"q" * 64))
+        before = dp.stats()
+        res = run(dp.progs.to_pod, err)
+        assert res.retval == TC_ACT_OK
+        got = Ether(res.data)
+        # (scapy dissects the quoted UDP header after extension headers as UDP, not UDPerror)
+        quoted = lambda p: p.getlayer(UDPerror) or p.getlayer(UDP)  # noqa: E731
+        assert (got[IPerror6].dst, quoted(got).dport) == (DNS, 53), ext.summary()
+        fresh = Ether(err)
+        fresh[IPerror6].dst = DNS
+        quoted(fresh).dport = 53
+        del fresh[ICMPv6PacketTooBig].cksum
+        assert res.data == bytes(Ether(bytes(fresh))), ext.summary()
+        assert moved(before, dp.stats()) == {"to_pod/icmp_error": 1}
+    later = bytes(Ether(**ETH) / IPv6(src="fd00:200::99", dst=OTHER)
+                  / ICMPv6PacketTooBig(mtu=1280) / IPv6(src=OTHER, dst=backend, hlim=63)
+                  / IPv6ExtHdrFragment(m=0, id=77, offset=175, nh=17) / Raw(b"q" * 64))
+    before = dp.stats()
+    res = run(dp.progs.to_pod, later)
+    assert (res.retval, res.data) == (TC_ACT_OK, later)
+    assert moved(before, dp.stats()) == {"to_pod/pass": 1}
