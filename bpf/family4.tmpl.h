@@ -27,6 +27,7 @@
 #define FAM_FRAG_NAT frag4_nat
 #define FRAG_(name) frag4_##name
 #define FAM_FRAG_ID(p) ((p)->ip_id)
+#define FAM_FRAG_PROTO(p) ((p)->proto)
 #define FAM_ICMP_ERR icmp4_err
 #define ICMP_(name) icmp4_##name
 #define FAM_TTL_DEC(skb, l3_off) tc_ttl_dec(skb, l3_off)

@@ -24,6 +24,7 @@
 #define FAM_FRAG_NAT frag6_nat
 #define FRAG_(name) frag6_##name
 #define FAM_FRAG_ID(p) ((p)->frag_id)
+#define FAM_FRAG_PROTO(p) ((p)->frag_nh)	/* what a later fragment's Fragment header names */
 #define FAM_ICMP_ERR icmp6_err
 #define ICMP_(name) icmp6_##name
 #define FAM_TTL_DEC(skb, l3_off) tc_hop_limit_dec(skb, l3_off)

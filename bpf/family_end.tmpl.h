@@ -25,6 +25,7 @@
 #undef FAM_FRAG_NAT
 #undef FRAG_
 #undef FAM_FRAG_ID
+#undef FAM_FRAG_PROTO
 #undef FAM_ICMP_ERR
 #undef ICMP_
 #undef FAM_TTL_DEC

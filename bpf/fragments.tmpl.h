@@ -13,7 +13,7 @@ static __always_inline void FRAG_(key_of)(const struct FAM_PKT *p, __u8 hook,
 	k->saddr = p->saddr;
 	k->daddr = p->daddr;
 	k->id = FAM_FRAG_ID(p);
-	k->proto = p->proto;
+	k->proto = FAM_FRAG_PROTO(p);
 	k->hook = hook;
 }
 

@@ -67,7 +67,10 @@ struct pkt6 {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 frag;	/* FRAG_* */
-	__u8 pad;
+	/* The Fragment header's next header: the L4 protocol, or a header that follows the Fragment
+	 * header in the first fragment only; a later fragment knows nothing else, so the record of
+	 * the datagram is keyed by this. */
+	__u8 frag_nh;
 	__be32 frag_id;	/* the Fragment header's identification, for fragments */
 };
 
@@ -335,13 +338,15 @@ static __always_inline int lb6_parse_frame(void *data, void *data_end, __u32 len
 			return PARSE_MALFORMED;
 		proto = fh->nexthdr;
 		p->frag_id = fh->id;
+		p->frag_nh = proto;
 		frag_off = bpf_ntohs(fh->frag_off);
 		c.pos = fh + 1;
 		if (frag_off & IP6_FRAG_OFFSET_MASK) {
 			p->proto = proto;
 			p->frag = FRAG_LATER;
-			return (proto == IPPROTO_TCP || proto == IPPROTO_UDP) ? PARSE_FRAGMENT :
-										 PARSE_NOT_OURS;
+			return (proto == IPPROTO_TCP || proto == IPPROTO_UDP ||
+				proto == NEXTHDR_DEST_OPTS || proto == NEXTHDR_ROUTING_HDR ||
+				proto == NEXTHDR_AUTH_HDR) ? PARSE_FRAGMENT : PARSE_NOT_OURS;
 		}
 		if (frag_off & IP6_FRAG_MORE)
 			p->frag = FRAG_FIRST;

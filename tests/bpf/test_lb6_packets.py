@@ -498,6 +498,29 @@ def test_a_datagram_in_fragments_follows_its_first_fragment(dp):
     assert moved(before, dp.stats()) == {"from_pod/pass": 1, "frag_miss": 1}
 
 
+def test_later_fragments_follow_a_first_fragment_with_options_after_the_fragment_header(dp):
+    """Headers after the Fragment header (destination options, RFC 8200's order) are in the first
+    fragment only: a later fragment's Fragment header names them, not UDP, as its next header.
+    The record of the first fragment is keyed by that same next header, so the later ones still
+    follow it."""
+    first = (Ether(**ETH) / IPv6(src=OTHER, dst=DNS, hlim=64)
+             / IPv6ExtHdrFragment(id=0x61, m=1, offset=0, nh=60) / IPv6ExtHdrDestOpt(nh=17)
+             / UDP(sport=33600, dport=53, len=8 + 1200, chksum=0x4321) / Raw(b"q" * 1000))
+    later = (Ether(**ETH) / IPv6(src=OTHER, dst=DNS, hlim=64)
+             / IPv6ExtHdrFragment(id=0x61, m=0, offset=127, nh=60) / Raw(b"q" * 208))
+    backend = predicted(OTHER, 33600, DNS, 53, 17, DNS_BACKENDS)
+    before = dp.stats()
+    out = Ether(run(dp.progs.from_pod, first).data)
+    assert (out[IPv6].dst, out[UDP].dport) == (backend, 9053)
+    res = run(dp.progs.from_pod, later)
+    assert res.retval == TC_ACT_OK
+    got = Ether(res.data)
+    assert (got[IPv6].src, got[IPv6].dst) == (OTHER, backend)
+    assert bytes(got[IPv6].payload) == bytes(later[IPv6].payload)
+    assert moved(before, dp.stats()) == {"from_pod/new": 1, "conntrack_insert": 1,
+                                         "from_pod/fragment": 1}
+
+
 def _icmp6_expected(raw: bytes, outer=None, inner=None, icmp=ICMPv6DestUnreach) -> bytes:
     """`raw` (an ICMPv6 error frame) with outer and quoted fields changed, the ICMPv6 checksum
     recomputed by scapy; the quoted TCP/UDP checksum left as quoted (nobody fixes it: the
