@@ -21,31 +21,36 @@ lab_name_option = click.option("--name", default="ebpflb", show_default=True,
 @lab.command("up")
 @lab_name_option
 @click.option("--pods", "n_pods", type=click.IntRange(1, 200), default=4, show_default=True,
-              help="Number of web pods (web-1 at 10.244.0.11, ...), plus a client pod.")
+              help="Number of web pods (web-1 at 10.244.0.11, or fd00:10:244::b in an IPv6-only "
+                   "lab, ...), plus a client pod.")
 @click.option("--nodes", "n_nodes", type=click.IntRange(1, 32), default=1, show_default=True,
               help="Number of nodes. With 2 or more: node k in netns <name>-node<k> (node 0: "
                    "<name>-node) at 192.168.200.(10+k) on an underlay, pod CIDR 10.244.k.0/24, "
                    "pods n<k>-client and n<k>-web-1..2 on node k > 0, and an external client "
                    "<name>-ext at 192.168.200.2.")
-@click.option("--ip-family", type=click.Choice(["ipv4", "dual"]), default="ipv4", show_default=True,
+@click.option("--ip-family", type=click.Choice(["ipv4", "ipv6", "dual"]), default="ipv4",
+              show_default=True,
               help="dual: every pod, node and the external client get an IPv6 address too "
                    "(a pod's is fd00:10:244:k::h for its 10.244.k.h; node k's "
-                   "fd00:200::(10+k), hex), for dual-stack Services.")
+                   "fd00:200::(10+k), the external client's fd00:200::2, hex), for dual-stack "
+                   "Services. ipv6: those IPv6 addresses only, no IPv4 on any device but lo.")
 def lab_up_cmd(name: str, n_pods: int, n_nodes: int, ip_family: str) -> None:
     """Create the lab: a node namespace, web pods serving HTTP :8080 and UDP echo :9053, and a
-    client pod (10.244.0.2); with --nodes, more nodes joined by an underlay."""
+    client pod (10.244.0.2, or fd00:10:244::2 with --ip-family ipv6); with --nodes, more nodes
+    joined by an underlay."""
     from ..lab import LabError, default_pods, lab_up
 
     _require_root()
     try:
-        created = lab_up(name, default_pods(n_pods, nodes=n_nodes), nodes=n_nodes,
-                         ip_family=ip_family)
+        created = lab_up(name, default_pods(n_pods, nodes=n_nodes, ip_family=ip_family),
+                         nodes=n_nodes, ip_family=ip_family)
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"lab {name} up: node namespace{'s' if n_nodes > 1 else ''} "
                f"{', '.join(created.node_namespaces)}")
     if created.ext_ns:
-        click.echo(f"  external client {created.ext_ns} 192.168.200.2, underlay {created.underlay_ns}")
+        click.echo(f"  external client {created.ext_ns} {created.ext_address}, "
+                   f"underlay {created.underlay_ns}")
     for pod in created.pods.values():
         six = f" {created.ip6(pod.name)}" if created.dual else ""
         click.echo(f"  pod {pod.name:10} {pod.ip:15} node {pod.node}{six}" if n_nodes > 1
@@ -84,7 +89,8 @@ def lab_status_cmd(name: str, output: str) -> None:
     status = lab_status(name)
 
     def text() -> str:
-        lines = [f"lab {name}: {'up' if status.get('exists') else 'down'}"]
+        lines = [f"lab {name}: {'up' if status.get('exists') else 'down'}"
+                 + (f" ({status['ip_family']})" if status.get("exists") else "")]
         for pod in status.get("pods", []):
             alive = pod.get("server_alive")
             server = "" if alive is None else ("server up" if alive else "server DOWN")
@@ -143,7 +149,8 @@ def lab_conformance_cmd(scenarios: List[str], node_mode: str, ip_family: str, li
 @click.argument("pod")
 @click.argument("ip")
 def lab_add_pod_cmd(name: str, pod: str, ip: str) -> None:
-    """Add a pod POD with address IP (in 10.244.0.0/16) to a running lab."""
+    """Add a pod POD with address IP (in 10.244.0.0/16; in fd00:10:244::/56 in an IPv6-only lab)
+    to a running lab."""
     from ..lab import LabError, PodSpec, add_pod
 
     _require_root()

@@ -19,15 +19,28 @@ from ebpflb.status import read_status
 
 WEB_VIP = "10.96.0.10"
 ECHO_VIP = "10.96.0.20"
+# Their twins in an IPv6-only lab (inside topology.SERVICE_CIDR6).
+WEB_VIP6 = "fd00:10:96::10"
+ECHO_VIP6 = "fd00:10:96::20"
 
 Endpoint = Tuple[str, str, bool]  # pod name, IP, ready
 
 
-def manifest(endpoints: Sequence[Endpoint], annotations: str = "{}") -> str:
+def manifest(endpoints: Sequence[Endpoint], annotations: str = "{}", ip_family: str = "ipv4") -> str:
     """Service demo/web (80/TCP -> named port http = 8080) and demo/echo (53/UDP -> 9053), with the
-    given endpoints in one EndpointSlice each; `annotations` (a YAML flow mapping) on demo/web."""
+    given endpoints in one EndpointSlice each; `annotations` (a YAML flow mapping) on demo/web.
+    `ip_family` "ipv6": single-stack IPv6 Services (WEB_VIP6, ECHO_VIP6) and IPv6 slices, for an
+    IPv6-only lab, whose endpoints are then IPv6 addresses."""
+    if ip_family not in ("ipv4", "ipv6"):
+        raise ValueError(f"manifest: invalid ip_family {ip_family!r}: use ipv4 or ipv6")
+    six = ip_family == "ipv6"
+    web_vip, echo_vip = (WEB_VIP6, ECHO_VIP6) if six else (WEB_VIP, ECHO_VIP)
+    # YAML reads an unquoted IPv6 address fine, but a quoted one cannot turn into anything else.
+    quote = (lambda ip: f'"{ip}"') if six else (lambda ip: ip)
+    families = "\n  ipFamilies: [IPv6]" if six else ""
+    address_type = "IPv6" if six else "IPv4"
     eps = "\n" + "".join(
-        f"- addresses: [{ip}]\n  conditions: {{ready: {str(ready).lower()}}}\n"
+        f"- addresses: [{quote(ip)}]\n  conditions: {{ready: {str(ready).lower()}}}\n"
         f"  targetRef: {{kind: Pod, name: {pod}, namespace: demo}}\n"
         for pod, ip, ready in endpoints) if endpoints else " []\n"
     return f"""\
@@ -35,14 +48,14 @@ apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: demo, annotations: {annotations}}}
 spec:
-  clusterIP: {WEB_VIP}
+  clusterIP: {quote(web_vip)}{families}
   ports: [{{name: http, port: 80, protocol: TCP, targetPort: http}}]
 ---
 apiVersion: v1
 kind: Service
 metadata: {{name: echo, namespace: demo}}
 spec:
-  clusterIP: {ECHO_VIP}
+  clusterIP: {quote(echo_vip)}{families}
   ports: [{{name: udp-echo, port: 53, protocol: UDP, targetPort: 9053}}]
 ---
 apiVersion: discovery.k8s.io/v1
@@ -51,7 +64,7 @@ metadata:
   name: web-abcde
   namespace: demo
   labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
+addressType: {address_type}
 ports: [{{name: http, port: 8080, protocol: TCP}}]
 endpoints:{eps}---
 apiVersion: discovery.k8s.io/v1
@@ -60,7 +73,7 @@ metadata:
   name: echo-abcde
   namespace: demo
   labels: {{kubernetes.io/service-name: echo}}
-addressType: IPv4
+addressType: {address_type}
 ports: [{{name: udp-echo, port: 9053, protocol: UDP}}]
 endpoints:{eps}"""
 
@@ -171,6 +184,8 @@ class RunningAgent(AgentProcess):
                  on_exit: str = "remove", extra_args: Sequence[str] = (), annotations: str = "{}",
                  node: int = 0):
         self.manifest_path = _node_file(workdir, "services.yaml", node)
+        # An IPv6-only lab has no IPv4 pods to send to: its manifests are IPv6 ones.
+        self.ip_family = "ipv6" if get_lab(lab_name).ip_family == "ipv6" else "ipv4"
         self.ready_path = _node_file(workdir, "agent.ready", node)
         self.ready_path.unlink(missing_ok=True)  # an earlier agent's, in the same workdir
         self.write_manifest(endpoints, annotations=annotations)
@@ -189,7 +204,7 @@ class RunningAgent(AgentProcess):
                        annotations: str = "{}") -> None:
         """Replaces the manifest atomically, as kubectl-style tooling would."""
         tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(text if text is not None else manifest(endpoints, annotations))
+        tmp.write_text(text if text is not None else manifest(endpoints, annotations, self.ip_family))
         os.replace(tmp, self.manifest_path)
 
     def wait_applied(self, timeout: float = 10.0) -> float:

@@ -80,8 +80,9 @@ _POD_SYSCTLS = {
 }
 # The underlay and the external client forward nothing; IPv6 off for quiet captures.
 _QUIET_SYSCTLS = _POD_SYSCTLS
-# A dual-stack lab turns IPv6 on, still quiet: no duplicate address detection (addresses usable
-# at once), no router solicitations or advertisements (routes and neighbours are set by hand).
+# A lab with IPv6 (dual-stack or IPv6-only) turns it on, still quiet: no duplicate address
+# detection (addresses usable at once), no router solicitations or advertisements (routes and
+# neighbours are set by hand).
 _IPV6_ON = {
     "net.ipv6.conf.all.disable_ipv6": "0",
     "net.ipv6.conf.default.disable_ipv6": "0",
@@ -96,6 +97,7 @@ _IPV6_ON = {
     "net.ipv6.conf.all.accept_redirects": "0",
     "net.ipv6.conf.default.accept_redirects": "0",
 }
+# An IPv6-only lab takes these too: the IPv4 ones left in them act on no address.
 _NODE_SYSCTLS_DUAL = {**_NODE_SYSCTLS, **_IPV6_ON, "net.ipv6.conf.all.forwarding": "1"}
 _POD_SYSCTLS_DUAL = {**_POD_SYSCTLS, **_IPV6_ON}
 RT_SCOPE_LINK = 253
@@ -112,15 +114,37 @@ class Lab:
     state_file: str = ""
     log_dir: str = ""
     nodes: int = 1  # node namespaces: node_ns (node 0), then <lab>-node1...
-    ip_family: str = "ipv4"  # topo.IP_FAMILIES: "dual" gives every pod and node IPv6 too
+    # topo.IP_FAMILIES: "dual" gives every pod and node IPv6 too, "ipv6" gives them IPv6 only
+    ip_family: str = "ipv4"
 
     @property
     def dual(self) -> bool:
         return self.ip_family == "dual"
 
+    @property
+    def has_ipv4(self) -> bool:
+        """Pods and the underlay have IPv4 addresses ("ipv4" and "dual" labs)."""
+        return topo.has_ipv4(self.ip_family)
+
+    @property
+    def has_ipv6(self) -> bool:
+        """Pods and the underlay have IPv6 addresses ("ipv6" and "dual" labs)."""
+        return topo.has_ipv6(self.ip_family)
+
+    def pod_ip6(self, pod: PodSpec) -> Optional[str]:
+        """`pod`'s IPv6 address: its own in an IPv6-only lab, its IPv4 one's twin in a dual-stack
+        one, None in an IPv4 one. Takes a PodSpec: a pod being built is not in `pods` yet."""
+        if self.ip_family == "ipv6":
+            return pod.ip
+        return topo.pod_ip6(pod.ip) if self.dual else None
+
     def ip6(self, pod: str) -> Optional[str]:
-        """A pod's IPv6 address in a dual-stack lab (None in an IPv4 one)."""
-        return topo.pod_ip6(self.pods[pod].ip) if self.dual else None
+        """A pod's IPv6 address (None in an IPv4 lab)."""
+        return self.pod_ip6(self.pods[pod])
+
+    def ip4(self, pod: str) -> Optional[str]:
+        """A pod's IPv4 address (None in an IPv6-only lab)."""
+        return self.pods[pod].ip if self.has_ipv4 else None
 
     def pod_ns(self, pod: str) -> str:
         return topo.pod_netns(self.name, pod)
@@ -155,7 +179,17 @@ class Lab:
         return topo.host_ifname(pod)
 
     def ip(self, pod: str) -> str:
+        """A pod's address of the lab's primary family: IPv4, except in an IPv6-only lab."""
         return self.pods[pod].ip
+
+    def node_address(self, k: int = 0) -> str:
+        """Node k's underlay address of the lab's primary family (multi-node labs)."""
+        return topo.node_address_of(k, self.ip_family)
+
+    @property
+    def ext_address(self) -> Optional[str]:
+        """The external client's address of the lab's primary family (multi-node labs only)."""
+        return topo.ext_address_of(self.ip_family) if self.nodes > 1 else None
 
     @property
     def web_pods(self) -> List[PodSpec]:
@@ -328,11 +362,13 @@ def _create_node(lab: Lab, k: int = 0) -> None:
     ns = lab.node_netns(k)
     with netns_ipr(ns) as ipr:
         _tag_and_lo_up(ipr, lab.name, ns)
-        write_sysctls(ns, _NODE_SYSCTLS_DUAL if lab.dual else _NODE_SYSCTLS)
-        with _step(lab.name, f"node {ns}: blackhole {topo.SERVICE_CIDR}"):
-            # Nothing unserved in the VIP range may follow another route: drop it silently.
-            ipr.route("add", dst=topo.SERVICE_CIDR, type="blackhole")
-            if lab.dual:
+        write_sysctls(ns, _NODE_SYSCTLS_DUAL if lab.has_ipv6 else _NODE_SYSCTLS)
+        with _step(lab.name, f"node {ns}: blackhole the Service ranges"):
+            # Nothing unserved in the VIP range may follow another route: drop it silently. An
+            # IPv6-only node has no IPv4 route at all, so IPv4 has nowhere to leak to.
+            if lab.has_ipv4:
+                ipr.route("add", dst=topo.SERVICE_CIDR, type="blackhole")
+            if lab.has_ipv6:
                 ipr.route("add", dst=topo.SERVICE_CIDR6, type="blackhole")
     log.debug("lab %s: node %s configured", lab.name, ns)
 
@@ -381,36 +417,40 @@ def _create_underlay(lab: Lab) -> None:
         create_netns(ns)
         with netns_ipr(ns) as ipr:
             _tag_and_lo_up(ipr, lab.name, ns)
-        write_sysctls(ns, _POD_SYSCTLS_DUAL if lab.dual and ns == ext else _QUIET_SYSCTLS)
+        write_sysctls(ns, _POD_SYSCTLS_DUAL if lab.has_ipv6 and ns == ext else _QUIET_SYSCTLS)
     with netns_ipr(und) as uipr:
         with _step(lab.name, f"underlay {und}: bridge {topo.UNDERLAY_BRIDGE}"):
             uipr.link("add", ifname=topo.UNDERLAY_BRIDGE, kind="bridge")
             br = uipr.link_lookup(ifname=topo.UNDERLAY_BRIDGE)[0]
             uipr.link("set", index=br, state="up")
-        ports = [(topo.EXT_PORT, ext, topo.EXT_ADDRESS)]
-        ports += [(topo.underlay_port(k), lab.node_netns(k), topo.node_address(k)) for k in range(lab.nodes)]
-        addr6 = [topo.EXT_ADDRESS6] + [topo.node_address6(k) for k in range(lab.nodes)]
-        for i, (port, ns, addr) in enumerate(ports):
+        ports = [(topo.EXT_PORT, ext, topo.EXT_ADDRESS, topo.EXT_ADDRESS6)]
+        ports += [(topo.underlay_port(k), lab.node_netns(k), topo.node_address(k),
+                   topo.node_address6(k)) for k in range(lab.nodes)]
+        for i, (port, ns, addr4, addr6) in enumerate(ports):
+            addrs = [(a, plen) for a, plen, on in ((addr4, topo.UNDERLAY_PREFIXLEN, lab.has_ipv4),
+                                                   (addr6, topo.UNDERLAY_PREFIXLEN6, lab.has_ipv6))
+                     if on]
             # Bridge ports: ca:fe:ff:ff:ff:<n>, apart from every addressed device's ca:fe:<ip>.
             _veth_into(uipr, lab.name, f"underlay {und}", port, f"ca:fe:ff:ff:ff:{i:02x}",
-                       ns, topo.NODE_UNDERLAY_IFNAME, topo.underlay_mac(addr))
+                       ns, topo.NODE_UNDERLAY_IFNAME, topo.underlay_mac(addrs[0][0]))
             with _step(lab.name, f"underlay {und}: port {port}"):
                 idx = uipr.link_lookup(ifname=port)[0]
                 uipr.link("set", index=idx, master=br, state="up")
             write_sysctls(ns, {f"net.ipv6.conf.{topo.NODE_UNDERLAY_IFNAME}.disable_ipv6":
-                               "0" if lab.dual else "1",
+                               "0" if lab.has_ipv6 else "1",
                                f"net.ipv4.conf.{topo.NODE_UNDERLAY_IFNAME}.rp_filter": "1"})
-            with netns_ipr(ns) as ipr, _step(lab.name, f"{ns}: {topo.NODE_UNDERLAY_IFNAME} {addr}"):
+            with netns_ipr(ns) as ipr, _step(lab.name, f"{ns}: {topo.NODE_UNDERLAY_IFNAME} "
+                                                       f"{', '.join(a for a, _ in addrs)}"):
                 idx = ipr.link_lookup(ifname=topo.NODE_UNDERLAY_IFNAME)[0]
-                ipr.addr("add", index=idx, address=addr, prefixlen=topo.UNDERLAY_PREFIXLEN)
-                if lab.dual:
-                    ipr.addr("add", index=idx, address=addr6[i], prefixlen=topo.UNDERLAY_PREFIXLEN6)
+                for addr, prefixlen in addrs:
+                    ipr.addr("add", index=idx, address=addr, prefixlen=prefixlen)
                 ipr.link("set", index=idx, state="up")
             _wire_checksums(lab.name, ns)
             _xdp_ready_port(uipr, lab.name, port)
-    with netns_ipr(ext) as ipr, _step(lab.name, f"{ext}: route {topo.EXTERNAL_VIP_CIDR}"):
-        ipr.route("add", dst=topo.EXTERNAL_VIP_CIDR, gateway=topo.node_address(0))
-        if lab.dual:
+    with netns_ipr(ext) as ipr, _step(lab.name, f"{ext}: route the external VIP ranges"):
+        if lab.has_ipv4:
+            ipr.route("add", dst=topo.EXTERNAL_VIP_CIDR, gateway=topo.node_address(0))
+        if lab.has_ipv6:
             # The IPv6 twins of those addresses (fd00:200::c0/122) inside the underlay's /64:
             # the more specific route sends them to node 0 rather than asking the wire.
             ipr.route("add", dst=topo.EXTERNAL_VIP_CIDR6, gateway=topo.node_address6(0))
@@ -419,9 +459,11 @@ def _create_underlay(lab: Lab) -> None:
             idx = ipr.link_lookup(ifname=topo.NODE_UNDERLAY_IFNAME)[0]
             for k in range(lab.nodes):
                 if k != j:
-                    with _step(lab.name, f"node {lab.node_netns(j)}: route {topo.node_pod_cidr(k)}"):
-                        ipr.route("add", dst=topo.node_pod_cidr(k), gateway=topo.node_address(k), oif=idx)
-                        if lab.dual:
+                    with _step(lab.name, f"node {lab.node_netns(j)}: route node {k}'s pod CIDR"):
+                        if lab.has_ipv4:
+                            ipr.route("add", dst=topo.node_pod_cidr(k),
+                                      gateway=topo.node_address(k), oif=idx)
+                        if lab.has_ipv6:
                             ipr.route("add", dst=topo.node_pod_cidr6(k),
                                       gateway=topo.node_address6(k), oif=idx)
     log.debug("lab %s: underlay %s with %d nodes and %s", lab.name, und, lab.nodes, ext)
@@ -438,9 +480,9 @@ def _create_pod_net(lab: Lab, pod: PodSpec, node_ipr: IPRoute) -> None:
     create_netns(ns)
     with netns_ipr(ns) as pipr:
         _tag_and_lo_up(pipr, lab.name, ns)
-        # Set before eth0 exists so it comes up without IPv6 from the start (or, dual-stack,
+        # Set before eth0 exists so it comes up without IPv6 from the start (or, with IPv6,
         # with it and without its noise).
-        write_sysctls(ns, _POD_SYSCTLS_DUAL if lab.dual else _POD_SYSCTLS)
+        write_sysctls(ns, _POD_SYSCTLS_DUAL if lab.has_ipv6 else _POD_SYSCTLS)
         fd = os.open(netns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             with _step(lab.name, f"{what}: create veth {host} <-> eth0"):
@@ -449,31 +491,34 @@ def _create_pod_net(lab: Lab, pod: PodSpec, node_ipr: IPRoute) -> None:
                               peer={"ifname": "eth0", "address": pmac, "net_ns_fd": fd})
         finally:
             os.close(fd)
+        six = "0" if lab.has_ipv6 else "1"
         write_sysctls(node_ns, {f"net.ipv4.conf.{host}.rp_filter": "1",
-                                    f"net.ipv6.conf.{host}.disable_ipv6": "0" if lab.dual else "1"})
-        write_sysctls(ns, {"net.ipv6.conf.eth0.disable_ipv6": "0" if lab.dual else "1"})
+                                f"net.ipv6.conf.{host}.disable_ipv6": six})
+        write_sysctls(ns, {"net.ipv6.conf.eth0.disable_ipv6": six})
         with _step(lab.name, f"{what}: host side {host}"):
             hidx = node_ipr.link_lookup(ifname=host)[0]
             node_ipr.link("set", index=hidx, state="up")
-            node_ipr.route("add", dst=f"{pod.ip}/32", oif=hidx, scope=RT_SCOPE_LINK)
-            # Permanent neighbours both ways: no ARP, no proxy_arp, nothing left to timing.
-            node_ipr.neigh("add", dst=pod.ip, lladdr=pmac, ifindex=hidx, state="permanent")
+            if lab.has_ipv4:
+                node_ipr.route("add", dst=f"{pod.ip}/32", oif=hidx, scope=RT_SCOPE_LINK)
+                # Permanent neighbours both ways: no ARP, no proxy_arp, nothing left to timing.
+                node_ipr.neigh("add", dst=pod.ip, lladdr=pmac, ifindex=hidx, state="permanent")
         with _step(lab.name, f"{what}: eth0"):
             eidx = pipr.link_lookup(ifname="eth0")[0]
-            pipr.addr("add", index=eidx, address=pod.ip, prefixlen=32)
             pipr.link("set", index=eidx, state="up")
-            pipr.route("add", dst=f"{topo.POD_GATEWAY}/32", oif=eidx, scope=RT_SCOPE_LINK)
-            pipr.route("add", dst="0.0.0.0/0", gateway=topo.POD_GATEWAY, oif=eidx)
-            pipr.neigh("add", dst=topo.POD_GATEWAY, lladdr=hmac, ifindex=eidx, state="permanent")
-        if lab.dual:
+            if lab.has_ipv4:
+                pipr.addr("add", index=eidx, address=pod.ip, prefixlen=32)
+                pipr.route("add", dst=f"{topo.POD_GATEWAY}/32", oif=eidx, scope=RT_SCOPE_LINK)
+                pipr.route("add", dst="0.0.0.0/0", gateway=topo.POD_GATEWAY, oif=eidx)
+                pipr.neigh("add", dst=topo.POD_GATEWAY, lladdr=hmac, ifindex=eidx, state="permanent")
+        if lab.has_ipv6:
             _pod_ipv6(lab, pod, node_ipr, pipr, hidx, eidx)
     log.debug("lab %s: pod %s at %s on %s", lab.name, pod.name, pod.ip, host)
 
 
 def _pod_ipv6(lab: Lab, pod: PodSpec, node_ipr: IPRoute, pipr: IPRoute, hidx: int, eidx: int) -> None:
-    """A dual-stack pod's IPv6 side, Calico-style as the IPv4 one: a /128 on eth0, the default
-    route via a link-local gateway, host routes and permanent neighbours both ways."""
-    ip6 = topo.pod_ip6(pod.ip)
+    """A pod's IPv6 side (dual-stack or IPv6-only), Calico-style as the IPv4 one: a /128 on eth0,
+    the default route via a link-local gateway, host routes and permanent neighbours both ways."""
+    ip6 = lab.pod_ip6(pod)
     pmac, hmac = topo.pod_mac(pod.ip), topo.host_mac(pod.ip)
     with _step(lab.name, f"pod {pod.name}: IPv6 {ip6}"):
         node_ipr.route("add", dst=f"{ip6}/128", oif=hidx)
@@ -513,7 +558,7 @@ def _start_servers(lab: Lab, pods: Sequence[PodSpec]) -> None:
             argv = in_cgroup(lab.cgroup(pod.node), [
                 "ip", "netns", "exec", lab.pod_ns(pod.name), sys.executable, "-m", _SERVER_MODULE,
                 "--name", pod.name, "--http-port", str(topo.HTTP_PORT),
-                *(["--bind", "::"] if lab.dual else []),
+                *(["--bind", "::"] if lab.has_ipv6 else []),
                 "--udp-port", str(topo.UDP_ECHO_PORT), "--ready-fd", str(wfd), "--detach"])
             try:
                 with _open_under_state_root(topo.pod_log(lab.name, pod.name), "ab") as logf:
@@ -563,12 +608,16 @@ def lab_up(name: str = DEFAULT_LAB, pods: Optional[List[PodSpec]] = None, nodes:
     """Build lab `name` with `nodes` nodes and `pods` (default: topo.default_pods(nodes=nodes):
     client + web-1..web-4 on node 0, n<k>-client + n<k>-web-1..2 on node k). Refuses if it exists.
 
+    `ip_family` (topo.IP_FAMILIES): "ipv4"; "ipv6", whose pods' addresses are IPv6 (default_pods
+    with ip_family="ipv6") and where no device but lo has IPv4; or "dual".
+
     On any failure everything built so far is removed before the error propagates.
     """
     _checked(topo.validate_lab_name, name)
     _checked(topo.validate_nodes, nodes)
     _checked(topo.validate_ip_family, ip_family)
-    pod_list = _checked(topo.validate_pods, topo.default_pods(nodes=nodes) if pods is None else pods, nodes)
+    pod_list = _checked(topo.validate_pods, topo.default_pods(nodes=nodes, ip_family=ip_family)
+                        if pods is None else pods, nodes, ip_family)
     t0 = time.monotonic()
     existing = _lab_namespaces(name, _load_state(name))
     if existing or os.path.exists(topo.state_file(name)):
@@ -727,7 +776,8 @@ def add_pod(name: str, pod: PodSpec) -> None:
     lab = get_lab(name)
     if pod.name in lab.pods or netns_exists(lab.pod_ns(pod.name)):
         raise LabExistsError(f"lab {name}: pod {pod.name} already exists")
-    _checked(topo.validate_pods, list(lab.pods.values()) + [pod], lab.nodes)
+    pod = _checked(topo.validate_pods, list(lab.pods.values()) + [pod], lab.nodes,
+                   lab.ip_family)[-1]
     lab.pods[pod.name] = pod
     _save_state(lab)
     try:
@@ -781,11 +831,16 @@ def del_pod(name: str, pod_name: str) -> None:
 # ------------------------------------------------------------------ looking and using
 
 def _pod_ip_in_netns(ns: str) -> str:
-    """The IPv4 address on eth0 in `ns`, or "" (for status when the state file is gone)."""
+    """The address on eth0 in `ns`, IPv4 if it has one, else its global IPv6 one (an IPv6-only
+    lab's pod), or "" (for status when the state file is gone)."""
     try:
         with netns_ipr(ns) as ipr:
             idx = ipr.link_lookup(ifname="eth0")
             addrs = ipr.get_addr(family=socket.AF_INET, index=idx[0]) if idx else []
+            if idx and not addrs:
+                # Scope 0 (universe): not the link-local address the kernel gives every device.
+                addrs = [a for a in ipr.get_addr(family=socket.AF_INET6, index=idx[0])
+                         if a["scope"] == 0]
     except (LabError, NetlinkError, OSError) as exc:
         log.debug("netns %s: cannot read eth0 address: %s", ns, exc)
         return ""
@@ -796,14 +851,30 @@ def _podserver_pid_in(ns: str, pod: str) -> Optional[int]:
     return next((pid for pid in netns_pids(ns) if _podserver_pid_is(pid, pod)), None)
 
 
+def _status_ip6(ip: str, family: str) -> Optional[str]:
+    """A pod's IPv6 address as status shows it, from the address it lists (None if unknown)."""
+    if not ip or family == "ipv4":
+        return None
+    if ":" in ip:
+        return ip
+    try:
+        return topo.pod_ip6(ip)
+    except ValueError:
+        return None
+
+
 def lab_status(name: str = DEFAULT_LAB) -> Dict[str, Any]:
     """What exists of lab `name`: namespaces, pods, servers. JSON-serialisable.
 
-    Per pod: name, ip, node (its node's index), netns, netns_exists, host_ifname, server
+    `ip_family` is the lab's (topo.IP_FAMILIES); addresses named without a family are of its
+    primary one (IPv4, except in an "ipv6" lab), those ending in 6 its IPv6 ones (None in an
+    "ipv4" lab).
+    Per pod: name, ip, ip6, node (its node's index), netns, netns_exists, host_ifname, server
     (whether the pod runs one), server_pid, server_alive (None for a pod without a server).
-    Per node (`nodes`): index, netns, netns_exists, address (on the underlay; None in a
-    single-node lab), pod_cidr. Without the state file the pods and nodes are rebuilt from the
-    lab's namespaces (a pod's node then from its address).
+    Per node (`nodes`): index, netns, netns_exists, address and address6 (on the underlay; None
+    in a single-node lab), pod_cidr. Without the state file the pods and nodes are rebuilt from
+    the lab's namespaces (a pod's node then from its address, the family from the pods'
+    addresses: "ipv6" if they are all IPv6, else "ipv4").
     """
     _checked(topo.validate_lab_name, name)
     state = _load_state(name)
@@ -821,6 +892,11 @@ def lab_status(name: str = DEFAULT_LAB) -> Dict[str, Any]:
         if not topo.infra_netns_kind(name, ns) and ns not in listed:
             ip = _pod_ip_in_netns(ns)
             known.append((ns[len(prefix):], ip, topo.node_of_ip(ip, n_nodes) if ip else 0, None))
+    if state is not None:
+        family = Lab.from_state(state).ip_family
+    else:
+        ips = [ip for _, ip, _, _ in known if ip]
+        family = "ipv6" if ips and all(":" in ip for ip in ips) else "ipv4"
     pods = []
     for pod, ip, k, pid in known:
         ns = topo.pod_netns(name, pod)
@@ -828,27 +904,33 @@ def lab_status(name: str = DEFAULT_LAB) -> Dict[str, Any]:
         if server and not _podserver_pid_is(pid, pod):
             pid = _podserver_pid_in(ns, pod) or pid
         pods.append({
-            "name": pod, "ip": ip, "node": k, "netns": ns, "netns_exists": ns in namespaces,
+            "name": pod, "ip": ip, "ip6": _status_ip6(ip, family), "node": k, "netns": ns,
+            "netns_exists": ns in namespaces,
             "host_ifname": topo.host_ifname(pod), "server": server, "server_pid": pid,
             "server_alive": _podserver_pid_is(pid, pod) if server else None,
         })
     multi = n_nodes > 1
+    six = topo.has_ipv6(family)
     cgroup_root = cgroup2_root()
     nodes = [{"index": k, "netns": topo.node_netns(name, k),
               "netns_exists": topo.node_netns(name, k) in namespaces,
-              "address": topo.node_address(k) if multi else None,
-              "pod_cidr": topo.node_pod_cidr(k) if multi else topo.POD_CIDR,
+              "address": topo.node_address_of(k, family) if multi else None,
+              "address6": topo.node_address6(k) if multi and six else None,
+              "pod_cidr": topo.node_pod_cidr_of(k, family) if multi else
+              (topo.POD_CIDR6 if family == "ipv6" else topo.POD_CIDR),
               "cgroup": topo.node_cgroup(cgroup_root, name, k) if cgroup_root else None}
              for k in range(n_nodes)]
     return {
         "lab": name,
         "exists": bool(namespaces),
+        "ip_family": family,
         "node_ns": node,
         "node_ns_exists": node in namespaces,
         "nodes": nodes,
         "underlay_ns": topo.underlay_netns(name) if multi else None,
         "ext_ns": topo.ext_netns(name) if multi else None,
-        "ext_address": topo.EXT_ADDRESS if multi else None,
+        "ext_address": topo.ext_address_of(family) if multi else None,
+        "ext_address6": topo.EXT_ADDRESS6 if multi and six else None,
         "namespaces": namespaces,
         "state_file": topo.state_file(name) if state is not None else None,
         "log_dir": topo.log_dir(name),
@@ -908,5 +990,6 @@ def run_on_node(name: str, argv: List[str], node: int = 0, timeout: float = 30,
 
 def run_in_ext(name: str, argv: List[str], timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess:
     """Run `argv` in the external client of multi-node lab `name` (192.168.200.2 on the
-    underlay, no route to pods or VIPs); like run_in_pod."""
+    underlay, fd00:200::2 in an IPv6 or dual-stack lab; no route to pods or VIPs); like
+    run_in_pod."""
     return run_in_pod(name, topo.EXT_NETNS, argv, timeout=timeout, **kw)

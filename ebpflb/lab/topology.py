@@ -17,6 +17,11 @@ node k is L-node<k> with pod CIDR 10.244.k.0/24 (node 0: 10.244.0.0/24), and the
   routes            in node j, 10.244.k.0/24 via 192.168.200.(10+k) for every other node k
 Default pods of node k > 0: n<k>-client at 10.244.k.2 (no server) and n<k>-web-1.. at
 10.244.k.11..; pod names are unique lab-wide. A one-node lab is exactly the single-node lab.
+
+IP families (`lab_up(..., ip_family=...)`): "ipv4" is the plan above. "dual" adds an IPv6 twin of
+every address (a pod's 10.244.k.h is also fd00:10:244:k::h, node k's underlay address also
+fd00:200::(10+k), the external client's also fd00:200::2, all hex). "ipv6" keeps only those
+twins: a pod's one address (PodSpec.ip) is fd00:10:244:k::h, and no device but `lo` has IPv4.
 """
 from __future__ import annotations
 
@@ -28,9 +33,10 @@ from dataclasses import dataclass
 from typing import Iterable, List
 
 DEFAULT_LAB = "ebpflb"
-# IP families a lab can run: IPv4 only, or dual-stack (every pod, node and the external client
-# get an IPv6 address too; IPv4 stays for the lab's own plumbing).
-IP_FAMILIES = ("ipv4", "dual")
+# IP families a lab can run: IPv4 only, IPv6 only (the IPv6 twins of the IPv4 plan, and no IPv4
+# on any device but lo), or dual-stack (every pod, node and the external client get an IPv6
+# address too; IPv4 stays for the lab's own plumbing).
+IP_FAMILIES = ("ipv4", "ipv6", "dual")
 POD_CIDR6 = "fd00:10:244::/56"  # node k's pods: fd00:10:244:k::/64, a pod's host part its IPv4's
 SERVICE_CIDR6 = "fd00:10:96::/112"
 POD_GATEWAY6 = "fe80::1"  # the pods' IPv6 default route, answered by the host side of the veth
@@ -88,8 +94,9 @@ _TAG_PREFIX = "ebpflb-lab:"
 
 @dataclass(frozen=True)
 class PodSpec:
-    """One pod of the lab: its name (a DNS label), its IPv4 address in POD_CIDR, and the index of
-    the node it runs behind (0 in a single-node lab)."""
+    """One pod of the lab: its name (a DNS label), its address, and the index of the node it runs
+    behind (0 in a single-node lab). The address is IPv4, in POD_CIDR, in an "ipv4" or "dual" lab
+    (a dual lab derives the IPv6 one with pod_ip6), and IPv6, in POD_CIDR6, in an "ipv6" lab."""
 
     name: str
     ip: str
@@ -123,39 +130,63 @@ def validate_pod_name(pod: str) -> str:
     return pod
 
 
-def validate_pod(pod: PodSpec) -> PodSpec:
-    """Return `pod` if its name and address are usable in a lab, else raise ValueError."""
+def validate_pod(pod: PodSpec, ip_family: str = "ipv4") -> PodSpec:
+    """Return `pod` if its name and address are usable in a lab of `ip_family`, else raise
+    ValueError. The address comes back canonical (IPv6 has many spellings of one address)."""
     validate_pod_name(pod.name)
+    validate_ip_family(ip_family)
     if pod.name in RESERVED_POD_NAMES or _NODE_NAME_RE.match(pod.name):
         raise ValueError(f"pod name {pod.name!r} is reserved (it would collide with a node, "
                          "underlay or external client namespace)")
+    if ip_family == "ipv6":
+        try:
+            addr6 = ipaddress.IPv6Address(pod.ip)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"pod {pod.name}: ip {pod.ip!r} is not an IPv6 address; the pods of "
+                             f"an IPv6-only lab have one in {POD_CIDR6}") from exc
+        if addr6.scope_id is not None:  # ipaddress takes "fe80::1%eth0"; a pod's is global
+            raise ValueError(f"pod {pod.name}: ip {pod.ip!r} is not an IPv6 address a pod can "
+                             f"have (a zone index; the pods of an IPv6-only lab have one in "
+                             f"{POD_CIDR6})")
+        if addr6 not in ipaddress.IPv6Network(POD_CIDR6):
+            raise ValueError(f"pod {pod.name}: ip {pod.ip} is not in {POD_CIDR6}")
+        # Interface id 0 is the subnet-router anycast address of the pod's /64 (RFC 4291).
+        if int(addr6) & 0xFFFF_FFFF_FFFF_FFFF == 0:
+            raise ValueError(f"pod {pod.name}: ip {pod.ip} is not a host address (interface id 0 "
+                             "is the subnet-router anycast address)")
+        return PodSpec(pod.name, str(addr6), pod.node)
     try:
         addr = ipaddress.IPv4Address(pod.ip)
-    except ValueError as exc:
-        raise ValueError(f"pod {pod.name}: invalid IPv4 address {pod.ip!r}") from exc
+    except (ValueError, TypeError) as exc:
+        where = " (an IPv6 address: use ip_family 'ipv6' for an IPv6-only lab)" \
+            if isinstance(pod.ip, str) and ":" in pod.ip else ""
+        raise ValueError(f"pod {pod.name}: invalid IPv4 address {pod.ip!r}{where}") from exc
     net = ipaddress.IPv4Network(POD_CIDR)
     if addr not in net or addr in (net.network_address, net.broadcast_address):
         raise ValueError(f"pod {pod.name}: address {pod.ip} is not a host address in {POD_CIDR}")
-    return pod
+    return PodSpec(pod.name, str(addr), pod.node)
 
 
-def validate_pods(pods: Iterable[PodSpec], nodes: int = 1) -> List[PodSpec]:
+def validate_pods(pods: Iterable[PodSpec], nodes: int = 1, ip_family: str = "ipv4") -> List[PodSpec]:
     """Validate each pod and that names, addresses and host interface names are unique lab-wide.
 
     In a lab of `nodes` nodes every pod's node must exist; with two or more, its address must be
-    in its node's pod CIDR (the other nodes route that /24 to it).
+    in its node's pod CIDR (the other nodes route that /24, or /64, to it). Returns the pods with
+    canonical addresses.
     """
     validate_nodes(nodes)
+    validate_ip_family(ip_family)
     out: List[PodSpec] = []
     names, ips, ifnames = set(), set(), set()
-    for pod in pods:
-        validate_pod(pod)
+    for given in pods:
+        pod = validate_pod(given, ip_family)
         if isinstance(pod.node, bool) or not isinstance(pod.node, int) or not 0 <= pod.node < nodes:
             raise ValueError(f"pod {pod.name}: node {pod.node!r} is not a node of this lab "
                              f"(0..{nodes - 1})")
-        if nodes > 1 and ipaddress.IPv4Address(pod.ip) not in ipaddress.IPv4Network(node_pod_cidr(pod.node)):
+        cidr = node_pod_cidr_of(pod.node, ip_family)
+        if nodes > 1 and ipaddress.ip_address(pod.ip) not in ipaddress.ip_network(cidr):
             raise ValueError(f"pod {pod.name}: address {pod.ip} is not in node {pod.node}'s "
-                             f"pod CIDR {node_pod_cidr(pod.node)}")
+                             f"pod CIDR {cidr}")
         if pod.name in names:
             raise ValueError(f"duplicate pod name {pod.name!r}")
         if pod.ip in ips:
@@ -170,13 +201,19 @@ def validate_pods(pods: Iterable[PodSpec], nodes: int = 1) -> List[PodSpec]:
     return out
 
 
-def default_pods(n_web: int = 4, nodes: int = 1, n_web_per_node: int = WEB_PODS_PER_NODE) -> List[PodSpec]:
+def default_pods(n_web: int = 4, nodes: int = 1, n_web_per_node: int = WEB_PODS_PER_NODE,
+                 ip_family: str = "ipv4") -> List[PodSpec]:
     """Node 0: the client pod at 10.244.0.2, then web-1..web-N at 10.244.0.11 onwards.
 
     Each node k > 0 (when `nodes` > 1): client n<k>-client at 10.244.k.2, then
-    n<k>-web-1..n<k>-web-M (M = `n_web_per_node`) at 10.244.k.11 onwards.
+    n<k>-web-1..n<k>-web-M (M = `n_web_per_node`) at 10.244.k.11 onwards. With `ip_family`
+    "ipv6" every address is its IPv6 twin instead (pod_ip6: fd00:10:244:k::h).
     """
     validate_nodes(nodes)
+    validate_ip_family(ip_family)
+    if ip_family == "ipv6":
+        return [PodSpec(p.name, pod_ip6(p.ip), p.node)
+                for p in default_pods(n_web, nodes, n_web_per_node)]
     for what, n in (("n_web", n_web), ("n_web_per_node", n_web_per_node)):
         if not 0 <= n <= 200:
             raise ValueError(f"{what} must be between 0 and 200, got {n}")
@@ -220,8 +257,34 @@ def node_address(k: int) -> str:
 
 def validate_ip_family(family: str) -> str:
     if family not in IP_FAMILIES:
-        raise ValueError(f"invalid IP family {family!r}: use {' or '.join(IP_FAMILIES)}")
+        raise ValueError(f"invalid IP family {family!r}: use {', '.join(IP_FAMILIES[:-1])} or "
+                         f"{IP_FAMILIES[-1]}")
     return family
+
+
+def has_ipv4(family: str) -> bool:
+    """Whether a lab of `family` puts IPv4 addresses on its pods and underlay."""
+    return validate_ip_family(family) != "ipv6"
+
+
+def has_ipv6(family: str) -> bool:
+    """Whether a lab of `family` puts IPv6 addresses on its pods and underlay."""
+    return validate_ip_family(family) != "ipv4"
+
+
+def node_address_of(k: int, family: str) -> str:
+    """Node k's primary underlay address in a lab of `family`: IPv6 only in an IPv6-only lab."""
+    return node_address6(k) if family == "ipv6" else node_address(k)
+
+
+def ext_address_of(family: str) -> str:
+    """The external client's primary address in a lab of `family`."""
+    return EXT_ADDRESS6 if family == "ipv6" else EXT_ADDRESS
+
+
+def node_pod_cidr_of(k: int, family: str) -> str:
+    """Node k's pod CIDR of a lab's primary family (what its pods' PodSpec.ip lies in)."""
+    return node_pod_cidr6(k) if family == "ipv6" else node_pod_cidr(k)
 
 
 def pod_ip6(ip: str) -> str:
@@ -232,11 +295,14 @@ def pod_ip6(ip: str) -> str:
 
 
 def node_address6(k: int) -> str:
-    """Node k's IPv6 address on the underlay of a dual-stack lab: fd00:200::(10 + k), hex."""
+    """Node k's IPv6 address on the underlay (dual-stack or IPv6-only lab): fd00:200::(10 + k), hex."""
+    validate_nodes(k + 1)
     return str(ipaddress.IPv6Address(f"fd00:200::{NODE_ADDRESS_BASE + k:x}"))
 
 
 def node_pod_cidr6(k: int) -> str:
+    """Node k's IPv6 pod CIDR (dual-stack or IPv6-only lab): fd00:10:244:k::/64, hex."""
+    validate_nodes(k + 1)
     return f"fd00:10:244:{k:x}::/64"
 
 
@@ -247,10 +313,17 @@ def node_pod_cidr(k: int) -> str:
 
 
 def node_of_ip(ip: str, nodes: int) -> int:
-    """The node whose pod CIDR holds `ip` in a lab of `nodes` nodes (0 in a single-node lab)."""
+    """The node whose pod CIDR holds `ip` (IPv4, or IPv6 in POD_CIDR6) in a lab of `nodes` nodes
+    (0 in a single-node lab)."""
     if nodes <= 1:
         return 0
-    k = ipaddress.IPv4Address(ip).packed[2]
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 6:
+        if addr not in ipaddress.IPv6Network(POD_CIDR6):
+            return 0
+        k = addr.packed[7]  # fd00:10:244:k::/64 in a /56: the subnet is the 8th byte
+    else:
+        k = addr.packed[2]
     return k if k < nodes else 0
 
 
@@ -271,7 +344,8 @@ def ext_netns(lab: str) -> str:
 
 
 def underlay_mac(ip: str) -> str:
-    """MAC of a device on the underlay: ca:fe + its IPv4 address (locally administered)."""
+    """MAC of a device on the underlay: ca:fe + its address's octets (_ip_octets; locally
+    administered)."""
     return "ca:fe:" + ":".join(f"{b:02x}" for b in _ip_octets(ip))
 
 
@@ -320,11 +394,16 @@ def host_ifname(pod: str) -> str:
 
 
 def _ip_octets(ip: str) -> bytes:
-    return ipaddress.IPv4Address(ip).packed
+    """Four bytes that tell a lab address from the others: an IPv4 address itself; of an IPv6
+    one, the byte of its /64 inside the /56 (a pod's node) and the last three of its interface
+    id (the plan's host parts are small, so MACs stay readable and distinct)."""
+    addr = ipaddress.ip_address(ip)
+    return addr.packed if addr.version == 4 else addr.packed[7:8] + addr.packed[13:16]
 
 
 def pod_mac(ip: str) -> str:
-    """MAC of a pod's eth0: 0a:58 + the IPv4 address (the Kubernetes bridge-CNI convention).
+    """MAC of a pod's eth0: 0a:58 + the address's octets (for IPv4 the Kubernetes bridge-CNI
+    convention; _ip_octets for IPv6).
 
     Deterministic MACs make captures and neighbour entries readable and let both ends be
     programmed without reading anything back.
@@ -333,7 +412,7 @@ def pod_mac(ip: str) -> str:
 
 
 def host_mac(ip: str) -> str:
-    """MAC of the host side of a pod's veth: ee:ee + the pod's IPv4 address (Calico uses ee:ee:..)."""
+    """MAC of the host side of a pod's veth: ee:ee + the pod address's octets (Calico uses ee:ee:..)."""
     return "ee:ee:" + ":".join(f"{b:02x}" for b in _ip_octets(ip))
 
 
