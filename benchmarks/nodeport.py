@@ -1,6 +1,6 @@
 """North-south: NodePort traffic from an external client through ebpflb at XDP, ebpflb at TC and
 kube-proxy-shaped iptables, on one two-node lab, in one run; and BPF_PROG_TEST_RUN ns per packet
-of the NodePort path at XDP and TC (benchmarks/nodeport_testrun.py).
+of the NodePort path at XDP and TC, IPv6 beside IPv4 (benchmarks/nodeport_testrun.py).
 
 Lab: `lab_up(<unique name>, nodes=2)`: node 0 (192.168.200.10) and node 1 (192.168.200.11) on
 an underlay bridge with the external client (192.168.200.2). Every web pod runs the epoll server
@@ -493,6 +493,83 @@ TR_ROWS = [
 ]
 
 
+# Reference programs (benchmarks/nodeport_testrun.py), not ebpflb's.
+REF_ROWS = [
+    ("bare", "steady", "bare program (XDP_PASS / TC_ACT_OK)"),
+    ("bare", "single", "bare program (XDP_PASS / TC_ACT_OK)"),
+    ("fib", "steady", "route lookup alone: one `bpf_fib_lookup` to the remote backend (reference "
+                      "program)"),
+]
+
+
+def ipv6_table(testrun: Dict) -> List[str]:
+    """The IPv6 twin of every test-run row beside its IPv4 figure, with the ratio (the median of
+    the per-repetition IPv6 / IPv4 ratios: each pair ran back to back)."""
+    v4, v6, r6 = testrun["results"], testrun["results6"], testrun["ratio6"]
+    out = ["| path | method | XDP IPv4 | XDP IPv6 | XDP IPv6 / IPv4 | TC IPv4 | TC IPv6 | "
+           "TC IPv6 / IPv4 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = TR_ROWS + REF_ROWS
+    for row, method, what in rows:
+        cells = []
+        for hook in ("xdp", "tc"):
+            a, b = v4[hook][method].get(row), v6[hook][method].get(row)
+            if a and b:
+                r = r6[hook][method][row]
+                cells += [_cell(a, "{:.1f}"), _cell(b, "{:.1f}"),
+                          f"{r['median']:.2f}x ({r['min']:.2f}–{r['max']:.2f})"]
+            else:
+                cells += ["—", "—", "—"]
+        out.append(f"| {what.replace('lb4_node_out', 'lb4_node_out` / `lb6_node_out')} | {method} | "
+                   + " | ".join(cells) + " |")
+    return out
+
+
+def ipv6_interpretation(testrun: Dict) -> str:
+    """The reading of the IPv6 rows, numbers taken from the run itself."""
+    v4, v6, r6 = testrun["results"], testrun["results6"], testrun["ratio6"]
+
+    def pair(hook: str, method: str, row: str) -> str:
+        return (f"{v6[hook][method][row]['median']:.0f} against {v4[hook][method][row]['median']:.0f} ns "
+                f"({r6[hook][method][row]['median']:.2f}x)")
+
+    def extra(hook: str, method: str, row: str) -> float:
+        return v6[hook][method][row]["median"] - v4[hook][method][row]["median"]
+
+    local = {h: extra(h, "single", "local_ct_hit") for h in ("xdp", "tc")}
+    remote = {h: extra(h, "single", "remote_ct_hit") for h in ("xdp", "tc")}
+    reply = {h: extra(h, "single", "remote_reply") for h in ("xdp", "tc")}
+    fib = "the route lookup alone was not measured in this run."
+    if "fib" in v4["xdp"]["steady"]:
+        fib = (f"the lookup alone (the `fib` reference row, steady) takes "
+               f"{v6['xdp']['steady']['fib']['median']:.0f} ns for IPv6 against "
+               f"{v4['xdp']['steady']['fib']['median']:.0f} ns for IPv4 at XDP "
+               f"({extra('xdp', 'steady', 'fib'):+.0f} ns), {v6['tc']['steady']['fib']['median']:.0f} "
+               f"against {v4['tc']['steady']['fib']['median']:.0f} ns at TC "
+               f"({extra('tc', 'steady', 'fib'):+.0f} ns): the kernel's IPv6 route lookup "
+               f"(`bpf_fib_lookup` with `AF_INET6`) accounts for about "
+               f"{extra('xdp', 'steady', 'fib') / remote['xdp']:.0%} (XDP) and "
+               f"{extra('tc', 'steady', 'fib') / remote['tc']:.0%} (TC) of what IPv6 adds to the "
+               f"remote conntrack-hit row.")
+    return _wrap(
+        "- **IPv6 beside IPv4** (IPv6 against IPv4, ratio): a conntrack-hit DNAT at XDP "
+        f"{pair('xdp', 'steady', 'local_ct_hit')} steady, {pair('xdp', 'single', 'local_ct_hit')} "
+        f"single; at TC {pair('tc', 'steady', 'local_ct_hit')} steady, "
+        f"{pair('tc', 'single', 'local_ct_hit')} single. The remote path (conntrack hit, DNAT + "
+        f"SNAT, FIB lookup, sent out) XDP {pair('xdp', 'single', 'remote_ct_hit')}, TC "
+        f"{pair('tc', 'single', 'remote_ct_hit')}; its replies XDP "
+        f"{pair('xdp', 'single', 'remote_reply')}, TC {pair('tc', 'single', 'remote_reply')}. "
+        f"A passed packet: XDP {pair('xdp', 'steady', 'pass')}, TC {pair('tc', 'steady', 'pass')} "
+        f"(steady); the bare programs, which do not read the packet, "
+        f"{r6['xdp']['steady']['bare']['median']:.2f}x and {r6['tc']['steady']['bare']['median']:.2f}x. "
+        f"Beyond the tail call from the `lb4_*` entry point, an IPv6 packet's path reads and "
+        f"rewrites 16-byte addresses, hashes longer conntrack keys and clears a per-CPU scratch "
+        f"area; a local conntrack hit costs {local['xdp']:+.0f} ns (XDP) and {local['tc']:+.0f} ns "
+        f"(TC) more than IPv4 (single). The remote rows add {remote['xdp']:+.0f} ns (XDP) and "
+        f"{remote['tc']:+.0f} ns (TC) (conntrack hit; replies {reply['xdp']:+.0f} and "
+        f"{reply['tc']:+.0f} ns) and do one route lookup per packet: " + fib + " This splits the "
+        "costs by row; it is not a profile of the programs.", "  ")
+
+
 def _overlap(a: Dict[str, float], b: Dict[str, float]) -> bool:
     return a["min"] <= b["max"] and b["min"] <= a["max"]
 
@@ -623,11 +700,32 @@ def section(results: Dict) -> str:
         ca = f"{c['median'] - bc:+.1f}" if c else "—"
         rt = f"{c['median'] / x['median']:.2f}x" if x and c else "—"
         trows.append(f"| {what} | {method} | {xs} | {cs} | {xa} | {ca} | {rt} |")
-    for method in ("steady", "single"):
-        trows.append(f"| bare program (XDP_PASS / TC_ACT_OK) | {method} | "
-                     f"{_cell(tr['xdp'][method]['bare'], '{:.1f}')} | {_cell(tr['tc'][method]['bare'], '{:.1f}')} "
-                     f"| | | |")
+    for row, method, what in REF_ROWS:
+        if row in tr["xdp"][method]:
+            trows.append(f"| {what} | {method} | "
+                         f"{_cell(tr['xdp'][method][row], '{:.1f}')} | {_cell(tr['tc'][method][row], '{:.1f}')} "
+                         f"| | | |")
 
+    trun = results["testrun"]
+    ipv6_part = ""
+    if "results6" in trun:
+        ipv6_part = "\n\n" + _wrap(
+            "**IPv6 beside IPv4.** Every row above also ran on IPv6 frames in the same run, the "
+            "same namespace made dual-stack (fd00:200::10/64 and fd00:200::20/64 on `tr0`, the "
+            "former in `lb6_node_ifs`; fd00:10:244:1::/64 via fd00:200::11 and the client "
+            "fd00:200::2 behind permanent neighbours, fd00:10:244::/64 on the pod-side veth, "
+            "`net.ipv6.conf.all.forwarding=1`; the IPv6 NodePorts programmed through the same "
+            "desired state and plan). The IPv6 frames go through the same entry programs, which "
+            "tail-call `lb6_node_xdp`, `lb6_node_in` and `lb6_node_out`, as on an attached device: "
+            "an IPv6 figure includes the tail call. Each row's IPv4 and IPv6 runs follow each "
+            "other in every repetition (which goes first alternates); the ratio is the median "
+            "(min–max) of the per-repetition IPv6 / IPv4 ratios. The IPv6 rows are checked as the "
+            "IPv4 ones (verdict, addresses and ports, TCP checksum, hop limit, next-hop MAC at "
+            "XDP), and every timed run of either family, after it ran, by the counters it moved "
+            f"(verdict and forward counters equal to its number of packets; {trun.get('counted_runs', 0)} "
+            f"timed runs checked). The `fib` reference row runs a program of one `bpf_fib_lookup` "
+            f"(node address to the remote backend) and nothing else."
+        ) + "\n\n" + "\n".join(ipv6_table(trun))
     loc = t["local"]
     rem = t["remote"]
     st = {m: _stat_total(results["traffic"][m], "node0") for m in ("xdp", "tc")}
@@ -730,13 +828,17 @@ address and port rewrite). **single**: repeat = 1, one syscall per packet, mean 
 back (a forwarded packet leaves with TTL - 1 and new MACs; a rewritten reply is no longer a reply).
 A single run pays a timer read and colder caches: compare it with the bare program run the same
 way (its own bare row), not with a steady row. Each row's verdict and rewrite (addresses, ports,
-checksums, next-hop MAC) are checked once before timing.
+checksums, next-hop MAC) are checked once before timing.""" + (
+        f" The test runs were measured {results['testrun']['measured']} on "
+        f"{results['testrun']['source']} (the traffic runs above: {meta['measured']})."
+        if results['testrun'].get('measured') else "") + """
 
-""" + "\n".join(trows) + f"""
+""" + "\n".join(trows) + ipv6_part + f"""
 
 What the numbers mean:
 
-""" + interpretation(results, t) + f"""
+""" + interpretation(results, t) + ("\n" + ipv6_interpretation(results["testrun"])
+                                  if "results6" in results["testrun"] else "") + f"""
 
 Seen while building this benchmark:
 
@@ -775,7 +877,9 @@ def _reflow(text: str) -> str:
 
 
 def publish(results: Dict, write: bool) -> str:
-    text = _reflow(section(results))
+    # _reflow rewraps the last paragraph without its newline: end the section with one, so
+    # write_section keeps the blank line before the next "## " heading.
+    text = _reflow(section(results)).rstrip("\n") + "\n"
     if write:
         plot(traffic_summary(results))
         common.write_section(SECTION, text)
