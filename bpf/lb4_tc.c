@@ -40,6 +40,7 @@
 static __always_inline int lb4_to_ipv6(struct __sk_buff *skb, __u32 prog, __u32 at)
 {
 	lb6_progs.call(skb, prog);
+	lb_count(STAT_IPV6_UNLOADED);
 	return lb_verdict(at, VERDICT_PASS, TC_ACT_OK);
 }
 
@@ -287,8 +288,9 @@ static __always_inline int lb4_node_decide(void *ctx, const struct pkt4 *p, __u3
 	return lb4_node_snat_reply(ctx, p, ingress, hook, n);
 }
 
-/* Hands an IPv6 frame to its XDP program of lb6_tc.c (lb6_xdp_progs, by enum lb6_xdp_prog); 0 for
- * any other frame, and when that program is not loaded (the frame passes, counted). */
+/* Hands an IPv6 frame to its XDP program of lb6_tc.c (lb6_xdp_progs, by enum lb6_xdp_prog). Returns
+ * 0 for any other frame, 1 for an IPv6 frame whose program is not loaded (it then passes untouched,
+ * counted as a pass, and TC's lb4_node_in hands it to lb6_node_in). */
 static __always_inline int lb4_xdp_to_ipv6(struct xdp_md *ctx, const int hook)
 {
 	void *data = (void *)(long)ctx->data;
@@ -297,6 +299,7 @@ static __always_inline int lb4_xdp_to_ipv6(struct xdp_md *ctx, const int hook)
 	if ((void *)(eth + 1) > (void *)(long)ctx->data_end || eth->h_proto != bpf_htons(ETH_P_IPV6))
 		return 0;
 	lb6_xdp_progs.call(ctx, hook == HOOK_XDP ? LB6_XDP_NATIVE : LB6_XDP_GENERIC);
+	lb_count(STAT_IPV6_UNLOADED);
 	return 1;
 }
 
@@ -316,6 +319,8 @@ static __always_inline int lb4_xdp(struct xdp_md *ctx, const int hook)
 	if (v != PARSE_OK || p.frag)
 		return lb_verdict(AT_NODE_XDP, v == PARSE_MALFORMED ? VERDICT_MALFORMED : VERDICT_PASS,
 				  XDP_PASS);
+	len = (void *)(long)ctx->data_end - (void *)(long)ctx->data;
+	n.xdp_len = len - p.l3_off;
 	v = lb4_node_decide(ctx, &p, ctx->ingress_ifindex, hook, &n);
 	if (v == NV_PASS)
 		return lb_verdict(AT_NODE_XDP, VERDICT_PASS, XDP_PASS);
@@ -323,7 +328,6 @@ static __always_inline int lb4_xdp(struct xdp_md *ctx, const int hook)
 		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);
 	if (v != NV_LOCAL && v != NV_REMOTE)
 		return lb_verdict(AT_NODE_XDP, VERDICT_TO_TC, XDP_PASS);
-	len = (void *)(long)ctx->data_end - (void *)(long)ctx->data;
 	if (xdp_rewrite(ctx, &p, NAT_DST, n.daddr, n.dport)) {
 		lb_count(STAT_NAT_FAIL);
 		return lb_verdict(AT_NODE_XDP, VERDICT_DROP, XDP_DROP);

@@ -31,7 +31,7 @@ static __always_inline __u32 lb6_sent(const struct lb6_nat *n)
 	return n->stateless ? VERDICT_STATELESS : VERDICT_ESTABLISHED;
 }
 
-/* A parsed packet that is not one to translate here (a later fragment: not yet for IPv6). */
+/* A parsed packet that is not one to translate here. */
 static __always_inline int lb6_pass(__u32 at, int parse_result)
 {
 	return lb_verdict(at, parse_result == PARSE_MALFORMED ? VERDICT_MALFORMED : VERDICT_PASS,
@@ -353,6 +353,11 @@ static __always_inline int lb6_xdp(struct xdp_md *ctx, const int hook)
 	if (v != PARSE_OK || p->frag)
 		return lb_verdict(AT_NODE_XDP, v == PARSE_MALFORMED ? VERDICT_MALFORMED : VERDICT_PASS,
 				  XDP_PASS);
+	/* xdp6_rewrite reaches the L4 header at a bounded offset: one behind larger extension
+	 * headers (never seen in practice) is TC's, which rewrites at any offset. */
+	if (p->l4_off > LB6_XDP_L4_MAX)
+		return lb_verdict(AT_NODE_XDP, VERDICT_TO_TC, XDP_PASS);
+	n->xdp_len = len - p->l3_off;
 	v = lb6_node_decide(ctx, p, ctx->ingress_ifindex, hook, n);
 	if (v == NV_PASS)
 		return lb_verdict(AT_NODE_XDP, VERDICT_PASS, XDP_PASS);

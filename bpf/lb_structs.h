@@ -458,6 +458,8 @@ enum lb_stat {
 	STAT_CT_REBUILT,	/* event: a lost forward entry rebuilt from its reply entry */
 	STAT_PORT_NAT,		/* event: a new flow whose reply tuple a live flow held got a new
 				 * source port */
+	STAT_IPV6_UNLOADED,	/* event: an IPv6 packet whose program was not in lb6_progs or
+				 * lb6_xdp_progs (passed untouched) */
 	STAT_MAX,
 };
 

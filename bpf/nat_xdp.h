@@ -135,16 +135,19 @@ static __always_inline int xdp_ttl_dec(struct xdp_md *ctx, const struct pkt4 *p)
 	return 0;
 }
 
+/* The largest L4 offset xdp6_rewrite handles: the mask below bounds the offset for the verifier,
+ * and lb6_xdp leaves a packet whose extension headers reach further to TC. */
+#define LB6_XDP_L4_MAX 2047
+
 /* The IPv6 twin of xdp_rewrite. IPv6 has no header checksum: only the L4 one covers the
- * addresses (its pseudo-header). The parser leaves the L4 header within the first 4 KiB (at most
- * IPV6_EXT_MAX extension headers), which bounds the offset for the verifier. */
+ * addresses (its pseudo-header). */
 static __always_inline int xdp6_rewrite(struct xdp_md *ctx, const struct pkt6 *p, int dst,
 					const struct lb6_addr *new_addr, __be16 new_port)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ipv6hdr *ip6 = data + (p->l3_off & 0x7f);
-	__u32 l4 = p->l4_off & 0xfff;
+	__u32 l4 = p->l4_off & LB6_XDP_L4_MAX;
 	struct lb6_addr old_addr;
 	struct in6_addr *addr;
 	__be16 *port;

@@ -58,12 +58,14 @@ struct lb4_nat {
 	__u8 new_flow;
 	__u8 reply;
 	__u8 stateless;	/* TCP of an unknown flow sent by hash, no state (NV_LOCAL) */
+	__u16 xdp_len;	/* set by the XDP hooks: the IP packet's length (see lb4_fib) */
 };
 
 /* The route of a rewritten packet. Returns BPF_FIB_LKUP_RET_*; the out device is in n->ifindex
- * (also for NO_NEIGH and FRAG_NEEDED), the Ethernet addresses on success. At TC the kernel also
- * checks the packet against the out device's MTU (FRAG_NEEDED, with the MTU in n->mtu); at XDP
- * it does not. */
+ * (also for NO_NEIGH and FRAG_NEEDED), the Ethernet addresses on success. The packet is checked
+ * against the route's MTU (FRAG_NEEDED, with the MTU in n->mtu): at TC by the kernel, from the
+ * skb (GSO aware); at XDP, which has no skb, from the length the XDP hook puts in n->xdp_len
+ * (without it a packet too big for the way to the backend was sent on and lost there). */
 static __always_inline int lb4_fib(void *ctx, const struct pkt4 *p, __be32 saddr, __be16 sport,
 				   __be32 daddr, __be16 dport, __u32 ifindex, struct lb4_nat *n)
 {
@@ -77,6 +79,7 @@ static __always_inline int lb4_fib(void *ctx, const struct pkt4 *p, __be32 saddr
 	fib.ipv4_src = saddr;
 	fib.ipv4_dst = daddr;
 	fib.ifindex = ifindex;
+	fib.tot_len = n->xdp_len;	/* 0 at TC: the kernel checks the skb instead */
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	n->ifindex = fib.ifindex;
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
@@ -105,6 +108,7 @@ struct lb6_nat {
 	__u8 new_flow;
 	__u8 reply;
 	__u8 stateless;
+	__u16 xdp_len;
 };
 
 static __always_inline int lb6_fib(void *ctx, const struct pkt6 *p, struct lb6_addr saddr,
@@ -121,6 +125,7 @@ static __always_inline int lb6_fib(void *ctx, const struct pkt6 *p, struct lb6_a
 	__builtin_memcpy(fib.ipv6_src, &saddr, sizeof(saddr));
 	__builtin_memcpy(fib.ipv6_dst, &daddr, sizeof(daddr));
 	fib.ifindex = ifindex;
+	fib.tot_len = n->xdp_len;
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	n->ifindex = fib.ifindex;
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)

@@ -479,6 +479,29 @@ def test_a_packet_too_big_for_the_remote_path_gets_fragmentation_needed(node):
         subprocess.run(["ip", "-n", node.ns, "link", "set", NODE_DEV, "mtu", "1500"], check=True)
 
 
+@pytest.mark.parametrize("hook", ["xdp", "xdp-generic"])
+def test_xdp_leaves_a_packet_too_big_for_the_remote_path_to_tc(node, hook):
+    """The same datagram at XDP: the kernel checks no MTU for a frame XDP sends out itself, so
+    XDP gives the route lookup the packet's length and leaves a packet too big for the way to
+    the backend to TC, untouched and untracked (before, it went out and was lost at the
+    device)."""
+    node.program(endpoints=[(REMOTE_BE, "node-1")])
+    subprocess.run(["ip", "-n", node.ns, "link", "set", NODE_DEV, "mtu", "1200"], check=True)
+    try:
+        big = udp(CLIENT, 40001, NODE_IP, 30053, payload=b"x" * 1400)
+        big[IP].flags = "DF"
+        raw = rebuilt(big)
+        before = node.stats()
+        res = node.run(hook, Ether(raw))
+        assert (res.retval, res.data) == (2, raw)  # XDP_PASS, untouched
+        assert delta(before, node.stats()) == {"node_xdp/to_tc": 1}
+        assert node.ct(CLIENT, 40001, NODE_IP, 30053, 17) is None
+        res = node.run("tc", Ether(raw))
+        assert res.retval == TC_ACT_REDIRECT and ICMP in Ether(res.data)
+    finally:
+        subprocess.run(["ip", "-n", node.ns, "link", "set", NODE_DEV, "mtu", "1500"], check=True)
+
+
 # ---------------------------------------------------------------- 9. smaller ones
 
 def test_non_syn_tcp_from_a_bad_source_is_dropped_on_pod_devices(node):
