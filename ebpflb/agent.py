@@ -230,7 +230,7 @@ class Agent:
         if self._problems:
             return False, "; ".join(self._problems[k] for k in sorted(self._problems))
         if self.state.last_error and self.syncer is not None and self.syncer.pending:
-            return False, f"the last sync failed: {self.state.last_error}"
+            return False, f"the last sync did not program everything: {self.state.last_error}"
         return True, ""
 
     def stop(self, *_args) -> None:
@@ -284,7 +284,8 @@ class Agent:
         assert syncer is not None
         if outcome.applied:
             self.state.syncs += 1
-            self.state.last_error = None
+            # Applied in part (Services that did not fit stay pending): not ready until they are.
+            self.state.last_error = outcome.error
             self._retry_at = 0.0
             self.state.last_sync = {"kind": outcome.kind, "reason": outcome.reason,
                                     "services": outcome.services, "writes": outcome.writes,

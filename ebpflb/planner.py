@@ -226,7 +226,7 @@ class Planner:
         want = Records()
         taken_over: Set[Owner] = set()  # draining records a Service asks for again
         try:
-            for owner in sorted(changed, key=_owner_order):
+            for owner in sorted(changed, key=owner_order):
                 records = Records()
                 build_records(changed[owner], ids, self.defaults, records)
                 for key in records.services:
@@ -235,8 +235,8 @@ class Planner:
                         if isinstance(holder, Draining):
                             taken_over.add(holder)
                             continue
-                        raise OwnershipError(f"frontend {key} is asked for by {_owner_text(owner)} "
-                                             f"but held by {_owner_text(holder)}")
+                        raise OwnershipError(f"frontend {key} is asked for by {owner_text(owner)} "
+                                             f"but held by {owner_text(holder)}")
                 want_by_owner[owner] = records
                 _merge(want, records)
             for holder in taken_over:
@@ -311,7 +311,7 @@ class Planner:
                    current.backends, svc_pool, backend_pool)
         want_by_owner: Dict[Owner, Records] = {}
         want = Records()
-        for owner in sorted(everything, key=_owner_order):
+        for owner in sorted(everything, key=owner_order):
             records = Records()
             build_records(everything[owner], ids, self.defaults, records)
             if records.services:
@@ -369,11 +369,13 @@ def _drain(current: Records, want: Records, keep_draining: bool,
     return out
 
 
-def _owner_order(owner: Owner):
+def owner_order(owner: Owner):
+    """The stable order owners are planned in: Services by namespace and name, then other
+    owners, then draining frontends."""
     if isinstance(owner, Draining):
         return (2, (str(owner.key),))
     return (0, owner) if isinstance(owner, tuple) else (1, (str(owner),))
 
 
-def _owner_text(owner: Owner) -> str:
+def owner_text(owner: Owner) -> str:
     return "/".join(owner) if isinstance(owner, tuple) else str(owner)

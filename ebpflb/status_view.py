@@ -53,7 +53,7 @@ def _warnings(view: dict) -> List[str]:
             problems = "; ".join(agent["problems"]) or "see its log"
             out.append(f"the agent is not ready: {problems}")
         if agent["last_error"]:
-            out.append(f"the last sync failed: {agent['last_error']}")
+            out.append(f"the last sync did not program everything: {agent['last_error']}")
         if agent["refused"]:
             out.append(f"{len(agent['refused'])} objects refused by the source, first: "
                        f"{agent['refused'][0]}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .apply import ApplyError, MapWriter, apply_plan, read_snapshot
@@ -27,8 +27,8 @@ from .desired import ClusterModel
 from .draining import is_draining
 from .gcpause import give_back_memory, paused_gc
 from .model import DesiredState, HealthCheck, ModelContext, SkippedService
-from .plan import ConntrackPurge, OwnershipError, Plan, PlanError, conntrack_purge
-from .planner import Planner
+from .plan import CapacityError, ConntrackPurge, OwnershipError, Plan, PlanError, conntrack_purge
+from .planner import Planner, owner_order, owner_text
 from .records import PlanDefaults
 from .store import ObjectStore
 
@@ -226,19 +226,30 @@ class Syncer:
         with paused_gc(True):
             current = read_snapshot(self.writer)
             everything = {key: self.model.frontends_of(key) for key in self.model.holders()}
+            not_fitting = None
             try:
                 pending = self.planner.plan_full(everything, current, self._flows(current))
+            except CapacityError as exc:
+                fit = self._what_fits(everything, current)
+                if fit is None:
+                    return self._full_refused(reason, started, len(everything), exc)
+                pending, refused = fit
+                # The rest stay pending: each later sync offers them again (one by one), so
+                # they go in as soon as room is made, and readiness names them meanwhile.
+                self._pending |= set(refused)
+                self.counters.refused += len(refused)
+                not_fitting = (f"{len(refused)} of {len(everything)} Services not programmed "
+                               f"(the maps are full): {exc}")
+                log.error("full sync (%s): %s; programmed the first %d (by namespace and name), "
+                          "not %s%s", reason, not_fitting, len(everything) - len(refused),
+                          ", ".join(owner_text(o) for o in refused[:5]),
+                          f" and {len(refused) - 5} more" if len(refused) > 5 else "")
             except PlanError as exc:
-                # Nothing was written. Until a full sync fits, the maps keep what they held and
-                # no incremental plan can start from them: the full sync stays due.
-                self.counters.refused += 1
-                self._full_reason = reason
-                log.error("full sync (%s) not programmed: %s", reason, exc)
-                return SyncOutcome(FULL, REFUSED, Plan(), len(everything),
-                                   time.perf_counter() - started, time.perf_counter() - started,
-                                   str(exc), reason)
+                return self._full_refused(reason, started, len(everything), exc)
             planned = time.perf_counter()
             outcome = self._apply(FULL, pending, len(everything), started, planned, reason)
+        if outcome.applied and not_fitting:
+            outcome = replace(outcome, error=not_fitting)
         if outcome.applied:
             self._full_reason = None
             self.counters.full += 1
@@ -254,6 +265,41 @@ class Syncer:
             gc.freeze()
             give_back_memory()
         return outcome
+
+    def _full_refused(self, reason: str, started: float, services: int,
+                      exc: PlanError) -> SyncOutcome:
+        """Nothing was written. Until a full sync fits, the maps keep what they held and no
+        incremental plan can start from them: the full sync stays due."""
+        self.counters.refused += 1
+        self._full_reason = reason
+        log.error("full sync (%s) not programmed: %s", reason, exc)
+        now = time.perf_counter()
+        return SyncOutcome(FULL, REFUSED, Plan(), services, now - started, now - started,
+                           str(exc), reason)
+
+    def _what_fits(self, everything, current):
+        """A full sync that does not fit the maps: the plan for the most Services that do, taken
+        in a stable order (namespace, name), and the Services left out. One Service too many
+        must not leave the node serving none (a dual-stack cluster needs a backend id per
+        endpoint address of each family). A binary search over the count: each try is a whole
+        plan, so this costs a few seconds at 10,000 Services, and only on this error path.
+        None when not even the first Service fits."""
+        owners = sorted(everything, key=owner_order)
+        flows = self._flows(current)
+        fits, too_many = 0, len(owners)  # owners[:too_many] does not fit (the whole failed)
+        best = None
+        while too_many - fits > 1:
+            n = (fits + too_many) // 2
+            try:
+                best_try = self.planner.plan_full({o: everything[o] for o in owners[:n]}, current,
+                                                  flows)
+            except CapacityError:
+                too_many = n
+                continue
+            fits, best = n, best_try
+        if best is None:
+            return None
+        return best, owners[fits:]
 
     def _flows(self, current) -> Optional[AbstractSet[int]]:
         """The service ids conntrack holds, read only when the maps hold draining frontends (a

@@ -182,13 +182,14 @@ class RunningAgent(AgentProcess):
 
     def __init__(self, lab_name: str, workdir: Path, endpoints: Sequence[Endpoint],
                  on_exit: str = "remove", extra_args: Sequence[str] = (), annotations: str = "{}",
-                 node: int = 0):
+                 node: int = 0, text: Optional[str] = None):
+        """`text`: the manifest to start on, instead of manifest(endpoints, annotations)."""
         self.manifest_path = _node_file(workdir, "services.yaml", node)
         # An IPv6-only lab has no IPv4 pods to send to: its manifests are IPv6 ones.
         self.ip_family = "ipv6" if get_lab(lab_name).ip_family == "ipv6" else "ipv4"
         self.ready_path = _node_file(workdir, "agent.ready", node)
         self.ready_path.unlink(missing_ok=True)  # an earlier agent's, in the same workdir
-        self.write_manifest(endpoints, annotations=annotations)
+        self.write_manifest(endpoints, text=text, annotations=annotations)
         super().__init__(lab_name, workdir, ["--manifests", str(self.manifest_path)], on_exit,
                          ["--ready-file", str(self.ready_path), *extra_args], node=node)
         try:

@@ -2,9 +2,11 @@
 a second agent on the same pins is refused; `sync`, `cleanup` and `ct flush` refuse to act under
 a running agent (and ask before acting at all); a forced cleanup under the agent is noticed,
 reported and repaired (pins, filters, socket hooks) with traffic served again, as `ebpflb
-status` shows; a node device named exactly that does not exist keeps the agent not ready."""
+status` shows; a node device named exactly that does not exist keeps the agent not ready; more
+Services than the maps hold are served as far as they fit, and the agent is not ready meanwhile."""
 import json
 import os
+import re
 
 from ebpflb.dataplane.attach import EGRESS, INGRESS, _our_filters
 from ebpflb.lab import lab as lablib
@@ -14,7 +16,7 @@ from ebpflb.lab.topology import host_ifname
 from ebpflb.status import read_status
 
 from .agent_harness import (DEFAULT_ENDPOINTS, WEB_VIP, RunningAgent, ebpflb, force_cleanup,
-                            scrape_metrics, wait_until)
+                            manifest, scrape_metrics, wait_until)
 from .test_kube_agent import http_get
 
 HEALTH_PORT = 9404
@@ -151,3 +153,56 @@ def test_a_missing_node_device_keeps_the_agent_not_ready(lab, tmp_path):
     finally:
         assert agent.stop() == 0, agent.log()
         force_cleanup(lab.name)
+
+
+def _filler(i: int) -> str:
+    """Service demo/zz-<i> (sorting after demo/echo and demo/web) on web-1..web-3."""
+    eps = "".join(f"- {{addresses: [\"10.244.0.1{k}\"], conditions: {{ready: true}}}}\n"
+                  for k in (1, 2, 3))
+    return f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: zz-{i}, namespace: demo}}
+spec: {{clusterIP: 10.96.1.{i + 1}, ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: zz-{i}-a, namespace: demo, labels: {{kubernetes.io/service-name: zz-{i}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+{eps}"""
+
+
+def test_more_services_than_the_maps_hold_are_served_as_far_as_they_fit(lab, tmp_path):
+    """The agent starts on 8 Services of 3 backends each and room for 16 backend ids
+    (`--max-backends 16`): the first 5 by namespace and name (demo/echo, demo/web, demo/zz-0..2)
+    are programmed and served, the other 3 are not, and the agent says so and is not ready.
+    Before, the whole first sync was refused and the node served no Service at all. Once room
+    is made (Services removed from the manifest), the refused ones go in and the agent is
+    ready."""
+    base = manifest(DEFAULT_ENDPOINTS)
+    agent = RunningAgent(lab.name, tmp_path, DEFAULT_ENDPOINTS, text=base + "".join(
+        _filler(i) for i in range(6)), extra_args=["--health-address", f"127.0.0.1:{HEALTH_PORT}",
+                                                   "--max-backends", "16"])
+    try:
+        def programmed():
+            out = ebpflb("service", "list", "-o", "json", "--pin-dir", agent.pin_dir).stdout
+            # (a removed frontend drains until the conntrack GC has seen it has no flows)
+            return sorted({r["service"].split(":")[0] for r in json.loads(out)["services"]
+                           if not r.get("draining")})
+
+        wait_until(lambda: http_get(lab.node_ns, HEALTH_PORT, "/readyz")[0] == 503, 15,
+                   "the agent to say it is not ready")
+        body = http_get(lab.node_ns, HEALTH_PORT, "/readyz")[1]
+        assert re.search(r"3 (of 8 )?Services not programmed", body), body
+        assert programmed() == ["demo/echo", "demo/web", "demo/zz-0", "demo/zz-1", "demo/zz-2"]
+        assert who(lab.name) in {"web-1", "web-2", "web-3"}  # served meanwhile
+        assert "demo/zz-3" in agent.log()
+        # Room made: zz-0 and zz-1 go (and zz-5), the refused zz-3 and zz-4 go in.
+        agent.write_manifest(text=base + "".join(_filler(i) for i in (2, 3, 4)))
+        wait_until(lambda: http_get(lab.node_ns, HEALTH_PORT, "/readyz")[0] == 200, 20,
+                   "the agent to become ready")
+        assert programmed() == ["demo/echo", "demo/web", "demo/zz-2", "demo/zz-3", "demo/zz-4"]
+    finally:
+        agent.stop()

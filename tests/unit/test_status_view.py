@@ -58,7 +58,7 @@ def test_an_agent_that_is_not_ready_and_more():
     view = build("/pins", 42, st, MAPS, DEVICES, {"cgroup": "/cg", "hooks": []}, NOW)
     assert view["warnings"] == [
         "the agent is not ready: node device eth9 not found",
-        "the last sync failed: boom",
+        "the last sync did not program everything: boom",
         "1 objects refused by the source, first: f.yaml:3: Service a/b: spec.ports[0].port: 0 is "
         "not a port",
         "--node-device eth9 matches no device",

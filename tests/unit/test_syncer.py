@@ -134,3 +134,26 @@ def test_changes_that_touch_nothing_programmed_plan_nothing():
 
 def writer_frontends(syncer: Syncer) -> list:
     return sorted(str(k) for k in syncer.writer.dump(SERVICES))
+
+
+def test_a_full_sync_too_big_for_the_maps_programs_the_services_that_fit():
+    """At start, more Services than the maps hold (here 4 backend ids; a dual-stack cluster needs
+    one per endpoint address of each family): the first Services by namespace and name that fit
+    are programmed, the rest stay pending and say so. Before, the whole sync was refused and
+    the node served no Service at all. Room made later (an endpoint gone), the rest go in."""
+    syncer = Syncer(DictWriter(), {"lb4_backends": 4})
+    syncer.take([svc(0), eps(0, "10.244.0.1", "10.244.0.2"), svc(1), eps(1, "10.244.0.3"),
+                 svc(2), eps(2, "10.244.0.4", "10.244.0.5")])
+    outcome = syncer.sync()
+    assert outcome.kind == FULL and outcome.applied
+    assert "1 of 3 Services not programmed" in outcome.error
+    assert backends(syncer) == ["10.244.0.1", "10.244.0.2", "10.244.0.3"]
+    assert syncer.pending
+    outcome = syncer.sync()  # still no room: refused again, nothing moves
+    assert outcome.status == REFUSED
+    assert backends(syncer) == ["10.244.0.1", "10.244.0.2", "10.244.0.3"]
+    syncer.take([eps(0, "10.244.0.1")])
+    syncer.sync()
+    syncer.sync()
+    assert backends(syncer) == ["10.244.0.1", "10.244.0.3", "10.244.0.4", "10.244.0.5"]
+    assert not syncer.pending
