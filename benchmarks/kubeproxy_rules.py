@@ -18,15 +18,24 @@ nftables mode (pkg/proxy/nftables/proxier.go), table ip kube-proxy:
   which holds the masquerade check and `numgen random mod N vmap { i : goto endpoint-... }`;
   endpoint chains mark hairpin traffic and `dnat to ip:port`. Chain hashes:
   base32(sha256(name))[:8] + "-" + name.
+
+Dual-stack (the suite's IPv6 measure): a Svc may also carry an IPv6 cluster IP and IPv6
+endpoints; manifests() then writes a RequireDualStack Service with an EndpointSlice per family.
+The kube-proxy shapes stay IPv4 only (kube-proxy runs a second, ip6tables/ip6 proxier for IPv6;
+the suite does not measure it), so they ignore the IPv6 fields.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 CLUSTER_CIDR = "10.244.0.0/16"
+# The dual-stack lab's IPv6 Service range (ebpflb/lab/topology.py SERVICE_CIDR6, blackholed in
+# the node): the IPv6 cluster IPs must sit inside it, as the IPv4 ones sit inside 10.96.0.0/16.
+SERVICE_CIDR6 = "fd00:10:96::/112"
 MASQ_MARK = "0x4000"
 
 
@@ -41,6 +50,8 @@ class Svc:
     port: int
     endpoints: Tuple[Tuple[str, int], ...]  # (pod ip, target port)
     protocol: str = "TCP"
+    vip6: Optional[str] = None  # dual-stack: the IPv6 cluster IP (None: an IPv4-only Service)
+    endpoints6: Tuple[Tuple[str, int], ...] = ()  # dual-stack: (pod IPv6, target port)
 
     @property
     def port_name_string(self) -> str:
@@ -58,17 +69,34 @@ def vip_for(i: int) -> str:
     return f"10.96.{1 + i // 250}.{1 + i % 250}"
 
 
+def vip6_for(i: int) -> str:
+    """The IPv6 twin of vip_for(i), numbered as the dual-stack lab numbers its cluster IPs
+    (ebpflb/lab/family.py: 10.96.a.b -> fd00:10:96::ab, a and b the bytes of the last word), so
+    it lies inside SERVICE_CIDR6 and fd00:10:96::0-ff (the twins of 10.96.0.x) stays free."""
+    c, d = 1 + i // 250, 1 + i % 250
+    return str(ipaddress.IPv6Address(f"fd00:10:96::{(c << 8) | d:x}"))
+
+
 def make_services(n: int, pod_ips: Sequence[str], target_port: int, per_service: int = 4,
-                  namespace: str = "bench") -> List[Svc]:
+                  namespace: str = "bench", pod_ips6: Optional[Sequence[str]] = None) -> List[Svc]:
     """n Services of `per_service` endpoints each, drawn in turn from the few real pods (rule and
-    map sizes are what scale; the pods only have to answer). The last one is the probed one."""
+    map sizes are what scale; the pods only have to answer). The last one is the probed one.
+    `pod_ips6`: the same pods' IPv6 addresses, in the order of `pod_ips`; given, every Service is
+    dual-stack, its IPv6 endpoints the same pods as its IPv4 ones."""
     if n > 250 * 255:
-        raise ValueError(f"at most {250 * 255} services fit the VIP plan, got {n}")
+        raise ValueError(f"n: at most {250 * 255} services fit the VIP plan, got {n}")
+    if pod_ips6 is not None and len(pod_ips6) != len(pod_ips):
+        raise ValueError(f"pod_ips6: {len(pod_ips6)} addresses for {len(pod_ips)} pods in pod_ips")
+    twin = dict(zip(pod_ips, pod_ips6)) if pod_ips6 is not None else {}
     k = min(per_service, len(pod_ips))
     out = []
     for i in range(n):
-        eps = tuple((pod_ips[(i + j) % len(pod_ips)], target_port) for j in range(k))
-        out.append(Svc(namespace, f"svc-{i:05d}", "http", vip_for(i), 80, tuple(sorted(eps))))
+        eps = tuple(sorted((pod_ips[(i + j) % len(pod_ips)], target_port) for j in range(k)))
+        if pod_ips6 is None:
+            out.append(Svc(namespace, f"svc-{i:05d}", "http", vip_for(i), 80, eps))
+        else:
+            out.append(Svc(namespace, f"svc-{i:05d}", "http", vip_for(i), 80, eps,
+                           vip6=vip6_for(i), endpoints6=tuple((twin[ip], p) for ip, p in eps)))
     return out
 
 
@@ -294,25 +322,37 @@ def nft_endpoint_change(old: Svc, new: Svc) -> str:
 
 # ------------------------------------------------------------------ ebpflb's input
 
-def manifests(services: Sequence[Svc]) -> str:
+def _slice(svc: Svc, name: str, family: str, endpoints: Sequence[Tuple[str, int]]) -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": svc.namespace,
+                         "labels": {"kubernetes.io/service-name": svc.name}},
+            "addressType": family,
+            "ports": [{"name": svc.port_name, "port": endpoints[0][1], "protocol": svc.protocol}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}
+                          for ip, _ in endpoints]}
+
+
+def manifests(services: Sequence[Svc], dual_stack: bool = True) -> str:
     """The same Services as Kubernetes objects (a JSON `kind: List`, which YAML loaders read),
-    for the ebpflb agent: one Service and one EndpointSlice each."""
+    for the ebpflb agent: one Service and one EndpointSlice each; a Service with an IPv6 cluster
+    IP (and `dual_stack`) as kubectl shows a RequireDualStack one: both cluster IPs, IPv4 first,
+    and a second, IPv6 EndpointSlice. `dual_stack=False` writes the IPv4 half only."""
     import json
 
     items = []
     for svc in services:
+        dual = dual_stack and svc.vip6 is not None
+        if dual and not svc.endpoints6:
+            raise ValueError(f"{svc.port_name_string}: endpoints6 empty for IPv6 cluster IP {svc.vip6}")
+        spec = {"type": "ClusterIP", "clusterIP": svc.vip, "clusterIPs": [svc.vip],
+                "ports": [{"name": svc.port_name, "port": svc.port, "protocol": svc.protocol,
+                           "targetPort": svc.endpoints[0][1]}]}
+        if dual:
+            spec.update(clusterIPs=[svc.vip, svc.vip6], ipFamilies=["IPv4", "IPv6"],
+                        ipFamilyPolicy="RequireDualStack")
         items.append({"apiVersion": "v1", "kind": "Service",
-                      "metadata": {"name": svc.name, "namespace": svc.namespace},
-                      "spec": {"type": "ClusterIP", "clusterIP": svc.vip, "clusterIPs": [svc.vip],
-                               "ports": [{"name": svc.port_name, "port": svc.port,
-                                          "protocol": svc.protocol,
-                                          "targetPort": svc.endpoints[0][1]}]}})
-        items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                      "metadata": {"name": f"{svc.name}-abcde", "namespace": svc.namespace,
-                                   "labels": {"kubernetes.io/service-name": svc.name}},
-                      "addressType": "IPv4",
-                      "ports": [{"name": svc.port_name, "port": svc.endpoints[0][1],
-                                 "protocol": svc.protocol}],
-                      "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}
-                                    for ip, _ in svc.endpoints]})
+                      "metadata": {"name": svc.name, "namespace": svc.namespace}, "spec": spec})
+        items.append(_slice(svc, f"{svc.name}-abcde", "IPv4", svc.endpoints))
+        if dual:
+            items.append(_slice(svc, f"{svc.name}-v6-abcde", "IPv6", svc.endpoints6))
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=0) + "\n"

@@ -5,13 +5,16 @@
  * saturated client can be told apart from a slow data path.
  *
  *   loadgen server PORT
- *       HTTP/1.1 on PORT: answers every request with "ok\n"; keeps the connection unless the
- *       request says "Connection: close", then closes first (TIME_WAIT stays on the server,
- *       the client's ports are reusable at once).
- *   loadgen conn SECONDS CONCURRENCY IP:PORT [IP:PORT ...]
+ *       HTTP/1.1 on PORT, both families: one IPv4 listening socket, and one IPv6 socket with
+ *       IPV6_V6ONLY where the namespace has IPv6, so each family is served by a socket of its
+ *       own (no IPv4-mapped path: IPv4 figures compare with runs from before IPv6); answers every
+ *       request with "ok\n"; keeps the connection unless the request says "Connection: close",
+ *       then closes first (TIME_WAIT stays on the server, the client's ports are reusable at once).
+ *   loadgen conn SECONDS CONCURRENCY TARGET [TARGET ...]
  *       new connections: connect, one small GET with "Connection: close", read to EOF, close;
- *       the latency of a sample is that whole cycle. Targets are used in turn.
- *   loadgen keepalive SECONDS CONCURRENCY IP:PORT [IP:PORT ...]
+ *       the latency of a sample is that whole cycle. Targets are used in turn. A TARGET is
+ *       IPv4:PORT (10.96.1.1:80) or [IPv6]:PORT ([fd00:10:96::101]:80), each of its own family.
+ *   loadgen keepalive SECONDS CONCURRENCY TARGET [TARGET ...]
  *       CONCURRENCY persistent connections, one request in flight on each; the latency of a
  *       sample is request sent to response complete.
  *
@@ -58,17 +61,46 @@ static void die(const char *what) { perror(what); exit(2); }
 
 struct sconn { int fd; int len; char buf[BUF]; };
 
+/* The listening sockets on PORT: IPv4 always (its failure is fatal), IPv6 (V6ONLY) where the
+ * namespace has IPv6; without it (an IPv4-only lab pod) the server runs IPv4 alone, as before.
+ * Returns how many of ls[] it filled. */
+static int listen_both(int port, int ls[2]) {
+    int one = 1, n = 0;
+    ls[n] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (ls[n] < 0) die("socket");
+    setsockopt(ls[n], SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (bind(ls[n], (struct sockaddr *)&a, sizeof a) < 0) die("bind");
+    if (listen(ls[n], 4096) < 0) die("listen");
+    n++;
+    ls[n] = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (ls[n] < 0) return n;
+    setsockopt(ls[n], SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(ls[n], IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(port),
+                              .sin6_addr = IN6ADDR_ANY_INIT};
+    if (bind(ls[n], (struct sockaddr *)&a6, sizeof a6) < 0 || listen(ls[n], 4096) < 0) {
+        close(ls[n]);
+        return n;
+    }
+    return n + 1;
+}
+
+/* epoll data of a listening socket: its index into the listeners, tagged apart from the
+ * connection pointers (which are never this small). */
+#define LISTENER(i) ((void *)(uintptr_t)((i) + 1))
+#define IS_LISTENER(p) ((uintptr_t)(p) <= 2)
+
 static int server(int port) {
     signal(SIGPIPE, SIG_IGN);
-    int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
-    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0) die("bind");
-    if (listen(ls, 4096) < 0) die("listen");
+    int ls[2];
+    int nls = listen_both(port, ls);
     int ep = epoll_create1(0);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-    epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
+    for (int i = 0; i < nls; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = LISTENER(i)};
+        epoll_ctl(ep, EPOLL_CTL_ADD, ls[i], &ev);
+    }
     printf("ready\n");
     fflush(stdout);
     struct epoll_event evs[256];
@@ -76,9 +108,10 @@ static int server(int port) {
         int n = epoll_wait(ep, evs, 256, -1);
         for (int i = 0; i < n; i++) {
             struct sconn *c = evs[i].data.ptr;
-            if (!c) {
+            if (IS_LISTENER(c)) {
+                int l = ls[(uintptr_t)c - 1];
                 for (;;) {
-                    int fd = accept4(ls, NULL, NULL, SOCK_NONBLOCK);
+                    int fd = accept4(l, NULL, NULL, SOCK_NONBLOCK);
                     if (fd < 0) break;
                     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                     c = calloc(1, sizeof *c);
@@ -121,7 +154,7 @@ static int server(int port) {
 
 /* ------------------------------------------------------------------ client */
 
-struct target { struct sockaddr_in addr; };
+struct target { struct sockaddr_storage addr; socklen_t len; };
 struct cconn { int fd; int state; uint64_t t0; int got; char buf[BUF]; };
 enum { IDLE, CONNECTING, WAITING };
 
@@ -138,15 +171,15 @@ static int cmp_u32(const void *a, const void *b) {
 }
 
 static void start_conn(struct cconn *c) {
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct target *t = &targets[next_target];
+    next_target = (next_target + 1) % ntargets;
+    c->fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (c->fd < 0) die("socket");
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct target *t = &targets[next_target];
-    next_target = (next_target + 1) % ntargets;
     c->t0 = now_ns();
     c->got = 0;
-    int r = connect(c->fd, (struct sockaddr *)&t->addr, sizeof t->addr);
+    int r = connect(c->fd, (struct sockaddr *)&t->addr, t->len);
     if (r < 0 && errno != EINPROGRESS) {
         errors++;
         close(c->fd);
@@ -174,22 +207,72 @@ static void fail(struct cconn *c) {
     c->state = IDLE;
 }
 
+/* TARGET: "a.b.c.d:port" or "[ipv6]:port" (brackets required: an IPv6 address has colons of
+ * its own, so "fd00::1:80" would be ambiguous). Numeric only: the suite passes addresses, and a
+ * name lookup must not slip into a measured run. Prints which part is wrong and returns -1. */
+static int parse_target(const char *spec, struct target *t) {
+    char host[INET6_ADDRSTRLEN];
+    const char *hs, *he, *colon;
+    int v6 = spec[0] == '[';
+    if (v6) {
+        hs = spec + 1;
+        he = strchr(hs, ']');
+        if (!he || he[1] != ':') {
+            fprintf(stderr, "bad target %s: an IPv6 target is [address]:port\n", spec);
+            return -1;
+        }
+        colon = he + 1;
+    } else {
+        hs = spec;
+        colon = he = strrchr(spec, ':');
+        if (!colon || memchr(spec, ':', colon - spec)) {
+            fprintf(stderr, "bad target %s: expected a.b.c.d:port or [ipv6]:port\n", spec);
+            return -1;
+        }
+    }
+    if (he - hs <= 0 || he - hs >= (long)sizeof host) {
+        fprintf(stderr, "bad target %s: address missing or too long\n", spec);
+        return -1;
+    }
+    memcpy(host, hs, he - hs);
+    host[he - hs] = 0;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (!colon[1] || *end || port < 1 || port > 65535) {
+        fprintf(stderr, "bad target %s: port must be 1-65535\n", spec);
+        return -1;
+    }
+    memset(&t->addr, 0, sizeof t->addr);
+    if (v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&t->addr;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(port);
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1) {
+            fprintf(stderr, "bad target %s: %s is not an IPv6 address\n", spec, host);
+            return -1;
+        }
+        t->len = sizeof *a;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&t->addr;
+        a->sin_family = AF_INET;
+        a->sin_port = htons(port);
+        if (inet_pton(AF_INET, host, &a->sin_addr) != 1) {
+            fprintf(stderr, "bad target %s: %s is not an IPv4 address\n", spec, host);
+            return -1;
+        }
+        t->len = sizeof *a;
+    }
+    return 0;
+}
+
 static int client(double seconds, int conc, char **addrs, int naddrs) {
     signal(SIGPIPE, SIG_IGN);
     if (conc < 1 || conc > MAX_CONC || naddrs < 1 || naddrs > MAX_TARGETS) {
         fprintf(stderr, "bad concurrency or targets\n");
         return 2;
     }
-    for (int i = 0; i < naddrs; i++) {
-        char host[64];
-        char *colon = strrchr(addrs[i], ':');
-        if (!colon || colon - addrs[i] >= (int)sizeof host) { fprintf(stderr, "bad target %s\n", addrs[i]); return 2; }
-        memcpy(host, addrs[i], colon - addrs[i]);
-        host[colon - addrs[i]] = 0;
-        targets[i].addr.sin_family = AF_INET;
-        targets[i].addr.sin_port = htons(atoi(colon + 1));
-        if (inet_pton(AF_INET, host, &targets[i].addr.sin_addr) != 1) { fprintf(stderr, "bad ip %s\n", host); return 2; }
-    }
+    for (int i = 0; i < naddrs; i++)
+        if (parse_target(addrs[i], &targets[i]) < 0) return 2;
     ntargets = naddrs;
     samples = malloc(sizeof(uint32_t) * MAX_SAMPLES);
     ep = epoll_create1(0);
@@ -267,6 +350,7 @@ int main(int argc, char **argv) {
         keepalive = !strcmp(argv[1], "keepalive");
         return client(atof(argv[2]), atoi(argv[3]), argv + 4, argc - 4);
     }
-    fprintf(stderr, "usage: loadgen server PORT | loadgen conn|keepalive SECONDS CONCURRENCY IP:PORT...\n");
+    fprintf(stderr, "usage: loadgen server PORT | loadgen conn|keepalive SECONDS CONCURRENCY TARGET...\n"
+                    "  TARGET: a.b.c.d:port or [ipv6]:port\n");
     return 2;
 }

@@ -224,8 +224,9 @@ class Agents:
         from ebpflb.lab.agent_runner import node_pin_dir
         from ebpflb.lab.topology import node_netns
 
-        cleanups = [subprocess.Popen([sys.executable, "-m", "ebpflb.cli", "cleanup", "--netns",
-                                      node_netns(self.lab, k), "--pin-dir", node_pin_dir(self.lab, k)],
+        cleanups = [subprocess.Popen([sys.executable, "-m", "ebpflb.cli", "cleanup", "--yes",
+                                      "--netns", node_netns(self.lab, k),
+                                      "--pin-dir", node_pin_dir(self.lab, k)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(REPO))
                     for k in (0, 1)]
         for c in cleanups:

@@ -12,6 +12,18 @@ data path on and off in the lab's node namespace, and say what loading cost.
   iptables-nft  the same rules through the nft backend of iptables (iptables-nft-restore)
   nftables      kube-proxy's nftables-mode shape loaded with `nft -f`
 
+and the IPv6 measure beside them (issue 16; the lab runs dual-stack, every Service has an IPv6
+cluster IP in the lab's IPv6 Service range and an IPv6 EndpointSlice of the same pods):
+
+  direct6       the client connects to the pods' IPv6 addresses
+  ebpflb6       ebpflb TC, the client connecting to the IPv6 cluster IP (the lb6 TC programs)
+  ebpflb-sock6  ebpflb socket LB, the same IPv6 connections translated by the IPv6 cgroup hooks
+
+The IPv6 modes' agent reads the dual-stack manifest (each Service with both families); the IPv4
+ebpflb modes keep reading the IPv4 halves only, as before the IPv6 measure, so their figures and
+their programming time compare with earlier runs and with the kube-proxy shapes, which stay IPv4
+only (kube-proxy runs a separate ip6tables/ip6 proxier for IPv6; not measured here).
+
 The rule sets stay loaded for a whole scale (loading nftables at 10,000 Services takes minutes);
 "off" removes only the hook into them (the PREROUTING jump, the nat-prerouting base chain), so
 at any time exactly one mode translates VIP traffic. Everything lives in the lab's node
@@ -35,6 +47,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from benchmarks import kubeproxy_rules as kp
+from ebpflb import abi
 
 REPO = Path(__file__).absolute().parents[2]  # not resolved: the suite may run from a snapshot
 PREROUTING_JUMP = ["PREROUTING", "-m", "comment", "--comment", "kubernetes service portals",
@@ -61,6 +74,7 @@ def timed(ns: str, argv: List[str], stdin: Optional[str] = None, timeout: float 
 class Mode:
     name = ""
     vip_traffic = True  # the client targets the VIP (False: the pod IPs)
+    family = 4  # the client's IP family: 4 targets IPv4 addresses, 6 their IPv6 twins
 
     def __init__(self, node_ns: str):
         self.node_ns = node_ns
@@ -79,6 +93,10 @@ class Mode:
         """The data plane's verdict counters while on (None: the mode has none)."""
         return None
 
+    def log_tail(self) -> str:
+        """What the mode's own process logged, for an error message ("": nothing)."""
+        return ""
+
     def check_verdicts(self, v: Dict[str, int]) -> None:
         pass
 
@@ -86,6 +104,11 @@ class Mode:
 class Direct(Mode):
     name = "direct"
     vip_traffic = False
+
+
+class Direct6(Direct):
+    name = "direct6"
+    family = 6
 
 
 class Iptables(Mode):
@@ -142,9 +165,11 @@ class Ebpflb(Mode):
     before the socket hooks existed, so they still compare), "all" is ebpflb socket LB (key
     "ebpflb-sock"). Both get the lab node's `cgroup`: with "off" the agent detaches hooks a
     crashed socket-LB run left there, and nothing of it ever touches the machine's root cgroup.
+    `family` 6: the IPv6 twin of the mode (key suffix "6"), its agent on the dual-stack manifest.
     """
 
-    NAMES = {"off": "ebpflb", "all": "ebpflb-sock"}
+    NAMES = {("off", 4): "ebpflb", ("all", 4): "ebpflb-sock",
+             ("off", 6): "ebpflb6", ("all", 6): "ebpflb-sock6"}
     # The counters a slot keeps, under the names results files have used since before the
     # verdicts were counted per hook: which path translated the slot's connections.
     VERDICTS = {"socket_lb": ("verdicts", "socket", "new"),
@@ -154,20 +179,26 @@ class Ebpflb(Mode):
                 "pass": ("verdicts", "from_pod", "pass")}
 
     def __init__(self, node_ns: str, lab: str, workdir: Path, cgroup: Optional[str],
-                 socket_lb: str = "off"):
+                 socket_lb: str = "off", family: int = 4):
         super().__init__(node_ns)
         if socket_lb != "off" and cgroup is None:
             raise RuntimeError("socket LB mode needs the lab node's cgroup (is cgroup v2 mounted?)")
-        self.name = self.NAMES[socket_lb]
+        if (socket_lb, family) not in self.NAMES:
+            raise ValueError(f"socket_lb {socket_lb!r} / family {family!r}: no such ebpflb mode "
+                             f"(socket_lb: off or all; family: 4 or 6)")
+        self.name = self.NAMES[(socket_lb, family)]
         self.socket_lb = socket_lb
+        self.family = family
         self.cgroup = cgroup
         self.lab = lab
         self.pin_dir = f"/sys/fs/bpf/ebpflb-lab-{lab}"
         self.workdir = workdir
-        self.manifest = workdir / "services.json"  # shared: the modes' slots never overlap
+        # One file per family, shared by the TC and socket modes (their slots never overlap).
+        self.manifest = workdir / ("services.json" if family == 4 else "services-dual.json")
         self.proc: Optional[subprocess.Popen] = None
         self.log_path = workdir / f"agent-{self.name}.log"
         self.runs: List[Dict] = []  # per agent start: programming, RSS, map memory
+        self.max_backends: Optional[int] = None  # --max-backends when the default is too small
 
     def cgroup_args(self) -> List[str]:
         """--cgroup, so the agent and `ebpflb cleanup` act on the lab node's cgroup (without it
@@ -176,13 +207,23 @@ class Ebpflb(Mode):
         return ["--cgroup", self.cgroup] if self.cgroup else []
 
     def load(self, services: List[kp.Svc]) -> float:
+        # Backend ids are one space for both families (ebpflb/plan.py check_capacity): 10,000
+        # dual-stack Services of 4 endpoints need 80,000, over the default; size the maps up
+        # (a power of two) only when needed, so the IPv4 modes keep the maps of earlier runs.
+        need = sum(len(s.endpoints) + (len(s.endpoints6) if self.family == 6 else 0)
+                   for s in services)
+        self.max_backends = None if need <= abi.LB4_MAX_BACKENDS else 1 << (need - 1).bit_length()
         self.write_manifest(services)
         return 0.0  # measured at each agent start instead (the log's "map writes in X ms")
 
     def write_manifest(self, services: List[kp.Svc]) -> None:
         tmp = self.manifest.with_suffix(".tmp")
-        tmp.write_text(kp.manifests(services))
+        tmp.write_text(kp.manifests(services, dual_stack=self.family == 6))
         os.replace(tmp, self.manifest)
+
+    def log_tail(self) -> str:
+        text = self.log_path.read_text() if self.log_path.exists() else ""
+        return f"\nagent log ({self.log_path}), last lines:\n{text[-4000:]}" if text else ""
 
     def programmed(self) -> List[Dict]:
         text = self.log_path.read_text() if self.log_path.exists() else ""
@@ -199,16 +240,29 @@ class Ebpflb(Mode):
             [sys.executable, "-m", "ebpflb.cli", "agent", "--netns", self.node_ns,
              "--manifests", str(self.manifest), "--pin-dir", self.pin_dir, "--on-exit", "remove",
              "--metrics-address", "", "--poll-interval", "0.2", "--ready-file", str(ready),
-             "--socket-lb", self.socket_lb, *self.cgroup_args()],
+             "--socket-lb", self.socket_lb, *self.cgroup_args(),
+             *(["--max-backends", str(self.max_backends)] if self.max_backends else [])],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))
         deadline = time.monotonic() + 180
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.off()
-                raise RuntimeError(f"agent did not become ready:\n{self.log_path.read_text()[-3000:]}")
+                why = (f"{self.name}: agent did not become ready:\n"
+                       f"{self.log_path.read_text()[-3000:]}")
+                try:
+                    self.off()
+                except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                    # The agent's log stays the cause reported; the cleanup failure goes with it.
+                    why += f"\n(and the cleanup after it failed: {exc})"
+                raise RuntimeError(why)
             time.sleep(0.05)
         startup = time.perf_counter() - t0
         prog = self.programmed()
+        if not prog:
+            # The agent reports ready even when its first sync was refused (e.g. capacity): a
+            # slot on unprogrammed maps would measure nothing, so stop here with its log.
+            why = f"{self.name}: agent ready but its first sync programmed nothing{self.log_tail()}"
+            self.off()
+            raise RuntimeError(why)
         self.runs.append({"startup_s": startup, "programming": prog[0] if prog else None,
                           **memory(self.proc.pid)})
 
@@ -236,9 +290,13 @@ class Ebpflb(Mode):
             self._log.close()
             self.proc = None
         # Belt and braces: nothing of ebpflb may stay attached while another mode is measured.
-        subprocess.run([sys.executable, "-m", "ebpflb.cli", "cleanup", "--netns", self.node_ns,
-                        "--pin-dir", self.pin_dir, *self.cgroup_args()], capture_output=True,
-                       text=True, timeout=60, cwd=str(REPO), check=True)
+        # --yes: cleanup asks first, and there is no terminal to answer it here.
+        r = subprocess.run([sys.executable, "-m", "ebpflb.cli", "cleanup", "--yes",
+                            "--netns", self.node_ns, "--pin-dir", self.pin_dir, *self.cgroup_args()],
+                           capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        if r.returncode != 0:
+            raise RuntimeError(f"{self.name}: ebpflb cleanup in {self.node_ns} failed "
+                               f"({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
 
     def verdicts(self) -> Dict[str, int]:
         """The running agent's global verdict counters (`ebpflb stats --verdicts`), those of

@@ -1,7 +1,7 @@
 """The suite's report: medians, spread and ratios from the raw results of benchmarks/suite/run.py,
-judged against the goals of issue 8; one section of docs/benchmarks.md per measure (through
-common.write_section, other sections untouched), PNG plots in docs/plots/, and the raw results
-in benchmarks/results/suite.json.
+judged against the goals of issue 8 (and IPv6 beside IPv4, issue 16); one section of
+docs/benchmarks.md per measure (through common.write_section, other sections untouched), PNG
+plots in docs/plots/, and the raw results in benchmarks/results/suite.json.
 
     .venv/bin/python -m benchmarks.suite.report   re-renders from benchmarks/results/suite.json
 """
@@ -18,13 +18,19 @@ RESULTS_FILE = "suite.json"
 PLOTS = common.DOC.parent / "plots"
 # Result keys of the modes (benchmarks/suite/modes.py). "ebpflb" is ebpflb TC (--socket-lb off),
 # the key the agent had in results from before the socket hooks, so old and new runs compare;
-# results without "ebpflb-sock" render with its figures and goals as n/a.
-MODES = ["direct", "ebpflb", "ebpflb-sock", "iptables", "iptables-nft", "nftables"]
+# results without "ebpflb-sock" render with its figures and goals as n/a. The IPv6 modes
+# (suffix "6", issue 16) likewise: results from before them show their figures as n/a.
+MODES = ["direct", "direct6", "ebpflb", "ebpflb6", "ebpflb-sock", "ebpflb-sock6", "iptables",
+         "iptables-nft", "nftables"]
 LABEL = {"direct": "direct to pod (limit)", "ebpflb": "ebpflb TC (agent, --socket-lb off)",
          "ebpflb-sock": "ebpflb socket LB (agent, --socket-lb all)",
+         "direct6": "direct to pod, IPv6", "ebpflb6": "ebpflb TC, IPv6 cluster IP",
+         "ebpflb-sock6": "ebpflb socket LB, IPv6 cluster IP",
          "iptables": "iptables (legacy)", "iptables-nft": "iptables (nft backend)",
          "nftables": "nftables (kube-proxy nft mode)"}
 SOCK = "ebpflb-sock"
+# Each IPv6 mode and the IPv4 mode it is the twin of.
+V6_PAIRS = [("direct", "direct6"), ("ebpflb", "ebpflb6"), (SOCK, "ebpflb-sock6")]
 # Goals of the socket LB issue, at the top scale, ratios of medians of the same run.
 SOCK_GOALS = {
     "sock_rate_vs_nftables": ("conn_rate", "nftables", ">=", 1.0,
@@ -42,6 +48,7 @@ S_KEEP = "## Suite: requests on persistent connections"
 S_PKT = "## Suite: data path per packet (BPF_PROG_TEST_RUN)"
 S_PROG = "## Suite: programming time"
 S_MEM = "## Suite: agent and BPF map memory"
+S_V6 = "## Suite: IPv6 beside IPv4"
 
 
 def _med(xs: List[float]) -> float:
@@ -144,7 +151,7 @@ def verdict_rows(results: Dict) -> List[str]:
             "from_pod/pass) |",
             "|---:|---|---:|---:|---:|"]
     for scale in sorted(results["scales"], key=int):
-        for mode in ("ebpflb", SOCK):
+        for mode in ("ebpflb", SOCK, "ebpflb6", "ebpflb-sock6"):
             runs = [r["verdicts"] for r in results["scales"][scale]["traffic"].get(mode, [])
                     if "verdicts" in r]
             if runs:
@@ -152,6 +159,16 @@ def verdict_rows(results: Dict) -> List[str]:
                             + " | ".join(f"{_med([v[k] for v in runs]):,.0f}"
                                          for k in ("socket_lb", "dnat_new", "pass")) + " |")
     return rows if len(rows) > 2 else []
+
+
+def warmup_retries(results: Dict) -> str:
+    """The slots whose warm-up made no connection and was retried (benchmarks/suite/run.py
+    slot), by scale and mode; results from before the retries count none."""
+    seen = [f"{int(scale):,} {mode}: {n}"
+            for scale in sorted(results["scales"], key=int)
+            for mode, runs in results["scales"][scale]["traffic"].items()
+            for n in [sum(r.get("warmup_retries", 0) for r in runs)] if n]
+    return ", ".join(seen) if seen else "none"
 
 
 def conn_section(results: Dict, t: Dict) -> Tuple[str, Dict]:
@@ -214,6 +231,11 @@ def conn_section(results: Dict, t: Dict) -> Tuple[str, Dict]:
         v = g[key]["value"]
         return "n/a" if v is None else fmt.format(v)
 
+    v6_note = ("" if meta.get("ip_family") != "dual" else
+               "\nThe lab runs dual-stack and the IPv6 twins of direct, ebpflb and ebpflb-sock "
+               "(**direct6**, **ebpflb6**, **ebpflb-sock6**, to the pods' IPv6 addresses and the "
+               "IPv6 cluster IP) take their turns in the same repetitions: their rows are below, "
+               "their ratios in [IPv6 beside IPv4](#suite-ipv6-beside-ipv4).")
     text = f"""{S_CONN}
 
 One run, one machine, modes side by side: **direct** (the client connects to the pod IPs: no load
@@ -228,7 +250,7 @@ to {meta['iptables_nft_max_scale']:,} Services: ENVIRONMENT.md measured 829 s to
 that way, so it is skipped at 10k) and **nftables** (kube-proxy's nftables-mode table, verdict maps,
 loaded with `nft -f`). Rule sets come from `benchmarks/kubeproxy_rules.py` (shape checked by
 `benchmarks/tests/test_kubeproxy_rules.py`). `iptables -V` here: `{meta['iptables_default']}` (the
-default `iptables` is the nft backend; the iptables mode above uses `{meta['iptables_legacy']}`).
+default `iptables` is the nft backend; the iptables mode above uses `{meta['iptables_legacy']}`).{v6_note}
 
 Lab: the ebpflb lab (Calico-style node namespace, pods behind veths), {meta['web_pods']} web pods
 each running the epoll server of `benchmarks/loadgen.c`, the client pod running its load client.
@@ -244,7 +266,8 @@ for (table below). Each slot: a {meta['durations_s']['warmup']} s warm-up, then 
 at a time for {meta['durations_s']['latency']} s: connect, `GET /` with `Connection: close`,
 response, close; p50/p99 of that cycle) and **rate** ({meta['conc']} connections in flight for
 {meta['durations_s']['rate']} s). {meta['reps']} repetitions, the mode order rotated each time;
-medians with min–max over the repetitions.
+medians with min–max over the repetitions. Warm-ups that made no connection and were retried
+(1.5 s, at most twice, before a slot fails): {warmup_retries(results)}.
 
 {chr(10).join(rows)}
 
@@ -307,6 +330,151 @@ machine (2 vCPUs) was at most {busy:.0%} busy: client, servers and the kernel's 
 the same two CPUs, so the rates are what this VM does end to end; the noisy neighbours of this
 shared VM move whole repetitions (see the min–max, e.g. every mode at 1,000), so compare modes
 within a scale, by ratio.
+"""
+    return text, g
+
+
+def v6_ratios(t: Dict, scale: int) -> Dict[str, Optional[float]]:
+    """The IPv6 measure's ratios at one scale (medians of the same run; None where a mode is
+    missing): each IPv6 mode over its IPv4 twin, and ebpflb over direct within each family."""
+    def r(a: str, b: str, metric: str) -> Optional[float]:
+        return _ratio(_m(t, scale, a, metric), _m(t, scale, b, metric))
+
+    return {"ebpflb6_vs_ebpflb_rate": r("ebpflb6", "ebpflb", "conn_rate"),
+            "direct6_vs_direct_rate": r("direct6", "direct", "conn_rate"),
+            "ebpflb6_vs_direct6_rate": r("ebpflb6", "direct6", "conn_rate"),
+            "ebpflb_vs_direct_rate": r("ebpflb", "direct", "conn_rate"),
+            "sock6_vs_sock_rate": r("ebpflb-sock6", SOCK, "conn_rate"),
+            "sock6_vs_direct6_rate": r("ebpflb-sock6", "direct6", "conn_rate"),
+            "ebpflb6_vs_ebpflb_p50": r("ebpflb6", "ebpflb", "lat_p50"),
+            "direct6_vs_direct_p50": r("direct6", "direct", "lat_p50"),
+            "ebpflb6_vs_direct6_p50": r("ebpflb6", "direct6", "lat_p50"),
+            "ebpflb_vs_direct_p50": r("ebpflb", "direct", "lat_p50"),
+            "sock6_vs_sock_p50": r("ebpflb-sock6", SOCK, "lat_p50"),
+            "ebpflb6_vs_ebpflb_keep": r("ebpflb6", "ebpflb", "keep_rate")}
+
+
+def v6_section(results: Dict, t: Dict) -> Tuple[str, Dict]:
+    """IPv6 beside IPv4 (issue 16): the IPv6 twins of direct, ebpflb TC and ebpflb socket LB,
+    measured in the same repetitions as the IPv4 modes, with their ratios at every scale.
+    Results from before the IPv6 modes render with n/a."""
+    meta = results["meta"]
+    scales = sorted(t)
+    measured = any(v6 in t[n] for n in scales for _, v6 in V6_PAIRS)
+
+    def f(v: Optional[float], fmt: str = "{:.3f}x") -> str:
+        return "n/a" if v is None else fmt.format(v)
+
+    def c(n: int, mode: str, metric: str, fmt: str = "{:.0f}") -> str:
+        return _cell(t[n].get(mode, {}).get(metric, {}), fmt)
+
+    rows = ["| Services | IPv4 mode | IPv4 new conn/s | IPv6 new conn/s | IPv6 / IPv4 | "
+            "IPv4 p50 (µs) | IPv6 p50 (µs) | IPv6 / IPv4 p50 | IPv4 p99 (µs) | IPv6 p99 (µs) | "
+            "IPv6 req/s (persistent) / IPv4 | errors IPv6 |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in scales:
+        for v4, v6 in V6_PAIRS:
+            if v4 not in t[n] and v6 not in t[n]:
+                continue
+            errs = t[n][v6]["errors"] if v6 in t[n] else "n/a"
+            rows.append(
+                f"| {n:,} | {v4} / {v6} | {c(n, v4, 'conn_rate')} | {c(n, v6, 'conn_rate')} | "
+                f"{f(_ratio(_m(t, n, v6, 'conn_rate'), _m(t, n, v4, 'conn_rate')))} | "
+                f"{c(n, v4, 'lat_p50', '{:.1f}')} | {c(n, v6, 'lat_p50', '{:.1f}')} | "
+                f"{f(_ratio(_m(t, n, v6, 'lat_p50'), _m(t, n, v4, 'lat_p50')))} | "
+                f"{c(n, v4, 'lat_p99', '{:.1f}')} | {c(n, v6, 'lat_p99', '{:.1f}')} | "
+                f"{f(_ratio(_m(t, n, v6, 'keep_rate'), _m(t, n, v4, 'keep_rate')))} | {errs} |")
+    ratios = {n: v6_ratios(t, n) for n in scales}
+    rrows = ["| Services | ebpflb6 / ebpflb conn/s | direct6 / direct conn/s | "
+             "ebpflb6 / direct6 conn/s | (IPv4: ebpflb / direct conn/s) | ebpflb-sock6 / ebpflb-sock "
+             "conn/s | ebpflb6 / ebpflb p50 | direct6 / direct p50 | ebpflb6 / direct6 p50 | "
+             "(IPv4: ebpflb / direct p50) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in scales:
+        x = ratios[n]
+        rrows.append(f"| {n:,} | {f(x['ebpflb6_vs_ebpflb_rate'])} | {f(x['direct6_vs_direct_rate'])} | "
+                     f"{f(x['ebpflb6_vs_direct6_rate'])} | {f(x['ebpflb_vs_direct_rate'])} | "
+                     f"{f(x['sock6_vs_sock_rate'])} | {f(x['ebpflb6_vs_ebpflb_p50'])} | "
+                     f"{f(x['direct6_vs_direct_p50'])} | {f(x['ebpflb6_vs_direct6_p50'])} | "
+                     f"{f(x['ebpflb_vs_direct_p50'])} |")
+    # The dual-stack agent's own figures: both families of every Service programmed.
+    prow = ["| Services | agent | frontends | map writes | first sync (ms) | start to ready (s) | "
+            "RSS (MiB) | BPF map memlock (MiB) |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for n in scales:
+        sc = results["scales"][str(n)]
+        for label, full_key, mem_key in (("IPv4 manifest (ebpflb)", "ebpflb_full", "agent_memory"),
+                                         ("dual-stack manifest (ebpflb6)", "ebpflb6_full",
+                                          "agent_memory6")):
+            full = [p for p in sc.get(full_key, []) if p]
+            mem = sc.get(mem_key, [])
+            if not full or not mem:
+                continue
+            prow.append(f"| {n:,} | {label} | {full[0]['frontends']:,} | {full[0]['writes']:,} | "
+                        f"{_cell(common.summary([p['ms'] for p in full]), '{:.0f}')} | "
+                        f"{_med([a['startup_s'] for a in mem]):.1f} | "
+                        f"{_med([a['rss_bytes'] / 2**20 for a in mem]):.0f} | "
+                        f"{_med([a['map_memlock_bytes'] / 2**20 for a in mem]):.1f} |")
+    g = {"ipv6": {str(n): ratios[n] for n in scales}}
+    if not measured:
+        text = f"""{S_V6}
+
+Not measured in this run (the results predate the suite's IPv6 modes; `.venv/bin/python -m
+benchmarks.suite` measures them). Ratios: n/a.
+"""
+        return text, g
+    top = scales[-1]
+    xt = ratios[top]
+    probe = results["scales"][str(top)]["probe"]
+
+    def overlap(a: str, b: str) -> str:
+        """The scales where the new-connection min–max ranges of modes a and b overlap."""
+        hit = [f"{n:,}" for n in scales if a in t[n] and b in t[n]
+               and t[n][a]["conn_rate"]["min"] <= t[n][b]["conn_rate"]["max"]
+               and t[n][b]["conn_rate"]["min"] <= t[n][a]["conn_rate"]["max"]]
+        return (" / ".join(hit) + " Services") if hit else "no scale"
+
+    text = f"""{S_V6}
+
+The new-connection measure over IPv6, beside IPv4, in the same run (issue 16). The lab runs
+dual-stack (every pod has an IPv6 address too, fd00:10:244:k::h, beside its IPv4 one; the node
+blackholes the IPv6 Service range fd00:10:96::/112 as it does 10.96.0.0/16), and every generated
+Service is dual-stack (`ipFamilyPolicy: RequireDualStack`, `ipFamilies: [IPv4, IPv6]`, an IPv6
+cluster IP in fd00:10:96::/112, numbered as the lab numbers the twins of its IPv4 ones, and an
+IPv6 EndpointSlice of the same 4 pods), so the probed Service at {top:,} is `{probe['vip']}` and
+`{probe.get('vip6')}`. Three IPv6 modes take their turns beside the IPv4 ones, each right after its
+IPv4 twin in the rotated order: **direct6** (the client connects to the pods' IPv6 addresses),
+**ebpflb6** (ebpflb TC, the client connecting to the IPv6 cluster IP: the IPv6 TC programs on the
+pod veths translate every packet) and **ebpflb-sock6** (ebpflb socket LB: the IPv6 cgroup hooks
+translate the client's `connect()`). The IPv6 modes' agent reads the dual-stack manifest (both
+families of every Service: twice the frontends and backends of the IPv4 modes' agent, which reads
+the IPv4 halves only, as in runs before the IPv6 measure; with more than 65,536 backend ids, one
+space for both families, it gets `--max-backends` raised to the next power of two). kube-proxy's
+iptables and nftables shapes stay IPv4 only: kube-proxy serves IPv6 with a second proxier
+(ip6tables, `ip6` nftables family), not measured here. Same client (`benchmarks/loadgen.c`, which
+takes `[address]:port` targets), same slot ({meta['durations_s']['latency']} s one connection at a
+time for the latencies, {meta['conc']} in flight for {meta['durations_s']['rate']} s for the rate,
+{meta['durations_s']['keepalive']} s persistent), {meta['reps']} repetitions; medians with min–max.
+
+{chr(10).join(rows)}
+
+Ratios (medians, same run):
+
+{chr(10).join(rrows)}
+
+At {top:,} Services: ebpflb TC over IPv6 makes {f(xt['ebpflb6_vs_ebpflb_rate'])} the new
+connections/s of ebpflb TC over IPv4, and the kernel alone over IPv6 (direct6 / direct) makes
+{f(xt['direct6_vs_direct_rate'])}; ebpflb TC keeps {f(xt['ebpflb6_vs_direct6_rate'])} of direct's rate
+over IPv6 and {f(xt['ebpflb_vs_direct_rate'])} over IPv4. Connect p50: ebpflb6 / ebpflb
+{f(xt['ebpflb6_vs_ebpflb_p50'])}, direct6 / direct {f(xt['direct6_vs_direct_p50'])}. On this shared
+2-vCPU VM only ratios within one run compare, and even those move: the new-connection spreads
+(min–max over the repetitions) of ebpflb6 and ebpflb overlap at {overlap('ebpflb', 'ebpflb6')},
+those of direct6 and direct at {overlap('direct', 'direct6')}; where they overlap, this run does
+not tell the two families apart.
+
+The agents (first sync figures at every agent start of the traffic slots; memory right after
+ready; medians):
+
+{chr(10).join(prow)}
 """
     return text, g
 
@@ -544,6 +712,8 @@ def plots(results: Dict, t: Dict) -> List[str]:
     scales = sorted(t)
     made = []
     style = {"direct": ("k", "o"), "ebpflb": ("tab:green", "s"), SOCK: ("tab:purple", "P"),
+             "direct6": ("tab:gray", "o"), "ebpflb6": ("tab:olive", "s"),
+             "ebpflb-sock6": ("tab:pink", "P"),
              "iptables": ("tab:red", "^"),
              "iptables-nft": ("tab:orange", "v"), "nftables": ("tab:blue", "D")}
 
@@ -637,6 +807,7 @@ def publish(results: Dict, write: bool = True) -> Dict:
     pkt, g_pkt = datapath_section()
     prog, g_prog = prog_section(results)
     mem = mem_section(results)
+    v6, g_v6 = v6_section(results, t)
     m = results["meta"]
     footer = (f"\nMachine: nproc {m['machine']['nproc']}, {m['machine']['cpu_model']}, kernel "
               f"{m['machine']['kernel']}, {m['nft']}. ebpflb measured: {m.get('source', 'unknown')}. "
@@ -644,9 +815,9 @@ def publish(results: Dict, write: bool = True) -> Dict:
               f"(suite wall time {m['wall_s'] / 60:.1f} min). Reproduce: "
               f"`.venv/bin/python -m benchmarks.suite` (root). Raw results: "
               f"`benchmarks/results/{RESULTS_FILE}`.\n")
-    sections = [(S_CONN, conn + footer), (S_KEEP, keep + footer), (S_PKT, pkt),
+    sections = [(S_CONN, conn + footer), (S_KEEP, keep + footer), (S_V6, v6 + footer), (S_PKT, pkt),
                 (S_PROG, prog + footer), (S_MEM, mem + footer)]
-    results["goals"] = {**g_conn, **g_keep, "tc_service_hit_above_bare": g_pkt, **g_prog}
+    results["goals"] = {**g_conn, **g_keep, "tc_service_hit_above_bare": g_pkt, **g_prog, **g_v6}
     for _, text in sections:
         print(text)
     if write:
