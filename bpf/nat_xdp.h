@@ -58,6 +58,39 @@ static __always_inline __u16 csum_update2(__u16 check, __be16 from, __be16 to)
 	return ~csum_fold_u32(sum);
 }
 
+/* The port (source or destination) and checksum fields of the TCP or UDP header at `l4` (an
+ * offset the caller bounds for the verifier); -1 when the header is not all in the frame. */
+static __always_inline int xdp_l4_fields(void *data, void *data_end, __u32 l4, __u8 proto,
+					 int dst, __be16 **port, __u16 **check)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = data + l4;
+
+		if ((void *)(tcp + 1) > data_end)
+			return -1;
+		*port = dst ? &tcp->dest : &tcp->source;
+		*check = &tcp->check;
+	} else {
+		struct udphdr *udp = data + l4;
+
+		if ((void *)(udp + 1) > data_end)
+			return -1;
+		*port = dst ? &udp->dest : &udp->source;
+		*check = &udp->check;
+	}
+	return 0;
+}
+
+/* Applies a checksum update to the L4 checksum: a UDP checksum of 0 means "none" and stays 0
+ * (invalid over IPv6: the receiver drops it, as it would have); a computed 0 is sent as
+ * 0xffff. */
+static __always_inline void xdp_l4_csum_set(__u8 proto, __u16 *check, __u16 updated)
+{
+	if (proto == IPPROTO_UDP && !*check)
+		return;
+	*check = (proto == IPPROTO_UDP && !updated) ? 0xffff : updated;
+}
+
 /* Rewrites the source (dst = 0) or destination (dst = 1) address and port of a parsed frame.
  * Returns 0, or -1 when the headers are not where the parser left them. */
 static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct pkt4 *p, int dst,
@@ -76,42 +109,19 @@ static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct pkt4 *p,
 	__be32 old_addr;
 	__be16 old_port;
 
-	if ((void *)(ip + 1) > data_end)
+	if ((void *)(ip + 1) > data_end ||
+	    xdp_l4_fields(data, data_end, l4, p->proto, dst, &port, &check))
 		return -1;
-	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *tcp = data + l4;
-
-		if ((void *)(tcp + 1) > data_end)
-			return -1;
-		port = dst ? &tcp->dest : &tcp->source;
-		check = &tcp->check;
-	} else {
-		struct udphdr *udp = data + l4;
-
-		if ((void *)(udp + 1) > data_end)
-			return -1;
-		port = dst ? &udp->dest : &udp->source;
-		check = &udp->check;
-	}
 	addr = dst ? &ip->daddr : &ip->saddr;
 	old_addr = *addr;
 	old_port = *port;
 	if (old_addr != new_addr) {
 		ip->check = csum_update4(ip->check, old_addr, new_addr);
-		/* A UDP checksum of 0 means "none" and stays 0; a computed 0 is sent as 0xffff. */
-		if (p->proto == IPPROTO_TCP || *check) {
-			*check = csum_update4(*check, old_addr, new_addr);
-			if (p->proto == IPPROTO_UDP && !*check)
-				*check = 0xffff;
-		}
+		xdp_l4_csum_set(p->proto, check, csum_update4(*check, old_addr, new_addr));
 		*addr = new_addr;
 	}
 	if (old_port != new_port) {
-		if (p->proto == IPPROTO_TCP || *check) {
-			*check = csum_update2(*check, old_port, new_port);
-			if (p->proto == IPPROTO_UDP && !*check)
-				*check = 0xffff;
-		}
+		xdp_l4_csum_set(p->proto, check, csum_update2(*check, old_port, new_port));
 		*port = new_port;
 	}
 	return 0;
@@ -154,41 +164,18 @@ static __always_inline int xdp6_rewrite(struct xdp_md *ctx, const struct pkt6 *p
 	__u16 *check;
 	__be16 old_port;
 
-	if ((void *)(ip6 + 1) > data_end)
+	if ((void *)(ip6 + 1) > data_end ||
+	    xdp_l4_fields(data, data_end, l4, p->proto, dst, &port, &check))
 		return -1;
-	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *tcp = data + l4;
-
-		if ((void *)(tcp + 1) > data_end)
-			return -1;
-		port = dst ? &tcp->dest : &tcp->source;
-		check = &tcp->check;
-	} else {
-		struct udphdr *udp = data + l4;
-
-		if ((void *)(udp + 1) > data_end)
-			return -1;
-		port = dst ? &udp->dest : &udp->source;
-		check = &udp->check;
-	}
 	addr = dst ? &ip6->daddr : &ip6->saddr;
 	__builtin_memcpy(&old_addr, addr, sizeof(old_addr));
 	old_port = *port;
-	/* A UDP checksum of 0 is invalid over IPv6 (the receiver drops it): left as it is. */
 	if (!addr6_eq(&old_addr, new_addr)) {
-		if (p->proto == IPPROTO_TCP || *check) {
-			*check = csum_update16(*check, &old_addr, new_addr);
-			if (p->proto == IPPROTO_UDP && !*check)
-				*check = 0xffff;
-		}
+		xdp_l4_csum_set(p->proto, check, csum_update16(*check, &old_addr, new_addr));
 		__builtin_memcpy(addr, new_addr, sizeof(*new_addr));
 	}
 	if (old_port != new_port) {
-		if (p->proto == IPPROTO_TCP || *check) {
-			*check = csum_update2(*check, old_port, new_port);
-			if (p->proto == IPPROTO_UDP && !*check)
-				*check = 0xffff;
-		}
+		xdp_l4_csum_set(p->proto, check, csum_update2(*check, old_port, new_port));
 		*port = new_port;
 	}
 	return 0;
