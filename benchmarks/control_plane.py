@@ -13,7 +13,7 @@ pinned maps, with kube-proxy's programming in the same run.
   ready, after the burst, and right after loading the programs (bcc and LLVM's share).
 - kube-proxy's shapes in a network namespace of their own: iptables-legacy-restore of the whole
   table, the partial restore kube-proxy >= 1.28 makes for one endpoint change, and nftables' full
-  load and incremental transaction (benchmarks/kubeproxy_rules.py).
+  load and incremental transaction (ebpflb/lab/kubeproxy_rules.py).
 
 Everything runs in a throwaway network namespace (no device attached, no traffic), with a pin
 directory of its own; both are removed at the end, whatever happens.
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks import common
-from benchmarks import kubeproxy_rules as kp
+from ebpflb.lab import kubeproxy_rules as kp
 
 SECTION = "## Control plane at scale"
 ENDPOINTS = 4

@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from benchmarks import common
-from benchmarks import kubeproxy_rules as kp
+from ebpflb.lab import kubeproxy_rules as kp
 from benchmarks import nodeport_rules as npr
 
 log = logging.getLogger("benchmarks.nodeport")

@@ -18,7 +18,7 @@ nodePort, on every node:
         KUBE-NODEPORTS (health check ports) and KUBE-FIREWALL (localnet guard)
 
 KUBE-EXT-<hash> uses the same hash as KUBE-SVC-<hash> (portProtoHash). The Service and
-endpoint chains come from benchmarks/kubeproxy_rules.py, so the two benchmarks agree on them.
+endpoint chains come from ebpflb/lab/kubeproxy_rules.py, so the two benchmarks agree on them.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
-from benchmarks import kubeproxy_rules as kp
+from ebpflb.lab import kubeproxy_rules as kp
 
 
 @dataclass(frozen=True)

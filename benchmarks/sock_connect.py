@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from benchmarks import common
-from benchmarks import kubeproxy_rules as kp
+from ebpflb.lab import kubeproxy_rules as kp
 
 REPO = Path(__file__).resolve().parent.parent
 C_SOURCE = REPO / "benchmarks" / "sock_connect.c"

@@ -42,6 +42,15 @@ static __always_inline int LB_(flow_hit)(void *ctx, const struct FAM_PKT *p, str
 {
 	int rc;
 
+	if (ct->flags & CT_F_HANDOVER) {
+		lb_count(STAT_HANDOVER);
+		return NV_DROP;
+	}
+	if (ct->flags & CT_F_NETFILTER) {
+		CT_(track)(ct, p, now);
+		lb_count(STAT_NETFILTER);
+		return NV_PASS;
+	}
 	n->daddr = ct->nat_addr;
 	n->dport = ct->nat_port;
 	n->backend_id = ct->backend_id;
@@ -84,6 +93,7 @@ static __always_inline int LB_(frontend)(void *ctx, const struct FAM_PKT *p, con
 	int drop = 0;
 	int rc = 0;
 	__u16 flags;
+	__u32 dp;
 	__u64 now;
 
 	if (hook != HOOK_POD && (svc->flags & LB4_SVC_KIND_MASK) == LB4_SVC_KIND_CLUSTERIP) {
@@ -105,6 +115,16 @@ static __always_inline int LB_(frontend)(void *ctx, const struct FAM_PKT *p, con
 	/* A removed frontend, kept only for the flows it has: anything new is not ours. */
 	if (svc->flags & LB4_SVC_F_DRAINING)
 		return NV_PASS;
+
+	/* A takeover from kube-proxy is under way: a TCP flow netfilter translates may not be
+	 * imported yet, and hashed to a backend its packets could reach another pod. A hand-back
+	 * to it: every flow not known here is netfilter's. */
+	dp = lb_dp_flags();
+	if ((dp & LB_DP_F_NETFILTER_NEW) ||
+	    ((dp & LB_DP_F_NETFILTER_GRACE) && p->proto == IPPROTO_TCP && !LB_(tcp_syn_only)(p))) {
+		lb_count(STAT_NETFILTER);
+		return NV_PASS;
+	}
 
 	/* A new flow (or a TCP packet of a flow we lost). Policy first: nothing is chosen for, or
 	 * answered to, a client that may not start one. */

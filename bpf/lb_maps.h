@@ -162,6 +162,8 @@ BPF_TABLE_PINNED("prog", __u32, __u32, lb6_xdp_progs, LB6_XDP_MAX,
 		 EBPFLB_PIN_DIR "/lb6_xdp_progs");
 /* Socket load balancing settings, written by the agent before it attaches the cgroup hooks. */
 BPF_TABLE_PINNED("array", __u32, struct lb_sock_cfg, lb_sock_cfg, 1, EBPFLB_PIN_DIR "/lb_sock_cfg");
+/* The data path's settings (struct lb_dp_cfg), written by the agent: a takeover's grace. */
+BPF_TABLE_PINNED("array", __u32, struct lb_dp_cfg, lb_dp_cfg, 1, EBPFLB_PIN_DIR "/lb_dp_cfg");
 /* One count per program run: where (enum lb_at) and what it did (enum lb_verdict). */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb_verdicts, AT_MAX * VERDICT_MAX,
 		 EBPFLB_PIN_DIR "/lb_verdicts");

@@ -206,6 +206,21 @@ struct lb_sock_cfg {
 	__u32 pad;
 };
 
+/* The data path's settings (lb_dp_cfg[0]). NETFILTER_GRACE is set while a takeover from
+ * kube-proxy is under way: a TCP packet other than a SYN of a flow not known here is one
+ * netfilter may still be translating (born before the programs were attached, not imported
+ * yet), so it passes to the stack untouched instead of being hashed to a backend. */
+#define LB_DP_F_NETFILTER_GRACE 0x1
+/* NETFILTER_NEW is set while the node is handed back to kube-proxy (its rules are back): every
+ * packet of a flow not known here passes to the stack untouched, new flows included, so that
+ * nothing new is translated here that netfilter would not know once the programs are gone. */
+#define LB_DP_F_NETFILTER_NEW 0x2
+
+struct lb_dp_cfg {
+	__u32 flags;		/* LB_DP_F_* */
+	__u32 pad;
+};
+
 /* Direction of a conntrack entry: the client's packets, or the backend's replies. */
 #define CT_DIR_FWD 0
 #define CT_DIR_REPLY 1
@@ -246,6 +261,15 @@ struct ct6_key {
  * its own direction: the other side may still send (a half-closed flow), which the agent's GC
  * keeps for tcp_time_wait instead of tcp_close. */
 #define CT_F_RESET 0x40
+/* A flow netfilter translates: taken over from kube-proxy, its netfilter conntrack entry imported
+ * (ebpflb/takeover/). Its packets go to the stack as they came, where that entry rewrites them
+ * (rewritten here as well, they would meet it half-translated and be given a new source port).
+ * Forward entries only. */
+#define CT_F_NETFILTER 0x80
+/* ... being handed over: the agent is deleting netfilter's entry, and clears both flags right
+ * after. The client's packets are dropped meanwhile (TCP retransmits): passed, they would reach
+ * netfilter with no entry left; rewritten, they would meet the entry still there. */
+#define CT_F_HANDOVER 0x100
 
 /* The source a pod sees when it reaches itself through a Service (169.254.42.1): a link-local
  * address no pod owns, so the pod's reply leaves it and comes back to the data path. */
@@ -447,6 +471,8 @@ enum lb_stat {
 	STAT_SPOOFED,		/* drop: a pod's packet to a frontend from an address not its own */
 	STAT_TCP_NO_STATE,	/* drop: TCP other than a SYN for an unknown flow to a backend on
 				 * another node (no SNAT port for the replies) */
+	STAT_HANDOVER,		/* drop: a packet of a flow being handed over from netfilter (the
+				 * microseconds its netfilter entry takes to delete) */
 	STAT_DROP_REASONS,	/* (not a counter: the number of drop reasons above) */
 	STAT_CT_INSERT = STAT_DROP_REASONS, /* event: conntrack flows created (two entries each) */
 	STAT_CT_INSERT_FAIL,	/* event: conntrack full or an insert failed; the hash still picked */
@@ -460,6 +486,8 @@ enum lb_stat {
 				 * source port */
 	STAT_IPV6_UNLOADED,	/* event: an IPv6 packet whose program was not in lb6_progs or
 				 * lb6_xdp_progs (passed untouched) */
+	STAT_NETFILTER,		/* event: a packet left to netfilter: of a flow it translates, or
+				 * during a takeover a TCP packet of a flow not known here */
 	STAT_MAX,
 };
 

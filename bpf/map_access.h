@@ -7,6 +7,17 @@
 
 #include "lb_maps.h"
 
+/* ---- both families ---- */
+
+/* The data path's settings (struct lb_dp_cfg): LB_DP_F_*. */
+static __always_inline __u32 lb_dp_flags(void)
+{
+	__u32 zero = 0;
+	struct lb_dp_cfg *cfg = lb_dp_cfg.lookup(&zero);
+
+	return cfg ? cfg->flags : 0;
+}
+
 /* ---- IPv4 ---- */
 
 static __always_inline struct ct4_entry *ct4_get(struct ct4_key *k)

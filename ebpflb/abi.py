@@ -20,6 +20,8 @@ LB4_BE_F_NO_NEW = 0x1
 LB_SOCK_OFF = 0
 LB_SOCK_ALL = 1
 LB_SOCK_HOST_ONLY = 2
+LB_DP_F_NETFILTER_GRACE = 0x1
+LB_DP_F_NETFILTER_NEW = 0x2
 CT_DIR_FWD = 0
 CT_DIR_REPLY = 1
 CT_F_ESTABLISHED = 0x1
@@ -29,6 +31,8 @@ CT_F_EXTERNAL = 0x8
 CT_F_SNAT = 0x10
 CT_F_PORT_NAT = 0x20
 CT_F_RESET = 0x40
+CT_F_NETFILTER = 0x80
+CT_F_HANDOVER = 0x100
 LB4_HAIRPIN_ADDR_HOST = 0xa9fe2a01
 LB6_HAIRPIN_ADDR_W0 = 0x64ff9b
 LB6_HAIRPIN_ADDR_W1 = 0x10000
@@ -140,25 +144,27 @@ STAT_FORWARD_FAIL = 6
 STAT_CT_COLLISION = 7
 STAT_SPOOFED = 8
 STAT_TCP_NO_STATE = 9
-STAT_DROP_REASONS = 10
-STAT_CT_INSERT = 10
-STAT_CT_INSERT_FAIL = 11
-STAT_NODE_FORWARD = 12
-STAT_XDP_FORWARD = 13
-STAT_SNAT_REUSE = 14
-STAT_FRAG_MISS = 15
-STAT_BACKEND_GONE = 16
-STAT_CT_REBUILT = 17
-STAT_PORT_NAT = 18
-STAT_IPV6_UNLOADED = 19
-STAT_MAX = 20
+STAT_HANDOVER = 10
+STAT_DROP_REASONS = 11
+STAT_CT_INSERT = 11
+STAT_CT_INSERT_FAIL = 12
+STAT_NODE_FORWARD = 13
+STAT_XDP_FORWARD = 14
+STAT_SNAT_REUSE = 15
+STAT_FRAG_MISS = 16
+STAT_BACKEND_GONE = 17
+STAT_CT_REBUILT = 18
+STAT_PORT_NAT = 19
+STAT_IPV6_UNLOADED = 20
+STAT_NETFILTER = 21
+STAT_MAX = 22
 ENUM_LB_STAT = (
     'STAT_NO_BACKEND', 'STAT_NAT_FAIL', 'STAT_BAD_SOURCE', 'STAT_EXTERNAL_CLUSTERIP',
     'STAT_SOURCE_DENIED', 'STAT_SNAT_EXHAUSTED', 'STAT_FORWARD_FAIL', 'STAT_CT_COLLISION',
-    'STAT_SPOOFED', 'STAT_TCP_NO_STATE', 'STAT_DROP_REASONS', 'STAT_CT_INSERT',
+    'STAT_SPOOFED', 'STAT_TCP_NO_STATE', 'STAT_HANDOVER', 'STAT_DROP_REASONS', 'STAT_CT_INSERT',
     'STAT_CT_INSERT_FAIL', 'STAT_NODE_FORWARD', 'STAT_XDP_FORWARD', 'STAT_SNAT_REUSE',
     'STAT_FRAG_MISS', 'STAT_BACKEND_GONE', 'STAT_CT_REBUILT', 'STAT_PORT_NAT',
-    'STAT_IPV6_UNLOADED', 'STAT_MAX',
+    'STAT_IPV6_UNLOADED', 'STAT_NETFILTER', 'STAT_MAX',
 )
 
 # ---- maps of lb_maps.h: name -> (type, key type, value type, size)
@@ -196,6 +202,7 @@ MAPS = {
     'lb6_progs': ('prog', '__u32', '__u32', 'LB6_PROG_MAX'),
     'lb6_xdp_progs': ('prog', '__u32', '__u32', 'LB6_XDP_MAX'),
     'lb_sock_cfg': ('array', '__u32', 'struct lb_sock_cfg', '1'),
+    'lb_dp_cfg': ('array', '__u32', 'struct lb_dp_cfg', '1'),
     'lb_verdicts': ('percpu_array', '__u32', '__u64', 'AT_MAX * VERDICT_MAX'),
     'lb_stats': ('percpu_array', '__u32', '__u64', 'STAT_MAX'),
     'lb4_svc_stats': ('percpu_array', '__u32', 'struct lb_flow_stats', 'LB4_MAX_SERVICES + 1'),
@@ -452,6 +459,10 @@ STRUCTS = {
         ('port', 16, 2),
         ('proto', 18, 1),
         ('scope', 19, 1),
+    )),
+    'struct lb_dp_cfg': (8, (
+        ('flags', 0, 4),
+        ('pad', 4, 4),
     )),
     'struct lb_flow_stats': (40, (
         ('packets_in', 0, 8),

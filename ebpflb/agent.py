@@ -103,6 +103,10 @@ class AgentOptions:
     retry_interval: float = 5.0  # seconds before a refused or failed sync is tried again
     socket_lb: str = "all"  # all | host-only | off: whose sockets the cgroup hooks balance
     cgroup: Optional[str] = None  # where the socket hooks attach; None = the cgroup v2 root
+    # Take the node over from kube-proxy at start (ebpflb/takeover/run.py): auto | iptables |
+    # nftables | ipvs; None: no takeover.
+    takeover: Optional[str] = None
+    exit_when_ready: bool = False  # `ebpflb takeover`: stop once serving, the data plane kept
 
 
 @dataclass
@@ -118,6 +122,7 @@ class AgentState:
     # The source's revision whose changes are all in the maps (manifests: the newest file
     # modification read, ns; the API: per kind, the newest resourceVersion): what "applied" means.
     applied_revision: Any = None
+    takeover: Optional[dict] = None  # the takeover's report (TakeoverReport.to_json)
 
 
 class Agent:
@@ -357,6 +362,7 @@ class Agent:
                 "last_error": self.state.last_error, "last_sync": self.state.last_sync,
                 "applied_revision": self.state.applied_revision,
                 "startup_s": self.state.startup,
+                "takeover": self.state.takeover,
                 "memory": {"rss_mib": round(rss_mib(), 1),
                            "rss_after_program_load_mib": round(self.state.rss_loaded_mib, 1)},
                 "drift_repairs": syncer.counters.drift_repairs if syncer else 0,
@@ -469,6 +475,7 @@ class Agent:
             self._phase("source")
             self.sync()  # the full sync against whatever the pins hold
             self._phase("first_sync")
+            takeover = self._takeover_before_attach(progs.bpf, writer, ipr)
             monitor = LinkMonitor()
             attacher = Attacher(ipr, self.options.devices,
                                 Program(progs.from_pod.fd, progs.from_pod.name.decode()),
@@ -485,6 +492,8 @@ class Agent:
                                          progs.sock if self.options.socket_lb != "off" else {})
             self._report_unmatched(attacher, nodes)
             self._note("devices", self._guard.devices(ipr))
+            if takeover is not None:
+                self._takeover_after_attach(takeover, progs.bpf, writer, ipr)
             self._phase("ready")
             self._write_status()
             if self.metrics is not None and self.options.metrics_address:
@@ -506,6 +515,9 @@ class Agent:
                     f.write(f"{os.getpid()}\n")
             self._serving = True
             self._status_soon()  # the status file says ready from now on
+            if self.options.exit_when_ready:
+                self._write_status()
+                self._stop = True
             self._loop(monitor, attacher, nodes, ConntrackGc(progs.bpf, self.config.ct_timeouts),
                        ipr)
         finally:
@@ -527,6 +539,35 @@ class Agent:
                          "removes it)", self.config.pin_dir)
             ipr.close()
         return 0
+
+    def _takeover_sides(self, ipr: Any):
+        from .dataplane.takeover_maps import client_sides
+
+        return client_sides(ipr, self.options.node_devices)
+
+    def _takeover_before_attach(self, bpf: Any, writer: Any, ipr: Any) -> Optional[Any]:
+        """--takeover, before anything is attached: kube-proxy's rules found, netfilter's flows
+        imported (ebpflb/takeover/run.py). None when there is nothing to take over. A takeover
+        that cannot start stops the agent before it attaches: the node stays kube-proxy's."""
+        if not self.options.takeover:
+            return None
+        from .apply import read_snapshot
+        from .dataplane import takeover_maps
+        from .takeover.run import Takeover
+
+        takeover = Takeover(self.options.takeover, writes=takeover_maps)
+        if not takeover.before_attach(bpf, read_snapshot(writer), self._takeover_sides(ipr)):
+            self.state.takeover = takeover.report.to_json()
+            return None
+        return takeover
+
+    def _takeover_after_attach(self, takeover: Any, bpf: Any, writer: Any, ipr: Any) -> None:
+        from .apply import read_snapshot
+
+        report = takeover.after_attach(bpf, read_snapshot(writer), self._takeover_sides(ipr))
+        self.state.takeover = report.to_json()
+        # Not a readiness problem: the data path serves; what is left is netfilter's.
+        (log.error if report.failed else log.info)("%s", report.summary())
 
     def _report_unmatched(self, attacher: Any, nodes: Any) -> None:
         """--device and --node-device patterns that match no device now: logged when they stop

@@ -43,8 +43,8 @@ from .addresses import format_address
 from .fields import canonical_ip
 from .flowhash import FLOW_HASH_SEED, packet_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL,
-                   CT_F_HAIRPIN, CT_F_RESET, CT_F_SNAT, CT_F_SRC_NAT, HAIRPIN_ADDR, HAIRPIN_ADDR6,
-                   NO_BACKEND,
+                   CT_F_HAIRPIN, CT_F_HANDOVER, CT_F_NETFILTER, CT_F_RESET, CT_F_SNAT,
+                   CT_F_SRC_NAT, HAIRPIN_ADDR, HAIRPIN_ADDR6, NO_BACKEND,
                    PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY,
                    SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey,
                    frontend_kind)
@@ -229,11 +229,14 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
             device: Optional[Device] = None,
             ct_table: Optional[Mapping[CtKey, ConntrackView]] = None,
             timeouts: CtTimeouts = _DEFAULTS.ct_timeouts,
-            snat_ports: Tuple[int, int] = _DEFAULTS.snat_ports) -> Explanation:
+            snat_ports: Tuple[int, int] = _DEFAULTS.snat_ports,
+            dp_flags: int = 0) -> Explanation:
     """What the program of `device` (default: a pod device; `outside`: a node device) does with
     the packet `flow`. `conntrack` is the flow's forward entry; `ct_table` any entries of both
     conntrack tables (the flow's own, its reply entry, flows holding a tuple it needs); entries
-    not given are taken as absent. `timeouts` and `snat_ports` as the programs were built."""
+    not given are taken as absent. `timeouts` and `snat_ports` as the programs were built;
+    `dp_flags` as lb_dp_cfg holds them (LB_DP_F_*: a takeover from kube-proxy, or a hand-back
+    to it, under way)."""
     dev = device if device is not None else Device(NODE if outside else POD)
     if dev.kind not in (POD, NODE):
         raise ValueError(f"device kind {dev.kind!r} is not {POD!r} or {NODE!r}")
@@ -241,7 +244,7 @@ def explain(snapshot, flow: Flow, conntrack: Optional[ConntrackView] = None,
     fwd = CtKey(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
     if conntrack is not None:
         table[fwd] = conntrack
-    return _Decision(snapshot, flow, dev, table, affinity, timeouts, snat_ports).run()
+    return _Decision(snapshot, flow, dev, table, affinity, timeouts, snat_ports, dp_flags).run()
 
 
 def reply_key(flow: Flow, e: ConntrackView) -> CtKey:
@@ -306,9 +309,10 @@ class _Decision:
 
     def __init__(self, snapshot, flow: Flow, dev: Device, table: Dict[CtKey, ConntrackView],
                  affinity: Optional[AffinityView], timeouts: CtTimeouts,
-                 snat_ports: Tuple[int, int]) -> None:
+                 snat_ports: Tuple[int, int], dp_flags: int = 0) -> None:
         self.snap, self.flow, self.dev, self.table = snapshot, flow, dev, table
         self.affinity, self.timeouts, self.snat_ports = affinity, timeouts, snat_ports
+        self.dp_flags = dp_flags
         self.counters: List[str] = []
         self.new_flow = False  # the packet creates conntrack entries
         self.reply = False  # the packet is a reply translated back
@@ -563,6 +567,15 @@ class _Decision:
         if svc.flags & SVC_F_DRAINING:
             return self.out("pass", f"{why_new} to a removed frontend kept only for its open "
                                     "flows: the packet passes untouched")
+        if self.dp_flags & abi.LB_DP_F_NETFILTER_NEW:
+            self.counters.append("netfilter")
+            return self.out("pass", f"{why_new} while the node is handed back to kube-proxy: "
+                                    "netfilter's, passed to the stack untouched")
+        if f.proto == TCP and not f.syn_only and self.dp_flags & abi.LB_DP_F_NETFILTER_GRACE:
+            self.counters.append("netfilter")
+            return self.out("pass", "TCP other than a SYN with no conntrack entry while a takeover "
+                                    "from kube-proxy is under way: a flow netfilter may still "
+                                    "translate, passed to the stack untouched")
 
         # A new flow (or a TCP packet of a flow we lost). Policy first.
         if svc.flags & SVC_F_SRC_RANGES and not source_allowed(self.snap, svc.svc_id, f.saddr):
@@ -663,6 +676,14 @@ class _Decision:
         """lb4_flow_hit: the packet goes where its flow goes."""
         self.common["conntrack"] = ct
         flags = ct.flags or 0
+        if flags & CT_F_HANDOVER:
+            return self.drop("handover", "a flow being handed over from netfilter to the data "
+                                         "path (its netfilter entry being deleted)")
+        if flags & CT_F_NETFILTER:
+            self.counters.append("netfilter")
+            return self.out("pass", "a flow netfilter translates (taken over from kube-proxy): "
+                                    "the packet passes to the stack untouched, where netfilter's "
+                                    "conntrack entry rewrites it", backend=ct.backend)
         source = ct.snat if flags & CT_F_SRC_NAT else None
         return self.deliver(ct.backend, source, reason, remote=bool(flags & CT_F_SNAT))
 

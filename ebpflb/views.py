@@ -124,7 +124,10 @@ def explain_packet(writer: Any, flow: Flow, outside: bool = False,
         dev = device(bpf, ifname, outside, backends, ":" in flow.saddr)
     except OSError as exc:
         raise DeviceError(f"{ifname}: {exc.strerror or exc}") from exc
-    result = explain(snapshot, flow, ct, affinity, device=dev, ct_table=table)
+    from .dataplane.takeover_maps import dp_flags
+
+    result = explain(snapshot, flow, ct, affinity, device=dev, ct_table=table,
+                     dp_flags=dp_flags(bpf))
     return result, packet_path_note(read_mode(bpf), outside, key in snapshot[SERVICES])
 
 

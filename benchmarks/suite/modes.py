@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from benchmarks import kubeproxy_rules as kp
+from ebpflb.lab import kubeproxy_rules as kp
 from ebpflb import abi
 
 REPO = Path(__file__).absolute().parents[2]  # not resolved: the suite may run from a snapshot

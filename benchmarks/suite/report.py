@@ -248,7 +248,7 @@ packets carry the pod address from the first one and the TC programs let them pa
 with `iptables-legacy-restore`), **iptables-nft** (the same rules through the nft backend, only up
 to {meta['iptables_nft_max_scale']:,} Services: ENVIRONMENT.md measured 829 s to load 10k Services
 that way, so it is skipped at 10k) and **nftables** (kube-proxy's nftables-mode table, verdict maps,
-loaded with `nft -f`). Rule sets come from `benchmarks/kubeproxy_rules.py` (shape checked by
+loaded with `nft -f`). Rule sets come from `ebpflb/lab/kubeproxy_rules.py` (shape checked by
 `benchmarks/tests/test_kubeproxy_rules.py`). `iptables -V` here: `{meta['iptables_default']}` (the
 default `iptables` is the nft backend; the iptables mode above uses `{meta['iptables_legacy']}`).{v6_note}
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from benchmarks import common
-from benchmarks import kubeproxy_rules as kp
+from ebpflb.lab import kubeproxy_rules as kp
 from benchmarks.suite import modes as md
 
 log = logging.getLogger("benchmarks.suite")

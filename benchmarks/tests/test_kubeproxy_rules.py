@@ -1,4 +1,4 @@
-"""The kube-proxy-shaped baselines of the benchmark suite (benchmarks/kubeproxy_rules.py) have
+"""The kube-proxy-shaped baselines of the benchmark suite (ebpflb/lab/kubeproxy_rules.py) have
 kube-proxy's exact shape: chain names hashed as kube-proxy hashes them (checked against names
 from kube-proxy's own tests), statistic probabilities as kube-proxy formats them, the masquerade
 marks, and the nftables mode's verdict maps."""
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from benchmarks import kubeproxy_rules as kp
+from ebpflb.lab import kubeproxy_rules as kp
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from benchmarks import kubeproxy_rules as kp
+from ebpflb.lab import kubeproxy_rules as kp
 from benchmarks.suite import modes as md
 from benchmarks.suite import report
 from benchmarks.suite import run

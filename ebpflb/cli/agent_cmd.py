@@ -71,6 +71,16 @@ def _port_range(value: str, option: str) -> tuple:
     return ports
 
 
+TAKEOVER_SOURCES = ("auto", "iptables", "nftables", "ipvs")
+
+
+def _emit_takeover(output: str, report: Optional[dict]) -> None:
+    from ..takeover.run import TakeoverReport
+
+    if report is None:
+        raise click.ClickException("the agent stopped before its takeover")
+    emit(output, report, lambda: TakeoverReport(**report).render())
+
 
 def _require_agent_capabilities() -> None:
     from ..dataplane.preflight import effective_capabilities, missing_capabilities
@@ -195,6 +205,13 @@ def _require_agent_capabilities() -> None:
                    "process in --cgroup (all), only for those in the node's network namespace "
                    "(host-only: pods keep the packet path, for meshes that must see the "
                    "Service address), or for none (off). The packet path stays for the rest.")
+@click.option("--takeover", "takeover", type=click.Choice(["off", *TAKEOVER_SOURCES]),
+              default="off", show_default=True,
+              help="At start, take the node over from kube-proxy without moving a connection "
+                   "(its conntrack flows imported, then its rules removed; see `ebpflb takeover` "
+                   "and docs/operations.md): auto finds iptables (legacy or nft) and nftables "
+                   "rules; or only the backend named. Meant for the DaemonSet's first start on a "
+                   "node kube-proxy served; with nothing to take over it does nothing.")
 @cgroup_option
 @service_cidr_option
 @pin_dir_option
@@ -211,7 +228,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
           nodeport_cidrs: List[str], snat_ports: str, healthcheck_bind: List[str],
           external_ip_allow: List[str], proxy_name: str, socket_lb: str,
           cgroup: Optional[str], service_cidrs: List[str], pin_dir: str,
-          netns: Optional[str]) -> None:
+          netns: Optional[str], takeover: str = "off", exit_when_ready: bool = False,
+          report_output: Optional[str] = None) -> None:
     """Run the agent in the foreground: program the maps from the manifests or the Kubernetes
     API, attach to pod devices, and follow changes until SIGTERM."""
     from ..gcpause import tune_malloc
@@ -268,7 +286,9 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
                            nodeport_primary=_nodeport_primary(nodeport_cidrs),
                            health_check_bind=_ip_list(healthcheck_bind, "--healthcheck-address"),
                            full_sync_interval=full_sync_interval,
-                           socket_lb=socket_lb, cgroup=cgroup)
+                           socket_lb=socket_lb, cgroup=cgroup,
+                           takeover=None if takeover == "off" else takeover,
+                           exit_when_ready=exit_when_ready)
     if use_kubernetes:
         from ..sources.kubernetes import KubernetesSource, api_client_from
 
@@ -281,8 +301,13 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
         source.start()
     else:
         source = ManifestSource(manifests, _service_cidrs(service_cidrs), poll_interval=poll_interval)
+    from ..takeover.run import TakeoverError
+
+    runner = Agent(source, config, options, AgentMetrics())
     try:
-        code = Agent(source, config, options, AgentMetrics()).run()
+        code = runner.run()
+    except TakeoverError as exc:
+        raise click.ClickException(f"takeover not started, nothing attached: {exc}") from exc
     except Owned as exc:
         raise click.ClickException(f"{exc}: stop it first, or give this agent another --pin-dir") from exc
     except DataplaneError as exc:
@@ -292,6 +317,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
     finally:
         if use_kubernetes:
             source.stop()
+    if report_output is not None:
+        _emit_takeover(report_output, runner.state.takeover)
     sys.exit(code)
 
 

@@ -8,6 +8,7 @@ another pin directory, are left alone. Programs whose maps are pinned nowhere an
 directory was removed by hand) belong to no one else, and are removed too."""
 import logging
 import os
+import subprocess
 from typing import FrozenSet, List, Optional
 
 from pyroute2 import IPRoute
@@ -121,7 +122,8 @@ def remove_dataplane(config: DataplaneConfig, ipr: Optional[IPRoute] = None,
                      cgroup: Optional[str] = None) -> List[str]:
     """Detaches this data plane's programs from every device of this network namespace and from
     the cgroup (its socket hooks: on `cgroup` and on the one its agent's status file records),
-    and unpins its maps. Returns what was removed, for the user to read."""
+    and unpins its maps; and the nft table a takeover from kube-proxy may have left
+    (ebpflb.takeover.nat_keeper). Returns what was removed, for the user to read."""
     from .sock_attach import detach_sock_hooks
 
     own = ipr is None
@@ -141,4 +143,11 @@ def remove_dataplane(config: DataplaneConfig, ipr: Optional[IPRoute] = None,
     finally:
         if own:
             ipr.close()
-    return [f"programs on {d}" for d in devices] + hooks + remove_pins(config)
+    from ..takeover import nat_keeper
+
+    try:
+        keeper = nat_keeper.remove()  # a takeover's, in this namespace, if one is left
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("the takeover's nft table %s not removed: %s", nat_keeper.TABLE, exc)
+        keeper = []
+    return [f"programs on {d}" for d in devices] + hooks + remove_pins(config) + keeper

@@ -7,6 +7,7 @@ and the source address it saw, which is what the load-balancer tests check:
   GET /        -> "<pod name>\\n"
   GET /client  -> "<client ip>:<client port>\\n"   (as this pod sees the peer)
   GET /healthz -> "ok\\n"
+  GET /download?bytes=N&seconds=S -> N bytes of download_pattern(), paced over S seconds
   UDP payload  -> "<pod name> <payload>"          (sent back to the sender)
 
 HTTP/1.1 keep-alive is supported. The process writes "ready <pid>" to --ready-fd once both
@@ -24,6 +25,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional, Tuple
 
@@ -65,8 +67,35 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, f"{host}:{port}\n")
         elif path == "/healthz":
             self._reply(200, "ok\n")
+        elif path == "/download":
+            self._download()
         else:
             self._reply(404, "not found\n")
+
+    def _download(self) -> None:
+        """A long transfer whose every byte the client can check (a takeover must not cut or
+        corrupt it): `bytes` bytes of download_pattern(), in chunks spread over `seconds`."""
+        from urllib.parse import parse_qs
+
+        query = parse_qs(self.path.partition("?")[2])
+        try:
+            total = min(int(query.get("bytes", ["1048576"])[0]), 1 << 30)
+            seconds = min(float(query.get("seconds", ["0"])[0]), 300.0)
+        except ValueError:
+            self._reply(400, "bytes and seconds are numbers\n")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(total))
+        self.end_headers()
+        chunk = 16384
+        chunks = max(1, -(-total // chunk))
+        start = time.monotonic()
+        for i in range(chunks):
+            self.wfile.write(download_pattern(i * chunk, min(chunk, total - i * chunk)))
+            delay = start + seconds * (i + 1) / chunks - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
 
     def _reply(self, code: int, text: str) -> None:
         body = text.encode()
@@ -79,6 +108,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (base signature)
         if self.server.access_log:
             log.info("pod %s: %s %s", self.server.pod, self.address_string(), format % args)
+
+
+_CYCLE = bytes(range(251))
+
+
+def download_pattern(offset: int, length: int) -> bytes:
+    """Bytes offset..offset+length of /download's body: byte i is i mod 251 (a prime, so a
+    chunk lost, repeated or moved by a multiple of the chunk size shows)."""
+    start = offset % 251
+    return (_CYCLE * ((start + length) // 251 + 1))[start:start + length]
 
 
 def _udp_echo(sock: socket.socket, pod: str) -> None:

@@ -91,6 +91,20 @@ def lab(lab_names: LabNames) -> Iterator[lablib.Lab]:
 
 
 @pytest.fixture
+def netns(lab_names: LabNames) -> Iterator[str]:
+    """A bare network namespace named as a lab's node (so the session sweep knows it), always
+    removed afterwards."""
+    from ebpflb.lab.topology import node_netns
+
+    name = node_netns(lab_names.new())
+    nsops.create_netns(name)
+    try:
+        yield name
+    finally:
+        nsops.remove_netns(name)
+
+
+@pytest.fixture
 def make_lab(lab_names: LabNames) -> Iterator[Callable[..., lablib.Lab]]:
     """Factory for extra labs (own name or pods); every lab it made is removed after the test."""
     made: List[str] = []

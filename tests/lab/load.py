@@ -98,3 +98,40 @@ class KeptConnections(threading.Thread):
     def close(self) -> None:
         for c in self.conns:
             c.close()
+
+
+class Download(threading.Thread):
+    """One long download (GET /download of a lab pod, ebpflb.lab.podserver): `size` bytes over
+    `seconds`, every byte checked against the pattern the pod sends. `error` says what went
+    wrong (a reset, a short or corrupt body), None when the body arrived whole."""
+
+    def __init__(self, netns: str, host: str, port: int, size: int, seconds: float):
+        super().__init__(daemon=True)
+        self.netns, self.host, self.port, self.size, self.seconds = netns, host, port, size, seconds
+        self.received = 0
+        self.error: Optional[str] = None
+        self.pod: Optional[str] = None
+
+    def run(self) -> None:
+        from ebpflb.lab.podserver import download_pattern
+
+        with nsops.in_netns(self.netns):
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            conn.connect()
+        try:
+            conn.request("GET", f"/download?bytes={self.size}&seconds={self.seconds}")
+            resp = conn.getresponse()
+            while True:
+                chunk = resp.read(65536)
+                if not chunk:
+                    break
+                if chunk != download_pattern(self.received, len(chunk)):
+                    self.error = f"corrupt bytes after {self.received}"
+                    return
+                self.received += len(chunk)
+            if self.received != self.size:
+                self.error = f"{self.received} of {self.size} bytes"
+        except (OSError, http.client.HTTPException) as exc:
+            self.error = f"after {self.received} bytes: {exc!r}"
+        finally:
+            conn.close()

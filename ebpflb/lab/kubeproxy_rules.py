@@ -1,6 +1,7 @@
-"""kube-proxy-shaped rule sets for the side-by-side suite (benchmarks/suite/): what kube-proxy's
-iptables mode feeds to `iptables-restore` and what its nftables mode feeds to `nft -f`, for a
-synthetic set of ClusterIP Services, so the baselines are measured in their real shape.
+"""kube-proxy-shaped rule sets: what kube-proxy's iptables mode feeds to `iptables-restore` and
+what its nftables mode feeds to `nft -f`, for a set of ClusterIP Services. The side-by-side suite
+(benchmarks/suite/) measures its baselines in this real shape, and the takeover tests
+(tests/lab/test_takeover.py) give a lab node kube-proxy's rules to take over from.
 
 Pure: text generation only, no kernel, so benchmarks/tests/test_kubeproxy_rules.py checks the shape.
 

@@ -1,0 +1,1 @@
+"""Taking a node over from kube-proxy, and handing it back."""
