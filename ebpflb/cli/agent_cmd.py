@@ -209,8 +209,8 @@ def _require_agent_capabilities() -> None:
               default="off", show_default=True,
               help="At start, take the node over from kube-proxy without moving a connection "
                    "(its conntrack flows imported, then its rules removed; see `ebpflb takeover` "
-                   "and docs/operations.md): auto finds iptables (legacy or nft) and nftables "
-                   "rules; or only the backend named. Meant for the DaemonSet's first start on a "
+                   "and docs/operations.md): auto finds iptables (legacy or nft), nftables and "
+                   "IPVS state; or only the mode named. Meant for the DaemonSet's first start on a "
                    "node kube-proxy served; with nothing to take over it does nothing.")
 @cgroup_option
 @service_cidr_option

@@ -18,8 +18,8 @@ _NOT_TAKEN = {"takeover", "ready_file", "on_exit"}
 @click.command()
 @click.option("--from", "source", type=click.Choice(TAKEOVER_SOURCES), default="auto",
               show_default=True,
-              help="Which kube-proxy rules to take over: auto (whatever is found: iptables "
-                   "legacy or nft, nftables), or only those of one mode.")
+              help="Which kube-proxy state to take over: auto (whatever is found: iptables "
+                   "legacy or nft, nftables, IPVS), or only that of one mode.")
 @click.option("--dry-run", is_flag=True,
               help="Change nothing: print the flows that would be imported (and whether each is "
                    "handed over or kept with netfilter) and the rules that would be removed. "

@@ -44,7 +44,7 @@ SIDE_NODE = "node"  # behind a node device: XDP or lb4_node_in
 SIDE_LOCAL = "local"  # an address of the node itself: a host-network socket
 
 # Why a flow to a frontend is not imported, or is kept with netfilter (the report's words).
-NOT_TRANSLATED = "not translated by netfilter (no DNAT)"
+NOT_TRANSLATED = "not translated (no DNAT, no IPVS real server)"
 OVER = "closed (TIME_WAIT or CLOSE)"
 HOST_CLIENT = "a host-network client: netfilter keeps translating it to its end"
 SNATED = "SNATed by netfilter too: its replies come back to netfilter's source port"
@@ -151,6 +151,13 @@ def _state_flags(flow: NfFlow) -> int:
     return flags
 
 
+def translated(flow: NfFlow) -> bool:
+    """Whether the flow's destination was rewritten: netfilter's DNAT (kube-proxy's iptables
+    and nftables modes), or IPVS (its IPVS mode, with net/ipv4/vs/conntrack=1), which changes the
+    reply tuple to the real server's without setting IPS_DST_NAT."""
+    return flow.dnat or (flow.reply[0], flow.reply[1]) != (flow.orig[2], flow.orig[3])
+
+
 def plan_imports(flows: Iterable[NfFlow], snapshot,
                  side_of: Callable[[str], str]) -> ImportPlan:
     """The imports of `flows` against the frontends `snapshot` (ebpflb.apply.read_snapshot)
@@ -171,7 +178,7 @@ def plan_imports(flows: Iterable[NfFlow], snapshot,
         if svc is None:
             others += 1
             continue
-        if not flow.dnat:
+        if not translated(flow):
             left.append((flow, NOT_TRANSLATED))
             continue
         if flow.proto == socket.IPPROTO_TCP and flow.tcp_state in TCP_OVER_STATES:

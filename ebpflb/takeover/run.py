@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "iptables", "nftables", "ipvs")
 SWAP_TRIES = 4  # a hand-back's add racing the backend's replies (Netfilter.swap)
-# Which rule backends each --from takes (RuleRemoval.backend).
+# Which rule backends each --from takes (RuleRemoval.backend, IpvsRemoval.backend), and which of
+# them must be found. kube-proxy's IPVS mode has iptables chains of its own too.
 _BACKENDS = {"iptables": ("iptables-legacy", "iptables-nft"), "nftables": ("nftables",),
+             "ipvs": ("ipvs", "iptables-legacy", "iptables-nft")}
+_REQUIRED = {"iptables": ("iptables-legacy", "iptables-nft"), "nftables": ("nftables",),
              "ipvs": ("ipvs",)}
 
 
@@ -41,11 +44,19 @@ class Netfilter:
     conntrack. Tests replace it."""
 
     def removals(self) -> List[Any]:
+        """kube-proxy's iptables and nftables rules, then its IPVS state (removed last: its
+        ipsets go only once no rule uses them)."""
+        from .ipvs import read_removals
         from .netfilter_rules import read_state
 
-        return list(read_state().removals)
+        return list(read_state().removals) + read_removals()
 
     def remove(self, removal: Any) -> None:
+        if removal.backend == "ipvs":
+            from .ipvs import remove_ipvs
+
+            remove_ipvs(removal)
+            return
         from .netfilter_rules import remove
 
         remove(removal)
@@ -169,21 +180,21 @@ class Takeover:
         self.writes = writes  # ebpflb.dataplane.takeover_maps, or a test's stand-in
         self.removals: List[Any] = []
         self.imported: List[Any] = []
-        # Families with flows netfilter goes on translating (kept, or of host-network clients).
+        # Families with flows netfilter goes on translating (kept, or of host-network clients),
+        # and their frontends (family, address, port, protocol): an IPVS virtual service of one
+        # of those must stay, as IPVS translates them.
         self.netfilter_families: set = set()
+        self.netfilter_frontends: set = set()
         self.report = TakeoverReport(source)
 
     def _find(self) -> List[Any]:
-        if self.source == "ipvs":
-            raise TakeoverError("--from ipvs: IPVS takeover is not implemented yet (kube-proxy's "
-                                "IPVS mode: see docs/operations.md)")
         try:
             found = self.netfilter.removals()
         except (OSError, ValueError, RuntimeError) as exc:
             raise TakeoverError(f"cannot read kube-proxy's rules: {exc}") from exc
         if self.source != "auto":
             found = [r for r in found if r.backend in _BACKENDS[self.source]]
-            if not found:
+            if not any(r.backend in _REQUIRED[self.source] for r in found):
                 raise TakeoverError(f"--from {self.source}: no kube-proxy {self.source} rules "
                                     "on this node")
         self.report.found = [_describe(r) for r in found]
@@ -207,9 +218,13 @@ class Takeover:
         self.report.removed = [_describe(r) for r in self.removals]
         return self.report
 
+    def _note_netfilter(self, plan: ImportPlan) -> None:
+        flows = [i.flow for i in plan.kept] + [f for f, why in plan.left if why == HOST_CLIENT]
+        self.netfilter_families |= {f.family for f in flows}
+        self.netfilter_frontends |= {(f.family, f.orig[2], f.orig[3], f.proto) for f in flows}
+
     def _count(self, plan: ImportPlan) -> None:
-        self.netfilter_families |= {i.flow.family for i in plan.kept}
-        self.netfilter_families |= {f.family for f, why in plan.left if why == HOST_CLIENT}
+        self._note_netfilter(plan)
         self.report.imported += len(plan.imports)
         for imp in plan.kept:
             self.report.kept[imp.kept] = self.report.kept.get(imp.kept, 0) + 1
@@ -242,8 +257,7 @@ class Takeover:
             self.writes.write_imports(bpf, later.imports)
             self.imported += later.imports
             self.report.imported += len(later.imports)
-            self.netfilter_families |= {i.flow.family for i in later.kept}
-            self.netfilter_families |= {f.family for f, why in later.left if why == HOST_CLIENT}
+            self._note_netfilter(later)
             for imp in later.kept:
                 self.report.kept[imp.kept] = self.report.kept.get(imp.kept, 0) + 1
         except TakeoverError as exc:
@@ -277,6 +291,23 @@ class Takeover:
             self.report.failed.append(f"{failed} flows stayed with netfilter: their entries "
                                       "could not be deleted")
 
+    def _ipvs_left(self, removal: Any) -> Any:
+        """`removal` without the virtual services (and their addresses on kube-ipvs0) of flows
+        IPVS goes on translating: deleting one would end them."""
+        import dataclasses
+
+        keep = [s for s in removal.services if s.frontend in self.netfilter_frontends]
+        if not keep:
+            return removal
+        addresses = {s.address for s in keep}
+        self.report.failed.append(
+            f"{len(keep)} IPVS virtual services left for the flows IPVS still translates "
+            f"(masqueraded, or of host-network clients): {', '.join(str(s) for s in keep[:5])}; "
+            "delete them (ipvsadm -D) once those flows end")
+        return dataclasses.replace(
+            removal, services=tuple(s for s in removal.services if s not in keep),
+            addresses=tuple(a for a in removal.addresses if a not in addresses))
+
     def _remove_rules(self) -> None:
         if self.netfilter_families:
             # Without kube-proxy's rules netfilter could stop translating the flows it keeps.
@@ -289,6 +320,8 @@ class Takeover:
                 return
             self.report.nat_keeper = [f"IPv{f}" for f in families]
         for removal in self.removals:
+            if removal.backend == "ipvs":
+                removal = self._ipvs_left(removal)
             try:
                 self.netfilter.remove(removal)
             except (OSError, RuntimeError, ValueError) as exc:

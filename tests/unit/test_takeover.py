@@ -219,8 +219,9 @@ def test_nothing_to_take_over_and_a_source_not_found():
     with pytest.raises(TakeoverError, match="no kube-proxy nftables rules"):
         takeover(Kernel([Removal("iptables-legacy", "nat")], []), "nftables").before_attach(
             None, None, side)
-    with pytest.raises(TakeoverError, match="IPVS"):
-        takeover(Kernel([], []), "ipvs").before_attach(None, None, side)
+    with pytest.raises(TakeoverError, match="no kube-proxy ipvs rules"):
+        takeover(Kernel([Removal("iptables-legacy", "nat")], []), "ipvs").before_attach(
+            None, None, side)
     with pytest.raises(ValueError, match="not one of"):
         Takeover("userspace")
 
@@ -317,3 +318,33 @@ def test_kube_proxys_rules_stay_when_netfilter_could_not_go_on_translating_its_f
     assert report.left == {HOST_CLIENT: 1} and report.removed == []
     assert not any(line.startswith("remove") for line in k.log)
     assert any("left in place" in f for f in report.failed)
+
+
+def test_ipvs_flows_are_imported_and_a_virtual_service_with_a_kept_flow_stays(snapshot):
+    """kube-proxy's IPVS mode (conntrack=1): its netfilter entries carry IPVS's real server in
+    the reply tuple but no IPS_DST_NAT. What the lab cannot run here (no IPVS in this kernel):
+    the order, against the recording stand-in."""
+    from ebpflb.takeover.ipvs import IpvsDest, IpvsRemoval, IpvsService
+
+    ipvs = IPS_SEEN_REPLY | IPS_ASSURED
+    pod = flow("10.244.0.2", 1, "10.96.0.50", 80, "10.244.1.5", 8080, status=ipvs)
+    masq = flow("203.0.113.9", 2, NODE_IP, 30080, "10.244.1.6", 8080, status=ipvs | IPS_SRC_NAT,
+                reply_dst=(NODE_IP, 61000))
+    plan = plan_imports([pod, masq], snapshot, side)
+    assert [i.kept for i in plan.imports] == [None, SNATED]
+
+    svc = lambda addr, port: IpvsService(  # noqa: E731
+        4, TCP, addr, port, 0, "rr", (IpvsDest("10.244.1.5", 8080, 1, "masq"),))
+    cluster, nodeport = svc("10.96.0.50", 80), svc(NODE_IP, 30080)
+    removal = IpvsRemoval(family=4, services=(cluster, nodeport), device="kube-ipvs0",
+                          addresses=("10.96.0.50", NODE_IP), ipsets=("KUBE-CLUSTER-IP",))
+    k = Kernel([Removal("iptables-legacy", "nat"), removal], [[pod, masq], [pod, masq]])
+    removed = []
+    k.remove = lambda r: removed.append(r)
+    t = takeover(k, "ipvs")
+    t.before_attach(None, snapshot, side)
+    report = t.after_attach(None, snapshot, side)
+    assert report.handed_over == 1 and report.kept == {SNATED: 1}
+    assert [r.backend for r in removed] == ["iptables-legacy", "ipvs"]
+    assert removed[1].services == (cluster,) and removed[1].addresses == ("10.96.0.50",)
+    assert any("1 IPVS virtual services left" in f for f in report.failed)
