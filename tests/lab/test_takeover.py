@@ -254,6 +254,16 @@ def test_takeover_once_from_the_command_line_and_its_dry_run(lab, tmp_path):
         assert ruleset(ns, shape) == before
         served = sh(client, ["curl", "-s", "--max-time", "3", f"http://{WEB_VIP}/"]).strip()
         assert served in ("web-1", "web-2", "web-3"), "the data plane stopped serving"
+
+        # A dry run beside a data plane (kube-proxy's rules back): neither changes.
+        add_kube_proxy(ns, shape)
+        maps = ebpflb("service", "list", "--all", "-o", "json", "--pin-dir", pin_dir).stdout
+        again = json.loads(ebpflb("takeover", "--dry-run", "--netns", ns, "--manifests",
+                                  str(manifests), "--pin-dir", pin_dir, "-o", "json").stdout)
+        assert again["dry_run"] and again["removed"], again
+        assert ruleset(ns, shape) == loaded, "the dry run changed the rules"
+        assert ebpflb("service", "list", "--all", "-o", "json", "--pin-dir",
+                      pin_dir).stdout == maps, "the dry run changed the maps"
         kept.join(timeout=30)
         kept.close()
         assert kept.result.failures == [], kept.result.failures[:5]
