@@ -549,10 +549,14 @@ class Agent:
         """--takeover, before anything is attached: kube-proxy's rules found, netfilter's flows
         imported (ebpflb/takeover/run.py). None when there is nothing to take over. A takeover
         that cannot start stops the agent before it attaches: the node stays kube-proxy's."""
+        from .dataplane import takeover_maps
+
+        # A takeover or a hand-back that stopped half-way (a crash) left its flags: this agent
+        # serves, so the programs take every flow again.
+        takeover_maps.clear_dp_flags(bpf)
         if not self.options.takeover:
             return None
         from .apply import read_snapshot
-        from .dataplane import takeover_maps
         from .takeover.run import Takeover
 
         takeover = Takeover(self.options.takeover, writes=takeover_maps)

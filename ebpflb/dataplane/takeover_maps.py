@@ -28,6 +28,15 @@ def set_dp_flag(bpf: Any, flag: int, on: bool) -> None:
     t[t.Key(0)] = v
 
 
+def clear_dp_flags(bpf: Any) -> None:
+    """Every LB_DP_F_* off: the programs take every flow (an agent starting to serve)."""
+    if dp_flags(bpf):
+        t = bpf[DP_CFG]
+        v = t[t.Key(0)]
+        v.flags = 0
+        t[t.Key(0)] = v
+
+
 def netfilter_grace(bpf: Any) -> bool:
     """Whether the programs leave unknown mid-stream TCP packets to netfilter (a takeover is
     under way, or one stopped half-way)."""

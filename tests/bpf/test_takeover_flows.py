@@ -250,3 +250,16 @@ def test_a_flow_handed_back_is_held_then_left_to_netfilter(dp):
     assert held == [TC_ACT_SHOT]
     rc, ip = run(dp, dp.progs.from_pod, packet(CLIENT, sport, VIP, 80, "PA"))
     assert rc == TC_ACT_OK and ip.dst == VIP, "a flow handed back was still translated"
+
+
+def test_an_agent_starting_clears_what_a_takeover_or_hand_back_left_half_way(dp):
+    from ebpflb.dataplane.takeover_maps import clear_dp_flags, dp_flags
+
+    bpf = dp.progs.bpf
+    set_netfilter_grace(bpf, True)
+    set_netfilter_new(bpf, True)
+    assert dp_flags(bpf) == NETFILTER_GRACE | NETFILTER_NEW
+    clear_dp_flags(bpf)
+    assert dp_flags(bpf) == 0
+    rc, ip = run(dp, dp.progs.from_pod, packet(CLIENT, 46000, VIP, 80, "S"))
+    assert ip.dst in BACKENDS
