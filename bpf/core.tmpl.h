@@ -20,8 +20,10 @@ static __always_inline struct FAM_CT_ENTRY *LB_(flow_check)(const struct FAM_PKT
 		*drop = 1;
 		return 0;
 	}
-	/* An expired entry, or a SYN reusing the tuple of a closed flow, starts a new flow. */
-	if (CT_(expired)(ct, p->proto, now) || (LB_(tcp_syn_only)(p) && (ct->flags & CT_F_CLOSING)))
+	/* An expired entry, or a SYN reusing the tuple of a closed flow, starts a new flow. A flow
+	 * netfilter translates lives as long as netfilter's entry: the agent forgets it then. */
+	if ((!(ct->flags & CT_F_NETFILTER) && CT_(expired)(ct, p->proto, now)) ||
+	    (LB_(tcp_syn_only)(p) && (ct->flags & CT_F_CLOSING)))
 		return CT_(forget)(fk, ct, half_open, 0);
 	/* A SYN retransmitted to a backend that is gone (a pod on a dead node never answered) gets a
 	 * live one; without it the client would retry there until its connect timeout. An ACK means

@@ -63,6 +63,17 @@ def _warn_snat_overlap(snat_ports: Tuple[int, int],
     return False
 
 
+TAKEOVER_RETRY_SECONDS = 30
+
+
+def _netfilter_alive(family: int, proto: int, orig: Tuple[str, int, str, int]) -> bool:
+    """Whether netfilter still holds a flow taken over from kube-proxy (the conntrack GC asks
+    only when such flows exist)."""
+    from .takeover.nf_conntrack import exists
+
+    return exists(family, proto, orig)
+
+
 def rss_mib() -> float:
     """This process's resident memory (VmRSS), MiB."""
     try:
@@ -231,7 +242,8 @@ class Agent:
         if self.state.syncs == 0:
             return False, f"initial sync from {self.source.description} not programmed yet"
         if not self._serving:
-            return False, "programs not attached yet"
+            why = self._problems.get("takeover")
+            return False, f"programs not attached yet: {why}" if why else "programs not attached yet"
         if self._problems:
             return False, "; ".join(self._problems[k] for k in sorted(self._problems))
         if self.state.last_error and self.syncer is not None and self.syncer.pending:
@@ -475,7 +487,9 @@ class Agent:
             self._phase("source")
             self.sync()  # the full sync against whatever the pins hold
             self._phase("first_sync")
-            takeover = self._takeover_before_attach(progs.bpf, writer, ipr)
+            takeover = self._start_takeover(progs.bpf, writer, ipr)
+            if self._stop:
+                return 0
             monitor = LinkMonitor()
             attacher = Attacher(ipr, self.options.devices,
                                 Program(progs.from_pod.fd, progs.from_pod.name.decode()),
@@ -518,8 +532,8 @@ class Agent:
             if self.options.exit_when_ready:
                 self._write_status()
                 self._stop = True
-            self._loop(monitor, attacher, nodes, ConntrackGc(progs.bpf, self.config.ct_timeouts),
-                       ipr)
+            self._loop(monitor, attacher, nodes, ConntrackGc(progs.bpf, self.config.ct_timeouts,
+                                                             _netfilter_alive), ipr)
         finally:
             if monitor is not None:
                 monitor.close()
@@ -543,7 +557,30 @@ class Agent:
     def _takeover_sides(self, ipr: Any):
         from .dataplane.takeover_maps import client_sides
 
-        return client_sides(ipr, self.options.node_devices)
+        return client_sides(ipr, self.options.node_devices, self.options.devices)
+
+    def _start_takeover(self, bpf: Any, writer: Any, ipr: Any) -> Optional[Any]:
+        """_takeover_before_attach, tried again every TAKEOVER_RETRY_SECONDS while it cannot
+        start: nothing is attached meanwhile (kube-proxy's rules still serve the node) and
+        /readyz says why. `ebpflb takeover` (exit_when_ready) fails at once instead."""
+        from .takeover.run import TakeoverError
+
+        while not self._stop:
+            try:
+                takeover = self._takeover_before_attach(bpf, writer, ipr)
+            except TakeoverError as exc:
+                if self.options.exit_when_ready:
+                    raise
+                self._problems["takeover"] = (f"takeover from kube-proxy not started, nothing "
+                                              f"attached (kube-proxy's rules still serve): {exc}")
+                log.error("%s; trying again in %d s", self._problems["takeover"],
+                          TAKEOVER_RETRY_SECONDS)
+                self._write_status()
+                select.select([self._wake_r], [], [], TAKEOVER_RETRY_SECONDS)
+                continue
+            self._problems.pop("takeover", None)
+            return takeover
+        return None
 
     def _takeover_before_attach(self, bpf: Any, writer: Any, ipr: Any) -> Optional[Any]:
         """--takeover, before anything is attached: kube-proxy's rules found, netfilter's flows
@@ -551,16 +588,18 @@ class Agent:
         that cannot start stops the agent before it attaches: the node stays kube-proxy's."""
         from .dataplane import takeover_maps
 
-        # A takeover or a hand-back that stopped half-way (a crash) left its flags: this agent
-        # serves, so the programs take every flow again.
-        takeover_maps.clear_dp_flags(bpf)
+        # A takeover or a hand-back that stopped half-way (a crash) left its flags. Unless a
+        # takeover starts again (it sets them as it needs), this agent serves: the programs take
+        # every flow again.
         if not self.options.takeover:
+            takeover_maps.clear_dp_flags(bpf)
             return None
         from .apply import read_snapshot
         from .takeover.run import Takeover
 
         takeover = Takeover(self.options.takeover, writes=takeover_maps)
         if not takeover.before_attach(bpf, read_snapshot(writer), self._takeover_sides(ipr)):
+            takeover_maps.clear_dp_flags(bpf)
             self.state.takeover = takeover.report.to_json()
             return None
         return takeover

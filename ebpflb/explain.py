@@ -548,8 +548,10 @@ class _Decision:
                     (flags & CT_F_EXTERNAL or not self.source_valid())):
                 return self.drop("spoofed", f"a packet of a flow of device {ct.ifindex}, from a "
                                             "source this device may not use")
-            if self.expired(ct) or (f.syn_only and flags & CT_F_CLOSING):
-                why_new = ("a new flow (its conntrack entry expired)" if self.expired(ct) else
+            # A flow netfilter translates lives as long as netfilter's entry (the agent's GC).
+            expired = self.expired(ct) and not flags & CT_F_NETFILTER
+            if expired or (f.syn_only and flags & CT_F_CLOSING):
+                why_new = ("a new flow (its conntrack entry expired)" if expired else
                            "a new flow (a SYN reusing the tuple of a closed flow)")
                 self.forget(ct, reply=False)
                 ct = None

@@ -5,7 +5,12 @@ facts and the command against real agents."""
 import time
 from typing import Any, Dict, List, Optional
 
+from . import abi
+
 FILL_WARN = 0.9  # a map this full is worth a warning
+# lb_dp_cfg's flags, by the name the view gives them.
+DP_FLAGS = {"netfilter_grace": abi.LB_DP_F_NETFILTER_GRACE,
+            "netfilter_new": abi.LB_DP_F_NETFILTER_NEW}
 
 
 def _duration(seconds: float) -> str:
@@ -35,6 +40,7 @@ def _agent(owner_pid: Optional[int], status: Optional[Dict[str, Any]], now: floa
         "skipped": len(st.get("skipped") or []), "refused": list(st.get("refused") or []),
         "repairs": dict(st.get("repairs") or {}), "socket_lb": st.get("socket_lb"),
         "unmatched_devices": list(st.get("unmatched_devices") or []),
+        "takeover": st.get("takeover"),
         "status_file": bool(st),
     }
 
@@ -59,6 +65,9 @@ def _warnings(view: dict) -> List[str]:
                        f"{agent['refused'][0]}")
         for what in agent["unmatched_devices"]:
             out.append(f"{what} matches no device")
+        takeover = agent["takeover"] or {}
+        for failure in takeover.get("failed") or []:
+            out.append(f"the takeover from kube-proxy is incomplete: {failure}")
         sock = agent["socket_lb"] or {}
         hooks = view["socket_hooks"]
         if sock.get("mode") not in (None, "off") and hooks is not None and not hooks["hooks"]:
@@ -74,18 +83,23 @@ def _warnings(view: dict) -> List[str]:
                        "raise its size (ebpflb agent --help)")
     if not view["devices"]:
         out.append("no device of this network namespace runs the programs (a lab node: --netns)")
+    if view["dp_flags"]:
+        out.append(f"the programs leave flows to netfilter ({', '.join(view['dp_flags'])}): a "
+                   "takeover from kube-proxy or a hand-back to it is under way, or stopped "
+                   "half-way (an agent starting without --takeover clears it)")
     return out
 
 
 def build(pin_dir: str, owner_pid: Optional[int], status: Optional[Dict[str, Any]],
           maps: List[dict], devices: List[dict], socket_hooks: Optional[dict],
-          now: Optional[float] = None) -> dict:
+          now: Optional[float] = None, dp_flags: Optional[int] = None) -> dict:
     now = time.time() if now is None else now
     maps = [dict(m, fill=round(m["entries"] / m["max"], 4) if m.get("entries") is not None
                  and m.get("max") else None) for m in maps]
     view = {"pin_dir": pin_dir, "pinned": all(not m.get("missing") for m in maps),
             "agent": _agent(owner_pid, status, now), "devices": devices,
-            "socket_hooks": socket_hooks, "maps": maps}
+            "socket_hooks": socket_hooks, "maps": maps,
+            "dp_flags": [name for name, bit in DP_FLAGS.items() if (dp_flags or 0) & bit]}
     view["warnings"] = _warnings(view)
     return view
 
@@ -116,6 +130,13 @@ def render(view: dict, now: Optional[float] = None) -> str:
             lines.append(f"Skipped     {agent['skipped']} Services or ports (service list --all)")
         if agent["repairs"]:
             lines.append("Repairs     " + ", ".join(f"{k} {v}" for k, v in sorted(agent["repairs"].items())))
+        takeover = agent["takeover"]
+        if takeover and takeover.get("found"):
+            lines.append(f"Takeover    from kube-proxy: {takeover['imported']} flows imported, "
+                         f"{takeover['handed_over']} handed over, "
+                         f"{sum((takeover.get('kept') or {}).values())} kept with netfilter, "
+                         f"{len(takeover.get('removed') or [])} rule tables removed"
+                         + (", INCOMPLETE" if takeover.get("failed") else ""))
     hooks = view["socket_hooks"]
     if hooks is not None:
         lines.append(f"Socket LB   {len(hooks['hooks'])} hooks on {hooks['cgroup']}"

@@ -14,8 +14,8 @@ from .dataplane.percpu import read_flow_stats
 from .dataplane.readers import flows
 from .explain import AffinityView, Explanation, Flow, explain, frontend_record, reply_key
 from .explain_socket import SocketExplanation, explain_socket, packet_path_note
-from .maps import (BACKEND_STATS, BACKENDS, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_SRC_NAT, SERVICES,
-                   SVC_META, SVC_STATS, SvcKey)
+from .maps import (BACKEND_STATS, BACKENDS, CT_F_CLOSING, CT_F_EXTERNAL, CT_F_HANDOVER,
+                   CT_F_NETFILTER, CT_F_SRC_NAT, SERVICES, SVC_META, SVC_STATS, SvcKey)
 from .stats import ServiceStats, build_stats, global_counters
 from .addresses import format_address
 
@@ -40,12 +40,18 @@ def read_global_counters(bpf: Any) -> Dict[str, Any]:
 # ---- conntrack (`ebpflb ct list`)
 
 def ct_state(entry: CtEntry) -> str:
-    """A flow's state as `ct list` names it: established, half-open or closing (TCP); "-" (UDP)."""
+    """A flow's state as `ct list` names it: established, half-open or closing (TCP); "-" (UDP);
+    with "(netfilter)" for a flow netfilter translates (taken over from kube-proxy) and
+    "(handover)" for one being handed over, whose packets are dropped meanwhile."""
     if entry.protocol != "TCP":
-        return "-"
-    if entry.flags & CT_F_CLOSING:
-        return "closing"
-    return "half-open" if entry.half_open else "established"
+        state = "-"
+    elif entry.flags & CT_F_CLOSING:
+        state = "closing"
+    else:
+        state = "half-open" if entry.half_open else "established"
+    if entry.flags & CT_F_HANDOVER:
+        return f"{state} (handover)"
+    return f"{state} (netfilter)" if entry.flags & CT_F_NETFILTER else state
 
 
 def flow_row(e: CtEntry, names: Mapping[int, str], now_ns: int) -> Dict[str, Any]:
@@ -161,7 +167,7 @@ def status_view(config: DataplaneConfig, owner_pid: Optional[int],
     hooks are looked for on the cgroup its agent recorded, else on `cgroup`, and not at all when
     the agent's status says socket load balancing is off."""
     from .dataplane.loader import pinned
-    from .dataplane.survey import devices, map_fill, socket_hooks
+    from .dataplane.survey import devices, dp_flags, map_fill, socket_hooks
     from .status import read_status
     from .status_view import build
 
@@ -170,4 +176,4 @@ def status_view(config: DataplaneConfig, owner_pid: Optional[int],
     hooks = None if recorded.get("mode") == "off" else socket_hooks(
         config, None if recorded.get("cgroup") else cgroup)
     return build(pin_dir, owner_pid, read_status(pin_dir), map_fill(pin_dir),
-                 devices(config) if pinned(config) else [], hooks)
+                 devices(config) if pinned(config) else [], hooks, dp_flags=dp_flags(pin_dir))

@@ -44,6 +44,12 @@ def cleanup(handback: bool, output: str, cgroup: Optional[str], yes: bool, force
     try:
         if handback:
             report = _hand_back(pin_dir)
+            if report.failed:
+                # Removed now, the flows netfilter refused would break: the data plane stays,
+                # leaving new flows to kube-proxy, until a hand-back succeeds.
+                emit(output, report.to_json(), report.render)
+                raise click.ClickException("hand-back incomplete: the data plane was left in "
+                                           "place; run `ebpflb cleanup --handback` again")
         removed = remove_dataplane(config, cgroup=cgroup)
     finally:
         if lock is not None:

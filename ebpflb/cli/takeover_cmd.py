@@ -72,7 +72,8 @@ def _dry_run(source: str, output: str, options: dict) -> None:
     from ..dataplane.takeover_maps import client_sides
 
     with IPRoute() as ipr:
-        sides = client_sides(ipr, list(options.get("node_devices") or ()))
+        sides = client_sides(ipr, list(options.get("node_devices") or ()),
+                             list(options.get("devices") or ("lxc*",)))
         try:
             report = Takeover(source).dry_run(snapshot, sides)
         except TakeoverError as exc:

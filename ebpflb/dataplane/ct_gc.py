@@ -15,9 +15,9 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
-from ..maps import CT_F_ESTABLISHED, CT_F_HAIRPIN, CT_F_SRC_NAT
+from ..maps import CT_F_ESTABLISHED, CT_F_HAIRPIN, CT_F_NETFILTER, CT_F_SRC_NAT
 from ..maps import HAIRPIN_ADDR as HAIRPIN_ADDR_TEXT
 from ..maps import HAIRPIN_ADDR6 as HAIRPIN_ADDR6_TEXT
 from .config import CtTimeouts
@@ -71,6 +71,7 @@ class GcResult:
     scanned: int
     deleted: int
     svc_ids: FrozenSet[int] = frozenset()  # the service ids the remaining entries hold
+    netfilter: int = 0  # flows netfilter translates (taken over from kube-proxy), still there
 
 
 def _lifetime_ns(proto: int, flags: int, t: CtTimeouts) -> int:
@@ -93,13 +94,22 @@ def _entries(keys: bytes, values: bytes, layout: CtLayout) -> Dict[bytes, Tuple]
 
 
 def sweep(keys: bytes, values: bytes, now_ns: int, timeouts: CtTimeouts,
-          layout: CtLayout = CT4) -> Tuple[List[bytes], Set[int]]:
-    """(the raw keys to delete, the service ids of the entries that stay) (pure)."""
+          layout: CtLayout = CT4,
+          netfilter: Optional[List[Tuple[bytes, Tuple]]] = None) -> Tuple[List[bytes], Set[int]]:
+    """(the raw keys to delete, the service ids of the entries that stay) (pure). A flow
+    netfilter translates (CT_F_NETFILTER, taken over from kube-proxy) is not aged here: it
+    lives as long as netfilter's entry, which the caller checks (its key and fields are appended
+    to `netfilter`)."""
     entries = _entries(keys, values, layout)
     out = []
     live: Set[int] = set()
     for raw, (saddr, daddr, sport, dport, proto, direction, _pad, _created, last, nat_addr,
               nat_port, flags, svc_id, _be, nat2_addr, nat2_port, _pad2, _ifindex, _pad3) in entries.items():
+        if flags & CT_F_NETFILTER:
+            live.add(svc_id)
+            if netfilter is not None:
+                netfilter.append((raw, entries[raw]))
+            continue
         # SNAT: forward client -> frontend leaves as nat2 -> backend, reply backend -> nat2;
         # hairpin: the pod reached itself, replies go to the hairpin address.
         other = entries.get(_peer(raw, entries[raw], layout))
@@ -136,11 +146,17 @@ class ConntrackGc:
     """Every conntrack table (ct4 and ct4_syn, ct6 and ct6_syn): a flow's two entries always sit
     in the same one."""
 
-    def __init__(self, bpf: Any, timeouts: CtTimeouts):
+    def __init__(self, bpf: Any, timeouts: CtTimeouts,
+                 netfilter_alive: Optional[Callable[[int, int, Tuple[str, int, str, int]],
+                                                    bool]] = None):
+        """`netfilter_alive(family, proto, (src, sport, dst, dport))`: whether netfilter still
+        holds a flow's entry (ebpflb.takeover.nf_conntrack.exists); None: never asked, the
+        flows netfilter translates are kept."""
         # The half-open table first: a flow promoted to ct4 while the two are read is then
         # seen in ct4, never in neither (its service id would look unused).
         self.tables = [(bpf[name], layout) for layout in LAYOUTS for name in layout.tables]
         self.timeouts = timeouts
+        self.netfilter_alive = netfilter_alive
         for t, layout in self.tables:
             if (ctypes.sizeof(t.Key), ctypes.sizeof(t.Leaf)) != (layout.key.size,
                                                                  layout.value.size):
@@ -148,11 +164,15 @@ class ConntrackGc:
                                  f"{ctypes.sizeof(t.Leaf)} B; update ebpflb/dataplane/ct_gc.py")
 
     def run(self, now_ns: int) -> GcResult:
-        scanned = deleted = 0
+        scanned = deleted = kept = 0
         svc_ids: Set[int] = set()
         for table, layout in self.tables:
             keys, values, count = read_hash_raw(table)
-            dead, live = sweep(keys, values, now_ns, self.timeouts, layout)
+            netfilter: List[Tuple[bytes, Tuple]] = []
+            dead, live = sweep(keys, values, now_ns, self.timeouts, layout, netfilter)
+            gone = self._netfilter_gone(netfilter, layout)
+            dead += gone
+            kept += len(netfilter) - len(gone)
             svc_ids |= live
             scanned += count
             deleted += len(dead)
@@ -160,7 +180,26 @@ class ConntrackGc:
                 _delete(table, b"".join(dead), len(dead))
         if deleted:
             log.debug("conntrack GC: %d of %d entries expired", deleted, scanned)
-        return GcResult(scanned, deleted, frozenset(svc_ids))
+        return GcResult(scanned, deleted, frozenset(svc_ids), kept)
+
+    def _netfilter_gone(self, entries: List[Tuple[bytes, Tuple]], layout: CtLayout) -> List[bytes]:
+        """The keys of flows netfilter translated whose netfilter entry is gone (the flow
+        ended there, or its entry expired: the flow is over, as it would be under kube-proxy)."""
+        if not entries or self.netfilter_alive is None:
+            return []
+        family = 6 if layout.family == socket.AF_INET6 else 4
+        gone = []
+        for raw, (saddr, daddr, sport, dport, proto, *_rest) in entries:
+            orig = (socket.inet_ntop(layout.family, saddr), int.from_bytes(sport, "big"),
+                    socket.inet_ntop(layout.family, daddr), int.from_bytes(dport, "big"))
+            try:
+                alive = self.netfilter_alive(family, proto, orig)
+            except (OSError, RuntimeError) as exc:  # asked again at the next GC
+                log.warning("conntrack GC: netfilter's entry of %s not read: %s", orig, exc)
+                continue
+            if not alive:
+                gone.append(raw)
+        return gone
 
 
 def _delete(table: Any, raw_keys: bytes, count: int) -> None:

@@ -62,6 +62,24 @@ def map_fill(pin_dir: str) -> List[dict]:
     return out
 
 
+def dp_flags(pin_dir: str) -> Optional[int]:
+    """lb_dp_cfg's LB_DP_F_* flags (a takeover from kube-proxy or a hand-back to it under way,
+    or stopped half-way); None when the map is not pinned."""
+    import struct
+
+    from .libbpf import lookup_elem
+
+    path = os.path.join(pin_dir, "lb_dp_cfg")
+    if not os.path.exists(path):
+        return None
+    fd = open_pinned(path)
+    try:
+        raw = lookup_elem(fd, struct.pack("=I", 0), map_info(fd).value_size)
+    finally:
+        os.close(fd)
+    return struct.unpack_from("=I", raw)[0] if raw else 0
+
+
 def devices(config: DataplaneConfig) -> List[dict]:
     """The devices of this network namespace running the data plane's programs: TC ingress and
     egress (by program name), and XDP with its mode."""

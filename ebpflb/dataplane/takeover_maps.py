@@ -59,8 +59,9 @@ def _addr(struct: Any, name: str, ip: str) -> Any:
     return type(getattr(struct, name)).from_buffer_copy(socket.inet_pton(socket.AF_INET6, ip))
 
 
-def _table(bpf: Any, family: int) -> Any:
-    return bpf[b"ct6" if family == 6 else b"ct4"]
+def _table(bpf: Any, family: int, half_open: bool = False) -> Any:
+    name = "ct6" if family == 6 else "ct4"
+    return bpf[(name + "_syn" if half_open else name).encode()]
 
 
 def _key(t: Any, saddr: str, sport: int, daddr: str, dport: int, proto: int, reply: bool) -> Any:
@@ -147,17 +148,19 @@ def hand_back(bpf: Any, flow: Any, swap_netfilter_entry: Callable[[], Any]) -> b
     """Moves one flow (ebpflb.takeover.handback.HandBackFlow) from the data path to netfilter:
     held while `swap_netfilter_entry` gives netfilter an entry that translates it, then passed
     untouched. When the swap fails the flow stays the data path's."""
-    t = _table(bpf, flow.family)
+    t = _table(bpf, flow.family, getattr(flow, "half_open", False))
     (client, cport), (dst, dport) = flow.client, flow.frontend
     return _switch(t, _key(t, client, cport, dst, dport, flow.proto, False),
                    swap_netfilter_entry, CT_F_NETFILTER, 0)
 
 
-def client_sides(ipr: Any, node_devices: Sequence[str]) -> Callable[[str], str]:
+def client_sides(ipr: Any, node_devices: Sequence[str],
+                 pod_devices: Sequence[str] = ("lxc*",)) -> Callable[[str], str]:
     """Where a client's packets meet the programs (ebpflb.takeover.flows.SIDE_*), by the node's
     addresses and routes: an address of the node is a host-network client; one routed through a
-    node device (--node-device) is outside the cluster; any other is a pod's."""
-    from ..takeover.flows import SIDE_LOCAL, SIDE_NODE, SIDE_POD
+    node device (--node-device) is outside the cluster; through a pod device (--device), a pod;
+    through any other device (an overlay, a device no pattern names) no program sees it."""
+    from ..takeover.flows import SIDE_LOCAL, SIDE_NODE, SIDE_OTHER, SIDE_POD
     from .attach import matches
 
     local = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()} | {"127.0.0.1", "::1"}
@@ -167,7 +170,6 @@ def client_sides(ipr: Any, node_devices: Sequence[str]) -> Callable[[str], str]:
     def side_of(addr: str) -> str:
         if addr in cache:
             return cache[addr]
-        side = SIDE_POD
         if addr in local:
             side = SIDE_LOCAL
         else:
@@ -175,8 +177,9 @@ def client_sides(ipr: Any, node_devices: Sequence[str]) -> Callable[[str], str]:
                 oif = ipr.route("get", dst=addr)[0].get_attr("RTA_OIF")
             except Exception:  # noqa: BLE001 - netlink: no route is an answer too
                 oif = None
-            if oif is not None and node_devices and matches(names.get(oif, ""), node_devices):
-                side = SIDE_NODE
+            name = names.get(oif, "")
+            side = (SIDE_NODE if node_devices and matches(name, node_devices) else
+                    SIDE_POD if matches(name, pod_devices) else SIDE_OTHER)
         cache[addr] = side
         return side
 

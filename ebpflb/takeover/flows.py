@@ -12,7 +12,10 @@ the data plane now serves is imported into ebpflb's conntrack with that backend,
 A flow netfilter also SNATed (kube-proxy masquerades traffic from outside the cluster, and a pod
 reaching itself) keeps its netfilter entry to its end: its replies come back to a source port
 netfilter chose. A flow of a host-network client is left alone: its socket's packets never meet
-the TC programs' frontend lookup as they do for pods (the socket hooks translate new ones).
+the TC programs' frontend lookup as they do for pods (the socket hooks translate new ones); so is
+one whose client is behind a device no program is attached to, and one netfilter translates to
+a destination ebpflb does not serve (a Service it refused, a CNI's hostPort): netfilter keeps
+translating those (the takeover keeps its NAT alive for them, ebpflb/takeover/nat_keeper.py).
 
 Input is what ebpflb/takeover/nf_conntrack.py reads; output is what
 ebpflb/dataplane/takeover_maps.py writes. Nothing here touches the kernel.
@@ -42,12 +45,15 @@ TCP_OVER_STATES = frozenset({TCP_TIME_WAIT, TCP_CLOSE})
 SIDE_POD = "pod"  # behind a pod device: lb4_from_pod
 SIDE_NODE = "node"  # behind a node device: XDP or lb4_node_in
 SIDE_LOCAL = "local"  # an address of the node itself: a host-network socket
+SIDE_OTHER = "other"  # behind a device no program is attached to (an overlay, an unnamed device)
 
 # Why a flow to a frontend is not imported, or is kept with netfilter (the report's words).
 NOT_TRANSLATED = "not translated (no DNAT, no IPVS real server)"
 OVER = "closed (TIME_WAIT or CLOSE)"
 HOST_CLIENT = "a host-network client: netfilter keeps translating it to its end"
 SNATED = "SNATed by netfilter too: its replies come back to netfilter's source port"
+UNATTACHED = "behind a device ebpflb is not attached to: netfilter keeps translating it"
+NOT_SERVED = "translated by netfilter to a frontend ebpflb does not serve: netfilter keeps it"
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,10 @@ def plan_imports(flows: Iterable[NfFlow], snapshot,
         side = side_of(client)
         key, svc = frontend_record(snapshot, SvcKey(dst, dport, flow.proto), side == SIDE_NODE)
         if svc is None:
-            others += 1
+            if translated(flow):
+                left.append((flow, NOT_SERVED))  # a Service ebpflb refused, a hostPort...
+            else:
+                others += 1
             continue
         if not translated(flow):
             left.append((flow, NOT_TRANSLATED))
@@ -184,8 +193,8 @@ def plan_imports(flows: Iterable[NfFlow], snapshot,
         if flow.proto == socket.IPPROTO_TCP and flow.tcp_state in TCP_OVER_STATES:
             left.append((flow, OVER))
             continue
-        if side == SIDE_LOCAL:
-            left.append((flow, HOST_CLIENT))
+        if side in (SIDE_LOCAL, SIDE_OTHER):
+            left.append((flow, HOST_CLIENT if side == SIDE_LOCAL else UNATTACHED))
             continue
         baddr, bport, rdst, rdport = flow.reply
         snated = flow.snat or (rdst, rdport) != (client, cport)

@@ -48,6 +48,7 @@ class HandBackFlow:
     frontend: Tuple[str, int]
     backend: Tuple[str, int]
     tcp_state: Optional[int]  # TCP_CONNTRACK_* for netfilter's entry; None for UDP
+    half_open: bool = False  # in ct4_syn / ct6_syn (the client has not ACKed yet)
 
     def __str__(self) -> str:
         ep = lambda a, p: f"[{a}]:{p}" if ":" in a else f"{a}:{p}"  # noqa: E731
@@ -98,7 +99,8 @@ def plan_handback(entries: Iterable[Any]) -> HandBackPlan:
         proto = PROTOS[e.protocol]
         flows.append(HandBackFlow(6 if ":" in e.saddr else 4, proto, (e.saddr, e.sport),
                                   (e.daddr, e.dport), (e.nat_addr, e.nat_port),
-                                  _tcp_state(flags) if proto == socket.IPPROTO_TCP else None))
+                                  _tcp_state(flags) if proto == socket.IPPROTO_TCP else None,
+                                  e.half_open))
     return HandBackPlan(tuple(flows), dict(cannot), already, closed)
 
 
@@ -109,12 +111,14 @@ class HandBackReport:
     cannot: Dict[str, int] = field(default_factory=dict)
     already: int = 0
     closed: int = 0
+    ended: int = 0  # ended while the hand-back ran (their entries gone)
     failed: List[str] = field(default_factory=list)
     removed: List[str] = field(default_factory=list)  # the data plane's parts, removed after
 
     def to_json(self) -> Dict[str, Any]:
         return {"found": self.found, "handed_back": self.handed_back, "cannot": self.cannot,
-                "already_netfilter": self.already, "closed": self.closed, "failed": self.failed,
+                "already_netfilter": self.already, "closed": self.closed, "ended": self.ended,
+                "failed": self.failed,
                 "removed": self.removed}
 
     def render(self) -> str:
@@ -143,12 +147,14 @@ def hand_back(bpf: Any, netfilter: Any, writes: Any,
         found = netfilter.removals()
     except (OSError, RuntimeError, ValueError) as exc:
         raise HandBackError(f"cannot read kube-proxy's rules: {exc}") from exc
-    # What translates flows: a nat table, kube-proxy's nftables table, IPVS (filter rules alone
-    # serve nothing).
-    found = [r for r in found if r.table in ("nat", "kube-proxy", "ipvs")]
+    # kube-proxy translating Services: per-Service chains (not a canary or leftovers of a
+    # kube-proxy that has not synced yet), or IPVS virtual services.
+    found = [r for r in found if (r.services if r.backend == "ipvs" else getattr(r, "serving",
+                                                                                 False))]
     if not found:
-        raise HandBackError("kube-proxy's rules are not on this node: start kube-proxy first "
-                            "(they serve every new flow once ebpflb is gone); nothing changed")
+        raise HandBackError("kube-proxy is not serving Services on this node: start kube-proxy "
+                            "first and let it sync (its rules serve every new flow once ebpflb "
+                            "is gone); nothing changed")
     report.found = [r.describe() for r in found]
     writes.set_netfilter_new(bpf, True)
     plan = plan_handback(read_entries(bpf))
@@ -158,9 +164,12 @@ def hand_back(bpf: Any, netfilter: Any, writes: Any,
         try:
             if writes.hand_back(bpf, flow, lambda f=flow: netfilter.swap(f)):
                 report.handed_back += 1
+            else:
+                report.ended += 1
         except (OSError, RuntimeError) as exc:
             failed += 1
             log.warning("hand-back of %s: %s", flow, exc)
     if failed:
-        report.failed.append(f"{failed} flows not handed back: netfilter refused their entries")
+        report.failed.append(f"{failed} flows not handed back: netfilter refused their entries "
+                             "(the data plane stays: run the hand-back again)")
     return report

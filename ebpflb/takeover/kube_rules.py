@@ -98,6 +98,15 @@ class RuleRemoval:
     kept: Tuple[str, ...] = ()  # kube-proxy-named chains left because other rules use them
     nft_chains: int = 0  # nftables: chains inside the table (the table is removed whole)
     nft_sets: int = 0  # nftables: sets and maps inside the table
+    services: int = 0  # nftables: its per-Service chains (service-*); iptables: see `serving`
+
+    @property
+    def serving(self) -> bool:
+        """Whether this is kube-proxy translating Services (not a canary, not leftovers): a
+        per-Service chain of its iptables modes (KUBE-SVC-, KUBE-SVL-), or of its nftables mode."""
+        if self.backend == NFTABLES:
+            return self.services > 0
+        return any(c.startswith(("KUBE-SVC-", "KUBE-SVL-")) for c in self.chains)
 
     def describe(self) -> str:
         """One line for the takeover report."""
@@ -335,11 +344,14 @@ def nft_removals(ruleset: dict) -> List[RuleRemoval]:
         family = _NFT_FAMILIES.get(body.get("family"))  # type: ignore[arg-type]
         if kind != "table" or family is None or body.get("name") != NFT_TABLE:
             continue
-        mine = [k for k, b in objects
+        mine = [(k, b) for k, b in objects
                 if b.get("family") == body["family"] and b.get("table") == NFT_TABLE]
+        kinds = [k for k, _ in mine]
         out.append(RuleRemoval(
             backend=NFTABLES, family=family, table=NFT_TABLE, chains=(NFT_TABLE,), jumps=(),
             script=f"delete table {body['family']} {NFT_TABLE}\n",
-            rules=mine.count("rule"), nft_chains=mine.count("chain"),
-            nft_sets=mine.count("set") + mine.count("map")))
+            rules=kinds.count("rule"), nft_chains=kinds.count("chain"),
+            nft_sets=kinds.count("set") + kinds.count("map"),
+            services=sum(1 for k, b in mine
+                         if k == "chain" and str(b.get("name", "")).startswith("service-"))))
     return out

@@ -348,6 +348,25 @@ def delete(flow: NfFlow) -> bool:
     return True
 
 
+def exists(family: int, proto: int, orig: Tuple[str, int, str, int], zone: int = 0) -> bool:
+    """Whether netfilter holds an entry with this original tuple (a flow it still translates:
+    the agent forgets its own record of the flow once netfilter's is gone)."""
+    version, af = _family(family)
+    attrs = [("CTA_TUPLE_ORIG", _tuple_attrs(version, proto, *orig), NLA_F_NESTED)]
+    if zone:
+        attrs.append(("CTA_ZONE", zone))
+    with _ctnetlink(af) as sock:
+        try:
+            sock.request(_message(attrs), IPCTNL_MSG_CT_GET,
+                         msg_flags=NLM_F_REQUEST | NLM_F_ACK, terminate=terminate_error_msg)
+        except NetlinkError as exc:
+            if exc.code == errno.ENOENT:
+                return False
+            raise NfFlowError(f"conntrack get {_flow_text(proto, orig, zone)}: "
+                              f"{os.strerror(exc.code)} (errno {exc.code})", exc.code) from exc
+    return True
+
+
 # ------------------------------------------------------------------ add_dnat
 
 def _address(version: int, what: str, value: str) -> str:

@@ -18,15 +18,20 @@ what was imported, handed over, kept, left and removed, and what failed.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from .flows import HOST_CLIENT, ImportPlan, NfFlow, new_since, plan_imports
+from .flows import HOST_CLIENT, NOT_SERVED, UNATTACHED, ImportPlan, NfFlow, new_since, \
+    plan_imports
+
+# Flows netfilter goes on translating after the takeover (its NAT kept alive for them).
+_NETFILTER_LEFT = (HOST_CLIENT, UNATTACHED, NOT_SERVED)
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "iptables", "nftables", "ipvs")
-SWAP_TRIES = 4  # a hand-back's add racing the backend's replies (Netfilter.swap)
+SWAP_TRIES = 8  # a hand-back's add racing the backend's replies (Netfilter.swap)
 # Which rule backends each --from takes (RuleRemoval.backend, IpvsRemoval.backend), and which of
 # them must be found. kube-proxy's IPVS mode has iptables chains of its own too.
 _BACKENDS = {"iptables": ("iptables-legacy", "iptables-nft"), "nftables": ("nftables",),
@@ -71,6 +76,11 @@ class Netfilter:
 
         return delete(flow)
 
+    def kube_proxy_running(self) -> Optional[str]:
+        from .kube_proxy_process import running
+
+        return running()
+
     def keep_nat(self, families: Any) -> None:
         from . import nat_keeper
 
@@ -99,6 +109,7 @@ class Netfilter:
                     raise
                 delete(from_backend)
                 delete(plain)
+                time.sleep(0.0002 * (1 << attempt))  # a burst of replies may be passing
 
 
 @dataclass
@@ -198,6 +209,10 @@ class Takeover:
                 raise TakeoverError(f"--from {self.source}: no kube-proxy {self.source} rules "
                                     "on this node")
         self.report.found = [_describe(r) for r in found]
+        running = self.netfilter.kube_proxy_running() if found else None
+        if running and not self.report.dry_run:
+            raise TakeoverError(f"kube-proxy still runs on this node ({running}): it would write "
+                                "its rules back; stop it on this node first")
         return found
 
     def _plan(self, snapshot: Any, side_of: Callable[[str], str]) -> ImportPlan:
@@ -219,7 +234,8 @@ class Takeover:
         return self.report
 
     def _note_netfilter(self, plan: ImportPlan) -> None:
-        flows = [i.flow for i in plan.kept] + [f for f, why in plan.left if why == HOST_CLIENT]
+        flows = [i.flow for i in plan.kept] + [f for f, why in plan.left
+                                               if why in _NETFILTER_LEFT]
         self.netfilter_families |= {f.family for f in flows}
         self.netfilter_frontends |= {(f.family, f.orig[2], f.orig[3], f.proto) for f in flows}
 
@@ -233,37 +249,61 @@ class Takeover:
 
     def before_attach(self, bpf: Any, snapshot: Any, side_of: Callable[[str], str]) -> bool:
         """Steps 1-2. False (nothing done) when there is no kube-proxy state and --from auto.
-        TakeoverError when it cannot start; the maps then hold no import and no grace."""
+        TakeoverError when it cannot start; the maps then hold no import and no flag.
+        The programs will be attached leaving every flow they do not know to netfilter
+        (LB_DP_F_NETFILTER_NEW: kube-proxy's rules still serve), so nothing moves between this
+        read and the next."""
         self.removals = self._find()
         if not self.removals:
             log.info("takeover: no kube-proxy rules found on this node; nothing to take over")
             return False
         plan = self._plan(snapshot, side_of)
-        self.writes.set_netfilter_grace(bpf, True)
+        self.writes.set_netfilter_new(bpf, True)
         self.writes.write_imports(bpf, plan.imports)
         self.imported = list(plan.imports)
         self._count(plan)
         log.info("takeover: %d netfilter flows imported before attaching", len(plan.imports))
         return True
 
+    def _import_more(self, bpf: Any, snapshot: Any, side_of: Callable[[str], str]) -> None:
+        """Another read of netfilter's conntrack: the flows born since the last one (retried
+        once; TakeoverError when it still fails)."""
+        try:
+            plan = self._plan(snapshot, side_of)
+        except TakeoverError:
+            plan = self._plan(snapshot, side_of)
+        later = new_since(plan, [i.flow for i in self.imported])
+        self.writes.write_imports(bpf, later.imports)
+        self.imported += later.imports
+        self.report.imported += len(later.imports)
+        self._note_netfilter(later)
+        for imp in later.kept:
+            self.report.kept[imp.kept] = self.report.kept.get(imp.kept, 0) + 1
+
     def after_attach(self, bpf: Any, snapshot: Any,
                      side_of: Callable[[str], str]) -> TakeoverReport:
         """Steps 4-5, once the programs are attached. Failures are reported, not raised: the
-        data path serves whatever is left over."""
+        data path serves whatever is left over.
+
+        New flows become the data path's in two steps, each followed by a read: the flows
+        netfilter took while the programs passed every unknown flow (NETFILTER_NEW), then those
+        born in the moment before new flows were taken here (when only TCP other than a SYN is
+        still left to netfilter: NETFILTER_GRACE). A read that fails stops there, with the
+        programs still leaving to netfilter what they may not know, and kube-proxy's rules in
+        place."""
         if not self.removals:
             return self.report
         try:
-            later = new_since(self._plan(snapshot, side_of), [i.flow for i in self.imported])
-            self.writes.write_imports(bpf, later.imports)
-            self.imported += later.imports
-            self.report.imported += len(later.imports)
-            self._note_netfilter(later)
-            for imp in later.kept:
-                self.report.kept[imp.kept] = self.report.kept.get(imp.kept, 0) + 1
+            self._import_more(bpf, snapshot, side_of)
+            self.writes.set_netfilter_grace(bpf, True)
+            self.writes.set_netfilter_new(bpf, False)
+            self._import_more(bpf, snapshot, side_of)
         except TakeoverError as exc:
-            self.report.failed.append(f"second conntrack read: {exc}")
-        finally:
-            self.writes.set_netfilter_grace(bpf, False)
+            self.report.failed.append(f"reading netfilter's conntrack after attaching: {exc}; "
+                                      "kube-proxy's rules left in place, and netfilter keeps "
+                                      "what this node's programs may not know")
+            return self.report
+        self.writes.set_netfilter_grace(bpf, False)
         self._hand_over(bpf)
         self._remove_rules()
         return self.report
@@ -290,6 +330,20 @@ class Takeover:
         if failed:
             self.report.failed.append(f"{failed} flows stayed with netfilter: their entries "
                                       "could not be deleted")
+
+    def _fresh_removals(self) -> List[Any]:
+        """kube-proxy's state read again just before it is removed (the hand-over may have
+        taken a while; a table changed since would refuse a stale transaction); the first read
+        when that fails."""
+        try:
+            found = self.netfilter.removals()
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning("takeover: kube-proxy's rules not read again (%s); removing what the "
+                        "first read found", exc)
+            return self.removals
+        if self.source != "auto":
+            found = [r for r in found if r.backend in _BACKENDS[self.source]]
+        return found
 
     def _ipvs_left(self, removal: Any) -> Any:
         """`removal` without the virtual services (and their addresses on kube-ipvs0) of flows
@@ -319,7 +373,7 @@ class Takeover:
                                           f"on translating the flows it keeps, and {exc}")
                 return
             self.report.nat_keeper = [f"IPv{f}" for f in families]
-        for removal in self.removals:
+        for removal in self._fresh_removals():
             if removal.backend == "ipvs":
                 removal = self._ipvs_left(removal)
             try:

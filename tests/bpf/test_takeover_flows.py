@@ -263,3 +263,53 @@ def test_an_agent_starting_clears_what_a_takeover_or_hand_back_left_half_way(dp)
     assert dp_flags(bpf) == 0
     rc, ip = run(dp, dp.progs.from_pod, packet(CLIENT, 46000, VIP, 80, "S"))
     assert ip.dst in BACKENDS
+
+
+def test_a_flow_netfilter_keeps_lives_as_long_as_netfilters_entry(dp):
+    """A flow left with netfilter (it SNATed it too) outlives ebpflb's own timeouts: idle for 7 h
+    (ebpflb's established TCP lifetime is 6 h) it still passes untouched, and the GC forgets it
+    only once netfilter's entry is gone."""
+    import time
+
+    from ebpflb.dataplane.ct_gc import ConntrackGc
+    from ebpflb.takeover.flows import IPS_SRC_NAT, SNATED
+
+    bpf = dp.progs.bpf
+    sport = 47000
+    flow = NfFlow(4, socket.IPPROTO_TCP, (CLIENT, sport, VIP, 80),
+                  (BACKENDS[0], 8080, "10.244.0.1", 61000), tcp_state=3,
+                  status=0x2 | 0x4 | 0x20 | IPS_SRC_NAT)
+    plan = plan_imports([flow], read_snapshot(dp.writer), lambda _addr: SIDE_POD)
+    assert [i.kept for i in plan.imports] == [SNATED]
+    seven_hours_ago = time.monotonic_ns() - 7 * 3600 * 10**9
+    write_imports(bpf, plan.imports, now_ns=seven_hours_ago)
+    rc, ip = run(dp, dp.progs.from_pod, packet(CLIENT, sport, VIP, 80, "PA"))
+    assert rc == TC_ACT_OK and ip.dst == VIP, "a flow netfilter translates was rewritten"
+    asked = []
+
+    def alive(family, proto, orig, answer=True):
+        asked.append((family, proto, orig))
+        return answer
+
+    result = ConntrackGc(bpf, dp.config.ct_timeouts, alive).run(
+        time.monotonic_ns() + 7 * 3600 * 10**9)
+    assert result.netfilter == 1 and asked == [(4, socket.IPPROTO_TCP, flow.orig)]
+    rc, ip = run(dp, dp.progs.from_pod, packet(CLIENT, sport, VIP, 80, "PA"))
+    assert ip.dst == VIP
+    result = ConntrackGc(bpf, dp.config.ct_timeouts, lambda *a: False).run(time.monotonic_ns())
+    assert result.netfilter == 0 and result.deleted >= 1
+
+
+def test_a_half_open_flow_is_handed_back_too(dp):
+    from ebpflb.dataplane.bcc_maps import read_conntrack
+    from ebpflb.dataplane.takeover_maps import hand_back
+    from ebpflb.takeover.handback import plan_handback
+
+    sport = 45100
+    rc, ip = run(dp, dp.progs.from_pod, packet(CLIENT, sport, VIP, 80, "S"))  # ct4_syn only
+    (flow,) = [f for f in plan_handback(read_conntrack(dp.progs.bpf)).flows
+               if f.client == (CLIENT, sport)]
+    assert flow.half_open and flow.tcp_state == 1  # SYN_SENT
+    assert hand_back(dp.progs.bpf, flow, lambda: None)
+    rc, ip = run(dp, dp.progs.from_pod, packet(CLIENT, sport, VIP, 80, "A"))
+    assert rc == TC_ACT_OK and ip.dst == VIP, "a half-open flow handed back was still translated"

@@ -359,8 +359,10 @@ def test_delete_removes_exactly_that_entry(net):
     before = flows(net)
     tcp_flow = flow_of(before, TCP, (net.client, served.tcp_port, net.vip, SVC_TCP))
     with in_netns(net.node):
+        assert nfct.exists(4, TCP, tcp_flow.orig)
         assert nfct.delete(tcp_flow) is True
         assert nfct.delete(tcp_flow) is False  # already gone: not an error
+        assert not nfct.exists(4, TCP, tcp_flow.orig)
     after = flows(net)
     assert {f.orig for f in after} == {f.orig for f in before} - {tcp_flow.orig}
     assert flow_of(after, UDP, (net.client, served.udp_port, net.vip, SVC_UDP)) is not None

@@ -11,6 +11,7 @@ after the hand-back kube-proxy's rules serve again and ebpflb is gone.
 Nothing here is faked: kube-proxy itself is not run (its rules are what it would write), which is
 all of kube-proxy the data path ever meets."""
 import json
+import sys
 import re
 import subprocess
 import time
@@ -275,3 +276,54 @@ def ebpflb_argv() -> List[str]:
     import sys
 
     return [sys.executable, "-m", "ebpflb.cli"]
+
+
+def test_a_kube_proxy_still_running_is_seen_by_its_health_port(netns):
+    """kube-proxy's health server on :10256 in the node's namespace, another process's: seen;
+    a socket of our own on that port (the agent serves kube-proxy's /healthz itself): not."""
+    import socket as socketlib
+
+    from ebpflb.lab import nsops
+    from ebpflb.takeover.kube_proxy_process import running
+
+    with nsops.in_netns(netns):
+        assert running() is None
+        own = socketlib.socket()
+        own.bind(("0.0.0.0", 10256))
+        own.listen()
+        try:
+            assert running() is None
+        finally:
+            own.close()
+    other = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c",
+                              "import socket,time;s=socket.socket();"
+                              "s.bind(('0.0.0.0',10256));s.listen();print('up',flush=True);"
+                              "time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        with nsops.in_netns(netns):
+            assert "health port 10256" in (running() or "")
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_clients_are_placed_by_the_device_their_route_leaves_by(netns):
+    """A pod behind a --device, a client outside behind a --node-device, the node itself, and a
+    client behind a device no program is attached to (an overlay): only the first two flows can
+    be handed over. Devices are port-less bridges (this kernel has no dummy driver)."""
+    from ebpflb.dataplane.takeover_maps import client_sides
+    from ebpflb.lab import nsops
+    from ebpflb.takeover.flows import SIDE_LOCAL, SIDE_NODE, SIDE_OTHER, SIDE_POD
+
+    for dev, route in (("eth0", "203.0.113.0/24"), ("lxcweb", "10.244.0.11/32"),
+                       ("flannel1", "10.244.7.0/24")):
+        sh(netns, ["ip", "link", "add", dev, "type", "bridge"])
+        sh(netns, ["ip", "link", "set", dev, "up"])
+        sh(netns, ["ip", "route", "add", route, "dev", dev])
+    sh(netns, ["ip", "addr", "add", "192.168.200.10/32", "dev", "eth0"])
+    with nsops.netns_ipr(netns) as ipr:
+        side_of = client_sides(ipr, ["eth0"], ["lxc*"])
+        assert [side_of(a) for a in ("10.244.0.11", "203.0.113.9", "192.168.200.10",
+                                     "10.244.7.5")] == [SIDE_POD, SIDE_NODE, SIDE_LOCAL,
+                                                        SIDE_OTHER]

@@ -2,7 +2,7 @@
 map's fill, the devices, and every warning. Against real agents: tests/lab/test_ownership.py."""
 import pytest
 
-from ebpflb.status_view import build, render
+from ebpflb.status_view import DP_FLAGS, build, render
 
 pytestmark = pytest.mark.unit
 
@@ -82,3 +82,20 @@ def test_full_maps_say_what_happens():
         "size (ebpflb agent --help)",
         "lb4_services holds 90 of 100 entries: new entries are refused; raise its size "
         "(ebpflb agent --help)"]
+
+
+def test_a_takeover_incomplete_and_flags_left_to_netfilter_are_warned_about():
+    takeover = {"found": ["iptables-legacy IPv4 nat: 3 jumps, 88 chains (239 rules)"],
+                "imported": 9, "handed_over": 8, "kept": {"SNATed": 1}, "removed": [],
+                "failed": ["removing iptables-legacy IPv4 nat: iptables-restore: line 3 failed"]}
+    view = build("/pins", 42, status(takeover=takeover), MAPS, DEVICES, None, NOW,
+                 dp_flags=DP_FLAGS["netfilter_grace"])
+    assert view["agent"]["takeover"] == takeover and view["dp_flags"] == ["netfilter_grace"]
+    assert any("takeover from kube-proxy is incomplete: removing iptables-legacy" in w
+               for w in view["warnings"])
+    assert any("leave flows to netfilter (netfilter_grace)" in w for w in view["warnings"])
+    text = render(view, NOW)
+    assert "Takeover    from kube-proxy: 9 flows imported, 8 handed over, 1 kept with " \
+           "netfilter, 0 rule tables removed, INCOMPLETE" in text
+    quiet = build("/pins", 42, status(), MAPS, DEVICES, None, NOW, dp_flags=0)
+    assert quiet["dp_flags"] == [] and not any("netfilter" in w for w in quiet["warnings"])

@@ -2,6 +2,7 @@
 (ebpflb.takeover.flows), and the order of the steps (ebpflb.takeover.run) against a recording
 stand-in for the kernel. The real thing, with netfilter and traffic: tests/lab/test_takeover.py;
 the programs' side: tests/bpf/test_takeover_flows.py."""
+import dataclasses
 import socket
 from dataclasses import dataclass
 
@@ -13,8 +14,9 @@ from ebpflb.model import desired_state
 from ebpflb.plan import apply_to, compute_plan
 from ebpflb.dataplane.config import DataplaneConfig
 from ebpflb.takeover.flows import (HOST_CLIENT, IPS_ASSURED, IPS_DST_NAT, IPS_SEEN_REPLY,
-                                   IPS_SRC_NAT, NOT_TRANSLATED, OVER, SIDE_LOCAL, SIDE_NODE,
-                                   SIDE_POD, SNATED, NfFlow, new_since, plan_imports)
+                                   IPS_SRC_NAT, NOT_SERVED, NOT_TRANSLATED, OVER, SIDE_LOCAL,
+                                   SIDE_NODE, SIDE_OTHER, SIDE_POD, SNATED, UNATTACHED, NfFlow,
+                                   new_since, plan_imports)
 from ebpflb.takeover.run import Takeover, TakeoverError
 
 pytestmark = pytest.mark.unit
@@ -104,8 +106,16 @@ def test_what_is_kept_with_netfilter_and_what_is_left_alone(snapshot):
     assert [i.flow for i in plan.kept] == [masq, hairpin]
     assert all(i.kept == SNATED for i in plan.kept)
     assert plan.kept[0].flags & CT_F_EXTERNAL and not plan.kept[1].flags & CT_F_EXTERNAL
-    assert plan.left_by_reason() == {HOST_CLIENT: 1, OVER: 1, NOT_TRANSLATED: 1}
-    assert plan.others == 2
+    assert plan.left_by_reason() == {HOST_CLIENT: 1, OVER: 1, NOT_TRANSLATED: 1, NOT_SERVED: 2}
+    assert plan.others == 0
+    # Behind a device no program is attached to: netfilter keeps it.
+    unattached = plan_imports([flow("10.250.0.7", 1, "10.96.0.50", 80, "10.244.1.5", 8080)],
+                              snapshot, lambda addr: SIDE_OTHER)
+    assert unattached.left_by_reason() == {UNATTACHED: 1} and not unattached.imports
+    # Not translated, to no frontend: not ours at all.
+    plain = NfFlow(4, TCP, ("10.244.0.2", 1, "10.244.1.5", 8080), ("10.244.1.5", 8080,
+                                                                  "10.244.0.2", 1), IPS_SEEN_REPLY)
+    assert plan_imports([plain], snapshot, side).others == 1
 
 
 def test_a_second_read_imports_only_the_flows_born_in_between(snapshot):
@@ -131,16 +141,24 @@ class Kernel:
         self._removals, self._reads = list(removals), list(flow_reads)
         self.fail_remove, self.fail_delete = set(fail_remove), set(fail_delete)
         self.log = []
-        self.grace = False
+        self.grace = self.new = False
 
     # Netfilter
+    running = None
+
+    def kube_proxy_running(self):
+        return self.running
+
     def removals(self):
         self.log.append("read rules")
         return self._removals
 
     def flows(self):
         self.log.append("read conntrack")
-        return self._reads.pop(0)
+        read = self._reads.pop(0) if len(self._reads) > 1 else self._reads[0]
+        if isinstance(read, Exception):
+            raise read
+        return read
 
     def delete(self, f):
         self.log.append(f"delete {f.orig[1]}")
@@ -160,6 +178,10 @@ class Kernel:
     def set_netfilter_grace(self, bpf, on):
         self.grace = on
         self.log.append(f"grace {'on' if on else 'off'}")
+
+    def set_netfilter_new(self, bpf, on):
+        self.new = on
+        self.log.append(f"new {'on' if on else 'off'}")
 
     def write_imports(self, bpf, imports):
         self.log.append(f"import {[i.flow.orig[1] for i in imports]}")
@@ -187,10 +209,11 @@ def test_the_steps_run_in_the_order_that_keeps_every_flow(snapshot):
     assert t.before_attach(None, snapshot, side)
     k.log.append("ATTACH")
     report = t.after_attach(None, snapshot, side)
-    assert k.log == ["read rules", "read conntrack", "grace on", "import [1, 2]", "ATTACH",
-                     "read conntrack", "import [3]", "grace off",
+    assert k.log == ["read rules", "read conntrack", "new on", "import [1, 2]", "ATTACH",
+                     "read conntrack", "import [3]", "grace on", "new off", "read conntrack",
+                     "import []", "grace off",
                      "hold 1", "delete 1", "data path 1", "hold 3", "delete 3", "data path 3",
-                     "keep nat [4]", "remove iptables-legacy nat",
+                     "keep nat [4]", "read rules", "remove iptables-legacy nat",
                      "remove iptables-legacy filter"]
     assert (report.imported, report.handed_over, report.kept) == (3, 2, {SNATED: 1})
     assert report.removed == ["iptables-legacy nat", "iptables-legacy filter"] and not report.failed
@@ -209,7 +232,18 @@ def test_failures_after_attaching_are_reported_and_the_rest_goes_on(snapshot):
     assert report.handed_over == 1 and report.removed == ["iptables-nft nat"]
     assert any("kube-proxy" in f for f in report.failed)
     assert any("1 flows stayed with netfilter" in f for f in report.failed)
-    assert not k.grace
+    assert not k.grace and not k.new
+
+
+def test_a_failed_read_after_attaching_leaves_kube_proxys_rules_and_netfilters_flows(snapshot):
+    a = flow("10.244.0.2", 1, "10.96.0.50", 80, "10.244.1.5", 8080)
+    k = Kernel([Removal("nftables", "kube-proxy")], [[a], OSError(105, "No buffer space"),
+                                                      OSError(105, "No buffer space")])
+    t = takeover(k)
+    t.before_attach(None, snapshot, side)
+    report = t.after_attach(None, snapshot, side)
+    assert k.new and not any(line.startswith(("hold", "remove")) for line in k.log), k.log
+    assert report.removed == [] and any("rules left in place" in f for f in report.failed)
 
 
 def test_nothing_to_take_over_and_a_source_not_found():
@@ -295,13 +329,21 @@ def test_a_hand_back_needs_kube_proxys_rules_and_leaves_new_flows_to_them_first(
             self.log.append(f"netfilter {flow.client[1]}")
             return True
 
-    with pytest.raises(HandBackError, match="start kube-proxy first"):
-        hand_back(None, Kernel([Removal("iptables-legacy", "filter")]), None, lambda b: entries)
-    k = Kernel([Removal("nftables", "kube-proxy")], refuse={2})
+    from ebpflb.takeover.kube_rules import RuleRemoval
+
+    canary_only = RuleRemoval("iptables-legacy", 4, "nat", ("KUBE-PROXY-CANARY",), (), "", 0)
+    leftovers = RuleRemoval("iptables-legacy", 4, "nat", ("KUBE-MARK-MASQ", "KUBE-POSTROUTING"),
+                            ("-A POSTROUTING -j KUBE-POSTROUTING",), "", 3)
+    serving = RuleRemoval("nftables", 4, "kube-proxy", ("kube-proxy",), (), "", 40, services=2)
+    for found in ([canary_only], [leftovers], [dataclasses.replace(serving, services=0)]):
+        with pytest.raises(HandBackError, match="start kube-proxy first"):
+            hand_back(None, Kernel(found), None, lambda b: entries)
+    k = Kernel([serving], refuse={2})
     report = hand_back(None, k, k, lambda b: entries)
     assert k.log == ["new flows to netfilter: True", "hold 1", "swap 1", "netfilter 1", "hold 2",
                      "swap 2"]
-    assert report.handed_back == 1 and report.failed and report.found == ["nftables kube-proxy"]
+    assert report.handed_back == 1 and report.failed
+    assert report.found == ["nftables IPv4 kube-proxy: whole table (0 chains, 0 sets/maps, 40 rules)"]
 
 
 def test_kube_proxys_rules_stay_when_netfilter_could_not_go_on_translating_its_flows(snapshot):
@@ -348,3 +390,29 @@ def test_ipvs_flows_are_imported_and_a_virtual_service_with_a_kept_flow_stays(sn
     assert [r.backend for r in removed] == ["iptables-legacy", "ipvs"]
     assert removed[1].services == (cluster,) and removed[1].addresses == ("10.96.0.50",)
     assert any("1 IPVS virtual services left" in f for f in report.failed)
+
+
+def test_a_takeover_waits_while_kube_proxy_still_runs(snapshot):
+    k = Kernel([Removal("iptables-legacy", "nat")], [[]])
+    k.running = "process 4242 is kube-proxy"
+    with pytest.raises(TakeoverError, match="kube-proxy still runs on this node .process 4242"):
+        takeover(k).before_attach(None, snapshot, side)
+    assert k.log == ["read rules"]
+    assert takeover(k).dry_run(snapshot, side).found  # a dry run still reports
+    k.running = None
+    assert takeover(k).before_attach(None, snapshot, side)
+
+
+def test_ct_list_says_which_flows_netfilter_translates_and_which_are_held():
+    from ebpflb.maps import CT_F_HANDOVER, CT_F_NETFILTER
+    from ebpflb.views import ct_state
+
+    vip, be = ("10.96.0.50", 80), ("10.244.1.5", 8080)
+    est = CT_F_ESTABLISHED
+    assert ct_state(ct("forward", "10.244.0.2", 1, *vip, be, est)) == "established"
+    assert ct_state(ct("forward", "10.244.0.2", 1, *vip, be, est | CT_F_NETFILTER)) == \
+        "established (netfilter)"
+    assert ct_state(ct("forward", "10.244.0.2", 1, *vip, be,
+                       est | CT_F_NETFILTER | CT_F_HANDOVER)) == "established (handover)"
+    assert ct_state(ct("forward", "10.244.0.2", 1, "10.96.0.50", 53, be, CT_F_NETFILTER,
+                       "UDP")) == "- (netfilter)"
