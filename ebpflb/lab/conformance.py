@@ -684,6 +684,8 @@ class Scenario:
     nodes: int = 1  # 2: traffic from outside, an agent per node on its eth0
     socket_lb: str = "off"  # the agents' --socket-lb: most scenarios are about the packet path
     agent_args: Tuple[str, ...] = ()  # more flags for the agents
+    # It deletes pods: its IPv4 run and IPv6 twin cannot share one lab (run_families).
+    changes_pods: bool = False
 
 
 SCENARIOS: Tuple[Scenario, ...] = (
@@ -720,7 +722,7 @@ SCENARIOS: Tuple[Scenario, ...] = (
              "type changes", externalname_clusterip_changes),
     Scenario("should allow pods to hairpin back to themselves through services", "hairpin", hairpin),
     Scenario("should be able to preserve UDP traffic when server pod cycles for a ClusterIP service",
-             "stale UDP conntrack", preserve_udp_when_pod_cycles),
+             "stale UDP conntrack", preserve_udp_when_pod_cycles, changes_pods=True),
     Scenario("should preserve source pod IP for traffic thru service cluster IP",
              "source IP preserved", preserve_source_ip),
     Scenario("Granular Checks: Services should function for node-Service: http",
@@ -745,7 +747,8 @@ SCENARIOS: Tuple[Scenario, ...] = (
     Scenario("should have session affinity work for NodePort service",
              "sessionAffinity ClientIP from outside", nodeport_session_affinity, nodes=2),
     Scenario("should be able to preserve UDP traffic when server pod cycles for a NodePort service",
-             "stale UDP conntrack from outside", nodeport_udp_pod_cycles, nodes=2),
+             "stale UDP conntrack from outside", nodeport_udp_pod_cycles, nodes=2,
+             changes_pods=True),
     Scenario("[Feature:ExternalTrafficPolicy] should work from pods",
              "pods reach every endpoint of a Local Service", etp_local_from_pods, nodes=2),
     Scenario("should fallback to local terminating endpoints when there are no ready endpoints "
@@ -775,12 +778,40 @@ def run_scenario(scenario: Scenario, lab_name: Optional[str] = None,
                  node_mode: str = "xdp", family: str = "ipv4") -> Result:
     """A fresh lab and agent(s) for one scenario, removed afterwards whatever happens; with
     `family` "ipv6", its IPv6 twin in a dual-stack lab."""
+    return _run(scenario, lab_name, node_mode, (family,))[0]
+
+
+def run_families(scenario: Scenario, lab_names: Sequence[str], node_mode: str = "xdp",
+                 families: Sequence[str] = ("ipv4", "ipv6")) -> List[Result]:
+    """The scenario once per family: one after the other in one dual-stack lab with the same
+    agents (the IPv6 twin after the IPv4 run, each from its own manifest), which costs one lab
+    and one set of agents instead of two; in a lab each (from `lab_names`) for a scenario that
+    deletes pods."""
+    if len(families) > 1 and scenario.changes_pods:
+        return [_run(scenario, name, node_mode, (family,))[0]
+                for name, family in zip(lab_names, families)]
+    return _run(scenario, lab_names[0] if lab_names else None, node_mode, tuple(families))
+
+
+def _clear(views: List["AgentView"]) -> None:
+    """Every agent back to no Service, between one family's run and the next's."""
+    for view in views:
+        view.agent.write_manifest(text="")
+    for view in views:
+        wait_until(lambda v=view: not v.agent.services(), 15,
+                   f"node {view.node}'s agent to drop the last run's Services")
+
+
+def _run(scenario: Scenario, lab_name: Optional[str], node_mode: str,
+         families: Tuple[str, ...]) -> List[Result]:
     name = lab_name or "cf" + secrets.token_hex(3)[:5]
-    lens = Family(family)
+    lenses = [Family(f) for f in families]
+    results: List[Result] = []
     started = time.monotonic()
     try:
         lablib.lab_up(name, default_pods(4, nodes=scenario.nodes) + list(scenario.extra_pods),
-                      nodes=scenario.nodes, ip_family="dual" if lens.ipv6 else "ipv4")
+                      nodes=scenario.nodes,
+                      ip_family="dual" if any(l.ipv6 for l in lenses) else "ipv4")
         with tempfile.TemporaryDirectory(prefix="ebpflb-conformance-") as work:
             agents: List[RunningAgent] = []
             try:
@@ -791,20 +822,35 @@ def run_scenario(scenario: Scenario, lab_name: Optional[str] = None,
                         "--node-name", f"node-{k}", "--metrics-address", "",
                         "--health-address", "", "--socket-lb", scenario.socket_lb,
                         *north_south, *scenario.agent_args]))
-                views = [AgentView(a, lens) for a in agents]
-                scenario.run(Ctx(name, views[0], views, lens))
+                for i, lens in enumerate(lenses):
+                    views = [AgentView(a, lens) for a in agents]
+                    if i:
+                        _clear(views)
+                        started = time.monotonic()
+                    try:
+                        scenario.run(Ctx(name, views[0], views, lens))
+                    except Exception as exc:  # noqa: BLE001 - this family's failure
+                        results.append(_failed(scenario, started, exc, lens.name))
+                    else:
+                        results.append(Result(scenario.name, scenario.behaviour, "pass",
+                                              time.monotonic() - started, family=lens.name))
             finally:
                 for agent in agents:
                     agent.stop()
-        return Result(scenario.name, scenario.behaviour, "pass", time.monotonic() - started,
-                      family=family)
     except Exception as exc:  # noqa: BLE001 - any error is this scenario's failure, not the run's
-        detail = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
-        return Result(scenario.name, scenario.behaviour, "fail", time.monotonic() - started,
-                      detail or "assertion failed", family)
+        done = {r.family for r in results}
+        results += [_failed(scenario, started, exc, lens.name) for lens in lenses
+                    if lens.name not in done]
     finally:
         force_cleanup(name)
         lablib.lab_down(name)
+    return results
+
+
+def _failed(scenario: Scenario, started: float, exc: Exception, family: str) -> Result:
+    detail = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
+    return Result(scenario.name, scenario.behaviour, "fail", time.monotonic() - started,
+                  detail or "assertion failed", family)
 
 
 def run_conformance(names: Optional[List[str]] = None,
@@ -814,8 +860,8 @@ def run_conformance(names: Optional[List[str]] = None,
     for scenario in SCENARIOS:
         if names and not any(n in scenario.name for n in names):
             continue
-        for family in families:
-            result = run_scenario(scenario, node_mode=node_mode, family=family)
+        lab_names = ["cf" + secrets.token_hex(3)[:5] for _ in families]
+        for result in run_families(scenario, lab_names, node_mode, families):
             results.append(result)
             if progress:
                 progress(result)
