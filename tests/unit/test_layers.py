@@ -16,7 +16,8 @@ PACKAGE = Path(ebpflb.__file__).parent
 PURE = ("abi", "apply", "backend_rules", "changes", "convert", "desired", "documents", "draining",
         "errors", "explain", "explain_socket", "fields", "flowhash", "maglev", "maps",
         "manifest_set", "manifests", "model", "output", "plan", "planner", "policy", "records",
-        "reconcile", "service_view", "stats", "statsagg", "status_view", "store", "syncer")
+        "reconcile", "service_view", "stats", "statsagg", "status_view", "store", "syncer",
+        "gateway", "takeover.flows", "takeover.handback", "takeover.kube_rules")
 # What the kernel edge may not import: the views and everything above them.
 ABOVE_DATAPLANE = ("stats", "service_view", "explain_socket", "status_view", "output", "views",
                    "cli", "metrics", "agent", "lab")
