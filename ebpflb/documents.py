@@ -211,6 +211,22 @@ def _yaml_documents(text: str) -> List[Any]:
         loader.dispose()
 
 
+def load_documents(text: str) -> List[Any]:
+    """Every document of a manifest text, JSON or YAML, with the same guards as the manifest
+    reader (nesting, aliases); a `kind: List` gives its items. TextError names the line."""
+    docs = _json_document(text) if _is_json(text) else None
+    if docs is None:
+        docs = _yaml_documents(text)
+    out: List[Any] = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"),
+                                                                              list):
+            out.extend(doc["items"])
+        else:
+            out.append(doc)
+    return out
+
+
 def _json_document(text: str) -> Optional[List[Any]]:
     """The one document of a JSON text, or None when it is not JSON (the YAML reader then reads
     it, and names the line of any problem)."""

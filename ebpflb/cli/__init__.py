@@ -12,6 +12,7 @@ This package holds the root group `main` (the console script `ebpflb = ebpflb.cl
 - explain_cmd.py: `explain`;
 - cleanup_cmd.py: `cleanup`;
 - takeover_cmd.py: `takeover`;
+- gateway_cmd.py: `gateway list`;
 - status_cmd.py: `status`, `doctor`, `version` and `completion`;
 - lab_cmd.py: `lab up`, `down`, `status`, `conformance`, `add-pod` and `del-pod`.
 The modules are named *_cmd so that `ebpflb.cli.agent`, `ebpflb.cli.status`... stay the commands
@@ -25,6 +26,7 @@ from .cleanup_cmd import cleanup
 from .common import _add_log_options
 from .ct_cmd import ct
 from .explain_cmd import explain
+from .gateway_cmd import gateway
 from .lab_cmd import lab
 from .service_cmd import service
 from .stats_cmd import stats
@@ -32,7 +34,7 @@ from .takeover_cmd import takeover
 from .status_cmd import completion, doctor, status, version
 
 __all__ = ["main", "agent", "sync", "service", "stats", "ct", "explain", "cleanup", "takeover",
-           "status", "doctor", "completion", "version", "lab"]
+           "gateway", "status", "doctor", "completion", "version", "lab"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,7 +46,7 @@ def main() -> None:
     logs.setup()
 
 
-for _command in (agent, sync, service, stats, ct, explain, cleanup, takeover, status, doctor,
-                 completion, version, lab):
+for _command in (agent, sync, service, stats, ct, explain, cleanup, takeover, gateway, status,
+                 doctor, completion, version, lab):
     main.add_command(_command)
 _add_log_options(main)  # --log-level and --log-format on the group and on every command
