@@ -36,7 +36,7 @@ MAX_ANNOTATIONS_SIZE = 256 * 1024
 # Kinds without a namespace, so an ignored one is not displayed as "default/<name>".
 CLUSTER_SCOPED_KINDS = frozenset({
     "Namespace", "Node", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding",
-    "CustomResourceDefinition", "PriorityClass", "IngressClass", "APIService",
+    "CustomResourceDefinition", "PriorityClass", "IngressClass", "APIService", "GatewayClass",
 })
 
 ObjectKey = Tuple[str, str]  # (namespace, name)
@@ -73,12 +73,12 @@ def convert_api_object(kind: str, obj: Any,
     return convert_document(obj, kind, kind, USED_KINDS[kind], service_cidrs)
 
 
-def convert_document(doc: Any, where: str, default_kind: Optional[str] = None,
-                     default_api: Optional[str] = None,
-                     service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS) -> Converted:
-    """`where` labels the object until its name is known ("document 2", "items[3] (document 1)");
-    the defaults come from an enclosing typed List (`kind: ServiceList`)."""
-    ck = FieldChecker(where)
+def read_header(ck: FieldChecker, doc: Any, where: str, default_kind: Optional[str],
+                default_api: Optional[str]) -> Union[Tuple[str, Any, Dict[str, Any], ObjectKey],
+                                                     Converted]:
+    """What every kind shares: a mapping with a kind, metadata, a name and a namespace (none for
+    a cluster-scoped kind). (kind, apiVersion, metadata, key), with the checker's label naming
+    the object; or the refusal when those are not there."""
     if not isinstance(doc, dict):
         ck.error((), f"not a mapping ({a_type(doc)})")
         return Converted(None, None, where, problems=tuple(ck.problems))
@@ -87,9 +87,11 @@ def convert_document(doc: Any, where: str, default_kind: Optional[str] = None,
     raw_meta = doc.get("metadata")
     meta = ck.mapping(raw_meta, ("metadata",)) or {}
     name = meta.get("name")
-    namespace = meta.get("namespace") or "default"
-    if isinstance(kind, str) and isinstance(name, str) and name and isinstance(namespace, str):
-        scoped = kind not in CLUSTER_SCOPED_KINDS
+    # A hostile kind may be a list or a mapping: no membership test before it is a string.
+    scoped = not (isinstance(kind, str) and kind in CLUSTER_SCOPED_KINDS)
+    namespace = (meta.get("namespace") or "default") if scoped else ""
+    if isinstance(kind, str) and kind and isinstance(name, str) and name and \
+            isinstance(namespace, str):
         ck.label = f"{kind} {namespace}/{name}" if scoped else f"{kind} {name}"
     elif isinstance(kind, str) and kind:
         ck.label = f"{kind} ({where})"
@@ -102,7 +104,19 @@ def convert_document(doc: Any, where: str, default_kind: Optional[str] = None,
     if ck.problems:
         return Converted(kind if isinstance(kind, str) else None, None, ck.label,
                          problems=tuple(ck.problems))
-    key = (sys.intern(namespace), name)
+    return kind, api, meta, (sys.intern(namespace), name)
+
+
+def convert_document(doc: Any, where: str, default_kind: Optional[str] = None,
+                     default_api: Optional[str] = None,
+                     service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS) -> Converted:
+    """`where` labels the object until its name is known ("document 2", "items[3] (document 1)");
+    the defaults come from an enclosing typed List (`kind: ServiceList`)."""
+    ck = FieldChecker(where)
+    header = read_header(ck, doc, where, default_kind, default_api)
+    if isinstance(header, Converted):
+        return header
+    kind, api, meta, key = header
     want = USED_KINDS.get(kind)
     if want is not None and api == want:
         parser = _Parser(ck, tuple(service_cidrs))

@@ -27,7 +27,7 @@ from fractions import Fraction
 from typing import (Any, Dict, FrozenSet, Hashable, Iterable, List, Mapping, Optional, Protocol, Sequence,
                     Tuple, TypeVar, Union)
 
-from .convert import Converted, ObjectKey, convert_document
+from .convert import CLUSTER_SCOPED_KINDS, Converted, ObjectKey, convert_document, read_header
 from .errors import FieldPath, ManifestError, format_path
 from .fields import DNS1123_LABEL, DNS1123_SUBDOMAIN, FieldChecker, a_type, ip_version, key_text, show
 from .model import (ADDRESS_TYPES, Backend, EndpointSlice, Frontend, Service, ServicePort,
@@ -53,7 +53,6 @@ API_VERSIONS: Dict[str, Tuple[str, ...]] = {
     REFERENCE_GRANT: (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1beta1"),
     NAMESPACE: ("v1",),
 }
-CLUSTER_SCOPED = frozenset({GATEWAY_CLASS, NAMESPACE})
 ROUTE_KINDS = (TCP_ROUTE, UDP_ROUTE)
 ROUTE_PROTOCOL = {TCP_ROUTE: "TCP", UDP_ROUTE: "UDP"}
 LISTENER_ROUTE_KIND = {"TCP": TCP_ROUTE, "UDP": UDP_ROUTE}  # the one route kind each protocol takes
@@ -285,30 +284,10 @@ def convert_gateway_document(doc: Any, where: str, default_kind: Optional[str] =
     Service: `Converted.obj` is one of the objects above, problems are (field path, message)
     relative to the object, and `label` names it ("Gateway demo/gw") for ManifestError."""
     ck = FieldChecker(where)
-    if not isinstance(doc, dict):
-        ck.error((), f"not a mapping ({a_type(doc)})")
-        return Converted(None, None, where, problems=tuple(ck.problems))
-    kind = doc.get("kind", default_kind)
-    api = doc.get("apiVersion", default_api)
-    meta = ck.mapping(doc.get("metadata"), ("metadata",)) or {}
-    name = meta.get("name")
-    # A hostile kind may be a list or a mapping: no membership test before it is known a string.
-    scoped = not (isinstance(kind, str) and kind in CLUSTER_SCOPED)
-    namespace = (meta.get("namespace") or "default") if scoped else ""
-    if isinstance(kind, str) and kind and isinstance(name, str) and name and isinstance(namespace, str):
-        ck.label = f"{kind} {namespace}/{name}" if scoped else f"{kind} {name}"
-    elif isinstance(kind, str) and kind:
-        ck.label = f"{kind} ({where})"
-    if not isinstance(kind, str) or not kind:
-        ck.error(("kind",), "missing" if kind is None else f"{show(kind)} is not a valid kind")
-    if isinstance(doc.get("metadata"), (dict, type(None))) and (not isinstance(name, str) or not name):
-        ck.error(("metadata", "name"), "missing" if name is None else f"{show(name)} is not a valid name")
-    if not isinstance(namespace, str):
-        ck.error(("metadata", "namespace"), f"{show(namespace)} must be a string")
-    if ck.problems:
-        return Converted(kind if isinstance(kind, str) else None, None, ck.label,
-                         problems=tuple(ck.problems))
-    key = (sys.intern(namespace), name)
+    header = read_header(ck, doc, where, default_kind, default_api)
+    if isinstance(header, Converted):
+        return header
+    kind, api, meta, key = header
     served = API_VERSIONS.get(kind)
     if served is None:
         return Converted(kind, key, ck.label, ignored="kind not used by ebpflb")
@@ -349,7 +328,7 @@ class _GatewayParser:
             return Namespace(name, tuple(sorted(self._labels(meta.get("labels"),
                                                              ("metadata", "labels")).items())))
         ck.name(name, ("metadata", "name"), DNS1123_SUBDOMAIN, 253, "name (DNS-1123 subdomain)")
-        if kind not in CLUSTER_SCOPED:
+        if kind not in CLUSTER_SCOPED_KINDS:
             ck.name(namespace, ("metadata", "namespace"), DNS1123_LABEL, 63,
                     "namespace (DNS-1123 label)")
         created = self._timestamp(meta.get("creationTimestamp"), ("metadata", "creationTimestamp"))
