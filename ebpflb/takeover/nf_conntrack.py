@@ -324,47 +324,42 @@ def dump(family: int) -> List[NfFlow]:
 
 # ------------------------------------------------------------------ delete
 
-def delete(flow: NfFlow) -> bool:
-    """Delete the entry with `flow`'s original tuple in `flow`'s zone. False when it was already
-    gone (expired, or deleted by someone else); any other refusal raises NfFlowError."""
-    version, af = _family(flow.family)
-    attrs = [("CTA_TUPLE_ORIG", _tuple_attrs(version, flow.proto, *flow.orig), NLA_F_NESTED)]
-    if flow.zone:
-        attrs.append(("CTA_ZONE", flow.zone))
-    text = _flow_text(flow.proto, flow.orig, flow.zone)
+def _by_orig(msg_type: int, verb: str, family: int, proto: int,
+             orig: Tuple[str, int, str, int], zone: int) -> bool:
+    """One request about the entry with this original tuple and zone (a get or a delete):
+    False when there is none, True when the kernel did it; any other refusal raises
+    NfFlowError naming the flow."""
+    version, af = _family(family)
+    attrs = [("CTA_TUPLE_ORIG", _tuple_attrs(version, proto, *orig), NLA_F_NESTED)]
+    if zone:
+        attrs.append(("CTA_ZONE", zone))
+    text = _flow_text(proto, orig, zone)
     with _ctnetlink(af) as sock:
         try:
-            sock.request(_message(attrs), IPCTNL_MSG_CT_DELETE,
+            sock.request(_message(attrs), msg_type,
                          msg_flags=NLM_F_REQUEST | NLM_F_ACK, terminate=terminate_error_msg)
         except NetlinkError as exc:
             if exc.code == errno.ENOENT:
-                log.debug("conntrack %s: already gone", text)
+                log.debug("conntrack %s: none", text)
                 return False
             if exc.code == errno.EOPNOTSUPP:
                 raise _unavailable(exc) from exc
-            raise NfFlowError(f"conntrack delete {text}: {os.strerror(exc.code)} "
+            raise NfFlowError(f"conntrack {verb} {text}: {os.strerror(exc.code)} "
                               f"(errno {exc.code})", exc.code) from exc
-    log.debug("conntrack %s: deleted", text)
     return True
+
+
+def delete(flow: NfFlow) -> bool:
+    """Delete the entry with `flow`'s original tuple in `flow`'s zone. False when it was already
+    gone (expired, or deleted by someone else); any other refusal raises NfFlowError."""
+    return _by_orig(IPCTNL_MSG_CT_DELETE, "delete", flow.family, flow.proto, flow.orig,
+                    flow.zone)
 
 
 def exists(family: int, proto: int, orig: Tuple[str, int, str, int], zone: int = 0) -> bool:
     """Whether netfilter holds an entry with this original tuple (a flow it still translates:
     the agent forgets its own record of the flow once netfilter's is gone)."""
-    version, af = _family(family)
-    attrs = [("CTA_TUPLE_ORIG", _tuple_attrs(version, proto, *orig), NLA_F_NESTED)]
-    if zone:
-        attrs.append(("CTA_ZONE", zone))
-    with _ctnetlink(af) as sock:
-        try:
-            sock.request(_message(attrs), IPCTNL_MSG_CT_GET,
-                         msg_flags=NLM_F_REQUEST | NLM_F_ACK, terminate=terminate_error_msg)
-        except NetlinkError as exc:
-            if exc.code == errno.ENOENT:
-                return False
-            raise NfFlowError(f"conntrack get {_flow_text(proto, orig, zone)}: "
-                              f"{os.strerror(exc.code)} (errno {exc.code})", exc.code) from exc
-    return True
+    return _by_orig(IPCTNL_MSG_CT_GET, "get", family, proto, orig, zone)
 
 
 # ------------------------------------------------------------------ add_dnat
