@@ -148,7 +148,7 @@ def hand_back(bpf: Any, flow: Any, swap_netfilter_entry: Callable[[], Any]) -> b
     """Moves one flow (ebpflb.takeover.handback.HandBackFlow) from the data path to netfilter:
     held while `swap_netfilter_entry` gives netfilter an entry that translates it, then passed
     untouched. When the swap fails the flow stays the data path's."""
-    t = _table(bpf, flow.family, getattr(flow, "half_open", False))
+    t = _table(bpf, flow.family, flow.half_open)
     (client, cport), (dst, dport) = flow.client, flow.frontend
     return _switch(t, _key(t, client, cport, dst, dport, flow.proto, False),
                    swap_netfilter_entry, CT_F_NETFILTER, 0)

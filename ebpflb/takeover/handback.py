@@ -149,8 +149,7 @@ def hand_back(bpf: Any, netfilter: Any, writes: Any,
         raise HandBackError(f"cannot read kube-proxy's rules: {exc}") from exc
     # kube-proxy translating Services: per-Service chains (not a canary or leftovers of a
     # kube-proxy that has not synced yet), or IPVS virtual services.
-    found = [r for r in found if (r.services if r.backend == "ipvs" else getattr(r, "serving",
-                                                                                 False))]
+    found = [r for r in found if r.serving]
     if not found:
         raise HandBackError("kube-proxy is not serving Services on this node: start kube-proxy "
                             "first and let it sync (its rules serve every new flow once ebpflb "

@@ -493,6 +493,11 @@ class IpvsRemoval:
     def dests(self) -> int:
         return sum(len(s.dests) for s in self.services)
 
+    @property
+    def serving(self) -> bool:
+        """Whether kube-proxy translates Services here (as kube_rules.RuleRemoval.serving)."""
+        return bool(self.services)
+
     def describe(self) -> str:
         """One line for the takeover report."""
         device = (f"{self.device} with {_count(len(self.addresses), 'address', 'addresses')}"

@@ -174,11 +174,6 @@ def _flow_row(imp: Any, state: str) -> Dict[str, str]:
             "service": imp.frontend, "state": state}
 
 
-def _describe(removal: Any) -> str:
-    describe = getattr(removal, "describe", None)
-    return describe() if callable(describe) else f"{removal.backend} {removal.table}"
-
-
 class Takeover:
     """One takeover: before_attach, then (the agent attaches) after_attach; or dry_run."""
 
@@ -208,7 +203,7 @@ class Takeover:
             if not any(r.backend in _REQUIRED[self.source] for r in found):
                 raise TakeoverError(f"--from {self.source}: no kube-proxy {self.source} rules "
                                     "on this node")
-        self.report.found = [_describe(r) for r in found]
+        self.report.found = [r.describe() for r in found]
         running = self.netfilter.kube_proxy_running() if found else None
         if running and not self.report.dry_run:
             raise TakeoverError(f"kube-proxy still runs on this node ({running}): it would write "
@@ -230,7 +225,7 @@ class Takeover:
         self._count(plan)
         self.report.flows = [_flow_row(i, "hand over" if i.kept is None else f"keep: {i.kept}")
                              for i in plan.imports]
-        self.report.removed = [_describe(r) for r in self.removals]
+        self.report.removed = [r.describe() for r in self.removals]
         return self.report
 
     def _note_netfilter(self, plan: ImportPlan) -> None:
@@ -379,7 +374,7 @@ class Takeover:
             try:
                 self.netfilter.remove(removal)
             except (OSError, RuntimeError, ValueError) as exc:
-                self.report.failed.append(f"removing {_describe(removal)}: {exc}")
+                self.report.failed.append(f"removing {removal.describe()}: {exc}")
                 continue
-            self.report.removed.append(_describe(removal))
+            self.report.removed.append(removal.describe())
 

@@ -129,6 +129,7 @@ def test_a_second_read_imports_only_the_flows_born_in_between(snapshot):
 class Removal:
     backend: str
     table: str
+    serving: bool = True
 
     def describe(self) -> str:
         return f"{self.backend} {self.table}"
