@@ -8,9 +8,16 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-/usr/bin/python3}
 # prometheus: a real Prometheus scrapes a lab agent in the lab tier (run in a lab namespace by the
-# test; the package's own service is not started, see below).
+# test; the package's own service is neither started nor enabled, see below).
+# nginx-light: the Ingress controller pods of the lab's Ingress scenario (ebpflb/lab/ingress.py runs
+# nginx inside lab pods with a private prefix; openssl makes their throwaway certificates).
 APT_PACKAGES=(python3-bpfcc libbpf1 linux-headers-amd64 iproute2 python3-venv python3-dev gcc
-              curl iptables nftables conntrack tcpdump bpftool ethtool prometheus)
+              curl iptables nftables conntrack tcpdump bpftool ethtool prometheus nginx-light
+              openssl)
+# Services of those packages (and of what they pull in) that the tests only ever run inside lab
+# namespaces, with their own configuration: when this script installs one, the machine's copy is
+# neither started nor enabled at boot. One that was there before the script is the admin's.
+LAB_ONLY_SERVICES=(prometheus prometheus-node-exporter nginx)
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -18,6 +25,20 @@ if [ "$(id -u)" != 0 ]; then
     echo "[setup] ebpflb loads eBPF programs and creates network namespaces: run as root" >&2
     exit 1
 fi
+
+has_service() {  # NAME: a systemd unit or a SysV script of that name is installed
+    [ -e "/lib/systemd/system/$1.service" ] || [ -e "/etc/init.d/$1" ]
+}
+
+keep_off() {  # NAME: stopped (policy-rc.d below kept it from starting) and not started at boot
+    if [ -d /run/systemd/system ]; then  # booted with systemd
+        systemctl disable --now --quiet "$1.service"
+    elif command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --quiet "$1.service"  # offline: the boot links only (SysV ones too)
+    elif command -v update-rc.d >/dev/null 2>&1; then
+        update-rc.d "$1" disable >/dev/null
+    fi
+}
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -35,7 +56,19 @@ if [ ${#missing[@]} -gt 0 ]; then
         guard=/usr/sbin/policy-rc.d
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT  # also when the install fails
     fi
+    new_services=()
+    for svc in "${LAB_ONLY_SERVICES[@]}"; do
+        has_service "$svc" || new_services+=("$svc")
+    done
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Their packages enable them for the next boot; a service that listens (nginx on :80,
+    # prometheus on :9090) must not appear on the machine after a reboot either.
+    for svc in "${new_services[@]}"; do
+        if has_service "$svc"; then
+            log "keeping the machine's own $svc service off (the lab runs its own)"
+            keep_off "$svc" || log "WARNING: could not disable the $svc service: disable it by hand"
+        fi
+    done
     if [ -n "$guard" ]; then
         rm -f "$guard"
         trap - EXIT

@@ -146,16 +146,19 @@ def lab_conformance_cmd(scenarios: List[str], node_mode: str, ip_family: str, li
 
 @lab.command("add-pod")
 @lab_name_option
+@click.option("--node", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The node the pod runs behind; in a multi-node lab IP is in that node's pod "
+                   "CIDR (10.244.K.0/24).")
 @click.argument("pod")
 @click.argument("ip")
-def lab_add_pod_cmd(name: str, pod: str, ip: str) -> None:
+def lab_add_pod_cmd(name: str, node: int, pod: str, ip: str) -> None:
     """Add a pod POD with address IP (in 10.244.0.0/16; in fd00:10:244::/56 in an IPv6-only lab)
     to a running lab."""
     from ..lab import LabError, PodSpec, add_pod
 
     _require_root()
     try:
-        add_pod(name, PodSpec(pod, ip))
+        add_pod(name, PodSpec(pod, ip, node))
     except (LabError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"pod {pod} {ip} added to lab {name}")
