@@ -131,6 +131,12 @@ struct lb6_backend {
 /* A draining backend (weight 0): no slot, and session affinity must not send it new flows. */
 #define LB4_BE_F_NO_NEW 0x1
 
+/* A slot that holds no backend but the share of new flows to refuse: a Gateway route's
+ * backendRefs that do not resolve keep their weight, and the flows it would have taken are
+ * rejected (RST, ICMP port unreachable) as the Gateway API asks. Never a backend id: ids are
+ * below the size of lb4_backends. */
+#define LB4_SLOT_REJECT 0xffffffff
+
 /* Session affinity (ClientIP): the backend a client's last new flow to a frontend went to. */
 struct lb4_affinity_key {
 	__u32 svc_id;

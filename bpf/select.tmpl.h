@@ -70,10 +70,10 @@ static __always_inline void LB_(affinity_update)(const struct FAM_PKT *p, const 
 }
 
 /* Picks a backend by a hash over the frontend's slots (the flow hash of a packet, or a socket's
- * at connect() time). Returns its id, or 0 when the frontend has none usable. A frontend
- * shrinking while this reads it (its record read with the old count, the slots past the new count
- * already gone) answers from slot 0, which every frontend with backends has, rather than refusing
- * a flow it can serve. */
+ * at connect() time). Returns its id, or 0 when the frontend has none usable or the slot is the
+ * reject share (LB4_SLOT_REJECT). A frontend shrinking while this reads it (its record read with
+ * the old count, the slots past the new count already gone) answers from slot 0, which every
+ * frontend with backends has, rather than refusing a flow it can serve. */
 static __always_inline __u32 LB_(slot_backend)(const struct lb4_svc *svc, __u32 hash,
 					      struct FAM_BACKEND **be)
 {
@@ -91,6 +91,8 @@ static __always_inline __u32 LB_(slot_backend)(const struct lb4_svc *svc, __u32 
 		if (!id)
 			return 0;
 	}
+	if (*id == LB4_SLOT_REJECT)
+		return 0;	/* the reject share: as if there were no backend */
 	*be = LB_(backend_get)(id);
 	if (!*be)
 		return 0;

@@ -18,7 +18,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
 from .convert import SERVICE
@@ -137,8 +137,13 @@ class AgentState:
 
 
 class Agent:
-    def __init__(self, source: Source, config: Any, options: AgentOptions, metrics: Any = None):
+    def __init__(self, source: Source, config: Any, options: AgentOptions, metrics: Any = None,
+                 gateway_status: Any = None):
+        """`gateway_status`: an ebpflb.sources.gateway_status_writer.GatewayStatusThread (the
+        Kubernetes source: the Gateway API status goes back to the API), or None."""
         self.source = source
+        self.gateway_status = gateway_status
+        self._offered_gateways: Any = None  # the GatewayModel last offered to gateway_status
         self.config = config
         self.options = options
         self.metrics = metrics  # an ebpflb.metrics.AgentMetrics, or None
@@ -328,6 +333,12 @@ class Agent:
             if self._health_checks is not None and checks != self._programmed_checks:
                 self._health_checks.sync(checks)
                 self._programmed_checks = checks
+        if outcome.applied and self.gateway_status is not None and \
+                syncer.model.gateways is not self._offered_gateways:
+            # The model is immutable: a new object is a recomputed one, and what the API must
+            # say may have changed (the writer finds out, without a request when it has not).
+            self._offered_gateways = syncer.model.gateways
+            self.gateway_status.offer(syncer.model.gateways, syncer.store.gateway_objects)
         if self.metrics is not None:
             self._record_metrics(outcome)
         if outcome.applied and not syncer.pending:
@@ -389,9 +400,19 @@ class Agent:
                 "ready": self.readiness()[0], "problems": sorted(self._problems.values()),
                 "repairs": dict(self._repairs), "unmatched_devices": list(self._unmatched),
                 "health_check_ports": list(self._health_checks.ports()
-                                           if self._health_checks else [])})
+                                           if self._health_checks else []),
+                "gateways": self._gateway_view()})
         except OSError as exc:  # status is for people; serving must not depend on it
             log.warning("status file not written: %s", exc)
+
+    def _gateway_view(self) -> Optional[Dict[str, Any]]:
+        """`ebpflb gateway list`'s view of the agent's Gateways (None: no Gateway API object)."""
+        syncer = self.syncer
+        if syncer is None or not syncer.store.gateway_version:
+            return None
+        from .gateway_view import to_json
+
+        return to_json(syncer.model.gateways, syncer.unprogrammed_gateways())
 
     def _source_problems(self) -> list:
         return self.source.problems()[:100]
@@ -786,6 +807,8 @@ class Agent:
                 next_pins = now + PIN_CHECK_SECONDS
             if now >= next_full:
                 syncer.request_full(PERIODIC)
+                if self.gateway_status is not None:
+                    self.gateway_status.forget()  # someone may have written over ours
                 next_full = now + self.options.full_sync_interval
             # A whole pending batch at once; what arrives during it is the next batch.
             self.sync()

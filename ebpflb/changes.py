@@ -1,9 +1,10 @@
 """What sources hand the agent: changes to single objects, never whole snapshots (pure core).
 
-sources -> **changes** -> store -> model -> plan -> apply. A change names one Service or
-EndpointSlice and carries its new model object, or None when it is gone (deleted, or no longer
-usable: an EndpointSlice that lost its Service label). Refused objects produce no change: their
-last good version stays.
+sources -> **changes** -> store -> model -> plan -> apply. A change names one Service,
+EndpointSlice or Gateway API object (GatewayClass, Gateway, TCPRoute, UDPRoute, ReferenceGrant,
+and Namespace for its labels) and carries its new model object, or None when it is gone
+(deleted, or no longer usable: an EndpointSlice that lost its Service label). Refused objects
+produce no change: their last good version stays.
 """
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from typing import List, Optional, Tuple
 
 from .convert import ENDPOINT_SLICE, SERVICE, ModelObject, ObjectKey
 from .errors import ManifestError
+from .gateway import API_VERSIONS
 
-KINDS = (SERVICE, ENDPOINT_SLICE)
+KINDS = (SERVICE, ENDPOINT_SLICE) + tuple(API_VERSIONS)
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    kind: str  # SERVICE or ENDPOINT_SLICE
-    key: ObjectKey  # (namespace, name)
+    kind: str  # one of KINDS
+    key: ObjectKey  # (namespace, name); namespace "" for cluster-scoped kinds
     obj: Optional[ModelObject]  # None: the object is gone
 
 

@@ -7,22 +7,47 @@ alone: a frontend or a healthCheckNodePort asked for by two Services goes to the
 it. Claims are indexed per frontend and per port, so when a holder lets go, only the Services
 that asked for the same thing are looked at again: the cost of a change is that of the Services
 it touches, whatever the size of the cluster.
+
+Gateways (ebpflb.gateway) are recomputed together, and only when something they read changed:
+a Gateway API object, a Service a route names (or its EndpointSlices), or a Service frontend on
+an address and port a listener asks for. Services hold their frontends first; a listener asking
+for one of them is refused (PortUnavailable). Each Gateway owns its listeners' frontends, under
+a `GatewayOwner`, beside the Services. A Gateway's addresses must be inside the agent's
+--external-ip-allow, as externalIPs must (whoever may create one names them).
 """
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import logging
-from typing import Dict, Iterable, List, Set, Tuple
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
 
 from .convert import ObjectKey
-from .model import (Backend, DesiredState, Frontend, HealthCheck, ModelContext, ServiceModel,
-                    SkippedService, service_model)
+from .gateway import GATEWAY_DISPLAY, GatewayModel, gateway_model, is_ours, referenced_services
+from .model import (SCOPE_ALL, SCOPE_EXTERNAL, Backend, DesiredState, Frontend, HealthCheck,
+                    ModelContext, ServiceModel, SkippedService, service_model)
 from .store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 FrontendKey = Tuple[str, int, str, int]
 ServiceFrontends = Tuple[Tuple[Frontend, Tuple[Backend, ...]], ...]
+
+
+@dataclass(frozen=True, order=True)
+class GatewayOwner:
+    """The owner of one Gateway's frontends in the model and the planner (not a tuple, so it
+    never equals a Service's (namespace, name))."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{GATEWAY_DISPLAY} {self.namespace}/{self.name}"
+
+
+Owner = Union[ObjectKey, GatewayOwner]
 
 
 class ClusterModel:
@@ -40,6 +65,12 @@ class ClusterModel:
         # Bumped whenever the skipped reasons or the health checks change, so a reader of those
         # lists (the agent's status) rebuilds them only then.
         self.version = 0
+        # Gateways: the last model, what it read, and the frontends each Gateway owns.
+        self.gateways: GatewayModel = GatewayModel((), (), (), ())
+        self._gateway_seen = -1  # the store's gateway_version the model was computed at
+        self._gateway_services: FrozenSet[ObjectKey] = frozenset()
+        self._gateway_wanted: Set[Tuple[str, int, str]] = set()  # (address, port, protocol)
+        self._gateway_frontends: Dict[GatewayOwner, ServiceFrontends] = {}
 
     # --- updates -------------------------------------------------------------------------
     def update(self, store: ObjectStore, keys: Iterable[ObjectKey]) -> Set[ObjectKey]:
@@ -85,17 +116,63 @@ class ClusterModel:
             changed.update(self._port_claims.get(port, ()))
         for key in changed:
             self._settle(key)
+        if (store.gateway_version != self._gateway_seen
+                or not self._gateway_services.isdisjoint(changed)
+                or any(fk[:3] in self._gateway_wanted for fk in touched_frontends)):
+            changed |= self._update_gateways(store)  # type: ignore[arg-type]
+        return changed
+
+    def _update_gateways(self, store: ObjectStore) -> Set[GatewayOwner]:
+        """Recomputes every Gateway (they are few, and judged together: the oldest holds an
+        address and port); returns the Gateways whose frontends changed."""
+        objects = store.gateway_objects
+        ours = {name for name, c in objects.classes.items() if is_ours(c)}
+        wanted = {(a.value, li.port, li.protocol)
+                  for gw in objects.gateways.values() if gw.gateway_class_name in ours
+                  for a in gw.addresses if a.value for li in gw.listeners}
+        taken: Dict[Tuple[str, int, str], str] = {}
+        for ip, port, proto in wanted:
+            for scope in (SCOPE_ALL, SCOPE_EXTERNAL):
+                holders = self._frontend_claims.get((ip, port, proto, scope))
+                if holders:
+                    taken[ip, port, proto] = f"Service {holders[0][0]}/{holders[0][1]}"
+                    break
+        allowed = [ipaddress.ip_network(c) for c in self.ctx.external_ip_allow]
+        self.gateways = gateway_model(objects, store, taken, lambda ip: any(
+            ipaddress.ip_address(ip) in net for net in allowed
+            if net.version == ipaddress.ip_address(ip).version))
+        self._gateway_seen = store.gateway_version
+        self._gateway_services = referenced_services(objects)
+        self._gateway_wanted = wanted
+        new: Dict[GatewayOwner, ServiceFrontends] = {}
+        for gf in self.gateways.frontends:
+            namespace, _, name = gf.gateway.partition("/")
+            owner = GatewayOwner(namespace, name)
+            new[owner] = new.get(owner, ()) + (gf.to_frontend(),)
+        changed = {owner for owner in set(new) | set(self._gateway_frontends)
+                   if _signature(new.get(owner, ())) != _signature(
+                       self._gateway_frontends.get(owner, ()))}
+        self._gateway_frontends = new
+        if changed:
+            self.version += 1
         return changed
 
     def set_context(self, ctx: ModelContext) -> Set[ObjectKey]:
         """New node facts; returns the Services to recompute (with `update`)."""
         old, self.ctx = self.ctx, ctx
+        if old.external_ip_allow != ctx.external_ip_allow:
+            self._gateway_seen = -1  # Gateway addresses are judged by it too
         if (old.node_name, old.proxy_name, old.external_ip_allow, old.node_zone) != (
                 ctx.node_name, ctx.proxy_name, ctx.external_ip_allow, ctx.node_zone):
             return set(self._models)
         if old.node_addresses != ctx.node_addresses:
             return set(self._node_port_services)
         return set()
+
+    @property
+    def gateways_stale(self) -> bool:
+        """The Gateways must be recomputed (by the next update) whatever it touches."""
+        return self._gateway_seen < 0
 
     @staticmethod
     def _claim(claims: Dict, what, key: ObjectKey) -> None:
@@ -160,8 +237,11 @@ class ClusterModel:
             self._skipped.pop(key, None)
 
     # --- outcome -------------------------------------------------------------------------
-    def frontends_of(self, key: ObjectKey) -> ServiceFrontends:
-        """The frontends a Service holds, with their backends, in frontend order."""
+    def frontends_of(self, key: Owner) -> ServiceFrontends:
+        """The frontends a Service (or a Gateway) holds, with their backends, in frontend
+        order."""
+        if isinstance(key, GatewayOwner):
+            return self._gateway_frontends.get(key, ())
         return self._frontends.get(key, ())
 
     def skipped(self) -> Tuple[SkippedService, ...]:
@@ -176,14 +256,23 @@ class ClusterModel:
         """Every Service with a model, sorted."""
         return sorted(self._models)
 
-    def holders(self) -> List[ObjectKey]:
-        """Every Service that holds at least one frontend, sorted."""
-        return sorted(self._frontends)
+    def holders(self) -> List[Owner]:
+        """Every Service that holds at least one frontend, sorted, then every Gateway that
+        does."""
+        return sorted(self._frontends) + sorted(self._gateway_frontends)  # type: ignore[operator]
 
     def desired_state(self) -> DesiredState:
         frontends: Dict[Frontend, Tuple[Backend, ...]] = {}
         for key in self._frontends:
             frontends.update(self._frontends[key])
+        for owned in self._gateway_frontends.values():
+            frontends.update(owned)
         ordered = {fe: frontends[fe] for fe in sorted(frontends)}
         return DesiredState(ordered, self.skipped(), self.health_checks())
 
+
+
+def _signature(frontends: ServiceFrontends) -> Tuple:
+    """What programming a frontend depends on: Frontend compares by key only, so its policy
+    (the Gateway's weights) and names are compared here."""
+    return tuple((fe, fe.policy, fe.service, fe.port_name, backends) for fe, backends in frontends)

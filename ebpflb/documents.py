@@ -23,7 +23,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import yaml
 
 from .backend_rules import DEFAULT_SERVICE_CIDRS
-from .convert import Converted, convert_document
+from .convert import Converted
+from .gateway import convert_any_document
 from .errors import FieldPath, ManifestError, format_path
 from .fields import a_type, show
 from .gcpause import paused_gc
@@ -353,12 +354,12 @@ def read_text(text: str, source: str, service_cidrs: Sequence[str] = DEFAULT_SER
                     # A YAML chunk's text is its objects' content: its digest and the object's
                     # place in it identify the object, at no cost per object.
                     digest = _digest(chunk_digest + repr((i, base)).encode())
-                    converted = convert_document(obj, label, kind, api, cidrs)
+                    converted = convert_any_document(obj, label, kind, api, cidrs)
                 else:
                     digest = _object_digest(obj, kind, api)
                     converted = (old.objects.get(digest) or new.objects.get(digest)) if digest else None
                     if converted is None:
-                        converted = convert_document(obj, label, kind, api, cidrs)
+                        converted = convert_any_document(obj, label, kind, api, cidrs)
                 if converted.refused:
                     clean = False
                     errors = _located_errors(converted, source, lines, first_line, i, base)
@@ -443,9 +444,9 @@ def _read_list(split: Tuple[str, List[Tuple[int, str]]], old: "ReadCache", new: 
             if len(item_docs) != 1 or not isinstance(item_docs[0], list) or len(item_docs[0]) != 1:
                 return None
             parsed += len(text)
-            converted = convert_document(item_docs[0][0], f"items[{i}] (document {docno})",
-                                         item_kind, item_api if isinstance(item_api, str) else None,
-                                         cidrs)
+            converted = convert_any_document(item_docs[0][0], f"items[{i}] (document {docno})",
+                                             item_kind,
+                                             item_api if isinstance(item_api, str) else None, cidrs)
         base: FieldPath = ("items", i)
         errors: Tuple[ManifestError, ...] = ()
         if converted.refused:

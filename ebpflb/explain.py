@@ -44,8 +44,8 @@ from .fields import canonical_ip
 from .flowhash import FLOW_HASH_SEED, packet_hash
 from .maps import (BACKENDS, BE_F_NO_NEW, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL,
                    CT_F_HAIRPIN, CT_F_HANDOVER, CT_F_NETFILTER, CT_F_RESET, CT_F_SNAT,
-                   CT_F_SRC_NAT, HAIRPIN_ADDR, HAIRPIN_ADDR6, NO_BACKEND,
-                   PROTO_NUMBERS, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY,
+                   CT_F_SRC_NAT, HAIRPIN_ADDR, HAIRPIN_ADDR6, NO_BACKEND, PROTO_NUMBERS,
+                   SERVICES, SLOT_REJECT, SLOTS, SRC_RANGES, SVC_F_DRAINING, SVC_F_DROP_EMPTY,
                    SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, VIPS, SvcKey,
                    frontend_kind)
 from .records import topology_of
@@ -596,6 +596,11 @@ class _Decision:
         if be is None:
             if svc.flags & SVC_F_DROP_EMPTY or (f.proto == TCP and "R" in f.tcp_flags):
                 self.counters.append("no_backend")  # a drop's reason; a reject has none
+            if self.common.get("hashed_backend_id") == SLOT_REJECT and not (
+                    f.proto == TCP and "R" in f.tcp_flags):
+                return self.out("reject", "the hash picks a slot of the reject share (a Gateway "
+                                          "route's backendRefs that do not resolve): new flows "
+                                          "there are rejected (TCP RST, ICMP port unreachable)")
             if svc.flags & SVC_F_DROP_EMPTY:
                 return self.out("drop", "no usable endpoint here, but the Service has some on "
                                         "other nodes (a Local traffic policy): new flows are "

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Tuple
 from .addresses import format_address
 from .explain import AffinityView, bound_backend, slot_backend
 from .flowhash import FLOW_HASH_SEED, address_word, sock_hash
-from .maps import (BACKENDS, NO_BACKEND, SERVICES, SLOTS, SVC_F_DRAINING,
+from .maps import (BACKENDS, NO_BACKEND, SERVICES, SLOT_REJECT, SLOTS, SVC_F_DRAINING,
                    SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META, SvcKey,
                    frontend_kind)
 
@@ -115,13 +115,18 @@ def explain_socket(snapshot: Any, daddr: str, dport: int, proto: int, mode: str,
     unknown = (" (a session-affinity binding of the client's network namespace, not looked up "
                "here, would decide first)") if svc.affinity_timeout and not affinity_known else ""
     if cookie is None:
-        ids = sorted({i for i in table if i != NO_BACKEND})
+        ids = sorted({i for i in table if i not in (NO_BACKEND, SLOT_REJECT)})
         return SocketExplanation(**base, verdict=TRANSLATED, affinity=affinity,
                                  candidates=tuple(filter(None, (_backend(snapshot, i) for i in ids))),
                                  reason="sent to the backend of slot hash(cookie) % slots; give "
                                         "--cookie (the socket's SO_COOKIE) to know which" + unknown)
     h = sock_hash(cookie, address_word(daddr), dport, proto, FLOW_HASH_SEED)
     slot, backend_id = slot_backend(snapshot, svc, h)
+    if backend_id == SLOT_REJECT:
+        return SocketExplanation(**base, verdict=REFUSED, affinity=affinity, hash=h, slot=slot,
+                                 reason="its slot is the reject share (a Gateway route's "
+                                        "backendRefs that do not resolve): connect() or the send "
+                                        "fails with ECONNREFUSED" + unknown)
     return SocketExplanation(**base, verdict=TRANSLATED, affinity=affinity, hash=h, slot=slot,
                              backend_id=backend_id, backend=_backend(snapshot, backend_id),
                              reason="sent to the backend of its slot at connect(); no program "

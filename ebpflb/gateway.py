@@ -24,8 +24,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import (Any, Dict, FrozenSet, Hashable, Iterable, List, Mapping, Optional, Protocol, Sequence,
-                    Tuple, TypeVar, Union)
+from typing import (Any, Callable, Dict, FrozenSet, Hashable, Iterable, List, Mapping, Optional,
+                    Protocol, Sequence, Tuple, TypeVar, Union)
 
 from .convert import CLUSTER_SCOPED_KINDS, Converted, ObjectKey, convert_document, read_header
 from .errors import FieldPath, ManifestError, format_path
@@ -38,6 +38,8 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 # GatewayClasses naming this controller are ebpflb's; Gateways of any other class are not looked at.
 CONTROLLER_NAME = "ebpflb.io/gateway-controller"
 
+# How a Gateway frontend names its owner in the maps and the CLI ("Gateway demo/gw:tcp").
+GATEWAY_DISPLAY = "Gateway"
 GATEWAY_CLASS = "GatewayClass"
 GATEWAY = "Gateway"
 TCP_ROUTE = "TCPRoute"
@@ -77,6 +79,7 @@ REASON_LISTENERS_NOT_VALID = "ListenersNotValid"
 REASON_PROGRAMMED = "Programmed"
 REASON_INVALID = "Invalid"
 REASON_ADDRESS_NOT_ASSIGNED = "AddressNotAssigned"
+REASON_ADDRESS_NOT_USABLE = "AddressNotUsable"
 REASON_PENDING = "Pending"
 # Listener
 REASON_UNSUPPORTED_PROTOCOL = "UnsupportedProtocol"
@@ -113,6 +116,7 @@ class GatewayClass:
     name: str
     controller_name: str
     parameters_ref: Optional[str] = None  # "group/Kind/name" when set: ebpflb takes no parameters
+    generation: Optional[int] = None  # metadata.generation: status conditions observe it
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,7 @@ class Gateway:
     addresses: Tuple[GatewayAddress, ...] = ()
     parameters_ref: Optional[str] = None  # spec.infrastructure.parametersRef, "group/Kind/name"
     created: Optional[str] = None  # metadata.creationTimestamp, RFC 3339 in UTC: the oldest wins
+    generation: Optional[int] = None  # metadata.generation: status conditions observe it
 
     @property
     def ref(self) -> str:
@@ -227,6 +232,7 @@ class Route:
     parent_refs: Tuple[ParentRef, ...]
     rules: Tuple[RouteRule, ...]
     created: Optional[str] = None
+    generation: Optional[int] = None  # metadata.generation: status conditions observe it
 
     @property
     def key(self) -> RouteKey:
@@ -305,6 +311,19 @@ def convert_gateway_document(doc: Any, where: str, default_kind: Optional[str] =
     return Converted(kind, key, ck.label, obj, claims=True)  # type: ignore[arg-type]
 
 
+def convert_any_document(doc: Any, where: str, default_kind: Optional[str] = None,
+                         default_api: Optional[str] = None,
+                         service_cidrs: Optional[Sequence[str]] = None) -> Converted:
+    """Any object of a manifest: a Gateway API kind (or a Namespace) here, anything else by
+    ebpflb.convert (Services, EndpointSlices, and the verdict on kinds ebpflb does not use)."""
+    kind = doc.get("kind", default_kind) if isinstance(doc, dict) else None
+    if isinstance(kind, str) and kind in API_VERSIONS:
+        return convert_gateway_document(doc, where, default_kind, default_api)
+    if service_cidrs is None:
+        return convert_document(doc, where, default_kind, default_api)
+    return convert_document(doc, where, default_kind, default_api, service_cidrs)
+
+
 def problems_of(converted: Converted, source: str) -> List[ManifestError]:
     """A refused object's problems as errors naming the object and the field (no line: the
     manifest reader adds lines, as it does for Services)."""
@@ -332,15 +351,16 @@ class _GatewayParser:
             ck.name(namespace, ("metadata", "namespace"), DNS1123_LABEL, 63,
                     "namespace (DNS-1123 label)")
         created = self._timestamp(meta.get("creationTimestamp"), ("metadata", "creationTimestamp"))
+        generation = self._generation(meta.get("generation"), ("metadata", "generation"))
         spec = ck.mapping(doc.get("spec"), ("spec",), required=True)
         if spec is None:
             return None
         if kind == GATEWAY_CLASS:
-            return self.gateway_class(spec, name)
+            return self.gateway_class(spec, name, generation)
         if kind == GATEWAY:
-            return self.gateway(spec, key, created)
+            return self.gateway(spec, key, created, generation)
         if kind in ROUTE_KINDS:
-            return self.route(kind, api, spec, key, created)
+            return self.route(kind, api, spec, key, created, generation)
         return self.reference_grant(spec, key)
 
     # --- field types -------------------------------------------------------------------
@@ -397,6 +417,15 @@ class _GatewayParser:
             what = f"at least {least}" if len(items) < least else f"at most {most}"
             ck.error(path, f"{len(items)} entries: {what} allowed")
         return items[:most]
+
+    def _generation(self, value: Any, path: FieldPath) -> Optional[int]:
+        """metadata.generation, as the API server sets it (files may copy it); absent: None."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.ck.error(path, f"{show(value)} is not a generation (an integer, 0 or more)")
+            return None
+        return value
 
     def _timestamp(self, value: Any, path: FieldPath) -> Optional[str]:
         """RFC 3339 as the API server writes it, in UTC ("2024-05-01T10:00:00Z"), so that text
@@ -476,16 +505,18 @@ class _GatewayParser:
         return f"{group}/{kind}/{name}"
 
     # --- GatewayClass ------------------------------------------------------------------
-    def gateway_class(self, spec: Dict[str, Any], name: str) -> GatewayClass:
+    def gateway_class(self, spec: Dict[str, Any], name: str,
+                      generation: Optional[int] = None) -> GatewayClass:
         controller = self._string(spec.get("controllerName"), ("spec", "controllerName"),
                                   required=True, rule=_CONTROLLER,
                                   what="controller name (DOMAIN/PATH, e.g. example.net/gateway-controller)")
         params = self._parameters_ref(spec.get("parametersRef"), ("spec", "parametersRef"))
         self._string(spec.get("description"), ("spec", "description"), max_len=64, empty_ok=True)
-        return GatewayClass(name, controller or "", params)
+        return GatewayClass(name, controller or "", params, generation)
 
     # --- Gateway -----------------------------------------------------------------------
-    def gateway(self, spec: Dict[str, Any], key: ObjectKey, created: Optional[str]) -> Gateway:
+    def gateway(self, spec: Dict[str, Any], key: ObjectKey, created: Optional[str],
+                generation: Optional[int] = None) -> Gateway:
         ck = self.ck
         class_name = self._string(spec.get("gatewayClassName"), ("spec", "gatewayClassName"),
                                   required=True)
@@ -527,7 +558,8 @@ class _GatewayParser:
         infra = ck.mapping(spec.get("infrastructure"), ("spec", "infrastructure")) or {}
         params = self._parameters_ref(infra.get("parametersRef"),
                                       ("spec", "infrastructure", "parametersRef"))
-        return Gateway(key[0], key[1], class_name or "", tuple(listeners), addresses, params, created)
+        return Gateway(key[0], key[1], class_name or "", tuple(listeners), addresses, params, created,
+                       generation)
 
     def _allowed_routes(self, value: Any, path: FieldPath) -> Optional[AllowedRoutes]:
         ck = self.ck
@@ -588,7 +620,7 @@ class _GatewayParser:
 
     # --- TCPRoute, UDPRoute ------------------------------------------------------------
     def route(self, kind: str, api: str, spec: Dict[str, Any], key: ObjectKey,
-              created: Optional[str]) -> Route:
+              created: Optional[str], generation: Optional[int] = None) -> Route:
         ck = self.ck
         parents = self._parent_refs(spec.get("parentRefs"))
         rules: List[RouteRule] = []
@@ -608,7 +640,7 @@ class _GatewayParser:
             refs = [self._backend_ref(r, path + ("backendRefs", j)) for j, r in enumerate(
                 self._items(entry.get("backendRefs"), path + ("backendRefs",), 1, 16, required=True))]
             rules.append(RouteRule(tuple(r for r in refs if r is not None), name))
-        return Route(kind, key[0], key[1], parents, tuple(rules), created)
+        return Route(kind, key[0], key[1], parents, tuple(rules), created, generation)
 
     def _parent_refs(self, value: Any) -> Tuple[ParentRef, ...]:
         ck = self.ck
@@ -790,10 +822,7 @@ def read_objects(docs: Iterable[Any], source: str) -> ReadObjects:
         if doc is None:
             continue
         where = f"document {i + 1}"
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        converted = (convert_gateway_document(doc, where)
-                     if isinstance(kind, str) and kind in API_VERSIONS
-                     else convert_document(doc, where))
+        converted = convert_any_document(doc, where)
         if converted.refused:
             errors.extend(problems_of(converted, source))
             continue
@@ -896,19 +925,16 @@ class GatewayFrontend:
     def key(self) -> FrontendKey:
         return (self.address, self.port, self.protocol)
 
-    def to_frontend(self, kind: str = "ExternalIP") -> Tuple[Frontend, Tuple[Backend, ...]]:
-        """The model's shape (what ClusterModel holds per Service): weighted Maglev, the weights
-        in the policy. The policy keys weights by backend IP, so a pod reached on two ports
-        with two different weights cannot be expressed (ValueError); the reject share has no
-        slot in the data plane yet and is not in the result (see reject_weight)."""
-        by_ip: Dict[str, int] = {}
-        for wb in self.backends:
-            if by_ip.setdefault(wb.backend.ip, wb.weight) != wb.weight:
-                raise ValueError(f"{self}: backend {wb.backend.ip} has two weights "
-                                 f"({by_ip[wb.backend.ip]} and {wb.weight}) on two ports")
-        policy = LbPolicy("maglev", None, tuple(sorted(by_ip.items())))
-        fe = Frontend(self.address, self.port, self.protocol, self.gateway, self.listener, policy,
-                      0, kind)
+    def to_frontend(self) -> Tuple[Frontend, Tuple[Backend, ...]]:
+        """The model's shape (what ClusterModel holds per owner): weighted Maglev, each backend's
+        weight by (IP, port), and the reject share. The data plane knows four frontend kinds;
+        a listener is reached from outside and from pods alike, as an external IP is, so it is
+        programmed as one, named "Gateway namespace/name" and its listener."""
+        policy = LbPolicy("maglev", None, (),
+                          tuple((wb.backend.ip, wb.backend.port, wb.weight) for wb in self.backends),
+                          self.reject_weight)
+        fe = Frontend(self.address, self.port, self.protocol, f"{GATEWAY_DISPLAY} {self.gateway}",
+                      self.listener, policy, 0, "ExternalIP")
         return fe, tuple(wb.backend for wb in self.backends)
 
     def __str__(self) -> str:
@@ -1132,15 +1158,19 @@ class _ListenerView:
 
 
 class _GatewayView:
-    __slots__ = ("gateway", "refusal", "listeners", "ips", "unassigned")
+    __slots__ = ("gateway", "refusal", "listeners", "ips", "unassigned", "unusable")
 
-    def __init__(self, gateway: Gateway, gateway_class: GatewayClass) -> None:
+    def __init__(self, gateway: Gateway, gateway_class: GatewayClass,
+                 address_allowed: Callable[[str], bool]) -> None:
         self.gateway = gateway
         self.listeners = [_ListenerView(li) for li in gateway.listeners]
         self.ips = tuple(a.value for a in gateway.addresses if a.type == "IPAddress" and a.value)
         # An IPAddress without a value asks ebpflb to pick one: it has no address pool.
         self.unassigned = not gateway.addresses or any(
             a.type == "IPAddress" and not a.value for a in gateway.addresses)
+        # Anyone who may create a Gateway names its addresses: outside the agent's allow-list
+        # they could take over traffic to any address (as externalIPs could, CVE-2020-8554).
+        self.unusable = tuple(ip for ip in self.ips if not address_allowed(ip))
         self.refusal: Optional[Condition] = None  # Accepted False for the Gateway as a whole
         unsupported = [(i, a) for i, a in enumerate(gateway.addresses) if a.type != "IPAddress"]
         if gateway_class.parameters_ref is not None:
@@ -1162,12 +1192,16 @@ class _GatewayView:
 
     @property
     def programmed(self) -> bool:
-        return self.accepted and not self.unassigned
+        return self.accepted and not self.unassigned and not self.unusable
 
 
 def gateway_model(objects: GatewayObjects, services: ServiceLookup,
-                  taken: Optional[Mapping[FrontendKey, str]] = None) -> GatewayModel:
+                  taken: Optional[Mapping[FrontendKey, str]] = None,
+                  address_allowed: Callable[[str], bool] = lambda ip: True) -> GatewayModel:
     """Status and frontends of every Gateway of ebpflb's classes and every route.
+
+    `address_allowed`: whether the agent may serve an address (its --external-ip-allow): a
+    Gateway asking for one it may not is not programmed (AddressNotUsable).
 
     `taken`: frontends (address, port, protocol) already held, with who holds them (the
     Services' frontends): a listener asking for one is refused with PortUnavailable. Among
@@ -1176,7 +1210,7 @@ def gateway_model(objects: GatewayObjects, services: ServiceLookup,
     one it serves (the others are Accepted and counted, and serve nothing)."""
     ours = {name: c for name, c in objects.classes.items() if is_ours(c)}
     class_statuses = tuple(class_status(ours[name]) for name in sorted(ours))
-    views = {key: _GatewayView(gw, ours[gw.gateway_class_name])
+    views = {key: _GatewayView(gw, ours[gw.gateway_class_name], address_allowed)
              for key, gw in objects.gateways.items() if gw.gateway_class_name in ours}
     # Addresses and ports: the oldest Gateway first, after the frontends already taken.
     claims: Dict[FrontendKey, str] = dict(taken or {})
@@ -1327,6 +1361,11 @@ def _gateway_status(view: _GatewayView) -> GatewayStatus:
         programmed = Condition(PROGRAMMED, "False", REASON_ADDRESS_NOT_ASSIGNED,
                                "ebpflb does not assign addresses: give spec.addresses an "
                                "IPAddress with a value")
+    elif view.unusable:
+        programmed = Condition(PROGRAMMED, "False", REASON_ADDRESS_NOT_USABLE,
+                               f"{', '.join(view.unusable)}: outside the agent's "
+                               "--external-ip-allow (a Gateway address may only be one the node "
+                               "is allowed to serve)")
     else:
         programmed = Condition(PROGRAMMED, "True", REASON_PROGRAMMED)
     listeners = tuple(_listener_status(view, lv) for lv in view.listeners)
@@ -1356,6 +1395,9 @@ def _listener_status(view: _GatewayView, lv: _ListenerView) -> ListenerStatus:
                                else "the Gateway is not accepted")
     elif view.unassigned:
         programmed = Condition(PROGRAMMED, "False", REASON_PENDING, "the Gateway has no address")
+    elif view.unusable:
+        programmed = Condition(PROGRAMMED, "False", REASON_PENDING,
+                               "the Gateway's addresses are not usable")
     else:
         programmed = Condition(PROGRAMMED, "True", REASON_PROGRAMMED)
     return ListenerStatus(li.name, lv.supported, len(lv.attached), (accepted, resolved, programmed))

@@ -1,42 +1,40 @@
 """`ebpflb gateway list`: the Gateway API objects ebpflb's GatewayClass covers and the status it
 gives them (ebpflb.gateway's model), as a JSON shape for tools and a table for people. Pure: a
 function of the model. With files as the source nothing writes status back, so this is where the
-conditions are read; with the Kubernetes API they are what the controller would write."""
-from typing import Any, Dict, List
+conditions are read; with the Kubernetes API they are what the controller writes. The agent keeps
+this view of its own model in its status file; computed from files, it is what an agent given
+those files programs."""
+from typing import Any, Dict, List, Mapping, Optional
 
 from .addresses import format_address
-from .gateway import GatewayModel
+from .gateway import REASON_PENDING, GatewayModel
 
 
-
-# Until the data path serves Gateway listeners, a listener the model would program is said
-# Pending (a reason the spec has for Programmed), not Programmed.
-NOT_SERVED_YET = ("Pending", "ebpflb does not program Gateway listeners yet: the model's "
-                  "frontend is shown below, not served")
-
-
-def _conditions(conditions, served: bool = True) -> List[Dict[str, str]]:
+def _conditions(conditions, unprogrammed: Optional[str] = None) -> List[Dict[str, str]]:
+    """`unprogrammed`: why a Gateway the model would program is not in the maps (yet): its
+    Programmed condition says so (Pending, a reason the spec has for it)."""
     out = []
     for c in conditions:
         status, reason, message = c.status, c.reason, c.message
-        if not served and c.type == "Programmed" and status == "True":
-            status, (reason, message) = "False", NOT_SERVED_YET
+        if unprogrammed is not None and c.type == "Programmed" and status == "True":
+            status, reason, message = "False", REASON_PENDING, unprogrammed
         out.append({"type": c.type, "status": status, "reason": reason, "message": message})
     return out
 
 
-def to_json(model: GatewayModel, served: bool = False) -> Dict[str, Any]:
+def to_json(model: GatewayModel, unprogrammed: Mapping[str, str] = {}) -> Dict[str, Any]:
     """The view's one shape: classes, gateways (with listeners), routes (with their parents),
-    and the frontends the Gateways' listeners make (with each backend's weight). `served`:
-    whether the data path serves those frontends (not yet: Programmed is reported False,
-    Pending)."""
+    and the frontends the Gateways' listeners make (with each backend's weight).
+    `unprogrammed`: Gateways ("namespace/name") whose frontends are not in the maps, and why
+    (the agent's plan for them was refused, or is still to come)."""
     return {
         "classes": [{"name": c.name, "conditions": _conditions(c.conditions)}
                     for c in model.classes],
         "gateways": [{"gateway": g.ref, "addresses": list(g.addresses),
-                      "conditions": _conditions(g.conditions, served),
+                      "conditions": _conditions(g.conditions, unprogrammed.get(g.ref)),
                       "listeners": [{"name": li.name, "attached_routes": li.attached_routes,
-                                     "conditions": _conditions(li.conditions, served)}
+                                     "conditions": _conditions(li.conditions,
+                                                               unprogrammed.get(g.ref))}
                                     for li in g.listeners]}
                      for g in model.gateways],
         "routes": [{"route": f"{r.kind} {r.namespace}/{r.name}",

@@ -107,6 +107,7 @@ SVC_F_DROP_EMPTY = abi.LB4_SVC_F_DROP_EMPTY  # no backend here, endpoints elsewh
 SVC_F_TOPO_NODE = abi.LB4_SVC_F_TOPO_NODE  # slots from the endpoints hinted for this node
 SVC_F_TOPO_ZONE = abi.LB4_SVC_F_TOPO_ZONE  # slots from the endpoints hinted for this zone
 BE_F_NO_NEW = abi.LB4_BE_F_NO_NEW
+SLOT_REJECT = abi.LB4_SLOT_REJECT  # a slot of the reject share: new flows refused
 SVC_KIND_SHIFT = abi.LB4_SVC_KIND_SHIFT  # the frontend kind: bits 4-5 of the service flags
 FRONTEND_KINDS = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalIP")
 

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .addresses import format_address, parse_address
 from .dataplane.bcc_maps import DROP_REASONS, EVENTS, read_stats, read_verdicts
 from .dataplane.libbpf import map_info
+from .gateway import GATEWAY_DISPLAY
 from .dataplane.readers import conntrack_entries
 from .views import read_service_stats
 
@@ -65,8 +66,14 @@ def build_labels() -> Tuple[str, str, str, str]:
 
 
 def _service_labels(name: str, frontend: str) -> Tuple[str, str, str, str]:
+    """namespace, name, port (or listener), frontend of a record's name: "ns/svc:port", or
+    "Gateway ns/gw:listener" (a Gateway's name keeps its prefix, so it cannot pass for a
+    Service of the same name)."""
     ns_name, _, port = name.partition(":")
     namespace, _, svc = ns_name.partition("/")
+    gateway, space, namespace_only = namespace.partition(" ")
+    if space and gateway == GATEWAY_DISPLAY:
+        return namespace_only, f"{GATEWAY_DISPLAY} {svc}", port, frontend
     return namespace, svc, port, frontend
 
 

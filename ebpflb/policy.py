@@ -9,7 +9,7 @@ A weight of 0 takes a backend out of new-flow selection while its established fl
 """
 import ipaddress
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from .fields import canonical_ip
 
@@ -24,10 +24,27 @@ MAX_WEIGHT = 100  # hash-mod repeats a backend once per unit of weight; keep tab
 class LbPolicy:
     algorithm: Optional[str] = None
     table_size: Optional[int] = None
-    weights: Tuple[Tuple[str, int], ...] = ()
+    weights: Tuple[Tuple[str, int], ...] = ()  # by backend IP (the annotation)
+    # By backend (IP, port), before `weights`: a Gateway listener's backends, where one pod may be
+    # an endpoint of two backendRefs on two ports with two shares.
+    endpoint_weights: Tuple[Tuple[str, int, int], ...] = ()  # (ip, port, weight)
+    # Slots that refuse new flows, on the scale of the weights: a Gateway route's backendRefs
+    # that do not resolve keep their share, and the spec wants that traffic rejected.
+    reject_weight: int = 0
+
+    @property
+    def weighted(self) -> bool:
+        """Not every backend weighs 1: some may weigh 0 (draining), and slots follow weights."""
+        return bool(self.weights or self.endpoint_weights or self.reject_weight)
 
     def weight(self, ip: str) -> int:
         return dict(self.weights).get(ip, 1)
+
+    def weights_of(self, backends: Sequence[Tuple[str, int]]) -> Tuple[int, ...]:
+        """The weight of each (ip, port), in order: by endpoint, else by IP, else 1."""
+        by_ip = dict(self.weights)
+        by_endpoint = {(ip, port): w for ip, port, w in self.endpoint_weights}
+        return tuple(by_endpoint.get((ip, port), by_ip.get(ip, 1)) for ip, port in backends)
 
 
 DEFAULT_POLICY = LbPolicy()

@@ -7,7 +7,9 @@ frontend, so an unchanged frontend or backend produces equal records and no writ
 
 A frontend's slots are its backends (hash-mod, "random"; a backend of weight w fills w slots) or
 its Maglev table (a prime number of slots, so a backend change moves few of them and only the
-slots that differ are written). The data path is the same for both: slot = flow hash % count.
+slots that differ are written). The data path is the same for both: slot = flow hash % count. A
+Gateway frontend may also have a reject share: slots holding SLOT_REJECT, where new flows are
+refused as if there were no backend.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Iterable, List, Protocol, Tuple
 from .fields import canonical_cidr
 from .maglev import DEFAULT_M, maglev_table, validate_m
 from .maps import (BE_F_NO_NEW, FRONTEND_KINDS, PROTO_NUMBERS, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL,
-                   SVC_F_MAGLEV, SVC_F_TOPO_NODE, SVC_F_TOPO_ZONE,
+                   SLOT_REJECT, SVC_F_MAGLEV, SVC_F_TOPO_NODE, SVC_F_TOPO_ZONE,
                    SVC_F_SRC_RANGES, SVC_KIND_SHIFT, SVC_NAME_LEN, BackendValue, Records,
                    SrcRangeKey, SvcKey, SvcValue)
 from .model import TOPOLOGY_NODE, TOPOLOGY_NONE, TOPOLOGY_ZONE, Backend, Frontend
@@ -68,18 +70,28 @@ def _maglev_cached(names: Tuple[bytes, ...], m: int, weights: Tuple[int, ...]) -
     return tuple(maglev_table(list(names), m, list(weights)))
 
 
+# The reject share's name in a Maglev table: not an "ip:port", so never a backend's.
+_REJECT_NAME = b"reject"
+
+
 def frontend_slots(frontend: Frontend, backends: Tuple[Backend, ...],
                    defaults: PlanDefaults) -> Tuple[Tuple[int, ...], int]:
-    """Indices into `backends` for each slot of the frontend, and the service flags."""
+    """Indices into `backends` for each slot of the frontend, and the service flags. The index
+    len(backends) is the reject share (policy.reject_weight): its slots hold SLOT_REJECT."""
     policy = frontend.policy
     algorithm = policy.algorithm or defaults.algorithm
-    if not policy.weights and algorithm != "maglev":
+    if not policy.weighted and algorithm != "maglev":
         return tuple(range(len(backends))), 0  # the common case, on every plan of every frontend
-    weights = tuple(policy.weight(b.ip) for b in backends)
+    weights = policy.weights_of([b.key for b in backends])
+    names = tuple(f"{b.ip}:{b.port}".encode() for b in backends)
+    if policy.reject_weight:
+        # A pseudo-backend of its own: in a Maglev table, moving weight to or from it moves
+        # only the flows the change implies, as for any backend.
+        weights += (policy.reject_weight,)
+        names += (_REJECT_NAME,)
     if algorithm == "maglev":
         if not any(weights):
             return (), SVC_F_MAGLEV
-        names = tuple(f"{b.ip}:{b.port}".encode() for b in backends)
         return _maglev_cached(names, policy.table_size or defaults.table_size, weights), SVC_F_MAGLEV
     return tuple(i for i, w in enumerate(weights) for _ in range(w)), 0
 
@@ -110,7 +122,7 @@ def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids
         key = SvcKey(frontend.vip, frontend.port, proto, frontend.scope)
         svc_id = service_id(key)
         policy = frontend.policy
-        if not policy.weights and not policy.algorithm and plain_default:
+        if not policy.weighted and not policy.algorithm and plain_default:
             # Hash-mod without weights: one slot per backend, in backend order.
             backend_ids = []
             for backend in backends:
@@ -125,16 +137,18 @@ def build_records(frontends: Iterable[Tuple[Frontend, Tuple[Backend, ...]]], ids
         else:
             # Every backend is programmed, even one of weight 0: it has no slot, but the CLI
             # shows it and its counters go on while its established flows drain.
-            weighted = bool(policy.weights)
+            weights = policy.weights_of([b.key for b in backends]) if policy.weighted else ()
             backend_ids = []
-            for backend in backends:
-                drain = BE_F_NO_NEW if weighted and policy.weight(backend.ip) == 0 else 0
+            for i, backend in enumerate(backends):
+                drain = BE_F_NO_NEW if weights and weights[i] == 0 else 0
                 bid = backend_id(svc_id, backend.ip, backend.port, proto)
                 backends_out[bid] = BackendValue(backend.ip, backend.port, proto, svc_id, drain)
                 backend_ids.append(bid)
             slot_indices, flags = frontend_slots(frontend, backends, defaults)
             count = len(slot_indices)
             if count:
+                if policy.reject_weight:
+                    backend_ids.append(SLOT_REJECT)
                 slots[svc_id] = tuple(map(backend_ids.__getitem__, slot_indices))
         flags |= _KIND_FLAGS[frontend.kind]
         if frontend.external_local:

@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 from ipaddress import ip_address
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOTS, SRC_RANGES, SVC_F_DRAINING,
-                   SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_META,
-                   Snapshot, frontend_kind)
+from .maps import (BACKENDS, NO_BACKEND, PROTO_NAMES, SERVICES, SLOT_REJECT, SLOTS, SRC_RANGES,
+                   SVC_F_DRAINING, SVC_F_DROP_EMPTY, SVC_F_ETP_LOCAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES,
+                   SVC_META, Snapshot, frontend_kind)
 from .model import TOPOLOGY_NODE, TOPOLOGY_ZONE
 from .records import topology_of
 from .addresses import format_address
@@ -45,6 +45,9 @@ class ServiceView:
     # What a new flow gets while there is no backend: "reject" (no usable endpoint anywhere) or
     # "drop" (endpoints only on other nodes, under a Local policy).
     no_endpoint: str = "reject"
+    # Slots of the reject share (a Gateway route's backendRefs that do not resolve): new flows
+    # hashed there are refused.
+    reject_slots: int = 0
 
 
 def service_views(snapshot: Snapshot) -> List[ServiceView]:
@@ -59,11 +62,14 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
         own = by_service.get(svc.svc_id, {})
         counts: Dict[int, int] = {backend_id: 0 for backend_id in own}
         problems = []
+        rejects = 0
         table = snapshot[SLOTS].get(svc.svc_id, ())
         for slot in range(svc.count):
             backend_id = table[slot] if slot < len(table) else NO_BACKEND
             if backend_id == NO_BACKEND:
                 problems.append(f"slot {slot} missing")
+            elif backend_id == SLOT_REJECT:
+                rejects += 1
             elif backend_id not in own:
                 problems.append(f"slot {slot}: backend {backend_id} is not this frontend's")
             else:
@@ -79,7 +85,7 @@ def service_views(snapshot: Snapshot) -> List[ServiceView]:
                                if svc.flags & SVC_F_SRC_RANGES else None,
                                "external" if key.scope else "all",
                                bool(svc.flags & SVC_F_DRAINING), topology_of(svc.flags),
-                               "drop" if svc.flags & SVC_F_DROP_EMPTY else "reject"))
+                               "drop" if svc.flags & SVC_F_DROP_EMPTY else "reject", rejects))
     out.sort(key=lambda v: (_address_order(v.vip), v.port, v.protocol, v.scope))
     return out
 
@@ -117,6 +123,9 @@ def render_table(views: List[ServiceView], wide: bool = False) -> str:
         lines = [f"{b.id} => {format_address(b.address, b.port)}" + ("" if b.slots else " (weight 0: draining)")
                  + (f" ({b.slots} slots)" if v.algorithm == "maglev" and b.slots else "")
                  for b in v.backends] or [NO_ENDPOINT_NOTES[v.no_endpoint]]
+        if v.reject_slots:
+            lines.append(f"(rejected: {v.reject_slots} of {v.slots} slots, the share of "
+                         "backendRefs that do not resolve)")
         if v.draining:
             lines = ["(removed: kept for its open connections; new ones are not served)"]
         if v.external_local and v.scope == "external":

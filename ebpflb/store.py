@@ -1,16 +1,20 @@
-"""Every Service and EndpointSlice the agent knows, indexed by the Service they belong to (pure
-core).
+"""Every Service and EndpointSlice the agent knows, indexed by the Service they belong to, and
+every Gateway API object (pure core).
 
 sources -> changes -> **store** -> model -> plan -> apply. Applying a batch of changes says which
 Services must be looked at again: a Service that changed, and the Service of every EndpointSlice
-that changed (both its old and its new Service, should its label have moved).
+that changed (both its old and its new Service, should its label have moved). A change to a
+Gateway API object (or a Namespace, whose labels allowedRoutes selects by) bumps
+`gateway_version` instead: the model then recomputes the Gateways (ebpflb.desired).
 """
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Set, Union
 
 from .changes import Change
-from .convert import SERVICE, ObjectKey
+from .convert import ENDPOINT_SLICE, SERVICE, ObjectKey
+from .gateway import (GATEWAY, GATEWAY_CLASS, NAMESPACE, REFERENCE_GRANT, ROUTE_KINDS,
+                      GatewayObjects)
 from .model import EndpointSlice, Service
 
 
@@ -21,6 +25,15 @@ class ObjectStore:
         # (namespace, service name) -> its one slice, or {slice name: slice} when it has several
         # (most Services have one: a dict each would cost a quarter of a KiB apiece)
         self._by_service: Dict[ObjectKey, Union[EndpointSlice, Dict[str, EndpointSlice]]] = {}
+        # The Gateway API objects, in the dicts GatewayObjects reads (cluster-scoped kinds by name).
+        self._classes: Dict = {}
+        self._gateways: Dict = {}
+        self._routes: Dict = {}
+        self._grants: Dict = {}
+        self._namespaces: Dict = {}
+        self.gateway_objects = GatewayObjects(self._classes, self._gateways, self._routes,
+                                              self._grants, self._namespaces)
+        self.gateway_version = 0  # bumped by every change to one of them
 
     @classmethod
     def of(cls, services: Iterable[Service], slices: Iterable[EndpointSlice]) -> "ObjectStore":
@@ -33,6 +46,9 @@ class ObjectStore:
         """Takes the changes in; returns the keys of the Services they touch."""
         touched: Set[ObjectKey] = set()
         for change in changes:
+            if change.kind not in (SERVICE, ENDPOINT_SLICE):
+                self._apply_gateway(change)
+                continue
             if change.kind == SERVICE:
                 if change.obj is None:
                     self.services.pop(change.key, None)
@@ -53,6 +69,29 @@ class ObjectStore:
                 self._index(owner, new)  # type: ignore[arg-type]
                 touched.add(owner)
         return touched
+
+    def _apply_gateway(self, change: Change) -> None:
+        namespace, name = change.key
+        if change.kind == GATEWAY_CLASS:
+            table, key = self._classes, name
+        elif change.kind == GATEWAY:
+            table, key = self._gateways, change.key
+        elif change.kind in ROUTE_KINDS:
+            table, key = self._routes, (change.kind, namespace, name)
+        elif change.kind == REFERENCE_GRANT:
+            table, key = self._grants, change.key
+        elif change.kind == NAMESPACE:
+            table, key = self._namespaces, name
+        else:
+            raise ValueError(f"{change.kind} {namespace}/{name}: not a kind the store keeps")
+        if change.obj is None:
+            if table.pop(key, None) is None:
+                return
+        elif table.get(key) == change.obj:
+            return
+        else:
+            table[key] = change.obj
+        self.gateway_version += 1
 
     def _index(self, owner: ObjectKey, slice_: EndpointSlice) -> None:
         group = self._by_service.get(owner)

@@ -22,8 +22,7 @@ from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optiona
 
 from .apply import ApplyError, MapWriter, apply_plan, read_snapshot
 from .changes import Change
-from .convert import ObjectKey
-from .desired import ClusterModel
+from .desired import ClusterModel, GatewayOwner, Owner
 from .draining import is_draining
 from .gcpause import give_back_memory, paused_gc
 from .model import DesiredState, HealthCheck, ModelContext, SkippedService
@@ -89,7 +88,8 @@ class Syncer:
         self.planner = Planner(limits, defaults)
         self.counters = SyncCounters()
         self._purge = purge
-        self._pending: Set[ObjectKey] = set()  # Services whose model changed, not yet programmed
+        # Services (and Gateways) whose model changed, not yet programmed
+        self._pending: Set[Owner] = set()
         self._full_reason: Optional[str] = "start"
 
     # --- input ---------------------------------------------------------------------------
@@ -104,7 +104,7 @@ class Syncer:
     def set_context(self, ctx: ModelContext) -> int:
         """New node facts (node addresses for NodePorts); returns how many Services they touch."""
         keys = self.model.set_context(ctx)
-        if keys:
+        if keys or self.model.gateways_stale:
             with paused_gc(len(keys) >= BULK):
                 self._pending |= self.model.update(self.store, keys)
         return len(keys)
@@ -124,6 +124,14 @@ class Syncer:
 
     def skipped(self) -> Tuple[SkippedService, ...]:
         return self.model.skipped()
+
+    def unprogrammed_gateways(self) -> Dict[str, str]:
+        """Gateways ("namespace/name") whose frontends are not in the maps yet, and why."""
+        why = "not in the maps yet: a sync is due"
+        if self.counters.refused or self.counters.failed:
+            why = "not in the maps: the last plan for it was refused or failed (see the agent's log)"
+        return {f"{o.namespace}/{o.name}": why for o in self._pending
+                if isinstance(o, GatewayOwner)}
 
     def desired_state(self) -> DesiredState:
         """The whole desired state (costs the whole state: CLI and tests)."""
@@ -152,9 +160,9 @@ class Syncer:
             except PlanError as exc:
                 if len(keys) > 1:
                     # One Service that does not fit must not hold back every other change.
-                    return self._one_by_one(sorted(keys), started, exc)
+                    return self._one_by_one(sorted(keys, key=owner_order), started, exc)
                 self.counters.refused += 1
-                log.error("changed Service %s/%s not programmed: %s", *next(iter(keys)), exc)
+                log.error("changed %s not programmed: %s", _what(next(iter(keys))), exc)
                 return self._refused(INCREMENTAL, len(keys), started, str(exc))
             planned = time.perf_counter()
             outcome = self._apply(INCREMENTAL, pending, len(keys), started, planned, "")
@@ -183,7 +191,7 @@ class Syncer:
             log.info("%d draining frontends released: their last flows ended", gone)
         return outcome
 
-    def _one_by_one(self, keys: List[ObjectKey], started: float, first: PlanError) -> SyncOutcome:
+    def _one_by_one(self, keys: List[Owner], started: float, first: PlanError) -> SyncOutcome:
         """After a batch that did not fit: each Service alone; those that fit go in, the others
         stay pending (retried with the next sync)."""
         steps: List[Plan] = []
@@ -192,7 +200,7 @@ class Syncer:
             try:
                 pending = self.planner.plan({key: self.model.frontends_of(key)})
             except PlanError as exc:
-                refused.append(f"{key[0]}/{key[1]}: {exc}")
+                refused.append(f"{owner_text(key)}: {exc}")
                 continue
             outcome = self._apply(INCREMENTAL, pending, 1, time.perf_counter(),
                                   time.perf_counter(), "")
@@ -343,3 +351,7 @@ class Syncer:
         now = time.perf_counter()
         return SyncOutcome(kind, APPLIED, plan, services, now - started, planned - started,
                            reason=reason, purged=purge)
+
+
+def _what(owner: Owner) -> str:
+    return str(owner) if isinstance(owner, GatewayOwner) else f"Service {owner_text(owner)}"

@@ -3,9 +3,14 @@
 # pods and the node's own processes to ClusterIPs (balanced at connect() by the socket hooks,
 # attached to each lab node's own cgroup), then traffic from outside the cluster to a LoadBalancer
 # Service whose pods run on two nodes (XDP on the nodes' eth0, SNAT to the other node's pods), and
-# a dual-stack Service answered over IPv4 and IPv6 (the lab is dual-stack).
-# Exit status 0 only if every request succeeds, every ready pod serves, and the not-ready pod
-# (web-4) never does. Everything it creates is removed at the end, also on failure or Ctrl-C.
+# a dual-stack Service answered over IPv4 and IPv6 (the lab is dual-stack), and the Ingress
+# pattern: HTTPS from outside to a LoadBalancer Service in front of two nginx Ingress pods, which
+# terminate TLS and route by host and path to ClusterIP Services; then the same backends through a
+# Gateway API TCPRoute with a 90/10 canary split.
+# Exit status 0 only if every request succeeds, every ready pod serves, the not-ready pod
+# (web-4) never does, every HTTPS request reaches the pods of its Ingress rule's Service, and the
+# Gateway's connections all succeed with about a tenth going to the canary.
+# Everything it creates is removed at the end, also on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,17 +21,24 @@ PIN=/sys/fs/bpf/ebpflb-lab-$LAB
 MANIFESTS=examples/demo.yaml
 NS_MANIFESTS=examples/northsouth.yaml
 DUAL_MANIFESTS=examples/dualstack.yaml
+INGRESS_MANIFESTS=examples/ingress.yaml
+GATEWAY_MANIFESTS=examples/gateway-canary.yaml
+GATEWAY_IP=192.168.200.202
+GATEWAY_PORT=9080
+CANARY_CONNECTIONS=200
 DUAL_VIP4=10.96.0.30
 DUAL_VIP6=fd00:10:96::30
 WEB_VIP=10.96.0.10
 ECHO_VIP=10.96.0.20
 LB_IP=192.168.200.200
+INGRESS_LB=192.168.200.201
 NODE0=192.168.200.10
 NODE1=192.168.200.11
 REQUESTS=100
 work=$(mktemp -d /tmp/ebpflb-demo.XXXXXX)
 agent_pid=""
 agent1_pid=""
+ingress_dir=""
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -37,6 +49,9 @@ finish() {
             kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
         fi
     done
+    if [ -n "$ingress_dir" ]; then
+        "$PY" -m ebpflb.lab.ingress down "$ingress_dir" || true
+    fi
     "$EBPFLB" --log-level warning lab down --name "$LAB" >/dev/null 2>&1 || true
     rm -rf "$work"
     exit $status
@@ -57,9 +72,12 @@ wait_ready() {  # FILE PID LOG
     echo "agent did not become ready"; cat "$3"; exit 1
 }
 
-step "1. Lab (dual-stack): node $LAB-node (web-1..web-4, a client pod), node $LAB-node1 (n1-web-1, n1-web-2), an external client $LAB-ext"
+step "1. Lab (dual-stack): node $LAB-node (web-1..web-4, ingress-0, a client pod), node $LAB-node1 (n1-web-1, n1-web-2, ingress-1), an external client $LAB-ext"
 "$EBPFLB" --log-level warning lab down --name "$LAB" >/dev/null 2>&1 || true  # an interrupted run
 "$EBPFLB" --log-level warning lab up --name "$LAB" --pods 4 --nodes 2 --ip-family dual >/dev/null
+# The Ingress controller's pods (nginx runs in them in step 8), one per node.
+"$EBPFLB" --log-level warning lab add-pod --name "$LAB" --node 0 ingress-0 10.244.0.40 >/dev/null
+"$EBPFLB" --log-level warning lab add-pod --name "$LAB" --node 1 ingress-1 10.244.1.40 >/dev/null
 "$EBPFLB" lab status --name "$LAB" | sed 's/^/    /' | head -20
 # Each lab node's processes (its pods', its host-network ones) run in a cgroup of its own, where
 # that node's agent attaches its socket hooks: the machine's other processes are never touched.
@@ -68,9 +86,10 @@ import json, sys
 print(" ".join(n["cgroup"] for n in json.load(sys.stdin)["nodes"]))')
 read -r CG0 CG1 <<< "$cgroups"
 mkdir "$work/manifests"
-cp "$MANIFESTS" "$NS_MANIFESTS" "$DUAL_MANIFESTS" "$work/manifests/"
+cp "$MANIFESTS" "$NS_MANIFESTS" "$DUAL_MANIFESTS" "$INGRESS_MANIFESTS" "$GATEWAY_MANIFESTS" \
+    "$work/manifests/"
 
-step "2. Manifests: Service demo/web (web-4 not ready), UDP Service demo/echo, LoadBalancer Service demo/store, dual-stack Service demo/dual"
+step "2. Manifests: Service demo/web (web-4 not ready), UDP Service demo/echo, LoadBalancer Service demo/store, dual-stack Service demo/dual, the Ingress controller's LoadBalancer Service and the Ingress shop/shop's ClusterIP Services"
 "$PY" - "$work/manifests" <<'PYEOF'
 import sys
 from ebpflb.manifests import load_manifests
@@ -89,10 +108,12 @@ PYEOF
 step "3. An agent per node: compiles the programs, programs the maps, attaches to the pod veths, to eth0 at XDP and to the node's cgroup"
 "$EBPFLB" agent --netns "$LAB-node" --manifests "$work/manifests" --pin-dir "$PIN" \
     --node-name node-0 --node-device eth0 --node-mode xdp --cgroup "$CG0" \
+    --external-ip-allow "$GATEWAY_IP/32" \
     --on-exit remove --ready-file "$work/ready" > "$work/agent.log" 2>&1 &
 agent_pid=$!
 "$EBPFLB" agent --netns "$LAB-node1" --manifests "$work/manifests" --pin-dir "$PIN-node1" \
     --node-name node-1 --node-device eth0 --node-mode xdp --cgroup "$CG1" \
+    --external-ip-allow "$GATEWAY_IP/32" \
     --metrics-address 127.0.0.1:9412 --health-address 127.0.0.1:9413 \
     --on-exit remove --ready-file "$work/ready1" > "$work/agent1.log" 2>&1 &
 agent1_pid=$!
@@ -166,7 +187,52 @@ print("    node 0 counters: xdp_forward %d (SNATed and sent on by XDP), node_for
       " drops %d (nat_fail %d)" % (e["xdp_forward"], e["node_forward"], sum(d.values()),
                                     d["nat_fail"]))'
 
-step "8. Verdict"
+step "8. The Ingress pattern: HTTPS from $LAB-ext to the load balancer IP $INGRESS_LB (XDP) -> nginx in ingress-0 or ingress-1 (TLS, host and path rules) -> ClusterIP Services (nginx's connect() balanced by its node's socket hooks, as every pod's here) -> pods"
+# Its files (config, certificates, logs) go to a directory of its own, which `down` removes.
+ingress_dir=$("$PY" -m ebpflb.lab.ingress up --lab "$LAB" --manifests "$INGRESS_MANIFESTS" \
+              --pod ingress-0 --pod ingress-1)
+CA=$ingress_dir/ca.pem
+echo "    nginx configured from the Ingress shop/shop; certificates from a throwaway CA the client trusts"
+https_get() {  # HOST PATH: one GET from outside, a connection of its own -> "<pod>\t<status>\t<ingress pod>"
+    { ip netns exec "$LAB-ext" curl -s -m 3 --resolve "$1:443:$INGRESS_LB" --cacert "$CA" \
+          -w '\t%{http_code}\t%header{x-ingress-pod}' "https://$1$2" || true; } | tr -d '\n'
+    echo
+}
+: > "$work/ingress"
+ingress_bad=0
+for route in "shop.example.test /cart web-1|n1-web-1" "shop.example.test / web-2|n1-web-2" \
+             "api.example.test / web-3"; do
+    read -r host path pods <<< "$route"
+    for _ in $(seq 12); do https_get "$host" "$path"; done > "$work/one"
+    printf '    %-30s %s\n' "https://$host$path" "$(cut -f1 "$work/one" | sort | uniq -c | xargs)"
+    bad=$(awk -F'\t' -v ok="^($pods)\$" '$2 != 200 || $1 !~ ok' "$work/one" | wc -l)
+    ingress_bad=$((ingress_bad + bad))
+    cat "$work/one" >> "$work/ingress"
+done
+echo "    served by the Ingress pods: $(cut -f3 "$work/ingress" | sort | uniq -c | xargs)"
+ip netns exec "$LAB-ext" curl -sv -o /dev/null -m 3 --resolve "shop.example.test:443:$INGRESS_LB" \
+    --cacert "$CA" https://shop.example.test/ 2>&1 | grep -E '^\*  (subject|issuer):|verify ok' \
+    | sed 's/^\* */    TLS: /' || true
+redirect=$(ip netns exec "$LAB-ext" curl -s -o /dev/null -m 3 --resolve "shop.example.test:80:$INGRESS_LB" \
+           -w '%{http_code} %{redirect_url}' http://shop.example.test/cart || true)
+echo "    http://shop.example.test/cart -> $redirect"
+[ "$redirect" = "308 https://shop.example.test/cart" ] || ingress_bad=$((ingress_bad + 1))
+unknown=$(ip netns exec "$LAB-ext" curl -sS -m 3 --resolve "other.example.test:443:$INGRESS_LB" \
+          --cacert "$CA" https://other.example.test/ 2>&1 || true)
+echo "    https://other.example.test/ (no rule, no certificate): ${unknown#curl: }"
+case $unknown in *"unrecognized name"*) ;; *) ingress_bad=$((ingress_bad + 1)) ;; esac
+
+step "9. The same backends through a Gateway API TCPRoute: $CANARY_CONNECTIONS connections from $LAB-ext to the Gateway shop/edge at $GATEWAY_IP:$GATEWAY_PORT (XDP), split 90/10 between shop/storefront and shop/api"
+"$EBPFLB" gateway list --pin-dir "$PIN" | sed 's/^/    /'
+for _ in $(seq "$CANARY_CONNECTIONS"); do
+    ip netns exec "$LAB-ext" curl -s -m 2 "http://$GATEWAY_IP:$GATEWAY_PORT/" || echo FAILED
+done > "$work/canary"
+printf '    answered by: %s\n' "$(sort "$work/canary" | uniq -c | xargs)"
+canary_api=$(grep -cx 'web-3' "$work/canary" || true)
+canary_stable=$(grep -cxE 'web-2|n1-web-2' "$work/canary" || true)
+echo "    shop/api (the canary) took $canary_api of $CANARY_CONNECTIONS ($((100 * canary_api / CANARY_CONNECTIONS))%), shop/storefront $canary_stable"
+
+step "10. Verdict"
 ok=1
 served=$(grep -c '^web-' "$work/responses" || true)
 [ "$failed" -eq 0 ] || { echo "    FAIL: $failed of $REQUESTS requests failed"; ok=0; }
@@ -179,12 +245,23 @@ outside_failed=$(grep -c '^FAILED' "$work/outside" || true)
 for pod in web-1 n1-web-1 n1-web-2; do
     grep -q "^$pod\$" "$work/outside" || { echo "    FAIL: $pod got no request from outside"; ok=0; }
 done
+[ "$ingress_bad" -eq 0 ] || { echo "    FAIL: $ingress_bad Ingress checks failed (an HTTPS request failed or reached another Service's pod, or the redirect or the refused name)"; ok=0; }
+for pod in ingress-0 ingress-1; do
+    grep -qx "$pod" <(cut -f3 "$work/ingress") || { echo "    FAIL: Ingress pod $pod served no request"; ok=0; }
+done
+# Binomial at n = 200, p = 0.1: 20 +- 4.2; 6 to 40 is well over three deviations either way.
+[ $((canary_api + canary_stable)) -eq "$CANARY_CONNECTIONS" ] || { echo "    FAIL: $((CANARY_CONNECTIONS - canary_api - canary_stable)) Gateway connections failed or reached another pod"; ok=0; }
+[ "$canary_api" -ge 6 ] && [ "$canary_api" -le 40 ] || { echo "    FAIL: the canary took $canary_api of $CANARY_CONNECTIONS, not about 10%"; ok=0; }
 if [ "$ok" -eq 1 ]; then
     echo "    PASS: $served/$REQUESTS requests answered by the 3 ready pods, none by web-4"
     echo "    PASS: 60/60 requests from outside answered by the pods of both nodes"
+    echo "    PASS: 36/36 HTTPS requests through both Ingress pods answered by their rule's Service"
+    echo "    PASS: $CANARY_CONNECTIONS/$CANARY_CONNECTIONS connections through the Gateway, $canary_api to the canary"
 fi
 
-step "9. Teardown: the agents stop (--on-exit remove detaches and unpins), lab down"
+step "11. Teardown: nginx stops, the agents stop (--on-exit remove detaches and unpins), lab down"
+"$PY" -m ebpflb.lab.ingress down "$ingress_dir"
+ingress_dir=""
 kill -TERM "$agent_pid" "$agent1_pid"
 wait "$agent_pid" "$agent1_pid" || true
 agent_pid=""; agent1_pid=""

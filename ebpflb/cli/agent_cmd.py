@@ -193,9 +193,9 @@ def _require_agent_capabilities() -> None:
               help="Address the healthCheckNodePort servers listen on; repeatable "
                    "(default: all addresses of the node).")
 @click.option("--external-ip-allow", "external_ip_allow", multiple=True, metavar="CIDR",
-              help="Program spec.externalIPs only inside these ranges; repeatable. Default none: "
-                   "anyone who can edit a Service could otherwise take over any address "
-                   "(CVE-2020-8554).")
+              help="Program spec.externalIPs and Gateway addresses only inside these ranges; "
+                   "repeatable. Default none: anyone who can edit a Service or a Gateway could "
+                   "otherwise take over any address (CVE-2020-8554).")
 @click.option("--proxy-name", default="", metavar="NAME",
               help="Also serve Services labelled service.kubernetes.io/service-proxy-name=NAME "
                    "(Services naming any other proxy are always left alone).")
@@ -296,14 +296,18 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
             api = api_client_from(kubeconfig)
         except Exception as exc:  # noqa: BLE001 - the client raises ConfigException and others
             raise click.ClickException(f"cannot configure the Kubernetes client: {exc}") from exc
+        from ..sources.gateway_status_writer import GatewayStatusThread, GatewayStatusWriter
+
         source = KubernetesSource(api, node_name=node_name, resync_seconds=resync_seconds,
                                   service_cidrs=_service_cidrs(service_cidrs))
         source.start()
+        gateway_status = GatewayStatusThread(GatewayStatusWriter(api)).start()
     else:
         source = ManifestSource(manifests, _service_cidrs(service_cidrs), poll_interval=poll_interval)
+        gateway_status = None
     from ..takeover.run import TakeoverError
 
-    runner = Agent(source, config, options, AgentMetrics())
+    runner = Agent(source, config, options, AgentMetrics(), gateway_status)
     try:
         code = runner.run()
     except TakeoverError as exc:
@@ -315,6 +319,8 @@ def agent(manifests: Optional[str], use_kubernetes: bool, kubeconfig: Optional[s
     except OSError as exc:  # a device vanished mid-attach, a file it needs unreadable...
         raise click.ClickException(f"agent failed: {_os_error_text(exc)}") from exc
     finally:
+        if gateway_status is not None:
+            gateway_status.stop()
         if use_kubernetes:
             source.stop()
     if report_output is not None:

@@ -1,12 +1,12 @@
 """The `ebpflb gateway` commands: `gateway list`, the Gateway API objects of ebpflb's
-GatewayClass in manifests and the status ebpflb gives them (ebpflb.gateway, ebpflb.gateway_view).
-Reads files only; nothing is programmed from Gateway objects yet. Part of the ebpflb.cli
-package."""
+GatewayClass and the status ebpflb gives them (ebpflb.gateway, ebpflb.gateway_view): from the
+running agent's status file, or computed from manifests. Part of the ebpflb.cli package."""
 from pathlib import Path
+from typing import Optional
 
 import click
 
-from .common import emit, output_option
+from .common import emit, output_option, pin_dir_option
 
 
 @click.group()
@@ -16,23 +16,51 @@ def gateway() -> None:
 
 
 @gateway.command("list")
-@click.option("--manifests", required=True, type=click.Path(exists=True),
-              help="Kubernetes YAML or JSON (file or directory): GatewayClasses, Gateways, "
-                   "TCPRoutes, UDPRoutes, ReferenceGrants, Namespaces, and the Services and "
-                   "EndpointSlices their routes name.")
+@click.option("--manifests", type=click.Path(exists=True),
+              help="Compute the status from these Kubernetes YAML or JSON files (file or "
+                   "directory: GatewayClasses, Gateways, TCPRoutes, UDPRoutes, ReferenceGrants, "
+                   "Namespaces, and the Services and EndpointSlices their routes name) instead "
+                   "of reading the running agent's.")
+@pin_dir_option
 @output_option
-def gateway_list(manifests: str, output: str) -> None:
+def gateway_list(manifests: Optional[str], pin_dir: str, output: str) -> None:
     """The Gateways, listeners and routes of ebpflb's GatewayClass with their conditions
     (Accepted, ResolvedRefs, Programmed, and why not), and the frontends their listeners make
-    with each backend's weight. Objects that cannot be read are reported on stderr and left out
-    alone."""
+    with each backend's weight: as the agent on --pin-dir has them, or as an agent given
+    --manifests would (objects that cannot be read are reported on stderr and left out alone;
+    externalIPs count as if allowed, the agent's --external-ip-allow is not known here)."""
+    from ..gateway_view import render
+
+    if manifests is None:
+        from ..status import read_status, status_path
+
+        status = read_status(pin_dir)
+        if status is None:
+            raise click.ClickException(f"no agent status at {status_path(pin_dir)}: is an agent "
+                                       f"running on {pin_dir}? (or give --manifests)")
+        view = status.get("gateways") or to_json_empty()
+    else:
+        view = _from_manifests(Path(manifests))
+    emit(output, view, lambda: render(view))
+
+
+def to_json_empty():
+    from ..gateway import GatewayModel
+    from ..gateway_view import to_json
+
+    return to_json(GatewayModel((), (), (), ()))
+
+
+def _from_manifests(path: Path):
+    from ..changes import Change
+    from ..desired import ClusterModel
     from ..documents import TextError, load_documents
-    from ..gateway import gateway_model, read_objects
-    from ..gateway_view import render, to_json
+    from ..gateway import read_objects
+    from ..gateway_view import to_json
     from ..manifests import manifest_files
+    from ..model import ModelContext
     from ..store import ObjectStore
 
-    path = Path(manifests)
     files = manifest_files(path) if path.is_dir() else [path]
     gw, services, slices = [], [], []
     for f in files:
@@ -49,9 +77,28 @@ def gateway_list(manifests: str, output: str) -> None:
         gw.append(read.gateway)
         services += read.services
         slices += read.slices
-    model = gateway_model(_merged(gw), ObjectStore.of(services, slices))
-    view = to_json(model)
-    emit(output, view, lambda: render(view))
+    # The agent's own model: Services hold their frontends first, Gateways get the rest.
+    store = ObjectStore.of(services, slices)
+    objects = _merged(gw)
+    store.apply([Change(kind, key, obj) for kind, key, obj in _changes(objects)])
+    model = ClusterModel(ModelContext(external_ip_allow=("0.0.0.0/0", "::/0")))
+    model.update(store, list(store.services))
+    return to_json(model.gateways)
+
+
+def _changes(objects):
+    from ..gateway import GATEWAY, GATEWAY_CLASS, NAMESPACE, REFERENCE_GRANT
+
+    for name, obj in objects.classes.items():
+        yield GATEWAY_CLASS, ("", name), obj
+    for key, obj in objects.gateways.items():
+        yield GATEWAY, key, obj
+    for (kind, namespace, name), obj in objects.routes.items():
+        yield kind, (namespace, name), obj
+    for key, obj in objects.grants.items():
+        yield REFERENCE_GRANT, key, obj
+    for name, obj in objects.namespaces.items():
+        yield NAMESPACE, ("", name), obj
 
 
 def _merged(parts):

@@ -1,6 +1,8 @@
 """The Kubernetes API source: list-then-watch of Services, discovery.k8s.io/v1 EndpointSlices and
-Nodes through the official `kubernetes` client (first step of sources -> changes -> store -> model
--> plan -> apply).
+Nodes, and of the Gateway API kinds ebpflb serves at layer 4 (GatewayClass, Gateway, TCPRoute,
+UDPRoute, ReferenceGrant: custom resources of gateway.networking.k8s.io) with the Namespaces
+(whose labels allowedRoutes selects by), through the official `kubernetes` client (first step of
+sources -> changes -> store -> model -> plan -> apply).
 
 One background thread per resource (a "reflector", as client-go calls it) lists, then watches from
 the list's resourceVersion with bookmarks, resumes a dropped watch from the last resourceVersion
@@ -21,6 +23,15 @@ others). A status-only update changes no model object, so it changes nothing.
 
 A change's time is when its event arrived, so the programming-latency histogram measures
 event-to-map time.
+
+The Gateway API is optional: its CRDs may be missing, or serve only older versions (TCPRoute and
+UDPRoute as v1alpha2 before gateway-api v1.5, the others as v1beta1 before v1.0). Each list tries
+the versions of ebpflb.gateway.API_VERSIONS in order and keeps the first the server has (a 404
+moves on to the next). When none is served (the CRD is not installed), or the Namespaces or a
+Gateway API kind may not be read (403: a ClusterRole from before the Gateway API), the kind is
+*absent*: it is said once in the log, it does not hold back `synced` (Services work in a
+cluster without the Gateway API), objects it had are handed over as deletions, and it is
+listed again every `absent_retry` seconds, so CRDs installed later are picked up.
 """
 from __future__ import annotations
 
@@ -31,12 +42,15 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..backend_rules import DEFAULT_SERVICE_CIDRS
 from ..changes import Change, ChangeBatch
 from ..convert import Converted, convert_api_object
 from ..errors import ManifestError, format_path
+from ..gateway import (API_VERSIONS, GATEWAY, GATEWAY_CLASS, NAMESPACE, REFERENCE_GRANT, TCP_ROUTE,
+                       UDP_ROUTE, convert_gateway_api_object)
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +60,41 @@ Key = Tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped kind
 @dataclass(frozen=True)
 class Resource:
     kind: str
-    api_version: str
+    api_version: str  # a custom resource: the first of `versions`
     list_method: str  # the method of the client API class that lists it across namespaces
-    api_class: str  # "CoreV1Api" or "DiscoveryV1Api"
+    api_class: str  # "CoreV1Api", "DiscoveryV1Api" or "CustomObjectsApi"
+    plural: str = ""  # a custom resource's plural (listed with list_cluster_custom_object)
+    versions: Tuple[str, ...] = ()  # a custom resource's apiVersions, in the order to try them
+    # May be missing (a CRD not installed) or forbidden (RBAC): then absent, not an error.
+    optional: bool = False
+
+    @property
+    def custom(self) -> bool:
+        return bool(self.plural)
+
+
+def _gateway_api(kind: str, plural: str) -> Resource:
+    versions = API_VERSIONS[kind]
+    return Resource(kind, versions[0], "list_cluster_custom_object", "CustomObjectsApi", plural,
+                    versions, optional=True)
 
 
 SERVICES = Resource("Service", "v1", "list_service_for_all_namespaces", "CoreV1Api")
 ENDPOINTSLICES = Resource("EndpointSlice", "discovery.k8s.io/v1",
                           "list_endpoint_slice_for_all_namespaces", "DiscoveryV1Api")
 NODES = Resource("Node", "v1", "list_node", "CoreV1Api")
+GATEWAY_CLASSES = _gateway_api(GATEWAY_CLASS, "gatewayclasses")
+GATEWAYS = _gateway_api(GATEWAY, "gateways")
+TCP_ROUTES = _gateway_api(TCP_ROUTE, "tcproutes")
+UDP_ROUTES = _gateway_api(UDP_ROUTE, "udproutes")
+REFERENCE_GRANTS = _gateway_api(REFERENCE_GRANT, "referencegrants")
+# Read for their labels only (allowedRoutes namespace selectors): part of the Gateway API path.
+NAMESPACES = Resource(NAMESPACE, "v1", "list_namespace", "CoreV1Api", optional=True)
 LIST_PAGE = 500  # objects per list request (client-go's reflector pages by 500 too)
+ABSENT_RETRY = 60.0  # seconds between two looks for an absent kind (a CRD installed later)
 RESOURCES = (SERVICES, ENDPOINTSLICES, NODES)
+GATEWAY_RESOURCES = (GATEWAY_CLASSES, GATEWAYS, TCP_ROUTES, UDP_ROUTES, REFERENCE_GRANTS,
+                     NAMESPACES)
 
 
 @dataclass
@@ -85,8 +123,17 @@ class ReflectorStats:
     refused: int = 0  # objects the converter refused (their last good version stays)
 
 
+def _plural(kind: str) -> str:
+    return kind + ("es" if kind.endswith("s") else "s")
+
+
 class _Gone(Exception):
     """The server no longer has the resourceVersion we watch from: relist."""
+
+
+class _Absent(Exception):
+    """An optional kind the server does not serve (404 for every version) or does not let us
+    read (403)."""
 
 
 def api_client_from(kubeconfig: Optional[str] = None, context: Optional[str] = None):
@@ -110,17 +157,28 @@ class _Reflector:
     def __init__(self, source: "KubernetesSource", resource: Resource, api: Any) -> None:
         self.source = source
         self.resource = resource
-        self.list_func: Callable[..., Any] = getattr(api, resource.list_method)
+        self._api = api
+        # The apiVersion listed and watched now (a custom resource's: the first one served).
+        self.api_version = resource.api_version
+        self.list_func: Callable[..., Any] = self._lister(resource.api_version)
+        self.absent = False  # an optional kind the server does not serve (or let us read) now
         # key -> (resourceVersion, model object or None): for Nodes the raw object instead.
         # Written by this thread only; read under source.lock by nodes().
         self.cache: Dict[Key, Tuple[Optional[str], Any]] = {}
-        self.synced = False
+        self.synced = False  # listed once (an absent kind is not, and holds nothing back)
         self.resource_version: Optional[str] = None
         self.stats = ReflectorStats()
         self.backoff = Backoff(source.backoff_base, source.backoff_cap)
         self._response: Any = None
         self._last_list = 0.0
         self.thread = threading.Thread(target=self._run, name=f"watch-{resource.kind}", daemon=True)
+
+    def _lister(self, api_version: str) -> Callable[..., Any]:
+        if not self.resource.custom:
+            return getattr(self._api, self.resource.list_method)
+        group, _, version = api_version.rpartition("/")
+        return partial(getattr(self._api, self.resource.list_method), group, version,
+                       self.resource.plural)
 
     @staticmethod
     def key(obj: Dict[str, Any]) -> Key:
@@ -137,11 +195,15 @@ class _Reflector:
                     need_list = False
                 self._watch()
                 self.backoff.reset()  # the server ended a healthy watch (timeout): resume
-            except _Gone:
+            except _Gone as exc:
                 self.stats.relists_410 += 1
-                log.info("watch %s: resourceVersion %s is gone (410), relisting",
-                         self.resource.kind, self.resource_version)
+                log.info("watch %s: %s, relisting", self.resource.kind,
+                         str(exc) or f"resourceVersion {self.resource_version} is gone (410)")
                 need_list = True
+            except _Absent as exc:
+                self._gone_away(str(exc))
+                need_list = True
+                stop.wait(self.source.absent_retry)
             except Exception as exc:  # noqa: BLE001 - any failure of a watch means: reconnect
                 if stop.is_set():
                     break
@@ -150,6 +212,13 @@ class _Reflector:
                 if isinstance(exc, ApiException) and exc.status == 410:
                     self.stats.relists_410 += 1
                     log.info("watch %s: 410 Gone, relisting", self.resource.kind)
+                    need_list = True
+                    continue
+                if isinstance(exc, ApiException) and exc.status in (403, 404) and \
+                        self.resource.optional:
+                    # The CRD was removed (or our right to read it) while we watched: a relist
+                    # says whether another version is served, or the kind is absent now.
+                    log.info("watch %s: %d, relisting", self.resource.kind, exc.status)
                     need_list = True
                     continue
                 self.stats.errors += 1
@@ -184,7 +253,7 @@ class _Reflector:
             kwargs = dict(self._request_kwargs(), limit=self.source.list_page)
             if token:
                 kwargs["_continue"] = token
-            resp = self.list_func(**kwargs)
+            resp = self.list_func(**kwargs) if token else self._first_page(kwargs)
             try:
                 data = json.loads(resp.data)
             finally:
@@ -208,6 +277,10 @@ class _Reflector:
         self._last_list = time.monotonic()
         for key in [k for k in self.cache if k not in listed]:
             self._delete(key)
+        if self.absent:
+            self.absent = False
+            log.info("%s: %s are served now (%s): reading them", self.source.description,
+                     _plural(self.resource.kind), self.api_version)
         first = not self.synced
         self.source._seen(self.resource.kind, self.resource_version)
         self.synced = True
@@ -219,6 +292,49 @@ class _Reflector:
         if self.resource is NODES and node and ("", node) not in listed:
             log.warning("node %s (--node-name / NODE_NAME) is not among the %d Nodes the API "
                         "lists", node, count)
+
+    def _first_page(self, kwargs: Dict[str, Any]) -> Any:
+        """A list's first request. A custom resource is asked for in each of its versions in
+        turn until one is served (404: the next); an optional kind none of whose versions is
+        served, or that we may not read (403), raises _Absent."""
+        from kubernetes.client.rest import ApiException
+
+        versions = self.resource.versions or (self.resource.api_version,)
+        missing = []
+        for api_version in versions:
+            func = self._lister(api_version)
+            try:
+                resp = func(**kwargs)
+            except ApiException as exc:
+                if exc.status == 404 and self.resource.custom:
+                    missing.append(api_version)
+                    continue
+                if exc.status in (403, 404) and self.resource.optional:
+                    raise _Absent(f"{exc.status} {exc.reason}: the ClusterRole does not let "
+                                  "ebpflb list them" if exc.status == 403
+                                  else f"{exc.status} {exc.reason}") from None
+                raise
+            if api_version != self.api_version:
+                log.info("%s: %s read as %s (the first of %s the server has)",
+                         self.source.description, _plural(self.resource.kind), api_version,
+                         ", ".join(versions))
+            self.api_version, self.list_func = api_version, func
+            return resp
+        raise _Absent(f"none of {', '.join(missing)} is served: 404, its CRD is not installed")
+
+    def _gone_away(self, why: str) -> None:
+        """The kind is absent: what we had of it is deleted, and we look again later."""
+        for key in list(self.cache):
+            self._delete(key)
+        if not self.absent:  # said once (and again only after it was served meanwhile)
+            log.log(logging.WARNING if why.startswith("403") else logging.INFO,
+                    "%s: %s are not read (%s); Services are served without them; looking again "
+                    "every %.0f s", self.source.description, _plural(self.resource.kind), why,
+                    self.source.absent_retry)
+        self.absent = True
+        self.synced = False
+        self.resource_version = None
+        self.source._listed(self)  # no longer holds `synced` back
 
     def _upsert(self, key: Key, obj: Dict[str, Any], seen: bool = True) -> None:
         """An object as the API has it now: converted once per resourceVersion. `seen`: its
@@ -240,7 +356,10 @@ class _Reflector:
             return
         old = cached[1] if cached is not None else None
         try:
-            verdict = convert_api_object(self.resource.kind, obj, self.source.service_cidrs)
+            if self.resource.kind in API_VERSIONS:
+                verdict = convert_gateway_api_object(self.resource.kind, obj, self.api_version)
+            else:
+                verdict = convert_api_object(self.resource.kind, obj, self.source.service_cidrs)
         except Exception as exc:  # noqa: BLE001 - a converter defect refuses this object only
             log.exception("%s: converting %s %s/%s failed", self.source.description,
                           self.resource.kind, key[0], key[1])
@@ -300,6 +419,9 @@ class _Reflector:
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise _Gone()
+            if obj.get("code") in (403, 404) and self.resource.optional:
+                # Relist: another version may be served, or the kind is absent now.
+                raise _Gone(f"watch error {obj.get('code')}: {obj.get('message')}")
             raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:
@@ -333,7 +455,10 @@ class KubernetesSource:
                  connect_timeout: float = 5.0, backoff_base: float = 0.5,
                  backoff_cap: float = 30.0, description: Optional[str] = None,
                  service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS,
-                 list_page: int = LIST_PAGE) -> None:
+                 list_page: int = LIST_PAGE, gateway_api: bool = True,
+                 absent_retry: float = ABSENT_RETRY) -> None:
+        """`gateway_api`: also read the Gateway API kinds and the Namespaces (when the server
+        has them); `absent_retry`: seconds between two looks for a kind it does not have."""
         from kubernetes import client
 
         self.node_name = node_name
@@ -344,6 +469,7 @@ class KubernetesSource:
         self.connect_timeout = connect_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.absent_retry = absent_retry
         host = getattr(api_client.configuration, "host", "?")
         self.description = description or f"kubernetes API {host}"
         self.lock = threading.Lock()
@@ -358,8 +484,10 @@ class KubernetesSource:
         self._waiters = threading.Condition(self.lock)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         apis = {"CoreV1Api": client.CoreV1Api(api_client),
-                "DiscoveryV1Api": client.DiscoveryV1Api(api_client)}
-        self.reflectors = {r.kind: _Reflector(self, r, apis[r.api_class]) for r in RESOURCES}
+                "DiscoveryV1Api": client.DiscoveryV1Api(api_client),
+                "CustomObjectsApi": client.CustomObjectsApi(api_client)}
+        resources = RESOURCES + (GATEWAY_RESOURCES if gateway_api else ())
+        self.reflectors = {r.kind: _Reflector(self, r, apis[r.api_class]) for r in resources}
         self._started = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -380,8 +508,17 @@ class KubernetesSource:
 
     @property
     def synced(self) -> bool:
-        """Every resource listed at least once (before that, take() hands over nothing)."""
-        return all(r.synced for r in self.reflectors.values())
+        """Every resource listed at least once (before that, take() hands over nothing), but
+        for the optional kinds the server does not have (absent: see the module docstring)."""
+        return all(r.synced or r.absent for r in self.reflectors.values())
+
+    def absent(self) -> List[str]:
+        """The optional kinds the server does not serve (or let us read) now."""
+        return [kind for kind, r in self.reflectors.items() if r.absent]
+
+    def api_versions(self) -> Dict[str, str]:
+        """The apiVersion each kind is read in now (the absent ones left out)."""
+        return {kind: r.api_version for kind, r in self.reflectors.items() if not r.absent}
 
     def wait_changed(self, timeout: float) -> bool:
         """Blocks until take() has something to hand over (for benchmarks and tests)."""
@@ -510,4 +647,4 @@ class KubernetesSource:
         return {kind: r.stats for kind, r in self.reflectors.items()}
 
 
-__all__ = ["KubernetesSource", "api_client_from", "Backoff", "RESOURCES"]
+__all__ = ["KubernetesSource", "api_client_from", "Backoff", "RESOURCES", "GATEWAY_RESOURCES"]

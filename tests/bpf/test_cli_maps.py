@@ -90,7 +90,8 @@ SERVICE_LIST = {"services": list, "skipped": (list, type(None)), "node_devices":
 SERVICE_VIEW = {"id": int, "frontend": str, "vip": str, "port": int, "protocol": str,
                 "service": str, "kind": str, "algorithm": str, "slots": int, "backends": list,
                 "problems": list, "external_local": bool, "source_ranges": (list, type(None)),
-                "scope": str, "draining": bool, "topology": str, "no_endpoint": str}
+                "scope": str, "draining": bool, "topology": str, "no_endpoint": str,
+                "reject_slots": int}
 BACKEND_VIEW = {"id": int, "address": str, "port": int, "slots": int}
 STATS_ROW = {"frontend": str, "service": str, "backends": list}
 

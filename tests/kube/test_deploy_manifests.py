@@ -1,8 +1,9 @@
 """The manifests in deploy/ are valid Kubernetes objects: every document deserializes into the
 `kubernetes` client's typed model (required fields present, client-side validation on) and
-serializes back to itself (no misspelt or unknown field silently dropped); RBAC is read-only
-(get/list/watch of services, endpointslices, nodes); the DaemonSet has what the agent needs and
-no `privileged`. No API server involved."""
+serializes back to itself (no misspelt or unknown field silently dropped); RBAC reads what the
+agent reads (services, endpointslices, nodes, namespaces, the Gateway API kinds) and writes
+nothing but the status subresource of the Gateway API kinds it gives status to; the DaemonSet
+has what the agent needs and no `privileged`. No API server involved."""
 import json
 from pathlib import Path
 
@@ -51,14 +52,42 @@ def test_every_kind_is_there():
     assert kinds == sorted(MODELS)
 
 
-def test_cluster_role_is_read_only_on_exactly_what_the_agent_reads():
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+READ = {("", "services"), ("", "nodes"), ("", "namespaces"),
+        ("discovery.k8s.io", "endpointslices")} | {
+    (GATEWAY_GROUP, r) for r in ("gatewayclasses", "gateways", "tcproutes", "udproutes",
+                                 "referencegrants")}
+# The status writer (ebpflb.sources.gateway_status_writer): merge patches of the status
+# subresource (update for a client that replaces it); ReferenceGrants have no status.
+WRITE_STATUS = {(GATEWAY_GROUP, f"{r}/status")
+                for r in ("gatewayclasses", "gateways", "tcproutes", "udproutes")}
+
+
+def test_cluster_role_reads_what_the_agent_reads_and_writes_only_gateway_status():
     (role,) = by_kind("ClusterRole")
-    granted = set()
+    read, written = set(), set()
     for rule in role["rules"]:
-        assert sorted(rule["verbs"]) == ["get", "list", "watch"], rule
         assert "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-        granted |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted == {("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")}
+        assert "*" not in rule["verbs"] and "resourceNames" not in rule
+        pairs = {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
+        if sorted(rule["verbs"]) == ["get", "list", "watch"]:
+            read |= pairs
+        else:
+            assert sorted(rule["verbs"]) == ["patch", "update"], rule
+            assert all(r.endswith("/status") for _, r in pairs), rule  # never a spec
+            written |= pairs
+    assert read == READ
+    assert written == WRITE_STATUS
+
+
+def test_the_role_covers_what_the_source_and_the_writer_ask_for():
+    """The resources the code reads and writes are the ones the ClusterRole names."""
+    from ebpflb.sources.gateway_status_writer import PLURALS
+    from ebpflb.sources.kubernetes import GATEWAY_RESOURCES
+
+    read = {(GATEWAY_GROUP, r.plural) for r in GATEWAY_RESOURCES if r.custom}
+    assert read | {("", "namespaces")} <= READ
+    assert {(GATEWAY_GROUP, f"{p}/status") for p in PLURALS.values()} == WRITE_STATUS
 
 
 def test_binding_names_the_service_account_the_daemonset_uses():

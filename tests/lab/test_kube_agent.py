@@ -3,7 +3,10 @@ real HTTP, list/watch as kube-apiserver speaks it; no real API server runs on th
 real agent in the lab's node namespace reads it through a kubeconfig, programs real maps, and curl
 from a pod follows adds, updates and deletes. The fake listens inside the node namespace on
 127.0.0.1, so the agent reaches it on its own loopback. Also: 410 Gone relists with no map write
-(the agent's ebpflb_map_writes_total does not move), and /healthz and /readyz answer."""
+(the agent's ebpflb_map_writes_total does not move), and /healthz and /readyz answer. And the
+Gateway API: a Gateway and a TCPRoute from the API are served to a pod, and the agent writes
+their status back (Accepted, Programmed, ResolvedRefs, with observedGeneration), and writes it
+again when a backendRef stops resolving."""
 import json
 import socket
 import time
@@ -16,7 +19,8 @@ from ebpflb.lab import nsops
 from ebpflb.lab.agent_runner import AgentProcess
 from ebpflb.status import read_status
 
-from ..kube.fake_apiserver import FakeApiServer, endpointslice, node, service
+from ..kube.fake_apiserver import (FakeApiServer, endpointslice, gateway, gateway_class, node,
+                                   service, tcproute)
 from .agent_harness import force_cleanup, scrape_metrics, wait_until
 
 VIP = "10.96.0.10"
@@ -61,13 +65,13 @@ def map_writes(node_ns: str) -> float:
 
 
 class KubeAgent(AgentProcess):
-    def __init__(self, lab, workdir, fake: FakeApiServer):
+    def __init__(self, lab, workdir, fake: FakeApiServer, extra_args=()):
         kubeconfig = workdir / "kubeconfig"
         kubeconfig.write_text(fake.kubeconfig())
         super().__init__(lab.name, workdir, [
             "--kubernetes", "--kubeconfig", str(kubeconfig), "--node-name", "node-1",
             "--metrics-address", f"127.0.0.1:{METRICS_PORT}",
-            "--health-address", f"127.0.0.1:{HEALTH_PORT}"])
+            "--health-address", f"127.0.0.1:{HEALTH_PORT}", *extra_args])
 
     def backends(self, frontend: str):
         found = super().backends(frontend)
@@ -210,3 +214,55 @@ def test_410_relists_without_map_writes_and_a_dropped_watch_resumes(lab, fake, k
     assert map_writes(lab.node_ns) == writes, "an unchanged relist wrote to the maps"
     assert "410" in kube_agent.log()
     assert who(lab.name) == "web-3"
+
+
+GATEWAY_IP = "192.0.2.10"
+
+
+def conditions(obj) -> dict:
+    """An object's status conditions (or a route parent entry's own) by type."""
+    found = obj["conditions"] if "conditions" in obj else (obj.get("status") or {}).get(
+        "conditions", [])
+    return {c["type"]: (c["status"], c["reason"]) for c in found}
+
+
+def test_gateway_objects_are_served_and_their_status_written_back(lab, fake, tmp_path):
+    fake.install_crds()
+    fake.put("gatewayclasses", gateway_class())
+    fake.put("gateways", gateway(addresses=(GATEWAY_IP,)))
+    fake.put("tcproutes", tcproute())
+    agent = KubeAgent(lab, tmp_path, fake, ["--external-ip-allow", f"{GATEWAY_IP}/32"])
+    try:
+        ready(lab, agent)
+
+        def gateway_programmed() -> bool:
+            return conditions(fake.get("gateways", "default", "gw")).get("Programmed") == (
+                "True", "Programmed")
+
+        wait_until(gateway_programmed, 20, "the Gateway's status written: Programmed")
+        gw = fake.get("gateways", "default", "gw")
+        assert gw["status"]["addresses"] == [{"type": "IPAddress", "value": GATEWAY_IP}]
+        assert all(c["observedGeneration"] == gw["metadata"].get("generation", 0)
+                   for c in gw["status"]["conditions"]), gw["status"]
+        (parent,) = fake.get("tcproutes", "default", "r")["status"]["parents"]
+        assert parent["controllerName"] == "ebpflb.io/gateway-controller"
+        assert conditions(parent) == {"Accepted": ("True", "Accepted"),
+                                      "ResolvedRefs": ("True", "ResolvedRefs")}
+        assert conditions(fake.get("gatewayclasses", "", "ebpflb"))["Accepted"][0] == "True"
+        assert {who(lab.name, f"http://{GATEWAY_IP}:9000/") for _ in range(20)} == {"web-1", "web-2"}
+
+        fake.put("tcproutes", tcproute(backends=(("gone", 80),)))
+
+        def not_found() -> bool:
+            st = fake.get("tcproutes", "default", "r").get("status") or {}
+            return any(conditions(p).get("ResolvedRefs") == ("False", "BackendNotFound")
+                       for p in st.get("parents", []))
+
+        wait_until(not_found, 20, "the route's ResolvedRefs False (BackendNotFound) written")
+        r = lablib.run_in_pod(lab.name, "client", ["curl", "-sS", "--max-time", "2",
+                                                   f"http://{GATEWAY_IP}:9000/"], timeout=10)
+        assert r.returncode != 0  # the whole share is rejected: nothing resolves
+    finally:
+        code = agent.stop()
+        force_cleanup(lab.name)
+        assert code == 0, f"agent exited {code}:\n{agent.log()}"

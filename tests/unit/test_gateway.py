@@ -937,10 +937,11 @@ def test_to_frontend_feeds_weighted_maglev():
               *service("stable", endpoints=["10.244.0.1", "10.244.0.2", "10.244.0.3"]),
               *service("canary", endpoints=["10.244.1.1", "10.244.1.2"]))
     fe, backends = frontend(m).to_frontend()
-    assert (fe.vip, fe.port, fe.protocol, fe.service, fe.port_name) == (
-        "192.0.2.10", 9000, "TCP", "demo/gw", "tcp")
-    assert fe.policy.algorithm == "maglev" and dict(fe.policy.weights) == {
-        "10.244.0.1": 6, "10.244.0.2": 6, "10.244.0.3": 6, "10.244.1.1": 1, "10.244.1.2": 1}
+    assert (fe.vip, fe.port, fe.protocol, fe.service, fe.port_name, fe.kind) == (
+        "192.0.2.10", 9000, "TCP", "Gateway demo/gw", "tcp", "ExternalIP")
+    assert fe.policy.algorithm == "maglev" and fe.policy.endpoint_weights == (
+        ("10.244.0.1", 8080, 6), ("10.244.0.2", 8080, 6), ("10.244.0.3", 8080, 6),
+        ("10.244.1.1", 8080, 1), ("10.244.1.2", 8080, 1))
     slots, _ = frontend_slots(fe, backends, PlanDefaults())
     assert len(slots) == 16381
     per_ip = Counter(backends[i].ip for i in slots)
@@ -962,14 +963,30 @@ def test_moving_weight_moves_few_flows():
     assert 0.40 <= moved < 0.40 + 0.10
 
 
-def test_to_frontend_refuses_one_ip_with_two_weights():
+def test_one_pod_on_two_ports_has_a_weight_per_port():
+    """Two backendRefs whose Services reach the same pod on two ports: each (IP, port) keeps its
+    own share, in the slots the planner computes."""
     m = build(gateway(), route(backends=[{"name": "a", "port": 80, "weight": 2},
                                          {"name": "b", "port": 80, "weight": 1}]),
               *service("a", endpoints=["10.244.0.1"], target=8080),
               *service("b", endpoints=["10.244.0.1"], target=9090))
     assert split(m) == {"10.244.0.1:8080": 2, "10.244.0.1:9090": 1}
-    with pytest.raises(ValueError, match="10.244.0.1 has two weights"):
-        frontend(m).to_frontend()
+    fe, backends = frontend(m).to_frontend()
+    slots, _ = frontend_slots(fe, backends, PlanDefaults())
+    per_port = Counter(backends[i].port for i in slots)
+    assert abs(per_port[8080] / len(slots) - 2 / 3) < 0.005
+
+
+def test_the_reject_share_has_slots_of_its_own():
+    """A backendRef that does not resolve keeps its weight: its share of the slots is the
+    reject share (index len(backends)), the rest split as the weights say."""
+    m = build(gateway(), route(backends=[{"name": "stable", "port": 80, "weight": 3},
+                                         {"name": "missing", "port": 80, "weight": 1}]),
+              *service("stable", endpoints=["10.244.0.1"]))
+    fe, backends = frontend(m).to_frontend()
+    assert fe.policy.reject_weight == 1 and len(backends) == 1
+    slots, _ = frontend_slots(fe, backends, PlanDefaults())
+    assert abs(slots.count(len(backends)) / len(slots) - 0.25) < 0.005
 
 
 def test_hostile_kinds_are_errors_not_crashes():

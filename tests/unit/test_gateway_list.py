@@ -1,6 +1,7 @@
-"""`ebpflb gateway list` over manifest files (ebpflb.cli.gateway_cmd, ebpflb.gateway_view): the
-status ebpflb gives Gateway API objects of its class, truthful about what the data path serves
-(nothing yet: Programmed is False, Pending), bad input reported and refused alone."""
+"""`ebpflb gateway list` (ebpflb.cli.gateway_cmd, ebpflb.gateway_view): over manifest files, the
+status an agent given them gives Gateway API objects of its class (Services hold their addresses
+first), bad input reported and refused alone; from a running agent, its status file's view
+(tests/lab/test_gateway.py reads a real agent's)."""
 import json
 import shutil
 from pathlib import Path
@@ -31,10 +32,10 @@ def test_the_example_canary_shows_its_status_and_its_90_10_weights():
     (gw,) = view["gateways"]
     assert gw["gateway"] == "demo/edge" and gw["addresses"] == ["192.168.77.10"]
     assert by_type(gw["conditions"]) == {"Accepted": ("True", "Accepted"),
-                                         "Programmed": ("False", "Pending")}
+                                         "Programmed": ("True", "Programmed")}
     (listener,) = gw["listeners"]
     assert listener["attached_routes"] == 1
-    assert by_type(listener["conditions"])["Programmed"] == ("False", "Pending")
+    assert by_type(listener["conditions"])["Programmed"] == ("True", "Programmed")
     (route,) = view["routes"]
     assert by_type(route["parents"][0]["conditions"]) == {"Accepted": ("True", "Accepted"),
                                                           "ResolvedRefs": ("True", "ResolvedRefs")}
@@ -44,7 +45,27 @@ def test_the_example_canary_shows_its_status_and_its_90_10_weights():
         ("10.244.0.11:8443", 6), ("10.244.0.12:8443", 6), ("10.244.0.13:8443", 6),
         ("10.244.0.14:8443", 1), ("10.244.0.15:8443", 1)]
     text = run("--manifests", str(EXAMPLE)).stdout
-    assert "Programmed=False (Pending)" in text and "10.244.0.14:8443 x1" in text
+    assert "Programmed=True" in text and "10.244.0.14:8443 x1" in text
+
+
+def test_a_service_on_the_gateway_address_and_port_wins_it(tmp_path):
+    """As in the agent: the Service holds the frontend, the listener is PortUnavailable."""
+    shutil.copy(EXAMPLE, tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: squatter, namespace: other}\n"
+        "spec: {clusterIP: 10.96.0.99, externalIPs: [192.168.77.10], "
+        "ports: [{port: 8443, targetPort: 8443}]}\n")
+    view = json.loads(run("--manifests", str(tmp_path), "-o", "json").stdout)
+    (listener,) = view["gateways"][0]["listeners"]
+    accepted = next(c for c in listener["conditions"] if c["type"] == "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "PortUnavailable")
+    assert "Service other/squatter" in accepted["message"]
+    assert view["frontends"] == []
+
+
+def test_without_manifests_it_reads_the_agent_and_says_when_there_is_none():
+    res = run("--pin-dir", "/sys/fs/bpf/ebpflb-test-no-agent-here")
+    assert res.exit_code == 1 and "no agent status" in res.stderr
 
 
 def test_a_bad_object_is_refused_alone_and_a_broken_file_named(tmp_path):

@@ -17,7 +17,8 @@ PURE = ("abi", "apply", "backend_rules", "changes", "convert", "desired", "docum
         "errors", "explain", "explain_socket", "fields", "flowhash", "maglev", "maps",
         "manifest_set", "manifests", "model", "output", "plan", "planner", "policy", "records",
         "reconcile", "service_view", "stats", "statsagg", "status_view", "store", "syncer",
-        "gateway", "gateway_view", "takeover.flows", "takeover.handback", "takeover.kube_rules")
+        "gateway", "gateway_status", "gateway_view", "takeover.flows", "takeover.handback",
+        "takeover.kube_rules")
 # What the kernel edge may not import: the views and everything above them.
 ABOVE_DATAPLANE = ("stats", "service_view", "explain_socket", "status_view", "gateway_view",
                    "output", "views",

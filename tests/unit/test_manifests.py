@@ -137,7 +137,7 @@ spec:
 # only a comment
 ---
 apiVersion: v1
-kind: Namespace
+kind: ConfigMap
 metadata:
   name: demo
 ...
@@ -146,7 +146,7 @@ metadata:
     # namespace defaults to "default", protocol to TCP, targetPort to port, name to ""
     assert m.services == (Service("default", "web", "ClusterIP", ("10.96.0.10",),
                                   (ServicePort("", "TCP", 80, 80),)),)
-    assert m.ignored == ("Namespace demo (kind not used by ebpflb)",)
+    assert m.ignored == ("ConfigMap default/demo (kind not used by ebpflb)",)
 
 
 def test_empty_text_is_an_empty_result() -> None:
