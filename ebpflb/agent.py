@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
-from .convert import SERVICE
+from .convert import ENDPOINT_SLICE, SERVICE
 from .gcpause import give_back_memory, paused_gc
 from .metrics import IP_FAMILY
 from .model import HealthCheck, ModelContext
@@ -273,7 +273,9 @@ class Agent:
             self._status_soon()
         if batch.changes and self.metrics is not None:
             services = sum(1 for c in batch.changes if c.kind == SERVICE)
-            self.metrics.changes_taken(services, len(batch.changes) - services, time.time())
+            # kube-proxy's change counters know Services and endpoints only.
+            slices = sum(1 for c in batch.changes if c.kind == ENDPOINT_SLICE)
+            self.metrics.changes_taken(services, slices, time.time())
         if batch.changes and self.syncer is not None:
             touched = self.syncer.take(batch.changes)
             since = batch.since if batch.since is not None else time.time()
@@ -281,7 +283,22 @@ class Agent:
                 self._unsynced_since = since
             log.debug("%s: %d changes, %d Services touched", self.source.description,
                       len(batch.changes), touched)
+            self._gateways_changed()
         return len(batch.changes)
+
+    def _gateways_changed(self) -> None:
+        """Hands a recomputed Gateway model to the status writer and the status file. Called
+        after changes are taken (a change of status alone, say a route not allowed, moves no
+        frontend and makes no sync) and after each applied sync (a Gateway programmed)."""
+        syncer = self.syncer
+        if syncer is None or syncer.model.gateways is self._offered_gateways:
+            return
+        # The model is immutable: a new object is a recomputed one, and what the API must say
+        # may have changed (the writer finds out, without a request when it has not).
+        self._offered_gateways = syncer.model.gateways
+        if self.gateway_status is not None:
+            self.gateway_status.offer(syncer.model.gateways, syncer.store.gateway_objects)
+        self._status_soon()
 
     def sync(self) -> Optional[SyncOutcome]:
         """Programs what is pending, if anything (and if no retry delay holds it back)."""
@@ -333,12 +350,8 @@ class Agent:
             if self._health_checks is not None and checks != self._programmed_checks:
                 self._health_checks.sync(checks)
                 self._programmed_checks = checks
-        if outcome.applied and self.gateway_status is not None and \
-                syncer.model.gateways is not self._offered_gateways:
-            # The model is immutable: a new object is a recomputed one, and what the API must
-            # say may have changed (the writer finds out, without a request when it has not).
-            self._offered_gateways = syncer.model.gateways
-            self.gateway_status.offer(syncer.model.gateways, syncer.store.gateway_objects)
+        if outcome.applied:
+            self._gateways_changed()
         if self.metrics is not None:
             self._record_metrics(outcome)
         if outcome.applied and not syncer.pending:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
 
 from .convert import ObjectKey
-from .gateway import GATEWAY_DISPLAY, GatewayModel, gateway_model, is_ours, referenced_services
+from .gateway import (GATEWAY_DISPLAY, GatewayModel, condition, gateway_model, is_ours,
+                      referenced_services)
 from .model import (SCOPE_ALL, SCOPE_EXTERNAL, Backend, DesiredState, Frontend, HealthCheck,
                     ModelContext, ServiceModel, SkippedService, service_model)
 from .store import ObjectStore
@@ -71,11 +72,14 @@ class ClusterModel:
         self._gateway_services: FrozenSet[ObjectKey] = frozenset()
         self._gateway_wanted: Set[Tuple[str, int, str]] = set()  # (address, port, protocol)
         self._gateway_frontends: Dict[GatewayOwner, ServiceFrontends] = {}
+        self._gateway_skipped: Tuple[SkippedService, ...] = ()
 
     # --- updates -------------------------------------------------------------------------
-    def update(self, store: ObjectStore, keys: Iterable[ObjectKey]) -> Set[ObjectKey]:
-        """Recomputes the Services `keys` names (gone ones included) against the store. Returns
-        every Service whose outcome may have changed: those, and those a clash moved."""
+    def update(self, store: ObjectStore, keys: Iterable[ObjectKey]) -> Set[Owner]:
+        """Recomputes the Services `keys` names (gone ones included) against the store, and the
+        Gateways when something they read changed. Returns every owner whose outcome may have
+        changed: those Services, those a clash moved, and the Gateways whose frontends
+        changed."""
         changed: Set[ObjectKey] = set()
         touched_frontends: Set[FrontendKey] = set()
         touched_ports: Set[int] = set()
@@ -119,8 +123,8 @@ class ClusterModel:
         if (store.gateway_version != self._gateway_seen
                 or not self._gateway_services.isdisjoint(changed)
                 or any(fk[:3] in self._gateway_wanted for fk in touched_frontends)):
-            changed |= self._update_gateways(store)  # type: ignore[arg-type]
-        return changed
+            return changed | self._update_gateways(store)  # type: ignore[operator]
+        return changed  # type: ignore[return-value]
 
     def _update_gateways(self, store: ObjectStore) -> Set[GatewayOwner]:
         """Recomputes every Gateway (they are few, and judged together: the oldest holds an
@@ -153,7 +157,9 @@ class ClusterModel:
                    if _signature(new.get(owner, ())) != _signature(
                        self._gateway_frontends.get(owner, ()))}
         self._gateway_frontends = new
-        if changed:
+        skipped = self._unprogrammed(self.gateways)
+        if changed or skipped != self._gateway_skipped:
+            self._gateway_skipped = skipped
             self.version += 1
         return changed
 
@@ -245,8 +251,27 @@ class ClusterModel:
         return self._frontends.get(key, ())
 
     def skipped(self) -> Tuple[SkippedService, ...]:
-        return tuple(SkippedService(f"{k[0]}/{k[1]}", reason)
-                     for k in sorted(self._skipped) for reason in self._skipped[k])
+        """Why Services (in part) and Gateways (named "Gateway namespace/name") are not
+        programmed."""
+        services = tuple(SkippedService(f"{k[0]}/{k[1]}", reason)
+                         for k in sorted(self._skipped) for reason in self._skipped[k])
+        return services + self._gateway_skipped
+
+    @staticmethod
+    def _unprogrammed(model: GatewayModel) -> Tuple[SkippedService, ...]:
+        out = []
+        for g in model.gateways:
+            programmed = condition(g.conditions, "Programmed")
+            if programmed is not None and programmed.status != "True":
+                out.append(SkippedService(f"{GATEWAY_DISPLAY} {g.ref}",
+                                          f"{programmed.reason}: {programmed.message}"))
+            for li in g.listeners:
+                accepted = condition(li.conditions, "Accepted")
+                if accepted is not None and accepted.status != "True":
+                    out.append(SkippedService(f"{GATEWAY_DISPLAY} {g.ref}",
+                                              f"listener {li.name}: {accepted.reason}: "
+                                              f"{accepted.message}"))
+        return tuple(out)
 
     def health_checks(self) -> Tuple[HealthCheck, ...]:
         """Every health check this node answers, in (namespace, name) order of their Services."""
@@ -269,7 +294,6 @@ class ClusterModel:
             frontends.update(owned)
         ordered = {fe: frontends[fe] for fe in sorted(frontends)}
         return DesiredState(ordered, self.skipped(), self.health_checks())
-
 
 
 def _signature(frontends: ServiceFrontends) -> Tuple:

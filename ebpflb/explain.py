@@ -750,7 +750,9 @@ def render(e: Explanation, extra: Tuple[Tuple[str, str], ...] = ()) -> str:
         if e.hash is not None:
             rows.append(("hash", f"{e.hash:#010x} (murmur3, seed {FLOW_HASH_SEED:#x})"))
             rows.append(("slot", f"{e.slot} = hash % {e.slots}"))
-            rows.append(("hashed backend", f"{e.hashed_backend_id} => {e.hashed_backend}"))
+            rows.append(("hashed backend", "the reject share (LB4_SLOT_REJECT)"
+                         if e.hashed_backend_id == SLOT_REJECT
+                         else f"{e.hashed_backend_id} => {e.hashed_backend}"))
         if e.conntrack:
             c = e.conntrack
             rows.append(("conntrack", f"entry -> {c.backend} (backend {c.backend_id}), "

@@ -4,6 +4,7 @@ function of the model. With files as the source nothing writes status back, so t
 conditions are read; with the Kubernetes API they are what the controller writes. The agent keeps
 this view of its own model in its status file; computed from files, it is what an agent given
 those files programs."""
+from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional
 
 from .addresses import format_address
@@ -22,7 +23,8 @@ def _conditions(conditions, unprogrammed: Optional[str] = None) -> List[Dict[str
     return out
 
 
-def to_json(model: GatewayModel, unprogrammed: Mapping[str, str] = {}) -> Dict[str, Any]:
+def to_json(model: GatewayModel,
+            unprogrammed: Mapping[str, str] = MappingProxyType({})) -> Dict[str, Any]:
     """The view's one shape: classes, gateways (with listeners), routes (with their parents),
     and the frontends the Gateways' listeners make (with each backend's weight).
     `unprogrammed`: Gateways ("namespace/name") whose frontends are not in the maps, and why

@@ -4,7 +4,8 @@ core: the manifest source reads the files, this decides what they mean).
 sources -> **manifest set** -> changes -> store -> model -> plan -> apply. Rules:
 - an object is defined by (kind, namespace, name); when several definitions exist, the first in
   (file name, document, position) order is the one that counts, the others are refused as
-  duplicates naming where the first one is;
+  duplicates naming where the first one is (but for identical definitions of a cluster-scoped
+  object, a GatewayClass or a Namespace, which many applications' manifests may each carry);
 - a refused object keeps its last good version; an object whose every definition is gone (its
   file removed, the object deleted from its file) is deleted;
 - a file that cannot be read or parsed keeps the objects it defined last time (the manifest
@@ -18,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .backend_rules import DEFAULT_SERVICE_CIDRS
 from .changes import Change
-from .convert import Converted, ModelObject, ObjectKey
+from .convert import CLUSTER_SCOPED_KINDS, Converted, ModelObject, ObjectKey
 from .documents import ObjectEntry, ReadCache, object_line, read_text
 from .errors import FieldPath, ManifestError
 
@@ -205,6 +206,11 @@ class ManifestSet:
     def _duplicate_errors(self, key: DefKey) -> List[ManifestError]:
         defs = self._defs.get(key, [])
         if len(defs) < 2:
+            return []
+        if key[0] in CLUSTER_SCOPED_KINDS and defs[0].converted.obj is not None and all(
+                d.converted.obj == defs[0].converted.obj for d in defs[1:]):
+            # A GatewayClass or a Namespace is shared by the manifests of many applications,
+            # each of which may carry it: the same object defined twice is one object.
             return []
         first = defs[0]
         where = first.file

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from .backend_rules import DEFAULT_SERVICE_CIDRS, parse_service_cidrs
+from .convert import ObjectKey
 from .errors import ManifestError, ManifestErrors  # noqa: F401 - re-exported
 from .manifest_set import ManifestSet
 from .model import EndpointSlice, Service
@@ -25,6 +26,8 @@ class Manifests:
     services: Tuple[Service, ...]
     slices: Tuple[EndpointSlice, ...]
     ignored: Tuple[str, ...]  # e.g. "ConfigMap default/x (kind not used by ebpflb)"
+    # The Gateway API objects (and Namespaces), as (kind, (namespace, name), object)
+    gateway: Tuple[Tuple[str, ObjectKey, Any], ...] = ()
 
 
 def manifest_files(directory: Path) -> List[Path]:
@@ -80,7 +83,9 @@ def _result(mset: ManifestSet, errors: List[ManifestError]) -> Manifests:
     if errors:
         raise ManifestErrors(errors)
     mset.take_changes()
-    objects = [obj for _, obj in mset.objects()]
-    return Manifests(tuple(o for o in objects if isinstance(o, Service)),
-                     tuple(o for o in objects if isinstance(o, EndpointSlice)),
-                     tuple(mset.ignored()))
+    objects = list(mset.objects())
+    return Manifests(tuple(o for _, o in objects if isinstance(o, Service)),
+                     tuple(o for _, o in objects if isinstance(o, EndpointSlice)),
+                     tuple(mset.ignored()),
+                     tuple((kind, key, o) for (kind, key), o in objects
+                           if not isinstance(o, (Service, EndpointSlice))))

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import abi
 from .fields import ip_version
@@ -224,13 +224,18 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
                   node_name: Optional[str] = None, proxy_name: Optional[str] = None,
                   node_addresses: Sequence[str] = (),
                   external_ip_allow: Sequence[str] = (),
-                  node_zone: Optional[str] = None) -> DesiredState:
+                  node_zone: Optional[str] = None,
+                  gateway: Sequence[Tuple[str, Tuple[str, str], Any]] = ()) -> DesiredState:
     """Frontends and their ready backends for every programmable Service port (kube-proxy rules),
-    computed at once; the agent keeps the same result per Service as objects change."""
+    and for every Gateway listener (`gateway`: the Gateway API objects as (kind, key, object),
+    as ebpflb.manifests.Manifests holds them), computed at once; the agent keeps the same result
+    per Service and Gateway as objects change."""
+    from .changes import Change
     from .desired import ClusterModel
     from .store import ObjectStore
 
     store = ObjectStore.of(services, slices)
+    store.apply([Change(kind, key, obj) for kind, key, obj in gateway])
     model = ClusterModel(ModelContext(node_name, proxy_name, tuple(node_addresses),
                                       tuple(external_ip_allow), node_zone))
     model.update(store, store.services)

@@ -91,6 +91,9 @@ class Syncer:
         # Services (and Gateways) whose model changed, not yet programmed
         self._pending: Set[Owner] = set()
         self._full_reason: Optional[str] = "start"
+        # Why the last sync left something pending (a refused plan, a failed write); None when
+        # it programmed everything it was given.
+        self.last_error: Optional[str] = None
 
     # --- input ---------------------------------------------------------------------------
     def take(self, changes: Iterable[Change]) -> int:
@@ -128,8 +131,8 @@ class Syncer:
     def unprogrammed_gateways(self) -> Dict[str, str]:
         """Gateways ("namespace/name") whose frontends are not in the maps yet, and why."""
         why = "not in the maps yet: a sync is due"
-        if self.counters.refused or self.counters.failed:
-            why = "not in the maps: the last plan for it was refused or failed (see the agent's log)"
+        if self.last_error is not None:
+            why = f"not in the maps: the last sync did not program it ({self.last_error})"
         return {f"{o.namespace}/{o.name}": why for o in self._pending
                 if isinstance(o, GatewayOwner)}
 
@@ -141,6 +144,12 @@ class Syncer:
     def sync(self) -> Optional[SyncOutcome]:
         """Programs what is pending: a full sync when one is due, else the changed Services.
         None when there was nothing to do."""
+        outcome = self._sync()
+        if outcome is not None:
+            self.last_error = outcome.error if self._pending or not outcome.applied else None
+        return outcome
+
+    def _sync(self) -> Optional[SyncOutcome]:
         if self._full_reason is not None and (self._full_reason != PERIODIC or not self._pending):
             return self.full_sync(self._full_reason)
         if not self._pending:

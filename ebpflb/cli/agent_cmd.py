@@ -355,7 +355,7 @@ def sync(manifests: str, dry_run: bool, output: str, service_cidrs: List[str], f
         m = load_manifests(manifests, service_cidrs=_service_cidrs(service_cidrs))
     except ManifestErrors as exc:
         raise click.ClickException(f"manifests rejected:\n{exc}") from exc
-    desired = desired_state(m.services, m.slices)
+    desired = desired_state(m.services, m.slices, gateway=m.gateway)
     for skipped in desired.skipped:
         click.echo(f"skipped {skipped.ref}: {skipped.reason}", err=True)
     lock = None if dry_run else _owner_lock(pin_dir, force, "sync")

@@ -28,7 +28,8 @@ def gateway_list(manifests: Optional[str], pin_dir: str, output: str) -> None:
     (Accepted, ResolvedRefs, Programmed, and why not), and the frontends their listeners make
     with each backend's weight: as the agent on --pin-dir has them, or as an agent given
     --manifests would (objects that cannot be read are reported on stderr and left out alone;
-    externalIPs count as if allowed, the agent's --external-ip-allow is not known here)."""
+    externalIPs and Gateway addresses count as allowed: the agent's --external-ip-allow is not
+    known here)."""
     from ..gateway_view import render
 
     if manifests is None:

@@ -64,7 +64,8 @@ def _dry_run(source: str, output: str, options: dict) -> None:
     desired = desired_state(m.services, m.slices, options.get("node_name"),
                             options.get("proxy_name") or None,
                             tuple(options.get("node_addresses") or ()),
-                            tuple(options.get("external_ip_allow") or ()))
+                            tuple(options.get("external_ip_allow") or ()),
+                            gateway=m.gateway)
     limits = DataplaneConfig().map_limits
     snapshot = apply_to(empty_snapshot(), compute_plan(desired, empty_snapshot(), limits))
     from pyroute2 import IPRoute

@@ -39,6 +39,7 @@ PLURALS = {GATEWAY_CLASS: "gatewayclasses", GATEWAY: "gateways", TCP_ROUTE: "tcp
 CLUSTER_SCOPED = frozenset({GATEWAY_CLASS})
 CONFLICT_RETRIES = 3  # reads and merges again after a 409, then leaves it for the next call
 RETRY_AFTER = 10.0  # seconds without a request after the API server could not be reached
+FORBIDDEN_RETRY = 300.0  # seconds before a kind whose status writes were refused (403) is tried
 LIST_PAGE = 500
 
 
@@ -50,7 +51,8 @@ class GatewayStatusWriter:
     """Writes what changed in the Gateway API status since the last write.
 
     Call contract (the agent):
-    - `write(model, objects)` after each sync, with the GatewayModel of that sync and the
+    - `write(model, objects)` whenever the agent's GatewayModel was recomputed (through
+      GatewayStatusThread.offer, after changes are taken and after applied syncs), with the
       GatewayObjects it was made of (their `generation` is the observedGeneration written).
       Returns the number of objects whose status it wrote (0 when nothing changed: then it makes
       no request at all). It blocks for its requests (each bounded by `request_timeout`), so
@@ -61,7 +63,9 @@ class GatewayStatusWriter:
       again after a while even without a new model (RETRY_AFTER seconds is enough).
     - `unprogrammed`: the Gateways ("namespace/name") whose frontends are not in the maps, with
       why (Syncer.unprogrammed_gateways()): their Programmed (and their listeners') is written
-      False, Pending, with that message, instead of what the model says.
+      False, Pending, with that message, instead of what the model says. The agent passes none
+      (GatewayStatusThread): every node's agent writes, and one node's own delay must not make
+      them disagree; a single writer for the cluster could pass it.
     - `forget()` makes the next `write()` look at every object again (e.g. on the agent's slow
       full-resync timer: status changed by someone else is then repaired).
     Every agent of a cluster may run one: they compute the same status from the same objects,
@@ -72,7 +76,8 @@ class GatewayStatusWriter:
                  clock: Callable[[], float] = time.time,
                  request_timeout: Tuple[float, float] = (5.0, 10.0),
                  conflict_retries: int = CONFLICT_RETRIES,
-                 retry_after: float = RETRY_AFTER) -> None:
+                 retry_after: float = RETRY_AFTER,
+                 forbidden_retry: float = FORBIDDEN_RETRY) -> None:
         from kubernetes import client
 
         self.api = client.CustomObjectsApi(api_client)
@@ -81,6 +86,7 @@ class GatewayStatusWriter:
         self.request_timeout = request_timeout
         self.conflict_retries = conflict_retries
         self.retry_after = retry_after
+        self.forbidden_retry = forbidden_retry
         host = getattr(api_client.configuration, "host", "?")
         self.description = f"kubernetes API {host}"
         # What was last written (or found already there), per object: what write() compares.
@@ -88,6 +94,9 @@ class GatewayStatusWriter:
         self._versions: Dict[str, str] = {}  # kind -> the version (e.g. "v1") the server serves
         self._unreachable_until = 0.0  # time.monotonic(): no request before it
         self._failed: Set[StatusKey] = set()  # objects not written at the last call
+        # kind -> time.monotonic() before which its status is not tried (a 403: the ClusterRole
+        # does not let ebpflb write it; said once, tried again after FORBIDDEN_RETRY)
+        self._forbidden_until: Dict[str, float] = {}
         self.writes = 0  # status writes made, in all
         self.conflicts = 0  # 409s met, in all
 
@@ -117,6 +126,8 @@ class GatewayStatusWriter:
             return 0
         made = 0
         for kind, items in todo.items():
+            if time.monotonic() < self._forbidden_until.get(kind, 0.0):
+                continue
             try:
                 made += self._write_kind(kind, items)
             except _Unreachable as exc:
@@ -148,6 +159,15 @@ class GatewayStatusWriter:
             except _Unreachable:
                 raise
             except Exception as exc:  # noqa: BLE001 - one object's failure is that object's
+                if getattr(exc, "status", None) == 403:
+                    # Every object of the kind would say the same: once, then a long pause.
+                    if kind not in self._forbidden_until:
+                        log.warning("Gateway API status: %s refused writing %s/status (403: the "
+                                    "ClusterRole does not grant it; see deploy/rbac.yaml); "
+                                    "trying again every %.0f s", self.description,
+                                    PLURALS[kind], self.forbidden_retry)
+                    self._forbidden_until[kind] = time.monotonic() + self.forbidden_retry
+                    break
                 log.warning("Gateway API status of %s %s: %s: %s; trying again later",
                             kind, _name(key), type(exc).__name__, _first_line(exc))
         return made
@@ -333,6 +353,7 @@ class GatewayStatusThread:
         self._cond = threading.Condition()
         self._latest: Optional[Tuple[GatewayModel, GatewayObjects]] = None
         self._stop = False
+        self._forget = False
         self._thread = threading.Thread(target=self._run, name="gateway-status", daemon=True)
 
     def start(self) -> "GatewayStatusThread":
@@ -360,8 +381,6 @@ class GatewayStatusThread:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
-
-    _forget = False
 
     def _run(self) -> None:
         last: Optional[Tuple[GatewayModel, GatewayObjects]] = None

@@ -127,6 +127,10 @@ def _plural(kind: str) -> str:
     return kind + ("es" if kind.endswith("s") else "s")
 
 
+class _WatchRefused(Exception):
+    """An optional kind's watch answered 403 or 404 (relist, after a backoff)."""
+
+
 class _Gone(Exception):
     """The server no longer has the resourceVersion we watch from: relist."""
 
@@ -204,6 +208,9 @@ class _Reflector:
                 self._gone_away(str(exc))
                 need_list = True
                 stop.wait(self.source.absent_retry)
+            except _WatchRefused as exc:
+                self._refused(str(exc))
+                need_list = True
             except Exception as exc:  # noqa: BLE001 - any failure of a watch means: reconnect
                 if stop.is_set():
                     break
@@ -216,9 +223,7 @@ class _Reflector:
                     continue
                 if isinstance(exc, ApiException) and exc.status in (403, 404) and \
                         self.resource.optional:
-                    # The CRD was removed (or our right to read it) while we watched: a relist
-                    # says whether another version is served, or the kind is absent now.
-                    log.info("watch %s: %d, relisting", self.resource.kind, exc.status)
+                    self._refused(f"{exc.status}")
                     need_list = True
                     continue
                 self.stats.errors += 1
@@ -228,6 +233,18 @@ class _Reflector:
                             delay)
                 stop.wait(delay)
         self.source._wake()
+
+    def _refused(self, why: str) -> None:
+        """An optional kind's watch refused (403, 404): the CRD was removed, or our right to
+        watch it (a role that may list but not watch). A relist says whether another version is
+        served or the kind is absent now; it waits its backoff first, so a list that keeps
+        succeeding and a watch that keeps being refused never loop hot."""
+        self.stats.errors += 1
+        # At least a second: a watch that connects (which resets the backoff) and is then
+        # refused by an ERROR event would otherwise retry at the backoff's smallest delays.
+        delay = max(1.0, self.backoff.next())
+        log.info("watch %s: %s; relisting in %.2f s", self.resource.kind, why, delay)
+        self.source.stop_event.wait(delay)
 
     def _request_kwargs(self) -> Dict[str, Any]:
         # A read timeout longer than the server-side watch timeout: a silent dead connection is
@@ -420,8 +437,7 @@ class _Reflector:
             if obj.get("code") == 410:
                 raise _Gone()
             if obj.get("code") in (403, 404) and self.resource.optional:
-                # Relist: another version may be served, or the kind is absent now.
-                raise _Gone(f"watch error {obj.get('code')}: {obj.get('message')}")
+                raise _WatchRefused(f"watch error {obj.get('code')}: {obj.get('message')}")
             raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:

@@ -260,7 +260,7 @@ def test_an_unreachable_server_is_logged_not_raised_and_retried(cluster, make_wr
 
 
 def test_a_refused_write_is_logged_with_the_object_and_retried(cluster, make_writer, caplog):
-    writer = make_writer()
+    writer = make_writer(forbidden_retry=0.0)
     model, objects = model_of(cluster)
     cluster.forbidden = {"gateways"}
     with caplog.at_level(logging.WARNING, logger="ebpflb.sources.gateway_status_writer"):
@@ -275,10 +275,28 @@ def test_a_refused_write_is_logged_with_the_object_and_retried(cluster, make_wri
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ebpflb.sources.gateway_status_writer"):
         assert writer.write(*model_of(cluster)) == 0
-    assert "Gateway API status of Gateway default/gw: ApiException: (403)" in caplog.text
+    assert "refused writing gateways/status (403" in caplog.text
     assert writer.pending
     cluster.forbidden = set()
     assert writer.write(*model_of(cluster)) == 1 and not writer.pending
+
+
+def test_a_kind_whose_status_writes_are_refused_is_said_once_and_paused(cluster, make_writer,
+                                                                        caplog):
+    """A ClusterRole that may read Gateways but not write their status: one warning, then no
+    request for that kind until the pause is over (not one warning per object every 10 s)."""
+    writer = make_writer()
+    model, objects = model_of(cluster)
+    assert writer.write(model, objects) == 3
+    cluster.put("gateways", gateway(addresses=("192.0.2.20",)))
+    cluster.forbidden = {"gateways"}
+    with caplog.at_level(logging.WARNING, logger="ebpflb.sources.gateway_status_writer"):
+        assert writer.write(*model_of(cluster)) == 0
+        requests = sum(cluster.counts.values())
+        assert writer.write(*model_of(cluster)) == 0
+    assert caplog.text.count("refused writing gateways/status") == 1
+    assert sum(cluster.counts.values()) == requests  # paused: nothing asked
+    assert writer.pending
 
 
 def test_without_the_crds_nothing_is_written_and_nothing_raised(fake, make_writer):

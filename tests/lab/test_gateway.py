@@ -5,10 +5,10 @@ listener with a UDPRoute. Backends run on both nodes (node 1's are reached by SN
 is real: the agent reads the Gateway API objects from its manifest file, as it reads Services.
 
 Scenarios carry the Gateway API conformance test they follow where one exists:
-- TCPRouteSimple / UDPRouteSimple (gateway-api conformance tcproute, udproute): a connection and
-  a datagram from the external client reach the route's Service, and the reply comes back from
-  the Gateway address;
-- TCPRouteWeight: a 90/10 split over 2,000 connections; the share of the canary Service must be
+- UDPRoute (gateway-api conformance, udproute-simple) and its TCP twin: a connection and a
+  datagram from the external client reach the route's Service, and the reply comes back from the
+  Gateway address;
+- TCPRouteWeightedRouting: a 90/10 split over 2,000 connections; the share of the canary Service must be
   within 3 percentage points of what the programmed Maglev table gives it (binomial 4.5 sigma
   at n = 2,000), and every connection lands exactly where the control plane's own computation
   (flow hash and Maglev table, as `ebpflb explain` uses them) says;
@@ -184,7 +184,7 @@ def one_get(the_lab: lablib.Lab, sport: int) -> str:
         conn.close()
 
 
-def test_tcp_route_simple_and_udp_route_simple(env):
+def test_udp_route_and_tcp_route_simple(env):
     the_lab, _agent = env
     assert one_get(the_lab, 33001) in POD_OF.values()
     with ext_socket(the_lab, socket.SOCK_DGRAM) as sock:
@@ -200,7 +200,7 @@ def test_tcp_route_simple_and_udp_route_simple(env):
     assert answered  # the echo Service's pods, on either node
 
 
-def test_tcp_route_weight_90_10_over_2000_connections(env):
+def test_tcp_route_weighted_routing_90_10_over_2000_connections(env):
     the_lab, _agent = env
     table, size = predicted_table(manifests(90, 10))
     expected_canary = sum(POD_OF[ip] in CANARY for ip in table) / size

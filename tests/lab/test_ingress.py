@@ -428,7 +428,7 @@ def gateway_docs(stable: int, canary: int) -> List[dict]:
 
 
 def test_a_gateway_tcp_route_splits_the_same_backends_90_10(env):
-    """TCPRouteWeight (gateway-api conformance) on the Ingress scenario's backends, from the
+    """TCPRouteWeightedRouting (gateway-api conformance) on the Ingress scenario's backends, from the
     external client, one new connection each (plain HTTP: the route is L4, TLS is the
     Ingress's)."""
     apply(env.agents, env.docs + gateway_docs(90, 10))

@@ -261,7 +261,7 @@ def test_gateway_objects_are_served_and_their_status_written_back(lab, fake, tmp
         wait_until(not_found, 20, "the route's ResolvedRefs False (BackendNotFound) written")
         r = lablib.run_in_pod(lab.name, "client", ["curl", "-sS", "--max-time", "2",
                                                    f"http://{GATEWAY_IP}:9000/"], timeout=10)
-        assert r.returncode != 0  # the whole share is rejected: nothing resolves
+        assert r.returncode == 7, r  # refused (a RST): the whole share is the reject share
     finally:
         code = agent.stop()
         force_cleanup(lab.name)

@@ -15,7 +15,8 @@ from ebpflb.changes import Change
 from ebpflb.convert import Converted
 from ebpflb.desired import GatewayOwner
 from ebpflb.gateway import convert_any_document, condition
-from ebpflb.maps import SERVICES, SERVICES6, SLOT_REJECT, SLOTS, SvcKey, frontend_kind
+from ebpflb.maps import (SERVICES, SERVICES6, SLOT_REJECT, SLOTS, SVC_F_DRAINING, SvcKey,
+                         frontend_kind)
 from ebpflb.model import ModelContext
 from ebpflb.syncer import PERIODIC, Syncer
 from tests.helpers.dict_writer import DictWriter
@@ -136,7 +137,7 @@ def test_a_service_holding_the_address_and_port_wins_it_and_gives_it_back():
     assert "Service demo/squatter" in condition(li.conditions, "Accepted").message
     syncer.take(changes(squatter, delete=True))
     assert syncer.sync().applied
-    assert meta is not syncer.planner.records().meta
+    assert meta[syncer.writer.maps[SERVICES][GW_KEY].svc_id] != "Gateway demo/gw:tcp"  # type: ignore[attr-defined]
     assert syncer.planner.records().meta[syncer.writer.maps[SERVICES][GW_KEY].svc_id] == "Gateway demo/gw:tcp"  # type: ignore[attr-defined]
     assert syncer.full_sync(PERIODIC).writes == 0
 
@@ -145,8 +146,9 @@ def test_deleting_the_gateway_removes_its_frontend():
     syncer = start(canary(), STABLE, CANARY)
     syncer.take(changes(gateway(), delete=True))
     assert syncer.sync().applied
-    assert GW_KEY not in syncer.writer.maps[SERVICES] or \
-        syncer.writer.maps[SERVICES][GW_KEY].count == 0  # type: ignore[attr-defined]
+    # A removed TCP frontend drains: its record stays, flagged, with no slot, until its flows end.
+    gone = syncer.writer.maps[SERVICES][GW_KEY]  # type: ignore[attr-defined]
+    assert gone.flags & SVC_F_DRAINING and gone.count == 0
     assert OWNER not in syncer.model.holders()
 
 
