@@ -21,13 +21,15 @@ import bisect
 import ipaddress
 import logging
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, List, Set, Tuple, Union
 
+from .changes import Change
 from .convert import ObjectKey
 from .gateway import (GATEWAY_DISPLAY, GatewayModel, condition, gateway_model, is_ours,
                       referenced_services)
-from .model import (SCOPE_ALL, SCOPE_EXTERNAL, Backend, DesiredState, Frontend, HealthCheck,
-                    ModelContext, ServiceModel, SkippedService, service_model)
+from .model import (SCOPE_ALL, SCOPE_EXTERNAL, Backend, DesiredState, EndpointSlice, Frontend,
+                    HealthCheck, ModelContext, Service, ServiceModel, SkippedService,
+                    service_model)
 from .store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -294,6 +296,18 @@ class ClusterModel:
             frontends.update(owned)
         ordered = {fe: frontends[fe] for fe in sorted(frontends)}
         return DesiredState(ordered, self.skipped(), self.health_checks())
+
+
+def cluster_model(services: Iterable[Service], slices: Iterable[EndpointSlice],
+                  ctx: ModelContext = ModelContext(),
+                  gateway: Iterable[Tuple[str, ObjectKey, Any]] = ()) -> ClusterModel:
+    """The model of a whole set of objects at once (the one-shot commands, `gateway list`):
+    `gateway` holds the Gateway API objects (and Namespaces) as (kind, key, object)."""
+    store = ObjectStore.of(services, slices)
+    store.apply([Change(kind, key, obj) for kind, key, obj in gateway])
+    model = ClusterModel(ctx)
+    model.update(store, list(store.services))
+    return model
 
 
 def _signature(frontends: ServiceFrontends) -> Tuple:

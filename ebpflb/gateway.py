@@ -24,8 +24,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import (Any, Callable, Dict, FrozenSet, Hashable, Iterable, List, Mapping, Optional,
-                    Protocol, Sequence, Tuple, TypeVar, Union)
+from typing import (Any, Callable, Dict, FrozenSet, Hashable, Iterable, Iterator, List, Mapping,
+                    Optional, Protocol, Sequence, Tuple, TypeVar, Union)
 
 from .convert import CLUSTER_SCOPED_KINDS, Converted, ObjectKey, convert_document, read_header
 from .errors import FieldPath, ManifestError, format_path
@@ -708,34 +708,32 @@ class _GatewayParser:
 
     # --- ReferenceGrant ----------------------------------------------------------------
     def reference_grant(self, spec: Dict[str, Any], key: ObjectKey) -> ReferenceGrant:
-        ck = self.ck
         froms: List[GrantFrom] = []
-        for i, item in enumerate(self._items(spec.get("from"), ("spec", "from"), 1, 16, required=True)):
-            path: FieldPath = ("spec", "from", i)
-            entry = ck.mapping(item, path, required=True)
-            if entry is None:
-                continue
-            if entry.get("group") is None:
-                ck.error(path + ("group",), 'missing ("" for the core group)')
-            group = self._group(entry.get("group"), path + ("group",), "")
-            kind = self._kind(entry.get("kind"), path + ("kind",))
+        for path, entry, group, kind in self._grant_entries(spec, "from"):
             namespace = self._namespace(entry.get("namespace"), path + ("namespace",), required=True)
             if group is not None and kind and namespace:
                 froms.append(GrantFrom(group, kind, namespace))
         tos: List[GrantTo] = []
-        for i, item in enumerate(self._items(spec.get("to"), ("spec", "to"), 1, 16, required=True)):
-            path = ("spec", "to", i)
+        for path, entry, group, kind in self._grant_entries(spec, "to"):
+            name = self._string(entry.get("name"), path + ("name",))
+            if group is not None and kind:
+                tos.append(GrantTo(group, kind, name))
+        return ReferenceGrant(key[0], key[1], tuple(froms), tuple(tos))
+
+    def _grant_entries(self, spec: Dict[str, Any], side: str
+                       ) -> Iterator[Tuple[FieldPath, Dict[str, Any], Optional[str], Optional[str]]]:
+        """The entries of spec.from or spec.to (1 to 16, each a mapping), with the group (which
+        must be given, "" for the core group) and the kind both sides have."""
+        ck = self.ck
+        for i, item in enumerate(self._items(spec.get(side), ("spec", side), 1, 16, required=True)):
+            path: FieldPath = ("spec", side, i)
             entry = ck.mapping(item, path, required=True)
             if entry is None:
                 continue
             if entry.get("group") is None:
                 ck.error(path + ("group",), 'missing ("" for the core group)')
-            group = self._group(entry.get("group"), path + ("group",), "")
-            kind = self._kind(entry.get("kind"), path + ("kind",))
-            name = self._string(entry.get("name"), path + ("name",))
-            if group is not None and kind:
-                tos.append(GrantTo(group, kind, name))
-        return ReferenceGrant(key[0], key[1], tuple(froms), tuple(tos))
+            yield (path, entry, self._group(entry.get("group"), path + ("group",), ""),
+                   self._kind(entry.get("kind"), path + ("kind",)))
 
 
 def _label_key_ok(key: str) -> bool:

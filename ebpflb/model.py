@@ -230,16 +230,11 @@ def desired_state(services: Iterable[Service], slices: Iterable[EndpointSlice],
     and for every Gateway listener (`gateway`: the Gateway API objects as (kind, key, object),
     as ebpflb.manifests.Manifests holds them), computed at once; the agent keeps the same result
     per Service and Gateway as objects change."""
-    from .changes import Change
-    from .desired import ClusterModel
-    from .store import ObjectStore
+    from .desired import cluster_model
 
-    store = ObjectStore.of(services, slices)
-    store.apply([Change(kind, key, obj) for kind, key, obj in gateway])
-    model = ClusterModel(ModelContext(node_name, proxy_name, tuple(node_addresses),
-                                      tuple(external_ip_allow), node_zone))
-    model.update(store, store.services)
-    return model.desired_state()
+    return cluster_model(services, slices, ModelContext(node_name, proxy_name, tuple(node_addresses),
+                                                        tuple(external_ip_allow), node_zone),
+                         gateway).desired_state()
 
 
 def service_model(svc: Service, slices: Sequence[EndpointSlice], ctx: ModelContext) -> ServiceModel:

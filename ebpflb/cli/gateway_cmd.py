@@ -53,14 +53,12 @@ def to_json_empty():
 
 
 def _from_manifests(path: Path):
-    from ..changes import Change
-    from ..desired import ClusterModel
+    from ..desired import cluster_model
     from ..documents import TextError, load_documents
     from ..gateway import read_objects
     from ..gateway_view import to_json
     from ..manifests import manifest_files
     from ..model import ModelContext
-    from ..store import ObjectStore
 
     files = manifest_files(path) if path.is_dir() else [path]
     gw, services, slices = [], [], []
@@ -79,11 +77,8 @@ def _from_manifests(path: Path):
         services += read.services
         slices += read.slices
     # The agent's own model: Services hold their frontends first, Gateways get the rest.
-    store = ObjectStore.of(services, slices)
-    objects = _merged(gw)
-    store.apply([Change(kind, key, obj) for kind, key, obj in _changes(objects)])
-    model = ClusterModel(ModelContext(external_ip_allow=("0.0.0.0/0", "::/0")))
-    model.update(store, list(store.services))
+    model = cluster_model(services, slices, ModelContext(external_ip_allow=("0.0.0.0/0", "::/0")),
+                          _changes(_merged(gw)))
     return to_json(model.gateways)
 
 

@@ -215,6 +215,35 @@ class RunningAgent(AgentProcess):
         return wait_applied(self.pin_dir, self.manifest_path, timeout)
 
 
+def start_node_agents(lab_name: str, workdir: Path, nodes: int,
+                      args_of: Callable[[int], Sequence[str]]) -> List[RunningAgent]:
+    """One RunningAgent per lab node (node k gets `args_of(k)` as its extra arguments), started
+    at once: each compiles its programs, which is most of a start. If one fails to start, the
+    others are stopped and its error is raised."""
+    import threading
+
+    started: List[Optional[RunningAgent]] = [None] * nodes
+    errors: List[BaseException] = []
+
+    def start(k: int) -> None:
+        try:
+            started[k] = RunningAgent(lab_name, workdir, [], node=k, extra_args=list(args_of(k)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after every start ended
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(k,)) for k in range(nodes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for agent in started:
+            if agent is not None:
+                agent.stop()
+        raise errors[0]
+    return [a for a in started if a is not None]
+
+
 def wait_applied(pin_dir: str, path: Path, timeout: float = 10.0) -> float:
     """Waits for the agent on `pin_dir` to report that it read and programmed every manifest
     written before this call (its revision, a wall-clock time: see ManifestSource.revision);

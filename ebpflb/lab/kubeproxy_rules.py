@@ -143,6 +143,12 @@ def _sep_rules(svc: Svc, ep: Tuple[str, int]) -> List[str]:
             f"-j DNAT --to-destination {ep[0]}:{ep[1]}"]
 
 
+# KUBE-SERVICES's last rule, as kube-proxy writes it in a full and in a partial restore.
+_NODEPORTS_JUMP = ('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: '
+                   'this must be the last rule in this chain" -m addrtype --dst-type LOCAL '
+                   '-j KUBE-NODEPORTS')
+
+
 def iptables_restore(services: Sequence[Svc], with_hooks: bool = True) -> str:
     """The nat table as kube-proxy writes it in one full sync (iptables-restore input, whole
     table replaced). `with_hooks`: also the PREROUTING/OUTPUT/POSTROUTING jumps that kube-proxy
@@ -169,8 +175,7 @@ def iptables_restore(services: Sequence[Svc], with_hooks: bool = True) -> str:
         svc_lines += rules[1:]
         for ep in svc.endpoints:
             svc_lines += _sep_rules(svc, ep)
-    lines.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
-                 'must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+    lines.append(_NODEPORTS_JUMP)
     lines += svc_lines
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
@@ -192,8 +197,7 @@ def iptables_partial(services: Sequence[Svc], old: Svc, new: Svc) -> str:
             changed += rules[1:]
             for ep in svc.endpoints:
                 changed += _sep_rules(svc, ep)
-    lines.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
-                 'must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+    lines.append(_NODEPORTS_JUMP)
     lines += changed
     lines += [f"-X {sep_chain(old, ep)}" for ep in gone]
     lines.append("COMMIT")

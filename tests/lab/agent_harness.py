@@ -1,7 +1,8 @@
 """The lab tests' names for the agent runner, which lives in the package because
 `ebpflb lab conformance` uses it too."""
 from ebpflb.lab.agent_runner import (DEFAULT_ENDPOINTS, ECHO_VIP, WEB_VIP, Endpoint,  # noqa: F401
-                                     RunningAgent, ebpflb, force_cleanup, manifest, wait_until)
+                                     RunningAgent, ebpflb, force_cleanup, manifest,
+                                     start_node_agents, wait_until)
 
 
 def scrape_metrics(node_ns: str, port: int = 9402) -> dict:

@@ -23,22 +23,19 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
-from ebpflb.changes import Change
-from ebpflb.desired import ClusterModel, GatewayOwner
-from ebpflb.documents import load_documents
+from ebpflb.desired import GatewayOwner, cluster_model
 from ebpflb.flowhash import packet_hash
-from ebpflb.gateway import convert_any_document
 from ebpflb.lab import lab as lablib
 from ebpflb.lab import nsops
 from ebpflb.lab import topology as topo
 from ebpflb.lab.topology import EXT_ADDRESS, HTTP_PORT, UDP_ECHO_PORT
+from ebpflb.manifests import parse_documents
 from ebpflb.model import ModelContext
 from ebpflb.records import PlanDefaults, frontend_slots
-from ebpflb.store import ObjectStore
 
 from .agent_harness import RunningAgent, ebpflb, force_cleanup
 
@@ -100,15 +97,9 @@ def manifests(stable: int, canary: int) -> str:
 def predicted_table(text: str) -> Tuple[Tuple[str, ...], int]:
     """The TCP listener's slots as backend addresses, computed by the control plane's own code
     from the same manifests (the table the agent programs), and the table's size."""
-    store = ObjectStore()
-    changes = []
-    for doc in load_documents(text):
-        c = convert_any_document(doc, "test")
-        assert c.obj is not None and c.key is not None, c.problems
-        changes.append(Change(c.kind or "", c.key, c.obj))
-    store.apply(changes)
-    model = ClusterModel(ModelContext(external_ip_allow=(f"{GW_IP}/32",)))
-    model.update(store, list(store.services))
+    m = parse_documents(text, "test")
+    model = cluster_model(m.services, m.slices,
+                          ModelContext(external_ip_allow=(f"{GW_IP}/32",)), m.gateway)
     fe, backends = next((fe, backends) for fe, backends in model.frontends_of(
         GatewayOwner(NS, "edge")) if fe.port == TCP_PORT)
     slots, _ = frontend_slots(fe, backends, PlanDefaults())

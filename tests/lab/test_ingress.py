@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ from ebpflb.lab import nsops
 from ebpflb.lab import topology as topo
 from ebpflb.lab.topology import PodSpec
 
-from .agent_harness import RunningAgent, ebpflb, force_cleanup, wait_until
+from .agent_harness import RunningAgent, ebpflb, force_cleanup, start_node_agents, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -192,29 +191,10 @@ def lab_pods() -> List[PodSpec]:
 def start_agents(lab_name: str, workdir: Path) -> List[RunningAgent]:
     """Both nodes' agents at XDP on eth0 (socket hooks off: pods take the packet path), started
     at once (each compiles its programs), on an empty manifest."""
-    started: List[Optional[RunningAgent]] = [None, None]
-    errors: List[BaseException] = []
-
-    def start(k: int) -> None:
-        try:
-            started[k] = RunningAgent(lab_name, workdir, [], node=k, extra_args=[
-                "--node-name", f"node{k}", "--node-device", topo.NODE_UNDERLAY_IFNAME,
-                "--node-mode", "xdp", "--nodeport-addresses", topo.UNDERLAY_CIDR,
-                "--external-ip-allow", f"{GATEWAY_IP}/32"])
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after both are done
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        for agent in started:
-            if agent is not None:
-                agent.stop()
-        raise errors[0]
-    return [a for a in started if a is not None]
+    return start_node_agents(lab_name, workdir, 2, lambda k: [
+        "--node-name", f"node{k}", "--node-device", topo.NODE_UNDERLAY_IFNAME,
+        "--node-mode", "xdp", "--nodeport-addresses", topo.UNDERLAY_CIDR,
+        "--external-ip-allow", f"{GATEWAY_IP}/32"])
 
 
 def apply(agents: Sequence[RunningAgent], docs: Sequence[dict]) -> None:

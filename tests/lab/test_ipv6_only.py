@@ -7,15 +7,14 @@ pods of both nodes; the external client reaches the NodePort on either node and 
 balancer address; nothing but loopback has an IPv4 address; status and down know the family."""
 import json
 import subprocess
-import threading
-from typing import Iterator, List, Optional, Set, Tuple
+from typing import Iterator, List, Set, Tuple
 
 import pytest
 
 from ebpflb.lab import lab as lablib
 from ebpflb.lab import topology as topo
 
-from .agent_harness import RunningAgent, ebpflb, force_cleanup, wait_until
+from .agent_harness import RunningAgent, ebpflb, force_cleanup, start_node_agents, wait_until
 from .conftest import udp_exchange
 
 VIP6, ECHO6 = "fd00:10:96::10", "fd00:10:96::20"
@@ -50,29 +49,9 @@ def manifest(lab: lablib.Lab) -> str:
 
 def _start_agents(lab: lablib.Lab, workdir) -> List[RunningAgent]:
     """Both nodes' agents at once (each compiles its programs)."""
-    started: List[Optional[RunningAgent]] = [None] * lab.nodes
-    errors: List[BaseException] = []
-
-    def start(k: int) -> None:
-        try:
-            started[k] = RunningAgent(lab.name, workdir, [], node=k, extra_args=[
-                "--node-name", f"node-{k}", "--node-device", topo.NODE_UNDERLAY_IFNAME,
-                "--service-cidr", topo.SERVICE_CIDR6,
-                "--external-ip-allow", topo.EXTERNAL_VIP_CIDR6])
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after every start ended
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(k,)) for k in range(lab.nodes)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        for agent in started:
-            if agent is not None:
-                agent.stop()
-        raise errors[0]
-    return [a for a in started if a is not None]
+    return start_node_agents(lab.name, workdir, lab.nodes, lambda k: [
+        "--node-name", f"node-{k}", "--node-device", topo.NODE_UNDERLAY_IFNAME,
+        "--service-cidr", topo.SERVICE_CIDR6, "--external-ip-allow", topo.EXTERNAL_VIP_CIDR6])
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ import ipaddress
 import json
 import socket
 import subprocess
-import threading
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -40,7 +39,8 @@ from ebpflb.lab import nsops
 from ebpflb.lab import topology as topo
 from ebpflb.lab.topology import EXT_ADDRESS, HTTP_PORT, UDP_ECHO_PORT
 
-from .agent_harness import RunningAgent, ebpflb, force_cleanup, scrape_metrics, wait_until
+from .agent_harness import (RunningAgent, ebpflb, force_cleanup, scrape_metrics,
+                            start_node_agents, wait_until)
 
 pytestmark = pytest.mark.lab
 
@@ -178,32 +178,13 @@ class Env:
 
 def _start_agents(lab_name: str, workdir, mode: str) -> List[RunningAgent]:
     """Both nodes' agents, started at once (each compiles its programs)."""
-    started: List[Optional[RunningAgent]] = [None, None]
-    errors: List[BaseException] = []
-
-    def start(k: int) -> None:
-        try:
-            started[k] = RunningAgent(lab_name, workdir, [], node=k, extra_args=[
-                "--node-name", node_name(k), "--node-device", topo.NODE_UNDERLAY_IFNAME,
-                "--node-mode", mode, "--nodeport-addresses", topo.UNDERLAY_CIDR,
-                "--external-ip-allow", EXTERNAL_IP_ALLOW,
-                "--snat-ports", f"{SNAT_PORTS[0]}-{SNAT_PORTS[1]}",
-                "--healthcheck-address", topo.node_address(k),
-                "--metrics-address", f"127.0.0.1:{METRICS_PORT}"])
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after both are done
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        for agent in started:
-            if agent is not None:
-                agent.stop()
-        raise errors[0]
-    return [a for a in started if a is not None]
+    return start_node_agents(lab_name, workdir, 2, lambda k: [
+        "--node-name", node_name(k), "--node-device", topo.NODE_UNDERLAY_IFNAME,
+        "--node-mode", mode, "--nodeport-addresses", topo.UNDERLAY_CIDR,
+        "--external-ip-allow", EXTERNAL_IP_ALLOW,
+        "--snat-ports", f"{SNAT_PORTS[0]}-{SNAT_PORTS[1]}",
+        "--healthcheck-address", topo.node_address(k),
+        "--metrics-address", f"127.0.0.1:{METRICS_PORT}"])
 
 
 @pytest.fixture(scope="module", params=["xdp", "tc"])

@@ -106,8 +106,8 @@ def service(name: str = "web", ns: str = NS, port: int = 80, protocol: str = "TC
     return [svc, slc]
 
 
-def build(*docs: Any, taken=None) -> GatewayModel:
-    """The model of the given documents (lists of documents are flattened); every one must be
+def read_docs(*docs: Any):
+    """The objects of the given documents (lists of documents are flattened); every one must be
     valid, and the GatewayClass "ebpflb" is there unless one is given."""
     flat: List[dict] = []
     for d in docs:
@@ -116,6 +116,12 @@ def build(*docs: Any, taken=None) -> GatewayModel:
         flat.insert(0, gclass())
     read = read_objects(flat, "test.yaml")
     assert not read.errors, [str(e) for e in read.errors]
+    return read
+
+
+def build(*docs: Any, taken=None) -> GatewayModel:
+    """The model of the given documents, as read_docs reads them."""
+    read = read_docs(*docs)
     return gateway_model(read.gateway, ObjectStore.of(read.services, read.slices), taken)
 
 

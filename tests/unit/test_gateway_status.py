@@ -4,18 +4,17 @@ apis/v1, "Notes for implementors"): reasons as the spec spells them, observedGen
 lastTransitionTime that moves only with the status, conditions of other types and route parent
 entries of other controllers kept where they are."""
 import copy
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import pytest
 
-from ebpflb.gateway import (CONTROLLER_NAME, convert_gateway_api_object, gateway_model,
-                            read_objects)
+from ebpflb.gateway import CONTROLLER_NAME, convert_gateway_api_object, gateway_model
 from ebpflb.gateway_status import (MAX_MESSAGE, DesiredStatus,
                                    desired_statuses, merge_conditions, merge_patch, merge_status,
                                    rfc3339, stale)
 from ebpflb.store import ObjectStore
 
-from .test_gateway import NS, gateway, gclass, grant, listener, route, service
+from .test_gateway import NS, gateway, gclass, grant, listener, read_docs, route, service
 
 pytestmark = pytest.mark.unit
 
@@ -27,13 +26,7 @@ OTHER = "example.net/gateway-controller"
 def judge(*docs: Any, unprogrammed=None):
     """(desired statuses, model, objects) of the documents; GatewayClass "ebpflb" added unless
     one is given, every document must be valid."""
-    flat: List[dict] = []
-    for d in docs:
-        flat.extend(d if isinstance(d, list) else [d])
-    if not any(d.get("kind") == "GatewayClass" for d in flat):
-        flat.insert(0, gclass())
-    read = read_objects(flat, "test.yaml")
-    assert not read.errors, [str(e) for e in read.errors]
+    read = read_docs(*docs)
     model = gateway_model(read.gateway, ObjectStore.of(read.services, read.slices))
     return desired_statuses(model, read.gateway, unprogrammed or {}), model, read.gateway
 
