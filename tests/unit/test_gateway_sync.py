@@ -199,3 +199,23 @@ def test_an_ipv6_address_gets_the_ipv6_endpoints():
     svc = syncer.writer.maps[SERVICES6][key]  # type: ignore[attr-defined]
     backends = {b.addr for b in syncer.planner.records().backends.values() if b.svc_id == svc.svc_id}
     assert backends == {"fd00:10:244::1", "fd00:10:244::2", "fd00:10:244::3"}
+
+
+def test_the_one_shot_commands_program_gateways_too():
+    """`ebpflb sync` and `takeover --manifests` compute desired_state from the manifests: the
+    example's Gateway listener is among its frontends (with the address allowed), and listed as
+    skipped, saying why, without it."""
+    from pathlib import Path
+
+    from ebpflb.manifests import load_manifests
+    from ebpflb.model import desired_state
+
+    m = load_manifests(Path(__file__).resolve().parents[2] / "examples" / "gateway-tcp.yaml")
+    served = desired_state(m.services, m.slices, external_ip_allow=("192.168.77.10/32",),
+                           gateway=m.gateway)
+    (fe,) = [fe for fe in served.frontends if fe.vip == "192.168.77.10"]
+    assert (fe.port, fe.service, len(served.frontends[fe])) == (8443, "Gateway demo/edge", 5)
+    refused = desired_state(m.services, m.slices, gateway=m.gateway)
+    assert not [fe for fe in refused.frontends if fe.vip == "192.168.77.10"]
+    assert [(s.ref, s.reason.split(":")[0]) for s in refused.skipped] == [
+        ("Gateway demo/edge", "AddressNotUsable")]

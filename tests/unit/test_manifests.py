@@ -242,6 +242,28 @@ def test_duplicate_across_files_names_the_first_location(tmp_path: Path) -> None
     assert err.message == f"duplicate object: already defined at {tmp_path / 'a.yaml'}:1"
 
 
+NAMESPACE_DEMO = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {team: %s}}\n"
+GATEWAY_CLASS = ("apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n"
+                 "metadata: {name: ebpflb}\nspec: {controllerName: ebpflb.io/gateway-controller}\n")
+
+
+def test_identical_cluster_scoped_objects_in_two_files_are_one(tmp_path: Path) -> None:
+    """A Namespace or a GatewayClass is carried by many applications' manifests: the same object
+    twice is one object; two different ones are still a duplicate, naming the first."""
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text(NAMESPACE_DEMO % "shop" + "---\n" + GATEWAY_CLASS)
+    (tmp_path / "c.yaml").write_text(service())
+    m = load_manifests(tmp_path)
+    assert [s.name for s in m.services] == ["web"]
+    assert sorted(kind for kind, _, _ in m.gateway) == ["GatewayClass", "Namespace"]
+    (tmp_path / "b.yaml").write_text(NAMESPACE_DEMO % "other")
+    with pytest.raises(ManifestErrors) as exc:
+        load_manifests(tmp_path)
+    [err] = exc.value.errors
+    assert (Path(err.source).name, err.obj) == ("b.yaml", "Namespace demo")
+    assert err.message == f"duplicate object: already defined at {tmp_path / 'a.yaml'}:1"
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing.yaml", "no such file or directory"),
     (lambda p: p, "directory holds no *.yaml, *.yml or *.json file"),
